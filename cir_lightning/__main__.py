@@ -1,0 +1,3 @@
+from cir_lightning.cli import main
+
+main()

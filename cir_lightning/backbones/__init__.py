@@ -1,0 +1,9 @@
+"""Backbones: models that embed composed queries, gallery images and texts."""
+
+from cir_lightning.backbones.base import Backbone
+from cir_lightning.backbones.hf_mllm import HFMultimodalBackbone
+from cir_lightning.backbones.lora import LoRA
+from cir_lightning.backbones.prompts import PRESETS, Prompts, PromptTemplates
+from cir_lightning.backbones.tiny import make_tiny_model
+
+__all__ = ["PRESETS", "Backbone", "HFMultimodalBackbone", "LoRA", "PromptTemplates", "Prompts", "make_tiny_model"]

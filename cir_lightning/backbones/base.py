@@ -1,0 +1,57 @@
+"""The interface every backbone implements, usable with or without Lightning.
+
+A backbone maps pre-processed inputs (tensors made by its ``collator`` in DataLoader workers) to
+L2-normalised embeddings with ``forward``. The ``encode_*`` methods are the convenient front door for
+raw PIL images and strings (they run the collator in the calling process, then ``forward``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+
+class Backbone(nn.Module):
+    """Base class: subclasses set ``self.collator`` and implement ``forward`` and ``fingerprint``."""
+
+    collator: Any
+
+    def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:  # pragma: no cover - abstract
+        """Embed a batch of inputs: (batch, dim), L2-normalised, float32."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> dict[str, Any]:  # pragma: no cover - abstract
+        """What identifies the frozen base model (stored in checkpoints and results)."""
+        raise NotImplementedError
+
+    def save_adapter(self, path: str | Path) -> None:  # pragma: no cover - abstract
+        """Write the trained weights in the format users share (peft's for LoRA)."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def _run(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        return self({k: v.to(self.device) for k, v in inputs.items()})
+
+    def encode_query(self, images: Sequence[Image.Image], modifications: Sequence[str]) -> Tensor:
+        """Embed reference images with their modification texts."""
+        return self._run(self.collator.query_inputs(images, modifications))
+
+    def encode_gallery(self, images: Sequence[Image.Image]) -> Tensor:
+        """Embed gallery (target) images."""
+        return self._run(self.collator.gallery_inputs(images))
+
+    def encode_text(self, texts: Sequence[str]) -> Tensor:
+        """Embed texts (e.g. target captions)."""
+        return self._run(self.collator.text_inputs(texts))
+
+    def trainable_state_dict(self) -> dict[str, Tensor]:
+        """The parameters that require gradients, by name (what a checkpoint needs to hold)."""
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}

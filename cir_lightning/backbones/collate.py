@@ -1,0 +1,105 @@
+"""The model-side pre-processing that runs in DataLoader workers: prompts, tokenizer, image processor.
+
+``MLLMCollator`` holds only the (picklable) processor and the templates, never the model, so worker
+processes receive a small object. It fills the templates, appends the EOS block, tokenizes with left
+padding and returns tensors the backbone consumes as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from cir_lightning.backbones.prompts import IMAGE, PromptTemplates
+from cir_lightning.errors import CIRModelError
+
+Inputs = dict[str, Tensor]
+_DROP = ("token_type_ids",)
+
+
+class MLLMCollator:
+    """Turns images and texts into inputs of a multimodal LLM, and samples into batches.
+
+    Args:
+        processor: a Hugging Face processor with ``tokenizer`` and ``image_token`` (e.g. LlavaNextProcessor).
+        prompts: the query / gallery / text templates.
+        eos_token: the token repeated at the end of every prompt (default: the tokenizer's EOS).
+        eos_block_size: how many EOS tokens to append (FiRE: 5).
+    """
+
+    def __init__(self, processor: Any, prompts: PromptTemplates, eos_token: str | None = None,
+                 eos_block_size: int = 5) -> None:
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.tokenizer.padding_side = "left"
+        self.prompts = prompts
+        self.image_token = getattr(processor, "image_token", IMAGE)
+        self.eos_token = eos_token or self.tokenizer.eos_token
+        if self.eos_token is None:
+            raise CIRModelError("the tokenizer has no EOS token; set `eos_token` of the backbone")
+        self.eos_id = self.tokenizer.convert_tokens_to_ids(self.eos_token)
+        if self.eos_id is None or self.eos_id == self.tokenizer.unk_token_id:
+            raise CIRModelError(f"`eos_token` {self.eos_token!r} is not a token of the tokenizer")
+        self.eos_block_size = eos_block_size
+
+    def _finish(self, texts: list[str]) -> list[str]:
+        return [t.replace(IMAGE, self.image_token) + self.eos_token * self.eos_block_size for t in texts]
+
+    def _check_block(self, inputs: Inputs) -> Inputs:
+        n = self.eos_block_size
+        if n:
+            tail = inputs["input_ids"][:, -n:]  # left padding: the last n columns are real tokens
+            if not bool((tail == self.eos_id).all()):
+                raise CIRModelError(
+                    f"the tokenizer did not keep the appended {self.eos_token!r} x {n} block as {n} tokens "
+                    f"(got {tail[0].tolist()}); choose another `eos_token` or `eos_block_size`")
+        return {k: v for k, v in inputs.items() if k not in _DROP}
+
+    def query_inputs(self, images: Sequence[Image.Image], modifications: Sequence[str]) -> Inputs:
+        """Inputs for reference images with modification texts."""
+        texts = [self.prompts.query.format(modification=m) for m in modifications]
+        return self._check_block(self.processor(images=list(images), text=self._finish(texts),
+                                                padding=True, return_tensors="pt"))
+
+    def gallery_inputs(self, images: Sequence[Image.Image]) -> Inputs:
+        """Inputs for gallery (or target) images."""
+        texts = [self.prompts.gallery] * len(images)
+        return self._check_block(self.processor(images=list(images), text=self._finish(texts),
+                                                padding=True, return_tensors="pt"))
+
+    def text_inputs(self, texts: Sequence[str]) -> Inputs:
+        """Inputs for text-only items (e.g. target captions)."""
+        prompts = [self.prompts.text.format(text=t) + self.eos_token * self.eos_block_size for t in texts]
+        return self._check_block(dict(self.tokenizer(prompts, padding=True, return_tensors="pt")))
+
+    # Batches of samples (see cir_lightning.data.base.Collator)
+    @staticmethod
+    def _index(samples: list[dict[str, Any]]) -> Tensor:
+        return torch.tensor([s["index"] for s in samples], dtype=torch.long)
+
+    def triplets(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = {
+            "index": self._index(samples),
+            "query": self.query_inputs([s["reference_image"] for s in samples],
+                                       [s["modification"] for s in samples]),
+            "target": self.gallery_inputs([s["target_image"] for s in samples]),
+        }
+        keys = [s.get("target_key", i) for i, s in enumerate(samples)]
+        first = {key: i for i, key in reversed(list(enumerate(keys)))}
+        batch["target_group"] = torch.tensor([first[key] for key in keys], dtype=torch.long)
+        captions = [s.get("target_caption") for s in samples]
+        if all(c is not None for c in captions):
+            batch["target_text"] = self.text_inputs(captions)
+        return batch
+
+    def queries(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"index": self._index(samples),
+                "query": self.query_inputs([s["reference_image"] for s in samples],
+                                           [s["modification"] for s in samples])}
+
+    def gallery(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"index": self._index(samples), "gallery": self.gallery_inputs([s["image"] for s in samples])}

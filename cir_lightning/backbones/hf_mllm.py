@@ -1,0 +1,138 @@
+"""A Hugging Face multimodal LLM as a retrieval backbone (LLaVA-NeXT, LLaVA and kin).
+
+Loads ``AutoModelForImageTextToText`` + ``AutoProcessor`` from a hub name or a local folder, freezes it,
+adds LoRA on the language model (peft), and embeds by running the multimodal model WITHOUT its LM head:
+last-layer hidden states, pooled over the appended EOS block (or the last token), L2-normalised.
+Positions are computed from the attention mask, so left and right padding give the same embeddings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cir_lightning.backbones.base import Backbone
+from cir_lightning.backbones.collate import MLLMCollator
+from cir_lightning.backbones.lora import LoRA, lora_target_regex
+from cir_lightning.backbones.pooling import PoolingMethod, pool, position_ids_from_mask
+from cir_lightning.backbones.prompts import Prompts
+from cir_lightning.errors import CIRConfigError, CIRModelError
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class HFMultimodalBackbone(Backbone):
+    """A multimodal LLM from ``transformers`` turned into a query / gallery embedder.
+
+    Args:
+        model_name_or_path: hub name (e.g. ``royokong/e5-v``) or local checkpoint folder.
+        prompts: prompt preset and overrides (default: FiRE's templates).
+        pooling: ``"eos_block"`` (mean over the appended EOS tokens, FiRE) or ``"last_token"``.
+        eos_block_size: how many EOS tokens are appended and pooled (FiRE: 5).
+        eos_token: the appended token (default: the tokenizer's EOS; FiRE on Phi-3 uses ``<|end|>``).
+        lora: LoRA settings; ``None`` keeps the whole model frozen (zero-shot evaluation).
+        dtype: weight dtype of the loaded model.
+        attn_implementation: attention kernel passed to ``from_pretrained`` ("sdpa", "eager", ...).
+        trust_remote_code: allow custom model code from the checkpoint (off unless you ask for it).
+        revision: hub revision (branch, tag or commit) to load.
+        make_tiny_if_missing: if ``model_name_or_path`` does not exist, build the tiny offline model
+            there first (for demos and tests; see ``cir_lightning.backbones.tiny``).
+
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> bb = HFMultimodalBackbone(tempfile.mkdtemp() + "/tiny", make_tiny_if_missing=True,
+        ...                           lora=LoRA(r=4, alpha=8))
+        >>> q = bb.encode_query([Image.new("RGB", (32, 32))], ["make it red"])
+        >>> q.shape, round(float(q.norm()), 4)
+        (torch.Size([1, 64]), 1.0)
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        prompts: Prompts | None = None,
+        pooling: PoolingMethod = "eos_block",
+        eos_block_size: int = 5,
+        eos_token: str | None = None,
+        lora: LoRA | None = None,
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        attn_implementation: str | None = "sdpa",
+        trust_remote_code: bool = False,
+        revision: str | None = None,
+        make_tiny_if_missing: bool = False,
+    ) -> None:
+        super().__init__()
+        if pooling == "eos_block" and eos_block_size < 1:
+            raise CIRConfigError("`pooling: eos_block` needs `eos_block_size` >= 1")
+        self.model_name_or_path = str(model_name_or_path)
+        self.revision = revision
+        self.pooling = pooling
+        self.eos_block_size = eos_block_size
+        if make_tiny_if_missing and not Path(model_name_or_path).exists():
+            from cir_lightning.backbones.tiny import make_tiny_model
+
+            make_tiny_model(model_name_or_path)
+        processor, model = self._load(dtype, attn_implementation, trust_remote_code)
+        model.requires_grad_(False)
+        model.train()  # from_pretrained returns eval mode; Lightning switches modes from here on
+        self.text_model_type = model.config.get_text_config().model_type
+        self.lora = lora
+        if lora is not None:
+            from peft import LoraConfig, get_peft_model
+
+            target = lora_target_regex(model, self.text_model_type, lora.target_modules)
+            model = get_peft_model(model, LoraConfig(
+                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target,
+                modules_to_save=lora.modules_to_save, bias="none"))
+        self.model = model
+        self.collator = MLLMCollator(processor, (prompts or Prompts()).resolve(), eos_token, eos_block_size)
+
+    def _load(self, dtype: str, attn_implementation: str | None, trust_remote_code: bool) -> tuple[Any, Any]:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        name = self.model_name_or_path
+        kwargs = {"revision": self.revision, "trust_remote_code": trust_remote_code}
+        try:
+            processor = AutoProcessor.from_pretrained(name, **kwargs)
+            model = AutoModelForImageTextToText.from_pretrained(
+                name, dtype=_DTYPES[dtype], attn_implementation=attn_implementation, **kwargs)
+        except (OSError, ValueError, KeyError) as err:
+            hint = ""
+            if not Path(name).exists():
+                hint = (" It is not a local folder, so it was looked up on the hub"
+                        + (" (offline mode is on: HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE") else "")
+                        + "; check the name, or pass the path of a downloaded checkpoint.")
+            raise CIRModelError(f"cannot load model `{name}`: {err}.{hint}") from err
+        return processor, model
+
+    @property
+    def base_model(self) -> Any:
+        """The transformers model with LoRA layers injected (peft's wrapper removed)."""
+        return self.model.get_base_model() if self.lora is not None else self.model
+
+    def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        body = getattr(self.base_model, "model", None)
+        if body is None:
+            raise CIRModelError(f"{type(self.base_model).__name__} has no `.model` (multimodal body without "
+                                "the LM head); this family is not supported by HFMultimodalBackbone")
+        mask = inputs["attention_mask"]
+        out = body(**inputs, position_ids=position_ids_from_mask(mask), use_cache=False)
+        pooled = pool(out.last_hidden_state, mask, self.pooling, self.eos_block_size)
+        return F.normalize(pooled.float(), dim=-1)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"class": type(self).__name__, "model": self.model_name_or_path, "revision": self.revision,
+                "pooling": self.pooling, "eos_block_size": self.eos_block_size,
+                "prompts": vars(self.collator.prompts)}
+
+    def save_adapter(self, path: str | Path) -> None:
+        if self.lora is None:
+            raise CIRConfigError("this backbone has no LoRA adapter to save (`lora` is None)")
+        self.model.save_pretrained(str(path))

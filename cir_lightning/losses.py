@@ -1,0 +1,127 @@
+"""FiRE's stage-2 retrieval loss: InfoNCE + Recall@k surrogates (Patel, Tolias, Matas, CVPR 2022).
+
+Plain functions and one ``nn.Module``; nothing here depends on Lightning. All computations are
+vectorised over the batch (the public release looped in Python).
+
+For similarities ``s`` (queries x candidates) and a query ``i`` with positive ``p``::
+
+    InfoNCE          = cross_entropy(scale * s[i], p)
+    rank_ip          = sum over negatives j of sigmoid((s_ij - s_ip) / tau2)
+    R_ip (recall@k)  = sigmoid((k - 1 - rank_ip) / tau1)
+    L_recall@k       = mean_i (1 - mean_{p in P_i} R_ip)
+
+With several positives, each positive counts the other positives as non-negatives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+
+def _positives(sim: Tensor, positive_mask: Tensor | None) -> Tensor:
+    if positive_mask is None:
+        if sim.shape[0] != sim.shape[1]:
+            raise ValueError("without `positive_mask`, `sim` must be square (positive = diagonal)")
+        return torch.eye(sim.shape[0], dtype=torch.bool, device=sim.device)
+    if positive_mask.shape != sim.shape or not bool(positive_mask.any(1).all()):
+        raise ValueError("`positive_mask` must have the shape of `sim` and a positive in every row")
+    return positive_mask.bool()
+
+
+def info_nce(sim: Tensor, scale: float = 100.0, positive_mask: Tensor | None = None) -> Tensor:
+    """Query -> candidate InfoNCE over ``scale * sim``; with several positives, averaged over them.
+
+    Example:
+        >>> sim = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+        >>> round(float(info_nce(sim, scale=10.0)), 4)
+        0.0014
+    """
+    pos = _positives(sim, positive_mask)
+    logits = scale * sim
+    log_prob = logits.log_softmax(-1)
+    if positive_mask is None:
+        return -log_prob.diagonal().mean()
+    # each positive against the negatives only: mask the other positives out of the softmax
+    rows, cols = pos.nonzero(as_tuple=True)
+    other_pos = pos[rows].clone()
+    other_pos[torch.arange(len(rows)), cols] = False
+    masked = logits[rows].masked_fill(other_pos, float("-inf"))
+    per_pos = -(masked.log_softmax(-1).gather(1, cols[:, None]).squeeze(1))
+    counts = pos.sum(1).to(per_pos.dtype)
+    return (torch.zeros(sim.shape[0], dtype=per_pos.dtype, device=sim.device)
+            .index_add(0, rows, per_pos) / counts).mean()
+
+
+def recall_surrogate(sim: Tensor, k: int, tau1: float = 1.0, tau2: float = 0.01,
+                     positive_mask: Tensor | None = None) -> Tensor:
+    """Smooth Recall@k loss ``mean_i (1 - R_i)`` on raw similarities.
+
+    Args:
+        sim: (queries, candidates) similarities.
+        k: the recall cut-off.
+        tau1: temperature of the outer sigmoid (rank vs. k).
+        tau2: temperature of the inner sigmoid (the smooth rank).
+        positive_mask: (queries, candidates) booleans; default: the diagonal.
+
+    Example:
+        >>> sim = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.8, 0.1], [0.5, 0.4, 0.3]])
+        >>> round(float(recall_surrogate(sim, k=1)), 4)
+        0.6269
+    """
+    pos = _positives(sim, positive_mask)
+    n_pos = int(pos.sum(1).max())
+    # (Q, P) column index of each positive, padded by repeating a valid positive; `valid` marks real ones
+    order = pos.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :n_pos]
+    valid = pos.gather(1, order)
+    s_pos = sim.gather(1, order)  # (Q, P)
+    neg = (~pos).to(sim.dtype).unsqueeze(1)  # (Q, 1, N)
+    rank = (torch.sigmoid((sim.unsqueeze(1) - s_pos.unsqueeze(2)) / tau2) * neg).sum(-1)  # (Q, P)
+    recall = torch.sigmoid((k - 1 - rank) / tau1) * valid
+    return (1 - recall.sum(1) / valid.sum(1)).mean()
+
+
+class FireLoss(nn.Module):
+    """FiRE stage-2 loss: ``w_nce * InfoNCE + sum_k w_k * L_recall@k``, each term returned for logging.
+
+    Args:
+        scale: InfoNCE logit scale (1 / temperature; FiRE: 100).
+        recall_ks: cut-offs of the recall surrogates (FiRE: 1 and 5).
+        recall_weights: their weights (FiRE: 0.4 and 0.15).
+        tau1: outer surrogate temperature (FiRE: 1).
+        tau2: inner surrogate temperature (FiRE: 0.01).
+        contrastive_weight: weight of the InfoNCE term.
+
+    Example:
+        >>> loss = FireLoss()
+        >>> q = F.normalize(torch.randn(4, 8), dim=-1)
+        >>> terms = loss(q, q)
+        >>> sorted(terms)
+        ['loss', 'loss_infonce', 'loss_recall@1', 'loss_recall@5']
+    """
+
+    def __init__(self, scale: float = 100.0, recall_ks: Sequence[int] = (1, 5),
+                 recall_weights: Sequence[float] = (0.4, 0.15), tau1: float = 1.0, tau2: float = 0.01,
+                 contrastive_weight: float = 1.0) -> None:
+        super().__init__()
+        if len(recall_ks) != len(recall_weights):
+            raise ValueError("`recall_ks` and `recall_weights` must have the same length")
+        self.scale = scale
+        self.recall_ks = [int(k) for k in recall_ks]
+        self.recall_weights = [float(w) for w in recall_weights]
+        self.tau1 = tau1
+        self.tau2 = tau2
+        self.contrastive_weight = contrastive_weight
+
+    def forward(self, query: Tensor, target: Tensor, positive_mask: Tensor | None = None) -> dict[str, Tensor]:
+        """Loss terms for L2-normalised ``query`` (Q, D) against ``target`` (N, D) embeddings."""
+        sim = query.float() @ target.float().T
+        terms = {"loss_infonce": info_nce(sim, self.scale, positive_mask)}
+        total = self.contrastive_weight * terms["loss_infonce"]
+        for k, w in zip(self.recall_ks, self.recall_weights, strict=True):
+            terms[f"loss_recall@{k}"] = recall_surrogate(sim, k, self.tau1, self.tau2, positive_mask)
+            total = total + w * terms[f"loss_recall@{k}"]
+        terms["loss"] = total
+        return terms

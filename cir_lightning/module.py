@@ -1,0 +1,220 @@
+"""``CIRModule``: thin Lightning glue around a backbone, FiRE's loss and a retrieval evaluator.
+
+- training: embeds queries and targets, applies ``FireLoss`` (in-batch negatives; two triplets with the
+  same target image are positives of each other), logs every term under ``train/``.
+- validation / test: embeds each subset's queries and gallery, then at epoch end searches the gallery
+  and logs Recall@K (hit rate) and MRR@K as ``val/Recall@10`` etc. (the search is skipped during
+  Lightning's sanity check).
+- checkpoints hold the trainable weights only (LoRA and anything in ``modules_to_save``); loading checks
+  that exactly those weights are present; at the end of ``fit`` the adapter is exported with peft's
+  ``save_pretrained`` next to the logs.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor
+
+from cir_lightning.backbones.base import Backbone
+from cir_lightning.errors import CIRConfigError, CIRModelError
+from cir_lightning.losses import FireLoss
+from cir_lightning.retrieval.evaluator import EvalSubset, RetrievalEvaluator
+from cir_lightning.retrieval.index import SearchBackend
+
+_STAGE_PREFIX = {"validate": "val", "test": "test"}
+
+
+def _default_optimizer(params: Any) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+
+
+class CIRModule(pl.LightningModule):
+    """Composed image retrieval with a multimodal backbone, trained with FiRE's stage-2 loss.
+
+    Args:
+        backbone: the embedding model (e.g. ``HFMultimodalBackbone``).
+        loss: the training loss (default: ``FireLoss()``, the paper's settings).
+        optimizer: optimizer factory, applied to the trainable parameters only (default AdamW, lr 1e-4,
+            weight decay 0.01).
+        lr_schedule: ``"linear"`` (warm-up then linear decay to 0), ``"cosine"`` or ``"constant"``
+            (after warm-up).
+        warmup: warm-up length: a fraction of all optimizer steps if < 1, else a number of steps.
+        target_side: align queries with the target ``"image"`` (paper) or the target ``"caption"``
+            (release; needs captions in the data).
+        eval_ks: the cut-offs K of Recall@K and MRR@K.
+        search_backend: ``"faiss"`` or ``"torch"`` exact inner-product search.
+        export_adapter: save the trained adapter with ``save_pretrained`` when ``fit`` ends.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        loss: FireLoss | None = None,
+        optimizer: OptimizerCallable = _default_optimizer,
+        lr_schedule: Literal["linear", "cosine", "constant"] = "linear",
+        warmup: float = 0.1,
+        target_side: Literal["image", "caption"] = "image",
+        eval_ks: list[int] | None = None,
+        search_backend: SearchBackend = "faiss",
+        export_adapter: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone", "loss", "optimizer"])
+        self.backbone = backbone
+        self.loss = loss or FireLoss()
+        self.optimizer_factory = optimizer
+        self.lr_schedule = lr_schedule
+        self.warmup = warmup
+        self.target_side = target_side
+        self.evaluator = RetrievalEvaluator(eval_ks or [1, 5, 10, 50], search_backend)
+        self.export_adapter = export_adapter
+
+    # ------------------------------------------------------------------ data hookup
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if datamodule is not None and hasattr(datamodule, "connect"):
+            datamodule.connect(self.backbone.collator)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        query = self.backbone(batch["query"])
+        if self.target_side == "caption":
+            if "target_text" not in batch:
+                raise CIRConfigError("`target_side: caption` needs target captions in every training sample "
+                                     "(set `with_captions: true` on the data and give `target_caption`)")
+            target = self.backbone(batch["target_text"])
+        else:
+            target = self.backbone(batch["target"])
+        group = batch.get("target_group")
+        mask = None
+        if group is not None and len(group.unique()) < len(group):
+            mask = group[:, None] == group[None, :]
+        terms = self.loss(query, target, mask)
+        bs = query.shape[0]
+        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=bs)
+        self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"}, batch_size=bs)
+        return terms["loss"]
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_step(self, batch: dict[str, Any], dataloader_idx: int) -> None:
+        if self.trainer.sanity_checking:
+            return
+        subset, kind = divmod(dataloader_idx, 2)
+        key = "query" if kind == 0 else "gallery"
+        self.evaluator.add(subset, key, self.backbone(batch[key]), batch["index"])
+
+    def _subsets(self, loaders: Any) -> list[EvalSubset]:
+        loaders = loaders if isinstance(loaders, list | tuple) else [loaders]
+        subsets = []
+        for q_loader, g_loader in zip(loaders[0::2], loaders[1::2], strict=True):
+            queries, gallery = q_loader.dataset, g_loader.dataset
+            if not hasattr(queries, "positives"):
+                raise CIRConfigError(f"evaluation loaders must come in (queries, gallery) pairs whose query "
+                                     f"dataset has `positives`; got {type(queries).__name__}")
+            subsets.append(EvalSubset(getattr(queries, "name", ""), queries.positives,
+                                      getattr(queries, "excluded", [()] * len(queries)), len(gallery)))
+        return subsets
+
+    def _eval_epoch_end(self, stage: str, loaders: Any) -> None:
+        if self.trainer.sanity_checking:
+            self.evaluator.reset()
+            return
+        results = self.evaluator.compute(self._subsets(loaders))
+        self.evaluator.reset()
+        prefix = _STAGE_PREFIX[stage]
+        self.log_dict({f"{prefix}/{k}": v for k, v in results.items()}, sync_dist=True)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("validate", self.trainer.val_dataloaders)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test", self.trainer.test_dataloaders)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Embeddings of queries and gallery images: ``{"subset", "kind", "index", "embedding"}``."""
+        subset, kind = divmod(dataloader_idx, 2)
+        key = "query" if kind == 0 else "gallery"
+        return {"subset": subset, "kind": key, "index": batch["index"],
+                "embedding": self.backbone(batch[key]).cpu()}
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise CIRConfigError("the model has no trainable parameters: set `model.backbone.init_args.lora` "
+                                 "to train LoRA adapters")
+        optimizer = self.optimizer_factory(params)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(self.warmup * total) if self.warmup < 1 else int(self.warmup)
+        schedule = self.lr_schedule
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            if schedule == "linear":
+                return 1.0 - progress
+            if schedule == "cosine":
+                return 0.5 * (1.0 + math.cos(math.pi * progress))
+            return 1.0
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    def _trainable_keys(self) -> set[str]:
+        return {name for name, p in self.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = self._trainable_keys()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint["cir_lightning"] = {"fingerprint": self.backbone.fingerprint(), "trainable": sorted(keep)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get("cir_lightning")
+        if meta is None:
+            raise CIRModelError("this checkpoint was not written by cir_lightning's CIRModule (no "
+                                "`cir_lightning` entry); it cannot be loaded with `--ckpt_path`")
+        saved, expected = set(checkpoint["state_dict"]), self._trainable_keys()
+        current = dict(self.named_parameters())
+        wrong_shape = sorted(k for k in saved & expected
+                             if tuple(checkpoint["state_dict"][k].shape) != tuple(current[k].shape))
+        if saved != expected or wrong_shape:
+            missing, extra = sorted(expected - saved), sorted(saved - expected)
+            detail = f", {len(wrong_shape)} of another shape (first: {wrong_shape[0]}: " \
+                     f"{tuple(checkpoint['state_dict'][wrong_shape[0]].shape)} in the file, " \
+                     f"{tuple(current[wrong_shape[0]].shape)} here)" if wrong_shape else ""
+            raise CIRModelError(
+                "the checkpoint's trainable weights do not match this model (different LoRA settings?): "
+                f"{len(missing)} missing (first: {missing[:3]}), {len(extra)} unexpected (first: {extra[:3]})"
+                + detail)
+        then, now = meta["fingerprint"].get("model"), self.backbone.fingerprint().get("model")
+        if then != now:
+            rank_zero_warn(f"the checkpoint was trained on base model `{then}`, it is loaded onto `{now}`")
+        # Frozen weights are not in the file: take them from the model as it is, so loading stays strict.
+        state = {k: v for k, v in self.state_dict().items() if k not in saved}
+        checkpoint["state_dict"] = {**state, **checkpoint["state_dict"]}
+
+    def on_fit_end(self) -> None:
+        if not self.export_adapter or getattr(self.backbone, "lora", None) is None:
+            return
+        if self.trainer.is_global_zero:
+            root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+            path, n = root / "adapter", 1
+            while path.exists():  # never overwrite an adapter a user already has
+                path, n = root / f"adapter-{n}", n + 1
+            self.backbone.save_adapter(path)
+            rank_zero_info(f"LoRA adapter saved to {path}")

@@ -1,0 +1,103 @@
+"""Collects query and gallery embeddings over an evaluation epoch, then searches and scores once.
+
+``RetrievalEvaluator`` knows nothing about models or data formats: it receives embeddings with their
+dataset indices (``add``), and at the end the ground truth of each subset (``compute``). Under DDP it
+gathers every rank's embeddings, splits the queries between ranks for the search, and lets the
+sum-state metrics add the ranks' shares up, so every rank returns the numbers one process would.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from cir_lightning.retrieval.gather import gather_embeddings, world
+from cir_lightning.retrieval.index import SearchBackend, pad_lists, search
+from cir_lightning.retrieval.metrics import HitRateAtK, MRRAtK
+
+
+@dataclass(frozen=True)
+class EvalSubset:
+    """Ground truth of one evaluated subset.
+
+    Args:
+        name: prefix of its metric names ("" for none, e.g. "dress" gives ``dress/Recall@10``).
+        positives: per query, its relevant gallery rows.
+        excluded: per query, gallery rows removed from its ranking.
+        num_gallery: gallery size.
+    """
+
+    name: str
+    positives: Sequence[Sequence[int]]
+    excluded: Sequence[Sequence[int]]
+    num_gallery: int
+
+
+class RetrievalEvaluator:
+    """Accumulate embeddings, then compute Recall@K (hit rate) and MRR@K per subset.
+
+    Args:
+        ks: the cut-offs K.
+        backend: search backend (``"faiss"`` or ``"torch"``).
+
+    Example:
+        >>> ev = RetrievalEvaluator(ks=[1, 2], backend="torch")
+        >>> ev.add(0, "gallery", torch.eye(3), torch.arange(3))
+        >>> ev.add(0, "query", torch.tensor([[0.1, 0.9, 0.0], [1.0, 0.0, 0.2]]), torch.tensor([0, 1]))
+        >>> sub = EvalSubset("", positives=[[1], [2]], excluded=[[], [0]], num_gallery=3)
+        >>> {k: round(v, 2) for k, v in ev.compute([sub]).items()}
+        {'Recall@1': 1.0, 'Recall@2': 1.0, 'MRR@1': 1.0, 'MRR@2': 1.0}
+    """
+
+    def __init__(self, ks: Sequence[int] = (1, 5, 10, 50), backend: SearchBackend = "faiss") -> None:
+        self.ks = [int(k) for k in ks]
+        self.backend = backend
+        self.reset()
+
+    def reset(self) -> None:
+        self._parts: dict[tuple[int, str], list[tuple[Tensor, Tensor]]] = defaultdict(list)
+
+    def add(self, subset: int, kind: str, embeddings: Tensor, indices: Tensor) -> None:
+        """Store a batch of ``kind`` ("query" or "gallery") embeddings of subset ``subset`` (on CPU)."""
+        if kind not in ("query", "gallery"):
+            raise ValueError(f"`kind` must be 'query' or 'gallery', got {kind!r}")
+        self._parts[(subset, kind)].append((embeddings.detach().float().cpu(), indices.detach().cpu()))
+
+    def _collect(self, subset: int, kind: str, expected: int) -> Tensor | None:
+        parts = self._parts.get((subset, kind), [])
+        emb = torch.cat([p[0] for p in parts]) if parts else torch.empty(0, 0)
+        idx = torch.cat([p[1] for p in parts]) if parts else torch.empty(0, dtype=torch.long)
+        emb, idx = gather_embeddings(emb, idx)
+        if len(idx) != expected or not torch.equal(idx, torch.arange(expected)):
+            return None
+        return emb
+
+    def compute(self, subsets: Sequence[EvalSubset]) -> dict[str, float]:
+        """Search and score every subset; a collective call under DDP (every rank must make it)."""
+        rank, world_size = world()
+        results: dict[str, float] = {}
+        for s, sub in enumerate(subsets):
+            queries = self._collect(s, "query", len(sub.positives))
+            gallery = self._collect(s, "gallery", sub.num_gallery)
+            if queries is None or gallery is None:
+                if rank == 0:
+                    warnings.warn(f"evaluation of subset {sub.name or s!r} saw only part of its queries or "
+                                  "gallery (limit_*_batches or fast_dev_run?): retrieval metrics are not "
+                                  "computed for it", stacklevel=2)
+                continue
+            mine = torch.arange(rank, len(queries), world_size)  # this rank's share of the search
+            ranked = search(queries[mine], gallery, max(self.ks),
+                            [sub.excluded[i] for i in mine.tolist()], self.backend)
+            positives = pad_lists([sub.positives[i] for i in mine.tolist()],
+                                  max(len(p) for p in sub.positives))
+            prefix = f"{sub.name}/" if sub.name else ""
+            for label, metric in (("Recall", HitRateAtK(self.ks)), ("MRR", MRRAtK(self.ks))):
+                metric.update(ranked, positives)
+                for k, v in metric.compute().items():
+                    results[f"{prefix}{label}@{k}"] = float(v)
+        return results

@@ -1,0 +1,117 @@
+"""Ranking metrics over FAISS-style results, as torchmetrics ``Metric``s with sum states.
+
+Inputs are the ranked lists themselves, not scores: ``ranked`` (queries, L) holds gallery ids in
+descending similarity with excluded ids already removed and ``-1`` where there is no result;
+``positives`` (queries, P) holds each query's relevant gallery ids padded with ``-1``. Each class sums
+per-query values and counts queries, so ``compute`` under DDP equals one process seeing every query,
+as long as each query is updated on exactly one rank. (torchmetrics' own Retrieval* classes are not
+used: they treat scores <= 0 as "not retrieved" and merge repeated query indexes.)
+
+- ``HitRateAtK``: "Recall@K" as CIRR and FashionIQ define it: 1 if any positive is in the first K.
+- ``MRRAtK``: 1 / rank of the first positive if that rank is <= K, else 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+
+def relevance(ranked: Tensor, positives: Tensor) -> Tensor:
+    """(queries, L) booleans: is ``ranked[q, r]`` one of the positives of ``q``? ``-1`` never is.
+
+    Example:
+        >>> relevance(torch.tensor([[3, 1, -1]]), torch.tensor([[1, -1]])).tolist()
+        [[False, True, False]]
+    """
+    if ranked.ndim != 2 or positives.ndim != 2 or ranked.shape[0] != positives.shape[0]:
+        raise ValueError(f"`ranked` {tuple(ranked.shape)} and `positives` {tuple(positives.shape)} must be "
+                         "2-d with one row per query")
+    hit = (ranked.unsqueeze(-1) == positives.unsqueeze(1)).any(-1)
+    return hit & (ranked >= 0)
+
+
+def hit_rate_at_k(ranked: Tensor, positives: Tensor, ks: Sequence[int]) -> Tensor:
+    """Per-query hit (0/1) at each K: (queries, len(ks)). K beyond the list length uses the whole list.
+
+    Example:
+        >>> hit_rate_at_k(torch.tensor([[5, 2, 7], [1, 0, -1]]), torch.tensor([[2], [4]]), [1, 2, 10]).tolist()
+        [[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
+    """
+    rel = relevance(ranked, positives)
+    return torch.stack([rel[:, :k].any(1) for k in ks], dim=1).float()
+
+
+def reciprocal_rank_at_k(ranked: Tensor, positives: Tensor, ks: Sequence[int]) -> Tensor:
+    """Per-query reciprocal rank of the first positive, 0 beyond K: (queries, len(ks)).
+
+    Example:
+        >>> reciprocal_rank_at_k(torch.tensor([[5, 2, 7, 2]]), torch.tensor([[7, 2]]), [1, 2, 4]).tolist()
+        [[0.0, 0.5, 0.5]]
+    """
+    rel = relevance(ranked, positives)
+    ranks = torch.arange(1, rel.shape[1] + 1, device=rel.device, dtype=torch.float)
+    rr = torch.where(rel, 1.0 / ranks, torch.zeros_like(ranks))
+    if rr.shape[1] == 0:
+        return torch.zeros(rr.shape[0], len(ks), device=rr.device)
+    return torch.stack([rr[:, :k].amax(1) if k > 0 else rr[:, :0].sum(1) for k in ks], dim=1)
+
+
+class _MeanAtK(Metric):
+    """Mean over queries of a per-query value at several cut-offs; ``compute`` returns ``{k: value}``."""
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+    _fn = staticmethod(hit_rate_at_k)
+
+    def __init__(self, ks: Sequence[int] = (1, 5, 10, 50), **kwargs) -> None:
+        super().__init__(**kwargs)
+        if not ks or any(int(k) < 1 for k in ks):
+            raise ValueError(f"`ks` must be positive integers, got {list(ks)}")
+        self.ks = [int(k) for k in ks]
+        self.add_state("total", default=torch.zeros(len(self.ks), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, ranked: Tensor, positives: Tensor) -> None:
+        values = self._fn(ranked, positives, self.ks)
+        self.total += values.sum(0).to(self.total)
+        self.count += values.shape[0]
+
+    def compute(self) -> dict[int, Tensor]:
+        if self.count == 0:
+            raise RuntimeError(f"{type(self).__name__}.compute() called before any query was added")
+        return {k: (self.total[i] / self.count).float() for i, k in enumerate(self.ks)}
+
+
+class HitRateAtK(_MeanAtK):
+    """Recall@K as a hit rate (CIRR, FashionIQ): the fraction of queries with a positive in the top K.
+
+    States: ``total`` (per-K sum of hits, float64, sum-reduced) and ``count`` (queries, sum-reduced).
+
+    Example:
+        >>> m = HitRateAtK(ks=[1, 2])
+        >>> m.update(torch.tensor([[4, 2], [1, 3]]), torch.tensor([[2], [1]]))
+        >>> {k: round(float(v), 2) for k, v in m.compute().items()}
+        {1: 0.5, 2: 1.0}
+    """
+
+    _fn = staticmethod(hit_rate_at_k)
+
+
+class MRRAtK(_MeanAtK):
+    """MRR@K: the mean over queries of 1 / rank of the first positive, 0 when it is not in the top K.
+
+    States: ``total`` (per-K sum of reciprocal ranks, float64, sum-reduced) and ``count`` (sum-reduced).
+
+    Example:
+        >>> m = MRRAtK(ks=[1, 2])
+        >>> m.update(torch.tensor([[4, 2], [1, 3]]), torch.tensor([[2], [1]]))
+        >>> {k: round(float(v), 2) for k, v in m.compute().items()}
+        {1: 0.5, 2: 0.75}
+    """
+
+    _fn = staticmethod(reciprocal_rank_at_k)

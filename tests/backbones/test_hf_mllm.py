@@ -1,0 +1,147 @@
+"""The HF multimodal backbone on the tiny offline model: embeddings, padding, LoRA placement, adapters."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from PIL import Image
+
+from cir_lightning.backbones import HFMultimodalBackbone, LoRA, Prompts, make_tiny_model
+from cir_lightning.backbones.collate import MLLMCollator
+from cir_lightning.errors import CIRConfigError, CIRModelError
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _images(n: int) -> list[Image.Image]:
+    colours = ["red", "blue", "green", "white", "yellow"]
+    return [Image.new("RGB", (32 + 8 * i, 32), colours[i % 5]) for i in range(n)]
+
+
+def test_embeddings_are_normalised_and_distinct(backbone):
+    with torch.no_grad():
+        q = backbone.encode_query(_images(3), ["make it red", "a much longer modification text here", "x"])
+        g = backbone.encode_gallery(_images(3))
+        t = backbone.encode_text(["a red circle", "blue"])
+    assert q.shape == (3, 64)
+    assert g.shape == (3, 64)
+    assert t.shape == (2, 64)
+    for e in (q, g, t):
+        assert torch.allclose(e.norm(dim=-1), torch.ones(len(e)), atol=1e-5)
+    assert not torch.allclose(q[0], q[1], atol=1e-3)
+
+
+def test_left_and_right_padding_give_the_same_embeddings(backbone):
+    collator = backbone.collator
+    mods = ["short", "a considerably longer modification that needs padding"]
+    left = collator.query_inputs(_images(2), mods)
+    # build the right-padded version of the same batch by moving each row's padding to the end
+    mask = left["attention_mask"]
+    right = dict(left)
+    right["input_ids"] = torch.stack([torch.cat([r[m.bool()], r[~m.bool()]]) for r, m in
+                                      zip(left["input_ids"], mask, strict=True)])
+    right["attention_mask"] = torch.stack([torch.cat([m[m.bool()], m[~m.bool()]]) for m in mask])
+    assert not torch.equal(right["input_ids"], left["input_ids"])
+    with torch.no_grad():
+        a, b = backbone(left), backbone(right)
+        alone = backbone({k: v[:1] if k != "pixel_values" else v[:1] for k, v in
+                          collator.query_inputs(_images(1), mods[:1]).items()})
+    assert torch.allclose(a, b, atol=1e-5)
+    assert torch.allclose(a[:1], alone, atol=1e-5)  # padding does not change the short row either
+
+
+def test_prompt_ends_with_the_eos_block_and_pooling_reads_it(backbone):
+    inputs = backbone.collator.gallery_inputs(_images(2))
+    eos = backbone.collator.eos_id
+    assert (inputs["input_ids"][:, -5:] == eos).all()
+    assert (inputs["input_ids"][:, -6] != eos).all()
+
+
+def test_lora_sits_on_the_language_model_only_and_base_is_frozen(backbone):
+    trainable = [n for n, p in backbone.named_parameters() if p.requires_grad]
+    assert trainable
+    assert all("lora_" in n for n in trainable)
+    assert all(".language_model." in n for n in trainable)
+    adapted = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable}
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert not any("vision_tower" in n for n, _ in backbone.named_modules() if "lora_" in n)
+
+
+def test_lora_targets_that_do_not_exist_are_an_error(tiny_model_dir):
+    with pytest.raises(CIRConfigError, match=r"\['qkv_proj'\] match no linear layer"):
+        HFMultimodalBackbone(str(tiny_model_dir), lora=LoRA(target_modules=["q_proj", "qkv_proj"]))
+
+
+def test_modules_to_save_trains_the_projector_too(tiny_model_dir):
+    bb = HFMultimodalBackbone(str(tiny_model_dir), lora=LoRA(r=2, alpha=4, modules_to_save=["multi_modal_projector"]))
+    trainable = [n for n, p in bb.named_parameters() if p.requires_grad]
+    assert any("multi_modal_projector" in n for n in trainable)
+    assert not any("vision_tower" in n for n in trainable)
+
+
+def test_no_lora_means_nothing_trains(tiny_model_dir):
+    bb = HFMultimodalBackbone(str(tiny_model_dir), lora=None)
+    assert not any(p.requires_grad for p in bb.parameters())
+    with pytest.raises(CIRConfigError, match="no LoRA adapter"):
+        bb.save_adapter("x")
+
+
+def test_adapter_round_trips_through_peft_save_pretrained(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    backbone = HFMultimodalBackbone(str(tiny_model_dir), lora=LoRA(r=4, alpha=8)).eval()  # no LoRA dropout
+    with torch.no_grad():
+        for name, p in backbone.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05 * torch.randn_like(p))
+        want = backbone.encode_gallery(_images(2))
+    backbone.save_adapter(tmp_path / "adapter")
+    fresh = HFMultimodalBackbone(str(tiny_model_dir), lora=None)
+    base = AutoModelForImageTextToText.from_pretrained(str(tiny_model_dir))
+    fresh.model = PeftModel.from_pretrained(base, str(tmp_path / "adapter"))
+    fresh.lora = LoRA()
+    fresh.eval()
+    with torch.no_grad():
+        got = fresh.encode_gallery(_images(2))
+        untrained = HFMultimodalBackbone(str(tiny_model_dir), lora=None).eval().encode_gallery(_images(2))
+    assert torch.allclose(want, got, atol=1e-5)
+    assert not torch.allclose(want, untrained, atol=1e-3)
+
+
+def test_missing_model_gives_a_clear_error(tmp_path):
+    with pytest.raises(CIRModelError, match="cannot load model .*not a local folder"):
+        HFMultimodalBackbone(str(tmp_path / "no-such-model"))
+
+
+def test_bad_eos_configuration_is_reported(tiny_model_dir):
+    with pytest.raises(CIRModelError, match="is not a token"):
+        HFMultimodalBackbone(str(tiny_model_dir), eos_token="<|end|>")
+    with pytest.raises(CIRConfigError, match="eos_block_size"):
+        HFMultimodalBackbone(str(tiny_model_dir), eos_block_size=0)
+
+
+def test_prompt_presets_and_overrides(tiny_model_dir):
+    bb = HFMultimodalBackbone(str(tiny_model_dir), prompts=Prompts("fire", query="<image> then {modification}"))
+    assert bb.collator.prompts.query == "<image> then {modification}"
+    assert bb.collator.prompts.gallery == "Describe the image <image> ?"
+    with pytest.raises(CIRConfigError, match="needs <image>"):
+        Prompts("fire", gallery="no image here").resolve()
+
+
+def test_collator_is_small_and_picklable(backbone):
+    import pickle
+
+    blob = pickle.dumps(backbone.collator)
+    assert isinstance(pickle.loads(blob), MLLMCollator)
+    assert len(blob) < 2_000_000  # the processor only, never the model
+
+
+def test_make_tiny_model_refuses_to_overwrite(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "keep.txt").write_text("mine")
+    with pytest.raises(CIRConfigError, match="not empty"):
+        make_tiny_model(tmp_path / "m")
+    assert (tmp_path / "m" / "keep.txt").read_text() == "mine"

@@ -1,0 +1,147 @@
+"""The JSONL DataModule: loading, exclusion, resizing, and every bad-input error naming file and line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from cir_lightning.data import JsonlCIRDataModule
+from cir_lightning.errors import CIRDataError
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def root(tmp_path):
+    (tmp_path / "images").mkdir()
+    for name, colour in [("a", "red"), ("b", "blue"), ("c", "green")]:
+        Image.new("RGB", (80, 40), colour).save(tmp_path / "images" / f"{name}.png")
+    write_jsonl(tmp_path / "gallery.jsonl", [{"image_id": n, "image_path": f"images/{n}.png"} for n in "abc"])
+    write_jsonl(tmp_path / "train.jsonl", [
+        {"reference_image": "images/a.png", "target_image": "images/b.png", "modification": "make it blue",
+         "target_caption": "blue"},
+        {"reference_image": "images/b.png", "target_image": "images/c.png", "modification": "make it green",
+         "target_caption": "green"},
+    ])
+    write_jsonl(tmp_path / "val_queries.jsonl", [
+        {"query_id": "q0", "reference_image": "images/a.png", "reference_id": "a", "modification": "blue",
+         "target_id": "b", "exclude_ids": ["a"]},
+        {"query_id": "q1", "reference_image": "images/b.png", "reference_id": "b", "modification": "x",
+         "target_ids": ["a", "c"]},
+    ])
+    return tmp_path
+
+
+def setup(root: Path, stage: str = "fit", **kwargs) -> JsonlCIRDataModule:
+    dm = JsonlCIRDataModule(str(root), **kwargs)
+    dm.setup(stage)
+    return dm
+
+
+def test_loads_triplets_queries_gallery_and_ground_truth(root):
+    dm = setup(root, max_short_edge=20, with_captions=True)
+    sample = dm.train_set[0]
+    assert sample["modification"] == "make it blue"
+    assert sample["target_caption"] == "blue"
+    assert sample["reference_image"].size == (40, 20)  # short edge shrunk to 20, aspect kept
+    queries, gallery = dm.val_sets[0]
+    assert gallery.ids == ["a", "b", "c"]
+    assert queries.positives == [(1,), (0, 2)]  # rows in the gallery; several positives allowed
+    assert queries.excluded == [(0,), ()]
+    assert set(dm.val_dataloader()[1].dataset[2]) == {"index", "image"}
+
+
+def test_exclude_reference_option_adds_the_reference(root):
+    queries, _ = setup(root, "validate", exclude_reference=True).val_sets[0]
+    assert queries.excluded == [(0,), (1,)]
+
+
+def test_captions_are_optional_and_off_by_default(root):
+    assert "target_caption" not in setup(root).train_set[0]
+
+
+def test_test_stage_uses_test_files_or_falls_back_to_val(root):
+    shutil.copy(root / "val_queries.jsonl", root / "test_queries.jsonl")
+    assert len(setup(root, "test", test_queries_file="test_queries.jsonl").test_sets[0][0]) == 2
+    assert len(setup(root, "test").test_sets[0][0]) == 2
+
+
+@pytest.mark.parametrize(("file", "line", "bad", "message"), [
+    ("train.jsonl", 2, "{not json", "malformed JSON"),
+    ("train.jsonl", 1, "[1, 2]", "expected a JSON object"),
+    ("train.jsonl", 2, {"reference_image": "images/a.png", "target_image": "images/b.png"},
+     "missing field `modification`"),
+    ("train.jsonl", 1, {"reference_image": "images/a.png", "target_image": 3, "modification": "m"},
+     "`target_image` must be a non-empty string"),
+    ("train.jsonl", 2, {"reference_image": "../secret.png", "target_image": "images/b.png", "modification": "m"},
+     "points outside the image root"),
+    ("train.jsonl", 1, {"reference_image": "/etc/passwd", "target_image": "images/b.png", "modification": "m"},
+     "is absolute"),
+    ("gallery.jsonl", 3, {"image_id": "a", "image_path": "images/a.png"}, "duplicate `image_id` 'a'"),
+    ("gallery.jsonl", 2, {"image_id": ["b"], "image_path": "images/b.png"}, "`image_id` must be a string"),
+    ("val_queries.jsonl", 2, {"query_id": "q0", "reference_image": "images/a.png", "modification": "m",
+                              "target_id": "b"}, "duplicate `query_id` 'q0'"),
+    ("val_queries.jsonl", 1, {"query_id": "q0", "reference_image": "images/a.png", "modification": "m",
+                              "target_id": "b", "exclude_ids": ["b"]}, "excludes its own positive"),
+    ("val_queries.jsonl", 1, {"query_id": "q0", "reference_image": "images/a.png", "modification": "m",
+                              "target_ids": []}, "`target_ids` must be a non-empty list"),
+    ("val_queries.jsonl", 2, {"query_id": "q1", "reference_image": "images/a.png", "modification": "m"},
+     "missing field `target_id`"),
+])
+def test_bad_lines_name_file_and_line(root, file, line, bad, message):
+    path = root / file
+    rows = path.read_text().splitlines()
+    rows[line - 1 if line <= len(rows) else len(rows):line] = [bad if isinstance(bad, str) else json.dumps(bad)]
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(CIRDataError, match=message) as info:
+        setup(root)
+    assert f"{file}:{line}:" in str(info.value)
+
+
+def test_positives_missing_from_gallery_are_listed_not_counted_as_misses(root):
+    write_jsonl(root / "val_queries.jsonl", [
+        {"query_id": f"q{i}", "reference_image": "images/a.png", "modification": "m", "target_id": f"zz{i}"}
+        for i in range(7)])
+    with pytest.raises(CIRDataError, match=r"7 query\(ies\) have positives that are not in the gallery") as info:
+        setup(root, "validate")
+    assert "val_queries.jsonl:1 query 'q0': 'zz0'" in str(info.value)
+    assert "and 2 more" in str(info.value)
+
+
+def test_missing_images_are_listed_with_their_lines(root):
+    (root / "images" / "c.png").unlink()
+    with pytest.raises(CIRDataError, match=r"1 image file\(s\) do not exist") as info:
+        setup(root)
+    assert "train.jsonl:2:" in str(info.value)
+    assert "c.png" in str(info.value)
+
+
+def test_unreadable_image_fails_when_loaded_naming_file_and_line(root):
+    (root / "images" / "b.png").write_bytes(b"this is not a png")
+    dm = setup(root)
+    with pytest.raises(CIRDataError, match=r"train\.jsonl:1: image .*b\.png` cannot be read"):
+        dm.train_set[0]
+
+
+def test_missing_files_and_empty_files_are_reported(root):
+    with pytest.raises(CIRDataError, match="nope.jsonl: annotation file does not exist"):
+        setup(root, train_file="nope.jsonl")
+    (root / "train.jsonl").write_text("\n\n")
+    with pytest.raises(CIRDataError, match="no training samples"):
+        setup(root)
+    with pytest.raises(CIRDataError, match="image root is not a folder"):
+        setup(root, image_root=str(root / "missing"))
+
+
+def test_image_root_separate_from_annotations(root, tmp_path_factory):
+    images = tmp_path_factory.mktemp("elsewhere")
+    shutil.move(str(root / "images"), str(images / "images"))
+    dm = setup(root, image_root=str(images))
+    assert dm.train_set[0]["target_image"].size == (80, 40)

@@ -1,0 +1,106 @@
+"""The `cir-lightning` console entry point: fit, validate, test, predict and the offline tools."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+CONF = Path(__file__).parent / "conf" / "tiny.yaml"
+EXE = Path(sys.executable).parent / "cir-lightning"
+
+
+def run(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([str(EXE), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"cir-lightning {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory, tiny_model_dir, synthetic_root):
+    cwd = tmp_path_factory.mktemp("cli")
+    common = ["--config", str(CONF), "--model.backbone.init_args.model_name_or_path", str(tiny_model_dir),
+              "--data.init_args.root", str(cwd / "data")]
+    run("fit", *common, "--trainer.default_root_dir", "run", cwd=cwd)
+    return cwd, common
+
+
+def test_fit_writes_trainable_only_checkpoints_adapter_and_config(fitted):
+    cwd, _ = fitted
+    ckpt = torch.load(cwd / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["state_dict"]
+    assert all(".lora_" in k for k in ckpt["state_dict"])
+    assert ckpt["global_step"] == 4
+    assert (cwd / "run" / "adapter" / "adapter_config.json").is_file()
+    saved = yaml.safe_load((cwd / "run" / "config.yaml").read_text())
+    assert saved["model"]["backbone"]["init_args"]["lora"]["r"] == 4
+    assert (cwd / "data" / "synthetic.json").is_file()  # the data module generated its data
+
+
+def test_validate_and_test_from_checkpoint_report_retrieval_metrics(fitted):
+    cwd, common = fitted
+    ckpt = str(cwd / "run" / "checkpoints" / "last.ckpt")
+    out = run("validate", *common, "--trainer.default_root_dir", "run", "--ckpt_path", ckpt, cwd=cwd).stdout
+    for name in ("val/Recall@1", "val/Recall@10", "val/Recall@50", "val/MRR@10"):
+        assert name in out
+    assert (cwd / "run" / "config-validate.yaml").is_file()  # fit's config.yaml is kept, not overwritten
+    out = run("test", *common, "--trainer.default_root_dir", "run", "--ckpt_path", ckpt, cwd=cwd).stdout
+    assert "test/Recall@10" in out
+
+
+def test_predict_returns_embeddings(fitted):
+    cwd, common = fitted
+    proc = run("predict", *common, "--trainer.default_root_dir", "pred", "--trainer.limit_predict_batches", "1",
+               cwd=cwd)
+    assert proc.returncode == 0
+
+
+def test_print_config_resolves_interpolation(tmp_path, tiny_model_dir):
+    config = tmp_path / "interp.yaml"
+    config.write_text(CONF.read_text().replace("root: data", "root: ${trainer.default_root_dir}/data"))
+    out = run("fit", "--config", str(config), "--trainer.default_root_dir", "somewhere", "--print_config",
+              cwd=tmp_path).stdout
+    printed = yaml.safe_load(out)
+    assert printed["data"]["init_args"]["root"] == "somewhere/data"
+    assert printed["model"]["loss"] is None or "class_path" in printed["model"]["loss"]
+
+
+def test_python_dash_m_and_help_list_the_subcommands_and_tools(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "cir_lightning", "--help"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0
+    for word in ("fit", "validate", "test", "predict", "make-tiny-model", "make-synthetic-data"):
+        assert word in proc.stdout
+
+
+def test_offline_tools_build_model_and_data(tmp_path):
+    run("make-tiny-model", "model", cwd=tmp_path)
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["model_type"] == "llava_next"
+    again = run("make-tiny-model", "model", cwd=tmp_path, check=False)
+    assert again.returncode != 0
+    assert "not empty" in again.stderr
+    run("make-synthetic-data", "data", "--num-train", "10", "--num-val", "4", "--image-size", "16", cwd=tmp_path)
+    assert len((tmp_path / "data" / "train.jsonl").read_text().splitlines()) == 10
+
+
+def test_bad_data_fails_with_the_file_and_line(tmp_path, tiny_model_dir, synthetic_root):
+    import shutil
+
+    root = tmp_path / "mydata"
+    shutil.copytree(synthetic_root, root)
+    lines = (root / "train.jsonl").read_text().splitlines()
+    lines[4] = '{"reference_image": "../../etc/passwd", "target_image": "images/scene_000.png", "modification": "x"}'
+    (root / "train.jsonl").write_text("\n".join(lines) + "\n")
+    proc = run("fit", "--config", str(CONF), "--model.backbone.init_args.model_name_or_path", str(tiny_model_dir),
+               "--data", "cir_lightning.data.JsonlCIRDataModule", "--data.root", str(root),
+               "--trainer.default_root_dir", "run", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert f"{root / 'train.jsonl'}:5: `reference_image` '../../etc/passwd' points outside the image root" in proc.stderr

@@ -1,0 +1,143 @@
+"""CIRModule: learning, trainable-only checkpoints, evaluation numbers checked independently."""
+
+from __future__ import annotations
+
+import warnings
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from cir_lightning.backbones import HFMultimodalBackbone, LoRA, Prompts
+from cir_lightning.data import JsonlCIRDataModule
+from cir_lightning.errors import CIRConfigError, CIRModelError
+from cir_lightning.module import CIRModule
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def make_module(tiny_model_dir, r=4, **kwargs) -> CIRModule:
+    bb = HFMultimodalBackbone(str(tiny_model_dir), prompts=Prompts("short"), lora=LoRA(r=r, alpha=2 * r, dropout=0.0))
+    kwargs.setdefault("optimizer", lambda p: torch.optim.AdamW(p, lr=3e-3))
+    return CIRModule(bb, warmup=0, lr_schedule="constant", **kwargs)
+
+
+def trainer(tmp_path, **kwargs) -> pl.Trainer:
+    kwargs.setdefault("max_steps", 2)
+    kwargs.setdefault("num_sanity_val_steps", 0)
+    return pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                      default_root_dir=tmp_path, **kwargs)
+
+
+def test_training_reduces_the_loss_on_a_fixed_batch(tiny_model_dir, synthetic_root):
+    module = make_module(tiny_model_dir, r=8)
+    dm = JsonlCIRDataModule(str(synthetic_root), batch_size=16)
+    dm.setup("fit")
+    dm.connect(module.backbone.collator)
+    batch = next(iter(dm.train_dataloader()))
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=3e-3)
+    module.train()
+    losses = []
+    for _ in range(25):
+        terms = module.loss(module.backbone(batch["query"]), module.backbone(batch["target"]))
+        opt.zero_grad()
+        terms["loss"].backward()
+        opt.step()
+        losses.append(terms["loss"].item())
+    assert losses[-1] < 0.6 * losses[0], losses
+
+
+def test_batches_are_made_in_worker_processes(tiny_model_dir, synthetic_root):
+    module = make_module(tiny_model_dir)
+    dm = JsonlCIRDataModule(str(synthetic_root), batch_size=8, num_workers=2)
+    dm.setup("fit")
+    dm.connect(module.backbone.collator)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["query"]["input_ids"].shape[0] == 8
+    assert batch["target"]["pixel_values"].dtype == torch.float32
+    group = batch["target_group"]
+    assert all(group[i] <= i and group[group[i]] == group[i] for i in range(len(group)))  # first-occurrence ids
+
+
+def test_validation_metrics_equal_an_independent_computation(tiny_model_dir, synthetic_root, tmp_path):
+    module = make_module(tiny_model_dir)
+    dm = JsonlCIRDataModule(str(synthetic_root), eval_batch_size=50)
+    metrics = trainer(tmp_path).validate(module, dm, verbose=False)[0]
+    queries, gallery = dm.val_sets[0]
+    module.eval()
+    with torch.no_grad():
+        q = module.backbone.encode_query([queries[i]["reference_image"] for i in range(len(queries))],
+                                         [queries[i]["modification"] for i in range(len(queries))])
+        g = torch.cat([module.backbone.encode_gallery([gallery[i]["image"] for i in range(s, min(s + 100, len(gallery)))])
+                       for s in range(0, len(gallery), 100)])
+    scores = (q @ g.T).tolist()
+    for k in (1, 5, 10, 50):
+        hits, rr = 0, 0.0
+        for i, row in enumerate(scores):
+            order = [j for j in sorted(range(len(row)), key=lambda j, row=row: (-row[j], j))
+                     if j not in queries.excluded[i]][:k]
+            rank = next((r for r, j in enumerate(order, 1) if j in queries.positives[i]), None)
+            hits += rank is not None
+            rr += 1 / rank if rank else 0
+        assert metrics[f"val/Recall@{k}"] == pytest.approx(hits / len(scores), abs=1e-6)
+        assert metrics[f"val/MRR@{k}"] == pytest.approx(rr / len(scores), abs=1e-5)
+
+
+def test_search_is_skipped_in_sanity_check_and_on_partial_evaluation(tiny_model_dir, synthetic_root, tmp_path):
+    module = make_module(tiny_model_dir)
+    calls = []
+    original = module.evaluator.compute
+    module.evaluator.compute = lambda subsets: calls.append(1) or original(subsets)
+    dm = JsonlCIRDataModule(str(synthetic_root), batch_size=8, eval_batch_size=8)
+    t = trainer(tmp_path, max_steps=1, limit_train_batches=1, num_sanity_val_steps=2, limit_val_batches=2)
+    with pytest.warns(UserWarning, match="saw only part"):
+        t.fit(module, dm)
+    assert len(calls) == 1  # after the epoch only, not in the sanity check
+    assert not any(k.startswith("val/Recall") for k in t.callback_metrics)  # no number from a partial gallery
+
+
+def test_checkpoint_holds_only_trainable_weights_and_reloads(tiny_model_dir, synthetic_root, tmp_path):
+    module = make_module(tiny_model_dir)
+    dm = JsonlCIRDataModule(str(synthetic_root), batch_size=8, eval_batch_size=64)
+    t = trainer(tmp_path, max_steps=3, limit_train_batches=3)
+    t.fit(module, dm)
+    ckpt_path = t.checkpoint_callback.best_model_path
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert set(ckpt["state_dict"]) == trainable
+    assert all("lora_" in k for k in ckpt["state_dict"])
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    trained = t.validate(module, dm, verbose=False)[0]
+    fresh = make_module(tiny_model_dir)
+    untrained = trainer(tmp_path).validate(fresh, dm, verbose=False)[0]
+    reloaded = trainer(tmp_path).validate(fresh, dm, ckpt_path=ckpt_path, verbose=False)[0]
+    assert reloaded == pytest.approx(trained, abs=1e-6)
+    assert reloaded != pytest.approx(untrained, abs=1e-6)
+    other = make_module(tiny_model_dir, r=2)
+    with pytest.raises(CIRModelError, match="do not match this model"):
+        trainer(tmp_path).validate(other, dm, ckpt_path=ckpt_path, verbose=False)
+
+
+def test_adapter_export_never_overwrites(tiny_model_dir, synthetic_root, tmp_path):
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "mine.txt").write_text("keep")
+    module = make_module(tiny_model_dir)
+    dm = JsonlCIRDataModule(str(synthetic_root), batch_size=8, val_queries_file=None)
+    trainer(tmp_path, max_steps=1, enable_checkpointing=False).fit(module, dm)
+    assert (tmp_path / "adapter" / "mine.txt").read_text() == "keep"
+    assert (tmp_path / "adapter-1" / "adapter_config.json").is_file()
+
+
+def test_caption_target_side_needs_captions(tiny_model_dir, synthetic_root, tmp_path):
+    dm = JsonlCIRDataModule(str(synthetic_root), batch_size=8, val_queries_file=None)
+    with pytest.raises(CIRConfigError, match="with_captions"):
+        trainer(tmp_path, max_steps=1).fit(make_module(tiny_model_dir, target_side="caption"), dm)
+    dm = JsonlCIRDataModule(str(synthetic_root), batch_size=8, val_queries_file=None, with_captions=True)
+    trainer(tmp_path, max_steps=1, enable_checkpointing=False).fit(make_module(tiny_model_dir, target_side="caption"), dm)
+
+
+def test_nothing_to_train_is_reported(tiny_model_dir, synthetic_root, tmp_path):
+    module = CIRModule(HFMultimodalBackbone(str(tiny_model_dir), lora=None))
+    dm = JsonlCIRDataModule(str(synthetic_root), batch_size=8, val_queries_file=None)
+    with pytest.raises(CIRConfigError, match="no trainable parameters"):
+        trainer(tmp_path, max_steps=1).fit(module, dm)
