@@ -95,6 +95,8 @@ class FireLoss(nn.Module):
         contrastive_weight: weight of the InfoNCE term.
 
     Example:
+        >>> import torch
+        >>> import torch.nn.functional as F
         >>> loss = FireLoss()
         >>> q = F.normalize(torch.randn(4, 8), dim=-1)
         >>> terms = loss(q, q)

@@ -13,6 +13,7 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     """Positions that count real tokens only, so left padding does not shift them.
 
     Example:
+        >>> import torch
         >>> position_ids_from_mask(torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])).tolist()
         [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
     """
@@ -23,6 +24,7 @@ def last_real_tokens_mask(attention_mask: Tensor, n: int) -> Tensor:
     """A boolean mask of the last ``n`` real (unpadded) tokens of each row, for left or right padding.
 
     Example:
+        >>> import torch
         >>> last_real_tokens_mask(torch.tensor([[0, 1, 1, 1], [1, 1, 1, 0]]), 2).int().tolist()
         [[0, 0, 1, 1], [0, 1, 1, 0]]
     """
@@ -42,6 +44,7 @@ def pool(hidden: Tensor, attention_mask: Tensor, method: PoolingMethod = "eos_bl
         block: size of the EOS block.
 
     Example:
+        >>> import torch
         >>> h = torch.arange(8.).view(1, 4, 2)
         >>> pool(h, torch.tensor([[0, 1, 1, 1]]), "eos_block", 2).tolist()
         [[5.0, 6.0]]

@@ -10,6 +10,8 @@ and any other text still tokenizes. Nothing is downloaded: the folder loads back
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,7 +173,18 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, spec: TinyModelSpec | No
         image_token="<image>",
         num_additional_image_tokens=1,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    if out.exists():  # overwrite=True: replace the files in place
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
+        return out
+    # Write beside the target and rename, so that processes racing to build the same folder (DDP ranks)
+    # never see a half-written checkpoint; the weights are identical for the same seed.
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    processor.save_pretrained(tmp)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
     return out

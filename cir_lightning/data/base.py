@@ -20,6 +20,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset
 
 from cir_lightning.data.datasets import GalleryDataset, QueryDataset, TripletDataset
+from cir_lightning.errors import CIRConfigError
 
 
 class Collator(Protocol):
@@ -87,7 +88,8 @@ class CIRDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         if self.train_set is None:
-            raise RuntimeError(f"{type(self).__name__} has no training data: set its training file")
+            raise CIRConfigError(f"{type(self).__name__} has no training data: set its training file "
+                                 "(`train_file` for JSONL data)")
         collate = self.collator.triplets if self.collator else _as_list
         return self._loader(self.train_set, collate, self.batch_size, True)
 

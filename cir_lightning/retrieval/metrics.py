@@ -55,9 +55,8 @@ def reciprocal_rank_at_k(ranked: Tensor, positives: Tensor, ks: Sequence[int]) -
     rel = relevance(ranked, positives)
     ranks = torch.arange(1, rel.shape[1] + 1, device=rel.device, dtype=torch.float)
     rr = torch.where(rel, 1.0 / ranks, torch.zeros_like(ranks))
-    if rr.shape[1] == 0:
-        return torch.zeros(rr.shape[0], len(ks), device=rr.device)
-    return torch.stack([rr[:, :k].amax(1) if k > 0 else rr[:, :0].sum(1) for k in ks], dim=1)
+    rr = torch.cat([rr, rr.new_zeros(rr.shape[0], 1)], dim=1)  # so an empty list gives 0, not an error
+    return torch.stack([rr[:, :k].amax(1) for k in ks], dim=1)
 
 
 class _MeanAtK(Metric):
