@@ -1,8 +1,9 @@
 """The interface every backbone implements, usable with or without Lightning.
 
 A backbone maps pre-processed inputs (tensors made by its ``collator`` in DataLoader workers) to
-L2-normalised embeddings with ``forward``. The ``encode_*`` methods are the convenient front door for
-raw PIL images and strings (they run the collator in the calling process, then ``forward``).
+L2-normalised embeddings with ``forward`` (the training path). The ``encode_*`` methods are the
+inference front door for raw PIL images and strings: they run the collator in the calling process,
+then ``forward`` without gradients (call ``.eval()`` first to switch off dropout, as with any module).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Backbone(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @torch.no_grad()
     def _run(self, inputs: Mapping[str, Tensor]) -> Tensor:
         return self({k: v.to(self.device) for k, v in inputs.items()})
 

@@ -35,25 +35,25 @@ def relevance(ranked: Tensor, positives: Tensor) -> Tensor:
 
 
 def hit_rate_at_k(ranked: Tensor, positives: Tensor, ks: Sequence[int]) -> Tensor:
-    """Per-query hit (0/1) at each K: (queries, len(ks)). K beyond the list length uses the whole list.
+    """Per-query hit (0/1) at each K: (queries, len(ks)), float64. K beyond the list uses the whole list.
 
     Example:
         >>> hit_rate_at_k(torch.tensor([[5, 2, 7], [1, 0, -1]]), torch.tensor([[2], [4]]), [1, 2, 10]).tolist()
         [[0.0, 1.0, 1.0], [0.0, 0.0, 0.0]]
     """
     rel = relevance(ranked, positives)
-    return torch.stack([rel[:, :k].any(1) for k in ks], dim=1).float()
+    return torch.stack([rel[:, :k].any(1) for k in ks], dim=1).double()
 
 
 def reciprocal_rank_at_k(ranked: Tensor, positives: Tensor, ks: Sequence[int]) -> Tensor:
-    """Per-query reciprocal rank of the first positive, 0 beyond K: (queries, len(ks)).
+    """Per-query reciprocal rank of the first positive, 0 beyond K: (queries, len(ks)), float64.
 
     Example:
         >>> reciprocal_rank_at_k(torch.tensor([[5, 2, 7, 2]]), torch.tensor([[7, 2]]), [1, 2, 4]).tolist()
         [[0.0, 0.5, 0.5]]
     """
     rel = relevance(ranked, positives)
-    ranks = torch.arange(1, rel.shape[1] + 1, device=rel.device, dtype=torch.float)
+    ranks = torch.arange(1, rel.shape[1] + 1, device=rel.device, dtype=torch.float64)
     rr = torch.where(rel, 1.0 / ranks, torch.zeros_like(ranks))
     rr = torch.cat([rr, rr.new_zeros(rr.shape[0], 1)], dim=1)  # so an empty list gives 0, not an error
     return torch.stack([rr[:, :k].amax(1) for k in ks], dim=1)
@@ -77,7 +77,8 @@ class _MeanAtK(Metric):
 
     def update(self, ranked: Tensor, positives: Tensor) -> None:
         values = self._fn(ranked, positives, self.ks)
-        self.total += values.sum(0).to(self.total)
+        # float64 per query and in the sum, so that splitting queries over ranks cannot change the result
+        self.total += values.to(self.total).sum(0)
         self.count += values.shape[0]
 
     def compute(self) -> dict[int, Tensor]:
