@@ -26,7 +26,7 @@ from cir_lightning.backbones.base import Backbone
 from cir_lightning.errors import CIRConfigError, CIRModelError
 from cir_lightning.losses import FireLoss
 from cir_lightning.retrieval.evaluator import EvalSubset, RetrievalEvaluator
-from cir_lightning.retrieval.index import SearchBackend
+from cir_lightning.retrieval.index import SearchConfig
 
 _STAGE_PREFIX = {"validate": "val", "test": "test"}
 
@@ -49,7 +49,8 @@ class CIRModule(pl.LightningModule):
         target_side: align queries with the target ``"image"`` (paper) or the target ``"caption"``
             (release; needs captions in the data).
         eval_ks: the cut-offs K of Recall@K and MRR@K.
-        search_backend: ``"faiss"`` or ``"torch"`` exact inner-product search.
+        search: how the gallery is searched: backend, faiss index type, ``nprobe`` / ``ef_search``,
+            device (default: exact faiss ``Flat`` on the CPU).
         export_adapter: save the trained adapter with ``save_pretrained`` when ``fit`` ends.
     """
 
@@ -62,7 +63,7 @@ class CIRModule(pl.LightningModule):
         warmup: float = 0.1,
         target_side: Literal["image", "caption"] = "image",
         eval_ks: list[int] | None = None,
-        search_backend: SearchBackend = "faiss",
+        search: SearchConfig | None = None,
         export_adapter: bool = True,
     ) -> None:
         super().__init__()
@@ -73,7 +74,7 @@ class CIRModule(pl.LightningModule):
         self.lr_schedule = lr_schedule
         self.warmup = warmup
         self.target_side = target_side
-        self.evaluator = RetrievalEvaluator(eval_ks or [1, 5, 10, 50], search_backend)
+        self.evaluator = RetrievalEvaluator(eval_ks or [1, 5, 10, 50], search)
         self.export_adapter = export_adapter
 
     # ------------------------------------------------------------------ data hookup

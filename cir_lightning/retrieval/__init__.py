@@ -1,7 +1,16 @@
 """Retrieval: search, ranking metrics, DDP gathering and evaluation. Independent of models and data."""
 
 from cir_lightning.retrieval.evaluator import EvalSubset, RetrievalEvaluator
-from cir_lightning.retrieval.index import search
-from cir_lightning.retrieval.metrics import HitRateAtK, MRRAtK
+from cir_lightning.retrieval.index import SearchConfig, build_index, search
+from cir_lightning.retrieval.metrics import (
+    HitRateAtK,
+    MAPAtK,
+    MRRAtK,
+    PositiveRecallAtK,
+    SubsetRecallAtK,
+)
 
-__all__ = ["EvalSubset", "HitRateAtK", "MRRAtK", "RetrievalEvaluator", "search"]
+__all__ = [
+    "EvalSubset", "HitRateAtK", "MAPAtK", "MRRAtK", "PositiveRecallAtK", "RetrievalEvaluator", "SubsetRecallAtK",
+    "SearchConfig", "build_index", "search",
+]

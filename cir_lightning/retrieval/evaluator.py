@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from cir_lightning.retrieval.gather import gather_embeddings, world
-from cir_lightning.retrieval.index import SearchBackend, pad_lists, search
+from cir_lightning.retrieval.index import SearchConfig, pad_lists, search
 from cir_lightning.retrieval.metrics import HitRateAtK, MRRAtK
 
 
@@ -43,10 +43,10 @@ class RetrievalEvaluator:
 
     Args:
         ks: the cut-offs K.
-        backend: search backend (``"faiss"`` or ``"torch"``).
+        search: how the gallery is searched (default: exact faiss ``Flat``).
 
     Example:
-        >>> ev = RetrievalEvaluator(ks=[1, 2], backend="torch")
+        >>> ev = RetrievalEvaluator(ks=[1, 2], search=SearchConfig(backend="torch"))
         >>> ev.add(0, "gallery", torch.eye(3), torch.arange(3))
         >>> ev.add(0, "query", torch.tensor([[0.1, 0.9, 0.0], [1.0, 0.0, 0.2]]), torch.tensor([0, 1]))
         >>> sub = EvalSubset("", positives=[[1], [2]], excluded=[[], [0]], num_gallery=3)
@@ -54,9 +54,9 @@ class RetrievalEvaluator:
         {'Recall@1': 1.0, 'Recall@2': 1.0, 'MRR@1': 1.0, 'MRR@2': 1.0}
     """
 
-    def __init__(self, ks: Sequence[int] = (1, 5, 10, 50), backend: SearchBackend = "faiss") -> None:
+    def __init__(self, ks: Sequence[int] = (1, 5, 10, 50), search: SearchConfig | None = None) -> None:
         self.ks = [int(k) for k in ks]
-        self.backend = backend
+        self.search = search or SearchConfig()
         self.reset()
 
     def reset(self) -> None:
@@ -92,7 +92,7 @@ class RetrievalEvaluator:
                 continue
             mine = torch.arange(rank, len(queries), world_size)  # this rank's share of the search
             ranked = search(queries[mine], gallery, max(self.ks),
-                            [sub.excluded[i] for i in mine.tolist()], self.backend)
+                            [sub.excluded[i] for i in mine.tolist()], self.search)
             positives = pad_lists([sub.positives[i] for i in mine.tolist()],
                                   max(len(p) for p in sub.positives))
             prefix = f"{sub.name}/" if sub.name else ""

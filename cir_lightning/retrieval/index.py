@@ -3,25 +3,63 @@
 ``search`` returns, for each query, the top-``k`` gallery row indices in descending similarity after
 removing that query's excluded rows; ``-1`` fills rows with fewer than ``k`` results. Exclusion is done
 by searching ``k + max(|excluded|)`` and filtering, which equals masking the excluded rows out of the
-full ranking. Two backends:
+full ranking. ``SearchConfig`` chooses how:
 
-- ``"faiss"``: an exact ``IndexFlatIP`` (faiss-cpu; float32, contiguous); equal scores are re-ordered
-  by gallery index, and the rare rows where a tie crosses the cut-off are recomputed exactly, so the
-  result equals the torch backend's;
-- ``"torch"``: chunked matmul + stable sort, exact, ties broken by the lower gallery index; memory is
-  bounded by ``chunk_size`` x gallery, never queries x gallery.
+- ``backend="faiss"`` with ``factory="Flat"`` (default): exact ``IndexFlatIP``. Equal scores are put in
+  gallery order and the rare rows where a tie crosses the cut-off are recomputed exactly, so the result
+  equals the torch backend's (lower gallery index first).
+- ``backend="faiss"`` with any other ``index_factory`` string ("IVF1024,Flat", "HNSW32",
+  "IVF256,PQ16", ...): approximate, inner-product metric, trained on the gallery when the type needs it.
+- ``backend="torch"``: chunked matmul + stable sort, exact; memory is ``chunk_size`` x gallery, never
+  queries x gallery.
+
+With ``device="cuda"`` the faiss index is moved to this process's current GPU only (never cloned to
+every GPU from every rank); that needs a faiss build with GPU support (the ``gpu`` extra).
 """
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-SearchBackend = Literal["faiss", "torch"]
+from cir_lightning.errors import CIRConfigError
+
+_MIN_PER_CENTROID = 39  # faiss warns below 39 training points per IVF centroid
+_GPU_MAX_K = 2048
+
+
+@dataclass
+class SearchConfig:
+    """How a gallery is searched.
+
+    Args:
+        backend: ``"faiss"`` or ``"torch"`` (exact, CPU or the embeddings' device).
+        factory: faiss ``index_factory`` string; the metric is always inner product. ``"Flat"`` is exact.
+        nprobe: IVF lists visited per query (faiss default 1).
+        ef_search: HNSW search depth (faiss default 16).
+        device: ``"cpu"``, or ``"cuda"`` for a faiss GPU index on the current device.
+        float16: store the GPU index in float16 (less memory; near-ties may reorder).
+        chunk_size: queries per block of the torch backend.
+    """
+
+    backend: Literal["faiss", "torch"] = "faiss"
+    factory: str = "Flat"
+    nprobe: int | None = None
+    ef_search: int | None = None
+    device: Literal["cpu", "cuda"] = "cpu"
+    float16: bool = False
+    chunk_size: int = 1024
+
+    @property
+    def exact(self) -> bool:
+        return self.backend == "torch" or (self.factory.strip() == "Flat" and not self.float16)
 
 
 def _as_float32(x: Tensor | np.ndarray, name: str) -> np.ndarray:
@@ -72,27 +110,94 @@ def _torch_topk(q: np.ndarray, g: np.ndarray, k: int, chunk_size: int) -> Tensor
     return torch.cat(out)
 
 
-def _faiss_topk(q: np.ndarray, g: np.ndarray, k: int) -> Tensor:
+def _fit_factory(factory: str, n: int) -> str:
+    """Shrink an IVF list count that ``n`` training vectors cannot support, with a warning."""
+    match = re.search(r"IVF(\d+)", factory)
+    if match is None:
+        return factory
+    nlist = int(match.group(1))
+    if n >= nlist * _MIN_PER_CENTROID:
+        return factory
+    smaller = max(1, n // _MIN_PER_CENTROID)
+    warnings.warn(f"index `{factory}`: {n} gallery vectors are too few to train {nlist} IVF lists "
+                  f"(faiss wants >= {_MIN_PER_CENTROID} per list); using IVF{smaller}", stacklevel=3)
+    return factory[: match.start(1)] + str(smaller) + factory[match.end(1):]
+
+
+def build_index(gallery: Tensor | np.ndarray, config: SearchConfig | None = None):
+    """A trained faiss index over ``gallery`` with the inner-product metric, per ``config``.
+
+    Example:
+        >>> g = torch.nn.functional.normalize(torch.randn(200, 8), dim=-1)
+        >>> index = build_index(g, SearchConfig(factory="IVF4,Flat", nprobe=4))
+        >>> index.ntotal, index.is_trained
+        (200, True)
+    """
     import faiss
 
-    index = faiss.IndexFlatIP(g.shape[1])
+    config = config or SearchConfig()
+    g = _as_float32(gallery, "gallery")
+    factory = _fit_factory(config.factory, len(g))
+    try:
+        index = faiss.index_factory(g.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as err:
+        raise CIRConfigError(f"faiss cannot build index `{factory}` for dim {g.shape[1]}: "
+                             f"{str(err).strip().splitlines()[-1]}") from None
+    if config.device == "cuda":
+        index = _to_gpu(index, config)
+    if not index.is_trained:
+        try:
+            index.train(g)
+        except RuntimeError as err:
+            raise CIRConfigError(f"faiss cannot train index `{factory}` on {len(g)} gallery vectors: "
+                                 f"{str(err).strip().splitlines()[-1]}; use a smaller index") from None
     index.add(g)
-    extra = 1 if k < len(g) else 0  # one more hit shows whether a tie crosses the cut-off
-    scores, ids = (torch.from_numpy(a) for a in index.search(q, k + extra))
+    params = [(name, value) for name, value in (("nprobe", config.nprobe), ("efSearch", config.ef_search))
+              if value is not None]
+    if params:
+        space = faiss.GpuParameterSpace() if config.device == "cuda" else faiss.ParameterSpace()
+        for name, value in params:
+            try:
+                space.set_index_parameter(index, name, value)
+            except RuntimeError:
+                raise CIRConfigError(f"index `{factory}` has no parameter `{name}`") from None
+    return index
+
+
+def _to_gpu(index, config: SearchConfig):
+    import faiss
+
+    if not hasattr(faiss, "StandardGpuResources") or not torch.cuda.is_available():
+        raise CIRConfigError("`device: cuda` needs CUDA and a faiss build with GPU support: install the "
+                             "`gpu` extra (pip install 'cir-lightning[gpu]') and uninstall faiss-cpu")
+    options = faiss.GpuClonerOptions()
+    options.useFloat16 = config.float16
+    resources = faiss.StandardGpuResources()
+    gpu_index = faiss.index_cpu_to_gpu(resources, torch.cuda.current_device(), index, options)
+    gpu_index.referenced_resources = resources  # keep them alive as long as the index
+    return gpu_index
+
+
+def _faiss_topk(q: np.ndarray, g: np.ndarray, k: int, config: SearchConfig) -> Tensor:
+    if config.device == "cuda" and k > _GPU_MAX_K:
+        raise CIRConfigError(f"faiss GPU indexes return at most {_GPU_MAX_K} results per query, {k} asked")
+    index = build_index(g, config)
+    extra = 1 if (config.exact and k < len(g)) else 0  # one more hit shows whether a tie crosses the cut
+    scores, ids = (torch.from_numpy(np.ascontiguousarray(a)) for a in index.search(q, k + extra))
     ids = ids.long()
-    # FAISS orders equal scores arbitrarily: sort by (score desc, gallery index asc), like the torch path
+    # faiss orders equal scores arbitrarily: sort by (score desc, gallery index asc), like the torch path
     order = torch.from_numpy(np.lexsort((ids.numpy(), -scores.numpy()), axis=1))
     ids, scores = ids.gather(1, order), scores.gather(1, order)
+    # missing results (-1, score -FLT_MAX) sort last and are removed by drop_excluded
     if extra:
         crossing = (scores[:, k - 1] == scores[:, k]).nonzero().flatten()
         if len(crossing):  # rare: redo exactly, so the tied items kept are the lowest-index ones
-            ids[crossing, :k] = _torch_topk(q[crossing.numpy()], g, k, chunk_size=1024)
+            ids[crossing, :k] = _torch_topk(q[crossing.numpy()], g, k, config.chunk_size)
     return ids[:, :k]
 
 
 def search(queries: Tensor | np.ndarray, gallery: Tensor | np.ndarray, k: int,
-           excluded: Sequence[Sequence[int]] | None = None, backend: SearchBackend = "faiss",
-           chunk_size: int = 1024) -> Tensor:
+           excluded: Sequence[Sequence[int]] | None = None, config: SearchConfig | None = None) -> Tensor:
     """Top-``k`` gallery rows per query by inner product, excluded rows removed: (queries, k), -1 padded.
 
     Args:
@@ -100,17 +205,17 @@ def search(queries: Tensor | np.ndarray, gallery: Tensor | np.ndarray, k: int,
         gallery: (G, D) gallery embeddings.
         k: results per query; may exceed the gallery size (the rest is -1).
         excluded: per query, gallery rows to leave out of its ranking.
-        backend: ``"faiss"`` or ``"torch"`` (both exact).
-        chunk_size: queries per matmul block of the torch backend.
+        config: the backend and index (default: exact faiss ``Flat`` on the CPU).
 
     Example:
         >>> g = torch.eye(3)
         >>> q = torch.tensor([[0.9, 0.5, 0.1], [0.0, 0.2, 1.0]])
-        >>> search(q, g, k=2, excluded=[[0], []], backend="torch").tolist()
+        >>> search(q, g, k=2, excluded=[[0], []], config=SearchConfig(backend="torch")).tolist()
         [[1, 2], [2, 1]]
-        >>> search(q, g, k=5, backend="faiss").tolist()
+        >>> search(q, g, k=5).tolist()
         [[0, 1, 2, -1, -1], [2, 1, 0, -1, -1]]
     """
+    config = config or SearchConfig()
     q, g = _as_float32(queries, "queries"), _as_float32(gallery, "gallery")
     if q.shape[1] != g.shape[1]:
         raise ValueError(f"query dim {q.shape[1]} != gallery dim {g.shape[1]}")
@@ -120,5 +225,8 @@ def search(queries: Tensor | np.ndarray, gallery: Tensor | np.ndarray, k: int,
     depth = min(k + excl.shape[1], len(g))
     if len(q) == 0 or depth == 0:
         return torch.full((len(q), k), -1, dtype=torch.long)
-    ids = _faiss_topk(q, g, depth) if backend == "faiss" else _torch_topk(q, g, depth, chunk_size)
+    if config.backend == "torch":
+        ids = _torch_topk(q, g, depth, config.chunk_size)
+    else:
+        ids = _faiss_topk(q, g, depth, config)
     return drop_excluded(ids, excl, k)

@@ -8,7 +8,12 @@ as long as each query is updated on exactly one rank. (torchmetrics' own Retriev
 used: they treat scores <= 0 as "not retrieved" and merge repeated query indexes.)
 
 - ``HitRateAtK``: "Recall@K" as CIRR and FashionIQ define it: 1 if any positive is in the first K.
+- ``PositiveRecallAtK``: "Recall@K" as the BGE-VL script computes it: |positives in the first K| /
+  |positives|; equal to the hit rate when a query has one positive.
+- ``SubsetRecallAtK``: CIRR's Recall_subset@K: the hit rate on each query's ranking restricted to its
+  candidate set (``rank_within`` makes that ranking from the full similarities).
 - ``MRRAtK``: 1 / rank of the first positive if that rank is <= K, else 0.
+- ``MAPAtK``: CIRCO's mAP@K: AP@K = sum_{k<=K} P@k * rel_k / min(|positives|, K).
 """
 
 from __future__ import annotations
@@ -43,6 +48,55 @@ def hit_rate_at_k(ranked: Tensor, positives: Tensor, ks: Sequence[int]) -> Tenso
     """
     rel = relevance(ranked, positives)
     return torch.stack([rel[:, :k].any(1) for k in ks], dim=1).double()
+
+
+def positive_recall_at_k(ranked: Tensor, positives: Tensor, ks: Sequence[int]) -> Tensor:
+    """Per-query fraction of its positives found in the first K: (queries, len(ks)), float64.
+
+    Example:
+        >>> positive_recall_at_k(torch.tensor([[5, 2, 7]]), torch.tensor([[2, 7, 9, -1]]), [1, 2, 3]).tolist()
+        [[0.0, 0.3333333333333333, 0.6666666666666666]]
+    """
+    rel = relevance(ranked, positives).double()
+    n_pos = (positives >= 0).sum(1).clamp(min=1).double()
+    return torch.stack([rel[:, :k].sum(1) / n_pos for k in ks], dim=1)
+
+
+def average_precision_at_k(ranked: Tensor, positives: Tensor, ks: Sequence[int]) -> Tensor:
+    """Per-query AP@K (CIRCO): sum_{k<=K} P@k * rel_k / min(|positives|, K): (queries, len(ks)), float64.
+
+    Example:
+        >>> # relevant at ranks 1 and 3 of 2 positives: AP@3 = (1/1 + 2/3) / 2
+        >>> average_precision_at_k(torch.tensor([[4, 8, 6]]), torch.tensor([[4, 6]]), [1, 3]).tolist()
+        [[1.0, 0.8333333333333333]]
+    """
+    rel = relevance(ranked, positives).double()
+    ranks = torch.arange(1, rel.shape[1] + 1, device=rel.device, dtype=torch.float64)
+    precision_hits = rel.cumsum(1) / ranks * rel  # P@k at the relevant positions, 0 elsewhere
+    n_pos = (positives >= 0).sum(1).double()
+    return torch.stack([precision_hits[:, :k].sum(1) / n_pos.clamp(max=k).clamp(min=1) for k in ks], dim=1)
+
+
+def rank_within(queries: Tensor, gallery: Tensor, candidates: Tensor) -> Tensor:
+    """Each query's candidates (gallery rows, -1 padded) sorted by similarity, ties to the lower row.
+
+    This is the restricted ranking of CIRR's Recall_subset: the order of the candidates in the full
+    ranking, computed without searching the whole gallery.
+
+    Example:
+        >>> g = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.7, 0.7]])
+        >>> rank_within(torch.tensor([[0.0, 1.0]]), g, torch.tensor([[0, 2, -1]])).tolist()
+        [[2, 0, -1]]
+    """
+    valid = candidates >= 0
+    vectors = gallery[candidates.clamp(min=0)]  # (Q, C, D)
+    scores = torch.einsum("qd,qcd->qc", queries.float(), vectors.float())
+    scores = scores.masked_fill(~valid, float("-inf"))
+    # stable sort on rows pre-sorted by candidate id gives ties to the lower gallery row
+    by_id = candidates.masked_fill(~valid, torch.iinfo(candidates.dtype).max).argsort(dim=1, stable=True)
+    scores, cands = scores.gather(1, by_id), candidates.gather(1, by_id)
+    order = scores.argsort(dim=1, descending=True, stable=True)
+    return cands.gather(1, order).masked_fill(~valid.gather(1, by_id).gather(1, order), -1)
 
 
 def reciprocal_rank_at_k(ranked: Tensor, positives: Tensor, ks: Sequence[int]) -> Tensor:
@@ -100,6 +154,52 @@ class HitRateAtK(_MeanAtK):
     """
 
     _fn = staticmethod(hit_rate_at_k)
+
+
+class PositiveRecallAtK(_MeanAtK):
+    """Recall@K as the fraction of each query's positives found in the top K (BGE-VL's script).
+
+    States: ``total`` (per-K sum of per-query fractions, float64, sum-reduced) and ``count`` (sum-reduced).
+
+    Example:
+        >>> m = PositiveRecallAtK(ks=[1, 2])
+        >>> m.update(torch.tensor([[4, 2], [1, 3]]), torch.tensor([[2, 9], [1, -1]]))
+        >>> {k: round(float(v), 2) for k, v in m.compute().items()}
+        {1: 0.5, 2: 0.75}
+    """
+
+    _fn = staticmethod(positive_recall_at_k)
+
+
+class SubsetRecallAtK(_MeanAtK):
+    """CIRR's Recall_subset@K: the hit rate on rankings restricted to each query's candidate set.
+
+    ``update`` takes the restricted rankings (see ``rank_within``) in place of the full ones.
+    States as ``HitRateAtK``.
+
+    Example:
+        >>> m = SubsetRecallAtK(ks=[1, 2])
+        >>> m.update(torch.tensor([[7, 3, 5], [3, 5, 7]]), torch.tensor([[3], [3]]))
+        >>> {k: round(float(v), 2) for k, v in m.compute().items()}
+        {1: 0.5, 2: 1.0}
+    """
+
+    _fn = staticmethod(hit_rate_at_k)
+
+
+class MAPAtK(_MeanAtK):
+    """CIRCO's mAP@K: the mean over queries of AP@K = sum_{k<=K} P@k * rel_k / min(|positives|, K).
+
+    States: ``total`` (per-K sum of AP@K, float64, sum-reduced) and ``count`` (sum-reduced).
+
+    Example:
+        >>> m = MAPAtK(ks=[2])
+        >>> m.update(torch.tensor([[4, 8], [1, 3]]), torch.tensor([[8, -1], [1, 3]]))
+        >>> {k: round(float(v), 3) for k, v in m.compute().items()}
+        {2: 0.75}
+    """
+
+    _fn = staticmethod(average_precision_at_k)
 
 
 class MRRAtK(_MeanAtK):

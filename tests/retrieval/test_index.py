@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cir_lightning.retrieval.index import search
+from cir_lightning.errors import CIRConfigError
+from cir_lightning.retrieval.index import SearchConfig, search
 
 
 def brute_force(q, g, k, excluded):
@@ -25,14 +26,14 @@ def test_search_with_exclusion_equals_masking_the_full_ranking(backend):
     q = F.normalize(torch.randn(25, 8, generator=g), dim=-1)
     gal = F.normalize(torch.randn(40, 8, generator=g), dim=-1)
     excluded = [list(torch.randint(0, 40, (i % 4,), generator=g).tolist()) for i in range(25)]
-    got = search(q, gal, k=10, excluded=excluded, backend=backend, chunk_size=7)
+    got = search(q, gal, k=10, excluded=excluded, config=SearchConfig(backend=backend, chunk_size=7))
     assert got.tolist() == brute_force(q, gal, 10, excluded)
 
 
 @pytest.mark.parametrize("backend", ["faiss", "torch"])
 def test_k_larger_than_gallery_pads_with_minus_one(backend):
     q, gal = torch.eye(2, 3), torch.eye(3)
-    got = search(q, gal, k=6, excluded=[[0], []], backend=backend)
+    got = search(q, gal, k=6, excluded=[[0], []], config=SearchConfig(backend=backend))
     assert got.shape == (2, 6)
     assert got[0, :2].tolist() == [1, 2]
     assert (got[0, 2:] == -1).all()
@@ -52,7 +53,7 @@ def test_input_checks():
 def test_bfloat16_and_grad_inputs_are_accepted():
     q = torch.randn(3, 4, requires_grad=True)
     gal = torch.randn(5, 4).bfloat16()
-    assert search(q, gal, k=2, backend="faiss").shape == (3, 2)
+    assert search(q, gal, k=2).shape == (3, 2)
 
 
 def test_faiss_and_torch_agree_under_heavy_ties():
@@ -60,6 +61,68 @@ def test_faiss_and_torch_agree_under_heavy_ties():
     q = torch.randint(0, 2, (30, 3), generator=g).float()
     gal = torch.randint(0, 2, (50, 3), generator=g).float()
     excluded = [[i % 50] for i in range(30)]
-    faiss_ids = search(q, gal, k=7, excluded=excluded, backend="faiss")
-    torch_ids = search(q, gal, k=7, excluded=excluded, backend="torch")
+    faiss_ids = search(q, gal, k=7, excluded=excluded)
+    torch_ids = search(q, gal, k=7, excluded=excluded, config=SearchConfig(backend="torch"))
     assert faiss_ids.tolist() == torch_ids.tolist() == brute_force(q, gal, 7, excluded)
+
+
+def _clustered(n: int, seed: int = 0, dim: int = 16, labels: bool = False):
+    g = torch.Generator().manual_seed(seed)
+    centres = F.normalize(torch.randn(8, dim, generator=g), dim=-1)
+    cluster = torch.randint(0, 8, (n,), generator=g)
+    x = F.normalize(centres[cluster] + 0.05 * torch.randn(n, dim, generator=g), dim=-1)
+    return (x, cluster) if labels else x
+
+
+@pytest.mark.parametrize(("factory", "params"), [
+    ("IVF8,Flat", {"nprobe": 8}),      # all lists visited: exact
+    ("HNSW32", {"ef_search": 256}),     # deep search on a small gallery: exact in practice
+    ("IVF4,PQ4", {"nprobe": 4}),
+])
+def test_approximate_indexes_use_inner_product_and_find_the_neighbours(factory, params):
+    gallery, cluster = _clustered(2000, labels=True)
+    queries = gallery[:50] + 0.01 * F.normalize(torch.randn(50, 16), dim=-1)
+    got = search(queries, gallery, k=10, config=SearchConfig(factory=factory, **params))
+    # every hit lies in the query's cluster (a random list would hit 1 in 8)
+    assert (cluster[got] == cluster[:50, None]).float().mean() > 0.99
+    if "PQ" not in factory:
+        exact = search(queries, gallery, k=10)
+        overlap = sum(len(set(a) & set(b)) for a, b in zip(got.tolist(), exact.tolist(), strict=True)) / 500
+        assert overlap > 0.99
+        assert (got[:, 0] == torch.arange(50)).float().mean() > 0.95  # the query's own source comes first
+
+
+def test_ivf_with_too_few_vectors_shrinks_nlist_with_a_warning():
+    gallery = _clustered(200)
+    with pytest.warns(UserWarning, match=r"too few to train 64 IVF lists .* using IVF5"):
+        got = search(gallery[:5], gallery, k=3, config=SearchConfig(factory="IVF64,Flat", nprobe=5))
+    assert got[:, 0].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_bad_index_settings_are_clear_errors():
+    gallery = _clustered(100)
+    with pytest.raises(CIRConfigError, match="cannot build index `Nonsense12`"):
+        search(gallery, gallery, k=1, config=SearchConfig(factory="Nonsense12"))
+    with pytest.raises(CIRConfigError, match="cannot train index `PQ4` on 100 gallery vectors"):
+        search(gallery, gallery, k=1, config=SearchConfig(factory="PQ4"))
+    with pytest.raises(CIRConfigError, match="has no parameter `efSearch`"):
+        search(gallery, gallery, k=1, config=SearchConfig(factory="Flat", ef_search=10))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where there is no GPU")
+def test_gpu_index_without_gpu_says_what_to_install():
+    with pytest.raises(CIRConfigError, match="faiss build with GPU support"):
+        search(torch.eye(3), torch.eye(3), k=1, config=SearchConfig(device="cuda"))
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF2,Flat", "HNSW8"])
+def test_every_index_type_ranks_by_inner_product_not_distance(factory):
+    import faiss
+
+    from cir_lightning.retrieval.index import build_index
+
+    gallery = torch.tensor([[1.0, 0.0], [10.0, 0.5]] * 40)  # L2 would rank row 0 first, inner product row 1
+    assert build_index(gallery, SearchConfig(factory=factory)).metric_type == faiss.METRIC_INNER_PRODUCT
+    got = search(torch.tensor([[1.0, 0.0]]), gallery, k=1, config=SearchConfig(factory=factory, nprobe=2)
+                 if "IVF" in factory else SearchConfig(factory=factory))
+    assert got.item() % 2 == 1

@@ -10,8 +10,15 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cir_lightning.retrieval.index import pad_lists, search
-from cir_lightning.retrieval.metrics import HitRateAtK, MRRAtK
+from cir_lightning.retrieval.index import SearchConfig, pad_lists, search
+from cir_lightning.retrieval.metrics import (
+    HitRateAtK,
+    MAPAtK,
+    MRRAtK,
+    PositiveRecallAtK,
+    SubsetRecallAtK,
+    rank_within,
+)
 
 
 def reference(ranked: list[list[int]], positives: list[list[int]], k: int) -> tuple[float, float]:
@@ -23,6 +30,25 @@ def reference(ranked: list[list[int]], positives: list[list[int]], k: int) -> tu
         first = next((r for r, g in enumerate(ranking, start=1) if g in pos), None)
         rr += 1.0 / first if first else 0.0
     return hits / len(ranked), rr / len(ranked)
+
+
+def reference_positive_recall(ranked, positives, k):
+    return sum(len(set([g for g in r if g >= 0][:k]) & set(p)) / len(p)
+               for r, p in zip(ranked, positives, strict=True)) / len(ranked)
+
+
+def reference_map(ranked, positives, k):
+    """CIRCO: AP@K = sum_{k<=K} P@k * rel_k / min(|GT|, K)."""
+    total = 0.0
+    for ranking, pos in zip(ranked, positives, strict=True):
+        ranking = [g for g in ranking if g >= 0][:k]
+        hits, ap = 0, 0.0
+        for i, g in enumerate(ranking, start=1):
+            if g in pos:
+                hits += 1
+                ap += hits / i
+        total += ap / min(len(pos), k)
+    return total / len(ranked)
 
 
 def _random_case(seed: int, queries: int = 40, gallery: int = 30, width: int = 25):
@@ -53,13 +79,46 @@ def test_hit_rate_and_mrr_match_reference_on_random_rankings(seed):
         assert got_mrr[k].item() == pytest.approx(want_mrr, abs=1e-6)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_positive_recall_and_map_match_reference_on_random_rankings(seed):
+    ranked, positives = _random_case(seed + 10)
+    ks = [1, 5, 10, 25, 50]
+    rec, ap = PositiveRecallAtK(ks), MAPAtK(ks)
+    r, p = torch.tensor(ranked), pad_lists(positives)
+    rec.update(r, p)
+    ap.update(r, p)
+    for k in ks:
+        assert rec.compute()[k].item() == pytest.approx(reference_positive_recall(ranked, positives, k), abs=1e-6)
+        assert ap.compute()[k].item() == pytest.approx(reference_map(ranked, positives, k), abs=1e-6)
+    single = [[q[0]] for q in positives]  # with one positive, BGE-VL recall == hit rate
+    hit, rec1 = HitRateAtK(ks), PositiveRecallAtK(ks)
+    hit.update(r, pad_lists(single))
+    rec1.update(r, pad_lists(single))
+    assert all(hit.compute()[k] == rec1.compute()[k] for k in ks)
+
+
+def test_subset_recall_equals_filtering_the_full_ranking():
+    g = torch.Generator().manual_seed(4)
+    queries = torch.randint(0, 3, (30, 4), generator=g).float()  # many ties
+    gallery = torch.randint(0, 3, (40, 4), generator=g).float()
+    candidates = [torch.randperm(40, generator=g)[:5].tolist() for _ in range(30)]
+    full = search(queries, gallery, k=40, config=SearchConfig(backend="torch")).tolist()
+    expected = [[j for j in row if j in set(c)] for row, c in zip(full, candidates, strict=True)]
+    assert rank_within(queries, gallery, pad_lists(candidates)).tolist() == expected
+    targets = [[c[int(torch.randint(0, 5, (1,), generator=g))]] for c in candidates]
+    m = SubsetRecallAtK([1, 2, 3])
+    m.update(rank_within(queries, gallery, pad_lists(candidates)), pad_lists(targets))
+    for k in (1, 2, 3):
+        assert m.compute()[k].item() == pytest.approx(reference(expected, targets, k)[0], abs=1e-7)
+
+
 def test_ties_are_broken_by_lower_gallery_index_before_scoring():
     # scores quantised to few values: many ties; reference sorts by (-score, gallery index)
     g = torch.Generator().manual_seed(0)
     queries = torch.randint(0, 3, (20, 4), generator=g).float()
     gallery = torch.randint(0, 3, (15, 4), generator=g).float()
     positives = [[int(torch.randint(0, 15, (1,), generator=g))] for _ in range(20)]
-    ranked = search(queries, gallery, k=10, backend="torch").tolist()
+    ranked = search(queries, gallery, k=10, config=SearchConfig(backend="torch")).tolist()
     scores = (queries @ gallery.T).tolist()
     expected = [sorted(range(15), key=lambda j, s=s: (-s[j], j))[:10] for s in scores]
     assert ranked == expected
