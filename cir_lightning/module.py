@@ -4,7 +4,8 @@
   same target image are positives of each other), logs every term under ``train/``.
 - validation / test: embeds each subset's queries and gallery, then at epoch end searches the gallery
   and logs Recall@K (hit rate) and MRR@K as ``val/Recall@10`` etc. (the search is skipped during
-  Lightning's sanity check).
+  Lightning's sanity check); a standalone ``validate`` / ``test`` also writes a results JSON and
+  prints a table.
 - checkpoints hold the trainable weights only (LoRA and anything in ``modules_to_save``); loading checks
   that exactly those weights are present; at the end of ``fit`` the adapter is exported with peft's
   ``save_pretrained`` next to the logs.
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +21,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
@@ -27,6 +30,7 @@ from cir_lightning.errors import CIRConfigError, CIRModelError
 from cir_lightning.losses import FireLoss
 from cir_lightning.retrieval.evaluator import EvalSubset, RetrievalEvaluator
 from cir_lightning.retrieval.index import SearchConfig
+from cir_lightning.retrieval.results import format_table, write_results
 
 _STAGE_PREFIX = {"validate": "val", "test": "test"}
 
@@ -52,6 +56,9 @@ class CIRModule(pl.LightningModule):
         search: how the gallery is searched: backend, faiss index type, ``nprobe`` / ``ef_search``,
             device (default: exact faiss ``Flat`` on the CPU).
         export_adapter: save the trained adapter with ``save_pretrained`` when ``fit`` ends.
+        write_results: after ``validate`` / ``test`` (not the validation inside ``fit``), write
+            ``results-<stage>.json`` to the log folder and print the metrics as a table.
+        save_rankings: also put every query's top-K gallery ids (K = max ``eval_ks``) into that file.
     """
 
     def __init__(
@@ -65,9 +72,14 @@ class CIRModule(pl.LightningModule):
         eval_ks: list[int] | None = None,
         search: SearchConfig | None = None,
         export_adapter: bool = True,
+        write_results: bool = True,
+        save_rankings: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone", "loss", "optimizer"])
+        # Only training settings become checkpoint hyperparameters: LightningCLI re-applies those over the
+        # command line of a later `validate --ckpt_path`, and evaluation options must stay the user's.
+        self.save_hyperparameters(ignore=["backbone", "loss", "optimizer", "eval_ks", "search",
+                                          "export_adapter", "write_results", "save_rankings"])
         self.backbone = backbone
         self.loss = loss or FireLoss()
         self.optimizer_factory = optimizer
@@ -76,6 +88,8 @@ class CIRModule(pl.LightningModule):
         self.target_side = target_side
         self.evaluator = RetrievalEvaluator(eval_ks or [1, 5, 10, 50], search)
         self.export_adapter = export_adapter
+        self.write_results = write_results
+        self.save_rankings = save_rankings
 
     # ------------------------------------------------------------------ data hookup
     def setup(self, stage: str) -> None:
@@ -120,17 +134,48 @@ class CIRModule(pl.LightningModule):
                 raise CIRConfigError(f"evaluation loaders must come in (queries, gallery) pairs whose query "
                                      f"dataset has `positives`; got {type(queries).__name__}")
             subsets.append(EvalSubset(getattr(queries, "name", ""), queries.positives,
-                                      getattr(queries, "excluded", [()] * len(queries)), len(gallery)))
+                                      getattr(queries, "excluded", [()] * len(queries)), len(gallery),
+                                      getattr(queries, "ids", None), getattr(gallery, "ids", None)))
         return subsets
 
     def _eval_epoch_end(self, stage: str, loaders: Any) -> None:
         if self.trainer.sanity_checking:
             self.evaluator.reset()
             return
-        results = self.evaluator.compute(self._subsets(loaders))
-        self.evaluator.reset()
+        standalone = self.trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING)  # not inside fit
+        subsets = self._subsets(loaders)
+        results = self.evaluator.compute(subsets, keep_rankings=standalone and self.save_rankings)
         prefix = _STAGE_PREFIX[stage]
         self.log_dict({f"{prefix}/{k}": v for k, v in results.items()}, sync_dist=True)
+        if standalone and self.write_results and results:
+            folder = self._log_folder()  # a collective: every rank asks, rank zero writes
+            if self.trainer.is_global_zero:
+                self._write_results(folder, stage, results, subsets)
+        self.evaluator.reset()
+
+    def _log_folder(self) -> Path:
+        # Trainer.log_dir broadcasts from rank zero: call it on every rank, never under `is_global_zero`
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir)
+
+    def _write_results(self, folder: Path, stage: str, results: dict[str, float],
+                       subsets: list[EvalSubset]) -> None:
+        rankings = None
+        if self.save_rankings:
+            rankings = {sub.name: sub.ranked_ids(self.evaluator.rankings[sub.name]) for sub in subsets
+                        if sub.name in self.evaluator.rankings}
+        datamodule = getattr(self.trainer, "datamodule", None)
+        evaluation = {"eval_ks": self.evaluator.ks, "search": dataclasses.asdict(self.evaluator.search),
+                      "save_rankings": self.save_rankings}
+        hparams = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
+        config = {"model": {**hparams, **evaluation},
+                  "data": dict(getattr(datamodule, "hparams", {}) or {}),
+                  "data_class": type(datamodule).__name__ if datamodule is not None else None,
+                  "ckpt_path": self.trainer.ckpt_path}
+        sizes = {sub.name: {"num_queries": len(sub.positives), "num_gallery": sub.num_gallery} for sub in subsets}
+        path = write_results(folder / f"results-{stage}.json", results, stage=stage, subsets=sizes,
+                             model=self.backbone.fingerprint(), config=config, rankings=rankings)
+        print(format_table(results, title=f"{stage} ({_STAGE_PREFIX[stage]}/...), percent"))
+        print(f"results written to {path}")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx)
@@ -212,8 +257,8 @@ class CIRModule(pl.LightningModule):
     def on_fit_end(self) -> None:
         if not self.export_adapter or getattr(self.backbone, "lora", None) is None:
             return
+        root = self._log_folder()
         if self.trainer.is_global_zero:
-            root = Path(self.trainer.log_dir or self.trainer.default_root_dir)
             path, n = root / "adapter", 1
             while path.exists():  # never overwrite an adapter a user already has
                 path, n = root / f"adapter-{n}", n + 1

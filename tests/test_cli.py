@@ -54,6 +54,32 @@ def test_validate_and_test_from_checkpoint_report_retrieval_metrics(fitted):
     assert (cwd / "run" / "config-validate.yaml").is_file()  # fit's config.yaml is kept, not overwritten
     out = run("test", *common, "--trainer.default_root_dir", "run", "--ckpt_path", ckpt, cwd=cwd).stdout
     assert "test/Recall@10" in out
+    assert "results written to run/results-test.json" in out
+
+
+def test_validate_writes_results_never_overwriting_and_rankings_on_request(fitted):
+    cwd, common = fitted
+    ckpt = str(cwd / "run" / "checkpoints" / "last.ckpt")
+    args = [*common, "--trainer.default_root_dir", "results", "--ckpt_path", ckpt]
+    first = run("validate", *args, cwd=cwd).stdout
+    assert "│ all " in first and "Recall@10" in first  # the readable table
+    run("validate", *args, "--model.save_rankings", "true", "--model.eval_ks", "[1, 3]", cwd=cwd)
+    plain = json.loads((cwd / "results" / "results-validate.json").read_text())
+    ranked = json.loads((cwd / "results" / "results-validate-1.json").read_text())
+    assert plain["stage"] == "validate" and "rankings" not in plain
+    assert set(plain["metrics"][""]) == {f"{m}@{k}" for m in ("Recall", "MRR") for k in (1, 5, 10, 50)}
+    assert plain["metrics"][""]["Recall@1"] == ranked["metrics"][""]["Recall@1"]
+    assert plain["subsets"][""] == {"num_queries": 24, "num_gallery": 576}
+    assert plain["model"]["class"] == "HFMultimodalBackbone" and plain["config"]["ckpt_path"] == ckpt
+    assert ranked["config"]["model"]["eval_ks"] == [1, 3]  # the command line wins over the checkpoint
+    queries = [json.loads(line) for line in (cwd / "data" / "val_queries.jsonl").read_text().splitlines()]
+    rankings = ranked["rankings"][""]
+    assert list(rankings) == [q["query_id"] for q in queries]
+    for q in queries:
+        assert len(rankings[q["query_id"]]) == 3
+        assert q["reference_id"] not in rankings[q["query_id"]]  # excluded ids never appear
+    hits = sum(q["target_id"] in rankings[q["query_id"]][:1] for q in queries) / len(queries)
+    assert hits == pytest.approx(ranked["metrics"][""]["Recall@1"])
 
 
 def test_predict_returns_embeddings(fitted):

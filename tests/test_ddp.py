@@ -1,8 +1,9 @@
-"""Validation under DDP (2 CPU processes, gloo) gives exactly the numbers of one process."""
+"""Validation under DDP (2 CPU processes, gloo) gives exactly the numbers and rankings of one process."""
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -17,16 +18,25 @@ def _metrics(folder: Path) -> dict[str, float]:
     return {k: float(v) for row in rows for k, v in row.items() if k.startswith("val/") and v}
 
 
+def _results(folder: Path) -> dict:
+    (path,) = folder.glob("**/results-validate.json")
+    return json.loads(path.read_text())
+
+
 @pytest.mark.ddp
 def test_validate_two_processes_equals_one_process(tmp_path, tiny_model_dir):
     # 25 queries over 2 ranks: the distributed sampler pads rank 1 with a duplicate that must be dropped
     common = ["validate", "--config", str(CONF), "--model.backbone.init_args.model_name_or_path",
               str(tiny_model_dir), "--data.init_args.root", str(tmp_path / "data"),
               "--data.init_args.num_val", "25", "--data.init_args.eval_batch_size", "7",
-              "--trainer.logger", "CSVLogger"]
+              "--trainer.logger", "CSVLogger", "--model.save_rankings", "true"]
     run(*common, "--trainer.logger.save_dir", "one", "--trainer.devices", "1", cwd=tmp_path)
     run(*common, "--trainer.logger.save_dir", "two", "--trainer.devices", "2", "--trainer.strategy", "ddp",
         cwd=tmp_path)
     one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
     assert set(one) == {f"val/{m}@{k}" for m in ("Recall", "MRR") for k in (1, 5, 10, 50)}
     assert two == one
+    ranked_one, ranked_two = _results(tmp_path / "one")["rankings"][""], _results(tmp_path / "two")["rankings"][""]
+    assert len(ranked_one) == 25  # every query once: the padding duplicate is gone
+    assert ranked_two == ranked_one  # identical ranked lists, query by query
+    assert _results(tmp_path / "two")["metrics"] == _results(tmp_path / "one")["metrics"]

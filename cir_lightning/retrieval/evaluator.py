@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cir_lightning.retrieval.gather import gather_embeddings, world
+from cir_lightning.retrieval.gather import collective_device, gather_embeddings, world
 from cir_lightning.retrieval.index import SearchConfig, pad_lists, search
 from cir_lightning.retrieval.metrics import HitRateAtK, MRRAtK
 
@@ -30,12 +30,23 @@ class EvalSubset:
         positives: per query, its relevant gallery rows.
         excluded: per query, gallery rows removed from its ranking.
         num_gallery: gallery size.
+        query_ids: ids of the queries, in row order (for results files).
+        gallery_ids: ids of the gallery items, in row order (for results files).
     """
 
     name: str
     positives: Sequence[Sequence[int]]
     excluded: Sequence[Sequence[int]]
     num_gallery: int
+    query_ids: Sequence[str] | None = None
+    gallery_ids: Sequence[str] | None = None
+
+    def ranked_ids(self, ranked: Tensor) -> dict[str, list[str]]:
+        """Query id -> its ranked gallery ids, from rows of gallery indices (-1 dropped)."""
+        if self.query_ids is None or self.gallery_ids is None:
+            raise ValueError(f"subset {self.name!r} has no query / gallery ids to name its rankings")
+        return {q: [self.gallery_ids[j] for j in row if j >= 0]
+                for q, row in zip(self.query_ids, ranked.tolist(), strict=True)}
 
 
 class RetrievalEvaluator:
@@ -61,6 +72,7 @@ class RetrievalEvaluator:
 
     def reset(self) -> None:
         self._parts: dict[tuple[int, str], list[tuple[Tensor, Tensor]]] = defaultdict(list)
+        self.rankings: dict[str, Tensor] = {}
 
     def add(self, subset: int, kind: str, embeddings: Tensor, indices: Tensor) -> None:
         """Store a batch of ``kind`` ("query" or "gallery") embeddings of subset ``subset`` (on CPU)."""
@@ -77,8 +89,12 @@ class RetrievalEvaluator:
             return None
         return emb
 
-    def compute(self, subsets: Sequence[EvalSubset]) -> dict[str, float]:
-        """Search and score every subset; a collective call under DDP (every rank must make it)."""
+    def compute(self, subsets: Sequence[EvalSubset], keep_rankings: bool = False) -> dict[str, float]:
+        """Search and score every subset; a collective call under DDP (every rank must make it).
+
+        With ``keep_rankings``, ``self.rankings[name]`` holds afterwards, on every rank, the (queries,
+        max K) gallery rows ranked for each query of subset ``name`` (-1 padded), in query order.
+        """
         rank, world_size = world()
         results: dict[str, float] = {}
         for s, sub in enumerate(subsets):
@@ -96,8 +112,12 @@ class RetrievalEvaluator:
             positives = pad_lists([sub.positives[i] for i in mine.tolist()],
                                   max(len(p) for p in sub.positives))
             prefix = f"{sub.name}/" if sub.name else ""
+            device = collective_device()  # metric states are summed over ranks: NCCL needs them on the GPU
             for label, metric in (("Recall", HitRateAtK(self.ks)), ("MRR", MRRAtK(self.ks))):
-                metric.update(ranked, positives)
+                metric = metric.to(device)
+                metric.update(ranked.to(device), positives.to(device))
                 for k, v in metric.compute().items():
                     results[f"{prefix}{label}@{k}"] = float(v)
+            if keep_rankings:
+                self.rankings[sub.name] = gather_embeddings(ranked, mine)[0]
         return results

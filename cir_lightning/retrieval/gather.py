@@ -19,6 +19,13 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def collective_device() -> torch.device:
+    """Where tensors must be for collectives of the default group: the current GPU under NCCL, else CPU."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def dedupe_by_index(embeddings: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
     """Sort rows by ``indices`` and keep the first row of each index.
 
@@ -53,8 +60,7 @@ def gather_embeddings(embeddings: Tensor, indices: Tensor) -> tuple[Tensor, Tens
     Shards may have different lengths. With no process group this only de-duplicates and sorts.
     """
     if world()[1] > 1:
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" \
-            else torch.device("cpu")
+        device = collective_device()
         embeddings = torch.cat(_all_gather_padded(embeddings, device))
         indices = torch.cat(_all_gather_padded(indices, device))
     return dedupe_by_index(embeddings.cpu(), indices.cpu())

@@ -4,7 +4,9 @@ Inputs are the ranked lists themselves, not scores: ``ranked`` (queries, L) hold
 descending similarity with excluded ids already removed and ``-1`` where there is no result;
 ``positives`` (queries, P) holds each query's relevant gallery ids padded with ``-1``. Each class sums
 per-query values and counts queries, so ``compute`` under DDP equals one process seeing every query,
-as long as each query is updated on exactly one rank. (torchmetrics' own Retrieval* classes are not
+as long as each query is updated on exactly one rank. The sums are kept as fixed-point integers
+(resolution 2^-40 per query): integer addition is exact, so the result is bit-identical however the
+queries are split over ranks or batches. (torchmetrics' own Retrieval* classes are not
 used: they treat scores <= 0 as "not retrieved" and merge repeated query indexes.)
 
 - ``HitRateAtK``: "Recall@K" as CIRR and FashionIQ define it: 1 if any positive is in the first K.
@@ -113,6 +115,9 @@ def reciprocal_rank_at_k(ranked: Tensor, positives: Tensor, ks: Sequence[int]) -
     return torch.stack([rr[:, :k].amax(1) for k in ks], dim=1)
 
 
+_SCALE = 2**40  # fixed-point scale of the sum states: 2^23 (8M) queries fit in int64
+
+
 class _MeanAtK(Metric):
     """Mean over queries of a per-query value at several cut-offs; ``compute`` returns ``{k: value}``."""
 
@@ -126,25 +131,25 @@ class _MeanAtK(Metric):
         if not ks or any(int(k) < 1 for k in ks):
             raise ValueError(f"`ks` must be positive integers, got {list(ks)}")
         self.ks = [int(k) for k in ks]
-        self.add_state("total", default=torch.zeros(len(self.ks), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.zeros(len(self.ks), dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, ranked: Tensor, positives: Tensor) -> None:
-        values = self._fn(ranked, positives, self.ks)
-        # float64 per query and in the sum, so that splitting queries over ranks cannot change the result
-        self.total += values.to(self.total).sum(0)
+        values = self._fn(ranked, positives, self.ks)  # (queries, len(ks)) in [0, 1], float64
+        self.total += (values * _SCALE).round().long().sum(0).to(self.total.device)
         self.count += values.shape[0]
 
     def compute(self) -> dict[int, Tensor]:
         if self.count == 0:
             raise RuntimeError(f"{type(self).__name__}.compute() called before any query was added")
-        return {k: (self.total[i] / self.count).float() for i, k in enumerate(self.ks)}
+        return {k: self.total[i].double() / _SCALE / self.count for i, k in enumerate(self.ks)}
 
 
 class HitRateAtK(_MeanAtK):
     """Recall@K as a hit rate (CIRR, FashionIQ): the fraction of queries with a positive in the top K.
 
-    States: ``total`` (per-K sum of hits, float64, sum-reduced) and ``count`` (queries, sum-reduced).
+    States: ``total`` (per-K sum of hits, fixed-point int64, sum-reduced) and ``count`` (queries,
+    sum-reduced).
 
     Example:
         >>> m = HitRateAtK(ks=[1, 2])
@@ -159,7 +164,7 @@ class HitRateAtK(_MeanAtK):
 class PositiveRecallAtK(_MeanAtK):
     """Recall@K as the fraction of each query's positives found in the top K (BGE-VL's script).
 
-    States: ``total`` (per-K sum of per-query fractions, float64, sum-reduced) and ``count`` (sum-reduced).
+    States: ``total`` (per-K sum of per-query fractions, fixed-point int64, sum-reduced) and ``count`` (sum-reduced).
 
     Example:
         >>> m = PositiveRecallAtK(ks=[1, 2])
@@ -190,7 +195,7 @@ class SubsetRecallAtK(_MeanAtK):
 class MAPAtK(_MeanAtK):
     """CIRCO's mAP@K: the mean over queries of AP@K = sum_{k<=K} P@k * rel_k / min(|positives|, K).
 
-    States: ``total`` (per-K sum of AP@K, float64, sum-reduced) and ``count`` (sum-reduced).
+    States: ``total`` (per-K sum of AP@K, fixed-point int64, sum-reduced) and ``count`` (sum-reduced).
 
     Example:
         >>> m = MAPAtK(ks=[2])
@@ -205,7 +210,7 @@ class MAPAtK(_MeanAtK):
 class MRRAtK(_MeanAtK):
     """MRR@K: the mean over queries of 1 / rank of the first positive, 0 when it is not in the top K.
 
-    States: ``total`` (per-K sum of reciprocal ranks, float64, sum-reduced) and ``count`` (sum-reduced).
+    States: ``total`` (per-K sum of reciprocal ranks, fixed-point int64, sum-reduced) and ``count`` (sum-reduced).
 
     Example:
         >>> m = MRRAtK(ks=[1, 2])

@@ -1,0 +1,103 @@
+"""Results files and tables: what an evaluation run leaves behind for the user.
+
+``write_results`` writes one JSON file per run: every metric (fractions in [0, 1]) per subset, the
+subsets' sizes, the model fingerprint, the configuration and, optionally, the top-K gallery ids of every
+query. It never overwrites: an existing ``results-validate.json`` makes it write
+``results-validate-1.json``. ``format_table`` prints the metrics in percent, one row per subset.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+def free_path(path: str | Path) -> Path:
+    """``path`` if nothing is there, else the first free ``<stem>-N<suffix>`` beside it.
+
+    Example:
+        >>> import tempfile
+        >>> p = Path(tempfile.mkdtemp()) / "results.json"
+        >>> _ = p.write_text("{}")
+        >>> free_path(p).name
+        'results-1.json'
+    """
+    path = Path(path)
+    n, candidate = 0, path
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
+    return candidate
+
+
+def split_subsets(metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """``{"dress/Recall@10": x, "Recall@1": y}`` -> ``{"dress": {"Recall@10": x}, "": {"Recall@1": y}}``."""
+    out: dict[str, dict[str, float]] = {}
+    for key, value in metrics.items():
+        subset, _, name = key.rpartition("/")
+        out.setdefault(subset, {})[name] = value
+    return out
+
+
+def format_table(metrics: Mapping[str, float], title: str = "") -> str:
+    """The metrics as a text table in percent, one row per subset.
+
+    Example:
+        >>> print(format_table({"Recall@1": 0.5, "Recall@10": 0.875}))
+        ┏━━━━━━━━┳━━━━━━━━━━┳━━━━━━━━━━━┓
+        ┃ subset ┃ Recall@1 ┃ Recall@10 ┃
+        ┡━━━━━━━━╇━━━━━━━━━━╇━━━━━━━━━━━┩
+        │ all    │    50.00 │     87.50 │
+        └────────┴──────────┴───────────┘
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = split_subsets(metrics)
+    columns = list(dict.fromkeys(name for values in rows.values() for name in values))
+    table = Table(title=title or None)
+    table.add_column("subset")
+    for name in columns:
+        table.add_column(name, justify="right")
+    for subset, values in rows.items():
+        table.add_row(subset or "all", *(f"{100 * values[c]:.2f}" if c in values else "" for c in columns))
+    buffer = io.StringIO()
+    Console(file=buffer, width=max(80, 12 * (len(columns) + 1)), force_terminal=False).print(table)
+    return buffer.getvalue().rstrip("\n")
+
+
+def write_results(path: str | Path, metrics: Mapping[str, float], *, stage: str,
+                  subsets: Mapping[str, Mapping[str, int]], model: Mapping[str, Any],
+                  config: Mapping[str, Any], rankings: Mapping[str, Mapping[str, list]] | None = None) -> Path:
+    """Write the results JSON at ``path`` (or the next free name) and return where it went.
+
+    Args:
+        path: the wanted file name.
+        metrics: flat metric names (``"dress/Recall@10"``) to fractions.
+        stage: ``"validate"`` or ``"test"``.
+        subsets: per subset name, its sizes (``{"num_queries": ..., "num_gallery": ...}``).
+        model: the backbone's fingerprint.
+        config: the run's configuration (plain data).
+        rankings: per subset, query id -> its top-K gallery ids.
+    """
+    from cir_lightning import __version__
+
+    document = {
+        "stage": stage,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cir_lightning": __version__,
+        "metrics": split_subsets(metrics),
+        "subsets": subsets,
+        "model": model,
+        "config": config,
+    }
+    if rankings is not None:
+        document["rankings"] = rankings
+    target = free_path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(document, indent=1, default=str) + "\n")
+    return target
