@@ -62,6 +62,13 @@ class CIRLightningCLI(LightningCLI):
         super().__init__(CIRModule, pl.LightningDataModule, subclass_mode_data=True, args=args, run=run,
                          **kwargs)
 
+    def before_instantiate_classes(self) -> None:
+        # `--ckpt_path` loads with weights_only=True unless the user explicitly says otherwise (Lightning
+        # would otherwise unpickle arbitrary objects from checkpoints given by URL).
+        config = self.config.get(self.subcommand) if self.subcommand else None
+        if config is not None and "weights_only" in config and config["weights_only"] is None:
+            config["weights_only"] = True
+
 
 def _description() -> str:
     tools = "\n".join(f"  cir-lightning {name} --help   {text}" for name, text in TOOLS.items())

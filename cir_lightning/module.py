@@ -203,7 +203,14 @@ class CIRModule(pl.LightningModule):
             raise CIRConfigError("the model has no trainable parameters: set `model.backbone.init_args.lora` "
                                  "to train LoRA adapters")
         optimizer = self.optimizer_factory(params)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(steps):
+            if self.lr_schedule != "constant" or 0 < self.warmup < 1:
+                raise CIRConfigError(f"`lr_schedule: {self.lr_schedule}` with `warmup: {self.warmup}` needs a known "
+                                     "training length: set `trainer.max_steps` or `trainer.max_epochs` (or use "
+                                     "`lr_schedule: constant` with a warm-up given in steps)")
+            steps = 1
+        total = max(1, int(steps))
         warmup = int(self.warmup * total) if self.warmup < 1 else int(self.warmup)
         schedule = self.lr_schedule
 

@@ -133,3 +133,29 @@ def test_bad_data_fails_with_the_file_and_line(tmp_path, tiny_model_dir, synthet
                "--trainer.default_root_dir", "run", cwd=tmp_path, check=False)
     assert proc.returncode != 0
     assert f"{root / 'train.jsonl'}:5: `reference_image` '../../etc/passwd' points outside the image root" in proc.stderr
+
+
+def test_checkpoints_load_with_weights_only_unless_asked_otherwise(fitted, monkeypatch):
+    import functools
+
+    import lightning.pytorch as pl
+
+    from cir_lightning.cli import CIRLightningCLI
+
+    cwd, common = fitted
+    seen = {}
+
+    @functools.wraps(pl.Trainer.validate)  # LightningCLI makes its flags from this signature
+    def record(self, *args, **kwargs):
+        seen.update(kwargs)
+        return []
+
+    monkeypatch.setattr(pl.Trainer, "validate", record)
+    monkeypatch.chdir(cwd)
+    ckpt = str(cwd / "run" / "checkpoints" / "last.ckpt")
+    CIRLightningCLI(args=["validate", *common, "--trainer.default_root_dir", "wo", "--ckpt_path", ckpt])
+    assert seen["weights_only"] is True
+    CIRLightningCLI(args=["validate", *common, "--trainer.default_root_dir", "wo", "--ckpt_path", ckpt,
+                          "--weights_only", "false"])
+    assert seen["weights_only"] is False
+

@@ -87,7 +87,7 @@ def test_search_is_skipped_in_sanity_check_and_on_partial_evaluation(tiny_model_
     module = make_module(tiny_model_dir)
     calls = []
     original = module.evaluator.compute
-    module.evaluator.compute = lambda subsets: calls.append(1) or original(subsets)
+    module.evaluator.compute = lambda subsets, **kw: calls.append(1) or original(subsets, **kw)
     dm = JsonlCIRDataModule(str(synthetic_root), batch_size=8, eval_batch_size=8)
     t = trainer(tmp_path, max_steps=1, limit_train_batches=1, num_sanity_val_steps=2, limit_val_batches=2)
     with pytest.warns(UserWarning, match="saw only part"):
@@ -141,3 +141,10 @@ def test_nothing_to_train_is_reported(tiny_model_dir, synthetic_root, tmp_path):
     dm = JsonlCIRDataModule(str(synthetic_root), batch_size=8, val_queries_file=None)
     with pytest.raises(CIRConfigError, match="no trainable parameters"):
         trainer(tmp_path, max_steps=1).fit(module, dm)
+
+
+def test_schedule_without_a_known_length_is_a_clear_error(tiny_model_dir, synthetic_root, tmp_path):
+    dm = JsonlCIRDataModule(str(synthetic_root), batch_size=8, val_queries_file=None)
+    module = CIRModule(make_module(tiny_model_dir).backbone, warmup=0.1)
+    with pytest.raises(CIRConfigError, match="needs a known training length"):
+        trainer(tmp_path, max_steps=-1, max_epochs=-1).fit(module, dm)

@@ -3,7 +3,7 @@
 A backbone maps pre-processed inputs (tensors made by its ``collator`` in DataLoader workers) to
 L2-normalised embeddings with ``forward`` (the training path). The ``encode_*`` methods are the
 inference front door for raw PIL images and strings: they run the collator in the calling process,
-then ``forward`` without gradients (call ``.eval()`` first to switch off dropout, as with any module).
+then ``forward`` without gradients and in eval mode (no dropout; the module's mode is restored after).
 """
 
 from __future__ import annotations
@@ -40,7 +40,12 @@ class Backbone(nn.Module):
 
     @torch.no_grad()
     def _run(self, inputs: Mapping[str, Tensor]) -> Tensor:
-        return self({k: v.to(self.device) for k, v in inputs.items()})
+        was_training = self.training
+        self.eval()  # deterministic: no dropout in the inference front door
+        try:
+            return self({k: v.to(self.device) for k, v in inputs.items()})
+        finally:
+            self.train(was_training)
 
     def encode_query(self, images: Sequence[Image.Image], modifications: Sequence[str]) -> Tensor:
         """Embed reference images with their modification texts."""

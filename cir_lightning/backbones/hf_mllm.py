@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from cir_lightning.backbones.base import Backbone
@@ -78,6 +79,9 @@ class HFMultimodalBackbone(Backbone):
         if make_tiny_if_missing and not Path(model_name_or_path).exists():
             from cir_lightning.backbones.tiny import make_tiny_model
 
+            rank_zero_warn(f"`{model_name_or_path}` does not exist: building a tiny RANDOMLY INITIALISED model "
+                           "there (`make_tiny_if_missing: true`, meant for demos and tests). Set it to false to "
+                           "load a real checkpoint by hub name.")
             make_tiny_model(model_name_or_path)
         processor, model = self._load(dtype, attn_implementation, trust_remote_code)
         model.requires_grad_(False)

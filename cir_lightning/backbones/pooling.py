@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from torch import Tensor
 
 PoolingMethod = Literal["eos_block", "last_token"]
@@ -52,5 +53,7 @@ def pool(hidden: Tensor, attention_mask: Tensor, method: PoolingMethod = "eos_bl
         [[4.0, 5.0]]
     """
     n = 1 if method == "last_token" else block
-    weights = last_real_tokens_mask(attention_mask, n).to(hidden.dtype).unsqueeze(-1)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+    keep = last_real_tokens_mask(attention_mask, n).unsqueeze(-1)
+    # where(), not a product: a NaN or inf in a padded position must not leak into the embedding
+    total = torch.where(keep, hidden, torch.zeros((), dtype=hidden.dtype, device=hidden.device)).sum(1)
+    return total / keep.sum(1).clamp(min=1).to(hidden.dtype)

@@ -7,6 +7,7 @@ the EOS token, FiRE's M = 5) is appended by the collator, not written into templ
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass, replace
 
 from cir_lightning.errors import CIRConfigError
@@ -30,6 +31,17 @@ class PromptTemplates:
 
     def check(self) -> PromptTemplates:
         problems = []
+        allowed = {"query": {"modification"}, "gallery": set(), "text": {"text"}}
+        for name, fields in allowed.items():
+            template = getattr(self, name)
+            try:
+                used = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+            except ValueError as err:
+                problems.append(f"`{name}` is not a valid template ({err}); write literal braces as {{{{ }}}}")
+                continue
+            if used - fields:
+                problems.append(f"`{name}` uses unknown field(s) {sorted(used - fields)}; it may use "
+                                f"{sorted(fields) or 'none'}: {template!r}")
         if IMAGE not in self.query or "{modification}" not in self.query:
             problems.append(f"`query` needs {IMAGE} and {{modification}}: {self.query!r}")
         if IMAGE not in self.gallery:

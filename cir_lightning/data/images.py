@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -29,20 +30,22 @@ def resolve_image_path(root: Path, relative: object, file: str | Path, line: int
         ...
         cir_lightning.errors.CIRDataError: q.jsonl:7: `image_path` '../secret.png' points outside the image root ...
     """
-    if not isinstance(relative, str) or not relative.strip():
+    if not isinstance(relative, str) or not relative.strip() or "\x00" in relative:
         raise CIRDataError(f"`{field}` must be a non-empty relative path string, got {relative!r}", file, line)
     if Path(relative).is_absolute():
         raise CIRDataError(
             f"`{field}` {relative!r} is absolute; image paths must be relative to the image root `{root}`",
             file, line,
         )
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root):
+    # Checked lexically, so a folder the user symlinked under the root (root/images -> /data/images)
+    # still works, while `..` in an annotation can never climb out of it.
+    normal = os.path.normpath(relative)
+    if normal == ".." or normal.startswith(".." + os.sep):
         raise CIRDataError(
             f"`{field}` {relative!r} points outside the image root `{root}`; paths may not escape it",
             file, line,
         )
-    return path
+    return root / normal
 
 
 def load_image(path: Path, max_short_edge: int | None = None, source: str | None = None) -> Image.Image:

@@ -55,8 +55,12 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """
     if not path.is_file():
         raise CIRDataError("annotation file does not exist", path)
-    with path.open(encoding="utf-8") as f:
-        for number, text in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise CIRDataError(f"not valid UTF-8 (byte {err.start + 1} of the line)", path, number) from None
             if not text.strip():
                 continue
             try:
@@ -98,8 +102,9 @@ def _check_files_exist(items: list[tuple[Path, str]]) -> None:
         raise CIRDataError(f"{len(missing)} image file(s) do not exist:\n{shown}{more}")
 
 
-def read_triplets(path: Path, image_root: Path, check_images: bool = True) -> list[Triplet]:
-    """Parse and check a training JSONL file."""
+def read_triplets(path: Path, image_root: Path, check_images: bool = True,
+                  require_captions: bool = False) -> list[Triplet]:
+    """Parse and check a training JSONL file (``target_caption`` on every line if ``require_captions``)."""
     records = []
     for line, obj in iter_jsonl(path):
         src = f"{path}:{line}"
@@ -112,7 +117,7 @@ def read_triplets(path: Path, image_root: Path, check_images: bool = True) -> li
             source=src,
             sample_id=_id(obj, "sample_id", path, line, required=False),
             reference_caption=_text(obj, "reference_caption", path, line, required=False),
-            target_caption=_text(obj, "target_caption", path, line, required=False),
+            target_caption=_text(obj, "target_caption", path, line, required=require_captions),
         ))
     if not records:
         raise CIRDataError("no training samples", path)
@@ -210,7 +215,8 @@ class JsonlCIRDataModule(CIRDataModule):
         test_gallery_file: gallery of the test queries (default: ``gallery_file``).
         image_root: folder image paths are relative to (default: ``root``).
         exclude_reference: also remove each query's ``reference_id`` from its ranking.
-        with_captions: put ``reference_caption`` / ``target_caption`` into training samples.
+        with_captions: put ``reference_caption`` / ``target_caption`` into training samples; every
+            training line must then have a ``target_caption``.
         check_images: check at set-up that every image file exists (errors list what is missing).
         batch_size: training batch size per process.
         eval_batch_size: evaluation batch size (default: ``batch_size``).
@@ -276,7 +282,8 @@ class JsonlCIRDataModule(CIRDataModule):
         if not image_root.is_dir():
             raise CIRDataError("the image root is not a folder; set `image_root` (or `root`)", image_root)
         if stage == "fit" and self.train_file and self.train_set is None:
-            records = read_triplets(self._path(self.train_file), image_root, self.check_images)
+            records = read_triplets(self._path(self.train_file), image_root, self.check_images,
+                                    require_captions=self.with_captions)
             self.train_set = TripletDataset(records, self.max_short_edge, self.with_captions)
         if stage in ("fit", "validate") and self.val_queries_file and not self.val_sets:
             self.val_sets = [self._eval_set(self.val_queries_file, self.gallery_file)]

@@ -93,7 +93,11 @@ def drop_excluded(ids: Tensor, excluded: Tensor, k: int) -> Tensor:
     """
     drop = ids < 0
     if excluded.numel():
-        drop |= (ids.unsqueeze(-1) == excluded.unsqueeze(1)).any(-1)
+        # (row, id) pairs encoded as one integer: membership by sorting, O(rows x width) memory
+        span = int(max(ids.max(), excluded.max())) + 2
+        rows = torch.arange(len(ids)).unsqueeze(1) * span
+        valid = excluded >= 0
+        drop |= torch.isin(rows + ids + 1, (rows + excluded + 1)[valid])
     order = drop.to(torch.int8).argsort(dim=1, stable=True)  # kept entries first, in their order
     kept = ids.gather(1, order).masked_fill(drop.gather(1, order), -1)
     if kept.shape[1] < k:

@@ -123,12 +123,37 @@ def test_bad_eos_configuration_is_reported(tiny_model_dir):
         HFMultimodalBackbone(str(tiny_model_dir), eos_block_size=0)
 
 
+def test_encode_is_deterministic_and_restores_the_training_mode(tiny_model_dir):
+    bb = HFMultimodalBackbone(str(tiny_model_dir), lora=LoRA(r=4, alpha=8, dropout=0.5))
+    bb.train()
+    a, b = bb.encode_gallery(_images(2)), bb.encode_gallery(_images(2))
+    assert torch.equal(a, b)  # no dropout in encode_*
+    assert bb.training
+
+
+def test_pooling_ignores_non_finite_values_in_padding():
+    from cir_lightning.backbones.pooling import pool
+
+    hidden = torch.ones(1, 4, 2)
+    hidden[0, 0] = float("nan")
+    assert torch.equal(pool(hidden, torch.tensor([[0, 1, 1, 1]]), "eos_block", 2), torch.ones(1, 2))
+
+
+def test_building_a_tiny_model_on_request_warns_loudly(tmp_path):
+    with pytest.warns(UserWarning, match="RANDOMLY INITIALISED"):
+        HFMultimodalBackbone(str(tmp_path / "org" / "name"), make_tiny_if_missing=True)
+
+
 def test_prompt_presets_and_overrides(tiny_model_dir):
     bb = HFMultimodalBackbone(str(tiny_model_dir), prompts=Prompts("fire", query="<image> then {modification}"))
     assert bb.collator.prompts.query == "<image> then {modification}"
     assert bb.collator.prompts.gallery == "Describe the image <image> ?"
     with pytest.raises(CIRConfigError, match="needs <image>"):
         Prompts("fire", gallery="no image here").resolve()
+    with pytest.raises(CIRConfigError, match=r"`query` uses unknown field\(s\) \['caption'\]"):
+        Prompts("fire", query="<image> {modification} {caption}").resolve()
+    with pytest.raises(CIRConfigError, match="`gallery` is not a valid template"):
+        Prompts("fire", gallery="<image> {").resolve()
 
 
 def test_collator_is_small_and_picklable(backbone):

@@ -145,3 +145,37 @@ def test_image_root_separate_from_annotations(root, tmp_path_factory):
     shutil.move(str(root / "images"), str(images / "images"))
     dm = setup(root, image_root=str(images))
     assert dm.train_set[0]["target_image"].size == (80, 40)
+
+
+def test_symlinked_image_folder_is_followed_but_dotdot_still_refused(root, tmp_path_factory):
+    real = tmp_path_factory.mktemp("real_images")
+    shutil.move(str(root / "images"), str(real / "images"))
+    (root / "images").symlink_to(real / "images", target_is_directory=True)
+    assert setup(root).train_set[0]["target_image"].size == (80, 40)
+    path = root / "train.jsonl"
+    rows = path.read_text().splitlines()
+    rows[0] = json.dumps({"reference_image": "images/../../x.png", "target_image": "images/b.png",
+                          "modification": "m"})
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(CIRDataError, match="train.jsonl:1: .* points outside the image root"):
+        setup(root)
+
+
+def test_nul_bytes_and_invalid_utf8_name_the_line(root):
+    path = root / "gallery.jsonl"
+    path.write_bytes(path.read_bytes() + b'{"image_id": "d", "image_path": "images/\\u0000.png"}\n')
+    with pytest.raises(CIRDataError, match="gallery.jsonl:4: `image_path` must be a non-empty relative path"):
+        setup(root)
+    path.write_bytes(b'{"image_id": "a", "image_path": "images/a.png"}\n{"image_id": "\xff"}\n')
+    with pytest.raises(CIRDataError, match=r"gallery.jsonl:2: not valid UTF-8"):
+        setup(root)
+
+
+def test_with_captions_requires_a_target_caption_on_every_line(root):
+    path = root / "train.jsonl"
+    rows = path.read_text().splitlines()
+    rows[1] = json.dumps({k: v for k, v in json.loads(rows[1]).items() if k != "target_caption"})
+    path.write_text("\n".join(rows) + "\n")
+    assert len(setup(root).train_set) == 2  # captions not asked for: fine
+    with pytest.raises(CIRDataError, match="train.jsonl:2: missing field `target_caption`"):
+        setup(root, with_captions=True)

@@ -126,3 +126,13 @@ def test_every_index_type_ranks_by_inner_product_not_distance(factory):
     got = search(torch.tensor([[1.0, 0.0]]), gallery, k=1, config=SearchConfig(factory=factory, nprobe=2)
                  if "IVF" in factory else SearchConfig(factory=factory))
     assert got.item() % 2 == 1
+
+
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_long_exclusion_lists_match_brute_force(backend):
+    g = torch.Generator().manual_seed(3)
+    q = F.normalize(torch.randn(6, 8, generator=g), dim=-1)
+    gal = F.normalize(torch.randn(300, 8, generator=g), dim=-1)
+    excluded = [torch.randperm(300, generator=g)[: 40 * i].tolist() for i in range(6)]  # 0 to 200 each
+    got = search(q, gal, k=20, excluded=excluded, config=SearchConfig(backend=backend))
+    assert got.tolist() == brute_force(q, gal, 20, excluded)
