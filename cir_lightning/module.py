@@ -28,7 +28,7 @@ from torch import Tensor
 from cir_lightning.backbones.base import Backbone
 from cir_lightning.errors import CIRConfigError, CIRModelError
 from cir_lightning.losses import FireLoss
-from cir_lightning.retrieval.evaluator import EvalSubset, RetrievalEvaluator
+from cir_lightning.retrieval.evaluator import EvalSubset, RetrievalEvaluator, subsets_from_loaders
 from cir_lightning.retrieval.index import SearchConfig
 from cir_lightning.retrieval.results import format_table, write_results
 
@@ -125,25 +125,12 @@ class CIRModule(pl.LightningModule):
         key = "query" if kind == 0 else "gallery"
         self.evaluator.add(subset, key, self.backbone(batch[key]), batch["index"])
 
-    def _subsets(self, loaders: Any) -> list[EvalSubset]:
-        loaders = loaders if isinstance(loaders, list | tuple) else [loaders]
-        subsets = []
-        for q_loader, g_loader in zip(loaders[0::2], loaders[1::2], strict=True):
-            queries, gallery = q_loader.dataset, g_loader.dataset
-            if not hasattr(queries, "positives"):
-                raise CIRConfigError(f"evaluation loaders must come in (queries, gallery) pairs whose query "
-                                     f"dataset has `positives`; got {type(queries).__name__}")
-            subsets.append(EvalSubset(getattr(queries, "name", ""), queries.positives,
-                                      getattr(queries, "excluded", [()] * len(queries)), len(gallery),
-                                      getattr(queries, "ids", None), getattr(gallery, "ids", None)))
-        return subsets
-
     def _eval_epoch_end(self, stage: str, loaders: Any) -> None:
         if self.trainer.sanity_checking:
             self.evaluator.reset()
             return
         standalone = self.trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING)  # not inside fit
-        subsets = self._subsets(loaders)
+        subsets = subsets_from_loaders(loaders)
         results = self.evaluator.compute(subsets, keep_rankings=standalone and self.save_rankings)
         prefix = _STAGE_PREFIX[stage]
         self.log_dict({f"{prefix}/{k}": v for k, v in results.items()}, sync_dist=True)

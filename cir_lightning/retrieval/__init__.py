@@ -1,6 +1,7 @@
 """Retrieval: search, ranking metrics, DDP gathering and evaluation. Independent of models and data."""
 
-from cir_lightning.retrieval.evaluator import EvalSubset, RetrievalEvaluator
+from cir_lightning.retrieval.callback import RetrievalCallback
+from cir_lightning.retrieval.evaluator import EvalSubset, RetrievalEvaluator, subsets_from_loaders
 from cir_lightning.retrieval.index import SearchConfig, build_index, search
 from cir_lightning.retrieval.metrics import (
     HitRateAtK,
@@ -11,6 +12,16 @@ from cir_lightning.retrieval.metrics import (
 )
 
 __all__ = [
-    "EvalSubset", "HitRateAtK", "MAPAtK", "MRRAtK", "PositiveRecallAtK", "RetrievalEvaluator", "SubsetRecallAtK",
-    "SearchConfig", "build_index", "search",
+    "EvalSubset",
+    "HitRateAtK",
+    "MAPAtK",
+    "MRRAtK",
+    "PositiveRecallAtK",
+    "RetrievalCallback",
+    "RetrievalEvaluator",
+    "SearchConfig",
+    "SubsetRecallAtK",
+    "build_index",
+    "search",
+    "subsets_from_loaders",
 ]

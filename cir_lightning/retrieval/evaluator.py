@@ -12,10 +12,12 @@ import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from cir_lightning.errors import CIRConfigError
 from cir_lightning.retrieval.gather import collective_device, gather_embeddings, world
 from cir_lightning.retrieval.index import SearchConfig, pad_lists, search
 from cir_lightning.retrieval.metrics import HitRateAtK, MRRAtK
@@ -121,3 +123,24 @@ class RetrievalEvaluator:
             if keep_rankings:
                 self.rankings[sub.name] = gather_embeddings(ranked, mine)[0]
         return results
+
+
+def subsets_from_loaders(loaders: Any) -> list[EvalSubset]:
+    """The ``EvalSubset`` of each (queries, gallery) pair of evaluation loaders.
+
+    Loaders come in pairs, queries first; the query dataset has ``positives`` (gallery rows per query)
+    and may have ``excluded``, ``name`` and ``ids``; the gallery dataset may have ``ids``.
+    """
+    loaders = list(loaders) if isinstance(loaders, list | tuple) else [loaders]
+    if len(loaders) % 2:
+        raise CIRConfigError(f"evaluation needs (queries, gallery) pairs of dataloaders, got {len(loaders)}")
+    subsets = []
+    for q_loader, g_loader in zip(loaders[0::2], loaders[1::2], strict=True):
+        queries, gallery = q_loader.dataset, g_loader.dataset
+        if not hasattr(queries, "positives"):
+            raise CIRConfigError("evaluation loaders must come in (queries, gallery) pairs whose query dataset "
+                                 f"has `positives` (gallery rows per query); got {type(queries).__name__}")
+        subsets.append(EvalSubset(getattr(queries, "name", ""), queries.positives,
+                                  getattr(queries, "excluded", None) or [()] * len(queries), len(gallery),
+                                  getattr(queries, "ids", None), getattr(gallery, "ids", None)))
+    return subsets

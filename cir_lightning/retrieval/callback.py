@@ -1,0 +1,66 @@
+"""``RetrievalCallback``: retrieval evaluation for any LightningModule, without changing its code.
+
+The contract is small:
+
+- the module has ``encode_query(batch)`` and ``encode_gallery(batch)``, each returning (batch, dim)
+  embeddings (normalise them for cosine similarity);
+- the validation dataloaders come in (queries, gallery) pairs, queries first, one pair per subset;
+- every batch is a mapping with an ``"index"`` entry: the dataset row of each sample;
+- the query dataset has ``positives`` (gallery rows per query) and may have ``excluded``, ``name``
+  and ``ids``.
+
+After each validation epoch (not in the sanity check) it logs ``val/Recall@K`` and ``val/MRR@K``
+computed as ``CIRModule`` computes them, identical under DDP.
+
+Example:
+    >>> import lightning.pytorch as pl
+    >>> trainer = pl.Trainer(callbacks=[RetrievalCallback(ks=[1, 10])], logger=False)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from cir_lightning.errors import CIRConfigError
+from cir_lightning.retrieval.evaluator import RetrievalEvaluator, subsets_from_loaders
+from cir_lightning.retrieval.index import SearchConfig
+
+
+class RetrievalCallback(pl.Callback):
+    """Embed validation queries and galleries with the module's ``encode_*`` and log retrieval metrics.
+
+    Args:
+        ks: the cut-offs K of Recall@K (hit rate) and MRR@K.
+        search: how the gallery is searched (default: exact faiss ``Flat``).
+        prefix: metric name prefix.
+    """
+
+    def __init__(self, ks: Sequence[int] = (1, 5, 10, 50), search: SearchConfig | None = None,
+                 prefix: str = "val") -> None:
+        self.evaluator = RetrievalEvaluator(ks, search)
+        self.prefix = prefix
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if trainer.sanity_checking:
+            return
+        subset, kind = divmod(dataloader_idx, 2)
+        name = "encode_query" if kind == 0 else "encode_gallery"
+        encode = getattr(pl_module, name, None)
+        if encode is None:
+            raise CIRConfigError(f"RetrievalCallback needs `{type(pl_module).__name__}.{name}(batch)`")
+        with torch.no_grad():
+            embeddings = encode(batch)
+        self.evaluator.add(subset, "query" if kind == 0 else "gallery", embeddings, batch["index"])
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            self.evaluator.reset()
+            return
+        results = self.evaluator.compute(subsets_from_loaders(trainer.val_dataloaders))
+        self.evaluator.reset()
+        pl_module.log_dict({f"{self.prefix}/{k}": v for k, v in results.items()}, sync_dist=True)
