@@ -8,6 +8,7 @@ then ``forward`` without gradients and in eval mode (no dropout; the module's mo
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,14 @@ class Backbone(nn.Module):
     def encode_text(self, texts: Sequence[str]) -> Tensor:
         """Embed texts (e.g. target captions)."""
         return self._run(self.collator.text_inputs(texts))
+
+    def weights_digest(self) -> str:
+        """SHA-256 of the trainable weights (names, shapes, values): identifies an adapter's state."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(self.trainable_state_dict().items()):
+            digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """The parameters that require gradients, by name (what a checkpoint needs to hold)."""

@@ -1,5 +1,6 @@
 """Retrieval: search, ranking metrics, DDP gathering and evaluation. Independent of models and data."""
 
+from cir_lightning.retrieval.cache import load_embeddings, save_embeddings
 from cir_lightning.retrieval.callback import RetrievalCallback
 from cir_lightning.retrieval.evaluator import EvalSubset, RetrievalEvaluator, subsets_from_loaders
 from cir_lightning.retrieval.index import SearchConfig, build_index, search
@@ -22,6 +23,8 @@ __all__ = [
     "SearchConfig",
     "SubsetRecallAtK",
     "build_index",
+    "load_embeddings",
+    "save_embeddings",
     "search",
     "subsets_from_loaders",
 ]

@@ -131,6 +131,17 @@ def test_encode_is_deterministic_and_restores_the_training_mode(tiny_model_dir):
     assert bb.training
 
 
+def test_weights_digest_identifies_the_adapter_state(tiny_model_dir):
+    a = HFMultimodalBackbone(str(tiny_model_dir), lora=LoRA(r=4, alpha=8))
+    b = HFMultimodalBackbone(str(tiny_model_dir), lora=LoRA(r=4, alpha=8))
+    with torch.no_grad():
+        b.load_state_dict(a.state_dict())
+    assert a.weights_digest() == b.weights_digest()
+    with torch.no_grad():
+        next(p for n, p in b.named_parameters() if "lora_B" in n).add_(1e-3)
+    assert a.weights_digest() != b.weights_digest()
+
+
 def test_pooling_ignores_non_finite_values_in_padding():
     from cir_lightning.backbones.pooling import pool
 

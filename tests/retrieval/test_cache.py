@@ -1,0 +1,73 @@
+"""Embedding caches: round trip, refusal of anything stale, never overwriting."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cir_lightning.errors import CIRConfigError, CIRDataError
+from cir_lightning.retrieval.cache import load_embeddings, save_embeddings
+
+MODEL = {"fingerprint": {"model": "tiny", "pooling": "eos_block"}, "weights": "abc123"}
+WHERE = {"kind": "gallery", "dataset": "synthetic", "split": "val"}
+
+
+@pytest.fixture
+def cache(tmp_path):
+    emb = torch.nn.functional.normalize(torch.randn(5, 3), dim=-1)
+    path = save_embeddings(tmp_path / "gallery", emb, ["a", "b", "c", "d", "e"], model=MODEL, **WHERE)
+    return path, emb
+
+
+def test_round_trip_keeps_rows_ids_and_metadata(cache):
+    path, emb = cache
+    got, ids = load_embeddings(path, model=MODEL, ids=["a", "b", "c", "d", "e"], **WHERE)
+    assert torch.equal(got, emb)
+    assert ids == ["a", "b", "c", "d", "e"]
+    meta = json.loads((path / "meta.json").read_text())
+    assert (meta["count"], meta["dim"], meta["dtype"], meta["kind"]) == (5, 3, "float32", "gallery")
+
+
+def test_float16_storage(tmp_path):
+    emb = torch.randn(4, 8)
+    path = save_embeddings(tmp_path / "g16", emb, list("abcd"), model=MODEL, dtype="float16", **WHERE)
+    got, _ = load_embeddings(path, model=MODEL, **WHERE)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, emb, atol=1e-2)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"model": {**MODEL, "weights": "other"}}, "model: cached"),
+    ({"dataset": "cirr"}, "dataset: cached 'synthetic', expected 'cirr'"),
+    ({"split": "test"}, "split: cached 'val', expected 'test'"),
+    ({"kind": "query"}, "kind: cached 'gallery', expected 'query'"),
+    ({"ids": ["a", "b", "c", "e", "d"]}, "ids: 5 cached, 5 expected, or in another order"),
+])
+def test_any_mismatch_is_refused_with_what_differs(cache, change, message):
+    path, _ = cache
+    args = {"model": MODEL, **WHERE, **change}
+    with pytest.raises(CIRDataError, match=message):
+        load_embeddings(path, **args)
+
+
+def test_edited_ids_file_is_detected(cache):
+    path, _ = cache
+    (path / "ids.json").write_text(json.dumps(["a", "b", "c", "d", "x"]))
+    with pytest.raises(CIRDataError, match="ids.json was changed"):
+        load_embeddings(path, model=MODEL, **WHERE)
+
+
+def test_existing_cache_is_never_overwritten_unless_asked(cache):
+    path, emb = cache
+    with pytest.raises(CIRConfigError, match="already exists"):
+        save_embeddings(path, torch.zeros(5, 3), list("abcde"), model=MODEL, **WHERE)
+    assert torch.equal(load_embeddings(path, model=MODEL, **WHERE)[0], emb)
+    save_embeddings(path, torch.zeros(5, 3), list("abcde"), model=MODEL, overwrite=True, **WHERE)
+    assert load_embeddings(path, model=MODEL, **WHERE)[0].abs().sum() == 0
+
+
+def test_not_a_cache_is_a_clear_error(tmp_path):
+    with pytest.raises(CIRDataError, match="not a readable embedding cache"):
+        load_embeddings(tmp_path, model=MODEL, **WHERE)
