@@ -159,3 +159,18 @@ def test_checkpoints_load_with_weights_only_unless_asked_otherwise(fitted, monke
                           "--weights_only", "false"])
     assert seen["weights_only"] is False
 
+
+
+def test_fit_resumes_from_last_checkpoint(tmp_path, tiny_model_dir):
+    args = ["--config", str(CONF), "--model.backbone.init_args.model_name_or_path", str(tiny_model_dir),
+            "--data.init_args.root", str(tmp_path / "data"), "--trainer.default_root_dir", "run",
+            "--trainer.max_steps", "-1", "--trainer.limit_train_batches", "null"]
+    run("fit", *args, "--trainer.max_epochs", "1", cwd=tmp_path)
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    first = torch.load(last, weights_only=True)
+    run("fit", *args, "--trainer.max_epochs", "2", "--ckpt_path", str(last), cwd=tmp_path)
+    second = torch.load(last, weights_only=True)
+    assert (first["global_step"], second["global_step"]) == (4, 8)  # continued, not restarted
+    assert second["epoch"] == 1
+    moved = [k for k in first["state_dict"] if not torch.equal(first["state_dict"][k], second["state_dict"][k])]
+    assert moved  # the LoRA weights kept training from where they were
