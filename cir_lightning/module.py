@@ -28,7 +28,12 @@ from torch import Tensor
 from cir_lightning.backbones.base import Backbone
 from cir_lightning.errors import CIRConfigError, CIRModelError
 from cir_lightning.losses import FireLoss
-from cir_lightning.retrieval.evaluator import EvalSubset, RetrievalEvaluator, subsets_from_loaders
+from cir_lightning.retrieval.evaluator import (
+    EvalSubset,
+    RetrievalEvaluator,
+    loader_role,
+    subsets_from_loaders,
+)
 from cir_lightning.retrieval.index import SearchConfig
 from cir_lightning.retrieval.results import format_table, write_results
 
@@ -121,8 +126,7 @@ class CIRModule(pl.LightningModule):
     def _eval_step(self, batch: dict[str, Any], dataloader_idx: int) -> None:
         if self.trainer.sanity_checking:
             return
-        subset, kind = divmod(dataloader_idx, 2)
-        key = "query" if kind == 0 else "gallery"
+        subset, key = loader_role(dataloader_idx)
         self.evaluator.add(subset, key, self.backbone(batch[key]), batch["index"])
 
     def _eval_epoch_end(self, stage: str, loaders: Any) -> None:
@@ -178,8 +182,7 @@ class CIRModule(pl.LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Embeddings of queries and gallery images: ``{"subset", "kind", "index", "embedding"}``."""
-        subset, kind = divmod(dataloader_idx, 2)
-        key = "query" if kind == 0 else "gallery"
+        subset, key = loader_role(dataloader_idx)
         return {"subset": subset, "kind": key, "index": batch["index"],
                 "embedding": self.backbone(batch[key]).cpu()}
 

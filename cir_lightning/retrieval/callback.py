@@ -26,7 +26,7 @@ import lightning.pytorch as pl
 import torch
 
 from cir_lightning.errors import CIRConfigError
-from cir_lightning.retrieval.evaluator import RetrievalEvaluator, subsets_from_loaders
+from cir_lightning.retrieval.evaluator import RetrievalEvaluator, loader_role, subsets_from_loaders
 from cir_lightning.retrieval.index import SearchConfig
 
 
@@ -48,14 +48,13 @@ class RetrievalCallback(pl.Callback):
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         if trainer.sanity_checking:
             return
-        subset, kind = divmod(dataloader_idx, 2)
-        name = "encode_query" if kind == 0 else "encode_gallery"
-        encode = getattr(pl_module, name, None)
+        subset, kind = loader_role(dataloader_idx)
+        encode = getattr(pl_module, f"encode_{kind}", None)
         if encode is None:
-            raise CIRConfigError(f"RetrievalCallback needs `{type(pl_module).__name__}.{name}(batch)`")
+            raise CIRConfigError(f"RetrievalCallback needs `{type(pl_module).__name__}.encode_{kind}(batch)`")
         with torch.no_grad():
             embeddings = encode(batch)
-        self.evaluator.add(subset, "query" if kind == 0 else "gallery", embeddings, batch["index"])
+        self.evaluator.add(subset, kind, embeddings, batch["index"])
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:

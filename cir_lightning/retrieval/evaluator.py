@@ -125,6 +125,17 @@ class RetrievalEvaluator:
         return results
 
 
+def loader_role(dataloader_idx: int) -> tuple[int, str]:
+    """Which subset a loader belongs to and what it holds: loaders come in (queries, gallery) pairs.
+
+    Example:
+        >>> loader_role(0), loader_role(3)
+        ((0, 'query'), (1, 'gallery'))
+    """
+    subset, kind = divmod(dataloader_idx, 2)
+    return subset, "query" if kind == 0 else "gallery"
+
+
 def subsets_from_loaders(loaders: Any) -> list[EvalSubset]:
     """The ``EvalSubset`` of each (queries, gallery) pair of evaluation loaders.
 
