@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -23,6 +24,7 @@ from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from cir_lightning.module import CIRModule
+from cir_lightning.retrieval.results import free_path
 
 TOOLS = {
     "make-tiny-model": "build a tiny random LLaVA-NeXT-style checkpoint folder (offline)",
@@ -41,10 +43,9 @@ class KeepConfigCallback(SaveConfigCallback):
         log_dir = trainer.log_dir or trainer.default_root_dir
         name, stage = self.config_filename, getattr(stage, "value", stage)
         if trainer.is_global_zero:
-            stem, n = name.rsplit(".", 1)[0], 0
-            while os.path.exists(os.path.join(log_dir, name)):
-                n += 1
-                name = f"{stem}-{stage}.yaml" if n == 1 else f"{stem}-{stage}-{n - 1}.yaml"
+            first = Path(log_dir) / name
+            if first.exists():
+                name = free_path(first.with_name(f"{first.stem}-{stage}{first.suffix}")).name
         self.config_filename = trainer.strategy.broadcast(name)
         super().setup(trainer, pl_module, stage)
 

@@ -35,7 +35,7 @@ from cir_lightning.retrieval.evaluator import (
     subsets_from_loaders,
 )
 from cir_lightning.retrieval.index import SearchConfig
-from cir_lightning.retrieval.results import format_table, write_results
+from cir_lightning.retrieval.results import format_table, free_path, write_results
 
 _STAGE_PREFIX = {"validate": "val", "test": "test"}
 
@@ -256,8 +256,6 @@ class CIRModule(pl.LightningModule):
             return
         root = self._log_folder()
         if self.trainer.is_global_zero:
-            path, n = root / "adapter", 1
-            while path.exists():  # never overwrite an adapter a user already has
-                path, n = root / f"adapter-{n}", n + 1
+            path = free_path(root / "adapter")  # never overwrite an adapter a user already has
             self.backbone.save_adapter(path)
             rank_zero_info(f"LoRA adapter saved to {path}")
