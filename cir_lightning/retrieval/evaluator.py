@@ -10,38 +10,78 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
+from torchmetrics import Metric
 
 from cir_lightning.errors import CIRConfigError
-from cir_lightning.retrieval.gather import collective_device, gather_embeddings, world
+from cir_lightning.retrieval.gather import collective_device, dedupe_by_index, gather_embeddings, world
 from cir_lightning.retrieval.index import SearchConfig, pad_lists, search
-from cir_lightning.retrieval.metrics import HitRateAtK, MRRAtK
+from cir_lightning.retrieval.metrics import (
+    HitRateAtK,
+    MAPAtK,
+    MRRAtK,
+    PositiveRecallAtK,
+    SubsetRecallAtK,
+    rank_within,
+)
+from cir_lightning.retrieval.sharded import own_rows, sharded_search
+
+FAMILIES: dict[str, tuple[str, type[Metric]]] = {
+    "recall": ("Recall", HitRateAtK),
+    "positive_recall": ("PositiveRecall", PositiveRecallAtK),
+    "mrr": ("MRR", MRRAtK),
+    "map": ("mAP", MAPAtK),
+    "recall_subset": ("Recall_subset", SubsetRecallAtK),
+}
+"""Metric families a subset can ask for: name in ``EvalSubset.metrics`` -> (logged name, Metric)."""
 
 
 @dataclass(frozen=True)
 class EvalSubset:
-    """Ground truth of one evaluated subset.
+    """Ground truth and protocol of one evaluated subset.
 
     Args:
         name: prefix of its metric names ("" for none, e.g. "dress" gives ``dress/Recall@10``).
-        positives: per query, its relevant gallery rows.
+        positives: per query, its relevant gallery rows; ``None`` when the split has no public ground
+            truth (then only rankings are made, e.g. for a server submission).
         excluded: per query, gallery rows removed from its ranking.
         num_gallery: gallery size.
         query_ids: ids of the queries, in row order (for results files).
         gallery_ids: ids of the gallery items, in row order (for results files).
+        metrics: metric family -> its cut-offs K, from ``FAMILIES`` (default: ``recall`` and ``mrr`` at
+            the evaluator's K).
+        candidates: per query, the gallery rows its ``recall_subset`` ranking is restricted to (CIRR).
+        depth: rank at least this many items per query (for prediction files), beyond the metrics' K.
     """
 
     name: str
-    positives: Sequence[Sequence[int]]
+    positives: Sequence[Sequence[int]] | None
     excluded: Sequence[Sequence[int]]
     num_gallery: int
     query_ids: Sequence[str] | None = None
     gallery_ids: Sequence[str] | None = None
+    metrics: Mapping[str, Sequence[int]] | None = None
+    candidates: Sequence[Sequence[int]] | None = None
+    depth: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.metrics or ()) - set(FAMILIES))
+        if unknown:
+            raise CIRConfigError(f"subset {self.name!r}: unknown metric families {unknown}; known: {sorted(FAMILIES)}")
+        if "recall_subset" in (self.metrics or ()) and self.candidates is None:
+            raise CIRConfigError(f"subset {self.name!r}: `recall_subset` needs per-query `candidates`")
+        if self.positives is not None and len(self.positives) != len(self.excluded):
+            raise ValueError(f"subset {self.name!r}: {len(self.positives)} positives rows for "
+                             f"{len(self.excluded)} queries")
+
+    @property
+    def num_queries(self) -> int:
+        return len(self.excluded)
 
     def ranked_ids(self, ranked: Tensor) -> dict[str, list[str]]:
         """Query id -> its ranked gallery ids, from rows of gallery indices (-1 dropped)."""
@@ -52,11 +92,11 @@ class EvalSubset:
 
 
 class RetrievalEvaluator:
-    """Accumulate embeddings, then compute Recall@K (hit rate) and MRR@K per subset.
+    """Accumulate embeddings, then search each subset's gallery and compute its metrics.
 
     Args:
-        ks: the cut-offs K.
-        search: how the gallery is searched (default: exact faiss ``Flat``).
+        ks: the default cut-offs K (Recall@K as hit rate and MRR@K, unless a subset asks for others).
+        search: how the gallery is searched (default: exact faiss ``Flat``; ``sharded`` under DDP).
 
     Example:
         >>> ev = RetrievalEvaluator(ks=[1, 2], search=SearchConfig(backend="torch"))
@@ -74,7 +114,10 @@ class RetrievalEvaluator:
 
     def reset(self) -> None:
         self._parts: dict[tuple[int, str], list[tuple[Tensor, Tensor]]] = defaultdict(list)
+        self._provided: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
         self.rankings: dict[str, Tensor] = {}
+        self.subset_rankings: dict[str, Tensor] = {}
+        self.galleries: dict[int, Tensor] = {}
 
     def add(self, subset: int, kind: str, embeddings: Tensor, indices: Tensor) -> None:
         """Store a batch of ``kind`` ("query" or "gallery") embeddings of subset ``subset`` (on CPU)."""
@@ -82,46 +125,107 @@ class RetrievalEvaluator:
             raise ValueError(f"`kind` must be 'query' or 'gallery', got {kind!r}")
         self._parts[(subset, kind)].append((embeddings.detach().float().cpu(), indices.detach().cpu()))
 
-    def _collect(self, subset: int, kind: str, expected: int) -> Tensor | None:
+    def provide(self, subset: int, kind: str, embeddings: Tensor, indices: Tensor | None = None) -> None:
+        """Give this rank embeddings it already has (e.g. from a cache): they are not gathered.
+
+        Without ``indices`` they are the whole set in row order. With ``search.sharded``, each rank may
+        provide its own part with ``indices``; otherwise every rank must provide the whole set.
+        """
+        if kind not in ("query", "gallery"):
+            raise ValueError(f"`kind` must be 'query' or 'gallery', got {kind!r}")
+        indices = torch.arange(len(embeddings)) if indices is None else indices.detach().cpu()
+        self._provided[(subset, kind)] = (embeddings.detach().float().cpu(), indices)
+
+    def _local(self, subset: int, kind: str) -> tuple[Tensor, Tensor]:
         parts = self._parts.get((subset, kind), [])
-        emb = torch.cat([p[0] for p in parts]) if parts else torch.empty(0, 0)
-        idx = torch.cat([p[1] for p in parts]) if parts else torch.empty(0, dtype=torch.long)
-        emb, idx = gather_embeddings(emb, idx)
+        if (subset, kind) in self._provided:
+            parts = [*parts, self._provided[(subset, kind)]]
+        if not parts:
+            return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def _collect(self, subset: int, kind: str, expected: int) -> Tensor | None:
+        """The whole set of ``kind`` embeddings in row order on every rank, or None if incomplete."""
+        if (subset, kind) in self._provided and not self._parts.get((subset, kind)):
+            emb, idx = self._provided[(subset, kind)]  # every rank has it already
+        else:
+            emb, idx = gather_embeddings(*self._local(subset, kind))
         if len(idx) != expected or not torch.equal(idx, torch.arange(expected)):
             return None
         return emb
+
+    def _shard(self, subset: int, expected: int) -> tuple[Tensor, Tensor] | None:
+        """This rank's own gallery rows and their indices (sharded search), or None if incomplete."""
+        emb, idx = dedupe_by_index(*self._local(subset, "gallery"))
+        mine, complete = own_rows(idx, expected)
+        return (emb[mine], idx[mine]) if complete else None
+
+    def _depth(self, sub: EvalSubset, families: Mapping[str, Sequence[int]]) -> int:
+        ks = [max(ks) for family, ks in families.items() if family != "recall_subset"]
+        return max([*ks, sub.depth, 1])
 
     def compute(self, subsets: Sequence[EvalSubset], keep_rankings: bool = False) -> dict[str, float]:
         """Search and score every subset; a collective call under DDP (every rank must make it).
 
         With ``keep_rankings``, ``self.rankings[name]`` holds afterwards, on every rank, the (queries,
-        max K) gallery rows ranked for each query of subset ``name`` (-1 padded), in query order.
+        depth) gallery rows ranked for each query of subset ``name`` (-1 padded), in query order, and
+        ``self.subset_rankings[name]`` the ranking within its candidates, if it has any. Subsets without
+        ground truth are always ranked (their rankings are all they give). Unless the search is
+        sharded, ``self.galleries[i]`` holds the gathered gallery embeddings of subset ``i``.
         """
         rank, world_size = world()
+        sharded = self.search.sharded and world_size > 1
         results: dict[str, float] = {}
         for s, sub in enumerate(subsets):
-            queries = self._collect(s, "query", len(sub.positives))
-            gallery = self._collect(s, "gallery", sub.num_gallery)
+            queries = self._collect(s, "query", sub.num_queries)
+            if sharded:
+                shard = self._shard(s, sub.num_gallery)
+                gallery = shard[0] if shard is not None else None
+            else:
+                gallery = self._collect(s, "gallery", sub.num_gallery)
             if queries is None or gallery is None:
                 if rank == 0:
                     warnings.warn(f"evaluation of subset {sub.name or s!r} saw only part of its queries or "
                                   "gallery (limit_*_batches or fast_dev_run?): retrieval metrics are not "
                                   "computed for it", stacklevel=2)
                 continue
+            families = dict(sub.metrics) if sub.metrics is not None else {"recall": self.ks, "mrr": self.ks}
             mine = torch.arange(rank, len(queries), world_size)  # this rank's share of the search
-            ranked = search(queries[mine], gallery, max(self.ks),
-                            [sub.excluded[i] for i in mine.tolist()], self.search)
-            positives = pad_lists([sub.positives[i] for i in mine.tolist()],
-                                  max(len(p) for p in sub.positives))
-            prefix = f"{sub.name}/" if sub.name else ""
-            device = collective_device()  # metric states are summed over ranks: NCCL needs them on the GPU
-            for label, metric in (("Recall", HitRateAtK(self.ks)), ("MRR", MRRAtK(self.ks))):
-                metric = metric.to(device)
-                metric.update(ranked.to(device), positives.to(device))
-                for k, v in metric.compute().items():
-                    results[f"{prefix}{label}@{k}"] = float(v)
-            if keep_rankings:
+            excluded = [sub.excluded[i] for i in mine.tolist()]
+            if sharded:
+                if sub.candidates is not None:
+                    raise CIRConfigError(f"subset {sub.name!r}: rankings within candidates (recall_subset) "
+                                         "need the whole gallery on every rank: turn `search.sharded` off")
+                ranked = sharded_search(queries, shard[0], shard[1], self._depth(sub, families),
+                                        sub.excluded, self.search)[mine]
+            else:
+                self.galleries[s] = gallery
+                ranked = search(queries[mine], gallery, self._depth(sub, families), excluded, self.search)
+            restricted = None
+            if sub.candidates is not None:
+                restricted = rank_within(queries[mine], gallery,
+                                         pad_lists([sub.candidates[i] for i in mine.tolist()],
+                                                   max(len(c) for c in sub.candidates)))
+            if sub.positives is not None:
+                results.update(self._score(sub, families, mine, ranked, restricted))
+            if keep_rankings or sub.positives is None:
                 self.rankings[sub.name] = gather_embeddings(ranked, mine)[0]
+                if restricted is not None:
+                    self.subset_rankings[sub.name] = gather_embeddings(restricted, mine)[0]
+        return results
+
+    def _score(self, sub: EvalSubset, families: Mapping[str, Sequence[int]], mine: Tensor, ranked: Tensor,
+               restricted: Tensor | None) -> dict[str, float]:
+        positives = pad_lists([sub.positives[i] for i in mine.tolist()], max(len(p) for p in sub.positives))
+        prefix = f"{sub.name}/" if sub.name else ""
+        device = collective_device()  # metric states are summed over ranks: NCCL needs them on the GPU
+        results = {}
+        for family, ks in families.items():
+            label, metric_class = FAMILIES[family]
+            metric = metric_class(ks).to(device)
+            metric.update((restricted if family == "recall_subset" else ranked).to(device), positives.to(device))
+            for k, v in metric.compute().items():
+                results[f"{prefix}{label}@{k}"] = float(v)
         return results
 
 
@@ -139,8 +243,10 @@ def loader_role(dataloader_idx: int) -> tuple[int, str]:
 def subsets_from_loaders(loaders: Any) -> list[EvalSubset]:
     """The ``EvalSubset`` of each (queries, gallery) pair of evaluation loaders.
 
-    Loaders come in pairs, queries first; the query dataset has ``positives`` (gallery rows per query)
-    and may have ``excluded``, ``name`` and ``ids``; the gallery dataset may have ``ids``.
+    Loaders come in pairs, queries first. The query dataset has ``positives`` (gallery rows per query,
+    or None without ground truth) and may have ``excluded``, ``name``, ``ids``, ``metrics``,
+    ``candidates`` and ``depth`` (see ``EvalSubset``); the gallery dataset may have ``ids``, and
+    ``num_items`` when it stands in for a gallery it does not load (embeddings from a cache).
     """
     loaders = list(loaders) if isinstance(loaders, list | tuple) else [loaders]
     if len(loaders) % 2:
@@ -151,7 +257,11 @@ def subsets_from_loaders(loaders: Any) -> list[EvalSubset]:
         if not hasattr(queries, "positives"):
             raise CIRConfigError("evaluation loaders must come in (queries, gallery) pairs whose query dataset "
                                  f"has `positives` (gallery rows per query); got {type(queries).__name__}")
-        subsets.append(EvalSubset(getattr(queries, "name", ""), queries.positives,
-                                  getattr(queries, "excluded", None) or [()] * len(queries), len(gallery),
-                                  getattr(queries, "ids", None), getattr(gallery, "ids", None)))
+        subsets.append(EvalSubset(
+            getattr(queries, "name", ""), queries.positives,
+            getattr(queries, "excluded", None) or [()] * len(queries),
+            getattr(gallery, "num_items", None) or len(gallery),
+            getattr(queries, "ids", None), getattr(gallery, "ids", None),
+            metrics=getattr(queries, "metrics", None), candidates=getattr(queries, "candidates", None),
+            depth=getattr(queries, "depth", 0)))
     return subsets

@@ -47,6 +47,9 @@ class SearchConfig:
         device: ``"cpu"``, or ``"cuda"`` for a faiss GPU index on the current device.
         float16: store the GPU index in float16 (less memory; near-ties may reorder).
         chunk_size: queries per block of the torch backend.
+        sharded: under DDP, never gather the gallery: each rank searches the rows it embedded and the
+            ranks merge their top-k lists (for galleries too large to copy to every process; equal to
+            the unsharded result with an exact index; see ``cir_lightning.retrieval.sharded``).
     """
 
     backend: Literal["faiss", "torch"] = "faiss"
@@ -56,6 +59,7 @@ class SearchConfig:
     device: Literal["cpu", "cuda"] = "cpu"
     float16: bool = False
     chunk_size: int = 1024
+    sharded: bool = False
 
     @property
     def exact(self) -> bool:
@@ -91,6 +95,11 @@ def drop_excluded(ids: Tensor, excluded: Tensor, k: int) -> Tensor:
         >>> drop_excluded(torch.tensor([[4, 1, 2, 0]]), torch.tensor([[1, -1]]), 2).tolist()
         [[4, 2]]
     """
+    return _drop_excluded(ids, torch.zeros(ids.shape), excluded, k)[0]
+
+
+def _drop_excluded(ids: Tensor, scores: Tensor, excluded: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """``drop_excluded`` carrying each id's score along (-inf where there is no result)."""
     drop = ids < 0
     if excluded.numel():
         # (row, id) pairs encoded as one integer: membership by sorting, O(rows x width) memory
@@ -99,19 +108,25 @@ def drop_excluded(ids: Tensor, excluded: Tensor, k: int) -> Tensor:
         valid = excluded >= 0
         drop |= torch.isin(rows + ids + 1, (rows + excluded + 1)[valid])
     order = drop.to(torch.int8).argsort(dim=1, stable=True)  # kept entries first, in their order
-    kept = ids.gather(1, order).masked_fill(drop.gather(1, order), -1)
+    dropped = drop.gather(1, order)
+    kept = ids.gather(1, order).masked_fill(dropped, -1)
+    kept_scores = scores.gather(1, order).masked_fill(dropped, float("-inf"))
     if kept.shape[1] < k:
-        kept = torch.cat([kept, kept.new_full((kept.shape[0], k - kept.shape[1]), -1)], dim=1)
-    return kept[:, :k]
+        pad = (kept.shape[0], k - kept.shape[1])
+        kept = torch.cat([kept, kept.new_full(pad, -1)], dim=1)
+        kept_scores = torch.cat([kept_scores, kept_scores.new_full(pad, float("-inf"))], dim=1)
+    return kept[:, :k], kept_scores[:, :k]
 
 
-def _torch_topk(q: np.ndarray, g: np.ndarray, k: int, chunk_size: int) -> Tensor:
+def _torch_topk(q: np.ndarray, g: np.ndarray, k: int, chunk_size: int) -> tuple[Tensor, Tensor]:
     gallery = torch.from_numpy(g)
-    out = []
+    ids, scores = [], []
     for start in range(0, len(q), chunk_size):
-        scores = torch.from_numpy(q[start:start + chunk_size]) @ gallery.T
-        out.append(scores.sort(dim=1, descending=True, stable=True).indices[:, :k])
-    return torch.cat(out)
+        block = (torch.from_numpy(q[start:start + chunk_size]) @ gallery.T).sort(dim=1, descending=True,
+                                                                                  stable=True)
+        ids.append(block.indices[:, :k])
+        scores.append(block.values[:, :k])
+    return torch.cat(ids), torch.cat(scores)
 
 
 def _fit_factory(factory: str, n: int) -> str:
@@ -182,7 +197,7 @@ def _to_gpu(index, config: SearchConfig):
     return gpu_index
 
 
-def _faiss_topk(q: np.ndarray, g: np.ndarray, k: int, config: SearchConfig) -> Tensor:
+def _faiss_topk(q: np.ndarray, g: np.ndarray, k: int, config: SearchConfig) -> tuple[Tensor, Tensor]:
     if config.device == "cuda" and k > _GPU_MAX_K:
         raise CIRConfigError(f"faiss GPU indexes return at most {_GPU_MAX_K} results per query, {k} asked")
     index = build_index(g, config)
@@ -196,8 +211,8 @@ def _faiss_topk(q: np.ndarray, g: np.ndarray, k: int, config: SearchConfig) -> T
     if extra:
         crossing = (scores[:, k - 1] == scores[:, k]).nonzero().flatten()
         if len(crossing):  # rare: redo exactly, so the tied items kept are the lowest-index ones
-            ids[crossing, :k] = _torch_topk(q[crossing.numpy()], g, k, config.chunk_size)
-    return ids[:, :k]
+            ids[crossing, :k], scores[crossing, :k] = _torch_topk(q[crossing.numpy()], g, k, config.chunk_size)
+    return ids[:, :k], scores[:, :k]
 
 
 def search(queries: Tensor | np.ndarray, gallery: Tensor | np.ndarray, k: int,
@@ -219,18 +234,31 @@ def search(queries: Tensor | np.ndarray, gallery: Tensor | np.ndarray, k: int,
         >>> search(q, g, k=5).tolist()
         [[0, 1, 2, -1, -1], [2, 1, 0, -1, -1]]
     """
+    return search_with_scores(queries, gallery, k, excluded, config)[0]
+
+
+def search_with_scores(queries: Tensor | np.ndarray, gallery: Tensor | np.ndarray, k: int,
+                       excluded: Sequence[Sequence[int]] | None = None,
+                       config: SearchConfig | None = None) -> tuple[Tensor, Tensor]:
+    """``search`` that also returns the scores of the results (float32, ``-inf`` where the id is -1).
+
+    Example:
+        >>> ids, scores = search_with_scores(torch.eye(2), torch.eye(2), k=3, excluded=[[1], []])
+        >>> ids.tolist(), scores.tolist()
+        ([[0, -1, -1], [1, 0, -1]], [[1.0, -inf, -inf], [1.0, 0.0, -inf]])
+    """
     config = config or SearchConfig()
     q, g = _as_float32(queries, "queries"), _as_float32(gallery, "gallery")
-    if q.shape[1] != g.shape[1]:
+    if len(g) and q.shape[1] != g.shape[1]:
         raise ValueError(f"query dim {q.shape[1]} != gallery dim {g.shape[1]}")
     if excluded is not None and len(excluded) != len(q):
         raise ValueError(f"`excluded` has {len(excluded)} rows for {len(q)} queries")
     excl = pad_lists(excluded) if excluded is not None else torch.empty(len(q), 0, dtype=torch.long)
     depth = min(k + excl.shape[1], len(g))
     if len(q) == 0 or depth == 0:
-        return torch.full((len(q), k), -1, dtype=torch.long)
+        return torch.full((len(q), k), -1, dtype=torch.long), torch.full((len(q), k), float("-inf"))
     if config.backend == "torch":
-        ids = _torch_topk(q, g, depth, config.chunk_size)
+        ids, scores = _torch_topk(q, g, depth, config.chunk_size)
     else:
-        ids = _faiss_topk(q, g, depth, config)
-    return drop_excluded(ids, excl, k)
+        ids, scores = _faiss_topk(q, g, depth, config)
+    return _drop_excluded(ids, scores.float(), excl, k)

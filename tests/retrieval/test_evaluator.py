@@ -1,0 +1,167 @@
+"""RetrievalEvaluator: per-subset metric families, subsets without ground truth, provided (cached)
+embeddings, and the sharded search under DDP against one process searching the whole gallery."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+from cir_lightning.errors import CIRConfigError
+from cir_lightning.retrieval import EvalSubset, RetrievalEvaluator, SearchConfig
+from cir_lightning.retrieval.sharded import merge_topk
+
+
+def _case(seed: int = 0, queries: int = 17, gallery: int = 23, dim: int = 8):
+    g = torch.Generator().manual_seed(seed)
+    gal = F.normalize(torch.randn(gallery, dim, generator=g), dim=-1)
+    gal[5] = gal[2]  # exact duplicates: ties that must go to the lower gallery row
+    gal[19] = gal[2]
+    qry = F.normalize(torch.randn(queries, dim, generator=g), dim=-1)
+    qry[3] = gal[2]
+    refs = torch.randint(0, gallery, (queries,), generator=g).tolist()
+    targets = [(r * 7 + 3) % gallery for r in refs]
+    return qry, gal, refs, targets
+
+
+def _full_ranking(qry, gal, excluded):
+    """Reference: every gallery row by descending score, ties to the lower row, excluded rows removed."""
+    scores = qry @ gal.T
+    out = []
+    for i in range(len(qry)):
+        order = sorted(range(len(gal)), key=lambda j: (-scores[i, j].item(), j))
+        out.append([j for j in order if j not in excluded[i]])
+    return out
+
+
+def test_cirr_style_subset_recall_is_the_full_ranking_restricted_to_candidates():
+    qry, gal, refs, targets = _case()
+    candidates = [sorted({targets[i], (refs[i] + 1) % 23, (refs[i] + 4) % 23, (refs[i] + 9) % 23} - {refs[i]})
+                  for i in range(len(qry))]
+    sub = EvalSubset("cirr", [[t] for t in targets], [[r] for r in refs], len(gal),
+                     metrics={"recall": [1, 5], "recall_subset": [1, 2]}, candidates=candidates)
+    ev = RetrievalEvaluator(ks=[3])
+    ev.add(0, "gallery", gal, torch.arange(len(gal)))
+    ev.add(0, "query", qry, torch.arange(len(qry)))
+    got = ev.compute([sub], keep_rankings=True)
+    full = _full_ranking(qry, gal, [[r] for r in refs])
+    restricted = [[j for j in full[i] if j in candidates[i]] for i in range(len(qry))]
+    expected = {f"cirr/Recall@{k}": sum(targets[i] in full[i][:k] for i in range(len(qry))) / len(qry)
+                for k in (1, 5)}
+    expected.update({f"cirr/Recall_subset@{k}": sum(targets[i] in restricted[i][:k] for i in range(len(qry)))
+                     / len(qry) for k in (1, 2)})
+    assert got == pytest.approx(expected, abs=1e-9)
+    assert ev.rankings["cirr"].shape == (len(qry), 5)
+    assert ev.rankings["cirr"].tolist() == [row[:5] for row in full]
+    assert [[j for j in row if j >= 0] for row in ev.subset_rankings["cirr"].tolist()] == restricted
+
+
+def test_map_and_positive_recall_families_with_several_positives():
+    qry, gal, _, _ = _case(seed=1)
+    positives = [[i % 23, (i * 5) % 23, (i * 11 + 1) % 23][: 1 + i % 3] for i in range(len(qry))]
+    sub = EvalSubset("", positives, [[] for _ in qry], len(gal), metrics={"map": [5, 10], "positive_recall": [10]})
+    ev = RetrievalEvaluator()
+    ev.add(0, "gallery", gal, torch.arange(len(gal)))
+    ev.add(0, "query", qry, torch.arange(len(qry)))
+    got = ev.compute([sub])
+    full = _full_ranking(qry, gal, [[] for _ in qry])
+
+    def ap(row, pos, k):
+        hits, total = 0, 0.0
+        for rank, j in enumerate(row[:k], start=1):
+            if j in pos:
+                hits += 1
+                total += hits / rank
+        return total / min(len(set(pos)), k)
+
+    n = len(qry)
+    assert got["mAP@5"] == pytest.approx(sum(ap(full[i], positives[i], 5) for i in range(n)) / n, abs=1e-9)
+    assert got["mAP@10"] == pytest.approx(sum(ap(full[i], positives[i], 10) for i in range(n)) / n, abs=1e-9)
+    recall = sum(len(set(full[i][:10]) & set(positives[i])) / len(set(positives[i])) for i in range(n)) / n
+    assert got["PositiveRecall@10"] == pytest.approx(recall, abs=1e-9)
+    assert set(got) == {"mAP@5", "mAP@10", "PositiveRecall@10"}
+
+
+def test_subset_without_ground_truth_gives_rankings_only():
+    qry, gal, refs, _ = _case()
+    sub = EvalSubset("test1", None, [[r] for r in refs], len(gal), depth=12)
+    ev = RetrievalEvaluator(ks=[1, 5])
+    ev.add(0, "gallery", gal, torch.arange(len(gal)))
+    ev.add(0, "query", qry, torch.arange(len(qry)))
+    assert ev.compute([sub]) == {}
+    assert ev.rankings["test1"].tolist() == [row[:12] for row in _full_ranking(qry, gal, [[r] for r in refs])]
+
+
+def test_bad_subset_protocols_are_clear_errors():
+    with pytest.raises(CIRConfigError, match="unknown metric families \\['ndcg'\\]"):
+        EvalSubset("x", [[0]], [[]], 1, metrics={"ndcg": [1]})
+    with pytest.raises(CIRConfigError, match="needs per-query `candidates`"):
+        EvalSubset("x", [[0]], [[]], 1, metrics={"recall_subset": [1]})
+
+
+def test_provided_gallery_equals_embedded_gallery():
+    qry, gal, refs, targets = _case()
+    sub = EvalSubset("", [[t] for t in targets], [[r] for r in refs], len(gal))
+    embedded, provided = RetrievalEvaluator(), RetrievalEvaluator()
+    embedded.add(0, "gallery", gal[10:], torch.arange(10, 23))
+    embedded.add(0, "gallery", gal[:10], torch.arange(10))
+    provided.provide(0, "gallery", gal)
+    for ev in (embedded, provided):
+        ev.add(0, "query", qry, torch.arange(len(qry)))
+    assert provided.compute([sub], keep_rankings=True) == embedded.compute([sub], keep_rankings=True)
+    assert torch.equal(provided.rankings[""], embedded.rankings[""])
+
+
+def test_merge_keeps_the_best_and_breaks_ties_by_lower_index():
+    ids = torch.tensor([[9, 4, -1, 3, 8, 1]])
+    scores = torch.tensor([[0.9, 0.5, float("-inf"), 0.9, 0.5, 0.1]])
+    assert merge_topk(ids, scores, 4).tolist() == [[3, 9, 4, 8]]
+    assert merge_topk(ids, scores, 7).tolist() == [[3, 9, 4, 8, 1, -1, -1]]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _sharded_worker(rank, world, port, qry, gal, subsets, search, out):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        ev = RetrievalEvaluator(ks=[1, 5, 10], search=search)
+        for s, (queries, gallery) in enumerate(((qry, gal), (qry[:4], gal[:3]))):
+            # DistributedSampler's shards: strided, padded with the first rows to equal length
+            for kind, x in (("query", queries), ("gallery", gallery)):
+                per_rank = -(-len(x) // world)
+                padded = list(range(len(x))) + list(range(per_rank * world - len(x)))
+                mine = torch.tensor(padded[rank::world])
+                ev.add(s, kind, x[mine], mine)
+        out[rank] = (ev.compute(subsets, keep_rankings=True), {k: v.tolist() for k, v in ev.rankings.items()})
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.ddp
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_sharded_search_under_ddp_equals_one_process_over_the_whole_gallery(backend):
+    qry, gal, refs, targets = _case(queries=19, gallery=23)
+    subsets = [EvalSubset("big", [[t] for t in targets], [[r, (r + 2) % 23] for r in refs], len(gal)),
+               EvalSubset("small", [[2], [0], [1], [2]], [[], [0], [], [1]], 3)]  # k > gallery size
+    single = RetrievalEvaluator(ks=[1, 5, 10], search=SearchConfig(backend=backend))
+    single.add(0, "gallery", gal, torch.arange(23))
+    single.add(0, "query", qry, torch.arange(19))
+    single.add(1, "gallery", gal[:3], torch.arange(3))
+    single.add(1, "query", qry[:4], torch.arange(4))
+    expected = single.compute(subsets, keep_rankings=True)
+    manager = mp.Manager()
+    out = manager.dict()
+    search = SearchConfig(backend=backend, sharded=True)
+    mp.spawn(_sharded_worker, args=(3, _free_port(), qry, gal, subsets, search, out), nprocs=3, join=True)
+    for rank in range(3):
+        metrics, rankings = out[rank]
+        assert metrics == expected
+        assert rankings == {k: v.tolist() for k, v in single.rankings.items()}
