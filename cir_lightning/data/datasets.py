@@ -35,7 +35,7 @@ class Query:
 
     query_id: str
     reference: Path
-    modification: str
+    modification: str | tuple[str, ...]
     positives: tuple[int, ...]
     source: str
     reference_id: str | None = None
@@ -83,23 +83,42 @@ class TripletDataset(Dataset):
 class QueryDataset(Dataset):
     """Evaluation queries; a sample is ``{"index", "reference_image", "modification"}``.
 
-    ``name`` labels the subset in metric names ("dress" gives ``val/dress/Recall@10``; "" none).
-    The ground truth stays here, not in the batches: ``positives[i]`` and ``excluded[i]`` are the gallery
-    rows of query ``i``, read by the evaluator once all embeddings are gathered.
+    The ground truth and the protocol stay here, not in the batches; the evaluator reads them once all
+    embeddings are gathered (see ``cir_lightning.retrieval.EvalSubset``).
+
+    Args:
+        records: the queries; ``positives`` / ``excluded`` are gallery rows.
+        max_short_edge: shrink decoded images to this short edge.
+        name: labels the subset in metric names ("dress" gives ``val/dress/Recall@10``; "" none).
+        metrics: metric family -> cut-offs K (e.g. ``{"recall": [1, 5], "recall_subset": [1, 2, 3]}``);
+            None: Recall@K (hit rate) and MRR@K at the module's ``eval_ks``.
+        candidates: per query, the gallery rows of its restricted ranking (CIRR's img_set).
+        depth: rank at least this many gallery items per query (for prediction files).
+        has_ground_truth: False for splits without public labels (``positives`` is then None and only
+            rankings are made).
+
+    A record's ``modification`` may be a list of texts: the query is then embedded once per text and
+    the embeddings averaged (FashionIQ's both-order averaging).
     """
 
-    def __init__(self, records: list[Query], max_short_edge: int | None = None, name: str = "") -> None:
+    def __init__(self, records: list[Query], max_short_edge: int | None = None, name: str = "",
+                 metrics: dict[str, list[int]] | None = None, candidates: list[list[int]] | None = None,
+                 depth: int = 0, has_ground_truth: bool = True) -> None:
         self.records = records
         self.max_short_edge = max_short_edge
         self.name = name
+        self.metrics = metrics
+        self.candidates = candidates
+        self.depth = depth
+        self.has_ground_truth = has_ground_truth
 
     @property
     def ids(self) -> list[str]:
         return [r.query_id for r in self.records]
 
     @property
-    def positives(self) -> list[tuple[int, ...]]:
-        return [r.positives for r in self.records]
+    def positives(self) -> list[tuple[int, ...]] | None:
+        return [r.positives for r in self.records] if self.has_ground_truth else None
 
     @property
     def excluded(self) -> list[tuple[int, ...]]:
