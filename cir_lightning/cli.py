@@ -63,6 +63,14 @@ class CIRLightningCLI(LightningCLI):
         super().__init__(CIRModule, pl.LightningDataModule, subclass_mode_data=True, args=args, run=run,
                          **kwargs)
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand in ("validate", "test"):
+            # CIRModule prints its own table, one row per subset; Lightning's would repeat every
+            # epoch-level metric under each (queries, gallery) loader. `--verbose true` brings it back.
+            parser.set_defaults(verbose=False)
+        return parser
+
     def before_instantiate_classes(self) -> None:
         # `--ckpt_path` loads with weights_only=True unless the user explicitly says otherwise (Lightning
         # would otherwise unpickle arbitrary objects from checkpoints given by URL).

@@ -26,6 +26,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from cir_lightning.backbones.base import Backbone
+from cir_lightning.data.base import CIRDataModule
 from cir_lightning.errors import CIRConfigError, CIRModelError
 from cir_lightning.losses import FireLoss
 from cir_lightning.retrieval.evaluator import (
@@ -34,10 +35,13 @@ from cir_lightning.retrieval.evaluator import (
     loader_role,
     subsets_from_loaders,
 )
+from cir_lightning.retrieval.gallery_cache import GalleryCache
 from cir_lightning.retrieval.index import SearchConfig
 from cir_lightning.retrieval.results import format_table, free_path, write_results
 
 _STAGE_PREFIX = {"validate": "val", "test": "test"}
+# DataModule attributes that decide which gallery images are embedded: part of a gallery cache's identity
+_IMAGE_OPTIONS = ("root", "image_root", "gallery_root", "image_info_file", "max_short_edge")
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -64,6 +68,11 @@ class CIRModule(pl.LightningModule):
         write_results: after ``validate`` / ``test`` (not the validation inside ``fit``), write
             ``results-<stage>.json`` to the log folder and print the metrics as a table.
         save_rankings: also put every query's top-K gallery ids (K = max ``eval_ks``) into that file.
+        embedding_cache: a folder of gallery embedding caches for ``validate`` / ``test``: a gallery
+            cached there by the same model and weights (checked; a mismatch is an error) is loaded
+            instead of embedded, and one not there yet is written after it is embedded. It must be
+            visible to every process.
+        overwrite_cache: re-embed and replace the caches in ``embedding_cache``.
     """
 
     def __init__(
@@ -79,12 +88,15 @@ class CIRModule(pl.LightningModule):
         export_adapter: bool = True,
         write_results: bool = True,
         save_rankings: bool = False,
+        embedding_cache: str | None = None,
+        overwrite_cache: bool = False,
     ) -> None:
         super().__init__()
         # Only training settings become checkpoint hyperparameters: LightningCLI re-applies those over the
         # command line of a later `validate --ckpt_path`, and evaluation options must stay the user's.
-        self.save_hyperparameters(ignore=["backbone", "loss", "optimizer", "eval_ks", "search",
-                                          "export_adapter", "write_results", "save_rankings"])
+        self.save_hyperparameters(ignore=["backbone", "loss", "optimizer", "eval_ks", "search", "export_adapter",
+                                          "write_results", "save_rankings", "embedding_cache",
+                                          "overwrite_cache"])
         self.backbone = backbone
         self.loss = loss or FireLoss()
         self.optimizer_factory = optimizer
@@ -95,12 +107,28 @@ class CIRModule(pl.LightningModule):
         self.export_adapter = export_adapter
         self.write_results = write_results
         self.save_rankings = save_rankings
+        self.cache = GalleryCache(embedding_cache, overwrite_cache) if embedding_cache else None
 
     # ------------------------------------------------------------------ data hookup
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if self.cache is not None and not isinstance(datamodule, CIRDataModule):
+            raise CIRConfigError("`embedding_cache` needs a cir_lightning DataModule (one that skips the "
+                                 f"cached gallery's images); got {type(datamodule).__name__}")
         if datamodule is not None and hasattr(datamodule, "connect"):
-            datamodule.connect(self.backbone.collator)
+            datamodule.connect(self.backbone.collator, self._gallery_cached if self.cache else None)
+
+    def _gallery_cached(self, stage: str, subset: int, queries: Any, gallery: Any) -> bool:
+        """Asked by the DataModule when it makes the evaluation loaders (after any checkpoint is loaded)."""
+        if self.trainer.state.fn not in (TrainerFn.VALIDATING, TrainerFn.TESTING):
+            return False  # inside fit the weights change every epoch: never cache
+        dm = self.trainer.datamodule
+        where = {name: getattr(dm, name) for name in _IMAGE_OPTIONS if getattr(dm, name, None) is not None}
+        where = {k: Path(v).resolve() if isinstance(v, str | Path) else v for k, v in where.items()}
+        dataset = f"{type(dm).__name__}({', '.join(f'{k}={v}' for k, v in where.items())})"
+        model = {"fingerprint": self.backbone.fingerprint(), "weights": self.backbone.weights_digest()}
+        return self.cache.lookup(stage, subset, getattr(queries, "name", ""), gallery.ids, dataset=dataset,
+                                 model=model, sharded=self.evaluator.search.sharded)
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -123,26 +151,57 @@ class CIRModule(pl.LightningModule):
         return terms["loss"]
 
     # ------------------------------------------------------------------ evaluation
+    def _embed(self, batch: dict[str, Any], key: str) -> Tensor:
+        embeddings = self.backbone(batch[key])
+        groups = batch.get("query_groups") if key == "query" else None
+        if groups is not None:  # several texts per query (e.g. both caption orders): average, renormalise
+            summed = embeddings.new_zeros(len(batch["index"]), embeddings.shape[1]).index_add_(0, groups, embeddings)
+            embeddings = torch.nn.functional.normalize(summed, dim=-1)
+        return embeddings
+
     def _eval_step(self, batch: dict[str, Any], dataloader_idx: int) -> None:
         if self.trainer.sanity_checking:
             return
         subset, key = loader_role(dataloader_idx)
-        self.evaluator.add(subset, key, self.backbone(batch[key]), batch["index"])
+        self.evaluator.add(subset, key, self._embed(batch, key), batch["index"])
+
+    def _eval_epoch_start(self) -> None:
+        if self.cache is not None:
+            self.cache.provide(self.evaluator)
 
     def _eval_epoch_end(self, stage: str, loaders: Any) -> None:
         if self.trainer.sanity_checking:
             self.evaluator.reset()
             return
         standalone = self.trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING)  # not inside fit
+        datamodule = getattr(self.trainer, "datamodule", None)
+        write_predictions = getattr(datamodule, "write_predictions", None) if standalone else None
         subsets = subsets_from_loaders(loaders)
-        results = self.evaluator.compute(subsets, keep_rankings=standalone and self.save_rankings)
+        results = self.evaluator.compute(subsets, keep_rankings=standalone and (
+            self.save_rankings or write_predictions is not None))
+        summarize = getattr(datamodule, "summarize", None)
+        if results and summarize is not None:
+            results.update(summarize(results))
         prefix = _STAGE_PREFIX[stage]
         self.log_dict({f"{prefix}/{k}": v for k, v in results.items()}, sync_dist=True)
-        if standalone and self.write_results and results:
+        if standalone:
             folder = self._log_folder()  # a collective: every rank asks, rank zero writes
+            if self.cache is not None:
+                self.cache.save(self.evaluator)
             if self.trainer.is_global_zero:
-                self._write_results(folder, stage, results, subsets)
+                if self.write_results and results:
+                    self._write_results(folder, stage, results, subsets)
+                if write_predictions is not None:
+                    self._write_predictions(write_predictions, folder, stage, subsets)
         self.evaluator.reset()
+
+    def _write_predictions(self, write: Any, folder: Path, stage: str, subsets: list[EvalSubset]) -> None:
+        ranked = {sub.name: sub.ranked_ids(self.evaluator.rankings[sub.name]) for sub in subsets
+                  if sub.name in self.evaluator.rankings}
+        within = {sub.name: sub.ranked_ids(self.evaluator.subset_rankings[sub.name]) for sub in subsets
+                  if sub.name in self.evaluator.subset_rankings}
+        for path in write(folder, stage, ranked, within) or []:
+            print(f"predictions written to {path}")
 
     def _log_folder(self) -> Path:
         # Trainer.log_dir broadcasts from rank zero: call it on every rank, never under `is_global_zero`
@@ -156,20 +215,30 @@ class CIRModule(pl.LightningModule):
                         if sub.name in self.evaluator.rankings}
         datamodule = getattr(self.trainer, "datamodule", None)
         evaluation = {"eval_ks": self.evaluator.ks, "search": dataclasses.asdict(self.evaluator.search),
-                      "save_rankings": self.save_rankings}
+                      "save_rankings": self.save_rankings,
+                      "embedding_cache": None if self.cache is None else self.cache.report()}
         hparams = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
         config = {"model": {**hparams, **evaluation},
                   "data": dict(getattr(datamodule, "hparams", {}) or {}),
                   "data_class": type(datamodule).__name__ if datamodule is not None else None,
                   "ckpt_path": self.trainer.ckpt_path}
-        sizes = {sub.name: {"num_queries": len(sub.positives), "num_gallery": sub.num_gallery} for sub in subsets}
+        sizes = {sub.name: {"num_queries": sub.num_queries, "num_gallery": sub.num_gallery} for sub in subsets}
         path = write_results(folder / f"results-{stage}.json", results, stage=stage, subsets=sizes,
                              model=self.backbone.fingerprint(), config=config, rankings=rankings)
         print(format_table(results, title=f"{stage} ({_STAGE_PREFIX[stage]}/...), percent"))
+        report = getattr(datamodule, "report", None)
+        if report is not None:
+            print(report(results))
         print(f"results written to {path}")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx)
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_epoch_start()
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_epoch_start()
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("validate", self.trainer.val_dataloaders)
@@ -183,8 +252,7 @@ class CIRModule(pl.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Embeddings of queries and gallery images: ``{"subset", "kind", "index", "embedding"}``."""
         subset, key = loader_role(dataloader_idx)
-        return {"subset": subset, "kind": key, "index": batch["index"],
-                "embedding": self.backbone(batch[key]).cpu()}
+        return {"subset": subset, "kind": key, "index": batch["index"], "embedding": self._embed(batch, key).cpu()}
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:

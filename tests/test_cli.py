@@ -49,11 +49,14 @@ def test_validate_and_test_from_checkpoint_report_retrieval_metrics(fitted):
     cwd, common = fitted
     ckpt = str(cwd / "run" / "checkpoints" / "last.ckpt")
     out = run("validate", *common, "--trainer.default_root_dir", "run", "--ckpt_path", ckpt, cwd=cwd).stdout
-    for name in ("val/Recall@1", "val/Recall@10", "val/Recall@50", "val/MRR@10"):
+    assert "validate (val/...)" in out  # our table, one row per subset
+    for name in ("Recall@1", "Recall@10", "Recall@50", "MRR@10"):
         assert name in out
+    assert "DataLoader 0" not in out  # Lightning's own table (one column per loader) is off by default
     assert (cwd / "run" / "config-validate.yaml").is_file()  # fit's config.yaml is kept, not overwritten
     out = run("test", *common, "--trainer.default_root_dir", "run", "--ckpt_path", ckpt, cwd=cwd).stdout
-    assert "test/Recall@10" in out
+    assert "test (test/...)" in out
+    assert "Recall@10" in out
     assert "results written to run/results-test.json" in out
 
 
@@ -174,3 +177,29 @@ def test_fit_resumes_from_last_checkpoint(tmp_path, tiny_model_dir):
     assert second["epoch"] == 1
     moved = [k for k in first["state_dict"] if not torch.equal(first["state_dict"][k], second["state_dict"][k])]
     assert moved  # the LoRA weights kept training from where they were
+
+
+def test_gallery_embedding_cache_is_written_then_reused_and_refused_when_stale(fitted, tiny_model_dir):
+    cwd, common = fitted
+    ckpt = str(cwd / "run" / "checkpoints" / "last.ckpt")
+    args = [*common, "--trainer.default_root_dir", "cached", "--ckpt_path", ckpt,
+            "--model.embedding_cache", "emb"]
+    run("validate", *args, cwd=cwd)
+    cache = cwd / "emb" / "val-0-gallery"
+    assert (cache / "embeddings.npy").is_file()
+    assert json.loads((cache / "meta.json").read_text())["count"] == 576
+    run("validate", *args, cwd=cwd)  # second run: the gallery is loaded, its images never decoded
+    first, second = (json.loads((cwd / "cached" / name).read_text())
+                     for name in ("results-validate.json", "results-validate-1.json"))
+    assert first["config"]["model"]["embedding_cache"]["written"] == [str(Path("emb") / "val-0-gallery")]
+    assert second["config"]["model"]["embedding_cache"]["loaded"] == [str(Path("emb") / "val-0-gallery")]
+    assert second["metrics"] == first["metrics"]
+    # other weights (the untrained adapter) must not reuse the cache of the trained ones
+    trained_digest = json.loads((cache / "meta.json").read_text())["model"]["weights"]
+    stale = run("validate", *common, "--trainer.default_root_dir", "cached", "--model.embedding_cache", "emb",
+                cwd=cwd, check=False)
+    assert stale.returncode != 0
+    assert "the cache does not match: model:" in stale.stderr
+    run("validate", *common, "--trainer.default_root_dir", "cached", "--model.embedding_cache", "emb",
+        "--model.overwrite_cache", "true", cwd=cwd)
+    assert json.loads((cache / "meta.json").read_text())["model"]["weights"] != trained_digest

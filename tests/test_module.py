@@ -148,3 +148,22 @@ def test_schedule_without_a_known_length_is_a_clear_error(tiny_model_dir, synthe
     module = CIRModule(make_module(tiny_model_dir).backbone, warmup=0.1)
     with pytest.raises(CIRConfigError, match="needs a known training length"):
         trainer(tmp_path, max_steps=-1, max_epochs=-1).fit(module, dm)
+
+
+def test_query_with_several_texts_is_the_normalised_mean_of_their_embeddings(tiny_model_dir):
+    from PIL import Image
+
+    module = make_module(tiny_model_dir).eval()
+    red, blue = Image.new("RGB", (32, 32), "red"), Image.new("RGB", (32, 32), "blue")
+    samples = [{"index": 0, "reference_image": red, "modification": ("make it a dress", "and shorter")},
+               {"index": 1, "reference_image": blue, "modification": "make it green"}]
+    batch = module.backbone.collator.queries(samples)
+    assert batch["query_groups"].tolist() == [0, 0, 1]
+    with torch.no_grad():
+        got = module._embed(batch, "query")
+        each = module.backbone.encode_query([red, red, blue], ["make it a dress", "and shorter", "make it green"])
+    assert got.shape == (2, each.shape[1])
+    expected = torch.nn.functional.normalize(torch.stack([each[0] + each[1], each[2]]), dim=-1)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    single = module.backbone.collator.queries(samples[1:])
+    assert "query_groups" not in single

@@ -97,9 +97,18 @@ class MLLMCollator:
         return batch
 
     def queries(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"index": self._index(samples),
-                "query": self.query_inputs([s["reference_image"] for s in samples],
-                                           [s["modification"] for s in samples])}
+        """Query batch; a sample whose ``modification`` is a list of texts becomes one row per text and
+        ``query_groups`` maps each row to its sample (the model averages them)."""
+        images, texts, groups = [], [], []
+        for i, s in enumerate(samples):
+            mods = [s["modification"]] if isinstance(s["modification"], str) else list(s["modification"])
+            images += [s["reference_image"]] * len(mods)
+            texts += mods
+            groups += [i] * len(mods)
+        batch = {"index": self._index(samples), "query": self.query_inputs(images, texts)}
+        if len(texts) != len(samples):
+            batch["query_groups"] = torch.tensor(groups, dtype=torch.long)
+        return batch
 
     def gallery(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         return {"index": self._index(samples), "gallery": self.gallery_inputs([s["image"] for s in samples])}

@@ -14,12 +14,13 @@ Without a collator the loaders yield plain lists of sample dicts, handy for look
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset
 
-from cir_lightning.data.datasets import GalleryDataset, QueryDataset, TripletDataset
+from cir_lightning.data.datasets import CachedGallery, GalleryDataset, QueryDataset, TripletDataset
 from cir_lightning.errors import CIRConfigError
 
 
@@ -58,13 +59,21 @@ class CIRDataModule(pl.LightningDataModule):
         self.max_short_edge = max_short_edge
         self.pin_memory = pin_memory
         self.collator: Collator | None = None
+        self.gallery_cached: Callable[[str, int, QueryDataset, GalleryDataset], bool] | None = None
         self.train_set: TripletDataset | None = None
         self.val_sets: list[tuple[QueryDataset, GalleryDataset]] = []
         self.test_sets: list[tuple[QueryDataset, GalleryDataset]] = []
 
-    def connect(self, collator: Collator) -> None:
-        """Use ``collator`` (from the model) to turn samples into batches, in the loader workers."""
+    def connect(self, collator: Collator,
+                gallery_cached: Callable[[str, int, QueryDataset, GalleryDataset], bool] | None = None) -> None:
+        """Use ``collator`` (from the model) to turn samples into batches, in the loader workers.
+
+        ``gallery_cached(stage, subset, queries, gallery)``, asked when the evaluation loaders are made,
+        returns True when the model already has that gallery's embeddings (from a cache): its loader
+        then yields nothing, so no gallery image is decoded.
+        """
         self.collator = collator
+        self.gallery_cached = gallery_cached
 
     def _loader(self, dataset: Dataset, collate: Any, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(
@@ -78,10 +87,12 @@ class CIRDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def _eval_loaders(self, sets: list[tuple[QueryDataset, GalleryDataset]]) -> list[DataLoader]:
+    def _eval_loaders(self, sets: list[tuple[QueryDataset, GalleryDataset]], stage: str) -> list[DataLoader]:
         c = self.collator
         loaders = []
-        for queries, gallery in sets:
+        for s, (queries, gallery) in enumerate(sets):
+            if self.gallery_cached is not None and self.gallery_cached(stage, s, queries, gallery):
+                gallery = CachedGallery(gallery)
             loaders.append(self._loader(queries, c.queries if c else _as_list, self.eval_batch_size, False))
             loaders.append(self._loader(gallery, c.gallery if c else _as_list, self.eval_batch_size, False))
         return loaders
@@ -94,13 +105,13 @@ class CIRDataModule(pl.LightningDataModule):
         return self._loader(self.train_set, collate, self.batch_size, True)
 
     def val_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders(self.val_sets)
+        return self._eval_loaders(self.val_sets, "validate")
 
     def test_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders(self.test_sets)
+        return self._eval_loaders(self.test_sets, "test")
 
     def predict_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders(self.test_sets or self.val_sets)
+        return self._eval_loaders(self.test_sets or self.val_sets, "predict")
 
     def eval_sets(self, stage: str) -> list[tuple[QueryDataset, GalleryDataset]]:
         """The ``(queries, gallery)`` subsets evaluated in ``stage`` ("validate", "test", "predict")."""

@@ -153,3 +153,24 @@ class GalleryDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         r = self.records[index]
         return {"index": index, "image": load_image(r.path, self.max_short_edge, r.source)}
+
+
+class CachedGallery(Dataset):
+    """Stands in for a gallery whose embeddings come from a cache: no samples, but its ids and size."""
+
+    def __init__(self, gallery: GalleryDataset) -> None:
+        self.gallery = gallery
+
+    @property
+    def ids(self) -> list[str]:
+        return self.gallery.ids
+
+    @property
+    def num_items(self) -> int:
+        return len(self.gallery)
+
+    def __len__(self) -> int:
+        return 0
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        raise IndexError("a cached gallery has no samples to load")

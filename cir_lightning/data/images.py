@@ -10,14 +10,14 @@ from PIL import Image, UnidentifiedImageError
 from cir_lightning.errors import CIRDataError
 
 
-def resolve_image_path(root: Path, relative: object, file: str | Path, line: int, field: str) -> Path:
+def resolve_image_path(root: Path, relative: object, file: str | Path, line: int | None, field: str) -> Path:
     """Join ``relative`` to ``root`` and refuse anything that is not a file path inside ``root``.
 
     Args:
         root: the image root, already resolved (``Path.resolve()``).
         relative: the value read from the annotation file.
         file: the annotation file, for the error message.
-        line: its 1-based line number.
+        line: its 1-based line number (None for files without lines, e.g. a JSON dict).
         field: the field name, for the error message.
 
     Example:

@@ -89,11 +89,12 @@ def save_embeddings(path: str | Path, embeddings: Tensor | np.ndarray, ids: Sequ
 
 
 def load_embeddings(path: str | Path, *, kind: str, model: Mapping[str, Any], dataset: str, split: str,
-                    ids: Sequence[str] | None = None) -> tuple[Tensor, list[str]]:
+                    ids: Sequence[str] | None = None, rows: slice | None = None) -> tuple[Tensor, list[str]]:
     """Read a cache, after checking it was made by ``model`` for this dataset, split, kind (and ``ids``).
 
     Returns the (count, dim) float32 embeddings and the ids. Any mismatch raises ``CIRDataError``
-    listing every difference.
+    listing every difference. With ``rows`` only those rows are read (the file is memory-mapped), e.g.
+    ``slice(rank, None, world_size)`` for one rank's share of a large gallery; ids are still all ids.
     """
     path = Path(path)
     try:
@@ -116,4 +117,6 @@ def load_embeddings(path: str | Path, *, kind: str, model: Mapping[str, Any], da
     if array.shape != (meta["count"], meta["dim"]):
         raise CIRDataError(f"embeddings.npy has shape {array.shape}, meta.json says "
                            f"({meta['count']}, {meta['dim']})", path)
+    if rows is not None:
+        array = array[rows]
     return torch.from_numpy(np.array(array, dtype=np.float32)), cached_ids  # a writable float32 copy

@@ -1,0 +1,105 @@
+"""Gallery embeddings reused across evaluation runs of the same weights (``embedding_cache``).
+
+Evaluating one checkpoint several times (other search settings, other query prompts, val then test)
+need not embed the gallery again. ``GalleryCache`` keeps one cache folder per evaluated gallery
+(``<folder>/<split>-<subset>-gallery``, the format of ``cir_lightning.retrieval.cache``):
+
+- ``lookup`` (when the evaluation loaders are made, after any checkpoint is loaded) loads a cache
+  that exists, after checking model, weights, dataset and gallery ids (a mismatch is an error, never a
+  silent reuse), and says whether the gallery's images can be skipped;
+- ``provide`` hands the loaded embeddings to the evaluator at the start of the epoch (with a sharded
+  search, each rank reads only its own rows of the memory-mapped file);
+- ``save`` writes, on rank zero, the galleries that were embedded because they were not cached yet.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cir_lightning.retrieval.cache import load_embeddings, save_embeddings
+from cir_lightning.retrieval.evaluator import RetrievalEvaluator
+from cir_lightning.retrieval.gather import world
+
+_SPLIT = {"validate": "val", "test": "test", "predict": "predict"}
+
+
+class GalleryCache:
+    """One embedding cache per evaluated gallery, under ``folder``.
+
+    Args:
+        folder: where the caches live (visible to every process).
+        overwrite: embed again and replace existing caches.
+
+    Example:
+        >>> import tempfile
+        >>> cache = GalleryCache(tempfile.mkdtemp())
+        >>> cache.lookup("validate", 0, "dress", ["a", "b"], dataset="toy", model={"m": 1})
+        False
+        >>> ev = RetrievalEvaluator(ks=[1])
+        >>> ev.galleries[0] = torch.eye(2)  # what the evaluator gathered after embedding the gallery
+        >>> [p.name for p in cache.save(ev)]
+        ['val-dress-gallery']
+        >>> cache.lookup("validate", 0, "dress", ["a", "b"], dataset="toy", model={"m": 1})
+        True
+    """
+
+    def __init__(self, folder: str | Path, overwrite: bool = False) -> None:
+        self.folder = Path(folder)
+        self.overwrite = overwrite
+        self._hits: dict[int, tuple[Tensor, Tensor]] = {}
+        self._misses: dict[int, tuple[Path, dict[str, Any]]] = {}
+        self.loaded: list[str] = []
+        self.written: list[str] = []
+
+    def lookup(self, stage: str, subset: int, name: str, gallery_ids: Sequence[str], *, dataset: str,
+               model: Mapping[str, Any], sharded: bool = False) -> bool:
+        """Load subset ``subset``'s gallery from its cache if there is one; True if it was loaded."""
+        path = self.folder / f"{_SPLIT.get(stage, stage)}-{name or subset}-gallery"
+        identity = {"kind": "gallery", "model": dict(model), "dataset": dataset,
+                    "split": f"{_SPLIT.get(stage, stage)}/{name or subset}"}
+        self._hits.pop(subset, None)
+        self._misses.pop(subset, None)
+        if path.exists() and not self.overwrite:
+            rank, world_size = world()
+            rows = slice(rank, None, world_size) if sharded else None
+            embeddings, _ = load_embeddings(path, ids=gallery_ids, rows=rows, **identity)
+            indices = torch.arange(len(gallery_ids))[rows] if rows is not None else torch.arange(len(gallery_ids))
+            self._hits[subset] = (embeddings, indices)
+            self.loaded.append(str(path))
+            return True
+        self._misses[subset] = (path, {**identity, "ids": list(gallery_ids)})
+        return False
+
+    def provide(self, evaluator: RetrievalEvaluator) -> None:
+        """Give the evaluator the cached galleries (call at the start of every evaluation epoch)."""
+        for subset, (embeddings, indices) in self._hits.items():
+            evaluator.provide(subset, "gallery", embeddings, indices)
+
+    def save(self, evaluator: RetrievalEvaluator) -> list[Path]:
+        """Write the galleries embedded in this run (rank zero; after ``evaluator.compute``)."""
+        written = []
+        if world()[0] != 0:
+            return written
+        for subset, (path, identity) in self._misses.items():
+            embeddings = evaluator.galleries.get(subset)
+            if embeddings is None:  # partial evaluation, or a sharded search: no full gallery here
+                if evaluator.search.sharded and world()[1] > 1:
+                    warnings.warn(f"embedding cache `{path}` not written: with `search.sharded` no process "
+                                  "holds the whole gallery", stacklevel=2)
+                continue
+            ids = identity.pop("ids")
+            written.append(save_embeddings(path, embeddings, ids, overwrite=self.overwrite, **identity))
+            self.written.append(str(path))
+        self._misses.clear()
+        return written
+
+    def report(self) -> dict[str, Any]:
+        """What this run loaded and wrote (for results files)."""
+        return {"folder": str(self.folder), "overwrite": self.overwrite, "loaded": list(self.loaded),
+                "written": list(self.written)}

@@ -1,0 +1,302 @@
+"""The FashionIQ DataModule on a fake copy of the official layout: files, images, texts, protocol, metrics."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch import seed_everything
+from torch.utils.data import DataLoader
+
+from cir_lightning.data.fashioniq import EVAL_KS, FashionIQDataModule, average_over_categories, summary_lines
+from cir_lightning.errors import CIRConfigError, CIRDataError
+from tests.data.fake_fashioniq import make_fake_fashioniq
+from tests.test_cli import CONF, run
+
+CONFIGS = Path(__file__).parents[2] / "configs"
+
+
+@pytest.fixture
+def root(tmp_path):
+    return make_fake_fashioniq(tmp_path / "fiq")
+
+
+def setup(root: Path, stage: str = "fit", **kwargs) -> FashionIQDataModule:
+    dm = FashionIQDataModule(str(root), **kwargs)
+    dm.setup(stage)
+    return dm
+
+
+def read(path: Path) -> list:
+    return json.loads(path.read_text())
+
+
+def set_captions(root: Path, cat: str, split: str, index: int, captions: list[str], **fields) -> None:
+    path = root / "captions" / f"cap.{cat}.{split}.json"
+    entries = read(path)
+    entries[index].update(captions=captions, **fields)
+    path.write_text(json.dumps(entries))
+
+
+def test_train_mixes_categories_and_val_is_per_category_over_the_whole_split(root):
+    dm = setup(root)
+    assert len(dm.train_set) == 3 * 6
+    assert {r.sample_id.split("-")[0] for r in dm.train_set.records} == {"dress", "shirt", "toptee"}
+    sample = dm.train_set[7]
+    assert set(sample) == {"index", "reference_image", "modification", "target_image", "target_key"}
+    assert sample["reference_image"].size == (8, 8)
+    assert [q.name for q, _ in dm.val_sets] == ["dress", "shirt", "toptee"]
+    for (queries, gallery), cat in zip(dm.val_sets, ["dress", "shirt", "toptee"], strict=True):
+        split = read(root / "image_splits" / f"split.{cat}.val.json")
+        pairs = read(root / "captions" / f"cap.{cat}.val.json")
+        assert gallery.ids == split  # all 8 images, the 3 in no val pair included
+        assert len(set(split) - {p[k] for p in pairs for k in ("candidate", "target")}) == 3
+        assert queries.ids == [f"{cat}-{i}" for i in range(5)]
+        assert [gallery.ids[p[0]] for p in queries.positives] == [p["target"] for p in pairs]
+        assert queries.excluded == [()] * 5  # the reference stays in the ranking by default
+        assert queries.metrics == {"recall": list(EVAL_KS), "mrr": list(EVAL_KS)}
+        assert {10, 50} <= set(queries.metrics["recall"])
+
+
+def test_categories_subset_and_test_stage_uses_val(root):
+    dm = setup(root, "test", categories=["shirt"])
+    assert dm.train_set is None
+    assert [q.name for q, _ in dm.test_sets] == ["shirt"]
+    assert dm.test_sets == dm.val_sets
+
+
+@pytest.mark.parametrize("ext", ["png", "jpg", "mixed"])
+@pytest.mark.parametrize("per_category_folder", [False, True])
+def test_image_extension_and_folder_are_detected(tmp_path, ext, per_category_folder):
+    root = make_fake_fashioniq(tmp_path / "fiq", ext=ext, per_category_folder=per_category_folder)
+    dm = setup(root)
+    paths = [g.path for _, gallery in dm.val_sets for g in gallery.records]
+    paths += [p for r in dm.train_set.records for p in (r.reference, r.target)]
+    assert all(p.is_file() for p in paths)
+    suffixes = {p.suffix for p in paths}
+    assert suffixes == ({".png", ".jpg"} if ext == "mixed" else {f".{ext}"})
+    folders = {g.path.parent.name for g in dm.val_sets[0][1].records}
+    assert folders == {"dress" if per_category_folder else "images"}
+
+
+def test_png_is_preferred_when_both_files_exist_and_image_root_elsewhere(root, tmp_path):
+    first = read(root / "image_splits" / "split.dress.val.json")[0]
+    shutil.copy(root / "images" / f"{first}.png", root / "images" / f"{first}.jpg")
+    assert setup(root, "validate").val_sets[0][1].records[0].path.suffix == ".png"
+    moved = tmp_path / "elsewhere"
+    shutil.move(str(root / "images"), str(moved))
+    with pytest.raises(CIRDataError, match="images folder does not exist; set `image_root`"):
+        setup(root, "validate")
+    assert setup(root, "validate", image_root=str(moved)).val_sets[0][1].records[0].path.parent == moved
+
+
+def test_query_text_forms(root):
+    set_captions(root, "dress", "val", 0, [" is red. ", "has no sleeves?\n"])
+    texts = {form: setup(root, "validate", query_text=form).val_sets[0][0].records[0].modification
+             for form in ("clip4cir", "bge_vl", "both_orders")}
+    assert texts == {
+        "clip4cir": "Is red and has no sleeves",
+        "bge_vl": "is red., and has no sleeves?",
+        "both_orders": ("is red and has no sleeves", "has no sleeves and is red"),
+    }
+    assert setup(root, "validate", query_text="both_orders").val_sets[0][0][0]["modification"] == \
+        texts["both_orders"]
+
+
+def test_stray_whitespace_is_stripped(tmp_path):
+    root = make_fake_fashioniq(tmp_path / "fiq", stray_whitespace=True)
+    raw = read(root / "captions" / "cap.dress.val.json")
+    assert any(c != c.strip() for e in raw for c in e["captions"])
+    for form in ("bge_vl", "clip4cir"):
+        for queries, _ in setup(root, "validate", query_text=form).val_sets:
+            assert all(r.modification == r.modification.strip() and "\n" not in r.modification
+                       for r in queries.records)
+
+
+def draws(dm: FashionIQDataModule, n: int) -> list[str]:
+    return [dm.train_set[0]["modification"] for _ in range(n)]
+
+
+def test_training_text_augmentation_draws_the_four_forms_evenly_and_reproducibly(root):
+    set_captions(root, "dress", "train", 0, ["is red.", " has no sleeves"])
+    dm = setup(root)
+    torch.manual_seed(0)
+    texts = draws(dm, 400)
+    counts = Counter(texts)
+    forms = {"Is red and has no sleeves", "Has no sleeves and is red", "Is red", "Has no sleeves"}
+    assert set(counts) == forms
+    assert all(60 <= c <= 140 for c in counts.values()), counts  # 100 expected each
+    torch.manual_seed(0)
+    assert draws(dm, 400) == texts
+    torch.manual_seed(1)
+    assert draws(dm, 400) != texts
+    # through a DataLoader, under Lightning's seeding
+    loader = DataLoader(dm.train_set, batch_size=6, shuffle=True,
+                        collate_fn=lambda samples: [s["modification"] for s in samples])
+    seed_everything(3, workers=True)
+    first = [t for batch in loader for t in batch]
+    seed_everything(3, workers=True)
+    assert [t for batch in loader for t in batch] == first
+    assert set(draws(setup(root, train_augment=False), 20)) == {"Is red and has no sleeves"}
+
+
+def test_exclude_reference_on_and_off(root):
+    pairs = read(root / "captions" / "cap.toptee.val.json")
+    for exclude in (False, True):
+        queries, gallery = setup(root, "validate", exclude_reference=exclude).val_sets[2]
+        expected = [(gallery.ids.index(p["candidate"]),) if exclude else () for p in pairs]
+        assert queries.excluded == expected
+        assert [r.reference_id for r in queries.records] == [p["candidate"] for p in pairs]
+
+
+def test_missing_images_error_or_drop_with_counts(root):
+    split = read(root / "image_splits" / "split.shirt.val.json")
+    pairs = read(root / "captions" / "cap.shirt.val.json")
+    (root / "images" / f"{split[6]}.png").unlink()  # a gallery-only image
+    (root / "images" / f"{pairs[2]['target']}.png").unlink()  # the target of query 2 (reference of 3)
+    with pytest.raises(CIRDataError, match=r"2 of 8 val gallery images of shirt need missing images") as info:
+        setup(root, "validate")
+    assert "split.shirt.val.json" in str(info.value)
+    assert split[6] in str(info.value)
+    assert "on_missing: drop" in str(info.value)
+    with pytest.warns(UserWarning, match="dropped") as record:
+        dm = setup(root, "validate", on_missing="drop")
+    messages = [str(w.message) for w in record]
+    assert any("dropped 2 of 8 val gallery images of shirt" in m for m in messages)
+    assert any("dropped 2 of 5 val queries of shirt" in m and "entry 2" in m for m in messages)
+    assert any("not comparable" in m for m in messages)
+    queries, gallery = dm.val_sets[1]
+    assert len(gallery) == 6
+    assert queries.ids == ["shirt-0", "shirt-1", "shirt-4"]
+    assert [gallery.ids[p[0]] for p in queries.positives] == [pairs[i]["target"] for i in (0, 1, 4)]
+    assert len(dm.val_sets[0][1]) == 8  # other categories untouched
+
+
+def test_missing_training_image_is_an_error_or_dropped(root):
+    pair = read(root / "captions" / "cap.dress.train.json")[0]
+    (root / "images" / f"{pair['candidate']}.png").unlink()
+    with pytest.raises(CIRDataError, match=r"1 of 18 training triplets need missing images: "
+                                           r".*cap\.dress\.train\.json: entry 0"):
+        setup(root)
+    with pytest.warns(UserWarning, match="dropped 1 of 18 training triplets"):
+        assert len(setup(root, on_missing="drop").train_set) == 17
+
+
+def test_query_image_absent_from_the_gallery_split_is_an_error(root):
+    set_captions(root, "toptee", "val", 3, ["a", "b"], target="B00NOTHERE")
+    set_captions(root, "toptee", "val", 4, ["a", "b"], candidate="B00NOREF")
+    with pytest.raises(CIRDataError, match=r"cap\.toptee\.val\.json: 2 image id\(s\) of the queries are "
+                                           r"not in the gallery") as info:
+        setup(root, "validate", on_missing="drop")  # not a missing file: dropping does not hide it
+    assert "entry 3: target 'B00NOTHERE'" in str(info.value)
+    assert "entry 4: candidate 'B00NOREF'" in str(info.value)
+
+
+@pytest.mark.parametrize(("file", "content", "message"), [
+    ("captions/cap.dress.val.json", "{not json", "not valid JSON"),
+    ("captions/cap.dress.val.json", '{"a": 1}', "expected a JSON list, got dict"),
+    ("captions/cap.dress.val.json", '[{"candidate": "x", "target": "y", "captions": ["one"]}]',
+     "entry 0: `captions` must be a list of two strings"),
+    ("captions/cap.dress.val.json", '[{"candidate": "../x", "target": "y", "captions": ["a", "b"]}]',
+     "entry 0: `candidate` must be an image id"),
+    ("image_splits/split.dress.val.json", '["a", "b", "a"]', "entry 2: duplicate image id 'a'"),
+])
+def test_malformed_files_name_the_file_and_entry(root, file, content, message):
+    (root / file).write_text(content)
+    with pytest.raises(CIRDataError, match=message) as info:
+        setup(root, "validate")
+    assert str(info.value).startswith(str(root / file))
+
+
+def test_missing_file_and_bad_options(root):
+    (root / "captions" / "cap.shirt.train.json").unlink()
+    with pytest.raises(CIRDataError, match=r"cap\.shirt\.train\.json: file does not exist; `root` must be"):
+        setup(root)
+    with pytest.raises(CIRConfigError, match="`categories` must be distinct names"):
+        FashionIQDataModule(str(root), categories=["dress", "pants"])
+    with pytest.raises(CIRConfigError, match="`categories`"):
+        FashionIQDataModule(str(root), categories=[])
+    with pytest.raises(CIRConfigError, match="`query_text` must be one of"):
+        FashionIQDataModule(str(root), query_text="pic2word")
+
+
+METRICS = {
+    "dress/Recall@10": 0.30, "dress/Recall@50": 0.50, "dress/MRR@10": 0.10,
+    "shirt/Recall@10": 0.40, "shirt/Recall@50": 0.62, "shirt/MRR@10": 0.20,
+    "toptee/Recall@10": 0.35, "toptee/Recall@50": 0.59,  # no MRR: not averaged
+}
+
+
+def test_summarize_averages_over_the_categories(root):
+    dm = FashionIQDataModule(str(root))
+    out = dm.summarize(METRICS)
+    assert set(out) == {"average/Recall@10", "average/Recall@50", "average/Recall@10+50"}
+    assert out["average/Recall@10"] == pytest.approx(0.35)
+    assert out["average/Recall@50"] == pytest.approx(0.57)
+    assert out["average/Recall@10+50"] == pytest.approx(0.46)
+    two = FashionIQDataModule(str(root), categories=["dress", "shirt"]).summarize(METRICS)
+    assert two["average/MRR@10"] == pytest.approx(0.15)
+    assert two["average/Recall@10+50"] == pytest.approx((0.35 + 0.56) / 2)
+    partial = {k: v for k, v in METRICS.items() if not k.startswith("toptee")}
+    assert dm.summarize(partial) == {}  # a category is missing: no average
+    assert average_over_categories({}, ["dress"]) == {}
+
+
+def test_report_prints_the_bge_vl_summary_lines(root):
+    assert FashionIQDataModule(str(root)).report(METRICS).splitlines() == [
+        "dress: 30.00 / 50.00", "shirt: 40.00 / 62.00", "toptee: 35.00 / 59.00", "overall: 35.00 / 57.00"]
+    assert summary_lines({"dress/Recall@10": 0.123456, "dress/Recall@50": 1.0}, ["dress", "shirt"]) == \
+        ["dress: 12.35 / 100.00"]  # no overall line without every category
+
+
+def test_cli_validate_reports_per_category_and_average_metrics(tmp_path, tiny_model_dir):
+    root = make_fake_fashioniq(tmp_path / "fiq", ext="jpg", per_category_folder=True)
+    out = run("validate", "--config", str(CONF), "--model.backbone.init_args.model_name_or_path",
+              str(tiny_model_dir), "--model.backbone.init_args.lora", "null",
+              "--data", "cir_lightning.data.fashioniq.FashionIQDataModule", "--data.root", str(root),
+              "--data.query_text", "both_orders", "--data.eval_batch_size", "16",
+              "--trainer.default_root_dir", "run", cwd=tmp_path).stdout
+    results = json.loads((tmp_path / "run" / "results-validate.json").read_text())
+    assert results["config"]["data_class"] == "FashionIQDataModule"
+    assert results["config"]["data"]["query_text"] == "both_orders"
+    for cat in ("dress", "shirt", "toptee"):
+        assert set(results["metrics"][cat]) == {f"{m}@{k}" for m in ("Recall", "MRR") for k in EVAL_KS}
+        assert results["subsets"][cat] == {"num_queries": 5, "num_gallery": 8}
+        assert results["metrics"][cat]["Recall@10"] == 1.0  # 8 gallery images: the target is in the top 10
+    average = results["metrics"]["average"]  # from FashionIQDataModule.summarize
+    per_category = [results["metrics"][c]["MRR@5"] for c in ("dress", "shirt", "toptee")]
+    assert average["MRR@5"] == pytest.approx(sum(per_category) / 3)
+    assert average["Recall@10+50"] == 1.0
+    assert "overall: 100.00 / 100.00" in out  # the BGE-VL summary lines
+
+
+@pytest.mark.parametrize(("name", "subcommand"), [("fashioniq.yaml", "validate"),
+                                                   ("fashioniq_train.yaml", "fit")])
+def test_fashioniq_configs_parse(tmp_path, tiny_model_dir, capsys, monkeypatch, name, subcommand):
+    from cir_lightning.cli import CIRLightningCLI
+
+    monkeypatch.setattr(sys, "argv", ["cir-lightning"])
+    with pytest.raises(SystemExit) as info:  # in-process: no second interpreter start-up
+        CIRLightningCLI(args=[subcommand, "--config", str(CONFIGS / name), "--model.backbone.init_args."
+                              "model_name_or_path", str(tiny_model_dir), "--data.init_args.root",
+                              str(tmp_path / "fiq"), "--print_config"])
+    assert info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["data"]["class_path"] == "cir_lightning.data.fashioniq.FashionIQDataModule"
+    assert printed["data"]["init_args"]["root"] == str(tmp_path / "fiq")
+    assert printed["data"]["init_args"]["query_text"] == "clip4cir"
+    assert printed["data"]["init_args"]["categories"] == ["dress", "shirt", "toptee"]
+    assert printed["model"]["backbone"]["init_args"]["model_name_or_path"] == str(tiny_model_dir)
+    assert printed["model"]["backbone"]["init_args"]["prompts"]["preset"] == "fire"
+    lora = printed["model"]["backbone"]["init_args"]["lora"]
+    if subcommand == "validate":
+        assert lora is None
+    else:
+        assert (lora["r"], lora["alpha"], lora["dropout"]) == (64, 128, 0.1)
+        assert printed["model"]["optimizer"]["init_args"]["lr"] == pytest.approx(1e-4)
