@@ -192,7 +192,11 @@ def _to_gpu(index, config: SearchConfig):
     options = faiss.GpuClonerOptions()
     options.useFloat16 = config.float16
     resources = faiss.StandardGpuResources()
-    gpu_index = faiss.index_cpu_to_gpu(resources, torch.cuda.current_device(), index, options)
+    try:
+        gpu_index = faiss.index_cpu_to_gpu(resources, torch.cuda.current_device(), index, options)
+    except RuntimeError as err:  # e.g. HNSW has no GPU implementation
+        raise CIRConfigError(f"faiss cannot put index `{config.factory}` on the GPU: "
+                             f"{str(err).strip().splitlines()[-1]}; use `device: cpu` or another index") from None
     gpu_index.referenced_resources = resources  # keep them alive as long as the index
     return gpu_index
 
