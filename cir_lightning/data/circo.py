@@ -76,7 +76,8 @@ def _load_json(path: Path, what: str) -> Any:
 
 
 def _int_id(value: Any, field: str, path: Path | None, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).strip().isdigit():
+    text = str(value).strip()
+    if isinstance(value, bool) or not isinstance(value, int | str) or not (text.isascii() and text.isdigit()):
         raise CIRDataError(f"{where}: `{field}` must be an integer image id, got {value!r}", path)
     return int(value)
 
@@ -221,7 +222,10 @@ class CIRCODataModule(CIRDataModule):
         gt = row.get("gt_img_ids", [])
         if not isinstance(gt, list) or (split == "val" and not gt):
             raise CIRDataError(f"query {qid}: `gt_img_ids` must be a non-empty list, got {gt!r}", path)
-        gt = tuple(dict.fromkeys(str(_int_id(g, "gt_img_ids", path, f"query {qid}")) for g in gt))
+        gt = tuple(str(_int_id(g, "gt_img_ids", path, f"query {qid}")) for g in gt)
+        if len(set(gt)) != len(gt):  # AP@K divides by the number of ground truths: duplicates would change it
+            twice = sorted({g for g in gt if gt.count(g) > 1})
+            raise CIRDataError(f"query {qid}: `gt_img_ids` lists {', '.join(twice)} more than once", path)
         text = {k: row[k] for k in ("relative_caption", "shared_concept")}
         bad = [k for k, v in text.items() if not isinstance(v, str)]
         if bad:
@@ -296,10 +300,11 @@ class CIRCODataModule(CIRDataModule):
             raise CIRConfigError(f"CIRCODataModule.write_predictions({stage!r}) before setup({stage!r})")
         expected = self.query_ids[split] if split == "test" else sets[0][0].ids
         dropped = len(self.query_ids[split]) - len(sets[0][0])
-        if split == "test" and dropped:
-            raise CIRDataError(f"{dropped} test queries were left out (`on_missing: drop`), but the server "
-                               "needs every one: complete the images to write a submission",
-                               self.root / "annotations" / "test.json")
+        dropped_images = len(self._listed) - len(self._gallery) if self._gallery is not None else 0
+        if split == "test" and (dropped or dropped_images):
+            raise CIRDataError(f"`on_missing: drop` left out {dropped} test queries and {dropped_images} gallery "
+                               "images, but the server needs every query ranked over the whole gallery: "
+                               "complete the images to write a submission", self.root / "annotations" / "test.json")
         submission = make_submission(rankings[""], expected)
         path = free_path(Path(folder) / f"circo-{split}.json")
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -196,6 +196,7 @@ class CIRRDataModule(CIRDataModule):
         self.pairs: dict[str, dict[str, CIRRPair]] = {}  # split -> pairid -> pair, all of them
         self.gallery_names: dict[str, list[str]] = {}
         self.dropped: dict[str, int] = {}  # split -> pairs left out by `on_missing: drop`
+        self.dropped_images: dict[str, int] = {}  # split -> gallery images left out by `on_missing: drop`
 
     def _images(self, split_file: Path, names: dict[str, str]) -> dict[str, Path]:
         """Each name's image path, under ``image_root`` or the first folder that has the split's folder."""
@@ -231,8 +232,10 @@ class CIRRDataModule(CIRDataModule):
         self.pairs[split] = {p.pairid: p for p in pairs}
         self.gallery_names[split] = sorted(names)
         items = [GalleryItem(n, paths[n], f"{split_file} {n!r}") for n in sorted(names)]
+        listed = len(items)
         items = handle_missing(items, lambda g: [g.path], lambda g: g.image_id, what=f"{split} images",
                                where=split_file, on_missing=self.on_missing)
+        self.dropped_images[split] = listed - len(items)
         row = {g.image_id: i for i, g in enumerate(items)}
         kept = handle_missing(pairs, lambda p: [paths[n] for n in (p.reference, p.target) if n],
                               lambda p: f"pairid {p.pairid}", what=f"{split} pairs", where=captions,
@@ -271,7 +274,8 @@ class CIRRDataModule(CIRDataModule):
 
         Returns:
             the two files; none (with a warning) for other stages, without complete rankings, or when
-            ``on_missing: drop`` left pairs out (the server needs every pair id).
+            ``on_missing: drop`` left pairs or gallery images out (the server needs every pair id, each
+            ranked over the whole split).
 
         Raises:
             CIRDataError: when the server would reject either file; nothing is written then.
@@ -279,10 +283,15 @@ class CIRRDataModule(CIRDataModule):
         split = {"test": "test1", "validate": "val"}.get(stage)
         if split is None or split not in self.pairs:
             return []
-        if "" not in rankings or "" not in subset_rankings or self.dropped.get(split):
-            why = (f"`on_missing: drop` left out {self.dropped.get(split)} pairs" if self.dropped.get(split)
-                   else "the evaluation gave no complete rankings")
-            rank_zero_warn(f"no CIRR {split} prediction files written: {why}; the server needs every pair id")
+        why = None
+        if self.dropped.get(split) or self.dropped_images.get(split):
+            why = (f"`on_missing: drop` left out {self.dropped.get(split, 0)} pairs and "
+                   f"{self.dropped_images.get(split, 0)} gallery images; the server ranks every pair over "
+                   "the whole split")
+        elif "" not in rankings or "" not in subset_rankings:
+            why = "the evaluation gave no complete rankings"
+        if why:
+            rank_zero_warn(f"no CIRR {split} prediction files written: {why}")
             return []
         docs = {metric: {"version": "rc2", "metric": metric,
                          **{q: list(names[:LENGTHS[metric]]) for q, names in ranked[""].items()}}

@@ -292,8 +292,29 @@ def test_missing_images_are_an_error_or_dropped_with_their_queries(root, tmp_pat
     for q, rows in zip(queries.ids, queries.positives, strict=True):  # rows point into the reduced gallery
         assert [gallery.ids[r] for r in rows] == [str(g) for g in val[int(q)]["gt_img_ids"]]
     assert test_q not in dm.test_sets[0][0].ids
-    with pytest.raises(CIRDataError, match="1 test queries were left out"):
+    with pytest.raises(CIRDataError, match="left out 1 test queries and 2 gallery images"):
         dm.write_predictions(tmp_path, "test", {"": ranked(dm)}, {})
+
+
+def test_a_reduced_gallery_never_makes_a_test_submission(root, tmp_path):
+    val, test = load(root, "annotations/val.json"), load(root, "annotations/test.json")
+    used = {q["reference_img_id"] for q in val + test} | {g for q in val for g in q["gt_img_ids"]}
+    unused = next(int(i) for i in image_ids(root) if int(i) not in used)  # no query needs it
+    (root / IMAGES / f"{unused:012d}.jpg").unlink()
+    with pytest.warns(UserWarning, match="dropped 1 of 60 gallery images"):
+        dm = setup(root, "test", on_missing="drop")
+    assert len(dm.test_sets[0][0]) == 5  # every query kept, but ranked over 59 images
+    with pytest.raises(CIRDataError, match="left out 0 test queries and 1 gallery images"):
+        dm.write_predictions(tmp_path, "test", {"": ranked(dm)}, {})
+    assert not list(tmp_path.glob("circo-*.json"))
+
+
+def test_repeated_ground_truth_ids_are_an_error(root):
+    val = load(root, "annotations/val.json")
+    val[0]["gt_img_ids"] = val[0]["gt_img_ids"] + val[0]["gt_img_ids"][:1]
+    save(root, "annotations/val.json", val)
+    with pytest.raises(CIRDataError, match=rf"query {val[0]['id']}: `gt_img_ids` lists {val[0]['gt_img_ids'][0]} more than once"):
+        setup(root)
 
 
 def test_cli_validate_reports_map_and_writes_the_val_predictions(tmp_path, tiny_model_dir, pristine):

@@ -273,6 +273,21 @@ def test_missing_images_are_an_error_or_dropped(root):
         assert dm.write_predictions(root, "validate", {"": {}}, {"": {}}) == []
 
 
+def test_a_reduced_test1_gallery_writes_no_server_files(root, tmp_path):
+    used = {n for e in captions(root, "test1") for n in [e["reference"], *e["img_set"]["members"]]}
+    unused = next(n for n in split_names(root, "test1") if n not in used)  # no pair needs it
+    (image_dir(root, "img_raw") / split_names(root, "test1")[unused]).unlink()
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        dm = setup(root, "test", on_missing="drop")
+    queries, gallery = dm.test_sets[0]
+    assert len(queries) == len(captions(root, "test1"))  # every pair kept, ranked over a smaller gallery
+    rankings = {q: list(gallery.ids[:50]) for q in queries.ids}
+    with pytest.warns(UserWarning, match="left out 0 pairs and 1 gallery images"):
+        assert dm.write_predictions(tmp_path, "test", {"": rankings}, {"": rankings}) == []
+    assert not list(tmp_path.glob("cirr-*.json"))
+
+
 def test_missing_train_image_is_an_error(root):
     entry = captions(root, "train")[0]
     (image_dir(root, "img_raw") / split_names(root, "train")[entry["reference"]]).unlink()
