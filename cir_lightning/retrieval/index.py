@@ -10,8 +10,8 @@ full ranking. ``SearchConfig`` chooses how:
   equals the torch backend's (lower gallery index first).
 - ``backend="faiss"`` with any other ``index_factory`` string ("IVF1024,Flat", "HNSW32",
   "IVF256,PQ16", ...): approximate, inner-product metric, trained on the gallery when the type needs it.
-- ``backend="torch"``: chunked matmul + stable sort, exact; memory is ``chunk_size`` x gallery, never
-  queries x gallery.
+- ``backend="torch"``: blocked matmul + top-k with exact tie-breaking; memory is one block of at most
+  ``chunk_size`` queries (and at most 2^26 scores), never queries x gallery.
 
 With ``device="cuda"`` the faiss index is moved to this process's current GPU only (never cloned to
 every GPU from every rank); that needs a faiss build with GPU support (the ``gpu`` extra).
@@ -118,14 +118,38 @@ def _drop_excluded(ids: Tensor, scores: Tensor, excluded: Tensor, k: int) -> tup
     return kept[:, :k], kept_scores[:, :k]
 
 
+_BLOCK_ELEMENTS = 2**26  # scores held at once by the torch backend: 256 MB of float32, whatever the sizes
+
+
+def _sorted_by_score_then_index(ids: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
+    """Order each row by score descending, equal scores by the lower gallery index."""
+    by_index = ids.argsort(dim=1, stable=True)
+    ids, scores = ids.gather(1, by_index), scores.gather(1, by_index)
+    order = scores.argsort(dim=1, descending=True, stable=True)
+    return ids.gather(1, order), scores.gather(1, order)
+
+
 def _torch_topk(q: np.ndarray, g: np.ndarray, k: int, chunk_size: int) -> tuple[Tensor, Tensor]:
+    """Exact top-k by matmul over blocks of queries; memory is one block's scores, never queries x gallery.
+
+    ``topk`` keeps the best k + 1 per query; rows where a tie crosses the cut-off (rare) are redone
+    with a stable full sort, so the kept items are always the lowest-index ones.
+    """
     gallery = torch.from_numpy(g)
+    rows = max(1, min(chunk_size, _BLOCK_ELEMENTS // max(1, len(g))))
     ids, scores = [], []
-    for start in range(0, len(q), chunk_size):
-        block = (torch.from_numpy(q[start:start + chunk_size]) @ gallery.T).sort(dim=1, descending=True,
-                                                                                  stable=True)
-        ids.append(block.indices[:, :k])
-        scores.append(block.values[:, :k])
+    for start in range(0, len(q), rows):
+        block = torch.from_numpy(q[start:start + rows]) @ gallery.T
+        depth = min(k + 1, block.shape[1])
+        top = block.topk(depth, dim=1)
+        block_ids, block_scores = _sorted_by_score_then_index(top.indices, top.values)
+        if depth > k:
+            crossing = (block_scores[:, k - 1] == block_scores[:, k]).nonzero().flatten()
+            if len(crossing):
+                full = block[crossing].sort(dim=1, descending=True, stable=True)
+                block_ids[crossing, :k], block_scores[crossing, :k] = full.indices[:, :k], full.values[:, :k]
+        ids.append(block_ids[:, :k])
+        scores.append(block_scores[:, :k])
     return torch.cat(ids), torch.cat(scores)
 
 

@@ -66,6 +66,19 @@ def test_faiss_and_torch_agree_under_heavy_ties():
     assert faiss_ids.tolist() == torch_ids.tolist() == brute_force(q, gal, 7, excluded)
 
 
+def test_torch_backend_blocks_and_ties_equal_brute_force(monkeypatch):
+    import cir_lightning.retrieval.index as index
+
+    monkeypatch.setattr(index, "_BLOCK_ELEMENTS", 120)  # 2 queries per block of a 50-image gallery
+    g = torch.Generator().manual_seed(3)
+    q = torch.randint(0, 2, (9, 3), generator=g).float()
+    gal = torch.randint(0, 2, (50, 3), generator=g).float()  # 8 distinct vectors: ties everywhere
+    for k in (1, 7, 49, 50, 60):
+        expected = brute_force(q, gal, k, [[] for _ in range(9)])
+        got = search(q, gal, k=k, config=SearchConfig(backend="torch", chunk_size=1024))
+        assert got.tolist() == expected
+
+
 def _clustered(n: int, seed: int = 0, dim: int = 16, labels: bool = False):
     g = torch.Generator().manual_seed(seed)
     centres = F.normalize(torch.randn(8, dim, generator=g), dim=-1)
