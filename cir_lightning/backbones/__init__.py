@@ -1,9 +1,22 @@
 """Backbones: models that embed composed queries, gallery images and texts."""
 
 from cir_lightning.backbones.base import Backbone
+from cir_lightning.backbones.dual_encoder import DualEncoderBackbone, DualEncoderCollator
 from cir_lightning.backbones.hf_mllm import HFMultimodalBackbone
 from cir_lightning.backbones.lora import LoRA
 from cir_lightning.backbones.prompts import PRESETS, Prompts, PromptTemplates
 from cir_lightning.backbones.tiny import make_tiny_model
+from cir_lightning.backbones.tiny_clip import make_tiny_dual_encoder
 
-__all__ = ["PRESETS", "Backbone", "HFMultimodalBackbone", "LoRA", "PromptTemplates", "Prompts", "make_tiny_model"]
+__all__ = [
+    "PRESETS",
+    "Backbone",
+    "DualEncoderBackbone",
+    "DualEncoderCollator",
+    "HFMultimodalBackbone",
+    "LoRA",
+    "PromptTemplates",
+    "Prompts",
+    "make_tiny_dual_encoder",
+    "make_tiny_model",
+]

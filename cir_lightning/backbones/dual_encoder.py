@@ -1,0 +1,371 @@
+"""A CLIP-style dual encoder (CLIPModel, SiglipModel) as a composed-image-retrieval backbone.
+
+The query embeds the reference image with the vision tower and the modification text with the text
+tower and fuses the two (BGE-VL-base / -large "score fusion"); gallery items are image embeddings and
+text items (captions) text embeddings, all L2-normalised. BGE-VL-base and -large are CLIP checkpoints
+(``model_type: clip``) whose weights load into a plain ``CLIPModel``, so no remote code is needed.
+
+Padding: CLIP pools the first EOS token and uses absolute positions, SigLIP pools the last position and was
+trained on text padded to a fixed length; both therefore need right padding, which the collator always
+produces (SigLIP: to the maximum length, without an attention mask, as its processor does). A left-padded
+batch is refused by ``forward`` rather than silently embedded wrongly.
+
+Truncation: text longer than the text tower's maximum length (CLIP: 77 tokens, BOS and EOS included) is
+cut to it keeping the final EOS, with a warning (``truncation="warn"``, default), or refused
+(``"error"``), or cut without a word (``"silent"``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from PIL import Image
+from torch import Tensor
+
+from cir_lightning.backbones.base import Backbone
+from cir_lightning.backbones.lora import LoRA
+from cir_lightning.errors import CIRConfigError, CIRDataError, CIRModelError
+
+Inputs = dict[str, Tensor]
+Fusion = Literal["sum", "sum_raw", "image", "text"]
+Towers = Literal["text", "vision", "both"]
+Truncation = Literal["warn", "error", "silent"]
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class DualEncoderFamily:
+    """How one dual-encoder family is fed and adapted (a registry entry, see ``FAMILIES``).
+
+    Args:
+        pad_to_max_length: pad text to the model's maximum length (SigLIP's training setting).
+        attention_mask: pass the text attention mask to the model.
+        lora_targets: default LoRA target names inside each tower's encoder layers.
+    """
+
+    pad_to_max_length: bool
+    attention_mask: bool
+    lora_targets: tuple[str, ...]
+
+
+_ATTN_MLP = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+FAMILIES: dict[str, DualEncoderFamily] = {
+    "clip": DualEncoderFamily(pad_to_max_length=False, attention_mask=True, lora_targets=_ATTN_MLP),
+    "siglip": DualEncoderFamily(pad_to_max_length=True, attention_mask=False, lora_targets=_ATTN_MLP),
+}
+# Where each tower's transformer layers live inside CLIPModel / SiglipModel.
+_TOWER_PATHS = {"text": "text_model.encoder", "vision": "vision_model.encoder"}
+
+
+class DualEncoderCollator:
+    """Turns images and texts into dual-encoder inputs, and samples into batches (runs in loader workers).
+
+    Holds only the processor (picklable). Query inputs hold ``pixel_values`` and the modification's
+    ``input_ids`` (+ ``attention_mask``); gallery inputs only ``pixel_values``; text inputs only the tokens.
+
+    Args:
+        processor: a Hugging Face ``CLIPProcessor`` / ``SiglipProcessor`` (image processor + tokenizer).
+        family: the entry of ``FAMILIES`` (padding and mask policy).
+        max_length: the longest token sequence, special tokens included (CLIP: 77).
+        query_template: how the modification becomes the query text; ``{modification}`` is replaced.
+        text_template: how a caption becomes a text item; ``{text}`` is replaced.
+        truncation: text longer than ``max_length``: ``"warn"`` (cut, warn once), ``"error"`` or ``"silent"``.
+
+    Example:
+        >>> import tempfile
+        >>> from transformers import AutoProcessor
+        >>> from cir_lightning.backbones.tiny_clip import make_tiny_dual_encoder
+        >>> processor = AutoProcessor.from_pretrained(make_tiny_dual_encoder(tempfile.mkdtemp() + "/c"))
+        >>> c = DualEncoderCollator(processor, FAMILIES["clip"], max_length=77)
+        >>> x = c.query_inputs([Image.new("RGB", (40, 32))], ["make it red"])
+        >>> {k: tuple(v.shape) for k, v in x.items()}
+        {'input_ids': (1, 5), 'attention_mask': (1, 5), 'pixel_values': (1, 3, 32, 32)}
+    """
+
+    def __init__(self, processor: Any, family: DualEncoderFamily, max_length: int,
+                 query_template: str = "{modification}", text_template: str = "{text}",
+                 truncation: Truncation = "warn") -> None:
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.tokenizer.padding_side = "right"
+        self.family = family
+        self.max_length = max_length
+        self.query_template = query_template
+        self.text_template = text_template
+        self.truncation = truncation
+        self._warned = False
+
+    def _tokenize(self, texts: list[str]) -> Inputs:
+        lengths = [len(ids) for ids in self.tokenizer(texts)["input_ids"]]
+        too_long = [(t, n) for t, n in zip(texts, lengths, strict=True) if n > self.max_length]
+        if too_long and self.truncation == "error":
+            text, n = too_long[0]
+            raise CIRDataError(f"text of {n} tokens is longer than the model's maximum of {self.max_length}: "
+                               f"{text[:80]!r}; shorten it, or set `truncation: warn` to cut it")
+        if too_long and self.truncation == "warn" and not self._warned:
+            self._warned = True
+            rank_zero_warn(f"{len(too_long)} text(s) longer than the model's maximum of {self.max_length} tokens "
+                           f"were cut to it (e.g. {too_long[0][0][:60]!r}, {too_long[0][1]} tokens); set "
+                           "`truncation` to 'error' to refuse them or 'silent' to hide this warning")
+        padding = "max_length" if self.family.pad_to_max_length else "longest"
+        out = self.tokenizer(texts, padding=padding, truncation=True, max_length=self.max_length,
+                             return_tensors="pt")
+        keep = ("input_ids", "attention_mask") if self.family.attention_mask else ("input_ids",)
+        return {k: out[k] for k in keep}
+
+    def _pixels(self, images: Sequence[Image.Image]) -> Tensor:
+        return self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+
+    def query_inputs(self, images: Sequence[Image.Image], modifications: Sequence[str]) -> Inputs:
+        """Inputs for reference images with modification texts."""
+        if len(images) != len(modifications):
+            raise CIRDataError(f"{len(images)} reference images but {len(modifications)} modifications")
+        texts = [self.query_template.format(modification=m) for m in modifications]
+        return {**self._tokenize(texts), "pixel_values": self._pixels(images)}
+
+    def gallery_inputs(self, images: Sequence[Image.Image]) -> Inputs:
+        """Inputs for gallery (or target) images."""
+        return {"pixel_values": self._pixels(images)}
+
+    def text_inputs(self, texts: Sequence[str]) -> Inputs:
+        """Inputs for text-only items (e.g. target captions)."""
+        return self._tokenize([self.text_template.format(text=t) for t in texts])
+
+    # Batches of samples (the same layout as MLLMCollator's; see cir_lightning.data.base.Collator)
+    @staticmethod
+    def _index(samples: list[dict[str, Any]]) -> Tensor:
+        return torch.tensor([s["index"] for s in samples], dtype=torch.long)
+
+    def triplets(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Training batch: queries, targets, ``target_group`` (first row with the same target) and
+        ``target_text`` when every sample has a ``target_caption``."""
+        batch = {
+            "index": self._index(samples),
+            "query": self.query_inputs([s["reference_image"] for s in samples],
+                                       [s["modification"] for s in samples]),
+            "target": self.gallery_inputs([s["target_image"] for s in samples]),
+        }
+        keys = [s.get("target_key", i) for i, s in enumerate(samples)]
+        first = {key: i for i, key in reversed(list(enumerate(keys)))}
+        batch["target_group"] = torch.tensor([first[key] for key in keys], dtype=torch.long)
+        captions = [s.get("target_caption") for s in samples]
+        if all(c is not None for c in captions):
+            batch["target_text"] = self.text_inputs(captions)
+        return batch
+
+    def queries(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Query batch; a sample whose ``modification`` is a list of texts becomes one row per text and
+        ``query_groups`` maps each row to its sample (the model averages them)."""
+        images, texts, groups = [], [], []
+        for i, s in enumerate(samples):
+            mods = [s["modification"]] if isinstance(s["modification"], str) else list(s["modification"])
+            images += [s["reference_image"]] * len(mods)
+            texts += mods
+            groups += [i] * len(mods)
+        batch = {"index": self._index(samples), "query": self.query_inputs(images, texts)}
+        if len(texts) != len(samples):
+            batch["query_groups"] = torch.tensor(groups, dtype=torch.long)
+        return batch
+
+    def gallery(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Gallery batch: ``index`` and the images' inputs."""
+        return {"index": self._index(samples), "gallery": self.gallery_inputs([s["image"] for s in samples])}
+
+
+def tower_target_regex(model: torch.nn.Module, towers: Towers, targets: Sequence[str]) -> str:
+    """The peft ``target_modules`` regex for ``targets`` inside the chosen towers' encoder layers.
+
+    Every target must name a linear layer in every chosen tower; otherwise a ``CIRConfigError`` lists the
+    names that exist.
+
+    Example:
+        >>> from torch import nn
+        >>> m = nn.Module()
+        >>> m.text_model = nn.Module(); m.text_model.encoder = nn.ModuleDict({"q_proj": nn.Linear(2, 2)})
+        >>> tower_target_regex(m, "text", ["q_proj"])
+        '^(?:text_model\\\\.encoder)\\\\.(?:.*\\\\.)?(?:q_proj)$'
+        >>> tower_target_regex(m, "text", ["qkv"])
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRConfigError: LoRA target(s) ['qkv'] match no linear layer of the text tower `text_model.encoder`; its linear layers are named: q_proj
+    """
+    chosen = ["text", "vision"] if towers == "both" else [towers]
+    for tower in chosen:
+        prefix = _TOWER_PATHS[tower] + "."
+        names = {n.rsplit(".", 1)[-1] for n, mod in model.named_modules()
+                 if n.startswith(prefix) and isinstance(mod, torch.nn.Linear)}
+        missing = [t for t in targets if t not in names]
+        if missing:
+            raise CIRConfigError(f"LoRA target(s) {missing} match no linear layer of the {tower} tower "
+                                 f"`{_TOWER_PATHS[tower]}`; its linear layers are named: {', '.join(sorted(names))}")
+    paths = "|".join(re.escape(_TOWER_PATHS[t]) for t in chosen)
+    names = "|".join(re.escape(t) for t in targets)
+    return rf"^(?:{paths})\.(?:.*\.)?(?:{names})$"
+
+
+def _features(out: Any) -> Tensor:
+    """``get_*_features`` returns a tensor (transformers 4) or an output with ``pooler_output`` (5)."""
+    return out if isinstance(out, Tensor) else out.pooler_output
+
+
+class DualEncoderBackbone(Backbone):
+    """A CLIP / SigLIP dual encoder turned into a composed query / gallery / text embedder.
+
+    Query: ``fusion="sum"`` (default) is ``normalize(normalize(text) + normalize(image))``, the two towers'
+    projected features; ``"sum_raw"`` is ``normalize(text + image)`` of the raw projected features (which is
+    how we read BGE-VL's released ``encode`` for composed inputs; compare both on your checkpoint);
+    ``"image"`` / ``"text"`` use one tower only (ablations). Gallery: ``normalize(image)``; text items:
+    ``normalize(text)``.
+
+    Args:
+        model_name_or_path: hub name (``openai/clip-vit-large-patch14``, ``BAAI/BGE-VL-base``,
+            ``google/siglip-base-patch16-224``) or local checkpoint folder.
+        fusion: how the query's text and image embeddings are combined (see above).
+        query_template: the query text; ``{modification}`` is replaced by the modification.
+        text_template: the text of a text item; ``{text}`` is replaced by the caption.
+        truncation: texts longer than the text tower's maximum: ``"warn"`` (cut, keep EOS, warn once),
+            ``"error"`` or ``"silent"``.
+        lora: LoRA settings (``target_modules`` are layer names inside the towers' encoder layers; ``None``
+            takes q/k/v/out_proj and fc1/fc2); ``None`` keeps the whole model frozen.
+        lora_towers: which towers get LoRA: ``"text"``, ``"vision"`` or ``"both"``.
+        dtype: weight dtype of the loaded model.
+        trust_remote_code: allow custom model code from the checkpoint (off unless you ask for it).
+        revision: hub revision (branch, tag or commit) to load.
+        make_tiny_if_missing: if ``model_name_or_path`` does not exist, build a tiny random CLIP there
+            first (demos and tests; see ``cir_lightning.backbones.tiny_clip``).
+
+    Example:
+        >>> import tempfile
+        >>> bb = DualEncoderBackbone(tempfile.mkdtemp() + "/tiny", make_tiny_if_missing=True,
+        ...                          lora=LoRA(r=4, alpha=8))
+        >>> q = bb.encode_query([Image.new("RGB", (32, 32))], ["make it red"])
+        >>> q.shape, round(float(q.norm()), 4)
+        (torch.Size([1, 32]), 1.0)
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        fusion: Fusion = "sum",
+        query_template: str = "{modification}",
+        text_template: str = "{text}",
+        truncation: Truncation = "warn",
+        lora: LoRA | None = None,
+        lora_towers: Towers = "both",
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        trust_remote_code: bool = False,
+        revision: str | None = None,
+        make_tiny_if_missing: bool = False,
+    ) -> None:
+        super().__init__()
+        if "{modification}" not in query_template:
+            raise CIRConfigError(f"`query_template` {query_template!r} has no `{{modification}}` placeholder")
+        if "{text}" not in text_template:
+            raise CIRConfigError(f"`text_template` {text_template!r} has no `{{text}}` placeholder")
+        self.model_name_or_path = str(model_name_or_path)
+        self.revision = revision
+        self.fusion = fusion
+        if make_tiny_if_missing and not Path(model_name_or_path).exists():
+            from cir_lightning.backbones.tiny_clip import make_tiny_dual_encoder
+
+            rank_zero_warn(f"`{model_name_or_path}` does not exist: building a tiny RANDOMLY INITIALISED CLIP "
+                           "there (`make_tiny_if_missing: true`, meant for demos and tests). Set it to false to "
+                           "load a real checkpoint by hub name.")
+            make_tiny_dual_encoder(model_name_or_path)
+        processor, model = self._load(dtype, trust_remote_code)
+        self.model_type = model.config.model_type
+        if self.model_type not in FAMILIES:
+            raise CIRModelError(f"`{self.model_name_or_path}` is a {self.model_type!r} model; DualEncoderBackbone "
+                                f"supports {', '.join(sorted(FAMILIES))} checkpoints")
+        family = FAMILIES[self.model_type]
+        model.requires_grad_(False)
+        model.train()  # from_pretrained returns eval mode; Lightning switches modes from here on
+        self.lora = lora
+        self.lora_towers = lora_towers
+        if lora is not None:
+            from peft import LoraConfig, get_peft_model
+
+            targets = lora.target_modules or list(family.lora_targets)
+            model = get_peft_model(model, LoraConfig(
+                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                target_modules=tower_target_regex(model, lora_towers, targets),
+                modules_to_save=lora.modules_to_save, bias="none"))
+        self.model = model
+        text_config = self.base_model.config.text_config
+        max_length = min(text_config.max_position_embeddings,
+                         getattr(processor.tokenizer, "model_max_length", None) or 10**9)
+        self.collator = DualEncoderCollator(processor, family, max_length, query_template, text_template,
+                                            truncation)
+
+    def _load(self, dtype: str, trust_remote_code: bool) -> tuple[Any, Any]:
+        from transformers import AutoModel, AutoProcessor
+
+        name = self.model_name_or_path
+        kwargs = {"revision": self.revision, "trust_remote_code": trust_remote_code}
+        try:
+            processor = AutoProcessor.from_pretrained(name, **kwargs)
+            model = AutoModel.from_pretrained(name, dtype=_DTYPES[dtype], **kwargs)
+        except (OSError, ValueError, KeyError) as err:
+            hint = ""
+            if not Path(name).exists():
+                hint = (" It is not a local folder, so it was looked up on the hub"
+                        + (" (offline mode is on: HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE") else "")
+                        + "; check the name, or pass the path of a downloaded checkpoint.")
+            raise CIRModelError(f"cannot load model `{name}`: {err}.{hint}") from err
+        if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):
+            raise CIRModelError(f"the processor of `{name}` ({type(processor).__name__}) lacks a tokenizer or an "
+                                "image processor; DualEncoderBackbone needs both")
+        return processor, model
+
+    @property
+    def base_model(self) -> Any:
+        """The transformers model with LoRA layers injected (peft's wrapper removed)."""
+        return self.model.get_base_model() if self.lora is not None else self.model
+
+    def text_features(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        """The text tower's projected features (not normalised)."""
+        mask = inputs.get("attention_mask")
+        if mask is not None and bool((mask[:, -1] > mask[:, 0]).any()):
+            raise CIRModelError("left-padded text reached DualEncoderBackbone: CLIP / SigLIP need right padding "
+                                "(DualEncoderCollator produces it; set `tokenizer.padding_side = 'right'`)")
+        kwargs = {"attention_mask": mask} if mask is not None else {}
+        return _features(self.base_model.get_text_features(input_ids=inputs["input_ids"], **kwargs)).float()
+
+    def image_features(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        """The vision tower's projected features (not normalised)."""
+        pixels = inputs["pixel_values"].to(self.base_model.dtype)
+        return _features(self.base_model.get_image_features(pixel_values=pixels)).float()
+
+    def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        has_text, has_image = "input_ids" in inputs, "pixel_values" in inputs
+        if not (has_text or has_image):
+            raise CIRModelError(f"inputs hold neither `input_ids` nor `pixel_values` (keys: {sorted(inputs)})")
+        if not has_image:
+            return F.normalize(self.text_features(inputs), dim=-1)
+        if not has_text or self.fusion == "image":
+            return F.normalize(self.image_features(inputs), dim=-1)
+        if self.fusion == "text":
+            return F.normalize(self.text_features(inputs), dim=-1)
+        text, image = self.text_features(inputs), self.image_features(inputs)
+        if self.fusion == "sum":
+            text, image = F.normalize(text, dim=-1), F.normalize(image, dim=-1)
+        return F.normalize(text + image, dim=-1)
+
+    def fingerprint(self) -> dict[str, Any]:
+        c = self.collator
+        return {"class": type(self).__name__, "model": self.model_name_or_path, "revision": self.revision,
+                "fusion": self.fusion, "query_template": c.query_template, "text_template": c.text_template,
+                "max_length": c.max_length}
+
+    def save_adapter(self, path: str | Path) -> None:
+        if self.lora is None:
+            raise CIRConfigError("this backbone has no LoRA adapter to save (`lora` is None)")
+        self.model.save_pretrained(str(path))
