@@ -205,9 +205,11 @@ def test_gallery_embedding_cache_is_written_then_reused_and_refused_when_stale(f
     assert json.loads((cache / "meta.json").read_text())["model"]["weights"] != trained_digest
 
 
-def test_a_clip_dual_encoder_trains_and_evaluates_from_the_command_line(tmp_path):
-    args = ["--config", str(CONF), "--model.backbone", "cir_lightning.backbones.DualEncoderBackbone",
-            "--model.backbone.model_name_or_path", "tiny-clip", "--model.backbone.make_tiny_if_missing", "true",
+@pytest.mark.parametrize(("backbone", "path_arg"), [("DualEncoderBackbone", "model_name_or_path"),
+                                                  ("XGenMMBackbone", "model_path")])
+def test_other_backbone_families_train_and_evaluate_from_the_command_line(tmp_path, backbone, path_arg):
+    args = ["--config", str(CONF), "--model.backbone", f"cir_lightning.backbones.{backbone}",
+            f"--model.backbone.{path_arg}", "tiny", "--model.backbone.make_tiny_if_missing", "true",
             "--model.backbone.lora", '{"r": 4, "alpha": 8}', "--data.init_args.root", "data",
             "--trainer.default_root_dir", "run"]
     run("fit", *args, cwd=tmp_path)
@@ -216,5 +218,5 @@ def test_a_clip_dual_encoder_trains_and_evaluates_from_the_command_line(tmp_path
     assert all(".lora_" in k for k in ckpt["state_dict"])
     run("validate", *args, "--ckpt_path", str(tmp_path / "run" / "checkpoints" / "last.ckpt"), cwd=tmp_path)
     results = json.loads((tmp_path / "run" / "results-validate.json").read_text())
-    assert results["model"]["class"] == "DualEncoderBackbone"
+    assert results["model"]["class"] == backbone
     assert set(results["metrics"][""]) == {f"{m}@{k}" for m in ("Recall", "MRR") for k in (1, 5, 10, 50)}

@@ -7,6 +7,7 @@ from cir_lightning.backbones.lora import LoRA
 from cir_lightning.backbones.prompts import PRESETS, Prompts, PromptTemplates
 from cir_lightning.backbones.tiny import make_tiny_model
 from cir_lightning.backbones.tiny_clip import make_tiny_dual_encoder
+from cir_lightning.backbones.xgenmm import XGenMMBackbone, make_tiny_xgenmm
 
 __all__ = [
     "PRESETS",
@@ -17,6 +18,8 @@ __all__ = [
     "LoRA",
     "PromptTemplates",
     "Prompts",
+    "XGenMMBackbone",
     "make_tiny_dual_encoder",
     "make_tiny_model",
+    "make_tiny_xgenmm",
 ]

@@ -1,0 +1,149 @@
+"""xGen-MM (BLIP-3, FiRE's backbone) as a retrieval backbone, native on transformers 5.
+
+Loads a checkpoint folder strictly (``loading.load_xgenmm``; no remote code), freezes it, adds LoRA on
+the Phi-3 decoder only (peft, targets anchored at ``vlm.lang_model.model``), and embeds by running the
+decoder over the spliced sequence: last hidden states averaged over the appended ``<|end|>`` block (or
+the last token), L2-normalised. The spliced batch is rebuilt from the real tokens of every row and
+left-padded, with positions from its mask, so left- and right-padded inputs give the same embeddings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from cir_lightning.backbones.base import Backbone
+from cir_lightning.backbones.collate import MLLMCollator
+from cir_lightning.backbones.lora import LoRA, lora_target_regex
+from cir_lightning.backbones.pooling import PoolingMethod, pool, position_ids_from_mask
+from cir_lightning.backbones.prompts import Prompts
+from cir_lightning.backbones.xgenmm.loading import load_xgenmm
+from cir_lightning.backbones.xgenmm.processing import XGenMMProcessor
+from cir_lightning.errors import CIRConfigError, CIRModelError
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+_FILES = ["*.json", "*.safetensors", "*.model", "*.txt"]  # config, weights, tokenizer: no remote code
+
+
+def _local_folder(name: str, revision: str | None) -> str:
+    """``name`` if it is a local folder, else the hub snapshot of its weights, config and tokenizer."""
+    if Path(name).exists():
+        return name
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(repo_id=name, revision=revision, allow_patterns=_FILES)
+    except Exception as err:  # offline, unknown repo, bad revision: one clear message
+        offline = " (offline mode is on: HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE") else ""
+        raise CIRModelError(f"`{name}` is not a local folder and cannot be fetched from the hub{offline}: "
+                            f"{type(err).__name__}: {err}. Pass the path of a downloaded checkpoint.") from None
+
+
+class XGenMMBackbone(Backbone):
+    """xGen-MM (``Salesforce/xgen-mm-phi3-mini-instruct-interleave-r-v1.5``) as a query / gallery embedder.
+
+    Args:
+        model_path: local checkpoint folder (config.json, safetensors, tokenizer files), or a hub name
+            (e.g. ``Salesforce/xgen-mm-phi3-mini-instruct-interleave-r-v1.5``) whose weights, config and
+            tokenizer files are downloaded once (never its remote code, which is not needed).
+        prompts: prompt preset and overrides (default: FiRE's templates).
+        pooling: ``"eos_block"`` (mean over the appended EOS tokens, FiRE) or ``"last_token"``.
+        eos_block_size: how many EOS tokens are appended and pooled (FiRE: 5).
+        eos_token: the appended token (FiRE on Phi-3: ``<|end|>``).
+        lora: LoRA settings (default targets: Phi-3's qkv_proj, o_proj, gate_up_proj, down_proj);
+            ``None`` keeps the whole model frozen.
+        dtype: weight dtype.
+        anyres: tile images into anyres crops (the model's setting) or use only the squashed 384 view.
+        make_tiny_if_missing: if ``model_path`` does not exist, build the tiny random checkpoint there.
+        revision: hub revision (branch, tag or commit) when ``model_path`` is a hub name.
+
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> bb = XGenMMBackbone(tempfile.mkdtemp() + "/tiny", make_tiny_if_missing=True, lora=LoRA(r=2, alpha=4))
+        >>> q = bb.encode_query([Image.new("RGB", (60, 30))], ["make it red"])
+        >>> q.shape, round(float(q.norm()), 4)
+        (torch.Size([1, 64]), 1.0)
+    """
+
+    def __init__(
+        self,
+        model_path: str,
+        prompts: Prompts | None = None,
+        pooling: PoolingMethod = "eos_block",
+        eos_block_size: int = 5,
+        eos_token: str | None = "<|end|>",
+        lora: LoRA | None = None,
+        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        anyres: bool = True,
+        make_tiny_if_missing: bool = False,
+        revision: str | None = None,
+    ) -> None:
+        super().__init__()
+        if pooling == "eos_block" and eos_block_size < 1:
+            raise CIRConfigError("`pooling: eos_block` needs `eos_block_size` >= 1")
+        self.model_path = str(model_path)
+        self.pooling, self.eos_block_size, self.dtype_name = pooling, eos_block_size, dtype
+        if make_tiny_if_missing and not Path(model_path).exists():
+            from cir_lightning.backbones.xgenmm.tiny import make_tiny_xgenmm
+
+            rank_zero_warn(f"`{model_path}` does not exist: building a tiny RANDOMLY INITIALISED xGen-MM there "
+                           "(`make_tiny_if_missing: true`, for demos and tests).")
+            make_tiny_xgenmm(model_path)
+        self.revision = revision
+        model_path = _local_folder(model_path, revision)
+        model = load_xgenmm(model_path, _DTYPES[dtype])
+        config = model.xgenmm_config
+        processor = XGenMMProcessor.from_pretrained(model_path, config, anyres)
+        if processor.image_token_id != config.initial_tokenizer_len:
+            raise CIRModelError(f"`<image>` is token {processor.image_token_id} in the tokenizer of `{model_path}`, "
+                                f"but the model reads it from additional row 0 = id {config.initial_tokenizer_len}")
+        self.image_token_id = processor.image_token_id
+        model.requires_grad_(False)
+        model.train()
+        self.lora = lora
+        if lora is not None:
+            from peft import LoraConfig, get_peft_model
+
+            target = lora_target_regex(model, "phi3", lora.target_modules)
+            model = get_peft_model(model, LoraConfig(
+                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target,
+                modules_to_save=lora.modules_to_save, bias="none"))
+        self.model = model
+        self.collator = MLLMCollator(processor, (prompts or Prompts()).resolve(), eos_token, eos_block_size)
+
+    @property
+    def base_model(self) -> Any:
+        """The ``XGenMMModel`` with LoRA layers injected (peft's wrapper removed)."""
+        return self.model.get_base_model() if self.lora is not None else self.model
+
+    def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        model = self.base_model
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        images: list[Tensor] = []
+        if "pixel_values" in inputs:
+            images = model.encode_images(inputs["pixel_values"], inputs["image_num_crops"], inputs["image_sizes"])
+        embeds, mask = model.splice(ids, mask, images, self.image_token_id)
+        out = model.get_decoder()(inputs_embeds=embeds, attention_mask=mask,
+                                  position_ids=position_ids_from_mask(mask), use_cache=False)
+        return F.normalize(pool(out.last_hidden_state, mask, self.pooling, self.eos_block_size).float(), dim=-1)
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"class": type(self).__name__, "model": self.model_path, "revision": self.revision,
+                "dtype": self.dtype_name,
+                "pooling": self.pooling, "eos_block_size": self.eos_block_size,
+                "eos_token": self.collator.eos_token, "prompts": vars(self.collator.prompts)}
+
+    def save_adapter(self, path: str | Path) -> None:
+        if self.lora is None:
+            raise CIRConfigError("this backbone has no LoRA adapter to save (`lora` is None)")
+        self.model.save_pretrained(str(path))
