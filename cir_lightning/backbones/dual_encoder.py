@@ -219,9 +219,10 @@ def _features(out: Any) -> Tensor:
 class DualEncoderBackbone(Backbone):
     """A CLIP / SigLIP dual encoder turned into a composed query / gallery / text embedder.
 
-    Query: ``fusion="sum"`` (default) is ``normalize(normalize(text) + normalize(image))``, the two towers'
-    projected features; ``"sum_raw"`` is ``normalize(text + image)`` of the raw projected features (which is
-    how we read BGE-VL's released ``encode`` for composed inputs; compare both on your checkpoint);
+    Query: ``fusion="sum_raw"`` (default) is ``normalize(text + image)`` of the two towers' raw projected
+    features, as BGE-VL-base / -large compute composed queries (``modeling_MMRet_CLIP.py`` in
+    VectorSpaceLab/MegaPairs: ``get_text_features + get_image_features``, then normalised);
+    ``"sum"`` is ``normalize(normalize(text) + normalize(image))`` (each tower weighted equally);
     ``"image"`` / ``"text"`` use one tower only (ablations). Gallery: ``normalize(image)``; text items:
     ``normalize(text)``.
 
@@ -254,7 +255,7 @@ class DualEncoderBackbone(Backbone):
     def __init__(
         self,
         model_name_or_path: str,
-        fusion: Fusion = "sum",
+        fusion: Fusion = "sum_raw",
         query_template: str = "{modification}",
         text_template: str = "{text}",
         truncation: Truncation = "warn",

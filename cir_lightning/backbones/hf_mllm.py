@@ -34,8 +34,10 @@ class HFMultimodalBackbone(Backbone):
     Args:
         model_name_or_path: hub name (e.g. ``royokong/e5-v``) or local checkpoint folder.
         prompts: prompt preset and overrides (default: FiRE's templates).
-        pooling: ``"eos_block"`` (mean over the appended EOS tokens, FiRE) or ``"last_token"``.
-        eos_block_size: how many EOS tokens are appended and pooled (FiRE: 5).
+        pooling: ``"eos_block"`` (mean over the appended EOS tokens, FiRE) or ``"last_token"``; default:
+            the prompt preset's (``eos_block`` for ``fire``, ``last_token`` for ``e5v``, ``vlm2vec_*``, ...).
+        eos_block_size: how many EOS tokens are appended and pooled (FiRE: 5; 0 appends none); default:
+            the prompt preset's.
         eos_token: the appended token (default: the tokenizer's EOS; FiRE on Phi-3 uses ``<|end|>``).
         lora: LoRA settings; ``None`` keeps the whole model frozen (zero-shot evaluation).
         dtype: weight dtype of the loaded model.
@@ -59,8 +61,8 @@ class HFMultimodalBackbone(Backbone):
         self,
         model_name_or_path: str,
         prompts: Prompts | None = None,
-        pooling: PoolingMethod = "eos_block",
-        eos_block_size: int = 5,
+        pooling: PoolingMethod | None = None,
+        eos_block_size: int | None = None,
         eos_token: str | None = None,
         lora: LoRA | None = None,
         dtype: Literal["float32", "bfloat16", "float16"] = "float32",
@@ -70,6 +72,9 @@ class HFMultimodalBackbone(Backbone):
         make_tiny_if_missing: bool = False,
     ) -> None:
         super().__init__()
+        templates = (prompts or Prompts()).resolve()
+        pooling = templates.pooling if pooling is None else pooling
+        eos_block_size = templates.eos_block_size if eos_block_size is None else eos_block_size
         if pooling == "eos_block" and eos_block_size < 1:
             raise CIRConfigError("`pooling: eos_block` needs `eos_block_size` >= 1")
         self.model_name_or_path = str(model_name_or_path)
@@ -96,7 +101,7 @@ class HFMultimodalBackbone(Backbone):
                 r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target,
                 modules_to_save=lora.modules_to_save, bias="none"))
         self.model = model
-        self.collator = MLLMCollator(processor, (prompts or Prompts()).resolve(), eos_token, eos_block_size)
+        self.collator = MLLMCollator(processor, templates, eos_token, eos_block_size)
 
     def _load(self, dtype: str, attn_implementation: str | None, trust_remote_code: bool) -> tuple[Any, Any]:
         from transformers import AutoModelForImageTextToText, AutoProcessor

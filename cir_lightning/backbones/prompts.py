@@ -10,6 +10,7 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass, replace
 
+from cir_lightning.backbones.pooling import PoolingMethod
 from cir_lightning.errors import CIRConfigError
 
 IMAGE = "<image>"
@@ -23,11 +24,15 @@ class PromptTemplates:
         query: reference image + modification; must contain ``<image>`` and ``{modification}``.
         gallery: a gallery (or target) image; must contain ``<image>``.
         text: a text-only item such as a target caption; must contain ``{text}``.
+        pooling: how the model that uses these prompts pools (the preset's published rule).
+        eos_block_size: EOS tokens the collator appends and ``eos_block`` pooling averages (0: none).
     """
 
     query: str
     gallery: str
     text: str = "{text} ."
+    pooling: PoolingMethod = "eos_block"
+    eos_block_size: int = 5
 
     def check(self) -> PromptTemplates:
         problems = []
@@ -53,6 +58,21 @@ class PromptTemplates:
         return self
 
 
+_LLAMA3 = "<|start_header_id|>user<|end_header_id|>\n\n{}<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n \n"
+_E5V_TEXT = _LLAMA3.format("{text}\nSummary above sentence in one word: ")
+_VLM2VEC_GALLERY = "<image>\nRepresent the given image.\n"
+_BGE_VL_INSTRUCTION = ("Retrieve the target image that best meets the combined criteria by using both the provided "
+                       "image and the image retrieval instructions: ")
+
+
+def _e5v_fashioniq(category: str) -> PromptTemplates:
+    return PromptTemplates(
+        query=_LLAMA3.format(f"<image> change the style of this {category} to {{modification}}\n Desribe this "
+                             f"modified {category} in one word based on its style:"),
+        gallery=_LLAMA3.format(f"<image>\n Describe this {category} in one word based on its style:"),
+        text=_E5V_TEXT, pooling="last_token", eos_block_size=0)
+
+
 PRESETS: dict[str, PromptTemplates] = {
     # FiRE's public release (the paper words the query "... but <modification>, please describe ...").
     "fire": PromptTemplates(
@@ -62,7 +82,34 @@ PRESETS: dict[str, PromptTemplates] = {
     ),
     # Minimal prompts: fewer tokens around the image, for quick experiments with tiny models.
     "short": PromptTemplates(query="<image> {modification}", gallery="<image>", text="{text}"),
+    # E5-V (royokong/e5-v; kongds/E5-V README): Llama-3 chat turn, last token of the whole prompt. The
+    # composed query is the image+text prompt of VLM2Vec's E5-V baseline.
+    "e5v": PromptTemplates(
+        query=_LLAMA3.format("<image>\n{modification}\nSummary above image and text in one word: "),
+        gallery=_LLAMA3.format("<image>\nSummary above image in one word: "),
+        text=_E5V_TEXT, pooling="last_token", eos_block_size=0),
+    # E5-V's own CIRR evaluation (kongds/E5-V retrieval.py; "desribe" is the original's spelling).
+    "e5v_cirr": PromptTemplates(
+        query=_LLAMA3.format('<image>Modify this image with "{modification}", desribe modified image in one word:'),
+        gallery=_LLAMA3.format("<image>\n Describe this image in one word:"),
+        text=_E5V_TEXT, pooling="last_token", eos_block_size=0),
+    # E5-V's FashionIQ evaluation: the category is in the prompt (toptee uses "shirt").
+    "e5v_fashioniq_dress": _e5v_fashioniq("dress"),
+    "e5v_fashioniq_shirt": _e5v_fashioniq("shirt"),
+    # VLM2Vec (MMEB's CIRR / FashionIQ instructions): no chat template, last token, no EOS appended.
+    "vlm2vec_cirr": PromptTemplates(
+        query="<image>\nGiven an image, find a similar everyday image with the described changes: {modification}\n",
+        gallery=_VLM2VEC_GALLERY, text="{text}\n", pooling="last_token", eos_block_size=0),
+    "vlm2vec_fashioniq": PromptTemplates(
+        query="<image>\nFind an image to match the fashion image and style note: {modification}\n",
+        gallery=_VLM2VEC_GALLERY, text="{text}\n", pooling="last_token", eos_block_size=0),
+    # BGE-VL-MLLM (BAAI/BGE-VL-MLLM-S1/S2, LLaVA-NeXT Mistral): the image after the text, last token.
+    "bge_vl": PromptTemplates(
+        query=f"[INST] \n <instruct> {_BGE_VL_INSTRUCTION} <query>  {{modification}} \n <image> [/INST]",
+        gallery="[INST]  <image> [/INST]", text="[INST]  {text} \n [/INST]",
+        pooling="last_token", eos_block_size=0),
 }
+"""Prompt presets by name; each records the pooling its model was trained with (sources in comments)."""
 
 
 @dataclass
@@ -70,7 +117,8 @@ class Prompts:
     """Which prompts a backbone uses: a preset, with any of its templates replaced.
 
     Args:
-        preset: name of a preset in ``PRESETS`` ("fire", "short").
+        preset: name of a preset in ``PRESETS`` ("fire", "short", "e5v", "e5v_cirr", "vlm2vec_cirr",
+            "bge_vl", ...).
         query: replaces the preset's query template.
         gallery: replaces the preset's gallery template.
         text: replaces the preset's text template.
@@ -81,7 +129,7 @@ class Prompts:
         >>> Prompts("nope").resolve()
         Traceback (most recent call last):
         ...
-        cir_lightning.errors.CIRConfigError: unknown prompt preset 'nope'; known: fire, short
+        cir_lightning.errors.CIRConfigError: unknown prompt preset 'nope'; known: fire, short, e5v, ...
     """
 
     preset: str = "fire"

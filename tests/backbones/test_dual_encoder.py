@@ -176,7 +176,7 @@ def test_collator_batches_and_pickles(clip):
     gallery = collator.gallery([{"index": 7, "image": _images(1)[0]}])
     assert gallery["index"].tolist() == [7]
     assert set(gallery["gallery"]) == {"pixel_values"}
-    assert clip.fingerprint()["fusion"] == "sum"
+    assert clip.fingerprint()["fusion"] == "sum_raw"  # BGE-VL's composed query: normalize(text + image)
 
 
 def test_a_cir_module_training_step_reduces_the_loss(clip_dir):

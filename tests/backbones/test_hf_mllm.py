@@ -181,3 +181,18 @@ def test_make_tiny_model_refuses_to_overwrite(tmp_path):
     with pytest.raises(CIRConfigError, match="not empty"):
         make_tiny_model(tmp_path / "m")
     assert (tmp_path / "m" / "keep.txt").read_text() == "mine"
+
+
+def test_presets_carry_their_pooling_and_the_backbone_follows_them(tiny_model_dir):
+    from cir_lightning.backbones.prompts import PRESETS
+
+    assert {n for n, p in PRESETS.items() if p.pooling == "last_token"} >= {"e5v", "e5v_cirr", "vlm2vec_cirr", "bge_vl"}
+    assert (PRESETS["fire"].pooling, PRESETS["fire"].eos_block_size) == ("eos_block", 5)
+    assert 'Modify this image with "{modification}", desribe modified image' in PRESETS["e5v_cirr"].query
+    bb = HFMultimodalBackbone(str(tiny_model_dir), prompts=Prompts("e5v"))
+    assert (bb.pooling, bb.eos_block_size) == ("last_token", 0)
+    inputs = bb.collator.gallery_inputs([Image.new("RGB", (32, 32))])
+    text = bb.collator.tokenizer.decode(inputs["input_ids"][0][inputs["attention_mask"][0].bool()])
+    assert text.endswith("assistant<|end_header_id|>\n\n \n")  # nothing appended after the prompt
+    explicit = HFMultimodalBackbone(str(tiny_model_dir), prompts=Prompts("e5v"), pooling="eos_block", eos_block_size=2)
+    assert (explicit.pooling, explicit.eos_block_size) == ("eos_block", 2)
