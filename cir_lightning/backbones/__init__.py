@@ -2,6 +2,7 @@
 
 from cir_lightning.backbones.base import Backbone
 from cir_lightning.backbones.dual_encoder import DualEncoderBackbone, DualEncoderCollator
+from cir_lightning.backbones.factory import build_backbone, detect_family
 from cir_lightning.backbones.hf_mllm import HFMultimodalBackbone
 from cir_lightning.backbones.lora import LoRA
 from cir_lightning.backbones.prompts import PRESETS, Prompts, PromptTemplates
@@ -19,6 +20,8 @@ __all__ = [
     "PromptTemplates",
     "Prompts",
     "XGenMMBackbone",
+    "build_backbone",
+    "detect_family",
     "make_tiny_dual_encoder",
     "make_tiny_model",
     "make_tiny_xgenmm",
