@@ -18,7 +18,8 @@ from cir_lightning.backbones.prompts import IMAGE, PromptTemplates
 from cir_lightning.errors import CIRModelError
 
 Inputs = dict[str, Tensor]
-_DROP = ("token_type_ids",)
+# PaliGemma's processor adds token_type_ids and labels; the backbone runs plain causal attention
+_DROP = ("token_type_ids", "labels")
 
 
 class MLLMCollator:
@@ -45,6 +46,12 @@ class MLLMCollator:
         if self.eos_id is None or self.eos_id == self.tokenizer.unk_token_id:
             raise CIRModelError(f"`eos_token` {self.eos_token!r} is not a token of the tokenizer")
         self.eos_block_size = eos_block_size
+        self.marker_id = None
+        if prompts.marker is not None:
+            self.marker_id = self.tokenizer.convert_tokens_to_ids(prompts.marker)
+            if self.marker_id is None or self.marker_id == self.tokenizer.unk_token_id:
+                raise CIRModelError(f"the prompts' marker {prompts.marker!r} is not a token of the tokenizer "
+                                    "(LamRA checkpoints add `<emb>`); use a checkpoint that has it or another preset")
 
     def _finish(self, texts: list[str]) -> list[str]:
         return [t.replace(IMAGE, self.image_token) + self.eos_token * self.eos_block_size for t in texts]

@@ -3,7 +3,8 @@
 Loads ``AutoModelForImageTextToText`` + ``AutoProcessor`` from a hub name or a local folder, freezes it,
 adds LoRA on the language model (peft), and embeds by running the multimodal model WITHOUT its LM head:
 last-layer hidden states, pooled over the appended EOS block (or the last token), L2-normalised.
-Positions are computed from the attention mask, so left and right padding give the same embeddings.
+Positions are computed from the attention mask, so left and right padding give the same embeddings;
+models with multimodal RoPE (Qwen2-VL, Qwen2.5-VL) compute their own 3-D positions from the mask.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ class HFMultimodalBackbone(Backbone):
     Args:
         model_name_or_path: hub name (e.g. ``royokong/e5-v``) or local checkpoint folder.
         prompts: prompt preset and overrides (default: FiRE's templates).
-        pooling: ``"eos_block"`` (mean over the appended EOS tokens, FiRE) or ``"last_token"``; default:
-            the prompt preset's (``eos_block`` for ``fire``, ``last_token`` for ``e5v``, ``vlm2vec_*``, ...).
+        pooling: ``"eos_block"`` (mean over the appended EOS tokens, FiRE), ``"last_token"`` or
+            ``"before_marker"`` (the token before the preset's marker, LamRA); default: the prompt preset's
+            (``eos_block`` for ``fire``, ``last_token`` for ``e5v``, ``vlm2vec_*``, ``gme``, ...).
         eos_block_size: how many EOS tokens are appended and pooled (FiRE: 5; 0 appends none); default:
             the prompt preset's.
         eos_token: the appended token (default: the tokenizer's EOS; FiRE on Phi-3 uses ``<|end|>``).
@@ -77,6 +79,8 @@ class HFMultimodalBackbone(Backbone):
         eos_block_size = templates.eos_block_size if eos_block_size is None else eos_block_size
         if pooling == "eos_block" and eos_block_size < 1:
             raise CIRConfigError("`pooling: eos_block` needs `eos_block_size` >= 1")
+        if pooling == "before_marker" and templates.marker is None:
+            raise CIRConfigError("`pooling: before_marker` needs prompts with a `marker` token (e.g. preset `lamra`)")
         self.model_name_or_path = str(model_name_or_path)
         self.revision = revision
         self.pooling = pooling
@@ -102,14 +106,18 @@ class HFMultimodalBackbone(Backbone):
                 modules_to_save=lora.modules_to_save, bias="none"))
         self.model = model
         self.collator = MLLMCollator(processor, templates, eos_token, eos_block_size)
+        # multimodal RoPE: the model derives 3-D positions from input_ids, image_grid_thw and the mask
+        self.mrope = hasattr(getattr(self.base_model, "model", None), "get_rope_index")
 
     def _load(self, dtype: str, attn_implementation: str | None, trust_remote_code: bool) -> tuple[Any, Any]:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText
+
+        from cir_lightning.backbones.tiny_families import load_processor
 
         name = self.model_name_or_path
         kwargs = {"revision": self.revision, "trust_remote_code": trust_remote_code}
         try:
-            processor = AutoProcessor.from_pretrained(name, **kwargs)
+            processor = load_processor(name, **kwargs)
             model = AutoModelForImageTextToText.from_pretrained(
                 name, dtype=_DTYPES[dtype], attn_implementation=attn_implementation, **kwargs)
         except (OSError, ValueError, KeyError) as err:
@@ -132,14 +140,19 @@ class HFMultimodalBackbone(Backbone):
             raise CIRModelError(f"{type(self.base_model).__name__} has no `.model` (multimodal body without "
                                 "the LM head); this family is not supported by HFMultimodalBackbone")
         mask = inputs["attention_mask"]
-        out = body(**inputs, position_ids=position_ids_from_mask(mask), use_cache=False)
-        pooled = pool(out.last_hidden_state, mask, self.pooling, self.eos_block_size)
+        extra = {}
+        if not (self.mrope and "image_grid_thw" in inputs):  # text-only M-RoPE rows take 1-D positions too
+            extra["position_ids"] = position_ids_from_mask(mask)
+        out = body(**inputs, **extra, use_cache=False)
+        pooled = pool(out.last_hidden_state, mask, self.pooling, self.eos_block_size,
+                      input_ids=inputs.get("input_ids"), marker_id=self.collator.marker_id)
         return F.normalize(pooled.float(), dim=-1)
 
     def fingerprint(self) -> dict[str, Any]:
         return {"class": type(self).__name__, "model": self.model_name_or_path, "revision": self.revision,
                 "pooling": self.pooling, "eos_block_size": self.eos_block_size,
-                "prompts": vars(self.collator.prompts)}
+                # no `marker` key unless set: fingerprints (and caches) of marker-less prompts stay as they were
+                "prompts": {k: v for k, v in vars(self.collator.prompts).items() if k != "marker" or v}}
 
     def save_adapter(self, path: str | Path) -> None:
         if self.lora is None:

@@ -26,6 +26,8 @@ class PromptTemplates:
         text: a text-only item such as a target caption; must contain ``{text}``.
         pooling: how the model that uses these prompts pools (the preset's published rule).
         eos_block_size: EOS tokens the collator appends and ``eos_block`` pooling averages (0: none).
+        marker: the token whose predecessor ``before_marker`` pooling reads (LamRA: ``<emb>``); every
+            template must contain it.
     """
 
     query: str
@@ -33,6 +35,7 @@ class PromptTemplates:
     text: str = "{text} ."
     pooling: PoolingMethod = "eos_block"
     eos_block_size: int = 5
+    marker: str | None = None
 
     def check(self) -> PromptTemplates:
         problems = []
@@ -53,6 +56,12 @@ class PromptTemplates:
             problems.append(f"`gallery` needs {IMAGE}: {self.gallery!r}")
         if "{text}" not in self.text:
             problems.append(f"`text` needs {{text}}: {self.text!r}")
+        if self.pooling == "before_marker":
+            if not self.marker:
+                problems.append("`pooling: before_marker` needs a `marker` token")
+            else:
+                problems += [f"`{name}` lacks the marker {self.marker!r} that `before_marker` pooling reads"
+                             for name in allowed if self.marker not in getattr(self, name)]
         if problems:
             raise CIRConfigError("bad prompt template(s): " + "; ".join(problems))
         return self
@@ -63,6 +72,28 @@ _E5V_TEXT = _LLAMA3.format("{text}\nSummary above sentence in one word: ")
 _VLM2VEC_GALLERY = "<image>\nRepresent the given image.\n"
 _BGE_VL_INSTRUCTION = ("Retrieve the target image that best meets the combined criteria by using both the provided "
                        "image and the image retrieval instructions: ")
+
+
+# Qwen2-VL chat format: the processor expands <|image_pad|> (our <image>) but does not add the vision
+# delimiters, so templates write them around it as Qwen2-VL's chat template renders an image item.
+_QWEN_IMAGE = "<|vision_start|><image><|vision_end|>"
+_QWEN_SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+
+
+def _lamra(user: str) -> str:
+    # the user turn, the assistant turn "<emb>." and the generation prompt, as LamRA renders them with
+    # Qwen2-VL's chat template (add_generation_prompt=True)
+    return (f"{_QWEN_SYSTEM}<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n<emb>.<|im_end|>\n"
+            "<|im_start|>assistant\n")
+
+
+def _gme(instruction: str, content: str) -> str:
+    return (f"<|im_start|>system\n{instruction}<|im_end|>\n<|im_start|>user\n{content}<|im_end|>\n"
+            "<|im_start|>assistant\n<|endoftext|>")
+
+
+_GME_DEFAULT = "You are a helpful assistant."
+_GME_CIR = "Retrieve a day-to-day image that aligns with the modification instructions of the provided image."
 
 
 def _e5v_fashioniq(category: str) -> PromptTemplates:
@@ -108,6 +139,22 @@ PRESETS: dict[str, PromptTemplates] = {
         query=f"[INST] \n <instruct> {_BGE_VL_INSTRUCTION} <query>  {{modification}} \n <image> [/INST]",
         gallery="[INST]  <image> [/INST]", text="[INST]  {text} \n [/INST]",
         pooling="last_token", eos_block_size=0),
+    # LamRA (Code-kunkun/LamRA, Qwen2-VL): "summarize in one word" user turns, assistant turn "<emb>.";
+    # the embedding is the hidden state just before the first <emb>. The composed query is LamRA's
+    # zero-shot CIRR / CIRCO text.
+    "lamra": PromptTemplates(
+        query=_lamra(f"{_QWEN_IMAGE}I'm looking for a similar everyday image with the described changes. "
+                     "{modification}\nSummarize above image and sentence in one word: "),
+        gallery=_lamra(f"{_QWEN_IMAGE}\nSummarize above image in one word: "),
+        text=_lamra("{text}\nSummarize above sentence in one word: "),
+        pooling="before_marker", eos_block_size=0, marker="<emb>"),
+    # GME (Alibaba-NLP/gme-Qwen2-VL-2B-Instruct gme_inference.py): instruction as the system turn, image
+    # then text in the user turn, "<|endoftext|>" after the assistant header; last token.
+    "gme": PromptTemplates(
+        query=_gme(_GME_CIR, f"{_QWEN_IMAGE}{{modification}}"),
+        gallery=_gme(_GME_DEFAULT, _QWEN_IMAGE),
+        text=_gme(_GME_DEFAULT, "{text}"),
+        pooling="last_token", eos_block_size=0),
 }
 """Prompt presets by name; each records the pooling its model was trained with (sources in comments)."""
 
@@ -118,7 +165,7 @@ class Prompts:
 
     Args:
         preset: name of a preset in ``PRESETS`` ("fire", "short", "e5v", "e5v_cirr", "vlm2vec_cirr",
-            "bge_vl", ...).
+            "bge_vl", "lamra", "gme", ...).
         query: replaces the preset's query template.
         gallery: replaces the preset's gallery template.
         text: replaces the preset's text template.

@@ -14,8 +14,12 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cir_lightning.errors import CIRConfigError
+
+if TYPE_CHECKING:
+    from cir_lightning.backbones.tiny_families import Family
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
@@ -57,7 +61,8 @@ class TinyModelSpec:
     vocab_size: int = 1024
 
 
-def _train_tokenizer(vocab_size: int):
+def _train_tokenizer(vocab_size: int, image_token: str = "<image>", added: tuple[str, ...] = (),
+                     eos_token: str = "</s>", pad_token: str = "<pad>", **extra: str):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -74,26 +79,30 @@ def _train_tokenizer(vocab_size: int):
     corpus = [w for word in _WORDS for w in (word, " " + word, " " + word.capitalize(), word.capitalize())]
     corpus += [". ? , : ; ! - ' \" ( )"] * 4
     tok.train_from_iterator(corpus * 8, trainer=trainer)
+    # other families' special tokens go after the trained vocabulary, so the default model is unchanged
+    tok.add_special_tokens([t for t in (image_token, *added) if t not in SPECIAL_TOKENS])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         unk_token="<unk>",
         bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
+        eos_token=eos_token,
+        pad_token=pad_token,
+        extra_special_tokens={"image_token": image_token, **{f"{k}": v for k, v in extra.items()}},
         padding_side="left",
     )
 
 
 def make_tiny_model(out_dir: str | Path, seed: int = 0, spec: TinyModelSpec | None = None,
-                    overwrite: bool = False) -> Path:
-    """Build a tiny LLaVA-NeXT-style checkpoint folder at ``out_dir`` and return its path.
+                    overwrite: bool = False, family: Family = "llava_next") -> Path:
+    """Build a tiny checkpoint folder at ``out_dir`` (LLaVA-NeXT-style by default) and return its path.
 
     Args:
         out_dir: folder to write; it must not exist or be empty unless ``overwrite`` is true.
         seed: seed of the random weights.
         spec: model sizes (``TinyModelSpec()`` by default).
         overwrite: replace the files of an existing checkpoint folder.
+        family: model family: ``llava_next`` (the default), ``llava``, ``idefics3``, ``qwen2_vl``,
+            ``qwen2_5_vl`` or ``paligemma`` (see ``cir_lightning.backbones.tiny_families``).
 
     Example:
         >>> import tempfile
@@ -103,6 +112,9 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, spec: TinyModelSpec | No
         'LlavaNextForConditionalGeneration'
         >>> AutoProcessor.from_pretrained(path).tokenizer.padding_side
         'left'
+        >>> path = make_tiny_model(tempfile.mkdtemp() + "/tiny", family="llava")
+        >>> type(AutoModelForImageTextToText.from_pretrained(path)).__name__
+        'LlavaForConditionalGeneration'
     """
     import torch
     from transformers import (
@@ -123,6 +135,15 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, spec: TinyModelSpec | No
         )
     if spec.image_size % spec.patch_size:
         raise CIRConfigError(f"`image_size` {spec.image_size} is not a multiple of `patch_size` {spec.patch_size}")
+
+    if family != "llava_next":
+        from cir_lightning.backbones.tiny_families import BUILDERS
+
+        if family not in BUILDERS:
+            raise CIRConfigError(f"unknown tiny model `family` {family!r}; known: llava_next, {', '.join(BUILDERS)}")
+        torch.manual_seed(seed)
+        model, processor = BUILDERS[family](spec)
+        return _write(out, model.eval(), processor)
 
     tokenizer = _train_tokenizer(spec.vocab_size)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
@@ -173,6 +194,10 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, spec: TinyModelSpec | No
         image_token="<image>",
         num_additional_image_tokens=1,
     )
+    return _write(out, model, processor)
+
+
+def _write(out: Path, model, processor) -> Path:
     if out.exists():  # overwrite=True: replace the files in place
         model.save_pretrained(out)
         processor.save_pretrained(out)
