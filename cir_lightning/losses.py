@@ -11,13 +11,24 @@ For similarities ``s`` (queries x candidates) and a query ``i`` with positive ``
     L_recall@k       = mean_i (1 - mean_{p in P_i} R_ip)
 
 With several positives, each positive counts the other positives as non-negatives.
+
+Cross-rank negatives (``distributed_fire_loss``): under DDP every rank gathers all ranks' target
+embeddings WITH gradient and scores its OWN queries against the whole global batch of targets; two
+triplets whose target keys match are positives of each other, also across ranks. Rank ``r`` with ``B_r``
+of the ``B`` queries returns its local mean scaled by ``R * B_r / B`` (``R`` ranks). The gather's backward
+sums every rank's gradient for each target row and hands each rank the rows it owns; DDP then AVERAGES
+parameter gradients over ranks, so the step equals one process computing the loss on the global batch
+(the mean over ranks of the returned terms is also the global-batch value).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 
@@ -127,3 +138,105 @@ class FireLoss(nn.Module):
             total = total + w * terms[f"loss_recall@{k}"]
         terms["loss"] = total
         return terms
+
+
+# ---------------------------------------------------------------------------- cross-rank negatives
+def key_id(key: str) -> int:
+    """A 63-bit integer identity of a target key, the same in every process (unlike ``hash``).
+
+    Example:
+        >>> key_id("images/b.png") == key_id("images/b.png") != key_id("images/c.png")
+        True
+    """
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little") >> 1
+
+
+def _world(group: Any = None) -> int:
+    return dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
+
+
+def _gather_sizes(n: int, device: torch.device, group: Any = None) -> list[int]:
+    size = torch.tensor([n], dtype=torch.long, device=device)
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(sizes, size, group=group)
+    return [int(s) for s in sizes]
+
+
+def _gather_padded(tensor: Tensor, sizes: list[int], group: Any = None) -> Tensor:
+    """Concatenate every rank's rows (ranks may hold different numbers of rows)."""
+    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded, group=group)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather rows; backward sums every rank's gradient and returns this rank's rows of it."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: Tensor, sizes: list[int], group: Any) -> Tensor:
+        ctx.sizes, ctx.group = sizes, group
+        return _gather_padded(tensor.detach().contiguous(), sizes, group)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        start = sum(ctx.sizes[: dist.get_rank(ctx.group)])
+        return grad[start: start + ctx.sizes[dist.get_rank(ctx.group)]], None, None
+
+
+def all_gather_with_grad(tensor: Tensor, group: Any = None) -> Tensor:
+    """Every rank's rows of ``tensor``, concatenated in rank order, differentiable w.r.t. the local rows.
+
+    Ranks may hold different numbers of rows. In one process (or without ``torch.distributed``) this
+    returns ``tensor`` itself.
+
+    Example:
+        >>> x = torch.ones(2, 3, requires_grad=True)
+        >>> all_gather_with_grad(x) is x
+        True
+    """
+    if _world(group) == 1:
+        return tensor
+    sizes = _gather_sizes(tensor.shape[0], tensor.device, group)
+    return _GatherWithGrad.apply(tensor, sizes, group)
+
+
+def distributed_fire_loss(loss: FireLoss, query: Tensor, target: Tensor, target_keys: Tensor,
+                          cross_rank: bool = True, group: Any = None) -> dict[str, Tensor]:
+    """``loss`` terms for this rank's triplets; with ``cross_rank``, against every rank's targets.
+
+    Args:
+        loss: the loss applied to (queries x candidates).
+        query: this rank's L2-normalised query embeddings (B_r, D).
+        target: this rank's target embeddings (B_r, D), one per query.
+        target_keys: (B_r,) integer identities of the targets (``key_id`` of the target key); two
+            triplets whose keys match are positives of each other, on any rank.
+        cross_rank: gather the targets of all ranks (with gradient) as negatives. Without it, or in one
+            process, each rank uses its own batch only.
+        group: the process group (default: the world).
+
+    Returns:
+        The terms of ``loss``. Under DDP with ``cross_rank`` each is this rank's mean over its queries
+        times ``R * B_r / B``: the mean over ranks is the global-batch value, and DDP's averaging of the
+        gradients of ``"loss"`` gives the gradient of the loss on the global batch.
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> q = F.normalize(torch.randn(4, 8), dim=-1)
+        >>> keys = torch.tensor([7, 8, 7, 9])  # triplets 0 and 2 share their target
+        >>> terms = distributed_fire_loss(FireLoss(), q, q, keys)
+        >>> bool(torch.isclose(terms["loss"], FireLoss()(q, q, keys[:, None] == keys[None, :])["loss"]))
+        True
+    """
+    if not cross_rank or _world(group) == 1:
+        mask = target_keys[:, None] == target_keys[None, :]
+        return loss(query, target, mask if int(mask.sum()) > len(target_keys) else None)
+    sizes = _gather_sizes(query.shape[0], query.device, group)
+    targets = _GatherWithGrad.apply(target.float(), sizes, group)
+    keys = _gather_padded(target_keys.to(torch.long), sizes, group)
+    terms = loss(query, targets, target_keys.to(torch.long)[:, None] == keys[None, :])
+    weight = len(sizes) * query.shape[0] / sum(sizes)
+    return {name: value * weight for name, value in terms.items()}

@@ -1,7 +1,9 @@
 """``CIRModule``: thin Lightning glue around a backbone, FiRE's loss and a retrieval evaluator.
 
 - training: embeds queries and targets, applies ``FireLoss`` (in-batch negatives; two triplets with the
-  same target image are positives of each other), logs every term under ``train/``.
+  same target image are positives of each other), logs every term under ``train/``. Under DDP the
+  targets of all ranks are gathered with gradient (``cross_rank_negatives``), so a step equals one
+  process on the global batch (see ``cir_lightning.losses.distributed_fire_loss``).
 - validation / test: embeds each subset's queries and gallery, then at epoch end searches the gallery
   and logs Recall@K (hit rate) and MRR@K as ``val/Recall@10`` etc. (the search is skipped during
   Lightning's sanity check); a standalone ``validate`` / ``test`` also writes a results JSON and
@@ -28,7 +30,7 @@ from torch import Tensor
 from cir_lightning.backbones.base import Backbone
 from cir_lightning.data.base import CIRDataModule
 from cir_lightning.errors import CIRConfigError, CIRModelError
-from cir_lightning.losses import FireLoss
+from cir_lightning.losses import FireLoss, distributed_fire_loss, key_id
 from cir_lightning.retrieval.evaluator import (
     EvalSubset,
     RetrievalEvaluator,
@@ -73,6 +75,9 @@ class CIRModule(pl.LightningModule):
             instead of embedded, and one not there yet is written after it is embedded. It must be
             visible to every process.
         overwrite_cache: re-embed and replace the caches in ``embedding_cache``.
+        cross_rank_negatives: under DDP, score each query against the targets of ALL ranks (gathered
+            with gradient; duplicate targets across ranks are positives of each other), so training on
+            R devices with batch b equals one device with batch R * b. No effect in one process.
     """
 
     def __init__(
@@ -90,6 +95,7 @@ class CIRModule(pl.LightningModule):
         save_rankings: bool = False,
         embedding_cache: str | None = None,
         overwrite_cache: bool = False,
+        cross_rank_negatives: bool = True,
     ) -> None:
         super().__init__()
         # Only training settings become checkpoint hyperparameters: LightningCLI re-applies those over the
@@ -108,6 +114,8 @@ class CIRModule(pl.LightningModule):
         self.write_results = write_results
         self.save_rankings = save_rankings
         self.cache = GalleryCache(embedding_cache, overwrite_cache) if embedding_cache else None
+        self.cross_rank_negatives = cross_rank_negatives
+        self._warned_keys = False
 
     # ------------------------------------------------------------------ data hookup
     def setup(self, stage: str) -> None:
@@ -140,15 +148,39 @@ class CIRModule(pl.LightningModule):
             target = self.backbone(batch["target_text"])
         else:
             target = self.backbone(batch["target"])
-        group = batch.get("target_group")
-        mask = None
-        if group is not None and len(group.unique()) < len(group):
-            mask = group[:, None] == group[None, :]
-        terms = self.loss(query, target, mask)
+        distributed = self._trainer is not None and self.trainer.world_size > 1
+        cross_rank = self.cross_rank_negatives and distributed
+        keys = self._target_keys(batch, cross_rank).to(query.device)
+        terms = distributed_fire_loss(self.loss, query, target, keys, cross_rank=cross_rank)
         bs = query.shape[0]
-        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=bs)
-        self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"}, batch_size=bs)
+        # with cross-rank negatives a rank's terms are scaled shares: their mean over ranks is the global value
+        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=bs, sync_dist=cross_rank)
+        self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"}, batch_size=bs,
+                      sync_dist=cross_rank)
         return terms["loss"]
+
+    def _target_keys(self, batch: dict[str, Any], cross_rank: bool) -> Tensor:
+        """(B,) integer target identities: equal keys = the same target image, on any rank.
+
+        Taken from ``batch["target_id"]`` when the collator provides it; else from the training dataset's
+        records (``records[index].target``, read by dataset row); else the in-batch groups, which cannot
+        see a target shared across ranks (such pairs then count as negatives; warned once).
+        """
+        if "target_id" in batch:
+            return batch["target_id"].long()
+        index, group = batch["index"].long(), batch.get("target_group")
+        if not cross_rank:  # in-batch identity is all one process needs
+            return index if group is None else index[group.long()]
+        dataset = getattr(getattr(self.trainer, "train_dataloader", None), "dataset", None)
+        records = getattr(dataset, "records", None)
+        if records is not None and len(records) and hasattr(records[0], "target"):
+            return torch.tensor([key_id(str(records[i].target)) for i in index.tolist()], dtype=torch.long)
+        if not self._warned_keys:
+            rank_zero_warn("cross-rank negatives: the batch has no `target_id` and the training dataset no "
+                           "`records[i].target`, so a target shared by triplets on different ranks counts as a "
+                           "negative across ranks; give the collator a global `target_id`")
+            self._warned_keys = True
+        return index if group is None else index[group.long()]
 
     # ------------------------------------------------------------------ evaluation
     def _embed(self, batch: dict[str, Any], key: str) -> Tensor:

@@ -8,7 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cir_lightning.losses import FireLoss, info_nce, recall_surrogate
+from cir_lightning.losses import (
+    FireLoss,
+    all_gather_with_grad,
+    distributed_fire_loss,
+    info_nce,
+    key_id,
+    recall_surrogate,
+)
 
 
 def _sigmoid(x: float) -> float:
@@ -107,3 +114,28 @@ def test_bad_arguments_are_reported():
         info_nce(torch.zeros(2, 3))
     with pytest.raises(ValueError, match="positive in every row"):
         recall_surrogate(torch.zeros(2, 2), 1, positive_mask=torch.zeros(2, 2, dtype=torch.bool))
+
+
+def test_distributed_fire_loss_in_one_process_is_the_plain_loss_with_key_positives():
+    g = torch.Generator().manual_seed(3)
+    q = F.normalize(torch.randn(6, 16, generator=g), dim=-1)
+    t = F.normalize(torch.randn(6, 16, generator=g), dim=-1)
+    unique = torch.arange(6) * 11
+    for cross_rank in (True, False):  # no process group: both are the in-batch loss
+        got = distributed_fire_loss(FireLoss(), q, t, unique, cross_rank=cross_rank)
+        want = FireLoss()(q, t)
+        assert {k: v.item() for k, v in got.items()} == pytest.approx({k: v.item() for k, v in want.items()})
+    keys = torch.tensor([5, 9, 5, 1, 9, 2])
+    got = distributed_fire_loss(FireLoss(), q, t, keys)
+    want = FireLoss()(q, t, keys[:, None] == keys[None, :])
+    assert got["loss"].item() == pytest.approx(want["loss"].item(), rel=1e-6)
+    assert got["loss"].item() != pytest.approx(FireLoss()(q, t)["loss"].item(), rel=1e-3)
+
+
+def test_key_ids_are_stable_non_negative_int64():
+    assert key_id("images/a.png") == key_id("images/a.png")
+    assert key_id("images/a.png") != key_id("images/b.png")
+    assert 0 <= key_id("x") < 2 ** 63
+    assert torch.tensor([key_id("x")]).dtype == torch.long
+    x = torch.ones(3, 2)
+    assert all_gather_with_grad(x) is x

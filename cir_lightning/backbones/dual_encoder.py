@@ -31,6 +31,7 @@ from PIL import Image
 from torch import Tensor
 
 from cir_lightning.backbones.base import Backbone
+from cir_lightning.backbones.collate import target_identity
 from cir_lightning.backbones.lora import LoRA
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRModelError
 
@@ -153,9 +154,7 @@ class DualEncoderCollator:
                                        [s["modification"] for s in samples]),
             "target": self.gallery_inputs([s["target_image"] for s in samples]),
         }
-        keys = [s.get("target_key", i) for i, s in enumerate(samples)]
-        first = {key: i for i, key in reversed(list(enumerate(keys)))}
-        batch["target_group"] = torch.tensor([first[key] for key in keys], dtype=torch.long)
+        batch.update(target_identity(samples))
         captions = [s.get("target_caption") for s in samples]
         if all(c is not None for c in captions):
             batch["target_text"] = self.text_inputs(captions)
