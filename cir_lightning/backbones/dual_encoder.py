@@ -30,7 +30,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch import Tensor
 
-from cir_lightning.backbones.base import Backbone
+from cir_lightning.backbones.base import Backbone, enable_gradient_checkpointing
 from cir_lightning.backbones.collate import target_identity
 from cir_lightning.backbones.lora import LoRA
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRModelError
@@ -241,6 +241,8 @@ class DualEncoderBackbone(Backbone):
         revision: hub revision (branch, tag or commit) to load.
         make_tiny_if_missing: if ``model_name_or_path`` does not exist, build a tiny random CLIP there
             first (demos and tests; see ``cir_lightning.backbones.tiny_clip``).
+        gradient_checkpointing: recompute the towers' activations in backward (saves memory when
+            training; works with LoRA).
 
     Example:
         >>> import tempfile
@@ -264,6 +266,7 @@ class DualEncoderBackbone(Backbone):
         trust_remote_code: bool = False,
         revision: str | None = None,
         make_tiny_if_missing: bool = False,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if "{modification}" not in query_template:
@@ -287,6 +290,8 @@ class DualEncoderBackbone(Backbone):
                                 f"supports {', '.join(sorted(FAMILIES))} checkpoints")
         family = FAMILIES[self.model_type]
         model.requires_grad_(False)
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         model.train()  # from_pretrained returns eval mode; Lightning switches modes from here on
         self.lora = lora
         self.lora_towers = lora_towers

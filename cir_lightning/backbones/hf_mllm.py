@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from cir_lightning.backbones.base import Backbone
+from cir_lightning.backbones.base import Backbone, enable_gradient_checkpointing
 from cir_lightning.backbones.collate import MLLMCollator
 from cir_lightning.backbones.lora import LoRA, lora_target_regex
 from cir_lightning.backbones.pooling import PoolingMethod, pool, position_ids_from_mask
@@ -48,6 +48,8 @@ class HFMultimodalBackbone(Backbone):
         revision: hub revision (branch, tag or commit) to load.
         make_tiny_if_missing: if ``model_name_or_path`` does not exist, build the tiny offline model
             there first (for demos and tests; see ``cir_lightning.backbones.tiny``).
+        gradient_checkpointing: recompute the language model's activations in backward (saves memory
+            when training; works with LoRA).
 
     Example:
         >>> import tempfile
@@ -72,6 +74,7 @@ class HFMultimodalBackbone(Backbone):
         trust_remote_code: bool = False,
         revision: str | None = None,
         make_tiny_if_missing: bool = False,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         templates = (prompts or Prompts()).resolve()
@@ -94,6 +97,8 @@ class HFMultimodalBackbone(Backbone):
             make_tiny_model(model_name_or_path)
         processor, model = self._load(dtype, attn_implementation, trust_remote_code)
         model.requires_grad_(False)
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         model.train()  # from_pretrained returns eval mode; Lightning switches modes from here on
         self.text_model_type = model.config.get_text_config().model_type
         self.lora = lora

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from cir_lightning.backbones.base import Backbone
+from cir_lightning.backbones.base import Backbone, enable_gradient_checkpointing
 from cir_lightning.backbones.collate import MLLMCollator
 from cir_lightning.backbones.lora import LoRA, lora_target_regex
 from cir_lightning.backbones.pooling import PoolingMethod, pool, position_ids_from_mask
@@ -65,6 +65,8 @@ class XGenMMBackbone(Backbone):
         anyres: tile images into anyres crops (the model's setting) or use only the squashed 384 view.
         make_tiny_if_missing: if ``model_path`` does not exist, build the tiny random checkpoint there.
         revision: hub revision (branch, tag or commit) when ``model_path`` is a hub name.
+        gradient_checkpointing: recompute the language model's activations in backward (saves memory
+            when training; works with LoRA).
 
     Example:
         >>> import tempfile
@@ -87,6 +89,7 @@ class XGenMMBackbone(Backbone):
         anyres: bool = True,
         make_tiny_if_missing: bool = False,
         revision: str | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         if pooling == "eos_block" and eos_block_size < 1:
@@ -109,6 +112,8 @@ class XGenMMBackbone(Backbone):
                                 f"but the model reads it from additional row 0 = id {config.initial_tokenizer_len}")
         self.image_token_id = processor.image_token_id
         model.requires_grad_(False)
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(model.get_decoder())
         model.train()
         self.lora = lora
         if lora is not None:
