@@ -164,19 +164,26 @@ def test_checkpoints_load_with_weights_only_unless_asked_otherwise(fitted, monke
 
 
 
-def test_fit_resumes_from_last_checkpoint(tmp_path, tiny_model_dir):
-    args = ["--config", str(CONF), "--model.backbone.init_args.model_name_or_path", str(tiny_model_dir),
-            "--data.init_args.root", str(tmp_path / "data"), "--trainer.default_root_dir", "run",
-            "--trainer.max_steps", "-1", "--trainer.limit_train_batches", "null"]
-    run("fit", *args, "--trainer.max_epochs", "1", cwd=tmp_path)
-    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    first = torch.load(last, weights_only=True)
-    run("fit", *args, "--trainer.max_epochs", "2", "--ckpt_path", str(last), cwd=tmp_path)
-    second = torch.load(last, weights_only=True)
-    assert (first["global_step"], second["global_step"]) == (4, 8)  # continued, not restarted
-    assert second["epoch"] == 1
-    moved = [k for k in first["state_dict"] if not torch.equal(first["state_dict"][k], second["state_dict"][k])]
-    assert moved  # the LoRA weights kept training from where they were
+def test_fit_resumed_from_an_epoch_checkpoint_ends_exactly_like_an_uninterrupted_run(tmp_path, tiny_model_dir):
+    every_epoch = tmp_path / "every_epoch.yaml"
+    every_epoch.write_text(yaml.safe_dump({"trainer": {"callbacks": [{
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"save_last": True, "save_top_k": -1}}]}}))
+    args = ["--config", str(CONF), "--config", str(every_epoch), "--model.backbone.init_args.model_name_or_path",
+            str(tiny_model_dir), "--data.init_args.root", str(tmp_path / "data"), "--trainer.max_epochs", "2",
+            "--trainer.max_steps", "-1", "--trainer.limit_train_batches", "null", "--trainer.limit_val_batches", "0",
+            "--trainer.num_sanity_val_steps", "0"]
+    run("fit", *args, "--trainer.default_root_dir", "straight", cwd=tmp_path)
+    first_epoch = tmp_path / "straight" / "checkpoints" / "epoch=0-step=4.ckpt"
+    run("fit", *args, "--trainer.default_root_dir", "resumed", "--ckpt_path", str(first_epoch), cwd=tmp_path)
+    straight, resumed = (torch.load(tmp_path / d / "checkpoints" / "last.ckpt", weights_only=True)
+                         for d in ("straight", "resumed"))
+    assert (straight["global_step"], resumed["global_step"]) == (8, 8)  # continued, not restarted
+    assert torch.load(first_epoch, weights_only=True)["global_step"] == 4
+    # same optimizer and schedule state, same batches in the same order: bit-identical weights
+    for name, weight in straight["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], weight), name
+    assert resumed["lr_schedulers"] == straight["lr_schedulers"]
 
 
 def test_gallery_embedding_cache_is_written_then_reused_and_refused_when_stale(fitted, tiny_model_dir):

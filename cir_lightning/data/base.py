@@ -18,7 +18,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import lightning.pytorch as pl
-from torch.utils.data import DataLoader, Dataset
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from cir_lightning.data.datasets import CachedGallery, GalleryDataset, QueryDataset, TripletDataset
 from cir_lightning.errors import CIRConfigError
@@ -102,7 +103,17 @@ class CIRDataModule(pl.LightningDataModule):
             raise CIRConfigError(f"{type(self).__name__} has no training data: set its training file "
                                  "(`train_file` for JSONL data)")
         collate = self.collator.triplets if self.collator else _as_list
-        return self._loader(self.train_set, collate, self.batch_size, True)
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            return self._loader(self.train_set, collate, self.batch_size, True)  # Lightning shards and seeds it
+        # One process: an order that depends only on the seed and the epoch (Lightning calls `set_epoch`),
+        # not on the global random state, so `fit --ckpt_path` resumes with exactly the batches it would
+        # have seen (a plain shuffling loader draws from the global generator, which is not checkpointed).
+        sampler = DistributedSampler(self.train_set, num_replicas=1, rank=0, shuffle=True, drop_last=True,
+                                     seed=torch.initial_seed() % 2**31)
+        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
+                          num_workers=self.num_workers, collate_fn=collate, pin_memory=self.pin_memory,
+                          persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders(self.val_sets, "validate")
