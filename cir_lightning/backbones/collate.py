@@ -41,7 +41,59 @@ def target_identity(samples: list[dict[str, Any]]) -> dict[str, Tensor]:
     return out
 
 
-class MLLMCollator:
+class SampleBatches:
+    """Samples -> batches, shared by every collator: ``triplets`` (training), ``queries`` and ``gallery``
+    (evaluation), see ``cir_lightning.data.base.Collator``. A subclass supplies ``query_inputs``,
+    ``gallery_inputs`` and ``text_inputs`` (model inputs from images and texts)."""
+
+    def query_inputs(self, images: Sequence[Image.Image], modifications: Sequence[str]) -> Inputs:
+        raise NotImplementedError
+
+    def gallery_inputs(self, images: Sequence[Image.Image]) -> Inputs:
+        raise NotImplementedError
+
+    def text_inputs(self, texts: Sequence[str]) -> Inputs:
+        raise NotImplementedError
+
+    @staticmethod
+    def _index(samples: list[dict[str, Any]]) -> Tensor:
+        return torch.tensor([s["index"] for s in samples], dtype=torch.long)
+
+    def triplets(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Training batch: queries, targets, ``target_group`` / ``target_id`` (see ``target_identity``)
+        and ``target_text`` when every sample has a ``target_caption``."""
+        batch = {
+            "index": self._index(samples),
+            "query": self.query_inputs([s["reference_image"] for s in samples],
+                                       [s["modification"] for s in samples]),
+            "target": self.gallery_inputs([s["target_image"] for s in samples]),
+        }
+        batch.update(target_identity(samples))
+        captions = [s.get("target_caption") for s in samples]
+        if all(c is not None for c in captions):
+            batch["target_text"] = self.text_inputs(captions)
+        return batch
+
+    def queries(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Query batch; a sample whose ``modification`` is a list of texts becomes one row per text and
+        ``query_groups`` maps each row to its sample (the model averages them)."""
+        images, texts, groups = [], [], []
+        for i, s in enumerate(samples):
+            mods = [s["modification"]] if isinstance(s["modification"], str) else list(s["modification"])
+            images += [s["reference_image"]] * len(mods)
+            texts += mods
+            groups += [i] * len(mods)
+        batch = {"index": self._index(samples), "query": self.query_inputs(images, texts)}
+        if len(texts) != len(samples):
+            batch["query_groups"] = torch.tensor(groups, dtype=torch.long)
+        return batch
+
+    def gallery(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """Gallery batch: ``index`` and the images' inputs."""
+        return {"index": self._index(samples), "gallery": self.gallery_inputs([s["image"] for s in samples])}
+
+
+class MLLMCollator(SampleBatches):
     """Turns images and texts into inputs of a multimodal LLM, and samples into batches.
 
     Args:
@@ -101,38 +153,3 @@ class MLLMCollator:
         """Inputs for text-only items (e.g. target captions)."""
         prompts = [self.prompts.text.format(text=t) + self.eos_token * self.eos_block_size for t in texts]
         return self._check_block(dict(self.tokenizer(prompts, padding=True, return_tensors="pt")))
-
-    # Batches of samples (see cir_lightning.data.base.Collator)
-    @staticmethod
-    def _index(samples: list[dict[str, Any]]) -> Tensor:
-        return torch.tensor([s["index"] for s in samples], dtype=torch.long)
-
-    def triplets(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = {
-            "index": self._index(samples),
-            "query": self.query_inputs([s["reference_image"] for s in samples],
-                                       [s["modification"] for s in samples]),
-            "target": self.gallery_inputs([s["target_image"] for s in samples]),
-        }
-        batch.update(target_identity(samples))
-        captions = [s.get("target_caption") for s in samples]
-        if all(c is not None for c in captions):
-            batch["target_text"] = self.text_inputs(captions)
-        return batch
-
-    def queries(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        """Query batch; a sample whose ``modification`` is a list of texts becomes one row per text and
-        ``query_groups`` maps each row to its sample (the model averages them)."""
-        images, texts, groups = [], [], []
-        for i, s in enumerate(samples):
-            mods = [s["modification"]] if isinstance(s["modification"], str) else list(s["modification"])
-            images += [s["reference_image"]] * len(mods)
-            texts += mods
-            groups += [i] * len(mods)
-        batch = {"index": self._index(samples), "query": self.query_inputs(images, texts)}
-        if len(texts) != len(samples):
-            batch["query_groups"] = torch.tensor(groups, dtype=torch.long)
-        return batch
-
-    def gallery(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"index": self._index(samples), "gallery": self.gallery_inputs([s["image"] for s in samples])}

@@ -31,7 +31,7 @@ from PIL import Image
 from torch import Tensor
 
 from cir_lightning.backbones.base import Backbone, enable_gradient_checkpointing
-from cir_lightning.backbones.collate import target_identity
+from cir_lightning.backbones.collate import SampleBatches
 from cir_lightning.backbones.lora import LoRA
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRModelError
 
@@ -66,7 +66,7 @@ FAMILIES: dict[str, DualEncoderFamily] = {
 _TOWER_PATHS = {"text": "text_model.encoder", "vision": "vision_model.encoder"}
 
 
-class DualEncoderCollator:
+class DualEncoderCollator(SampleBatches):
     """Turns images and texts into dual-encoder inputs, and samples into batches (runs in loader workers).
 
     Holds only the processor (picklable). Query inputs hold ``pixel_values`` and the modification's
@@ -139,44 +139,6 @@ class DualEncoderCollator:
     def text_inputs(self, texts: Sequence[str]) -> Inputs:
         """Inputs for text-only items (e.g. target captions)."""
         return self._tokenize([self.text_template.format(text=t) for t in texts])
-
-    # Batches of samples (the same layout as MLLMCollator's; see cir_lightning.data.base.Collator)
-    @staticmethod
-    def _index(samples: list[dict[str, Any]]) -> Tensor:
-        return torch.tensor([s["index"] for s in samples], dtype=torch.long)
-
-    def triplets(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        """Training batch: queries, targets, ``target_group`` (first row with the same target) and
-        ``target_text`` when every sample has a ``target_caption``."""
-        batch = {
-            "index": self._index(samples),
-            "query": self.query_inputs([s["reference_image"] for s in samples],
-                                       [s["modification"] for s in samples]),
-            "target": self.gallery_inputs([s["target_image"] for s in samples]),
-        }
-        batch.update(target_identity(samples))
-        captions = [s.get("target_caption") for s in samples]
-        if all(c is not None for c in captions):
-            batch["target_text"] = self.text_inputs(captions)
-        return batch
-
-    def queries(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        """Query batch; a sample whose ``modification`` is a list of texts becomes one row per text and
-        ``query_groups`` maps each row to its sample (the model averages them)."""
-        images, texts, groups = [], [], []
-        for i, s in enumerate(samples):
-            mods = [s["modification"]] if isinstance(s["modification"], str) else list(s["modification"])
-            images += [s["reference_image"]] * len(mods)
-            texts += mods
-            groups += [i] * len(mods)
-        batch = {"index": self._index(samples), "query": self.query_inputs(images, texts)}
-        if len(texts) != len(samples):
-            batch["query_groups"] = torch.tensor(groups, dtype=torch.long)
-        return batch
-
-    def gallery(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        """Gallery batch: ``index`` and the images' inputs."""
-        return {"index": self._index(samples), "gallery": self.gallery_inputs([s["image"] for s in samples])}
 
 
 def tower_target_regex(model: torch.nn.Module, towers: Towers, targets: Sequence[str]) -> str:
