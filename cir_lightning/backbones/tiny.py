@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -197,19 +198,31 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, spec: TinyModelSpec | No
     return _write(out, model, processor)
 
 
-def _write(out: Path, model, processor) -> Path:
-    if out.exists():  # overwrite=True: replace the files in place
-        model.save_pretrained(out)
-        processor.save_pretrained(out)
+def save_atomically(out: Path, write: Callable[[Path], None]) -> Path:
+    """Run ``write(folder)`` so that ``out`` appears complete or not at all.
+
+    An existing ``out`` (overwrite requested by the caller) is written in place. Otherwise the files go
+    to a folder beside it that is then renamed, so processes racing to build the same folder (DDP ranks)
+    never see a half-written checkpoint; the one that finishes second drops its copy (for the same seed
+    the contents are identical).
+    """
+    if out.exists():
+        write(out)
         return out
-    # Write beside the target and rename, so that processes racing to build the same folder (DDP ranks)
-    # never see a half-written checkpoint; the weights are identical for the same seed.
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
+    tmp.mkdir(parents=True)
+    write(tmp)
     try:
         tmp.rename(out)
     except OSError:  # another process finished first
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _write(out: Path, model, processor) -> Path:
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+
+    return save_atomically(out, write)

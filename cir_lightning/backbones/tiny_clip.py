@@ -11,12 +11,10 @@ The SigLIP variant reuses that tokenizer (real SigLIP uses a SentencePiece one) 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Literal
 
-from cir_lightning.backbones.tiny import _WORDS
+from cir_lightning.backbones.tiny import _WORDS, _write
 from cir_lightning.errors import CIRConfigError
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -111,17 +109,4 @@ def make_tiny_dual_encoder(out_dir: str | Path, family: Literal["clip", "siglip"
         processor = SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer)
     else:
         raise CIRConfigError(f"`family` must be 'clip' or 'siglip', not {family!r}")
-    if out.exists():  # overwrite=True: replace the files in place
-        model.save_pretrained(out)
-        processor.save_pretrained(out)
-        return out
-    # Write beside the target and rename, so racing processes (DDP ranks) never see a half-written folder.
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    try:
-        tmp.rename(out)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    return _write(out, model, processor)

@@ -9,10 +9,9 @@ three ids, ``<image>``, ``<image placeholder>``, ``<|endofchunk|>`` (the decoupl
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
+from cir_lightning.backbones.tiny import save_atomically
 from cir_lightning.errors import CIRConfigError
 
 _SPECIAL = ["<unk>", "<s>", "<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>", "<pad>"]
@@ -88,17 +87,10 @@ def make_tiny_xgenmm(out_dir: str | Path, seed: int = 0, overwrite: bool = False
     model = XGenMMModel(XGenMMConfig.from_dict(raw))
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     processor = XGenMMProcessor(tokenizer, XGenMMImageProcessor(c, grids))
-    target = out
-    if not out.exists():  # write beside and rename: racing processes never see a half-written folder
-        target = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True, exist_ok=True)
-    (target / "config.json").write_text(json.dumps(raw, indent=2))
-    save_file(state, str(target / "model.safetensors"), metadata={"format": "pt"})
-    processor.save_pretrained(target)
-    if target != out:
-        try:
-            target.rename(out)
-        except OSError:
-            shutil.rmtree(target, ignore_errors=True)
-    return out
+
+    def write(folder: Path) -> None:
+        (folder / "config.json").write_text(json.dumps(raw, indent=2))
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        processor.save_pretrained(folder)
+
+    return save_atomically(out, write)
