@@ -124,19 +124,21 @@ class CIRModule(pl.LightningModule):
             raise CIRConfigError("`embedding_cache` needs a cir_lightning DataModule (one that skips the "
                                  f"cached gallery's images); got {type(datamodule).__name__}")
         if datamodule is not None and hasattr(datamodule, "connect"):
-            datamodule.connect(self.backbone.collator, self._gallery_cached if self.cache else None)
+            datamodule.connect(self.backbone.collator, self._cached_galleries if self.cache else None)
 
-    def _gallery_cached(self, stage: str, subset: int, queries: Any, gallery: Any) -> bool:
-        """Asked by the DataModule when it makes the evaluation loaders (after any checkpoint is loaded)."""
+    def _cached_galleries(self, stage: str, sets: list[tuple[Any, Any]]) -> set[int]:
+        """Asked once by the DataModule when it makes the evaluation loaders (after any checkpoint is
+        loaded): the subsets whose gallery comes from the cache."""
         if self.trainer.state.fn not in (TrainerFn.VALIDATING, TrainerFn.TESTING):
-            return False  # inside fit the weights change every epoch: never cache
+            return set()  # inside fit the weights change every epoch: never cache
         dm = self.trainer.datamodule
         where = {name: getattr(dm, name) for name in _IMAGE_OPTIONS if getattr(dm, name, None) is not None}
         where = {k: Path(v).resolve() if isinstance(v, str | Path) else v for k, v in where.items()}
         dataset = f"{type(dm).__name__}({', '.join(f'{k}={v}' for k, v in where.items())})"
         model = {"fingerprint": self.backbone.fingerprint(), "weights": self.backbone.weights_digest()}
-        return self.cache.lookup(stage, subset, getattr(queries, "name", ""), gallery.ids, dataset=dataset,
-                                 model=model, sharded=self.evaluator.search.sharded)
+        return {s for s, (queries, gallery) in enumerate(sets)
+                if self.cache.lookup(stage, s, getattr(queries, "name", ""), gallery.ids, dataset=dataset,
+                                     model=model, sharded=self.evaluator.search.sharded)}
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -221,30 +223,27 @@ class CIRModule(pl.LightningModule):
             if self.cache is not None:
                 self.cache.save(self.evaluator)
             if self.trainer.is_global_zero:
+                wanted = self.save_rankings or write_predictions is not None
+                ranked = self._ranked_ids(subsets, self.evaluator.rankings) if wanted else {}
                 if self.write_results and results:
-                    self._write_results(folder, stage, results, subsets)
+                    self._write_results(folder, stage, results, subsets, ranked if self.save_rankings else None)
                 if write_predictions is not None:
-                    self._write_predictions(write_predictions, folder, stage, subsets)
+                    within = self._ranked_ids(subsets, self.evaluator.subset_rankings)
+                    for path in write_predictions(folder, stage, ranked, within) or []:
+                        print(f"predictions written to {path}")
         self.evaluator.reset()
 
-    def _write_predictions(self, write: Any, folder: Path, stage: str, subsets: list[EvalSubset]) -> None:
-        ranked = {sub.name: sub.ranked_ids(self.evaluator.rankings[sub.name]) for sub in subsets
-                  if sub.name in self.evaluator.rankings}
-        within = {sub.name: sub.ranked_ids(self.evaluator.subset_rankings[sub.name]) for sub in subsets
-                  if sub.name in self.evaluator.subset_rankings}
-        for path in write(folder, stage, ranked, within) or []:
-            print(f"predictions written to {path}")
+    @staticmethod
+    def _ranked_ids(subsets: list[EvalSubset], rankings: dict[str, Tensor]) -> dict[str, dict[str, list[str]]]:
+        """Subset name -> query id -> its ranked gallery ids, for the subsets that kept rankings."""
+        return {sub.name: sub.ranked_ids(rankings[sub.name]) for sub in subsets if sub.name in rankings}
 
     def _log_folder(self) -> Path:
         # Trainer.log_dir broadcasts from rank zero: call it on every rank, never under `is_global_zero`
         return Path(self.trainer.log_dir or self.trainer.default_root_dir)
 
-    def _write_results(self, folder: Path, stage: str, results: dict[str, float],
-                       subsets: list[EvalSubset]) -> None:
-        rankings = None
-        if self.save_rankings:
-            rankings = {sub.name: sub.ranked_ids(self.evaluator.rankings[sub.name]) for sub in subsets
-                        if sub.name in self.evaluator.rankings}
+    def _write_results(self, folder: Path, stage: str, results: dict[str, float], subsets: list[EvalSubset],
+                       rankings: dict[str, dict[str, list[str]]] | None) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
         evaluation = {"eval_ks": self.evaluator.ks, "search": dataclasses.asdict(self.evaluator.search),
                       "save_rankings": self.save_rankings,

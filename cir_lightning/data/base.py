@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from cir_lightning.data.datasets import CachedGallery, GalleryDataset, QueryDataset, TripletDataset
 from cir_lightning.errors import CIRConfigError
@@ -31,6 +31,10 @@ class Collator(Protocol):
     def triplets(self, samples: list[dict[str, Any]]) -> Any: ...
     def queries(self, samples: list[dict[str, Any]]) -> Any: ...
     def gallery(self, samples: list[dict[str, Any]]) -> Any: ...
+
+
+CachedGalleries = Callable[[str, list[tuple[QueryDataset, GalleryDataset]]], set[int]]
+"""``(stage, sets) -> indices of the subsets whose gallery embeddings the model already has``."""
 
 
 def _as_list(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -60,27 +64,28 @@ class CIRDataModule(pl.LightningDataModule):
         self.max_short_edge = max_short_edge
         self.pin_memory = pin_memory
         self.collator: Collator | None = None
-        self.gallery_cached: Callable[[str, int, QueryDataset, GalleryDataset], bool] | None = None
+        self.cached_galleries: CachedGalleries | None = None
         self.train_set: TripletDataset | None = None
         self.val_sets: list[tuple[QueryDataset, GalleryDataset]] = []
         self.test_sets: list[tuple[QueryDataset, GalleryDataset]] = []
 
-    def connect(self, collator: Collator,
-                gallery_cached: Callable[[str, int, QueryDataset, GalleryDataset], bool] | None = None) -> None:
+    def connect(self, collator: Collator, cached_galleries: CachedGalleries | None = None) -> None:
         """Use ``collator`` (from the model) to turn samples into batches, in the loader workers.
 
-        ``gallery_cached(stage, subset, queries, gallery)``, asked when the evaluation loaders are made,
-        returns True when the model already has that gallery's embeddings (from a cache): its loader
-        then yields nothing, so no gallery image is decoded.
+        ``cached_galleries(stage, sets)``, asked once when the evaluation loaders are made, returns the
+        subsets whose gallery embeddings the model already has (from a cache): their gallery loaders
+        then yield nothing, so no gallery image is decoded.
         """
         self.collator = collator
-        self.gallery_cached = gallery_cached
+        self.cached_galleries = cached_galleries
 
-    def _loader(self, dataset: Dataset, collate: Any, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, collate: Any, batch_size: int, shuffle: bool,
+                sampler: Sampler | None = None) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             drop_last=shuffle,
             num_workers=self.num_workers,
             collate_fn=collate,
@@ -90,9 +95,10 @@ class CIRDataModule(pl.LightningDataModule):
 
     def _eval_loaders(self, sets: list[tuple[QueryDataset, GalleryDataset]], stage: str) -> list[DataLoader]:
         c = self.collator
+        cached = self.cached_galleries(stage, sets) if self.cached_galleries is not None else set()
         loaders = []
         for s, (queries, gallery) in enumerate(sets):
-            if self.gallery_cached is not None and self.gallery_cached(stage, s, queries, gallery):
+            if s in cached:
                 gallery = CachedGallery(gallery)
             loaders.append(self._loader(queries, c.queries if c else _as_list, self.eval_batch_size, False))
             loaders.append(self._loader(gallery, c.gallery if c else _as_list, self.eval_batch_size, False))
@@ -103,17 +109,18 @@ class CIRDataModule(pl.LightningDataModule):
             raise CIRConfigError(f"{type(self).__name__} has no training data: set its training file "
                                  "(`train_file` for JSONL data)")
         collate = self.collator.triplets if self.collator else _as_list
+        return self._loader(self.train_set, collate, self.batch_size, True, self._train_sampler())
+
+    def _train_sampler(self) -> Sampler | None:
+        """In one process, an order that depends only on the seed and the epoch (Lightning calls
+        ``set_epoch``), not on the global random state, so ``fit --ckpt_path`` resumes with exactly the
+        batches it would have seen: a plain shuffling loader draws from the global generator, which is
+        not checkpointed. Under DDP Lightning puts in its own seeded distributed sampler (None here)."""
         trainer = getattr(self, "trainer", None)
         if trainer is not None and trainer.world_size > 1:
-            return self._loader(self.train_set, collate, self.batch_size, True)  # Lightning shards and seeds it
-        # One process: an order that depends only on the seed and the epoch (Lightning calls `set_epoch`),
-        # not on the global random state, so `fit --ckpt_path` resumes with exactly the batches it would
-        # have seen (a plain shuffling loader draws from the global generator, which is not checkpointed).
-        sampler = DistributedSampler(self.train_set, num_replicas=1, rank=0, shuffle=True, drop_last=True,
-                                     seed=torch.initial_seed() % 2**31)
-        return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
-                          num_workers=self.num_workers, collate_fn=collate, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0)
+            return None
+        return DistributedSampler(self.train_set, num_replicas=1, rank=0, shuffle=True, drop_last=True,
+                                  seed=torch.initial_seed() % 2**31)
 
     def val_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders(self.val_sets, "validate")
