@@ -23,6 +23,7 @@ import lightning.pytorch as pl
 from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
+from cir_lightning.errors import CIRError
 from cir_lightning.module import CIRModule
 from cir_lightning.retrieval.results import free_path
 
@@ -115,4 +116,14 @@ def main(args: Sequence[str] | None = None) -> None:
     if argv and argv[0] in TOOLS:
         _tools(argv)
         return
-    CIRLightningCLI(args=None if args is None else argv)
+    try:
+        CIRLightningCLI(args=None if args is None else argv)
+    except CIRError as err:
+        if os.environ.get("CIR_LIGHTNING_TRACEBACK"):
+            raise
+        # a mistake in the user's data or config: its message says what and where; no library traceback
+        message = str(err)  # raised in a DataLoader worker: torch put the worker's traceback in front
+        message = message.rsplit(f"{type(err).__module__}.{type(err).__name__}: ", 1)[-1].strip()
+        print(f"cir-lightning: error: {message}\n(set CIR_LIGHTNING_TRACEBACK=1 to see where it was raised)",
+              file=sys.stderr)
+        sys.exit(2)

@@ -1,4 +1,5 @@
-"""FiRE's stage-2 retrieval loss: InfoNCE + Recall@k surrogates (Patel, Tolias, Matas, CVPR 2022).
+"""FiRE's losses: stage 2's InfoNCE + Recall@k surrogates (Patel, Tolias, Matas, CVPR 2022), and stage
+1's next-token cross-entropy on caption tokens (``caption_loss``).
 
 Plain functions and one ``nn.Module``; nothing here depends on Lightning. All computations are
 vectorised over the batch (the public release looped in Python).
@@ -240,3 +241,25 @@ def distributed_fire_loss(loss: FireLoss, query: Tensor, target: Tensor, target_
     terms = loss(query, targets, target_keys.to(torch.long)[:, None] == keys[None, :])
     weight = len(sizes) * query.shape[0] / sum(sizes)
     return {name: value * weight for name, value in terms.items()}
+
+
+def caption_loss(logits: Tensor, targets: Tensor, group: Any = None) -> Tensor:
+    """FiRE stage 1: next-token cross-entropy, averaged over the caption tokens of the GLOBAL batch.
+
+    ``logits`` (N, vocab) and ``targets`` (N,) are this rank's labelled tokens (``Backbone.caption_logits``).
+    Under ``torch.distributed`` the token count is summed over ranks and the local sum is divided by it and
+    multiplied by the world size: DDP's averaging of gradients then gives exactly the gradient of the
+    mean over all ranks' tokens (ranks whose captions are longer weigh more, as in one process), and the
+    mean over ranks of the returned value is that global mean. In one process: the plain token mean.
+
+    Example:
+        >>> logits, targets = torch.randn(5, 11), torch.tensor([1, 2, 3, 4, 5])
+        >>> bool(torch.isclose(caption_loss(logits, targets), nn.functional.cross_entropy(logits, targets)))
+        True
+    """
+    total = nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
+    count = torch.tensor(float(targets.numel()), device=logits.device)
+    world = _world(group)
+    if world > 1:
+        dist.all_reduce(count, group=group)
+    return total * world / count.clamp(min=1)

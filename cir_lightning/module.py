@@ -1,9 +1,11 @@
-"""``CIRModule``: thin Lightning glue around a backbone, FiRE's loss and a retrieval evaluator.
+"""``CIRModule``: thin Lightning glue around a backbone, FiRE's losses and a retrieval evaluator.
 
-- training: embeds queries and targets, applies ``FireLoss`` (in-batch negatives; two triplets with the
+- training (``objective: retrieval``, FiRE stage 2, the default): embeds queries and targets, applies ``FireLoss`` (in-batch negatives; two triplets with the
   same target image are positives of each other), logs every term under ``train/``. Under DDP the
   targets of all ranks are gathered with gradient (``cross_rank_negatives``), so a step equals one
   process on the global batch (see ``cir_lightning.losses.distributed_fire_loss``).
+- training (``objective: caption``, FiRE stage 1): the backbone generates the target caption from the
+  reference image and the modification; cross-entropy on the caption tokens (``cir_lightning.stage1``).
 - validation / test: embeds each subset's queries and gallery, then at epoch end searches the gallery
   and logs Recall@K (hit rate) and MRR@K as ``val/Recall@10`` etc. (the search is skipped during
   Lightning's sanity check); a standalone ``validate`` / ``test`` also writes a results JSON and
@@ -30,7 +32,7 @@ from torch import Tensor
 from cir_lightning.backbones.base import Backbone
 from cir_lightning.data.base import CIRDataModule
 from cir_lightning.errors import CIRConfigError, CIRModelError
-from cir_lightning.losses import FireLoss, distributed_fire_loss, key_id
+from cir_lightning.losses import FireLoss, caption_loss, distributed_fire_loss, key_id
 from cir_lightning.retrieval.evaluator import (
     EvalSubset,
     RetrievalEvaluator,
@@ -40,6 +42,7 @@ from cir_lightning.retrieval.evaluator import (
 from cir_lightning.retrieval.gallery_cache import GalleryCache
 from cir_lightning.retrieval.index import SearchConfig
 from cir_lightning.retrieval.results import format_table, free_path, write_results
+from cir_lightning.stage1 import FIRE_STAGE1_INSTRUCTION, CaptionBatches
 
 _STAGE_PREFIX = {"validate": "val", "test": "test"}
 # DataModule attributes that decide which gallery images are embedded: part of a gallery cache's identity
@@ -51,7 +54,7 @@ def _default_optimizer(params: Any) -> torch.optim.Optimizer:
 
 
 class CIRModule(pl.LightningModule):
-    """Composed image retrieval with a multimodal backbone, trained with FiRE's stage-2 loss.
+    """Composed image retrieval with a multimodal backbone, trained with FiRE's stage-2 (or stage-1) loss.
 
     Args:
         backbone: the embedding model (e.g. ``HFMultimodalBackbone``).
@@ -78,6 +81,12 @@ class CIRModule(pl.LightningModule):
         cross_rank_negatives: under DDP, score each query against the targets of ALL ranks (gathered
             with gradient; duplicate targets across ranks are positives of each other), so training on
             R devices with batch b equals one device with batch R * b. No effect in one process.
+        objective: ``"retrieval"`` (FiRE stage 2: ``loss`` on query / target embeddings) or
+            ``"caption"`` (FiRE stage 1: generate the target caption; needs ``target_caption`` in the
+            training data and a multimodal LLM backbone). Validation measures retrieval either way.
+        caption_instruction: stage 1's prompt, with ``<image>`` and ``{modification}``; the target caption
+            follows it (default: the paper's).
+        max_caption_tokens: stage 1: cut target captions to this many tokens.
     """
 
     def __init__(
@@ -96,6 +105,9 @@ class CIRModule(pl.LightningModule):
         embedding_cache: str | None = None,
         overwrite_cache: bool = False,
         cross_rank_negatives: bool = True,
+        objective: Literal["retrieval", "caption"] = "retrieval",
+        caption_instruction: str = FIRE_STAGE1_INSTRUCTION,
+        max_caption_tokens: int | None = None,
     ) -> None:
         super().__init__()
         # Only training settings become checkpoint hyperparameters: LightningCLI re-applies those over the
@@ -115,6 +127,10 @@ class CIRModule(pl.LightningModule):
         self.save_rankings = save_rankings
         self.cache = GalleryCache(embedding_cache, overwrite_cache) if embedding_cache else None
         self.cross_rank_negatives = cross_rank_negatives
+        self.objective = objective
+        self.caption_batches = None
+        if objective == "caption":  # the backbone's collator must build generative batches (LLMs do)
+            self.caption_batches = CaptionBatches(backbone.collator, caption_instruction, max_caption_tokens)
         self._warned_keys = False
 
     # ------------------------------------------------------------------ data hookup
@@ -123,8 +139,12 @@ class CIRModule(pl.LightningModule):
         if self.cache is not None and not isinstance(datamodule, CIRDataModule):
             raise CIRConfigError("`embedding_cache` needs a cir_lightning DataModule (one that skips the "
                                  f"cached gallery's images); got {type(datamodule).__name__}")
+        if self.objective == "caption" and stage == "fit" and getattr(datamodule, "with_captions", None) is False:
+            raise CIRConfigError("`objective: caption` (FiRE stage 1) trains on target captions: set "
+                                 "`data.init_args.with_captions: true` (every training line needs a `target_caption`)")
         if datamodule is not None and hasattr(datamodule, "connect"):
-            datamodule.connect(self.backbone.collator, self._cached_galleries if self.cache else None)
+            collator = self.caption_batches or self.backbone.collator
+            datamodule.connect(collator, self._cached_galleries if self.cache else None)
 
     def _cached_galleries(self, stage: str, sets: list[tuple[Any, Any]]) -> set[int]:
         """Asked once by the DataModule when it makes the evaluation loaders (after any checkpoint is
@@ -142,6 +162,8 @@ class CIRModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        if self.objective == "caption":
+            return self._caption_step(batch)
         query = self.backbone(batch["query"])
         if self.target_side == "caption":
             if "target_text" not in batch:
@@ -160,6 +182,17 @@ class CIRModule(pl.LightningModule):
         self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"}, batch_size=bs,
                       sync_dist=cross_rank)
         return terms["loss"]
+
+    def _caption_step(self, batch: dict[str, Any]) -> Tensor:
+        if "caption_labels" not in batch:
+            raise CIRConfigError("`objective: caption` got a batch without `caption_labels`: the DataModule must "
+                                 "be connected to the module's collator (a cir_lightning DataModule is)")
+        logits, targets = self.backbone.caption_logits(batch["caption"], batch["caption_labels"])
+        loss = caption_loss(logits, targets)  # under DDP: the global token mean, see caption_loss
+        distributed = self._trainer is not None and self.trainer.world_size > 1
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["index"]), sync_dist=distributed)
+        self.log("train/caption_tokens", float(targets.numel()), batch_size=len(batch["index"]), reduce_fx="sum")
+        return loss
 
     def _target_keys(self, batch: dict[str, Any], cross_rank: bool) -> Tensor:
         """(B,) integer target identities: equal keys = the same target image, on any rank.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -134,8 +135,10 @@ def test_bad_data_fails_with_the_file_and_line(tmp_path, tiny_model_dir, synthet
     proc = run("fit", "--config", str(CONF), "--model.backbone.init_args.model_name_or_path", str(tiny_model_dir),
                "--data", "cir_lightning.data.JsonlCIRDataModule", "--data.root", str(root),
                "--trainer.default_root_dir", "run", cwd=tmp_path, check=False)
-    assert proc.returncode != 0
-    assert f"{root / 'train.jsonl'}:5: `reference_image` '../../etc/passwd' points outside the image root" in proc.stderr
+    assert proc.returncode == 2
+    assert f"cir-lightning: error: {root / 'train.jsonl'}:5: `reference_image` '../../etc/passwd' points outside " \
+           "the image root" in proc.stderr
+    assert "Traceback" not in proc.stderr  # the user's mistake, said plainly
 
 
 def test_checkpoints_load_with_weights_only_unless_asked_otherwise(fitted, monkeypatch):
@@ -227,3 +230,27 @@ def test_other_backbone_families_train_and_evaluate_from_the_command_line(tmp_pa
     results = json.loads((tmp_path / "run" / "results-validate.json").read_text())
     assert results["model"]["class"] == backbone
     assert set(results["metrics"][""]) == {f"{m}@{k}" for m in ("Recall", "MRR") for k in (1, 5, 10, 50)}
+
+
+def test_fire_stage_one_trains_captions_and_stage_two_starts_from_its_adapter(tmp_path, tiny_model_dir):
+    common = ["--config", str(CONF), "--model.backbone.init_args.model_name_or_path", str(tiny_model_dir),
+              "--data.init_args.root", str(tmp_path / "data"), "--data.init_args.with_captions", "true"]
+    run("fit", *common, "--model.objective", "caption", "--model.optimizer.init_args.lr", "0.01",
+        "--trainer.default_root_dir", "stage1", "--trainer.logger", "CSVLogger",
+        "--trainer.logger.save_dir", "stage1", "--trainer.log_every_n_steps", "1",
+        "--trainer.num_sanity_val_steps", "0", cwd=tmp_path)
+    (metrics,) = (tmp_path / "stage1").glob("**/metrics.csv")
+    with metrics.open() as f:
+        rows = list(csv.DictReader(f))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) == 4
+    assert losses[-1] < losses[0]
+    final = next(r for r in reversed(rows) if r.get("val/Recall@1"))  # retrieval is still validated
+    (adapter,) = (tmp_path / "stage1").glob("**/adapter")
+    # stage 2 starts from the stage-1 adapter: evaluating it untrained gives stage 1's final metrics
+    out = run("validate", *common, "--model.backbone.init_args.lora.init_adapter", str(adapter),
+              "--trainer.default_root_dir", "stage2", cwd=tmp_path)
+    results = json.loads((tmp_path / "stage2" / "results-validate.json").read_text())["metrics"]
+    assert set(results[""]) == {k.removeprefix("val/") for k in final if k.startswith("val/")}
+    for name, value in results[""].items():
+        assert value == pytest.approx(float(final[f"val/{name}"]), abs=1e-6), (name, out.stdout)

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from cir_lightning.losses import FireLoss, distributed_fire_loss
+from cir_lightning.losses import FireLoss, caption_loss, distributed_fire_loss
 from tests.test_cli import CONF, run
 
 # 8 triplets; targets 2 and 0 appear on both ranks (rows 2/4 and 0/7), target 3 twice on rank 0 (5/3 split)
@@ -69,9 +69,28 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             dist.all_reduce(values)
             results[split, cross_rank] = {"terms": dict(zip(sorted(terms), (values / world).tolist(), strict=True)),
                                           "grads": _grads(model.module)}
+    # stage 1: rank 0 holds 3 caption tokens, rank 1 holds 7
+    hidden, tokens = _caption_tokens()
+    rows = slice(0, 3) if rank == 0 else slice(3, None)
+    head = nn.parallel.DistributedDataParallel(_head())
+    loss = caption_loss(head(hidden[rows]), tokens[rows])
+    loss.backward()
+    value = loss.detach().clone()
+    dist.all_reduce(value)
+    results["caption"] = {"loss": (value / world).item(), "grads": _grads(head.module)}
     if rank == 0:
         torch.save(results, out)
     dist.destroy_process_group()
+
+
+def _head() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Linear(6, 11)
+
+
+def _caption_tokens() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(2)
+    return torch.randn(10, 6, generator=g), torch.randint(0, 11, (10,), generator=g)
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +119,21 @@ def test_two_ranks_with_cross_rank_negatives_equal_one_process_on_the_global_bat
     for name, grad in want_grads.items():
         assert grad.abs().max() > 1e-3  # the comparison is not vacuous
         torch.testing.assert_close(got["grads"][name], grad, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.ddp
+def test_stage_one_caption_loss_on_two_ranks_is_the_token_mean_of_the_global_batch(ddp_results):
+    head = _head()
+    hidden, tokens = _caption_tokens()
+    want = F.cross_entropy(head(hidden), tokens)  # one process, all 10 tokens
+    want.backward()
+    got = ddp_results["caption"]
+    assert got["loss"] == pytest.approx(want.item(), rel=1e-6)
+    for name, grad in _grads(head).items():
+        torch.testing.assert_close(got["grads"][name], grad, rtol=1e-5, atol=1e-6, msg=name)
+    # the naive per-rank mean (3 and 7 tokens weighted alike) would differ
+    naive = (F.cross_entropy(head(hidden[:3]), tokens[:3]) + F.cross_entropy(head(hidden[3:]), tokens[3:])) / 2
+    assert abs(naive.item() - want.item()) > 1e-3
 
 
 @pytest.mark.ddp
@@ -157,4 +191,27 @@ def test_fire_stage2_config_parses_with_the_papers_settings(tmp_path):
     assert data["init_args"]["batch_size"] * printed["trainer"]["devices"] == 16
     assert printed["trainer"]["max_epochs"] == 2
     assert printed["seed_everything"] == 42
+    assert not (tmp_path / "not-downloaded").exists()
+
+
+def test_fire_stage1_config_parses_and_matches_stage2s_adapter(tmp_path):
+    import yaml
+
+    configs = Path(__file__).parents[1] / "configs"
+    printed = {}
+    for stage in ("stage1", "stage2"):
+        out = run("fit", "--config", str(configs / f"fire_{stage}.yaml"), "--model.backbone.init_args.model_path",
+                  "not-downloaded", "--print_config", cwd=tmp_path).stdout
+        printed[stage] = yaml.safe_load(out)
+    model, data = printed["stage1"]["model"], printed["stage1"]["data"]
+    assert model["objective"] == "caption"
+    assert data["init_args"]["with_captions"] is True
+    assert model["caption_instruction"] == "<image> but modified with {modification}. Please describe the new image."
+    assert model["optimizer"]["init_args"]["lr"] == pytest.approx(1e-4)
+    assert printed["stage1"]["trainer"]["max_epochs"] == 1
+    # stage 2 loads stage 1's adapter: the same backbone, prompts and LoRA settings
+    backbones = [printed[stage]["model"]["backbone"] for stage in ("stage1", "stage2")]
+    assert backbones[1]["init_args"]["lora"].pop("init_adapter") is None
+    backbones[0]["init_args"]["lora"].pop("init_adapter")
+    assert backbones[0] == backbones[1]
     assert not (tmp_path / "not-downloaded").exists()

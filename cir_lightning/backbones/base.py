@@ -35,6 +35,15 @@ class Backbone(nn.Module):
         """Write the trained weights in the format users share (peft's for LoRA)."""
         raise NotImplementedError
 
+    def caption_logits(self, inputs: Mapping[str, Tensor], labels: Tensor) -> tuple[Tensor, Tensor]:
+        """Next-token logits at the labelled positions of a generative batch (FiRE stage 1) and the
+        tokens they must predict: ``(N, vocab)`` float32 and ``(N,)``, N = labelled tokens. Only
+        backbones with a language-model head implement it."""
+        from cir_lightning.errors import CIRConfigError
+
+        raise CIRConfigError(f"{type(self).__name__} has no language-model head, so it cannot be trained to "
+                             "generate captions (`objective: caption`, FiRE stage 1); use a multimodal LLM backbone")
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
@@ -84,3 +93,19 @@ def enable_gradient_checkpointing(model: Any) -> None:
         from cir_lightning.errors import CIRConfigError
 
         raise CIRConfigError(f"{type(model).__name__} does not support gradient checkpointing")
+
+
+def next_token_logits(hidden: Tensor, labels: Tensor, head: nn.Module) -> tuple[Tensor, Tensor]:
+    """The head's logits where a token is predicted, and those tokens: position t predicts label t+1.
+
+    Only the labelled positions go through ``head``, never the whole (batch, length, vocab) tensor.
+
+    Example:
+        >>> hidden, head = torch.randn(1, 4, 3), nn.Linear(3, 10)
+        >>> logits, targets = next_token_logits(hidden, torch.tensor([[-100, -100, 7, 2]]), head)
+        >>> logits.shape, targets.tolist(), torch.allclose(logits[0], head(hidden[0, 1]))
+        (torch.Size([2, 10]), [7, 2], True)
+    """
+    targets = labels[:, 1:]
+    keep = targets != -100
+    return head(hidden[:, :-1][keep]).float(), targets[keep]

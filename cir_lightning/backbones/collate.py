@@ -153,3 +153,35 @@ class MLLMCollator(SampleBatches):
         """Inputs for text-only items (e.g. target captions)."""
         prompts = [self.prompts.text.format(text=t) + self.eos_token * self.eos_block_size for t in texts]
         return self._check_block(dict(self.tokenizer(prompts, padding=True, return_tensors="pt")))
+
+    def caption_inputs(self, images: Sequence[Image.Image], prompts: Sequence[str], captions: Sequence[str],
+                       max_caption_tokens: int | None = None) -> tuple[Inputs, Tensor]:
+        """Inputs for generative training (FiRE stage 1) and their ``labels``.
+
+        Each row is ``prompt`` (with its image) followed by the caption's tokens and the EOS token,
+        left-padded; ``labels`` hold the caption and EOS ids at their positions and -100 everywhere else
+        (prompt, image and padding), so only the caption is learned.
+        """
+        texts = [p.replace(IMAGE, self.image_token) for p in prompts]
+        encoded = self.processor(images=list(images), text=texts, padding=True, return_tensors="pt")
+        inputs = {k: v for k, v in encoded.items() if k not in _DROP}
+        ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
+        tails = [self.tokenizer(c, add_special_tokens=False)["input_ids"][:max_caption_tokens] + [self.eos_id]
+                 for c in captions]
+        lengths = [int(m.sum()) + len(t) for m, t in zip(mask, tails, strict=True)]
+        width, rows = max(lengths), len(tails)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        labels = torch.full((rows, width), -100, dtype=torch.long)
+        # every per-token tensor (ids, mask, Qwen's mm_token_type_ids) is re-packed: real tokens, then the
+        # caption (ids: its tokens; mask: 1; others: 0, "text"), left-padded to the new width
+        per_token = {k: v for k, v in inputs.items() if isinstance(v, Tensor) and v.shape == ids.shape}
+        for key, value in per_token.items():
+            fill = pad if key == "input_ids" else 0
+            out = torch.full((rows, width), fill, dtype=value.dtype)
+            for i, tail in enumerate(tails):
+                extra = torch.tensor(tail) if key == "input_ids" else torch.full((len(tail),), int(key == "attention_mask"))
+                out[i, width - lengths[i]:] = torch.cat([value[i][mask[i]], extra.to(value.dtype)])
+            inputs[key] = out
+        for i, tail in enumerate(tails):
+            labels[i, width - len(tail):] = torch.tensor(tail)
+        return inputs, labels

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from cir_lightning.backbones.base import Backbone, enable_gradient_checkpointing
 from cir_lightning.backbones.collate import SampleBatches
-from cir_lightning.backbones.lora import LoRA
+from cir_lightning.backbones.lora import LoRA, add_lora
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRModelError
 
 Inputs = dict[str, Tensor]
@@ -258,13 +258,8 @@ class DualEncoderBackbone(Backbone):
         self.lora = lora
         self.lora_towers = lora_towers
         if lora is not None:
-            from peft import LoraConfig, get_peft_model
-
             targets = lora.target_modules or list(family.lora_targets)
-            model = get_peft_model(model, LoraConfig(
-                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                target_modules=tower_target_regex(model, lora_towers, targets),
-                modules_to_save=lora.modules_to_save, bias="none"))
+            model = add_lora(model, lora, tower_target_regex(model, lora_towers, targets))
         self.model = model
         text_config = self.base_model.config.text_config
         max_length = min(text_config.max_position_embeddings,

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from cir_lightning.backbones.base import Backbone, enable_gradient_checkpointing
+from cir_lightning.backbones.base import Backbone, enable_gradient_checkpointing, next_token_logits
 from cir_lightning.backbones.collate import MLLMCollator
-from cir_lightning.backbones.lora import LoRA, lora_target_regex
+from cir_lightning.backbones.lora import LoRA, add_lora, lora_target_regex
 from cir_lightning.backbones.pooling import PoolingMethod, pool, position_ids_from_mask
 from cir_lightning.backbones.prompts import Prompts
 from cir_lightning.errors import CIRConfigError, CIRModelError
@@ -103,12 +103,8 @@ class HFMultimodalBackbone(Backbone):
         self.text_model_type = model.config.get_text_config().model_type
         self.lora = lora
         if lora is not None:
-            from peft import LoraConfig, get_peft_model
-
             target = lora_target_regex(model, self.text_model_type, lora.target_modules)
-            model = get_peft_model(model, LoraConfig(
-                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target,
-                modules_to_save=lora.modules_to_save, bias="none"))
+            model = add_lora(model, lora, target)
         self.model = model
         self.collator = MLLMCollator(processor, templates, eos_token, eos_block_size)
         # multimodal RoPE: the model derives 3-D positions from input_ids, image_grid_thw and the mask
@@ -139,19 +135,24 @@ class HFMultimodalBackbone(Backbone):
         """The transformers model with LoRA layers injected (peft's wrapper removed)."""
         return self.model.get_base_model() if self.lora is not None else self.model
 
-    def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
+    def _hidden(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        """Last-layer hidden states of the multimodal body (the LM head is not run)."""
         body = getattr(self.base_model, "model", None)
         if body is None:
             raise CIRModelError(f"{type(self.base_model).__name__} has no `.model` (multimodal body without "
                                 "the LM head); this family is not supported by HFMultimodalBackbone")
-        mask = inputs["attention_mask"]
         extra = {}
         if not (self.mrope and "image_grid_thw" in inputs):  # text-only M-RoPE rows take 1-D positions too
-            extra["position_ids"] = position_ids_from_mask(mask)
-        out = body(**inputs, **extra, use_cache=False)
-        pooled = pool(out.last_hidden_state, mask, self.pooling, self.eos_block_size,
+            extra["position_ids"] = position_ids_from_mask(inputs["attention_mask"])
+        return body(**inputs, **extra, use_cache=False).last_hidden_state
+
+    def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        pooled = pool(self._hidden(inputs), inputs["attention_mask"], self.pooling, self.eos_block_size,
                       input_ids=inputs.get("input_ids"), marker_id=self.collator.marker_id)
         return F.normalize(pooled.float(), dim=-1)
+
+    def caption_logits(self, inputs: Mapping[str, Tensor], labels: Tensor) -> tuple[Tensor, Tensor]:
+        return next_token_logits(self._hidden(inputs), labels, self.base_model.get_output_embeddings())
 
     def fingerprint(self) -> dict[str, Any]:
         return {"class": type(self).__name__, "model": self.model_name_or_path, "revision": self.revision,

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from cir_lightning.errors import CIRConfigError
 
@@ -39,6 +41,9 @@ class LoRA:
             model type (see ``DEFAULT_TARGETS``).
         modules_to_save: modules (paths or names, as peft takes them) trained fully beside LoRA, e.g.
             ``["multi_modal_projector"]``.
+        init_adapter: start from these adapter weights instead of peft's initialisation (LoRA B = 0): a
+            peft adapter folder (what ``fit`` exports to ``<log_dir>/adapter``, e.g. FiRE stage 1's) or a
+            cir_lightning ``.ckpt``. Its settings must match these (rank, alpha, targets, saved modules).
     """
 
     r: int = 64
@@ -46,6 +51,7 @@ class LoRA:
     dropout: float = 0.1
     target_modules: list[str] | None = None
     modules_to_save: list[str] | None = field(default=None)
+    init_adapter: str | None = None
 
 
 def decoder_path(model: nn.Module) -> str:
@@ -93,3 +99,80 @@ def lora_target_regex(model: nn.Module, text_model_type: str, targets: list[str]
             f"({text_model_type}); its linear layers are named: {', '.join(sorted(leaf_names))}")
     names = "|".join(re.escape(t) for t in targets)
     return rf"^{re.escape(prefix)}\.(?:.*\.)?(?:{names})$"
+
+
+def add_lora(model: nn.Module, lora: LoRA, target_modules: str | list[str]) -> nn.Module:
+    """``model`` wrapped by peft with LoRA on ``target_modules`` (a regex or names), its weights taken
+    from ``lora.init_adapter`` when set."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(model, LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target_modules,
+        modules_to_save=lora.modules_to_save, bias="none"))
+    if lora.init_adapter:
+        load_adapter_weights(model, lora.init_adapter)
+    return model
+
+
+def _adapter_file(folder: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    import json
+
+    from peft.utils import load_peft_weights
+
+    config_file = folder / "adapter_config.json"
+    if not config_file.is_file():
+        raise CIRConfigError(f"`init_adapter` {folder} is neither a peft adapter folder (no adapter_config.json) "
+                             "nor a .ckpt file")
+    return json.loads(config_file.read_text()), load_peft_weights(str(folder), device="cpu")
+
+
+def load_adapter_weights(model: nn.Module, path: str | Path) -> None:
+    """Copy the adapter weights saved at ``path`` into the peft ``model`` (strict).
+
+    ``path`` is a peft adapter folder or a cir_lightning Lightning checkpoint (``.ckpt``, loaded with
+    ``weights_only=True``). Every adapter weight of ``model`` must be in the file with its shape, and
+    nothing else: a different rank, target list or ``modules_to_save`` is an error naming the weights.
+    """
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+    path = Path(path)
+    if not path.exists():
+        raise CIRConfigError(f"`init_adapter` {path} does not exist")
+    if path.is_file():  # a cir_lightning checkpoint: the module's trainable weights, named `backbone.model.*`
+        import torch
+
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        except Exception as err:
+            raise CIRConfigError(f"`init_adapter` {path} cannot be read as a cir_lightning checkpoint: "
+                                 f"{type(err).__name__}: {err}") from None
+        own = {name: p for name, p in model.named_parameters() if p.requires_grad}
+        weights = {k.removeprefix("backbone.model."): v for k, v in state.items()}
+        _check_same(path, {k: tuple(p.shape) for k, p in own.items()}, {k: tuple(v.shape) for k, v in weights.items()})
+        with torch.no_grad():
+            for name, p in own.items():
+                p.copy_(weights[name])
+        return
+    config, weights = _adapter_file(path)
+    ours = model.peft_config["default"]
+    settings = {"r": ours.r, "lora_alpha": ours.lora_alpha}
+    changed = [f"{k}: {config.get(k)} in the adapter, {v} here" for k, v in settings.items() if config.get(k) != v]
+    if changed:
+        raise CIRConfigError(f"`init_adapter` {path} was trained with other LoRA settings ({'; '.join(changed)}); "
+                             "set the same `lora` values")
+    expected = get_peft_model_state_dict(model)
+    _check_same(path, {k: tuple(v.shape) for k, v in expected.items()},
+                {k: tuple(v.shape) for k, v in weights.items()})
+    set_peft_model_state_dict(model, weights)
+
+
+def _check_same(path: Path, expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> None:
+    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    shape = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+    if missing or extra or shape:
+        detail = f"; {len(shape)} of another shape (first: {shape[0]}: {found[shape[0]]} in the file, " \
+                 f"{expected[shape[0]]} here)" if shape else ""
+        raise CIRConfigError(
+            f"`init_adapter` {path} does not fit this model's adapter (other targets, modules_to_save or base "
+            f"model?): {len(missing)} weights missing (first: {missing[:2]}), {len(extra)} unexpected (first: "
+            f"{extra[:2]}){detail}")

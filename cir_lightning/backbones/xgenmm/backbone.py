@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from cir_lightning.backbones.base import Backbone, enable_gradient_checkpointing
+from cir_lightning.backbones.base import Backbone, enable_gradient_checkpointing, next_token_logits
 from cir_lightning.backbones.collate import MLLMCollator
-from cir_lightning.backbones.lora import LoRA, lora_target_regex
+from cir_lightning.backbones.lora import LoRA, add_lora, lora_target_regex
 from cir_lightning.backbones.pooling import PoolingMethod, pool, position_ids_from_mask
 from cir_lightning.backbones.prompts import Prompts
 from cir_lightning.backbones.xgenmm.loading import load_xgenmm
@@ -117,12 +117,8 @@ class XGenMMBackbone(Backbone):
         model.train()
         self.lora = lora
         if lora is not None:
-            from peft import LoraConfig, get_peft_model
-
             target = lora_target_regex(model, "phi3", lora.target_modules)
-            model = get_peft_model(model, LoraConfig(
-                r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target,
-                modules_to_save=lora.modules_to_save, bias="none"))
+            model = add_lora(model, lora, target)
         self.model = model
         self.collator = MLLMCollator(processor, (prompts or Prompts()).resolve(), eos_token, eos_block_size)
 
@@ -131,7 +127,8 @@ class XGenMMBackbone(Backbone):
         """The ``XGenMMModel`` with LoRA layers injected (peft's wrapper removed)."""
         return self.model.get_base_model() if self.lora is not None else self.model
 
-    def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
+    def _hidden(self, inputs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Decoder hidden states over the spliced, left-padded sequence, and its mask."""
         model = self.base_model
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
         images: list[Tensor] = []
@@ -140,7 +137,20 @@ class XGenMMBackbone(Backbone):
         embeds, mask = model.splice(ids, mask, images, self.image_token_id)
         out = model.get_decoder()(inputs_embeds=embeds, attention_mask=mask,
                                   position_ids=position_ids_from_mask(mask), use_cache=False)
-        return F.normalize(pool(out.last_hidden_state, mask, self.pooling, self.eos_block_size).float(), dim=-1)
+        return out.last_hidden_state, mask
+
+    def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        hidden, mask = self._hidden(inputs)
+        return F.normalize(pool(hidden, mask, self.pooling, self.eos_block_size).float(), dim=-1)
+
+    def caption_logits(self, inputs: Mapping[str, Tensor], labels: Tensor) -> tuple[Tensor, Tensor]:
+        hidden, _ = self._hidden(inputs)
+        # Captions end every row and both batches are left-padded, so a label keeps its distance from the
+        # row's end when the <image> tokens before it are spliced into 128-token groups.
+        n = min(labels.shape[1], hidden.shape[1])
+        aligned = labels.new_full(hidden.shape[:2], -100)
+        aligned[:, -n:] = labels[:, -n:]
+        return next_token_logits(hidden, aligned, self.base_model.vlm.lang_model.lm_head)
 
     def fingerprint(self) -> dict[str, Any]:
         return {"class": type(self).__name__, "model": self.model_path, "revision": self.revision,

@@ -1,0 +1,84 @@
+"""FiRE stage 1 ("fine-grained context reasoning"): learn to DESCRIBE the target image.
+
+Input: the reference image and the modification inside an instruction; output: the target image's
+fine-grained caption. The loss is next-token cross-entropy on the caption tokens only (prompt, image and
+padding positions are labelled -100; ``cir_lightning.losses.caption_loss``). The LoRA adapter trained
+this way is where stage 2 starts (``lora.init_adapter``).
+
+``CIRModule(objective="caption")`` hands the DataModule a ``CaptionBatches``: training batches become
+``{"index", "caption", "caption_labels"}``; evaluation batches are the backbone's usual ones, so the
+retrieval metrics of the model being trained are still measured at every validation.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Any
+
+from cir_lightning.backbones.prompts import IMAGE
+from cir_lightning.errors import CIRConfigError, CIRDataError
+
+FIRE_STAGE1_INSTRUCTION = "<image> but modified with {modification}. Please describe the new image."
+"""The paper's stage-1 instruction ("<reference image> but modified with <modification>. Please
+describe the new image"); the target caption follows it."""
+
+
+def check_instruction(instruction: str) -> str:
+    """``instruction`` if it holds ``<image>`` and ``{modification}`` and no other field.
+
+    Example:
+        >>> check_instruction("<image> {caption}")
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRConfigError: `caption_instruction` needs <image> and {modification} and no other field: '<image> {caption}'
+    """
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(instruction) if f is not None}
+    except ValueError as err:
+        raise CIRConfigError(f"`caption_instruction` is not a valid template ({err}): {instruction!r}") from None
+    if IMAGE not in instruction or fields != {"modification"}:
+        raise CIRConfigError("`caption_instruction` needs <image> and {modification} and no other field: "
+                             f"{instruction!r}")
+    return instruction
+
+
+class CaptionBatches:
+    """The collator of stage 1: generative training batches from the backbone collator's
+    ``caption_inputs``; queries and gallery batches unchanged.
+
+    Args:
+        collator: the backbone's collator (it must have ``caption_inputs``: multimodal LLMs do).
+        instruction: the prompt before the caption, with ``<image>`` and ``{modification}``.
+        max_caption_tokens: cut captions to this many tokens (the EOS after them is always kept).
+    """
+
+    def __init__(self, collator: Any, instruction: str = FIRE_STAGE1_INSTRUCTION,
+                 max_caption_tokens: int | None = None) -> None:
+        if not hasattr(collator, "caption_inputs"):
+            raise CIRConfigError(f"{type(collator).__name__} cannot build generative batches: stage 1 "
+                                 "(`objective: caption`) needs a multimodal LLM backbone")
+        self.collator = collator
+        self.instruction = check_instruction(instruction)
+        self.max_caption_tokens = max_caption_tokens
+
+    def triplets(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        missing = [s["index"] for s in samples if not s.get("target_caption")]
+        if missing:
+            raise CIRDataError(
+                f"`objective: caption` (FiRE stage 1) learns to generate the target caption, but training "
+                f"sample(s) at dataset row(s) {missing[:5]} have none: set `with_captions: true` on the data and "
+                "give every training line a non-empty `target_caption` (FashionIQ and CIRR have no target captions)")
+        import torch
+
+        inputs, labels = self.collator.caption_inputs(
+            [s["reference_image"] for s in samples],
+            [self.instruction.format(modification=s["modification"]) for s in samples],
+            [s["target_caption"] for s in samples], self.max_caption_tokens)
+        return {"index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
+                "caption": inputs, "caption_labels": labels}
+
+    def queries(self, samples: list[dict[str, Any]]) -> Any:
+        return self.collator.queries(samples)
+
+    def gallery(self, samples: list[dict[str, Any]]) -> Any:
+        return self.collator.gallery(samples)
