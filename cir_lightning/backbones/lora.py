@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
@@ -41,6 +41,10 @@ class LoRA:
             model type (see ``DEFAULT_TARGETS``).
         modules_to_save: modules (paths or names, as peft takes them) trained fully beside LoRA, e.g.
             ``["multi_modal_projector"]``.
+        train_parts: parts of the model trained FULLY beside LoRA (all else stays frozen), found by
+            their module names: ``"vision"`` (the vision tower) and ``"projector"`` (the vision-to-LLM
+            projector; xGen-MM's perceiver resampler, also called ``"resampler"``). They are saved with
+            the adapter (peft ``modules_to_save``). FiRE trains neither.
         init_adapter: start from these adapter weights instead of peft's initialisation (LoRA B = 0): a
             peft adapter folder (what ``fit`` exports to ``<log_dir>/adapter``, e.g. FiRE stage 1's) or a
             cir_lightning ``.ckpt``. Its settings must match these (rank, alpha, targets, saved modules).
@@ -51,6 +55,7 @@ class LoRA:
     dropout: float = 0.1
     target_modules: list[str] | None = None
     modules_to_save: list[str] | None = field(default=None)
+    train_parts: list[Literal["vision", "projector", "resampler"]] | None = None
     init_adapter: str | None = None
 
 
@@ -101,14 +106,55 @@ def lora_target_regex(model: nn.Module, text_model_type: str, targets: list[str]
     return rf"^{re.escape(prefix)}\.(?:.*\.)?(?:{names})$"
 
 
+# Module names of the parts `train_parts` selects, over the supported families: LLaVA / LLaVA-NeXT /
+# PaliGemma (vision_tower, multi_modal_projector), Idefics3 (vision_model, connector), Qwen2-VL
+# (visual, visual.merger), xGen-MM (vision_encoder, vision_tokenizer), CLIP / SigLIP (vision_model,
+# visual_projection).
+PARTS: dict[str, tuple[str, ...]] = {
+    "vision": ("vision_tower", "vision_model", "visual", "vision_encoder"),
+    "projector": ("multi_modal_projector", "connector", "visual.merger", "vision_tokenizer", "visual_projection"),
+}
+PARTS["resampler"] = PARTS["projector"]
+
+
+def part_paths(model: nn.Module, parts: list[str]) -> list[str]:
+    """Module paths of ``parts`` (keys of ``PARTS``) inside ``model``: the outermost module of each.
+
+    Example:
+        >>> from torch import nn
+        >>> model = nn.Module()
+        >>> model.model = nn.ModuleDict({"vision_tower": nn.Linear(2, 2), "multi_modal_projector": nn.Linear(2, 2)})
+        >>> part_paths(model, ["projector"])
+        ['model.multi_modal_projector']
+    """
+    names = [name for name, _ in model.named_modules() if name]
+    paths = []
+    for part in parts:
+        if part not in PARTS:
+            raise CIRConfigError(f"unknown `lora.train_parts` entry {part!r}; known: {', '.join(PARTS)}")
+        found = [n for n in names if any(n == c or n.endswith("." + c) for c in PARTS[part])]
+        if not found:
+            raise CIRConfigError(f"`lora.train_parts: [{part}]`: {type(model).__name__} has no module named "
+                                 f"{' / '.join(PARTS[part])}; name it in `lora.modules_to_save` instead")
+        paths.append(min(found, key=len))
+    paths = list(dict.fromkeys(paths))  # "projector" and "resampler" name the same module
+    for a in paths:
+        for b in paths:
+            if b.startswith(a + "."):
+                raise CIRConfigError(f"`lora.train_parts`: {b} lies inside {a}, which is already trained fully; "
+                                     "list only the outer part")
+    return paths
+
+
 def add_lora(model: nn.Module, lora: LoRA, target_modules: str | list[str]) -> nn.Module:
-    """``model`` wrapped by peft with LoRA on ``target_modules`` (a regex or names), its weights taken
-    from ``lora.init_adapter`` when set."""
+    """``model`` wrapped by peft with LoRA on ``target_modules`` (a regex or names) and the
+    ``train_parts`` trained fully, its weights taken from ``lora.init_adapter`` when set."""
     from peft import LoraConfig, get_peft_model
 
+    to_save = [*(lora.modules_to_save or []), *part_paths(model, sorted(set(lora.train_parts or [])))]
     model = get_peft_model(model, LoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target_modules,
-        modules_to_save=lora.modules_to_save, bias="none"))
+        modules_to_save=to_save or None, bias="none"))
     if lora.init_adapter:
         load_adapter_weights(model, lora.init_adapter)
     return model
