@@ -58,7 +58,8 @@ def test_caption_batches_label_exactly_the_caption_and_its_eos(name, request):
     if "mm_token_type_ids" in inputs:  # Qwen's per-token types follow the new layout: caption tokens are text
         types = inputs["mm_token_type_ids"]
         assert types.shape == labels.shape
-        assert not bool(types[labels != -100].any()) and bool(types.any())
+        assert not bool(types[labels != -100].any())
+        assert bool(types.any())
 
 
 @pytest.mark.parametrize("name", ["llava", "qwen"])

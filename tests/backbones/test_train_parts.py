@@ -34,7 +34,8 @@ def test_projector_and_vision_tower_train_fully_and_travel_with_the_adapter(tiny
     bb = HFMultimodalBackbone(str(tiny_model_dir), lora=LoRA(r=2, alpha=4, dropout=0.0, train_parts=["projector"]))
     assert _trained_modules(bb) == {"multi_modal_projector"}
     frozen_vision = [p for n, p in bb.named_parameters() if "vision_tower" in n]
-    assert frozen_vision and not any(p.requires_grad for p in frozen_vision)
+    assert frozen_vision
+    assert not any(p.requires_grad for p in frozen_vision)
     before = _step(bb)
     moved = {n for n, p in bb.named_parameters() if p.requires_grad and not torch.equal(before[n], p)}
     assert any("multi_modal_projector.modules_to_save" in n for n in moved)
