@@ -130,8 +130,12 @@ class FireLoss(nn.Module):
         self.contrastive_weight = contrastive_weight
 
     def forward(self, query: Tensor, target: Tensor, positive_mask: Tensor | None = None) -> dict[str, Tensor]:
-        """Loss terms for L2-normalised ``query`` (Q, D) against ``target`` (N, D) embeddings."""
-        sim = query.float() @ target.float().T
+        """Loss terms for L2-normalised ``query`` (Q, D) against ``target`` (N, D) embeddings.
+
+        Always in float32, also inside mixed precision: bf16 resolves cosines near 1 only to ~0.004, which
+        the scale of 100 and tau2 = 0.01 would blow up to errors of whole logits."""
+        with torch.autocast(query.device.type, enabled=False):
+            sim = query.float() @ target.float().T
         terms = {"loss_infonce": info_nce(sim, self.scale, positive_mask)}
         total = self.contrastive_weight * terms["loss_infonce"]
         for k, w in zip(self.recall_ks, self.recall_weights, strict=True):

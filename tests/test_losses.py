@@ -139,3 +139,16 @@ def test_key_ids_are_stable_non_negative_int64():
     assert torch.tensor([key_id("x")]).dtype == torch.long
     x = torch.ones(3, 2)
     assert all_gather_with_grad(x) is x
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fire_loss_is_computed_in_float32_inside_mixed_precision(dtype):
+    g = torch.Generator().manual_seed(0)
+    q = F.normalize(torch.randn(16, 64, generator=g), dim=-1)
+    t = F.normalize(q + 0.05 * torch.randn(16, 64, generator=g), dim=-1)  # near-duplicates: cosines close to 1
+    want = FireLoss()(q, t)
+    with torch.autocast("cpu", dtype=dtype):
+        got = FireLoss()(q, t)
+    for name, value in want.items():
+        assert got[name].dtype == torch.float32
+        assert got[name].item() == pytest.approx(value.item(), rel=1e-6, abs=1e-6), name

@@ -190,3 +190,28 @@ def test_target_keys_for_cross_rank_negatives(tiny_model_dir):
     with pytest.warns(UserWarning, match="no `target_id`"):
         assert module._target_keys(batch, True).tolist() == [4, 7, 4]
     module._trainer = None
+
+
+@pytest.mark.parametrize(("precision", "accumulate"), [("bf16-mixed", 1), ("32-true", 2)])
+def test_fit_with_mixed_precision_and_gradient_accumulation(tiny_model_dir, tmp_path, precision, accumulate):
+    from cir_lightning.data import SyntheticCIRDataModule
+
+    module = CIRModule(HFMultimodalBackbone(str(tiny_model_dir), prompts=Prompts("short"), lora=LoRA(r=2, alpha=4)),
+                       warmup=1)
+    before = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+    seen = set()
+    layer = next(m for n, m in module.backbone.named_modules() if n.endswith("layers.0.self_attn.q_proj.base_layer"))
+    layer.register_forward_hook(lambda mod, args, out: seen.add(out.dtype))
+    data = SyntheticCIRDataModule(str(tmp_path / "data"), num_train=32, num_val=8, image_size=16, batch_size=8)
+    fit = trainer(tmp_path, max_steps=-1, max_epochs=1, precision=precision, accumulate_grad_batches=accumulate,
+                  limit_val_batches=0, enable_checkpointing=False)
+    fit.fit(module, datamodule=data)
+    # 4 batches: 4 / accumulate optimizer steps, and the schedule counts optimizer steps
+    assert fit.global_step == 4 // accumulate
+    assert fit.lr_scheduler_configs[0].scheduler.last_epoch == 4 // accumulate
+    assert seen == ({torch.bfloat16} if precision == "bf16-mixed" else {torch.float32})  # the model ran in it
+    for name, p in module.named_parameters():  # the trained (master) weights stay float32 and moved
+        if p.requires_grad:
+            assert p.dtype == torch.float32
+            assert not torch.equal(p, before[name]) or "lora_A" in name, name
+    assert torch.isfinite(fit.callback_metrics["train/loss"])

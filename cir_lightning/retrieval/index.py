@@ -139,7 +139,8 @@ def _torch_topk(q: np.ndarray, g: np.ndarray, k: int, chunk_size: int) -> tuple[
     rows = max(1, min(chunk_size, _BLOCK_ELEMENTS // max(1, len(g))))
     ids, scores = [], []
     for start in range(0, len(q), rows):
-        block = torch.from_numpy(q[start:start + rows]) @ gallery.T
+        with torch.autocast("cpu", enabled=False):  # exact float32 scores, also inside a caller's autocast
+            block = torch.from_numpy(q[start:start + rows]) @ gallery.T
         depth = min(k + 1, block.shape[1])
         top = block.topk(depth, dim=1)
         block_ids, block_scores = _sorted_by_score_then_index(top.indices, top.values)
