@@ -10,9 +10,9 @@
   and logs Recall@K (hit rate) and MRR@K as ``val/Recall@10`` etc. (the search is skipped during
   Lightning's sanity check); a standalone ``validate`` / ``test`` also writes a results JSON and
   prints a table.
-- checkpoints hold the trainable weights only (LoRA and anything in ``modules_to_save``); loading checks
-  that exactly those weights are present; at the end of ``fit`` the adapter is exported with peft's
-  ``save_pretrained`` next to the logs.
+- checkpoints hold the trainable weights only (LoRA and anything trained fully), also under FSDP and
+  DeepSpeed; loading checks that exactly those weights are present (``cir_lightning.checkpointing``); at
+  the end of ``fit`` the adapter is exported with peft's ``save_pretrained`` next to the logs.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from cir_lightning.backbones.base import Backbone
+from cir_lightning.checkpointing import check_and_complete, export_adapter, keep_trainable, prepare_strategy
 from cir_lightning.data.base import CIRDataModule
-from cir_lightning.errors import CIRConfigError, CIRModelError
+from cir_lightning.errors import CIRConfigError
 from cir_lightning.losses import FireLoss, caption_loss, distributed_fire_loss, key_id
 from cir_lightning.retrieval.evaluator import (
     EvalSubset,
@@ -135,6 +136,8 @@ class CIRModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ data hookup
     def setup(self, stage: str) -> None:
+        if self._trainer is not None:
+            prepare_strategy(self)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         if self.cache is not None and not isinstance(datamodule, CIRDataModule):
             raise CIRConfigError("`embedding_cache` needs a cir_lightning DataModule (one that skips the "
@@ -350,44 +353,16 @@ class CIRModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ checkpoints
-    def _trainable_keys(self) -> set[str]:
-        return {name for name, p in self.named_parameters() if p.requires_grad}
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        keep = self._trainable_keys()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint["cir_lightning"] = {"fingerprint": self.backbone.fingerprint(), "trainable": sorted(keep)}
+        keep_trainable(self, checkpoint, self.backbone.fingerprint())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        meta = checkpoint.get("cir_lightning")
-        if meta is None:
-            raise CIRModelError("this checkpoint was not written by cir_lightning's CIRModule (no "
-                                "`cir_lightning` entry); it cannot be loaded with `--ckpt_path`")
-        saved, expected = set(checkpoint["state_dict"]), self._trainable_keys()
-        current = dict(self.named_parameters())
-        wrong_shape = sorted(k for k in saved & expected
-                             if tuple(checkpoint["state_dict"][k].shape) != tuple(current[k].shape))
-        if saved != expected or wrong_shape:
-            missing, extra = sorted(expected - saved), sorted(saved - expected)
-            detail = f", {len(wrong_shape)} of another shape (first: {wrong_shape[0]}: " \
-                     f"{tuple(checkpoint['state_dict'][wrong_shape[0]].shape)} in the file, " \
-                     f"{tuple(current[wrong_shape[0]].shape)} here)" if wrong_shape else ""
-            raise CIRModelError(
-                "the checkpoint's trainable weights do not match this model (different LoRA settings?): "
-                f"{len(missing)} missing (first: {missing[:3]}), {len(extra)} unexpected (first: {extra[:3]})"
-                + detail)
-        then, now = meta["fingerprint"].get("model"), self.backbone.fingerprint().get("model")
-        if then != now:
-            rank_zero_warn(f"the checkpoint was trained on base model `{then}`, it is loaded onto `{now}`")
-        # Frozen weights are not in the file: take them from the model as it is, so loading stays strict.
-        state = {k: v for k, v in self.state_dict().items() if k not in saved}
-        checkpoint["state_dict"] = {**state, **checkpoint["state_dict"]}
+        check_and_complete(self, checkpoint, self.backbone.fingerprint())
 
     def on_fit_end(self) -> None:
         if not self.export_adapter or getattr(self.backbone, "lora", None) is None:
             return
         root = self._log_folder()
-        if self.trainer.is_global_zero:
-            path = free_path(root / "adapter")  # never overwrite an adapter a user already has
-            self.backbone.save_adapter(path)
+        path = free_path(root / "adapter") if self.trainer.is_global_zero else root  # never overwrite an adapter
+        if export_adapter(self, path):  # every rank calls it: under FSDP it gathers the weights
             rank_zero_info(f"LoRA adapter saved to {path}")

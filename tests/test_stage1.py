@@ -123,7 +123,10 @@ def test_init_adapter_loads_an_adapter_folder_and_a_checkpoint_strictly(tiny_mod
     trained.save_adapter(tmp_path / "adapter")
     ckpt = {"state_dict": {f"backbone.{k}": v for k, v in trained.trainable_state_dict().items()}}
     torch.save(ckpt, tmp_path / "stage1.ckpt")
-    for source in (tmp_path / "adapter", tmp_path / "stage1.ckpt"):
+    deepspeed = tmp_path / "deepspeed.ckpt" / "checkpoint"  # DeepSpeedStrategy writes a folder
+    deepspeed.mkdir(parents=True)
+    torch.save({"module": ckpt["state_dict"], "global_steps": 4}, deepspeed / "mp_rank_00_model_states.pt")
+    for source in (tmp_path / "adapter", tmp_path / "stage1.ckpt", tmp_path / "deepspeed.ckpt"):
         started = HFMultimodalBackbone(str(tiny_model_dir), lora=LoRA(r=4, alpha=8, init_adapter=str(source)))
         assert started.weights_digest() == trained.weights_digest(), source
     assert HFMultimodalBackbone(str(tiny_model_dir), lora=LoRA(r=4, alpha=8)).weights_digest() != \

@@ -168,36 +168,26 @@ def _adapter_file(folder: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     config_file = folder / "adapter_config.json"
     if not config_file.is_file():
         raise CIRConfigError(f"`init_adapter` {folder} is neither a peft adapter folder (no adapter_config.json) "
-                             "nor a .ckpt file")
+                             "nor a cir_lightning checkpoint")
     return json.loads(config_file.read_text()), load_peft_weights(str(folder), device="cpu")
 
 
 def load_adapter_weights(model: nn.Module, path: str | Path) -> None:
     """Copy the adapter weights saved at ``path`` into the peft ``model`` (strict).
 
-    ``path`` is a peft adapter folder or a cir_lightning Lightning checkpoint (``.ckpt``, loaded with
-    ``weights_only=True``). Every adapter weight of ``model`` must be in the file with its shape, and
-    nothing else: a different rank, target list or ``modules_to_save`` is an error naming the weights.
+    ``path`` is a peft adapter folder or a cir_lightning Lightning checkpoint (a ``.ckpt`` file, or the
+    folder DeepSpeed writes; loaded with ``weights_only=True``). Every adapter weight of ``model`` must
+    be in the file with its shape, and nothing else: a different rank, target list or
+    ``modules_to_save`` is an error naming the weights.
     """
     from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
     path = Path(path)
     if not path.exists():
         raise CIRConfigError(f"`init_adapter` {path} does not exist")
-    if path.is_file():  # a cir_lightning checkpoint: the module's trainable weights, named `backbone.model.*`
-        import torch
-
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-        except Exception as err:
-            raise CIRConfigError(f"`init_adapter` {path} cannot be read as a cir_lightning checkpoint: "
-                                 f"{type(err).__name__}: {err}") from None
-        own = {name: p for name, p in model.named_parameters() if p.requires_grad}
-        weights = {k.removeprefix("backbone.model."): v for k, v in state.items()}
-        _check_same(path, {k: tuple(p.shape) for k, p in own.items()}, {k: tuple(v.shape) for k, v in weights.items()})
-        with torch.no_grad():
-            for name, p in own.items():
-                p.copy_(weights[name])
+    deepspeed_states = path / "checkpoint" / "mp_rank_00_model_states.pt"  # DeepSpeedStrategy's checkpoint folder
+    if path.is_file() or deepspeed_states.is_file():
+        _load_checkpoint_weights(model, path, deepspeed_states if deepspeed_states.is_file() else path)
         return
     config, weights = _adapter_file(path)
     ours = model.peft_config["default"]
@@ -210,6 +200,24 @@ def load_adapter_weights(model: nn.Module, path: str | Path) -> None:
     _check_same(path, {k: tuple(v.shape) for k, v in expected.items()},
                 {k: tuple(v.shape) for k, v in weights.items()})
     set_peft_model_state_dict(model, weights)
+
+
+def _load_checkpoint_weights(model: nn.Module, path: Path, file: Path) -> None:
+    """The trainable weights of a cir_lightning checkpoint (named ``...backbone.model.<peft name>``)."""
+    import torch
+
+    try:
+        raw = torch.load(file, map_location="cpu", weights_only=True)
+        state = raw["module"] if "module" in raw and "state_dict" not in raw else raw["state_dict"]
+    except Exception as err:
+        raise CIRConfigError(f"`init_adapter` {path} cannot be read as a cir_lightning checkpoint: "
+                             f"{type(err).__name__}: {err}") from None
+    weights = {k.split("backbone.model.", 1)[1]: v for k, v in state.items() if "backbone.model." in k}
+    own = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    _check_same(path, {k: tuple(p.shape) for k, p in own.items()}, {k: tuple(v.shape) for k, v in weights.items()})
+    with torch.no_grad():
+        for name, p in own.items():
+            p.copy_(weights[name])
 
 
 def _check_same(path: Path, expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> None:

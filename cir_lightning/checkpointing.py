@@ -1,0 +1,139 @@
+"""Trainable-only checkpoints and adapter export, under DDP, FSDP and DeepSpeed ZeRO-2.
+
+A cir_lightning checkpoint holds the trainable weights (LoRA and anything trained fully) plus a
+``cir_lightning`` entry: the backbone's fingerprint and the sorted list of trainable weight names.
+How each strategy gets there:
+
+- one device / DDP: Lightning hands ``on_save_checkpoint`` the whole state dict; it is filtered to the
+  trainable weights. On load, the frozen weights are filled in from the model so loading stays strict.
+- FSDP (``state_dict_type: full``): the same filter, on the state dict FSDP gathered to rank 0. Names
+  are compared without FSDP's ``_fsdp_wrapped_module.`` segments (with an ``auto_wrap_policy`` the
+  module's own parameter names contain them; the state dict's do not). Lightning loads the weights
+  inside the strategy, before ``on_load_checkpoint`` and without a ``state_dict`` left for it, so
+  loading is made non-strict there and the hook checks the stored list of names instead.
+- DeepSpeed: Lightning hands the state dict to the hook but then lets the DeepSpeed engine write the
+  weights itself; ``DeepSpeedStrategy(exclude_frozen_parameters=True)`` keeps the frozen base out of
+  the files (warned about when off). Loading is as for FSDP.
+
+The adapter exported at the end of ``fit`` is peft's ``save_pretrained`` format; under FSDP the
+parameters are sharded, so the full trainable weights are gathered first (a collective on all ranks).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+from lightning.pytorch.utilities import rank_zero_warn
+
+from cir_lightning.errors import CIRConfigError, CIRModelError
+
+_WRAPPERS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
+
+
+def clean_name(name: str) -> str:
+    """``name`` without the segments FSDP and activation-checkpoint wrappers insert.
+
+    Example:
+        >>> clean_name("backbone._fsdp_wrapped_module.model.layers.0._fsdp_wrapped_module.lora_A.weight")
+        'backbone.model.layers.0.lora_A.weight'
+    """
+    for wrapper in _WRAPPERS:
+        name = name.replace(wrapper, "")
+    return name
+
+
+def trainable_keys(module: pl.LightningModule) -> set[str]:
+    """State-dict names of ``module``'s trainable parameters (wrapper segments removed)."""
+    return {clean_name(name) for name, p in module.named_parameters() if p.requires_grad}
+
+
+def strategy_loads_weights(trainer: pl.Trainer) -> bool:
+    """Whether the strategy loads checkpoint weights itself, before ``on_load_checkpoint``."""
+    return isinstance(trainer.strategy, FSDPStrategy | DeepSpeedStrategy)
+
+
+def prepare_strategy(module: pl.LightningModule) -> None:
+    """Settings the sharding strategies need for trainable-only checkpoints (called in ``setup``)."""
+    strategy = module.trainer.strategy
+    if isinstance(strategy, FSDPStrategy) and getattr(strategy, "_state_dict_type", "full") != "full":
+        raise CIRConfigError("FSDP with `state_dict_type: sharded` is not supported: cir_lightning checkpoints hold "
+                             "only the trainable weights, which needs `--trainer.strategy.state_dict_type full`")
+    if isinstance(strategy, DeepSpeedStrategy) and isinstance(getattr(strategy, "config", None), dict):
+        # DeepSpeed's micro batch (used for its throughput logs): without it Lightning reads train_dataloader(),
+        # also in validate / test; from the command line jsonargparse makes `logging_batch_size_per_gpu` a str
+        value = strategy.config.get("train_micro_batch_size_per_gpu")
+        if not isinstance(value, int):
+            batch = str(value).isdigit() and int(value)
+            data = getattr(module.trainer, "datamodule", None)
+            strategy.config["train_micro_batch_size_per_gpu"] = batch or int(getattr(data, "batch_size", 1))
+    if isinstance(strategy, DeepSpeedStrategy) and not getattr(strategy, "exclude_frozen_parameters", False):
+        rank_zero_warn("DeepSpeed writes checkpoints itself, with the frozen base model unless "
+                       "`--trainer.strategy.exclude_frozen_parameters true`: set it to keep only the trainable weights")
+    if strategy_loads_weights(module.trainer):
+        module.strict_loading = False  # the frozen weights are not in the file; the hook checks the names
+
+
+def keep_trainable(module: pl.LightningModule, checkpoint: dict[str, Any], fingerprint: dict[str, Any]) -> None:
+    """``on_save_checkpoint``: drop the frozen weights, record what is trainable."""
+    keep = trainable_keys(module)
+    checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if clean_name(k) in keep}
+    checkpoint["cir_lightning"] = {"fingerprint": fingerprint, "trainable": sorted(keep)}
+
+
+def check_and_complete(module: pl.LightningModule, checkpoint: dict[str, Any], fingerprint: dict[str, Any]) -> None:
+    """``on_load_checkpoint``: the checkpoint must hold exactly this model's trainable weights (names,
+    shapes); the frozen weights are filled in from the model so that Lightning's load stays strict."""
+    meta = checkpoint.get("cir_lightning")
+    if meta is None:
+        raise CIRModelError("this checkpoint was not written by cir_lightning's CIRModule (no "
+                            "`cir_lightning` entry); it cannot be loaded with `--ckpt_path`")
+    expected = trainable_keys(module)
+    state = checkpoint.get("state_dict")
+    saved = set(meta["trainable"]) if state is None else {clean_name(k) for k in state}
+    current = {clean_name(k): p for k, p in module.named_parameters()}
+    wrong_shape = [] if state is None else sorted(  # FSDP / DeepSpeed: the strategy already checked shapes
+        k for k in state if clean_name(k) in expected and tuple(state[k].shape) != tuple(current[clean_name(k)].shape))
+    if saved != expected or wrong_shape:
+        missing, extra = sorted(expected - saved), sorted(saved - expected)
+        detail = f", {len(wrong_shape)} of another shape (first: {wrong_shape[0]}: " \
+                 f"{tuple(state[wrong_shape[0]].shape)} in the file, " \
+                 f"{tuple(current[clean_name(wrong_shape[0])].shape)} here)" if wrong_shape else ""
+        raise CIRModelError(
+            "the checkpoint's trainable weights do not match this model (different LoRA settings?): "
+            f"{len(missing)} missing (first: {missing[:3]}), {len(extra)} unexpected (first: {extra[:3]})" + detail)
+    then, now = meta["fingerprint"].get("model"), fingerprint.get("model")
+    if then != now:
+        rank_zero_warn(f"the checkpoint was trained on base model `{then}`, it is loaded onto `{now}`")
+    if state is not None:
+        frozen = {k: v for k, v in module.state_dict().items() if clean_name(k) not in saved}
+        checkpoint["state_dict"] = {**frozen, **state}
+
+
+def export_adapter(module: pl.LightningModule, path: Path) -> bool:
+    """Write the backbone's adapter to ``path`` (rank zero; every rank must call this). Returns whether
+    this process wrote it."""
+    trainer, backbone = module.trainer, module.backbone
+    gathered = None
+    if isinstance(trainer.strategy, FSDPStrategy):  # sharded parameters: gather them (collective)
+        keep = trainable_keys(module)
+        gathered = {clean_name(k): v for k, v in trainer.strategy.lightning_module_state_dict().items()
+                    if clean_name(k) in keep}
+    if not trainer.is_global_zero:
+        return False
+    if gathered is None:
+        backbone.save_adapter(path)
+        return True
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    peft_model = backbone.model
+    prefix = clean_name(next(n for n, m in module.named_modules() if m is peft_model)) + "."
+    raw = {n: gathered[prefix + clean_name(n)] for n, p in peft_model.named_parameters() if p.requires_grad}
+    adapter = {clean_name(k): v.contiguous() for k, v in get_peft_model_state_dict(peft_model, state_dict=raw).items()}
+    path.mkdir(parents=True)
+    save_file(adapter, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
+    peft_model.peft_config["default"].save_pretrained(str(path))
+    return True
