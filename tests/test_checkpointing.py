@@ -55,6 +55,9 @@ def test_sharding_strategies_load_non_strictly_and_sharded_fsdp_state_is_refused
     module._trainer = SimpleNamespace(strategy=FSDPStrategy(state_dict_type="sharded"))
     with pytest.raises(CIRConfigError, match="state_dict_type full"):
         prepare_strategy(module)
+    module._trainer, module.cache = SimpleNamespace(strategy=FSDPStrategy()), object()
+    with pytest.raises(CIRConfigError, match="FSDP shards"):
+        prepare_strategy(module)
 
 
 def test_deepspeed_micro_batch_comes_from_the_data_and_frozen_weights_warn():
