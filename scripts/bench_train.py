@@ -62,6 +62,19 @@ with bfloat16 base weights, LoRA r=64, 380 x 380 images (decoder tokens: 421 per
        16  bf16-mixed  no                  12.9      1221 ms  74.1 GiB
        16  bf16-mixed  yes                  9.6      1633 ms  13.6 GiB
         4  bf16-mixed  no, 768 x 768 images (677 / 651 tokens): 7.4 samples/s, 538 ms, 35.9 GiB
+
+Measured on a 2-core AMD EPYC VM shared with other work (2026-11-23, torch 2.13 CPU, ``--threads 1``,
+float32, LoRA r=8, 64 x 64 images; best of two runs, which differed by up to 2x; peak = resident set):
+
+    backbone     batch  checkpointing  samples/s  median step  peak
+    tiny-llava       4  no                  90.0        43 ms  414 MiB
+    tiny-llava      16  no                 117.8       135 ms  443 MiB
+    tiny-llava      64  no                 125.9       495 ms  572 MiB
+    tiny-llava      64  yes                 99.2       671 ms  540 MiB
+    tiny-xgenmm      4  no                 115.0        34 ms  407 MiB
+    tiny-xgenmm     16  no                 237.6        65 ms  430 MiB
+    tiny-xgenmm     64  no                 276.6       224 ms  514 MiB
+    tiny-xgenmm     64  yes                130.9       488 ms  505 MiB
 """
 
 from __future__ import annotations
