@@ -13,6 +13,8 @@ import pytest
 import torch
 import yaml
 
+from cir_lightning.backbones import HFMultimodalBackbone, LoRA, Prompts
+
 CONF = Path(__file__).parent / "conf" / "tiny.yaml"
 EXE = Path(sys.executable).parent / "cir-lightning"
 
@@ -233,6 +235,7 @@ def test_other_backbone_families_train_and_evaluate_from_the_command_line(tmp_pa
 
 
 def test_fire_stage_one_trains_captions_and_stage_two_starts_from_its_adapter(tmp_path, tiny_model_dir):
+    """Stage 1 through the CLI; the adapter it exports is what `lora.init_adapter` loads for stage 2."""
     common = ["--config", str(CONF), "--model.backbone.init_args.model_name_or_path", str(tiny_model_dir),
               "--data.init_args.root", str(tmp_path / "data"), "--data.init_args.with_captions", "true"]
     run("fit", *common, "--model.objective", "caption", "--model.optimizer.init_args.lr", "0.01",
@@ -245,12 +248,14 @@ def test_fire_stage_one_trains_captions_and_stage_two_starts_from_its_adapter(tm
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert len(losses) == 4
     assert losses[-1] < losses[0]
-    final = next(r for r in reversed(rows) if r.get("val/Recall@1"))  # retrieval is still validated
+    assert any(r.get("val/Recall@1") for r in rows)  # retrieval is still validated during stage 1
+    # stage 2 starts from the exported adapter: exactly the weights stage 1 ended with
     (adapter,) = (tmp_path / "stage1").glob("**/adapter")
-    # stage 2 starts from the stage-1 adapter: evaluating it untrained gives stage 1's final metrics
-    out = run("validate", *common, "--model.backbone.init_args.lora.init_adapter", str(adapter),
-              "--trainer.default_root_dir", "stage2", cwd=tmp_path)
-    results = json.loads((tmp_path / "stage2" / "results-validate.json").read_text())["metrics"]
-    assert set(results[""]) == {k.removeprefix("val/") for k in final if k.startswith("val/")}
-    for name, value in results[""].items():
-        assert value == pytest.approx(float(final[f"val/{name}"]), abs=1e-6), (name, out.stdout)
+    (ckpt,) = (tmp_path / "stage1").glob("**/last.ckpt")
+    trained = torch.load(ckpt, weights_only=True)["state_dict"]
+    started = HFMultimodalBackbone(str(tiny_model_dir), prompts=Prompts("short"),
+                                   lora=LoRA(r=4, alpha=8, init_adapter=str(adapter)))
+    loaded = started.trainable_state_dict()
+    assert len(loaded) == len(trained)
+    for name, value in loaded.items():
+        assert torch.equal(value, trained[f"backbone.{name}"]), name

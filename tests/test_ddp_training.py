@@ -3,6 +3,7 @@ global batch; without them they do not. Plus a 2-process ``fit`` through the CLI
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import socket
@@ -170,13 +171,24 @@ def test_fit_in_two_processes_with_cross_rank_negatives(tmp_path, tiny_model_dir
     assert rows[0]["train/loss_infonce"] > (math.log(16) + math.log(32)) / 2
 
 
-def test_fire_stage2_config_parses_with_the_papers_settings(tmp_path):
+@pytest.fixture(scope="module")
+def fire_configs(tmp_path_factory) -> dict[str, dict]:
+    """``configs/fire_stage{1,2}.yaml`` as the CLI resolves them (nothing downloaded)."""
     import yaml
 
-    config = Path(__file__).parents[1] / "configs" / "fire_stage2.yaml"
-    out = run("fit", "--config", str(config), "--model.backbone.init_args.model_path", "not-downloaded",
-              "--print_config", cwd=tmp_path).stdout
-    printed = yaml.safe_load(out)
+    cwd = tmp_path_factory.mktemp("fire-configs")
+    printed = {}
+    for stage in ("stage1", "stage2"):
+        config = Path(__file__).parents[1] / "configs" / f"fire_{stage}.yaml"
+        out = run("fit", "--config", str(config), "--model.backbone.init_args.model_path", "not-downloaded",
+                  "--print_config", cwd=cwd).stdout
+        printed[stage] = yaml.safe_load(out)
+    assert not (cwd / "not-downloaded").exists()
+    return printed
+
+
+def test_fire_stage2_config_parses_with_the_papers_settings(fire_configs):
+    printed = fire_configs["stage2"]
     model, data = printed["model"], printed["data"]
     assert model["backbone"]["class_path"] == "cir_lightning.backbones.XGenMMBackbone"
     assert {"r": 64, "alpha": 128, "dropout": 0.1}.items() <= model["backbone"]["init_args"]["lora"].items()
@@ -191,18 +203,10 @@ def test_fire_stage2_config_parses_with_the_papers_settings(tmp_path):
     assert data["init_args"]["batch_size"] * printed["trainer"]["devices"] == 16
     assert printed["trainer"]["max_epochs"] == 2
     assert printed["seed_everything"] == 42
-    assert not (tmp_path / "not-downloaded").exists()
 
 
-def test_fire_stage1_config_parses_and_matches_stage2s_adapter(tmp_path):
-    import yaml
-
-    configs = Path(__file__).parents[1] / "configs"
-    printed = {}
-    for stage in ("stage1", "stage2"):
-        out = run("fit", "--config", str(configs / f"fire_{stage}.yaml"), "--model.backbone.init_args.model_path",
-                  "not-downloaded", "--print_config", cwd=tmp_path).stdout
-        printed[stage] = yaml.safe_load(out)
+def test_fire_stage1_config_parses_and_matches_stage2s_adapter(fire_configs):
+    printed = copy.deepcopy(fire_configs)
     model, data = printed["stage1"]["model"], printed["stage1"]["data"]
     assert model["objective"] == "caption"
     assert data["init_args"]["with_captions"] is True
@@ -214,4 +218,3 @@ def test_fire_stage1_config_parses_and_matches_stage2s_adapter(tmp_path):
     assert backbones[1]["init_args"]["lora"].pop("init_adapter") is None
     backbones[0]["init_args"]["lora"].pop("init_adapter")
     assert backbones[0] == backbones[1]
-    assert not (tmp_path / "not-downloaded").exists()
