@@ -194,7 +194,7 @@ class CIRModule(pl.LightningModule):
         loss = caption_loss(logits, targets)  # under DDP: the global token mean, see caption_loss
         distributed = self._trainer is not None and self.trainer.world_size > 1
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["index"]), sync_dist=distributed)
-        self.log("train/caption_tokens", float(targets.numel()), batch_size=len(batch["index"]), reduce_fx="sum")
+        self.log("train/caption_tokens", float(targets.numel()), batch_size=len(batch["index"]))  # this rank's
         return loss
 
     def _target_keys(self, batch: dict[str, Any], cross_rank: bool) -> Tensor:

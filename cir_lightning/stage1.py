@@ -15,6 +15,8 @@ from __future__ import annotations
 import string
 from typing import Any
 
+import torch
+
 from cir_lightning.backbones.prompts import IMAGE
 from cir_lightning.errors import CIRConfigError, CIRDataError
 
@@ -68,8 +70,6 @@ class CaptionBatches:
                 f"`objective: caption` (FiRE stage 1) learns to generate the target caption, but training "
                 f"sample(s) at dataset row(s) {missing[:5]} have none: set `with_captions: true` on the data and "
                 "give every training line a non-empty `target_caption` (FashionIQ and CIRR have no target captions)")
-        import torch
-
         inputs, labels = self.collator.caption_inputs(
             [s["reference_image"] for s in samples],
             [self.instruction.format(modification=s["modification"]) for s in samples],
