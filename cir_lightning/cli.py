@@ -113,11 +113,11 @@ def main(args: Sequence[str] | None = None) -> None:
 
     hf_logging.disable_progress_bar()  # per-file "Loading weights" bars drown the training log
     argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] in TOOLS:
-        _tools(argv)
-        return
     try:
-        CIRLightningCLI(args=None if args is None else argv)
+        if argv and argv[0] in TOOLS:
+            _tools(argv)
+        else:
+            CIRLightningCLI(args=None if args is None else argv)
     except CIRError as err:
         if os.environ.get("CIR_LIGHTNING_TRACEBACK"):
             raise

@@ -116,12 +116,17 @@ def test_python_dash_m_and_help_list_the_subcommands_and_tools(tmp_path):
         assert word in proc.stdout
 
 
-def test_offline_tools_build_model_and_data(tmp_path):
+def test_offline_tools_build_model_and_data(tmp_path, capsys):
+    from cir_lightning.cli import main
+
     run("make-tiny-model", "model", cwd=tmp_path)
     assert json.loads((tmp_path / "model" / "config.json").read_text())["model_type"] == "llava_next"
-    again = run("make-tiny-model", "model", cwd=tmp_path, check=False)
-    assert again.returncode != 0
-    assert "not empty" in again.stderr
+    with pytest.raises(SystemExit) as exit_info:  # never over a folder that has files: one line, exit code 2
+        main(["make-tiny-model", str(tmp_path / "model")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "cir-lightning: error:" in err
+    assert "not empty" in err
     run("make-synthetic-data", "data", "--num-train", "10", "--num-val", "4", "--image-size", "16", cwd=tmp_path)
     assert len((tmp_path / "data" / "train.jsonl").read_text().splitlines()) == 10
 
