@@ -15,6 +15,7 @@
 # ZeRO-2 and FSDP (2026-11-23).
 set -euo pipefail
 WORK=${WORK:-$(mktemp -d)}
+mkdir -p "$WORK"
 PY=${PYTHON:-python}
 export HF_HUB_OFFLINE=1 PYTHONWARNINGS=ignore
 here=$(cd "$(dirname "$0")/.." && pwd)
