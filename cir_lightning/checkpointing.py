@@ -84,6 +84,10 @@ def keep_trainable(module: pl.LightningModule, checkpoint: dict[str, Any], finge
     keep = trainable_keys(module)
     checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if clean_name(k) in keep}
     checkpoint["cir_lightning"] = {"fingerprint": fingerprint, "trainable": sorted(keep)}
+    peft_config = getattr(getattr(getattr(module, "backbone", None), "model", None), "peft_config", None)
+    if peft_config:  # what `lora.init_adapter` compares: a .ckpt with another alpha must not load silently
+        config = peft_config["default"]
+        checkpoint["cir_lightning"]["lora"] = {"r": config.r, "lora_alpha": config.lora_alpha}
 
 
 def check_and_complete(module: pl.LightningModule, checkpoint: dict[str, Any], fingerprint: dict[str, Any]) -> None:

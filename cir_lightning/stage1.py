@@ -59,6 +59,8 @@ class CaptionBatches:
         if not hasattr(collator, "caption_inputs"):
             raise CIRConfigError(f"{type(collator).__name__} cannot build generative batches: stage 1 "
                                  "(`objective: caption`) needs a multimodal LLM backbone")
+        if max_caption_tokens is not None and max_caption_tokens < 1:
+            raise CIRConfigError(f"`max_caption_tokens` must be at least 1 (or null), got {max_caption_tokens}")
         self.collator = collator
         self.instruction = check_instruction(instruction)
         self.max_caption_tokens = max_caption_tokens

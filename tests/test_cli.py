@@ -42,6 +42,7 @@ def test_fit_writes_trainable_only_checkpoints_adapter_and_config(fitted):
     assert ckpt["state_dict"]
     assert all(".lora_" in k for k in ckpt["state_dict"])
     assert ckpt["global_step"] == 4
+    assert ckpt["cir_lightning"]["lora"] == {"r": 4, "lora_alpha": 8}  # what init_adapter compares
     assert (cwd / "run" / "adapter" / "adapter_config.json").is_file()
     saved = yaml.safe_load((cwd / "run" / "config.yaml").read_text())
     assert saved["model"]["backbone"]["init_args"]["lora"]["r"] == 4

@@ -103,6 +103,8 @@ def test_caption_batches_refuse_samples_without_captions_and_bad_instructions(ba
     samples[1]["target_caption"] = None
     with pytest.raises(CIRDataError, match=r"dataset row\(s\) \[1\] have none.*with_captions"):
         CaptionBatches(backbone.collator).triplets(samples)
+    with pytest.raises(CIRConfigError, match="`max_caption_tokens` must be at least 1"):
+        CaptionBatches(backbone.collator, max_caption_tokens=0)
     with pytest.raises(CIRConfigError, match="needs <image> and \\{modification\\}"):
         CaptionBatches(backbone.collator, instruction="{modification} describe")
 
@@ -121,11 +123,14 @@ def test_init_adapter_loads_an_adapter_folder_and_a_checkpoint_strictly(tiny_mod
             if p.requires_grad:
                 p.add_(torch.randn_like(p))  # LoRA B starts at 0: make every adapter weight non-trivial
     trained.save_adapter(tmp_path / "adapter")
-    ckpt = {"state_dict": {f"backbone.{k}": v for k, v in trained.trainable_state_dict().items()}}
+    ckpt = {"state_dict": {f"backbone.{k}": v for k, v in trained.trainable_state_dict().items()},
+            "cir_lightning": {"lora": {"r": 4, "lora_alpha": 8}}}
     torch.save(ckpt, tmp_path / "stage1.ckpt")
     deepspeed = tmp_path / "deepspeed.ckpt" / "checkpoint"  # DeepSpeedStrategy writes a folder
     deepspeed.mkdir(parents=True)
-    torch.save({"module": ckpt["state_dict"], "global_steps": 4}, deepspeed / "mp_rank_00_model_states.pt")
+    everything = {f"_forward_module.backbone.model.{k}": v for k, v in trained.model.state_dict().items()}
+    torch.save({"module": everything, "cir_lightning": ckpt["cir_lightning"]},  # frozen weights too
+               deepspeed / "mp_rank_00_model_states.pt")
     for source in (tmp_path / "adapter", tmp_path / "stage1.ckpt", tmp_path / "deepspeed.ckpt"):
         started = HFMultimodalBackbone(str(tiny_model_dir), lora=LoRA(r=4, alpha=8, init_adapter=str(source)))
         assert started.weights_digest() == trained.weights_digest(), source
@@ -134,6 +139,8 @@ def test_init_adapter_loads_an_adapter_folder_and_a_checkpoint_strictly(tiny_mod
 
     with pytest.raises(CIRConfigError, match="other LoRA settings .*r: 4 in the adapter, 8 here"):
         HFMultimodalBackbone(str(tiny_model_dir), lora=LoRA(r=8, alpha=8, init_adapter=str(tmp_path / "adapter")))
+    with pytest.raises(CIRConfigError, match="other LoRA settings .*lora_alpha: 8 in the adapter, 64 here"):
+        HFMultimodalBackbone(str(tiny_model_dir), lora=LoRA(r=4, alpha=64, init_adapter=str(tmp_path / "stage1.ckpt")))
     with pytest.raises(CIRConfigError, match="does not fit this model's adapter.*missing"):
         HFMultimodalBackbone(str(tiny_model_dir), lora=LoRA(r=4, alpha=8, target_modules=["q_proj", "v_proj", "o_proj"],
                                                             init_adapter=str(tmp_path / "adapter")))

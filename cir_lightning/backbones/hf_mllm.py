@@ -152,7 +152,11 @@ class HFMultimodalBackbone(Backbone):
         return F.normalize(pooled.float(), dim=-1)
 
     def caption_logits(self, inputs: Mapping[str, Tensor], labels: Tensor) -> tuple[Tensor, Tensor]:
-        return next_token_logits(self._hidden(inputs), labels, self.base_model.get_output_embeddings())
+        logits, targets = next_token_logits(self._hidden(inputs), labels, self.base_model.get_output_embeddings())
+        cap = getattr(self.base_model.config.get_text_config(), "final_logit_softcapping", None)
+        if cap:  # Gemma-2 language models (PaliGemma 2) cap their logits, as the model's own forward does
+            logits = torch.tanh(logits / cap) * cap
+        return logits, targets
 
     def fingerprint(self) -> dict[str, Any]:
         return {"class": type(self).__name__, "model": self.model_name_or_path, "revision": self.revision,

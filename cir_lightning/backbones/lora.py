@@ -190,12 +190,7 @@ def load_adapter_weights(model: nn.Module, path: str | Path) -> None:
         _load_checkpoint_weights(model, path, deepspeed_states if deepspeed_states.is_file() else path)
         return
     config, weights = _adapter_file(path)
-    ours = model.peft_config["default"]
-    settings = {"r": ours.r, "lora_alpha": ours.lora_alpha}
-    changed = [f"{k}: {config.get(k)} in the adapter, {v} here" for k, v in settings.items() if config.get(k) != v]
-    if changed:
-        raise CIRConfigError(f"`init_adapter` {path} was trained with other LoRA settings ({'; '.join(changed)}); "
-                             "set the same `lora` values")
+    _check_settings(path, config, model)
     expected = get_peft_model_state_dict(model)
     _check_same(path, {k: tuple(v.shape) for k, v in expected.items()},
                 {k: tuple(v.shape) for k, v in weights.items()})
@@ -212,12 +207,28 @@ def _load_checkpoint_weights(model: nn.Module, path: Path, file: Path) -> None:
     except Exception as err:
         raise CIRConfigError(f"`init_adapter` {path} cannot be read as a cir_lightning checkpoint: "
                              f"{type(err).__name__}: {err}") from None
-    weights = {k.split("backbone.model.", 1)[1]: v for k, v in state.items() if "backbone.model." in k}
+    saved = (raw.get("cir_lightning") or {}).get("lora")
+    if saved:
+        _check_settings(path, saved, model)
     own = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    frozen |= {name for name, _ in model.named_buffers()}
+    # a checkpoint may hold the frozen base too (DeepSpeed without exclude_frozen_parameters): skip it
+    weights = {k.split("backbone.model.", 1)[1]: v for k, v in state.items() if "backbone.model." in k}
+    weights = {k: v for k, v in weights.items() if k not in frozen}
     _check_same(path, {k: tuple(p.shape) for k, p in own.items()}, {k: tuple(v.shape) for k, v in weights.items()})
     with torch.no_grad():
         for name, p in own.items():
             p.copy_(weights[name])
+
+
+def _check_settings(path: Path, saved: dict[str, Any], model: nn.Module) -> None:
+    ours = model.peft_config["default"]
+    settings = {"r": ours.r, "lora_alpha": ours.lora_alpha}
+    changed = [f"{k}: {saved.get(k)} in the adapter, {v} here" for k, v in settings.items() if saved.get(k) != v]
+    if changed:
+        raise CIRConfigError(f"`init_adapter` {path} was trained with other LoRA settings ({'; '.join(changed)}); "
+                             "set the same `lora` values")
 
 
 def _check_same(path: Path, expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> None:
