@@ -55,22 +55,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+def _fire_case(rank: int, world: int, split: tuple[int, int], cross_rank: bool) -> dict:
     xq, xt = _inputs()
-    results = {}
-    for split in SPLITS:
-        rows = slice(0, split[0]) if rank == 0 else slice(split[0], None)
-        for cross_rank in (True, False):
-            model = nn.parallel.DistributedDataParallel(Towers())
-            q, t = model(xq[rows], xt[rows])
-            terms = distributed_fire_loss(FireLoss(), q, t, KEYS[rows], cross_rank=cross_rank)
-            terms["loss"].backward()  # DDP averages the gradients over the ranks
-            values = torch.stack([terms[k].detach() for k in sorted(terms)])
-            dist.all_reduce(values)
-            results[split, cross_rank] = {"terms": dict(zip(sorted(terms), (values / world).tolist(), strict=True)),
-                                          "grads": _grads(model.module)}
-    # stage 1: rank 0 holds 3 caption tokens, rank 1 holds 7
+    rows = slice(0, split[0]) if rank == 0 else slice(split[0], None)
+    model = nn.parallel.DistributedDataParallel(Towers())
+    q, t = model(xq[rows], xt[rows])
+    terms = distributed_fire_loss(FireLoss(), q, t, KEYS[rows], cross_rank=cross_rank)
+    terms["loss"].backward()  # DDP averages the gradients over the ranks
+    values = torch.stack([terms[k].detach() for k in sorted(terms)])
+    dist.all_reduce(values)
+    return {"terms": dict(zip(sorted(terms), (values / world).tolist(), strict=True)), "grads": _grads(model.module)}
+
+
+def _caption_case(rank: int, world: int) -> dict:
+    """Stage 1: rank 0 holds 3 caption tokens, rank 1 holds 7."""
     hidden, tokens = _caption_tokens()
     rows = slice(0, 3) if rank == 0 else slice(3, None)
     head = nn.parallel.DistributedDataParallel(_head())
@@ -78,9 +76,19 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     loss.backward()
     value = loss.detach().clone()
     dist.all_reduce(value)
-    results["caption"] = {"loss": (value / world).item(), "grads": _grads(head.module)}
+    return {"loss": (value / world).item(), "grads": _grads(head.module)}
+
+
+def _worker(rank: int, world: int, port: int, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    # Each case runs in its own function, so its DDP model is freed while the process group is alive: a DDP
+    # reducer freed after destroy_process_group can deadlock with gloo's worker thread (seen once in CI).
+    results = {(split, cross_rank): _fire_case(rank, world, split, cross_rank)
+               for split in SPLITS for cross_rank in (True, False)}
+    results["caption"] = _caption_case(rank, world)
     if rank == 0:
         torch.save(results, out)
+    dist.barrier()
     dist.destroy_process_group()
 
 
