@@ -28,7 +28,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 
-from cir_lightning.errors import CIRConfigError, CIRModelError
+from cir_lightning.errors import CIRConfigError, CIRModelError, weight_mismatch
 
 _WRAPPERS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
 
@@ -97,20 +97,15 @@ def check_and_complete(module: pl.LightningModule, checkpoint: dict[str, Any], f
     if meta is None:
         raise CIRModelError("this checkpoint was not written by cir_lightning's CIRModule (no "
                             "`cir_lightning` entry); it cannot be loaded with `--ckpt_path`")
-    expected = trainable_keys(module)
     state = checkpoint.get("state_dict")
-    saved = set(meta["trainable"]) if state is None else {clean_name(k) for k in state}
-    current = {clean_name(k): p for k, p in module.named_parameters()}
-    wrong_shape = [] if state is None else sorted(  # FSDP / DeepSpeed: the strategy already checked shapes
-        k for k in state if clean_name(k) in expected and tuple(state[k].shape) != tuple(current[clean_name(k)].shape))
-    if saved != expected or wrong_shape:
-        missing, extra = sorted(expected - saved), sorted(saved - expected)
-        detail = f", {len(wrong_shape)} of another shape (first: {wrong_shape[0]}: " \
-                 f"{tuple(state[wrong_shape[0]].shape)} in the file, " \
-                 f"{tuple(current[clean_name(wrong_shape[0])].shape)} here)" if wrong_shape else ""
-        raise CIRModelError(
-            "the checkpoint's trainable weights do not match this model (different LoRA settings?): "
-            f"{len(missing)} missing (first: {missing[:3]}), {len(extra)} unexpected (first: {extra[:3]})" + detail)
+    current = {clean_name(k): tuple(p.shape) for k, p in module.named_parameters() if p.requires_grad}
+    # FSDP / DeepSpeed leave only the stored names (the strategy loaded and checked the weights itself)
+    saved = dict.fromkeys(meta["trainable"]) if state is None else \
+        {clean_name(k): tuple(v.shape) for k, v in state.items()}
+    problem = weight_mismatch(current, saved)
+    if problem:
+        raise CIRModelError("the checkpoint's trainable weights do not match this model (different LoRA settings?): "
+                            + problem)
     then, now = meta["fingerprint"].get("model"), fingerprint.get("model")
     if then != now:
         rank_zero_warn(f"the checkpoint was trained on base model `{then}`, it is loaded onto `{now}`")

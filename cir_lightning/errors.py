@@ -41,3 +41,21 @@ class CIRConfigError(CIRError, ValueError):
 
 class CIRModelError(CIRError, RuntimeError):
     """A model, tokenizer or checkpoint that does not fit what cir_lightning needs from it."""
+
+
+def weight_mismatch(expected: dict[str, tuple[int, ...] | None], found: dict[str, tuple[int, ...] | None]) -> str:
+    """What differs between the weights a model expects and those a file holds (names -> shapes; a shape
+    of None is not compared), or "" when they agree.
+
+    Example:
+        >>> weight_mismatch({"a": (2,), "b": (3,)}, {"a": (4,), "c": (1,)})
+        "1 missing (first: ['b']), 1 unexpected (first: ['c']), 1 of another shape (first: a: (4,) in the file, (2,) here)"
+    """
+    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    shape = sorted(k for k in set(expected) & set(found)
+                   if None not in (expected[k], found[k]) and tuple(expected[k]) != tuple(found[k]))
+    if not (missing or extra or shape):
+        return ""
+    detail = f", {len(shape)} of another shape (first: {shape[0]}: {tuple(found[shape[0]])} in the file, " \
+             f"{tuple(expected[shape[0]])} here)" if shape else ""
+    return f"{len(missing)} missing (first: {missing[:3]}), {len(extra)} unexpected (first: {extra[:3]})" + detail

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
-from cir_lightning.errors import CIRConfigError
+from cir_lightning.errors import CIRConfigError, weight_mismatch
 
 # Default LoRA targets per language-model type (the ``model_type`` of the text config), as data.
 DEFAULT_TARGETS: dict[str, list[str]] = {
@@ -232,12 +232,7 @@ def _check_settings(path: Path, saved: dict[str, Any], model: nn.Module) -> None
 
 
 def _check_same(path: Path, expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> None:
-    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-    shape = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
-    if missing or extra or shape:
-        detail = f"; {len(shape)} of another shape (first: {shape[0]}: {found[shape[0]]} in the file, " \
-                 f"{expected[shape[0]]} here)" if shape else ""
-        raise CIRConfigError(
-            f"`init_adapter` {path} does not fit this model's adapter (other targets, modules_to_save or base "
-            f"model?): {len(missing)} weights missing (first: {missing[:2]}), {len(extra)} unexpected (first: "
-            f"{extra[:2]}){detail}")
+    problem = weight_mismatch(expected, found)
+    if problem:
+        raise CIRConfigError(f"`init_adapter` {path} does not fit this model's adapter (other targets, "
+                             f"modules_to_save or base model?): {problem}")
