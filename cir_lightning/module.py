@@ -164,6 +164,10 @@ class CIRModule(pl.LightningModule):
                                      model=model, sharded=self.evaluator.search.sharded)}
 
     # ------------------------------------------------------------------ training
+    @property
+    def _distributed(self) -> bool:
+        return self._trainer is not None and self.trainer.world_size > 1
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         if self.objective == "caption":
             return self._caption_step(batch)
@@ -175,8 +179,7 @@ class CIRModule(pl.LightningModule):
             target = self.backbone(batch["target_text"])
         else:
             target = self.backbone(batch["target"])
-        distributed = self._trainer is not None and self.trainer.world_size > 1
-        cross_rank = self.cross_rank_negatives and distributed
+        cross_rank = self.cross_rank_negatives and self._distributed
         keys = self._target_keys(batch, cross_rank).to(query.device)
         terms = distributed_fire_loss(self.loss, query, target, keys, cross_rank=cross_rank)
         bs = query.shape[0]
@@ -192,8 +195,7 @@ class CIRModule(pl.LightningModule):
                                  "be connected to the module's collator (a cir_lightning DataModule is)")
         logits, targets = self.backbone.caption_logits(batch["caption"], batch["caption_labels"])
         loss = caption_loss(logits, targets)  # under DDP: the global token mean, see caption_loss
-        distributed = self._trainer is not None and self.trainer.world_size > 1
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["index"]), sync_dist=distributed)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["index"]), sync_dist=self._distributed)
         self.log("train/caption_tokens", float(targets.numel()), batch_size=len(batch["index"]))  # this rank's
         return loss
 

@@ -15,8 +15,7 @@ from __future__ import annotations
 import string
 from typing import Any
 
-import torch
-
+from cir_lightning.backbones.collate import sample_index
 from cir_lightning.backbones.prompts import IMAGE
 from cir_lightning.errors import CIRConfigError, CIRDataError
 
@@ -76,8 +75,7 @@ class CaptionBatches:
             [s["reference_image"] for s in samples],
             [self.instruction.format(modification=s["modification"]) for s in samples],
             [s["target_caption"] for s in samples], self.max_caption_tokens)
-        return {"index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
-                "caption": inputs, "caption_labels": labels}
+        return {"index": sample_index(samples), "caption": inputs, "caption_labels": labels}
 
     def queries(self, samples: list[dict[str, Any]]) -> Any:
         return self.collator.queries(samples)

@@ -334,14 +334,6 @@ def forward_context(precision: str, device_type: str) -> AbstractContextManager:
     return nullcontext()
 
 
-def target_keys(batch: dict[str, Any]) -> torch.Tensor:
-    """Equal keys = the same target image (``CIRModule._target_keys`` in one process)."""
-    if "target_id" in batch:
-        return batch["target_id"].long()
-    index, group = batch["index"].long(), batch.get("target_group")
-    return index if group is None else index[group.long()]
-
-
 def training_step(backbone: Backbone, loss_fn: FireLoss, batch: dict[str, Any],
                   optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, precision: str,
                   device_type: str) -> torch.Tensor:
@@ -350,7 +342,7 @@ def training_step(backbone: Backbone, loss_fn: FireLoss, batch: dict[str, Any],
     with forward_context(precision, device_type):
         query = backbone(batch["query"])
         target = backbone(batch["target"])
-        keys = target_keys(batch).to(query.device)
+        keys = batch["target_id"].to(query.device)  # the samples carry target keys: the collator's ids
         loss = distributed_fire_loss(loss_fn, query, target, keys, cross_rank=False)["loss"]
     if scaler is None:
         loss.backward()

@@ -41,6 +41,11 @@ def target_identity(samples: list[dict[str, Any]]) -> dict[str, Tensor]:
     return out
 
 
+def sample_index(samples: list[dict[str, Any]]) -> Tensor:
+    """The samples' dataset rows, as every batch carries them (``batch["index"]``)."""
+    return torch.tensor([s["index"] for s in samples], dtype=torch.long)
+
+
 class SampleBatches:
     """Samples -> batches, shared by every collator: ``triplets`` (training), ``queries`` and ``gallery``
     (evaluation), see ``cir_lightning.data.base.Collator``. A subclass supplies ``query_inputs``,
@@ -55,15 +60,11 @@ class SampleBatches:
     def text_inputs(self, texts: Sequence[str]) -> Inputs:
         raise NotImplementedError
 
-    @staticmethod
-    def _index(samples: list[dict[str, Any]]) -> Tensor:
-        return torch.tensor([s["index"] for s in samples], dtype=torch.long)
-
     def triplets(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         """Training batch: queries, targets, ``target_group`` / ``target_id`` (see ``target_identity``)
         and ``target_text`` when every sample has a ``target_caption``."""
         batch = {
-            "index": self._index(samples),
+            "index": sample_index(samples),
             "query": self.query_inputs([s["reference_image"] for s in samples],
                                        [s["modification"] for s in samples]),
             "target": self.gallery_inputs([s["target_image"] for s in samples]),
@@ -83,14 +84,14 @@ class SampleBatches:
             images += [s["reference_image"]] * len(mods)
             texts += mods
             groups += [i] * len(mods)
-        batch = {"index": self._index(samples), "query": self.query_inputs(images, texts)}
+        batch = {"index": sample_index(samples), "query": self.query_inputs(images, texts)}
         if len(texts) != len(samples):
             batch["query_groups"] = torch.tensor(groups, dtype=torch.long)
         return batch
 
     def gallery(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         """Gallery batch: ``index`` and the images' inputs."""
-        return {"index": self._index(samples), "gallery": self.gallery_inputs([s["image"] for s in samples])}
+        return {"index": sample_index(samples), "gallery": self.gallery_inputs([s["image"] for s in samples])}
 
 
 class MLLMCollator(SampleBatches):
