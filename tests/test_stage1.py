@@ -149,6 +149,9 @@ def test_init_adapter_loads_an_adapter_folder_and_a_checkpoint_strictly(tiny_mod
                                                             init_adapter=str(tmp_path / "stage1.ckpt")))
     with pytest.raises(CIRConfigError, match="does not exist"):
         HFMultimodalBackbone(str(tiny_model_dir), lora=LoRA(init_adapter=str(tmp_path / "nope")))
+    (tmp_path / "broken.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CIRConfigError, match="broken.ckpt cannot be read as a cir_lightning checkpoint"):
+        HFMultimodalBackbone(str(tiny_model_dir), lora=LoRA(r=4, alpha=8, init_adapter=str(tmp_path / "broken.ckpt")))
     (tmp_path / "empty").mkdir()
     with pytest.raises(CIRConfigError, match="neither a peft adapter folder"):
         HFMultimodalBackbone(str(tiny_model_dir), lora=LoRA(init_adapter=str(tmp_path / "empty")))

@@ -60,3 +60,18 @@ def test_xgenmm_resampler_trains_and_the_vision_encoder_stays_frozen(tmp_path):
 def test_bad_train_parts_are_explained(tiny_model_dir):
     with pytest.raises(CIRConfigError, match="unknown `lora.train_parts` entry 'llm'"):
         HFMultimodalBackbone(str(tiny_model_dir), lora=LoRA(r=2, alpha=4, train_parts=["llm"]))
+
+
+def test_parts_that_are_missing_or_nested_are_explained():
+    from torch import nn
+
+    from cir_lightning.backbones.lora import part_paths
+
+    model = nn.Module()  # Qwen2-VL's layout: the merger (its projector) lies inside the vision tower
+    model.model = nn.Module()
+    model.model.visual = nn.ModuleDict({"merger": nn.Linear(2, 2)})
+    assert part_paths(model, ["vision"]) == ["model.visual"]
+    with pytest.raises(CIRConfigError, match="model.visual.merger lies inside model.visual"):
+        part_paths(model, ["projector", "vision"])
+    with pytest.raises(CIRConfigError, match="has no module named vision_tower / vision_model"):
+        part_paths(nn.Linear(2, 2), ["vision"])
