@@ -43,6 +43,10 @@ class CIRModelError(CIRError, RuntimeError):
     """A model, tokenizer or checkpoint that does not fit what cir_lightning needs from it."""
 
 
+class CIRFileError(CIRError, OSError):
+    """A file or folder that cannot be written (or read): full disk, permissions, a name already taken."""
+
+
 def weight_mismatch(expected: dict[str, tuple[int, ...] | None], found: dict[str, tuple[int, ...] | None]) -> str:
     """What differs between the weights a model expects and those a file holds (names -> shapes; a shape
     of None is not compared), or "" when they agree.
