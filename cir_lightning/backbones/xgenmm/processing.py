@@ -2,9 +2,11 @@
 
 Per image (``Blip3ImageProcessor`` with ``image_aspect_ratio="anyres"``): crop 0 is the whole image
 squashed to S x S (PIL's default resample); then the image is fitted (aspect kept, centred on black) to
-the grid canvas chosen by ``select_best_resolution`` and cut into S x S tiles, row-major. Every crop is
-converted to RGB and normalised with mean = std = 0.5. ``XGenMMProcessor`` adds the tokenizer so that
-``MLLMCollator`` can drive it like a Hugging Face processor.
+the grid canvas chosen by ``select_best_resolution`` and cut into S x S tiles, row-major. The fitted size
+(``fitted_size``) follows the original's order of operations (scale = target / size first, then
+``ceil(size * scale)``), so every image size rounds the same way as in xGen-MM. Every crop is converted to
+RGB and normalised with mean = std = 0.5. ``XGenMMProcessor`` adds the tokenizer so that ``MLLMCollator``
+can drive it like a Hugging Face processor.
 """
 
 from __future__ import annotations
@@ -26,19 +28,38 @@ from cir_lightning.errors import CIRModelError
 EXTRA_TOKENS = ["<image>", "<image placeholder>", "<|endofchunk|>"]
 
 
+def fitted_size(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]:
+    """(new_w, new_h) of an image of ``size`` (w, h) fitted into ``target`` (w, h), aspect ratio kept.
+
+    The arithmetic is the original's, in its order: the two scales ``target / size`` first, the side with
+    the smaller scale (``<``) fills the target, the other is ``min(ceil(side * scale), target side)``.
+    Writing ``ceil(h * tw / w)`` instead rounds differently when the product lands just above an integer.
+
+    Example:
+        >>> fitted_size((100, 50), (80, 80))
+        (80, 40)
+        >>> fitted_size((800, 600), (56, 56))  # 600 * (56 / 800) = 42.00000000000001 -> 43, as the original
+        (56, 43)
+        >>> fitted_size((68, 85), (384, 768))
+        (384, 481)
+    """
+    w, h = size
+    tw, th = target
+    scale_w, scale_h = tw / w, th / h
+    if scale_w < scale_h:
+        return tw, min(math.ceil(h * scale_w), th)
+    return min(math.ceil(w * scale_h), tw), th
+
+
 def resize_and_pad(image: Image.Image, target: tuple[int, int]) -> Image.Image:
-    """Fit ``image`` into ``target`` (w, h) keeping its aspect ratio, centred on a black canvas.
+    """Fit ``image`` into ``target`` (w, h) at ``fitted_size``, centred on a black canvas.
 
     Example:
         >>> resize_and_pad(Image.new("RGB", (100, 50), "white"), (80, 80)).getbbox()
         (0, 20, 80, 60)
     """
-    w, h = image.size
     tw, th = target
-    if tw / w < th / h:
-        new_w, new_h = tw, min(math.ceil(h * tw / w), th)
-    else:
-        new_w, new_h = min(math.ceil(w * th / h), tw), th
+    new_w, new_h = fitted_size(image.size, target)
     canvas = Image.new("RGB", (tw, th), (0, 0, 0))
     canvas.paste(image.resize((new_w, new_h)), ((tw - new_w) // 2, (th - new_h) // 2))
     return canvas
