@@ -25,12 +25,16 @@ parameter gradients over ranks, so the step equals one process computing the los
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+from cir_lightning.checks import cutoffs, number_in, positive_number
+from cir_lightning.errors import CIRConfigError
 
 
 def _positives(sim: Tensor, positive_mask: Tensor | None) -> Tensor:
@@ -121,7 +125,14 @@ class FireLoss(nn.Module):
                  contrastive_weight: float = 1.0) -> None:
         super().__init__()
         if len(recall_ks) != len(recall_weights):
-            raise ValueError("`recall_ks` and `recall_weights` must have the same length")
+            raise CIRConfigError(f"`loss.recall_ks` {list(recall_ks)} and `loss.recall_weights` {list(recall_weights)} "
+                                 "must have the same length")
+        if recall_ks:
+            cutoffs("loss.recall_ks", list(recall_ks))
+        for name, value in (("scale", scale), ("tau1", tau1), ("tau2", tau2)):
+            positive_number(f"loss.{name}", value)
+        for name, value in (("contrastive_weight", contrastive_weight), *(("recall_weights", w) for w in recall_weights)):
+            number_in(f"loss.{name}", value, 0, math.inf)
         self.scale = scale
         self.recall_ks = [int(k) for k in recall_ks]
         self.recall_weights = [float(w) for w in recall_weights]

@@ -14,14 +14,16 @@ Without a collator the loaders yield plain lists of sample dicts, handy for look
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from cir_lightning.checks import non_negative_int, positive_int
 from cir_lightning.data.datasets import CachedGallery, GalleryDataset, QueryDataset, TripletDataset
+from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.errors import CIRConfigError
 
 
@@ -41,6 +43,76 @@ def _as_list(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return samples
 
 
+class EpochSampler(Sampler[int]):
+    """The training order: a permutation that depends only on the seed and the epoch, resumable mid-epoch.
+
+    A plain shuffling loader draws from the global random generator, which checkpoints do not hold;
+    this order is ``torch.randperm(size)`` from a generator seeded with ``seed + epoch`` (the order of
+    ``DistributedSampler(num_replicas=1, seed=seed)``), so a resumed run sees exactly the batches it
+    would have seen. The epoch is read when an epoch's iteration starts (``epoch_fn``, else the value
+    of ``set_epoch``). ``resume(epoch, batches)`` skips the first ``batches`` batches the next time that
+    epoch is iterated: that is how a checkpoint written in the middle of an epoch continues where it
+    stopped (``ResumableLoader`` hands Lightning the position to store).
+
+    Example:
+        >>> s = EpochSampler(6, seed=0, batch_size=2)
+        >>> full = list(s)
+        >>> s.resume(0, 2)
+        >>> list(s) == full[4:], list(s) == full   # skipped once, then whole again
+        (True, True)
+    """
+
+    def __init__(self, size: int, seed: int, batch_size: int, epoch_fn: Callable[[], int] | None = None,
+                 position_fn: Callable[[], int] | None = None) -> None:
+        self.size, self.seed, self.batch_size = size, seed, batch_size
+        self.epoch = 0
+        self.epoch_fn = epoch_fn
+        self.position_fn = position_fn
+        self._skip: tuple[int, int] | None = None  # (epoch, batches)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def resume(self, epoch: int, batches: int) -> None:
+        self._skip = (int(epoch), int(batches))
+
+    def current_epoch(self) -> int:
+        return int(self.epoch_fn()) if self.epoch_fn is not None else self.epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        epoch = self.current_epoch()
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + epoch)
+        order = torch.randperm(self.size, generator=generator).tolist()
+        skip, self._skip = self._skip, None
+        start = skip[1] * self.batch_size if skip is not None and skip[0] == epoch else 0
+        if start >= self.size - self.size % self.batch_size:  # the stored epoch was complete: start it anew
+            start = 0
+        yield from order[start:]
+
+    def state_dict(self) -> dict[str, int]:
+        """Where training is: the epoch and the batches of it already trained."""
+        return {"epoch": self.current_epoch(), "batches": int(self.position_fn()) if self.position_fn else 0}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.resume(state.get("epoch", 0), state.get("batches", 0))
+
+
+class ResumableLoader(DataLoader):
+    """A training ``DataLoader`` whose position Lightning stores in checkpoints (``state_dict``) and
+    restores on ``fit --ckpt_path`` (``load_state_dict``), so a run killed in the middle of an epoch
+    resumes with exactly the batches it had not trained yet."""
+
+    def state_dict(self) -> dict[str, int]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.load_state_dict(state)
+
+
 class CIRDataModule(pl.LightningDataModule):
     """Base class: subclasses fill ``train_set``, ``val_sets`` and ``test_sets`` in ``setup``.
 
@@ -53,15 +125,19 @@ class CIRDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes; images are decoded and processed there.
         max_short_edge: shrink images whose short edge is longer than this, when decoded.
         pin_memory: pin host memory of batches (useful on GPUs).
+        max_image_pixels: refuse images with more pixels than this (their header is read first, so a
+            "decompression bomb" is never decoded); ``None``: no limit. Default: Pillow's own limit.
     """
 
     def __init__(self, batch_size: int = 16, eval_batch_size: int | None = None, num_workers: int = 0,
-                 max_short_edge: int | None = None, pin_memory: bool = False) -> None:
+                 max_short_edge: int | None = None, pin_memory: bool = False,
+                 max_image_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         super().__init__()
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.max_short_edge = max_short_edge
+        self.batch_size = positive_int("batch_size", batch_size)
+        self.eval_batch_size = positive_int("eval_batch_size", eval_batch_size, optional=True) or batch_size
+        self.num_workers = non_negative_int("num_workers", num_workers)
+        self.max_short_edge = positive_int("max_short_edge", max_short_edge, optional=True)
+        self.max_image_pixels = positive_int("max_image_pixels", max_image_pixels, optional=True)
         self.pin_memory = pin_memory
         self.collator: Collator | None = None
         self.cached_galleries: CachedGalleries | None = None
@@ -81,7 +157,10 @@ class CIRDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: Dataset, collate: Any, batch_size: int, shuffle: bool,
                 sampler: Sampler | None = None) -> DataLoader:
-        return DataLoader(
+        if hasattr(dataset, "max_pixels"):  # an image option of the DataModule, used where images are decoded
+            dataset.max_pixels = self.max_image_pixels
+        loader = ResumableLoader if isinstance(sampler, EpochSampler) else DataLoader
+        return loader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle and sampler is None,
@@ -112,15 +191,21 @@ class CIRDataModule(pl.LightningDataModule):
         return self._loader(self.train_set, collate, self.batch_size, True, self._train_sampler())
 
     def _train_sampler(self) -> Sampler | None:
-        """In one process, an order that depends only on the seed and the epoch (Lightning calls
-        ``set_epoch``), not on the global random state, so ``fit --ckpt_path`` resumes with exactly the
-        batches it would have seen: a plain shuffling loader draws from the global generator, which is
-        not checkpointed. Under DDP Lightning puts in its own seeded distributed sampler (None here)."""
+        """In one process, an ``EpochSampler``: the order depends only on the seed and the epoch, not on
+        the global random state, and a checkpoint written mid-epoch resumes at the next untrained batch,
+        so ``fit --ckpt_path`` continues exactly as an uninterrupted run would. Under DDP Lightning puts
+        in its own seeded distributed sampler (None here; it resumes exactly from epoch ends)."""
         trainer = getattr(self, "trainer", None)
         if trainer is not None and trainer.world_size > 1:
             return None
-        return DistributedSampler(self.train_set, num_replicas=1, rank=0, shuffle=True, drop_last=True,
-                                  seed=torch.initial_seed() % 2**31)
+        epoch_fn = position_fn = None
+        if trainer is not None:  # the epoch and position Lightning's loops are at (restored on resume)
+            def epoch_fn() -> int:
+                return trainer.fit_loop.epoch_progress.current.processed
+
+            def position_fn() -> int:
+                return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return EpochSampler(len(self.train_set), torch.initial_seed() % 2**31, self.batch_size, epoch_fn, position_fn)
 
     def val_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders(self.val_sets, "validate")

@@ -13,7 +13,18 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from cir_lightning.data.images import load_image
+from cir_lightning.data.images import DEFAULT_MAX_PIXELS, load_image
+
+
+class _Images:
+    """What every dataset shares: decoding its images with the DataModule's image options
+    (``max_short_edge``, and ``max_pixels``, which ``CIRDataModule`` sets from ``max_image_pixels``)."""
+
+    max_short_edge: int | None = None
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+
+    def _image(self, path: Path, source: str) -> Any:
+        return load_image(path, self.max_short_edge, source, max_pixels=self.max_pixels)
 
 
 @dataclass(frozen=True)
@@ -51,7 +62,7 @@ class GalleryItem:
     source: str
 
 
-class TripletDataset(Dataset):
+class TripletDataset(_Images, Dataset):
     """Training triplets; a sample is ``{"index", "reference_image", "modification", "target_image",
     "target_key"}`` (``target_key`` identifies the target image, so that two triplets with the same
     target count as positives of each other) plus ``"reference_caption"`` / ``"target_caption"`` when ``with_captions`` is set."""
@@ -69,9 +80,9 @@ class TripletDataset(Dataset):
         r = self.records[index]
         sample = {
             "index": index,
-            "reference_image": load_image(r.reference, self.max_short_edge, r.source),
+            "reference_image": self._image(r.reference, r.source),
             "modification": r.modification,
-            "target_image": load_image(r.target, self.max_short_edge, r.source),
+            "target_image": self._image(r.target, r.source),
             "target_key": str(r.target),
         }
         if self.with_captions:
@@ -80,7 +91,7 @@ class TripletDataset(Dataset):
         return sample
 
 
-class QueryDataset(Dataset):
+class QueryDataset(_Images, Dataset):
     """Evaluation queries; a sample is ``{"index", "reference_image", "modification"}``.
 
     The ground truth and the protocol stay here, not in the batches; the evaluator reads them once all
@@ -131,12 +142,12 @@ class QueryDataset(Dataset):
         r = self.records[index]
         return {
             "index": index,
-            "reference_image": load_image(r.reference, self.max_short_edge, r.source),
+            "reference_image": self._image(r.reference, r.source),
             "modification": r.modification,
         }
 
 
-class GalleryDataset(Dataset):
+class GalleryDataset(_Images, Dataset):
     """Gallery images; a sample is ``{"index", "image"}``, ``ids[i]`` is the id of row ``i``."""
 
     def __init__(self, records: list[GalleryItem], max_short_edge: int | None = None) -> None:
@@ -152,7 +163,7 @@ class GalleryDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         r = self.records[index]
-        return {"index": index, "image": load_image(r.path, self.max_short_edge, r.source)}
+        return {"index": index, "image": self._image(r.path, r.source)}
 
 
 class CachedGallery(Dataset):

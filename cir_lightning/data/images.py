@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import struct
+import threading
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cir_lightning.errors import CIRDataError
@@ -48,13 +55,45 @@ def resolve_image_path(root: Path, relative: object, file: str | Path, line: int
     return root / normal
 
 
-def load_image(path: Path, max_short_edge: int | None = None, source: str | None = None) -> Image.Image:
+DEFAULT_MAX_PIXELS: int = 2 * (1024 * 1024 * 1024 // 4 // 3)
+"""The default ``max_pixels`` of :func:`load_image`: 178,956,970 pixels, the size at which Pillow's own
+decompression-bomb check raises (``2 * PIL.Image.MAX_IMAGE_PIXELS`` with Pillow's default)."""
+
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+def load_image(path: Path, max_short_edge: int | None = None, source: str | None = None, *,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode an image as RGB, shrinking it so its short edge is at most ``max_short_edge`` pixels.
+
+    8-bit images are decoded exactly as ``Image.open(path).convert("RGB")`` decodes them (alpha is dropped,
+    a palette is looked up, CMYK and YCbCr use Pillow's formulas). Deeper images are brought to 8 bits:
+
+    - 16-bit grey (PIL modes ``I;16``, ``I;16B``, ``I;16L``, ``I;16N``; Pillow 13 opens 16-bit grey PNG and
+      TIFF files as ``I;16``, big-endian TIFF as ``I;16B``) keeps the high byte, ``value >> 8``, as Pillow
+      itself does with 16-bit RGB, RGBA and LA files: ``v * 257`` in 16 bits decodes exactly like ``v`` in 8.
+    - 32-bit integers (``I``: 16-bit PGM files, 32-bit and signed 16-bit TIFF files, 16-bit grey PNG files
+      with older Pillow) are read as 16-bit values, ``value >> 8``; values outside 0..65535 are an error.
+    - 32-bit floats (``F``: float TIFF, PFM) are read as [0, 1] when no value exceeds 1
+      (``round(255 * value)``), else as [0, 255] (``round(value)``); negative, larger, NaN or infinite values
+      are an error.
+    - A deep image with non-zero values that would come out all black (e.g. 8-bit values stored in 16 bits)
+      is an error, not a black picture.
+    - ``La`` (premultiplied alpha) is un-premultiplied first; ``LAB`` is converted to sRGB with LittleCMS.
 
     Args:
         path: the image file.
         max_short_edge: shrink (bicubic, aspect ratio kept) when the short edge is longer; never enlarges.
         source: where the path came from (``"file.jsonl:12"``), put in front of any error.
+        max_pixels: refuse images with more pixels than this (read from the header, before decoding), a guard
+            against decompression bombs; None for no limit. Pillow's own global limit
+            (``PIL.Image.MAX_IMAGE_PIXELS``) is not applied here.
+
+    Raises:
+        CIRDataError: one line naming ``source`` and the file: missing, a folder, a broken symbolic link, not
+            readable, not an image, truncated or corrupt, larger than ``max_pixels``, or deep values that
+            cannot be mapped to 8 bits.
 
     Example:
         >>> import tempfile
@@ -62,18 +101,160 @@ def load_image(path: Path, max_short_edge: int | None = None, source: str | None
         >>> Image.new("RGB", (200, 100)).save(p)
         >>> load_image(p, max_short_edge=50).size
         (100, 50)
+        >>> v = np.array([[0, 64, 255]], dtype=np.uint16)
+        >>> Image.fromarray(v * 257).save(p)  # a 16-bit grayscale PNG; convert("RGB") would clip it to white
+        >>> [load_image(p).getpixel((x, 0)) for x in range(3)]
+        [(0, 0, 0), (64, 64, 64), (255, 255, 255)]
     """
     where = f"{source}: " if source else ""
+    name = f"{where}image `{path}`"
     try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
+        with _pillow_bomb_check_off():  # ours is applied below, from the header, with `max_pixels`
+            opened = Image.open(path)
+    except IsADirectoryError:
+        raise CIRDataError(f"{name} is a folder, not an image file") from None
     except FileNotFoundError:
-        raise CIRDataError(f"{where}image `{path}` does not exist") from None
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise CIRDataError(f"{where}image `{path}` cannot be read: {err}") from None
+        if os.path.islink(path):
+            raise CIRDataError(
+                f"{name} is a broken symbolic link (to `{os.readlink(path)}`, which does not exist)"
+            ) from None
+        raise CIRDataError(f"{name} does not exist") from None
+    except PermissionError:
+        if os.path.isdir(path):  # what opening a folder raises on Windows
+            raise CIRDataError(f"{name} is a folder, not an image file") from None
+        raise CIRDataError(f"{name} cannot be read: permission denied") from None
+    except UnidentifiedImageError:
+        raise CIRDataError(
+            f"{name} cannot be read: not a recognised image format, or truncated or corrupt"
+        ) from None
+    except OSError as err:
+        if err.errno is not None:  # the file system failed, not the decoder
+            raise CIRDataError(f"{name} cannot be read: {err.strerror or err}") from None
+        raise CIRDataError(f"{name} is truncated or corrupt ({err})") from None
+    except (ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise CIRDataError(f"{name} cannot be read: {err}") from None
+    with opened as img:
+        w, h = img.size
+        if max_pixels is not None and w * h > max_pixels:
+            raise CIRDataError(
+                f"{name} is {w}x{h} = {w * h:,} pixels, more than the limit of {max_pixels:,} that guards "
+                "against decompression bombs; if the image is genuine, shrink it or raise the limit: "
+                "`max_image_pixels` of the data module (`max_pixels` of load_image; null/None: no limit)"
+            )
+        try:
+            # The full decode happens here, inside the `with` and the `try`: a truncated file fails now, not
+            # later as a traceback, and never as a partly grey picture (LOAD_TRUNCATED_IMAGES is left off).
+            pillow_limit = Image.MAX_IMAGE_PIXELS
+            if pillow_limit is not None and w * h > pillow_limit:  # some formats repeat Pillow's check here
+                with _pillow_bomb_check_off():
+                    img.load()
+            else:
+                img.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise CIRDataError(
+                f"{name} is refused by Pillow's decompression-bomb check ({err}); if the image is genuine, "
+                "raise `PIL.Image.MAX_IMAGE_PIXELS` (None: no limit)"
+            ) from None
+        except MemoryError:
+            raise CIRDataError(f"{name} is {w}x{h} pixels, too large to decode in memory") from None
+        except OSError as err:
+            if err.errno is not None:  # the file system failed, not the decoder
+                raise CIRDataError(f"{name} cannot be read: {err.strerror or err}") from None
+            raise CIRDataError(f"{name} is truncated or corrupt ({err})") from None
+        except (SyntaxError, EOFError, ValueError, IndexError, TypeError, struct.error, zlib.error) as err:
+            raise CIRDataError(f"{name} is truncated or corrupt ({err})") from None
+        img = _to_rgb(img, name)
     if max_short_edge is not None and min(img.size) > max_short_edge:
         w, h = img.size
         scale = max_short_edge / min(w, h)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
         img = img.resize(size, Image.Resampling.BICUBIC)
     return img
+
+
+@contextlib.contextmanager
+def _pillow_bomb_check_off() -> Iterator[None]:
+    """Switch Pillow's global decompression-bomb check off while the body runs and put back the value it had.
+
+    The lock keeps two threads in here from restoring each other's ``None`` for good; other code sees the
+    change only while the body runs (reading a header, or decoding an image already known to be large).
+    """
+    with _PILLOW_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def _to_rgb(img: Image.Image, name: str) -> Image.Image:
+    """``img`` (loaded) as 8-bit RGB, as :func:`load_image` documents; ``name`` starts any error message."""
+    mode = img.mode
+    if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
+        return _deep_to_rgb(img, name)
+    if mode == "La":  # Pillow cannot take premultiplied La to RGB directly
+        return img.convert("LA").convert("RGB")
+    if mode == "LAB":  # as Pillow 13's convert("RGB") does it; older Pillow copied the bands instead
+        try:
+            transform = _lab_to_srgb()
+        except ImportError as err:
+            raise CIRDataError(
+                f"{name} is a CIELAB image (PIL mode 'LAB'), and converting it to RGB needs Pillow built "
+                f"with LittleCMS ({err}); convert the file to RGB"
+            ) from None
+        from PIL import ImageCms
+
+        return ImageCms.applyTransform(img, transform)
+    if mode == "P" and isinstance(img.info.get("transparency"), bytes):
+        # Dropped by convert("RGB") anyway (same pixels); removing it first spares the user Pillow's warning.
+        del img.info["transparency"]
+    try:
+        return img.convert("RGB")
+    except ValueError as err:
+        raise CIRDataError(
+            f"{name} has PIL mode {mode!r}, which cannot be converted to RGB ({err})"
+        ) from None
+
+
+@functools.lru_cache(maxsize=1)
+def _lab_to_srgb() -> object:
+    """The LittleCMS transform from Pillow's LAB to sRGB (ImportError without LittleCMS)."""
+    from PIL import ImageCms
+
+    lab, srgb = ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB")
+    return ImageCms.buildTransform(lab, srgb, "LAB", "RGB")
+
+
+def _deep_to_rgb(img: Image.Image, name: str) -> Image.Image:
+    """16-bit and 32-bit grey (PIL modes ``I;16*``, ``I``, ``F``) to 8-bit RGB; see :func:`load_image`."""
+    mode = img.mode
+    values = np.asarray(img)
+    if values.size == 0:
+        return Image.new("RGB", img.size)
+    if mode == "F":
+        if not np.isfinite(values).all():
+            raise CIRDataError(f"{name} is a 32-bit float image (PIL mode 'F') with NaN or infinite values")
+        low, high = float(values.min()), float(values.max())
+        if low < 0 or high > 255:
+            raise CIRDataError(
+                f"{name} is a 32-bit float image (PIL mode 'F') with values from {low:g} to {high:g}; only "
+                "[0, 1] or [0, 255] can be mapped to 8 bits: save it as 8-bit (or 16-bit) integers"
+            )
+        scale, kind = (255.0, "[0, 1]") if high <= 1 else (1.0, "[0, 255]")
+        eight = np.rint(values.astype(np.float64) * scale).astype(np.uint8)
+    else:
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high > 65535:
+            raise CIRDataError(
+                f"{name} is a 32-bit integer image (PIL mode 'I') with values from {low} to {high}; only "
+                "0..65535 (16 bits) can be mapped to 8 bits: save it as 8-bit or 16-bit unsigned integers"
+            )
+        kind = "16-bit"
+        eight = (values.astype(np.uint16) >> 8).astype(np.uint8)
+    if high > 0 and not eight.any():
+        raise CIRDataError(
+            f"{name} (PIL mode {mode!r}) has values only up to {high:g}, which decode as all black in its "
+            f"{kind} range; if it holds 8-bit values, save it as an 8-bit image"
+        )
+    return Image.fromarray(eight).convert("RGB")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import torch
 from torch import Tensor
 
 from cir_lightning.errors import CIRConfigError, CIRDataError
+from cir_lightning.files import atomic_folder
 
 FORMAT = 1
 
@@ -71,20 +71,16 @@ def save_embeddings(path: str | Path, embeddings: Tensor | np.ndarray, ids: Sequ
         raise ValueError(f"`embeddings` {array.shape} must be 2-d with one row per id ({len(ids)} ids)")
     if dtype not in ("float32", "float16"):
         raise CIRConfigError(f"cache `dtype` must be float32 or float16, got {dtype!r}")
-    if path.exists():
-        if not overwrite:
-            raise CIRConfigError(f"embedding cache `{path}` already exists; pass overwrite=True to replace it")
-        shutil.rmtree(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    np.save(tmp / "embeddings.npy", np.ascontiguousarray(array, dtype=dtype))
-    (tmp / "ids.json").write_text(json.dumps([str(i) for i in ids]))
+    if path.exists() and not overwrite:
+        raise CIRConfigError(f"embedding cache `{path}` already exists; pass overwrite=True to replace it")
     meta = {"format": FORMAT, "kind": kind, "model": dict(model), "dataset": dataset, "split": split,
             "count": len(ids), "dim": int(array.shape[1]), "dtype": dtype, "ids_sha256": _ids_digest(ids),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
-    tmp.rename(path)
+    # complete or absent: a kill or a full disk never leaves a cache that a later run would trust
+    with atomic_folder(path, overwrite=overwrite) as tmp:
+        np.save(tmp / "embeddings.npy", np.ascontiguousarray(array, dtype=dtype))
+        (tmp / "ids.json").write_text(json.dumps([str(i) for i in ids]))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
     return path
 
 
@@ -113,10 +109,15 @@ def load_embeddings(path: str | Path, *, kind: str, model: Mapping[str, Any], da
     if problems:
         raise CIRDataError("the cache does not match: " + "; ".join(problems) + ". Delete it or write a new "
                            "one; a stale cache is never used", path)
-    array = np.load(path / "embeddings.npy", mmap_mode="r")
-    if array.shape != (meta["count"], meta["dim"]):
-        raise CIRDataError(f"embeddings.npy has shape {array.shape}, meta.json says "
-                           f"({meta['count']}, {meta['dim']})", path)
+    rebuild = "; re-embed with `overwrite_cache: true` (or delete the folder)"
+    try:
+        array = np.load(path / "embeddings.npy", mmap_mode="r")
+    except (OSError, ValueError, EOFError) as err:  # cut short, not a .npy, missing
+        raise CIRDataError(f"embeddings.npy cannot be read ({err}): the cache is damaged or incomplete{rebuild}",
+                           path) from None
+    if array.shape != (meta["count"], meta["dim"]) or array.dtype != np.dtype(meta.get("dtype", "float32")):
+        raise CIRDataError(f"embeddings.npy holds {array.dtype} {array.shape}, meta.json says {meta.get('dtype')} "
+                           f"({meta['count']}, {meta['dim']}): the cache is damaged{rebuild}", path)
     if rows is not None:
         array = array[rows]
     return torch.from_numpy(np.array(array, dtype=np.float32)), cached_ids  # a writable float32 copy

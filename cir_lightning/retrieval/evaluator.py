@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from cir_lightning.checks import cutoffs
 from cir_lightning.errors import CIRConfigError
 from cir_lightning.retrieval.gather import collective_device, dedupe_by_index, gather_embeddings, world
 from cir_lightning.retrieval.index import SearchConfig, pad_lists, search
@@ -108,7 +109,7 @@ class RetrievalEvaluator:
     """
 
     def __init__(self, ks: Sequence[int] = (1, 5, 10, 50), search: SearchConfig | None = None) -> None:
-        self.ks = [int(k) for k in ks]
+        self.ks = cutoffs("ks", list(ks))
         self.search = search or SearchConfig()
         self.reset()
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from cir_lightning.files import check_writable
 from cir_lightning.retrieval.cache import load_embeddings, save_embeddings
 from cir_lightning.retrieval.evaluator import RetrievalEvaluator
 from cir_lightning.retrieval.gather import world
@@ -73,6 +74,8 @@ class GalleryCache:
             self._hits[subset] = (embeddings, indices)
             self.loaded.append(str(path))
             return True
+        if world()[0] == 0:  # it will be written after the gallery is embedded: fail now, not after the work
+            check_writable(self.folder, "model.embedding_cache")
         self._misses[subset] = (path, {**identity, "ids": list(gallery_ids)})
         return False
 

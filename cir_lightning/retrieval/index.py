@@ -29,10 +29,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cir_lightning.checks import positive_int
 from cir_lightning.errors import CIRConfigError
 
 _MIN_PER_CENTROID = 39  # faiss warns below 39 training points per IVF centroid
 _GPU_MAX_K = 2048
+_PROBE_DIM = 5040  # divisible by 1-10, 12, 14, 16, 18, 20, ...: the dimension index types are checked with first
 
 
 @dataclass
@@ -61,9 +63,71 @@ class SearchConfig:
     chunk_size: int = 1024
     sharded: bool = False
 
+    def __post_init__(self) -> None:
+        # Checked when set, before any gallery is embedded: a bad value would otherwise surface as a faiss
+        # assertion after all the work (nprobe 0), or not at all.
+        if self.backend not in ("faiss", "torch"):
+            raise CIRConfigError(f"`search.backend` must be 'faiss' or 'torch', got {self.backend!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise CIRConfigError(f"`search.device` must be 'cpu' or 'cuda', got {self.device!r}")
+        positive_int("search.nprobe", self.nprobe, optional=True)
+        positive_int("search.ef_search", self.ef_search, optional=True)
+        positive_int("search.chunk_size", self.chunk_size)
+        if not isinstance(self.factory, str) or not self.factory.strip():
+            raise CIRConfigError(f"`search.factory` must be a faiss index_factory string, got {self.factory!r}")
+        if self.backend == "faiss" and (self.factory.strip() != "Flat" or self.nprobe or self.ef_search):
+            self.check()
+
+    def check(self, dim: int = _PROBE_DIM) -> None:
+        """Build this index type (empty) for ``dim``-dimensional vectors and set its parameters, so that an
+        unknown factory string, a parameter the index lacks or a dimension it cannot take is an error
+        before anything is embedded. Called when the config is made, and with the real dimension once
+        the model is known.
+
+        Example:
+            >>> SearchConfig(factory="IVF2,Flat", nprobe=2).check(dim=8)
+            >>> SearchConfig(factory="Foo12")
+            Traceback (most recent call last):
+            ...
+            cir_lightning.errors.CIRConfigError: `search.factory` 'Foo12': faiss cannot build it: could not parse index string Foo12
+            >>> SearchConfig(factory="HNSW32", nprobe=4)
+            Traceback (most recent call last):
+            ...
+            cir_lightning.errors.CIRConfigError: `search.nprobe`: index `HNSW32` has no parameter `nprobe`
+        """
+        if self.backend != "faiss":
+            return
+        import faiss
+
+        try:
+            index = faiss.index_factory(int(dim), self.factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as err:
+            raise CIRConfigError(f"`search.factory` {self.factory!r}: faiss cannot build it"
+                                 f"{f' for dimension {dim}' if dim != _PROBE_DIM else ''}: {faiss_message(err)}") \
+                from None
+        space = faiss.ParameterSpace()
+        for option, name, value in (("nprobe", "nprobe", self.nprobe), ("ef_search", "efSearch", self.ef_search)):
+            if value is None:
+                continue
+            try:
+                space.set_index_parameter(index, name, value)
+            except RuntimeError:
+                raise CIRConfigError(f"`search.{option}`: index `{self.factory}` has no parameter `{name}`") from None
+
     @property
     def exact(self) -> bool:
         return self.backend == "torch" or (self.factory.strip() == "Flat" and not self.float16)
+
+
+def faiss_message(err: Exception) -> str:
+    """The useful part of a faiss error: its last line without the C++ function and source location.
+
+    Example:
+        >>> faiss_message(RuntimeError("Error in void f() at /project/faiss/x.cpp:12: could not parse Foo"))
+        'could not parse Foo'
+    """
+    text = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+    return re.sub(r"^Error in .*? at \S+:\d+: ", "", text).strip()
 
 
 def _as_float32(x: Tensor | np.ndarray, name: str) -> np.ndarray:
@@ -186,7 +250,7 @@ def build_index(gallery: Tensor | np.ndarray, config: SearchConfig | None = None
         index = faiss.index_factory(g.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as err:
         raise CIRConfigError(f"faiss cannot build index `{factory}` for dim {g.shape[1]}: "
-                             f"{str(err).strip().splitlines()[-1]}") from None
+                             f"{faiss_message(err)}") from None
     if config.device == "cuda":
         index = _to_gpu(index, config)
     if not index.is_trained:
@@ -194,7 +258,7 @@ def build_index(gallery: Tensor | np.ndarray, config: SearchConfig | None = None
             index.train(g)
         except RuntimeError as err:
             raise CIRConfigError(f"faiss cannot train index `{factory}` on {len(g)} gallery vectors: "
-                                 f"{str(err).strip().splitlines()[-1]}; use a smaller index") from None
+                                 f"{faiss_message(err)}; use a smaller index") from None
     index.add(g)
     params = [(name, value) for name, value in (("nprobe", config.nprobe), ("efSearch", config.ef_search))
               if value is not None]
@@ -221,7 +285,7 @@ def _to_gpu(index, config: SearchConfig):
         gpu_index = faiss.index_cpu_to_gpu(resources, torch.cuda.current_device(), index, options)
     except RuntimeError as err:  # e.g. HNSW has no GPU implementation
         raise CIRConfigError(f"faiss cannot put index `{config.factory}` on the GPU: "
-                             f"{str(err).strip().splitlines()[-1]}; use `device: cpu` or another index") from None
+                             f"{faiss_message(err)}; use `device: cpu` or another index") from None
     gpu_index.referenced_resources = resources  # keep them alive as long as the index
     return gpu_index
 
@@ -277,6 +341,7 @@ def search_with_scores(queries: Tensor | np.ndarray, gallery: Tensor | np.ndarra
         ([[0, -1, -1], [1, 0, -1]], [[1.0, -inf, -inf], [1.0, 0.0, -inf]])
     """
     config = config or SearchConfig()
+    positive_int("k", k)
     q, g = _as_float32(queries, "queries"), _as_float32(gallery, "gallery")
     if len(g) and q.shape[1] != g.shape[1]:
         raise ValueError(f"query dim {q.shape[1]} != gallery dim {g.shape[1]}")

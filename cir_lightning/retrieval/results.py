@@ -15,23 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cir_lightning.errors import CIRFileError
+from cir_lightning.files import free_path, write_atomic
 
-def free_path(path: str | Path) -> Path:
-    """``path`` if nothing is there, else the first free ``<stem>-N<suffix>`` beside it.
-
-    Example:
-        >>> import tempfile
-        >>> p = Path(tempfile.mkdtemp()) / "results.json"
-        >>> _ = p.write_text("{}")
-        >>> free_path(p).name
-        'results-1.json'
-    """
-    path = Path(path)
-    n, candidate = 0, path
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-    return candidate
+__all__ = ["format_table", "free_path", "split_subsets", "write_results"]
 
 
 def split_subsets(metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:
@@ -97,7 +84,11 @@ def write_results(path: str | Path, metrics: Mapping[str, float], *, stage: str,
     }
     if rankings is not None:
         document["rankings"] = rankings
-    target = free_path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(document, indent=1, default=str) + "\n")
-    return target
+    text = json.dumps(document, indent=1, default=str) + "\n"
+    while True:  # another process may take the free name first: never overwrite, take the next one
+        target = free_path(path)
+        try:
+            return write_atomic(target, text)
+        except CIRFileError:
+            if not target.exists():
+                raise

@@ -112,14 +112,24 @@ def test_ivf_with_too_few_vectors_shrinks_nlist_with_a_warning():
     assert got[:, 0].tolist() == [0, 1, 2, 3, 4]
 
 
-def test_bad_index_settings_are_clear_errors():
+def test_bad_index_settings_are_clear_errors_when_the_config_is_made():
+    # before any embedding: the index type is built empty, its parameters set (faiss asserted on nprobe 0
+    # only after the whole gallery had been embedded)
+    with pytest.raises(CIRConfigError, match="`search.factory` 'Nonsense12': faiss cannot build it: could not parse"):
+        SearchConfig(factory="Nonsense12")
+    with pytest.raises(CIRConfigError, match="`search.ef_search`: index `Flat` has no parameter `efSearch`"):
+        SearchConfig(factory="Flat", ef_search=10)
+    with pytest.raises(CIRConfigError, match="`search.nprobe` must be an integer >= 1, got 0"):
+        SearchConfig(factory="IVF2,Flat", nprobe=0)
+    with pytest.raises(CIRConfigError, match="`search.chunk_size` must be an integer >= 1, got -3"):
+        SearchConfig(backend="torch", chunk_size=-3)
+    with pytest.raises(CIRConfigError, match="`k` must be an integer >= 1, got 0"):
+        search(torch.eye(2), torch.eye(2), k=0)
+    with pytest.raises(CIRConfigError, match="for dimension 30: .*"):  # PQ16 needs a dimension divisible by 16
+        SearchConfig(factory="PQ16").check(dim=30)
     gallery = _clustered(100)
-    with pytest.raises(CIRConfigError, match="cannot build index `Nonsense12`"):
-        search(gallery, gallery, k=1, config=SearchConfig(factory="Nonsense12"))
     with pytest.raises(CIRConfigError, match="cannot train index `PQ4` on 100 gallery vectors"):
         search(gallery, gallery, k=1, config=SearchConfig(factory="PQ4"))
-    with pytest.raises(CIRConfigError, match="has no parameter `efSearch`"):
-        search(gallery, gallery, k=1, config=SearchConfig(factory="Flat", ef_search=10))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where there is no GPU")
