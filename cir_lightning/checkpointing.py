@@ -21,14 +21,18 @@ parameters are sharded, so the full trainable weights are gathered first (a coll
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_warn
 
 from cir_lightning.errors import CIRConfigError, CIRModelError, weight_mismatch
+from cir_lightning.files import write_atomic, write_folder
+from cir_lightning.torch_files import load_torch_file
 
 _WRAPPERS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
 
@@ -56,7 +60,9 @@ def strategy_loads_weights(trainer: pl.Trainer) -> bool:
 
 
 def prepare_strategy(module: pl.LightningModule) -> None:
-    """Settings the sharding strategies need for trainable-only checkpoints (called in ``setup``)."""
+    """Settings the strategies need for trainable-only checkpoints, and the safe checkpoint reader and
+    writer (called in ``setup``, before Lightning loads any ``--ckpt_path``)."""
+    install_checkpoint_io(module.trainer)
     strategy = module.trainer.strategy
     if isinstance(strategy, FSDPStrategy) and getattr(strategy, "_state_dict_type", "full") != "full":
         raise CIRConfigError("FSDP with `state_dict_type: sharded` is not supported: cir_lightning checkpoints hold "
@@ -107,7 +113,14 @@ def check_and_complete(module: pl.LightningModule, checkpoint: dict[str, Any], f
         raise CIRModelError("the checkpoint's trainable weights do not match this model (different LoRA settings?): "
                             + problem)
     then, now = meta["fingerprint"].get("model"), fingerprint.get("model")
-    if then != now:
+    then_digest, now_digest = meta["fingerprint"].get("base_digest"), fingerprint.get("base_digest")
+    if then_digest and now_digest:  # the base weights themselves: a moved folder is fine, a replaced one is not
+        if then_digest != now_digest:
+            short = [d[:16] if len(d) == 64 else d for d in (then_digest, now_digest)]  # full "name:..." fallbacks
+            rank_zero_warn(f"the checkpoint was trained on other base weights: `{then}` (base digest {short[0]}) "
+                           f"then, `{now}` ({short[1]}) now; its adapter was not trained for these weights, so "
+                           "results may be wrong: load the base model it was trained on")
+    elif then != now:  # a checkpoint written before base digests: only the paths can be compared
         rank_zero_warn(f"the checkpoint was trained on base model `{then}`, it is loaded onto `{now}`")
     if state is not None:
         frozen = {k: v for k, v in module.state_dict().items() if clean_name(k) not in saved}
@@ -135,7 +148,46 @@ def export_adapter(module: pl.LightningModule, path: Path) -> bool:
     prefix = clean_name(next(n for n, m in module.named_modules() if m is peft_model)) + "."
     raw = {n: gathered[prefix + clean_name(n)] for n, p in peft_model.named_parameters() if p.requires_grad}
     adapter = {clean_name(k): v.contiguous() for k, v in get_peft_model_state_dict(peft_model, state_dict=raw).items()}
-    path.mkdir(parents=True)
-    save_file(adapter, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
-    peft_model.peft_config["default"].save_pretrained(str(path))
+    def write(folder: Path) -> None:
+        save_file(adapter, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+        peft_model.peft_config["default"].save_pretrained(str(folder))
+
+    write_folder(path, write)
     return True
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint reader and writer, made safe for local files.
+
+    - Saving is atomic: the checkpoint goes to a temporary file beside the target, is fsync'ed, then
+      renamed over it, so a kill or a full disk during ``last.ckpt`` leaves the previous ``last.ckpt``
+      intact instead of a truncated one that a resumed run would fail on (Lightning writes in place).
+    - Loading goes through ``load_torch_file``: a missing, truncated, foreign or unsafe file is one line
+      saying which it is, and ``weights_only`` is never relaxed silently.
+
+    Remote paths (``s3://`` ...) keep Lightning's own behaviour.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        import torch
+
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        write_atomic(path, buffer.getvalue(), overwrite=True)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        if "://" in str(path):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
+        return load_torch_file(path, weights_only=weights_only is not False, what="checkpoint",
+                               map_location=map_location if map_location is not None else "cpu")
+
+
+def install_checkpoint_io(trainer: pl.Trainer) -> None:
+    """Use ``SafeCheckpointIO`` where the strategy uses Lightning's plain one (one device, DDP, FSDP);
+    DeepSpeed and user-given plugins are left as they are."""
+    strategy = trainer.strategy
+    if type(getattr(strategy, "checkpoint_io", None)) is TorchCheckpointIO:
+        strategy.checkpoint_io = SafeCheckpointIO()

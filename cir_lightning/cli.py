@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,10 +23,11 @@ from typing import Any
 import lightning.pytorch as pl
 from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_info
 
-from cir_lightning.errors import CIRError
+from cir_lightning.errors import CIRConfigError, CIRError, CIRFileError
+from cir_lightning.files import check_writable, free_path, write_atomic
 from cir_lightning.module import CIRModule
-from cir_lightning.retrieval.results import free_path
 
 TOOLS = {
     "make-tiny-model": "build a tiny random LLaVA-NeXT-style checkpoint folder (offline)",
@@ -48,7 +50,10 @@ class KeepConfigCallback(SaveConfigCallback):
             if first.exists():
                 name = free_path(first.with_name(f"{first.stem}-{stage}{first.suffix}")).name
         self.config_filename = trainer.strategy.broadcast(name)
-        super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero:  # written atomically, never over an existing file
+            write_atomic(Path(log_dir) / self.config_filename, self.parser.dump(self.config, skip_none=False))
+            self.save_config(trainer, pl_module, stage)
+        self.already_saved = trainer.strategy.broadcast(True)
 
 
 class CIRLightningCLI(LightningCLI):
@@ -76,8 +81,124 @@ class CIRLightningCLI(LightningCLI):
         # `--ckpt_path` loads with weights_only=True unless the user explicitly says otherwise (Lightning
         # would otherwise unpickle arbitrary objects from checkpoints given by URL).
         config = self.config.get(self.subcommand) if self.subcommand else None
-        if config is not None and "weights_only" in config and config["weights_only"] is None:
+        if config is None:
+            return
+        if "weights_only" in config and config["weights_only"] is None:
             config["weights_only"] = True
+        # Before any model is loaded or any image embedded: the output folders can be written, and the
+        # checkpoint to start from exists (`last`: the newest last.ckpt of earlier runs in the same place).
+        for option, folder in output_folders(config):
+            check_writable(folder, option)
+        if config.get("ckpt_path") is not None:
+            config["ckpt_path"] = resolve_ckpt_path(str(config["ckpt_path"]), config)
+
+
+def _get(config: Any, key: str) -> Any:
+    """``config[key]`` for a dotted key, None where any part is missing (Namespace or dict)."""
+    for part in key.split("."):
+        if config is None:
+            return None
+        config = config.get(part) if hasattr(config, "get") else getattr(config, part, None)
+    return config
+
+
+def _plugins(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [] if value in (None, True, False) else [value]
+
+
+def output_folders(config: Any) -> list[tuple[str, Path]]:
+    """The folders a run writes to, with the option that names each: the root, each logger's
+    ``save_dir`` and each checkpoint callback's ``dirpath``."""
+    root = _get(config, "trainer.default_root_dir")
+    folders = [("trainer.default_root_dir", Path(root) if root else Path.cwd())]
+    for i, logger in enumerate(_plugins(_get(config, "trainer.logger"))):
+        save_dir = _get(logger, "init_args.save_dir")
+        if save_dir:
+            folders.append((f"trainer.logger[{i}].init_args.save_dir", Path(save_dir)))
+    for i, callback in enumerate(_plugins(_get(config, "trainer.callbacks"))):
+        dirpath = _get(callback, "init_args.dirpath")
+        if dirpath:
+            folders.append((f"trainer.callbacks[{i}].init_args.dirpath", Path(dirpath)))
+    return folders
+
+
+_LAST = re.compile(r"^last(-v?\d+)?\.ckpt$")
+
+
+def find_last_checkpoint(roots: Sequence[Path], max_depth: int = 6) -> Path | None:
+    """The newest ``last.ckpt`` (``last-v1.ckpt``, a DeepSpeed ``last.ckpt/`` folder ...) below ``roots``.
+
+    Example:
+        >>> import tempfile, time
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for v in (0, 1):
+        ...     (root / f"logs/version_{v}/checkpoints").mkdir(parents=True)
+        ...     _ = (root / f"logs/version_{v}/checkpoints/last.ckpt").write_bytes(b"")
+        ...     time.sleep(0.01)
+        >>> find_last_checkpoint([root]).relative_to(root).as_posix()
+        'logs/version_1/checkpoints/last.ckpt'
+    """
+    found: list[Path] = []
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            depth = len(Path(dirpath).relative_to(root).parts)
+            found += [Path(dirpath) / n for n in filenames + dirnames if _LAST.match(n)]
+            dirnames[:] = [d for d in dirnames if not d.startswith(".") and not _LAST.match(d) and depth < max_depth]
+    found = [p for p in found if p.exists()]
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
+def resolve_ckpt_path(ckpt_path: str, config: Any) -> str:
+    """``--ckpt_path`` checked before the run: a path must exist; ``last`` becomes the newest ``last.ckpt``
+    under the run's folders (Lightning looks only in the NEW run's checkpoint folder, finds nothing,
+    warns once and trains from scratch), or is refused when there is none."""
+    if ckpt_path in ("best", "hpc", "registry") or "://" in ckpt_path or ckpt_path.startswith("registry:"):
+        return ckpt_path
+    if ckpt_path != "last":
+        path = Path(ckpt_path)
+        if not path.exists():
+            broken = " (a broken symbolic link)" if path.is_symlink() else ""
+            raise CIRFileError(f"`--ckpt_path`: `{ckpt_path}` does not exist{broken}")
+        if path.is_dir() and not (path / "checkpoint").is_dir():  # DeepSpeed checkpoints are folders
+            raise CIRFileError(f"`--ckpt_path`: `{ckpt_path}` is a folder, not a checkpoint file")
+        return ckpt_path
+    roots = list(dict.fromkeys(folder for _, folder in output_folders(config)))
+    last = find_last_checkpoint(roots)
+    if last is None:
+        raise CIRConfigError(f"`--ckpt_path last`: there is no last.ckpt below {', '.join(f'`{r}`' for r in roots)} "
+                             "to resume from (is `--trainer.default_root_dir` the folder of the earlier run, and "
+                             "did its ModelCheckpoint have `save_last: true`?). Give a checkpoint's path, or leave "
+                             "out `--ckpt_path` to start a new run")
+    rank_zero_info(f"--ckpt_path last: resuming from {last} (the newest last.ckpt below {', '.join(map(str, roots))})")
+    return str(last)
+
+
+def check_config_files(argv: Sequence[str]) -> None:
+    """Every ``--config`` file exists and is valid YAML, else one line naming the file, line and column
+    (jsonargparse would name the YAML text ``<unicode string>``)."""
+    import yaml
+
+    for i, arg in enumerate(argv):
+        value = arg.split("=", 1)[1] if arg.startswith("--config=") else argv[i + 1] if arg == "--config" and \
+            i + 1 < len(argv) else None
+        if value is None or value.lstrip().startswith(("{", "[")) or "\n" in value:
+            continue  # an inline YAML/JSON value: jsonargparse reports it
+        path = Path(value)
+        if not path.is_file():
+            raise CIRFileError(f"`--config`: `{value}` " + ("is a folder" if path.is_dir() else "does not exist"))
+        try:
+            yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise CIRConfigError(f"{value}: not valid UTF-8 (byte {err.start + 1})") from None
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f"{value}:{mark.line + 1}:{mark.column + 1}" if mark is not None else value
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise CIRConfigError(f"{where}: YAML syntax error: {problem}") from None
+        except RecursionError:
+            raise CIRConfigError(f"{value}: YAML nested too deeply") from None
 
 
 def _description() -> str:
@@ -117,6 +238,7 @@ def main(args: Sequence[str] | None = None) -> None:
         if argv and argv[0] in TOOLS:
             _tools(argv)
         else:
+            check_config_files(argv)
             CIRLightningCLI(args=None if args is None else argv)
     except CIRError as err:
         if os.environ.get("CIR_LIGHTNING_TRACEBACK"):

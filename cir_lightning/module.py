@@ -31,8 +31,10 @@ from torch import Tensor
 
 from cir_lightning.backbones.base import Backbone
 from cir_lightning.checkpointing import check_and_complete, export_adapter, keep_trainable, prepare_strategy
+from cir_lightning.checks import cutoffs, number_in, positive_int
 from cir_lightning.data.base import CIRDataModule
 from cir_lightning.errors import CIRConfigError
+from cir_lightning.files import free_path
 from cir_lightning.losses import FireLoss, caption_loss, distributed_fire_loss, key_id
 from cir_lightning.retrieval.evaluator import (
     EvalSubset,
@@ -42,7 +44,7 @@ from cir_lightning.retrieval.evaluator import (
 )
 from cir_lightning.retrieval.gallery_cache import GalleryCache
 from cir_lightning.retrieval.index import SearchConfig
-from cir_lightning.retrieval.results import format_table, free_path, write_results
+from cir_lightning.retrieval.results import format_table, write_results
 from cir_lightning.stage1 import FIRE_STAGE1_INSTRUCTION, CaptionBatches
 
 _STAGE_PREFIX = {"validate": "val", "test": "test"}
@@ -122,7 +124,10 @@ class CIRModule(pl.LightningModule):
         self.lr_schedule = lr_schedule
         self.warmup = warmup
         self.target_side = target_side
-        self.evaluator = RetrievalEvaluator(eval_ks or [1, 5, 10, 50], search)
+        number_in("warmup", warmup, 0, math.inf)
+        positive_int("max_caption_tokens", max_caption_tokens, optional=True)
+        self.evaluator = RetrievalEvaluator(cutoffs("eval_ks", eval_ks) if eval_ks is not None else [1, 5, 10, 50],
+                                            search)
         self.export_adapter = export_adapter
         self.write_results = write_results
         self.save_rankings = save_rankings

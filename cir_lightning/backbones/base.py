@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 
 class Backbone(nn.Module):
-    """Base class: subclasses set ``self.collator`` and implement ``forward`` and ``fingerprint``."""
+    """Base class: subclasses set ``self.collator`` and implement ``forward`` and ``fingerprint``; those with
+    LoRA set ``self.lora`` and ``self.model`` (the peft model), which ``save_adapter`` writes."""
 
     collator: Any
 
@@ -28,12 +29,19 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     def fingerprint(self) -> dict[str, Any]:  # pragma: no cover - abstract
-        """What identifies the frozen base model (stored in checkpoints and results)."""
+        """What identifies the frozen base model and how it embeds (stored in checkpoints, embedding caches and
+        results), including ``base_digest``: ``identity.checkpoint_digest`` of the files it was loaded from."""
         raise NotImplementedError
 
-    def save_adapter(self, path: str | Path) -> None:  # pragma: no cover - abstract
-        """Write the trained weights in the format users share (peft's for LoRA)."""
-        raise NotImplementedError
+    def save_adapter(self, path: str | Path) -> None:
+        """Write the trained LoRA adapter (peft's ``save_pretrained`` format, what users share) to the
+        folder ``path``, which must not exist: it appears complete or not at all, and is never overwritten."""
+        from cir_lightning.errors import CIRConfigError
+        from cir_lightning.files import write_folder
+
+        if getattr(self, "lora", None) is None:
+            raise CIRConfigError("this backbone has no LoRA adapter to save (`lora` is None)")
+        write_folder(path, lambda folder: self.model.save_pretrained(str(folder)))
 
     def caption_logits(self, inputs: Mapping[str, Tensor], labels: Tensor) -> tuple[Tensor, Tensor]:
         """Next-token logits at the labelled positions of a generative batch (FiRE stage 1) and the
@@ -80,6 +88,23 @@ class Backbone(nn.Module):
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """The parameters that require gradients, by name (what a checkpoint needs to hold)."""
         return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+
+def check_text_limit(max_text_tokens: int | None, max_positions: int | None, model: str) -> None:
+    """A ``max_text_tokens`` above the language model's positions could never be honoured: refuse it.
+
+    Example:
+        >>> check_text_limit(512, 1024, "m")
+        >>> check_text_limit(2048, 1024, "tiny")
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRConfigError: `max_text_tokens` = 2048 is more than the 1024 positions of the language model of `tiny` (`max_position_embeddings`); set it lower
+    """
+    if max_text_tokens is not None and max_positions is not None and max_text_tokens > max_positions:
+        from cir_lightning.errors import CIRConfigError
+
+        raise CIRConfigError(f"`max_text_tokens` = {max_text_tokens} is more than the {max_positions} positions of the "
+                             f"language model of `{model}` (`max_position_embeddings`); set it lower")
 
 
 def enable_gradient_checkpointing(model: Any) -> None:

@@ -11,11 +11,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch import Tensor
 
 from cir_lightning.backbones.prompts import IMAGE, PromptTemplates
-from cir_lightning.errors import CIRModelError
+from cir_lightning.checks import non_negative_int, positive_int
+from cir_lightning.errors import CIRDataError, CIRModelError
 from cir_lightning.losses import key_id
 
 Inputs = dict[str, Tensor]
@@ -39,6 +41,28 @@ def target_identity(samples: list[dict[str, Any]]) -> dict[str, Tensor]:
     if all("target_key" in s for s in samples):
         out["target_id"] = torch.tensor([key_id(str(k)) for k in keys], dtype=torch.long)
     return out
+
+
+def check_positions(lengths: Tensor, max_positions: int | None, max_text_tokens: int | None) -> None:
+    """Refuse prompts longer than the language model's positions (``lengths``: real tokens per row).
+
+    Example:
+        >>> check_positions(torch.tensor([10, 900]), 1024, 512)
+        >>> check_positions(torch.tensor([10, 1100]), 1024, 1000)
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRDataError: a prompt of 1100 tokens is longer than the language model's 1024 positions (`max_position_embeddings`); with `max_text_tokens` = 1000 the user text alone may take 1000 tokens, and the template, image tokens and EOS block come on top: lower `max_text_tokens`
+    """
+    if max_positions is None or not len(lengths):
+        return
+    longest = int(lengths.max())
+    if longest > max_positions:
+        limit = f"`max_text_tokens` = {max_text_tokens}" if max_text_tokens is not None else \
+            "`max_text_tokens` = null (no limit)"
+        raise CIRDataError(f"a prompt of {longest} tokens is longer than the language model's {max_positions} "
+                           f"positions (`max_position_embeddings`); with {limit} the user text alone may take "
+                           f"{max_text_tokens or 'any number of'} tokens, and the template, image tokens and EOS "
+                           "block come on top: lower `max_text_tokens`")
 
 
 def sample_index(samples: list[dict[str, Any]]) -> Tensor:
@@ -102,10 +126,18 @@ class MLLMCollator(SampleBatches):
         prompts: the query / gallery / text templates.
         eos_token: the token repeated at the end of every prompt (default: the tokenizer's EOS).
         eos_block_size: how many EOS tokens to append (FiRE: 5).
+        max_text_tokens: the most tokens of USER text in a prompt (the modification of a query, the
+            caption of a text item), counted on the text alone; longer texts are cut at a token boundary
+            (keeping the text's exact beginning, never the template, image tokens or EOS block), with a
+            warning once. ``None``: no limit. Default 512 (FiRE's text ``max_length``).
+        max_positions: the language model's ``max_position_embeddings``: a prompt longer than that is an
+            error (naming ``max_text_tokens``), never a silent run past the positions; ``None``: unchecked.
     """
 
     def __init__(self, processor: Any, prompts: PromptTemplates, eos_token: str | None = None,
-                 eos_block_size: int = 5) -> None:
+                 eos_block_size: int = 5, max_text_tokens: int | None = 512, max_positions: int | None = None) -> None:
+        non_negative_int("eos_block_size", eos_block_size)
+        positive_int("max_text_tokens", max_text_tokens, optional=True)
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.tokenizer.padding_side = "left"
@@ -118,6 +150,9 @@ class MLLMCollator(SampleBatches):
         if self.eos_id is None or self.eos_id == self.tokenizer.unk_token_id:
             raise CIRModelError(f"`eos_token` {self.eos_token!r} is not a token of the tokenizer")
         self.eos_block_size = eos_block_size
+        self.max_text_tokens = max_text_tokens
+        self.max_positions = max_positions
+        self._warned = False
         self.marker_id = None
         if prompts.marker is not None:
             self.marker_id = self.tokenizer.convert_tokens_to_ids(prompts.marker)
@@ -125,10 +160,52 @@ class MLLMCollator(SampleBatches):
                 raise CIRModelError(f"the prompts' marker {prompts.marker!r} is not a token of the tokenizer "
                                     "(LamRA checkpoints add `<emb>`); use a checkpoint that has it or another preset")
 
+    def _count(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _cut(self, text: str, offsets: list[tuple[int, int]]) -> str:
+        """The longest prefix of ``text`` ending at a token boundary with at most ``max_text_tokens`` tokens
+        (``offsets``: the fast tokenizer's character spans of the text's tokens; empty for a slow tokenizer)."""
+        limit = self.max_text_tokens
+        if not offsets:  # slow tokenizer: the longest character prefix within the limit, by bisection
+            low, high = 0, len(text)
+            while low < high:
+                mid = (low + high + 1) // 2
+                low, high = (mid, high) if self._count(text[:mid]) <= limit else (low, mid - 1)
+            return text[:low]
+        end = offsets[limit - 1][1]
+        # a character split over two tokens (byte-level BPE) can make the prefix re-tokenize longer: back off
+        while end > 0 and self._count(text[:end]) > limit:
+            starts = [start for start, _ in offsets if start < end]
+            end = max(starts) if starts else 0
+        return text[:end]
+
+    def limit_texts(self, texts: Sequence[str]) -> list[str]:
+        """``texts`` with every text longer than ``max_text_tokens`` tokens cut to it (the others unchanged);
+        warns once per collator with the count and the longest length."""
+        texts = list(texts)
+        if self.max_text_tokens is None or not texts:
+            return texts
+        fast = bool(getattr(self.tokenizer, "is_fast", False))
+        encoded = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=fast)
+        cut, longest = 0, 0
+        for i, ids in enumerate(encoded["input_ids"]):
+            if len(ids) > self.max_text_tokens:
+                offsets = [tuple(o) for o in encoded["offset_mapping"][i]] if fast else []
+                texts[i] = self._cut(texts[i], offsets)
+                cut, longest = cut + 1, max(longest, len(ids))
+        if cut and not self._warned:
+            self._warned = True
+            rank_zero_warn(f"{cut} of {len(texts)} text(s) in a batch were longer than `max_text_tokens` = "
+                           f"{self.max_text_tokens} tokens and were cut to it (the longest had {longest} tokens); "
+                           "set `max_text_tokens` higher (or null for no limit) to keep more. Warned once.")
+        return texts
+
     def _finish(self, texts: list[str]) -> list[str]:
         return [t.replace(IMAGE, self.image_token) + self.eos_token * self.eos_block_size for t in texts]
 
     def _check_block(self, inputs: Inputs) -> Inputs:
+        check_positions(inputs["attention_mask"].sum(dim=1), self.max_positions, self.max_text_tokens)
         n = self.eos_block_size
         if n:
             tail = inputs["input_ids"][:, -n:]  # left padding: the last n columns are real tokens
@@ -140,7 +217,7 @@ class MLLMCollator(SampleBatches):
 
     def query_inputs(self, images: Sequence[Image.Image], modifications: Sequence[str]) -> Inputs:
         """Inputs for reference images with modification texts."""
-        texts = [self.prompts.query.format(modification=m) for m in modifications]
+        texts = [self.prompts.query.format(modification=m) for m in self.limit_texts(modifications)]
         return self._check_block(self.processor(images=list(images), text=self._finish(texts),
                                                 padding=True, return_tensors="pt"))
 
@@ -152,7 +229,8 @@ class MLLMCollator(SampleBatches):
 
     def text_inputs(self, texts: Sequence[str]) -> Inputs:
         """Inputs for text-only items (e.g. target captions)."""
-        prompts = [self.prompts.text.format(text=t) + self.eos_token * self.eos_block_size for t in texts]
+        prompts = [self.prompts.text.format(text=t) + self.eos_token * self.eos_block_size
+                   for t in self.limit_texts(texts)]
         return self._check_block(dict(self.tokenizer(prompts, padding=True, return_tensors="pt")))
 
     def caption_inputs(self, images: Sequence[Image.Image], prompts: Sequence[str], captions: Sequence[str],

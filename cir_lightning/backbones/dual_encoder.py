@@ -32,7 +32,9 @@ from torch import Tensor
 
 from cir_lightning.backbones.base import Backbone, enable_gradient_checkpointing
 from cir_lightning.backbones.collate import SampleBatches
+from cir_lightning.backbones.identity import check_readable, checkpoint_digest
 from cir_lightning.backbones.lora import LoRA, add_lora
+from cir_lightning.checks import positive_int
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRModelError
 
 Inputs = dict[str, Tensor]
@@ -205,6 +207,9 @@ class DualEncoderBackbone(Backbone):
             first (demos and tests; see ``cir_lightning.backbones.tiny_clip``).
         gradient_checkpointing: recompute the towers' activations in backward (saves memory when
             training; works with LoRA).
+        max_text_tokens: the longest text token sequence, special tokens included; longer texts are
+            handled as ``truncation`` says. ``None`` (default): the text tower's maximum (CLIP: 77), which
+            it may not exceed.
 
     Example:
         >>> import tempfile
@@ -229,8 +234,10 @@ class DualEncoderBackbone(Backbone):
         revision: str | None = None,
         make_tiny_if_missing: bool = False,
         gradient_checkpointing: bool = False,
+        max_text_tokens: int | None = None,
     ) -> None:
         super().__init__()
+        positive_int("max_text_tokens", max_text_tokens, optional=True)
         if "{modification}" not in query_template:
             raise CIRConfigError(f"`query_template` {query_template!r} has no `{{modification}}` placeholder")
         if "{text}" not in text_template:
@@ -246,6 +253,7 @@ class DualEncoderBackbone(Backbone):
                            "load a real checkpoint by hub name.")
             make_tiny_dual_encoder(model_name_or_path)
         processor, model = self._load(dtype, trust_remote_code)
+        self.base_digest = checkpoint_digest(self.model_name_or_path, revision)  # the files just loaded
         self.model_type = model.config.model_type
         if self.model_type not in FAMILIES:
             raise CIRModelError(f"`{self.model_name_or_path}` is a {self.model_type!r} model; DualEncoderBackbone "
@@ -264,6 +272,11 @@ class DualEncoderBackbone(Backbone):
         text_config = self.base_model.config.text_config
         max_length = min(text_config.max_position_embeddings,
                          getattr(processor.tokenizer, "model_max_length", None) or 10**9)
+        if max_text_tokens is not None and max_text_tokens > max_length:
+            raise CIRConfigError(f"`max_text_tokens` = {max_text_tokens} is more than the text tower of "
+                                 f"`{self.model_name_or_path}` can read ({max_length} tokens); set it to at most "
+                                 f"{max_length}, or leave it unset to use that maximum")
+        max_length = max_text_tokens or max_length
         self.collator = DualEncoderCollator(processor, family, max_length, query_template, text_template,
                                             truncation)
 
@@ -271,6 +284,8 @@ class DualEncoderBackbone(Backbone):
         from transformers import AutoModel, AutoProcessor
 
         name = self.model_name_or_path
+        if Path(name).exists():
+            check_readable(name)  # transformers reports an unreadable file as "No such file or directory"
         kwargs = {"revision": self.revision, "trust_remote_code": trust_remote_code}
         try:
             processor = AutoProcessor.from_pretrained(name, **kwargs)
@@ -324,10 +339,5 @@ class DualEncoderBackbone(Backbone):
     def fingerprint(self) -> dict[str, Any]:
         c = self.collator
         return {"class": type(self).__name__, "model": self.model_name_or_path, "revision": self.revision,
-                "fusion": self.fusion, "query_template": c.query_template, "text_template": c.text_template,
+                "base_digest": self.base_digest, "fusion": self.fusion, "query_template": c.query_template, "text_template": c.text_template,
                 "max_length": c.max_length}
-
-    def save_adapter(self, path: str | Path) -> None:
-        if self.lora is None:
-            raise CIRConfigError("this backbone has no LoRA adapter to save (`lora` is None)")
-        self.model.save_pretrained(str(path))

@@ -31,9 +31,10 @@ FAMILIES: dict[str, str] = {
 def _model_type(name_or_path: str, revision: str | None) -> str:
     path = Path(name_or_path)
     if path.is_dir():
+        from cir_lightning.backbones.identity import check_readable
+
+        check_readable(path)  # a missing, unreadable or dangling config.json is named in one line
         config = path / "config.json"
-        if not config.is_file():
-            raise CIRModelError(f"`{name_or_path}` has no config.json: is it a checkpoint folder?")
     else:
         from huggingface_hub import hf_hub_download
 

@@ -19,11 +19,18 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from cir_lightning.backbones.base import Backbone, enable_gradient_checkpointing, next_token_logits
+from cir_lightning.backbones.base import (
+    Backbone,
+    check_text_limit,
+    enable_gradient_checkpointing,
+    next_token_logits,
+)
 from cir_lightning.backbones.collate import MLLMCollator
+from cir_lightning.backbones.identity import check_readable, checkpoint_digest
 from cir_lightning.backbones.lora import LoRA, add_lora, lora_target_regex
 from cir_lightning.backbones.pooling import PoolingMethod, pool, position_ids_from_mask
 from cir_lightning.backbones.prompts import Prompts
+from cir_lightning.checks import non_negative_int, positive_int
 from cir_lightning.errors import CIRConfigError, CIRModelError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -50,6 +57,10 @@ class HFMultimodalBackbone(Backbone):
             there first (for demos and tests; see ``cir_lightning.backbones.tiny``).
         gradient_checkpointing: recompute the language model's activations in backward (saves memory
             when training; works with LoRA).
+        max_text_tokens: the most tokens of user text (modification, caption) in a prompt; longer texts
+            are cut to it with a warning (the template, image tokens and EOS block are never cut). ``None``:
+            no limit. Default 512 (FiRE's). A prompt longer than the language model's
+            ``max_position_embeddings`` is an error, and so is a limit above them.
 
     Example:
         >>> import tempfile
@@ -75,11 +86,14 @@ class HFMultimodalBackbone(Backbone):
         revision: str | None = None,
         make_tiny_if_missing: bool = False,
         gradient_checkpointing: bool = False,
+        max_text_tokens: int | None = 512,
     ) -> None:
         super().__init__()
         templates = (prompts or Prompts()).resolve()
         pooling = templates.pooling if pooling is None else pooling
         eos_block_size = templates.eos_block_size if eos_block_size is None else eos_block_size
+        non_negative_int("eos_block_size", eos_block_size)
+        positive_int("max_text_tokens", max_text_tokens, optional=True)
         if pooling == "eos_block" and eos_block_size < 1:
             raise CIRConfigError("`pooling: eos_block` needs `eos_block_size` >= 1")
         if pooling == "before_marker" and templates.marker is None:
@@ -96,6 +110,9 @@ class HFMultimodalBackbone(Backbone):
                            "load a real checkpoint by hub name.")
             make_tiny_model(model_name_or_path)
         processor, model = self._load(dtype, attn_implementation, trust_remote_code)
+        self.base_digest = checkpoint_digest(self.model_name_or_path, revision)  # the files just loaded
+        max_positions = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+        check_text_limit(max_text_tokens, max_positions, self.model_name_or_path)
         model.requires_grad_(False)
         if gradient_checkpointing:
             enable_gradient_checkpointing(model)
@@ -106,7 +123,7 @@ class HFMultimodalBackbone(Backbone):
             target = lora_target_regex(model, self.text_model_type, lora.target_modules)
             model = add_lora(model, lora, target)
         self.model = model
-        self.collator = MLLMCollator(processor, templates, eos_token, eos_block_size)
+        self.collator = MLLMCollator(processor, templates, eos_token, eos_block_size, max_text_tokens, max_positions)
         # multimodal RoPE: the model derives 3-D positions from input_ids, image_grid_thw and the mask
         self.mrope = hasattr(getattr(self.base_model, "model", None), "get_rope_index")
 
@@ -116,6 +133,8 @@ class HFMultimodalBackbone(Backbone):
         from cir_lightning.backbones.tiny_families import load_processor
 
         name = self.model_name_or_path
+        if Path(name).exists():
+            check_readable(name)  # transformers reports an unreadable file as "No such file or directory"
         kwargs = {"revision": self.revision, "trust_remote_code": trust_remote_code}
         try:
             processor = load_processor(name, **kwargs)
@@ -160,11 +179,7 @@ class HFMultimodalBackbone(Backbone):
 
     def fingerprint(self) -> dict[str, Any]:
         return {"class": type(self).__name__, "model": self.model_name_or_path, "revision": self.revision,
+                "base_digest": self.base_digest, "max_text_tokens": self.collator.max_text_tokens,
                 "pooling": self.pooling, "eos_block_size": self.eos_block_size,
                 # no `marker` key unless set: fingerprints (and caches) of marker-less prompts stay as they were
                 "prompts": {k: v for k, v in vars(self.collator.prompts).items() if k != "marker" or v}}
-
-    def save_adapter(self, path: str | Path) -> None:
-        if self.lora is None:
-            raise CIRConfigError("this backbone has no LoRA adapter to save (`lora` is None)")
-        self.model.save_pretrained(str(path))

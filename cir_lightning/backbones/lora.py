@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from torch import Tensor, nn
 
+from cir_lightning.checks import number_in, positive_int, positive_number
 from cir_lightning.errors import CIRConfigError, weight_mismatch
 
 # Default LoRA targets per language-model type (the ``model_type`` of the text config), as data.
@@ -57,6 +58,19 @@ class LoRA:
     modules_to_save: list[str] | None = field(default=None)
     train_parts: list[Literal["vision", "projector", "resampler"]] | None = None
     init_adapter: str | None = None
+
+    def __post_init__(self) -> None:
+        """Check the numbers when set, naming the option.
+
+        Example:
+            >>> LoRA(r=0)
+            Traceback (most recent call last):
+            ...
+            cir_lightning.errors.CIRConfigError: `lora.r` must be an integer >= 1, got 0
+        """
+        positive_int("lora.r", self.r)
+        positive_number("lora.alpha", self.alpha)
+        number_in("lora.dropout", self.dropout, 0, 1, high_open=True)
 
 
 def decoder_path(model: nn.Module) -> str:

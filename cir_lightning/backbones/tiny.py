@@ -10,14 +10,14 @@ and any other text still tokenizes. Nothing is downloaded: the folder loads back
 
 from __future__ import annotations
 
-import os
-import shutil
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cir_lightning.errors import CIRConfigError
+from cir_lightning.errors import CIRConfigError, CIRFileError
+from cir_lightning.files import write_folder
 
 if TYPE_CHECKING:
     from cir_lightning.backbones.tiny_families import Family
@@ -144,7 +144,7 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, spec: TinyModelSpec | No
             raise CIRConfigError(f"unknown tiny model `family` {family!r}; known: llava_next, {', '.join(BUILDERS)}")
         torch.manual_seed(seed)
         model, processor = BUILDERS[family](spec)
-        return _write(out, model.eval(), processor)
+        return _write(out, model.eval(), processor, overwrite)
 
     tokenizer = _train_tokenizer(spec.vocab_size)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
@@ -195,34 +195,45 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, spec: TinyModelSpec | No
         image_token="<image>",
         num_additional_image_tokens=1,
     )
-    return _write(out, model, processor)
+    return _write(out, model, processor, overwrite)
 
 
-def save_atomically(out: Path, write: Callable[[Path], None]) -> Path:
-    """Run ``write(folder)`` so that ``out`` appears complete or not at all.
+def save_atomically(out: Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
+    """Run ``write(folder)`` so that ``out`` appears complete or not at all (``cir_lightning.files.atomic_folder``).
 
-    An existing ``out`` (overwrite requested by the caller) is written in place. Otherwise the files go
-    to a folder beside it that is then renamed, so processes racing to build the same folder (DDP ranks)
-    never see a half-written checkpoint; the one that finishes second drops its copy (for the same seed
-    the contents are identical).
+    The files go to a temporary folder beside ``out`` that is renamed to it once complete, with the modes the
+    user's umask gives new files. Processes racing to build the same folder (DDP ranks) never see a
+    half-written checkpoint: one that finds ``out`` complete when it is done drops its copy (for the same seed
+    the contents are identical). An existing empty folder counts as absent. With ``overwrite`` an existing
+    ``out`` is swapped out only once the new folder is complete, then removed: no file of it survives.
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "m"
+        >>> _ = save_atomically(out, lambda f: (f / "a.txt").write_text("1"))
+        >>> _ = save_atomically(out, lambda f: (f / "b.txt").write_text("2"), overwrite=True)
+        >>> sorted(p.name for p in out.iterdir())
+        ['b.txt']
     """
-    if out.exists():
-        write(out)
-        return out
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write(tmp)
+    out = Path(out)
+    if out.is_dir() and not any(out.iterdir()):
+        with contextlib.suppress(OSError):  # not empty any more: another process filled it meanwhile
+            out.rmdir()
+    replace = overwrite and out.exists()
+    if out.exists() and not replace:
+        return out  # another process built it since the caller looked
     try:
-        tmp.rename(out)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_folder(out, write, overwrite=replace)
+    except CIRFileError:
+        if not replace and out.is_dir() and any(out.iterdir()):
+            return out  # another process finished first: our copy is dropped
+        raise
     return out
 
 
-def _write(out: Path, model, processor) -> Path:
+def _write(out: Path, model, processor, overwrite: bool = False) -> Path:
     def write(folder: Path) -> None:
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
 
-    return save_atomically(out, write)
+    return save_atomically(out, write, overwrite)

@@ -109,4 +109,4 @@ def make_tiny_dual_encoder(out_dir: str | Path, family: Literal["clip", "siglip"
         processor = SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer)
     else:
         raise CIRConfigError(f"`family` must be 'clip' or 'siglip', not {family!r}")
-    return _write(out, model, processor)
+    return _write(out, model, processor, overwrite)

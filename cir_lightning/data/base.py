@@ -49,10 +49,11 @@ class EpochSampler(Sampler[int]):
     A plain shuffling loader draws from the global random generator, which checkpoints do not hold;
     this order is ``torch.randperm(size)`` from a generator seeded with ``seed + epoch`` (the order of
     ``DistributedSampler(num_replicas=1, seed=seed)``), so a resumed run sees exactly the batches it
-    would have seen. The epoch is read when an epoch's iteration starts (``epoch_fn``, else the value
-    of ``set_epoch``). ``resume(epoch, batches)`` skips the first ``batches`` batches the next time that
-    epoch is iterated: that is how a checkpoint written in the middle of an epoch continues where it
-    stopped (``ResumableLoader`` hands Lightning the position to store).
+    would have seen. When an epoch's iteration starts, the epoch is read from ``epoch_fn`` (else the
+    value of ``set_epoch``) and the batches of it already trained from ``position_fn`` (Lightning's
+    restored loop position: non-zero only when ``fit --ckpt_path`` resumes a checkpoint written in the
+    middle of an epoch), and those batches are skipped. ``resume(epoch, batches)`` sets the position
+    by hand (``ResumableLoader.load_state_dict``).
 
     Example:
         >>> s = EpochSampler(6, seed=0, batch_size=2)
@@ -79,6 +80,9 @@ class EpochSampler(Sampler[int]):
     def current_epoch(self) -> int:
         return int(self.epoch_fn()) if self.epoch_fn is not None else self.epoch
 
+    def position(self) -> int:
+        return int(self.position_fn()) if self.position_fn is not None else 0
+
     def __len__(self) -> int:
         return self.size
 
@@ -88,14 +92,15 @@ class EpochSampler(Sampler[int]):
         generator.manual_seed(self.seed + epoch)
         order = torch.randperm(self.size, generator=generator).tolist()
         skip, self._skip = self._skip, None
-        start = skip[1] * self.batch_size if skip is not None and skip[0] == epoch else 0
-        if start >= self.size - self.size % self.batch_size:  # the stored epoch was complete: start it anew
+        batches = skip[1] if skip is not None and skip[0] == epoch else self.position()
+        start = batches * self.batch_size
+        if start >= self.size - self.size % self.batch_size:  # that epoch was complete: start it anew
             start = 0
         yield from order[start:]
 
     def state_dict(self) -> dict[str, int]:
         """Where training is: the epoch and the batches of it already trained."""
-        return {"epoch": self.current_epoch(), "batches": int(self.position_fn()) if self.position_fn else 0}
+        return {"epoch": self.current_epoch(), "batches": self.position()}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.resume(state.get("epoch", 0), state.get("batches", 0))
@@ -203,8 +208,8 @@ class CIRDataModule(pl.LightningDataModule):
             def epoch_fn() -> int:
                 return trainer.fit_loop.epoch_progress.current.processed
 
-            def position_fn() -> int:
-                return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            def position_fn() -> int:  # batches of this epoch already trained (restored on resume)
+                return trainer.fit_loop.epoch_loop.batch_progress.current.ready
         return EpochSampler(len(self.train_set), torch.initial_seed() % 2**31, self.batch_size, epoch_fn, position_fn)
 
     def val_dataloader(self) -> list[DataLoader]:

@@ -19,13 +19,20 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from cir_lightning.backbones.base import Backbone, enable_gradient_checkpointing, next_token_logits
-from cir_lightning.backbones.collate import MLLMCollator
+from cir_lightning.backbones.base import (
+    Backbone,
+    check_text_limit,
+    enable_gradient_checkpointing,
+    next_token_logits,
+)
+from cir_lightning.backbones.collate import MLLMCollator, check_positions
+from cir_lightning.backbones.identity import check_readable, checkpoint_digest
 from cir_lightning.backbones.lora import LoRA, add_lora, lora_target_regex
 from cir_lightning.backbones.pooling import PoolingMethod, pool, position_ids_from_mask
 from cir_lightning.backbones.prompts import Prompts
 from cir_lightning.backbones.xgenmm.loading import load_xgenmm
 from cir_lightning.backbones.xgenmm.processing import XGenMMProcessor
+from cir_lightning.checks import non_negative_int, positive_int
 from cir_lightning.errors import CIRConfigError, CIRModelError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -67,6 +74,10 @@ class XGenMMBackbone(Backbone):
         revision: hub revision (branch, tag or commit) when ``model_path`` is a hub name.
         gradient_checkpointing: recompute the language model's activations in backward (saves memory
             when training; works with LoRA).
+        max_text_tokens: the most tokens of user text (modification, caption) in a prompt; longer texts
+            are cut to it with a warning (the template, image tokens and EOS block are never cut). ``None``:
+            no limit. Default 512 (FiRE's). A prompt longer than the language model's
+            ``max_position_embeddings`` (image tokens spliced in) is an error, and so is a limit above them.
 
     Example:
         >>> import tempfile
@@ -90,8 +101,11 @@ class XGenMMBackbone(Backbone):
         make_tiny_if_missing: bool = False,
         revision: str | None = None,
         gradient_checkpointing: bool = False,
+        max_text_tokens: int | None = 512,
     ) -> None:
         super().__init__()
+        non_negative_int("eos_block_size", eos_block_size)
+        positive_int("max_text_tokens", max_text_tokens, optional=True)
         if pooling == "eos_block" and eos_block_size < 1:
             raise CIRConfigError("`pooling: eos_block` needs `eos_block_size` >= 1")
         self.model_path = str(model_path)
@@ -104,8 +118,12 @@ class XGenMMBackbone(Backbone):
             make_tiny_xgenmm(model_path)
         self.revision = revision
         model_path = _local_folder(model_path, revision)
+        check_readable(model_path)  # one line naming an unreadable, missing or dangling file
         model = load_xgenmm(model_path, _DTYPES[dtype])
+        self.base_digest = checkpoint_digest(model_path)  # the files just loaded (a hub snapshot's blob names)
         config = model.xgenmm_config
+        self.max_positions = config.text.get("max_position_embeddings")
+        check_text_limit(max_text_tokens, self.max_positions, self.model_path)
         processor = XGenMMProcessor.from_pretrained(model_path, config, anyres)
         if processor.image_token_id != config.initial_tokenizer_len:
             raise CIRModelError(f"`<image>` is token {processor.image_token_id} in the tokenizer of `{model_path}`, "
@@ -120,7 +138,8 @@ class XGenMMBackbone(Backbone):
             target = lora_target_regex(model, "phi3", lora.target_modules)
             model = add_lora(model, lora, target)
         self.model = model
-        self.collator = MLLMCollator(processor, (prompts or Prompts()).resolve(), eos_token, eos_block_size)
+        self.collator = MLLMCollator(processor, (prompts or Prompts()).resolve(), eos_token, eos_block_size,
+                                     max_text_tokens, self.max_positions)
 
     @property
     def base_model(self) -> Any:
@@ -135,6 +154,8 @@ class XGenMMBackbone(Backbone):
         if "pixel_values" in inputs:
             images = model.encode_images(inputs["pixel_values"], inputs["image_num_crops"], inputs["image_sizes"])
         embeds, mask = model.splice(ids, mask, images, self.image_token_id)
+        # each <image> became its crops' tokens: the spliced rows are what must fit the positions
+        check_positions(mask.sum(dim=1), self.max_positions, self.collator.max_text_tokens)
         out = model.get_decoder()(inputs_embeds=embeds, attention_mask=mask,
                                   position_ids=position_ids_from_mask(mask), use_cache=False)
         return out.last_hidden_state, mask
@@ -154,11 +175,7 @@ class XGenMMBackbone(Backbone):
 
     def fingerprint(self) -> dict[str, Any]:
         return {"class": type(self).__name__, "model": self.model_path, "revision": self.revision,
+                "base_digest": self.base_digest, "max_text_tokens": self.collator.max_text_tokens,
                 "dtype": self.dtype_name,
                 "pooling": self.pooling, "eos_block_size": self.eos_block_size,
                 "eos_token": self.collator.eos_token, "prompts": vars(self.collator.prompts)}
-
-    def save_adapter(self, path: str | Path) -> None:
-        if self.lora is None:
-            raise CIRConfigError("this backbone has no LoRA adapter to save (`lora` is None)")
-        self.model.save_pretrained(str(path))

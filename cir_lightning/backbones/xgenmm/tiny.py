@@ -93,4 +93,4 @@ def make_tiny_xgenmm(out_dir: str | Path, seed: int = 0, overwrite: bool = False
         save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
         processor.save_pretrained(folder)
 
-    return save_atomically(out, write)
+    return save_atomically(out, write, overwrite)

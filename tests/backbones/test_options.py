@@ -1,0 +1,115 @@
+"""Backbone options checked when set, atomic tiny-model and adapter writing."""
+
+from __future__ import annotations
+
+import os
+import stat
+import warnings
+
+import pytest
+import torch
+
+from cir_lightning.backbones import (
+    DualEncoderBackbone,
+    HFMultimodalBackbone,
+    LoRA,
+    Prompts,
+    XGenMMBackbone,
+    make_tiny_dual_encoder,
+    make_tiny_xgenmm,
+)
+from cir_lightning.backbones.tiny import save_atomically
+from cir_lightning.errors import CIRConfigError, CIRFileError
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"r": 0}, "`lora.r` must be an integer >= 1, got 0"),
+    ({"r": 2.5}, "`lora.r` must be an integer >= 1, got 2.5"),
+    ({"alpha": 0}, "`lora.alpha` must be a finite number > 0, got 0"),
+    ({"alpha": -8}, "`lora.alpha` must be a finite number > 0, got -8"),
+    ({"dropout": 1.0}, r"`lora.dropout` must be a number in \[0, 1\), got 1.0"),
+    ({"dropout": -0.1}, r"`lora.dropout` must be a number in \[0, 1\), got -0.1"),
+])
+def test_lora_numbers_are_checked_when_set(options, message):
+    with pytest.raises(CIRConfigError, match=message):
+        LoRA(**options)
+    assert LoRA(r=1, alpha=0.5, dropout=0.0).r == 1
+
+
+def test_eos_block_size_is_checked_before_loading(tiny_model_dir, tmp_path):
+    with pytest.raises(CIRConfigError, match="`eos_block_size` must be an integer >= 0, got -1"):
+        HFMultimodalBackbone(str(tiny_model_dir), prompts=Prompts("e5v"), eos_block_size=-1)
+    with pytest.raises(CIRConfigError, match="`eos_block_size` must be an integer >= 0, got -2"):
+        XGenMMBackbone(str(tmp_path / "never-built"), pooling="last_token", eos_block_size=-2)
+    with pytest.raises(CIRConfigError, match=r"`max_text_tokens` must be an integer >= 1, got 0"):
+        XGenMMBackbone(str(tmp_path / "never-built"), max_text_tokens=0)
+    with pytest.raises(CIRConfigError, match=r"`max_text_tokens` must be an integer >= 1, got -1"):
+        DualEncoderBackbone(str(tmp_path / "never-built"), max_text_tokens=-1)
+    assert not (tmp_path / "never-built").exists()
+
+
+def _modes(folder) -> dict[str, int]:
+    return {p.name: stat.S_IMODE(p.stat().st_mode) for p in [folder, *folder.iterdir()]}
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+@pytest.mark.usefixtures("umask_022")
+def test_tiny_models_get_the_users_normal_file_modes(tmp_path):
+    for folder in (make_tiny_dual_encoder(tmp_path / "clip"), make_tiny_xgenmm(tmp_path / "xgenmm")):
+        modes = _modes(folder)
+        assert modes.pop(folder.name) == 0o755
+        assert "model.safetensors" in modes
+        assert set(modes.values()) == {0o644}, modes
+
+
+def test_overwriting_a_tiny_model_replaces_it_completely(tmp_path):
+    folder = make_tiny_dual_encoder(tmp_path / "clip")
+    before = (folder / "model.safetensors").read_bytes()
+    (folder / "stale.txt").write_text("left over from an older checkpoint")
+    with pytest.raises(CIRConfigError, match="already exists and is not empty"):
+        make_tiny_dual_encoder(folder, seed=1)
+    assert make_tiny_dual_encoder(folder, seed=1, overwrite=True) == folder
+    assert not (folder / "stale.txt").exists()
+    assert (folder / "model.safetensors").read_bytes() != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip"]  # no temporary or old folder left
+
+
+def test_racing_builders_never_see_a_half_written_folder(tmp_path):
+    out = tmp_path / "model"
+
+    def write(folder):
+        (folder / "a.txt").write_text("mine")
+        out.mkdir()  # another process finishes the same folder while this one is still writing
+        (out / "a.txt").write_text("theirs")
+
+    assert save_atomically(out, write) == out
+    assert (out / "a.txt").read_text() == "theirs"  # the second one dropped its copy
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    (tmp_path / "empty").mkdir()  # an empty folder counts as absent
+    save_atomically(tmp_path / "empty", lambda f: (f / "b.txt").write_text("b"))
+    assert (tmp_path / "empty" / "b.txt").read_text() == "b"
+
+
+def test_an_adapter_export_is_atomic_and_never_overwrites(tiny_model_dir, tmp_path):
+    bb = HFMultimodalBackbone(str(tiny_model_dir), lora=LoRA(r=2, alpha=4))
+    bb.save_adapter(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+    with pytest.raises(CIRFileError, match="already exists; it is never overwritten"):
+        bb.save_adapter(tmp_path / "adapter")
+
+    def broken(folder, **_):
+        open(os.path.join(folder, "adapter_model.safetensors"), "wb").close()
+        raise torch.cuda.OutOfMemoryError("interrupted")
+
+    bb.model.save_pretrained = broken
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        bb.save_adapter(tmp_path / "half")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]  # nothing half-written left behind

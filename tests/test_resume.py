@@ -1,0 +1,135 @@
+"""Resuming `fit`: a run SIGKILLed in the middle of an epoch continues with `--ckpt_path last` exactly as if it
+had never stopped; `last` finds the newest last.ckpt of the earlier run (Lightning alone looks in the new run's
+empty version folder and silently starts from scratch); checkpoints are written atomically."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import yaml
+
+from cir_lightning.checkpointing import SafeCheckpointIO
+from cir_lightning.cli import find_last_checkpoint, main, resolve_ckpt_path
+from cir_lightning.errors import CIRConfigError, CIRFileError
+from tests.test_cli import CONF, run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class KillAtStep(pl.Callback):
+    """SIGKILLs its own process at the end of training step ``step``, as a crash or a pre-empted node would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _config(tmp_path: Path, kill_at: int | None) -> Path:
+    callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                  "init_args": {"save_last": True, "every_n_train_steps": 2, "save_top_k": -1}}]
+    if kill_at is not None:
+        callbacks.append({"class_path": "tests.test_resume.KillAtStep", "init_args": {"step": kill_at}})
+    path = tmp_path / f"extra-{kill_at}.yaml"
+    path.write_text(yaml.safe_dump({"trainer": {
+        "callbacks": callbacks, "max_epochs": 2, "max_steps": -1, "limit_train_batches": None,
+        "limit_val_batches": 0, "num_sanity_val_steps": 0,
+        "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "${trainer.default_root_dir}"}}}}))
+    return path
+
+
+@pytest.mark.slow
+def test_fit_killed_mid_epoch_resumes_with_last_bit_identically(tmp_path, tiny_model_dir):
+    env = {"PYTHONPATH": str(ROOT)}
+    common = ["--config", str(CONF), "--model.backbone.init_args.model_name_or_path", str(tiny_model_dir),
+              "--data.init_args.root", str(tmp_path / "data")]
+    run("fit", *common, "--config", str(_config(tmp_path, None)), "--trainer.default_root_dir", "straight",
+        cwd=tmp_path, env=env)
+    # 4 batches an epoch, a checkpoint every 2 steps: killed at step 7, the newest checkpoint is step 6,
+    # two batches into epoch 1
+    killed = run("fit", *common, "--config", str(_config(tmp_path, 7)), "--trainer.default_root_dir", "crashed",
+                 cwd=tmp_path, env=env, check=False)
+    assert killed.returncode == -signal.SIGKILL
+    last = tmp_path / "crashed" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 6
+    before = {p: p.read_bytes() for p in (tmp_path / "crashed").rglob("*") if p.is_file()}
+    resumed = run("fit", *common, "--config", str(_config(tmp_path, None)), "--trainer.default_root_dir", "crashed",
+                  "--ckpt_path", "last", cwd=tmp_path, env=env)
+    assert "resuming from crashed/lightning_logs/version_0/checkpoints/last.ckpt" in resumed.stdout + resumed.stderr
+    assert "not resumable" not in resumed.stderr  # Lightning's warning for loaders that restart the epoch
+    straight = torch.load(tmp_path / "straight/lightning_logs/version_0/checkpoints/last.ckpt", weights_only=True)
+    (end,) = [p for p in (tmp_path / "crashed").rglob("last.ckpt") if p != last]  # the resumed run's own
+    end = torch.load(end, weights_only=True)
+    assert (straight["global_step"], end["global_step"]) == (8, 8)
+    for name, weight in straight["state_dict"].items():  # same batches in the same order: same bits
+        assert torch.equal(end["state_dict"][name], weight), name
+    # nothing the killed run wrote was changed (its metrics.csv and checkpoints are kept)
+    assert all(p.read_bytes() == data for p, data in before.items())
+
+
+def test_last_without_any_checkpoint_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONF), "--trainer.default_root_dir", str(tmp_path / "new"), "--ckpt_path", "last"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "`--ckpt_path last`: there is no last.ckpt below" in err
+    assert str(tmp_path / "new") in err
+    assert "Traceback" not in err
+
+
+def test_find_last_takes_the_newest_across_version_folders_and_deepspeed_folders(tmp_path):
+    old = tmp_path / "logs/version_0/checkpoints/last.ckpt"
+    new = tmp_path / "logs/version_1/checkpoints/last-v1.ckpt"
+    folder = tmp_path / "logs/version_2/checkpoints/last.ckpt"  # DeepSpeed writes a folder
+    for path in (old, new):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"x")
+    os.utime(old, (1, 1))
+    assert find_last_checkpoint([tmp_path]) == new
+    (folder / "checkpoint").mkdir(parents=True)
+    os.utime(new, (2, 2))
+    assert find_last_checkpoint([tmp_path]) == folder
+    assert find_last_checkpoint([tmp_path / "absent"]) is None
+
+
+def test_checkpoints_are_written_atomically_and_a_failed_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    io = SafeCheckpointIO()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(2)}, path)
+    assert io.load_checkpoint(path)["step"] == 1
+    real_fsync = os.fsync
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(CIRFileError, match=r"cannot write `.*last.ckpt`: no space left on the device"):
+        io.save_checkpoint({"step": 2, "w": torch.zeros(2)}, path)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert io.load_checkpoint(path)["step"] == 1  # the previous checkpoint, whole
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]  # no temporary file left
+
+
+def test_missing_or_foreign_ckpt_path_is_one_line(tmp_path, capsys):
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(os.urandom(2048))
+    for ckpt, expected in ((str(tmp_path / "nope.ckpt"), "`--ckpt_path`: `" + str(tmp_path / "nope.ckpt") + "` does not exist"),
+                           (str(tmp_path), "is a folder, not a checkpoint file")):
+        with pytest.raises(SystemExit):
+            main(["validate", "--config", str(CONF), "--trainer.default_root_dir", str(tmp_path / "run"),
+                  "--ckpt_path", ckpt])
+        err = capsys.readouterr().err
+        assert expected in err
+        assert "Traceback" not in err
+    with pytest.raises(CIRConfigError, match="there is no last.ckpt below"):
+        resolve_ckpt_path("last", {"trainer": {"default_root_dir": str(tmp_path / "empty")}})
