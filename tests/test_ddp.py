@@ -30,9 +30,13 @@ def test_validate_two_processes_equals_one_process(tmp_path, tiny_model_dir):
               str(tiny_model_dir), "--data.init_args.root", str(tmp_path / "data"),
               "--data.init_args.num_val", "25", "--data.init_args.eval_batch_size", "7",
               "--trainer.logger", "CSVLogger", "--model.save_rankings", "true"]
-    run(*common, "--trainer.logger.save_dir", "one", "--trainer.devices", "1", cwd=tmp_path)
+    # one BLAS thread per process in both runs: a matrix product's rounding depends on the thread count, and
+    # Lightning gives each of 2 DDP processes 1 thread where one process would use 2 (near-ties then swap
+    # places deep in a ranking)
+    threads = {"OMP_NUM_THREADS": "1"}
+    run(*common, "--trainer.logger.save_dir", "one", "--trainer.devices", "1", cwd=tmp_path, env=threads)
     run(*common, "--trainer.logger.save_dir", "two", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-        cwd=tmp_path)
+        cwd=tmp_path, env=threads)
     one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
     assert set(one) == {f"val/{m}@{k}" for m in ("Recall", "MRR") for k in (1, 5, 10, 50)}
     assert two == one

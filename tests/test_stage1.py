@@ -12,7 +12,7 @@ from cir_lightning.backbones.pooling import position_ids_from_mask
 from cir_lightning.backbones.prompts import Prompts
 from cir_lightning.backbones.tiny import make_tiny_model
 from cir_lightning.backbones.xgenmm.tiny import make_tiny_xgenmm
-from cir_lightning.errors import CIRConfigError, CIRDataError
+from cir_lightning.errors import CIRConfigError, CIRDataError, CIRModelError
 from cir_lightning.losses import caption_loss
 from cir_lightning.module import CIRModule
 from cir_lightning.stage1 import CaptionBatches
@@ -150,8 +150,11 @@ def test_init_adapter_loads_an_adapter_folder_and_a_checkpoint_strictly(tiny_mod
     with pytest.raises(CIRConfigError, match="does not exist"):
         HFMultimodalBackbone(str(tiny_model_dir), lora=LoRA(init_adapter=str(tmp_path / "nope")))
     (tmp_path / "broken.ckpt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CIRConfigError, match="broken.ckpt cannot be read as a cir_lightning checkpoint"):
+    with pytest.raises(CIRModelError, match="`lora.init_adapter` `.*broken.ckpt` is not a torch checkpoint"):
         HFMultimodalBackbone(str(tiny_model_dir), lora=LoRA(r=4, alpha=8, init_adapter=str(tmp_path / "broken.ckpt")))
+    torch.save({"weights": torch.ones(2)}, tmp_path / "foreign.ckpt")
+    with pytest.raises(CIRConfigError, match="foreign.ckpt is a torch file but not a cir_lightning checkpoint"):
+        HFMultimodalBackbone(str(tiny_model_dir), lora=LoRA(r=4, alpha=8, init_adapter=str(tmp_path / "foreign.ckpt")))
     (tmp_path / "empty").mkdir()
     with pytest.raises(CIRConfigError, match="neither a peft adapter folder"):
         HFMultimodalBackbone(str(tiny_model_dir), lora=LoRA(init_adapter=str(tmp_path / "empty")))

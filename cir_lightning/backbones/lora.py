@@ -215,12 +215,13 @@ def _load_checkpoint_weights(model: nn.Module, path: Path, file: Path) -> None:
     """The trainable weights of a cir_lightning checkpoint (named ``...backbone.model.<peft name>``)."""
     import torch
 
-    try:
-        raw = torch.load(file, map_location="cpu", weights_only=True)
-        state = raw["module"] if "module" in raw and "state_dict" not in raw else raw["state_dict"]
-    except Exception as err:
-        raise CIRConfigError(f"`init_adapter` {path} cannot be read as a cir_lightning checkpoint: "
-                             f"{type(err).__name__}: {err}") from None
+    from cir_lightning.torch_files import load_torch_file
+
+    raw = load_torch_file(file, what="`lora.init_adapter`")  # missing, truncated, unsafe: one line each
+    if not isinstance(raw, dict) or not isinstance(raw.get("module" if "state_dict" not in raw else "state_dict"), dict):
+        raise CIRConfigError(f"`init_adapter` {path} is a torch file but not a cir_lightning checkpoint (no "
+                             "`state_dict`): give the .ckpt written by `fit`, or the exported adapter folder")
+    state = raw["module"] if "module" in raw and "state_dict" not in raw else raw["state_dict"]
     saved = (raw.get("cir_lightning") or {}).get("lora")
     if saved:
         _check_settings(path, saved, model)
