@@ -24,7 +24,7 @@ from cir_lightning.data.base import CIRDataModule
 from cir_lightning.data.datasets import GalleryDataset, GalleryItem, Query, QueryDataset
 from cir_lightning.data.missing import OnMissing, handle_missing
 from cir_lightning.errors import CIRConfigError, CIRDataError
-from cir_lightning.retrieval.results import free_path
+from cir_lightning.files import free_path, json_type, read_json, read_json_list, short_repr, write_atomic
 
 BGE_VL_TEMPLATE = "Find a picture that also {shared_concept}, but {relative_caption}."
 METRICS = {"map": [5, 10, 25, 50]}
@@ -64,21 +64,13 @@ def check_template(template: str) -> str:
     return template
 
 
-def _load_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise CIRDataError(f"{what} does not exist; set `root` to the CIRCO folder", path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise CIRDataError(f"malformed JSON ({err.msg} at column {err.colno})", path, err.lineno) from None
-    except UnicodeDecodeError:
-        raise CIRDataError("not valid UTF-8", path) from None
+_HINT = "set `root` to the CIRCO folder"
 
 
-def _int_id(value: Any, field: str, path: Path | None, where: str) -> int:
+def _int_id(value: Any, field: str, path: Path | None, where: str, line: int | None = None) -> int:
     text = str(value).strip()
     if isinstance(value, bool) or not isinstance(value, int | str) or not (text.isascii() and text.isdigit()):
-        raise CIRDataError(f"{where}: `{field}` must be an integer image id, got {value!r}", path)
+        raise CIRDataError(f"{where}: `{field}` must be an integer image id, got {short_repr(value)}", path, line)
     return int(value)
 
 
@@ -191,60 +183,73 @@ class CIRCODataModule(CIRDataModule):
         images = self._find(self.gallery_root, _IMAGES, "COCO 2017 unlabeled image folder", "gallery_root")
         if not images.is_dir():
             raise CIRDataError("the gallery image folder is not a folder; set `gallery_root`", images)
-        listing = _load_json(info, "the COCO image-info file")
+        listing = read_json(info, "COCO image-info file", _HINT)
         entries = listing.get("images") if isinstance(listing, dict) else None
         if not isinstance(entries, list) or not entries:
             raise CIRDataError('expected a COCO image-info object {"images": [{"id", "file_name"}, ...]}',
                                info)
-        items, seen = [], set()
+        items, seen = [], {}
         for i, entry in enumerate(entries):
-            entry = entry if isinstance(entry, dict) else {}
-            image_id = str(_int_id(entry.get("id"), "id", info, f"images[{i}]"))
+            where = f"`images` entry {i + 1}"
+            if not isinstance(entry, dict):
+                raise CIRDataError(f"{where}: expected a JSON object, got {json_type(entry)}", info)
+            image_id = str(_int_id(entry.get("id"), "id", info, where))
+            where = f"{where} (id {image_id})"
             name = entry.get("file_name") or f"{int(image_id):012d}.jpg"
             if image_id in seen:
-                raise CIRDataError(f"images[{i}]: duplicate image id {image_id}", info)
+                raise CIRDataError(f"{where}: duplicate image id (first: entry {seen[image_id]})", info)
             if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
-                raise CIRDataError(f"images[{i}]: `file_name` must be a plain file name, got {name!r}", info)
-            seen.add(image_id)
+                raise CIRDataError(f"{where}: `file_name` must be a plain file name, got {short_repr(name)}",
+                                   info)
+            seen[image_id] = i + 1
             items.append(GalleryItem(image_id, images / name, f"{info}: image {image_id}"))
         self._listed = items
         self._gallery = handle_missing(items, lambda g: [g.path], lambda g: g.image_id, what="gallery images",
                                        where=images, on_missing=self.on_missing)
         return self._gallery
 
-    def _parse(self, split: str, path: Path, i: int, row: Any, listed: dict[str, Path]) -> tuple:
-        """``(id, reference id, gt ids, text, ids not in the image-info list)`` of query ``i``."""
-        lacking = [f for f in _FIELDS[split] if not isinstance(row, dict) or row.get(f) is None]
+    def _parse(self, split: str, path: Path, i: int, line: int, row: Any, listed: dict[str, Path]) -> tuple:
+        """``(id, reference id, gt ids, text, ids not in the image-info list, line)`` of entry ``i``."""
+        where = f"entry {i + 1}"
+        if not isinstance(row, dict):
+            raise CIRDataError(f"{where}: expected a JSON object, got {json_type(row)}", path, line)
+        if row.get("id") is not None:
+            where = f"{where} (id {_int_id(row['id'], 'id', path, where, line)})"
+        lacking = [f for f in _FIELDS[split] if row.get(f) is None]
         if lacking:
-            raise CIRDataError(f"query [{i}] lacks field(s) {', '.join(f'`{f}`' for f in lacking)}", path)
-        qid = str(_int_id(row["id"], "id", path, f"query [{i}]"))
-        ref = str(_int_id(row["reference_img_id"], "reference_img_id", path, f"query {qid}"))
-        gt = row.get("gt_img_ids", [])
+            raise CIRDataError(f"{where} lacks field(s) {', '.join(f'`{f}`' for f in lacking)}", path, line)
+        qid = str(_int_id(row["id"], "id", path, where, line))
+        ref = str(_int_id(row["reference_img_id"], "reference_img_id", path, where, line))
+        gt = row.get("gt_img_ids")
+        gt = [] if gt is None else gt
         if not isinstance(gt, list) or (split == "val" and not gt):
-            raise CIRDataError(f"query {qid}: `gt_img_ids` must be a non-empty list, got {gt!r}", path)
-        gt = tuple(str(_int_id(g, "gt_img_ids", path, f"query {qid}")) for g in gt)
+            raise CIRDataError(f"{where}: `gt_img_ids` must be a non-empty list, got {short_repr(gt)}", path, line)
+        gt = tuple(str(_int_id(g, "gt_img_ids", path, where, line)) for g in gt)
         if len(set(gt)) != len(gt):  # AP@K divides by the number of ground truths: duplicates would change it
             twice = sorted({g for g in gt if gt.count(g) > 1})
-            raise CIRDataError(f"query {qid}: `gt_img_ids` lists {', '.join(twice)} more than once", path)
+            raise CIRDataError(f"{where}: `gt_img_ids` lists {', '.join(twice)} more than once", path, line)
         text = {k: row[k] for k in ("relative_caption", "shared_concept")}
         bad = [k for k, v in text.items() if not isinstance(v, str)]
         if bad:
-            raise CIRDataError(f"query {qid}: `{bad[0]}` must be a string, got {text[bad[0]]!r}", path)
+            raise CIRDataError(f"{where}: `{bad[0]}` must be a string, got {short_repr(text[bad[0]])}", path, line)
         unknown = ([f"reference {ref}"] if ref not in listed else []) + [g for g in gt if g not in listed]
-        return qid, ref, gt, self.query_template.format(**text), unknown
+        return qid, ref, gt, self.query_template.format(**text), unknown, line
 
     def _read(self, split: Literal["val", "test"]) -> tuple[QueryDataset, GalleryDataset]:
         path = self.root / "annotations" / f"{split}.json"
-        rows = _load_json(path, f"the CIRCO {split} annotation file")
-        if not isinstance(rows, list) or not rows:
+        rows = read_json_list(path, f"CIRCO {split} annotation file", _HINT)
+        if not rows:
             raise CIRDataError("expected a non-empty JSON list of queries", path)
         gallery = self.gallery()
         listed = {g.image_id: g.path for g in self._listed}
-        records = [self._parse(split, path, i, row, listed) for i, row in enumerate(rows)]
+        records = [self._parse(split, path, i, line, row, listed) for i, (line, row) in enumerate(rows)]
+        first: dict[str, int] = {}
+        for i, r in enumerate(records):
+            if first.setdefault(r[0], i) != i:
+                raise CIRDataError(f"duplicate query id {r[0]} (entries {first[r[0]] + 1} and {i + 1}, lines "
+                                   f"{records[first[r[0]]][5]} and {r[5]})", path, r[5])
         ids = [r[0] for r in records]
-        if len(set(ids)) < len(ids):
-            raise CIRDataError(f"duplicate query id {next(q for q in ids if ids.count(q) > 1)}", path)
-        absent = [f"query {r[0]}: {', '.join(r[4])}" for r in records if r[4]]
+        absent = [f"query {r[0]} (line {r[5]}): {', '.join(r[4])}" for r in records if r[4]]
         if absent:
             more = f"; ... and {len(absent) - _SHOW} more" if len(absent) > _SHOW else ""
             raise CIRDataError(f"{len(absent)} of {len(records)} queries name images that are not in the "
@@ -256,9 +261,9 @@ class CIRCODataModule(CIRDataModule):
                                  lambda r: f"query {r[0]}", what=f"{split} queries", where=path,
                                  on_missing=self.on_missing)
         row = {g.image_id: j for j, g in enumerate(gallery)}
-        queries = [Query(qid, listed[ref], text, tuple(row[g] for g in gt), f"{path}: query {qid}",
+        queries = [Query(qid, listed[ref], text, tuple(row[g] for g in gt), f"{path}:{line}: query {qid}",
                          reference_id=ref, excluded=(row[ref],) if self.exclude_reference else ())
-                   for qid, ref, gt, text, _ in records]
+                   for qid, ref, gt, text, _, line in records]
         if not queries:
             raise CIRDataError(f"no {split} queries left", path)
         return (QueryDataset(queries, self.max_short_edge, name="", metrics=METRICS, depth=SUBMISSION_SIZE,
@@ -274,8 +279,9 @@ class CIRCODataModule(CIRDataModule):
                           subset_rankings: dict[str, dict[str, list[str]]]) -> list[Path]:
         """Write the server's file after ``test`` (``circo-test.json``, every test query required) and,
         if val rankings are given, the same format after ``validate`` (``circo-val.json``, for the
-        official ``evaluation.py``). Checked before writing (``make_submission``); an existing file is
-        never overwritten (``circo-test-1.json`` ...).
+        official ``evaluation.py``). Checked before writing (``make_submission``); the file is written
+        completely or not at all (a full disk raises ``CIRFileError`` and leaves nothing), and an existing
+        file is never overwritten (``circo-test-1.json`` ...).
 
         Args:
             folder: where to write.
@@ -306,7 +312,4 @@ class CIRCODataModule(CIRDataModule):
                                "images, but the server needs every query ranked over the whole gallery: "
                                "complete the images to write a submission", self.root / "annotations" / "test.json")
         submission = make_submission(rankings[""], expected)
-        path = free_path(Path(folder) / f"circo-{split}.json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(submission) + "\n")
-        return [path]
+        return [write_atomic(free_path(Path(folder) / f"circo-{split}.json"), json.dumps(submission) + "\n")]

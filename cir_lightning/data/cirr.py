@@ -14,6 +14,7 @@ test1 has no public ground truth: ``test`` ranks it and writes the two evaluatio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Collection, Mapping
@@ -35,6 +36,7 @@ from cir_lightning.data.datasets import (
 from cir_lightning.data.images import resolve_image_path
 from cir_lightning.data.missing import OnMissing, handle_missing
 from cir_lightning.errors import CIRDataError
+from cir_lightning.files import json_type, read_json_list, read_json_object, short_repr, write_atomic
 
 METRICS = {"recall": [1, 5, 10, 50], "recall_subset": [1, 2, 3]}
 LENGTHS = {"recall": 50, "recall_subset": 3}  # names per pair id in the two server files
@@ -52,56 +54,67 @@ class CIRRPair:
     target: str | None
     caption: str
     candidates: tuple[str, ...]
+    source: str = ""  # ``<captions file>:<line>: pairid <id>``, put in front of image errors
 
 
-def _load(path: Path, kind: type) -> Any:
-    if not path.is_file():
-        raise CIRDataError("CIRR annotation file does not exist; `root` must hold captions/ and image_splits/", path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CIRDataError(f"not valid JSON: {err}", path) from None
-    if not isinstance(data, kind):
-        raise CIRDataError(f"expected a JSON {kind.__name__}, got {type(data).__name__}", path)
-    return data
+_HINT = "`root` must hold captions/ and image_splits/"
 
 
-def _read_split(path: Path) -> dict[str, str]:
-    names = _load(path, dict)
-    bad = [k for k, v in names.items() if not isinstance(v, str)]
-    if bad or not names:
-        raise CIRDataError(f"expected {{name: relative path}}, bad entries: {bad[:_SHOW]}", path)
-    return names
+def _read_split(path: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """``{name: relative path}`` of a split file, and the line of each name."""
+    names, lines = {}, {}
+    for line, name, rel in read_json_object(path, "CIRR annotation file", _HINT):
+        if not isinstance(rel, str):
+            raise CIRDataError(f"image {short_repr(name)}: expected {{name: relative path}}, got the value "
+                               f"{short_repr(rel)}", path, line)
+        names[name], lines[name] = rel, line
+    if not names:
+        raise CIRDataError("no images: expected {name: relative path, ...}", path)
+    return names, lines
 
 
 def _read_pairs(path: Path, split_file: Path, names: Collection[str], with_target: bool,
                 check_sets: bool) -> list[CIRRPair]:
-    pairs, seen, absent = [], set(), []
-    for i, e in enumerate(_load(path, list)):
-        pid = e.get("pairid") if isinstance(e, dict) else None
-        where = f"entry {i} (pairid {pid})"
-        if isinstance(pid, bool) or not isinstance(pid, int | str) or str(pid) in seen:
-            raise CIRDataError(f"{where}: `pairid` must be a unique integer", path)
-        seen.add(str(pid))
+    pairs, seen, absent = [], {}, []
+    for i, (line, e) in enumerate(read_json_list(path, "CIRR annotation file", _HINT)):
+        where = f"entry {i + 1}"
+        if not isinstance(e, dict):
+            raise CIRDataError(f"{where}: expected a JSON object, got {json_type(e)}", path, line)
+        pid = e.get("pairid")
+        if isinstance(pid, bool) or not isinstance(pid, int | str) or (isinstance(pid, str) and not pid.strip()):
+            raise CIRDataError(f"{where}: `pairid` must be an integer, got {short_repr(pid)}", path, line)
+        where = f"{where} (pairid {pid})"
+        if str(pid) in seen:
+            raise CIRDataError(f"{where}: `pairid` must be unique; entry {seen[str(pid)][0]} on line "
+                               f"{seen[str(pid)][1]} has it too", path, line)
+        seen[str(pid)] = (i + 1, line)
         fields = ["reference", "caption", *(["target_hard"] if with_target else [])]
         for key in fields:
             if not isinstance(e.get(key), str) or not e[key].strip():
-                raise CIRDataError(f"{where}: `{key}` must be a non-empty string, got {e.get(key)!r}", path)
+                raise CIRDataError(f"{where}: `{key}` must be a non-empty string, got {short_repr(e.get(key))}",
+                                   path, line)
         ref, target = e["reference"], e.get("target_hard") if with_target else None
         if ref == target:
-            raise CIRDataError(f"{where}: `target_hard` is the reference {ref!r}; it could never be retrieved", path)
-        members = (e.get("img_set") or {}).get("members") if isinstance(e.get("img_set"), dict) else None
+            raise CIRDataError(f"{where}: `target_hard` is the reference {ref!r}; it could never be retrieved",
+                               path, line)
+        img_set = e.get("img_set")
+        members = img_set.get("members") if isinstance(img_set, dict) else None
         if check_sets:
+            if img_set is None:
+                raise CIRDataError(f"{where}: `img_set` is missing; Recall_subset needs its `members`", path,
+                                   line)
             needed = {ref} | ({target} if target else set())
             if (not isinstance(members, list) or not all(isinstance(m, str) for m in members)
                     or len(set(members)) != 6 or len(members) != 6 or not needed <= set(members)):
                 what = "the reference and the target" if target else "the reference"
                 raise CIRDataError(f"{where}: `img_set.members` must be 6 distinct names including {what} "
-                                   f"({ref!r}{f', {target!r}' if target else ''}), got {members!r}", path)
+                                   f"({ref!r}{f', {target!r}' if target else ''}), got {short_repr(members)}",
+                                   path, line)
         used = [ref, *([target] if target else []), *(members if check_sets else [])]
-        absent += [f"{n!r} (pairid {pid})" for n in dict.fromkeys(used) if n not in names]
+        absent += [f"{n!r} (pairid {pid}, line {line})" for n in dict.fromkeys(used) if n not in names]
         pairs.append(CIRRPair(str(pid), ref, target, e["caption"],
-                              tuple(m for m in members if m != ref) if check_sets else ()))
+                              tuple(m for m in members if m != ref) if check_sets else (),
+                              f"{path}:{line}: pairid {pid}"))
     if absent:
         more = f" ... and {len(absent) - _SHOW} more" if len(absent) > _SHOW else ""
         raise CIRDataError(f"{len(absent)} image name(s) are not in {split_file}: {', '.join(absent[:_SHOW])}{more}"
@@ -198,7 +211,7 @@ class CIRRDataModule(CIRDataModule):
         self.dropped: dict[str, int] = {}  # split -> pairs left out by `on_missing: drop`
         self.dropped_images: dict[str, int] = {}  # split -> gallery images left out by `on_missing: drop`
 
-    def _images(self, split_file: Path, names: dict[str, str]) -> dict[str, Path]:
+    def _images(self, split_file: Path, names: dict[str, str], lines: dict[str, int]) -> dict[str, Path]:
         """Each name's image path, under ``image_root`` or the first folder that has the split's folder."""
         top = os.path.normpath(next(iter(names.values()))).split(os.sep)[0]  # "dev"
         searched = [self.image_root] if self.image_root else [self.root / sub for sub in IMAGE_FOLDERS]
@@ -207,7 +220,7 @@ class CIRRDataModule(CIRDataModule):
             raise CIRDataError(f"no `{top}/` image folder in {', '.join(str(d.resolve()) for d in searched)}; "
                                "set `image_root` to the folder holding train/ dev/ test1/", split_file)
         base = found.resolve()
-        return {n: resolve_image_path(base, rel, split_file, None, n) for n, rel in names.items()}
+        return {n: resolve_image_path(base, rel, split_file, lines[n], n) for n, rel in names.items()}
 
     def _files(self, split: str) -> tuple[Path, Path]:
         return (self.root / "image_splits" / f"split.rc2.{split}.json",
@@ -215,23 +228,23 @@ class CIRRDataModule(CIRDataModule):
 
     def _train(self) -> TripletDataset:
         split_file, captions = self._files("train")
-        names = _read_split(split_file)
-        paths = self._images(split_file, names)
-        triplets = [Triplet(paths[p.reference], paths[p.target], p.caption, f"{captions} pairid {p.pairid}",
-                            p.pairid) for p in _read_pairs(captions, split_file, names, True, False)]
+        names, lines = _read_split(split_file)
+        paths = self._images(split_file, names, lines)
+        triplets = [Triplet(paths[p.reference], paths[p.target], p.caption, p.source, p.pairid)
+                    for p in _read_pairs(captions, split_file, names, True, False)]
         kept = handle_missing(triplets, lambda t: [t.reference, t.target], lambda t: t.source,
                               what="train triplets", where=captions, on_missing=self.on_missing)
         return TripletDataset(kept, self.max_short_edge)
 
     def _eval(self, split: str) -> tuple[QueryDataset, GalleryDataset]:
         split_file, captions = self._files(split)
-        names = _read_split(split_file)
-        paths = self._images(split_file, names)
+        names, lines = _read_split(split_file)
+        paths = self._images(split_file, names, lines)
         labelled = split != "test1"
         pairs = _read_pairs(captions, split_file, names, labelled, True)
         self.pairs[split] = {p.pairid: p for p in pairs}
         self.gallery_names[split] = sorted(names)
-        items = [GalleryItem(n, paths[n], f"{split_file} {n!r}") for n in sorted(names)]
+        items = [GalleryItem(n, paths[n], f"{split_file}:{lines[n]}: {n!r}") for n in sorted(names)]
         listed = len(items)
         items = handle_missing(items, lambda g: [g.path], lambda g: g.image_id, what=f"{split} images",
                                where=split_file, on_missing=self.on_missing)
@@ -242,7 +255,7 @@ class CIRRDataModule(CIRDataModule):
                               on_missing=self.on_missing)
         self.dropped[split], pairs = len(pairs) - len(kept), kept
         records = [Query(p.pairid, paths[p.reference], p.caption, (row[p.target],) if p.target else (),
-                         f"{captions} pairid {p.pairid}", p.reference, (row[p.reference],)) for p in pairs]
+                         p.source, p.reference, (row[p.reference],)) for p in pairs]
         candidates = [[row[m] for m in p.candidates if m in row] for p in pairs]
         queries = QueryDataset(records, self.max_short_edge, "", {k: list(v) for k, v in METRICS.items()},
                                candidates, depth=LENGTHS["recall"], has_ground_truth=labelled)
@@ -268,6 +281,8 @@ class CIRRDataModule(CIRDataModule):
 
         Args:
             folder: where the files go; existing files are never overwritten (the pair gets a ``-N``).
+                Each file is written completely or not at all; if the second cannot be written, the
+                first is removed again.
             stage: ``"test"`` (test1) or ``"validate"`` (val); other stages write nothing.
             rankings: subset name ("") -> pair id -> ranked gallery names (reference excluded, >= 50).
             subset_rankings: subset name ("") -> pair id -> the img_set candidates, ranked.
@@ -279,6 +294,7 @@ class CIRRDataModule(CIRDataModule):
 
         Raises:
             CIRDataError: when the server would reject either file; nothing is written then.
+            CIRFileError: when a file cannot be written (full disk, permissions); nothing is left then.
         """
         split = {"test": "test1", "validate": "val"}.get(stage)
         if split is None or split not in self.pairs:
@@ -299,13 +315,20 @@ class CIRRDataModule(CIRDataModule):
         for doc in docs.values():
             check_submission(doc, self.pairs[split], set(self.gallery_names[split]))
         folder = Path(folder)
+
+        def name(metric: str, n: int) -> Path:
+            return folder / f"cirr-{split}-{metric}{f'-{n}' if n else ''}.json"
+
         n = 0  # the first suffix free for both files, so the two always belong together
-        while any((folder / f"cirr-{split}-{m}{f'-{n}' if n else ''}.json").exists() for m in docs):
+        while any(name(m, n).exists() or name(m, n).is_symlink() for m in docs):
             n += 1
-        paths = []
-        for metric, doc in docs.items():
-            path = folder / f"cirr-{split}-{metric}{f'-{n}' if n else ''}.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(doc, separators=(",", ":")))
-            paths.append(path)
+        paths: list[Path] = []
+        try:
+            for metric, doc in docs.items():
+                paths.append(write_atomic(name(metric, n), json.dumps(doc, separators=(",", ":"))))
+        except BaseException:
+            for path in paths:  # written just now, by us: a lone half of the pair is no submission
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            raise
         return paths

@@ -17,7 +17,6 @@ Captions lose stray surrounding whitespace (182 dress-val captions have some).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from cir_lightning.data.datasets import (
 )
 from cir_lightning.data.missing import OnMissing, handle_missing
 from cir_lightning.errors import CIRConfigError, CIRDataError
+from cir_lightning.files import json_type, read_json_list, short_repr
 
 Category = Literal["dress", "shirt", "toptee"]
 QueryText = Literal["clip4cir", "bge_vl", "both_orders"]
@@ -122,44 +122,46 @@ def summary_lines(metrics: dict[str, float], categories: Sequence[str]) -> list[
 
 
 class _Entry(NamedTuple):
-    index: int
+    index: int  # 0-based position in the caption file (query ids are ``<category>-<index>``)
     reference: str
     target: str
     captions: tuple[str, str]
+    line: int = 0  # where the entry starts in the file
+
+    @property
+    def where(self) -> str:
+        """``entry 12 (candidate 'B00..')``: counted from 1, as in messages."""
+        return f"entry {self.index + 1} (candidate {self.reference!r})"
 
 
-def _read_list(path: Path) -> list[Any]:
-    if not path.is_file():
-        raise CIRDataError("file does not exist; `root` must be the FashionIQ folder (with captions/ and "
-                           "image_splits/)", path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CIRDataError(f"not valid JSON: {err}", path) from None
-    if not isinstance(data, list):
-        raise CIRDataError(f"expected a JSON list, got {type(data).__name__}", path)
-    return data
+def _read_list(path: Path, category: str) -> list[tuple[int, Any]]:
+    """``(line, element)`` of a FashionIQ JSON list file."""
+    return read_json_list(path, "file", "`root` must be the FashionIQ folder (with captions/ and image_splits/)"
+                          f"; without the files of {category!r}, leave it out of `categories`")
 
 
-def _image_id(value: object, path: Path, index: int, field: str) -> str:
+def _image_id(value: object, path: Path, line: int, where: str, field: str) -> str:
     if not isinstance(value, str) or not value.strip() or Path(value).name != value or value in (".", ".."):
-        raise CIRDataError(f"entry {index}: `{field}` must be an image id (a file name without folders or "
-                           f"extension), got {value!r}", path)
+        raise CIRDataError(f"{where}: `{field}` must be an image id (a file name without folders or "
+                           f"extension), got {short_repr(value)}", path, line)
     return value
 
 
-def _read_captions(path: Path) -> list[_Entry]:
+def _read_captions(path: Path, category: str) -> list[_Entry]:
     """The entries of a ``cap.<category>.<split>.json`` file, captions stripped of surrounding whitespace."""
     entries = []
-    for i, e in enumerate(_read_list(path)):
+    for i, (line, e) in enumerate(_read_list(path, category)):
+        where = f"entry {i + 1}"
         if not isinstance(e, dict):
-            raise CIRDataError(f"entry {i}: expected a JSON object, got {type(e).__name__}", path)
+            raise CIRDataError(f"{where}: expected a JSON object, got {json_type(e)}", path, line)
+        reference = _image_id(e.get("candidate"), path, line, where, "candidate")
+        where = f"{where} (candidate {reference!r})"
+        target = _image_id(e.get("target"), path, line, where, "target")
         caps = e.get("captions")
         if not (isinstance(caps, list) and len(caps) == 2 and all(isinstance(c, str) for c in caps)):
-            raise CIRDataError(f"entry {i}: `captions` must be a list of two strings, got {caps!r}", path)
-        entries.append(_Entry(i, _image_id(e.get("candidate"), path, i, "candidate"),
-                              _image_id(e.get("target"), path, i, "target"),
-                              (caps[0].strip(), caps[1].strip())))
+            raise CIRDataError(f"{where}: `captions` must be a list of two strings, got {short_repr(caps)}",
+                               path, line)
+        entries.append(_Entry(i, reference, target, (caps[0].strip(), caps[1].strip()), line))
     if not entries:
         raise CIRDataError("no entries", path)
     return entries
@@ -255,24 +257,39 @@ class FashionIQDataModule(CIRDataModule):
         self.exclude_reference = exclude_reference
         self.train_augment = train_augment
         self.on_missing = on_missing
-        self._listings: dict[Path, dict[str, Path]] = {}
+        self._listings: dict[Path, tuple[dict[str, Path], ...]] = {}
 
-    def _listing(self, folder: Path) -> dict[str, Path]:
+    def _listing(self, folder: Path) -> tuple[dict[str, Path], dict[str, Path]]:
+        """The image files of ``folder`` by id, and apart from them the other entries with an image's name
+        (folders, broken links): those are only named in messages, never taken for an image."""
         if folder not in self._listings:
-            best: dict[str, tuple[int, str]] = {}  # id -> (extension rank, file name)
-            for name in os.listdir(folder) if folder.is_dir() else []:
-                stem, ext = os.path.splitext(name)
+            best: tuple[dict[str, tuple[int, str]], dict[str, tuple[int, str]]] = ({}, {})
+            try:
+                entries = list(os.scandir(folder)) if folder.is_dir() else []
+            except OSError as err:
+                raise CIRDataError(f"cannot list the images folder: {err.strerror or err}", folder) from None
+            for entry in entries:
+                stem, ext = os.path.splitext(entry.name)
                 if ext.lower() in _EXTENSIONS:
-                    rank = (_EXTENSIONS.index(ext.lower()), name)
-                    best[stem] = min(best.get(stem, rank), rank)
-            self._listings[folder] = {stem: folder / name for stem, (_, name) in best.items()}
+                    try:
+                        regular = entry.is_file()  # follows symbolic links
+                    except OSError:
+                        regular = False
+                    rank = (_EXTENSIONS.index(ext.lower()), entry.name)
+                    found = best[0 if regular else 1]
+                    found[stem] = min(found.get(stem, rank), rank)
+            self._listings[folder] = tuple({stem: folder / name for stem, (_, name) in b.items()} for b in best)
         return self._listings[folder]
 
     def image_path(self, image_id: str, category: str) -> Path:
-        """The file of ``image_id``; where none exists, ``<image_root>/<id>.png`` (reported as missing)."""
-        for folder in (self.image_root / category, self.image_root):
-            if image_id in self._listing(folder):
-                return self._listing(folder)[image_id]
+        """The file of ``image_id`` (``<image_root>/<category>/`` first, ``.png`` before ``.jpg``); where
+        there is none, a folder or broken link of that name, else ``<image_root>/<id>.png`` (reported as
+        missing or as not an image file)."""
+        folders = (self.image_root / category, self.image_root)
+        for kind in (0, 1):
+            for folder in folders:
+                if image_id in self._listing(folder)[kind]:
+                    return self._listing(folder)[kind][image_id]
         return self.image_root / f"{image_id}.png"
 
     def _file(self, kind: str, category: str, split: str) -> Path:
@@ -284,9 +301,9 @@ class FashionIQDataModule(CIRDataModule):
         for cat in self.categories:
             path = self._file("cap", cat, "train")
             records += [_CaptionedTriplet(self.image_path(e.reference, cat), self.image_path(e.target, cat),
-                                         make_train_text(*e.captions), f"{path}: entry {e.index}",
+                                         make_train_text(*e.captions), f"{path}:{e.line}: {e.where}",
                                          sample_id=f"{cat}-{e.index}", captions=e.captions)
-                        for e in _read_captions(path)]
+                        for e in _read_captions(path, cat)]
         records = handle_missing(records, lambda r: (r.reference, r.target), lambda r: r.source,
                                  what="training triplets", where=self.root / "captions",
                                  on_missing=self.on_missing)
@@ -295,32 +312,37 @@ class FashionIQDataModule(CIRDataModule):
 
     def _eval_set(self, cat: str) -> tuple[QueryDataset, GalleryDataset]:
         cap_path, split_path = self._file("cap", cat, "val"), self._file("split", cat, "val")
-        ids = [_image_id(v, split_path, i, "image id") for i, v in enumerate(_read_list(split_path))]
-        row = {}
+        listed = _read_list(split_path, cat)
+        ids = [_image_id(v, split_path, line, f"entry {i + 1}", "image id") for i, (line, v) in enumerate(listed)]
+        row: dict[str, int] = {}
         for i, v in enumerate(ids):
             if row.setdefault(v, i) != i:
-                raise CIRDataError(f"entry {i}: duplicate image id {v!r} (first: entry {row[v]})", split_path)
-        entries = _read_captions(cap_path)
-        absent = [f"entry {e.index}: {field} {v!r}" for e in entries
+                first = row[v]
+                raise CIRDataError(f"entry {i + 1}: duplicate image id {v!r} (first: entry {first + 1}, line "
+                                   f"{listed[first][0]})", split_path, listed[i][0])
+        if not ids:
+            raise CIRDataError("no image ids: the gallery would be empty", split_path)
+        entries = _read_captions(cap_path, cat)
+        absent = [f"line {e.line} {e.where}: {field} {v!r}" for e in entries
                   for field, v in (("target", e.target), ("candidate", e.reference)) if v not in row]
         if absent:
             more = f"; ... and {len(absent) - _SHOW} more" if len(absent) > _SHOW else ""
             raise CIRDataError(f"{len(absent)} image id(s) of the queries are not in the gallery {split_path} "
                                "(do the caption and split files match?); a target outside the gallery could "
                                f"never be retrieved: {'; '.join(absent[:_SHOW])}{more}", cap_path)
-        gallery = [GalleryItem(v, self.image_path(v, cat), f"{split_path}: entry {i}")
+        gallery = [GalleryItem(v, self.image_path(v, cat), f"{split_path}:{listed[i][0]}: entry {i + 1} ({v!r})")
                    for i, v in enumerate(ids)]
         gallery = handle_missing(gallery, lambda g: [g.path], lambda g: g.image_id, where=split_path,
                                  what=f"val gallery images of {cat}", on_missing=self.on_missing)
         entries = handle_missing(entries, lambda e: [self.image_path(e.reference, cat),
                                                      self.image_path(e.target, cat)],
-                                 lambda e: f"entry {e.index}", what=f"val queries of {cat}", where=cap_path,
+                                 lambda e: f"line {e.line} {e.where}", what=f"val queries of {cat}", where=cap_path,
                                  on_missing=self.on_missing)
         row = {g.image_id: i for i, g in enumerate(gallery)}
         exclude = self.exclude_reference
         queries = [Query(f"{cat}-{e.index}", self.image_path(e.reference, cat),
                          make_query_text(*e.captions, self.query_text), (row[e.target],),
-                         f"{cap_path}: entry {e.index}", reference_id=e.reference,
+                         f"{cap_path}:{e.line}: {e.where}", reference_id=e.reference,
                          excluded=(row[e.reference],) if exclude and e.reference != e.target else ())
                    for e in entries]
         metrics = {"recall": list(EVAL_KS), "mrr": list(EVAL_KS)}

@@ -12,17 +12,19 @@ Evaluation queries and gallery::
      "target_id": "b", "exclude_ids": ["a"]}       # or "target_ids": ["b", "c"] for several positives
     {"image_id": "b", "image_path": "images/b.png"}
 
-Image paths are relative to ``image_root`` and may not leave it. Blank lines are skipped; anything else
-that is wrong stops set-up with a ``CIRDataError`` naming the file and line. The evaluation path never
-reads target-side text.
+Image paths are relative to ``image_root`` and may not leave it. Blank lines are skipped (a UTF-8
+byte-order mark and Windows line ends are fine); anything else that is wrong stops set-up with a
+``CIRDataError`` naming the file and line: malformed or too deeply nested JSON, a key given twice, a
+missing or mistyped field, an image path that is missing or a folder, a positive or an excluded id that
+is not in the gallery (see ``unknown_exclude_ids``). The evaluation path never reads target-side text.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from lightning.pytorch.utilities import rank_zero_warn
 
 from cir_lightning.data.base import CIRDataModule
 from cir_lightning.data.datasets import (
@@ -34,42 +36,14 @@ from cir_lightning.data.datasets import (
     TripletDataset,
 )
 from cir_lightning.data.images import resolve_image_path
-from cir_lightning.errors import CIRDataError
+from cir_lightning.data.missing import MISSING, file_problem
+from cir_lightning.errors import CIRConfigError, CIRDataError
+from cir_lightning.files import iter_jsonl, short_repr
 
+__all__ = ["JsonlCIRDataModule", "iter_jsonl", "read_gallery", "read_queries", "read_triplets"]
+
+UnknownExcludeIds = Literal["error", "warn"]
 _SHOW = 5  # how many offending lines an error lists before summarising
-
-
-def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, object)`` for each non-blank line; malformed lines raise ``CIRDataError``.
-
-    Example:
-        >>> import tempfile
-        >>> p = Path(tempfile.mkdtemp()) / "x.jsonl"
-        >>> _ = p.write_text('{"a": 1}\\n\\n[2]\\n')
-        >>> next(iter_jsonl(p))
-        (1, {'a': 1})
-        >>> list(iter_jsonl(p))
-        Traceback (most recent call last):
-        ...
-        cir_lightning.errors.CIRDataError: ...x.jsonl:3: expected a JSON object, got list
-    """
-    if not path.is_file():
-        raise CIRDataError("annotation file does not exist", path)
-    with path.open("rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise CIRDataError(f"not valid UTF-8 (byte {err.start + 1} of the line)", path, number) from None
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as err:
-                raise CIRDataError(f"malformed JSON ({err.msg} at column {err.colno})", path, number) from None
-            if not isinstance(obj, dict):
-                raise CIRDataError(f"expected a JSON object, got {type(obj).__name__}", path, number)
-            yield number, obj
 
 
 def _text(obj: dict[str, Any], key: str, path: Path, line: int, required: bool = True) -> str | None:
@@ -79,7 +53,7 @@ def _text(obj: dict[str, Any], key: str, path: Path, line: int, required: bool =
             raise CIRDataError(f"missing field `{key}`", path, line)
         return None
     if not isinstance(value, str) or (required and not value.strip()):
-        raise CIRDataError(f"field `{key}` must be a non-empty string, got {value!r}", path, line)
+        raise CIRDataError(f"field `{key}` must be a non-empty string, got {short_repr(value)}", path, line)
     return value
 
 
@@ -90,16 +64,26 @@ def _id(obj: dict[str, Any], key: str, path: Path, line: int, required: bool = T
             raise CIRDataError(f"missing field `{key}`", path, line)
         return None
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise CIRDataError(f"field `{key}` must be a string or an integer id, got {value!r}", path, line)
+        raise CIRDataError(f"field `{key}` must be a string or an integer id, got {short_repr(value)}", path,
+                           line)
     return str(value)
 
 
 def _check_files_exist(items: list[tuple[Path, str]]) -> None:
-    missing = [(p, src) for p, src in items if not p.is_file()]
-    if missing:
-        shown = "\n".join(f"  {src}: {p}" for p, src in missing[:_SHOW])
-        more = f"\n  ... and {len(missing) - _SHOW} more" if len(missing) > _SHOW else ""
-        raise CIRDataError(f"{len(missing)} image file(s) do not exist:\n{shown}{more}")
+    """Every path must be an image file; the error lists the first few that are not (absent, a folder,
+    a broken symbolic link ...) with the line that names each."""
+    checked: dict[Path, str | None] = {}
+    bad = []
+    for p, src in items:
+        if p not in checked:
+            checked[p] = file_problem(p)
+            if checked[p] is not None:
+                bad.append((p, src, checked[p]))
+    if bad:
+        shown = "\n".join(f"  {src}: {p}" + ("" if why == MISSING else f" {why}") for p, src, why in bad[:_SHOW])
+        more = f"\n  ... and {len(bad) - _SHOW} more" if len(bad) > _SHOW else ""
+        head = "do not exist" if all(why == MISSING for _, _, why in bad) else "are missing or not image files"
+        raise CIRDataError(f"{len(bad)} image file(s) {head}:\n{shown}{more}")
 
 
 def read_triplets(path: Path, image_root: Path, check_images: bool = True,
@@ -144,35 +128,82 @@ def read_gallery(path: Path, image_root: Path, check_images: bool = True) -> lis
     return records
 
 
+def _listed(lines: list[str], total: int) -> str:
+    more = f"\n  ... and {total - _SHOW} more" if total > _SHOW else ""
+    return "\n".join(lines[:_SHOW]) + more
+
+
+def _targets(obj: dict[str, Any], path: Path, line: int) -> list[str]:
+    if obj.get("target_ids") is None:
+        return [_id(obj, "target_id", path, line)]
+    targets = obj["target_ids"]
+    if not isinstance(targets, list) or not targets:
+        raise CIRDataError(f"`target_ids` must be a non-empty list, got {short_repr(targets)}", path, line)
+    targets = [_id({"target_ids": t}, "target_ids", path, line) for t in targets]
+    twice = sorted({t for t in targets if targets.count(t) > 1})
+    if twice:  # each positive would count twice in Recall (BGE-VL's) and mAP
+        raise CIRDataError(f"`target_ids` lists {', '.join(map(repr, twice))} more than once", path, line)
+    single = _id(obj, "target_id", path, line, required=False)
+    if single is not None and single not in targets:
+        raise CIRDataError(f"`target_id` {single!r} is not among `target_ids` {short_repr(targets)}; give one "
+                           "of the two, or make them agree", path, line)
+    return targets
+
+
 def read_queries(path: Path, image_root: Path, gallery_ids: list[str], exclude_reference: bool = False,
-                 check_images: bool = True) -> list[Query]:
+                 check_images: bool = True, unknown_exclude_ids: UnknownExcludeIds = "error") -> list[Query]:
     """Parse and check an evaluation query JSONL file against its gallery.
 
     Every positive (``target_id`` or ``target_ids``) must be in the gallery; queries whose positives are
-    not are listed in one error rather than silently counted as misses. Excluded ids that are not in the
-    gallery are harmless and ignored.
+    not are listed in one error rather than silently counted as misses. So must every id the query
+    excludes (``exclude_ids``, and ``reference_id`` with ``exclude_reference``): a misspelt id would
+    leave that image in the ranking. With ``unknown_exclude_ids="warn"`` such ids are ignored after one
+    warning that counts them.
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> _ = (root / "q.jsonl").write_text('{"query_id": "q0", "reference_image": "a.png", '
+        ...     '"modification": "m", "target_id": "b", "exclude_ids": ["a", "scene-536"]}\\n')
+        >>> read_queries(root / "q.jsonl", root, ["a", "b"], check_images=False)
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRDataError: .../q.jsonl: 1 query(ies) exclude 1 id(s) that are not in the gallery; ...
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     [q.excluded for q in read_queries(root / "q.jsonl", root, ["a", "b"], check_images=False,
+        ...                                       unknown_exclude_ids="warn")]
+        [(0,)]
+        >>> len(caught)
+        1
     """
+    if unknown_exclude_ids not in ("error", "warn"):
+        raise CIRConfigError(f"`unknown_exclude_ids` must be 'error' or 'warn', got {unknown_exclude_ids!r}")
     row = {image_id: i for i, image_id in enumerate(gallery_ids)}
-    records, seen, absent = [], {}, []
+    records, seen, absent, unknown = [], {}, [], []
+    unknown_ids = 0
     for line, obj in iter_jsonl(path):
         qid = _id(obj, "query_id", path, line)
         if qid in seen:
             raise CIRDataError(f"duplicate `query_id` {qid!r} (first on line {seen[qid]})", path, line)
         seen[qid] = line
-        if "target_ids" in obj:
-            targets = obj["target_ids"]
-            if not isinstance(targets, list) or not targets:
-                raise CIRDataError(f"`target_ids` must be a non-empty list, got {targets!r}", path, line)
-            targets = [_id({"target_ids": t}, "target_ids", path, line) for t in targets]
-        else:
-            targets = [_id(obj, "target_id", path, line)]
-        excluded_ids = obj.get("exclude_ids", [])
+        targets = _targets(obj, path, line)
+        excluded_ids = obj.get("exclude_ids")
+        if excluded_ids is None:
+            excluded_ids = []
         if not isinstance(excluded_ids, list):
-            raise CIRDataError(f"`exclude_ids` must be a list, got {excluded_ids!r}", path, line)
+            raise CIRDataError(f"`exclude_ids` must be a list, got {short_repr(excluded_ids)}", path, line)
         excluded_ids = [_id({"exclude_ids": e}, "exclude_ids", path, line) for e in excluded_ids]
         reference_id = _id(obj, "reference_id", path, line, required=exclude_reference)
+        strangers = [f"`exclude_ids` {e!r}" for e in dict.fromkeys(excluded_ids) if e not in row]
         if exclude_reference:
+            if reference_id not in row and reference_id not in excluded_ids:
+                strangers.append(f"`reference_id` {reference_id!r}")
             excluded_ids.append(reference_id)
+        if strangers:
+            unknown.append(f"  {path}:{line} query {qid!r}: {', '.join(strangers)}")
+            unknown_ids += len(strangers)
         missing = [t for t in targets if t not in row]
         if missing:
             absent.append(f"  {path}:{line} query {qid!r}: {', '.join(map(repr, missing))}")
@@ -191,11 +222,18 @@ def read_queries(path: Path, image_root: Path, gallery_ids: list[str], exclude_r
             excluded=tuple(sorted({row[e] for e in excluded_ids if e in row})),
         ))
     if absent:
-        more = f"\n  ... and {len(absent) - _SHOW} more" if len(absent) > _SHOW else ""
         raise CIRDataError(
             f"{len(absent)} query(ies) have positives that are not in the gallery; they could never be "
-            "retrieved, so the metrics would be wrong:\n" + "\n".join(absent[:_SHOW]) + more
+            "retrieved, so the metrics would be wrong:\n" + _listed(absent, len(absent))
         )
+    if unknown:
+        what = (f"{len(unknown)} query(ies) exclude {unknown_ids} id(s) that are not in the gallery; "
+                "a misspelt id leaves that image in the ranking")
+        if unknown_exclude_ids == "error":
+            raise CIRDataError(f"{what}, so the metrics would be wrong (set `unknown_exclude_ids: warn` to "
+                               "ignore such ids):\n" + _listed(unknown, len(unknown)), path)
+        rank_zero_warn(f"{path}: {what}; they are ignored (`unknown_exclude_ids: warn`):\n"
+                       + _listed(unknown, len(unknown)))
     if not records:
         raise CIRDataError("no evaluation queries", path)
     if check_images:
@@ -218,6 +256,9 @@ class JsonlCIRDataModule(CIRDataModule):
         with_captions: put ``reference_caption`` / ``target_caption`` into training samples; every
             training line must then have a ``target_caption``.
         check_images: check at set-up that every image file exists (errors list what is missing).
+        unknown_exclude_ids: an id in a query's ``exclude_ids`` (or, with ``exclude_reference``, its
+            ``reference_id``) that is not in the gallery: ``error`` (default; the message lists the first
+            few with their lines) or ``warn`` (one warning with the counts; the ids are ignored).
         batch_size: training batch size per process.
         eval_batch_size: evaluation batch size (default: ``batch_size``).
         num_workers: DataLoader worker processes.
@@ -248,6 +289,7 @@ class JsonlCIRDataModule(CIRDataModule):
         exclude_reference: bool = False,
         with_captions: bool = False,
         check_images: bool = True,
+        unknown_exclude_ids: UnknownExcludeIds = "error",
         batch_size: int = 16,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -266,6 +308,9 @@ class JsonlCIRDataModule(CIRDataModule):
         self.exclude_reference = exclude_reference
         self.with_captions = with_captions
         self.check_images = check_images
+        if unknown_exclude_ids not in ("error", "warn"):
+            raise CIRConfigError(f"`unknown_exclude_ids` must be 'error' or 'warn', got {unknown_exclude_ids!r}")
+        self.unknown_exclude_ids = unknown_exclude_ids
 
     def _path(self, name: str) -> Path:
         return self.root / name
@@ -274,7 +319,7 @@ class JsonlCIRDataModule(CIRDataModule):
         image_root = (self.image_root or self.root).resolve()
         gallery = read_gallery(self._path(gallery_file), image_root, self.check_images)
         queries = read_queries(self._path(queries_file), image_root, [g.image_id for g in gallery],
-                               self.exclude_reference, self.check_images)
+                               self.exclude_reference, self.check_images, self.unknown_exclude_ids)
         return QueryDataset(queries, self.max_short_edge), GalleryDataset(gallery, self.max_short_edge)
 
     def setup(self, stage: str) -> None:

@@ -4,10 +4,16 @@ Benchmarks copied from the web are often incomplete. By default a DataModule sto
 count and the first few missing files (and which sample needs each). With ``on_missing: drop`` it
 leaves out the samples that need a missing image and warns, once, how many it dropped: numbers from a
 reduced benchmark are then not comparable with published ones, and the warning says so.
+
+Only an absent file is a missing download: a broken symbolic link counts as one (its target is what is
+missing), but a folder (or a device, a pipe) where an image file should be is a mistake in the layout
+or the annotations, and always an error, whatever ``on_missing`` says.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -19,11 +25,54 @@ from cir_lightning.errors import CIRDataError
 OnMissing = Literal["error", "drop"]
 T = TypeVar("T")
 _SHOW = 5
+MISSING = "does not exist"
+
+
+def file_problem(path: Path) -> str | None:
+    """What keeps ``path`` from being an image file, or None: ``"does not exist"`` (``MISSING``), a broken
+    symbolic link, a folder, something else that is not a regular file, or a name that cannot exist.
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / "x.png").mkdir()
+        >>> (root / "link.png").symlink_to(root / "gone.png")
+        >>> [file_problem(root / n) for n in ("x.png", "link.png", "y.png")]
+        ['is a folder, not an image file', 'is a broken symbolic link (to ...gone.png)', 'does not exist']
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        if os.path.islink(path):
+            return f"is a broken symbolic link (to {os.readlink(path)})"
+        return MISSING
+    except OSError as err:
+        return f"cannot be checked: {err.strerror or err}"
+    except ValueError:  # a lone surrogate in the name
+        return "is not a valid file name"
+    if stat.S_ISDIR(mode):
+        return "is a folder, not an image file"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file"
+    return None
+
+
+def _is_missing(problem: str) -> bool:
+    return problem == MISSING or problem.startswith("is a broken symbolic link")
+
+
+def _listing(found: list[tuple[str, Path, str]], with_problem: bool) -> str:
+    text = "; ".join(f"{name}: {path}" + (f" {problem}" if with_problem and problem != MISSING else "")
+                     for name, path, problem in found[:_SHOW])
+    return text + (f"; ... and {len(found) - _SHOW} more" if len(found) > _SHOW else "")
 
 
 def handle_missing(items: Sequence[T], paths: Callable[[T], Iterable[Path]], describe: Callable[[T], str], *,
                    what: str, where: str | Path, on_missing: OnMissing = "error") -> list[T]:
     """``items`` whose image files all exist; the others are an error or, with ``drop``, left out.
+
+    A path that is a folder (or another non-file) is always an error: ``drop`` only leaves out images
+    that are missing (absent, or a broken symbolic link).
 
     Args:
         items: the samples (triplets, queries, gallery items).
@@ -45,22 +94,38 @@ def handle_missing(items: Sequence[T], paths: Callable[[T], Iterable[Path]], des
         >>> [x[0] for x in handle_missing(items, lambda x: [x[1]], lambda x: x[0], what="queries",
         ...                               where="val.json", on_missing="drop")]
         ['q1']
+        >>> (root / "c.png").mkdir()
+        >>> handle_missing([("q3", root / "c.png")], lambda x: [x[1]], lambda x: x[0], what="queries",
+        ...                where="val.json", on_missing="drop")
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRDataError: val.json: 1 of 1 queries need image paths that are not image files: q3: .../c.png is a folder, not an image file; ...
     """
     if on_missing not in ("error", "drop"):
         raise ValueError(f"`on_missing` must be 'error' or 'drop', got {on_missing!r}")
-    exists: dict[Path, bool] = {}
-    kept, missing = [], []
+    checked: dict[Path, str | None] = {}
+    kept, missing, wrong = [], [], []
     for item in items:
-        absent = [p for p in paths(item) if not exists.setdefault(p, p.is_file())]
-        if absent:
-            missing.append((item, absent[0]))
+        problems = []
+        for p in paths(item):
+            if p not in checked:
+                checked[p] = file_problem(p)
+            if checked[p] is not None:
+                problems.append((p, checked[p]))
+        bad = next(((p, why) for p, why in problems if not _is_missing(why)), None)
+        if bad is not None:
+            wrong.append((describe(item), *bad))
+        elif problems:
+            missing.append((describe(item), *problems[0]))
         else:
             kept.append(item)
+    if wrong:
+        raise CIRDataError(f"{len(wrong)} of {len(items)} {what} need image paths that are not image files: "
+                           f"{_listing(wrong, True)}; fix the files or the annotations (`on_missing: drop` "
+                           "only leaves out missing images)", where)
     if not missing:
         return list(items)
-    listing = "; ".join(f"{describe(item)}: {path}" for item, path in missing[:_SHOW])
-    if len(missing) > _SHOW:
-        listing += f"; ... and {len(missing) - _SHOW} more"
+    listing = _listing(missing, True)
     if on_missing == "error":
         raise CIRDataError(f"{len(missing)} of {len(items)} {what} need missing images: {listing}. Complete the "
                            "download, or set `on_missing: drop` to leave them out (the numbers are then not "

@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
-import shutil
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
 from cir_lightning.data.jsonl import JsonlCIRDataModule
-from cir_lightning.errors import CIRDataError
+from cir_lightning.errors import CIRDataError, CIRFileError
+from cir_lightning.files import atomic_folder, read_json, short_repr
 
 SHAPES = ["circle", "square", "triangle", "diamond"]
 COLOURS = {
@@ -93,8 +92,12 @@ def make_synthetic_cir(out_dir: str | Path, seed: int = 0, num_train: int = 7400
                        image_size: int = 64) -> Path:
     """Write the synthetic benchmark to ``out_dir`` (which must not exist) and return its path.
 
+    The folder appears complete or not at all: everything is written into a temporary folder beside it,
+    which is renamed when done (``cir_lightning.files.atomic_folder``); a failure (a full disk) removes
+    it and raises ``CIRFileError``. An existing ``out_dir`` is never touched.
+
     Args:
-        out_dir: folder to create.
+        out_dir: folder to create; it must not exist (an empty one is refused too).
         seed: seed of the split and of the modification wording.
         num_train: training triplets; ``num_train + num_val`` may not exceed 10944 (all single changes).
         num_val: validation queries, disjoint from the training (reference, change) pairs.
@@ -117,37 +120,34 @@ def make_synthetic_cir(out_dir: str | Path, seed: int = 0, num_train: int = 7400
         raise CIRDataError("already exists; the generator never overwrites a folder", out)
     rng = random.Random(seed)
     rng.shuffle(changes)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "images").mkdir(parents=True)
-    for scene in SCENES:
-        draw_scene(scene, image_size).save(tmp / "images" / f"{scene_id(scene)}.png")
 
     def modify(scene: tuple, attr: str, value: str) -> tuple[tuple, str]:
         target = tuple(value if a == attr else v for a, v in zip(ATTRIBUTES, scene, strict=True))
         word = rng.choice(_SIZE_WORDS[value]) if attr == "size" else value
         return target, rng.choice(_TEMPLATES[attr]).format(v=word)
 
-    with open(tmp / "gallery.jsonl", "w") as f:
-        for scene in SCENES:
-            f.write(json.dumps({"image_id": scene_id(scene), "image_path": f"images/{scene_id(scene)}.png"}) + "\n")
-    with open(tmp / "val_queries.jsonl", "w") as f:
-        for i, (scene, attr, value) in enumerate(changes[:num_val]):
-            target, text = modify(scene, attr, value)
-            ref = scene_id(scene)
-            f.write(json.dumps({"query_id": f"val_{i:05d}", "reference_image": f"images/{ref}.png",
-                                "reference_id": ref, "modification": text, "target_id": scene_id(target),
-                                "exclude_ids": [ref]}) + "\n")
-    with open(tmp / "train.jsonl", "w") as f:
-        for i, (scene, attr, value) in enumerate(changes[num_val:num_val + num_train]):
-            target, text = modify(scene, attr, value)
-            f.write(json.dumps({"sample_id": f"train_{i:05d}", "reference_image": f"images/{scene_id(scene)}.png",
-                                "target_image": f"images/{scene_id(target)}.png", "modification": text,
-                                "reference_id": scene_id(scene), "target_id": scene_id(target),
-                                "reference_caption": caption(scene), "target_caption": caption(target)}) + "\n")
+    gallery = [{"image_id": scene_id(scene), "image_path": f"images/{scene_id(scene)}.png"} for scene in SCENES]
+    val = []
+    for i, (scene, attr, value) in enumerate(changes[:num_val]):
+        target, text = modify(scene, attr, value)
+        ref = scene_id(scene)
+        val.append({"query_id": f"val_{i:05d}", "reference_image": f"images/{ref}.png", "reference_id": ref,
+                    "modification": text, "target_id": scene_id(target), "exclude_ids": [ref]})
+    train = []
+    for i, (scene, attr, value) in enumerate(changes[num_val:num_val + num_train]):
+        target, text = modify(scene, attr, value)
+        train.append({"sample_id": f"train_{i:05d}", "reference_image": f"images/{scene_id(scene)}.png",
+                      "target_image": f"images/{scene_id(target)}.png", "modification": text,
+                      "reference_id": scene_id(scene), "target_id": scene_id(target),
+                      "reference_caption": caption(scene), "target_caption": caption(target)})
     args = {"seed": seed, "num_train": num_train, "num_val": num_val, "image_size": image_size}
-    (tmp / "synthetic.json").write_text(json.dumps(args, indent=2) + "\n")
-    tmp.rename(out)
+    with atomic_folder(out) as tmp:
+        (tmp / "images").mkdir()
+        for scene in SCENES:
+            draw_scene(scene, image_size).save(tmp / "images" / f"{scene_id(scene)}.png")
+        for name, rows in (("gallery.jsonl", gallery), ("val_queries.jsonl", val), ("train.jsonl", train)):
+            (tmp / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        (tmp / "synthetic.json").write_text(json.dumps(args, indent=2) + "\n", encoding="utf-8")
     return out
 
 
@@ -178,13 +178,20 @@ class SyntheticCIRDataModule(JsonlCIRDataModule):
         self.generator_args = {"seed": seed, "num_train": num_train, "num_val": num_val, "image_size": image_size}
 
     def prepare_data(self) -> None:
-        marker = self.root / "synthetic.json"
         if not self.root.exists():
-            make_synthetic_cir(self.root, **self.generator_args)
-        elif not marker.is_file():
+            try:
+                make_synthetic_cir(self.root, **self.generator_args)
+                return
+            except (CIRDataError, CIRFileError):
+                if not self.root.exists():
+                    raise
+            # another process wrote it meanwhile: reuse it as any existing folder, if it fits
+        marker = self.root / "synthetic.json"
+        if not marker.is_file():
             raise CIRDataError("exists but was not written by the synthetic generator; choose another `root`",
                                self.root)
-        elif json.loads(marker.read_text()) != self.generator_args:
+        made_with = read_json(marker, "marker file of the synthetic generator")
+        if made_with != self.generator_args:
             raise CIRDataError(
-                f"holds synthetic data made with {marker.read_text().strip()}, not with "
-                f"{self.generator_args}; choose another `root` or delete it yourself", self.root)
+                f"holds synthetic data made with {short_repr(made_with)}, not with {self.generator_args}; "
+                "choose another `root` or delete it yourself", self.root)

@@ -37,7 +37,9 @@ def load(root: Path, name: str | Path):
 
 
 def save(root: Path, name: str | Path, obj) -> None:
-    (root / name).write_text(json.dumps(obj))
+    """A list is written one element a line (element i on line i + 2), as messages count lines."""
+    text = "[\n" + ",\n".join(map(json.dumps, obj)) + "\n]" if isinstance(obj, list) else json.dumps(obj)
+    (root / name).write_text(text)
 
 
 def image_ids(root: Path) -> list[str]:
@@ -150,23 +152,29 @@ def test_ground_truth_outside_the_image_info_list_is_an_error_listing_queries_an
     text = str(err.value)
     assert text.startswith(str(root / "annotations" / "val.json"))
     assert "2 of 6 queries name images that are not in the gallery's image-info list" in text
-    assert "query 2: 123" in text
-    assert "query 4: reference 456" in text
+    assert "query 2 (line 4): 123" in text
+    assert "query 4 (line 6): reference 456" in text
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    (lambda v: v[3].pop("relative_caption"), r"query \[3\] lacks field\(s\) `relative_caption`"),
-    (lambda v: v[1].update(gt_img_ids=[]), "query 1: `gt_img_ids` must be a non-empty list"),
-    (lambda v: v[1].update(gt_img_ids=["x"]), "query 1: `gt_img_ids` must be an integer image id, got 'x'"),
-    (lambda v: v[5].update(id=0), "duplicate query id 0"),
-    (lambda v: v[0].update(shared_concept=7), "query 0: `shared_concept` must be a string"),
+    (lambda v: v[3].pop("relative_caption"), r":5: entry 4 \(id 3\) lacks field\(s\) `relative_caption`"),
+    (lambda v: v[1].update(gt_img_ids=[]), r":3: entry 2 \(id 1\): `gt_img_ids` must be a non-empty list"),
+    (lambda v: v[1].update(gt_img_ids=["x"]), r":3: entry 2 \(id 1\): `gt_img_ids` must be an integer image id, "
+                                              "got 'x'"),
+    (lambda v: v[5].update(id=0), r":7: duplicate query id 0 \(entries 1 and 6, lines 2 and 7\)"),
+    (lambda v: v[0].update(shared_concept=7), r":2: entry 1 \(id 0\): `shared_concept` must be a string"),
+    (lambda v: v.__setitem__(2, [v[2]]), r":4: entry 3: expected a JSON object, got list"),
+    (lambda v: v[1].update(id="one"), r":3: entry 2: `id` must be an integer image id, got 'one'"),
+    (lambda v: v[1].update(gt_img_ids=7), r":3: entry 2 \(id 1\): `gt_img_ids` must be a non-empty list, got 7"),
+    (lambda v: v[1].update(reference_img_id=[1]), r":3: entry 2 \(id 1\): `reference_img_id` must be an integer"),
 ])
 def test_bad_annotations_name_the_file_and_query(root, edit, message):
     val = load(root, "annotations/val.json")
     edit(val)
     save(root, "annotations/val.json", val)
-    with pytest.raises(CIRDataError, match=message):
+    with pytest.raises(CIRDataError, match=message) as info:
         setup(root)
+    assert str(info.value).startswith(str(root / "annotations" / "val.json"))
 
 
 def test_malformed_json_names_the_line(root):
@@ -313,7 +321,8 @@ def test_repeated_ground_truth_ids_are_an_error(root):
     val = load(root, "annotations/val.json")
     val[0]["gt_img_ids"] = val[0]["gt_img_ids"] + val[0]["gt_img_ids"][:1]
     save(root, "annotations/val.json", val)
-    with pytest.raises(CIRDataError, match=rf"query {val[0]['id']}: `gt_img_ids` lists {val[0]['gt_img_ids'][0]} more than once"):
+    with pytest.raises(CIRDataError, match=rf"val\.json:2: entry 1 \(id {val[0]['id']}\): `gt_img_ids` lists "
+                                           rf"{val[0]['gt_img_ids'][0]} more than once"):
         setup(root)
 
 
@@ -363,3 +372,103 @@ def test_circo_config_parses(tmp_path, tiny_model_dir):
     assert printed["data"]["init_args"]["query_template"] == BGE_VL_TEMPLATE
     assert printed["model"]["backbone"]["init_args"]["lora"] is None
     assert printed["model"]["backbone"]["init_args"]["prompts"]["preset"] == "fire"
+
+
+# ----------------------------------------------------------------- bad files, lines, atomic writes
+def test_deeply_nested_json_names_file_and_line(root):
+    val = load(root, "annotations/val.json")
+    val[2]["semantic_aspects"] = "DEEP"
+    save(root, "annotations/val.json", val)
+    path = root / "annotations" / "val.json"
+    path.write_text(path.read_text().replace('"DEEP"', "[" * 100_000 + "]" * 100_000))
+    with pytest.raises(CIRDataError, match="JSON nested too deeply") as info:
+        setup(root)
+    assert str(info.value).startswith(f"{path}:4: ")
+    val[2]["semantic_aspects"] = []
+    save(root, "annotations/val.json", val)
+    info_file = root / INFO
+    info_file.write_text('{"images":\n [' + "[" * 100_000 + "]" * 100_000 + "]}")
+    with pytest.raises(CIRDataError, match="JSON nested too deeply") as info:
+        setup(root)
+    assert str(info.value).startswith(f"{info_file}:2: ")
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda i: i["images"].__setitem__(3, [1]), r"`images` entry 4: expected a JSON object, got list"),
+    (lambda i: i["images"][3].update(id="x"), r"`images` entry 4: `id` must be an integer image id, got 'x'"),
+    (lambda i: i["images"][3].update(id=i["images"][0]["id"]), r"`images` entry 4 \(id \d+\): duplicate image id "
+                                                                r"\(first: entry 1\)"),
+    (lambda i: i["images"][3].update(file_name="../x.jpg"), r"`images` entry 4 \(id \d+\): `file_name` must be a "
+                                                            "plain file name"),
+    (lambda i: i.update(images={}), r'expected a COCO image-info object \{"images"'),
+])
+def test_bad_image_info_entries(root, edit, message):
+    info = load(root, INFO)
+    edit(info)
+    save(root, INFO, info)
+    with pytest.raises(CIRDataError, match=message) as err:
+        setup(root)
+    assert str(err.value).startswith(f"{root / INFO}: ")
+
+
+def test_annotation_file_problems(root):
+    path = root / "annotations" / "val.json"
+    path.write_text("")
+    with pytest.raises(CIRDataError, match=r"val\.json: CIRCO val annotation file is empty; expected a JSON list"):
+        setup(root)
+    path.write_text("[]")
+    with pytest.raises(CIRDataError, match=r"val\.json: expected a non-empty JSON list of queries"):
+        setup(root)
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(CIRDataError, match=r"val\.json: CIRCO val annotation file is a folder, not a file"):
+        setup(root)
+
+
+def test_byte_order_mark_and_sources_with_lines(root):
+    val = load(root, "annotations/val.json")
+    save(root, "annotations/val.json", val)
+    path = root / "annotations" / "val.json"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
+    queries, _ = setup(root).val_sets[0]
+    assert queries.records[3].source == f"{path}:5: query {val[3]['id']}"
+
+
+def test_a_gallery_folder_where_an_image_should_be_is_an_error_even_with_drop(root):
+    image_id = image_ids(root)[7]
+    image = root / IMAGES / f"{int(image_id):012d}.jpg"
+    image.unlink()
+    image.mkdir()
+    for on_missing in ("error", "drop"):
+        with pytest.raises(CIRDataError, match=rf"1 of 60 gallery images need image paths that are not image "
+                                               rf"files: {image_id}: .* is a folder, not an image file"):
+            setup(root, on_missing=on_missing)
+
+
+def test_a_failing_submission_write_leaves_nothing(root, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from cir_lightning.errors import CIRFileError
+
+    dm = setup(root, "test")
+    rankings = ranked(dm)
+
+    def fsync(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(CIRFileError) as info:
+        dm.write_predictions(tmp_path / "out", "test", {"": rankings}, {})
+    assert str(info.value) == f"cannot write `{tmp_path / 'out' / 'circo-test.json'}`: no space left on the device"
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_an_existing_submission_or_link_is_never_replaced(root, tmp_path):
+    dm = setup(root, "test")
+    (tmp_path / "circo-test.json").write_text("mine")
+    (tmp_path / "circo-test-1.json").symlink_to(tmp_path / "nowhere")
+    [path] = dm.write_predictions(tmp_path, "test", {"": ranked(dm)}, {})
+    assert path.name == "circo-test-2.json"
+    assert (tmp_path / "circo-test.json").read_text() == "mine"
+    assert (tmp_path / "circo-test-1.json").is_symlink()

@@ -311,7 +311,7 @@ def test_bad_img_set_names_the_file_and_pair(root, change):
 
     rewrite(root / "captions" / "cap.rc2.val.json", edit)
     pid = captions(root, "val")[2]["pairid"]
-    with pytest.raises(CIRDataError, match=rf"cap\.rc2\.val\.json: entry 2 \(pairid {pid}\): `img_set\.members` "
+    with pytest.raises(CIRDataError, match=rf"cap\.rc2\.val\.json:1: entry 3 \(pairid {pid}\): `img_set\.members` "
                                            r"must be 6 distinct names including the reference and the target"):
         setup(root)
 
@@ -327,17 +327,18 @@ def test_names_absent_from_the_split_file_are_counted(root):
 
 def test_malformed_annotation_files(root):
     (root / "captions" / "cap.rc2.val.json").write_text("[{")
-    with pytest.raises(CIRDataError, match=r"cap\.rc2\.val\.json: not valid JSON"):
+    with pytest.raises(CIRDataError, match=r"cap\.rc2\.val\.json:1: malformed JSON \(Expecting property name"):
         setup(root)
     (root / "captions" / "cap.rc2.val.json").write_text('{"pairid": 1}')
     with pytest.raises(CIRDataError, match="expected a JSON list, got dict"):
         setup(root)
     (root / "captions" / "cap.rc2.val.json").write_text('[{"pairid": 1, "reference": "x"}]')
-    with pytest.raises(CIRDataError, match=r"entry 0 \(pairid 1\): `caption` must be a non-empty string"):
+    with pytest.raises(CIRDataError, match=r"entry 1 \(pairid 1\): `caption` must be a non-empty string"):
         setup(root)
     entry = captions(root, "test1")[0]
     (root / "captions" / "cap.rc2.test1.json").write_text(json.dumps([entry, entry]))
-    with pytest.raises(CIRDataError, match=rf"entry 1 \(pairid {entry['pairid']}\): `pairid` must be a unique"):
+    with pytest.raises(CIRDataError, match=rf":1: entry 2 \(pairid {entry['pairid']}\): `pairid` must be unique; "
+                                           r"entry 1 on line 1 has it too"):
         setup(root, "test")
     (root / "captions" / "cap.rc2.val.json").write_text(
         '[{"pairid": 1, "reference": "x", "target_hard": "x", "caption": "c"}]')
@@ -421,3 +422,139 @@ def test_cirr_configs_parse(tmp_path, tiny_model_dir, config, command, monkeypat
         assert printed["model"]["warmup"] == 3000
     else:
         assert backbone["lora"] is None
+
+
+# ----------------------------------------------------------------- bad files, lines, atomic writes
+def write_lines(path: Path, data) -> None:
+    """A list one element a line (element i from 1 on line i + 1); an object one member a line."""
+    if isinstance(data, list):
+        path.write_text("[\n" + ",\n".join(map(json.dumps, data)) + "\n]")
+    else:
+        path.write_text("{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in data.items()) + "\n}")
+
+
+@pytest.mark.parametrize("file", ["captions/cap.rc2.val.json", "image_splits/split.rc2.val.json"])
+def test_deeply_nested_json_names_file_and_line(root, file):
+    data = json.loads((root / file).read_text())
+    if isinstance(data, list):
+        data[3]["img_set"] = "DEEP"
+    else:
+        data[next(iter(data))] = "DEEP"
+    write_lines(root / file, data)
+    text = (root / file).read_text().replace('"DEEP"', "[" * 100_000 + "]" * 100_000)
+    (root / file).write_text(text)
+    with pytest.raises(CIRDataError, match="JSON nested too deeply") as info:
+        setup(root)
+    line = 5 if isinstance(data, list) else 2
+    assert str(info.value).startswith(f"{root / file}:{line}: ")
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda e: e.__setitem__(1, [e[1]]), r":3: entry 2: expected a JSON object, got list"),
+    (lambda e: e[1].update(pairid=1.5), r":3: entry 2: `pairid` must be an integer, got 1\.5"),
+    (lambda e: e[1].pop("img_set"), r":3: entry 2 \(pairid \d+\): `img_set` is missing; Recall_subset needs"),
+    (lambda e: e[1].update(img_set=[]), r":3: entry 2 \(pairid \d+\): `img_set\.members` must be 6 distinct"),
+    (lambda e: e[1].update(caption=["two", "captions"]), r":3: entry 2 \(pairid \d+\): `caption` must be a "
+                                                         r"non-empty string, got \['two', 'captions'\]"),
+    (lambda e: e[1].update(reference=17), r":3: entry 2 \(pairid \d+\): `reference` must be a non-empty string"),
+])
+def test_bad_caption_entries_name_file_line_and_pair(root, edit, message):
+    path = root / "captions" / "cap.rc2.val.json"
+    entries = captions(root, "val")
+    edit(entries)
+    write_lines(path, entries)
+    with pytest.raises(CIRDataError, match=message) as info:
+        setup(root)
+    assert str(info.value).startswith(str(path))
+
+
+def test_bad_split_files_name_the_line(root):
+    path = root / "image_splits" / "split.rc2.val.json"
+    names = split_names(root, "val")
+    third = list(names)[2]
+    write_lines(path, {**names, third: ["./dev/x.png"]})
+    with pytest.raises(CIRDataError, match=rf"split\.rc2\.val\.json:4: image '{third}': expected \{{name: relative "
+                                           r"path\}, got the value \['\./dev/x\.png'\]"):
+        setup(root)
+    write_lines(path, {**names, third: "./dev/../../x.png"})
+    with pytest.raises(CIRDataError, match=rf"split\.rc2\.val\.json:4: `{third}` '\./dev/\.\./\.\./x\.png' points "
+                                           "outside the image root"):
+        setup(root)
+    text = "{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in names.items())
+    path.write_text(text + f',\n{json.dumps(third)}: "./dev/other.png"\n}}')
+    with pytest.raises(CIRDataError, match=rf"split\.rc2\.val\.json:62: key '{third}' appears twice \(first on "
+                                           r"line 4; JSON would keep only the last\)"):
+        setup(root)
+    path.write_text("{}")
+    with pytest.raises(CIRDataError, match=r"split\.rc2\.val\.json: no images"):
+        setup(root)
+
+
+def test_sources_name_file_line_and_pair(root):
+    path = root / "captions" / "cap.rc2.val.json"
+    entries = captions(root, "val")
+    write_lines(path, entries)
+    queries, gallery = setup(root).val_sets[0]
+    assert queries.records[2].source == f"{path}:4: pairid {entries[2]['pairid']}"
+    split = root / "image_splits" / "split.rc2.val.json"
+    line = next(i + 1 for i, text in enumerate(split.read_text().splitlines()) if f'"{gallery.ids[0]}"' in text)
+    assert gallery.records[0].source == f"{split}:{line}: {gallery.ids[0]!r}"
+
+
+def test_byte_order_mark_and_windows_line_ends(root):
+    for path in [*(root / "captions").iterdir(), *(root / "image_splits").iterdir()]:
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
+    dm = setup(root, "fit")
+    assert len(dm.train_set) == 8
+    assert len(dm.val_sets[0][0]) == 6
+
+
+def test_an_image_folder_where_a_file_should_be_is_an_error_even_with_drop(root):
+    entry = captions(root, "val")[0]
+    image = image_dir(root, "img_raw") / split_names(root, "val")[entry["reference"]]
+    image.unlink()
+    image.mkdir()
+    for on_missing in ("error", "drop"):
+        with pytest.raises(CIRDataError, match=rf"1 of 60 val images need image paths that are not image files: "
+                                               rf"{entry['reference']}: .* is a folder, not an image file"):
+            setup(root, on_missing=on_missing)
+
+
+def test_existing_files_and_links_are_never_replaced(root, tmp_path):
+    dm = setup(root, "test")
+    ranked, within = good_rankings(dm)
+    (tmp_path / "cirr-test1-recall.json").write_text("mine")
+    (tmp_path / "cirr-test1-recall_subset-1.json").symlink_to(tmp_path / "nowhere")
+    paths = dm.write_predictions(tmp_path, "test", ranked, within)
+    assert [p.name for p in paths] == ["cirr-test1-recall-2.json", "cirr-test1-recall_subset-2.json"]
+    assert (tmp_path / "cirr-test1-recall.json").read_text() == "mine"
+    assert (tmp_path / "cirr-test1-recall_subset-1.json").is_symlink()
+
+
+@pytest.mark.parametrize("fail_at", [1, 2])
+def test_a_failing_write_leaves_no_file_and_no_half_pair(root, tmp_path, monkeypatch, fail_at):
+    import errno
+    import os
+    import stat
+
+    from cir_lightning.errors import CIRFileError
+
+    dm = setup(root, "test")
+    ranked, within = good_rankings(dm)
+    calls = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if stat.S_ISREG(os.fstat(fd).st_mode):  # a file's, not the folder's
+            calls.append(fd)
+            if len(calls) == fail_at:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    out = tmp_path / "out"
+    with pytest.raises(CIRFileError) as info:
+        dm.write_predictions(out, "test", ranked, within)
+    name = "cirr-test1-recall.json" if fail_at == 1 else "cirr-test1-recall_subset.json"
+    assert str(info.value) == f"cannot write `{out / name}`: no space left on the device"
+    assert list(out.iterdir()) == []  # no partial file, no temporary file, no lone half of the pair

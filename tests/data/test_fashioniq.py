@@ -169,7 +169,8 @@ def test_missing_images_error_or_drop_with_counts(root):
         dm = setup(root, "validate", on_missing="drop")
     messages = [str(w.message) for w in record]
     assert any("dropped 2 of 8 val gallery images of shirt" in m for m in messages)
-    assert any("dropped 2 of 5 val queries of shirt" in m and "entry 2" in m for m in messages)
+    assert any("dropped 2 of 5 val queries of shirt" in m and f"entry 3 (candidate {pairs[2]['candidate']!r})" in m
+               for m in messages)
     assert any("not comparable" in m for m in messages)
     queries, gallery = dm.val_sets[1]
     assert len(gallery) == 6
@@ -182,7 +183,8 @@ def test_missing_training_image_is_an_error_or_dropped(root):
     pair = read(root / "captions" / "cap.dress.train.json")[0]
     (root / "images" / f"{pair['candidate']}.png").unlink()
     with pytest.raises(CIRDataError, match=r"1 of 18 training triplets need missing images: "
-                                           r".*cap\.dress\.train\.json: entry 0"):
+                                           r".*cap\.dress\.train\.json:2: entry 1 \(candidate "
+                                           rf"'{pair['candidate']}'\)"):
         setup(root)
     with pytest.warns(UserWarning, match="dropped 1 of 18 training triplets"):
         assert len(setup(root, on_missing="drop").train_set) == 17
@@ -194,18 +196,20 @@ def test_query_image_absent_from_the_gallery_split_is_an_error(root):
     with pytest.raises(CIRDataError, match=r"cap\.toptee\.val\.json: 2 image id\(s\) of the queries are "
                                            r"not in the gallery") as info:
         setup(root, "validate", on_missing="drop")  # not a missing file: dropping does not hide it
-    assert "entry 3: target 'B00NOTHERE'" in str(info.value)
-    assert "entry 4: candidate 'B00NOREF'" in str(info.value)
+    assert "entry 4 (candidate " in str(info.value)
+    assert "): target 'B00NOTHERE'" in str(info.value)
+    assert "entry 5 (candidate 'B00NOREF'): candidate 'B00NOREF'" in str(info.value)
 
 
 @pytest.mark.parametrize(("file", "content", "message"), [
-    ("captions/cap.dress.val.json", "{not json", "not valid JSON"),
-    ("captions/cap.dress.val.json", '{"a": 1}', "expected a JSON list, got dict"),
+    ("captions/cap.dress.val.json", "{not json", ":1: malformed JSON"),
+    ("captions/cap.dress.val.json", '{"a": 1}', ": expected a JSON list, got dict"),
     ("captions/cap.dress.val.json", '[{"candidate": "x", "target": "y", "captions": ["one"]}]',
-     "entry 0: `captions` must be a list of two strings"),
+     r":1: entry 1 \(candidate 'x'\): `captions` must be a list of two strings"),
     ("captions/cap.dress.val.json", '[{"candidate": "../x", "target": "y", "captions": ["a", "b"]}]',
-     "entry 0: `candidate` must be an image id"),
-    ("image_splits/split.dress.val.json", '["a", "b", "a"]', "entry 2: duplicate image id 'a'"),
+     ":1: entry 1: `candidate` must be an image id"),
+    ("image_splits/split.dress.val.json", '["a",\n "b",\n "a"]',
+     r":3: entry 3: duplicate image id 'a' \(first: entry 1, line 1\)"),
 ])
 def test_malformed_files_name_the_file_and_entry(root, file, content, message):
     (root / file).write_text(content)
@@ -300,3 +304,117 @@ def test_fashioniq_configs_parse(tmp_path, tiny_model_dir, capsys, monkeypatch, 
     else:
         assert (lora["r"], lora["alpha"], lora["dropout"]) == (64, 128, 0.1)
         assert printed["model"]["optimizer"]["init_args"]["lr"] == pytest.approx(1e-4)
+
+
+# ----------------------------------------------------------------- bad files, lines, image paths
+def write_entries(path: Path, entries: list) -> None:
+    """One entry a line: entry i (from 1) on line i + 1."""
+    path.write_text("[\n" + ",\n".join(map(json.dumps, entries)) + "\n]")
+
+
+@pytest.mark.parametrize("file", ["captions/cap.shirt.val.json", "image_splits/split.shirt.val.json",
+                                  "captions/cap.shirt.train.json"])
+def test_deeply_nested_json_names_file_and_line(root, file):
+    entries = read(root / file)
+    entries[2] = json.loads("[" * 50 + "]" * 50)
+    write_entries(root / file, entries)
+    path = (root / file).read_text().replace("[" * 50 + "]" * 50, "[" * 100_000 + "]" * 100_000)
+    (root / file).write_text(path)
+    with pytest.raises(CIRDataError, match="JSON nested too deeply") as info:
+        setup(root)
+    assert str(info.value).startswith(f"{root / file}:4: ")
+
+
+def test_entry_errors_count_from_one_and_give_the_line_and_id(root):
+    path = root / "captions" / "cap.dress.val.json"
+    entries = read(path)
+    entries[3]["captions"] = ["fine", 7]
+    write_entries(path, entries)
+    with pytest.raises(CIRDataError) as info:
+        setup(root, "validate")
+    assert str(info.value) == (f"{path}:5: entry 4 (candidate {entries[3]['candidate']!r}): `captions` must be a "
+                               "list of two strings, got ['fine', 7]")
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    (["B00", "B01"], r":3: entry 2: expected a JSON object, got list"),
+    ({"candidate": 123, "target": "x", "captions": ["a", "b"]}, r":3: entry 2: `candidate` must be an image id .* got 123"),
+    ({"candidate": "x", "captions": ["a", "b"]}, r":3: entry 2 \(candidate 'x'\): `target` must be an image id .* got None"),
+    ({"candidate": "x", "target": "y", "captions": ["a", None]}, r":3: entry 2 \(candidate 'x'\): `captions` must be"),
+])
+def test_bad_caption_entries(root, entry, message):
+    path = root / "captions" / "cap.toptee.val.json"
+    entries = read(path)
+    entries[1] = entry
+    write_entries(path, entries)
+    with pytest.raises(CIRDataError, match=message) as info:
+        setup(root, "validate")
+    assert str(info.value).startswith(str(path))
+
+
+def test_bad_split_files(root):
+    path = root / "image_splits" / "split.shirt.val.json"
+    ids = read(path)
+    write_entries(path, [*ids[:2], 5, *ids[3:]])
+    with pytest.raises(CIRDataError, match=r"split\.shirt\.val\.json:4: entry 3: `image id` must be an image id .*got 5"):
+        setup(root, "validate")
+    path.write_text("[]")
+    with pytest.raises(CIRDataError, match=r"split\.shirt\.val\.json: no image ids: the gallery would be empty"):
+        setup(root, "validate")
+    path.write_text("")
+    with pytest.raises(CIRDataError, match=r"split\.shirt\.val\.json: file is empty; expected a JSON list"):
+        setup(root, "validate")
+
+
+def test_sources_name_file_line_and_candidate(root):
+    path = root / "captions" / "cap.dress.val.json"
+    starts = [i + 1 for i, text in enumerate(path.read_text().splitlines()) if text == " {"]  # indent=1
+    dm = setup(root)
+    entries = read(path)
+    assert dm.val_sets[0][0].records[1].source == f"{path}:{starts[1]}: entry 2 (candidate {entries[1]['candidate']!r})"
+    train = root / "captions" / "cap.dress.train.json"
+    assert dm.train_set.records[0].source == f"{train}:2: entry 1 (candidate {read(train)[0]['candidate']!r})"
+    gallery = dm.val_sets[0][1].records[0]
+    assert gallery.source == f"{root / 'image_splits' / 'split.dress.val.json'}:2: entry 1 ({gallery.image_id!r})"
+
+
+def test_missing_category_file_says_to_leave_the_category_out(root):
+    (root / "captions" / "cap.toptee.val.json").unlink()
+    with pytest.raises(CIRDataError, match=r"cap\.toptee\.val\.json: file does not exist; `root` must be the "
+                                           r"FashionIQ folder .*; without the files of 'toptee', leave it out of "
+                                           r"`categories`"):
+        setup(root, "validate")
+    assert len(setup(root, "validate", categories=["dress", "shirt"]).val_sets) == 2
+
+
+def test_byte_order_mark_and_windows_line_ends(root):
+    for path in [*(root / "captions").iterdir(), *(root / "image_splits").iterdir()]:
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
+    dm = setup(root)
+    assert len(dm.train_set) == 18
+    assert [len(q) for q, _ in dm.val_sets] == [5, 5, 5]
+
+
+def test_a_folder_named_like_an_image_is_never_taken_for_it(root):
+    first = read(root / "image_splits" / "split.dress.val.json")[0]
+    (root / "images" / f"{first}.png").rename(root / "images" / f"{first}.jpg")
+    (root / "images" / f"{first}.png").mkdir()  # a folder with the preferred extension
+    dm = setup(root, "validate")
+    assert dm.val_sets[0][1].records[0].path.name == f"{first}.jpg"
+    (root / "images" / f"{first}.jpg").unlink()
+    for on_missing in ("error", "drop"):  # a folder is no missing download: `drop` does not hide it
+        with pytest.raises(CIRDataError, match=rf"split\.dress\.val\.json: 1 of 8 val gallery images of dress need "
+                                               rf"image paths that are not image files: {first}: .*{first}\.png is a "
+                                               r"folder, not an image file"):
+            setup(root, "validate", on_missing=on_missing)
+
+
+def test_a_broken_link_is_reported_as_such_and_dropped_like_a_missing_file(root):
+    split = read(root / "image_splits" / "split.shirt.val.json")
+    image = root / "images" / f"{split[6]}.png"  # in no val pair
+    image.unlink()
+    image.symlink_to(root / "elsewhere" / image.name)
+    with pytest.raises(CIRDataError, match=rf"need missing images: {split[6]}: .*\.png is a broken symbolic link"):
+        setup(root, "validate")
+    with pytest.warns(UserWarning, match="dropped 1 of 8 val gallery images of shirt"):
+        assert len(setup(root, "validate", on_missing="drop").val_sets[1][1]) == 7

@@ -179,3 +179,114 @@ def test_with_captions_requires_a_target_caption_on_every_line(root):
     assert len(setup(root).train_set) == 2  # captions not asked for: fine
     with pytest.raises(CIRDataError, match="train.jsonl:2: missing field `target_caption`"):
         setup(root, with_captions=True)
+
+
+# ----------------------------------------------------------------- readers, exclusions, image paths
+def edit_line(path: Path, line: int, row) -> None:
+    rows = path.read_text().splitlines()
+    rows[line - 1] = row if isinstance(row, str) else json.dumps(row)
+    path.write_text("\n".join(rows) + "\n")
+
+
+@pytest.mark.parametrize("file", ["train.jsonl", "gallery.jsonl", "val_queries.jsonl"])
+def test_deeply_nested_line_is_an_error_naming_file_and_line(root, file):
+    edit_line(root / file, 2, '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(CIRDataError, match="JSON nested too deeply") as info:
+        setup(root)
+    assert str(info.value).startswith(f"{root / file}:2: ")
+
+
+def test_byte_order_mark_and_windows_line_ends_are_read(root):
+    for name in ("train.jsonl", "gallery.jsonl", "val_queries.jsonl"):
+        path = root / name
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes().replace(b"\n", b"\r\n"))
+    dm = setup(root)
+    assert len(dm.train_set) == 2
+    assert dm.val_sets[0][1].ids == ["a", "b", "c"]
+
+
+def test_annotation_folder_instead_of_file(root):
+    (root / "train.jsonl").unlink()
+    (root / "train.jsonl").mkdir()
+    with pytest.raises(CIRDataError, match=r"train\.jsonl: annotation file is a folder, not a file$"):
+        setup(root)
+
+
+def queries_with(root: Path, **fields) -> None:
+    rows = [json.loads(r) for r in (root / "val_queries.jsonl").read_text().splitlines()]
+    rows[1].update(fields)
+    write_jsonl(root / "val_queries.jsonl", rows)
+
+
+def test_unknown_exclude_ids_are_an_error_naming_line_and_ids(root):
+    queries_with(root, exclude_ids=["b-typo", "b", "zz"])
+    with pytest.raises(CIRDataError) as info:
+        setup(root, "validate")
+    text = str(info.value)
+    assert text.startswith(f"{root / 'val_queries.jsonl'}: 1 query(ies) exclude 2 id(s) that are not in the "
+                           "gallery; a misspelt id leaves that image in the ranking")
+    assert f"{root / 'val_queries.jsonl'}:2 query 'q1': `exclude_ids` 'b-typo', `exclude_ids` 'zz'" in text
+    assert "`unknown_exclude_ids: warn`" in text
+
+
+def test_unknown_exclude_ids_can_be_downgraded_to_one_warning(root):
+    queries_with(root, exclude_ids=["b-typo", "b"], target_ids=["a", "c"])
+    rows = [json.loads(r) for r in (root / "val_queries.jsonl").read_text().splitlines()]
+    rows += [{**rows[0], "query_id": f"q{i}", "exclude_ids": [f"typo{i}"]} for i in range(2, 9)]
+    write_jsonl(root / "val_queries.jsonl", rows)
+    with pytest.warns(UserWarning, match="not in the gallery") as caught:
+        queries, _ = setup(root, "validate", unknown_exclude_ids="warn").val_sets[0]
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "8 query(ies) exclude 8 id(s) that are not in the gallery" in message
+    assert "they are ignored" in message
+    assert "... and 3 more" in message
+    assert queries.excluded[:2] == [(0,), (1,)]  # the known ids still count
+
+
+def test_unknown_reference_id_is_an_error_only_when_the_reference_is_excluded(root):
+    queries_with(root, reference_id="b_typo")
+    assert len(setup(root, "validate").val_sets[0][0]) == 2  # not used: not checked
+    with pytest.raises(CIRDataError, match=r"val_queries\.jsonl:2 query 'q1': `reference_id` 'b_typo'"):
+        setup(root, "validate", exclude_reference=True)
+
+
+def test_unknown_exclude_ids_option_is_checked():
+    from cir_lightning.errors import CIRConfigError
+
+    with pytest.raises(CIRConfigError, match="`unknown_exclude_ids` must be 'error' or 'warn', got 'ignore'"):
+        JsonlCIRDataModule("anywhere", unknown_exclude_ids="ignore")
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"target_ids": ["a", "c", "a"]}, r":2: `target_ids` lists 'a' more than once"),
+    ({"target_ids": ["a"], "target_id": "c"}, r":2: `target_id` 'c' is not among `target_ids` \['a'\]"),
+    ({"target_ids": ["a", {"id": "c"}]}, r":2: field `target_ids` must be a string or an integer id, got \{'id': 'c'\}"),
+    ({"exclude_ids": "a"}, r":2: `exclude_ids` must be a list, got 'a'"),
+    ({"modification": ["x"] * 50}, r":2: field `modification` must be a non-empty string, got \['x', 'x', 'x', "
+                                   r"'x', 'x', 'x', \.\.\.\]"),
+])
+def test_more_bad_query_lines(root, fields, message):
+    queries_with(root, **fields)
+    with pytest.raises(CIRDataError, match=message) as info:
+        setup(root, "validate")
+    assert str(info.value).startswith(str(root / "val_queries.jsonl"))
+
+
+def test_null_exclude_ids_and_agreeing_target_fields_are_fine(root):
+    queries_with(root, exclude_ids=None, target_id="c")  # target_ids ["a", "c"] holds it
+    queries, _ = setup(root, "validate").val_sets[0]
+    assert queries.positives[1] == (0, 2)
+    assert queries.excluded[1] == ()
+
+
+def test_a_folder_or_broken_link_where_an_image_should_be(root):
+    (root / "images" / "c.png").unlink()
+    (root / "images" / "c.png").mkdir()
+    with pytest.raises(CIRDataError, match=r"1 image file\(s\) are missing or not image files:\n  .*train\.jsonl:2: "
+                                           r".*c\.png is a folder, not an image file"):
+        setup(root)
+    (root / "images" / "c.png").rmdir()
+    (root / "images" / "c.png").symlink_to(root / "images" / "moved.png")
+    with pytest.raises(CIRDataError, match=r"c\.png is a broken symbolic link \(to .*moved\.png\)"):
+        setup(root)

@@ -73,3 +73,58 @@ def test_datamodule_generates_once_and_refuses_foreign_or_mismatching_folders(tm
     with pytest.raises(CIRDataError, match="not written by the synthetic generator"):
         SyntheticCIRDataModule(str(tmp_path / "mine")).prepare_data()
     assert (tmp_path / "mine" / "notes.txt").read_text() == "user data"
+
+
+def test_a_failing_write_leaves_no_folder_and_raises_one_line(tmp_path, monkeypatch):
+    import errno
+
+    from PIL import Image
+
+    from cir_lightning.errors import CIRFileError
+
+    real_save = Image.Image.save
+    saved = []
+
+    def save(self, *args, **kwargs):
+        saved.append(1)
+        if len(saved) == 100:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", save)
+    with pytest.raises(CIRFileError) as info:
+        make_synthetic_cir(tmp_path / "d", num_train=5, num_val=3, image_size=8)
+    assert str(info.value) == f"cannot write `{tmp_path / 'd'}`: no space left on the device"
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary twin
+
+
+def test_an_existing_folder_is_never_touched(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "train.jsonl").write_text("mine")
+    with pytest.raises(CIRDataError, match="already exists; the generator never overwrites a folder"):
+        make_synthetic_cir(tmp_path / "d", num_train=5, num_val=3, image_size=8)
+    assert (tmp_path / "d" / "train.jsonl").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+def test_a_folder_made_meanwhile_with_the_same_arguments_is_reused(tmp_path, monkeypatch):
+    from cir_lightning.data import synthetic
+
+    args = {"num_train": 5, "num_val": 3, "image_size": 8}
+    make_synthetic_cir(tmp_path / "other", **args)
+    real = synthetic.make_synthetic_cir
+
+    def racing(out, **kwargs):  # another process finishes first
+        real(out, **kwargs)
+        return real(out, **kwargs)
+
+    monkeypatch.setattr(synthetic, "make_synthetic_cir", racing)
+    SyntheticCIRDataModule(str(tmp_path / "d"), **args).prepare_data()  # no error: same arguments
+    assert (tmp_path / "d" / "train.jsonl").read_text() == (tmp_path / "other" / "train.jsonl").read_text()
+
+
+def test_a_broken_marker_is_reported_not_a_traceback(tmp_path):
+    root = make_synthetic_cir(tmp_path / "d", num_train=5, num_val=3, image_size=8)
+    (root / "synthetic.json").write_text('{"seed": 0,')
+    with pytest.raises(CIRDataError, match=r"synthetic\.json:1: malformed JSON"):
+        SyntheticCIRDataModule(str(root), num_train=5, num_val=3, image_size=8).prepare_data()
