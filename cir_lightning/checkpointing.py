@@ -181,8 +181,13 @@ class SafeCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         if "://" in str(path):
             return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
-        return load_torch_file(path, weights_only=weights_only is not False, what="checkpoint",
-                               map_location=map_location if map_location is not None else "cpu")
+        checkpoint = load_torch_file(path, weights_only=weights_only is not False, what="checkpoint",
+                                     map_location=map_location if map_location is not None else "cpu")
+        if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint:
+            raise CIRModelError(f"checkpoint `{path}` is a torch file but not a Lightning checkpoint (no "
+                                "`pytorch-lightning_version`): it was not written by cir_lightning's CIRModule; "
+                                "give a .ckpt written by `fit` (or, for adapter weights, `lora.init_adapter`)")
+        return checkpoint
 
 
 def install_checkpoint_io(trainer: pl.Trainer) -> None:

@@ -25,9 +25,10 @@ from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
-from cir_lightning.errors import CIRConfigError, CIRError, CIRFileError
+from cir_lightning.errors import CIRConfigError, CIRFileError, embedded_error
 from cir_lightning.files import check_writable, free_path, write_atomic
 from cir_lightning.module import CIRModule
+from cir_lightning.torch_files import load_torch_file
 
 TOOLS = {
     "make-tiny-model": "build a tiny random LLaVA-NeXT-style checkpoint folder (offline)",
@@ -89,8 +90,19 @@ class CIRLightningCLI(LightningCLI):
         # checkpoint to start from exists (`last`: the newest last.ckpt of earlier runs in the same place).
         for option, folder in output_folders(config):
             check_writable(folder, option)
-        if config.get("ckpt_path") is not None:
+
+    def _parse_ckpt_path(self) -> None:
+        # Before Lightning reads the checkpoint's hyperparameters (with a bare torch.load): `last` is resolved
+        # to the newest last.ckpt of the earlier runs, and a missing, truncated, foreign or unsafe file is
+        # refused in one line.
+        subcommand = self.config.get("subcommand")
+        config = self.config.get(subcommand) if subcommand else None
+        if config is not None and config.get("ckpt_path") is not None:
             config["ckpt_path"] = resolve_ckpt_path(str(config["ckpt_path"]), config)
+            path = Path(config["ckpt_path"])
+            if path.is_file():
+                load_torch_file(path, weights_only=config.get("weights_only") is not False, what="`--ckpt_path`")
+        super()._parse_ckpt_path()
 
 
 def _get(config: Any, key: str) -> Any:
@@ -240,12 +252,13 @@ def main(args: Sequence[str] | None = None) -> None:
         else:
             check_config_files(argv)
             CIRLightningCLI(args=None if args is None else argv)
-    except CIRError as err:
-        if os.environ.get("CIR_LIGHTNING_TRACEBACK"):
+    except Exception as err:
+        ours = embedded_error(err)  # also when a library wrapped it (jsonargparse, a DataLoader worker)
+        if ours is None or os.environ.get("CIR_LIGHTNING_TRACEBACK"):
             raise
         # a mistake in the user's data or config: its message says what and where; no library traceback
-        message = str(err)  # raised in a DataLoader worker: torch put the worker's traceback in front
-        message = message.rsplit(f"{type(err).__module__}.{type(err).__name__}: ", 1)[-1].strip()
+        message = str(ours)  # raised in a DataLoader worker: torch put the worker's traceback in front
+        message = message.rsplit(f"{type(ours).__module__}.{type(ours).__name__}: ", 1)[-1].strip()
         print(f"cir-lightning: error: {message}\n(set CIR_LIGHTNING_TRACEBACK=1 to see where it was raised)",
               file=sys.stderr)
         sys.exit(2)

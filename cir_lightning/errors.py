@@ -10,7 +10,42 @@ from pathlib import Path
 
 
 class CIRError(Exception):
-    """Base class of all cir_lightning errors."""
+    """Base class of all cir_lightning errors.
+
+    The latest one raised is remembered (``CIRError.latest``): a library that catches it and raises its own
+    error instead (jsonargparse does, when a class it instantiates refuses an option) still lets the
+    command line show our one clear line (see ``embedded_error``).
+    """
+
+    latest: CIRError | None = None
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        CIRError.latest = self
+
+
+def embedded_error(err: BaseException) -> CIRError | None:
+    """The ``CIRError`` behind ``err``: ``err`` itself, one in its cause / context chain, or the latest one
+    raised whose message ``err``'s text quotes (a library wrapped it into its own message).
+
+    Example:
+        >>> inner = CIRConfigError("`batch_size` must be an integer >= 1, got 0")
+        >>> embedded_error(ValueError(f"Does not validate:\n  - {inner}")) is inner
+        True
+        >>> embedded_error(ValueError("unrelated")) is None
+        True
+    """
+    seen = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, CIRError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    latest = CIRError.latest
+    if latest is not None and str(latest) and str(latest).splitlines()[0] in str(err):
+        return latest
+    return None
 
 
 class CIRDataError(CIRError, ValueError):

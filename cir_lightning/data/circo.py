@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from cir_lightning.data.base import CIRDataModule
 from cir_lightning.data.datasets import GalleryDataset, GalleryItem, Query, QueryDataset
+from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.missing import OnMissing, handle_missing
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.files import free_path, json_type, read_json, read_json_list, short_repr, write_atomic
@@ -127,6 +128,8 @@ class CIRCODataModule(CIRDataModule):
         num_workers: DataLoader worker processes.
         max_short_edge: shrink images whose short edge is longer than this, when decoded.
         pin_memory: pin host memory of batches.
+        max_image_pixels: refuse images with more pixels than this (read from the header, before decoding);
+            ``None``: no limit (default: Pillow's limit).
 
     Example:
         >>> dm = CIRCODataModule("CIRCO")  # nothing is read before `setup`
@@ -151,8 +154,9 @@ class CIRCODataModule(CIRDataModule):
         num_workers: int = 0,
         max_short_edge: int | None = None,
         pin_memory: bool = False,
+        max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
-        super().__init__(batch_size, eval_batch_size, num_workers, max_short_edge, pin_memory)
+        super().__init__(batch_size, eval_batch_size, num_workers, max_short_edge, pin_memory, max_image_pixels)
         self.save_hyperparameters()
         self.root = Path(root)
         self.gallery_root = Path(gallery_root) if gallery_root else None

@@ -33,7 +33,7 @@ from cir_lightning.data.datasets import (
     Triplet,
     TripletDataset,
 )
-from cir_lightning.data.images import resolve_image_path
+from cir_lightning.data.images import DEFAULT_MAX_PIXELS, resolve_image_path
 from cir_lightning.data.missing import OnMissing, handle_missing
 from cir_lightning.errors import CIRDataError
 from cir_lightning.files import json_type, read_json_list, read_json_object, short_repr, write_atomic
@@ -186,6 +186,8 @@ class CIRRDataModule(CIRDataModule):
         num_workers: DataLoader worker processes.
         max_short_edge: shrink images whose short edge is longer than this, when decoded.
         pin_memory: pin host memory of batches.
+        max_image_pixels: refuse images with more pixels than this (read from the header, before decoding);
+            ``None``: no limit (default: Pillow's limit).
 
     Example:
         >>> import tempfile
@@ -200,8 +202,9 @@ class CIRRDataModule(CIRDataModule):
 
     def __init__(self, root: str, image_root: str | None = None, on_missing: OnMissing = "error",
                  batch_size: int = 16, eval_batch_size: int | None = None, num_workers: int = 0,
-                 max_short_edge: int | None = None, pin_memory: bool = False) -> None:
-        super().__init__(batch_size, eval_batch_size, num_workers, max_short_edge, pin_memory)
+                 max_short_edge: int | None = None, pin_memory: bool = False,
+                 max_image_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+        super().__init__(batch_size, eval_batch_size, num_workers, max_short_edge, pin_memory, max_image_pixels)
         self.save_hyperparameters()
         self.root = Path(root)
         self.image_root = Path(image_root) if image_root else None

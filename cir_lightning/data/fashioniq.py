@@ -35,6 +35,7 @@ from cir_lightning.data.datasets import (
     Triplet,
     TripletDataset,
 )
+from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.missing import OnMissing, handle_missing
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.files import json_type, read_json_list, short_repr
@@ -210,6 +211,8 @@ class FashionIQDataModule(CIRDataModule):
         num_workers: DataLoader worker processes.
         max_short_edge: shrink images whose short edge is longer than this, when decoded.
         pin_memory: pin host memory of batches.
+        max_image_pixels: refuse images with more pixels than this (read from the header, before decoding);
+            ``None``: no limit (default: Pillow's limit).
 
     Example:
         >>> import tempfile
@@ -241,9 +244,10 @@ class FashionIQDataModule(CIRDataModule):
         num_workers: int = 0,
         max_short_edge: int | None = None,
         pin_memory: bool = False,
+        max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-                         max_short_edge=max_short_edge, pin_memory=pin_memory)
+                         max_short_edge=max_short_edge, pin_memory=pin_memory, max_image_pixels=max_image_pixels)
         self.save_hyperparameters()
         unknown = [c for c in categories if c not in CATEGORIES]
         if not categories or unknown or len(set(categories)) != len(categories):

@@ -35,7 +35,7 @@ from cir_lightning.data.datasets import (
     Triplet,
     TripletDataset,
 )
-from cir_lightning.data.images import resolve_image_path
+from cir_lightning.data.images import DEFAULT_MAX_PIXELS, resolve_image_path
 from cir_lightning.data.missing import MISSING, file_problem
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.files import iter_jsonl, short_repr
@@ -80,10 +80,10 @@ def _check_files_exist(items: list[tuple[Path, str]]) -> None:
             if checked[p] is not None:
                 bad.append((p, src, checked[p]))
     if bad:
-        shown = "\n".join(f"  {src}: {p}" + ("" if why == MISSING else f" {why}") for p, src, why in bad[:_SHOW])
-        more = f"\n  ... and {len(bad) - _SHOW} more" if len(bad) > _SHOW else ""
+        shown = "; ".join(f"{src}: {p}" + ("" if why == MISSING else f" {why}") for p, src, why in bad[:_SHOW])
+        more = f"; ... and {len(bad) - _SHOW} more" if len(bad) > _SHOW else ""
         head = "do not exist" if all(why == MISSING for _, _, why in bad) else "are missing or not image files"
-        raise CIRDataError(f"{len(bad)} image file(s) {head}:\n{shown}{more}")
+        raise CIRDataError(f"{len(bad)} image file(s) {head}: {shown}{more}")
 
 
 def read_triplets(path: Path, image_root: Path, check_images: bool = True,
@@ -129,8 +129,9 @@ def read_gallery(path: Path, image_root: Path, check_images: bool = True) -> lis
 
 
 def _listed(lines: list[str], total: int) -> str:
-    more = f"\n  ... and {total - _SHOW} more" if total > _SHOW else ""
-    return "\n".join(lines[:_SHOW]) + more
+    """The first offenders and a count of the rest, on one line."""
+    more = f"; ... and {total - _SHOW} more" if total > _SHOW else ""
+    return "; ".join(line.strip() for line in lines[:_SHOW]) + more
 
 
 def _targets(obj: dict[str, Any], path: Path, line: int) -> list[str]:
@@ -224,15 +225,15 @@ def read_queries(path: Path, image_root: Path, gallery_ids: list[str], exclude_r
     if absent:
         raise CIRDataError(
             f"{len(absent)} query(ies) have positives that are not in the gallery; they could never be "
-            "retrieved, so the metrics would be wrong:\n" + _listed(absent, len(absent))
+            "retrieved, so the metrics would be wrong: " + _listed(absent, len(absent))
         )
     if unknown:
         what = (f"{len(unknown)} query(ies) exclude {unknown_ids} id(s) that are not in the gallery; "
                 "a misspelt id leaves that image in the ranking")
         if unknown_exclude_ids == "error":
             raise CIRDataError(f"{what}, so the metrics would be wrong (set `unknown_exclude_ids: warn` to "
-                               "ignore such ids):\n" + _listed(unknown, len(unknown)), path)
-        rank_zero_warn(f"{path}: {what}; they are ignored (`unknown_exclude_ids: warn`):\n"
+                               "ignore such ids): " + _listed(unknown, len(unknown)), path)
+        rank_zero_warn(f"{path}: {what}; they are ignored (`unknown_exclude_ids: warn`): "
                        + _listed(unknown, len(unknown)))
     if not records:
         raise CIRDataError("no evaluation queries", path)
@@ -264,6 +265,8 @@ class JsonlCIRDataModule(CIRDataModule):
         num_workers: DataLoader worker processes.
         max_short_edge: shrink images whose short edge is longer than this, when decoded.
         pin_memory: pin host memory of batches.
+        max_image_pixels: refuse images with more pixels than this (read from the header, before decoding);
+            ``None``: no limit (default: Pillow's limit).
 
     Example:
         >>> import tempfile
@@ -295,8 +298,9 @@ class JsonlCIRDataModule(CIRDataModule):
         num_workers: int = 0,
         max_short_edge: int | None = None,
         pin_memory: bool = False,
+        max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
-        super().__init__(batch_size, eval_batch_size, num_workers, max_short_edge, pin_memory)
+        super().__init__(batch_size, eval_batch_size, num_workers, max_short_edge, pin_memory, max_image_pixels)
         self.save_hyperparameters()
         self.root = Path(root)
         self.train_file = train_file

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.jsonl import JsonlCIRDataModule
 from cir_lightning.errors import CIRDataError, CIRFileError
 from cir_lightning.files import atomic_folder, read_json, short_repr
@@ -168,13 +169,16 @@ class SyntheticCIRDataModule(JsonlCIRDataModule):
         num_workers: DataLoader worker processes.
         max_short_edge: shrink images whose short edge is longer than this, when decoded.
         with_captions: put the reference / target captions into training samples.
+        max_image_pixels: refuse images with more pixels than this (read from the header, before decoding);
+            ``None``: no limit (default: Pillow's limit).
     """
 
     def __init__(self, root: str, seed: int = 0, num_train: int = 7400, num_val: int = 500,
                  image_size: int = 64, batch_size: int = 16, eval_batch_size: int | None = None,
-                 num_workers: int = 0, max_short_edge: int | None = None, with_captions: bool = False) -> None:
+                 num_workers: int = 0, max_short_edge: int | None = None, with_captions: bool = False,
+                 max_image_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         super().__init__(root, batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-                         max_short_edge=max_short_edge, with_captions=with_captions)
+                         max_short_edge=max_short_edge, with_captions=with_captions, max_image_pixels=max_image_pixels)
         self.generator_args = {"seed": seed, "num_train": num_train, "num_val": num_val, "image_size": image_size}
 
     def prepare_data(self) -> None:
