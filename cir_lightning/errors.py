@@ -30,7 +30,7 @@ def embedded_error(err: BaseException) -> CIRError | None:
 
     Example:
         >>> inner = CIRConfigError("`batch_size` must be an integer >= 1, got 0")
-        >>> embedded_error(ValueError(f"Does not validate:\n  - {inner}")) is inner
+        >>> embedded_error(ValueError(f"Does not validate: - {inner}")) is inner
         True
         >>> embedded_error(ValueError("unrelated")) is None
         True
