@@ -220,7 +220,7 @@ def _description() -> str:
 
 def _tools(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog=f"cir-lightning {argv[0]}", description=TOOLS[argv[0]])
-    parser.add_argument("out_dir", help="folder to write (must not exist, or be empty)")
+    parser.add_argument("out_dir", help="folder to write (it must not exist; make-tiny-model also takes an empty one)")
     parser.add_argument("--seed", type=int, default=0)
     if argv[0] == "make-tiny-model":
         parser.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint folder")

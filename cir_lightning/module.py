@@ -143,6 +143,8 @@ class CIRModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if self._trainer is not None:
             prepare_strategy(self)
+        # the index type for the real embedding size, before anything is embedded (e.g. PQ16 on 30 dims)
+        self.evaluator.search.check(self.backbone.embedding_dim)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
         if self.cache is not None and not isinstance(datamodule, CIRDataModule):
             raise CIRConfigError("`embedding_cache` needs a cir_lightning DataModule (one that skips the "

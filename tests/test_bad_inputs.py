@@ -315,9 +315,24 @@ def _(w):
     return w.cli("validate", "--model.search.factory", "IVF2,Flat", "--model.search.nprobe", "0"), ["`search.nprobe`"]
 
 
+@case("option: an index type the embedding size cannot take (PQ48 on 64 dimensions)")
+def _(w):
+    return w.cli("validate", "--model.search.factory", "PQ48"), ["`search.factory` 'PQ48'", "dimension 64"]
+
+
 @case("option: loss temperature 0")
 def _(w):
     return w.cli("fit", "--model.loss", "cir_lightning.losses.FireLoss", "--model.loss.tau2", "0"), ["`loss.tau2`"]
+
+
+@case("tool: make-synthetic-data with a negative size")
+def _(w):
+    return ["make-synthetic-data", str(w.tmp / "syn"), "--image-size", "-8"], ["`image_size`", "-8"]
+
+
+@case("tool: make-tiny-model over a folder with files")
+def _(w):
+    return ["make-tiny-model", str(w.data)], [str(w.data), "not empty"]
 
 
 # -- config files
@@ -669,3 +684,42 @@ def test_a_full_disk_leaves_no_partial_results_file(tmp_path, monkeypatch):
     with pytest.raises(CIRFileError, match="no space left on the device"):
         write_results(tmp_path / "results.json", {"Recall@1": 0.5}, stage="validate", subsets={}, model={}, config={})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_symbolic_link_inside_the_image_root_is_followed(tmp_path, tiny_model_dir):
+    """The decision recorded in the README's threat model: annotation paths are checked lexically (no `..`,
+    nothing absolute), while links the user put inside the image root are theirs and are followed."""
+    from cir_lightning.data import JsonlCIRDataModule
+
+    world = World(tmp_path, tiny_model_dir)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (world.data / "img" / "3.png").rename(outside / "3.png")
+    (world.data / "img" / "3.png").symlink_to(outside / "3.png")
+    dm = JsonlCIRDataModule(str(world.data))
+    dm.setup("validate")
+    gallery = dm.val_sets[0][1]
+    assert gallery[3]["image"].getpixel((0, 0)) == (255, 255, 0)  # the yellow image, through the link
+
+
+def test_embedding_dim_is_the_size_of_the_embeddings(backbone):
+    image = Image.new("RGB", (16, 16))
+    assert backbone.encode_gallery([image]).shape[1] == backbone.embedding_dim
+
+
+@pytest.mark.parametrize(("code", "reason"), [(errno.EACCES, "permission denied"),
+                                              (errno.EROFS, "the file system is read-only"),
+                                              (errno.ENOSPC, "no space left on the device")])
+def test_an_unwritable_output_folder_is_named_with_the_reason(tmp_path, monkeypatch, code, reason):
+    """Root can write anywhere, so the kernel's refusals are simulated where the probe file is created."""
+    import tempfile
+
+    from cir_lightning.files import check_writable
+
+    def refuse(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(CIRFileError) as info:
+        check_writable(tmp_path / "out", "trainer.default_root_dir")
+    assert str(info.value) == f"`trainer.default_root_dir`: cannot write in `{tmp_path / 'out'}`: {reason}"

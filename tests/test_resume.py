@@ -105,7 +105,7 @@ def test_find_last_takes_the_newest_across_version_folders_and_deepspeed_folders
 def test_checkpoints_are_written_atomically_and_a_failed_write_keeps_the_previous_one(tmp_path, monkeypatch):
     io = SafeCheckpointIO()
     path = tmp_path / "checkpoints" / "last.ckpt"
-    io.save_checkpoint({"step": 1, "w": torch.ones(2)}, path)
+    io.save_checkpoint({"step": 1, "w": torch.ones(2), "pytorch-lightning_version": pl.__version__}, path)
     assert io.load_checkpoint(path)["step"] == 1
     real_fsync = os.fsync
 
@@ -114,7 +114,7 @@ def test_checkpoints_are_written_atomically_and_a_failed_write_keeps_the_previou
 
     monkeypatch.setattr(os, "fsync", full_disk)
     with pytest.raises(CIRFileError, match=r"cannot write `.*last.ckpt`: no space left on the device"):
-        io.save_checkpoint({"step": 2, "w": torch.zeros(2)}, path)
+        io.save_checkpoint({"step": 2, "w": torch.zeros(2), "pytorch-lightning_version": pl.__version__}, path)
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert io.load_checkpoint(path)["step"] == 1  # the previous checkpoint, whole
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]  # no temporary file left

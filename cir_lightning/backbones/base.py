@@ -28,6 +28,12 @@ class Backbone(nn.Module):
         """Embed a batch of inputs: (batch, dim), L2-normalised, float32."""
         raise NotImplementedError
 
+    @property
+    def embedding_dim(self) -> int:  # pragma: no cover - abstract
+        """The size of the embeddings ``forward`` returns (known before anything is embedded, so that
+        a search index can be checked for it first)."""
+        raise NotImplementedError
+
     def fingerprint(self) -> dict[str, Any]:  # pragma: no cover - abstract
         """What identifies the frozen base model and how it embeds (stored in checkpoints, embedding caches and
         results), including ``base_digest``: ``identity.checkpoint_digest`` of the files it was loaded from."""

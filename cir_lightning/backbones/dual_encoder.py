@@ -336,6 +336,10 @@ class DualEncoderBackbone(Backbone):
             text, image = F.normalize(text, dim=-1), F.normalize(image, dim=-1)
         return F.normalize(text + image, dim=-1)
 
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.base_model.config.projection_dim)
+
     def fingerprint(self) -> dict[str, Any]:
         c = self.collator
         return {"class": type(self).__name__, "model": self.model_name_or_path, "revision": self.revision,

@@ -177,6 +177,10 @@ class HFMultimodalBackbone(Backbone):
             logits = torch.tanh(logits / cap) * cap
         return logits, targets
 
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.base_model.config.get_text_config().hidden_size)
+
     def fingerprint(self) -> dict[str, Any]:
         return {"class": type(self).__name__, "model": self.model_name_or_path, "revision": self.revision,
                 "base_digest": self.base_digest, "max_text_tokens": self.collator.max_text_tokens,

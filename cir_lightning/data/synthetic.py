@@ -24,6 +24,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from cir_lightning.checks import non_negative_int, positive_int
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.jsonl import JsonlCIRDataModule
 from cir_lightning.errors import CIRDataError, CIRFileError
@@ -113,6 +114,9 @@ def make_synthetic_cir(out_dir: str | Path, seed: int = 0, num_train: int = 7400
         'a small cyan square at the top left'
     """
     out = Path(out_dir)
+    non_negative_int("num_train", num_train)
+    positive_int("num_val", num_val)
+    positive_int("image_size", image_size)
     changes = _all_changes()
     if num_train + num_val > len(changes):
         raise CIRDataError(f"`num_train` + `num_val` = {num_train + num_val} exceeds the {len(changes)} "

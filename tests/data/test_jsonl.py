@@ -283,7 +283,7 @@ def test_null_exclude_ids_and_agreeing_target_fields_are_fine(root):
 def test_a_folder_or_broken_link_where_an_image_should_be(root):
     (root / "images" / "c.png").unlink()
     (root / "images" / "c.png").mkdir()
-    with pytest.raises(CIRDataError, match=r"1 image file\(s\) are missing or not image files:\n  .*train\.jsonl:2: "
+    with pytest.raises(CIRDataError, match=r"1 image file\(s\) are missing or not image files: .*train\.jsonl:2: "
                                            r".*c\.png is a folder, not an image file"):
         setup(root)
     (root / "images" / "c.png").rmdir()

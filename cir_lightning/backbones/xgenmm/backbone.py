@@ -173,6 +173,10 @@ class XGenMMBackbone(Backbone):
         aligned[:, -n:] = labels[:, -n:]
         return next_token_logits(hidden, aligned, self.base_model.vlm.lang_model.lm_head)
 
+    @property
+    def embedding_dim(self) -> int:
+        return int(self.base_model.xgenmm_config.phi3_config().hidden_size)
+
     def fingerprint(self) -> dict[str, Any]:
         return {"class": type(self).__name__, "model": self.model_path, "revision": self.revision,
                 "base_digest": self.base_digest, "max_text_tokens": self.collator.max_text_tokens,
