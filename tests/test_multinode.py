@@ -43,7 +43,13 @@ def test_two_nodes_of_one_process_equal_one_node_of_two(tmp_path, tiny_model_dir
     nodes = [subprocess.Popen(["bash", str(SCRIPT), "fit", *common, "--trainer.default_root_dir", "two",
                                "--trainer.logger.save_dir", "two"], cwd=tmp_path, env={**env, "NODE_RANK": str(n)},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for n in (0, 1)]
-    logs = [node.communicate(timeout=int(os.environ.get("CIR_TEST_NODE_TIMEOUT", 300)))[0] for node in nodes]
+    try:
+        logs = [node.communicate(timeout=int(os.environ.get("CIR_TEST_NODE_TIMEOUT", 300)))[0] for node in nodes]
+    except subprocess.TimeoutExpired:  # stop both "nodes" (never leave them running) and show what they said
+        for node in nodes:
+            node.kill()
+        logs = [node.communicate()[0] for node in nodes]
+        pytest.fail("the two torchrun nodes did not finish:\n" + "\n".join(log[-3000:] for log in logs))
     assert [node.returncode for node in nodes] == [0, 0], "\n".join(log[-3000:] for log in logs)
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in logs[1]  # the second "node" really joined
     one, two = (torch.load(next((tmp_path / d).glob("**/last.ckpt")), weights_only=True) for d in ("one", "two"))
