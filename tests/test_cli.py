@@ -217,7 +217,7 @@ def test_gallery_embedding_cache_is_written_then_reused_and_refused_when_stale(f
     stale = run("validate", *common, "--trainer.default_root_dir", "cached", "--model.embedding_cache", "emb",
                 cwd=cwd, check=False)
     assert stale.returncode != 0
-    assert "the cache does not match: model:" in stale.stderr
+    assert "the cache does not match: model.weights:" in stale.stderr
     run("validate", *common, "--trainer.default_root_dir", "cached", "--model.embedding_cache", "emb",
         "--model.overwrite_cache", "true", cwd=cwd)
     assert json.loads((cache / "meta.json").read_text())["model"]["weights"] != trained_digest

@@ -36,6 +36,24 @@ def _ids_digest(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:28] + "..." + text[-8:]
+
+
+def _differences(key: str, cached: Any, expected: Any) -> list[str]:
+    """What differs between two identities, down to the nested key that differs.
+
+    Example:
+        >>> _differences("model", {"fingerprint": {"base_digest": "ab", "pooling": "x"}}, {"fingerprint": {"base_digest": "cd", "pooling": "x"}})
+        ["model.fingerprint.base_digest: cached 'ab', expected 'cd'"]
+    """
+    if isinstance(cached, dict) and isinstance(expected, dict):
+        return [d for k in dict.fromkeys([*cached, *expected])
+                for d in _differences(f"{key}.{k}", cached.get(k), expected.get(k))]
+    return [] if cached == expected else [f"{key}: cached {_short(cached)}, expected {_short(expected)}"]
+
+
 def save_embeddings(path: str | Path, embeddings: Tensor | np.ndarray, ids: Sequence[str], *, kind: str,
                     model: Mapping[str, Any], dataset: str, split: str, dtype: str = "float32",
                     overwrite: bool = False) -> Path:
@@ -63,7 +81,7 @@ def save_embeddings(path: str | Path, embeddings: Tensor | np.ndarray, ids: Sequ
         >>> load_embeddings(folder, kind="gallery", model={"m": 2}, dataset="toy", split="val")
         Traceback (most recent call last):
         ...
-        cir_lightning.errors.CIRDataError: ...: the cache does not match: model: cached {'m': 1}, expected {'m': 2}. ...
+        cir_lightning.errors.CIRDataError: ...: the cache does not match: model.m: cached 1, expected 2. ...
     """
     path = Path(path)
     array = embeddings.detach().float().cpu().numpy() if isinstance(embeddings, Tensor) else np.asarray(embeddings)
@@ -100,8 +118,7 @@ def load_embeddings(path: str | Path, *, kind: str, model: Mapping[str, Any], da
         raise CIRDataError(f"not a readable embedding cache ({err})", path) from None
     expected = {"format": FORMAT, "kind": kind, "model": json.loads(json.dumps(dict(model), default=str)),
                 "dataset": dataset, "split": split}
-    problems = [f"{key}: cached {meta.get(key)!r}, expected {value!r}" for key, value in expected.items()
-                if meta.get(key) != value]
+    problems = [problem for key, value in expected.items() for problem in _differences(key, meta.get(key), value)]
     if ids is not None and [str(i) for i in ids] != cached_ids:
         problems.append(f"ids: {len(cached_ids)} cached, {len(ids)} expected, or in another order")
     if meta.get("ids_sha256") != _ids_digest(cached_ids):

@@ -39,7 +39,7 @@ def test_float16_storage(tmp_path):
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"model": {**MODEL, "weights": "other"}}, "model: cached"),
+    ({"model": {**MODEL, "weights": "other"}}, "model.weights: cached"),
     ({"dataset": "cirr"}, "dataset: cached 'synthetic', expected 'cirr'"),
     ({"split": "test"}, "split: cached 'val', expected 'test'"),
     ({"kind": "query"}, "kind: cached 'gallery', expected 'query'"),
