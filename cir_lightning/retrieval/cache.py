@@ -124,8 +124,8 @@ def load_embeddings(path: str | Path, *, kind: str, model: Mapping[str, Any], da
     if meta.get("ids_sha256") != _ids_digest(cached_ids):
         problems.append("ids.json was changed after the cache was written")
     if problems:
-        raise CIRDataError("the cache does not match: " + "; ".join(problems) + ". Delete it or write a new "
-                           "one; a stale cache is never used", path)
+        raise CIRDataError("the cache does not match: " + "; ".join(problems) + ". A stale cache is never used: "
+                           "re-embed with `overwrite_cache: true` (or delete the folder)", path)
     rebuild = "; re-embed with `overwrite_cache: true` (or delete the folder)"
     try:
         array = np.load(path / "embeddings.npy", mmap_mode="r")
