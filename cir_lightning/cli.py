@@ -239,6 +239,20 @@ def _tools(argv: list[str]) -> None:
                                  image_size=ns.image_size))
 
 
+def _release_distributed() -> None:
+    """Free the trainer (and with it DDP's reducer), then destroy the process group, before the interpreter
+    exits: left to interpreter shutdown, gloo's worker threads were destroyed while still joinable in one
+    of several multi-node runs (``terminate called without an active exception``, SIGABRT), and the other
+    node's launcher then waited for the failed one."""
+    import gc
+
+    import torch.distributed as dist
+
+    gc.collect()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of ``cir-lightning`` and ``python -m cir_lightning``."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers forks into DataLoader workers
@@ -251,7 +265,9 @@ def main(args: Sequence[str] | None = None) -> None:
             _tools(argv)
         else:
             check_config_files(argv)
-            CIRLightningCLI(args=None if args is None else argv)
+            cli = CIRLightningCLI(args=None if args is None else argv)
+            del cli
+            _release_distributed()
     except Exception as err:
         ours = embedded_error(err)  # also when a library wrapped it (jsonargparse, a DataLoader worker)
         if ours is None or os.environ.get("CIR_LIGHTNING_TRACEBACK"):
