@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from cir_lightning.checks import cutoffs, number_in, positive_number
+from cir_lightning.distributed import all_gather_rows, all_gather_with_grad, gather_sizes, world
 from cir_lightning.errors import CIRConfigError
 
 
@@ -167,59 +168,6 @@ def key_id(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little") >> 1
 
 
-def _world(group: Any = None) -> int:
-    return dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
-
-
-def _gather_sizes(n: int, device: torch.device, group: Any = None) -> list[int]:
-    size = torch.tensor([n], dtype=torch.long, device=device)
-    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(sizes, size, group=group)
-    return [int(s) for s in sizes]
-
-
-def _gather_padded(tensor: Tensor, sizes: list[int], group: Any = None) -> Tensor:
-    """Concatenate every rank's rows (ranks may hold different numbers of rows)."""
-    padded = tensor.new_zeros((max(sizes), *tensor.shape[1:]))
-    padded[: tensor.shape[0]] = tensor
-    parts = [torch.empty_like(padded) for _ in sizes]
-    dist.all_gather(parts, padded, group=group)
-    return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])
-
-
-class _GatherWithGrad(torch.autograd.Function):
-    """All-gather rows; backward sums every rank's gradient and returns this rank's rows of it."""
-
-    @staticmethod
-    def forward(ctx: Any, tensor: Tensor, sizes: list[int], group: Any) -> Tensor:
-        ctx.sizes, ctx.group = sizes, group
-        return _gather_padded(tensor.detach().contiguous(), sizes, group)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
-        start = sum(ctx.sizes[: dist.get_rank(ctx.group)])
-        return grad[start: start + ctx.sizes[dist.get_rank(ctx.group)]], None, None
-
-
-def all_gather_with_grad(tensor: Tensor, group: Any = None) -> Tensor:
-    """Every rank's rows of ``tensor``, concatenated in rank order, differentiable w.r.t. the local rows.
-
-    Ranks may hold different numbers of rows. In one process (or without ``torch.distributed``) this
-    returns ``tensor`` itself.
-
-    Example:
-        >>> x = torch.ones(2, 3, requires_grad=True)
-        >>> all_gather_with_grad(x) is x
-        True
-    """
-    if _world(group) == 1:
-        return tensor
-    sizes = _gather_sizes(tensor.shape[0], tensor.device, group)
-    return _GatherWithGrad.apply(tensor, sizes, group)
-
-
 def distributed_fire_loss(loss: FireLoss, query: Tensor, target: Tensor, target_keys: Tensor,
                           cross_rank: bool = True, group: Any = None) -> dict[str, Tensor]:
     """``loss`` terms for this rank's triplets; with ``cross_rank``, against every rank's targets.
@@ -247,12 +195,12 @@ def distributed_fire_loss(loss: FireLoss, query: Tensor, target: Tensor, target_
         >>> bool(torch.isclose(terms["loss"], FireLoss()(q, q, keys[:, None] == keys[None, :])["loss"]))
         True
     """
-    if not cross_rank or _world(group) == 1:
+    if not cross_rank or world(group)[1] == 1:
         mask = target_keys[:, None] == target_keys[None, :]
         return loss(query, target, mask if int(mask.sum()) > len(target_keys) else None)
-    sizes = _gather_sizes(query.shape[0], query.device, group)
-    targets = _GatherWithGrad.apply(target.float(), sizes, group)
-    keys = _gather_padded(target_keys.to(torch.long), sizes, group)
+    sizes = gather_sizes(query.shape[0], query.device, group)
+    targets = all_gather_with_grad(target.float(), group)
+    keys = torch.cat(all_gather_rows(target_keys.to(torch.long), sizes, group))
     terms = loss(query, targets, target_keys.to(torch.long)[:, None] == keys[None, :])
     weight = len(sizes) * query.shape[0] / sum(sizes)
     return {name: value * weight for name, value in terms.items()}
@@ -274,7 +222,7 @@ def caption_loss(logits: Tensor, targets: Tensor, group: Any = None) -> Tensor:
     """
     total = nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
     count = torch.tensor(float(targets.numel()), device=logits.device)
-    world = _world(group)
-    if world > 1:
+    world_size = world(group)[1]
+    if world_size > 1:
         dist.all_reduce(count, group=group)
-    return total * world / count.clamp(min=1)
+    return total * world_size / count.clamp(min=1)

@@ -8,22 +8,11 @@ are dropped and the rows put in dataset order: the result is the same as one pro
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
+from cir_lightning.distributed import all_gather_rows, collective_device, world
 
-def world() -> tuple[int, int]:
-    """``(rank, world_size)`` of the default process group, ``(0, 1)`` without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def collective_device() -> torch.device:
-    """Where tensors must be for collectives of the default group: the current GPU under NCCL, else CPU."""
-    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+__all__ = ["collective_device", "dedupe_by_index", "gather_embeddings", "world"]  # the first and last: re-exported
 
 
 def dedupe_by_index(embeddings: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
@@ -41,19 +30,6 @@ def dedupe_by_index(embeddings: Tensor, indices: Tensor) -> tuple[Tensor, Tensor
     return embeddings[order][keep], idx[keep]
 
 
-def _all_gather_padded(x: Tensor, device: torch.device) -> list[Tensor]:
-    world_size = dist.get_world_size()
-    size = torch.tensor([x.shape[0]], device=device)
-    sizes = [torch.zeros_like(size) for _ in range(world_size)]
-    dist.all_gather(sizes, size)
-    longest = int(max(s.item() for s in sizes))
-    padded = torch.zeros((longest, *x.shape[1:]), dtype=x.dtype, device=device)
-    padded[: x.shape[0]] = x.to(device)
-    out = [torch.empty_like(padded) for _ in range(world_size)]
-    dist.all_gather(out, padded)
-    return [o[: int(s.item())].cpu() for o, s in zip(out, sizes, strict=True)]
-
-
 def gather_embeddings(embeddings: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
     """All ranks' ``(embeddings, indices)`` concatenated, de-duplicated and sorted by index (on CPU).
 
@@ -61,6 +37,6 @@ def gather_embeddings(embeddings: Tensor, indices: Tensor) -> tuple[Tensor, Tens
     """
     if world()[1] > 1:
         device = collective_device()
-        embeddings = torch.cat(_all_gather_padded(embeddings, device))
-        indices = torch.cat(_all_gather_padded(indices, device))
+        embeddings = torch.cat(all_gather_rows(embeddings.to(device)))
+        indices = torch.cat(all_gather_rows(indices.to(device)))
     return dedupe_by_index(embeddings.cpu(), indices.cpu())

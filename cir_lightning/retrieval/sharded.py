@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from cir_lightning.retrieval.gather import _all_gather_padded, collective_device, world
+from cir_lightning.distributed import all_gather_rows, collective_device, world
 from cir_lightning.retrieval.index import SearchConfig, pad_lists, search_with_scores
 
 
@@ -25,7 +25,7 @@ def _all_gather_list(x: Tensor) -> list[Tensor]:
     """Every rank's ``x`` (1-d, any length), in rank order; on CPU."""
     if world()[1] == 1:
         return [x.cpu()]
-    return _all_gather_padded(x, collective_device())
+    return [part.cpu() for part in all_gather_rows(x.to(collective_device()))]
 
 
 def own_rows(indices: Tensor, num_items: int) -> tuple[Tensor, bool]:
