@@ -36,6 +36,7 @@ from cir_lightning.data.base import CIRDataModule
 from cir_lightning.errors import CIRConfigError
 from cir_lightning.files import free_path
 from cir_lightning.losses import FireLoss, caption_loss, distributed_fire_loss, key_id
+from cir_lightning.optim import lr_scheduler
 from cir_lightning.retrieval.evaluator import (
     EvalSubset,
     RetrievalEvaluator,
@@ -337,28 +338,7 @@ class CIRModule(pl.LightningModule):
             raise CIRConfigError("the model has no trainable parameters: set `model.backbone.init_args.lora` "
                                  "to train LoRA adapters")
         optimizer = self.optimizer_factory(params)
-        steps = self.trainer.estimated_stepping_batches
-        if not math.isfinite(steps):
-            if self.lr_schedule != "constant" or 0 < self.warmup < 1:
-                raise CIRConfigError(f"`lr_schedule: {self.lr_schedule}` with `warmup: {self.warmup}` needs a known "
-                                     "training length: set `trainer.max_steps` or `trainer.max_epochs` (or use "
-                                     "`lr_schedule: constant` with a warm-up given in steps)")
-            steps = 1
-        total = max(1, int(steps))
-        warmup = int(self.warmup * total) if self.warmup < 1 else int(self.warmup)
-        schedule = self.lr_schedule
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            if schedule == "linear":
-                return 1.0 - progress
-            if schedule == "cosine":
-                return 0.5 * (1.0 + math.cos(math.pi * progress))
-            return 1.0
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = lr_scheduler(optimizer, self.lr_schedule, self.warmup, self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ checkpoints

@@ -26,8 +26,9 @@ import lightning.pytorch as pl
 import torch
 
 from cir_lightning.errors import CIRConfigError
-from cir_lightning.retrieval.evaluator import RetrievalEvaluator, loader_role, subsets_from_loaders
+from cir_lightning.retrieval.evaluator import RetrievalEvaluator
 from cir_lightning.retrieval.index import SearchConfig
+from cir_lightning.retrieval.loop import EvaluationLoop
 
 
 class RetrievalCallback(pl.Callback):
@@ -42,24 +43,20 @@ class RetrievalCallback(pl.Callback):
     def __init__(self, ks: Sequence[int] = (1, 5, 10, 50), search: SearchConfig | None = None,
                  prefix: str = "val") -> None:
         self.evaluator = RetrievalEvaluator(ks, search)
+        self.loop = EvaluationLoop(self.evaluator)
         self.prefix = prefix
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if trainer.sanity_checking:
-            return
-        subset, kind = loader_role(dataloader_idx)
-        encode = getattr(pl_module, f"encode_{kind}", None)
-        if encode is None:
-            raise CIRConfigError(f"RetrievalCallback needs `{type(pl_module).__name__}.encode_{kind}(batch)`")
-        with torch.no_grad():
-            embeddings = encode(batch)
-        self.evaluator.add(subset, kind, embeddings, batch["index"])
+        def embed(kind: str) -> torch.Tensor:
+            encode = getattr(pl_module, f"encode_{kind}", None)
+            if encode is None:
+                raise CIRConfigError(f"RetrievalCallback needs `{type(pl_module).__name__}.encode_{kind}(batch)`")
+            with torch.no_grad():
+                return encode(batch)
+
+        self.loop.add_batch(trainer, dataloader_idx, embed, batch["index"])
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            self.evaluator.reset()
-            return
-        results = self.evaluator.compute(subsets_from_loaders(trainer.val_dataloaders))
-        self.evaluator.reset()
-        pl_module.log_dict({f"{self.prefix}/{k}": v for k, v in results.items()}, sync_dist=True)
+        self.loop.finish(trainer, pl_module, trainer.val_dataloaders, self.prefix)
+        self.loop.reset()
