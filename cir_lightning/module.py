@@ -38,14 +38,13 @@ from cir_lightning.files import free_path
 from cir_lightning.losses import FireLoss, caption_loss, distributed_fire_loss, key_id
 from cir_lightning.optim import lr_scheduler
 from cir_lightning.retrieval.evaluator import (
-    EvalSubset,
     RetrievalEvaluator,
     loader_role,
-    subsets_from_loaders,
 )
 from cir_lightning.retrieval.gallery_cache import GalleryCache
 from cir_lightning.retrieval.index import SearchConfig
-from cir_lightning.retrieval.results import format_table, write_results
+from cir_lightning.retrieval.loop import EvaluationLoop
+from cir_lightning.retrieval.results import ranked_ids, report_results
 from cir_lightning.stage1 import FIRE_STAGE1_INSTRUCTION, CaptionBatches
 
 _STAGE_PREFIX = {"validate": "val", "test": "test"}
@@ -129,6 +128,7 @@ class CIRModule(pl.LightningModule):
         positive_int("max_caption_tokens", max_caption_tokens, optional=True)
         self.evaluator = RetrievalEvaluator(cutoffs("eval_ks", eval_ks) if eval_ks is not None else [1, 5, 10, 50],
                                             search)
+        self.loop = EvaluationLoop(self.evaluator)
         self.export_adapter = export_adapter
         self.write_results = write_results
         self.save_rankings = save_rankings
@@ -240,73 +240,51 @@ class CIRModule(pl.LightningModule):
         return embeddings
 
     def _eval_step(self, batch: dict[str, Any], dataloader_idx: int) -> None:
-        if self.trainer.sanity_checking:
-            return
-        subset, key = loader_role(dataloader_idx)
-        self.evaluator.add(subset, key, self._embed(batch, key), batch["index"])
+        self.loop.add_batch(self.trainer, dataloader_idx, lambda key: self._embed(batch, key), batch["index"])
 
     def _eval_epoch_start(self) -> None:
         if self.cache is not None:
             self.cache.provide(self.evaluator)
 
     def _eval_epoch_end(self, stage: str, loaders: Any) -> None:
-        if self.trainer.sanity_checking:
-            self.evaluator.reset()
-            return
         standalone = self.trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING)  # not inside fit
         datamodule = getattr(self.trainer, "datamodule", None)
         write_predictions = getattr(datamodule, "write_predictions", None) if standalone else None
-        subsets = subsets_from_loaders(loaders)
-        results = self.evaluator.compute(subsets, keep_rankings=standalone and (
-            self.save_rankings or write_predictions is not None))
-        summarize = getattr(datamodule, "summarize", None)
-        if results and summarize is not None:
-            results.update(summarize(results))
-        prefix = _STAGE_PREFIX[stage]
-        self.log_dict({f"{prefix}/{k}": v for k, v in results.items()}, sync_dist=True)
-        if standalone:
+        wanted = standalone and (self.save_rankings or write_predictions is not None)
+        epoch = self.loop.finish(self.trainer, self, loaders, _STAGE_PREFIX[stage], keep_rankings=wanted,
+                                 summarize=getattr(datamodule, "summarize", None))
+        if epoch is not None and standalone:
             folder = self._log_folder()  # a collective: every rank asks, rank zero writes
             if self.cache is not None:
                 self.cache.save(self.evaluator)
             if self.trainer.is_global_zero:
-                wanted = self.save_rankings or write_predictions is not None
-                ranked = self._ranked_ids(subsets, self.evaluator.rankings) if wanted else {}
-                if self.write_results and results:
-                    self._write_results(folder, stage, results, subsets, ranked if self.save_rankings else None)
+                ranked = ranked_ids(epoch.subsets, self.evaluator.rankings) if wanted else {}
+                if self.write_results and epoch.metrics:
+                    report = getattr(datamodule, "report", None)
+                    report_results(folder, stage, _STAGE_PREFIX[stage], epoch.metrics, epoch.subsets,
+                                   model=self.backbone.fingerprint(), config=self._run_config(datamodule),
+                                   rankings=ranked if self.save_rankings else None,
+                                   report=report(epoch.metrics) if report is not None else "")
                 if write_predictions is not None:
-                    within = self._ranked_ids(subsets, self.evaluator.subset_rankings)
+                    within = ranked_ids(epoch.subsets, self.evaluator.subset_rankings)
                     for path in write_predictions(folder, stage, ranked, within) or []:
                         print(f"predictions written to {path}")
-        self.evaluator.reset()
-
-    @staticmethod
-    def _ranked_ids(subsets: list[EvalSubset], rankings: dict[str, Tensor]) -> dict[str, dict[str, list[str]]]:
-        """Subset name -> query id -> its ranked gallery ids, for the subsets that kept rankings."""
-        return {sub.name: sub.ranked_ids(rankings[sub.name]) for sub in subsets if sub.name in rankings}
+        self.loop.reset()
 
     def _log_folder(self) -> Path:
         # Trainer.log_dir broadcasts from rank zero: call it on every rank, never under `is_global_zero`
         return Path(self.trainer.log_dir or self.trainer.default_root_dir)
 
-    def _write_results(self, folder: Path, stage: str, results: dict[str, float], subsets: list[EvalSubset],
-                       rankings: dict[str, dict[str, list[str]]] | None) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
+    def _run_config(self, datamodule: Any) -> dict[str, Any]:
+        """The run's configuration for results files: training hyperparameters, the evaluation options
+        (which checkpoints do not store), the data and the checkpoint."""
         evaluation = {"eval_ks": self.evaluator.ks, "search": dataclasses.asdict(self.evaluator.search),
                       "save_rankings": self.save_rankings,
                       "embedding_cache": None if self.cache is None else self.cache.report()}
         hparams = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
-        config = {"model": {**hparams, **evaluation},
-                  "data": dict(getattr(datamodule, "hparams", {}) or {}),
-                  "data_class": type(datamodule).__name__ if datamodule is not None else None,
-                  "ckpt_path": self.trainer.ckpt_path}
-        sizes = {sub.name: {"num_queries": sub.num_queries, "num_gallery": sub.num_gallery} for sub in subsets}
-        path = write_results(folder / f"results-{stage}.json", results, stage=stage, subsets=sizes,
-                             model=self.backbone.fingerprint(), config=config, rankings=rankings)
-        print(format_table(results, title=f"{stage} ({_STAGE_PREFIX[stage]}/...), percent"))
-        report = getattr(datamodule, "report", None)
-        if report is not None:
-            print(report(results))
-        print(f"results written to {path}")
+        return {"model": {**hparams, **evaluation}, "data": dict(getattr(datamodule, "hparams", {}) or {}),
+                "data_class": type(datamodule).__name__ if datamodule is not None else None,
+                "ckpt_path": self.trainer.ckpt_path}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, dataloader_idx)

@@ -11,14 +11,19 @@ from __future__ import annotations
 import datetime
 import io
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cir_lightning.errors import CIRFileError
 from cir_lightning.files import free_path, write_atomic
 
-__all__ = ["format_table", "free_path", "split_subsets", "write_results"]
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from cir_lightning.retrieval.evaluator import EvalSubset
+
+__all__ = ["format_table", "free_path", "ranked_ids", "report_results", "split_subsets", "write_results"]
 
 
 def split_subsets(metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:
@@ -92,3 +97,32 @@ def write_results(path: str | Path, metrics: Mapping[str, float], *, stage: str,
         except CIRFileError:
             if not target.exists():
                 raise
+
+
+def ranked_ids(subsets: Sequence[EvalSubset], rankings: Mapping[str, Tensor]) -> dict[str, dict[str, list[str]]]:
+    """Subset name -> query id -> its ranked gallery ids, for the subsets whose rankings were kept.
+
+    Example:
+        >>> import torch
+        >>> from cir_lightning.retrieval.evaluator import EvalSubset
+        >>> from cir_lightning.retrieval.results import ranked_ids
+        >>> sub = EvalSubset("", [[1]], [[]], 3, query_ids=["q"], gallery_ids=["a", "b", "c"])
+        >>> ranked_ids([sub], {"": torch.tensor([[1, 2, 0]])})
+        {'': {'q': ['b', 'c', 'a']}}
+    """
+    return {sub.name: sub.ranked_ids(rankings[sub.name]) for sub in subsets if sub.name in rankings}
+
+
+def report_results(folder: str | Path, stage: str, prefix: str, metrics: Mapping[str, float],
+                   subsets: Sequence[EvalSubset], *, model: Mapping[str, Any], config: Mapping[str, Any],
+                   rankings: Mapping[str, Mapping[str, list]] | None = None, report: str = "") -> Path:
+    """Write ``results-<stage>.json`` in ``folder`` (never over an earlier one) and print the table, the
+    DataModule's ``report`` and where the file went: what a standalone ``validate`` / ``test`` shows."""
+    sizes = {sub.name: {"num_queries": sub.num_queries, "num_gallery": sub.num_gallery} for sub in subsets}
+    path = write_results(Path(folder) / f"results-{stage}.json", metrics, stage=stage, subsets=sizes, model=model,
+                         config=config, rankings=rankings)
+    print(format_table(metrics, title=f"{stage} ({prefix}/...), percent"))
+    if report:
+        print(report)
+    print(f"results written to {path}")
+    return path
