@@ -26,7 +26,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from cir_lightning.backbones.base import Backbone
@@ -35,7 +35,7 @@ from cir_lightning.checks import cutoffs, number_in, positive_int
 from cir_lightning.data.base import CIRDataModule
 from cir_lightning.errors import CIRConfigError
 from cir_lightning.files import free_path
-from cir_lightning.losses import FireLoss, caption_loss, distributed_fire_loss, key_id
+from cir_lightning.losses import FireLoss, caption_loss, distributed_fire_loss, target_keys
 from cir_lightning.optim import lr_scheduler
 from cir_lightning.retrieval.evaluator import (
     RetrievalEvaluator,
@@ -138,7 +138,6 @@ class CIRModule(pl.LightningModule):
         self.caption_batches = None
         if objective == "caption":  # the backbone's collator must build generative batches (LLMs do)
             self.caption_batches = CaptionBatches(backbone.collator, caption_instruction, max_caption_tokens)
-        self._warned_keys = False
 
     # ------------------------------------------------------------------ data hookup
     def setup(self, stage: str) -> None:
@@ -188,7 +187,8 @@ class CIRModule(pl.LightningModule):
         else:
             target = self.backbone(batch["target"])
         cross_rank = self.cross_rank_negatives and self._distributed
-        keys = self._target_keys(batch, cross_rank).to(query.device)
+        dataset = getattr(getattr(self.trainer, "train_dataloader", None), "dataset", None)
+        keys = target_keys(batch, cross_rank, getattr(dataset, "records", None)).to(query.device)
         terms = distributed_fire_loss(self.loss, query, target, keys, cross_rank=cross_rank)
         bs = query.shape[0]
         # with cross-rank negatives a rank's terms are scaled shares: their mean over ranks is the global value
@@ -206,29 +206,6 @@ class CIRModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["index"]), sync_dist=self._distributed)
         self.log("train/caption_tokens", float(targets.numel()), batch_size=len(batch["index"]))  # this rank's
         return loss
-
-    def _target_keys(self, batch: dict[str, Any], cross_rank: bool) -> Tensor:
-        """(B,) integer target identities: equal keys = the same target image, on any rank.
-
-        Taken from ``batch["target_id"]`` when the collator provides it; else from the training dataset's
-        records (``records[index].target``, read by dataset row); else the in-batch groups, which cannot
-        see a target shared across ranks (such pairs then count as negatives; warned once).
-        """
-        if "target_id" in batch:
-            return batch["target_id"].long()
-        index, group = batch["index"].long(), batch.get("target_group")
-        if not cross_rank:  # in-batch identity is all one process needs
-            return index if group is None else index[group.long()]
-        dataset = getattr(getattr(self.trainer, "train_dataloader", None), "dataset", None)
-        records = getattr(dataset, "records", None)
-        if records is not None and len(records) and hasattr(records[0], "target"):
-            return torch.tensor([key_id(str(records[i].target)) for i in index.tolist()], dtype=torch.long)
-        if not self._warned_keys:
-            rank_zero_warn("cross-rank negatives: the batch has no `target_id` and the training dataset no "
-                           "`records[i].target`, so a target shared by triplets on different ranks counts as a "
-                           "negative across ranks; give the collator a global `target_id`")
-            self._warned_keys = True
-        return index if group is None else index[group.long()]
 
     # ------------------------------------------------------------------ evaluation
     def _embed(self, batch: dict[str, Any], key: str) -> Tensor:
