@@ -1,7 +1,12 @@
-"""Retrieval: search, ranking metrics, DDP gathering and evaluation. Independent of models and data."""
+"""Retrieval: search, ranking metrics, DDP gathering and evaluation. Independent of models and data.
+
+``RetrievalCallback`` (the one piece that needs Lightning's trainer) is imported on first use, so that
+search, metrics and caches load without Lightning's trainer stack.
+"""
+
+from typing import Any
 
 from cir_lightning.retrieval.cache import load_embeddings, save_embeddings
-from cir_lightning.retrieval.callback import RetrievalCallback
 from cir_lightning.retrieval.evaluator import EvalSubset, RetrievalEvaluator, subsets_from_loaders
 from cir_lightning.retrieval.index import SearchConfig, build_index, search
 from cir_lightning.retrieval.metrics import (
@@ -28,3 +33,11 @@ __all__ = [
     "search",
     "subsets_from_loaders",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RetrievalCallback":
+        from cir_lightning.retrieval.callback import RetrievalCallback
+
+        return RetrievalCallback
+    raise AttributeError(f"module 'cir_lightning.retrieval' has no attribute {name!r}")

@@ -32,7 +32,7 @@ from cir_lightning.retrieval.metrics import (
 )
 from cir_lightning.retrieval.sharded import own_rows, sharded_search
 
-FAMILIES: dict[str, tuple[str, type[Metric]]] = {
+METRIC_FAMILIES: dict[str, tuple[str, type[Metric]]] = {
     "recall": ("Recall", HitRateAtK),
     "positive_recall": ("PositiveRecall", PositiveRecallAtK),
     "mrr": ("MRR", MRRAtK),
@@ -40,6 +40,7 @@ FAMILIES: dict[str, tuple[str, type[Metric]]] = {
     "recall_subset": ("Recall_subset", SubsetRecallAtK),
 }
 """Metric families a subset can ask for: name in ``EvalSubset.metrics`` -> (logged name, Metric)."""
+FAMILIES = METRIC_FAMILIES  # the earlier name
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class EvalSubset:
         num_gallery: gallery size.
         query_ids: ids of the queries, in row order (for results files).
         gallery_ids: ids of the gallery items, in row order (for results files).
-        metrics: metric family -> its cut-offs K, from ``FAMILIES`` (default: ``recall`` and ``mrr`` at
+        metrics: metric family -> its cut-offs K, from ``METRIC_FAMILIES`` (default: ``recall`` and ``mrr`` at
             the evaluator's K).
         candidates: per query, the gallery rows its ``recall_subset`` ranking is restricted to (CIRR).
         depth: rank at least this many items per query (for prediction files), beyond the metrics' K.
@@ -71,9 +72,9 @@ class EvalSubset:
     depth: int = 0
 
     def __post_init__(self) -> None:
-        unknown = sorted(set(self.metrics or ()) - set(FAMILIES))
+        unknown = sorted(set(self.metrics or ()) - set(METRIC_FAMILIES))
         if unknown:
-            raise CIRConfigError(f"subset {self.name!r}: unknown metric families {unknown}; known: {sorted(FAMILIES)}")
+            raise CIRConfigError(f"subset {self.name!r}: unknown metric families {unknown}; known: {sorted(METRIC_FAMILIES)}")
         if "recall_subset" in (self.metrics or ()) and self.candidates is None:
             raise CIRConfigError(f"subset {self.name!r}: `recall_subset` needs per-query `candidates`")
         if self.positives is not None and len(self.positives) != len(self.excluded):
@@ -222,7 +223,7 @@ class RetrievalEvaluator:
         device = collective_device()  # metric states are summed over ranks: NCCL needs them on the GPU
         results = {}
         for family, ks in families.items():
-            label, metric_class = FAMILIES[family]
+            label, metric_class = METRIC_FAMILIES[family]
             metric = metric_class(ks).to(device)
             metric.update((restricted if family == "recall_subset" else ranked).to(device), positives.to(device))
             for k, v in metric.compute().items():

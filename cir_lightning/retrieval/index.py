@@ -152,18 +152,16 @@ def pad_lists(lists: Sequence[Sequence[int]], width: int | None = None) -> Tenso
     return out
 
 
-def drop_excluded(ids: Tensor, excluded: Tensor, k: int) -> Tensor:
-    """Remove ``excluded`` ids (and -1) from each row of ``ids``, keep order, cut to ``k``, pad with -1.
+def _drop_excluded(ids: Tensor, scores: Tensor, excluded: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Remove ``excluded`` ids (and -1) from each row of ``ids``, keep their order, cut to ``k``, pad with -1;
+    each id's score travels along (-inf where there is no result).
 
     Example:
-        >>> drop_excluded(torch.tensor([[4, 1, 2, 0]]), torch.tensor([[1, -1]]), 2).tolist()
-        [[4, 2]]
+        >>> ids, scores = _drop_excluded(torch.tensor([[4, 1, 2, 0]]), torch.tensor([[.9, .8, .7, .6]]),
+        ...                              torch.tensor([[1, -1]]), 2)
+        >>> ids.tolist(), [round(x, 1) for x in scores[0].tolist()]
+        ([[4, 2]], [0.9, 0.7])
     """
-    return _drop_excluded(ids, torch.zeros(ids.shape), excluded, k)[0]
-
-
-def _drop_excluded(ids: Tensor, scores: Tensor, excluded: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """``drop_excluded`` carrying each id's score along (-inf where there is no result)."""
     drop = ids < 0
     if excluded.numel():
         # (row, id) pairs encoded as one integer: membership by sorting, O(rows x width) memory
@@ -300,7 +298,7 @@ def _faiss_topk(q: np.ndarray, g: np.ndarray, k: int, config: SearchConfig) -> t
     # faiss orders equal scores arbitrarily: sort by (score desc, gallery index asc), like the torch path
     order = torch.from_numpy(np.lexsort((ids.numpy(), -scores.numpy()), axis=1))
     ids, scores = ids.gather(1, order), scores.gather(1, order)
-    # missing results (-1, score -FLT_MAX) sort last and are removed by drop_excluded
+    # missing results (-1, score -FLT_MAX) sort last and are removed by _drop_excluded
     if extra:
         crossing = (scores[:, k - 1] == scores[:, k]).nonzero().flatten()
         if len(crossing):  # rare: redo exactly, so the tied items kept are the lowest-index ones
