@@ -224,7 +224,7 @@ def test_gallery_embedding_cache_is_written_then_reused_and_refused_when_stale(f
 
 
 @pytest.mark.parametrize(("backbone", "path_arg"), [("DualEncoderBackbone", "model_name_or_path"),
-                                                  ("XGenMMBackbone", "model_path")])
+                                                  ("XGenMMBackbone", "model_name_or_path")])
 def test_other_backbone_families_train_and_evaluate_from_the_command_line(tmp_path, backbone, path_arg):
     args = ["--config", str(CONF), "--model.backbone", f"cir_lightning.backbones.{backbone}",
             f"--model.backbone.{path_arg}", "tiny", "--model.backbone.make_tiny_if_missing", "true",

@@ -188,7 +188,7 @@ def fire_configs(tmp_path_factory) -> dict[str, dict]:
     printed = {}
     for stage in ("stage1", "stage2"):
         config = Path(__file__).parents[1] / "configs" / f"fire_{stage}.yaml"
-        out = run("fit", "--config", str(config), "--model.backbone.init_args.model_path", "not-downloaded",
+        out = run("fit", "--config", str(config), "--model.backbone.init_args.model_name_or_path", "not-downloaded",
                   "--print_config", cwd=cwd).stdout
         printed[stage] = yaml.safe_load(out)
     assert not (cwd / "not-downloaded").exists()

@@ -1,26 +1,52 @@
-"""The interface every backbone implements, usable with or without Lightning.
+"""The interface every backbone implements, and the loading steps they share; usable with or without Lightning.
 
 A backbone maps pre-processed inputs (tensors made by its ``collator`` in DataLoader workers) to
 L2-normalised embeddings with ``forward`` (the training path). The ``encode_*`` methods are the
 inference front door for raw PIL images and strings: they run the collator in the calling process,
 then ``forward`` without gradients and in eval mode (no dropout; the module's mode is restored after).
+
+Every backbone loads the same way: an optional tiny random checkpoint for demos (``build_tiny_if_missing``),
+a dtype name from ``DTYPES``, ``from_pretrained`` calls through ``load_checkpoint`` (one message for a
+checkpoint that cannot be loaded: ``load_error``), then ``Backbone._prepare``: freeze, gradient
+checkpointing, train mode, LoRA.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch import Tensor, nn
 
+from cir_lightning.backbones.identity import check_readable
+from cir_lightning.backbones.lora import LoRA, add_lora
+from cir_lightning.errors import CIRConfigError, CIRModelError
+from cir_lightning.files import write_folder
+
+Dtype = Literal["float32", "bfloat16", "float16"]
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+"""The weight dtypes a backbone's ``dtype`` option names."""
+T = TypeVar("T")
+
 
 class Backbone(nn.Module):
-    """Base class: subclasses set ``self.collator`` and implement ``forward`` and ``fingerprint``; those with
-    LoRA set ``self.lora`` and ``self.model`` (the peft model), which ``save_adapter`` writes."""
+    """Base class: subclasses set ``self.collator`` and implement ``forward``, ``embedding_dim`` and
+    ``fingerprint``; they hand their loaded model to ``_prepare``, which sets ``self.model`` (the peft
+    model when there is LoRA, which ``save_adapter`` writes) and ``self.lora``.
+
+    Example:
+        >>> from cir_lightning.backbones.base import Backbone
+        >>> bb = Backbone()
+        >>> bb._prepare(nn.Linear(2, 2), lora=None, target=None, gradient_checkpointing=False)
+        >>> bb.base_model is bb.model, bb.training, any(p.requires_grad for p in bb.parameters())
+        (True, True, False)
+    """
 
     collator: Any
 
@@ -39,12 +65,27 @@ class Backbone(nn.Module):
         results), including ``base_digest``: ``identity.checkpoint_digest`` of the files it was loaded from."""
         raise NotImplementedError
 
+    def _prepare(self, model: nn.Module, lora: LoRA | None, target: Any,
+                 gradient_checkpointing: bool, checkpointed: nn.Module | None = None) -> None:
+        """Freeze the loaded ``model``, enable gradient checkpointing on it (or on its part ``checkpointed``),
+        put it in train mode (``from_pretrained`` returns eval mode; Lightning switches modes from here on)
+        and add ``lora`` on the ``target`` modules (peft's ``target_modules``: a regex or names; unused
+        without LoRA); sets ``self.model`` and ``self.lora``."""
+        model.requires_grad_(False)
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(model if checkpointed is None else checkpointed)
+        model.train()
+        self.lora = lora
+        self.model = add_lora(model, lora, target) if lora is not None else model
+
+    @property
+    def base_model(self) -> Any:
+        """The loaded model with the LoRA layers injected (peft's wrapper removed)."""
+        return self.model.get_base_model() if getattr(self, "lora", None) is not None else self.model
+
     def save_adapter(self, path: str | Path) -> None:
         """Write the trained LoRA adapter (peft's ``save_pretrained`` format, what users share) to the
         folder ``path``, which must not exist: it appears complete or not at all, and is never overwritten."""
-        from cir_lightning.errors import CIRConfigError
-        from cir_lightning.files import write_folder
-
         if getattr(self, "lora", None) is None:
             raise CIRConfigError("this backbone has no LoRA adapter to save (`lora` is None)")
         write_folder(path, lambda folder: self.model.save_pretrained(str(folder)))
@@ -53,8 +94,6 @@ class Backbone(nn.Module):
         """Next-token logits at the labelled positions of a generative batch (FiRE stage 1) and the
         tokens they must predict: ``(N, vocab)`` float32 and ``(N,)``, N = labelled tokens. Only
         backbones with a language-model head implement it."""
-        from cir_lightning.errors import CIRConfigError
-
         raise CIRConfigError(f"{type(self).__name__} has no language-model head, so it cannot be trained to "
                              "generate captions (`objective: caption`, FiRE stage 1); use a multimodal LLM backbone")
 
@@ -96,10 +135,69 @@ class Backbone(nn.Module):
         return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
 
 
+def load_error(name: str, err: BaseException) -> CIRModelError:
+    """The error for a checkpoint ``name`` that cannot be loaded: one message for every backbone.
+
+    A name that is not a local folder was looked up on the hub, so the message says so (and whether
+    offline mode is on) and what to do.
+
+    Example:
+        >>> from cir_lightning.backbones.base import load_error
+        >>> str(load_error("someone/nothing", OSError("404")))  # doctest: +ELLIPSIS
+        'cannot load model `someone/nothing`: it is not a local folder and cannot be fetched from the hub...: OSError: 404. Check the name, or pass the path of a downloaded checkpoint.'
+    """
+    if Path(name).is_dir():
+        return CIRModelError(f"cannot load model `{name}`: {err}.")
+    offline = " (offline mode is on: HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE") else ""
+    return CIRModelError(f"cannot load model `{name}`: it is not a local folder and cannot be fetched from the "
+                         f"hub{offline}: {type(err).__name__}: {err}. Check the name, or pass the path of a "
+                         "downloaded checkpoint.")
+
+
+def load_checkpoint(name: str, load: Callable[[], T]) -> T:
+    """Run ``load()`` (``from_pretrained`` calls) for the checkpoint ``name``, with one clear error.
+
+    A local folder is first checked for unreadable, missing or dangling files (transformers reports an
+    unreadable file as "No such file or directory"); what ``load`` raises becomes ``load_error``'s message.
+
+    Example:
+        >>> from cir_lightning.backbones.base import load_checkpoint
+        >>> load_checkpoint("someone/nothing", lambda: 1)
+        1
+        >>> load_checkpoint("someone/nothing", lambda: open("someone/nothing"))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRModelError: cannot load model `someone/nothing`: it is not a local folder and ...
+    """
+    if Path(name).exists():
+        check_readable(name)
+    try:
+        return load()
+    except (OSError, ValueError, KeyError) as err:
+        raise load_error(name, err) from err
+
+
+def build_tiny_if_missing(path: str, what: str, build: Callable[[str], Any]) -> None:
+    """Build a tiny RANDOMLY INITIALISED checkpoint at ``path`` with ``build`` unless ``path`` exists, and
+    say so loudly (the ``make_tiny_if_missing`` option of every backbone: demos and tests).
+
+    Example:
+        >>> from cir_lightning.backbones.base import build_tiny_if_missing
+        >>> build_tiny_if_missing(".", "model", print)  # it exists: nothing is built
+    """
+    if Path(path).exists():
+        return
+    rank_zero_warn(f"`{path}` does not exist: building a tiny RANDOMLY INITIALISED {what} there "
+                   "(`make_tiny_if_missing: true`, meant for demos and tests). Set it to false to load a real "
+                   "checkpoint by hub name.", stacklevel=5)  # points at the backbone's constructor
+    build(path)
+
+
 def check_text_limit(max_text_tokens: int | None, max_positions: int | None, model: str) -> None:
     """A ``max_text_tokens`` above the language model's positions could never be honoured: refuse it.
 
     Example:
+        >>> from cir_lightning.backbones.base import check_text_limit
         >>> check_text_limit(512, 1024, "m")
         >>> check_text_limit(2048, 1024, "tiny")
         Traceback (most recent call last):
@@ -107,22 +205,26 @@ def check_text_limit(max_text_tokens: int | None, max_positions: int | None, mod
         cir_lightning.errors.CIRConfigError: `max_text_tokens` = 2048 is more than the 1024 positions of the language model of `tiny` (`max_position_embeddings`); set it lower
     """
     if max_text_tokens is not None and max_positions is not None and max_text_tokens > max_positions:
-        from cir_lightning.errors import CIRConfigError
-
         raise CIRConfigError(f"`max_text_tokens` = {max_text_tokens} is more than the {max_positions} positions of the "
                              f"language model of `{model}` (`max_position_embeddings`); set it lower")
 
 
 def enable_gradient_checkpointing(model: Any) -> None:
     """Recompute ``model``'s activations during backward instead of storing them (less memory, ~30 %
-    more compute). Non-reentrant checkpointing, so it works with a frozen base model and LoRA layers."""
+    more compute). Non-reentrant checkpointing, so it works with a frozen base model and LoRA layers.
+
+    Example:
+        >>> from cir_lightning.backbones.base import enable_gradient_checkpointing
+        >>> enable_gradient_checkpointing(nn.Linear(2, 2))
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRConfigError: Linear does not support gradient checkpointing
+    """
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     elif hasattr(model, "gradient_checkpointing_enable"):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
-        from cir_lightning.errors import CIRConfigError
-
         raise CIRConfigError(f"{type(model).__name__} does not support gradient checkpointing")
 
 
@@ -132,6 +234,7 @@ def next_token_logits(hidden: Tensor, labels: Tensor, head: nn.Module) -> tuple[
     Only the labelled positions go through ``head``, never the whole (batch, length, vocab) tensor.
 
     Example:
+        >>> from cir_lightning.backbones.base import next_token_logits
         >>> hidden, head = torch.randn(1, 4, 3), nn.Linear(3, 10)
         >>> logits, targets = next_token_logits(hidden, torch.tensor([[-100, -100, 7, 2]]), head)
         >>> logits.shape, targets.tolist(), torch.allclose(logits[0], head(hidden[0, 1]))

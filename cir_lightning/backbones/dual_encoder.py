@@ -17,41 +17,41 @@ cut to it keeping the final EOS, with a warning (``truncation="warn"``, default)
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch import Tensor
 
-from cir_lightning.backbones.base import Backbone, enable_gradient_checkpointing
+from cir_lightning.backbones.base import DTYPES, Backbone, Dtype, build_tiny_if_missing, load_checkpoint
 from cir_lightning.backbones.collate import SampleBatches
-from cir_lightning.backbones.identity import check_readable, checkpoint_digest
-from cir_lightning.backbones.lora import LoRA, add_lora
+from cir_lightning.backbones.identity import checkpoint_digest
+from cir_lightning.backbones.lora import LoRA, Towers, tower_target_regex
+from cir_lightning.backbones.tiny import make_tiny_dual_encoder
 from cir_lightning.checks import positive_int
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRModelError
 
 Inputs = dict[str, Tensor]
 Fusion = Literal["sum", "sum_raw", "image", "text"]
-Towers = Literal["text", "vision", "both"]
 Truncation = Literal["warn", "error", "silent"]
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
 class DualEncoderFamily:
-    """How one dual-encoder family is fed and adapted (a registry entry, see ``FAMILIES``).
+    """How one dual-encoder model type is fed and adapted (a registry entry, see ``DUAL_ENCODER_TYPES``).
 
     Args:
         pad_to_max_length: pad text to the model's maximum length (SigLIP's training setting).
         attention_mask: pass the text attention mask to the model.
         lora_targets: default LoRA target names inside each tower's encoder layers.
+
+    Example:
+        >>> from cir_lightning.backbones.dual_encoder import DUAL_ENCODER_TYPES, DualEncoderFamily
+        >>> isinstance(DUAL_ENCODER_TYPES["siglip"], DualEncoderFamily), DUAL_ENCODER_TYPES["siglip"].attention_mask
+        (True, False)
     """
 
     pad_to_max_length: bool
@@ -60,12 +60,12 @@ class DualEncoderFamily:
 
 
 _ATTN_MLP = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
-FAMILIES: dict[str, DualEncoderFamily] = {
+DUAL_ENCODER_TYPES: dict[str, DualEncoderFamily] = {
     "clip": DualEncoderFamily(pad_to_max_length=False, attention_mask=True, lora_targets=_ATTN_MLP),
     "siglip": DualEncoderFamily(pad_to_max_length=True, attention_mask=False, lora_targets=_ATTN_MLP),
 }
-# Where each tower's transformer layers live inside CLIPModel / SiglipModel.
-_TOWER_PATHS = {"text": "text_model.encoder", "vision": "vision_model.encoder"}
+"""``model_type`` of a supported dual encoder -> how it is fed and adapted."""
+FAMILIES = DUAL_ENCODER_TYPES  # the old name
 
 
 class DualEncoderCollator(SampleBatches):
@@ -76,18 +76,20 @@ class DualEncoderCollator(SampleBatches):
 
     Args:
         processor: a Hugging Face ``CLIPProcessor`` / ``SiglipProcessor`` (image processor + tokenizer).
-        family: the entry of ``FAMILIES`` (padding and mask policy).
+        family: the entry of ``DUAL_ENCODER_TYPES`` (padding and mask policy).
         max_length: the longest token sequence, special tokens included (CLIP: 77).
         query_template: how the modification becomes the query text; ``{modification}`` is replaced.
         text_template: how a caption becomes a text item; ``{text}`` is replaced.
         truncation: text longer than ``max_length``: ``"warn"`` (cut, warn once), ``"error"`` or ``"silent"``.
 
     Example:
+        >>> from cir_lightning.backbones import DualEncoderCollator
         >>> import tempfile
         >>> from transformers import AutoProcessor
-        >>> from cir_lightning.backbones.tiny_clip import make_tiny_dual_encoder
+        >>> from cir_lightning.backbones.dual_encoder import DUAL_ENCODER_TYPES
+        >>> from cir_lightning.backbones.tiny import make_tiny_dual_encoder
         >>> processor = AutoProcessor.from_pretrained(make_tiny_dual_encoder(tempfile.mkdtemp() + "/c"))
-        >>> c = DualEncoderCollator(processor, FAMILIES["clip"], max_length=77)
+        >>> c = DualEncoderCollator(processor, DUAL_ENCODER_TYPES["clip"], max_length=77)
         >>> x = c.query_inputs([Image.new("RGB", (40, 32))], ["make it red"])
         >>> {k: tuple(v.shape) for k, v in x.items()}
         {'input_ids': (1, 5), 'attention_mask': (1, 5), 'pixel_values': (1, 3, 32, 32)}
@@ -143,37 +145,6 @@ class DualEncoderCollator(SampleBatches):
         return self._tokenize([self.text_template.format(text=t) for t in texts])
 
 
-def tower_target_regex(model: torch.nn.Module, towers: Towers, targets: Sequence[str]) -> str:
-    """The peft ``target_modules`` regex for ``targets`` inside the chosen towers' encoder layers.
-
-    Every target must name a linear layer in every chosen tower; otherwise a ``CIRConfigError`` lists the
-    names that exist.
-
-    Example:
-        >>> from torch import nn
-        >>> m = nn.Module()
-        >>> m.text_model = nn.Module(); m.text_model.encoder = nn.ModuleDict({"q_proj": nn.Linear(2, 2)})
-        >>> tower_target_regex(m, "text", ["q_proj"])
-        '^(?:text_model\\\\.encoder)\\\\.(?:.*\\\\.)?(?:q_proj)$'
-        >>> tower_target_regex(m, "text", ["qkv"])
-        Traceback (most recent call last):
-        ...
-        cir_lightning.errors.CIRConfigError: LoRA target(s) ['qkv'] match no linear layer of the text tower `text_model.encoder`; its linear layers are named: q_proj
-    """
-    chosen = ["text", "vision"] if towers == "both" else [towers]
-    for tower in chosen:
-        prefix = _TOWER_PATHS[tower] + "."
-        names = {n.rsplit(".", 1)[-1] for n, mod in model.named_modules()
-                 if n.startswith(prefix) and isinstance(mod, torch.nn.Linear)}
-        missing = [t for t in targets if t not in names]
-        if missing:
-            raise CIRConfigError(f"LoRA target(s) {missing} match no linear layer of the {tower} tower "
-                                 f"`{_TOWER_PATHS[tower]}`; its linear layers are named: {', '.join(sorted(names))}")
-    paths = "|".join(re.escape(_TOWER_PATHS[t]) for t in chosen)
-    names = "|".join(re.escape(t) for t in targets)
-    return rf"^(?:{paths})\.(?:.*\.)?(?:{names})$"
-
-
 def _features(out: Any) -> Tensor:
     """``get_*_features`` returns a tensor (transformers 4) or an output with ``pooler_output`` (5)."""
     return out if isinstance(out, Tensor) else out.pooler_output
@@ -204,7 +175,7 @@ class DualEncoderBackbone(Backbone):
         trust_remote_code: allow custom model code from the checkpoint (off unless you ask for it).
         revision: hub revision (branch, tag or commit) to load.
         make_tiny_if_missing: if ``model_name_or_path`` does not exist, build a tiny random CLIP there
-            first (demos and tests; see ``cir_lightning.backbones.tiny_clip``).
+            first (demos and tests; see ``cir_lightning.backbones.tiny``).
         gradient_checkpointing: recompute the towers' activations in backward (saves memory when
             training; works with LoRA).
         max_text_tokens: the longest text token sequence, special tokens included; longer texts are
@@ -212,6 +183,7 @@ class DualEncoderBackbone(Backbone):
             it may not exceed.
 
     Example:
+        >>> from cir_lightning.backbones import DualEncoderBackbone, LoRA
         >>> import tempfile
         >>> bb = DualEncoderBackbone(tempfile.mkdtemp() + "/tiny", make_tiny_if_missing=True,
         ...                          lora=LoRA(r=4, alpha=8))
@@ -229,7 +201,7 @@ class DualEncoderBackbone(Backbone):
         truncation: Truncation = "warn",
         lora: LoRA | None = None,
         lora_towers: Towers = "both",
-        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        dtype: Dtype = "float32",
         trust_remote_code: bool = False,
         revision: str | None = None,
         make_tiny_if_missing: bool = False,
@@ -245,30 +217,20 @@ class DualEncoderBackbone(Backbone):
         self.model_name_or_path = str(model_name_or_path)
         self.revision = revision
         self.fusion = fusion
-        if make_tiny_if_missing and not Path(model_name_or_path).exists():
-            from cir_lightning.backbones.tiny_clip import make_tiny_dual_encoder
-
-            rank_zero_warn(f"`{model_name_or_path}` does not exist: building a tiny RANDOMLY INITIALISED CLIP "
-                           "there (`make_tiny_if_missing: true`, meant for demos and tests). Set it to false to "
-                           "load a real checkpoint by hub name.")
-            make_tiny_dual_encoder(model_name_or_path)
+        if make_tiny_if_missing:
+            build_tiny_if_missing(self.model_name_or_path, "CLIP", make_tiny_dual_encoder)
         processor, model = self._load(dtype, trust_remote_code)
         self.base_digest = checkpoint_digest(self.model_name_or_path, revision)  # the files just loaded
         self.model_type = model.config.model_type
-        if self.model_type not in FAMILIES:
+        if self.model_type not in DUAL_ENCODER_TYPES:
             raise CIRModelError(f"`{self.model_name_or_path}` is a {self.model_type!r} model; DualEncoderBackbone "
-                                f"supports {', '.join(sorted(FAMILIES))} checkpoints")
-        family = FAMILIES[self.model_type]
-        model.requires_grad_(False)
-        if gradient_checkpointing:
-            enable_gradient_checkpointing(model)
-        model.train()  # from_pretrained returns eval mode; Lightning switches modes from here on
-        self.lora = lora
+                                f"supports {', '.join(sorted(DUAL_ENCODER_TYPES))} checkpoints")
+        family = DUAL_ENCODER_TYPES[self.model_type]
         self.lora_towers = lora_towers
+        target = None
         if lora is not None:
-            targets = lora.target_modules or list(family.lora_targets)
-            model = add_lora(model, lora, tower_target_regex(model, lora_towers, targets))
-        self.model = model
+            target = tower_target_regex(model, lora_towers, lora.target_modules or list(family.lora_targets))
+        self._prepare(model, lora, target, gradient_checkpointing)
         text_config = self.base_model.config.text_config
         max_length = min(text_config.max_position_embeddings,
                          getattr(processor.tokenizer, "model_max_length", None) or 10**9)
@@ -284,28 +246,17 @@ class DualEncoderBackbone(Backbone):
         from transformers import AutoModel, AutoProcessor
 
         name = self.model_name_or_path
-        if Path(name).exists():
-            check_readable(name)  # transformers reports an unreadable file as "No such file or directory"
         kwargs = {"revision": self.revision, "trust_remote_code": trust_remote_code}
-        try:
-            processor = AutoProcessor.from_pretrained(name, **kwargs)
-            model = AutoModel.from_pretrained(name, dtype=_DTYPES[dtype], **kwargs)
-        except (OSError, ValueError, KeyError) as err:
-            hint = ""
-            if not Path(name).exists():
-                hint = (" It is not a local folder, so it was looked up on the hub"
-                        + (" (offline mode is on: HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE") else "")
-                        + "; check the name, or pass the path of a downloaded checkpoint.")
-            raise CIRModelError(f"cannot load model `{name}`: {err}.{hint}") from err
+
+        def load() -> tuple[Any, Any]:
+            return AutoProcessor.from_pretrained(name, **kwargs), AutoModel.from_pretrained(
+                name, dtype=DTYPES[dtype], **kwargs)
+
+        processor, model = load_checkpoint(name, load)
         if not hasattr(processor, "tokenizer") or not hasattr(processor, "image_processor"):
             raise CIRModelError(f"the processor of `{name}` ({type(processor).__name__}) lacks a tokenizer or an "
                                 "image processor; DualEncoderBackbone needs both")
         return processor, model
-
-    @property
-    def base_model(self) -> Any:
-        """The transformers model with LoRA layers injected (peft's wrapper removed)."""
-        return self.model.get_base_model() if self.lora is not None else self.model
 
     def text_features(self, inputs: Mapping[str, Tensor]) -> Tensor:
         """The text tower's projected features (not normalised)."""

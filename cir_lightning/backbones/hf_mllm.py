@@ -9,31 +9,31 @@ models with multimodal RoPE (Qwen2-VL, Qwen2.5-VL) compute their own 3-D positio
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from cir_lightning.backbones.base import (
+    DTYPES,
     Backbone,
+    Dtype,
+    build_tiny_if_missing,
     check_text_limit,
-    enable_gradient_checkpointing,
+    load_checkpoint,
     next_token_logits,
 )
 from cir_lightning.backbones.collate import MLLMCollator
-from cir_lightning.backbones.identity import check_readable, checkpoint_digest
-from cir_lightning.backbones.lora import LoRA, add_lora, lora_target_regex
+from cir_lightning.backbones.identity import checkpoint_digest
+from cir_lightning.backbones.lora import LoRA, lora_target_regex
 from cir_lightning.backbones.pooling import PoolingMethod, pool, position_ids_from_mask
+from cir_lightning.backbones.processors import load_processor
 from cir_lightning.backbones.prompts import Prompts
+from cir_lightning.backbones.tiny import make_tiny_model
 from cir_lightning.checks import non_negative_int, positive_int
 from cir_lightning.errors import CIRConfigError, CIRModelError
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class HFMultimodalBackbone(Backbone):
@@ -63,6 +63,7 @@ class HFMultimodalBackbone(Backbone):
             ``max_position_embeddings`` is an error, and so is a limit above them.
 
     Example:
+        >>> from cir_lightning.backbones import HFMultimodalBackbone
         >>> import tempfile
         >>> from PIL import Image
         >>> bb = HFMultimodalBackbone(tempfile.mkdtemp() + "/tiny", make_tiny_if_missing=True,
@@ -80,7 +81,7 @@ class HFMultimodalBackbone(Backbone):
         eos_block_size: int | None = None,
         eos_token: str | None = None,
         lora: LoRA | None = None,
-        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        dtype: Dtype = "float32",
         attn_implementation: str | None = "sdpa",
         trust_remote_code: bool = False,
         revision: str | None = None,
@@ -102,27 +103,15 @@ class HFMultimodalBackbone(Backbone):
         self.revision = revision
         self.pooling = pooling
         self.eos_block_size = eos_block_size
-        if make_tiny_if_missing and not Path(model_name_or_path).exists():
-            from cir_lightning.backbones.tiny import make_tiny_model
-
-            rank_zero_warn(f"`{model_name_or_path}` does not exist: building a tiny RANDOMLY INITIALISED model "
-                           "there (`make_tiny_if_missing: true`, meant for demos and tests). Set it to false to "
-                           "load a real checkpoint by hub name.")
-            make_tiny_model(model_name_or_path)
+        if make_tiny_if_missing:
+            build_tiny_if_missing(self.model_name_or_path, "model", make_tiny_model)
         processor, model = self._load(dtype, attn_implementation, trust_remote_code)
         self.base_digest = checkpoint_digest(self.model_name_or_path, revision)  # the files just loaded
         max_positions = getattr(model.config.get_text_config(), "max_position_embeddings", None)
         check_text_limit(max_text_tokens, max_positions, self.model_name_or_path)
-        model.requires_grad_(False)
-        if gradient_checkpointing:
-            enable_gradient_checkpointing(model)
-        model.train()  # from_pretrained returns eval mode; Lightning switches modes from here on
         self.text_model_type = model.config.get_text_config().model_type
-        self.lora = lora
-        if lora is not None:
-            target = lora_target_regex(model, self.text_model_type, lora.target_modules)
-            model = add_lora(model, lora, target)
-        self.model = model
+        target = lora_target_regex(model, self.text_model_type, lora.target_modules) if lora is not None else None
+        self._prepare(model, lora, target, gradient_checkpointing)
         self.collator = MLLMCollator(processor, templates, eos_token, eos_block_size, max_text_tokens, max_positions)
         # multimodal RoPE: the model derives 3-D positions from input_ids, image_grid_thw and the mask
         self.mrope = hasattr(getattr(self.base_model, "model", None), "get_rope_index")
@@ -130,29 +119,14 @@ class HFMultimodalBackbone(Backbone):
     def _load(self, dtype: str, attn_implementation: str | None, trust_remote_code: bool) -> tuple[Any, Any]:
         from transformers import AutoModelForImageTextToText
 
-        from cir_lightning.backbones.tiny_families import load_processor
-
         name = self.model_name_or_path
-        if Path(name).exists():
-            check_readable(name)  # transformers reports an unreadable file as "No such file or directory"
         kwargs = {"revision": self.revision, "trust_remote_code": trust_remote_code}
-        try:
-            processor = load_processor(name, **kwargs)
-            model = AutoModelForImageTextToText.from_pretrained(
-                name, dtype=_DTYPES[dtype], attn_implementation=attn_implementation, **kwargs)
-        except (OSError, ValueError, KeyError) as err:
-            hint = ""
-            if not Path(name).exists():
-                hint = (" It is not a local folder, so it was looked up on the hub"
-                        + (" (offline mode is on: HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE") else "")
-                        + "; check the name, or pass the path of a downloaded checkpoint.")
-            raise CIRModelError(f"cannot load model `{name}`: {err}.{hint}") from err
-        return processor, model
 
-    @property
-    def base_model(self) -> Any:
-        """The transformers model with LoRA layers injected (peft's wrapper removed)."""
-        return self.model.get_base_model() if self.lora is not None else self.model
+        def load() -> tuple[Any, Any]:
+            return load_processor(name, **kwargs), AutoModelForImageTextToText.from_pretrained(
+                name, dtype=DTYPES[dtype], attn_implementation=attn_implementation, **kwargs)
+
+        return load_checkpoint(name, load)
 
     def _hidden(self, inputs: Mapping[str, Tensor]) -> Tensor:
         """Last-layer hidden states of the multimodal body (the LM head is not run)."""

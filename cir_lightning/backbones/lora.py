@@ -1,4 +1,4 @@
-"""LoRA through peft, on the language model only.
+"""LoRA through peft, on the language model only (or, for dual encoders, inside the chosen towers).
 
 Targets are projection names inside the language model (the decoder returned by ``get_decoder()``);
 they are turned into a regular expression anchored at the decoder's module path, so a name such as
@@ -9,6 +9,7 @@ that matches nothing (Phi-3 has ``qkv_proj``, not ``q_proj``) is an error, never
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -88,7 +89,7 @@ def lora_target_regex(model: nn.Module, text_model_type: str, targets: list[str]
     """The peft ``target_modules`` regex for ``targets`` inside the decoder, after checking each exists.
 
     Example:
-        >>> from torch import nn
+        >>> from cir_lightning.backbones.lora import lora_target_regex
         >>> class M(nn.Module):
         ...     def __init__(self):
         ...         super().__init__()
@@ -109,15 +110,50 @@ def lora_target_regex(model: nn.Module, text_model_type: str, targets: list[str]
                                  f"`lora.target_modules` (known defaults: {', '.join(DEFAULT_TARGETS)})")
         targets = DEFAULT_TARGETS[text_model_type]
     prefix = decoder_path(model)
+    _check_targets(model, prefix, targets, f"the language model `{prefix}` ({text_model_type})")
+    names = "|".join(re.escape(t) for t in targets)
+    return rf"^{re.escape(prefix)}\.(?:.*\.)?(?:{names})$"
+
+
+Towers = Literal["text", "vision", "both"]
+TOWER_PATHS = {"text": "text_model.encoder", "vision": "vision_model.encoder"}
+"""Where each tower's transformer layers live inside CLIPModel / SiglipModel."""
+
+
+def tower_target_regex(model: nn.Module, towers: Towers, targets: Sequence[str]) -> str:
+    """The peft ``target_modules`` regex for ``targets`` inside the chosen towers' encoder layers of a
+    dual encoder.
+
+    Every target must name a linear layer in every chosen tower; otherwise a ``CIRConfigError`` lists the
+    names that exist.
+
+    Example:
+        >>> from cir_lightning.backbones.lora import tower_target_regex
+        >>> m = nn.Module()
+        >>> m.text_model = nn.Module(); m.text_model.encoder = nn.ModuleDict({"q_proj": nn.Linear(2, 2)})
+        >>> tower_target_regex(m, "text", ["q_proj"])
+        '^(?:text_model\\\\.encoder)\\\\.(?:.*\\\\.)?(?:q_proj)$'
+        >>> tower_target_regex(m, "text", ["qkv"])
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRConfigError: LoRA target(s) ['qkv'] match no linear layer of the text tower `text_model.encoder`; its linear layers are named: q_proj
+    """
+    chosen = ["text", "vision"] if towers == "both" else [towers]
+    for tower in chosen:
+        _check_targets(model, TOWER_PATHS[tower], targets, f"the {tower} tower `{TOWER_PATHS[tower]}`")
+    paths = "|".join(re.escape(TOWER_PATHS[t]) for t in chosen)
+    names = "|".join(re.escape(t) for t in targets)
+    return rf"^(?:{paths})\.(?:.*\.)?(?:{names})$"
+
+
+def _check_targets(model: nn.Module, prefix: str, targets: Sequence[str], where: str) -> None:
+    """Every target names a linear layer below ``prefix``, or a ``CIRConfigError`` lists those that exist."""
     leaf_names = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
                   if name.startswith(prefix + ".") and isinstance(mod, nn.Linear)}
     missing = [t for t in targets if t not in leaf_names]
     if missing:
-        raise CIRConfigError(
-            f"LoRA target(s) {missing} match no linear layer of the language model `{prefix}` "
-            f"({text_model_type}); its linear layers are named: {', '.join(sorted(leaf_names))}")
-    names = "|".join(re.escape(t) for t in targets)
-    return rf"^{re.escape(prefix)}\.(?:.*\.)?(?:{names})$"
+        raise CIRConfigError(f"LoRA target(s) {missing} match no linear layer of {where}; its linear layers are "
+                             f"named: {', '.join(sorted(leaf_names))}")
 
 
 # Module names of the parts `train_parts` selects, over the supported families: LLaVA / LLaVA-NeXT /

@@ -159,13 +159,26 @@ PRESETS: dict[str, PromptTemplates] = {
 """Prompt presets by name; each records the pooling its model was trained with (sources in comments)."""
 
 
+def list_presets() -> list[str]:
+    """The names of the prompt presets (``PRESETS``), for ``Prompts(preset=...)``.
+
+    Example:
+        >>> from cir_lightning.backbones import list_presets
+        >>> list_presets()[:4]
+        ['fire', 'short', 'e5v', 'e5v_cirr']
+        >>> "lamra" in list_presets()
+        True
+    """
+    return list(PRESETS)
+
+
 @dataclass
 class Prompts:
     """Which prompts a backbone uses: a preset, with any of its templates replaced.
 
     Args:
         preset: name of a preset in ``PRESETS`` ("fire", "short", "e5v", "e5v_cirr", "vlm2vec_cirr",
-            "bge_vl", "lamra", "gme", ...).
+            "bge_vl", "lamra", "gme", ...; see ``list_presets``).
         query: replaces the preset's query template.
         gallery: replaces the preset's gallery template.
         text: replaces the preset's text template.

@@ -12,7 +12,7 @@ from PIL import Image
 
 from cir_lightning.backbones.dual_encoder import DualEncoderBackbone
 from cir_lightning.backbones.lora import LoRA
-from cir_lightning.backbones.tiny_clip import make_tiny_dual_encoder
+from cir_lightning.backbones.tiny import make_tiny_dual_encoder
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRModelError
 
 warnings.filterwarnings("ignore", category=FutureWarning)

@@ -22,7 +22,7 @@ from cir_lightning.backbones.xgenmm import (
     published_weight_shapes,
 )
 from cir_lightning.backbones.xgenmm.modeling import ANYRES_GRIDS, select_best_resolution, unpad_mask
-from cir_lightning.errors import CIRModelError
+from cir_lightning.errors import CIRConfigError, CIRModelError
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -212,3 +212,20 @@ def test_an_unknown_name_offline_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CIRModelError, match="not a local folder and cannot be fetched from the hub .offline mode"):
         XGenMMBackbone("someone/not-a-real-xgenmm")
+
+
+def test_the_old_parameter_name_model_path_still_works_with_a_warning(tiny_dir):
+    from jsonargparse import ArgumentParser
+
+    with pytest.warns(FutureWarning, match="use `model_name_or_path`"):
+        old = XGenMMBackbone(model_path=str(tiny_dir))
+    assert old.model_name_or_path == str(tiny_dir)
+    with pytest.warns(FutureWarning, match="use `model_name_or_path`"):
+        assert old.model_path == str(tiny_dir)
+    with pytest.raises(CIRConfigError, match="both `model_name_or_path` and its deprecated old name `model_path`"):
+        XGenMMBackbone(str(tiny_dir), model_path=str(tiny_dir))
+    with pytest.raises(CIRConfigError, match="needs `model_name_or_path`"):
+        XGenMMBackbone()
+    parser = ArgumentParser()  # the command line and configs still take the old key
+    parser.add_class_arguments(XGenMMBackbone, "backbone")
+    assert parser.parse_args(["--backbone.model_path", "x"]).backbone.model_path == "x"

@@ -9,34 +9,33 @@ left-padded, with positions from its mask, so left- and right-padded inputs give
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from cir_lightning.backbones.base import (
+    DTYPES,
     Backbone,
+    Dtype,
+    build_tiny_if_missing,
     check_text_limit,
-    enable_gradient_checkpointing,
+    load_error,
     next_token_logits,
 )
 from cir_lightning.backbones.collate import MLLMCollator, check_positions
 from cir_lightning.backbones.identity import check_readable, checkpoint_digest
-from cir_lightning.backbones.lora import LoRA, add_lora, lora_target_regex
+from cir_lightning.backbones.lora import LoRA, lora_target_regex
 from cir_lightning.backbones.pooling import PoolingMethod, pool, position_ids_from_mask
 from cir_lightning.backbones.prompts import Prompts
 from cir_lightning.backbones.xgenmm.loading import load_xgenmm
 from cir_lightning.backbones.xgenmm.processing import XGenMMProcessor
+from cir_lightning.backbones.xgenmm.tiny import make_tiny_xgenmm
 from cir_lightning.checks import non_negative_int, positive_int
 from cir_lightning.errors import CIRConfigError, CIRModelError
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 _FILES = ["*.json", "*.safetensors", "*.model", "*.txt"]  # config, weights, tokenizer: no remote code
 
@@ -50,16 +49,28 @@ def _local_folder(name: str, revision: str | None) -> str:
     try:
         return snapshot_download(repo_id=name, revision=revision, allow_patterns=_FILES)
     except Exception as err:  # offline, unknown repo, bad revision: one clear message
-        offline = " (offline mode is on: HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE") else ""
-        raise CIRModelError(f"`{name}` is not a local folder and cannot be fetched from the hub{offline}: "
-                            f"{type(err).__name__}: {err}. Pass the path of a downloaded checkpoint.") from None
+        raise load_error(name, err) from None
+
+
+def _renamed_path(model_name_or_path: str | None, model_path: str | None) -> str:
+    """``model_name_or_path``, or the value of its deprecated old name ``model_path``."""
+    if model_path is None:
+        if model_name_or_path is None:
+            raise CIRConfigError("XGenMMBackbone needs `model_name_or_path` (a checkpoint folder or hub name)")
+        return str(model_name_or_path)
+    if model_name_or_path is not None:
+        raise CIRConfigError("both `model_name_or_path` and its deprecated old name `model_path` are set; "
+                             "keep only `model_name_or_path`")
+    rank_zero_warn("`model_path` of XGenMMBackbone is deprecated and will be removed: use `model_name_or_path` "
+                   "(the name every backbone takes)", category=FutureWarning, stacklevel=6)  # the caller's line
+    return str(model_path)
 
 
 class XGenMMBackbone(Backbone):
     """xGen-MM (``Salesforce/xgen-mm-phi3-mini-instruct-interleave-r-v1.5``) as a query / gallery embedder.
 
     Args:
-        model_path: local checkpoint folder (config.json, safetensors, tokenizer files), or a hub name
+        model_name_or_path: local checkpoint folder (config.json, safetensors, tokenizer files), or a hub name
             (e.g. ``Salesforce/xgen-mm-phi3-mini-instruct-interleave-r-v1.5``) whose weights, config and
             tokenizer files are downloaded once (never its remote code, which is not needed).
         prompts: prompt preset and overrides (default: FiRE's templates).
@@ -70,16 +81,18 @@ class XGenMMBackbone(Backbone):
             ``None`` keeps the whole model frozen.
         dtype: weight dtype.
         anyres: tile images into anyres crops (the model's setting) or use only the squashed 384 view.
-        make_tiny_if_missing: if ``model_path`` does not exist, build the tiny random checkpoint there.
-        revision: hub revision (branch, tag or commit) when ``model_path`` is a hub name.
+        make_tiny_if_missing: if ``model_name_or_path`` does not exist, build the tiny random checkpoint there.
+        revision: hub revision (branch, tag or commit) when ``model_name_or_path`` is a hub name.
         gradient_checkpointing: recompute the language model's activations in backward (saves memory
             when training; works with LoRA).
         max_text_tokens: the most tokens of user text (modification, caption) in a prompt; longer texts
             are cut to it with a warning (the template, image tokens and EOS block are never cut). ``None``:
             no limit. Default 512 (FiRE's). A prompt longer than the language model's
             ``max_position_embeddings`` (image tokens spliced in) is an error, and so is a limit above them.
+        model_path: deprecated old name of ``model_name_or_path`` (a ``FutureWarning`` says so).
 
     Example:
+        >>> from cir_lightning.backbones import LoRA, XGenMMBackbone
         >>> import tempfile
         >>> from PIL import Image
         >>> bb = XGenMMBackbone(tempfile.mkdtemp() + "/tiny", make_tiny_if_missing=True, lora=LoRA(r=2, alpha=4))
@@ -90,61 +103,53 @@ class XGenMMBackbone(Backbone):
 
     def __init__(
         self,
-        model_path: str,
+        model_name_or_path: str | None = None,
         prompts: Prompts | None = None,
         pooling: PoolingMethod = "eos_block",
         eos_block_size: int = 5,
         eos_token: str | None = "<|end|>",
         lora: LoRA | None = None,
-        dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+        dtype: Dtype = "float32",
         anyres: bool = True,
         make_tiny_if_missing: bool = False,
         revision: str | None = None,
         gradient_checkpointing: bool = False,
         max_text_tokens: int | None = 512,
+        model_path: str | None = None,
     ) -> None:
         super().__init__()
+        self.model_name_or_path = _renamed_path(model_name_or_path, model_path)
         non_negative_int("eos_block_size", eos_block_size)
         positive_int("max_text_tokens", max_text_tokens, optional=True)
         if pooling == "eos_block" and eos_block_size < 1:
             raise CIRConfigError("`pooling: eos_block` needs `eos_block_size` >= 1")
-        self.model_path = str(model_path)
         self.pooling, self.eos_block_size, self.dtype_name = pooling, eos_block_size, dtype
-        if make_tiny_if_missing and not Path(model_path).exists():
-            from cir_lightning.backbones.xgenmm.tiny import make_tiny_xgenmm
-
-            rank_zero_warn(f"`{model_path}` does not exist: building a tiny RANDOMLY INITIALISED xGen-MM there "
-                           "(`make_tiny_if_missing: true`, for demos and tests).")
-            make_tiny_xgenmm(model_path)
+        if make_tiny_if_missing:
+            build_tiny_if_missing(self.model_name_or_path, "xGen-MM", make_tiny_xgenmm)
         self.revision = revision
-        model_path = _local_folder(model_path, revision)
-        check_readable(model_path)  # one line naming an unreadable, missing or dangling file
-        model = load_xgenmm(model_path, _DTYPES[dtype])
-        self.base_digest = checkpoint_digest(model_path)  # the files just loaded (a hub snapshot's blob names)
+        folder = _local_folder(self.model_name_or_path, revision)
+        check_readable(folder)  # one line naming an unreadable, missing or dangling file
+        model = load_xgenmm(folder, DTYPES[dtype])
+        self.base_digest = checkpoint_digest(folder)  # the files just loaded (a hub snapshot's blob names)
         config = model.xgenmm_config
         self.max_positions = config.text.get("max_position_embeddings")
-        check_text_limit(max_text_tokens, self.max_positions, self.model_path)
-        processor = XGenMMProcessor.from_pretrained(model_path, config, anyres)
+        check_text_limit(max_text_tokens, self.max_positions, self.model_name_or_path)
+        processor = XGenMMProcessor.from_pretrained(folder, config, anyres)
         if processor.image_token_id != config.initial_tokenizer_len:
-            raise CIRModelError(f"`<image>` is token {processor.image_token_id} in the tokenizer of `{model_path}`, "
+            raise CIRModelError(f"`<image>` is token {processor.image_token_id} in the tokenizer of `{folder}`, "
                                 f"but the model reads it from additional row 0 = id {config.initial_tokenizer_len}")
         self.image_token_id = processor.image_token_id
-        model.requires_grad_(False)
-        if gradient_checkpointing:
-            enable_gradient_checkpointing(model.get_decoder())
-        model.train()
-        self.lora = lora
-        if lora is not None:
-            target = lora_target_regex(model, "phi3", lora.target_modules)
-            model = add_lora(model, lora, target)
-        self.model = model
+        target = lora_target_regex(model, "phi3", lora.target_modules) if lora is not None else None
+        self._prepare(model, lora, target, gradient_checkpointing, checkpointed=model.get_decoder())
         self.collator = MLLMCollator(processor, (prompts or Prompts()).resolve(), eos_token, eos_block_size,
                                      max_text_tokens, self.max_positions)
 
     @property
-    def base_model(self) -> Any:
-        """The ``XGenMMModel`` with LoRA layers injected (peft's wrapper removed)."""
-        return self.model.get_base_model() if self.lora is not None else self.model
+    def model_path(self) -> str:
+        """Deprecated old name of ``model_name_or_path``."""
+        rank_zero_warn("`XGenMMBackbone.model_path` is deprecated: use `model_name_or_path`", category=FutureWarning,
+                       stacklevel=5)
+        return self.model_name_or_path
 
     def _hidden(self, inputs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Decoder hidden states over the spliced, left-padded sequence, and its mask."""
@@ -178,7 +183,7 @@ class XGenMMBackbone(Backbone):
         return int(self.base_model.xgenmm_config.phi3_config().hidden_size)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"class": type(self).__name__, "model": self.model_path, "revision": self.revision,
+        return {"class": type(self).__name__, "model": self.model_name_or_path, "revision": self.revision,
                 "base_digest": self.base_digest, "max_text_tokens": self.collator.max_text_tokens,
                 "dtype": self.dtype_name,
                 "pooling": self.pooling, "eos_block_size": self.eos_block_size,

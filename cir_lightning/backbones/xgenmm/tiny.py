@@ -11,8 +11,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cir_lightning.backbones.tiny import save_atomically
-from cir_lightning.errors import CIRConfigError
+import torch
+from safetensors.torch import save_file
+
+from cir_lightning.backbones.tiny.folders import check_out_dir, save_atomically
+from cir_lightning.backbones.tiny.tokenizer import byte_level_tokenizer, spellings
+from cir_lightning.backbones.xgenmm.modeling import XGenMMConfig, XGenMMModel
+from cir_lightning.backbones.xgenmm.processing import XGenMMImageProcessor, XGenMMProcessor
 
 _SPECIAL = ["<unk>", "<s>", "<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>", "<pad>"]
 _WORDS = """given the reference image but modify it with describe new a an of and to in is this make change
@@ -21,18 +26,8 @@ TINY_CROP = 28
 
 
 def _tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=_SPECIAL, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    corpus = [w for word in _WORDS for w in (word, " " + word, " " + word.capitalize())] + [". ? , : !"]
-    tok.train_from_iterator(corpus * 8, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
-                                        eos_token="<|endoftext|>", pad_token="<pad>", padding_side="left")
+    corpus = spellings(_WORDS, capitalised_alone=False) + [". ? , : !"]
+    tokenizer = byte_level_tokenizer(corpus * 8, _SPECIAL, 400, eos_token="<|endoftext|>", pad_token="<pad>")
     initial = len(tokenizer)
     tokenizer.add_tokens(["<image>", "<image placeholder>", "<|endofchunk|>"], special_tokens=True)
     return tokenizer, initial
@@ -47,20 +42,14 @@ def make_tiny_xgenmm(out_dir: str | Path, seed: int = 0, overwrite: bool = False
         overwrite: replace an existing folder's files.
 
     Example:
+        >>> from cir_lightning.backbones.xgenmm import make_tiny_xgenmm
         >>> import tempfile
         >>> path = make_tiny_xgenmm(tempfile.mkdtemp() + "/tiny-xgenmm")
         >>> sorted(p.name for p in path.iterdir())[:3]
         ['config.json', 'model.safetensors', 'preprocessor_config.json']
     """
-    import torch
-    from safetensors.torch import save_file
-
-    from cir_lightning.backbones.xgenmm.modeling import XGenMMConfig, XGenMMModel
-    from cir_lightning.backbones.xgenmm.processing import XGenMMImageProcessor, XGenMMProcessor
-
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise CIRConfigError(f"`{out}` already exists and is not empty; choose another folder or pass overwrite=True")
+    check_out_dir(out, overwrite)
     tokenizer, initial = _tokenizer()
     c = TINY_CROP
     grids = [[c, 2 * c], [2 * c, c], [2 * c, 2 * c], [3 * c, c], [c, 3 * c]]
