@@ -48,8 +48,6 @@ from cir_lightning.retrieval.results import ranked_ids, report_results
 from cir_lightning.stage1 import FIRE_STAGE1_INSTRUCTION, CaptionBatches
 
 _STAGE_PREFIX = {"validate": "val", "test": "test"}
-# DataModule attributes that decide which gallery images are embedded: part of a gallery cache's identity
-_IMAGE_OPTIONS = ("root", "image_root", "gallery_root", "image_info_file", "max_short_edge")
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -149,10 +147,14 @@ class CIRModule(pl.LightningModule):
         if self.cache is not None and not isinstance(datamodule, CIRDataModule):
             raise CIRConfigError("`embedding_cache` needs a cir_lightning DataModule (one that skips the "
                                  f"cached gallery's images); got {type(datamodule).__name__}")
-        if self.objective == "caption" and stage == "fit" and getattr(datamodule, "with_captions", None) is False:
+        if (self.objective == "caption" and stage == "fit" and isinstance(datamodule, CIRDataModule)
+                and not datamodule.with_captions):
             raise CIRConfigError("`objective: caption` (FiRE stage 1) trains on target captions: set "
-                                 "`data.init_args.with_captions: true` (every training line needs a `target_caption`)")
-        if datamodule is not None and hasattr(datamodule, "connect"):
+                                 "`data.init_args.with_captions: true` (every training line needs a `target_caption`)"
+                                 if "with_captions" in datamodule.hparams else
+                                 f"`objective: caption` (FiRE stage 1) trains on target captions, which "
+                                 f"{type(datamodule).__name__} does not have: use JSONL data with `target_caption`")
+        if isinstance(datamodule, CIRDataModule):
             collator = self.caption_batches or self.backbone.collator
             datamodule.connect(collator, self._cached_galleries if self.cache else None)
 
@@ -161,10 +163,7 @@ class CIRModule(pl.LightningModule):
         loaded): the subsets whose gallery comes from the cache."""
         if self.trainer.state.fn not in (TrainerFn.VALIDATING, TrainerFn.TESTING):
             return set()  # inside fit the weights change every epoch: never cache
-        dm = self.trainer.datamodule
-        where = {name: getattr(dm, name) for name in _IMAGE_OPTIONS if getattr(dm, name, None) is not None}
-        where = {k: Path(v).resolve() if isinstance(v, str | Path) else v for k, v in where.items()}
-        dataset = f"{type(dm).__name__}({', '.join(f'{k}={v}' for k, v in where.items())})"
+        dataset = self.trainer.datamodule.gallery_identity()  # a CIRDataModule: `setup` checked it
         model = {"fingerprint": self.backbone.fingerprint(), "weights": self.backbone.weights_digest()}
         return {s for s, (queries, gallery) in enumerate(sets)
                 if self.cache.lookup(stage, s, getattr(queries, "name", ""), gallery.ids, dataset=dataset,
@@ -226,10 +225,11 @@ class CIRModule(pl.LightningModule):
     def _eval_epoch_end(self, stage: str, loaders: Any) -> None:
         standalone = self.trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING)  # not inside fit
         datamodule = getattr(self.trainer, "datamodule", None)
-        write_predictions = getattr(datamodule, "write_predictions", None) if standalone else None
-        wanted = standalone and (self.save_rankings or write_predictions is not None)
+        dm = datamodule if isinstance(datamodule, CIRDataModule) else None
+        write_predictions = standalone and dm is not None and dm.writes_predictions
+        wanted = standalone and (self.save_rankings or write_predictions)
         epoch = self.loop.finish(self.trainer, self, loaders, _STAGE_PREFIX[stage], keep_rankings=wanted,
-                                 summarize=getattr(datamodule, "summarize", None))
+                                 summarize=dm.summarize if dm is not None else None)
         if epoch is not None and standalone:
             folder = self._log_folder()  # a collective: every rank asks, rank zero writes
             if self.cache is not None:
@@ -237,14 +237,13 @@ class CIRModule(pl.LightningModule):
             if self.trainer.is_global_zero:
                 ranked = ranked_ids(epoch.subsets, self.evaluator.rankings) if wanted else {}
                 if self.write_results and epoch.metrics:
-                    report = getattr(datamodule, "report", None)
                     report_results(folder, stage, _STAGE_PREFIX[stage], epoch.metrics, epoch.subsets,
                                    model=self.backbone.fingerprint(), config=self._run_config(datamodule),
                                    rankings=ranked if self.save_rankings else None,
-                                   report=report(epoch.metrics) if report is not None else "")
-                if write_predictions is not None:
+                                   report=dm.report(epoch.metrics) if dm is not None else "")
+                if write_predictions:
                     within = ranked_ids(epoch.subsets, self.evaluator.subset_rankings)
-                    for path in write_predictions(folder, stage, ranked, within) or []:
+                    for path in dm.write_predictions(folder, stage, ranked, within):
                         print(f"predictions written to {path}")
         self.loop.reset()
 

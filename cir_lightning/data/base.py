@@ -1,4 +1,4 @@
-"""The shared base of every cir_lightning DataModule: loaders, batch sizes and the model's collator.
+"""The shared base of every cir_lightning DataModule: its contract with the model, loaders and batch sizes.
 
 A DataModule here only knows raw samples. The model's pre-processing (prompts, tokenizer, image
 processor) reaches it through ``connect(collator)``, which ``CIRModule`` calls in its ``setup``; the
@@ -10,12 +10,17 @@ process. A collator is any object with three methods, each taking a list of samp
 - ``gallery(samples)`` for gallery images.
 
 Without a collator the loaders yield plain lists of sample dicts, handy for looking at the data.
+
+What else the model may ask of a DataModule is declared on ``CIRDataModule``, with defaults that do
+nothing: ``summarize`` / ``report`` (extra metrics, text to print), ``write_predictions`` (files such
+as an evaluation server's), ``with_captions`` and ``gallery_identity`` (for embedding caches).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol
 
 import lightning.pytorch as pl
 import torch
@@ -24,7 +29,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from cir_lightning.checks import non_negative_int, positive_int
 from cir_lightning.data.datasets import CachedGallery, GalleryDataset, QueryDataset, TripletDataset
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
+from cir_lightning.data.sampling import EpochSampler, ResumableLoader
 from cir_lightning.errors import CIRConfigError
+
+Split = Literal["val", "test"]
+EvalSets = list[tuple[QueryDataset, GalleryDataset]]
+Rankings = Mapping[str, Mapping[str, list[str]]]
+"""Subset name -> query id -> ranked gallery ids."""
+STAGE_SPLITS: dict[str, Split] = {"fit": "val", "validate": "val", "test": "test", "predict": "test"}
+"""The evaluation split each Lightning stage needs (``fit`` validates on val; ``predict`` ranks test)."""
 
 
 class Collator(Protocol):
@@ -35,7 +48,7 @@ class Collator(Protocol):
     def gallery(self, samples: list[dict[str, Any]]) -> Any: ...
 
 
-CachedGalleries = Callable[[str, list[tuple[QueryDataset, GalleryDataset]]], set[int]]
+CachedGalleries = Callable[[str, EvalSets], set[int]]
 """``(stage, sets) -> indices of the subsets whose gallery embeddings the model already has``."""
 
 
@@ -43,86 +56,16 @@ def _as_list(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return samples
 
 
-class EpochSampler(Sampler[int]):
-    """The training order: a permutation that depends only on the seed and the epoch, resumable mid-epoch.
-
-    A plain shuffling loader draws from the global random generator, which checkpoints do not hold;
-    this order is ``torch.randperm(size)`` from a generator seeded with ``seed + epoch`` (the order of
-    ``DistributedSampler(num_replicas=1, seed=seed)``), so a resumed run sees exactly the batches it
-    would have seen. When an epoch's iteration starts, the epoch is read from ``epoch_fn`` (else the
-    value of ``set_epoch``) and the batches of it already trained from ``position_fn`` (Lightning's
-    restored loop position: non-zero only when ``fit --ckpt_path`` resumes a checkpoint written in the
-    middle of an epoch), and those batches are skipped. ``resume(epoch, batches)`` sets the position
-    by hand (``ResumableLoader.load_state_dict``).
-
-    Example:
-        >>> s = EpochSampler(6, seed=0, batch_size=2)
-        >>> full = list(s)
-        >>> s.resume(0, 2)
-        >>> list(s) == full[4:], list(s) == full   # skipped once, then whole again
-        (True, True)
-    """
-
-    def __init__(self, size: int, seed: int, batch_size: int, epoch_fn: Callable[[], int] | None = None,
-                 position_fn: Callable[[], int] | None = None) -> None:
-        self.size, self.seed, self.batch_size = size, seed, batch_size
-        self.epoch = 0
-        self.epoch_fn = epoch_fn
-        self.position_fn = position_fn
-        self._skip: tuple[int, int] | None = None  # (epoch, batches)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def resume(self, epoch: int, batches: int) -> None:
-        self._skip = (int(epoch), int(batches))
-
-    def current_epoch(self) -> int:
-        return int(self.epoch_fn()) if self.epoch_fn is not None else self.epoch
-
-    def position(self) -> int:
-        return int(self.position_fn()) if self.position_fn is not None else 0
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self) -> Iterator[int]:
-        epoch = self.current_epoch()
-        generator = torch.Generator()
-        generator.manual_seed(self.seed + epoch)
-        order = torch.randperm(self.size, generator=generator).tolist()
-        skip, self._skip = self._skip, None
-        batches = skip[1] if skip is not None and skip[0] == epoch else self.position()
-        start = batches * self.batch_size
-        if start >= self.size - self.size % self.batch_size:  # that epoch was complete: start it anew
-            start = 0
-        yield from order[start:]
-
-    def state_dict(self) -> dict[str, int]:
-        """Where training is: the epoch and the batches of it already trained."""
-        return {"epoch": self.current_epoch(), "batches": self.position()}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.resume(state.get("epoch", 0), state.get("batches", 0))
-
-
-class ResumableLoader(DataLoader):
-    """A training ``DataLoader`` whose position Lightning stores in checkpoints (``state_dict``) and
-    restores on ``fit --ckpt_path`` (``load_state_dict``), so a run killed in the middle of an epoch
-    resumes with exactly the batches it had not trained yet."""
-
-    def state_dict(self) -> dict[str, int]:
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.load_state_dict(state)
-
-
 class CIRDataModule(pl.LightningDataModule):
-    """Base class: subclasses fill ``train_set``, ``val_sets`` and ``test_sets`` in ``setup``.
+    """Base class: a subclass reads its files in ``load_train_set`` and ``load_eval_sets``.
 
-    ``val_sets`` / ``test_sets`` are lists of ``(queries, gallery)`` pairs; each gives two loaders in the
-    order queries, gallery (so ``dataloader_idx`` 2*i is the queries of subset i, 2*i+1 its gallery).
+    ``setup(stage)`` fills, once, ``train_set`` (``fit``), ``val_sets`` (``fit``, ``validate``) and
+    ``test_sets`` (``test``, ``predict``). ``val_sets`` / ``test_sets`` are lists of ``(queries,
+    gallery)`` pairs; each gives two loaders in the order queries, gallery (so ``dataloader_idx`` 2*i is
+    the queries of subset i, 2*i+1 its gallery).
+
+    Every DataModule ends its ``__init__`` with the options below, each a typed parameter (LightningCLI
+    makes a flag of each); they are documented here only, and ``--help`` takes the text from here.
 
     Args:
         batch_size: training batch size per process.
@@ -132,7 +75,22 @@ class CIRDataModule(pl.LightningDataModule):
         pin_memory: pin host memory of batches (useful on GPUs).
         max_image_pixels: refuse images with more pixels than this (their header is read first, so a
             "decompression bomb" is never decoded); ``None``: no limit. Default: Pillow's own limit.
+
+    Example:
+        >>> from cir_lightning.data import CIRDataModule
+        >>> dm = CIRDataModule(batch_size=4)
+        >>> dm.setup("validate")
+        >>> dm.eval_batch_size, dm.val_sets, dm.with_captions
+        (4, [], False)
     """
+
+    with_captions: bool = False
+    """Whether training samples carry ``reference_caption`` / ``target_caption`` (FiRE stage 1 needs them)."""
+
+    GALLERY_OPTIONS: ClassVar[tuple[str, ...]] = ("root", "image_root", "gallery_root", "image_info_file",
+                                                  "max_short_edge")
+    """The attributes that decide which gallery images are embedded, in the order ``gallery_identity``
+    names them; those a DataModule does not have, or has as None, are left out."""
 
     def __init__(self, batch_size: int = 16, eval_batch_size: int | None = None, num_workers: int = 0,
                  max_short_edge: int | None = None, pin_memory: bool = False,
@@ -147,9 +105,10 @@ class CIRDataModule(pl.LightningDataModule):
         self.collator: Collator | None = None
         self.cached_galleries: CachedGalleries | None = None
         self.train_set: TripletDataset | None = None
-        self.val_sets: list[tuple[QueryDataset, GalleryDataset]] = []
-        self.test_sets: list[tuple[QueryDataset, GalleryDataset]] = []
+        self.val_sets: EvalSets = []
+        self.test_sets: EvalSets = []
 
+    # ------------------------------------------------------------------ what the model asks
     def connect(self, collator: Collator, cached_galleries: CachedGalleries | None = None) -> None:
         """Use ``collator`` (from the model) to turn samples into batches, in the loader workers.
 
@@ -160,6 +119,101 @@ class CIRDataModule(pl.LightningDataModule):
         self.collator = collator
         self.cached_galleries = cached_galleries
 
+    def summarize(self, metrics: Mapping[str, float]) -> dict[str, float]:
+        """Metrics derived from the evaluated ones (keys without stage prefix), e.g. an average over
+        subsets; the model logs them too. None by default.
+
+        Example:
+            >>> from cir_lightning.data import CIRDataModule
+            >>> CIRDataModule().summarize({"Recall@1": 0.5})
+            {}
+        """
+        return {}
+
+    def report(self, metrics: Mapping[str, float]) -> str:
+        """Text to print after a standalone ``validate`` / ``test`` (after the table); "" by default.
+
+        Example:
+            >>> from cir_lightning.data import CIRDataModule
+            >>> CIRDataModule().report({"Recall@1": 0.5})
+            ''
+        """
+        return ""
+
+    def write_predictions(self, folder: Path, stage: str, rankings: Rankings,
+                          subset_rankings: Rankings) -> list[Path]:
+        """Write files from the rankings of a standalone ``validate`` / ``test`` (e.g. an evaluation
+        server's); none by default.
+
+        Args:
+            folder: the run's log folder.
+            stage: ``"validate"`` or ``"test"``.
+            rankings: subset name -> query id -> ranked gallery ids (excluded ids removed).
+            subset_rankings: the same within each query's candidates, for subsets that have them.
+
+        Returns:
+            The files written.
+
+        Example:
+            >>> from cir_lightning.data import CIRDataModule
+            >>> CIRDataModule().write_predictions(Path("out"), "test", {}, {}), CIRDataModule().writes_predictions
+            ([], False)
+        """
+        return []
+
+    @property
+    def writes_predictions(self) -> bool:
+        """Whether ``write_predictions`` is overridden, so that the model keeps the rankings it needs."""
+        return type(self).write_predictions is not CIRDataModule.write_predictions
+
+    def gallery_identity(self) -> str:
+        """Which gallery images this DataModule embeds: its class and its ``GALLERY_OPTIONS`` (paths
+        resolved), the dataset part of an embedding cache's identity. The string must not change: caches
+        written before compare equal only with the same string.
+
+        Example:
+            >>> from cir_lightning.data import CIRDataModule
+            >>> CIRDataModule(max_short_edge=224).gallery_identity()
+            'CIRDataModule(max_short_edge=224)'
+        """
+        where = {name: getattr(self, name) for name in self.GALLERY_OPTIONS if getattr(self, name, None) is not None}
+        where = {k: Path(v).resolve() if isinstance(v, str | Path) else v for k, v in where.items()}
+        return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in where.items())})"
+
+    # ------------------------------------------------------------------ reading the data
+    def setup(self, stage: str) -> None:
+        """Read what ``stage`` needs, once: training triplets for ``fit``, then the evaluation split of
+        ``STAGE_SPLITS[stage]``."""
+        if stage == "fit" and self.train_set is None:
+            self.train_set = self.load_train_set()
+        split = STAGE_SPLITS.get(stage)
+        if split == "val" and not self.val_sets:
+            self.val_sets = self.load_eval_sets("val")
+        elif split == "test" and not self.test_sets:
+            self.test_sets = self.load_eval_sets("test")
+
+    def load_train_set(self) -> TripletDataset | None:
+        """The training triplets, read and checked; None: no training data (the default).
+
+        Example:
+            >>> from cir_lightning.data import CIRDataModule
+            >>> CIRDataModule().load_train_set() is None
+            True
+        """
+        return None
+
+    def load_eval_sets(self, split: Split) -> EvalSets:
+        """The ``(queries, gallery)`` subsets of ``split`` (``"val"`` or ``"test"``), read and checked;
+        none by default.
+
+        Example:
+            >>> from cir_lightning.data import CIRDataModule
+            >>> CIRDataModule().load_eval_sets("test")
+            []
+        """
+        return []
+
+    # ------------------------------------------------------------------ loaders
     def _loader(self, dataset: Dataset, collate: Any, batch_size: int, shuffle: bool,
                 sampler: Sampler | None = None) -> DataLoader:
         if hasattr(dataset, "max_pixels"):  # an image option of the DataModule, used where images are decoded
@@ -177,7 +231,7 @@ class CIRDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def _eval_loaders(self, sets: list[tuple[QueryDataset, GalleryDataset]], stage: str) -> list[DataLoader]:
+    def _eval_loaders(self, sets: EvalSets, stage: str) -> list[DataLoader]:
         c = self.collator
         cached = self.cached_galleries(stage, sets) if self.cached_galleries is not None else set()
         loaders = []
@@ -220,11 +274,3 @@ class CIRDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders(self.test_sets or self.val_sets, "predict")
-
-    def eval_sets(self, stage: str) -> list[tuple[QueryDataset, GalleryDataset]]:
-        """The ``(queries, gallery)`` subsets evaluated in ``stage`` ("validate", "test", "predict")."""
-        if stage == "test":
-            return self.test_sets
-        if stage == "predict":
-            return self.test_sets or self.val_sets
-        return self.val_sets

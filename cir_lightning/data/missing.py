@@ -21,10 +21,10 @@ from typing import Literal, TypeVar
 from lightning.pytorch.utilities import rank_zero_warn
 
 from cir_lightning.errors import CIRDataError
+from cir_lightning.messages import first_few
 
 OnMissing = Literal["error", "drop"]
 T = TypeVar("T")
-_SHOW = 5
 MISSING = "does not exist"
 
 
@@ -61,10 +61,8 @@ def _is_missing(problem: str) -> bool:
     return problem == MISSING or problem.startswith("is a broken symbolic link")
 
 
-def _listing(found: list[tuple[str, Path, str]], with_problem: bool) -> str:
-    text = "; ".join(f"{name}: {path}" + (f" {problem}" if with_problem and problem != MISSING else "")
-                     for name, path, problem in found[:_SHOW])
-    return text + (f"; ... and {len(found) - _SHOW} more" if len(found) > _SHOW else "")
+def _listing(found: list[tuple[str, Path, str]]) -> str:
+    return first_few([f"{name}: {path}" + (f" {problem}" if problem != MISSING else "") for name, path, problem in found])
 
 
 def handle_missing(items: Sequence[T], paths: Callable[[T], Iterable[Path]], describe: Callable[[T], str], *,
@@ -121,11 +119,11 @@ def handle_missing(items: Sequence[T], paths: Callable[[T], Iterable[Path]], des
             kept.append(item)
     if wrong:
         raise CIRDataError(f"{len(wrong)} of {len(items)} {what} need image paths that are not image files: "
-                           f"{_listing(wrong, True)}; fix the files or the annotations (`on_missing: drop` "
+                           f"{_listing(wrong)}; fix the files or the annotations (`on_missing: drop` "
                            "only leaves out missing images)", where)
     if not missing:
         return list(items)
-    listing = _listing(missing, True)
+    listing = _listing(missing)
     if on_missing == "error":
         raise CIRDataError(f"{len(missing)} of {len(items)} {what} need missing images: {listing}. Complete the "
                            "download, or set `on_missing: drop` to leave them out (the numbers are then not "

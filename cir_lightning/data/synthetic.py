@@ -28,7 +28,9 @@ from cir_lightning.checks import non_negative_int, positive_int
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.jsonl import JsonlCIRDataModule
 from cir_lightning.errors import CIRDataError, CIRFileError
-from cir_lightning.files import atomic_folder, read_json, short_repr
+from cir_lightning.files import atomic_folder
+from cir_lightning.messages import short_repr
+from cir_lightning.reading import read_json
 
 SHAPES = ["circle", "square", "triangle", "diamond"]
 COLOURS = {
@@ -160,7 +162,8 @@ class SyntheticCIRDataModule(JsonlCIRDataModule):
     """``JsonlCIRDataModule`` over the synthetic benchmark, generated in ``prepare_data`` when absent.
 
     An existing ``root`` is reused only if it was written by the generator with the same arguments;
-    anything else there is left untouched and reported.
+    anything else there is left untouched and reported. The loader and image options are
+    ``CIRDataModule``'s.
 
     Args:
         root: where the benchmark is (or will be written).
@@ -168,13 +171,7 @@ class SyntheticCIRDataModule(JsonlCIRDataModule):
         num_train: training triplets.
         num_val: validation queries.
         image_size: image side in pixels.
-        batch_size: training batch size per process.
-        eval_batch_size: evaluation batch size (default: ``batch_size``).
-        num_workers: DataLoader worker processes.
-        max_short_edge: shrink images whose short edge is longer than this, when decoded.
         with_captions: put the reference / target captions into training samples.
-        max_image_pixels: refuse images with more pixels than this (read from the header, before decoding);
-            ``None``: no limit (default: Pillow's limit).
     """
 
     def __init__(self, root: str, seed: int = 0, num_train: int = 7400, num_val: int = 500,

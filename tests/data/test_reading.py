@@ -1,4 +1,4 @@
-"""The one JSON / JSONL reader of the data layouts (``cir_lightning.files``): every bad file is one
+"""The one JSON / JSONL reader of the data layouts (``cir_lightning.reading``): every bad file is one
 ``CIRDataError`` naming the file and line, never a library traceback."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from cir_lightning import files
+from cir_lightning import files, messages, reading
 from cir_lightning.errors import CIRDataError
-from cir_lightning.files import iter_jsonl, read_json, read_json_list, read_json_object
+from cir_lightning.reading import iter_jsonl, read_json, read_json_list, read_json_object
 
 DEEP = "[" * 100_000 + "]" * 100_000
 
@@ -68,7 +68,7 @@ def test_missing_file_folder_broken_link_and_unreadable_file(tmp_path, reader, m
     def refuse(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(files, "open", refuse, raising=False)  # root can read any file: make one unreadable
+    monkeypatch.setattr(reading, "open", refuse, raising=False)  # root can read any file: make one unreadable
     with pytest.raises(CIRDataError, match=r"locked\.json: .* cannot be read: permission denied$"):
         read(tmp_path / "locked.json")
 
@@ -116,3 +116,9 @@ def test_list_lines_are_where_each_element_starts(tmp_path):
     assert [line for line, _ in read_json_list(path)] == [1] * 4
     path.write_text("[]")
     assert read_json_list(path) == []
+
+
+def test_the_readers_can_still_be_imported_from_files():
+    for name in ("iter_jsonl", "read_json", "read_json_list", "read_json_object"):
+        assert getattr(files, name) is getattr(reading, name)
+    assert (files.short_repr, files.json_type) == (messages.short_repr, messages.json_type)

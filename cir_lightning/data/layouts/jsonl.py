@@ -1,0 +1,249 @@
+"""The custom JSONL layout's files (the FiRE release format), the default for users' own data.
+
+Training file, one triplet a line::
+
+    {"reference_image": "images/a.png", "target_image": "images/b.png", "modification": "make it red",
+     "reference_caption": "...", "target_caption": "...", "reference_id": "a", "target_id": "b",
+     "sample_id": "0"}                      # the last five are optional
+
+Evaluation queries and gallery::
+
+    {"query_id": "q0", "reference_image": "images/a.png", "reference_id": "a", "modification": "...",
+     "target_id": "b", "exclude_ids": ["a"]}       # or "target_ids": ["b", "c"] for several positives
+    {"image_id": "b", "image_path": "images/b.png"}
+
+Image paths are relative to ``image_root`` and may not leave it. Blank lines are skipped (a UTF-8
+byte-order mark and Windows line ends are fine); anything else that is wrong is a ``CIRDataError``
+naming the file and line: malformed or too deeply nested JSON, a key given twice, a missing or
+mistyped field, an image path that is missing or a folder, a positive or an excluded id that is not in
+the gallery (see ``read_queries``). The evaluation path never reads target-side text.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from lightning.pytorch.utilities import rank_zero_warn
+
+from cir_lightning.data.datasets import GalleryItem, Query, Triplet
+from cir_lightning.data.images import resolve_image_path
+from cir_lightning.data.missing import MISSING, file_problem
+from cir_lightning.errors import CIRConfigError, CIRDataError
+from cir_lightning.messages import first_few, short_repr
+from cir_lightning.reading import iter_jsonl
+
+__all__ = ["UnknownExcludeIds", "read_gallery", "read_queries", "read_triplets"]
+
+UnknownExcludeIds = Literal["error", "warn"]
+
+
+def _text(obj: dict[str, Any], key: str, path: Path, line: int, required: bool = True) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise CIRDataError(f"missing field `{key}`", path, line)
+        return None
+    if not isinstance(value, str) or (required and not value.strip()):
+        raise CIRDataError(f"field `{key}` must be a non-empty string, got {short_repr(value)}", path, line)
+    return value
+
+
+def _id(obj: dict[str, Any], key: str, path: Path, line: int, required: bool = True) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise CIRDataError(f"missing field `{key}`", path, line)
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise CIRDataError(f"field `{key}` must be a string or an integer id, got {short_repr(value)}", path,
+                           line)
+    return str(value)
+
+
+def _check_files_exist(items: list[tuple[Path, str]]) -> None:
+    """Every path must be an image file; the error lists the first few that are not (absent, a folder,
+    a broken symbolic link ...) with the line that names each."""
+    checked: dict[Path, str | None] = {}
+    bad = []
+    for p, src in items:
+        if p not in checked:
+            checked[p] = file_problem(p)
+            if checked[p] is not None:
+                bad.append((p, src, checked[p]))
+    if bad:
+        shown = first_few([f"{src}: {p}" + ("" if why == MISSING else f" {why}") for p, src, why in bad])
+        head = "do not exist" if all(why == MISSING for _, _, why in bad) else "are missing or not image files"
+        raise CIRDataError(f"{len(bad)} image file(s) {head}: {shown}")
+
+
+def read_triplets(path: Path, image_root: Path, check_images: bool = True,
+                  require_captions: bool = False) -> list[Triplet]:
+    """Parse and check a training JSONL file (``target_caption`` on every line if ``require_captions``).
+
+    Example:
+        >>> import tempfile
+        >>> from cir_lightning.data.layouts.jsonl import read_triplets
+        >>> root = Path(tempfile.mkdtemp())
+        >>> _ = (root / "t.jsonl").write_text('{"reference_image": "a.png", "target_image": "b.png", '
+        ...                                   '"modification": "make it red"}\\n')
+        >>> [(t.reference.name, t.modification) for t in read_triplets(root / "t.jsonl", root, check_images=False)]
+        [('a.png', 'make it red')]
+    """
+    records = []
+    for line, obj in iter_jsonl(path):
+        src = f"{path}:{line}"
+        records.append(Triplet(
+            reference=resolve_image_path(image_root, _text(obj, "reference_image", path, line), path, line,
+                                         "reference_image"),
+            target=resolve_image_path(image_root, _text(obj, "target_image", path, line), path, line,
+                                      "target_image"),
+            modification=_text(obj, "modification", path, line),
+            source=src,
+            sample_id=_id(obj, "sample_id", path, line, required=False),
+            reference_caption=_text(obj, "reference_caption", path, line, required=False),
+            target_caption=_text(obj, "target_caption", path, line, required=require_captions),
+        ))
+    if not records:
+        raise CIRDataError("no training samples", path)
+    if check_images:
+        _check_files_exist([(p, r.source) for r in records for p in (r.reference, r.target)])
+    return records
+
+
+def read_gallery(path: Path, image_root: Path, check_images: bool = True) -> list[GalleryItem]:
+    """Parse and check a gallery JSONL file; ids must be unique.
+
+    Example:
+        >>> import tempfile
+        >>> from cir_lightning.data.layouts.jsonl import read_gallery
+        >>> root = Path(tempfile.mkdtemp())
+        >>> _ = (root / "g.jsonl").write_text('{"image_id": "a", "image_path": "a.png"}\\n' * 2)
+        >>> read_gallery(root / "g.jsonl", root, check_images=False)
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRDataError: .../g.jsonl:2: duplicate `image_id` 'a' (first on line 1)
+    """
+    records, seen = [], {}
+    for line, obj in iter_jsonl(path):
+        image_id = _id(obj, "image_id", path, line)
+        if image_id in seen:
+            raise CIRDataError(f"duplicate `image_id` {image_id!r} (first on line {seen[image_id]})", path, line)
+        seen[image_id] = line
+        rel = _text(obj, "image_path", path, line)
+        records.append(GalleryItem(image_id, resolve_image_path(image_root, rel, path, line, "image_path"),
+                                   f"{path}:{line}"))
+    if not records:
+        raise CIRDataError("the gallery is empty", path)
+    if check_images:
+        _check_files_exist([(r.path, r.source) for r in records])
+    return records
+
+
+def _targets(obj: dict[str, Any], path: Path, line: int) -> list[str]:
+    if obj.get("target_ids") is None:
+        return [_id(obj, "target_id", path, line)]
+    targets = obj["target_ids"]
+    if not isinstance(targets, list) or not targets:
+        raise CIRDataError(f"`target_ids` must be a non-empty list, got {short_repr(targets)}", path, line)
+    targets = [_id({"target_ids": t}, "target_ids", path, line) for t in targets]
+    twice = sorted({t for t in targets if targets.count(t) > 1})
+    if twice:  # each positive would count twice in Recall (BGE-VL's) and mAP
+        raise CIRDataError(f"`target_ids` lists {', '.join(map(repr, twice))} more than once", path, line)
+    single = _id(obj, "target_id", path, line, required=False)
+    if single is not None and single not in targets:
+        raise CIRDataError(f"`target_id` {single!r} is not among `target_ids` {short_repr(targets)}; give one "
+                           "of the two, or make them agree", path, line)
+    return targets
+
+
+def read_queries(path: Path, image_root: Path, gallery_ids: list[str], exclude_reference: bool = False,
+                 check_images: bool = True, unknown_exclude_ids: UnknownExcludeIds = "error") -> list[Query]:
+    """Parse and check an evaluation query JSONL file against its gallery.
+
+    Every positive (``target_id`` or ``target_ids``) must be in the gallery; queries whose positives are
+    not are listed in one error rather than silently counted as misses. So must every id the query
+    excludes (``exclude_ids``, and ``reference_id`` with ``exclude_reference``): a misspelt id would
+    leave that image in the ranking. With ``unknown_exclude_ids="warn"`` such ids are ignored after one
+    warning that counts them.
+
+    Example:
+        >>> import tempfile
+        >>> from cir_lightning.data.layouts.jsonl import read_queries
+        >>> root = Path(tempfile.mkdtemp())
+        >>> _ = (root / "q.jsonl").write_text('{"query_id": "q0", "reference_image": "a.png", '
+        ...     '"modification": "m", "target_id": "b", "exclude_ids": ["a", "scene-536"]}\\n')
+        >>> read_queries(root / "q.jsonl", root, ["a", "b"], check_images=False)
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRDataError: .../q.jsonl: 1 query(ies) exclude 1 id(s) that are not in the gallery; ...
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     [q.excluded for q in read_queries(root / "q.jsonl", root, ["a", "b"], check_images=False,
+        ...                                       unknown_exclude_ids="warn")]
+        [(0,)]
+        >>> len(caught)
+        1
+    """
+    if unknown_exclude_ids not in ("error", "warn"):
+        raise CIRConfigError(f"`unknown_exclude_ids` must be 'error' or 'warn', got {unknown_exclude_ids!r}")
+    row = {image_id: i for i, image_id in enumerate(gallery_ids)}
+    records, seen, absent, unknown = [], {}, [], []
+    unknown_ids = 0
+    for line, obj in iter_jsonl(path):
+        qid = _id(obj, "query_id", path, line)
+        if qid in seen:
+            raise CIRDataError(f"duplicate `query_id` {qid!r} (first on line {seen[qid]})", path, line)
+        seen[qid] = line
+        targets = _targets(obj, path, line)
+        excluded_ids = obj.get("exclude_ids")
+        if excluded_ids is None:
+            excluded_ids = []
+        if not isinstance(excluded_ids, list):
+            raise CIRDataError(f"`exclude_ids` must be a list, got {short_repr(excluded_ids)}", path, line)
+        excluded_ids = [_id({"exclude_ids": e}, "exclude_ids", path, line) for e in excluded_ids]
+        reference_id = _id(obj, "reference_id", path, line, required=exclude_reference)
+        strangers = [f"`exclude_ids` {e!r}" for e in dict.fromkeys(excluded_ids) if e not in row]
+        if exclude_reference:
+            if reference_id not in row and reference_id not in excluded_ids:
+                strangers.append(f"`reference_id` {reference_id!r}")
+            excluded_ids.append(reference_id)
+        if strangers:
+            unknown.append(f"{path}:{line} query {qid!r}: {', '.join(strangers)}")
+            unknown_ids += len(strangers)
+        missing = [t for t in targets if t not in row]
+        if missing:
+            absent.append(f"{path}:{line} query {qid!r}: {', '.join(map(repr, missing))}")
+            continue
+        clash = set(targets) & set(excluded_ids)
+        if clash:
+            raise CIRDataError(f"query {qid!r} excludes its own positive(s) {sorted(clash)}", path, line)
+        rel = _text(obj, "reference_image", path, line)
+        records.append(Query(
+            query_id=qid,
+            reference=resolve_image_path(image_root, rel, path, line, "reference_image"),
+            modification=_text(obj, "modification", path, line),
+            positives=tuple(row[t] for t in targets),
+            source=f"{path}:{line}",
+            reference_id=reference_id,
+            excluded=tuple(sorted({row[e] for e in excluded_ids if e in row})),
+        ))
+    if absent:
+        raise CIRDataError(
+            f"{len(absent)} query(ies) have positives that are not in the gallery; they could never be "
+            "retrieved, so the metrics would be wrong: " + first_few(absent)
+        )
+    if unknown:
+        what = (f"{len(unknown)} query(ies) exclude {unknown_ids} id(s) that are not in the gallery; "
+                "a misspelt id leaves that image in the ranking")
+        if unknown_exclude_ids == "error":
+            raise CIRDataError(f"{what}, so the metrics would be wrong (set `unknown_exclude_ids: warn` to "
+                               "ignore such ids): " + first_few(unknown), path)
+        rank_zero_warn(f"{path}: {what}; they are ignored (`unknown_exclude_ids: warn`): "
+                       + first_few(unknown))
+    if not records:
+        raise CIRDataError("no evaluation queries", path)
+    if check_images:
+        _check_files_exist([(r.reference, r.source) for r in records])
+    return records

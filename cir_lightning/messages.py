@@ -1,0 +1,85 @@
+"""How error messages quote what they found: values cut short, JSON types, lists of offenders, OS errors.
+
+Every message that lists offenders (missing images, unknown ids, problems of a submission) shows the
+first ``SHOW`` of them and counts the rest, through ``first_few``. This module imports nothing of
+cir_lightning, so that reading, writing and the data layouts can all use it.
+"""
+
+from __future__ import annotations
+
+import errno
+import reprlib
+from collections.abc import Sequence
+
+__all__ = ["SHOW", "first_few", "json_type", "os_reason", "short_repr"]
+
+SHOW = 5
+"""How many offenders a message lists before it only counts the rest."""
+
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 80, 80, 40
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxset = 6
+_REPR.maxdict, _REPR.maxlevel = 4, 3
+
+
+def first_few(items: Sequence[str], sep: str = "; ", more: str = "; ... and {n} more") -> str:
+    """The first ``SHOW`` of ``items`` joined by ``sep``; then, when some are left out, ``more`` with
+    ``{n}`` replaced by how many.
+
+    Example:
+        >>> from cir_lightning.messages import first_few
+        >>> first_few(["a", "b"])
+        'a; b'
+        >>> first_few([str(i) for i in range(8)])
+        '0; 1; 2; 3; 4; ... and 3 more'
+        >>> first_few([str(i) for i in range(8)], ", ", " ...")
+        '0, 1, 2, 3, 4 ...'
+    """
+    text = sep.join(items[:SHOW])
+    return text + more.format(n=len(items) - SHOW) if len(items) > SHOW else text
+
+
+def short_repr(value: object) -> str:
+    """``repr(value)`` cut to a readable length, for messages that quote what a file holds.
+
+    Example:
+        >>> from cir_lightning.messages import short_repr
+        >>> short_repr(["a"] * 100)
+        "['a', 'a', 'a', 'a', 'a', 'a', ...]"
+        >>> short_repr([[[[[1]]]]])
+        '[[[[...]]]]'
+    """
+    return _REPR.repr(value)
+
+
+def json_type(value: object) -> str:
+    """The type of a parsed JSON value, as messages name it (``dict``, ``list``, ``str``, ``null`` ...).
+
+    Example:
+        >>> from cir_lightning.messages import json_type
+        >>> json_type(None), json_type([1])
+        ('null', 'list')
+    """
+    return "null" if value is None else type(value).__name__
+
+
+def os_reason(err: OSError) -> str:
+    """Why a file operation failed, in a few words (``no space left on the device``).
+
+    Example:
+        >>> import errno
+        >>> from cir_lightning.messages import os_reason
+        >>> os_reason(OSError(errno.EROFS, "Read-only file system"))
+        'the file system is read-only'
+    """
+    if err.errno == errno.ENOSPC:
+        return "no space left on the device"
+    if err.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if err.errno == errno.EROFS:
+        return "the file system is read-only"
+    if err.errno == errno.ENOTDIR:
+        return "a file stands where a folder is needed"
+    if err.errno == errno.EISDIR:
+        return "a folder stands where the file should be"
+    return err.strerror or str(err)

@@ -1,0 +1,159 @@
+"""``CIRDataModule``'s contract with the model: declared hooks, the stage -> split switch, the gallery
+identity of embedding caches (pinned: caches written before must still match), the shared options'
+``--help``, the old import paths, and which way the data modules import."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+from jsonargparse import ArgumentParser
+
+from cir_lightning.data import (
+    CIRCODataModule,
+    CIRDataModule,
+    CIRRDataModule,
+    FashionIQDataModule,
+    JsonlCIRDataModule,
+    SyntheticCIRDataModule,
+)
+
+PACKAGE = Path(__file__).parents[2] / "cir_lightning"
+IDENTITIES = [  # (DataModule, expected identity; {r} is the resolved working folder)
+    (lambda: CIRDataModule(), "CIRDataModule()"),
+    (lambda: CIRDataModule(max_short_edge=224), "CIRDataModule(max_short_edge=224)"),
+    (lambda: FashionIQDataModule("fiq"), "FashionIQDataModule(root={r}/fiq, image_root={r}/fiq/images)"),
+    (lambda: FashionIQDataModule("fiq", image_root="imgs", max_short_edge=336),
+     "FashionIQDataModule(root={r}/fiq, image_root={r}/imgs, max_short_edge=336)"),
+    (lambda: CIRRDataModule("cirr"), "CIRRDataModule(root={r}/cirr)"),
+    (lambda: CIRRDataModule("cirr", image_root="img_raw", max_short_edge=224),
+     "CIRRDataModule(root={r}/cirr, image_root={r}/img_raw, max_short_edge=224)"),
+    (lambda: CIRCODataModule("circo"), "CIRCODataModule(root={r}/circo)"),
+    (lambda: CIRCODataModule("circo", gallery_root="coco", image_info_file="info.json", max_short_edge=224),
+     "CIRCODataModule(root={r}/circo, gallery_root={r}/coco, image_info_file={r}/info.json, max_short_edge=224)"),
+    (lambda: JsonlCIRDataModule("data"), "JsonlCIRDataModule(root={r}/data)"),
+    (lambda: JsonlCIRDataModule("data", image_root="images", max_short_edge=64, gallery_file="other.jsonl"),
+     "JsonlCIRDataModule(root={r}/data, image_root={r}/images, max_short_edge=64)"),
+    (lambda: JsonlCIRDataModule("link"), "JsonlCIRDataModule(root={r}/real)"),  # links resolved
+    (lambda: SyntheticCIRDataModule("synth", max_short_edge=32), "SyntheticCIRDataModule(root={r}/synth, max_short_edge=32)"),
+]
+
+
+def identity_as_module_built_it(dm: object) -> str:
+    """The string ``CIRModule._cached_galleries`` built before ``gallery_identity`` existed."""
+    names = ("root", "image_root", "gallery_root", "image_info_file", "max_short_edge")
+    where = {name: getattr(dm, name) for name in names if getattr(dm, name, None) is not None}
+    where = {k: Path(v).resolve() if isinstance(v, str | Path) else v for k, v in where.items()}
+    return f"{type(dm).__name__}({', '.join(f'{k}={v}' for k, v in where.items())})"
+
+
+@pytest.mark.parametrize(("make", "expected"), IDENTITIES)
+def test_gallery_identity_is_the_string_caches_were_written_with(tmp_path, monkeypatch, make, expected):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    dm = make()
+    assert dm.gallery_identity() == expected.format(r=tmp_path.resolve())
+    assert dm.gallery_identity() == identity_as_module_built_it(dm)
+
+
+def test_the_contract_is_declared_with_defaults_that_do_nothing(tmp_path):
+    jsonl, fiq = JsonlCIRDataModule(str(tmp_path)), FashionIQDataModule(str(tmp_path), categories=["dress"])
+    assert (jsonl.summarize({"Recall@1": 1.0}), jsonl.report({"Recall@1": 1.0})) == ({}, "")
+    assert jsonl.write_predictions(tmp_path, "test", {"": {"q": ["a"]}}, {}) == []
+    assert list(tmp_path.iterdir()) == []
+    assert [dm.writes_predictions for dm in (jsonl, fiq, CIRRDataModule("c"), CIRCODataModule("c"))] == \
+        [False, False, True, True]
+    assert [dm.with_captions for dm in (jsonl, fiq, CIRRDataModule("c"), CIRCODataModule("c"))] == [False] * 4
+    assert JsonlCIRDataModule(str(tmp_path), with_captions=True).with_captions
+    assert CIRRDataModule("c").summarize({"Recall@5": 0.5, "Recall_subset@1": 1.0}) == {"Avg": 0.75}
+    assert not hasattr(CIRDataModule, "eval_sets")
+
+
+class Recording(CIRDataModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.read: list[str] = []
+
+    def load_train_set(self) -> None:
+        self.read.append("train")
+
+    def load_eval_sets(self, split: str) -> list:
+        self.read.append(split)
+        return [(split, split)]
+
+
+@pytest.mark.parametrize(("stage", "read", "sets"), [
+    ("fit", ["train", "val"], ([("val", "val")], [])),
+    ("validate", ["val"], ([("val", "val")], [])),
+    ("test", ["test"], ([], [("test", "test")])),
+    ("predict", ["test"], ([], [("test", "test")])),
+])
+def test_each_stage_reads_its_split_once(stage, read, sets):
+    dm = Recording()
+    dm.setup(stage)
+    dm.setup(stage)
+    assert dm.read == read + (["train"] if stage == "fit" else [])  # no training data: asked again
+    assert (dm.val_sets, dm.test_sets) == sets
+
+
+@pytest.mark.parametrize("cls", [FashionIQDataModule, CIRRDataModule, CIRCODataModule, JsonlCIRDataModule,
+                                 SyntheticCIRDataModule])
+def test_shared_options_are_typed_flags_documented_once(cls):
+    parser = ArgumentParser()
+    parser.add_class_arguments(cls, "data")
+    helps = {action.dest: action.help for action in parser._actions}
+    assert helps["data.batch_size"] == "training batch size per process."
+    assert helps["data.max_image_pixels"].startswith("refuse images with more pixels than this")
+    assert helps["data.root"]  # and its own options keep their own text
+
+
+def test_old_import_paths_still_work():
+    from cir_lightning.data.circo import BGE_VL_TEMPLATE, SUBMISSION_SIZE, check_template, make_submission
+    from cir_lightning.data.cirr import IMAGE_FOLDERS, LENGTHS, MAX_BYTES, METRICS, CIRRPair, check_submission
+    from cir_lightning.data.fashioniq import (
+        CATEGORIES,
+        EVAL_KS,
+        average_over_categories,
+        make_query_text,
+        make_train_text,
+        summary_lines,
+    )
+    from cir_lightning.data.jsonl import iter_jsonl, read_gallery, read_queries, read_triplets
+    from cir_lightning.files import iter_jsonl as files_iter_jsonl
+    from cir_lightning.files import json_type, read_json, read_json_list, read_json_object, short_repr
+
+    assert all([BGE_VL_TEMPLATE, SUBMISSION_SIZE, check_template, make_submission, IMAGE_FOLDERS, LENGTHS,
+                MAX_BYTES, METRICS, CIRRPair, check_submission, CATEGORIES, EVAL_KS, average_over_categories,
+                make_query_text, make_train_text, summary_lines, read_gallery, read_queries, read_triplets,
+                json_type, read_json, read_json_list, read_json_object, short_repr])
+    assert iter_jsonl is files_iter_jsonl
+    # config files and checkpoints name the classes by these paths
+    assert [c.__module__ for c in (FashionIQDataModule, CIRRDataModule, CIRCODataModule, JsonlCIRDataModule)] == \
+        ["cir_lightning.data.fashioniq", "cir_lightning.data.cirr", "cir_lightning.data.circo", "cir_lightning.data.jsonl"]
+
+
+def imported(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("path", sorted([*(PACKAGE / "data").rglob("*.py"), PACKAGE / "files.py",
+                                         PACKAGE / "reading.py", PACKAGE / "messages.py"]), ids=str)
+def test_imports_point_one_way(path):
+    names = imported(path)
+    assert not {n for n in names if n.startswith(("cir_lightning.retrieval", "cir_lightning.backbones",
+                                                  "cir_lightning.module", "cir_lightning.cli"))}
+    if path.parent.name == "layouts":  # the files and protocols know no DataModule
+        assert not {n for n in names if n.startswith("cir_lightning.data.") and "layouts" not in n} - {
+            "cir_lightning.data.datasets", "cir_lightning.data.images", "cir_lightning.data.missing"}
+    if path.name == "messages.py":
+        assert not {n for n in names if n.startswith("cir_lightning")}
+    if path.name == "reading.py":
+        assert "cir_lightning.files" not in names
