@@ -28,10 +28,10 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from cir_lightning.errors import CIRConfigError, CIRModelError, weight_mismatch
-from cir_lightning.files import write_atomic, write_folder
+from cir_lightning.files import free_path, write_atomic, write_folder
 from cir_lightning.torch_files import load_torch_file
 
 _WRAPPERS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
@@ -154,6 +154,18 @@ def export_adapter(module: pl.LightningModule, path: Path) -> bool:
 
     write_folder(path, write)
     return True
+
+
+def export_adapter_after_fit(module: pl.LightningModule) -> Path | None:
+    """At the end of ``fit``: the adapter to ``<log_dir>/adapter`` (``adapter-1``, ... if taken: never
+    overwritten). Every rank must call it (the log folder is broadcast; FSDP gathers the weights)."""
+    trainer = module.trainer
+    root = Path(trainer.log_dir or trainer.default_root_dir)
+    path = free_path(root / "adapter") if trainer.is_global_zero else root
+    if export_adapter(module, path):
+        rank_zero_info(f"LoRA adapter saved to {path}")
+        return path
+    return None
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

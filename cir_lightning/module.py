@@ -19,22 +19,25 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from cir_lightning.backbones.base import Backbone
-from cir_lightning.checkpointing import check_and_complete, export_adapter, keep_trainable, prepare_strategy
+from cir_lightning.checkpointing import (
+    check_and_complete,
+    export_adapter_after_fit,
+    keep_trainable,
+    prepare_strategy,
+)
 from cir_lightning.checks import cutoffs, number_in, positive_int
 from cir_lightning.data.base import CIRDataModule
 from cir_lightning.errors import CIRConfigError
-from cir_lightning.files import free_path
+from cir_lightning.evaluation import RunOutputs
 from cir_lightning.losses import FireLoss, caption_loss, distributed_fire_loss, target_keys
 from cir_lightning.optim import lr_scheduler
 from cir_lightning.retrieval.evaluator import (
@@ -44,7 +47,6 @@ from cir_lightning.retrieval.evaluator import (
 from cir_lightning.retrieval.gallery_cache import GalleryCache
 from cir_lightning.retrieval.index import SearchConfig
 from cir_lightning.retrieval.loop import EvaluationLoop
-from cir_lightning.retrieval.results import ranked_ids, report_results
 from cir_lightning.stage1 import FIRE_STAGE1_INSTRUCTION, CaptionBatches
 
 _STAGE_PREFIX = {"validate": "val", "test": "test"}
@@ -131,6 +133,7 @@ class CIRModule(pl.LightningModule):
         self.write_results = write_results
         self.save_rankings = save_rankings
         self.cache = GalleryCache(embedding_cache, overwrite_cache) if embedding_cache else None
+        self.outputs = RunOutputs(write_results, save_rankings, self.cache)
         self.cross_rank_negatives = cross_rank_negatives
         self.objective = objective
         self.caption_batches = None
@@ -160,14 +163,12 @@ class CIRModule(pl.LightningModule):
 
     def _cached_galleries(self, stage: str, sets: list[tuple[Any, Any]]) -> set[int]:
         """Asked once by the DataModule when it makes the evaluation loaders (after any checkpoint is
-        loaded): the subsets whose gallery comes from the cache."""
+        loaded): the subsets whose gallery comes from the cache (never inside fit: the weights change)."""
         if self.trainer.state.fn not in (TrainerFn.VALIDATING, TrainerFn.TESTING):
-            return set()  # inside fit the weights change every epoch: never cache
-        dataset = self.trainer.datamodule.gallery_identity()  # a CIRDataModule: `setup` checked it
+            return set()
         model = {"fingerprint": self.backbone.fingerprint(), "weights": self.backbone.weights_digest()}
-        return {s for s, (queries, gallery) in enumerate(sets)
-                if self.cache.lookup(stage, s, getattr(queries, "name", ""), gallery.ids, dataset=dataset,
-                                     model=model, sharded=self.evaluator.search.sharded)}
+        return self.cache.lookup_sets(stage, sets, dataset=self.trainer.datamodule.gallery_identity(), model=model,
+                                      sharded=self.evaluator.search.sharded)
 
     # ------------------------------------------------------------------ training
     @property
@@ -226,30 +227,13 @@ class CIRModule(pl.LightningModule):
         standalone = self.trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING)  # not inside fit
         datamodule = getattr(self.trainer, "datamodule", None)
         dm = datamodule if isinstance(datamodule, CIRDataModule) else None
-        write_predictions = standalone and dm is not None and dm.writes_predictions
-        wanted = standalone and (self.save_rankings or write_predictions)
-        epoch = self.loop.finish(self.trainer, self, loaders, _STAGE_PREFIX[stage], keep_rankings=wanted,
+        epoch = self.loop.finish(self.trainer, self, loaders, _STAGE_PREFIX[stage],
+                                 keep_rankings=standalone and self.outputs.keep_rankings(dm),
                                  summarize=dm.summarize if dm is not None else None)
         if epoch is not None and standalone:
-            folder = self._log_folder()  # a collective: every rank asks, rank zero writes
-            if self.cache is not None:
-                self.cache.save(self.evaluator)
-            if self.trainer.is_global_zero:
-                ranked = ranked_ids(epoch.subsets, self.evaluator.rankings) if wanted else {}
-                if self.write_results and epoch.metrics:
-                    report_results(folder, stage, _STAGE_PREFIX[stage], epoch.metrics, epoch.subsets,
-                                   model=self.backbone.fingerprint(), config=self._run_config(datamodule),
-                                   rankings=ranked if self.save_rankings else None,
-                                   report=dm.report(epoch.metrics) if dm is not None else "")
-                if write_predictions:
-                    within = ranked_ids(epoch.subsets, self.evaluator.subset_rankings)
-                    for path in dm.write_predictions(folder, stage, ranked, within):
-                        print(f"predictions written to {path}")
+            self.outputs.write(self.trainer, stage, _STAGE_PREFIX[stage], epoch, self.evaluator, dm,
+                               self.backbone.fingerprint(), lambda: self._run_config(datamodule))
         self.loop.reset()
-
-    def _log_folder(self) -> Path:
-        # Trainer.log_dir broadcasts from rank zero: call it on every rank, never under `is_global_zero`
-        return Path(self.trainer.log_dir or self.trainer.default_root_dir)
 
     def _run_config(self, datamodule: Any) -> dict[str, Any]:
         """The run's configuration for results files: training hyperparameters, the evaluation options
@@ -303,9 +287,5 @@ class CIRModule(pl.LightningModule):
         check_and_complete(self, checkpoint, self.backbone.fingerprint())
 
     def on_fit_end(self) -> None:
-        if not self.export_adapter or getattr(self.backbone, "lora", None) is None:
-            return
-        root = self._log_folder()
-        path = free_path(root / "adapter") if self.trainer.is_global_zero else root  # never overwrite an adapter
-        if export_adapter(self, path):  # every rank calls it: under FSDP it gathers the weights
-            rank_zero_info(f"LoRA adapter saved to {path}")
+        if self.export_adapter and self.backbone.lora is not None:
+            export_adapter_after_fit(self)

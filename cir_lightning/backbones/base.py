@@ -49,6 +49,7 @@ class Backbone(nn.Module):
     """
 
     collator: Any
+    lora: LoRA | None = None  # the LoRA settings (None: everything frozen); set by ``_prepare``
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:  # pragma: no cover - abstract
         """Embed a batch of inputs: (batch, dim), L2-normalised, float32."""

@@ -79,6 +79,13 @@ class GalleryCache:
         self._misses[subset] = (path, {**identity, "ids": list(gallery_ids)})
         return False
 
+    def lookup_sets(self, stage: str, sets: Sequence[tuple[Any, Any]], *, dataset: str, model: Mapping[str, Any],
+                    sharded: bool = False) -> set[int]:
+        """``lookup`` for every ``(queries, gallery)`` subset of an evaluation; the subsets loaded from caches."""
+        return {s for s, (queries, gallery) in enumerate(sets)
+                if self.lookup(stage, s, getattr(queries, "name", ""), gallery.ids, dataset=dataset, model=model,
+                               sharded=sharded)}
+
     def provide(self, evaluator: RetrievalEvaluator) -> None:
         """Give the evaluator the cached galleries (call at the start of every evaluation epoch)."""
         for subset, (embeddings, indices) in self._hits.items():
