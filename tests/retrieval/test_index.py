@@ -67,9 +67,9 @@ def test_faiss_and_torch_agree_under_heavy_ties():
 
 
 def test_torch_backend_blocks_and_ties_equal_brute_force(monkeypatch):
-    import cir_lightning.retrieval.index as index
+    import cir_lightning.retrieval.backends as backends
 
-    monkeypatch.setattr(index, "_BLOCK_ELEMENTS", 120)  # 2 queries per block of a 50-image gallery
+    monkeypatch.setattr(backends, "_BLOCK_ELEMENTS", 120)  # 2 queries per block of a 50-image gallery
     g = torch.Generator().manual_seed(3)
     q = torch.randint(0, 2, (9, 3), generator=g).float()
     gal = torch.randint(0, 2, (50, 3), generator=g).float()  # 8 distinct vectors: ties everywhere

@@ -1,0 +1,107 @@
+"""``SearchConfig``: how a gallery is searched, checked when it is made (see ``cir_lightning.retrieval.index``)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from cir_lightning.checks import positive_int
+from cir_lightning.errors import CIRConfigError
+
+_PROBE_DIM = 5040  # divisible by 1-10, 12, 14, 16, 18, 20, ...: the dimension index types are checked with first
+
+__all__ = ["SearchConfig", "faiss_message"]
+
+
+@dataclass
+class SearchConfig:
+    """How a gallery is searched.
+
+    Args:
+        backend: ``"faiss"`` or ``"torch"`` (exact, CPU or the embeddings' device).
+        factory: faiss ``index_factory`` string; the metric is always inner product. ``"Flat"`` is exact.
+        nprobe: IVF lists visited per query (faiss default 1).
+        ef_search: HNSW search depth (faiss default 16).
+        device: ``"cpu"``, or ``"cuda"`` for a faiss GPU index on the current device.
+        float16: store the GPU index in float16 (less memory; near-ties may reorder).
+        chunk_size: queries per block of the torch backend.
+        sharded: under DDP, never gather the gallery: each rank searches the rows it embedded and the
+            ranks merge their top-k lists (for galleries too large to copy to every process; equal to
+            the unsharded result with an exact index; see ``cir_lightning.retrieval.sharded``).
+    """
+
+    backend: Literal["faiss", "torch"] = "faiss"
+    factory: str = "Flat"
+    nprobe: int | None = None
+    ef_search: int | None = None
+    device: Literal["cpu", "cuda"] = "cpu"
+    float16: bool = False
+    chunk_size: int = 1024
+    sharded: bool = False
+
+    def __post_init__(self) -> None:
+        # Checked when set, before any gallery is embedded: a bad value would otherwise surface as a faiss
+        # assertion after all the work (nprobe 0), or not at all.
+        if self.backend not in ("faiss", "torch"):
+            raise CIRConfigError(f"`search.backend` must be 'faiss' or 'torch', got {self.backend!r}")
+        if self.device not in ("cpu", "cuda"):
+            raise CIRConfigError(f"`search.device` must be 'cpu' or 'cuda', got {self.device!r}")
+        positive_int("search.nprobe", self.nprobe, optional=True)
+        positive_int("search.ef_search", self.ef_search, optional=True)
+        positive_int("search.chunk_size", self.chunk_size)
+        if not isinstance(self.factory, str) or not self.factory.strip():
+            raise CIRConfigError(f"`search.factory` must be a faiss index_factory string, got {self.factory!r}")
+        if self.backend == "faiss" and (self.factory.strip() != "Flat" or self.nprobe or self.ef_search):
+            self.check()
+
+    def check(self, dim: int = _PROBE_DIM) -> None:
+        """Build this index type (empty) for ``dim``-dimensional vectors and set its parameters, so that an
+        unknown factory string, a parameter the index lacks or a dimension it cannot take is an error
+        before anything is embedded. Called when the config is made, and with the real dimension once
+        the model is known.
+
+        Example:
+            >>> SearchConfig(factory="IVF2,Flat", nprobe=2).check(dim=8)
+            >>> SearchConfig(factory="Foo12")
+            Traceback (most recent call last):
+            ...
+            cir_lightning.errors.CIRConfigError: `search.factory` 'Foo12': faiss cannot build it: could not parse index string Foo12
+            >>> SearchConfig(factory="HNSW32", nprobe=4)
+            Traceback (most recent call last):
+            ...
+            cir_lightning.errors.CIRConfigError: `search.nprobe`: index `HNSW32` has no parameter `nprobe`
+        """
+        if self.backend != "faiss":
+            return
+        import faiss
+
+        try:
+            index = faiss.index_factory(int(dim), self.factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as err:
+            raise CIRConfigError(f"`search.factory` {self.factory!r}: faiss cannot build it"
+                                 f"{f' for dimension {dim}' if dim != _PROBE_DIM else ''}: {faiss_message(err)}") \
+                from None
+        space = faiss.ParameterSpace()
+        for option, name, value in (("nprobe", "nprobe", self.nprobe), ("ef_search", "efSearch", self.ef_search)):
+            if value is None:
+                continue
+            try:
+                space.set_index_parameter(index, name, value)
+            except RuntimeError:
+                raise CIRConfigError(f"`search.{option}`: index `{self.factory}` has no parameter `{name}`") from None
+
+    @property
+    def exact(self) -> bool:
+        return self.backend == "torch" or (self.factory.strip() == "Flat" and not self.float16)
+
+
+def faiss_message(err: Exception) -> str:
+    """The useful part of a faiss error: its last line without the C++ function and source location.
+
+    Example:
+        >>> faiss_message(RuntimeError("Error in void f() at /project/faiss/x.cpp:12: could not parse Foo"))
+        'could not parse Foo'
+    """
+    text = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+    return re.sub(r"^Error in .*? at \S+:\d+: ", "", text).strip()
