@@ -18,6 +18,7 @@ from typing import Any
 from cir_lightning.backbones.collate import sample_index
 from cir_lightning.backbones.prompts import IMAGE
 from cir_lightning.errors import CIRConfigError, CIRDataError
+from cir_lightning.messages import first_few
 
 FIRE_STAGE1_INSTRUCTION = "<image> but modified with {modification}. Please describe the new image."
 """The paper's stage-1 instruction ("<reference image> but modified with <modification>. Please
@@ -69,7 +70,8 @@ class CaptionBatches:
         if missing:
             raise CIRDataError(
                 f"`objective: caption` (FiRE stage 1) learns to generate the target caption, but training "
-                f"sample(s) at dataset row(s) {missing[:5]} have none: set `with_captions: true` on the data and "
+                f"sample(s) at dataset row(s) {first_few([str(i) for i in missing], ', ', ' ...')} have none: set "
+                "`with_captions: true` on the data and "
                 "give every training line a non-empty `target_caption` (FashionIQ and CIRR have no target captions)")
         inputs, labels = self.collator.caption_inputs(
             [s["reference_image"] for s in samples],

@@ -101,7 +101,7 @@ def test_xgenmm_caption_logits_are_the_next_token_predictions_after_each_caption
 def test_caption_batches_refuse_samples_without_captions_and_bad_instructions(backbone):
     samples = _samples()
     samples[1]["target_caption"] = None
-    with pytest.raises(CIRDataError, match=r"dataset row\(s\) \[1\] have none.*with_captions"):
+    with pytest.raises(CIRDataError, match=r"dataset row\(s\) 1 have none.*with_captions"):
         CaptionBatches(backbone.collator).triplets(samples)
     with pytest.raises(CIRConfigError, match="`max_caption_tokens` must be at least 1"):
         CaptionBatches(backbone.collator, max_caption_tokens=0)

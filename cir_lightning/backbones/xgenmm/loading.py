@@ -26,8 +26,7 @@ from torch import Tensor, nn
 
 from cir_lightning.backbones.xgenmm.modeling import XGenMMConfig, XGenMMModel
 from cir_lightning.errors import CIRModelError
-
-_SHOW = 8
+from cir_lightning.messages import first_few
 
 
 def published_weight_shapes(config: XGenMMConfig) -> dict[str, tuple[int, ...]]:
@@ -100,8 +99,7 @@ def _problems(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, 
     out = []
     for label, items in (("missing", missing), ("unexpected", extra), ("wrong shape", shapes)):
         if items:
-            more = f" (+{len(items) - _SHOW} more)" if len(items) > _SHOW else ""
-            out.append(f"{len(items)} {label}: {', '.join(items[:_SHOW])}{more}")
+            out.append(f"{len(items)} {label}: {first_few(items, ', ', ' (+{n} more)')}")
     return out
 
 
