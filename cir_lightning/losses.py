@@ -113,6 +113,7 @@ class FireLoss(nn.Module):
         contrastive_weight: weight of the InfoNCE term.
 
     Example:
+        >>> from cir_lightning import FireLoss
         >>> import torch
         >>> import torch.nn.functional as F
         >>> loss = FireLoss()

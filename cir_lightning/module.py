@@ -90,6 +90,20 @@ class CIRModule(pl.LightningModule):
         caption_instruction: stage 1's prompt, with ``<image>`` and ``{modification}``; the target caption
             follows it (default: the paper's).
         max_caption_tokens: stage 1: cut target captions to this many tokens.
+
+    Example:
+        >>> from cir_lightning import CIRModule
+        >>> import tempfile
+        >>> from cir_lightning.backbones import HFMultimodalBackbone, LoRA
+        >>> bb = HFMultimodalBackbone(tempfile.mkdtemp() + "/tiny", make_tiny_if_missing=True,
+        ...                           lora=LoRA(r=4, alpha=8))
+        >>> module = CIRModule(bb, eval_ks=[1, 10])
+        >>> type(module.loss).__name__, module.loss.recall_ks, module.evaluator.ks
+        ('FireLoss', [1, 5], [1, 10])
+        >>> module.objective, module.evaluator.search.factory
+        ('retrieval', 'Flat')
+        >>> all("lora_" in name for name, p in module.named_parameters() if p.requires_grad)  # LoRA only
+        True
     """
 
     def __init__(

@@ -50,6 +50,16 @@ class LoRA:
         init_adapter: start from these adapter weights instead of peft's initialisation (LoRA B = 0): a
             peft adapter folder (what ``fit`` exports to ``<log_dir>/adapter``, e.g. FiRE stage 1's) or a
             cir_lightning ``.ckpt``. Its settings must match these (rank, alpha, targets, saved modules).
+
+    Example:
+        >>> from cir_lightning.backbones import LoRA
+        >>> lora = LoRA(r=8, alpha=16, target_modules=["q_proj", "v_proj"])
+        >>> lora.alpha / lora.r, lora.dropout, lora.target_modules
+        (2.0, 0.1, ['q_proj', 'v_proj'])
+        >>> LoRA(dropout=1.0)
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRConfigError: `lora.dropout` must be a number in [0, 1), got 1.0
     """
 
     r: int = 64

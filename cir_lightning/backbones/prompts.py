@@ -28,6 +28,16 @@ class PromptTemplates:
         eos_block_size: EOS tokens the collator appends and ``eos_block`` pooling averages (0: none).
         marker: the token whose predecessor ``before_marker`` pooling reads (LamRA: ``<emb>``); every
             template must contain it.
+
+    Example:
+        >>> from cir_lightning.backbones import PromptTemplates
+        >>> t = PromptTemplates(query="<image> {modification}", gallery="<image>").check()
+        >>> t.query.format(modification="make it red"), t.text.format(text="a red dress"), t.pooling
+        ('<image> make it red', 'a red dress .', 'eos_block')
+        >>> PromptTemplates(query="{modification}", gallery="<image>").check()
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRConfigError: bad prompt template(s): `query` needs <image> and {modification}: ...
     """
 
     query: str
@@ -184,6 +194,7 @@ class Prompts:
         text: replaces the preset's text template.
 
     Example:
+        >>> from cir_lightning.backbones import Prompts
         >>> Prompts("fire", gallery="<image>").resolve().gallery
         '<image>'
         >>> Prompts("nope").resolve()

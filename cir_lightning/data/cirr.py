@@ -49,8 +49,8 @@ class CIRRDataModule(CIRDataModule):
             and pairs that need them, with a warning (the numbers are then not comparable).
 
     Example:
-        >>> import tempfile
         >>> from cir_lightning.data import CIRRDataModule
+        >>> import tempfile
         >>> dm = CIRRDataModule(tempfile.mkdtemp())
         >>> dm.summarize({"Recall@5": 0.75, "Recall_subset@1": 0.25})
         {'Avg': 0.5}

@@ -57,9 +57,10 @@ class FashionIQDataModule(CIRDataModule):
             items needing them, with a warning (the numbers are then not comparable).
 
     Example:
-        >>> import tempfile
-        >>> from PIL import Image
         >>> from cir_lightning.data import FashionIQDataModule
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> from PIL import Image
         >>> root = Path(tempfile.mkdtemp())
         >>> for sub in ("captions", "image_splits", "images"): (root / sub).mkdir()
         >>> for name in "abc": Image.new("RGB", (8, 8)).save(root / "images" / f"{name}.jpg")

@@ -41,8 +41,8 @@ class JsonlCIRDataModule(CIRDataModule):
             few with their lines) or ``warn`` (one warning with the counts; the ids are ignored).
 
     Example:
-        >>> import tempfile
         >>> from cir_lightning.data import JsonlCIRDataModule, make_synthetic_cir
+        >>> import tempfile
         >>> root = make_synthetic_cir(tempfile.mkdtemp() + "/data", num_train=20, num_val=10)
         >>> dm = JsonlCIRDataModule(root, batch_size=4)
         >>> dm.setup("fit")

@@ -108,6 +108,8 @@ def make_synthetic_cir(out_dir: str | Path, seed: int = 0, num_train: int = 7400
         image_size: side of the square images in pixels.
 
     Example:
+        >>> from cir_lightning.data import make_synthetic_cir
+        >>> import json
         >>> import tempfile
         >>> root = make_synthetic_cir(tempfile.mkdtemp() + "/d", num_train=5, num_val=3)
         >>> sorted(p.name for p in root.iterdir())
@@ -172,6 +174,19 @@ class SyntheticCIRDataModule(JsonlCIRDataModule):
         num_val: validation queries.
         image_size: image side in pixels.
         with_captions: put the reference / target captions into training samples.
+
+    Example:
+        >>> from cir_lightning.data import SyntheticCIRDataModule
+        >>> import tempfile
+        >>> dm = SyntheticCIRDataModule(tempfile.mkdtemp() + "/synthetic", num_train=8, num_val=4, batch_size=4)
+        >>> dm.prepare_data()  # writes the benchmark; a later run reuses it
+        >>> dm.setup("fit")
+        >>> len(dm.train_set), len(dm.val_sets[0][0])
+        (8, 4)
+        >>> SyntheticCIRDataModule(str(dm.root), num_train=9, num_val=4).prepare_data()
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRDataError: ...: holds synthetic data made with ..., not with ...
     """
 
     def __init__(self, root: str, seed: int = 0, num_train: int = 7400, num_val: int = 500,

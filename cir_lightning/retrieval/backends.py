@@ -84,6 +84,8 @@ def build_index(gallery: Tensor | np.ndarray, config: SearchConfig | None = None
     """A trained faiss index over ``gallery`` with the inner-product metric, per ``config``.
 
     Example:
+        >>> from cir_lightning.retrieval import SearchConfig, build_index
+        >>> import torch
         >>> g = torch.nn.functional.normalize(torch.randn(200, 8), dim=-1)
         >>> index = build_index(g, SearchConfig(factory="IVF4,Flat", nprobe=4))
         >>> index.ntotal, index.is_trained

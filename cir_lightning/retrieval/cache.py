@@ -71,7 +71,10 @@ def save_embeddings(path: str | Path, embeddings: Tensor | np.ndarray, ids: Sequ
         overwrite: replace an existing cache.
 
     Example:
+        >>> from cir_lightning.retrieval import load_embeddings, save_embeddings
         >>> import tempfile
+        >>> from pathlib import Path
+        >>> import torch
         >>> folder = Path(tempfile.mkdtemp()) / "gallery"
         >>> _ = save_embeddings(folder, torch.eye(2), ["a", "b"], kind="gallery", model={"m": 1},
         ...                     dataset="toy", split="val")
@@ -109,6 +112,21 @@ def load_embeddings(path: str | Path, *, kind: str, model: Mapping[str, Any], da
     Returns the (count, dim) float32 embeddings and the ids. Any mismatch raises ``CIRDataError``
     listing every difference. With ``rows`` only those rows are read (the file is memory-mapped), e.g.
     ``slice(rank, None, world_size)`` for one rank's share of a large gallery; ids are still all ids.
+
+    Example:
+        >>> from cir_lightning.retrieval import load_embeddings, save_embeddings
+        >>> import tempfile
+        >>> import torch
+        >>> folder = save_embeddings(tempfile.mkdtemp() + "/gallery", torch.arange(6.0).view(3, 2), ["a", "b", "c"],
+        ...                          kind="gallery", model={"m": 1}, dataset="toy", split="val")
+        >>> emb, ids = load_embeddings(folder, kind="gallery", model={"m": 1}, dataset="toy", split="val",
+        ...                            rows=slice(1, None, 2))  # rank 1 of 2: rows 1, 3, ...
+        >>> emb.tolist(), ids
+        ([[2.0, 3.0]], ['a', 'b', 'c'])
+        >>> load_embeddings(folder, kind="query", model={"m": 1}, dataset="toy", split="val")
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRDataError: ...: the cache does not match: kind: cached 'gallery', expected 'query'. ...
     """
     path = Path(path)
     try:

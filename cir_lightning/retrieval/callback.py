@@ -38,6 +38,26 @@ class RetrievalCallback(pl.Callback):
         ks: the cut-offs K of Recall@K (hit rate) and MRR@K.
         search: how the gallery is searched (default: exact faiss ``Flat``).
         prefix: metric name prefix.
+
+    Example:
+        >>> from cir_lightning.retrieval import RetrievalCallback
+        >>> import lightning.pytorch as pl
+        >>> import torch
+        >>> from torch.utils.data import DataLoader
+        >>> class Model(pl.LightningModule):  # any module with `encode_query` and `encode_gallery`
+        ...     def encode_query(self, batch): return batch["x"]
+        ...     def encode_gallery(self, batch): return batch["x"]
+        ...     def validation_step(self, batch, batch_idx, dataloader_idx=0): pass
+        >>> class Queries(list):  # a query dataset: its samples, and the gallery rows relevant to each
+        ...     positives = [[1], [2]]
+        >>> queries = Queries([{"index": 0, "x": torch.tensor([0.1, 0.9, 0.0])},
+        ...                    {"index": 1, "x": torch.tensor([1.0, 0.0, 0.2])}])
+        >>> gallery = [{"index": i, "x": row} for i, row in enumerate(torch.eye(3))]
+        >>> trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False,
+        ...                      enable_model_summary=False, callbacks=[RetrievalCallback(ks=[1, 2])])
+        >>> _ = trainer.validate(Model(), [DataLoader(queries), DataLoader(gallery)], verbose=False)
+        >>> {k: round(float(v), 2) for k, v in trainer.callback_metrics.items()}
+        {'val/Recall@1': 0.5, 'val/Recall@2': 1.0, 'val/MRR@1': 0.5, 'val/MRR@2': 0.75}
     """
 
     def __init__(self, ks: Sequence[int] = (1, 5, 10, 50), search: SearchConfig | None = None,

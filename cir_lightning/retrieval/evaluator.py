@@ -59,6 +59,18 @@ class EvalSubset:
             the evaluator's K).
         candidates: per query, the gallery rows its ``recall_subset`` ranking is restricted to (CIRR).
         depth: rank at least this many items per query (for prediction files), beyond the metrics' K.
+
+    Example:
+        >>> from cir_lightning.retrieval import EvalSubset
+        >>> import torch
+        >>> sub = EvalSubset("dress", positives=[[1], [0, 2]], excluded=[[0], []], num_gallery=3,
+        ...                  query_ids=["q0", "q1"], gallery_ids=["a", "b", "c"])
+        >>> sub.num_queries, sub.ranked_ids(torch.tensor([[1, 2], [2, -1]]))
+        (2, {'q0': ['b', 'c'], 'q1': ['c']})
+        >>> EvalSubset("", positives=[[0]], excluded=[[]], num_gallery=1, metrics={"ndcg": [10]})
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRConfigError: subset '': unknown metric families ['ndcg']; known: [...]
     """
 
     name: str
@@ -101,6 +113,8 @@ class RetrievalEvaluator:
         search: how the gallery is searched (default: exact faiss ``Flat``; ``sharded`` under DDP).
 
     Example:
+        >>> from cir_lightning.retrieval import EvalSubset, RetrievalEvaluator, SearchConfig
+        >>> import torch
         >>> ev = RetrievalEvaluator(ks=[1, 2], search=SearchConfig(backend="torch"))
         >>> ev.add(0, "gallery", torch.eye(3), torch.arange(3))
         >>> ev.add(0, "query", torch.tensor([[0.1, 0.9, 0.0], [1.0, 0.0, 0.2]]), torch.tensor([0, 1]))
@@ -249,6 +263,20 @@ def subsets_from_loaders(loaders: Any) -> list[EvalSubset]:
     or None without ground truth) and may have ``excluded``, ``name``, ``ids``, ``metrics``,
     ``candidates`` and ``depth`` (see ``EvalSubset``); the gallery dataset may have ``ids``, and
     ``num_items`` when it stands in for a gallery it does not load (embeddings from a cache).
+
+    Example:
+        >>> from cir_lightning.retrieval import subsets_from_loaders
+        >>> from torch.utils.data import DataLoader
+        >>> class Queries(list):  # a query dataset: its samples, and the ground truth as attributes
+        ...     name, positives, excluded = "toy", [[1], [0]], [[], [1]]
+        >>> gallery = ["g0", "g1", "g2"]
+        >>> [sub] = subsets_from_loaders([DataLoader(Queries(["q0", "q1"])), DataLoader(gallery)])
+        >>> sub.name, sub.positives, sub.excluded, sub.num_gallery
+        ('toy', [[1], [0]], [[], [1]], 3)
+        >>> subsets_from_loaders([DataLoader(gallery)])
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRConfigError: evaluation needs (queries, gallery) pairs of dataloaders, got 1
     """
     loaders = list(loaders) if isinstance(loaders, list | tuple) else [loaders]
     if len(loaders) % 2:

@@ -87,6 +87,8 @@ def search(queries: Tensor | np.ndarray, gallery: Tensor | np.ndarray, k: int,
         config: the backend and index (default: exact faiss ``Flat`` on the CPU).
 
     Example:
+        >>> from cir_lightning.retrieval import SearchConfig, search
+        >>> import torch
         >>> g = torch.eye(3)
         >>> q = torch.tensor([[0.9, 0.5, 0.1], [0.0, 0.2, 1.0]])
         >>> search(q, g, k=2, excluded=[[0], []], config=SearchConfig(backend="torch")).tolist()

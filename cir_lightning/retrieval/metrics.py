@@ -152,6 +152,8 @@ class HitRateAtK(_MeanAtK):
     sum-reduced).
 
     Example:
+        >>> from cir_lightning.retrieval import HitRateAtK
+        >>> import torch
         >>> m = HitRateAtK(ks=[1, 2])
         >>> m.update(torch.tensor([[4, 2], [1, 3]]), torch.tensor([[2], [1]]))
         >>> {k: round(float(v), 2) for k, v in m.compute().items()}
@@ -167,6 +169,8 @@ class PositiveRecallAtK(_MeanAtK):
     States: ``total`` (per-K sum of per-query fractions, fixed-point int64, sum-reduced) and ``count`` (sum-reduced).
 
     Example:
+        >>> from cir_lightning.retrieval import PositiveRecallAtK
+        >>> import torch
         >>> m = PositiveRecallAtK(ks=[1, 2])
         >>> m.update(torch.tensor([[4, 2], [1, 3]]), torch.tensor([[2, 9], [1, -1]]))
         >>> {k: round(float(v), 2) for k, v in m.compute().items()}
@@ -183,6 +187,8 @@ class SubsetRecallAtK(_MeanAtK):
     States as ``HitRateAtK``.
 
     Example:
+        >>> from cir_lightning.retrieval import SubsetRecallAtK
+        >>> import torch
         >>> m = SubsetRecallAtK(ks=[1, 2])
         >>> m.update(torch.tensor([[7, 3, 5], [3, 5, 7]]), torch.tensor([[3], [3]]))
         >>> {k: round(float(v), 2) for k, v in m.compute().items()}
@@ -198,6 +204,8 @@ class MAPAtK(_MeanAtK):
     States: ``total`` (per-K sum of AP@K, fixed-point int64, sum-reduced) and ``count`` (sum-reduced).
 
     Example:
+        >>> from cir_lightning.retrieval import MAPAtK
+        >>> import torch
         >>> m = MAPAtK(ks=[2])
         >>> m.update(torch.tensor([[4, 8], [1, 3]]), torch.tensor([[8, -1], [1, 3]]))
         >>> {k: round(float(v), 3) for k, v in m.compute().items()}
@@ -213,6 +221,8 @@ class MRRAtK(_MeanAtK):
     States: ``total`` (per-K sum of reciprocal ranks, fixed-point int64, sum-reduced) and ``count`` (sum-reduced).
 
     Example:
+        >>> from cir_lightning.retrieval import MRRAtK
+        >>> import torch
         >>> m = MRRAtK(ks=[1, 2])
         >>> m.update(torch.tensor([[4, 2], [1, 3]]), torch.tensor([[2], [1]]))
         >>> {k: round(float(v), 2) for k, v in m.compute().items()}

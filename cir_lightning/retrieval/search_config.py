@@ -29,6 +29,17 @@ class SearchConfig:
         sharded: under DDP, never gather the gallery: each rank searches the rows it embedded and the
             ranks merge their top-k lists (for galleries too large to copy to every process; equal to
             the unsharded result with an exact index; see ``cir_lightning.retrieval.sharded``).
+
+    Example:
+        >>> from cir_lightning.retrieval import SearchConfig
+        >>> SearchConfig().exact, SearchConfig(backend="torch").exact
+        (True, True)
+        >>> SearchConfig(factory="IVF4,Flat", nprobe=2).exact  # approximate: checked with faiss when made
+        False
+        >>> SearchConfig(nprobe=0)
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRConfigError: `search.nprobe` must be an integer >= 1, got 0
     """
 
     backend: Literal["faiss", "torch"] = "faiss"
