@@ -1,18 +1,10 @@
 """``CIRModule``: thin Lightning glue around a backbone, FiRE's losses and a retrieval evaluator.
 
-- training (``objective: retrieval``, FiRE stage 2, the default): embeds queries and targets, applies ``FireLoss`` (in-batch negatives; two triplets with the
-  same target image are positives of each other), logs every term under ``train/``. Under DDP the
-  targets of all ranks are gathered with gradient (``cross_rank_negatives``), so a step equals one
-  process on the global batch (see ``cir_lightning.losses.distributed_fire_loss``).
-- training (``objective: caption``, FiRE stage 1): the backbone generates the target caption from the
-  reference image and the modification; cross-entropy on the caption tokens (``cir_lightning.stage1``).
-- validation / test: embeds each subset's queries and gallery, then at epoch end searches the gallery
-  and logs Recall@K (hit rate) and MRR@K as ``val/Recall@10`` etc. (the search is skipped during
-  Lightning's sanity check); a standalone ``validate`` / ``test`` also writes a results JSON and
-  prints a table.
-- checkpoints hold the trainable weights only (LoRA and anything trained fully), also under FSDP and
-  DeepSpeed; loading checks that exactly those weights are present (``cir_lightning.checkpointing``); at
-  the end of ``fit`` the adapter is exported with peft's ``save_pretrained`` next to the logs.
+Training is FiRE stage 2 (``objective: retrieval``: ``FireLoss`` on query / target embeddings, targets of
+all ranks gathered with gradient under DDP) or stage 1 (``objective: caption``: cross-entropy on the
+target caption, ``cir_lightning.stage1``). Evaluation runs ``retrieval.loop.EvaluationLoop`` and, in a
+standalone ``validate`` / ``test``, ``evaluation.RunOutputs`` (results, server files, caches).
+Checkpoints hold the trainable weights only (``cir_lightning.checkpointing``).
 """
 
 from __future__ import annotations
