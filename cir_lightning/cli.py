@@ -92,17 +92,22 @@ class CIRLightningCLI(LightningCLI):
             check_writable(folder, option)
 
     def _parse_ckpt_path(self) -> None:
-        # Before Lightning reads the checkpoint's hyperparameters (with a bare torch.load): `last` is resolved
-        # to the newest last.ckpt of the earlier runs, and a missing, truncated, foreign or unsafe file is
-        # refused in one line.
+        # `last` is resolved to the newest last.ckpt of the earlier runs before Lightning reads the
+        # checkpoint's hyperparameters. Lightning reads them with a bare torch.load (weights_only): when that
+        # fails, the file is examined without being run, and the one line says what it is (missing,
+        # truncated, foreign, unsafe). A good checkpoint is read once here, as before.
         subcommand = self.config.get("subcommand")
         config = self.config.get(subcommand) if subcommand else None
+        path = None
         if config is not None and config.get("ckpt_path") is not None:
             config["ckpt_path"] = resolve_ckpt_path(str(config["ckpt_path"]), config)
             path = Path(config["ckpt_path"])
-            if path.is_file():
-                load_torch_file(path, weights_only=config.get("weights_only") is not False, what="`--ckpt_path`")
-        super()._parse_ckpt_path()
+        try:
+            super()._parse_ckpt_path()
+        except Exception:
+            if path is not None and path.is_file():
+                load_torch_file(path, weights_only=True, what="`--ckpt_path`")  # raises the explanation
+            raise
 
 
 def _get(config: Any, key: str) -> Any:
