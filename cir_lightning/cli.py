@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from cir_lightning.errors import CIRConfigError, CIRFileError, embedded_error
 from cir_lightning.files import check_writable, free_path, write_atomic
+from cir_lightning.messages import path_problem
 from cir_lightning.module import CIRModule
 from cir_lightning.torch_files import load_torch_file
 
@@ -174,12 +175,9 @@ def resolve_ckpt_path(ckpt_path: str, config: Any) -> str:
     if ckpt_path in ("best", "hpc", "registry") or "://" in ckpt_path or ckpt_path.startswith("registry:"):
         return ckpt_path
     if ckpt_path != "last":
-        path = Path(ckpt_path)
-        if not path.exists():
-            broken = " (a broken symbolic link)" if path.is_symlink() else ""
-            raise CIRFileError(f"`--ckpt_path`: `{ckpt_path}` does not exist{broken}")
-        if path.is_dir() and not (path / "checkpoint").is_dir():  # DeepSpeed checkpoints are folders
-            raise CIRFileError(f"`--ckpt_path`: `{ckpt_path}` is a folder, not a checkpoint file")
+        problem = path_problem(ckpt_path, "a checkpoint file")
+        if problem is not None and not (Path(ckpt_path) / "checkpoint").is_dir():  # DeepSpeed's are folders
+            raise CIRFileError(f"`--ckpt_path`: `{ckpt_path}` {problem}")
         return ckpt_path
     roots = list(dict.fromkeys(folder for _, folder in output_folders(config)))
     last = find_last_checkpoint(roots)
@@ -202,9 +200,10 @@ def check_config_files(argv: Sequence[str]) -> None:
             i + 1 < len(argv) else None
         if value is None or value.lstrip().startswith(("{", "[")) or "\n" in value:
             continue  # an inline YAML/JSON value: jsonargparse reports it
+        problem = path_problem(value, "a config file")
+        if problem is not None:
+            raise CIRFileError(f"`--config`: `{value}` {problem}")
         path = Path(value)
-        if not path.is_file():
-            raise CIRFileError(f"`--config`: `{value}` " + ("is a folder" if path.is_dir() else "does not exist"))
         try:
             yaml.safe_load(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError as err:

@@ -8,13 +8,19 @@ cir_lightning, so that reading, writing and the data layouts can all use it.
 from __future__ import annotations
 
 import errno
+import os
 import reprlib
+import stat
 from collections.abc import Sequence
+from pathlib import Path
 
-__all__ = ["SHOW", "first_few", "json_type", "os_reason", "short_repr"]
+__all__ = ["MISSING", "SHOW", "first_few", "json_type", "os_reason", "path_problem", "short_repr"]
 
 SHOW = 5
 """How many offenders a message lists before it only counts the rest."""
+
+MISSING = "does not exist"
+"""What ``path_problem`` says of a path where nothing is."""
 
 _REPR = reprlib.Repr()
 _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 80, 80, 40
@@ -83,3 +89,35 @@ def os_reason(err: OSError) -> str:
     if err.errno == errno.EISDIR:
         return "a folder stands where the file should be"
     return err.strerror or str(err)
+
+
+def path_problem(path: str | Path, kind: str = "a file") -> str | None:
+    """What keeps ``path`` from being a readable ``kind`` of file, or None when it is a regular file:
+    ``MISSING``, a broken symbolic link (naming its target), a folder, something else that is not a
+    regular file, a path that cannot be checked, or a name that cannot exist. Every message about a file
+    that is not there or not a file says it in these words.
+
+    Example:
+        >>> import tempfile
+        >>> from cir_lightning.messages import path_problem
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / "x.png").mkdir()
+        >>> (root / "link.png").symlink_to(root / "gone.png")
+        >>> [path_problem(root / n, "an image file") for n in ("x.png", "link.png", "y.png")]
+        ['is a folder, not an image file', 'is a broken symbolic link (to `...gone.png`)', 'does not exist']
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        if os.path.islink(path):
+            return f"is a broken symbolic link (to `{os.readlink(path)}`)"
+        return MISSING
+    except OSError as err:
+        return f"cannot be checked: {os_reason(err)}"
+    except ValueError:  # a NUL byte or a lone surrogate in the name
+        return "is not a valid file name"
+    if stat.S_ISDIR(mode):
+        return f"is a folder, not {kind}"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file"
+    return None

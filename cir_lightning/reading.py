@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import codecs
 import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from cir_lightning.errors import CIRDataError
-from cir_lightning.messages import json_type, os_reason, short_repr
+from cir_lightning.messages import json_type, os_reason, path_problem, short_repr
 
 __all__ = ["iter_jsonl", "read_json", "read_json_list", "read_json_object"]
 
@@ -47,15 +46,14 @@ def _with_hint(message: str, hint: str) -> str:
 
 
 def _read_error(path: Path, err: OSError | ValueError, what: str, hint: str) -> CIRDataError:
-    if isinstance(err, FileNotFoundError) and os.path.islink(path):
-        return CIRDataError(f"{what} is a broken symbolic link (to `{os.readlink(path)}`)", path)
-    if isinstance(err, FileNotFoundError | NotADirectoryError):
-        return CIRDataError(_with_hint(f"{what} does not exist", hint), path)
-    if isinstance(err, IsADirectoryError):
-        return CIRDataError(_with_hint(f"{what} is a folder, not a file", hint), path)
     if isinstance(err, ValueError):  # a NUL byte or a lone surrogate in the name
         return CIRDataError(f"{what} {short_repr(str(path))} is not a valid file name")
-    return CIRDataError(f"{what} cannot be read: {os_reason(err)}", path)
+    problem = path_problem(path)
+    if problem is None or problem.startswith("cannot be checked"):  # it is a file, but reading it failed
+        return CIRDataError(f"{what} cannot be read: {os_reason(err)}", path)
+    if problem.startswith("is a broken symbolic link"):
+        return CIRDataError(f"{what} {problem}", path)
+    return CIRDataError(_with_hint(f"{what} {problem}", hint), path)
 
 
 def _decode(raw: bytes, path: Path, line: int | None = None) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cir_lightning.errors import CIRModelError
+from cir_lightning.messages import path_problem
 
 __all__ = ["load_torch_file"]
 
@@ -88,11 +89,9 @@ def load_torch_file(path: str | Path, *, weights_only: bool = True, map_location
 
     path = Path(path)
     where = f"{what} `{path}`"
-    if not path.exists():
-        broken = " (a broken symbolic link)" if path.is_symlink() else ""
-        raise CIRModelError(f"{where} does not exist{broken}")
-    if path.is_dir():
-        raise CIRModelError(f"{where} is a folder, not a checkpoint file")
+    problem = path_problem(path, "a checkpoint file")
+    if problem is not None:  # not there, a broken link, a folder ...
+        raise CIRModelError(f"{where} {problem}")
     try:
         size = path.stat().st_size
         with path.open("rb") as f:

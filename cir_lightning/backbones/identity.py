@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from cir_lightning.errors import CIRModelError
+from cir_lightning.messages import path_problem
 
 __all__ = ["DIGESTED_SUFFIXES", "check_readable", "checkpoint_digest", "checkpoint_files", "digest_store_path"]
 
@@ -96,11 +97,10 @@ def checkpoint_files(folder: str | Path) -> list[Path]:
     files = []
     for name in filter(_digested, names):
         path = folder / name
-        if path.is_symlink() and not path.exists():
-            raise CIRModelError(f"model file `{path}` is a broken symbolic link: it points to "
-                                f"`{os.readlink(path)}`, which does not exist; download or copy the file again")
-        if path.is_dir():
-            raise CIRModelError(f"model file `{path}` is a folder, not a file; the checkpoint folder is damaged")
+        problem = path_problem(path)
+        if problem is not None:  # a broken link (download or copy it again), a folder, ...
+            raise CIRModelError(f"model file `{path}` {problem}; the checkpoint folder is damaged: download or "
+                                "copy it again")
         files.append(path)
     return files
 
@@ -121,7 +121,7 @@ def check_readable(folder: str | Path) -> None:
         >>> check_readable(folder)
         Traceback (most recent call last):
         ...
-        cir_lightning.errors.CIRModelError: model file `.../model.safetensors` is a broken symbolic link: it points to `.../gone`, which does not exist; download or copy the file again
+        cir_lightning.errors.CIRModelError: model file `.../model.safetensors` is a broken symbolic link (to `.../gone`); the checkpoint folder is damaged: download or copy it again
     """
     folder = Path(folder)
     files = checkpoint_files(folder)

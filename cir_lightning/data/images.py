@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cir_lightning.errors import CIRDataError
+from cir_lightning.messages import os_reason, path_problem
 
 
 def resolve_image_path(root: Path, relative: object, file: str | Path, line: int | None, field: str) -> Path:
@@ -111,18 +112,11 @@ def load_image(path: Path, max_short_edge: int | None = None, source: str | None
     try:
         with _pillow_bomb_check_off():  # ours is applied below, from the header, with `max_pixels`
             opened = Image.open(path)
-    except IsADirectoryError:
-        raise CIRDataError(f"{name} is a folder, not an image file") from None
-    except FileNotFoundError:
-        if os.path.islink(path):
-            raise CIRDataError(
-                f"{name} is a broken symbolic link (to `{os.readlink(path)}`, which does not exist)"
-            ) from None
-        raise CIRDataError(f"{name} does not exist") from None
-    except PermissionError:
-        if os.path.isdir(path):  # what opening a folder raises on Windows
-            raise CIRDataError(f"{name} is a folder, not an image file") from None
-        raise CIRDataError(f"{name} cannot be read: permission denied") from None
+    except (IsADirectoryError, FileNotFoundError, PermissionError) as err:
+        # not there, a broken link or a folder (Windows raises PermissionError for one); else unreadable
+        problem = path_problem(path, "an image file")
+        reason = "permission denied" if isinstance(err, PermissionError) else os_reason(err)
+        raise CIRDataError(f"{name} {problem}" if problem else f"{name} cannot be read: {reason}") from None
     except UnidentifiedImageError:
         raise CIRDataError(
             f"{name} cannot be read: not a recognised image format, or truncated or corrupt"

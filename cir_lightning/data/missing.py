@@ -12,8 +12,6 @@ or the annotations, and always an error, whatever ``on_missing`` says.
 
 from __future__ import annotations
 
-import os
-import stat
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -21,40 +19,24 @@ from typing import Literal, TypeVar
 from lightning.pytorch.utilities import rank_zero_warn
 
 from cir_lightning.errors import CIRDataError
-from cir_lightning.messages import first_few
+from cir_lightning.messages import MISSING, first_few, path_problem
 
 OnMissing = Literal["error", "drop"]
 T = TypeVar("T")
-MISSING = "does not exist"
 
 
 def file_problem(path: Path) -> str | None:
-    """What keeps ``path`` from being an image file, or None: ``"does not exist"`` (``MISSING``), a broken
-    symbolic link, a folder, something else that is not a regular file, or a name that cannot exist.
+    """What keeps ``path`` from being an image file, or None (``messages.path_problem``).
 
     Example:
         >>> import tempfile
+        >>> from cir_lightning.data.missing import file_problem
         >>> root = Path(tempfile.mkdtemp())
         >>> (root / "x.png").mkdir()
-        >>> (root / "link.png").symlink_to(root / "gone.png")
-        >>> [file_problem(root / n) for n in ("x.png", "link.png", "y.png")]
-        ['is a folder, not an image file', 'is a broken symbolic link (to ...gone.png)', 'does not exist']
+        >>> [file_problem(root / n) for n in ("x.png", "y.png")]
+        ['is a folder, not an image file', 'does not exist']
     """
-    try:
-        mode = os.stat(path).st_mode
-    except (FileNotFoundError, NotADirectoryError):
-        if os.path.islink(path):
-            return f"is a broken symbolic link (to {os.readlink(path)})"
-        return MISSING
-    except OSError as err:
-        return f"cannot be checked: {err.strerror or err}"
-    except ValueError:  # a lone surrogate in the name
-        return "is not a valid file name"
-    if stat.S_ISDIR(mode):
-        return "is a folder, not an image file"
-    if not stat.S_ISREG(mode):
-        return "is not a regular file"
-    return None
+    return path_problem(path, "an image file")
 
 
 def _is_missing(problem: str) -> bool:

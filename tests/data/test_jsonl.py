@@ -288,5 +288,5 @@ def test_a_folder_or_broken_link_where_an_image_should_be(root):
         setup(root)
     (root / "images" / "c.png").rmdir()
     (root / "images" / "c.png").symlink_to(root / "images" / "moved.png")
-    with pytest.raises(CIRDataError, match=r"c\.png is a broken symbolic link \(to .*moved\.png\)"):
+    with pytest.raises(CIRDataError, match=r"c\.png is a broken symbolic link \(to `.*moved\.png`\)"):
         setup(root)
