@@ -23,16 +23,18 @@ class EpochSampler(Sampler[int]):
     would have seen. When an epoch's iteration starts, the epoch is read from ``epoch_fn`` (else the
     value of ``set_epoch``) and the batches of it already trained from ``position_fn`` (Lightning's
     restored loop position: non-zero only when ``fit --ckpt_path`` resumes a checkpoint written in the
-    middle of an epoch), and those batches are skipped. ``resume(epoch, batches)`` sets the position
-    by hand (``ResumableLoader.load_state_dict``).
+    middle of an epoch), and those batches are skipped.
 
     Example:
         >>> from cir_lightning.data.sampling import EpochSampler
-        >>> s = EpochSampler(6, seed=0, batch_size=2)
-        >>> full = list(s)
-        >>> s.resume(0, 2)
-        >>> list(s) == full[4:], list(s) == full   # skipped once, then whole again
-        (True, True)
+        >>> full = list(EpochSampler(6, seed=0, batch_size=2))
+        >>> trained = [0]
+        >>> s = EpochSampler(6, seed=0, batch_size=2, position_fn=lambda: trained[0])
+        >>> list(s) == full
+        True
+        >>> trained[0] = 2  # resumed after two batches of this epoch
+        >>> list(s) == full[4:]
+        True
     """
 
     def __init__(self, size: int, seed: int, batch_size: int, epoch_fn: Callable[[], int] | None = None,
@@ -41,13 +43,9 @@ class EpochSampler(Sampler[int]):
         self.epoch = 0
         self.epoch_fn = epoch_fn
         self.position_fn = position_fn
-        self._skip: tuple[int, int] | None = None  # (epoch, batches)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-
-    def resume(self, epoch: int, batches: int) -> None:
-        self._skip = (int(epoch), int(batches))
 
     def current_epoch(self) -> int:
         return int(self.epoch_fn()) if self.epoch_fn is not None else self.epoch
@@ -63,9 +61,7 @@ class EpochSampler(Sampler[int]):
         generator = torch.Generator()
         generator.manual_seed(self.seed + epoch)
         order = torch.randperm(self.size, generator=generator).tolist()
-        skip, self._skip = self._skip, None
-        batches = skip[1] if skip is not None and skip[0] == epoch else self.position()
-        start = batches * self.batch_size
+        start = self.position() * self.batch_size
         if start >= self.size - self.size % self.batch_size:  # that epoch was complete: start it anew
             start = 0
         yield from order[start:]
@@ -75,20 +71,22 @@ class EpochSampler(Sampler[int]):
         return {"epoch": self.current_epoch(), "batches": self.position()}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.resume(state.get("epoch", 0), state.get("batches", 0))
+        """Nothing to restore: the epoch and position are read from Lightning's restored loops when the
+        epoch's iteration starts (they equal ``state``)."""
 
 
 class ResumableLoader(DataLoader):
-    """A training ``DataLoader`` whose position Lightning stores in checkpoints (``state_dict``) and
-    restores on ``fit --ckpt_path`` (``load_state_dict``), so a run killed in the middle of an epoch
-    resumes with exactly the batches it had not trained yet.
+    """A training ``DataLoader`` over an ``EpochSampler``. Having ``state_dict`` / ``load_state_dict`` tells
+    Lightning the loader resumes mid-epoch (it stores the position in checkpoints and does not warn); the
+    sampler itself reads the restored position, so a run killed in the middle of an epoch resumes with
+    exactly the batches it had not trained yet.
 
     Example:
         >>> from cir_lightning.data.sampling import EpochSampler, ResumableLoader
-        >>> loader = ResumableLoader(range(6), batch_size=2, sampler=EpochSampler(6, seed=0, batch_size=2))
-        >>> loader.load_state_dict({"epoch": 0, "batches": 1})
-        >>> len(list(loader))  # the first of the three batches was trained already
-        2
+        >>> loader = ResumableLoader(range(6), batch_size=2,
+        ...                          sampler=EpochSampler(6, seed=0, batch_size=2, position_fn=lambda: 1))
+        >>> loader.state_dict(), len(list(loader))  # the first of the three batches was trained already
+        ({'epoch': 0, 'batches': 1}, 2)
     """
 
     def state_dict(self) -> dict[str, int]:
