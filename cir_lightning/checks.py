@@ -29,11 +29,7 @@ def positive_int(name: str, value: object, *, optional: bool = False) -> int | N
         ...
         cir_lightning.errors.CIRConfigError: `batch_size` must be an integer >= 1, got 0
     """
-    if value is None and optional:
-        return None
-    if not _is_int(value) or value < 1:
-        raise CIRConfigError(f"`{name}` must be an integer >= 1, got {value!r}")
-    return value
+    return _int_at_least(name, value, 1, optional)
 
 
 def non_negative_int(name: str, value: object, *, optional: bool = False) -> int | None:
@@ -45,10 +41,14 @@ def non_negative_int(name: str, value: object, *, optional: bool = False) -> int
         ...
         cir_lightning.errors.CIRConfigError: `num_workers` must be an integer >= 0, got -1
     """
+    return _int_at_least(name, value, 0, optional)
+
+
+def _int_at_least(name: str, value: object, minimum: int, optional: bool) -> int | None:
     if value is None and optional:
         return None
-    if not _is_int(value) or value < 0:
-        raise CIRConfigError(f"`{name}` must be an integer >= 0, got {value!r}")
+    if not _is_int(value) or value < minimum:
+        raise CIRConfigError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
     return value
 
 
