@@ -135,8 +135,9 @@ def build_idefics3(spec: TinyModelSpec) -> tuple[Any, Any]:
 
     Example:
         >>> from cir_lightning.backbones.tiny.mllm import TinyModelSpec, build_idefics3
-        >>> type(build_idefics3(TinyModelSpec())[0]).__name__
-        'Idefics3ForConditionalGeneration'
+        >>> model, processor = build_idefics3(TinyModelSpec())
+        >>> model.config.scale_factor, processor.image_processor.do_image_splitting, processor.image_seq_len
+        (2, False, 4)
     """
     from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3Processor
     from transformers.models.idefics3 import Idefics3ImageProcessorPil
@@ -221,8 +222,9 @@ def build_paligemma(spec: TinyModelSpec) -> tuple[Any, Any]:
 
     Example:
         >>> from cir_lightning.backbones.tiny.mllm import TinyModelSpec, build_paligemma
-        >>> type(build_paligemma(TinyModelSpec())[0]).__name__
-        'PaliGemmaForConditionalGeneration'
+        >>> model, processor = build_paligemma(TinyModelSpec())
+        >>> type(model).__name__, processor.image_seq_length
+        ('PaliGemmaForConditionalGeneration', 16)
     """
     from transformers import (
         GemmaConfig,
