@@ -1,24 +1,112 @@
-"""What a standalone ``validate`` / ``test`` leaves behind (never the validation inside ``fit``): the
-gallery embedding caches, the results file and table, and the benchmark's server files.
+"""``CIRModule``'s evaluation: ``Evaluation`` embeds each batch into the evaluator, loads and saves the
+gallery embedding caches, and at an epoch's end searches, scores and logs (``retrieval.loop``); a
+standalone ``validate`` / ``test`` (never the validation inside ``fit``) then leaves behind what
+``RunOutputs`` writes: the caches, the results file and table, and the benchmark's server files.
 
-``CIRModule`` calls ``RunOutputs.write`` at the end of an evaluation epoch; everything here reads the
-trainer, the DataModule's declared hooks (``report``, ``write_predictions``) and the evaluator's
-rankings, and writes through ``cir_lightning.files`` (atomically, never over an existing file).
+Everything here reads the trainer, the DataModule's declared hooks (``gallery_identity``, ``summarize``,
+``report``, ``write_predictions``) and the evaluator's rankings, and writes through ``cir_lightning.files``
+(atomically, never over an existing file).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor
+
 from cir_lightning.data.base import CIRDataModule
+from cir_lightning.errors import CIRConfigError
 from cir_lightning.retrieval.evaluator import RetrievalEvaluator
 from cir_lightning.retrieval.gallery_cache import GalleryCache
-from cir_lightning.retrieval.loop import EpochResults
+from cir_lightning.retrieval.index import SearchConfig
+from cir_lightning.retrieval.loop import EpochResults, EvaluationLoop
 from cir_lightning.retrieval.results import ranked_ids, report_results
 
-__all__ = ["RunOutputs"]
+__all__ = ["Evaluation", "RunOutputs"]
+
+STAGE_PREFIX = {"validate": "val", "test": "test"}
+"""The prefix of the logged metrics (``val/Recall@1``) and of the results files' split names."""
+
+
+def _cir_datamodule(trainer: Any) -> CIRDataModule | None:
+    datamodule = getattr(trainer, "datamodule", None)
+    return datamodule if isinstance(datamodule, CIRDataModule) else None
+
+
+class Evaluation:
+    """Retrieval evaluation inside a LightningModule: the evaluator, its epoch loop, the gallery caches and
+    the files of standalone runs (the options are ``CIRModule``'s of the same names).
+
+    Example:
+        >>> from cir_lightning.evaluation import Evaluation
+        >>> evaluation = Evaluation(ks=[1, 10], search=None, write_results=True, save_rankings=False)
+        >>> evaluation.evaluator.ks, evaluation.cache is None
+        ([1, 10], True)
+    """
+
+    def __init__(self, ks: Sequence[int], search: SearchConfig | None, write_results: bool, save_rankings: bool,
+                 embedding_cache: str | None = None, overwrite_cache: bool = False) -> None:
+        self.evaluator = RetrievalEvaluator(ks, search)
+        self.loop = EvaluationLoop(self.evaluator)
+        self.save_rankings = save_rankings
+        self.cache = GalleryCache(embedding_cache, overwrite_cache) if embedding_cache else None
+        self.outputs = RunOutputs(write_results, save_rankings, self.cache)
+
+    def connect(self, module: Any, datamodule: Any) -> Callable[[str, list[tuple[Any, Any]]], set[int]] | None:
+        """What the DataModule asks when it makes the evaluation loaders (after any checkpoint is loaded):
+        which subsets' galleries come from the cache (None without a cache)."""
+        if self.cache is None:
+            return None
+        if not isinstance(datamodule, CIRDataModule):
+            raise CIRConfigError("`embedding_cache` needs a cir_lightning DataModule (one that skips the "
+                                 f"cached gallery's images); got {type(datamodule).__name__}")
+
+        def cached_galleries(stage: str, sets: list[tuple[Any, Any]]) -> set[int]:
+            if module.trainer.state.fn not in (TrainerFn.VALIDATING, TrainerFn.TESTING):
+                return set()  # never inside fit: the weights change
+            model = {"fingerprint": module.backbone.fingerprint(), "weights": module.backbone.weights_digest()}
+            return self.cache.lookup_sets(stage, sets, dataset=datamodule.gallery_identity(), model=model,
+                                          sharded=self.evaluator.search.sharded)
+
+        return cached_galleries
+
+    def step(self, trainer: Any, dataloader_idx: int, embed: Callable[[str], Tensor], index: Tensor) -> None:
+        """Embed one evaluation batch (``embed(side)``) and keep it."""
+        self.loop.add_batch(trainer, dataloader_idx, embed, index)
+
+    def epoch_start(self) -> None:
+        if self.cache is not None:
+            self.cache.provide(self.evaluator)
+
+    def epoch_end(self, module: Any, stage: str, loaders: Any) -> EpochResults | None:
+        """Search, score and log ``<prefix>/<metric>``; in a standalone run also write the outputs."""
+        trainer = module.trainer
+        standalone = trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING)
+        dm = _cir_datamodule(trainer)
+        epoch = self.loop.finish(trainer, module, loaders, STAGE_PREFIX[stage],
+                                 keep_rankings=standalone and self.outputs.keep_rankings(dm),
+                                 summarize=dm.summarize if dm is not None else None)
+        if epoch is not None and standalone:
+            self.outputs.write(trainer, stage, STAGE_PREFIX[stage], epoch, self.evaluator, dm,
+                               module.backbone.fingerprint(), lambda: self.run_config(module))
+        self.loop.reset()
+        return epoch
+
+    def run_config(self, module: Any) -> dict[str, Any]:
+        """The run's configuration for results files: training hyperparameters, the evaluation options
+        (which checkpoints do not store), the data and the checkpoint."""
+        datamodule = getattr(module.trainer, "datamodule", None)
+        evaluation = {"eval_ks": self.evaluator.ks, "search": dataclasses.asdict(self.evaluator.search),
+                      "save_rankings": self.save_rankings,
+                      "embedding_cache": None if self.cache is None else self.cache.report()}
+        hparams = {k: v for k, v in module.hparams.items() if not k.startswith("_")}
+        return {"model": {**hparams, **evaluation}, "data": dict(getattr(datamodule, "hparams", {}) or {}),
+                "data_class": type(datamodule).__name__ if datamodule is not None else None,
+                "ckpt_path": module.trainer.ckpt_path}
 
 
 class RunOutputs:

@@ -2,21 +2,19 @@
 
 Training is FiRE stage 2 (``objective: retrieval``: ``FireLoss`` on query / target embeddings, targets of
 all ranks gathered with gradient under DDP) or stage 1 (``objective: caption``: cross-entropy on the
-target caption, ``cir_lightning.stage1``). Evaluation runs ``retrieval.loop.EvaluationLoop`` and, in a
-standalone ``validate`` / ``test``, ``evaluation.RunOutputs`` (results, server files, caches).
+target caption, ``cir_lightning.stage1``). Evaluation is ``evaluation.Evaluation`` (the evaluator, caches, and
+in a standalone ``validate`` / ``test`` the results and server files).
 Checkpoints hold the trainable weights only (``cir_lightning.checkpointing``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
 from cir_lightning.backbones.base import Backbone
@@ -29,19 +27,12 @@ from cir_lightning.checkpointing import (
 from cir_lightning.checks import cutoffs, number_in, positive_int
 from cir_lightning.data.base import CIRDataModule
 from cir_lightning.errors import CIRConfigError
-from cir_lightning.evaluation import RunOutputs
-from cir_lightning.losses import FireLoss, caption_loss, distributed_fire_loss, target_keys
+from cir_lightning.evaluation import Evaluation
+from cir_lightning.losses import FireLoss, distributed_fire_loss, target_keys
 from cir_lightning.optim import lr_scheduler
-from cir_lightning.retrieval.evaluator import (
-    RetrievalEvaluator,
-    loader_role,
-)
-from cir_lightning.retrieval.gallery_cache import GalleryCache
+from cir_lightning.retrieval.evaluator import loader_role
 from cir_lightning.retrieval.index import SearchConfig
-from cir_lightning.retrieval.loop import EvaluationLoop
-from cir_lightning.stage1 import FIRE_STAGE1_INSTRUCTION, CaptionBatches
-
-_STAGE_PREFIX = {"validate": "val", "test": "test"}
+from cir_lightning.stage1 import FIRE_STAGE1_INSTRUCTION, CaptionBatches, caption_step, check_caption_data
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -124,24 +115,17 @@ class CIRModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["backbone", "loss", "optimizer", "eval_ks", "search", "export_adapter",
                                           "write_results", "save_rankings", "embedding_cache",
                                           "overwrite_cache"])
-        self.backbone = backbone
-        self.loss = loss or FireLoss()
-        self.optimizer_factory = optimizer
-        self.lr_schedule = lr_schedule
-        self.warmup = warmup
-        self.target_side = target_side
         number_in("warmup", warmup, 0, math.inf)
         positive_int("max_caption_tokens", max_caption_tokens, optional=True)
-        self.evaluator = RetrievalEvaluator(cutoffs("eval_ks", eval_ks) if eval_ks is not None else [1, 5, 10, 50],
-                                            search)
-        self.loop = EvaluationLoop(self.evaluator)
-        self.export_adapter = export_adapter
-        self.write_results = write_results
-        self.save_rankings = save_rankings
-        self.cache = GalleryCache(embedding_cache, overwrite_cache) if embedding_cache else None
-        self.outputs = RunOutputs(write_results, save_rankings, self.cache)
+        self.backbone = backbone
+        self.loss = loss or FireLoss()
+        self.optimizer_factory, self.lr_schedule, self.warmup = optimizer, lr_schedule, warmup
+        self.target_side, self.objective = target_side, objective
         self.cross_rank_negatives = cross_rank_negatives
-        self.objective = objective
+        self.export_adapter = export_adapter
+        ks = cutoffs("eval_ks", eval_ks) if eval_ks is not None else [1, 5, 10, 50]
+        self.evaluation = Evaluation(ks, search, write_results, save_rankings, embedding_cache, overwrite_cache)
+        self.evaluator, self.cache = self.evaluation.evaluator, self.evaluation.cache
         self.caption_batches = None
         if objective == "caption":  # the backbone's collator must build generative batches (LLMs do)
             self.caption_batches = CaptionBatches(backbone.collator, caption_instruction, max_caption_tokens)
@@ -153,28 +137,11 @@ class CIRModule(pl.LightningModule):
         # the index type for the real embedding size, before anything is embedded (e.g. PQ16 on 30 dims)
         self.evaluator.search.check(self.backbone.embedding_dim)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        if self.cache is not None and not isinstance(datamodule, CIRDataModule):
-            raise CIRConfigError("`embedding_cache` needs a cir_lightning DataModule (one that skips the "
-                                 f"cached gallery's images); got {type(datamodule).__name__}")
-        if (self.objective == "caption" and stage == "fit" and isinstance(datamodule, CIRDataModule)
-                and not datamodule.with_captions):
-            raise CIRConfigError("`objective: caption` (FiRE stage 1) trains on target captions: set "
-                                 "`data.init_args.with_captions: true` (every training line needs a `target_caption`)"
-                                 if "with_captions" in datamodule.hparams else
-                                 f"`objective: caption` (FiRE stage 1) trains on target captions, which "
-                                 f"{type(datamodule).__name__} does not have: use JSONL data with `target_caption`")
+        cached_galleries = self.evaluation.connect(self, datamodule)
         if isinstance(datamodule, CIRDataModule):
-            collator = self.caption_batches or self.backbone.collator
-            datamodule.connect(collator, self._cached_galleries if self.cache else None)
-
-    def _cached_galleries(self, stage: str, sets: list[tuple[Any, Any]]) -> set[int]:
-        """Asked once by the DataModule when it makes the evaluation loaders (after any checkpoint is
-        loaded): the subsets whose gallery comes from the cache (never inside fit: the weights change)."""
-        if self.trainer.state.fn not in (TrainerFn.VALIDATING, TrainerFn.TESTING):
-            return set()
-        model = {"fingerprint": self.backbone.fingerprint(), "weights": self.backbone.weights_digest()}
-        return self.cache.lookup_sets(stage, sets, dataset=self.trainer.datamodule.gallery_identity(), model=model,
-                                      sharded=self.evaluator.search.sharded)
+            if self.objective == "caption" and stage == "fit":
+                check_caption_data(datamodule)
+            datamodule.connect(self.caption_batches or self.backbone.collator, cached_galleries)
 
     # ------------------------------------------------------------------ training
     @property
@@ -183,15 +150,15 @@ class CIRModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         if self.objective == "caption":
-            return self._caption_step(batch)
+            loss, tokens = caption_step(self.backbone, batch)
+            self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["index"]), sync_dist=self._distributed)
+            self.log("train/caption_tokens", float(tokens), batch_size=len(batch["index"]))  # this rank's
+            return loss
         query = self.backbone(batch["query"])
-        if self.target_side == "caption":
-            if "target_text" not in batch:
-                raise CIRConfigError("`target_side: caption` needs target captions in every training sample "
-                                     "(set `with_captions: true` on the data and give `target_caption`)")
-            target = self.backbone(batch["target_text"])
-        else:
-            target = self.backbone(batch["target"])
+        if self.target_side == "caption" and "target_text" not in batch:
+            raise CIRConfigError("`target_side: caption` needs target captions in every training sample "
+                                 "(set `with_captions: true` on the data and give `target_caption`)")
+        target = self.backbone(batch["target_text" if self.target_side == "caption" else "target"])
         cross_rank = self.cross_rank_negatives and self._distributed
         dataset = getattr(getattr(self.trainer, "train_dataloader", None), "dataset", None)
         keys = target_keys(batch, cross_rank, getattr(dataset, "records", None)).to(query.device)
@@ -203,77 +170,28 @@ class CIRModule(pl.LightningModule):
                       sync_dist=cross_rank)
         return terms["loss"]
 
-    def _caption_step(self, batch: dict[str, Any]) -> Tensor:
-        if "caption_labels" not in batch:
-            raise CIRConfigError("`objective: caption` got a batch without `caption_labels`: the DataModule must "
-                                 "be connected to the module's collator (a cir_lightning DataModule is)")
-        logits, targets = self.backbone.caption_logits(batch["caption"], batch["caption_labels"])
-        loss = caption_loss(logits, targets)  # under DDP: the global token mean, see caption_loss
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["index"]), sync_dist=self._distributed)
-        self.log("train/caption_tokens", float(targets.numel()), batch_size=len(batch["index"]))  # this rank's
-        return loss
-
-    # ------------------------------------------------------------------ evaluation
-    def _embed(self, batch: dict[str, Any], key: str) -> Tensor:
-        embeddings = self.backbone(batch[key])
-        groups = batch.get("query_groups") if key == "query" else None
-        if groups is not None:  # several texts per query (e.g. both caption orders): average, renormalise
-            summed = embeddings.new_zeros(len(batch["index"]), embeddings.shape[1]).index_add_(0, groups, embeddings)
-            embeddings = torch.nn.functional.normalize(summed, dim=-1)
-        return embeddings
-
-    def _eval_step(self, batch: dict[str, Any], dataloader_idx: int) -> None:
-        self.loop.add_batch(self.trainer, dataloader_idx, lambda key: self._embed(batch, key), batch["index"])
-
-    def _eval_epoch_start(self) -> None:
-        if self.cache is not None:
-            self.cache.provide(self.evaluator)
-
-    def _eval_epoch_end(self, stage: str, loaders: Any) -> None:
-        standalone = self.trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING)  # not inside fit
-        datamodule = getattr(self.trainer, "datamodule", None)
-        dm = datamodule if isinstance(datamodule, CIRDataModule) else None
-        epoch = self.loop.finish(self.trainer, self, loaders, _STAGE_PREFIX[stage],
-                                 keep_rankings=standalone and self.outputs.keep_rankings(dm),
-                                 summarize=dm.summarize if dm is not None else None)
-        if epoch is not None and standalone:
-            self.outputs.write(self.trainer, stage, _STAGE_PREFIX[stage], epoch, self.evaluator, dm,
-                               self.backbone.fingerprint(), lambda: self._run_config(datamodule))
-        self.loop.reset()
-
-    def _run_config(self, datamodule: Any) -> dict[str, Any]:
-        """The run's configuration for results files: training hyperparameters, the evaluation options
-        (which checkpoints do not store), the data and the checkpoint."""
-        evaluation = {"eval_ks": self.evaluator.ks, "search": dataclasses.asdict(self.evaluator.search),
-                      "save_rankings": self.save_rankings,
-                      "embedding_cache": None if self.cache is None else self.cache.report()}
-        hparams = {k: v for k, v in self.hparams.items() if not k.startswith("_")}
-        return {"model": {**hparams, **evaluation}, "data": dict(getattr(datamodule, "hparams", {}) or {}),
-                "data_class": type(datamodule).__name__ if datamodule is not None else None,
-                "ckpt_path": self.trainer.ckpt_path}
-
+    # ------------------------------------------------------------------ evaluation (see evaluation.Evaluation)
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, dataloader_idx)
+        self.evaluation.step(self.trainer, dataloader_idx, lambda side: self.backbone.embed_batch(batch, side),
+                             batch["index"])
 
     def on_validation_epoch_start(self) -> None:
-        self._eval_epoch_start()
-
-    def on_test_epoch_start(self) -> None:
-        self._eval_epoch_start()
+        self.evaluation.epoch_start()
 
     def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("validate", self.trainer.val_dataloaders)
+        self.evaluation.epoch_end(self, "validate", self.trainer.val_dataloaders)
 
-    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._eval_step(batch, dataloader_idx)
+    test_step = validation_step
+    on_test_epoch_start = on_validation_epoch_start
 
     def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test", self.trainer.test_dataloaders)
+        self.evaluation.epoch_end(self, "test", self.trainer.test_dataloaders)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Embeddings of queries and gallery images: ``{"subset", "kind", "index", "embedding"}``."""
-        subset, key = loader_role(dataloader_idx)
-        return {"subset": subset, "kind": key, "index": batch["index"], "embedding": self._embed(batch, key).cpu()}
+        subset, side = loader_role(dataloader_idx)
+        return {"subset": subset, "kind": side, "index": batch["index"],
+                "embedding": self.backbone.embed_batch(batch, side).cpu()}
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:

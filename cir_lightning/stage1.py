@@ -15,9 +15,12 @@ from __future__ import annotations
 import string
 from typing import Any
 
+from torch import Tensor
+
 from cir_lightning.backbones.collate import sample_index
 from cir_lightning.backbones.prompts import IMAGE
 from cir_lightning.errors import CIRConfigError, CIRDataError
+from cir_lightning.losses import caption_loss
 from cir_lightning.messages import first_few
 
 FIRE_STAGE1_INSTRUCTION = "<image> but modified with {modification}. Please describe the new image."
@@ -84,3 +87,24 @@ class CaptionBatches:
 
     def gallery(self, samples: list[dict[str, Any]]) -> Any:
         return self.collator.gallery(samples)
+
+
+def check_caption_data(datamodule: Any) -> None:
+    """Refuse a cir_lightning DataModule that will not give stage 1 its target captions."""
+    if getattr(datamodule, "with_captions", True):
+        return
+    if "with_captions" in datamodule.hparams:
+        raise CIRConfigError("`objective: caption` (FiRE stage 1) trains on target captions: set "
+                             "`data.init_args.with_captions: true` (every training line needs a `target_caption`)")
+    raise CIRConfigError(f"`objective: caption` (FiRE stage 1) trains on target captions, which "
+                         f"{type(datamodule).__name__} does not have: use JSONL data with `target_caption`")
+
+
+def caption_step(backbone: Any, batch: dict[str, Any]) -> tuple[Tensor, int]:
+    """Stage 1's loss on a ``CaptionBatches.triplets`` batch (under DDP the global token mean, see
+    ``caption_loss``) and the number of caption tokens it was computed on (this rank's)."""
+    if "caption_labels" not in batch:
+        raise CIRConfigError("`objective: caption` got a batch without `caption_labels`: the DataModule must "
+                             "be connected to the module's collator (a cir_lightning DataModule is)")
+    logits, targets = backbone.caption_logits(batch["caption"], batch["caption_labels"])
+    return caption_loss(logits, targets), targets.numel()

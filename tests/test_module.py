@@ -160,7 +160,7 @@ def test_query_with_several_texts_is_the_normalised_mean_of_their_embeddings(tin
     batch = module.backbone.collator.queries(samples)
     assert batch["query_groups"].tolist() == [0, 0, 1]
     with torch.no_grad():
-        got = module._embed(batch, "query")
+        got = module.backbone.embed_batch(batch, "query")
         each = module.backbone.encode_query([red, red, blue], ["make it a dress", "and shorter", "make it green"])
     assert got.shape == (2, each.shape[1])
     expected = torch.nn.functional.normalize(torch.stack([each[0] + each[1], each[2]]), dim=-1)

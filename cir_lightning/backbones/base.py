@@ -98,6 +98,17 @@ class Backbone(nn.Module):
         raise CIRConfigError(f"{type(self).__name__} has no language-model head, so it cannot be trained to "
                              "generate captions (`objective: caption`, FiRE stage 1); use a multimodal LLM backbone")
 
+    def embed_batch(self, batch: Mapping[str, Any], side: str) -> Tensor:
+        """Embeddings of one side (``"query"``, ``"gallery"``, ...) of a collated batch, one row per sample:
+        where a query has several texts (``query_groups``, e.g. both caption orders) their embeddings are
+        averaged and renormalised."""
+        embeddings = self(batch[side])
+        groups = batch.get("query_groups") if side == "query" else None
+        if groups is None:
+            return embeddings
+        summed = embeddings.new_zeros(len(batch["index"]), embeddings.shape[1]).index_add_(0, groups, embeddings)
+        return torch.nn.functional.normalize(summed, dim=-1)
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
