@@ -27,7 +27,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cir_lightning.checks import non_negative_int, positive_int
-from cir_lightning.data.datasets import CachedGallery, GalleryDataset, QueryDataset, TripletDataset
+from cir_lightning.data.datasets import (
+    CachedGallery,
+    GalleryDataset,
+    ImageDataset,
+    QueryDataset,
+    TripletDataset,
+)
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.sampling import EpochSampler, ResumableLoader
 from cir_lightning.errors import CIRConfigError
@@ -216,7 +222,7 @@ class CIRDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------ loaders
     def _loader(self, dataset: Dataset, collate: Any, batch_size: int, shuffle: bool,
                 sampler: Sampler | None = None) -> DataLoader:
-        if hasattr(dataset, "max_pixels"):  # an image option of the DataModule, used where images are decoded
+        if isinstance(dataset, ImageDataset):  # an image option of the DataModule, used where images are decoded
             dataset.max_pixels = self.max_image_pixels
         loader = ResumableLoader if isinstance(sampler, EpochSampler) else DataLoader
         return loader(

@@ -16,9 +16,10 @@ from torch.utils.data import Dataset
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS, load_image
 
 
-class _Images:
-    """What every dataset shares: decoding its images with the DataModule's image options
-    (``max_short_edge``, and ``max_pixels``, which ``CIRDataModule`` sets from ``max_image_pixels``)."""
+class ImageDataset:
+    """The declared contract of every dataset that decodes images: it does so with the DataModule's image
+    options (``max_short_edge``, and ``max_pixels``, which ``CIRDataModule`` sets from
+    ``max_image_pixels`` on every ``ImageDataset`` it loads)."""
 
     max_short_edge: int | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS
@@ -62,7 +63,7 @@ class GalleryItem:
     source: str
 
 
-class TripletDataset(_Images, Dataset):
+class TripletDataset(ImageDataset, Dataset):
     """Training triplets; a sample is ``{"index", "reference_image", "modification", "target_image",
     "target_key"}`` (``target_key`` identifies the target image, so that two triplets with the same
     target count as positives of each other) plus ``"reference_caption"`` / ``"target_caption"`` when ``with_captions`` is set."""
@@ -91,7 +92,7 @@ class TripletDataset(_Images, Dataset):
         return sample
 
 
-class QueryDataset(_Images, Dataset):
+class QueryDataset(ImageDataset, Dataset):
     """Evaluation queries; a sample is ``{"index", "reference_image", "modification"}``.
 
     The ground truth and the protocol stay here, not in the batches; the evaluator reads them once all
@@ -147,7 +148,7 @@ class QueryDataset(_Images, Dataset):
         }
 
 
-class GalleryDataset(_Images, Dataset):
+class GalleryDataset(ImageDataset, Dataset):
     """Gallery images; a sample is ``{"index", "image"}``, ``ids[i]`` is the id of row ``i``."""
 
     def __init__(self, records: list[GalleryItem], max_short_edge: int | None = None) -> None:
