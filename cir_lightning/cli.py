@@ -103,12 +103,27 @@ class CIRLightningCLI(LightningCLI):
         if config is not None and config.get("ckpt_path") is not None:
             config["ckpt_path"] = resolve_ckpt_path(str(config["ckpt_path"]), config)
             path = Path(config["ckpt_path"])
+        if path is not None and path.is_file() and config.get("weights_only") is False:
+            # the user's explicit choice; Lightning's own read is always weights_only=True and would refuse
+            self._apply_ckpt_hparams(load_torch_file(path, weights_only=False, what="`--ckpt_path`"))
+            return
         try:
             super()._parse_ckpt_path()
         except Exception:
             if path is not None and path.is_file():
                 load_torch_file(path, weights_only=True, what="`--ckpt_path`")  # raises the explanation
             raise
+
+    def _apply_ckpt_hparams(self, checkpoint: Any) -> None:
+        """Lightning's merge of a checkpoint's hyperparameters into the ``model`` config, for a checkpoint
+        read with ``weights_only: false``."""
+        hparams = dict(checkpoint.get("hyper_parameters", {}) if isinstance(checkpoint, dict) else {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        self.config = self.parser.parse_object({self.config.subcommand: {"model": hparams}}, self.config)
 
 
 def _get(config: Any, key: str) -> Any:

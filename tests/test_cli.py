@@ -173,6 +173,22 @@ def test_checkpoints_load_with_weights_only_unless_asked_otherwise(fitted, monke
                           "--weights_only", "false"])
     assert seen["weights_only"] is False
 
+    # a checkpoint holding an object outside torch's safe list: refused by default, read when the user says so
+    from fractions import Fraction
+
+    from cir_lightning.errors import CIRModelError
+
+    trusted = cwd / "trusted.ckpt"
+    torch.save({**torch.load(ckpt, weights_only=True), "note": Fraction(1, 3)}, trusted)
+    seen.clear()
+    with pytest.raises(CIRModelError, match="not a safe checkpoint.*fractions"):
+        CIRLightningCLI(args=["validate", *common, "--trainer.default_root_dir", "wo", "--ckpt_path", str(trusted)])
+    assert seen == {}
+    CIRLightningCLI(args=["validate", *common, "--trainer.default_root_dir", "wo", "--ckpt_path", str(trusted),
+                          "--weights_only", "false"])
+    assert seen["weights_only"] is False
+    assert seen["ckpt_path"] == str(trusted)
+
 
 
 def test_fit_resumed_from_an_epoch_checkpoint_ends_exactly_like_an_uninterrupted_run(tmp_path, tiny_model_dir):
