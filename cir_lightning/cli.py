@@ -1,4 +1,5 @@
-"""The ``cir-lightning`` command: LightningCLI (fit / validate / test / predict) plus two offline tools.
+"""The ``cir-lightning`` command: LightningCLI (fit / validate / test / predict) plus the commands of
+``cir_lightning.commands``.
 
     cir-lightning fit --config configs/demo.yaml
     cir-lightning validate --config configs/demo.yaml --ckpt_path PATH
@@ -12,7 +13,6 @@ also moves every path written as ``${trainer.default_root_dir}/...``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
@@ -25,16 +25,14 @@ from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
+from cir_lightning.commands import COMMANDS, run_command
 from cir_lightning.errors import CIRConfigError, CIRFileError, embedded_error
 from cir_lightning.files import check_writable, free_path, write_atomic
 from cir_lightning.messages import path_problem
 from cir_lightning.module import CIRModule
 from cir_lightning.torch_files import load_torch_file
 
-TOOLS = {
-    "make-tiny-model": "build a tiny random LLaVA-NeXT-style checkpoint folder (offline)",
-    "make-synthetic-data": "write the synthetic CIR benchmark (JSONL layout) to a folder",
-}
+TOOLS = COMMANDS  # the earlier name
 
 
 class KeepConfigCallback(SaveConfigCallback):
@@ -233,29 +231,8 @@ def check_config_files(argv: Sequence[str]) -> None:
 
 
 def _description() -> str:
-    tools = "\n".join(f"  cir-lightning {name} --help   {text}" for name, text in TOOLS.items())
-    return f"Composed image retrieval with PyTorch Lightning.\n\nOffline tools:\n{tools}"
-
-
-def _tools(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog=f"cir-lightning {argv[0]}", description=TOOLS[argv[0]])
-    parser.add_argument("out_dir", help="folder to write (it must not exist; make-tiny-model also takes an empty one)")
-    parser.add_argument("--seed", type=int, default=0)
-    if argv[0] == "make-tiny-model":
-        parser.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint folder")
-        ns = parser.parse_args(argv[1:])
-        from cir_lightning.backbones.tiny import make_tiny_model
-
-        print(make_tiny_model(ns.out_dir, seed=ns.seed, overwrite=ns.overwrite))
-    else:
-        parser.add_argument("--num-train", type=int, default=7400)
-        parser.add_argument("--num-val", type=int, default=500)
-        parser.add_argument("--image-size", type=int, default=64)
-        ns = parser.parse_args(argv[1:])
-        from cir_lightning.data.synthetic import make_synthetic_cir
-
-        print(make_synthetic_cir(ns.out_dir, seed=ns.seed, num_train=ns.num_train, num_val=ns.num_val,
-                                 image_size=ns.image_size))
+    tools = "\n".join(f"  cir-lightning {name} --help   {text}" for name, (_, text) in COMMANDS.items())
+    return f"Composed image retrieval with PyTorch Lightning.\n\nOther commands:\n{tools}"
 
 
 def _release_distributed() -> None:
@@ -280,8 +257,8 @@ def main(args: Sequence[str] | None = None) -> None:
     hf_logging.disable_progress_bar()  # per-file "Loading weights" bars drown the training log
     argv = list(sys.argv[1:] if args is None else args)
     try:
-        if argv and argv[0] in TOOLS:
-            _tools(argv)
+        if argv and argv[0] in COMMANDS:
+            run_command(argv)
         else:
             check_config_files(argv)
             cli = CIRLightningCLI(args=None if args is None else argv)

@@ -1,0 +1,30 @@
+"""The ``cir-lightning`` commands besides LightningCLI's ``fit`` / ``validate`` / ``test`` / ``predict``.
+
+Each command is a module here with a ``main(argv)`` function (argparse; errors raised as ``CIRError``s,
+which the entry point prints as one line). They are registered in ``COMMANDS`` (name -> module and
+one-line help) and imported only when run, so ``cir-lightning fit`` pays for none of them.
+
+Example:
+    >>> from cir_lightning.commands import COMMANDS
+    >>> sorted(COMMANDS)[:2]
+    ['make-synthetic-data', 'make-tiny-model']
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "make-tiny-model": ("cir_lightning.commands.offline",
+                        "build a tiny random LLaVA-NeXT-style checkpoint folder (offline)"),
+    "make-synthetic-data": ("cir_lightning.commands.offline",
+                            "write the synthetic CIR benchmark (JSONL layout) to a folder"),
+}
+"""Command name -> (module with ``main(argv)``, one-line help)."""
+
+
+def run_command(argv: Sequence[str]) -> None:
+    """Run ``argv[0]`` (a name in ``COMMANDS``) with the arguments after it."""
+    module, _ = COMMANDS[argv[0]]
+    importlib.import_module(module).main(list(argv))
