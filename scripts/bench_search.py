@@ -1,14 +1,21 @@
-"""Search benchmark: time and peak memory of `cir_lightning.retrieval.search` on random embeddings.
+"""Exact search benchmark: ``cir_lightning.retrieval.search`` against the dense baseline, side by side.
 
-Shows that the search never materialises the (queries x gallery) score matrix: peak memory grows with
-the gallery, not with queries x gallery. Run it in a fresh process per configuration, e.g.
+Random L2-normalised embeddings, one excluded gallery row per query (as in CIRR / JSONL evaluation).
+Four ways to get each query's top-k are timed in one process, interleaved (A B C D A B C D ...), and the
+minimum of the repeats is reported with its ratio to the dense baseline:
 
-    python scripts/bench_search.py --queries 5000 --gallery 200000 --dim 256 --backend faiss
-    python scripts/bench_search.py --queries 5000 --gallery 200000 --dim 256 --backend torch
-    python scripts/bench_search.py --queries 5000 --gallery 200000 --dim 256 --factory IVF1024,Flat --nprobe 16
+- ``dense``: ``queries @ gallery.T`` then ``topk`` (the score matrix in memory; no exclusion, no ties),
+- ``faiss_index``: a raw ``faiss.IndexFlatIP`` built and searched (no exclusion, no ties),
+- ``search_faiss``: ``search(..., SearchConfig())`` (exact, exclusion, tie order),
+- ``search_torch``: ``search(..., SearchConfig(backend="torch"))``.
 
-It prints one JSON line: sizes, seconds, peak resident memory (MiB) before and after the search, and
-the size the full score matrix would have had.
+Peak memory is measured in a fresh process per method (``--memory METHOD``): resident memory added by the
+search on top of the embeddings, next to the gallery's own size.
+
+    python scripts/bench_search.py --queries 2000 --gallery 10000 --repeats 5
+    python scripts/bench_search.py --queries 1000 --gallery 1000000 --repeats 3 --memory-too
+
+It prints one JSON line per measurement.
 """
 
 from __future__ import annotations
@@ -16,48 +23,93 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import subprocess
 import sys
 import time
 
 import torch
 
-from cir_lightning.retrieval import SearchConfig, search
+METHODS = ("dense", "faiss_index", "search_faiss", "search_torch")
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def _peak_mib() -> float:
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+    generator = torch.Generator().manual_seed(0)
+
+    def normalised(rows: int) -> torch.Tensor:  # filled in blocks: the peak memory stays the array's own
+        out = torch.empty(rows, args.dim)
+        for start in range(0, rows, 65536):
+            block = out[start:start + 65536]
+            block.copy_(torch.nn.functional.normalize(torch.randn(block.shape, generator=generator), dim=-1))
+        return out
+
+    gallery, queries = normalised(args.gallery), normalised(args.queries)
+    excluded = torch.randint(0, args.gallery, (args.queries, 1), generator=generator).tolist()
+    return queries, gallery, excluded
+
+
+def _run(method: str, queries: torch.Tensor, gallery: torch.Tensor, excluded: list[list[int]], k: int) -> None:
+    from cir_lightning.retrieval import SearchConfig, search
+
+    if method == "dense":
+        (queries @ gallery.T).topk(k, dim=1)
+    elif method == "faiss_index":
+        import faiss
+
+        index = faiss.IndexFlatIP(gallery.shape[1])
+        index.add(gallery.numpy())
+        index.search(queries.numpy(), k)
+    elif method == "search_faiss":
+        search(queries, gallery, k, excluded, SearchConfig())
+    else:
+        search(queries, gallery, k, excluded, SearchConfig(backend="torch"))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--queries", type=int, default=5000)
-    parser.add_argument("--gallery", type=int, default=200_000)
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--k", type=int, default=50)
-    parser.add_argument("--backend", choices=["faiss", "torch"], default="faiss")
-    parser.add_argument("--factory", default="Flat")
-    parser.add_argument("--nprobe", type=int, default=None)
-    parser.add_argument("--exclude", type=int, default=1, help="excluded gallery rows per query")
+    parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--gallery", type=int, default=10_000)
+    parser.add_argument("--dim", type=int, default=768)
+    parser.add_argument("--k", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--memory", choices=METHODS, help="measure the peak memory of one method (and exit)")
+    parser.add_argument("--memory-too", action="store_true", help="also measure each method's memory")
     args = parser.parse_args()
-
-    generator = torch.Generator().manual_seed(0)
-    gallery = torch.nn.functional.normalize(torch.randn(args.gallery, args.dim, generator=generator), dim=-1)
-    queries = torch.nn.functional.normalize(torch.randn(args.queries, args.dim, generator=generator), dim=-1)
-    excluded = torch.randint(0, args.gallery, (args.queries, args.exclude), generator=generator).tolist()
-    before = _peak_mib()
-    start = time.perf_counter()
-    ranked = search(queries, gallery, args.k, excluded,
-                    SearchConfig(backend=args.backend, factory=args.factory, nprobe=args.nprobe))
-    seconds = time.perf_counter() - start
-    print(json.dumps({
-        "backend": args.backend, "factory": args.factory, "queries": args.queries, "gallery": args.gallery,
-        "dim": args.dim, "k": args.k, "seconds": round(seconds, 2), "threads": torch.get_num_threads(),
-        "peak_mib_before_search": round(before), "peak_mib_after_search": round(_peak_mib()),
-        "gallery_mib": round(gallery.numel() * 4 / 2**20),
-        "full_score_matrix_mib": round(args.queries * args.gallery * 4 / 2**20),
-        "result_shape": list(ranked.shape),
-    }))
+    queries, gallery, excluded = _data(args)
+    sizes = {"queries": args.queries, "gallery": args.gallery, "dim": args.dim, "k": args.k,
+             "threads": torch.get_num_threads()}
+    if args.memory:
+        before = max(_rss_mib(), _peak_mib())
+        _run(args.memory, queries, gallery, excluded, args.k)
+        print(json.dumps({**sizes, "method": args.memory, "extra_mib": round(_peak_mib() - before),
+                          "gallery_mib": round(gallery.numel() * 4 / 2**20)}))
+        return
+    _run("search_faiss", queries[:8], gallery, excluded[:8], args.k)  # warm-up: imports, BLAS threads
+    times: dict[str, list[float]] = {m: [] for m in METHODS}
+    for _ in range(args.repeats):
+        for method in METHODS:
+            start = time.perf_counter()
+            _run(method, queries, gallery, excluded, args.k)
+            times[method].append(time.perf_counter() - start)
+    dense = min(times["dense"])
+    for method in METHODS:
+        best = min(times[method])
+        print(json.dumps({**sizes, "method": method, "min_s": round(best, 3),
+                          "median_s": round(sorted(times[method])[len(times[method]) // 2], 3),
+                          "ratio_to_dense": round(best / dense, 2)}))
+    if args.memory_too:
+        for method in METHODS:
+            subprocess.run([sys.executable, __file__, "--queries", str(args.queries), "--gallery",
+                            str(args.gallery), "--dim", str(args.dim), "--k", str(args.k), "--memory", method],
+                           check=True)
 
 
 if __name__ == "__main__":

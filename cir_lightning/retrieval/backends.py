@@ -34,11 +34,26 @@ _BLOCK_ELEMENTS = 2**26  # scores held at once by the torch backend: 256 MB of f
 
 
 def _sorted_by_score_then_index(ids: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
-    """Order each row by score descending, equal scores by the lower gallery index."""
-    by_index = ids.argsort(dim=1, stable=True)
-    ids, scores = ids.gather(1, by_index), scores.gather(1, by_index)
-    order = scores.argsort(dim=1, descending=True, stable=True)
-    return ids.gather(1, order), scores.gather(1, order)
+    """Order each row, already sorted by score descending, so that equal scores come by the lower gallery
+    index. Only the rows that hold a tie are re-sorted (with random float scores: almost none).
+
+    Example:
+        >>> from cir_lightning.retrieval.backends import _sorted_by_score_then_index
+        >>> ids, scores = _sorted_by_score_then_index(torch.tensor([[5, 3, 9], [2, 1, 0]]),
+        ...                                           torch.tensor([[.9, .9, .1], [.8, .7, .6]]))
+        >>> ids.tolist()
+        [[3, 5, 9], [2, 1, 0]]
+    """
+    tied = (scores[:, 1:] == scores[:, :-1]).any(dim=1).nonzero().flatten()
+    if len(tied) == 0:
+        return ids, scores
+    ids, scores = ids.clone(), scores.clone()
+    sub_ids, sub_scores = ids[tied], scores[tied]
+    by_index = sub_ids.argsort(dim=1, stable=True)
+    sub_ids, sub_scores = sub_ids.gather(1, by_index), sub_scores.gather(1, by_index)
+    order = sub_scores.argsort(dim=1, descending=True, stable=True)
+    ids[tied], scores[tied] = sub_ids.gather(1, order), sub_scores.gather(1, order)
+    return ids, scores
 
 
 def torch_topk(q: np.ndarray, g: np.ndarray, k: int, chunk_size: int) -> tuple[Tensor, Tensor]:
@@ -143,13 +158,17 @@ def _to_gpu(index, config: SearchConfig):
 def faiss_topk(q: np.ndarray, g: np.ndarray, k: int, config: SearchConfig) -> tuple[Tensor, Tensor]:
     if config.device == "cuda" and k > _GPU_MAX_K:
         raise CIRConfigError(f"faiss GPU indexes return at most {_GPU_MAX_K} results per query, {k} asked")
-    index = build_index(g, config)
     extra = 1 if (config.exact and k < len(g)) else 0  # one more hit shows whether a tie crosses the cut
-    scores, ids = (torch.from_numpy(np.ascontiguousarray(a)) for a in index.search(q, k + extra))
-    ids = ids.long()
+    if config.exact and config.device == "cpu":
+        import faiss
+
+        # brute force on the caller's arrays (BLAS blocks + per-query heaps): no copy of the gallery
+        found = faiss.knn(q, g, k + extra, metric=faiss.METRIC_INNER_PRODUCT)
+    else:
+        found = build_index(g, config).search(q, k + extra)
+    scores, ids = (torch.from_numpy(np.ascontiguousarray(a)) for a in found)
     # faiss orders equal scores arbitrarily: sort by (score desc, gallery index asc), like the torch path
-    order = torch.from_numpy(np.lexsort((ids.numpy(), -scores.numpy()), axis=1))
-    ids, scores = ids.gather(1, order), scores.gather(1, order)
+    ids, scores = _sorted_by_score_then_index(ids.long(), scores)
     # missing results (-1, score -FLT_MAX) sort last and are removed by _drop_excluded
     if extra:
         crossing = (scores[:, k - 1] == scores[:, k]).nonzero().flatten()

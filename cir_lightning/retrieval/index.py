@@ -32,6 +32,9 @@ from cir_lightning.retrieval.search_config import SearchConfig, faiss_message
 __all__ = ["SearchConfig", "build_index", "faiss_message", "pad_lists", "search", "search_with_scores"]
 
 
+_COMPARE_EXCLUDED = 16  # up to this many excluded rows per query, membership by direct comparison
+
+
 def pad_lists(lists: Sequence[Sequence[int]], width: int | None = None) -> Tensor:
     """Pack lists of ints into a (len(lists), width) long tensor padded with -1.
 
@@ -58,16 +61,23 @@ def _drop_excluded(ids: Tensor, scores: Tensor, excluded: Tensor, k: int) -> tup
         ([[4, 2]], [0.9, 0.7])
     """
     drop = ids < 0
-    if excluded.numel():
+    if 0 < excluded.shape[1] <= _COMPARE_EXCLUDED:  # a few per query (CIRR, JSONL: one): compare directly
+        for column in excluded.T:  # O(results x excluded); -1 padding matches nothing (ids < 0 are dropped)
+            drop |= ids == column.unsqueeze(1)
+    elif excluded.numel():
         # (row, id) pairs encoded as one integer: membership by sorting, O(rows x width) memory
         span = int(max(ids.max(), excluded.max())) + 2
         rows = torch.arange(len(ids)).unsqueeze(1) * span
         valid = excluded >= 0
         drop |= torch.isin(rows + ids + 1, (rows + excluded + 1)[valid])
-    order = drop.to(torch.int8).argsort(dim=1, stable=True)  # kept entries first, in their order
-    dropped = drop.gather(1, order)
-    kept = ids.gather(1, order).masked_fill(dropped, -1)
-    kept_scores = scores.gather(1, order).masked_fill(dropped, float("-inf"))
+    kept, kept_scores = ids, scores
+    moved = drop.any(dim=1).nonzero().flatten()
+    if len(moved):  # only rows that lose results are compacted
+        order = drop[moved].to(torch.int8).argsort(dim=1, stable=True)  # kept entries first, in their order
+        dropped = drop[moved].gather(1, order)
+        kept, kept_scores = ids.clone(), scores.clone()
+        kept[moved] = ids[moved].gather(1, order).masked_fill(dropped, -1)
+        kept_scores[moved] = scores[moved].gather(1, order).masked_fill(dropped, float("-inf"))
     if kept.shape[1] < k:
         pad = (kept.shape[0], k - kept.shape[1])
         kept = torch.cat([kept, kept.new_full(pad, -1)], dim=1)
