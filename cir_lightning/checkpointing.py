@@ -78,7 +78,7 @@ def prepare_strategy(module: pl.LightningModule) -> None:
     if isinstance(strategy, DeepSpeedStrategy) and not getattr(strategy, "exclude_frozen_parameters", False):
         rank_zero_warn("DeepSpeed writes checkpoints itself, with the frozen base model unless "
                        "`--trainer.strategy.exclude_frozen_parameters true`: set it to keep only the trainable weights")
-    if isinstance(strategy, FSDPStrategy) and getattr(module, "cache", None) is not None:
+    if isinstance(strategy, FSDPStrategy) and getattr(getattr(module, "evaluation", None), "cache", None) is not None:
         raise CIRConfigError("`embedding_cache` identifies a model by its trainable weights, which FSDP shards: "
                              "evaluate with `--trainer.strategy ddp` (or auto) to use a cache")
     if strategy_loads_weights(module.trainer):

@@ -26,10 +26,11 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
 from cir_lightning.commands import COMMANDS, run_command
-from cir_lightning.errors import CIRConfigError, CIRFileError, embedded_error
+from cir_lightning.errors import CIRConfigError, CIRFileError, user_error_line
 from cir_lightning.files import check_writable, free_path, write_atomic
 from cir_lightning.messages import path_problem
 from cir_lightning.module import CIRModule
+from cir_lightning.quiet import quiet_third_party
 from cir_lightning.torch_files import load_torch_file
 
 TOOLS = COMMANDS  # the earlier name
@@ -38,7 +39,9 @@ TOOLS = COMMANDS  # the earlier name
 class KeepConfigCallback(SaveConfigCallback):
     """Saves the run's config next to its logs under a free name: ``config.yaml`` if it is not taken,
     else ``config-<stage>.yaml``, ``config-<stage>-1.yaml``, ... (a ``validate`` run in the folder of an
-    earlier ``fit`` neither fails nor overwrites the earlier file)."""
+    earlier ``fit`` neither fails nor overwrites the earlier file), and logs the whole config as the run's
+    hyperparameters (TensorBoard's HParams, the CSV logger's ``hparams.yaml``) in place of Lightning's own,
+    which hold only the module's and the data's arguments (no optimizer, backbone or LoRA)."""
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.already_saved:
@@ -51,8 +54,15 @@ class KeepConfigCallback(SaveConfigCallback):
                 name = free_path(first.with_name(f"{first.stem}-{stage}{first.suffix}")).name
         self.config_filename = trainer.strategy.broadcast(name)
         if trainer.is_global_zero:  # written atomically, never over an existing file
-            write_atomic(Path(log_dir) / self.config_filename, self.parser.dump(self.config, skip_none=False))
+            text = self.parser.dump(self.config, skip_none=False)
+            write_atomic(Path(log_dir) / self.config_filename, text)
             self.save_config(trainer, pl_module, stage)
+            import yaml
+
+            for logger in trainer.loggers:
+                logger.log_hyperparams(yaml.safe_load(text))
+                logger.save()
+        trainer.enable_autolog_hparams = False  # logged above, all of it
         self.already_saved = trainer.strategy.broadcast(True)
 
 
@@ -75,6 +85,11 @@ class CIRLightningCLI(LightningCLI):
             # CIRModule prints its own table, one row per subset; Lightning's would repeat every
             # epoch-level metric under each (queries, gallery) loader. `--verbose true` brings it back.
             parser.set_defaults(verbose=False)
+        if subcommand == "predict":  # embeddings go to disk as they come (`--predictions.*`), never kept in memory
+            from cir_lightning.predictions import EmbeddingWriter
+
+            parser.add_lightning_class_args(EmbeddingWriter, "predictions")
+            parser.set_defaults(return_predictions=False)
         return parser
 
     def before_instantiate_classes(self) -> None:
@@ -256,6 +271,7 @@ def main(args: Sequence[str] | None = None) -> None:
 
     hf_logging.disable_progress_bar()  # per-file "Loading weights" bars drown the training log
     argv = list(sys.argv[1:] if args is None else args)
+    quiet_third_party(next((a for a in argv if not a.startswith("-")), None))  # the subcommand
     try:
         if argv and argv[0] in COMMANDS:
             run_command(argv)
@@ -265,12 +281,9 @@ def main(args: Sequence[str] | None = None) -> None:
             del cli
             _release_distributed()
     except Exception as err:
-        ours = embedded_error(err)  # also when a library wrapped it (jsonargparse, a DataLoader worker)
-        if ours is None or os.environ.get("CIR_LIGHTNING_TRACEBACK"):
-            raise
         # a mistake in the user's data or config: its message says what and where; no library traceback
-        message = str(ours)  # raised in a DataLoader worker: torch put the worker's traceback in front
-        message = message.rsplit(f"{type(ours).__module__}.{type(ours).__name__}: ", 1)[-1].strip()
-        print(f"cir-lightning: error: {message}\n(set CIR_LIGHTNING_TRACEBACK=1 to see where it was raised)",
-              file=sys.stderr)
+        line = user_error_line(err, "cir-lightning")
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
         sys.exit(2)

@@ -48,6 +48,28 @@ def embedded_error(err: BaseException) -> CIRError | None:
     return None
 
 
+def user_error_line(err: BaseException, prog: str) -> str | None:
+    """The one line a command prints for ``err`` when it is a mistake in the user's data or config (a
+    ``CIRError``, also wrapped by a library or raised in a DataLoader worker); None when it is not one, or
+    when ``CIR_LIGHTNING_TRACEBACK`` is set (then the caller re-raises it with its traceback).
+
+    Example:
+        >>> from cir_lightning.errors import CIRConfigError, user_error_line
+        >>> user_error_line(CIRConfigError("`k` must be >= 1, got 0"), "cir-lightning").splitlines()[0]
+        'cir-lightning: error: `k` must be >= 1, got 0'
+        >>> user_error_line(KeyError("x"), "cir-lightning") is None
+        True
+    """
+    import os
+
+    ours = embedded_error(err)
+    if ours is None or os.environ.get("CIR_LIGHTNING_TRACEBACK"):
+        return None
+    # raised in a DataLoader worker: torch put the worker's traceback in front of the message
+    message = str(ours).rsplit(f"{type(ours).__module__}.{type(ours).__name__}: ", 1)[-1].strip()
+    return f"{prog}: error: {message}\n(set CIR_LIGHTNING_TRACEBACK=1 to see where it was raised)"
+
+
 class CIRDataError(CIRError, ValueError):
     """Bad or missing data: an annotation line, a field, an image or a path.
 

@@ -1,7 +1,8 @@
 """``CIRModule``'s evaluation: ``Evaluation`` embeds each batch into the evaluator, loads and saves the
 gallery embedding caches, and at an epoch's end searches, scores and logs (``retrieval.loop``); a
 standalone ``validate`` / ``test`` (never the validation inside ``fit``) then leaves behind what
-``RunOutputs`` writes: the caches, the results file and table, and the benchmark's server files.
+``RunOutputs`` writes: the caches, the results file and table, the benchmark's server files and the retrieval
+pictures (``cir_lightning.pictures``; optionally after every validation inside ``fit`` too).
 
 Everything here reads the trainer, the DataModule's declared hooks (``gallery_identity``, ``summarize``,
 ``report``, ``write_predictions``) and the evaluator's rankings, and writes through ``cir_lightning.files``
@@ -11,6 +12,7 @@ Everything here reads the trainer, the DataModule's declared hooks (``gallery_id
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,15 +20,22 @@ from typing import Any
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 
+from cir_lightning.checks import non_negative_int
 from cir_lightning.data.base import CIRDataModule
-from cir_lightning.errors import CIRConfigError
+from cir_lightning.errors import CIRConfigError, CIRDataError
+from cir_lightning.fit_summary import FitHistory, monitored
 from cir_lightning.retrieval.evaluator import RetrievalEvaluator
 from cir_lightning.retrieval.gallery_cache import GalleryCache
 from cir_lightning.retrieval.index import SearchConfig
 from cir_lightning.retrieval.loop import EpochResults, EvaluationLoop
-from cir_lightning.retrieval.results import ranked_ids, report_results
+from cir_lightning.retrieval.results import ranked_ids, ranked_scores, report_results, split_subsets
 
-__all__ = ["Evaluation", "RunOutputs"]
+__all__ = ["EVALUATION_OPTIONS", "Evaluation", "RunOutputs"]
+
+EVALUATION_OPTIONS = ("eval_ks", "search", "write_results", "save_rankings", "embedding_cache", "overwrite_cache",
+                      "pictures", "pictures_during_fit", "validate_before_fit")
+"""``CIRModule``'s evaluation options: never checkpoint hyperparameters (LightningCLI re-applies those over the
+command line of a later ``validate --ckpt_path``, and evaluation options must stay the user's)."""
 
 STAGE_PREFIX = {"validate": "val", "test": "test"}
 """The prefix of the logged metrics (``val/Recall@1``) and of the results files' split names."""
@@ -49,16 +58,25 @@ class Evaluation:
     """
 
     def __init__(self, ks: Sequence[int], search: SearchConfig | None, write_results: bool, save_rankings: bool,
-                 embedding_cache: str | None = None, overwrite_cache: bool = False) -> None:
+                 embedding_cache: str | None = None, overwrite_cache: bool = False, pictures: int = 8,
+                 pictures_during_fit: bool = False, validate_before_fit: bool = False) -> None:
         self.evaluator = RetrievalEvaluator(ks, search)
-        self.loop = EvaluationLoop(self.evaluator)
+        self.loop = EvaluationLoop(self.evaluator, sanity_check=validate_before_fit)
+        self.history = FitHistory()
         self.save_rankings = save_rankings
         self.cache = GalleryCache(embedding_cache, overwrite_cache) if embedding_cache else None
-        self.outputs = RunOutputs(write_results, save_rankings, self.cache)
+        self.outputs = RunOutputs(write_results, save_rankings, self.cache, pictures, pictures_during_fit)
+
+    def use_cache(self, cache: Any) -> None:
+        """Load and save gallery embeddings through ``cache`` (a ``GalleryCache`` or an object with its
+        ``lookup_sets`` / ``provide`` / ``save`` / ``report``), e.g. BGE-VL's embedding files."""
+        self.cache = self.outputs.cache = cache
 
     def connect(self, module: Any, datamodule: Any) -> Callable[[str, list[tuple[Any, Any]]], set[int]] | None:
         """What the DataModule asks when it makes the evaluation loaders (after any checkpoint is loaded):
-        which subsets' galleries come from the cache (None without a cache)."""
+        which subsets' galleries come from the cache (None without a cache). Called in the module's ``setup``."""
+        if module._trainer is not None and module.trainer.state.fn == TrainerFn.FITTING:
+            self.fit_start(module.trainer)
         if self.cache is None:
             return None
         if not isinstance(datamodule, CIRDataModule):
@@ -87,14 +105,43 @@ class Evaluation:
         trainer = module.trainer
         standalone = trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING)
         dm = _cir_datamodule(trainer)
-        epoch = self.loop.finish(trainer, module, loaders, STAGE_PREFIX[stage],
-                                 keep_rankings=standalone and self.outputs.keep_rankings(dm),
-                                 summarize=dm.summarize if dm is not None else None)
+        keep = self.outputs.keep_rankings(dm) if standalone else self.outputs.pictures_in_fit
+        # in fit, what the callbacks monitor (a checkpoint's `val/Recall@1`) goes to the progress bar too
+        shown = () if standalone else {getattr(cb, "monitor", None) for cb in getattr(trainer, "callbacks", [])}
+        epoch = self.loop.finish(trainer, module, loaders, STAGE_PREFIX[stage], keep_rankings=keep,
+                                 summarize=dm.summarize if dm is not None else None, prog_bar=shown)
         if epoch is not None and standalone:
             self.outputs.write(trainer, stage, STAGE_PREFIX[stage], epoch, self.evaluator, dm,
-                               module.backbone.fingerprint(), lambda: self.run_config(module))
+                               module.backbone.fingerprint(), lambda: self.run_config(module), loaders)
+        elif epoch is not None and keep:
+            when = "before-fit" if trainer.sanity_checking else f"epoch{trainer.current_epoch}"
+            self.outputs.draw(trainer, f"{STAGE_PREFIX[stage]}-{when}", STAGE_PREFIX[stage], epoch, self.evaluator,
+                              loaders)
+        if epoch is not None and trainer.state.fn == TrainerFn.FITTING:
+            self._record(trainer, STAGE_PREFIX[stage], epoch)
         self.loop.reset()
         return epoch
+
+    def fit_start(self, trainer: Any) -> None:
+        """When ``fit`` sets the module up: forget an earlier fit's validations and, with ``validate_before_fit``,
+        let Lightning's sanity check run every validation batch (not under ``fast_dev_run``)."""
+        self.history.reset()
+        if self.loop.sanity_check and not trainer.fast_dev_run:
+            trainer.num_sanity_val_steps = float("inf")  # what `num_sanity_val_steps: -1` sets
+
+    def _record(self, trainer: Any, prefix: str, epoch: EpochResults) -> None:
+        before = trainer.sanity_checking
+        self.history.record(epoch.metrics, epoch.subsets, epoch=trainer.current_epoch, step=trainer.global_step,
+                            before=before)
+        if before and epoch.metrics:  # Lightning drops what its sanity check logs: the loggers get it directly
+            for logger in trainer.loggers:  # (rank zero only, as Lightning's loggers write)
+                logger.log_metrics({f"{prefix}/{k}": v for k, v in epoch.metrics.items()}, step=trainer.global_step)
+
+    def fit_end(self, trainer: Any) -> None:
+        """On rank zero, print the tables of the fit's best and last validations and what training changed."""
+        text = self.history.summary(monitored(trainer), self.evaluator.ks) if trainer.is_global_zero else ""
+        if text:
+            print(text)
 
     def run_config(self, module: Any) -> dict[str, Any]:
         """The run's configuration for results files: training hyperparameters, the evaluation options
@@ -106,6 +153,8 @@ class Evaluation:
         hparams = {k: v for k, v in module.hparams.items() if not k.startswith("_")}
         return {"model": {**hparams, **evaluation}, "data": dict(getattr(datamodule, "hparams", {}) or {}),
                 "data_class": type(datamodule).__name__ if datamodule is not None else None,
+                "data_class_path": f"{type(datamodule).__module__}.{type(datamodule).__qualname__}"
+                if datamodule is not None else None,
                 "ckpt_path": module.trainer.ckpt_path}
 
 
@@ -114,8 +163,11 @@ class RunOutputs:
 
     Args:
         write_results: write ``results-<stage>.json`` and print the table.
-        save_rankings: put every query's top-K gallery ids into the results file.
+        save_rankings: put every query's top-K gallery ids (and their scores) into the results file.
         cache: the gallery embedding caches (``None``: none).
+        pictures: queries (a fixed, seeded sample) per retrieval picture, one PNG per subset beside the results
+            file, also sent to the loggers that take images; 0: none.
+        pictures_during_fit: draw them after every validation inside ``fit`` too.
 
     Example:
         >>> from cir_lightning.evaluation import RunOutputs
@@ -123,32 +175,63 @@ class RunOutputs:
         False
     """
 
-    def __init__(self, write_results: bool, save_rankings: bool, cache: GalleryCache | None) -> None:
+    def __init__(self, write_results: bool, save_rankings: bool, cache: GalleryCache | None, pictures: int = 0,
+                 pictures_during_fit: bool = False) -> None:
         self.write_results = write_results
         self.save_rankings = save_rankings
         self.cache = cache
+        self.pictures = non_negative_int("pictures", pictures)
+        self.pictures_in_fit = pictures_during_fit and self.pictures > 0
 
     def keep_rankings(self, datamodule: CIRDataModule | None) -> bool:
-        """Whether the evaluator must keep every query's ranking: for the results file or server files."""
-        return self.save_rankings or (datamodule is not None and datamodule.writes_predictions)
+        """Whether the evaluator must keep every query's ranking: for the results file, server files or pictures."""
+        return self.save_rankings or self.pictures > 0 or (datamodule is not None and datamodule.writes_predictions)
 
     def write(self, trainer: Any, stage: str, prefix: str, epoch: EpochResults, evaluator: RetrievalEvaluator,
               datamodule: CIRDataModule | None, fingerprint: Mapping[str, Any],
-              config: Callable[[], Mapping[str, Any]]) -> None:
-        """Save the caches, then, on rank zero, the results file (and table) and the server files.
-        Every rank must call it (the log folder is a collective)."""
+              config: Callable[[], Mapping[str, Any]], loaders: Any = None) -> None:
+        """Save the caches, then, on rank zero, the results file (and table), the server files and the pictures
+        (of the evaluation ``loaders``' subsets). Every rank must call it (the log folder is a collective)."""
         folder = Path(trainer.log_dir or trainer.default_root_dir)  # broadcast from rank zero: ask on every rank
         if self.cache is not None:
             self.cache.save(evaluator)
         if not trainer.is_global_zero:
             return
-        wanted = self.keep_rankings(datamodule)
+        wanted = self.save_rankings or (datamodule is not None and datamodule.writes_predictions)
         ranked = ranked_ids(epoch.subsets, evaluator.rankings) if wanted else {}
-        if self.write_results and epoch.metrics:
+        if self.write_results and (epoch.metrics or (self.save_rankings and ranked)):  # a test split: rankings only
+            scores = ranked_scores(epoch.subsets, evaluator.rankings, evaluator.scores) if self.save_rankings else None
             report_results(folder, stage, prefix, epoch.metrics, epoch.subsets, model=fingerprint, config=config(),
-                           rankings=ranked if self.save_rankings else None,
-                           report=datamodule.report(epoch.metrics) if datamodule is not None else "")
+                           rankings=ranked if self.save_rankings else None, scores=scores,
+                           report=datamodule.report(epoch.metrics) if datamodule is not None and epoch.metrics else "",
+                           default_ks=evaluator.ks)
         if datamodule is not None and datamodule.writes_predictions:
             within = ranked_ids(epoch.subsets, evaluator.subset_rankings)
             for path in datamodule.write_predictions(folder, stage, ranked, within):
                 print(f"predictions written to {path}")
+        if self.pictures and loaders is not None:
+            for path in self.draw(trainer, stage, prefix, epoch, evaluator, loaders, folder):
+                print(f"picture written to {path}")
+
+    def draw(self, trainer: Any, label: str, prefix: str, epoch: EpochResults, evaluator: RetrievalEvaluator,
+             loaders: Any, folder: Path | None = None) -> list[Path]:
+        """On rank zero, the retrieval picture of each ranked subset of the evaluation ``loaders``:
+        ``retrievals-<label>-<subset>.png`` in the log folder (never over an existing file), also sent to the
+        loggers that take images (tag ``<prefix>/retrievals[/<subset>]``). Every rank must call it."""
+        folder = folder or Path(trainer.log_dir or trainer.default_root_dir)  # a collective: ask on every rank
+        if not trainer.is_global_zero:
+            return []
+        from cir_lightning.pictures import log_picture, picture_name, save_picture, subset_pictures
+
+        try:
+            pictures = subset_pictures(loaders, evaluator.rankings, evaluator.scores, self.pictures, label,
+                                       split_subsets(epoch.metrics))
+        except CIRDataError as err:  # an image that cannot be read now: the run's results stand
+            warnings.warn(f"retrieval pictures not drawn: {err}", stacklevel=2)
+            return []
+        paths = []
+        for name, image in pictures.items():
+            paths.append(save_picture(image, folder / picture_name(label, name)))
+            log_picture(trainer.loggers, f"{prefix}/retrievals" + (f"/{name}" if name else ""), image,
+                        trainer.global_step)
+        return paths

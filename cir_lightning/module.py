@@ -1,10 +1,10 @@
 """``CIRModule``: thin Lightning glue around a backbone, FiRE's losses and a retrieval evaluator.
 
-Training is FiRE stage 2 (``objective: retrieval``: ``FireLoss`` on query / target embeddings, targets of
-all ranks gathered with gradient under DDP) or stage 1 (``objective: caption``: cross-entropy on the
-target caption, ``cir_lightning.stage1``). Evaluation is ``evaluation.Evaluation`` (the evaluator, caches, and
-in a standalone ``validate`` / ``test`` the results and server files).
-Checkpoints hold the trainable weights only (``cir_lightning.checkpointing``).
+Training is FiRE stage 2 (``objective: retrieval``: ``FireLoss`` on query / target embeddings, targets of all ranks
+gathered with gradient under DDP) or stage 1 (``objective: caption``: cross-entropy on the target caption,
+``cir_lightning.stage1``). Evaluation is ``evaluation.Evaluation`` (the evaluator, caches, in a standalone ``validate``
+/ ``test`` the results and server files, and the summary ``fit`` ends with). Checkpoints hold the trainable weights
+only (``cir_lightning.checkpointing``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from cir_lightning.checkpointing import (
 from cir_lightning.checks import cutoffs, number_in, positive_int
 from cir_lightning.data.base import CIRDataModule
 from cir_lightning.errors import CIRConfigError
-from cir_lightning.evaluation import Evaluation
+from cir_lightning.evaluation import EVALUATION_OPTIONS, Evaluation
 from cir_lightning.losses import FireLoss, distributed_fire_loss, target_keys
 from cir_lightning.optim import lr_scheduler
 from cir_lightning.retrieval.evaluator import loader_role
@@ -64,6 +64,11 @@ class CIRModule(pl.LightningModule):
             instead of embedded, and one not there yet is written after it is embedded. It must be
             visible to every process.
         overwrite_cache: re-embed and replace the caches in ``embedding_cache``.
+        validate_before_fit: validate on the whole validation set before training (in place of Lightning's
+            sanity check), so that the summary ``fit`` ends with shows where the metrics started.
+        pictures: after a standalone ``validate`` / ``test``, draw this many seeded queries per subset with
+            their top 5 (``retrievals-<stage>[-<subset>].png`` next to the results, and to the logger); 0: none.
+        pictures_during_fit: draw them after every validation inside ``fit`` too.
         cross_rank_negatives: under DDP, score each query against the targets of ALL ranks (gathered
             with gradient; duplicate targets across ranks are positives of each other), so training on
             R devices with batch b equals one device with batch R * b. No effect in one process.
@@ -104,28 +109,27 @@ class CIRModule(pl.LightningModule):
         save_rankings: bool = False,
         embedding_cache: str | None = None,
         overwrite_cache: bool = False,
+        validate_before_fit: bool = False,
+        pictures: int = 8,
+        pictures_during_fit: bool = False,
         cross_rank_negatives: bool = True,
         objective: Literal["retrieval", "caption"] = "retrieval",
         caption_instruction: str = FIRE_STAGE1_INSTRUCTION,
         max_caption_tokens: int | None = None,
     ) -> None:
         super().__init__()
-        # Only training settings become checkpoint hyperparameters: LightningCLI re-applies those over the
-        # command line of a later `validate --ckpt_path`, and evaluation options must stay the user's.
-        self.save_hyperparameters(ignore=["backbone", "loss", "optimizer", "eval_ks", "search", "export_adapter",
-                                          "write_results", "save_rankings", "embedding_cache",
-                                          "overwrite_cache"])
+        # only training settings become checkpoint hyperparameters (see EVALUATION_OPTIONS)
+        self.save_hyperparameters(ignore=["backbone", "loss", "optimizer", "export_adapter", *EVALUATION_OPTIONS])
         number_in("warmup", warmup, 0, math.inf)
         positive_int("max_caption_tokens", max_caption_tokens, optional=True)
-        self.backbone = backbone
+        self.backbone, self.export_adapter = backbone, export_adapter
         self.loss = loss or FireLoss()
         self.optimizer_factory, self.lr_schedule, self.warmup = optimizer, lr_schedule, warmup
-        self.target_side, self.objective = target_side, objective
-        self.cross_rank_negatives = cross_rank_negatives
-        self.export_adapter = export_adapter
-        ks = cutoffs("eval_ks", eval_ks) if eval_ks is not None else [1, 5, 10, 50]
-        self.evaluation = Evaluation(ks, search, write_results, save_rankings, embedding_cache, overwrite_cache)
-        self.evaluator, self.cache = self.evaluation.evaluator, self.evaluation.cache
+        self.target_side, self.objective, self.cross_rank_negatives = target_side, objective, cross_rank_negatives
+        self.evaluation = Evaluation(cutoffs("eval_ks", eval_ks) if eval_ks is not None else [1, 5, 10, 50], search,
+                                     write_results, save_rankings, embedding_cache, overwrite_cache, pictures,
+                                     pictures_during_fit, validate_before_fit)
+        self.evaluator = self.evaluation.evaluator
         self.caption_batches = None
         if objective == "caption":  # the backbone's collator must build generative batches (LLMs do)
             self.caption_batches = CaptionBatches(backbone.collator, caption_instruction, max_caption_tokens)
@@ -144,14 +148,11 @@ class CIRModule(pl.LightningModule):
             datamodule.connect(self.caption_batches or self.backbone.collator, cached_galleries)
 
     # ------------------------------------------------------------------ training
-    @property
-    def _distributed(self) -> bool:
-        return self._trainer is not None and self.trainer.world_size > 1
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        distributed = self.trainer.world_size > 1
         if self.objective == "caption":
             loss, tokens = caption_step(self.backbone, batch)
-            self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["index"]), sync_dist=self._distributed)
+            self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["index"]), sync_dist=distributed)
             self.log("train/caption_tokens", float(tokens), batch_size=len(batch["index"]))  # this rank's
             return loss
         query = self.backbone(batch["query"])
@@ -159,7 +160,7 @@ class CIRModule(pl.LightningModule):
             raise CIRConfigError("`target_side: caption` needs target captions in every training sample "
                                  "(set `with_captions: true` on the data and give `target_caption`)")
         target = self.backbone(batch["target_text" if self.target_side == "caption" else "target"])
-        cross_rank = self.cross_rank_negatives and self._distributed
+        cross_rank = self.cross_rank_negatives and distributed
         dataset = getattr(getattr(self.trainer, "train_dataloader", None), "dataset", None)
         keys = target_keys(batch, cross_rank, getattr(dataset, "records", None)).to(query.device)
         terms = distributed_fire_loss(self.loss, query, target, keys, cross_rank=cross_rank)
@@ -213,3 +214,7 @@ class CIRModule(pl.LightningModule):
     def on_fit_end(self) -> None:
         if self.export_adapter and self.backbone.lora is not None:
             export_adapter_after_fit(self)
+
+    def teardown(self, stage: str) -> None:
+        if stage == "fit":  # after the progress bar has stopped: the summary is the run's last output
+            self.evaluation.fit_end(self.trainer)

@@ -55,7 +55,8 @@ def test_sharding_strategies_load_non_strictly_and_sharded_fsdp_state_is_refused
     module._trainer = SimpleNamespace(strategy=FSDPStrategy(state_dict_type="sharded"))
     with pytest.raises(CIRConfigError, match="state_dict_type full"):
         prepare_strategy(module)
-    module._trainer, module.cache = SimpleNamespace(strategy=FSDPStrategy()), object()
+    module._trainer = SimpleNamespace(strategy=FSDPStrategy())
+    module.evaluation = SimpleNamespace(cache=object())
     with pytest.raises(CIRConfigError, match="FSDP shards"):
         prepare_strategy(module)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -82,6 +84,8 @@ def test_validate_writes_results_never_overwriting_and_rankings_on_request(fitte
     assert plain["model"]["class"] == "HFMultimodalBackbone"
     assert plain["config"]["ckpt_path"] == ckpt
     assert ranked["config"]["model"]["eval_ks"] == [1, 3]  # the command line wins over the checkpoint
+    assert ranked["protocol"][""]["metrics"] == {"recall": [1, 3], "mrr": [1, 3]}  # the cut-offs really used
+    assert plain["protocol"][""]["chance"]["Recall@1"] == pytest.approx(1 / 575)  # reference excluded
     queries = [json.loads(line) for line in (cwd / "data" / "val_queries.jsonl").read_text().splitlines()]
     rankings = ranked["rankings"][""]
     assert list(rankings) == [q["query_id"] for q in queries]
@@ -281,3 +285,133 @@ def test_fire_stage_one_trains_captions_and_stage_two_starts_from_its_adapter(tm
     assert len(loaded) == len(trained)
     for name, value in loaded.items():
         assert torch.equal(value, trained[f"backbone.{name}"]), name
+
+
+# ------------------------------------------------------------------ what a run shows and keeps (issue 13)
+NOISE = ("LeafSpec", "is_gradient_checkpointing", "The dirpath has changed")
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def _in_process(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Run ``main(argv)``; return the warnings it raised and Lightning's info lines."""
+    from cir_lightning.cli import main
+
+    handler = _Lines()
+    lightning_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    lightning_log.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            main(argv)
+    finally:
+        lightning_log.removeHandler(handler)
+    return [str(w.message) for w in seen], handler.lines
+
+
+def test_fit_ends_with_its_results_logs_tensorboard_and_prints_no_third_party_noise(
+        tmp_path, tiny_model_dir, synthetic_root, capsys, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from tests.test_module import small_gallery
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["cir-lightning"])  # main's arguments are the only ones
+    extra = tmp_path / "extra.yaml"  # the shipped configs' logger and checkpoint, on the tiny config
+    extra.write_text(yaml.safe_dump({"trainer": {
+        "logger": {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                   "init_args": {"save_dir": "${trainer.default_root_dir}", "name": "logs"}},
+        "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                       "init_args": {"monitor": "val/Recall@1", "mode": "max", "save_last": True}}]}}))
+    common = ["--config", str(CONF), "--config", str(extra), "--model.backbone.init_args.model_name_or_path",
+              str(tiny_model_dir), "--data", "cir_lightning.data.JsonlCIRDataModule", "--data.root",
+              str(synthetic_root), "--data.gallery_file", small_gallery(synthetic_root, tmp_path),
+              "--data.batch_size", "4"]
+    said, info = _in_process(["fit", *common, "--trainer.default_root_dir", "run", "--model.validate_before_fit",
+                              "true", "--trainer.max_epochs", "2", "--trainer.max_steps", "-1",
+                              "--trainer.limit_train_batches", "1"])
+    out = capsys.readouterr().out
+    assert not [w for w in said if any(n in w for n in NOISE)]
+    assert any(line.startswith("GPU available") for line in info)  # Lightning's lines still come ...
+    assert not any("litlogger" in line for line in info)  # ... but not its advertisement
+    # the run ends with the tables and what training changed; the first value is where it started
+    assert out.count("fit: best") == 1
+    assert "what training changed (percent):" in out
+    last_line = out.strip().splitlines()[-1]
+    assert last_line.startswith("val/Recall@1 (percent): ")
+    before = float(last_line.split(": ")[1].split(" before fit")[0])
+    # TensorBoard: that value at step 0, every validation after it, and the whole config as hyperparameters
+    (events,) = (tmp_path / "run" / "logs" / "version_0").glob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    recall = [(e.step, e.value) for e in accumulator.Scalars("val/Recall@1")]
+    assert len(recall) == 3
+    assert recall[0][0] == 0
+    assert round(100 * recall[0][1], 2) == before
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        accumulator.summary_metadata["_hparams_/session_start_info"].plugin_data.content).session_start_info
+    assert start.hparams["model/optimizer/init_args/lr"].number_value == 0.001
+    assert start.hparams["model/backbone/init_args/lora/r"].number_value == 4
+    hparams = yaml.safe_load((tmp_path / "run" / "logs" / "version_0" / "hparams.yaml").read_text())
+    assert hparams["model"]["backbone"]["init_args"]["lora"]["r"] == 4
+
+    # a checkpoint validated into another folder: Lightning's dirpath warning is dropped ...
+    ckpt = str(tmp_path / "run" / "logs" / "version_0" / "checkpoints" / "last.ckpt")
+    validate = ["validate", *common, "--trainer.default_root_dir", "elsewhere", "--ckpt_path", ckpt]
+    said, info = _in_process(validate)
+    assert not [w for w in said if any(n in w for n in NOISE)]
+    assert not any("litlogger" in line for line in info)
+    # ... and without the filters every one of these messages would have been printed
+    monkeypatch.setattr("cir_lightning.cli.quiet_third_party", lambda subcommand=None: None)
+    monkeypatch.setattr(logging.getLogger("lightning.pytorch.utilities.rank_zero"), "filters", [])
+    said, info = _in_process(validate)
+    for noise in NOISE:
+        assert any(noise in w for w in said), noise
+    assert any("litlogger" in line for line in info)
+
+
+def test_a_test_split_without_labels_keeps_its_rankings_and_results_name_the_cutoffs_used(
+        tmp_path, tiny_model_dir, capsys, monkeypatch):
+    from cir_lightning.cli import main
+    from tests.data.fake_cirr import make_fake_cirr
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["cir-lightning"])
+    root = make_fake_cirr(tmp_path / "cirr")
+    args = ["--config", str(CONF), "--model.backbone.init_args.model_name_or_path", str(tiny_model_dir),
+            "--data", "cir_lightning.data.cirr.CIRRDataModule", "--data.root", str(root),
+            "--data.eval_batch_size", "64", "--trainer.default_root_dir", "run", "--model.save_rankings", "true"]
+    main(["test", *args])
+    assert "no public ground truth" in capsys.readouterr().out
+    results = json.loads((tmp_path / "run" / "results-test.json").read_text())
+    pairs = json.loads((root / "captions" / "cap.rc2.test1.json").read_text())
+    assert results["metrics"] == {}
+    assert results["protocol"] == {"": {"metrics": {}, "chance": {}}}
+    rankings = results["rankings"][""]
+    assert set(rankings) == {str(p["pairid"]) for p in pairs}
+    for pair in pairs:  # the same 50 names as the server file, the reference never among them
+        assert len(rankings[str(pair["pairid"])]) == 50
+        assert pair["reference"] not in rankings[str(pair["pairid"])]
+    server = json.loads((tmp_path / "run" / "cirr-test1-recall.json").read_text())
+    assert all(server[pid] == ranked for pid, ranked in rankings.items())
+    main(["validate", *args])
+    protocol = json.loads((tmp_path / "run" / "results-validate.json").read_text())["protocol"][""]
+    assert protocol["metrics"] == {"recall": [1, 5, 10, 50], "recall_subset": [1, 2, 3]}  # not eval_ks
+    assert protocol["chance"]["Recall_subset@1"] == pytest.approx(1 / 5)  # 5 candidates, one of them the target
+
+
+def test_the_shipped_configs_log_to_tensorboard_and_the_demo_validates_before_fit():
+    for name in ("demo", "cirr", "cirr_train", "circo", "fashioniq", "fashioniq_train", "fire_stage1", "fire_stage2"):
+        trainer = yaml.safe_load((Path(__file__).parents[1] / "configs" / f"{name}.yaml").read_text())["trainer"]
+        assert trainer["logger"]["class_path"] == "lightning.pytorch.loggers.TensorBoardLogger", name
+    demo = yaml.safe_load((Path(__file__).parents[1] / "configs" / "demo.yaml").read_text())
+    assert demo["model"]["validate_before_fit"] is True
+    assert demo["trainer"]["callbacks"][0]["init_args"]["monitor"] == "val/Recall@1"

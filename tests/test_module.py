@@ -211,3 +211,58 @@ def test_fit_with_mixed_precision_and_gradient_accumulation(tiny_model_dir, tmp_
             assert p.dtype == torch.float32
             assert not torch.equal(p, before[name]) or "lora_A" in name, name
     assert torch.isfinite(fit.callback_metrics["train/loss"])
+
+
+def small_gallery(synthetic_root, folder) -> str:
+    """A gallery file of the val queries' references and targets plus a few more scenes (cheap validations)."""
+    import json
+
+    queries = [json.loads(line) for line in (synthetic_root / "val_queries.jsonl").read_text().splitlines()]
+    wanted = {q["reference_id"] for q in queries} | {q["target_id"] for q in queries}
+    lines = [line for i, line in enumerate((synthetic_root / "gallery.jsonl").read_text().splitlines())
+             if json.loads(line)["image_id"] in wanted or i < 16]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "gallery.jsonl").write_text("\n".join(lines) + "\n")
+    return str(folder / "gallery.jsonl")
+
+
+def test_validate_before_fit_records_the_untrained_model_and_leaves_training_unchanged(
+        tiny_model_dir, synthetic_root, tmp_path, capsys):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    gallery = small_gallery(synthetic_root, tmp_path)
+    num_gallery = len(open(gallery).read().splitlines())
+
+    def data() -> JsonlCIRDataModule:
+        return JsonlCIRDataModule(str(synthetic_root), gallery_file=gallery, batch_size=4, eval_batch_size=64)
+
+    def fit(before: bool, folder: str) -> tuple[CIRModule, pl.Trainer]:
+        pl.seed_everything(0)
+        module = make_module(tiny_model_dir, validate_before_fit=before)
+        best = ModelCheckpoint(dirpath=tmp_path / folder, monitor="val/Recall@1", mode="max")
+        t = trainer(tmp_path / folder, max_steps=-1, max_epochs=2, limit_train_batches=1, callbacks=[best])
+        t.fit(module, data())
+        return module, t
+
+    module, t = fit(True, "before")
+    out = capsys.readouterr().out
+    plain, _ = fit(False, "plain")
+    for name, weight in plain.named_parameters():  # the extra validation draws no random number
+        torch.testing.assert_close(dict(module.named_parameters())[name], weight, rtol=0, atol=0)
+    # the metrics before training are those of the untrained model, validated on its own
+    untrained = trainer(tmp_path).validate(make_module(tiny_model_dir, write_results=False), data(),
+                                           verbose=False)[0]
+    history = module.evaluation.history
+    assert {f"val/{k}": v for k, v in history.before.items()} == pytest.approx(untrained, abs=1e-6)
+    assert [v.epoch for v in history.validations] == [0, 1]
+    # the summary, printed once at the end: best as the checkpoint chose it, last, before, chance (1 in the
+    # gallery minus the excluded reference)
+    assert out.count("what training changed") == 1
+    last_line = out.strip().splitlines()[-1]
+    best_epoch = int(t.checkpoint_callback.best_model_path.split("epoch=")[1].split("-")[0])
+    assert last_line == (f"val/Recall@1 (percent): {100 * history.before['Recall@1']:.2f} before fit -> "
+                         f"{100 * t.checkpoint_callback.best_model_score.item():.2f} best (epoch {best_epoch}) -> "
+                         f"{100 * t.callback_metrics['val/Recall@1'].item():.2f} last (epoch 1); "
+                         f"chance {100 / (num_gallery - 1):.2f}")
+    # the checkpoint's monitor, and only it, is in the progress bar
+    assert [k for k in t.progress_bar_metrics if k.startswith("val/")] == ["val/Recall@1"]

@@ -21,7 +21,7 @@ from torchmetrics import Metric
 from cir_lightning.checks import cutoffs
 from cir_lightning.errors import CIRConfigError
 from cir_lightning.retrieval.gather import collective_device, dedupe_by_index, gather_embeddings, world
-from cir_lightning.retrieval.index import SearchConfig, pad_lists, search
+from cir_lightning.retrieval.index import SearchConfig, pad_lists, search_with_scores
 from cir_lightning.retrieval.metrics import (
     HitRateAtK,
     MAPAtK,
@@ -133,6 +133,7 @@ class RetrievalEvaluator:
         self._provided: dict[tuple[int, str], tuple[Tensor, Tensor]] = {}
         self.rankings: dict[str, Tensor] = {}
         self.subset_rankings: dict[str, Tensor] = {}
+        self.scores: dict[str, Tensor] = {}
         self.galleries: dict[int, Tensor] = {}
 
     def add(self, subset: int, kind: str, embeddings: Tensor, indices: Tensor) -> None:
@@ -185,9 +186,9 @@ class RetrievalEvaluator:
 
         With ``keep_rankings``, ``self.rankings[name]`` holds afterwards, on every rank, the (queries,
         depth) gallery rows ranked for each query of subset ``name`` (-1 padded), in query order, and
-        ``self.subset_rankings[name]`` the ranking within its candidates, if it has any. Subsets without
-        ground truth are always ranked (their rankings are all they give). Unless the search is
-        sharded, ``self.galleries[i]`` holds the gathered gallery embeddings of subset ``i``.
+        ``self.subset_rankings[name]`` the ranking within its candidates, if it has any, and (unless the search is
+        sharded) ``self.scores[name]`` the search's scores of the ranked rows (-inf at -1). Subsets without ground
+        truth are always ranked. Unless sharded, ``self.galleries[i]`` holds the gathered gallery embeddings of ``i``.
         """
         rank, world_size = world()
         sharded = self.search.sharded and world_size > 1
@@ -207,16 +208,15 @@ class RetrievalEvaluator:
                 continue
             families = dict(sub.metrics) if sub.metrics is not None else {"recall": self.ks, "mrr": self.ks}
             mine = torch.arange(rank, len(queries), world_size)  # this rank's share of the search
-            excluded = [sub.excluded[i] for i in mine.tolist()]
+            excluded, depth = [sub.excluded[i] for i in mine.tolist()], self._depth(sub, families)
             if sharded:
                 if sub.candidates is not None:
                     raise CIRConfigError(f"subset {sub.name!r}: rankings within candidates (recall_subset) "
                                          "need the whole gallery on every rank: turn `search.sharded` off")
-                ranked = sharded_search(queries, shard[0], shard[1], self._depth(sub, families),
-                                        sub.excluded, self.search)[mine]
+                ranked, scores = sharded_search(queries, shard[0], shard[1], depth, sub.excluded, self.search)[mine], None
             else:
                 self.galleries[s] = gallery
-                ranked = search(queries[mine], gallery, self._depth(sub, families), excluded, self.search)
+                ranked, scores = search_with_scores(queries[mine], gallery, depth, excluded, self.search)
             restricted = None
             if sub.candidates is not None:
                 restricted = rank_within(queries[mine], gallery,
@@ -226,6 +226,8 @@ class RetrievalEvaluator:
                 results.update(self._score(sub, families, mine, ranked, restricted))
             if keep_rankings or sub.positives is None:
                 self.rankings[sub.name] = gather_embeddings(ranked, mine)[0]
+                if scores is not None:
+                    self.scores[sub.name] = gather_embeddings(scores, mine)[0]
                 if restricted is not None:
                     self.subset_rankings[sub.name] = gather_embeddings(restricted, mine)[0]
         return results

@@ -2,14 +2,15 @@
 
 Evaluation loaders come in (queries, gallery) pairs. Each batch's embeddings are handed to the
 ``RetrievalEvaluator`` with their dataset rows (``add_batch``; nothing during Lightning's sanity check,
-whose few batches are not a gallery); at the epoch's end the ground truth is read from the loaders'
-datasets, the evaluator searches and scores once, the metrics are logged on every rank
-(``finish``), and the caller may use the rankings before ``reset``.
+whose few batches are not a gallery, unless ``sanity_check`` says it covers every batch); at the epoch's
+end the ground truth is read from the loaders' datasets, the evaluator searches and scores once, the
+metrics are logged on every rank (``finish``; not those of a sanity check, which Lightning would drop),
+and the caller may use the rankings before ``reset``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,8 @@ class EvaluationLoop:
 
     Args:
         evaluator: collects embeddings, searches and scores.
+        sanity_check: also evaluate Lightning's sanity check (meant for one that runs every validation
+            batch: ``num_sanity_val_steps: -1``); its metrics are returned by ``finish``, not logged.
 
     Example:
         >>> import torch
@@ -58,31 +61,42 @@ class EvaluationLoop:
         {'val/Recall@1': 1.0, 'val/MRR@1': 1.0}
     """
 
-    def __init__(self, evaluator: RetrievalEvaluator) -> None:
+    def __init__(self, evaluator: RetrievalEvaluator, sanity_check: bool = False) -> None:
         self.evaluator = evaluator
+        self.sanity_check = sanity_check
+
+    def _skips(self, trainer: Any) -> bool:
+        return trainer.sanity_checking and not self.sanity_check
 
     def add_batch(self, trainer: Any, dataloader_idx: int, embed: Callable[[str], Tensor], index: Tensor) -> None:
         """Embed a batch of loader ``dataloader_idx`` (``embed(kind)``, kind "query" or "gallery") and keep it."""
-        if trainer.sanity_checking:
+        if self._skips(trainer):
             return
         subset, kind = loader_role(dataloader_idx)
         self.evaluator.add(subset, kind, embed(kind), index)
 
     def finish(self, trainer: Any, module: Any, loaders: Any, prefix: str, keep_rankings: bool = False,
-               summarize: Callable[[Mapping[str, float]], Mapping[str, float]] | None = None) -> EpochResults | None:
-        """Search, score and log ``<prefix>/<metric>`` on every rank; None in the sanity check (then reset).
+               summarize: Callable[[Mapping[str, float]], Mapping[str, float]] | None = None,
+               prog_bar: Collection[str] = ()) -> EpochResults | None:
+        """Search, score and log ``<prefix>/<metric>`` on every rank; None in a skipped sanity check (then
+        reset).
 
-        ``summarize`` adds entries computed from the metrics (e.g. an average over subsets). The evaluator
-        keeps the rankings (with ``keep_rankings``) until ``reset``.
+        ``summarize`` adds entries computed from the metrics (e.g. an average over subsets). The logged names
+        in ``prog_bar`` (e.g. a checkpoint's ``monitor``) are shown in the progress bar as well. The
+        evaluator keeps the rankings (with ``keep_rankings``) until ``reset``.
         """
-        if trainer.sanity_checking:
+        if self._skips(trainer):
             self.evaluator.reset()
             return None
         subsets = subsets_from_loaders(loaders)
         metrics = self.evaluator.compute(subsets, keep_rankings=keep_rankings)
         if metrics and summarize is not None:
             metrics.update(summarize(metrics))
-        module.log_dict({f"{prefix}/{k}": v for k, v in metrics.items()}, sync_dist=True)
+        if not trainer.sanity_checking:
+            logged = {f"{prefix}/{k}": v for k, v in metrics.items()}
+            module.log_dict({k: v for k, v in logged.items() if k not in prog_bar}, sync_dist=True)
+            if any(k in prog_bar for k in logged):
+                module.log_dict({k: v for k, v in logged.items() if k in prog_bar}, sync_dist=True, prog_bar=True)
         return EpochResults(metrics, subsets)
 
     def reset(self) -> None:

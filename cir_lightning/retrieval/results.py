@@ -2,14 +2,14 @@
 
 ``write_results`` writes one JSON file per run: every metric (fractions in [0, 1]) per subset, the
 subsets' sizes, the model fingerprint, the configuration and, optionally, the top-K gallery ids of every
-query. It never overwrites: an existing ``results-validate.json`` makes it write
-``results-validate-1.json``. ``format_table`` prints the metrics in percent, one row per subset.
+query (``rankings``) with the search's scores of those ids (``scores``, same order). It never overwrites:
+an existing ``results-validate.json`` makes it write ``results-validate-1.json``. ``format_table`` prints the
+metrics in percent, one row per subset.
 """
 
 from __future__ import annotations
 
 import datetime
-import io
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,13 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from cir_lightning.errors import CIRFileError
 from cir_lightning.files import free_path, write_atomic
+from cir_lightning.retrieval.tables import format_rows
 
 if TYPE_CHECKING:
     from torch import Tensor
 
     from cir_lightning.retrieval.evaluator import EvalSubset
 
-__all__ = ["format_table", "free_path", "ranked_ids", "report_results", "split_subsets", "write_results"]
+__all__ = ["format_table", "free_path", "ranked_ids", "ranked_scores", "report_results", "split_subsets",
+           "write_results"]
 
 
 def split_subsets(metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:
@@ -35,8 +37,10 @@ def split_subsets(metrics: Mapping[str, float]) -> dict[str, dict[str, float]]:
     return out
 
 
-def format_table(metrics: Mapping[str, float], title: str = "") -> str:
-    """The metrics as a text table in percent, one row per subset.
+def format_table(metrics: Mapping[str, float], title: str = "", width: int | None = None) -> str:
+    """The metrics as a text table in percent, one row per subset. Names are never cut: a table wider
+    than ``width`` (default: the terminal's, no limit when output goes to a file) is split by columns
+    (``retrieval.tables.format_rows``).
 
     Example:
         >>> print(format_table({"Recall@1": 0.5, "Recall@10": 0.875}))
@@ -46,25 +50,15 @@ def format_table(metrics: Mapping[str, float], title: str = "") -> str:
         │ all    │    50.00 │     87.50 │
         └────────┴──────────┴───────────┘
     """
-    from rich.console import Console
-    from rich.table import Table
-
-    rows = split_subsets(metrics)
-    columns = list(dict.fromkeys(name for values in rows.values() for name in values))
-    table = Table(title=title or None)
-    table.add_column("subset")
-    for name in columns:
-        table.add_column(name, justify="right")
-    for subset, values in rows.items():
-        table.add_row(subset or "all", *(f"{100 * values[c]:.2f}" if c in values else "" for c in columns))
-    buffer = io.StringIO()
-    Console(file=buffer, width=max(80, 12 * (len(columns) + 1)), force_terminal=False).print(table)
-    return buffer.getvalue().rstrip("\n")
+    rows = [([subset or "all"], values) for subset, values in split_subsets(metrics).items()]
+    return format_rows(["subset"], rows, title=title, width=width)
 
 
 def write_results(path: str | Path, metrics: Mapping[str, float], *, stage: str,
                   subsets: Mapping[str, Mapping[str, int]], model: Mapping[str, Any],
-                  config: Mapping[str, Any], rankings: Mapping[str, Mapping[str, list]] | None = None) -> Path:
+                  config: Mapping[str, Any], rankings: Mapping[str, Mapping[str, list]] | None = None,
+                  scores: Mapping[str, Mapping[str, list[float]]] | None = None,
+                  protocol: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
     """Write the results JSON at ``path`` (or the next free name) and return where it went.
 
     Args:
@@ -75,6 +69,9 @@ def write_results(path: str | Path, metrics: Mapping[str, float], *, stage: str,
         model: the backbone's fingerprint.
         config: the run's configuration (plain data).
         rankings: per subset, query id -> its top-K gallery ids.
+        scores: per subset, query id -> the scores of those ids (cosine similarity for normalised embeddings).
+        protocol: per subset, the metric families and cut-offs it used and their chance levels
+            (``retrieval.protocol.subset_protocol``).
     """
     from cir_lightning import __version__
 
@@ -84,11 +81,14 @@ def write_results(path: str | Path, metrics: Mapping[str, float], *, stage: str,
         "cir_lightning": __version__,
         "metrics": split_subsets(metrics),
         "subsets": subsets,
+        **({"protocol": protocol} if protocol is not None else {}),
         "model": model,
         "config": config,
     }
     if rankings is not None:
         document["rankings"] = rankings
+    if scores:
+        document["scores"] = scores
     text = json.dumps(document, indent=1, default=str) + "\n"
     while True:  # another process may take the free name first: never overwrite, take the next one
         target = free_path(path)
@@ -113,15 +113,43 @@ def ranked_ids(subsets: Sequence[EvalSubset], rankings: Mapping[str, Tensor]) ->
     return {sub.name: sub.ranked_ids(rankings[sub.name]) for sub in subsets if sub.name in rankings}
 
 
+def ranked_scores(subsets: Sequence[EvalSubset], rankings: Mapping[str, Tensor],
+                  scores: Mapping[str, Tensor]) -> dict[str, dict[str, list[float]]]:
+    """Subset name -> query id -> the scores of its ranked gallery ids (as ``ranked_ids`` lists them), 6 decimals.
+
+    Example:
+        >>> import torch
+        >>> from cir_lightning.retrieval.evaluator import EvalSubset
+        >>> from cir_lightning.retrieval.results import ranked_scores
+        >>> sub = EvalSubset("", [[1]], [[]], 3, query_ids=["q"], gallery_ids=["a", "b", "c"])
+        >>> ranked_scores([sub], {"": torch.tensor([[1, 2, -1]])}, {"": torch.tensor([[0.5, 0.25, float("-inf")]])})
+        {'': {'q': [0.5, 0.25]}}
+    """
+    return {sub.name: {q: [round(v, 6) for j, v in zip(row, values, strict=True) if j >= 0]
+                       for q, row, values in zip(sub.query_ids, rankings[sub.name].tolist(),
+                                                 scores[sub.name].tolist(), strict=True)}
+            for sub in subsets if sub.name in rankings and sub.name in scores and sub.query_ids is not None}
+
+
 def report_results(folder: str | Path, stage: str, prefix: str, metrics: Mapping[str, float],
                    subsets: Sequence[EvalSubset], *, model: Mapping[str, Any], config: Mapping[str, Any],
-                   rankings: Mapping[str, Mapping[str, list]] | None = None, report: str = "") -> Path:
+                   rankings: Mapping[str, Mapping[str, list]] | None = None, report: str = "",
+                   scores: Mapping[str, Mapping[str, list[float]]] | None = None,
+                   default_ks: Sequence[int] = (1, 5, 10, 50)) -> Path:
     """Write ``results-<stage>.json`` in ``folder`` (never over an earlier one) and print the table, the
-    DataModule's ``report`` and where the file went: what a standalone ``validate`` / ``test`` shows."""
+    DataModule's ``report`` and where the file went: what a standalone ``validate`` / ``test`` shows.
+    ``default_ks`` are the evaluator's cut-offs, used by the subsets that name none of their own; a split
+    without ground truth has no table, only its rankings."""
+    from cir_lightning.retrieval.protocol import subset_protocol
+
     sizes = {sub.name: {"num_queries": sub.num_queries, "num_gallery": sub.num_gallery} for sub in subsets}
     path = write_results(Path(folder) / f"results-{stage}.json", metrics, stage=stage, subsets=sizes, model=model,
-                         config=config, rankings=rankings)
-    print(format_table(metrics, title=f"{stage} ({prefix}/...), percent"))
+                         config=config, rankings=rankings, scores=scores,
+                         protocol={sub.name: subset_protocol(sub, default_ks) for sub in subsets})
+    if metrics:
+        print(format_table(metrics, title=f"{stage} ({prefix}/...), percent"))
+    else:
+        print(f"{stage}: no metrics (the split has no public ground truth); the rankings are in the results file")
     if report:
         print(report)
     print(f"results written to {path}")

@@ -209,10 +209,18 @@ def check_submission(doc: Mapping[str, Any], pairs: Mapping[str, CIRRPair], gall
         Traceback (most recent call last):
         ...
         cir_lightning.errors.CIRDataError: the recall_subset submission has 2 problem(s): pair 7: 2 names, need 3; pair 7: lists its reference 'a'
+        >>> check_submission({"version": "rc2", "metric": "recall", "7": ["b", "c", "d", "e", "f"]}, pairs, "abcdef")
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRDataError: the recall submission needs 50 names per pair besides its reference, but the split has only 6 images ...
     """
     metric = doc.get("metric")
     if doc.get("version") != "rc2" or metric not in LENGTHS:
         raise CIRDataError(f"`version` must be 'rc2' and `metric` one of {sorted(LENGTHS)}, got {metric!r}")
+    if metric == "recall" and len(gallery) <= LENGTHS[metric]:
+        raise CIRDataError(f"the recall submission needs {LENGTHS[metric]} names per pair besides its reference, but "
+                           f"the split has only {len(gallery)} images (the server's file cannot be made from it; "
+                           "CIRR's test1 has 2315: is its split file complete?)")
     problems = []
     keys = set(doc) - {"version", "metric"}
     missing = [p for p in pairs if p not in keys]

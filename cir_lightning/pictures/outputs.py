@@ -1,0 +1,133 @@
+"""Where pictures go: PNG files (atomic, never overwriting) and the loggers that take images; the
+pictures of an evaluation epoch's subsets."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from cir_lightning.errors import CIRFileError
+from cir_lightning.files import free_path, write_atomic
+from cir_lightning.pictures.draw import retrieval_picture
+from cir_lightning.pictures.rows import query_rows, sample_queries
+
+
+def picture_name(label: str, subset: str) -> str:
+    """``retrievals-<label>-<subset>.png`` (``retrievals-<label>.png`` for the unnamed subset).
+
+    Example:
+        >>> from cir_lightning.pictures import picture_name
+        >>> picture_name("validate", "dress"), picture_name("test", ""), picture_name("test", "a/b c")
+        ('retrievals-validate-dress.png', 'retrievals-test.png', 'retrievals-test-a_b_c.png')
+    """
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", subset)
+    return f"retrievals-{label}{'-' + safe if safe else ''}.png"
+
+
+def save_picture(image: Image.Image, path: str | Path, overwrite: bool = False) -> Path:
+    """Write ``image`` as a PNG at ``path``, or, unless ``overwrite``, at the next free name beside it.
+
+    Example:
+        >>> from cir_lightning.pictures import save_picture
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> [save_picture(Image.new("RGB", (4, 4)), folder / "a.png").name for _ in range(2)]
+        ['a.png', 'a-1.png']
+    """
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    while True:  # another process may take the free name first: never overwrite, take the next one
+        target = Path(path) if overwrite else free_path(path)
+        try:
+            return write_atomic(target, buffer.getvalue(), overwrite=overwrite)
+        except CIRFileError:
+            if not target.exists():
+                raise
+
+
+def log_picture(loggers: Sequence[Any], tag: str, image: Image.Image, step: int) -> list[str]:
+    """Send ``image`` to the loggers that take images: TensorBoard (``experiment.add_image``) and loggers with
+    a ``log_image`` method (Weights & Biases); others (CSV) are skipped. Returns the names of those used.
+
+    Example:
+        >>> from cir_lightning.pictures import log_picture
+        >>> from lightning.pytorch.loggers import CSVLogger
+        >>> import tempfile
+        >>> log_picture([CSVLogger(tempfile.mkdtemp())], "val/retrievals", Image.new("RGB", (4, 4)), 0)
+        []
+    """
+    import numpy as np
+
+    used = []
+    for logger in loggers:
+        experiment = getattr(logger, "experiment", None)
+        if callable(getattr(experiment, "add_image", None)):
+            experiment.add_image(tag, np.asarray(image.convert("RGB")), global_step=step, dataformats="HWC")
+        elif callable(getattr(logger, "log_image", None)):
+            logger.log_image(key=tag, images=[image], step=step)
+        else:
+            continue
+        used.append(type(logger).__name__)
+    return used
+
+
+def picture_title(label: str, subset: str, shown: int, total: int,
+                  metrics: Mapping[str, Mapping[str, float]] | None = None) -> str:
+    """The title of a subset's picture: what was evaluated, how many queries are shown, and up to four of the
+    subset's metrics (MRR left out) in percent.
+
+    Example:
+        >>> from cir_lightning.pictures import picture_title
+        >>> picture_title("validate", "", 8, 500, {"": {"Recall@1": 0.364, "Recall@5": 0.894, "MRR@10": 0.5}})
+        'validate  ·  all  ·  8 of 500 queries  ·  Recall@1 36.4  Recall@5 89.4'
+    """
+    values = (metrics or {}).get(subset, {})
+    recall = "  ".join(f"{k} {100 * v:.1f}" for k, v in [(k, v) for k, v in values.items()
+                                                          if not k.startswith("MRR")][:4])
+    return f"{label}  ·  {subset or 'all'}  ·  {shown} of {total} queries" + (f"  ·  {recall}" if recall else "")
+
+
+def subset_pictures(loaders: Any, rankings: Mapping[str, Any], scores: Mapping[str, Any], count: int, label: str,
+                    metrics: Mapping[str, Mapping[str, float]] | None = None, seed: int = 0) -> dict[str, Image.Image]:
+    """Subset name -> its retrieval picture of ``count`` seeded queries, for the (queries, gallery) evaluation
+    loaders (or dataset pairs) whose datasets have ``records`` and whose subset was ranked.
+
+    Args:
+        loaders: queries, gallery, queries, gallery, ... (as evaluation loaders come).
+        rankings: subset name -> (queries, depth) ranked gallery rows, -1 padded (the evaluator's).
+        scores: subset name -> the scores of those rows (subsets without: ranks only).
+        count: queries per picture.
+        label: what was evaluated, for the titles (``validate``).
+        metrics: subset name -> metric name -> fraction, for the titles.
+        seed: of the query sample.
+
+    Example:
+        >>> from cir_lightning.pictures import subset_pictures
+        >>> from cir_lightning.data.datasets import GalleryItem, GalleryDataset, Query, QueryDataset
+        >>> import tempfile, torch
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> Image.new("RGB", (8, 8), "red").save(folder / "a.png")
+        >>> gallery = GalleryDataset([GalleryItem(f"g{i}", folder / "a.png", "gallery") for i in range(6)])
+        >>> queries = QueryDataset([Query("q0", folder / "a.png", "make it red", (1,), "queries")])
+        >>> pictures = subset_pictures([queries, gallery], {"": torch.tensor([[0, 1, 2, 3, 4, 5]])}, {}, 8, "validate")
+        >>> {name: picture.size for name, picture in pictures.items()}
+        {'': (1120, 222)}
+    """
+    loaders = list(loaders) if isinstance(loaders, list | tuple) else [loaders]
+    out = {}
+    for q, g in zip(loaders[0::2], loaders[1::2], strict=True):
+        queries, gallery = getattr(q, "dataset", q), getattr(g, "dataset", g)
+        gallery = getattr(gallery, "gallery", gallery)  # a cached gallery stands in for its images
+        name = getattr(queries, "name", "")
+        if name not in rankings or not hasattr(queries, "records") or not hasattr(gallery, "records"):
+            continue
+        picks = sample_queries(len(queries.records), count, seed)
+        values = scores[name][picks].tolist() if name in scores else None
+        rows = query_rows(queries, gallery, picks, rankings[name][picks].tolist(), values)
+        out[name] = retrieval_picture(rows, picture_title(label, name, len(picks), len(queries.records), metrics))
+    return out

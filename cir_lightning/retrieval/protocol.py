@@ -1,0 +1,127 @@
+"""What an evaluated subset measures, and what a random ranking would score on it.
+
+``subset_protocol`` is the record a results file keeps per subset: the metric families and the cut-offs
+K it really used (a benchmark's own, e.g. FashionIQ's Recall@{1, ..., 100}, or the evaluator's default
+``eval_ks``), and the chance level of each metric that has a closed form.
+
+The chance level is the expected value of a metric under a uniformly random ranking of the items a query
+is ranked over: its gallery minus its excluded rows (``M`` items, ``P`` of them positives). For a cut-off
+``K <= M``:
+
+- hit rate (``Recall@K``): ``1 - C(M - P, K) / C(M, K)``, the probability that the first K hold at least
+  one positive (``C`` = binomial coefficient); 1 for ``K >= M`` when ``P > 0``;
+- positive recall (``PositiveRecall@K``): ``K / M``, each positive lying in the first K with that
+  probability;
+- CIRR's ``Recall_subset@K``: the hit rate above over the query's candidates (``M`` = their number,
+  ``P`` = the positives among them).
+
+The subset's chance level is the mean over its queries. MRR and mAP have no entry here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cir_lightning.retrieval.evaluator import EvalSubset
+
+__all__ = ["chance_level", "random_hit_rate", "subset_families", "subset_protocol"]
+
+_LABELS = {"recall": "Recall", "positive_recall": "PositiveRecall", "recall_subset": "Recall_subset"}
+"""The families with a chance level here, and their logged names (as ``evaluator.METRIC_FAMILIES``)."""
+
+
+def random_hit_rate(num_items: int, num_positives: int, k: int) -> float:
+    """Probability that the first ``k`` of a uniformly random order of ``num_items`` items hold at least one
+    of its ``num_positives`` positives: ``1 - C(M - P, k) / C(M, k)``.
+
+    Example:
+        >>> from cir_lightning.retrieval.protocol import random_hit_rate
+        >>> random_hit_rate(575, 1, 1) == 1 / 575, random_hit_rate(575, 1, 10) == 10 / 575
+        (True, True)
+        >>> random_hit_rate(10, 2, 3) == 1 - 56 / 120  # 1 - C(8, 3) / C(10, 3)
+        True
+        >>> random_hit_rate(5, 1, 9), random_hit_rate(5, 0, 3)
+        (1.0, 0.0)
+    """
+    if num_positives <= 0 or num_items <= 0:
+        return 0.0
+    k = min(k, num_items)
+    total = math.comb(num_items, k)  # exact integers, one correctly rounded division
+    return (total - math.comb(max(num_items - num_positives, 0), k)) / total
+
+
+def _mean_hit_rates(cases: Iterable[tuple[int, int]], ks: Sequence[int]) -> dict[int, float]:
+    counts = Counter(cases)  # queries share (M, P) pairs: each pair is computed once
+    total = sum(counts.values())
+    return {k: sum(n * random_hit_rate(m, p, k) for (m, p), n in counts.items()) / total for k in ks}
+
+
+def subset_families(subset: EvalSubset, default_ks: Sequence[int]) -> dict[str, list[int]]:
+    """The metric families and cut-offs a subset is scored with: its own ``metrics``, else ``recall`` and
+    ``mrr`` at ``default_ks`` (as ``RetrievalEvaluator.compute`` does); none without ground truth.
+
+    Example:
+        >>> from cir_lightning.retrieval import EvalSubset
+        >>> from cir_lightning.retrieval.protocol import subset_families
+        >>> subset_families(EvalSubset("", [[0]], [[]], 2), [1, 5])
+        {'recall': [1, 5], 'mrr': [1, 5]}
+        >>> subset_families(EvalSubset("dress", [[0]], [[]], 2, metrics={"recall": [10, 50]}), [1, 5])
+        {'recall': [10, 50]}
+    """
+    if subset.positives is None:
+        return {}
+    families = subset.metrics if subset.metrics is not None else {"recall": default_ks, "mrr": default_ks}
+    return {family: [int(k) for k in ks] for family, ks in families.items()}
+
+
+def chance_level(subset: EvalSubset, families: Mapping[str, Sequence[int]]) -> dict[str, float]:
+    """The expected metrics of a uniformly random ranking, for the families with a closed form (see the
+    module's docstring), named like the evaluator's metrics (``"Recall@10"``, without subset prefix).
+
+    Example:
+        >>> from cir_lightning.retrieval import EvalSubset
+        >>> from cir_lightning.retrieval.protocol import chance_level
+        >>> sub = EvalSubset("", positives=[[1], [2]], excluded=[[0], [0]], num_gallery=5)  # M = 4, P = 1
+        >>> chance_level(sub, {"recall": [1, 2], "mrr": [1]})
+        {'Recall@1': 0.25, 'Recall@2': 0.5}
+    """
+    if subset.positives is None or subset.num_queries == 0:
+        return {}
+    out: dict[str, float] = {}
+    pairs = [(set(pos), set(exc)) for pos, exc in zip(subset.positives, subset.excluded, strict=True)]
+    for family, ks in families.items():
+        if family not in _LABELS:
+            continue
+        if family == "recall_subset":
+            if subset.candidates is None:
+                continue
+            cases = [(len(set(c)), len(pos & set(c))) for (pos, _), c in zip(pairs, subset.candidates, strict=True)]
+            values = _mean_hit_rates(cases, ks)
+        else:
+            cases = [(subset.num_gallery - len(exc), len(pos - exc)) for pos, exc in pairs]
+            if family == "recall":
+                values = _mean_hit_rates(cases, ks)
+            else:  # positive recall: each positive is in the first K with probability min(K, M) / M
+                values = {k: sum(min(k, m) / m for m, p in cases if p and m) / len(cases) for k in ks}
+        out.update({f"{_LABELS[family]}@{k}": v for k, v in values.items()})
+    return out
+
+
+def subset_protocol(subset: EvalSubset, default_ks: Sequence[int]) -> dict[str, Any]:
+    """A results file's record of a subset: the families and cut-offs it was scored with (``metrics``; none
+    without ground truth) and the chance level of those metrics (``chance``, fractions).
+
+    Example:
+        >>> from cir_lightning.retrieval import EvalSubset
+        >>> from cir_lightning.retrieval.protocol import subset_protocol
+        >>> subset_protocol(EvalSubset("", [[1]], [[0]], 3), [1])
+        {'metrics': {'recall': [1], 'mrr': [1]}, 'chance': {'Recall@1': 0.5}}
+        >>> subset_protocol(EvalSubset("", None, [[0]], 3), [1, 5])  # ranked only (a test split)
+        {'metrics': {}, 'chance': {}}
+    """
+    families = subset_families(subset, default_ks)
+    return {"metrics": families, "chance": chance_level(subset, families)}
