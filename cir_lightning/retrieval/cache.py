@@ -11,6 +11,12 @@ A cache is a folder::
 pooling) and the digest of its trainable weights. ``load_embeddings`` compares it, the dataset, split,
 kind and ids with what the caller expects and refuses any difference with an error that lists them: a
 stale cache is never used silently. ``save_embeddings`` never replaces an existing cache unless told to.
+
+Rows too many to hold in memory (a gallery of millions) are written where they land: ``new_embeddings``
+preallocates ``embeddings.npy`` as a memory-mapped array that any process can open and fill row by row
+(``open_embeddings``), and ``finish_embeddings`` then writes ``ids.json`` and ``meta.json`` (``meta.json``
+may carry more keys, which ``load_embeddings`` ignores). Used inside ``files.atomic_folder`` the folder
+still appears complete or not at all.
 """
 
 from __future__ import annotations
@@ -90,19 +96,100 @@ def save_embeddings(path: str | Path, embeddings: Tensor | np.ndarray, ids: Sequ
     array = embeddings.detach().float().cpu().numpy() if isinstance(embeddings, Tensor) else np.asarray(embeddings)
     if array.ndim != 2 or len(array) != len(ids):
         raise ValueError(f"`embeddings` {array.shape} must be 2-d with one row per id ({len(ids)} ids)")
-    if dtype not in ("float32", "float16"):
-        raise CIRConfigError(f"cache `dtype` must be float32 or float16, got {dtype!r}")
+    _check_dtype(dtype)
     if path.exists() and not overwrite:
         raise CIRConfigError(f"embedding cache `{path}` already exists; pass overwrite=True to replace it")
-    meta = {"format": FORMAT, "kind": kind, "model": dict(model), "dataset": dataset, "split": split,
-            "count": len(ids), "dim": int(array.shape[1]), "dtype": dtype, "ids_sha256": _ids_digest(ids),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     # complete or absent: a kill or a full disk never leaves a cache that a later run would trust
     with atomic_folder(path, overwrite=overwrite) as tmp:
-        np.save(tmp / "embeddings.npy", np.ascontiguousarray(array, dtype=dtype))
-        (tmp / "ids.json").write_text(json.dumps([str(i) for i in ids]))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
+        rows = new_embeddings(tmp, len(array), int(array.shape[1]), dtype)
+        rows[:] = array
+        rows.flush()
+        del rows
+        finish_embeddings(tmp, ids, kind=kind, model=model, dataset=dataset, split=split)
     return path
+
+
+def _check_dtype(dtype: str) -> None:
+    if dtype not in ("float32", "float16"):
+        raise CIRConfigError(f"cache `dtype` must be float32 or float16, got {dtype!r}")
+
+
+def new_embeddings(folder: str | Path, count: int, dim: int, dtype: str = "float32") -> np.memmap:
+    """Preallocate ``folder/embeddings.npy`` (``count`` x ``dim``, zeros) and return it memory-mapped for writing.
+
+    The file is a normal ``.npy``; other processes fill their rows through ``open_embeddings``. Nothing
+    is held in memory: written rows go to the file (the operating system's page cache).
+
+    Example:
+        >>> from cir_lightning.retrieval.cache import finish_embeddings, new_embeddings, open_embeddings
+        >>> from cir_lightning.retrieval import load_embeddings
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> rows = new_embeddings(folder, 3, 2)
+        >>> rows[[2, 0]] = [[1.0, 0.0], [0.0, 1.0]]  # rows as they arrive, in any order
+        >>> other = open_embeddings(folder)            # e.g. another DDP rank
+        >>> other[1] = [0.6, 0.8]
+        >>> rows.flush(), other.flush()
+        (None, None)
+        >>> _ = finish_embeddings(folder, ["a", "b", "c"], kind="gallery", model={"m": 1}, dataset="toy",
+        ...                       split="val", extra={"note": "made row by row"})
+        >>> load_embeddings(folder, kind="gallery", model={"m": 1}, dataset="toy", split="val")[0].tolist()
+        [[0.0, 1.0], [0.6000000238418579, 0.800000011920929], [1.0, 0.0]]
+    """
+    _check_dtype(dtype)
+    return np.lib.format.open_memmap(Path(folder) / "embeddings.npy", mode="w+", dtype=np.dtype(dtype),
+                                     shape=(int(count), int(dim)))
+
+
+def open_embeddings(folder: str | Path) -> np.memmap:
+    """``folder/embeddings.npy`` (made by ``new_embeddings``) memory-mapped for writing more rows."""
+    return np.load(Path(folder) / "embeddings.npy", mmap_mode="r+")
+
+
+def finish_embeddings(folder: str | Path, ids: Sequence[str], *, kind: str, model: Mapping[str, Any], dataset: str,
+                      split: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``ids.json`` and ``meta.json`` beside a complete ``embeddings.npy``; returns the meta.
+
+    Args:
+        folder: the cache folder (usually the temporary folder of ``files.atomic_folder``).
+        ids: the item ids, one per row.
+        kind, model, dataset, split: the identity, as for ``save_embeddings``.
+        extra: more keys for ``meta.json`` (they may not replace the format's own).
+
+    Example:
+        >>> from cir_lightning.retrieval.cache import finish_embeddings, new_embeddings
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = new_embeddings(folder, 2, 4, "float16")
+        >>> meta = finish_embeddings(folder, ["a", "b"], kind="query", model={}, dataset="toy", split="val")
+        >>> meta["count"], meta["dim"], meta["dtype"]
+        (2, 4, 'float16')
+    """
+    folder = Path(folder)
+    array = np.load(folder / "embeddings.npy", mmap_mode="r")
+    if array.ndim != 2 or len(array) != len(ids):
+        raise ValueError(f"embeddings.npy {array.shape} must be 2-d with one row per id ({len(ids)} ids)")
+    meta = {"format": FORMAT, "kind": kind, "model": dict(model), "dataset": dataset, "split": split,
+            "count": len(ids), "dim": int(array.shape[1]), "dtype": str(array.dtype), "ids_sha256": _ids_digest(ids),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    clash = sorted(set(meta) & set(extra or {}))
+    if clash:
+        raise ValueError(f"`extra` may not replace the cache's own keys {clash}")
+    meta.update(extra or {})
+    (folder / "ids.json").write_text(json.dumps([str(i) for i in ids]))
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
+    return meta
+
+
+def identity_differences(key: str, cached: Any, expected: Any) -> list[str]:
+    """What differs between a stored identity and the expected one, down to the nested keys (for messages).
+
+    Example:
+        >>> from cir_lightning.retrieval.cache import identity_differences
+        >>> identity_differences("model", {"weights": "ab"}, {"weights": "cd"})
+        ["model.weights: cached 'ab', expected 'cd'"]
+    """
+    return _differences(key, json.loads(json.dumps(cached, default=str)), json.loads(json.dumps(expected, default=str)))
 
 
 def load_embeddings(path: str | Path, *, kind: str, model: Mapping[str, Any], dataset: str, split: str,

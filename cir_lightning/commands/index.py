@@ -1,0 +1,168 @@
+"""``cir-lightning index IMAGE_FOLDER --config CONFIG --out INDEX``: embed your own images for search.
+
+The model is built from the config exactly as ``fit`` builds it (``CIRLightningCLI``, so any config and
+any ``--model.*`` / ``--data.*`` / ``--trainer.*`` override that ``fit`` takes works here too); its trained
+weights come from ``--ckpt_path`` (a checkpoint of ``fit``, read with ``weights_only=True``) or
+``--adapter`` (an adapter folder: what ``fit`` exports, or ``save_adapter`` writes), both loaded as
+``lora.init_adapter`` loads them. The config's trainer settings (``accelerator``, ``devices``,
+``strategy``, ``num_nodes``, ``precision``) run the embedding, so ``--trainer.devices 8`` embeds on
+eight GPUs; the data section gives the image options (``max_short_edge``, ``max_image_pixels``) and the
+loader's batch size and workers. See ``cir_lightning.indexing`` for the resumable build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from cir_lightning.commands import COMMANDS
+
+_PASSED = ("--model.", "--data.", "--trainer.", "--seed_everything")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cir-lightning index", description=COMMANDS["index"][1],
+        epilog="Options of the config may follow, as for `fit`: --model.*, --data.*, --trainer.* (e.g. "
+               "--trainer.devices 4 --trainer.accelerator gpu). Killed? Run the same command again: it continues.")
+    parser.add_argument("image_folder", help="the images to index (every image below it, recursively)")
+    parser.add_argument("--config", action="append", required=True, help="the model's config (as for `fit`)")
+    parser.add_argument("--out", required=True, help="the index folder to write (must not exist)")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--ckpt_path", help="trained weights: a checkpoint written by `fit`")
+    weights.add_argument("--adapter", help="trained weights: a LoRA adapter folder (`fit` exports <log_dir>/adapter)")
+    parser.add_argument("--skip-unreadable", action="store_true",
+                        help="leave out images that cannot be decoded (default: they are an error, listed)")
+    parser.add_argument("--batch-size", type=int, help="images per batch (default: the data's eval_batch_size)")
+    parser.add_argument("--num-workers", type=int, help="DataLoader workers (default: the data's)")
+    parser.add_argument("--max-short-edge", type=int, help="shrink images to this short edge (default: the data's)")
+    parser.add_argument("--shard-size", type=int, default=1024,
+                        help="images per saved shard of each process: what a kill can lose (default: 1024)")
+    parser.add_argument("--factory", default="Flat",
+                        help="faiss index type (index_factory string): Flat (exact, default), HNSW32, IVF1024,Flat ...")
+    parser.add_argument("--nprobe", type=int, help="IVF lists visited per query")
+    parser.add_argument("--ef-search", type=int, help="HNSW search depth")
+    parser.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="embedding storage")
+    return parser
+
+
+def _check_options(ns: argparse.Namespace) -> None:
+    from cir_lightning.checks import non_negative_int, positive_int
+    from cir_lightning.errors import CIRFileError
+    from cir_lightning.messages import path_problem
+
+    positive_int("--batch-size", ns.batch_size, optional=True)
+    non_negative_int("--num-workers", ns.num_workers, optional=True)
+    positive_int("--max-short-edge", ns.max_short_edge, optional=True)
+    positive_int("--shard-size", ns.shard_size)
+    if ns.ckpt_path is not None:
+        problem = path_problem(ns.ckpt_path, "a checkpoint file")
+        if problem is not None and not (Path(ns.ckpt_path) / "checkpoint").is_dir():  # DeepSpeed's are folders
+            raise CIRFileError(f"`--ckpt_path`: `{ns.ckpt_path}` {problem}")
+    if ns.adapter is not None:
+        adapter = Path(ns.adapter)
+        problem = (path_problem(adapter, "an adapter folder") or "is a file, not an adapter folder") \
+            if not adapter.is_dir() else None if (adapter / "adapter_config.json").is_file() \
+            else "is not an adapter folder (no adapter_config.json)"
+        if problem is not None:
+            raise CIRFileError(f"`--adapter`: `{ns.adapter}` {problem}")
+
+
+@contextlib.contextmanager
+def _flag_names() -> Iterator[None]:
+    """``SearchConfig``'s errors name its options (`search.nprobe`); here they are flags (`--nprobe`)."""
+    from cir_lightning.errors import CIRConfigError
+
+    try:
+        yield
+    except CIRConfigError as err:
+        message = str(err)
+        for option, flag in (("search.factory", "--factory"), ("search.nprobe", "--nprobe"),
+                             ("search.ef_search", "--ef-search")):
+            message = message.replace(f"`{option}`", f"`{flag}`")
+        raise CIRConfigError(message) from None
+
+
+def build_model(configs: Sequence[str], overrides: Sequence[str], weights: str | None) -> Any:
+    """The ``CIRModule`` a ``fit`` with these configs and overrides would build, with ``weights`` (a checkpoint or
+    adapter folder) as its LoRA adapter, and the parsed config; no trainer is made."""
+    from cir_lightning.cli import CIRLightningCLI
+
+    class ModelOnly(CIRLightningCLI):
+        def before_instantiate_classes(self) -> None:
+            init = self.config.model.backbone.init_args
+            path = init.get("model_name_or_path")  # a local folder by its absolute path: the index is searched from anywhere
+            if isinstance(path, str) and (Path(path).exists() or init.get("make_tiny_if_missing")):
+                init.model_name_or_path = str(Path(path).resolve())
+
+        def instantiate_trainer(self, **kwargs: Any) -> None:
+            return None
+
+    args = [a for config in configs for a in ("--config", config)] + list(overrides)
+    if weights is not None:
+        args += ["--model.backbone.init_args.lora.init_adapter", str(Path(weights).resolve())]
+    cli = ModelOnly(args=args, run=False, save_config_callback=None)
+    return cli.model, cli.config
+
+
+def main(argv: Sequence[str]) -> None:
+    """Index the images below ``IMAGE_FOLDER`` into ``--out`` (see the module)."""
+    parser = _parser()
+    ns, overrides = parser.parse_known_args(list(argv)[1:])
+    unknown = [a for a in overrides if a.startswith("-") and not a.startswith(_PASSED)]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    _check_options(ns)
+    from cir_lightning.cli import check_config_files
+    from cir_lightning.data.folder import list_images
+    from cir_lightning.data.images import DEFAULT_MAX_PIXELS
+    from cir_lightning.image_index import partial_folder
+    from cir_lightning.indexing import build_image_index
+    from cir_lightning.retrieval.index import SearchConfig
+
+    out = Path(ns.out)
+    found = list_images(ns.image_folder, leave_out=[out, partial_folder(out)])  # before the model is loaded
+    if out.exists():
+        from cir_lightning.errors import CIRFileError
+
+        raise CIRFileError(f"`--out`: `{out}` already exists; an index is never overwritten (choose another name, "
+                           "or remove it)")
+    with _flag_names():
+        search = SearchConfig(factory=ns.factory, nprobe=ns.nprobe, ef_search=ns.ef_search)
+    check_config_files([a for config in ns.config for a in ("--config", config)])
+    module, config = build_model(ns.config, overrides, ns.ckpt_path or ns.adapter)
+    backbone = module.backbone
+    with _flag_names():
+        search.check(backbone.embedding_dim)
+    stored = config.model.backbone.as_dict()
+    if isinstance(stored.get("init_args", {}).get("lora"), dict):
+        stored["init_args"]["lora"]["init_adapter"] = None  # the index keeps its own copy of the weights
+    data = (config.get("data") or {}).get("init_args") or {}
+    trainer = config.trainer
+    options = {k: trainer.get(k) for k in ("accelerator", "devices", "num_nodes", "precision") if trainer.get(k)}
+    options["enable_progress_bar"] = trainer.get("enable_progress_bar") is not False
+    if isinstance(trainer.get("strategy"), str):
+        options["strategy"] = trainer.get("strategy")
+    source = {"image_folder": str(Path(ns.image_folder).resolve()), "config": [str(Path(c).resolve()) for c in ns.config],
+              "overrides": list(overrides), "ckpt_path": ns.ckpt_path and str(Path(ns.ckpt_path).resolve()),
+              "adapter": ns.adapter and str(Path(ns.adapter).resolve())}
+    written = build_image_index(
+        ns.image_folder, out, backbone, backbone_config=stored, trainer_options=options,
+        batch_size=ns.batch_size or data.get("eval_batch_size") or data.get("batch_size") or 16,
+        num_workers=ns.num_workers if ns.num_workers is not None else data.get("num_workers") or 0,
+        max_short_edge=ns.max_short_edge or data.get("max_short_edge"),
+        max_image_pixels=data.get("max_image_pixels", DEFAULT_MAX_PIXELS),
+        shard_size=ns.shard_size, skip_unreadable=ns.skip_unreadable, search=search, dtype=ns.dtype, source=source)
+    if written is None:  # not the first process
+        return
+    from cir_lightning.image_index import ImageIndex
+
+    index = ImageIndex.open(written)
+    skipped = index.info["skipped"]
+    print(f"index written to {written}: {len(index.relpaths)} of {len(found)} images below {index.root} "
+          f"({index.meta['dim']}-dim {index.meta['dtype']} embeddings, faiss {index.info['search']['factory']})"
+          + (f"; {len(skipped)} unreadable left out (listed in meta.json)" if skipped else ""))
+    print(f"search it: cir-lightning search {written} --image REFERENCE.jpg --text \"make it red\"")

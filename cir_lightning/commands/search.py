@@ -1,0 +1,73 @@
+"""``cir-lightning search INDEX --image REF.jpg --text "make it red" -k 10 [--show out.png]``.
+
+Opens an index written by ``cir-lightning index`` (``ImageIndex``), rebuilds the model that made it,
+embeds the reference image with the text and prints the ``k`` closest indexed images, best first, with
+their scores (cosine similarity). When the reference is itself one of the indexed images it is left out
+of the results (as composed-retrieval benchmarks do; ``--keep-reference`` keeps it). ``--show`` draws the
+reference and the results into a PNG (``cir_lightning.pictures``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from cir_lightning.commands import COMMANDS
+
+
+def main(argv: Sequence[str]) -> None:
+    """Search an index (see the module)."""
+    parser = argparse.ArgumentParser(prog="cir-lightning search", description=COMMANDS["search"][1])
+    parser.add_argument("index", help="an index folder written by `cir-lightning index`")
+    parser.add_argument("--image", required=True, help="the reference image")
+    parser.add_argument("--text", required=True, help='what to change in it ("make it red")')
+    parser.add_argument("-k", type=int, default=10, help="how many results (default: 10)")
+    parser.add_argument("--show", help="also draw the reference and the results into this PNG (must not exist)")
+    parser.add_argument("--keep-reference", action="store_true",
+                        help="keep the reference in the results when it is one of the indexed images")
+    ns = parser.parse_args(list(argv)[1:])
+    from cir_lightning.checks import positive_int
+    from cir_lightning.data.images import DEFAULT_MAX_PIXELS, load_image
+    from cir_lightning.errors import CIRFileError
+    from cir_lightning.files import check_writable
+    from cir_lightning.image_index import ImageIndex
+
+    positive_int("-k", ns.k)
+    index = ImageIndex.open(ns.index)
+    show = Path(ns.show) if ns.show else None
+    if show is not None:  # before the model is loaded
+        if show.exists() or show.is_symlink():
+            raise CIRFileError(f"`--show`: `{show}` already exists; it is never overwritten (choose another name)")
+        check_writable(show.parent, "--show")
+    reference = Path(ns.image)
+    image = load_image(reference, index.info.get("max_short_edge"), "`--image`",
+                       max_pixels=index.info.get("max_image_pixels", DEFAULT_MAX_PIXELS))
+    relpath = Path(os.path.relpath(reference.resolve(), index.root)).as_posix()
+    exclude = [] if ns.keep_reference or relpath not in set(index.relpaths) else [relpath]
+    backbone = index.load_backbone()
+    hits = index.query(backbone, image, ns.text, ns.k, exclude=exclude)
+    print(f"{len(hits)} of {len(index.relpaths)} images below {index.root} for {reference} + {ns.text!r}"
+          + (f" (the reference itself, {relpath}, left out: --keep-reference keeps it)" if exclude else ""))
+    print(f"{'rank':>4}  {'score':>7}  path")
+    for hit in hits:
+        print(f"{hit.rank:>4}  {hit.score:>7.4f}  {hit.path}")
+    if show is not None:
+        _draw(show, reference, ns.text, hits, index)
+        print(f"picture written to {show}")
+
+
+def _draw(path: Path, reference: Path, text: str, hits: Sequence, index: object) -> None:
+    import io
+
+    from cir_lightning.files import write_atomic
+    from cir_lightning.pictures import Hit, QueryRow, retrieval_picture
+
+    row = QueryRow("your query", reference, "`--image`", text,
+                   [Hit(h.relpath, h.path, str(index), h.score, False) for h in hits], None, len(hits),
+                   has_targets=False)
+    picture = retrieval_picture([row], title=f"cir-lightning search: top {len(hits)}", top=max(1, len(hits)))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", optimize=True)
+    write_atomic(path, buffer.getvalue())

@@ -1,0 +1,157 @@
+"""A folder of the user's own images as a dataset: every image below it, in a stable order.
+
+``list_images`` finds the files (recursively, hidden files and folders left out, sorted by their path
+relative to the folder, with ``/`` separators), keeping those whose suffix Pillow can open.
+``ImageFolderDataset`` decodes them like every cir_lightning dataset (``ImageDataset``: the image
+options ``max_short_edge`` and ``max_pixels``); an image that cannot be decoded does not stop the run:
+its sample says why (``"error"``), and ``KeepReadable`` (around the model's gallery collator) leaves it
+out of the batch and lists it under ``"unreadable"``, so the caller decides to refuse or skip it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from cir_lightning.data.datasets import ImageDataset
+from cir_lightning.errors import CIRDataError
+from cir_lightning.messages import MISSING
+
+__all__ = ["ImageFolderDataset", "KeepReadable", "fit_image", "image_suffixes", "list_images"]
+
+
+@functools.lru_cache(maxsize=1)
+def image_suffixes() -> frozenset[str]:
+    """The file suffixes (lower case, with the dot) of the formats this Pillow can open.
+
+    Example:
+        >>> from cir_lightning.data.folder import image_suffixes
+        >>> {".png", ".jpg", ".jpeg", ".webp"} <= image_suffixes(), ".txt" in image_suffixes()
+        (True, False)
+    """
+    Image.init()
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+def list_images(root: str | Path, leave_out: Sequence[str | Path] = ()) -> list[str]:
+    """The image files below ``root``, as sorted relative paths with ``/`` separators.
+
+    Hidden files and folders (names starting with ``.``) and the folders in ``leave_out`` (e.g. an index
+    being written inside the image folder) are not searched; symbolic links to files are followed, links
+    to folders are not (no cycles).
+
+    Raises:
+        CIRDataError: ``root`` is missing or not a folder, or holds no image file.
+
+    Example:
+        >>> from cir_lightning.data.folder import list_images
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for name in ("b/2.png", "a.JPG", "b/1.webp", ".hidden/x.png", "notes.txt"):
+        ...     (root / name).parent.mkdir(parents=True, exist_ok=True)
+        ...     _ = (root / name).write_bytes(b"")
+        >>> list_images(root)
+        ['a.JPG', 'b/1.webp', 'b/2.png']
+        >>> list_images(root / "b" / "1.webp")
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRDataError: .../1.webp: is not a folder of images
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise CIRDataError(MISSING if not root.exists() else "is not a folder of images", root)
+    skipped = {os.path.realpath(p) for p in leave_out}
+    found = []
+    for folder, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")
+                       and os.path.realpath(os.path.join(folder, d)) not in skipped]
+        relative = Path(folder).relative_to(root)
+        found += [(relative / name).as_posix() for name in filenames
+                  if not name.startswith(".") and Path(name).suffix.lower() in image_suffixes()]
+    if not found:
+        raise CIRDataError("holds no image files (looked for " + ", ".join(sorted(
+            {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"} & image_suffixes()))
+            + " ... in every sub-folder)", root)
+    return sorted(found)
+
+
+def fit_image(image: Image.Image, max_short_edge: int | None = None) -> Image.Image:
+    """``image`` as RGB, shrunk (bicubic, aspect kept) so its short edge is at most ``max_short_edge``,
+    as ``load_image`` prepares an image read from a file.
+
+    Example:
+        >>> from cir_lightning.data.folder import fit_image
+        >>> image = fit_image(Image.new("L", (200, 100)), max_short_edge=50)
+        >>> image.mode, image.size
+        ('RGB', (100, 50))
+    """
+    image = image if image.mode == "RGB" else image.convert("RGB")
+    if max_short_edge is not None and min(image.size) > max_short_edge:
+        w, h = image.size
+        scale = max_short_edge / min(w, h)
+        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
+    return image
+
+
+class ImageFolderDataset(ImageDataset, Dataset):
+    """The images ``relpaths`` below ``root``; a sample is ``{"index", "image"}``, or ``{"index", "error"}``
+    (the one-line reason) for an image that cannot be decoded.
+
+    Example:
+        >>> from cir_lightning.data.folder import ImageFolderDataset
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> Image.new("RGB", (64, 32)).save(root / "a.png")
+        >>> _ = (root / "b.png").write_bytes(b"not a png")
+        >>> data = ImageFolderDataset(root, ["a.png", "b.png"], max_short_edge=16)
+        >>> data[0]["image"].size
+        (32, 16)
+        >>> data[1]["error"]
+        'image `.../b.png` cannot be read: not a recognised image format, or truncated or corrupt'
+    """
+
+    def __init__(self, root: str | Path, relpaths: Sequence[str], max_short_edge: int | None = None) -> None:
+        self.root = Path(root)
+        self.relpaths = list(relpaths)
+        self.max_short_edge = max_short_edge
+
+    def __len__(self) -> int:
+        return len(self.relpaths)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            return {"index": index, "image": self._image(self.root / self.relpaths[index], "")}
+        except CIRDataError as err:
+            return {"index": index, "error": str(err)}
+
+
+class KeepReadable:
+    """A collate function: ``collate`` (the model's gallery collator) over the decoded samples only; the
+    others are listed as ``batch["unreadable"]``, ``(index, reason)`` pairs. A batch of only unreadable
+    samples has an empty ``index`` and nothing else. Picklable, so it runs in DataLoader workers.
+
+    Example:
+        >>> from cir_lightning.data.folder import KeepReadable
+        >>> collate = KeepReadable(lambda samples: {"index": torch.tensor([s["index"] for s in samples])})
+        >>> batch = collate([{"index": 0, "image": None}, {"index": 1, "error": "corrupt"}])
+        >>> batch["index"].tolist(), batch["unreadable"]
+        ([0], [(1, 'corrupt')])
+        >>> collate([{"index": 1, "error": "corrupt"}])["index"].tolist()
+        []
+    """
+
+    def __init__(self, collate: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> None:
+        self.collate = collate
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        good = [s for s in samples if "error" not in s]
+        batch = self.collate(good) if good else {"index": torch.empty(0, dtype=torch.long)}
+        batch["unreadable"] = [(s["index"], s["error"]) for s in samples if "error" in s]
+        return batch

@@ -1,0 +1,239 @@
+"""Search over your own images: an index folder written by ``cir-lightning index``, opened and queried.
+
+An index folder holds::
+
+    embeddings.npy  ids.json  meta.json    the embedding cache format (``retrieval.cache``): one row per
+                                           image, ids = image paths relative to the image folder
+    index.faiss                            the faiss index over those rows (inner product)
+    adapter/                               the model's trained LoRA adapter (peft format), when it has one
+
+``meta.json`` is the cache's (``model`` = backbone fingerprint and weights digest) plus ``image_index``:
+the image folder (``root``), the backbone's config (``class_path`` / ``init_args``, what rebuilds it), the
+image options, the faiss index type and the images left out as unreadable. ``ImageIndex.open`` refuses a
+missing, unfinished or damaged folder in one line; ``load_backbone`` rebuilds the model that made the
+index and checks it is that model; ``query`` refuses any other model, so rows and query are always
+embedded by the same function.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from cir_lightning.backbones.base import Backbone
+from cir_lightning.checks import positive_int
+from cir_lightning.data.folder import fit_image
+from cir_lightning.errors import CIRConfigError, CIRDataError, CIRModelError, embedded_error
+from cir_lightning.messages import MISSING
+from cir_lightning.retrieval.cache import _ids_digest, identity_differences
+
+__all__ = ["FAISS_FILE", "Hit", "ImageIndex", "partial_folder"]
+
+FAISS_FILE = "index.faiss"
+"""The faiss index's file name inside an index folder."""
+
+
+def partial_folder(folder: str | Path) -> Path:
+    """Where ``cir-lightning index`` keeps the finished shards of an index still being built.
+
+    Example:
+        >>> from cir_lightning.image_index import partial_folder
+        >>> partial_folder("out/photos-index").as_posix()
+        'out/photos-index.partial'
+    """
+    folder = Path(folder)
+    return folder.with_name(folder.name + ".partial")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result.
+
+    Args:
+        rank: 1 for the best.
+        path: the image file (absolute).
+        relpath: its path below the index's image folder, ``/``-separated.
+        score: cosine similarity of the query and the image.
+
+    Example:
+        >>> from cir_lightning.image_index import Hit
+        >>> hit = Hit(rank=1, path=Path("/photos/a.jpg"), relpath="a.jpg", score=0.83)
+        >>> hit.path.name, hit.score
+        ('a.jpg', 0.83)
+    """
+
+    rank: int
+    path: Path
+    relpath: str
+    score: float
+
+
+class ImageIndex:
+    """An index folder, opened: its images, identity and faiss index.
+
+    Example:
+        >>> from cir_lightning.image_index import ImageIndex
+        >>> import tempfile
+        >>> ImageIndex.open(tempfile.mkdtemp() + "/nothing")
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRDataError: .../nothing: does not exist (build an index with `cir-lightning index IMAGE_FOLDER ...`)
+    """
+
+    def __init__(self, folder: Path, meta: dict[str, Any], relpaths: list[str], faiss_index: Any) -> None:
+        self.folder = folder
+        self.meta = meta
+        self.relpaths = relpaths
+        self.root = Path(meta["image_index"]["root"])
+        self._faiss = faiss_index
+        self._rows = {p: i for i, p in enumerate(relpaths)}
+        self._checked: weakref.WeakSet[Backbone] = weakref.WeakSet()
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """``meta["image_index"]``: root, backbone config, image options, faiss index type, skipped images."""
+        return self.meta["image_index"]
+
+    @classmethod
+    def open(cls, folder: str | Path) -> ImageIndex:
+        """Open the index at ``folder``, after checking it is complete and undamaged (one ``CIRDataError``
+        line naming the file otherwise)."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            partial = partial_folder(folder)
+            if not folder.exists() and partial.is_dir():
+                raise CIRDataError(f"{MISSING}: its build is unfinished (finished shards are in `{partial}`); run the "
+                                   "same `cir-lightning index` command again to complete it", folder)
+            problem = MISSING if not folder.exists() else "is not a folder"
+            raise CIRDataError(f"{problem} (build an index with `cir-lightning index IMAGE_FOLDER ...`)", folder)
+        meta = _read_json(folder / "meta.json", dict)
+        info = meta.get("image_index")
+        if not isinstance(info, dict) or not isinstance(info.get("root"), str) or "backbone" not in info:
+            raise CIRDataError("is not an image index written by `cir-lightning index` (no `image_index` entry)",
+                               folder / "meta.json")
+        relpaths = _read_json(folder / "ids.json", list)
+        if meta.get("ids_sha256") != _ids_digest(relpaths) or len(relpaths) != meta.get("count"):
+            raise CIRDataError("does not match meta.json (changed after the index was written); rebuild the index",
+                               folder / "ids.json")
+        try:
+            rows = np.load(folder / "embeddings.npy", mmap_mode="r")
+            shape_ok = rows.shape == (meta["count"], meta["dim"])
+        except (OSError, ValueError, EOFError, KeyError) as err:
+            raise CIRDataError(f"cannot be read ({err}): the index is damaged; rebuild it", folder / "embeddings.npy") \
+                from None
+        if not shape_ok:
+            raise CIRDataError(f"holds {rows.shape}, meta.json says ({meta['count']}, {meta['dim']}): the index is "
+                               "damaged; rebuild it", folder / "embeddings.npy")
+        return cls(folder, meta, relpaths, _read_faiss(folder / FAISS_FILE, meta["count"], meta["dim"], info))
+
+    # ------------------------------------------------------------------ the model
+    def load_backbone(self) -> Backbone:
+        """The model that built this index, rebuilt from its config with the index's adapter, on the CPU
+        (move it with ``.to(device)``), after checking its identity."""
+        from jsonargparse import ArgumentParser
+
+        config = copy.deepcopy(self.info["backbone"])
+        init = config.setdefault("init_args", {})
+        if "make_tiny_if_missing" in init:
+            init["make_tiny_if_missing"] = False  # a missing model is an error here, never a new random one
+        if self.info.get("adapter"):
+            init["lora"] = {**(init.get("lora") or {}), "init_adapter": str(self.folder / self.info["adapter"])}
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_argument("--backbone", type=Backbone)
+        try:
+            backbone = parser.instantiate_classes(parser.parse_object({"backbone": config})).backbone
+        except Exception as err:  # noqa: BLE001 - jsonargparse wraps what the constructor raised
+            ours = embedded_error(err)
+            if ours is not None:
+                raise ours from None
+            raise CIRModelError(f"index `{self.folder}`: cannot rebuild its model from meta.json: "
+                                f"{str(err).splitlines()[0]}") from None
+        self.check_backbone(backbone)
+        return backbone
+
+    def check_backbone(self, backbone: Backbone) -> None:
+        """Refuse a backbone other than the index's (fingerprint or trained weights differ), in one line.
+        A backbone that passed is not checked again."""
+        if backbone in self._checked:
+            return
+        current = {"fingerprint": backbone.fingerprint(), "weights": backbone.weights_digest()}
+        problems = identity_differences("model", self.meta["model"], current)
+        if problems:
+            shown = "; ".join(p.replace(": cached ", ": index has ").replace(", expected ", ", this model has ")
+                              for p in problems)
+            raise CIRModelError(f"index `{self.folder}` was built by another model ({shown}); search it with "
+                                "`ImageIndex.load_backbone()` (the model that built it), or index the images again "
+                                "with this one")
+        self._checked.add(backbone)
+
+    # ------------------------------------------------------------------ searching
+    def query(self, backbone: Backbone, image: Image.Image, text: str, k: int = 10, *,
+              exclude: Iterable[str] = ()) -> list[Hit]:
+        """The ``k`` indexed images closest to ``image`` changed as ``text`` says, best first.
+
+        Args:
+            backbone: the index's model (``load_backbone()``; any other is refused).
+            image: the reference image (converted to RGB and shrunk as the indexed images were).
+            text: the modification ("make it red").
+            k: how many results (fewer when the index is smaller).
+            exclude: relpaths to leave out of the results (e.g. the reference itself, when it is indexed).
+        """
+        positive_int("k", k)
+        if not isinstance(text, str):
+            raise CIRConfigError(f"the modification text must be a string, got {type(text).__name__}")
+        if not isinstance(image, Image.Image):
+            raise CIRConfigError(f"the reference must be a PIL image, got {type(image).__name__}")
+        self.check_backbone(backbone)
+        image = fit_image(image, self.info.get("max_short_edge"))
+        embedding = backbone.encode_query([image], [text]).detach().float().cpu().numpy()
+        skip = {self._rows[p] for p in exclude if p in self._rows}
+        depth = min(k + len(skip), len(self.relpaths))
+        scores, rows = self._faiss.search(np.ascontiguousarray(embedding, dtype=np.float32), depth)
+        found = sorted(((float(s), int(r)) for s, r in zip(scores[0], rows[0], strict=True)
+                        if r >= 0 and int(r) not in skip), key=lambda hit: (-hit[0], hit[1]))  # ties: lower row
+        return [Hit(rank, self.root / self.relpaths[row], self.relpaths[row], score)
+                for rank, (score, row) in enumerate(found[:k], start=1)]
+
+    def __repr__(self) -> str:
+        return f"ImageIndex({str(self.folder)!r}, {len(self.relpaths)} images below {str(self.root)!r})"
+
+
+def _read_json(path: Path, kind: type) -> Any:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CIRDataError(f"{MISSING}: the index is incomplete; rebuild it", path) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CIRDataError(f"cannot be read ({err}): the index is damaged; rebuild it", path) from None
+    if not isinstance(value, kind):
+        raise CIRDataError(f"holds a {type(value).__name__}, not a {kind.__name__}: the index is damaged", path)
+    return value
+
+
+def _read_faiss(path: Path, count: int, dim: int, info: dict[str, Any]) -> Any:
+    import faiss
+
+    if not path.is_file():
+        raise CIRDataError(f"{MISSING}: the index is incomplete; rebuild it", path)
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as err:
+        raise CIRDataError(f"cannot be read as a faiss index ({str(err).strip().splitlines()[-1]}): the index is "
+                           "damaged; rebuild it", path) from None
+    if index.ntotal != count or index.d != dim:
+        raise CIRDataError(f"holds {index.ntotal} vectors of dimension {index.d}, meta.json says {count} of {dim}: "
+                           "the index is damaged; rebuild it", path)
+    search = info.get("search") or {}
+    space = faiss.ParameterSpace()
+    for name, key in (("nprobe", "nprobe"), ("efSearch", "ef_search")):
+        if search.get(key) is not None:
+            space.set_index_parameter(index, name, int(search[key]))
+    return index

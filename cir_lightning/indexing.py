@@ -1,0 +1,286 @@
+"""Building an image index (``cir-lightning index``): every image below a folder, embedded by a model.
+
+``build_image_index`` runs Lightning's ``predict`` over the images (``ImageFolderDataset``; many devices
+and nodes through the trainer's strategy, each process embedding its share). ``ShardWriter`` saves each
+process's rows in shards of ``shard_size`` images as they come, each a complete embedding-cache folder,
+under ``<index>.partial/shards/``: a build that is killed keeps every finished shard, and the same command
+run again embeds only the images no shard holds (also with another number of processes). When all are
+there, the first process assembles the index folder (``cir_lightning.image_index``) and removes the
+partial folder. Images that cannot be decoded are listed at the end (their neighbours are embedded and
+kept); they are an error unless ``skip_unreadable``.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+from torch.utils.data import DataLoader
+
+from cir_lightning.backbones.base import Backbone
+from cir_lightning.data.folder import ImageFolderDataset, KeepReadable, list_images
+from cir_lightning.data.images import DEFAULT_MAX_PIXELS
+from cir_lightning.errors import CIRDataError, CIRFileError
+from cir_lightning.files import atomic_folder, check_writable, write_atomic
+from cir_lightning.image_index import FAISS_FILE, partial_folder
+from cir_lightning.messages import first_few
+from cir_lightning.predictions import ImagesProgressBar
+from cir_lightning.retrieval.cache import (
+    finish_embeddings,
+    identity_differences,
+    new_embeddings,
+    save_embeddings,
+)
+from cir_lightning.retrieval.index import SearchConfig, build_index
+
+__all__ = ["EmbedImages", "ShardWriter", "build_image_index"]
+
+SHARD_SPLIT = "index-shard"
+
+
+class EmbedImages(pl.LightningModule):
+    """``predict_step`` = the backbone's gallery embeddings of a batch (none for a batch of unreadable images).
+
+    Example:
+        >>> from cir_lightning.indexing import EmbedImages
+        >>> module = EmbedImages(torch.nn.Identity())
+        >>> module.predict_step({"index": torch.empty(0, dtype=torch.long), "unreadable": [(0, "corrupt")]}, 0)
+        {'index': tensor([], dtype=torch.int64), 'embedding': None}
+    """
+
+    def __init__(self, backbone: Backbone) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        if not len(batch["index"]):
+            return {"index": batch["index"], "embedding": None}
+        return {"index": batch["index"], "embedding": self.backbone.embed_batch(batch, "gallery")}
+
+
+class ShardWriter(BasePredictionWriter):
+    """Saves this process's embedded images in shards of ``shard_size`` (cache folders whose ids are the
+    images' relative paths) below ``folder``, and at the end the unreadable ones beside it.
+
+    Args:
+        folder: the shards' folder (visible to every process).
+        relpaths: the dataset's images, by row.
+        shard_size: images per shard (what a kill can lose per process).
+        identity: the model's identity (fingerprint and weights digest).
+        root: the image folder (the shards' ``dataset``).
+        dtype: ``"float32"`` or ``"float16"``.
+
+    Example:
+        >>> from cir_lightning.indexing import ShardWriter
+        >>> ShardWriter(Path("x.partial/shards"), ["a.png"], 1024, {}, "/photos").interval.on_batch
+        True
+    """
+
+    def __init__(self, folder: Path, relpaths: Sequence[str], shard_size: int, identity: Mapping[str, Any],
+                 root: str, dtype: str = "float32") -> None:
+        super().__init__("batch")
+        self.folder, self.relpaths, self.shard_size = Path(folder), list(relpaths), shard_size
+        self.identity, self.root, self.dtype = dict(identity), root, dtype
+        self._buffer: list[tuple[np.ndarray, np.ndarray]] = []
+        self._unreadable: dict[str, str] = {}
+        self._token, self._seq = uuid.uuid4().hex[:8], 0
+
+    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
+                           batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
+                           dataloader_idx: int = 0) -> None:
+        for row, reason in batch.get("unreadable", ()):
+            self._unreadable[self.relpaths[int(row)]] = reason
+        if prediction["embedding"] is not None:
+            self._buffer.append((prediction["index"].cpu().numpy(), prediction["embedding"].float().cpu().numpy()))
+            if sum(len(rows) for rows, _ in self._buffer) >= self.shard_size:
+                self._flush(trainer.global_rank)
+
+    def _flush(self, rank: int) -> None:
+        if not self._buffer:
+            return
+        rows = np.concatenate([r for r, _ in self._buffer])
+        embeddings = np.concatenate([e for _, e in self._buffer])
+        self._buffer = []
+        save_embeddings(self.folder / f"{self._token}-r{rank:03d}-{self._seq:05d}", embeddings,
+                        [self.relpaths[r] for r in rows], kind="gallery", model=self.identity, dataset=self.root,
+                        split=SHARD_SPLIT, dtype=self.dtype)
+        self._seq += 1
+
+    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush(trainer.global_rank)
+        if self._unreadable:
+            write_atomic(self.folder.parent / f"unreadable-{self._token}-r{trainer.global_rank:03d}.json",
+                         json.dumps(self._unreadable))
+        trainer.strategy.barrier()  # every process's shards are written
+
+
+def _shards(folder: Path, identity: Mapping[str, Any], partial: Path) -> list[tuple[Path, list[str]]]:
+    """The finished shards below ``folder`` and their ids (unfinished ones are hidden temporary folders)."""
+    found = []
+    for shard in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if shard.name.startswith(".") or not shard.is_dir():
+            continue
+        try:
+            meta = json.loads((shard / "meta.json").read_text())
+            ids = json.loads((shard / "ids.json").read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise CIRDataError(f"a shard of the unfinished index cannot be read ({err}); remove `{partial}` to "
+                               "start again", shard) from None
+        problems = identity_differences("model", meta.get("model"), identity)
+        if problems:
+            raise CIRDataError(f"holds images embedded by another model ({'; '.join(problems)}); remove `{partial}` "
+                               "to start again with this one, or index with the model it was started with", shard)
+        found.append((shard, ids))
+    return found
+
+
+def _start(partial: Path, plan: dict[str, Any]) -> None:
+    """Check that an unfinished build at ``partial`` is this one (same folder, model, dtype), or begin one."""
+    plan_file = partial / "plan.json"
+    if plan_file.is_file():
+        try:
+            begun = json.loads(plan_file.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise CIRDataError(f"cannot be read ({err}); remove `{partial}` to start again", plan_file) from None
+        problems = identity_differences("index", begun, plan)
+        if problems:
+            raise CIRDataError("holds an unfinished index of other images or another model (" + "; ".join(
+                p.replace(": cached ", ": begun with ").replace(", expected ", ", now ") for p in problems)
+                + f"); remove `{partial}` to start again, or rerun the command that began it", partial)
+    elif rank_zero_only.rank == 0:
+        check_writable(partial.parent, "--out")
+        write_atomic(plan_file, json.dumps(plan, indent=1, default=str))
+
+
+def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backbone, *,
+                      backbone_config: Mapping[str, Any], trainer_options: Mapping[str, Any] | None = None,
+                      batch_size: int = 16, num_workers: int = 0, max_short_edge: int | None = None,
+                      max_image_pixels: int | None = DEFAULT_MAX_PIXELS, shard_size: int = 1024,
+                      skip_unreadable: bool = False, search: SearchConfig | None = None, dtype: str = "float32",
+                      source: Mapping[str, Any] | None = None) -> Path | None:
+    """Embed every image below ``image_folder`` with ``backbone`` into the index folder ``out`` (resuming an
+    unfinished build of the same folder and model). Returns ``out`` in the first process, None in others.
+
+    Args:
+        image_folder: the images (searched recursively).
+        out: the index folder to write (must not exist).
+        backbone: the model, with its trained weights.
+        backbone_config: ``class_path`` / ``init_args`` that rebuild ``backbone`` (stored in the index).
+        trainer_options: ``accelerator``, ``devices``, ``strategy``, ``num_nodes``, ``precision`` ...
+        batch_size, num_workers: of the DataLoader.
+        max_short_edge, max_image_pixels: image options (as a DataModule's), also applied to queries.
+        shard_size: images per shard of a process.
+        skip_unreadable: leave out images that cannot be decoded (else they are an error, listed).
+        search: the faiss index type built over the embeddings (default exact ``Flat``).
+        dtype: ``"float32"`` or ``"float16"`` storage.
+        source: what to record of how the model was made (config files, checkpoint, adapter).
+
+    Example:
+        >>> from cir_lightning.indexing import build_image_index
+        >>> import tempfile
+        >>> build_image_index(tempfile.mkdtemp(), tempfile.mkdtemp() + "/index", None, backbone_config={})
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRDataError: ...: holds no image files (looked for .bmp, .gif, .jpeg, ...)
+    """
+    root, out = Path(image_folder).resolve(), Path(out).resolve()
+    partial, search = partial_folder(out), search or SearchConfig()
+    relpaths = list_images(root, leave_out=[out, partial])
+    if out.exists():
+        raise CIRFileError(f"`--out`: `{out}` already exists; an index is never overwritten (choose another name, "
+                           "or remove it)")
+    identity = {"fingerprint": backbone.fingerprint(), "weights": backbone.weights_digest()}
+    _start(partial, {"root": str(root), "model": identity, "dtype": dtype})
+    done = {p for _, ids in _shards(partial / "shards", identity, partial) for p in ids}
+    remaining = [p for p in relpaths if p not in done]
+    if done and rank_zero_only.rank == 0:
+        print(f"resuming: {len(relpaths) - len(remaining)} of {len(relpaths)} images were embedded by an earlier run "
+              f"(kept in {partial}); embedding the other {len(remaining)}", flush=True)
+    if remaining:
+        data = ImageFolderDataset(root, remaining, max_short_edge)
+        data.max_pixels = max_image_pixels
+        loader = DataLoader(data, batch_size=batch_size, num_workers=num_workers,
+                            collate_fn=KeepReadable(backbone.collator.gallery))
+        writer = ShardWriter(partial / "shards", remaining, shard_size, identity, str(root), dtype)
+        options = {"accelerator": "auto", "devices": "auto", "enable_progress_bar": True, **(trainer_options or {})}
+        bar = [ImagesProgressBar()] if options["enable_progress_bar"] else []
+        trainer = pl.Trainer(**options, logger=False, callbacks=[writer, *bar], enable_checkpointing=False,
+                             enable_model_summary=False, default_root_dir=str(partial))
+        trainer.predict(EmbedImages(backbone), dataloaders=loader, return_predictions=False)
+        first = trainer.is_global_zero
+        del trainer
+        _release_distributed()
+        if not first:
+            return None
+    elif rank_zero_only.rank != 0:  # all embedded already (torchrun started every process): the first assembles
+        return None
+    return _assemble(root, out, partial, relpaths, backbone, identity, dict(
+        version=1, root=str(root), backbone=dict(backbone_config), max_short_edge=max_short_edge,
+        max_image_pixels=max_image_pixels, search={"factory": search.factory, "nprobe": search.nprobe,
+                                                   "ef_search": search.ef_search}, source=dict(source or {})),
+        skip_unreadable, search, dtype)
+
+
+def _assemble(root: Path, out: Path, partial: Path, relpaths: list[str], backbone: Backbone,
+              identity: dict[str, Any], info: dict[str, Any], skip_unreadable: bool, search: SearchConfig,
+              dtype: str) -> Path:
+    shards = _shards(partial / "shards", identity, partial)
+    done = {p for _, ids in shards for p in ids}
+    missing = [p for p in relpaths if p not in done]
+    reasons: dict[str, str] = {}
+    for file in sorted(partial.glob("unreadable-*.json")):
+        reasons.update(json.loads(file.read_text()))
+    unexplained = [p for p in missing if p not in reasons]
+    if unexplained:
+        raise CIRDataError(f"{len(unexplained)} images were not embedded (first: {first_few(unexplained)}); run the "
+                           "same command again to embed them", partial)
+    if missing and not skip_unreadable:
+        raise CIRDataError(f"{len(missing)} of {len(relpaths)} images cannot be read: "
+                           f"{first_few([reasons[p] for p in missing])}. Fix or remove them, or add `--skip-unreadable`"
+                           f" to index the others (the {len(done & set(relpaths))} embedded images are kept in "
+                           f"`{partial}`: the rerun only assembles the index)", root)
+    keep = [p for p in relpaths if p in done]
+    if not keep:
+        raise CIRDataError(f"none of its {len(relpaths)} images can be read (first: {first_few(missing)})", root)
+    info["skipped"] = [[p, reasons[p]] for p in missing]
+    row = {p: i for i, p in enumerate(keep)}
+    with atomic_folder(out) as tmp:
+        rows = new_embeddings(tmp, len(keep), backbone.embedding_dim, dtype)
+        for shard, ids in shards:
+            pairs = [(row.pop(p), j) for j, p in enumerate(ids) if p in row]  # each image once
+            if pairs:
+                source = np.load(shard / "embeddings.npy", mmap_mode="r")
+                rows[[a for a, _ in pairs]] = source[[b for _, b in pairs]]
+        rows.flush()
+        info["adapter"] = None
+        if backbone.lora is not None:
+            backbone.save_adapter(tmp / "adapter")
+            info["adapter"] = "adapter"
+        index = build_index(np.asarray(rows, dtype=np.float32), SearchConfig(
+            factory=search.factory, nprobe=search.nprobe, ef_search=search.ef_search))
+        import faiss
+
+        faiss.write_index(index, str(tmp / FAISS_FILE))
+        info["faiss_index"] = type(faiss.downcast_index(index)).__name__
+        del rows
+        finish_embeddings(tmp, keep, kind="gallery", model=identity, dataset=str(root), split="index",
+                          extra={"image_index": info})
+    shutil.rmtree(partial, ignore_errors=True)
+    return out
+
+
+def _release_distributed() -> None:
+    """Free the trainer's process group before the interpreter exits (as ``cli.main`` does after a run)."""
+    gc.collect()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

@@ -1,0 +1,208 @@
+// cir-lightning serve: the page's behaviour. Plain JavaScript, no dependencies.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { reference: null, steps: [] }; // reference: {relpath} or {upload: data URL, name}
+let searching = false;
+
+function imageUrl(relpath) {
+  return "/image/" + relpath.split("/").map(encodeURIComponent).join("/");
+}
+
+async function api(path, options) {
+  const response = await fetch(path, options);
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) throw new Error(body.error || `${response.status} ${response.statusText}`);
+  return body;
+}
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function thumbnail(reference) {
+  const img = element("img");
+  img.src = reference.relpath ? imageUrl(reference.relpath) : reference.upload;
+  img.alt = reference.relpath || reference.name;
+  img.loading = "lazy";
+  return img;
+}
+
+const PLACEHOLDER = "Upload an image, drop one here, or pick one from the index.";
+
+function setReference(reference) {
+  state.reference = reference;
+  $("reference-placeholder").textContent = PLACEHOLDER;
+  $("reference-image").src = reference.relpath ? imageUrl(reference.relpath) : reference.upload;
+  $("reference").classList.remove("empty");
+  $("reference-path").textContent = reference.relpath || `uploaded: ${reference.name}`;
+  $("reference-path").dataset.relpath = reference.relpath || "";
+  $("search").disabled = false;
+  markReference();
+}
+
+function markReference() {
+  const current = state.reference && state.reference.relpath;
+  for (const tile of $("results").children) {
+    tile.classList.toggle("is-reference", tile.dataset.relpath === current);
+  }
+}
+
+function resultTile(hit) {
+  const tile = element("figure", "tile");
+  tile.dataset.relpath = hit.relpath;
+  tile.dataset.score = String(hit.score);
+  tile.tabIndex = 0;
+  tile.title = `${hit.relpath}\nClick to search from this image`;
+  const caption = element("figcaption");
+  const line = element("div", "score-line");
+  line.append(element("span", "rank", `#${hit.rank}`), element("span", "score", hit.score.toFixed(3)));
+  caption.append(line, element("div", "path", hit.relpath));
+  tile.append(thumbnail(hit), caption);
+  const choose = () => {
+    setReference({ relpath: hit.relpath });
+    search();
+  };
+  tile.addEventListener("click", choose);
+  tile.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") choose();
+  });
+  return tile;
+}
+
+async function search() {
+  if (!state.reference || searching) return;
+  const text = $("text").value.trim();
+  const k = Number.parseInt($("k").value, 10) || 12;
+  const reference = state.reference;
+  const body = reference.relpath
+    ? { text, k, relpath: reference.relpath }
+    : { text, k, upload: reference.upload, name: reference.name };
+  searching = true;
+  $("search").disabled = true;
+  setStatus("Searching…");
+  const started = performance.now();
+  try {
+    const result = await api("/api/search", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    $("results").replaceChildren(...result.hits.map(resultTile));
+    $("results").dataset.searches = String(Number($("results").dataset.searches) + 1);
+    markReference();
+    addStep(reference, text);
+    const took = Math.round(performance.now() - started);
+    setStatus(`Top ${result.hits.length} for “${text || "(no text)"}” · ${took} ms · click a result to search from it`);
+  } catch (err) {
+    setStatus(err.message, true);
+  } finally {
+    searching = false;
+    $("search").disabled = false;
+  }
+}
+
+function addStep(reference, text) {
+  const last = state.steps[state.steps.length - 1];
+  if (last && last.reference === reference && last.text === text) return;
+  state.steps.push({ reference, text });
+  state.steps = state.steps.slice(-8);
+  const items = state.steps.map((step) => {
+    const item = element("li");
+    item.title = "Search again from this step";
+    item.append(thumbnail(step.reference), element("span", null, step.text || "(no text)"));
+    item.addEventListener("click", () => {
+      $("text").value = step.text;
+      setReference(step.reference);
+      search();
+    });
+    return item;
+  });
+  $("trail-list").replaceChildren(...items);
+  $("trail").hidden = false;
+}
+
+function readUpload(file) {
+  if (!file) return;
+  const reader = new FileReader();
+  reader.addEventListener("load", () => {
+    setReference({ upload: reader.result, name: file.name });
+    setStatus(`Uploaded ${file.name}. Describe the change and press Search.`);
+    $("text").focus();
+  });
+  reader.addEventListener("error", () => setStatus(`Cannot read ${file.name}.`, true));
+  reader.readAsDataURL(file);
+}
+
+let filterTimer = null;
+async function loadPicker() {
+  try {
+    const filter = encodeURIComponent($("filter").value);
+    const result = await api(`/api/images?filter=${filter}&limit=48`);
+    const tiles = result.relpaths.map((relpath) => {
+      const tile = element("figure", "tile");
+      tile.dataset.relpath = relpath;
+      tile.title = relpath;
+      tile.append(thumbnail({ relpath }), element("figcaption", "path", relpath));
+      tile.addEventListener("click", () => {
+        setReference({ relpath });
+        $("picker").hidden = true;
+        $("text").focus();
+      });
+      return tile;
+    });
+    $("picker-grid").replaceChildren(...tiles);
+    $("picker-count").textContent = `${result.relpaths.length} of ${result.total} shown`;
+  } catch (err) {
+    setStatus(err.message, true);
+  }
+}
+
+async function start() {
+  try {
+    const info = await api("/api/info");
+    $("index-info").textContent = `${info.count.toLocaleString()} images · ${info.root}`;
+    $("k").value = String(info.k);
+  } catch (err) {
+    $("index-info").textContent = "";
+    setStatus(err.message, true);
+  }
+  $("reference-image").addEventListener("error", () => {
+    $("reference").classList.add("empty");
+    $("reference-placeholder").textContent = "This file cannot be shown as an image.";
+  });
+  $("upload").addEventListener("change", (event) => readUpload(event.target.files[0]));
+  $("search-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    search();
+  });
+  $("pick-toggle").addEventListener("click", () => {
+    $("picker").hidden = !$("picker").hidden;
+    if (!$("picker").hidden) loadPicker();
+  });
+  $("filter").addEventListener("input", () => {
+    clearTimeout(filterTimer);
+    filterTimer = setTimeout(loadPicker, 150);
+  });
+  const drop = $("reference");
+  drop.addEventListener("dragover", (event) => {
+    event.preventDefault();
+    drop.classList.add("dragging");
+  });
+  drop.addEventListener("dragleave", () => drop.classList.remove("dragging"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("dragging");
+    readUpload(event.dataTransfer.files[0]);
+  });
+}
+
+start();

@@ -1,0 +1,230 @@
+"""``cir-lightning index`` / ``search`` and ``ImageIndex``: your own images, embedded once, searched by the model
+that embedded them; a killed build continues; unreadable images are listed; bad input is one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cir_lightning.backbones.tiny import make_tiny_model
+from cir_lightning.cli import main
+from cir_lightning.data.images import load_image
+from cir_lightning.errors import CIRConfigError, CIRModelError
+from cir_lightning.image_index import Hit, ImageIndex
+from tests.test_cli import CONF
+
+COLOURS = {"red.png": "red", "green.jpg": "green", "sub/blue.png": "blue", "sub/deeper/yellow.webp": "yellow",
+           "grey.png": "grey"}
+
+
+def _photos(folder: Path) -> Path:
+    for name, colour in COLOURS.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (24, 16), colour).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / ".hidden.png").write_bytes(b"")
+    return folder
+
+
+def _index_args(photos: Path, out: Path, model: Path, *more: str) -> list[str]:
+    return ["index", str(photos), "--config", str(CONF), "--model.backbone.init_args.model_name_or_path", str(model),
+            "--out", str(out), *more]
+
+
+@pytest.fixture(scope="module")
+def small_index(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("small")
+    photos = _photos(tmp / "photos")
+    main(_index_args(photos, tmp / "index", tiny_model_dir, "--batch-size", "2"))
+    return tmp / "index", photos
+
+
+def test_an_index_holds_every_image_and_searches_like_brute_force(small_index, capsys):
+    folder, photos = small_index
+    index = ImageIndex.open(folder)
+    assert index.relpaths == sorted(COLOURS)  # recursive, sorted; no text or hidden files
+    assert index.root == photos.resolve()
+    backbone = index.load_backbone()
+    image = Image.new("RGB", (48, 32), "red")
+    hits = index.query(backbone, image, "make it blue", k=3)
+    assert [h.rank for h in hits] == [1, 2, 3]
+    assert all(isinstance(h, Hit) and h.path == photos.resolve() / h.relpath for h in hits)
+    # the same as scoring every stored row with the query's embedding
+    query = backbone.encode_query([image], ["make it blue"])[0].numpy()
+    scores = np.load(folder / "embeddings.npy") @ query
+    best = np.argsort(-scores, kind="stable")[:3]
+    assert [h.relpath for h in hits] == [index.relpaths[i] for i in best]
+    assert [h.score for h in hits] == pytest.approx(scores[best].tolist(), abs=1e-5)
+    # the stored rows are the gallery embeddings of the images
+    direct = backbone.encode_gallery([load_image(photos / p) for p in index.relpaths])
+    assert torch.allclose(torch.from_numpy(np.load(folder / "embeddings.npy")), direct, atol=1e-5)
+    assert len(index.query(backbone, image, "x", k=50, exclude=["red.png"])) == 4  # fewer than k: all the others
+
+
+def test_search_prints_the_ranked_paths_and_draws_them(small_index, capsys, tmp_path):
+    folder, photos = small_index
+    capsys.readouterr()
+    main(["search", str(folder), "--image", str(photos / "red.png"), "--text", "make it green", "-k", "3",
+          "--show", str(tmp_path / "top.png")])
+    out = capsys.readouterr().out.splitlines()
+    assert "(the reference itself, red.png, left out: --keep-reference keeps it)" in out[0]
+    rows = [line.split() for line in out[2:5]]
+    assert [r[0] for r in rows] == ["1", "2", "3"]
+    assert [float(r[1]) for r in rows] == sorted((float(r[1]) for r in rows), reverse=True)
+    assert all(Path(r[2]).is_file() and Path(r[2]).name != "red.png" for r in rows)
+    assert out[5] == f"picture written to {tmp_path / 'top.png'}"
+    assert Image.open(tmp_path / "top.png").width > 3 * 128  # reference and three results side by side
+
+
+def test_an_index_refuses_a_model_other_than_its_own(small_index, backbone):
+    index = ImageIndex.open(small_index[0])
+    with pytest.raises(CIRModelError, match=r"was built by another model \(model\.fingerprint\.prompts\.query"):
+        index.query(backbone, Image.new("RGB", (8, 8)), "make it red")
+    with pytest.raises(CIRConfigError, match="`k` must be an integer >= 1, got 0"):
+        index.query(index.load_backbone(), Image.new("RGB", (8, 8)), "make it red", k=0)
+
+
+def test_search_refuses_an_index_whose_model_files_changed(tmp_path, tiny_model_dir, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    photos = _photos(tmp_path / "photos")
+    main(_index_args(photos, tmp_path / "index", model))
+    other = make_tiny_model(tmp_path / "other", seed=1)  # same names and shapes, other weights
+    for weights in other.glob("*.safetensors"):
+        shutil.copy(weights, model / weights.name)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["search", str(tmp_path / "index"), "--image", str(photos / "red.png"), "--text", "make it blue"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "was built by another model (model.fingerprint.base_digest: index has" in err
+    assert len(err.strip().splitlines()) == 2  # the line, and how to see where it was raised
+
+
+def test_unreadable_images_are_listed_and_left_out_only_when_asked(tmp_path, tiny_model_dir, capsys):
+    photos = _photos(tmp_path / "photos")
+    (photos / "broken.jpg").write_bytes(b"not a jpeg")
+    good = (photos / "red.png").read_bytes()
+    (photos / "sub" / "cut.png").write_bytes(good[: len(good) // 2])
+    args = _index_args(photos, tmp_path / "index", tiny_model_dir, "--batch-size", "2", "--shard-size", "2")
+    with pytest.raises(SystemExit):
+        main(args)
+    err = capsys.readouterr().err
+    assert "2 of 7 images cannot be read: image `" in err
+    assert "broken.jpg" in err
+    assert "cut.png` is truncated" in err
+    assert "add `--skip-unreadable`" in err
+    assert "the 5 embedded images are kept" in err
+    partial = tmp_path / "index.partial"
+    assert not (tmp_path / "index").exists()
+    assert len(list((partial / "shards").iterdir())) == 2
+    # an unfinished index is only continued with the model that began it
+    with pytest.raises(SystemExit):
+        main([*args, "--model.backbone.init_args.lora.r", "2"])
+    assert f"{partial}: holds an unfinished index of other images or another model" in capsys.readouterr().err
+    main([*args, "--skip-unreadable"])
+    out = capsys.readouterr().out
+    assert "resuming: 5 of 7 images were embedded by an earlier run" in out  # the 2 unreadable ones are tried again
+    assert "5 of 7 images below" in out
+    assert "2 unreadable left out (listed in meta.json)" in out
+    index = ImageIndex.open(tmp_path / "index")
+    assert index.relpaths == sorted(COLOURS)
+    assert [p for p, _ in index.info["skipped"]] == ["broken.jpg", "sub/cut.png"]
+    assert not partial.exists()
+
+
+@pytest.mark.ddp
+def test_an_index_killed_midway_continues_where_it_stopped(tmp_path, tiny_model_dir, synthetic_root, capsys):
+    images, out = tmp_path / "images", tmp_path / "index"
+    images.mkdir()
+    for source in sorted((synthetic_root / "images").iterdir())[:128]:
+        shutil.copy(source, images / source.name)
+    args = _index_args(images, out, tiny_model_dir, "--shard-size", "8", "--batch-size", "4")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).parents[1]), "CIR_KILL_AFTER_SHARDS": "2"}
+    with (tmp_path / "log.txt").open("w") as log:  # two processes (DDP, gloo), all killed after rank 0's 2nd shard
+        killed = subprocess.run([sys.executable, str(Path(__file__).with_name("kill_index.py")), *args,
+                                 "--trainer.devices", "2", "--trainer.strategy", "ddp"], cwd=tmp_path, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, (tmp_path / "log.txt").read_text()[-3000:]
+    assert not out.exists(), "the build ended before it could be killed:\n" + (tmp_path / "log.txt").read_text()[-3000:]
+    capsys.readouterr()
+    main(args)  # one process now: it embeds only what no shard holds
+    resumed = capsys.readouterr().out
+    done = int(resumed.split("resuming: ")[1].split(" of 128")[0])
+    assert 16 <= done < 128
+    assert not (tmp_path / "index.partial").exists()
+    index = ImageIndex.open(out)
+    assert index.relpaths == sorted(p.name for p in images.iterdir())
+    backbone = index.load_backbone()
+    direct = backbone.encode_gallery([load_image(images / p) for p in index.relpaths])
+    assert torch.allclose(torch.from_numpy(np.load(out / "embeddings.npy")), direct, atol=1e-5)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["index", "{tmp}/nowhere", "--out", "{tmp}/i"], "{tmp}/nowhere: does not exist"),
+    (["index", "{tmp}/empty", "--out", "{tmp}/i"], "{tmp}/empty: holds no image files (looked for .bmp, .gif"),
+    (["index", "{tmp}/text", "--out", "{tmp}/i"], "{tmp}/text: holds no image files"),
+    (["index", "{tmp}/text/a.txt", "--out", "{tmp}/i"], "a.txt: is not a folder of images"),
+    (["index", "{photos}", "--out", "{index}"], "`--out`: `{index}` already exists; an index is never overwritten"),
+    (["index", "{photos}", "--out", "{tmp}/i", "--ckpt_path", "{tmp}/no.ckpt"], "`--ckpt_path`: `{tmp}/no.ckpt` does not"),
+    (["index", "{photos}", "--out", "{tmp}/i", "--adapter", "{tmp}/text"], "`--adapter`: `{tmp}/text` is not an adapter"),
+    (["index", "{photos}", "--out", "{tmp}/i", "--batch-size", "0"], "`--batch-size` must be an integer >= 1, got 0"),
+    (["index", "{photos}", "--out", "{tmp}/i", "--factory", "HNSW32", "--nprobe", "3"],
+     "`--nprobe`: index `HNSW32` has no parameter `nprobe`"),
+    (["search", "{tmp}/nowhere", "--image", "{photos}/red.png", "--text", "x"], "{tmp}/nowhere: does not exist (build"),
+    (["search", "{tmp}/text", "--image", "{photos}/red.png", "--text", "x"], "{tmp}/text/meta.json: does not exist"),
+    (["search", "{tmp}/unfinished", "--image", "{photos}/red.png", "--text", "x"], "its build is unfinished"),
+    (["search", "{index}", "--image", "{photos}/red.png", "--text", "x", "-k", "0"], "`-k` must be an integer >= 1"),
+    (["search", "{index}", "--image", "{tmp}/gone.png", "--text", "x"], "`--image`: image `{tmp}/gone.png` does not exist"),
+    (["search", "{index}", "--image", "{tmp}/text/a.txt", "--text", "x"], "not a recognised image format"),
+    (["search", "{index}", "--image", "{photos}/red.png", "--text", "x", "--show", "{photos}/red.png"],
+     "`--show`: `{photos}/red.png` already exists"),
+])
+def test_bad_input_is_one_line(argv, message, small_index, tmp_path, tiny_model_dir, capsys):
+    index, photos = small_index
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "a.txt").write_text("hello")
+    (tmp_path / "unfinished.partial").mkdir()
+    fill = {"tmp": str(tmp_path), "photos": str(photos), "index": str(index)}
+    argv = [a.format(**fill) for a in argv]
+    if argv[0] == "index":
+        argv += ["--config", str(CONF), "--model.backbone.init_args.model_name_or_path", str(tiny_model_dir)]
+    before = {p: p.read_bytes() for p in [*photos.rglob("*"), *index.rglob("*")] if p.is_file()}
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message.format(**fill) in err
+    assert err.startswith("cir-lightning: error: ")
+    assert "Traceback" not in err
+    assert {p: p.read_bytes() for p in [*photos.rglob("*"), *index.rglob("*")] if p.is_file()} == before
+    assert not (tmp_path / "i").exists()
+
+
+def test_damaged_indexes_are_refused_in_one_line(small_index, tmp_path):
+    for damage, message in [(lambda f: (f / "ids.json").write_text('["x"]'), "ids.json: does not match meta.json"),
+                            (lambda f: (f / "index.faiss").write_bytes(b"junk"), "cannot be read as a faiss index"),
+                            (lambda f: (f / "meta.json").write_text("{"), "meta.json: cannot be read"),
+                            (lambda f: (f / "embeddings.npy").unlink(), "embeddings.npy: cannot be read")]:
+        copy = tmp_path / "copy"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(small_index[0], copy)
+        damage(copy)
+        with pytest.raises(Exception, match=message) as info:
+            ImageIndex.open(copy)
+        assert type(info.value).__name__ == "CIRDataError"
+        assert "\n" not in str(info.value)
+    meta = json.loads((small_index[0] / "meta.json").read_text())
+    assert meta["image_index"]["search"]["factory"] == "Flat"
+    assert meta["image_index"]["faiss_index"] == "IndexFlat"

@@ -1,0 +1,109 @@
+"""``cir-lightning predict`` writes the embeddings of every subset to disk: cache format, DDP, partial runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cir_lightning.cli import main
+from cir_lightning.retrieval.cache import load_embeddings
+from cir_lightning.retrieval.index import search
+from tests.test_cli import CONF, run
+
+OUTPUTS = ("test-0-query", "test-0-gallery")
+
+
+def _common(tiny_model_dir: Path, data: Path) -> list[str]:
+    return ["--config", str(CONF), "--model.backbone.init_args.model_name_or_path", str(tiny_model_dir),
+            "--data.init_args.root", str(data), "--data.init_args.num_val", "25"]
+
+
+def _read(folder: Path) -> tuple[torch.Tensor, list[str]]:
+    meta = json.loads((folder / "meta.json").read_text())
+    return load_embeddings(folder, kind=meta["kind"], model=meta["model"], dataset=meta["dataset"],
+                           split=meta["split"])
+
+
+@pytest.fixture(scope="module")
+def predicted(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("predict")
+    main(["predict", *_common(tiny_model_dir, tmp / "data"), "--trainer.default_root_dir", str(tmp / "one")])
+    return tmp
+
+
+def test_predict_writes_query_and_gallery_embeddings_that_read_back_as_caches(predicted, capsys):
+    folder = predicted / "one" / "predictions"
+    assert sorted(p.name for p in folder.iterdir()) == sorted(OUTPUTS)
+    queries, query_ids = _read(folder / "test-0-query")
+    gallery, gallery_ids = _read(folder / "test-0-gallery")
+    lines = [json.loads(line) for line in (predicted / "data" / "val_queries.jsonl").read_text().splitlines()]
+    assert query_ids == [q["query_id"] for q in lines]  # the synthetic split has no test queries: val's
+    gallery_lines = (predicted / "data" / "gallery.jsonl").read_text().splitlines()
+    assert gallery_ids == [json.loads(line)["image_id"] for line in gallery_lines]
+    assert queries.shape == (25, 64)
+    assert gallery.shape == (576, 64)
+    # every row was written (a row never written would be zeros), each an L2-normalised embedding
+    assert torch.allclose(queries.norm(dim=1), torch.ones(25), atol=1e-5)
+    assert torch.allclose(gallery.norm(dim=1), torch.ones(576), atol=1e-5)
+    assert not (predicted / "one" / "predictions-1").exists()
+
+
+def test_a_predicted_gallery_is_an_embedding_cache_that_test_loads(predicted, tiny_model_dir, capsys):
+    folder = predicted / "one" / "predictions"
+    main(["test", *_common(tiny_model_dir, predicted / "data"), "--trainer.default_root_dir", str(predicted / "t"),
+          "--model.embedding_cache", str(folder), "--model.eval_ks", "[1, 5]"])
+    results = json.loads((predicted / "t" / "results-test.json").read_text())
+    assert results["config"]["model"]["embedding_cache"]["loaded"] == [str(folder / "test-0-gallery")]
+    # the metrics of that run (cached gallery, queries embedded again) equal those of the predicted rows
+    queries, _ = _read(folder / "test-0-query")
+    gallery, ids = _read(folder / "test-0-gallery")
+    lines = [json.loads(line) for line in (predicted / "data" / "val_queries.jsonl").read_text().splitlines()]
+    row = {image_id: i for i, image_id in enumerate(ids)}
+    ranked = search(queries, gallery, k=5, excluded=[[row[q["reference_id"]]] for q in lines])
+    for k in (1, 5):
+        hits = sum(row[q["target_id"]] in ranked[i, :k].tolist() for i, q in enumerate(lines)) / len(lines)
+        assert results["metrics"][""][f"Recall@{k}"] == pytest.approx(hits)
+
+
+@pytest.mark.ddp
+def test_predict_in_two_processes_writes_what_one_process_writes(predicted, tiny_model_dir):
+    # 25 queries over 2 ranks: one rank embeds 13, the other 12; Lightning's predict sampler does not pad
+    run("predict", *_common(tiny_model_dir, predicted / "data"), "--trainer.default_root_dir", "two",
+        "--trainer.devices", "2", "--trainer.strategy", "ddp", "--data.init_args.eval_batch_size", "8",
+        cwd=predicted, env={"OMP_NUM_THREADS": "1"})
+    for name in OUTPUTS:
+        one, one_ids = _read(predicted / "one" / "predictions" / name)
+        two, two_ids = _read(predicted / "two" / "predictions" / name)
+        assert two_ids == one_ids
+        assert torch.allclose(two, one, atol=1e-5), name  # batches differ (8 vs 64): rounding only
+        meta_one = json.loads((predicted / "one" / "predictions" / name / "meta.json").read_text())
+        meta_two = json.loads((predicted / "two" / "predictions" / name / "meta.json").read_text())
+        assert meta_two["model"] == meta_one["model"]
+        assert meta_two["count"] == meta_one["count"]
+
+
+def test_a_partial_predict_writes_only_complete_subsets(predicted, tiny_model_dir, recwarn):
+    main(["predict", *_common(tiny_model_dir, predicted / "data"), "--trainer.default_root_dir",
+          str(predicted / "partial"), "--trainer.limit_predict_batches", "1", "--predictions.dtype", "float16"])
+    folder = predicted / "partial" / "predictions"
+    assert [p.name for p in folder.iterdir()] == ["test-0-query"]  # 1 of the 9 gallery batches: left out
+    assert any("test-0-gallery (512 of 576 rows not embedded)" in str(w.message) for w in recwarn)
+    assert np.load(folder / "test-0-query" / "embeddings.npy").dtype == np.float16
+    assert not [p for p in (predicted / "partial").iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_an_existing_predictions_folder_is_refused_before_anything_is_embedded(predicted, tiny_model_dir, capsys):
+    taken = predicted / "one" / "predictions"
+    before = {p: p.stat().st_mtime_ns for p in taken.rglob("*")}
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", *_common(tiny_model_dir, predicted / "data"), "--trainer.default_root_dir",
+              str(predicted / "again"), "--predictions.folder", str(taken)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"`predictions.folder`: `{taken}` already exists" in err
+    assert "Traceback" not in err
+    assert {p: p.stat().st_mtime_ns for p in taken.rglob("*")} == before
