@@ -12,7 +12,7 @@ from cir_lightning.cli import main
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 # evaluation-only configs run `validate`; the others train
-EVALUATE = {"cirr.yaml", "circo.yaml", "fashioniq.yaml"}
+EVALUATE = {"cirr.yaml", "circo.yaml", "fashioniq.yaml", "bgevl_fashioniq.yaml"}
 
 
 def _import(class_path: str) -> type:

@@ -154,8 +154,8 @@ class DualEncoderBackbone(Backbone):
     """A CLIP / SigLIP dual encoder turned into a composed query / gallery / text embedder.
 
     Query: ``fusion="sum_raw"`` (default) is ``normalize(text + image)`` of the two towers' raw projected
-    features, as BGE-VL-base / -large compute composed queries (``modeling_MMRet_CLIP.py`` in
-    VectorSpaceLab/MegaPairs: ``get_text_features + get_image_features``, then normalised);
+    features, as BGE-VL-base / -large compute composed queries (FlagOpen/FlagEmbedding
+    ``research/BGE_VL/modeling_MMRet_CLIP.py``: ``get_text_features + get_image_features``, normalised);
     ``"sum"`` is ``normalize(normalize(text) + normalize(image))`` (each tower weighted equally);
     ``"image"`` / ``"text"`` use one tower only (ablations). Gallery: ``normalize(image)``; text items:
     ``normalize(text)``.
@@ -180,7 +180,7 @@ class DualEncoderBackbone(Backbone):
             training; works with LoRA).
         max_text_tokens: the longest text token sequence, special tokens included; longer texts are
             handled as ``truncation`` says. ``None`` (default): the text tower's maximum (CLIP: 77), which
-            it may not exceed.
+            it may not exceed. BGE-VL's evaluation cuts query text at 75 (``data.bgevl.QUERY_MAX_TOKENS``).
 
     Example:
         >>> from cir_lightning.backbones import DualEncoderBackbone, LoRA

@@ -1,0 +1,225 @@
+"""BGE-VL's embedding files: raw float32 rows its own loader reads, with our identity file beside each.
+
+BGE-VL's evaluation scripts (``--save_embedding``) write the corpus embeddings to ``--save_path`` as a
+headerless ``numpy.memmap``: ``count x dim`` values in corpus row order, which ``--load_embedding`` reads
+back with ``np.memmap(path, dtype=np.float32, mode="r").reshape(-1, dim)``. ``MemmapGalleries`` writes the
+same bytes, one file per evaluated gallery (``memmap_path``), and beside each ``<file>.json``: the model
+(fingerprint, weights digest and what the caller adds, e.g. the weights' dtype), the dataset, the gallery
+ids, ``count``, ``dim`` and ``dtype``. Loading refuses, in one line, a file whose size does not fit the
+gallery at the model's dimension in float32, and one whose identity differs; a file without an identity
+file (written by BGE-VL's script) is checked for its size only, with a warning. Files are never replaced.
+
+It is a drop-in for ``GalleryCache`` in a ``CIRModule``'s evaluation (``lookup_sets``, ``provide``,
+``save``, ``report``): loaded galleries are never decoded nor embedded.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cir_lightning.errors import CIRConfigError, CIRDataError, CIRFileError
+from cir_lightning.files import check_writable, write_atomic
+from cir_lightning.messages import first_few
+from cir_lightning.retrieval.gather import world
+
+__all__ = ["MemmapGalleries", "memmap_path", "read_memmap", "write_memmap"]
+
+FORMAT = "bge-vl-memmap/1"
+
+
+def memmap_path(save_path: str | Path, name: str) -> Path:
+    """The file of gallery ``name``: ``embeddings.memmap`` -> ``embeddings.shirt.memmap`` (``name`` "" keeps it).
+
+    Example:
+        >>> from cir_lightning.retrieval.memmap import memmap_path
+        >>> memmap_path("out/embeddings.memmap", "shirt").as_posix(), memmap_path("emb", "circo").name
+        ('out/embeddings.shirt.memmap', 'emb.circo')
+    """
+    path = Path(save_path)
+    if not name:
+        return path
+    return path.with_name(f"{path.stem}.{name}{path.suffix}" if path.suffix else f"{path.name}.{name}")
+
+
+def _identity_file(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def write_memmap(path: str | Path, embeddings: Tensor | np.ndarray, identity: Mapping[str, Any]) -> Path:
+    """Write ``embeddings`` as raw float32 rows at ``path`` and ``identity`` (plus count, dim, dtype) beside
+    it, each file completely or not at all, never over an existing one.
+
+    Example:
+        >>> from cir_lightning.retrieval.memmap import write_memmap
+        >>> import tempfile
+        >>> import numpy as np
+        >>> path = write_memmap(Path(tempfile.mkdtemp()) / "e.memmap", np.eye(2, 3), {"ids": ["a", "b"]})
+        >>> np.memmap(path, dtype=np.float32, mode="r").reshape(-1, 3).tolist()  # BGE-VL's own loader
+        [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+    """
+    path = Path(path)
+    array = embeddings.detach().float().cpu().numpy() if isinstance(embeddings, Tensor) else np.asarray(embeddings)
+    if array.ndim != 2:
+        raise ValueError(f"`embeddings` must be 2-d (rows, dim), got shape {array.shape}")
+    for target in (path, _identity_file(path)):
+        if target.exists():
+            raise CIRFileError(f"`{target}` already exists; it is never overwritten (remove it, choose another "
+                               "`--save_path`, or reuse it with `--load_embedding`)")
+    meta = {"format": FORMAT, **identity, "count": len(array), "dim": int(array.shape[1]), "dtype": "float32"}
+    write_atomic(path, np.ascontiguousarray(array, dtype=np.float32).tobytes())
+    write_atomic(_identity_file(path), json.dumps(meta, indent=1, default=str) + "\n")
+    return path
+
+
+def _differences(key: str, stored: Any, expected: Any) -> list[str]:
+    if isinstance(stored, dict) and isinstance(expected, dict):
+        return [d for k in dict.fromkeys([*stored, *expected])
+                for d in _differences(f"{key}.{k}", stored.get(k), expected.get(k))]
+    if stored == expected:
+        return []
+    if isinstance(stored, list) and isinstance(expected, list):
+        return [f"{key}: {len(stored)} stored, {len(expected)} expected, or in another order"]
+    return [f"{key}: stored {str(stored)[:60]!r}, expected {str(expected)[:60]!r}"]
+
+
+def read_memmap(path: str | Path, count: int, dim: int, identity: Mapping[str, Any] | None = None) -> Tensor:
+    """The (count, dim) float32 rows of an embedding file, after checking its size and, where it has one,
+    its identity file against ``identity`` (each key given is compared; any difference is refused).
+
+    Example:
+        >>> from cir_lightning.retrieval.memmap import read_memmap, write_memmap
+        >>> import tempfile
+        >>> import numpy as np
+        >>> path = write_memmap(Path(tempfile.mkdtemp()) / "e.memmap", np.eye(2, 3), {"ids": ["a", "b"]})
+        >>> read_memmap(path, 2, 3, {"ids": ["a", "b"]}).shape
+        torch.Size([2, 3])
+        >>> read_memmap(path, 3, 3)
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRDataError: .../e.memmap: holds 24 bytes, but 3 embeddings of dimension 3 in float32 take 36: ...
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CIRDataError("the embedding file does not exist (or is not a file); write it first with "
+                           "`--save_embedding` (without `--load_embedding`)", path)
+    size, needed = path.stat().st_size, count * dim * 4
+    redo = "it was written for another gallery, model or dtype: embed again with `--save_embedding` into a new file"
+    if size != needed:
+        raise CIRDataError(f"holds {size} bytes, but {count} embeddings of dimension {dim} in float32 take "
+                           f"{needed}: {redo}", path)
+    meta_path = _identity_file(path)
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as err:
+            raise CIRDataError(f"the identity file cannot be read ({err}); remove both files and embed again",
+                               meta_path) from None
+        if not isinstance(meta, dict):
+            raise CIRDataError("the identity file is not a JSON object; remove both files and embed again", meta_path)
+        expected = {"format": FORMAT, "count": count, "dim": dim, "dtype": "float32", **(identity or {})}
+        expected = json.loads(json.dumps(expected, default=str))
+        problems = [p for key, value in expected.items() for p in _differences(key, meta.get(key), value)]
+        if problems:
+            raise CIRDataError(f"does not match this run ({first_few(problems)}): {redo}", path)
+    else:
+        warnings.warn(f"`{path}` has no identity file `{meta_path.name}` (BGE-VL's script writes none): only its "
+                      "size was checked, not which model or images it holds", stacklevel=2)
+    array = np.fromfile(path, dtype=np.float32).reshape(count, dim)
+    return torch.from_numpy(array)
+
+
+class MemmapGalleries:
+    """Gallery embeddings in BGE-VL's files, for a ``CIRModule``'s evaluation (a drop-in for ``GalleryCache``).
+
+    Args:
+        save_path: BGE-VL's ``--save_path``; gallery ``name`` lives at ``memmap_path(save_path, name)``.
+        dim: the model's embedding dimension (what a file's size is checked against).
+        save: write each gallery embedded in this run (never over an existing file: checked before work).
+        load: read every gallery from its file instead of embedding it (``save`` is then ignored).
+        identity: more of the model's identity to store and compare (e.g. ``{"dtype": "float16"}``).
+
+    Example:
+        >>> from cir_lightning.retrieval.memmap import MemmapGalleries
+        >>> import tempfile
+        >>> import torch
+        >>> from types import SimpleNamespace
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> sets = [(SimpleNamespace(name="shirt"), SimpleNamespace(ids=["a", "b"]))]
+        >>> writer = MemmapGalleries(folder / "e.memmap", dim=2, save=True)
+        >>> writer.lookup_sets("validate", sets, dataset="toy", model={"m": 1})
+        set()
+        >>> [p.name for p in writer.save(SimpleNamespace(galleries={0: torch.eye(2)}))]
+        ['e.shirt.memmap']
+        >>> reader = MemmapGalleries(folder / "e.memmap", dim=2, load=True)
+        >>> reader.lookup_sets("validate", sets, dataset="toy", model={"m": 1})
+        {0}
+        >>> reader.lookup_sets("validate", sets, dataset="toy", model={"m": 2})
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRDataError: .../e.shirt.memmap: does not match this run (model.m: stored '1', expected '2'): ...
+    """
+
+    def __init__(self, save_path: str | Path, dim: int, *, save: bool = False, load: bool = False,
+                 identity: Mapping[str, Any] | None = None) -> None:
+        self.save_path, self.dim = Path(save_path), int(dim)
+        self.saving, self.loading = save and not load, load
+        self.identity = dict(identity or {})
+        self._hits: dict[int, Tensor] = {}
+        self._misses: dict[int, tuple[Path, dict[str, Any]]] = {}
+        self.loaded: list[str] = []
+        self.written: list[str] = []
+
+    def lookup_sets(self, stage: str, sets: Sequence[tuple[Any, Any]], *, dataset: str, model: Mapping[str, Any],
+                    sharded: bool = False) -> set[int]:
+        """Load the galleries of ``sets`` (``load``) or check that theirs can be written (``save``); the
+        subsets loaded, whose gallery images are then skipped."""
+        if sharded and (self.loading or self.saving):
+            raise CIRConfigError("BGE-VL's embedding files hold whole galleries: turn `search.sharded` off")
+        self._hits.clear()
+        self._misses.clear()
+        for s, (queries, gallery) in enumerate(sets):
+            name = getattr(queries, "name", "") or str(s)
+            path = memmap_path(self.save_path, name)
+            identity = {"model": {**model, **self.identity}, "dataset": dataset, "gallery": name,
+                        "ids": list(gallery.ids)}
+            if self.loading:
+                self._hits[s] = read_memmap(path, len(gallery.ids), self.dim, identity)
+                self.loaded.append(str(path))
+            elif self.saving:  # fail now, not after embedding the gallery (every rank sees the same files)
+                for target in (path, _identity_file(path)):
+                    if target.exists():
+                        raise CIRFileError(f"`{target}` already exists; it is never overwritten (remove it, "
+                                           "choose another `--save_path`, or reuse it with `--load_embedding`)")
+                if world()[0] == 0:
+                    check_writable(path.parent, "save_path")
+                self._misses[s] = (path, identity)
+        return set(self._hits)
+
+    def provide(self, evaluator: Any) -> None:
+        """Give the evaluator the loaded galleries (every rank holds each whole gallery)."""
+        for subset, embeddings in self._hits.items():
+            evaluator.provide(subset, "gallery", embeddings)
+
+    def save(self, evaluator: Any) -> list[Path]:
+        """Write, on rank zero, the galleries embedded in this run (after ``evaluator.compute``)."""
+        written = []
+        if world()[0] == 0:
+            for subset, (path, identity) in self._misses.items():
+                embeddings = evaluator.galleries.get(subset)
+                if embeddings is not None:  # None: a partial evaluation (limit_val_batches ...)
+                    written.append(write_memmap(path, embeddings, identity))
+                    self.written.append(str(path))
+        self._misses.clear()
+        return written
+
+    def report(self) -> dict[str, Any]:
+        """What this run loaded and wrote."""
+        return {"save_path": str(self.save_path), "loaded": list(self.loaded), "written": list(self.written)}
