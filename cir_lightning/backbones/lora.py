@@ -3,7 +3,9 @@
 Targets are projection names inside the language model (the decoder returned by ``get_decoder()``);
 they are turned into a regular expression anchored at the decoder's module path, so a name such as
 ``q_proj`` never also adapts the vision tower. Every requested name must exist in the decoder: a name
-that matches nothing (Phi-3 has ``qkv_proj``, not ``q_proj``) is an error, never a silent no-op.
+that matches nothing (Phi-3 has ``qkv_proj``, not ``q_proj``) is an error, never a silent no-op. Names
+read from a saved adapter (``init_adapter`` with ``target_modules`` unset) are what that adapter holds:
+those that match nothing are left out, saying so once (FiRE's release, ``adapters.AdapterTargets``).
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from torch import Tensor, nn
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
 
+from cir_lightning.backbones.adapters import AdapterTargets, adapter_settings, load_adapter_weights
 from cir_lightning.checks import number_in, positive_int, positive_number
-from cir_lightning.errors import CIRConfigError, weight_mismatch
+from cir_lightning.errors import CIRConfigError
 
 # Default LoRA targets per language-model type (the ``model_type`` of the text config), as data.
 DEFAULT_TARGETS: dict[str, list[str]] = {
@@ -35,12 +38,15 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
 class LoRA:
     """LoRA settings (FiRE: r=64, alpha=128, dropout 0.1 on every projection of the LLM).
 
+    ``r``, ``alpha``, ``dropout`` and ``target_modules`` left unset (``None``) are taken from the
+    ``adapter_config.json`` of an ``init_adapter`` folder, else from the defaults below.
+
     Args:
-        r: rank.
-        alpha: scaling numerator (``alpha / r`` scales the update).
-        dropout: dropout on the LoRA input.
-        target_modules: projection names inside the language model; ``None`` takes the default of its
-            model type (see ``DEFAULT_TARGETS``).
+        r: rank (default 64).
+        alpha: scaling numerator (``alpha / r`` scales the update; default 128).
+        dropout: dropout on the LoRA input (default 0.1).
+        target_modules: projection names inside the language model; ``None`` takes the adapter's names,
+            else the default of its model type (see ``DEFAULT_TARGETS``).
         modules_to_save: modules (paths or names, as peft takes them) trained fully beside LoRA, e.g.
             ``["multi_modal_projector"]``.
         train_parts: parts of the model trained FULLY beside LoRA (all else stays frozen), found by
@@ -50,28 +56,33 @@ class LoRA:
         init_adapter: start from these adapter weights instead of peft's initialisation (LoRA B = 0): a
             peft adapter folder (what ``fit`` exports to ``<log_dir>/adapter``, e.g. FiRE stage 1's) or a
             cir_lightning ``.ckpt``. Its settings must match these (rank, alpha, targets, saved modules).
+            A peft folder's own settings fill those left unset; its target names that match no layer
+            (FiRE's release) are left out with one warning.
 
     Example:
         >>> from cir_lightning.backbones import LoRA
         >>> lora = LoRA(r=8, alpha=16, target_modules=["q_proj", "v_proj"])
         >>> lora.alpha / lora.r, lora.dropout, lora.target_modules
         (2.0, 0.1, ['q_proj', 'v_proj'])
+        >>> LoRA().r, LoRA().alpha
+        (64, 128)
         >>> LoRA(dropout=1.0)
         Traceback (most recent call last):
         ...
         cir_lightning.errors.CIRConfigError: `lora.dropout` must be a number in [0, 1), got 1.0
     """
 
-    r: int = 64
-    alpha: int = 128
-    dropout: float = 0.1
+    r: int | None = None
+    alpha: int | None = None
+    dropout: float | None = None
     target_modules: list[str] | None = None
     modules_to_save: list[str] | None = field(default=None)
     train_parts: list[Literal["vision", "projector", "resampler"]] | None = None
     init_adapter: str | None = None
 
     def __post_init__(self) -> None:
-        """Check the numbers when set, naming the option.
+        """Fill the unset settings (from ``init_adapter``'s own, else the defaults) and check the numbers,
+        naming the option.
 
         Example:
             >>> LoRA(r=0)
@@ -79,6 +90,11 @@ class LoRA:
             ...
             cir_lightning.errors.CIRConfigError: `lora.r` must be an integer >= 1, got 0
         """
+        saved = adapter_settings(self.init_adapter)
+        defaults = {"r": 64, "alpha": 128, "dropout": 0.1, "target_modules": None}
+        for name, default in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, saved.get(name, default))
         positive_int("lora.r", self.r)
         positive_number("lora.alpha", self.alpha)
         number_in("lora.dropout", self.dropout, 0, 1, high_open=True)
@@ -120,7 +136,7 @@ def lora_target_regex(model: nn.Module, text_model_type: str, targets: list[str]
                                  f"`lora.target_modules` (known defaults: {', '.join(DEFAULT_TARGETS)})")
         targets = DEFAULT_TARGETS[text_model_type]
     prefix = decoder_path(model)
-    _check_targets(model, prefix, targets, f"the language model `{prefix}` ({text_model_type})")
+    targets = _check_targets(model, prefix, targets, f"the language model `{prefix}` ({text_model_type})")
     names = "|".join(re.escape(t) for t in targets)
     return rf"^{re.escape(prefix)}\.(?:.*\.)?(?:{names})$"
 
@@ -150,20 +166,30 @@ def tower_target_regex(model: nn.Module, towers: Towers, targets: Sequence[str])
     """
     chosen = ["text", "vision"] if towers == "both" else [towers]
     for tower in chosen:
-        _check_targets(model, TOWER_PATHS[tower], targets, f"the {tower} tower `{TOWER_PATHS[tower]}`")
+        targets = _check_targets(model, TOWER_PATHS[tower], targets, f"the {tower} tower `{TOWER_PATHS[tower]}`")
     paths = "|".join(re.escape(TOWER_PATHS[t]) for t in chosen)
     names = "|".join(re.escape(t) for t in targets)
     return rf"^(?:{paths})\.(?:.*\.)?(?:{names})$"
 
 
-def _check_targets(model: nn.Module, prefix: str, targets: Sequence[str], where: str) -> None:
-    """Every target names a linear layer below ``prefix``, or a ``CIRConfigError`` lists those that exist."""
+def _check_targets(model: nn.Module, prefix: str, targets: Sequence[str], where: str) -> list[str]:
+    """The targets that name a linear layer below ``prefix``: all of them, or a ``CIRConfigError`` lists the
+    names that exist; of names read from an adapter (``AdapterTargets``), those that exist, saying once
+    which were left out."""
     leaf_names = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
                   if name.startswith(prefix + ".") and isinstance(mod, nn.Linear)}
     missing = [t for t in targets if t not in leaf_names]
+    present = [t for t in targets if t in leaf_names]
+    if missing and isinstance(targets, AdapterTargets) and present:
+        rank_zero_warn(f"`lora.init_adapter` {targets.source}: the adapter's target names "
+                       f"{', '.join(sorted(missing))} match no linear layer of {where}, so that adapter adapted only "
+                       f"{' and '.join(sorted(present))}; it is loaded and evaluated as it is, with LoRA on those "
+                       "only (FiRE's release lists Llama's projection names, which Phi-3 fuses)", stacklevel=2)
+        return AdapterTargets(present, targets.source)
     if missing:
         raise CIRConfigError(f"LoRA target(s) {missing} match no linear layer of {where}; its linear layers are "
                              f"named: {', '.join(sorted(leaf_names))}")
+    return list(targets)
 
 
 # Module names of the parts `train_parts` selects, over the supported families: LLaVA / LLaVA-NeXT /
@@ -218,82 +244,3 @@ def add_lora(model: nn.Module, lora: LoRA, target_modules: str | list[str]) -> n
     if lora.init_adapter:
         load_adapter_weights(model, lora.init_adapter)
     return model
-
-
-def _adapter_file(folder: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    import json
-
-    from peft.utils import load_peft_weights
-
-    config_file = folder / "adapter_config.json"
-    if not config_file.is_file():
-        raise CIRConfigError(f"`init_adapter` {folder} is neither a peft adapter folder (no adapter_config.json) "
-                             "nor a cir_lightning checkpoint")
-    return json.loads(config_file.read_text()), load_peft_weights(str(folder), device="cpu")
-
-
-def load_adapter_weights(model: nn.Module, path: str | Path) -> None:
-    """Copy the adapter weights saved at ``path`` into the peft ``model`` (strict).
-
-    ``path`` is a peft adapter folder or a cir_lightning Lightning checkpoint (a ``.ckpt`` file, or the
-    folder DeepSpeed writes; loaded with ``weights_only=True``). Every adapter weight of ``model`` must
-    be in the file with its shape, and nothing else: a different rank, target list or
-    ``modules_to_save`` is an error naming the weights.
-    """
-    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-
-    path = Path(path)
-    if not path.exists():
-        raise CIRConfigError(f"`init_adapter` {path} does not exist")
-    deepspeed_states = path / "checkpoint" / "mp_rank_00_model_states.pt"  # DeepSpeedStrategy's checkpoint folder
-    if path.is_file() or deepspeed_states.is_file():
-        _load_checkpoint_weights(model, path, deepspeed_states if deepspeed_states.is_file() else path)
-        return
-    config, weights = _adapter_file(path)
-    _check_settings(path, config, model)
-    expected = get_peft_model_state_dict(model)
-    _check_same(path, {k: tuple(v.shape) for k, v in expected.items()},
-                {k: tuple(v.shape) for k, v in weights.items()})
-    set_peft_model_state_dict(model, weights)
-
-
-def _load_checkpoint_weights(model: nn.Module, path: Path, file: Path) -> None:
-    """The trainable weights of a cir_lightning checkpoint (named ``...backbone.model.<peft name>``)."""
-    import torch
-
-    from cir_lightning.torch_files import load_torch_file
-
-    raw = load_torch_file(file, what="`lora.init_adapter`")  # missing, truncated, unsafe: one line each
-    if not isinstance(raw, dict) or not isinstance(raw.get("module" if "state_dict" not in raw else "state_dict"), dict):
-        raise CIRConfigError(f"`init_adapter` {path} is a torch file but not a cir_lightning checkpoint (no "
-                             "`state_dict`): give the .ckpt written by `fit`, or the exported adapter folder")
-    state = raw["module"] if "module" in raw and "state_dict" not in raw else raw["state_dict"]
-    saved = (raw.get("cir_lightning") or {}).get("lora")
-    if saved:
-        _check_settings(path, saved, model)
-    own = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
-    frozen |= {name for name, _ in model.named_buffers()}
-    # a checkpoint may hold the frozen base too (DeepSpeed without exclude_frozen_parameters): skip it
-    weights = {k.split("backbone.model.", 1)[1]: v for k, v in state.items() if "backbone.model." in k}
-    weights = {k: v for k, v in weights.items() if k not in frozen}
-    _check_same(path, {k: tuple(p.shape) for k, p in own.items()}, {k: tuple(v.shape) for k, v in weights.items()})
-    with torch.no_grad():
-        for name, p in own.items():
-            p.copy_(weights[name])
-
-
-def _check_settings(path: Path, saved: dict[str, Any], model: nn.Module) -> None:
-    ours = model.peft_config["default"]
-    settings = {"r": ours.r, "lora_alpha": ours.lora_alpha}
-    changed = [f"{k}: {saved.get(k)} in the adapter, {v} here" for k, v in settings.items() if saved.get(k) != v]
-    if changed:
-        raise CIRConfigError(f"`init_adapter` {path} was trained with other LoRA settings ({'; '.join(changed)}); "
-                             "set the same `lora` values")
-
-
-def _check_same(path: Path, expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> None:
-    problem = weight_mismatch(expected, found)
-    if problem:
-        raise CIRConfigError(f"`init_adapter` {path} does not fit this model's adapter (other targets, "
-                             f"modules_to_save or base model?): {problem}")

@@ -6,8 +6,8 @@ one-line help) and imported only when run, so ``cir-lightning fit`` pays for non
 
 Example:
     >>> from cir_lightning.commands import COMMANDS
-    >>> sorted(COMMANDS)[:2]
-    ['make-synthetic-data', 'make-tiny-model']
+    >>> COMMANDS["make-tiny-model"][0], "convert-fire-config" in COMMANDS
+    ('cir_lightning.commands.offline', True)
 """
 
 from __future__ import annotations
@@ -20,6 +20,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
                         "build a tiny random LLaVA-NeXT-style checkpoint folder (offline)"),
     "make-synthetic-data": ("cir_lightning.commands.offline",
                             "write the synthetic CIR benchmark (JSONL layout) to a folder"),
+    "index": ("cir_lightning.commands.index", "embed every image below a folder into a search index (resumable)"),
+    "search": ("cir_lightning.commands.search", "the indexed images closest to a reference image changed by a text"),
+    "serve": ("cir_lightning.commands.serve", "a local web page to search an index, one reference at a time"),
+    "show": ("cir_lightning.commands.show", "draw the Recall@K curves and retrievals of a results file with rankings"),
+    "convert-fire-config": ("cir_lightning.commands.convert_fire", "write a FiRE release config as a cir-lightning config"),
 }
 """Command name -> (module with ``main(argv)``, one-line help)."""
 

@@ -1,0 +1,178 @@
+"""Reading saved LoRA adapters: their settings (``adapter_config.json``) and their weights.
+
+``lora.init_adapter`` names a peft adapter folder (``save_pretrained``'s: ours, FiRE stage 1's, or FiRE's
+release) or a cir_lightning checkpoint. ``adapter_settings`` reads the rank, alpha, dropout and target
+names a folder was saved with, so that ``LoRA`` can take them when the user leaves them unset;
+``load_adapter_weights`` copies the weights in, strictly. An adapter saved from the language model alone
+(FiRE's release wraps xGen-MM's ``vlm.lang_model`` with peft) names its weights from there: they are
+found under the language model's path in the whole model.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from cir_lightning.errors import CIRConfigError, weight_mismatch
+
+__all__ = ["AdapterTargets", "adapter_settings", "load_adapter_weights"]
+
+_PEFT_ROOT = "base_model.model."  # how peft names the wrapped model's weights in a saved adapter
+_OUR_REGEX = re.compile(r"\(\?:([\w|]+)\)\$$")  # the names at the end of our own target regexes
+
+
+class AdapterTargets(list):
+    """Target names read from an adapter's ``adapter_config.json`` rather than given by the user.
+
+    A name among them that matches no layer is left out with one warning instead of being an error: FiRE's
+    release lists Llama's ``q_proj, k_proj, v_proj, gate_proj, up_proj`` beside ``o_proj, down_proj``, and
+    in Phi-3 (fused ``qkv_proj``, ``gate_up_proj``) only the last two exist, so its adapters hold only them.
+
+    Args:
+        names: the target names.
+        source: the adapter folder they were read from (named in the warning).
+
+    Example:
+        >>> from cir_lightning.backbones.adapters import AdapterTargets
+        >>> targets = AdapterTargets(["o_proj", "q_proj"], source="fire_stage2")
+        >>> list(targets), targets.source
+        (['o_proj', 'q_proj'], 'fire_stage2')
+    """
+
+    def __init__(self, names: list[str], source: str) -> None:
+        super().__init__(names)
+        self.source = source
+
+
+def adapter_settings(path: str | Path | None) -> dict[str, Any]:
+    """The LoRA settings a peft adapter folder was saved with: ``r``, ``alpha``, ``dropout`` and
+    ``target_modules`` (an ``AdapterTargets``; our own regexes are read back into names), those it has.
+
+    Anything that is not such a folder (a checkpoint file, a path that does not exist) gives ``{}``: the
+    weights' loading then says what is wrong with it.
+
+    Example:
+        >>> import json, tempfile
+        >>> from cir_lightning.backbones.adapters import adapter_settings
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = (folder / "adapter_config.json").write_text(json.dumps(
+        ...     {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["o_proj", "q_proj"]}))
+        >>> settings = adapter_settings(folder)
+        >>> settings["r"], settings["alpha"], settings["dropout"], list(settings["target_modules"])
+        (8, 16, 0.05, ['o_proj', 'q_proj'])
+        >>> adapter_settings(folder / "nothing")
+        {}
+    """
+    if path is None or not (Path(path) / "adapter_config.json").is_file():
+        return {}
+    from cir_lightning.reading import read_json
+
+    saved = read_json(Path(path) / "adapter_config.json", what="peft adapter config")
+    if not isinstance(saved, dict):
+        raise CIRConfigError(f"`lora.init_adapter` {path}: adapter_config.json is not a JSON object")
+    settings = {ours: saved[theirs] for ours, theirs in (("r", "r"), ("alpha", "lora_alpha"),
+                                                         ("dropout", "lora_dropout")) if saved.get(theirs) is not None}
+    targets = saved.get("target_modules")
+    if isinstance(targets, str) and _OUR_REGEX.search(targets):
+        targets = _OUR_REGEX.search(targets).group(1).split("|")
+    if isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets):
+        settings["target_modules"] = AdapterTargets(targets, str(path))
+    return settings
+
+
+def load_adapter_weights(model: nn.Module, path: str | Path) -> None:
+    """Copy the adapter weights saved at ``path`` into the peft ``model`` (strict).
+
+    ``path`` is a peft adapter folder or a cir_lightning Lightning checkpoint (a ``.ckpt`` file, or the
+    folder DeepSpeed writes; loaded with ``weights_only=True``). Every adapter weight of ``model`` must
+    be in the file with its shape, and nothing else: a different rank, target list or
+    ``modules_to_save`` is an error naming the weights.
+    """
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+    path = Path(path)
+    if not path.exists():
+        raise CIRConfigError(f"`init_adapter` {path} does not exist")
+    deepspeed_states = path / "checkpoint" / "mp_rank_00_model_states.pt"  # DeepSpeedStrategy's checkpoint folder
+    if path.is_file() or deepspeed_states.is_file():
+        _load_checkpoint_weights(model, path, deepspeed_states if deepspeed_states.is_file() else path)
+        return
+    config, weights = _adapter_file(path)
+    _check_settings(path, config, model)
+    expected = get_peft_model_state_dict(model)
+    weights = _placed(weights, set(expected))
+    _check_same(path, {k: tuple(v.shape) for k, v in expected.items()},
+                {k: tuple(v.shape) for k, v in weights.items()})
+    set_peft_model_state_dict(model, weights)
+
+
+def _placed(weights: dict[str, Tensor], expected: set[str]) -> dict[str, Tensor]:
+    """``weights`` renamed into ``expected`` when they were saved from one sub-module of the model (every
+    name ``base_model.model.<rest>`` is ``base_model.model.<prefix><rest>`` here, one prefix for all);
+    unchanged otherwise (the strict check then names what differs)."""
+    if not weights or set(weights) <= expected or not all(k.startswith(_PEFT_ROOT) for k in weights):
+        return weights
+    rest = next(iter(weights))[len(_PEFT_ROOT):]
+    prefixes = {e[len(_PEFT_ROOT):-len(rest)] for e in expected if e.startswith(_PEFT_ROOT) and e.endswith("." + rest)}
+    for prefix in prefixes:
+        renamed = {_PEFT_ROOT + prefix + k[len(_PEFT_ROOT):]: v for k, v in weights.items()}
+        if set(renamed) <= expected:
+            return renamed
+    return weights
+
+
+def _adapter_file(folder: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    from peft.utils import load_peft_weights
+
+    from cir_lightning.reading import read_json
+
+    config_file = folder / "adapter_config.json"
+    if not config_file.is_file():
+        raise CIRConfigError(f"`init_adapter` {folder} is neither a peft adapter folder (no adapter_config.json) "
+                             "nor a cir_lightning checkpoint")
+    return read_json(config_file, what="peft adapter config"), load_peft_weights(str(folder), device="cpu")
+
+
+def _load_checkpoint_weights(model: nn.Module, path: Path, file: Path) -> None:
+    """The trainable weights of a cir_lightning checkpoint (named ``...backbone.model.<peft name>``)."""
+    import torch
+
+    from cir_lightning.torch_files import load_torch_file
+
+    raw = load_torch_file(file, what="`lora.init_adapter`")  # missing, truncated, unsafe: one line each
+    if not isinstance(raw, dict) or not isinstance(raw.get("module" if "state_dict" not in raw else "state_dict"), dict):
+        raise CIRConfigError(f"`init_adapter` {path} is a torch file but not a cir_lightning checkpoint (no "
+                             "`state_dict`): give the .ckpt written by `fit`, or the exported adapter folder")
+    state = raw["module"] if "module" in raw and "state_dict" not in raw else raw["state_dict"]
+    saved = (raw.get("cir_lightning") or {}).get("lora")
+    if saved:
+        _check_settings(path, saved, model)
+    own = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    frozen |= {name for name, _ in model.named_buffers()}
+    # a checkpoint may hold the frozen base too (DeepSpeed without exclude_frozen_parameters): skip it
+    weights = {k.split("backbone.model.", 1)[1]: v for k, v in state.items() if "backbone.model." in k}
+    weights = {k: v for k, v in weights.items() if k not in frozen}
+    _check_same(path, {k: tuple(p.shape) for k, p in own.items()}, {k: tuple(v.shape) for k, v in weights.items()})
+    with torch.no_grad():
+        for name, p in own.items():
+            p.copy_(weights[name])
+
+
+def _check_settings(path: Path, saved: dict[str, Any], model: nn.Module) -> None:
+    ours = model.peft_config["default"]
+    settings = {"r": ours.r, "lora_alpha": ours.lora_alpha}
+    changed = [f"{k}: {saved.get(k)} in the adapter, {v} here" for k, v in settings.items() if saved.get(k) != v]
+    if changed:
+        raise CIRConfigError(f"`init_adapter` {path} was trained with other LoRA settings ({'; '.join(changed)}); "
+                             "set the same `lora` values")
+
+
+def _check_same(path: Path, expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> None:
+    problem = weight_mismatch(expected, found)
+    if problem:
+        raise CIRConfigError(f"`init_adapter` {path} does not fit this model's adapter (other targets, "
+                             f"modules_to_save or base model?): {problem}")
