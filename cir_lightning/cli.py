@@ -31,9 +31,11 @@ from cir_lightning.files import check_writable, free_path, write_atomic
 from cir_lightning.messages import path_problem
 from cir_lightning.module import CIRModule
 from cir_lightning.quiet import quiet_third_party
+from cir_lightning.threads import ThreadBudget
 from cir_lightning.torch_files import load_torch_file
 
 TOOLS = COMMANDS  # the earlier name
+_USER_OMP = "CIR_LIGHTNING_USER_OMP"
 
 
 class KeepConfigCallback(SaveConfigCallback):
@@ -76,6 +78,10 @@ class CIRLightningCLI(LightningCLI):
         set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
         kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf+", "description": _description()})
         kwargs.setdefault("save_config_callback", KeepConfigCallback)
+        defaults = dict(kwargs.pop("trainer_defaults", None) or {})
+        user_omp = os.environ.get(_USER_OMP, "1" if "OMP_NUM_THREADS" in os.environ else "0") == "1"
+        defaults["callbacks"] = [*_plugins(defaults.get("callbacks")), ThreadBudget(user_set_omp=user_omp)]
+        kwargs["trainer_defaults"] = defaults
         super().__init__(CIRModule, pl.LightningDataModule, subclass_mode_data=True, args=args, run=run,
                          **kwargs)
 
@@ -267,6 +273,8 @@ def _release_distributed() -> None:
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of ``cir-lightning`` and ``python -m cir_lightning``."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers forks into DataLoader workers
+    # whether the user chose the threads, read before Lightning sets OMP_NUM_THREADS for DDP (children inherit it)
+    os.environ.setdefault(_USER_OMP, "1" if "OMP_NUM_THREADS" in os.environ else "0")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-file "Loading weights" bars drown the training log
