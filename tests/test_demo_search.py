@@ -19,6 +19,20 @@ from cir_lightning.image_index import ImageIndex
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
+def _search_every_query(root: Path) -> tuple[list[dict], list[list[str]]]:
+    """Each demo validation query searched in the index at ``root/index`` (its reference left out): the top 5 ids."""
+    index = ImageIndex.open(root / "index")
+    backbone = index.load_backbone()
+    queries = [json.loads(line) for line in (root / "data" / "val_queries.jsonl").read_text().splitlines()]
+    top5 = []
+    for q in queries:
+        reference = Path(q["reference_image"]).name
+        image = load_image(root / "data" / "images" / reference, index.info["max_short_edge"])
+        hits = index.query(backbone, image, q["modification"], k=5, exclude=[reference])
+        top5.append([Path(h.relpath).stem for h in hits])
+    return queries, top5
+
+
 @pytest.mark.slow
 def test_searching_the_demo_gallery_finds_what_the_evaluation_finds(tmp_path, tiny_model_dir, capsys):
     common = ["--config", str(DEMO), "--trainer.default_root_dir", str(tmp_path),
@@ -45,15 +59,9 @@ def test_searching_the_demo_gallery_finds_what_the_evaluation_finds(tmp_path, ti
     capsys.readouterr()
     assert ImageIndex.open(tmp_path / "few-index").meta["model"] == ImageIndex.open(tmp_path / "index").meta["model"]
 
-    index = ImageIndex.open(tmp_path / "index")
-    backbone = index.load_backbone()
-    queries = [json.loads(line) for line in (tmp_path / "data" / "val_queries.jsonl").read_text().splitlines()]
+    queries, top5 = _search_every_query(tmp_path)
     found = 0
-    for q in queries:
-        reference = Path(q["reference_image"]).name
-        image = load_image(images / reference, index.info["max_short_edge"])
-        hits = index.query(backbone, image, q["modification"], k=5, exclude=[reference])
-        ranked = [Path(h.relpath).stem for h in hits]
+    for q, ranked in zip(queries, top5, strict=True):
         assert ranked == evaluated["rankings"][""][q["query_id"]][:5], q["query_id"]  # the same top 5, in order
         found += q["target_id"] in ranked
     with capsys.disabled():
@@ -72,15 +80,8 @@ def test_after_the_whole_demo_most_searches_find_the_target_in_the_top_5(tmp_pat
     main(["index", str(images), *common, "--adapter", str(tmp_path / "logs" / "version_0" / "adapter"),
           "--out", str(tmp_path / "index")])
     capsys.readouterr()
-    index = ImageIndex.open(tmp_path / "index")
-    backbone = index.load_backbone()
-    queries = [json.loads(line) for line in (tmp_path / "data" / "val_queries.jsonl").read_text().splitlines()]
-    found = 0
-    for q in queries:
-        reference = Path(q["reference_image"]).name
-        hits = index.query(backbone, load_image(images / reference, index.info["max_short_edge"]), q["modification"],
-                           k=5, exclude=[reference])
-        found += q["target_id"] in [Path(h.relpath).stem for h in hits]
+    queries, top5 = _search_every_query(tmp_path)
+    found = sum(q["target_id"] in ranked for q, ranked in zip(queries, top5, strict=True))
     with capsys.disabled():
         print(f"\nafter the demo: target in the top 5 for {found} of {len(queries)} searches")
     assert found > len(queries) / 2
