@@ -10,6 +10,7 @@ from cir_lightning.checks import positive_int
 from cir_lightning.errors import CIRConfigError
 
 _PROBE_DIM = 5040  # divisible by 1-10, 12, 14, 16, 18, 20, ...: the dimension index types are checked with first
+_PROBE_DIMS = (_PROBE_DIM, 3072)  # 3072 = 2^10 x 3 for what 5040 cannot take (PQ64, PQ128, ...)
 
 __all__ = ["SearchConfig", "faiss_message"]
 
@@ -74,6 +75,12 @@ class SearchConfig:
 
         Example:
             >>> SearchConfig(factory="IVF2,Flat", nprobe=2).check(dim=8)
+            >>> SearchConfig(factory="IVF8,PQ64").factory  # fine for 768-d embeddings: checked again with them
+            'IVF8,PQ64'
+            >>> SearchConfig(factory="IVF8,PQ64").check(dim=30)
+            Traceback (most recent call last):
+            ...
+            cir_lightning.errors.CIRConfigError: `search.factory` 'IVF8,PQ64': faiss cannot build it for dimension 30: ...
             >>> SearchConfig(factory="Foo12")
             Traceback (most recent call last):
             ...
@@ -87,12 +94,17 @@ class SearchConfig:
             return
         import faiss
 
-        try:
-            index = faiss.index_factory(int(dim), self.factory, faiss.METRIC_INNER_PRODUCT)
-        except RuntimeError as err:
+        index, error = None, None
+        # before the model is known, any dimension that can take the type will do (the real one is checked later)
+        for probe in _PROBE_DIMS if dim == _PROBE_DIM else (dim,):
+            try:
+                index = faiss.index_factory(int(probe), self.factory, faiss.METRIC_INNER_PRODUCT)
+                break
+            except RuntimeError as err:
+                error = error or err
+        if index is None:
             raise CIRConfigError(f"`search.factory` {self.factory!r}: faiss cannot build it"
-                                 f"{f' for dimension {dim}' if dim != _PROBE_DIM else ''}: {faiss_message(err)}") \
-                from None
+                                 f"{f' for dimension {dim}' if dim != _PROBE_DIM else ''}: {faiss_message(error)}")
         space = faiss.ParameterSpace()
         for option, name, value in (("nprobe", "nprobe", self.nprobe), ("ef_search", "efSearch", self.ef_search)):
             if value is None:
