@@ -6,6 +6,7 @@ what was wrong, where (file, line, id or option) and, where it helps, what to do
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -60,8 +61,6 @@ def user_error_line(err: BaseException, prog: str) -> str | None:
         >>> user_error_line(KeyError("x"), "cir-lightning") is None
         True
     """
-    import os
-
     ours = embedded_error(err)
     if ours is None or os.environ.get("CIR_LIGHTNING_TRACEBACK"):
         return None

@@ -16,6 +16,7 @@ import json
 import time
 
 import torch
+from bench_search import random_embeddings  # scripts/ is on the path when a script is run from it
 
 from cir_lightning.retrieval import SearchConfig, search
 
@@ -40,9 +41,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--k", type=int, default=100)
     args = parser.parse_args()
-    generator = torch.Generator().manual_seed(0)
-    gallery = torch.nn.functional.normalize(torch.randn(args.gallery, args.dim, generator=generator), dim=-1)
-    queries = torch.nn.functional.normalize(torch.randn(args.queries, args.dim, generator=generator), dim=-1)
+    queries, gallery, _ = random_embeddings(args)  # the same embeddings as scripts/bench_search.py
     start = time.perf_counter()
     exact = search(queries, gallery, args.k)
     exact_s = time.perf_counter() - start

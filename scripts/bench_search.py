@@ -41,7 +41,9 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _data(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+def random_embeddings(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, list[list[int]]]:
+    """Seeded random L2-normalised queries and gallery (``args.queries`` / ``args.gallery`` x ``args.dim``)
+    and one excluded gallery row per query; also used by ``scripts/bench_ann.py``."""
     generator = torch.Generator().manual_seed(0)
 
     def normalised(rows: int) -> torch.Tensor:  # filled in blocks: the peak memory stays the array's own
@@ -83,7 +85,7 @@ def main() -> None:
     parser.add_argument("--memory", choices=METHODS, help="measure the peak memory of one method (and exit)")
     parser.add_argument("--memory-too", action="store_true", help="also measure each method's memory")
     args = parser.parse_args()
-    queries, gallery, excluded = _data(args)
+    queries, gallery, excluded = random_embeddings(args)
     sizes = {"queries": args.queries, "gallery": args.gallery, "dim": args.dim, "k": args.k,
              "threads": torch.get_num_threads()}
     if args.memory:
