@@ -88,6 +88,9 @@ class CaptionBatches:
     def gallery(self, samples: list[dict[str, Any]]) -> Any:
         return self.collator.gallery(samples)
 
+    def for_subset(self, name: str) -> Any:
+        return self.collator.for_subset(name)
+
 
 def check_caption_data(datamodule: Any) -> None:
     """Refuse a cir_lightning DataModule that will not give stage 1 its target captions."""

@@ -50,6 +50,8 @@ class Backbone(nn.Module):
 
     collator: Any
     lora: LoRA | None = None  # the LoRA settings (None: everything frozen); set by ``_prepare``
+    # the several texts of one query are summed before normalising (E5-V): ``forward`` then takes ``normalize``
+    combine_raw: bool = False
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:  # pragma: no cover - abstract
         """Embed a batch of inputs: (batch, dim), L2-normalised, float32."""
@@ -101,11 +103,11 @@ class Backbone(nn.Module):
     def embed_batch(self, batch: Mapping[str, Any], side: str) -> Tensor:
         """Embeddings of one side (``"query"``, ``"gallery"``, ...) of a collated batch, one row per sample:
         where a query has several texts (``query_groups``, e.g. both caption orders) their embeddings are
-        averaged and renormalised."""
-        embeddings = self(batch[side])
+        averaged and renormalised (with ``combine_raw``: their pooled states summed, then normalised)."""
         groups = batch.get("query_groups") if side == "query" else None
         if groups is None:
-            return embeddings
+            return self(batch[side])
+        embeddings = self(batch[side], normalize=False) if self.combine_raw else self(batch[side])
         summed = embeddings.new_zeros(len(batch["index"]), embeddings.shape[1]).index_add_(0, groups, embeddings)
         return torch.nn.functional.normalize(summed, dim=-1)
 

@@ -7,6 +7,7 @@ padding and returns tensors the backbone consumes as they are.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch import Tensor
 
+from cir_lightning.backbones.processors import fit_to_factor
 from cir_lightning.backbones.prompts import IMAGE, PromptTemplates
 from cir_lightning.checks import non_negative_int, positive_int
 from cir_lightning.errors import CIRDataError, CIRModelError
@@ -117,6 +119,10 @@ class SampleBatches:
         """Gallery batch: ``index`` and the images' inputs."""
         return {"index": sample_index(samples), "gallery": self.gallery_inputs([s["image"] for s in samples])}
 
+    def for_subset(self, name: str) -> SampleBatches:
+        """The collator for evaluation subset ``name``: this one, unless its prompts differ per subset."""
+        return self
+
 
 class MLLMCollator(SampleBatches):
     """Turns images and texts into inputs of a multimodal LLM, and samples into batches.
@@ -215,17 +221,41 @@ class MLLMCollator(SampleBatches):
                     f"(got {tail[0].tolist()}); choose another `eos_token` or `eos_block_size`")
         return {k: v for k, v in inputs.items() if k not in _DROP}
 
+    def for_subset(self, name: str) -> MLLMCollator:
+        """A copy with subset ``name``'s templates where ``prompts.per_subset`` names a preset for it."""
+        templates = self.prompts.for_subset(name)
+        if templates is self.prompts:
+            return self
+        subset = copy.copy(self)
+        subset.prompts = templates
+        return subset
+
     def query_inputs(self, images: Sequence[Image.Image], modifications: Sequence[str]) -> Inputs:
         """Inputs for reference images with modification texts."""
         texts = [self.prompts.query.format(modification=m) for m in self.limit_texts(modifications)]
-        return self._check_block(self.processor(images=list(images), text=self._finish(texts),
-                                                padding=True, return_tensors="pt"))
+        return self._check_block(self._process(images, self._finish(texts)))
 
     def gallery_inputs(self, images: Sequence[Image.Image]) -> Inputs:
         """Inputs for gallery (or target) images."""
         texts = [self.prompts.gallery] * len(images)
-        return self._check_block(self.processor(images=list(images), text=self._finish(texts),
-                                                padding=True, return_tensors="pt"))
+        return self._check_block(self._process(images, self._finish(texts)))
+
+    def _process(self, images: Sequence[Image.Image], texts: list[str]) -> Any:
+        """The processor on ``images`` and ``texts``, the images prepared as the prompts say (``resize_to``,
+        ``pre_resize``, ``image_pixels``: BGE-VL-MLLM's resize, GME's ``fetch_image`` and min / max image
+        tokens) and as RGB."""
+        images, options = list(images), {}
+        if self.prompts.resize_to:  # BGE-VL-MLLM's data_process: resize in the image's own mode, then RGB
+            images = [image.resize(tuple(self.prompts.resize_to)).convert("RGB") for image in images]
+        if self.prompts.pre_resize:
+            images = [fit_to_factor(image, self.prompts.pre_resize) for image in images]
+        # PIL's convert("RGB") drops alpha, as the originals' transformers 4 processors (and `load_image`) do;
+        # transformers 5's processors would composite transparency onto white instead
+        images = [im.convert("RGB") if isinstance(im, Image.Image) and im.mode != "RGB" else im for im in images]
+        if self.prompts.image_pixels:
+            options["size"] = {"shortest_edge": self.prompts.image_pixels[0],
+                               "longest_edge": self.prompts.image_pixels[1]}
+        return self.processor(images=images, text=texts, padding=True, return_tensors="pt", **options)
 
     def text_inputs(self, texts: Sequence[str]) -> Inputs:
         """Inputs for text-only items (e.g. target captions)."""
@@ -242,7 +272,7 @@ class MLLMCollator(SampleBatches):
         (prompt, image and padding), so only the caption is learned.
         """
         texts = [p.replace(IMAGE, self.image_token) for p in prompts]
-        encoded = self.processor(images=list(images), text=texts, padding=True, return_tensors="pt")
+        encoded = self._process(images, texts)
         inputs = {k: v for k, v in encoded.items() if k not in _DROP}
         ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
         tails = [self.tokenizer(c, add_special_tokens=False)["input_ids"][:max_caption_tokens] + [self.eos_id]

@@ -127,7 +127,10 @@ class DualEncoderCollator(SampleBatches):
         return {k: out[k] for k in keep}
 
     def _pixels(self, images: Sequence[Image.Image]) -> Tensor:
-        return self.processor.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+        # PIL's convert("RGB") (alpha dropped), as BGE-VL and transformers 4's processors do (and `load_image`);
+        # transformers 5's processor would composite transparency onto white instead
+        images = [im.convert("RGB") if isinstance(im, Image.Image) and im.mode != "RGB" else im for im in images]
+        return self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
 
     def query_inputs(self, images: Sequence[Image.Image], modifications: Sequence[str]) -> Inputs:
         """Inputs for reference images with modification texts."""

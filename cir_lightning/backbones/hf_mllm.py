@@ -29,8 +29,8 @@ from cir_lightning.backbones.collate import MLLMCollator
 from cir_lightning.backbones.identity import checkpoint_digest
 from cir_lightning.backbones.lora import LoRA, lora_target_regex
 from cir_lightning.backbones.pooling import PoolingMethod, pool, position_ids_from_mask
-from cir_lightning.backbones.processors import load_processor
-from cir_lightning.backbones.prompts import Prompts
+from cir_lightning.backbones.processors import complete_legacy_processor, load_processor
+from cir_lightning.backbones.prompts import ADDED_FIELDS, Prompts
 from cir_lightning.backbones.tiny import make_tiny_model
 from cir_lightning.checks import non_negative_int, positive_int
 from cir_lightning.errors import CIRConfigError, CIRModelError
@@ -113,8 +113,11 @@ class HFMultimodalBackbone(Backbone):
         target = lora_target_regex(model, self.text_model_type, lora.target_modules) if lora is not None else None
         self._prepare(model, lora, target, gradient_checkpointing)
         self.collator = MLLMCollator(processor, templates, eos_token, eos_block_size, max_text_tokens, max_positions)
-        # multimodal RoPE: the model derives 3-D positions from input_ids, image_grid_thw and the mask
-        self.mrope = hasattr(getattr(self.base_model, "model", None), "get_rope_index")
+        # multimodal RoPE: the model derives 3-D positions from input_ids, image_grid_thw and the mask,
+        # unless the prompts ask for 1-D positions (LamRA)
+        body = getattr(self.base_model, "model", None)
+        self.mrope = hasattr(body, "get_rope_index") and not templates.text_positions
+        self.combine_raw = templates.combine_texts == "raw"
 
     def _load(self, dtype: str, attn_implementation: str | None, trust_remote_code: bool) -> tuple[Any, Any]:
         from transformers import AutoModelForImageTextToText
@@ -123,8 +126,9 @@ class HFMultimodalBackbone(Backbone):
         kwargs = {"revision": self.revision, "trust_remote_code": trust_remote_code}
 
         def load() -> tuple[Any, Any]:
-            return load_processor(name, **kwargs), AutoModelForImageTextToText.from_pretrained(
+            processor, model = load_processor(name, **kwargs), AutoModelForImageTextToText.from_pretrained(
                 name, dtype=DTYPES[dtype], attn_implementation=attn_implementation, **kwargs)
+            return complete_legacy_processor(processor, model), model
 
         return load_checkpoint(name, load)
 
@@ -139,10 +143,10 @@ class HFMultimodalBackbone(Backbone):
             extra["position_ids"] = position_ids_from_mask(inputs["attention_mask"])
         return body(**inputs, **extra, use_cache=False).last_hidden_state
 
-    def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
+    def forward(self, inputs: Mapping[str, Tensor], normalize: bool = True) -> Tensor:
         pooled = pool(self._hidden(inputs), inputs["attention_mask"], self.pooling, self.eos_block_size,
-                      input_ids=inputs.get("input_ids"), marker_id=self.collator.marker_id)
-        return F.normalize(pooled.float(), dim=-1)
+                      input_ids=inputs.get("input_ids"), marker_id=self.collator.marker_id).float()
+        return F.normalize(pooled, dim=-1) if normalize else pooled
 
     def caption_logits(self, inputs: Mapping[str, Tensor], labels: Tensor) -> tuple[Tensor, Tensor]:
         logits, targets = next_token_logits(self._hidden(inputs), labels, self.base_model.get_output_embeddings())
@@ -160,4 +164,5 @@ class HFMultimodalBackbone(Backbone):
                 "base_digest": self.base_digest, "max_text_tokens": self.collator.max_text_tokens,
                 "pooling": self.pooling, "eos_block_size": self.eos_block_size,
                 # no `marker` key unless set: fingerprints (and caches) of marker-less prompts stay as they were
-                "prompts": {k: v for k, v in vars(self.collator.prompts).items() if k != "marker" or v}}
+                "prompts": self.collator.prompts.fingerprint(("marker", *ADDED_FIELDS))}
+

@@ -3,10 +3,13 @@
 Qwen2-VL's processor also holds a video processor, which needs torchvision. Retrieval never feeds video,
 so without torchvision ``load_processor`` builds an image-only processor of the same class: images, text
 and the ``image_grid_thw`` / ``mm_token_type_ids`` outputs are the same either way; videos are refused.
+``fit_to_factor`` is the image preparation GME does before its processor (``PromptTemplates.pre_resize``).
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any
 
 from cir_lightning.errors import CIRModelError
@@ -50,6 +53,43 @@ def load_processor(name: str, **kwargs: Any) -> Any:
     image_processor = AutoImageProcessor.from_pretrained(name, **kwargs)
     return image_only_qwen_processor(fallback, image_processor, tokenizer,
                                      chat_template=getattr(tokenizer, "chat_template", None))
+
+
+def complete_legacy_processor(processor: Any, model: Any) -> Any:
+    """Give a LLaVA / LLaVA-NeXT processor saved by an older transformers what transformers 5 needs to expand
+    ``<image>`` into exactly one token per image feature the model fills:
+
+    - ``patch_size`` (and ``vision_feature_select_strategy``) from the model's config where the processor
+      has none: processors saved before 4.45 (``royokong/e5-v``; kongds/E5-V issue #26) fail on the
+      first image without it;
+    - ``num_additional_image_tokens = 1`` where the processor says 0 and the vision tower has a CLS token:
+      processors saved before 4.47 (E5-V's, BGE-VL-MLLM's) have no such field and always counted the CLS
+      token, while transformers 5 reads the missing field as 0 (one ``<image>`` token short per image).
+
+    Other processors are returned as they are.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> from cir_lightning.backbones.processors import complete_legacy_processor
+        >>> tower = NS(vision_model=NS(embeddings=NS(class_embedding=0)))
+        >>> model = NS(config=NS(vision_config=NS(patch_size=14), vision_feature_select_strategy="default"),
+        ...            model=NS(vision_tower=tower))
+        >>> legacy = NS(patch_size=None, vision_feature_select_strategy=None, num_additional_image_tokens=0)
+        >>> vars(complete_legacy_processor(legacy, model))
+        {'patch_size': 14, 'vision_feature_select_strategy': 'default', 'num_additional_image_tokens': 1}
+    """
+    config = model.config
+    vision = getattr(config, "vision_config", None)
+    if getattr(processor, "patch_size", 0) is None and getattr(vision, "patch_size", None) is not None:
+        processor.patch_size = vision.patch_size
+        if getattr(processor, "vision_feature_select_strategy", None) is None:
+            processor.vision_feature_select_strategy = getattr(config, "vision_feature_select_strategy", None)
+    if getattr(processor, "num_additional_image_tokens", None) == 0:
+        tower = getattr(getattr(model, "model", model), "vision_tower", None)
+        embeddings = getattr(getattr(tower, "vision_model", tower), "embeddings", None)
+        if hasattr(embeddings, "class_embedding"):
+            processor.num_additional_image_tokens = 1
+    return processor
 
 
 def image_only_qwen_processor(processor_class: Any, image_processor: Any, tokenizer: Any,
@@ -105,3 +145,44 @@ def _image_only_classes() -> dict[str, Any]:
     from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
 
     return {"qwen2_vl": Qwen2VLProcessor, "qwen2_5_vl": Qwen2_5_VLProcessor}
+
+
+def qwen_smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 4 * 28 * 28,
+                      max_pixels: int = 16384 * 28 * 28, max_ratio: int = 200) -> tuple[int, int]:
+    """Qwen-VL's ``smart_resize`` as ``qwen_vl_utils`` (and GME's ``fetch_image``) computes it: the
+    ``(height, width)`` nearest the image's with both sides multiples of ``factor`` and between ``min_pixels``
+    and ``max_pixels`` pixels; an aspect ratio over ``max_ratio`` is clamped with a warning, not refused.
+
+    Example:
+        >>> from cir_lightning.backbones.processors import qwen_smart_resize
+        >>> qwen_smart_resize(64, 96), qwen_smart_resize(51, 33), qwen_smart_resize(4000, 3000, max_pixels=1280 * 784)
+        ((56, 84), (84, 56), (1148, 840))
+    """
+    h_bar, w_bar = max(factor, round(height / factor) * factor), max(factor, round(width / factor) * factor)
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar, w_bar = math.floor(height / beta / factor) * factor, math.floor(width / beta / factor) * factor
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar, w_bar = math.ceil(height * beta / factor) * factor, math.ceil(width * beta / factor) * factor
+    if max(h_bar, w_bar) / min(h_bar, w_bar) > max_ratio:
+        warnings.warn(f"aspect ratio {max(h_bar, w_bar) / min(h_bar, w_bar)} over {max_ratio}: clamped", stacklevel=2)
+        h_bar, w_bar = (w_bar * max_ratio, w_bar) if h_bar > w_bar else (h_bar, h_bar * max_ratio)
+    return h_bar, w_bar
+
+
+def fit_to_factor(image: Any, factor: int) -> Any:
+    """GME's ``fetch_image`` on a PIL image: converted to RGB (alpha dropped), then resized with PIL's
+    default filter to ``qwen_smart_resize`` of its size between 4 and 16384 squares of ``factor`` pixels.
+
+    Example:
+        >>> from PIL import Image
+        >>> from cir_lightning.backbones.processors import fit_to_factor
+        >>> image = fit_to_factor(Image.new("RGBA", (96, 64)), 28)
+        >>> image.mode, image.size
+        ('RGB', (84, 56))
+    """
+    image = image.convert("RGB")
+    height, width = qwen_smart_resize(image.height, image.width, factor, 4 * factor * factor,
+                                      16384 * factor * factor)
+    return image.resize((width, height))

@@ -7,7 +7,9 @@ process. A collator is any object with three methods, each taking a list of samp
 
 - ``triplets(samples)`` for training batches,
 - ``queries(samples)`` for evaluation queries,
-- ``gallery(samples)`` for gallery images.
+- ``gallery(samples)`` for gallery images;
+
+and ``for_subset(name)`` gives the collator of one evaluation subset (itself unless prompts differ per subset).
 
 Without a collator the loaders yield plain lists of sample dicts, handy for looking at the data.
 
@@ -52,6 +54,8 @@ class Collator(Protocol):
     def triplets(self, samples: list[dict[str, Any]]) -> Any: ...
     def queries(self, samples: list[dict[str, Any]]) -> Any: ...
     def gallery(self, samples: list[dict[str, Any]]) -> Any: ...
+    def for_subset(self, name: str) -> Collator:
+        """The collator for the evaluation subset ``name`` (``QueryDataset.name``; prompts may differ per subset)."""
 
 
 CachedGalleries = Callable[[str, EvalSets], set[int]]
@@ -244,8 +248,9 @@ class CIRDataModule(pl.LightningDataModule):
         for s, (queries, gallery) in enumerate(sets):
             if s in cached:
                 gallery = CachedGallery(gallery)
-            loaders.append(self._loader(queries, c.queries if c else _as_list, self.eval_batch_size, False))
-            loaders.append(self._loader(gallery, c.gallery if c else _as_list, self.eval_batch_size, False))
+            sc = c.for_subset(queries.name) if c else None
+            loaders.append(self._loader(queries, sc.queries if sc else _as_list, self.eval_batch_size, False))
+            loaders.append(self._loader(gallery, sc.gallery if sc else _as_list, self.eval_batch_size, False))
         return loaders
 
     def train_dataloader(self) -> DataLoader:

@@ -48,7 +48,8 @@ class FashionIQDataModule(CIRDataModule):
         query_text: text of a val query from its captions c0, c1: ``clip4cir`` (default, CLIP4Cir / SPRC:
             "C0 and c1" with ``.?, `` stripped, first letter capitalised), ``bge_vl`` ("c0, and c1" as in the
             BGE-VL eval files: punctuation kept; like every form it starts from the captions with stray
-            surrounding whitespace removed, as the protocol asks) or ``both_orders`` (SEARLE: "c0 and c1" and "c1 and c0", stripped, not
+            surrounding whitespace removed, as the protocol asks), ``e5v`` ("c0, c1" and "c1, c0", each
+            caption stripped of ``.?, ``, as E5-V's ``retrieval.py``; its presets sum the two) or ``both_orders`` (SEARLE: "c0 and c1" and "c1 and c0", stripped, not
             capitalised; the model averages the two embeddings).
         exclude_reference: remove each query's reference from its ranking (CoVR); not the standard.
         train_augment: training text drawn per access among "C0 and c1", "C1 and c0", "C0", "C1"

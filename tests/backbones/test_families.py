@@ -114,7 +114,8 @@ def qwen_dir(tmp_path_factory):
 
 
 def test_qwen2_vl_uses_its_own_3d_positions(qwen_dir):
-    bb = _backbone(qwen_dir, "gme").eval()
+    # a preset without `text_positions` (GME's and LamRA's own code run 1-D positions: test_golden_*.py)
+    bb = _backbone(qwen_dir, "short").eval()
     inputs = bb.collator.gallery_inputs(_images(2))
     assert {"image_grid_thw", "mm_token_type_ids"} <= set(inputs)
     body = bb.base_model.model
@@ -149,7 +150,9 @@ def test_lamra_pools_the_token_before_emb(qwen_dir):
     mask = left["attention_mask"]
     emb = tok.convert_tokens_to_ids("<emb>")
     with torch.no_grad():
-        hidden = bb.base_model.model(**left, use_cache=False).last_hidden_state
+        # LamRA's 1-D positions (its forward calls the language model without M-RoPE's index)
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        hidden = bb.base_model.model(**left, position_ids=positions, use_cache=False).last_hidden_state
         got = bb(left)
         right = bb(_right_padded(left))
     for row in range(2):

@@ -33,6 +33,7 @@ from cir_lightning.backbones.pooling import PoolingMethod, pool, position_ids_fr
 from cir_lightning.backbones.prompts import Prompts
 from cir_lightning.backbones.xgenmm.loading import load_xgenmm
 from cir_lightning.backbones.xgenmm.processing import XGenMMProcessor
+from cir_lightning.backbones.xgenmm.release import RELEASE_LAST_N, ReleaseCollator, release_splice
 from cir_lightning.backbones.xgenmm.tiny import make_tiny_xgenmm
 from cir_lightning.checks import non_negative_int, positive_int
 from cir_lightning.errors import CIRConfigError, CIRModelError
@@ -90,6 +91,15 @@ class XGenMMBackbone(Backbone):
             no limit. Default 512 (FiRE's). A prompt longer than the language model's
             ``max_position_embeddings`` (image tokens spliced in) is an error, and so is a limit above them.
         model_path: deprecated old name of ``model_name_or_path`` (a ``FutureWarning`` says so).
+        release_compatible: reproduce FiRE's public release (iLearn-Lab/SIGIR25-FIRE) embedding function
+            exactly: RGB conversion and short edge <= 380 before pre-processing, its prompts with
+            ``" <|end|>"`` x 5 (spaces included), left padding to its length with positions counted from
+            the padded row's first column (no position ids), eager attention in the decoder, and the mean
+            of the LAST 10 positions (padding included when a text is shorter).
+            Default ``False``: the paper's rule, which the release gets wrong (spec fire.md, "Defects" 5):
+            we append the ``<|end|>`` block without spaces, pool exactly its ``eos_block_size`` positions,
+            and count positions on real tokens, so padding never changes an embedding. Use it to compare
+            with numbers or adapters from the release; it is part of ``fingerprint()``.
 
     Example:
         >>> from cir_lightning.backbones import LoRA, XGenMMBackbone
@@ -116,6 +126,7 @@ class XGenMMBackbone(Backbone):
         gradient_checkpointing: bool = False,
         max_text_tokens: int | None = 512,
         model_path: str | None = None,
+        release_compatible: bool = False,
     ) -> None:
         super().__init__()
         self.model_name_or_path = _renamed_path(model_name_or_path, model_path)
@@ -130,6 +141,10 @@ class XGenMMBackbone(Backbone):
         folder = _local_folder(self.model_name_or_path, revision)
         check_readable(folder)  # one line naming an unreadable, missing or dangling file
         model = load_xgenmm(folder, DTYPES[dtype])
+        self.release_compatible = bool(release_compatible)
+        if self.release_compatible:  # the release's Phi-3 (transformers 4.44) has eager attention only, and
+            # its 10-position mean takes in the padded rows of short texts, which sdpa computes differently
+            model.get_decoder().config._attn_implementation = "eager"
         self.base_digest = checkpoint_digest(folder)  # the files just loaded (a hub snapshot's blob names)
         config = model.xgenmm_config
         self.max_positions = config.text.get("max_position_embeddings")
@@ -141,8 +156,9 @@ class XGenMMBackbone(Backbone):
         self.image_token_id = processor.image_token_id
         target = lora_target_regex(model, "phi3", lora.target_modules) if lora is not None else None
         self._prepare(model, lora, target, gradient_checkpointing, checkpointed=model.get_decoder())
-        self.collator = MLLMCollator(processor, (prompts or Prompts()).resolve(), eos_token, eos_block_size,
-                                     max_text_tokens, self.max_positions)
+        collator = ReleaseCollator if self.release_compatible else MLLMCollator
+        self.collator = collator(processor, (prompts or Prompts()).resolve(), eos_token, eos_block_size,
+                                max_text_tokens, self.max_positions)
 
     @property
     def model_path(self) -> str:
@@ -158,15 +174,21 @@ class XGenMMBackbone(Backbone):
         images: list[Tensor] = []
         if "pixel_values" in inputs:
             images = model.encode_images(inputs["pixel_values"], inputs["image_num_crops"], inputs["image_sizes"])
-        embeds, mask = model.splice(ids, mask, images, self.image_token_id)
+        if self.release_compatible:  # the release's splice: its padding, zero vectors, positions from column 0
+            embeds, mask, positions = release_splice(model.vlm.lang_model.model.embed_tokens, ids, mask, images,
+                                                     self.image_token_id)
+        else:
+            embeds, mask = model.splice(ids, mask, images, self.image_token_id)
+            positions = position_ids_from_mask(mask)
         # each <image> became its crops' tokens: the spliced rows are what must fit the positions
         check_positions(mask.sum(dim=1), self.max_positions, self.collator.max_text_tokens)
-        out = model.get_decoder()(inputs_embeds=embeds, attention_mask=mask,
-                                  position_ids=position_ids_from_mask(mask), use_cache=False)
+        out = model.get_decoder()(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
         return out.last_hidden_state, mask
 
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         hidden, mask = self._hidden(inputs)
+        if self.release_compatible:  # the release: hidden_states[-1][:, -10:, :].mean(dim=1), padding and all
+            return F.normalize(hidden[:, -RELEASE_LAST_N:, :].mean(dim=1).float(), dim=-1)
         return F.normalize(pool(hidden, mask, self.pooling, self.eos_block_size).float(), dim=-1)
 
     def caption_logits(self, inputs: Mapping[str, Tensor], labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -187,4 +209,7 @@ class XGenMMBackbone(Backbone):
                 "base_digest": self.base_digest, "max_text_tokens": self.collator.max_text_tokens,
                 "dtype": self.dtype_name,
                 "pooling": self.pooling, "eos_block_size": self.eos_block_size,
-                "eos_token": self.collator.eos_token, "prompts": vars(self.collator.prompts)}
+                "eos_token": self.collator.eos_token,
+                "prompts": self.collator.prompts.fingerprint(),
+                # only when set, so that default fingerprints (and the caches keyed by them) stay as they were
+                **({"release_compatible": True} if self.release_compatible else {})}

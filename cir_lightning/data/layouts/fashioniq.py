@@ -38,7 +38,7 @@ __all__ = ["CATEGORIES", "EVAL_KS", "Category", "FashionIQFiles", "QueryText", "
            "make_query_text", "make_train_text", "summary_lines"]
 
 Category = Literal["dress", "shirt", "toptee"]
-QueryText = Literal["clip4cir", "bge_vl", "both_orders"]
+QueryText = Literal["clip4cir", "bge_vl", "e5v", "both_orders"]
 CATEGORIES: tuple[Category, ...] = ("dress", "shirt", "toptee")
 EVAL_KS = (1, 5, 10, 20, 50, 100)
 """Cut-offs of Recall@K (hit rate) and MRR@K on every category (those of the BGE-VL script)."""
@@ -62,7 +62,7 @@ def make_train_text(c0: str, c1: str, form: int = 0) -> str:
 
 
 def make_query_text(c0: str, c1: str, form: QueryText = "clip4cir") -> str | tuple[str, str]:
-    """The text of a val query: CLIP4Cir's, the BGE-VL eval files', or SEARLE's two orders to average.
+    """The text of a val query: CLIP4Cir's, the BGE-VL eval files', E5-V's, or SEARLE's two orders to average.
 
     Example:
         >>> from cir_lightning.data.layouts.fashioniq import make_query_text
@@ -70,6 +70,8 @@ def make_query_text(c0: str, c1: str, form: QueryText = "clip4cir") -> str | tup
         'Is red and has sleeves'
         >>> make_query_text("is red.", "has sleeves?", "bge_vl")
         'is red., and has sleeves?'
+        >>> make_query_text("is red.", "has sleeves?", "e5v")
+        ('is red, has sleeves', 'has sleeves, is red')
         >>> make_query_text("is red.", "has sleeves?", "both_orders")
         ('is red and has sleeves', 'has sleeves and is red')
     """
@@ -77,9 +79,11 @@ def make_query_text(c0: str, c1: str, form: QueryText = "clip4cir") -> str | tup
         return make_train_text(c0, c1, 0)
     if form == "bge_vl":
         return f"{c0}, and {c1}"
+    if form == "e5v":  # kongds/E5-V retrieval.py: stripped of ".?, ", joined with ", ", in both orders
+        return f"{_clean(c0)}, {_clean(c1)}", f"{_clean(c1)}, {_clean(c0)}"
     if form == "both_orders":  # as SEARLE: stripped, not capitalised
         return f"{_clean(c0)} and {_clean(c1)}", f"{_clean(c1)} and {_clean(c0)}"
-    raise CIRConfigError(f"`query_text` must be one of clip4cir, bge_vl, both_orders, got {form!r}")
+    raise CIRConfigError(f"`query_text` must be one of clip4cir, bge_vl, e5v, both_orders, got {form!r}")
 
 
 def average_over_categories(metrics: Mapping[str, float], categories: Sequence[str]) -> dict[str, float]:
