@@ -149,7 +149,8 @@ def _model(s: dict[str, Any], train: bool, notes: list[str]) -> tuple[dict[str, 
     backbone = {"model_name_or_path": s["model.base_model"], "dtype": "float32", "pooling": "eos_block",
                 "eos_block_size": size, "eos_token": token, "prompts": prompts, "lora": _lora(s, train, notes),
                 "max_text_tokens": s[length_key]}
-    notes.append(f"the embedding is the mean over the {size} {token} tokens (the release: the last 10 positions); "
+    notes.append(f"the embedding is the mean over the {size} {token} tokens (the release: the last 10 positions; "
+                 "`release_compatible: true` on the backbone reproduces it exactly); "
                  f"`{length_key}` cuts the user's text only, never the template or the end block")
     if s["training.fp16"] or s["model.torch_dtype"] != "float32":
         notes.append("`training.fp16` and `model.torch_dtype` are read but unused by the release, which runs in "

@@ -127,8 +127,7 @@ class DualEncoderCollator(SampleBatches):
         return {k: out[k] for k in keep}
 
     def _pixels(self, images: Sequence[Image.Image]) -> Tensor:
-        # PIL's convert("RGB") (alpha dropped), as BGE-VL and transformers 4's processors do (and `load_image`);
-        # transformers 5's processor would composite transparency onto white instead
+        # convert("RGB") drops alpha as BGE-VL (transformers 4) did; transformers 5 would composite it on white
         images = [im.convert("RGB") if isinstance(im, Image.Image) and im.mode != "RGB" else im for im in images]
         return self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
 

@@ -76,8 +76,7 @@ class PromptTemplates:
 
     def fingerprint(self, omit_unset: Sequence[str] = ADDED_FIELDS) -> dict[str, Any]:
         """The fields, for a backbone's fingerprint; those in ``omit_unset`` only when set (not None, False or
-        their default), so the fingerprints (and the caches keyed by them) of prompts without them stay as
-        they were before the fields existed.
+        default), so fingerprints (and caches keyed by them) of prompts without them stay as they were.
 
         Example:
             >>> from cir_lightning.backbones import Prompts
@@ -86,8 +85,7 @@ class PromptTemplates:
             >>> "per_subset" in Prompts("fire").resolve().fingerprint()
             False
         """
-        defaults = {"combine_texts": "normalized"}
-        return {k: v for k, v in vars(self).items() if k not in omit_unset or (v and v != defaults.get(k))}
+        return {k: v for k, v in vars(self).items() if k not in omit_unset or (v and v != "normalized")}
 
     def for_subset(self, name: str) -> PromptTemplates:
         """The templates of evaluation subset ``name`` (these unless ``per_subset`` names a preset for it).

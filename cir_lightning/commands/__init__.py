@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("cir_lightning.commands.serve", "a local web page to search an index, one reference at a time"),
     "show": ("cir_lightning.commands.show", "draw the Recall@K curves and retrievals of a results file with rankings"),
     "convert-fire-config": ("cir_lightning.commands.convert_fire", "write a FiRE release config as a cir-lightning config"),
+    "reproduce": ("cir_lightning.commands.reproduce",
+                  "run the zero-shot config of every published model whose weights and data are here; ours vs published"),
 }
 """Command name -> (module with ``main(argv)``, one-line help)."""
 

@@ -371,7 +371,7 @@ def test_circo_config_parses(tmp_path, tiny_model_dir):
     assert printed["data"]["class_path"] == "cir_lightning.data.circo.CIRCODataModule"
     assert printed["data"]["init_args"]["query_template"] == BGE_VL_TEMPLATE
     assert printed["model"]["backbone"]["init_args"]["lora"] is None
-    assert printed["model"]["backbone"]["init_args"]["prompts"]["preset"] == "fire"
+    assert printed["model"]["backbone"]["init_args"]["prompts"]["preset"] == "e5v"  # E5-V's, with E5-V
 
 
 # ----------------------------------------------------------------- bad files, lines, atomic writes

@@ -415,7 +415,7 @@ def test_cirr_configs_parse(tmp_path, tiny_model_dir, config, command, monkeypat
     assert printed["data"]["init_args"]["root"] == str(tmp_path)
     backbone = printed["model"]["backbone"]["init_args"]
     assert backbone["model_name_or_path"] == str(tiny_model_dir)
-    assert backbone["prompts"]["preset"] == "fire"
+    assert backbone["prompts"]["preset"] == ("e5v_cirr" if command == "validate" else "fire")
     if command == "fit":
         assert backbone["lora"]["r"] == 64
         assert printed["model"]["loss"]["init_args"]["recall_weights"] == [0.4, 0.15]

@@ -99,10 +99,11 @@ def test_png_is_preferred_when_both_files_exist_and_image_root_elsewhere(root, t
 def test_query_text_forms(root):
     set_captions(root, "dress", "val", 0, [" is red. ", "has no sleeves?\n"])
     texts = {form: setup(root, "validate", query_text=form).val_sets[0][0].records[0].modification
-             for form in ("clip4cir", "bge_vl", "both_orders")}
+             for form in ("clip4cir", "bge_vl", "e5v", "both_orders")}
     assert texts == {
         "clip4cir": "Is red and has no sleeves",
         "bge_vl": "is red., and has no sleeves?",
+        "e5v": ("is red, has no sleeves", "has no sleeves, is red"),
         "both_orders": ("is red and has no sleeves", "has no sleeves and is red"),
     }
     assert setup(root, "validate", query_text="both_orders").val_sets[0][0][0]["modification"] == \
@@ -294,10 +295,13 @@ def test_fashioniq_configs_parse(tmp_path, tiny_model_dir, capsys, monkeypatch, 
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["data"]["class_path"] == "cir_lightning.data.fashioniq.FashionIQDataModule"
     assert printed["data"]["init_args"]["root"] == str(tmp_path / "fiq")
-    assert printed["data"]["init_args"]["query_text"] == "clip4cir"
+    assert printed["data"]["init_args"]["query_text"] == ("e5v" if subcommand == "validate" else "clip4cir")
     assert printed["data"]["init_args"]["categories"] == ["dress", "shirt", "toptee"]
     assert printed["model"]["backbone"]["init_args"]["model_name_or_path"] == str(tiny_model_dir)
-    assert printed["model"]["backbone"]["init_args"]["prompts"]["preset"] == "fire"
+    prompts = printed["model"]["backbone"]["init_args"]["prompts"]
+    assert prompts["preset"] == ("e5v_fashioniq_dress" if subcommand == "validate" else "fire")
+    if subcommand == "validate":  # E5-V asks about a "shirt" for toptee too
+        assert prompts["per_subset"] == {"shirt": "e5v_fashioniq_shirt", "toptee": "e5v_fashioniq_shirt"}
     lora = printed["model"]["backbone"]["init_args"]["lora"]
     if subcommand == "validate":
         assert lora is None

@@ -68,21 +68,17 @@ def make_query_text(c0: str, c1: str, form: QueryText = "clip4cir") -> str | tup
         >>> from cir_lightning.data.layouts.fashioniq import make_query_text
         >>> make_query_text("is red.", "has sleeves?")
         'Is red and has sleeves'
-        >>> make_query_text("is red.", "has sleeves?", "bge_vl")
-        'is red., and has sleeves?'
-        >>> make_query_text("is red.", "has sleeves?", "e5v")
-        ('is red, has sleeves', 'has sleeves, is red')
+        >>> [make_query_text("is red.", "has sleeves?", form) for form in ("bge_vl", "e5v")]
+        ['is red., and has sleeves?', ('is red, has sleeves', 'has sleeves, is red')]
         >>> make_query_text("is red.", "has sleeves?", "both_orders")
         ('is red and has sleeves', 'has sleeves and is red')
     """
-    if form == "clip4cir":
-        return make_train_text(c0, c1, 0)
-    if form == "bge_vl":
-        return f"{c0}, and {c1}"
-    if form == "e5v":  # kongds/E5-V retrieval.py: stripped of ".?, ", joined with ", ", in both orders
-        return f"{_clean(c0)}, {_clean(c1)}", f"{_clean(c1)}, {_clean(c0)}"
-    if form == "both_orders":  # as SEARLE: stripped, not capitalised
-        return f"{_clean(c0)} and {_clean(c1)}", f"{_clean(c1)} and {_clean(c0)}"
+    a, b = _clean(c0), _clean(c1)
+    forms = {"clip4cir": make_train_text(c0, c1, 0), "bge_vl": f"{c0}, and {c1}",
+             "e5v": (f"{a}, {b}", f"{b}, {a}"),  # kongds/E5-V retrieval.py; its presets sum the two
+             "both_orders": (f"{a} and {b}", f"{b} and {a}")}  # as SEARLE: stripped, not capitalised
+    if form in forms:
+        return forms[form]
     raise CIRConfigError(f"`query_text` must be one of clip4cir, bge_vl, e5v, both_orders, got {form!r}")
 
 
