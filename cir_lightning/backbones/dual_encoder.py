@@ -10,9 +10,8 @@ trained on text padded to a fixed length; both therefore need right padding, whi
 produces (SigLIP: to the maximum length, without an attention mask, as its processor does). A left-padded
 batch is refused by ``forward`` rather than silently embedded wrongly.
 
-Truncation: text longer than the text tower's maximum length (CLIP: 77 tokens, BOS and EOS included) is
-cut to it keeping the final EOS, with a warning (``truncation="warn"``, default), or refused
-(``"error"``), or cut without a word (``"silent"``).
+Truncation: text longer than the text tower's maximum length (CLIP: 77 tokens, BOS and EOS included) is cut
+to it keeping the final EOS, with a warning (``"warn"``, default), refused (``"error"``) or cut (``"silent"``).
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ from cir_lightning.backbones.base import DTYPES, Backbone, Dtype, build_tiny_if_
 from cir_lightning.backbones.collate import SampleBatches
 from cir_lightning.backbones.identity import checkpoint_digest
 from cir_lightning.backbones.lora import LoRA, Towers, tower_target_regex
+from cir_lightning.backbones.processors import load_processor
 from cir_lightning.backbones.tiny import make_tiny_dual_encoder
 from cir_lightning.checks import positive_int
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRModelError
@@ -245,13 +245,13 @@ class DualEncoderBackbone(Backbone):
                                             truncation)
 
     def _load(self, dtype: str, trust_remote_code: bool) -> tuple[Any, Any]:
-        from transformers import AutoModel, AutoProcessor
+        from transformers import AutoModel
 
         name = self.model_name_or_path
         kwargs = {"revision": self.revision, "trust_remote_code": trust_remote_code}
 
         def load() -> tuple[Any, Any]:
-            return AutoProcessor.from_pretrained(name, **kwargs), AutoModel.from_pretrained(
+            return load_processor(name, **kwargs), AutoModel.from_pretrained(
                 name, dtype=DTYPES[dtype], **kwargs)
 
         processor, model = load_checkpoint(name, load)

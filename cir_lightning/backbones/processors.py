@@ -18,8 +18,9 @@ _IMAGE_ONLY: dict[Any, Any] = {}
 
 
 def load_processor(name: str, **kwargs: Any) -> Any:
-    """``AutoProcessor.from_pretrained``, falling back to an image-only processor for Qwen2-VL-family
-    checkpoints when torchvision (needed by their video processor) is not installed.
+    """``AutoProcessor.from_pretrained`` with PIL image processing (``with_pil_images``), falling back to an
+    image-only processor for Qwen2-VL-family checkpoints when torchvision (needed by their video processor)
+    is not installed.
 
     Args:
         name: hub name or checkpoint folder.
@@ -40,7 +41,7 @@ def load_processor(name: str, **kwargs: Any) -> Any:
     from transformers.utils import is_torchvision_available
 
     if is_torchvision_available():
-        return AutoProcessor.from_pretrained(name, **kwargs)
+        return with_pil_images(AutoProcessor.from_pretrained(name, **kwargs), name, **kwargs)
     model_type = AutoConfig.from_pretrained(name, **kwargs).model_type
     fallback = _image_only_classes().get(model_type)
     if fallback is None:
@@ -53,6 +54,29 @@ def load_processor(name: str, **kwargs: Any) -> Any:
     image_processor = AutoImageProcessor.from_pretrained(name, **kwargs)
     return image_only_qwen_processor(fallback, image_processor, tokenizer,
                                      chat_template=getattr(tokenizer, "chat_template", None))
+
+
+def is_torchvision_backend(image_processor: Any) -> bool:
+    """Whether ``image_processor`` runs on transformers' torchvision backend (its resizing differs from PIL's)."""
+    try:
+        from transformers.image_processing_backends import TorchvisionBackend
+    except ImportError:  # a transformers without backends: its processors resize with PIL
+        return False
+    return isinstance(image_processor, TorchvisionBackend)
+
+
+def with_pil_images(processor: Any, name: str, **kwargs: Any) -> Any:
+    """``processor`` with its image processor on the PIL backend.
+
+    With torchvision installed, transformers 5 picks the torchvision backend by default, whose resize
+    gives slightly different pixels from PIL's; the original code of every preset (see the golden tests)
+    resized with PIL, so the PIL backend keeps our embeddings equal to theirs on any installation.
+    """
+    if is_torchvision_backend(getattr(processor, "image_processor", None)):
+        from transformers import AutoImageProcessor
+
+        processor.image_processor = AutoImageProcessor.from_pretrained(name, backend="pil", **kwargs)
+    return processor
 
 
 def complete_legacy_processor(processor: Any, model: Any) -> Any:

@@ -196,3 +196,17 @@ def test_presets_carry_their_pooling_and_the_backbone_follows_them(tiny_model_di
     assert text.endswith("assistant<|end_header_id|>\n\n \n")  # nothing appended after the prompt
     explicit = HFMultimodalBackbone(str(tiny_model_dir), prompts=Prompts("e5v"), pooling="eos_block", eos_block_size=2)
     assert (explicit.pooling, explicit.eos_block_size) == ("eos_block", 2)
+
+
+def test_image_processors_run_on_pil_even_where_torchvision_would_be_picked(tiny_model_dir, monkeypatch):
+    """transformers 5 picks its torchvision backend when torchvision is installed; its resize differs from
+    PIL's, which every original (and golden) used: ``load_processor`` swaps in the PIL image processor."""
+    from cir_lightning.backbones import processors
+
+    loaded = processors.load_processor(str(tiny_model_dir))
+    assert not processors.is_torchvision_backend(loaded.image_processor)
+    sentinel = object()
+    monkeypatch.setattr(processors, "is_torchvision_backend", lambda ip: ip is sentinel)
+    loaded.image_processor = sentinel
+    swapped = processors.with_pil_images(loaded, str(tiny_model_dir))
+    assert type(swapped.image_processor).__name__.endswith("Pil")
