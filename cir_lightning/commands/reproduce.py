@@ -241,7 +241,7 @@ def main(argv: Sequence[str]) -> None:
         for run in runs:
             run.missing = [m for m in run.missing if not m.startswith("weights")]
     print(format_rows(["config", "published", "runs here?"],
-                      [[r.name, "yes" if r.published else "no", "yes" if not r.missing else "no: " + "; ".join(r.missing)]
+                      [[r.name, "yes" if (r.published or {}).get("metrics") else "none", "yes" if not r.missing else "no: " + "; ".join(r.missing)]
                        for r in runs]))
     if args.list:
         return
