@@ -61,6 +61,10 @@ class HFMultimodalBackbone(Backbone):
             are cut to it with a warning (the template, image tokens and EOS block are never cut). ``None``:
             no limit. Default 512 (FiRE's). A prompt longer than the language model's
             ``max_position_embeddings`` is an error, and so is a limit above them.
+        legacy_llava_next: reproduce transformers 4.41.2's LLaVA-NeXT, with its two bugs (non-square
+            anyres grids laid out transposed, odd padding one pixel short; see
+            ``cir_lightning.backbones.legacy_llava_next``): E5-V's published numbers were made with it. Off by
+            default (transformers' fixed behaviour); refused on other model types.
 
     Example:
         >>> from cir_lightning.backbones import HFMultimodalBackbone
@@ -88,6 +92,7 @@ class HFMultimodalBackbone(Backbone):
         make_tiny_if_missing: bool = False,
         gradient_checkpointing: bool = False,
         max_text_tokens: int | None = 512,
+        legacy_llava_next: bool = False,
     ) -> None:
         super().__init__()
         templates = (prompts or Prompts()).resolve()
@@ -106,6 +111,11 @@ class HFMultimodalBackbone(Backbone):
         if make_tiny_if_missing:
             build_tiny_if_missing(self.model_name_or_path, "model", make_tiny_model)
         processor, model = self._load(dtype, attn_implementation, trust_remote_code)
+        self.legacy_llava_next = bool(legacy_llava_next)
+        if self.legacy_llava_next:
+            from cir_lightning.backbones.legacy_llava_next import use_legacy_llava_next
+
+            use_legacy_llava_next(model, processor, self.model_name_or_path)
         self.base_digest = checkpoint_digest(self.model_name_or_path, revision)  # the files just loaded
         max_positions = getattr(model.config.get_text_config(), "max_position_embeddings", None)
         check_text_limit(max_text_tokens, max_positions, self.model_name_or_path)
@@ -164,5 +174,7 @@ class HFMultimodalBackbone(Backbone):
                 "base_digest": self.base_digest, "max_text_tokens": self.collator.max_text_tokens,
                 "pooling": self.pooling, "eos_block_size": self.eos_block_size,
                 # no `marker` key unless set: fingerprints (and caches) of marker-less prompts stay as they were
-                "prompts": self.collator.prompts.fingerprint(("marker", *ADDED_FIELDS))}
+                "prompts": self.collator.prompts.fingerprint(("marker", *ADDED_FIELDS)),
+                # only when on: the keys (and caches) of the default stay as they were
+                **({"legacy_llava_next": True} if self.legacy_llava_next else {})}
 

@@ -17,6 +17,8 @@ What is compared:
   (the collator converts images to RGB, as 4.41.2's processor did; 5.x's alone would composite it on
   white). ``fixed_*`` outputs are E5-V's code with
   transformers' own later fixes of the first two and the images as RGB: ours equals them for every image.
+  With ``legacy_llava_next: true`` ours equals the pinned run for every image too
+  (``test_legacy_llava_next.py``).
 - the golden checkpoint's processor is as transformers 4.41.2 saved it, without ``patch_size`` (like
   ``royokong/e5-v``'s): the backbone completes it from the model's config (``complete_legacy_processor``).
 
