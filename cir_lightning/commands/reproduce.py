@@ -182,14 +182,16 @@ def markdown_tables(published: Mapping[str, Any], configs: Path) -> str:
     names = {p.parent.name + "/" + p.stem for p in configs.glob("*/*.yaml")}
     parts = []
     for benchmark, columns in HEADLINE.items():
-        header = ["model", "split", *(c.replace("average/", "avg ") for c in columns), "source", "config", "ours"]
+        header = ["model", "split", *(c.replace("average/", "avg ") for c in columns), "source", "config and command",
+                  "ours"]
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for model, entry in published.items():
             result = (entry.get("results") or {}).get(benchmark)
             if not result:
                 continue
             metrics = result.get("metrics") or {}
-            config = f"`configs/zeroshot/{model}/{benchmark}.yaml`" if f"{model}/{benchmark}" in names else "none"
+            config = (f"`configs/zeroshot/{model}/{benchmark}.yaml`: `cir-lightning reproduce --only {model}/{benchmark} "
+                      f"--data {benchmark}=DATA`" if f"{model}/{benchmark}" in names else "none")
             ours = ((entry.get("ours") or {}).get(benchmark) if isinstance(entry.get("ours"), dict) else None)
             cells = [entry.get("name", model), str(result.get("split", "?")),
                      *(_number(metrics[c]) if c in metrics else "-" for c in columns),
