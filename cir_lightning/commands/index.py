@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--shard-size", type=int, default=1024,
                         help="images per saved shard of each process: what a kill can lose (default: 1024)")
     parser.add_argument("--factory", default="Flat",
-                        help="faiss index type (index_factory string): Flat (exact, default), HNSW32, IVF1024,Flat ...")
+                        help="faiss index type (index_factory string): Flat (exact, default), auto (Flat below 4M images, "
+                             "else IVF), HNSW32, IVF1024,Flat ...")
     parser.add_argument("--nprobe", type=int, help="IVF lists visited per query")
     parser.add_argument("--ef-search", type=int, help="HNSW search depth")
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="embedding storage")

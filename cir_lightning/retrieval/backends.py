@@ -108,8 +108,8 @@ def build_index(gallery: Tensor | np.ndarray, config: SearchConfig | None = None
     """
     import faiss
 
-    config = config or SearchConfig()
     g = _as_float32(gallery, "gallery")
+    config = (config or SearchConfig()).resolved(len(g))
     factory = _fit_factory(config.factory, len(g))
     try:
         index = faiss.index_factory(g.shape[1], factory, faiss.METRIC_INNER_PRODUCT)

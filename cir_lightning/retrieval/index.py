@@ -119,9 +119,9 @@ def search_with_scores(queries: Tensor | np.ndarray, gallery: Tensor | np.ndarra
         >>> ids.tolist(), scores.tolist()
         ([[0, -1, -1], [1, 0, -1]], [[1.0, -inf, -inf], [1.0, 0.0, -inf]])
     """
-    config = config or SearchConfig()
     positive_int("k", k)
     q, g = _as_float32(queries, "queries"), _as_float32(gallery, "gallery")
+    config = (config or SearchConfig()).resolved(len(g))
     if len(g) and q.shape[1] != g.shape[1]:
         raise ValueError(f"query dim {q.shape[1]} != gallery dim {g.shape[1]}")
     if excluded is not None and len(excluded) != len(q):

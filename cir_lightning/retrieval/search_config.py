@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from cir_lightning.checks import positive_int
@@ -12,7 +13,12 @@ from cir_lightning.errors import CIRConfigError
 _PROBE_DIM = 5040  # divisible by 1-10, 12, 14, 16, 18, 20, ...: the dimension index types are checked with first
 _PROBE_DIMS = (_PROBE_DIM, 3072)  # 3072 = 2^10 x 3 for what 5040 cannot take (PQ64, PQ128, ...)
 
-__all__ = ["SearchConfig", "faiss_message"]
+__all__ = ["AUTO_EXACT_ROWS", "SearchConfig", "faiss_message"]
+
+AUTO_EXACT_ROWS = 4_000_000
+"""``factory: auto`` searches exactly (``Flat``) below this many gallery rows, with an IVF index from there on:
+on 2 CPU cores an exact search of 1M 768-d rows takes about 9 ms per query (docs/performance.md), so up to
+here exact is fast enough for evaluation and interactive search alike and never loses a result."""
 
 
 @dataclass
@@ -22,6 +28,10 @@ class SearchConfig:
     Args:
         backend: ``"faiss"`` or ``"torch"`` (exact, CPU or the embeddings' device).
         factory: faiss ``index_factory`` string; the metric is always inner product. ``"Flat"`` is exact.
+            ``"auto"``: ``Flat`` below ``AUTO_EXACT_ROWS`` gallery rows, else ``IVF<n>,Flat`` with ``n`` the
+            power of two nearest ``4 sqrt(rows)`` and ``nprobe`` (if unset) ``max(8, n / 128)``: less than 1% of
+            the lists, since scanning lists is slower per vector than exact search's matrix products
+            (docs/performance.md: at 1M rows, IVF1024 with nprobe 64 took as long as exact search).
         nprobe: IVF lists visited per query (faiss default 1).
         ef_search: HNSW search depth (faiss default 16).
         device: ``"cpu"``, or ``"cuda"`` for a faiss GPU index on the current device.
@@ -64,7 +74,10 @@ class SearchConfig:
         positive_int("search.chunk_size", self.chunk_size)
         if not isinstance(self.factory, str) or not self.factory.strip():
             raise CIRConfigError(f"`search.factory` must be a faiss index_factory string, got {self.factory!r}")
-        if self.backend == "faiss" and (self.factory.strip() != "Flat" or self.nprobe or self.ef_search):
+        if self.factory.strip() == "auto":
+            if self.ef_search is not None:
+                raise CIRConfigError("`search.ef_search`: `factory: auto` builds no HNSW index (only Flat or IVF)")
+        elif self.backend == "faiss" and (self.factory.strip() != "Flat" or self.nprobe or self.ef_search):
             self.check()
 
     def check(self, dim: int = _PROBE_DIM) -> None:
@@ -90,7 +103,7 @@ class SearchConfig:
             ...
             cir_lightning.errors.CIRConfigError: `search.nprobe`: index `HNSW32` has no parameter `nprobe`
         """
-        if self.backend != "faiss":
+        if self.backend != "faiss" or self.factory.strip() == "auto":
             return
         import faiss
 
@@ -114,8 +127,26 @@ class SearchConfig:
             except RuntimeError:
                 raise CIRConfigError(f"`search.{option}`: index `{self.factory}` has no parameter `{name}`") from None
 
+    def resolved(self, rows: int) -> SearchConfig:
+        """This config for a gallery of ``rows`` rows: ``factory: auto`` made concrete, anything else as it is.
+
+        Example:
+            >>> SearchConfig(factory="auto").resolved(500_000).factory
+            'Flat'
+            >>> big = SearchConfig(factory="auto").resolved(10_000_000)
+            >>> big.factory, big.nprobe, big.exact
+            ('IVF16384,Flat', 128, False)
+        """
+        if self.factory.strip() != "auto" or self.backend != "faiss":
+            return self
+        if rows < AUTO_EXACT_ROWS:
+            return replace(self, factory="Flat", nprobe=None)
+        nlist = 1 << round(math.log2(4 * math.sqrt(rows)))
+        return replace(self, factory=f"IVF{nlist},Flat", nprobe=self.nprobe or max(8, nlist // 128))
+
     @property
     def exact(self) -> bool:
+        """Whether results are exact (``factory: auto`` counts as exact only once ``resolved`` says so)."""
         return self.backend == "torch" or (self.factory.strip() == "Flat" and not self.float16)
 
 
