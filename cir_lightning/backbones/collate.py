@@ -21,6 +21,7 @@ from cir_lightning.backbones.prompts import IMAGE, PromptTemplates
 from cir_lightning.checks import non_negative_int, positive_int
 from cir_lightning.errors import CIRDataError, CIRModelError
 from cir_lightning.losses import key_id
+from cir_lightning.pixels import to_rgb
 
 Inputs = dict[str, Tensor]
 # PaliGemma's processor adds token_type_ids and labels; the backbone runs plain causal attention
@@ -65,6 +66,12 @@ def check_positions(lengths: Tensor, max_positions: int | None, max_text_tokens:
                            f"positions (`max_position_embeddings`); with {limit} the user text alone may take "
                            f"{max_text_tokens or 'any number of'} tokens, and the template, image tokens and EOS "
                            "block come on top: lower `max_text_tokens`")
+
+
+def as_rgb(images: Sequence[Any]) -> list[Any]:
+    """PIL images as 8-bit RGB (``cir_lightning.pixels.to_rgb``); RGB images and other objects pass as they are."""
+    return [to_rgb(im, f"image {i} of the batch") if isinstance(im, Image.Image) and im.mode != "RGB" else im
+            for i, im in enumerate(images)]
 
 
 def sample_index(samples: list[dict[str, Any]]) -> Tensor:
@@ -242,16 +249,13 @@ class MLLMCollator(SampleBatches):
 
     def _process(self, images: Sequence[Image.Image], texts: list[str]) -> Any:
         """The processor on ``images`` and ``texts``, the images prepared as the prompts say (``resize_to``,
-        ``pre_resize``, ``image_pixels``: BGE-VL-MLLM's resize, GME's ``fetch_image`` and min / max image
-        tokens) and as RGB."""
+        ``pre_resize``, ``image_pixels``: BGE-VL-MLLM's resize, GME's ``fetch_image``, its token range), RGB."""
         images, options = list(images), {}
         if self.prompts.resize_to:  # BGE-VL-MLLM's data_process: resize in the image's own mode, then RGB
             images = [image.resize(tuple(self.prompts.resize_to)).convert("RGB") for image in images]
         if self.prompts.pre_resize:
             images = [fit_to_factor(image, self.prompts.pre_resize) for image in images]
-        # PIL's convert("RGB") drops alpha, as the originals' transformers 4 processors (and `load_image`) do;
-        # transformers 5's processors would composite transparency onto white instead
-        images = [im.convert("RGB") if isinstance(im, Image.Image) and im.mode != "RGB" else im for im in images]
+        images = as_rgb(images)  # alpha dropped, as every original did (transformers 5 would composite it)
         if self.prompts.image_pixels:
             options["size"] = {"shortest_edge": self.prompts.image_pixels[0],
                                "longest_edge": self.prompts.image_pixels[1]}

@@ -26,7 +26,7 @@ from PIL import Image
 from torch import Tensor
 
 from cir_lightning.backbones.base import DTYPES, Backbone, Dtype, build_tiny_if_missing, load_checkpoint
-from cir_lightning.backbones.collate import SampleBatches
+from cir_lightning.backbones.collate import SampleBatches, as_rgb
 from cir_lightning.backbones.identity import checkpoint_digest
 from cir_lightning.backbones.lora import LoRA, Towers, tower_target_regex
 from cir_lightning.backbones.processors import load_processor
@@ -127,9 +127,8 @@ class DualEncoderCollator(SampleBatches):
         return {k: out[k] for k in keep}
 
     def _pixels(self, images: Sequence[Image.Image]) -> Tensor:
-        # convert("RGB") drops alpha as BGE-VL (transformers 4) did; transformers 5 would composite it on white
-        images = [im.convert("RGB") if isinstance(im, Image.Image) and im.mode != "RGB" else im for im in images]
-        return self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        # alpha dropped as BGE-VL (transformers 4) did; transformers 5 would composite it on white
+        return self.processor.image_processor(images=as_rgb(images), return_tensors="pt")["pixel_values"]
 
     def query_inputs(self, images: Sequence[Image.Image], modifications: Sequence[str]) -> Inputs:
         """Inputs for reference images with modification texts."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import struct
 import threading
@@ -11,11 +10,11 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cir_lightning.errors import CIRDataError
 from cir_lightning.messages import os_reason, path_problem
+from cir_lightning.pixels import to_rgb as _to_rgb
 
 
 def resolve_image_path(root: Path, relative: object, file: str | Path, line: int | None, field: str) -> Path:
@@ -60,7 +59,6 @@ DEFAULT_MAX_PIXELS: int = 2 * (1024 * 1024 * 1024 // 4 // 3)
 """The default ``max_pixels`` of :func:`load_image`: 178,956,970 pixels, the size at which Pillow's own
 decompression-bomb check raises (``2 * PIL.Image.MAX_IMAGE_PIXELS`` with Pillow's default)."""
 
-_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
 _PILLOW_LIMIT_LOCK = threading.Lock()
 
 
@@ -102,6 +100,7 @@ def load_image(path: Path, max_short_edge: int | None = None, source: str | None
         >>> Image.new("RGB", (200, 100)).save(p)
         >>> load_image(p, max_short_edge=50).size
         (100, 50)
+        >>> import numpy as np
         >>> v = np.array([[0, 64, 255]], dtype=np.uint16)
         >>> Image.fromarray(v * 257).save(p)  # a 16-bit grayscale PNG; convert("RGB") would clip it to white
         >>> [load_image(p).getpixel((x, 0)) for x in range(3)]
@@ -182,73 +181,3 @@ def _pillow_bomb_check_off() -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = saved
 
 
-def _to_rgb(img: Image.Image, name: str) -> Image.Image:
-    """``img`` (loaded) as 8-bit RGB, as :func:`load_image` documents; ``name`` starts any error message."""
-    mode = img.mode
-    if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
-        return _deep_to_rgb(img, name)
-    if mode == "La":  # Pillow cannot take premultiplied La to RGB directly
-        return img.convert("LA").convert("RGB")
-    if mode == "LAB":  # as Pillow 13's convert("RGB") does it; older Pillow copied the bands instead
-        try:
-            transform = _lab_to_srgb()
-        except ImportError as err:
-            raise CIRDataError(
-                f"{name} is a CIELAB image (PIL mode 'LAB'), and converting it to RGB needs Pillow built "
-                f"with LittleCMS ({err}); convert the file to RGB"
-            ) from None
-        from PIL import ImageCms
-
-        return ImageCms.applyTransform(img, transform)
-    if mode == "P" and isinstance(img.info.get("transparency"), bytes):
-        # Dropped by convert("RGB") anyway (same pixels); removing it first spares the user Pillow's warning.
-        del img.info["transparency"]
-    try:
-        return img.convert("RGB")
-    except ValueError as err:
-        raise CIRDataError(
-            f"{name} has PIL mode {mode!r}, which cannot be converted to RGB ({err})"
-        ) from None
-
-
-@functools.lru_cache(maxsize=1)
-def _lab_to_srgb() -> object:
-    """The LittleCMS transform from Pillow's LAB to sRGB (ImportError without LittleCMS)."""
-    from PIL import ImageCms
-
-    lab, srgb = ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB")
-    return ImageCms.buildTransform(lab, srgb, "LAB", "RGB")
-
-
-def _deep_to_rgb(img: Image.Image, name: str) -> Image.Image:
-    """16-bit and 32-bit grey (PIL modes ``I;16*``, ``I``, ``F``) to 8-bit RGB; see :func:`load_image`."""
-    mode = img.mode
-    values = np.asarray(img)
-    if values.size == 0:
-        return Image.new("RGB", img.size)
-    if mode == "F":
-        if not np.isfinite(values).all():
-            raise CIRDataError(f"{name} is a 32-bit float image (PIL mode 'F') with NaN or infinite values")
-        low, high = float(values.min()), float(values.max())
-        if low < 0 or high > 255:
-            raise CIRDataError(
-                f"{name} is a 32-bit float image (PIL mode 'F') with values from {low:g} to {high:g}; only "
-                "[0, 1] or [0, 255] can be mapped to 8 bits: save it as 8-bit (or 16-bit) integers"
-            )
-        scale, kind = (255.0, "[0, 1]") if high <= 1 else (1.0, "[0, 255]")
-        eight = np.rint(values.astype(np.float64) * scale).astype(np.uint8)
-    else:
-        low, high = int(values.min()), int(values.max())
-        if low < 0 or high > 65535:
-            raise CIRDataError(
-                f"{name} is a 32-bit integer image (PIL mode 'I') with values from {low} to {high}; only "
-                "0..65535 (16 bits) can be mapped to 8 bits: save it as 8-bit or 16-bit unsigned integers"
-            )
-        kind = "16-bit"
-        eight = (values.astype(np.uint16) >> 8).astype(np.uint8)
-    if high > 0 and not eight.any():
-        raise CIRDataError(
-            f"{name} (PIL mode {mode!r}) has values only up to {high:g}, which decode as all black in its "
-            f"{kind} range; if it holds 8-bit values, save it as an 8-bit image"
-        )
-    return Image.fromarray(eight).convert("RGB")

@@ -210,3 +210,23 @@ def test_image_processors_run_on_pil_even_where_torchvision_would_be_picked(tiny
     loaded.image_processor = sentinel
     swapped = processors.with_pil_images(loaded, str(tiny_model_dir))
     assert type(swapped.image_processor).__name__.endswith("Pil")
+
+
+def test_images_handed_to_the_collator_convert_as_the_data_modules_decode(backbone, tmp_path):
+    """One RGB conversion (``cir_lightning.pixels``) for decoded files and for images passed to ``encode_*``:
+    a 16-bit image keeps its high byte (``convert("RGB")`` would clip it to white), a palette image with a
+    transparency table is not changed, and values that cannot be mapped name the image."""
+    import numpy as np
+
+    from cir_lightning.data.images import load_image
+    from cir_lightning.errors import CIRDataError
+
+    deep = Image.fromarray((np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024).astype(np.uint16))
+    deep.save(tmp_path / "deep.png")
+    assert torch.equal(backbone.encode_gallery([deep]), backbone.encode_gallery([load_image(tmp_path / "deep.png")]))
+    palette = Image.new("P", (8, 8))
+    palette.info["transparency"] = bytes(range(256))
+    backbone.encode_gallery([palette])
+    assert isinstance(palette.info["transparency"], bytes)
+    with pytest.raises(CIRDataError, match="image 1 of the batch is a 32-bit float image"):
+        backbone.encode_gallery([palette, Image.fromarray(np.full((8, 8), np.nan, dtype=np.float32))])

@@ -316,7 +316,7 @@ def test_lab_without_littlecms_is_a_clear_error(tmp_path, monkeypatch):
     def missing():
         raise ImportError("The _imagingcms C module is not installed")
 
-    monkeypatch.setattr(images, "_lab_to_srgb", missing)
+    monkeypatch.setattr("cir_lightning.pixels._lab_to_srgb", missing)  # where the conversion lives
     message = load_error(path)
     assert "CIELAB" in message
     assert "'LAB'" in message
