@@ -90,6 +90,14 @@ def test_bad_options_are_one_line_errors(twin, args, message):
         run_command(["reproduce", *base, *args, "--list"])
 
 
+def test_a_published_value_that_is_not_a_number_names_the_file_and_key(twin, tmp_path):
+    root, _ = twin
+    bad = tmp_path / "published.yaml"
+    bad.write_text(yaml.safe_dump({"tiny": {"results": {"synthetic": {"metrics": {"Recall@1": "12.5%"}}}}}))
+    with pytest.raises(CIRConfigError, match=f"{bad}: `tiny.results.synthetic.metrics.Recall@1` must be a number"):
+        run_command(["reproduce", "--configs", str(root / "configs"), "--published", str(bad), "--list"])
+
+
 def test_a_hub_name_counts_only_when_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     assert not present("royokong/e5-v")

@@ -87,6 +87,22 @@ def present(name: str) -> bool:
     return any(isinstance(try_to_load_from_cache(name, f), str) for f in ("config.json", "adapter_config.json"))
 
 
+def check_published(published: Any, path: Path) -> Mapping[str, Any]:
+    """``published`` (read from ``path``) as the model -> results -> benchmark -> metrics mapping, every metric
+    a number (percent); anything else is one error naming the file and the key."""
+    if not isinstance(published, Mapping):
+        raise CIRConfigError(f"{path}: expected a mapping of model -> results, got {type(published).__name__}")
+    for model, entry in published.items():
+        results = entry.get("results") if isinstance(entry, Mapping) else None
+        for benchmark, result in (results or {}).items():
+            metrics = result.get("metrics") if isinstance(result, Mapping) else None
+            for metric, value in (metrics or {}).items():
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise CIRConfigError(f"{path}: `{model}.results.{benchmark}.metrics.{metric}` must be a "
+                                         f"number (percent), got {value!r}")
+    return published
+
+
 def discover(configs: Path, published: Mapping[str, Any], data: Mapping[str, str]) -> list[Run]:
     """Every ``<model>/<benchmark>.yaml`` below ``configs``, with what it lacks here."""
     runs = []
@@ -231,7 +247,7 @@ def main(argv: Sequence[str]) -> None:
     if not args.configs.is_dir():
         raise CIRConfigError(f"--configs {args.configs}: not a folder")
     published_path = args.published or args.configs / "published.yaml"
-    published = _read_yaml(published_path) if published_path.is_file() else {}
+    published = check_published(_read_yaml(published_path), published_path) if published_path.is_file() else {}
     if args.markdown:
         print(markdown_tables(published, args.configs), end="")
         return

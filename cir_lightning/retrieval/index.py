@@ -19,6 +19,7 @@ every GPU from every rank); that needs a faiss build with GPU support (the ``gpu
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -121,7 +122,11 @@ def search_with_scores(queries: Tensor | np.ndarray, gallery: Tensor | np.ndarra
     """
     positive_int("k", k)
     q, g = _as_float32(queries, "queries"), _as_float32(gallery, "gallery")
-    config = (config or SearchConfig()).resolved(len(g))
+    asked, config = config, (config or SearchConfig()).resolved(len(g))
+    if asked is not None and asked.factory.strip() == "auto" and not config.exact:
+        warnings.warn(f"`search.factory: auto` chose the approximate index {config.factory} (nprobe {config.nprobe}) "
+                      f"for {len(g)} gallery rows: rankings and metrics are approximate; `factory: Flat` is exact",
+                      stacklevel=2)
     if len(g) and q.shape[1] != g.shape[1]:
         raise ValueError(f"query dim {q.shape[1]} != gallery dim {g.shape[1]}")
     if excluded is not None and len(excluded) != len(q):

@@ -33,7 +33,9 @@ def test_from_the_threshold_on_auto_builds_an_ivf_index(monkeypatch):
     assert (resolved.factory, resolved.nprobe, resolved.exact) == ("IVF512,Flat", 8, False)  # 4 sqrt(30000) = 693
     index = faiss.downcast_index(build_index(g, SearchConfig(factory="auto")))
     assert (type(index).__name__, index.nlist, index.nprobe) == ("IndexIVFFlat", 512, 8)
-    approx, exact = search(q, g, 10, config=SearchConfig(factory="auto")), search(q, g, 10)
+    with pytest.warns(UserWarning, match="chose the approximate index IVF512,Flat .* metrics are approximate"):
+        approx = search(q, g, 10, config=SearchConfig(factory="auto"))
+    exact = search(q, g, 10)
     overlap = sum(len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approx, exact, strict=True)) / exact.numel()
     assert 0.3 < overlap  # approximate, and clearly not random (random rows would overlap by 10 / 30000)
 
