@@ -24,7 +24,6 @@ collator converts to RGB first, so RGBA, L and P images handed straight to ``enc
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ import pytest
 import torch
 
 from cir_lightning.backbones import HFMultimodalBackbone, Prompts
+from tests.goldens.backbones import one_model_per_preset
 from tests.goldens.recipe import GOLDENS, load_images, load_outputs, load_texts, materialize
 
 GOLDEN = GOLDENS / "vlm2vec"
@@ -51,14 +51,8 @@ def golden() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def backbones(checkpoint: Path) -> dict[str, HFMultimodalBackbone]:
-    """One eager backbone per preset, as ``HFMultimodalBackbone(path, prompts=Prompts(preset))`` builds it;
-    the second shares the first's loaded model (the presets differ only in their templates)."""
-    first, second = PRESETS
-    backbone = HFMultimodalBackbone(str(checkpoint), prompts=Prompts(first), attn_implementation="eager")
-    other = copy.copy(backbone)
-    other.collator = copy.copy(backbone.collator)
-    other.collator.prompts = Prompts(second).resolve()
-    return {first: backbone, second: other}
+    """One eager backbone per preset, sharing one loaded model (the presets differ only in their templates)."""
+    return one_model_per_preset(checkpoint, list(PRESETS), attn_implementation="eager")
 
 
 def _rows(ids, mask) -> list[list[int]]:

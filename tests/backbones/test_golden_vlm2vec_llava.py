@@ -34,7 +34,6 @@ integer and VLM2Vec's own model yields fewer image features than its processor w
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -45,6 +44,7 @@ import torch.nn.functional as F
 
 from cir_lightning.backbones import HFMultimodalBackbone, Prompts
 from cir_lightning.backbones.pooling import pool
+from tests.goldens.backbones import one_model_per_preset
 from tests.goldens.recipe import GOLDENS, load_images, load_outputs, load_texts, materialize
 
 GOLDEN = GOLDENS / "vlm2vec_llava_next"
@@ -65,14 +65,8 @@ def golden() -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def backbones(checkpoint: Path) -> dict[str, HFMultimodalBackbone]:
-    """One eager backbone per preset, as ``HFMultimodalBackbone(path, prompts=Prompts(preset))`` builds it;
-    the second shares the first's loaded model (the presets differ only in their templates)."""
-    first, second = PRESETS
-    backbone = HFMultimodalBackbone(str(checkpoint), prompts=Prompts(first), attn_implementation="eager")
-    other = copy.copy(backbone)
-    other.collator = copy.copy(backbone.collator)
-    other.collator.prompts = Prompts(second).resolve()
-    return {first: backbone, second: other}
+    """One eager backbone per preset, sharing one loaded model (the presets differ only in their templates)."""
+    return one_model_per_preset(checkpoint, list(PRESETS), attn_implementation="eager")
 
 
 @pytest.fixture(scope="module")
