@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any, Literal
 
 from cir_lightning.backbones.pooling import PoolingMethod
@@ -75,8 +75,7 @@ class PromptTemplates:
     combine_texts: Literal["normalized", "raw"] = "normalized"
 
     def fingerprint(self, omit_unset: Sequence[str] = ADDED_FIELDS) -> dict[str, Any]:
-        """The fields, for a backbone's fingerprint; those in ``omit_unset`` only when set (not None, False or
-        default), so fingerprints (and caches keyed by them) of prompts without them stay as they were.
+        """The fields, for fingerprints; those in ``omit_unset`` only off their defaults (older caches still match).
 
         Example:
             >>> from cir_lightning.backbones import Prompts
@@ -85,7 +84,8 @@ class PromptTemplates:
             >>> "per_subset" in Prompts("fire").resolve().fingerprint()
             False
         """
-        return {k: v for k, v in vars(self).items() if k not in omit_unset or (v and v != "normalized")}
+        defaults = {f.name: f.default for f in fields(self)}
+        return {k: v for k, v in vars(self).items() if k not in omit_unset or v != defaults[k]}
 
     def for_subset(self, name: str) -> PromptTemplates:
         """The templates of evaluation subset ``name`` (these unless ``per_subset`` names a preset for it).
@@ -117,16 +117,16 @@ class PromptTemplates:
         if self.resize_to is not None and not (len(self.resize_to) == 2 and min(self.resize_to) >= 1):
             problems.append(f"`resize_to` must be (width, height) in pixels: {self.resize_to!r}")
         allowed = {"query": {"modification"}, "gallery": set(), "text": {"text"}}
-        for name, fields in allowed.items():
+        for name, names in allowed.items():
             template = getattr(self, name)
             try:
                 used = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
             except ValueError as err:
                 problems.append(f"`{name}` is not a valid template ({err}); write literal braces as {{{{ }}}}")
                 continue
-            if used - fields:
-                problems.append(f"`{name}` uses unknown field(s) {sorted(used - fields)}; it may use "
-                                f"{sorted(fields) or 'none'}: {template!r}")
+            if used - names:
+                problems.append(f"`{name}` uses unknown field(s) {sorted(used - names)}; it may use "
+                                f"{sorted(names) or 'none'}: {template!r}")
         if IMAGE not in self.query or "{modification}" not in self.query:
             problems.append(f"`query` needs {IMAGE} and {{modification}}: {self.query!r}")
         if IMAGE not in self.gallery:
