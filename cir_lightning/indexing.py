@@ -35,13 +35,15 @@ from cir_lightning.files import atomic_folder, check_writable, write_atomic
 from cir_lightning.image_index import FAISS_FILE, partial_folder
 from cir_lightning.messages import first_few
 from cir_lightning.predictions import ImagesProgressBar
+from cir_lightning.retrieval.backends import build_index_from
 from cir_lightning.retrieval.cache import (
     finish_embeddings,
     identity_differences,
     new_embeddings,
     save_embeddings,
 )
-from cir_lightning.retrieval.index import SearchConfig, build_index
+from cir_lightning.retrieval.index import SearchConfig
+from cir_lightning.retrieval.rowfile import RowFile
 
 __all__ = ["EmbedImages", "ShardWriter", "build_image_index"]
 
@@ -255,24 +257,24 @@ def _assemble(root: Path, out: Path, partial: Path, relpaths: list[str], backbon
     info["skipped"] = [[p, reasons[p]] for p in missing]
     row = {p: i for i, p in enumerate(keep)}
     with atomic_folder(out) as tmp:
-        rows = new_embeddings(tmp, len(keep), backbone.embedding_dim, dtype)
-        for shard, ids in shards:
-            pairs = [(row.pop(p), j) for j, p in enumerate(ids) if p in row]  # each image once
-            if pairs:
-                source = np.load(shard / "embeddings.npy", mmap_mode="r")
-                rows[[a for a, _ in pairs]] = source[[b for _, b in pairs]]
-        rows.flush()
-        info["adapter"] = None
-        if backbone.lora is not None:
-            backbone.save_adapter(tmp / "adapter")
-            info["adapter"] = "adapter"
-        index = build_index(np.asarray(rows, dtype=np.float32), SearchConfig(
-            factory=search.factory, nprobe=search.nprobe, ef_search=search.ef_search))
+        new_embeddings(tmp, len(keep), backbone.embedding_dim, dtype).flush()  # an empty file of the right size
+        with RowFile(tmp / "embeddings.npy", writable=True) as rows:  # plain writes: nothing stays resident
+            for shard, ids in shards:
+                pairs = [(row.pop(p), j) for j, p in enumerate(ids) if p in row]  # each image once
+                if pairs:
+                    at, source = np.array(pairs, dtype=np.int64).T
+                    rows.write(at, np.load(shard / "embeddings.npy")[source])
+            info["adapter"] = None
+            if backbone.lora is not None:
+                backbone.save_adapter(tmp / "adapter")
+                info["adapter"] = "adapter"
+            index = build_index_from(rows.read, rows.shape, SearchConfig(
+                factory=search.factory, nprobe=search.nprobe, ef_search=search.ef_search))
         import faiss
 
         faiss.write_index(index, str(tmp / FAISS_FILE))
         info["faiss_index"] = type(faiss.downcast_index(index)).__name__
-        del rows
+        del index
         finish_embeddings(tmp, keep, kind="gallery", model=identity, dataset=str(root), split="index",
                           extra={"image_index": info})
     shutil.rmtree(partial, ignore_errors=True)

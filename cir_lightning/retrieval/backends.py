@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -20,7 +22,7 @@ from cir_lightning.retrieval.search_config import SearchConfig, faiss_message
 _MIN_PER_CENTROID = 39  # faiss warns below 39 training points per IVF centroid
 _GPU_MAX_K = 2048
 
-__all__ = ["build_index", "faiss_topk", "torch_topk"]
+__all__ = ["build_index", "build_index_from", "faiss_topk", "torch_topk"]
 
 
 def _as_float32(x: Tensor | np.ndarray, name: str) -> np.ndarray:
@@ -56,29 +58,71 @@ def _sorted_by_score_then_index(ids: Tensor, scores: Tensor) -> tuple[Tensor, Te
     return ids, scores
 
 
-def torch_topk(q: np.ndarray, g: np.ndarray, k: int, chunk_size: int) -> tuple[Tensor, Tensor]:
-    """Exact top-k by matmul over blocks of queries; memory is one block's scores, never queries x gallery.
+def torch_device(queries: Tensor | np.ndarray, gallery: Tensor | np.ndarray, config: SearchConfig) -> torch.device:
+    """Where the torch backend computes: the current GPU with ``device: cuda``, else the gallery's device (a
+    gallery already on a GPU is searched there), else the CPU.
+
+    Example:
+        >>> from cir_lightning.retrieval.backends import torch_device
+        >>> torch_device(torch.ones(1, 2), torch.ones(3, 2), SearchConfig(backend="torch"))
+        device(type='cpu')
+    """
+    if config.device == "cuda":
+        if not torch.cuda.is_available():
+            raise CIRConfigError("`search.device: cuda` needs a GPU, and torch sees none here; use `device: cpu`")
+        return torch.device("cuda", torch.cuda.current_device())
+    if isinstance(gallery, Tensor) and gallery.device.type not in ("cpu", "meta"):
+        return gallery.device
+    return torch.device("cpu")
+
+
+def as_float32_tensor(x: Tensor | np.ndarray, name: str, device: torch.device) -> Tensor:
+    """``x`` as a contiguous 2-d float32 tensor on ``device`` (no copy when it already is one)."""
+    if isinstance(x, Tensor):
+        if x.ndim != 2:
+            raise ValueError(f"`{name}` must be 2-d (items, dim), got shape {tuple(x.shape)}")
+        return x.detach().to(device=device, dtype=torch.float32).contiguous()
+    return torch.from_numpy(_as_float32(x, name)).to(device)
+
+
+def torch_topk(q: Tensor, g: Tensor, k: int, chunk_size: int) -> tuple[Tensor, Tensor]:
+    """Exact top-k by matmul over blocks of queries, on the tensors' device; memory is one block's scores,
+    never queries x gallery. Returns CPU tensors.
 
     ``topk`` keeps the best k + 1 per query; rows where a tie crosses the cut-off (rare) are redone
-    with a stable full sort, so the kept items are always the lowest-index ones.
+    with a stable full sort, so the kept items are always the lowest-index ones. On a GPU the scores are
+    float32 products (TensorFloat-32 is switched off for the search, whatever the process set).
     """
-    gallery = torch.from_numpy(g)
     rows = max(1, min(chunk_size, _BLOCK_ELEMENTS // max(1, len(g))))
     ids, scores = [], []
-    for start in range(0, len(q), rows):
-        with torch.autocast("cpu", enabled=False):  # exact float32 scores, also inside a caller's autocast
-            block = torch.from_numpy(q[start:start + rows]) @ gallery.T
-        depth = min(k + 1, block.shape[1])
-        top = block.topk(depth, dim=1)
-        block_ids, block_scores = _sorted_by_score_then_index(top.indices, top.values)
-        if depth > k:
-            crossing = (block_scores[:, k - 1] == block_scores[:, k]).nonzero().flatten()
-            if len(crossing):
-                full = block[crossing].sort(dim=1, descending=True, stable=True)
-                block_ids[crossing, :k], block_scores[crossing, :k] = full.indices[:, :k], full.values[:, :k]
-        ids.append(block_ids[:, :k])
-        scores.append(block_scores[:, :k])
+    with _full_float32(g.device):
+        for start in range(0, len(q), rows):
+            with torch.autocast(g.device.type, enabled=False):  # exact float32 scores, also inside autocast
+                block = q[start:start + rows] @ g.T
+            depth = min(k + 1, block.shape[1])
+            top = block.topk(depth, dim=1)
+            block_ids, block_scores = _sorted_by_score_then_index(top.indices, top.values)
+            if depth > k:
+                crossing = (block_scores[:, k - 1] == block_scores[:, k]).nonzero().flatten()
+                if len(crossing):
+                    full = block[crossing].sort(dim=1, descending=True, stable=True)
+                    block_ids[crossing, :k], block_scores[crossing, :k] = full.indices[:, :k], full.values[:, :k]
+            ids.append(block_ids[:, :k].cpu())
+            scores.append(block_scores[:, :k].cpu())
     return torch.cat(ids), torch.cat(scores)
+
+
+@contextmanager
+def _full_float32(device: torch.device) -> Iterator[None]:
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def _fit_factory(factory: str, n: int) -> str:
@@ -106,25 +150,48 @@ def build_index(gallery: Tensor | np.ndarray, config: SearchConfig | None = None
         >>> index.ntotal, index.is_trained
         (200, True)
     """
+    g = _as_float32(gallery, "gallery")
+    return build_index_from(lambda start, stop: g[start:stop], g.shape, config, chunk_rows=max(1, len(g)))
+
+
+TRAIN_ROWS = 2**18
+"""At most this many rows (or 256 per IVF list, faiss's own cap, when more) train an index: evenly spaced."""
+
+
+def build_index_from(read: Callable[[int, int], np.ndarray], shape: tuple[int, int],
+                     config: SearchConfig | None = None, chunk_rows: int = 2**16):
+    """``build_index`` over rows fetched block by block by ``read(start, stop)``: the index is trained on an
+    evenly spaced sample (``TRAIN_ROWS``) and filled ``chunk_rows`` at a time, so that besides the index
+    itself only one block is held (e.g. rows read from a file larger than memory with ``RowFile.read``).
+
+    Example:
+        >>> from cir_lightning.retrieval.backends import build_index_from
+        >>> g = np.eye(4, dtype=np.float32)
+        >>> build_index_from(lambda a, b: g[a:b], g.shape, chunk_rows=3).search(g[2:3], 1)[1].tolist()
+        [[2]]
+    """
     import faiss
 
-    g = _as_float32(gallery, "gallery")
-    config = (config or SearchConfig()).resolved(len(g))
-    factory = _fit_factory(config.factory, len(g))
+    rows, dim = shape
+    config = (config or SearchConfig()).resolved(rows)
+    factory = _fit_factory(config.factory, rows)
     try:
-        index = faiss.index_factory(g.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as err:
-        raise CIRConfigError(f"faiss cannot build index `{factory}` for dim {g.shape[1]}: "
-                             f"{faiss_message(err)}") from None
+        raise CIRConfigError(f"faiss cannot build index `{factory}` for dim {dim}: {faiss_message(err)}") from None
     if config.device == "cuda":
         index = _to_gpu(index, config)
     if not index.is_trained:
+        sample = _training_sample(read, rows, factory, chunk_rows)
         try:
-            index.train(g)
+            index.train(sample)
         except RuntimeError as err:
-            raise CIRConfigError(f"faiss cannot train index `{factory}` on {len(g)} gallery vectors: "
+            raise CIRConfigError(f"faiss cannot train index `{factory}` on {len(sample)} gallery vectors: "
                                  f"{faiss_message(err)}; use a smaller index") from None
-    index.add(g)
+        del sample
+    _reserve(index, rows)
+    for start in range(0, rows, chunk_rows):
+        index.add(_as_float32(read(start, min(rows, start + chunk_rows)), "gallery"))
     params = [(name, value) for name, value in (("nprobe", config.nprobe), ("efSearch", config.ef_search))
               if value is not None]
     if params:
@@ -135,6 +202,28 @@ def build_index(gallery: Tensor | np.ndarray, config: SearchConfig | None = None
             except RuntimeError:
                 raise CIRConfigError(f"index `{factory}` has no parameter `{name}`") from None
     return index
+
+
+def _reserve(index, rows: int) -> None:
+    """Make room for ``rows`` vectors in a flat index at once (``IndexFlat``'s storage would otherwise double
+    as chunks are added, holding the old and the new copy at once): grow it to full size, then back to
+    empty, which keeps the capacity."""
+    codes = getattr(index, "codes", None)
+    if codes is not None and index.ntotal == 0 and hasattr(codes, "resize"):
+        codes.resize(rows * index.code_size)
+        codes.resize(0)
+
+
+def _training_sample(read: Callable[[int, int], np.ndarray], rows: int, factory: str, chunk_rows: int) -> np.ndarray:
+    """All rows when they are few; else every ``step``-th row, at most ``max(TRAIN_ROWS, 256 x IVF lists)``."""
+    match = re.search(r"IVF(\d+)", factory)
+    wanted = max(TRAIN_ROWS, 256 * int(match.group(1)) if match else 0)
+    if rows <= wanted:
+        return _as_float32(read(0, rows), "gallery")
+    step = -(-rows // wanted)
+    block = max(step, chunk_rows // step * step)  # a multiple of step: each block starts on a sampled row
+    return np.concatenate([_as_float32(read(start, min(rows, start + block))[::step], "gallery")
+                           for start in range(0, rows, block)])
 
 
 def _to_gpu(index, config: SearchConfig):
@@ -173,5 +262,6 @@ def faiss_topk(q: np.ndarray, g: np.ndarray, k: int, config: SearchConfig) -> tu
     if extra:
         crossing = (scores[:, k - 1] == scores[:, k]).nonzero().flatten()
         if len(crossing):  # rare: redo exactly, so the tied items kept are the lowest-index ones
-            ids[crossing, :k], scores[crossing, :k] = torch_topk(q[crossing.numpy()], g, k, config.chunk_size)
+            ids[crossing, :k], scores[crossing, :k] = torch_topk(torch.from_numpy(q[crossing.numpy()]),
+                                                                 torch.from_numpy(g), k, config.chunk_size)
     return ids[:, :k], scores[:, :k]

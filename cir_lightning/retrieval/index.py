@@ -11,7 +11,9 @@ full ranking. ``SearchConfig`` chooses how:
 - ``backend="faiss"`` with any other ``index_factory`` string ("IVF1024,Flat", "HNSW32",
   "IVF256,PQ16", ...): approximate, inner-product metric, trained on the gallery when the type needs it.
 - ``backend="torch"``: blocked matmul + top-k with exact tie-breaking; memory is one block of at most
-  ``chunk_size`` queries (and at most 2^26 scores), never queries x gallery.
+  ``chunk_size`` queries (and at most 2^26 scores), never queries x gallery. It runs where the gallery
+  tensor is (a gallery on a GPU is searched there, not copied back), or on the current GPU with
+  ``device="cuda"``.
 
 With ``device="cuda"`` the faiss index is moved to this process's current GPU only (never cloned to
 every GPU from every rank); that needs a faiss build with GPU support (the ``gpu`` extra).
@@ -27,7 +29,14 @@ import torch
 from torch import Tensor
 
 from cir_lightning.checks import positive_int
-from cir_lightning.retrieval.backends import _as_float32, build_index, faiss_topk, torch_topk
+from cir_lightning.retrieval.backends import (
+    _as_float32,
+    as_float32_tensor,
+    build_index,
+    faiss_topk,
+    torch_device,
+    torch_topk,
+)
 from cir_lightning.retrieval.search_config import SearchConfig, faiss_message
 
 __all__ = ["SearchConfig", "build_index", "faiss_message", "pad_lists", "search", "search_with_scores"]
@@ -121,8 +130,12 @@ def search_with_scores(queries: Tensor | np.ndarray, gallery: Tensor | np.ndarra
         ([[0, -1, -1], [1, 0, -1]], [[1.0, -inf, -inf], [1.0, 0.0, -inf]])
     """
     positive_int("k", k)
-    q, g = _as_float32(queries, "queries"), _as_float32(gallery, "gallery")
-    asked, config = config, (config or SearchConfig()).resolved(len(g))
+    asked, config = config, (config or SearchConfig()).resolved(len(gallery))
+    if config.backend == "torch":  # on the embeddings' device (or `device: cuda`), never copied to the CPU
+        device = torch_device(queries, gallery, config)
+        q, g = as_float32_tensor(queries, "queries", device), as_float32_tensor(gallery, "gallery", device)
+    else:
+        q, g = _as_float32(queries, "queries"), _as_float32(gallery, "gallery")
     if asked is not None and asked.factory.strip() == "auto" and not config.exact:
         warnings.warn(f"`search.factory: auto` chose the approximate index {config.factory} (nprobe {config.nprobe}) "
                       f"for {len(g)} gallery rows: rankings and metrics are approximate; `factory: Flat` is exact",

@@ -34,7 +34,7 @@ class SearchConfig:
             (docs/performance.md: at 1M rows, IVF1024 with nprobe 64 took as long as exact search).
         nprobe: IVF lists visited per query (faiss default 1).
         ef_search: HNSW search depth (faiss default 16).
-        device: ``"cpu"``, or ``"cuda"`` for a faiss GPU index on the current device.
+        device: ``"cpu"``, or ``"cuda"``: a faiss GPU index, or the torch backend's matmuls, on the current GPU.
         float16: store the GPU index in float16 (less memory; near-ties may reorder).
         chunk_size: queries per block of the torch backend.
         sharded: under DDP, never gather the gallery: each rank searches the rows it embedded and the
