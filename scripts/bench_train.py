@@ -5,15 +5,28 @@ One training step is what ``CIRModule.training_step`` does plus the optimizer: e
 Recall@1 / Recall@5 surrogates, in-batch negatives), backward, and an AdamW step on the LoRA parameters.
 Mixed precision is applied the way Lightning's precision plugins do it: ``*-mixed`` runs the forward and
 the loss under ``torch.autocast`` (``16-mixed`` with a ``GradScaler``), ``bf16-true`` converts the whole
-module to bfloat16 and runs the forward with bfloat16 as the default dtype.
+module to bfloat16 and runs the forward with bfloat16 as the default dtype. ``--mode embed`` measures gallery
+embedding instead: the target images' forward alone (``backbone(batch["target"])``), in eval mode under
+``torch.inference_mode()`` and the precision's forward context, no loss, no backward.
 
 Measured, after ``--warmup-steps`` untimed steps, over ``--steps`` timed steps:
 
-- throughput: samples (triplets) per second and optimizer steps per second, plus the median step time;
+- throughput: samples (triplets) per second (embed: images per second) and steps per second, plus the median
+  step time;
+- FLOPs: one more untimed step between the warm-up and the timed steps runs under ``FlopCounterMode``
+  (``bench_flops.FlopMeter``): FLOPs per step, by part and phase, and, for xGen-MM, the analytic count from the
+  configuration and the token counts beside it (``bench_flops.analytic_flops``, the same conventions: matmuls
+  only, full T x T attention); achieved TFLOP/s = FLOPs per step x timed steps / their seconds, and MFU =
+  achieved / the device's dense peak for the precision's format (bf16, fp16, tf32 or fp32; ``PEAK_TFLOPS``,
+  ``--peak-tflops`` overrides; none on a CPU). MFU's FLOPs are the counted ones, which include a
+  ``--gradient-checkpointing`` recomputation; ``mfu_analytic`` counts the model's FLOPs alone;
 - peak memory over all steps, warm-up included (the model's weights included too):
   on CUDA ``torch.cuda.max_memory_allocated()`` and ``max_memory_reserved()``; on CPU the process's
   peak resident set (``ru_maxrss``) and its increase over the resident set just before the first step;
-- the decoder's sequence length (padded, image tokens included) of a query batch and a target batch.
+- the decoder's sequence length (padded, image tokens included) of a query batch and a target batch;
+- with ``--profile``, ``--profile-steps`` more steps under ``torch.profiler``: the time of each phase (h2d copy,
+  query / target forward, loss, backward, optimizer step) and part's forward (device time on CUDA, wall time on
+  a CPU) with its share of the step, and the top 15 operators; ``--trace PATH`` writes a chrome trace.
 
 The batch is built once, before timing, by the backbone's own collator (``collator.triplets``) from
 synthetic samples shaped like the training datasets' (``index``, ``reference_image``, ``modification``,
@@ -32,21 +45,27 @@ Backbones (nothing is downloaded, every model is built from a config with RANDOM
   (``xgenmm.backbone.load_xgenmm``) for one that fills the same parameter tree with random values. Text
   prompts therefore tokenize into somewhat different counts than with Phi-3's tokenizer; the image tokens
   (128 per anyres crop group), which dominate the sequence, are exact. ``--device meta`` only builds it
-  and prints the parameter counts (works on any machine).
+  and prints the parameter counts and the analytic FLOPs of a step of each mode (works on any machine).
 
 Run each configuration in a fresh process (the CPU peak resident set is per process), e.g.
 
     python scripts/bench_train.py --backbone tiny-xgenmm --device cpu --batch-size 4 --steps 20
     python scripts/bench_train.py --backbone tiny-llava --device cpu --batch-size 16 --gradient-checkpointing
-    python scripts/bench_train.py --backbone xgenmm-full --device meta      # parameter counts only
+    python scripts/bench_train.py --backbone xgenmm-full --device meta      # parameter counts, FLOPs
     python scripts/bench_train.py --backbone xgenmm-full --device cuda --precision bf16-mixed \\
         --batch-size 4 --steps 20 --warmup-steps 3 --json results.jsonl
+    python scripts/bench_train.py --backbone xgenmm-full --mode embed --batch-size 16 --json results.jsonl
+    python scripts/bench_train.py --backbone xgenmm-full --batch-size 4 --profile --profile-steps 3 \\
+        --trace train.trace.json --json results.jsonl                    # where the time goes
+    python scripts/bench_train.py --backbone tiny-xgenmm --device cpu --peak-tflops 1.5   # MFU on a CPU
     for bs in 4 8 16; do python scripts/bench_train.py --backbone xgenmm-full --batch-size $bs \\
         --gradient-checkpointing --json sweep.jsonl; done
 
-It prints a header and one table row per run; ``--json PATH`` also writes the settings, the results (with
-every timed step's milliseconds) and the machine (CPU model and cores or GPU name, torch / transformers /
-peft versions, the load average); a ``.jsonl`` path is appended to, so a sweep collects one line per run.
+It prints a header and one table row per run, the FLOPs (counted against analytic, part by part) and MFU,
+and the profile tables; ``--json PATH`` also writes the settings, the results (with every timed step's
+milliseconds, the FLOP counts, ``achieved_tflops``, ``peak_tflops``, ``mfu``, ``profile``) and the machine
+(CPU model and cores or GPU name, torch / transformers / peft versions, the load average); a ``.jsonl`` path is
+appended to, so a sweep collects one line per run.
 On a CPU that other processes share, pass ``--threads 1``: on a loaded 2-core VM two OpenMP threads made
 tiny-xgenmm's batch-4 step 5 to 10 times slower than one thread (300-500 ms instead of 35-70 ms).
 
@@ -89,13 +108,27 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import torch
+from bench_flops import (  # scripts/, on sys.path when this file is run
+    FlopMeter,
+    Span,
+    analytic_for,
+    around_parts,
+    flop_lines,
+    flop_results,
+    human,
+    model_parts,
+    profile_lines,
+    profile_summary,
+    record_range,
+    spliced_length,
+)
 from PIL import Image
 
 from cir_lightning.backbones import HFMultimodalBackbone, LoRA, XGenMMBackbone
@@ -114,6 +147,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", choices=BACKBONES, default="tiny-xgenmm")
+    parser.add_argument("--mode", choices=["train", "embed"], default="train",
+                        help="train: training steps (samples/s); embed: gallery embedding, the target images' "
+                             "forward alone in eval mode under inference_mode (images/s)")
     parser.add_argument("--model-dir", default=None,
                         help="folder of the tiny checkpoint (built there if missing, reused if present) or, "
                              "for xgenmm-full, of its config + tokenizer; default: a temporary folder")
@@ -146,6 +182,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--matmul-precision", choices=["highest", "high", "medium"], default="highest",
                         help="torch.set_float32_matmul_precision (high: TF32 on NVIDIA GPUs)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="the device's peak TFLOPS for MFU; default: the dense tensor-core peak of a known "
+                             "NVIDIA GPU for the precision's format (bench_flops.PEAK_TFLOPS), none on a CPU")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the timed steps, profile --profile-steps more and print where the time goes")
+    parser.add_argument("--profile-steps", type=int, default=3)
+    parser.add_argument("--trace", default=None, help="with --profile: write a chrome trace here")
     parser.add_argument("--json", default=None,
                         help="write settings, results and machine here (a .jsonl path is appended to)")
     args = parser.parse_args(argv)
@@ -170,8 +213,10 @@ def resolve_defaults(args: argparse.Namespace, parser: argparse.ArgumentParser) 
     args.lora_r = args.lora_r if args.lora_r is not None else (64 if full else 8)
     args.lora_alpha = args.lora_alpha if args.lora_alpha is not None else 2 * args.lora_r
     args.image_size = parse_size(args.image_size or ("380" if full else "64"))
-    if min(args.batch_size, args.steps, args.lora_r) < 1 or args.warmup_steps < 0:
-        parser.error("--batch-size, --steps and --lora-r must be >= 1, --warmup-steps >= 0")
+    if min(args.batch_size, args.steps, args.lora_r, args.profile_steps) < 1 or args.warmup_steps < 0:
+        parser.error("--batch-size, --steps, --lora-r and --profile-steps must be >= 1, --warmup-steps >= 0")
+    if args.trace and not args.profile:
+        parser.error("--trace needs --profile")
     return args
 
 
@@ -334,25 +379,41 @@ def forward_context(precision: str, device_type: str) -> AbstractContextManager:
     return nullcontext()
 
 
+def no_span(name: str) -> AbstractContextManager:
+    return nullcontext()
+
+
 def training_step(backbone: Backbone, loss_fn: FireLoss, batch: dict[str, Any],
                   optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None, precision: str,
-                  device_type: str) -> torch.Tensor:
-    """Forward (queries and targets), FiRE loss, backward, AdamW step; returns the (detached) loss."""
+                  device_type: str, span: Span = no_span) -> torch.Tensor:
+    """Forward (queries and targets), FiRE loss, backward, AdamW step; returns the (detached) loss.
+    Each phase runs inside ``span(its name)`` (profiler ranges, FLOP counts; nothing by default)."""
     optimizer.zero_grad(set_to_none=True)
     with forward_context(precision, device_type):
-        query = backbone(batch["query"])
-        target = backbone(batch["target"])
-        keys = batch["target_id"].to(query.device)  # the samples carry target keys: the collator's ids
-        loss = distributed_fire_loss(loss_fn, query, target, keys, cross_rank=False)["loss"]
-    if scaler is None:
-        loss.backward()
-        optimizer.step()
-    else:  # 16-mixed, as Lightning: scaled backward, unscale, step (skipped on inf), update
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        scaler.step(optimizer)
-        scaler.update()
+        with span("query forward"):
+            query = backbone(batch["query"])
+        with span("target forward"):
+            target = backbone(batch["target"])
+        with span("loss"):
+            keys = batch["target_id"].to(query.device)  # the samples carry target keys: the collator's ids
+            loss = distributed_fire_loss(loss_fn, query, target, keys, cross_rank=False)["loss"]
+    with span("backward"):  # its own range: on a GPU the autograd engine runs it on another thread
+        (loss if scaler is None else scaler.scale(loss)).backward()
+    with span("optimizer step"):
+        if scaler is None:
+            optimizer.step()
+        else:  # 16-mixed, as Lightning: scaled backward, unscale, step (skipped on inf), update
+            scaler.unscale_(optimizer)
+            scaler.step(optimizer)
+            scaler.update()
     return loss.detach()
+
+
+def embed_step(backbone: Backbone, batch: dict[str, Any], precision: str, device_type: str,
+               span: Span = no_span) -> torch.Tensor:
+    """Gallery embedding: the target images' forward alone, as prediction runs it (no graph, no loss)."""
+    with torch.inference_mode(), forward_context(precision, device_type), span("target forward"):
+        return backbone(batch["target"])
 
 
 class SequenceLengths:
@@ -398,13 +459,18 @@ def synchronize(device: torch.device) -> None:
 
 
 def run_steps(args: argparse.Namespace, backbone: Backbone, batch: dict[str, Any]) -> dict[str, Any]:
-    """Warm-up then timed steps; throughput, memory and sequence lengths."""
+    """Warm-up steps, one untimed step under ``FlopMeter``, the timed steps (throughput, memory, sequence
+    lengths), then with ``--profile`` the profiled steps."""
     device = torch.device(args.device)
     float_dtype = torch.bfloat16 if args.precision == "bf16-true" else None
-    params = [p for p in backbone.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
-    scaler = torch.amp.GradScaler(device.type) if args.precision == "16-mixed" else None
-    loss_fn = FireLoss()
+    train = args.mode == "train"
+    if train:
+        params = [p for p in backbone.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+        scaler = torch.amp.GradScaler(device.type) if args.precision == "16-mixed" else None
+        loss_fn = FireLoss()
+    else:
+        backbone.eval()  # as prediction runs it: no dropout (LoRA's)
     memory: dict[str, float] = {}
     synchronize(device)
     if device.type == "cuda":
@@ -414,18 +480,33 @@ def run_steps(args: argparse.Namespace, backbone: Backbone, batch: dict[str, Any
         memory["rss_before_steps_mib"] = current_rss_mib()
         memory["peak_rss_before_steps_mib"] = peak_rss_mib()
 
-    step_seconds, losses, lengths = [], [], []
     recorder = SequenceLengths(backbone)
-    for step in range(args.warmup_steps + args.steps):
-        start = time.perf_counter()
-        on_device = to_device(batch, device, float_dtype)
-        loss = training_step(backbone, loss_fn, on_device, optimizer, scaler, args.precision, device.type)
+    lengths: list[int] = []
+
+    def step(span: Span = no_span) -> torch.Tensor:
+        with span("h2d copy"):
+            on_device = to_device(batch, device, float_dtype)
+        if train:
+            out = training_step(backbone, loss_fn, on_device, optimizer, scaler, args.precision, device.type, span)
+        else:
+            out = embed_step(backbone, on_device, args.precision, device.type, span)
         synchronize(device)
-        if step >= args.warmup_steps:
+        if not lengths:
+            lengths.extend(recorder.detach())  # the first step's
+        return out
+
+    step_seconds, losses = [], []
+    for index in range(args.warmup_steps + args.steps):
+        if index == args.warmup_steps:  # one more step, untimed: the FLOPs of a step
+            meter = FlopMeter(model_parts(backbone))
+            with meter.measure():
+                step(meter.span)
+        start = time.perf_counter()
+        out = step()
+        if index >= args.warmup_steps:
             step_seconds.append(time.perf_counter() - start)
-        if step == 0:
-            lengths = recorder.detach()
-        losses.append(float(loss))  # after the timing: the host read would synchronise inside it
+        if train:
+            losses.append(float(out))  # after the timing: the host read would synchronise inside it
 
     if device.type == "cuda":
         memory["cuda_peak_allocated_mib"] = torch.cuda.max_memory_allocated(device) / MIB
@@ -436,18 +517,59 @@ def run_steps(args: argparse.Namespace, backbone: Backbone, batch: dict[str, Any
         # False: the process peaked while building the model, so the increase is an upper bound
         memory["peak_rss_reached_in_steps"] = memory["peak_rss_mib"] > memory["peak_rss_before_steps_mib"]
     total = sum(step_seconds)
-    return {
-        "samples_per_s": args.batch_size * len(step_seconds) / total,
+    result = {
+        "mode": args.mode,
+        "samples_per_s" if train else "images_per_s": args.batch_size * len(step_seconds) / total,
         "steps_per_s": len(step_seconds) / total,
         "step_ms_median": 1000 * statistics.median(step_seconds),
         "step_ms_min": 1000 * min(step_seconds),
         "step_ms_max": 1000 * max(step_seconds),
         "step_ms": [round(1000 * t, 2) for t in step_seconds],
-        "query_tokens": lengths[0] if lengths else None,
-        "target_tokens": lengths[1] if len(lengths) > 1 else None,
-        "first_loss": losses[0], "last_loss": losses[-1],
+        "query_tokens": lengths[0] if train else None,
+        "target_tokens": lengths[1] if train else lengths[0],
+        "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
         **memory,
+        **flop_results(args, backbone, batch, lengths, {**meter.counts, "total": meter.total}, step_seconds),
     }
+    if args.profile:
+        result["profile"] = profile_steps(args, step, device, model_parts(backbone))
+    return result
+
+
+# ---------------------------------------------------------------------------- FLOPs without a device
+def meta_estimate(args: argparse.Namespace, backbone: Backbone) -> dict[str, Any]:
+    """``--device meta``: the analytic FLOPs of a step of each mode for this batch, from the token counts
+    (``spliced_length``), since nothing runs."""
+    batch = backbone.collator.triplets(make_samples(args.batch_size, args.image_size, args.seed))
+    tokens = backbone.base_model.xgenmm_config.num_vis_tokens
+    lengths = [spliced_length(batch[s], backbone.image_token_id, tokens) for s in ("query", "target")]
+    out = {"query_tokens": lengths[0], "target_tokens": lengths[1]}
+    for mode in ("train", "embed"):
+        mode_args = argparse.Namespace(**{**vars(args), "mode": mode})
+        found = lengths if mode == "train" else lengths[1:]
+        out[f"analytic_flops_{mode}"] = analytic_for(mode_args, backbone, batch, found)
+    return out
+
+
+# ---------------------------------------------------------------------------- profiling
+def profile_steps(args: argparse.Namespace, step: Callable[[Span], Any], device: torch.device,
+                  parts: dict[str, torch.nn.Module]) -> dict[str, Any]:
+    """Run ``--profile-steps`` steps under ``torch.profiler`` with a range around each phase and each part's
+    forward; the time of each (``bench_flops.profile_summary``) and the top operators."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    walls = []
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities) as prof, around_parts(parts, record_range):
+        for _ in range(args.profile_steps):
+            start = time.perf_counter()
+            with record_range("step"):
+                step(record_range)
+            walls.append(time.perf_counter() - start)
+    if args.trace:
+        prof.export_chrome_trace(args.trace)
+    return profile_summary(prof, list(parts), walls, cuda)
 
 
 # ---------------------------------------------------------------------------- reporting
@@ -483,23 +605,29 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 COLUMNS = [("backbone", "{}"), ("device", "{}"), ("precision", "{}"), ("bs", "{}"), ("gc", "{}"),
            ("lora_r", "{}"), ("image", "{}"), ("tokens q/t", "{}"), ("samples/s", "{:.2f}"),
-           ("steps/s", "{:.2f}"), ("step ms", "{:.1f}"), ("peak MiB", "{:.0f}"), ("peak+ MiB", "{:.0f}")]
+           ("steps/s", "{:.2f}"), ("step ms", "{:.1f}"), ("peak MiB", "{:.0f}"), ("peak+ MiB", "{:.0f}"),
+           ("mode", "{}"), ("FLOP/step", "{}"), ("TFLOP/s", "{:.3g}"), ("MFU", "{}")]
 
 
 def table_row(args: argparse.Namespace, result: dict[str, Any]) -> tuple[str, str]:
     """A header and a row. ``step ms``: median of the timed steps; ``peak MiB``: CUDA's peak allocated or
     the process's peak RSS; ``peak+ MiB``: CUDA's peak reserved or the RSS increase over the RSS before
-    the first step."""
-    cuda = args.device == "cuda"
+    the first step; ``FLOP/step``: FlopCounterMode's count of one step; ``MFU``: achieved / peak TFLOP/s
+    (``-`` without a known peak). In embed mode ``images/s`` replaces ``samples/s``."""
+    cuda, train = args.device == "cuda", args.mode == "train"
+    columns = [("images/s", fmt) if name == "samples/s" and not train else (name, fmt) for name, fmt in COLUMNS]
+    tokens = result["query_tokens"] if train else "-"
     values = [args.backbone, args.device, args.precision, args.batch_size,
               "yes" if args.gradient_checkpointing else "no", args.lora_r,
-              "x".join(map(str, args.image_size)), f"{result['query_tokens']}/{result['target_tokens']}",
-              result["samples_per_s"], result["steps_per_s"], result["step_ms_median"],
+              "x".join(map(str, args.image_size)), f"{tokens}/{result['target_tokens']}",
+              result["samples_per_s" if train else "images_per_s"], result["steps_per_s"], result["step_ms_median"],
               result["cuda_peak_allocated_mib" if cuda else "peak_rss_mib"],
-              result["cuda_peak_reserved_mib" if cuda else "peak_rss_increase_mib"]]
-    cells = [fmt.format(v) for (_, fmt), v in zip(COLUMNS, values, strict=True)]
-    widths = [max(len(name), len(cell)) for (name, _), cell in zip(COLUMNS, cells, strict=True)]
-    header = " | ".join(name.rjust(w) for (name, _), w in zip(COLUMNS, widths, strict=True))
+              result["cuda_peak_reserved_mib" if cuda else "peak_rss_increase_mib"],
+              args.mode, human(result["flops_per_step"]), result["achieved_tflops"],
+              "-" if result["mfu"] is None else f"{result['mfu']:.1%}"]
+    cells = [fmt.format(v) for (_, fmt), v in zip(columns, values, strict=True)]
+    widths = [max(len(name), len(cell)) for (name, _), cell in zip(columns, cells, strict=True)]
+    header = " | ".join(name.rjust(w) for (name, _), w in zip(columns, widths, strict=True))
     return header, " | ".join(cell.rjust(w) for cell, w in zip(cells, widths, strict=True))
 
 
@@ -533,7 +661,12 @@ def main(argv: list[str] | None = None) -> None:
               f"{counts['trainable_parameters']:,} trainable (LoRA r={args.lora_r}); base weights "
               f"{args.dtype}, built in {build_s:.1f} s", flush=True)
         if args.device == "meta":
-            record = {"settings": settings, "results": {**counts, "build_s": build_s},
+            estimate = meta_estimate(args, backbone)
+            print(f"analytic FLOPs per step, batch {args.batch_size}, {'x'.join(map(str, args.image_size))} images "
+                  f"(decoder tokens {estimate['query_tokens']}/{estimate['target_tokens']}): train "
+                  f"{human(estimate['analytic_flops_train']['total'])}FLOP, embed "
+                  f"{human(estimate['analytic_flops_embed']['total'])}FLOP")
+            record = {"settings": settings, "results": {**counts, "build_s": build_s, **estimate},
                       "machine": machine_info(torch.device("cpu"))}
             if args.json:
                 write_json(args.json, record)
@@ -548,7 +681,11 @@ def main(argv: list[str] | None = None) -> None:
                   **run_steps(args, backbone, batch)}
     header, row = table_row(args, result)
     print(header)
-    print(row, flush=True)
+    print(row)
+    print("\n".join(flop_lines(result)))
+    if "profile" in result:
+        print("\n".join(profile_lines(result["profile"])))
+    sys.stdout.flush()
     if args.json:
         write_json(args.json, {"settings": settings, "results": result,
                                "machine": machine_info(torch.device(args.device))})
