@@ -32,6 +32,7 @@ from PIL import Image
 
 from cir_lightning.backbones.dual_encoder import DualEncoderBackbone
 from cir_lightning.data.images import load_image
+from tests.goldens.exact import assert_golden
 from tests.goldens.recipe import GOLDENS, image_paths, load_images, load_outputs, load_texts, materialize
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,14 +131,14 @@ def test_embeddings_are_the_originals_bit_for_bit(golden):
     _, _, backbone, out = golden
     images, modifications, captions, long_modification, _ = _inputs(out)
     gallery = _encode(backbone, "encode_gallery", images)
-    np.testing.assert_array_equal(gallery, out["eval_gallery"])
-    np.testing.assert_array_equal(gallery, out["readme_gallery"])
+    assert_golden(gallery, out["eval_gallery"])
+    assert_golden(gallery, out["readme_gallery"])
     # the evaluation's batch: five queries and the long one (cut at 75), padded together
     queries = _encode(backbone, "encode_query", images + images[:1], modifications + [long_modification])
-    np.testing.assert_array_equal(queries, out["eval_query"])
+    assert_golden(queries, out["eval_query"])
     # the README's batch: the five queries alone (its processor cannot take text over 77 tokens)
-    np.testing.assert_array_equal(_encode(backbone, "encode_query", images, modifications), out["readme_query"])
-    np.testing.assert_array_equal(_encode(backbone, "encode_text", captions), out["readme_text"])
+    assert_golden(_encode(backbone, "encode_query", images, modifications), out["readme_query"])
+    assert_golden(_encode(backbone, "encode_text", captions), out["readme_text"])
     np.testing.assert_array_equal(out["readme_text"], out["eval_text"][:5])
 
 
@@ -147,7 +148,7 @@ def test_images_in_their_own_modes_are_converted_as_bgevl_does(golden):
     _, _, backbone, out = golden
     images = load_images()
     assert {im.mode for im in images} == {"RGB", "L", "RGBA", "P"}
-    np.testing.assert_array_equal(_encode(backbone, "encode_gallery", images), out["eval_gallery"])
+    assert_golden(_encode(backbone, "encode_gallery", images), out["eval_gallery"])
     rgba = images[3]
     white = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
     shift = np.abs(_encode(backbone, "encode_gallery", [white]) - out["eval_gallery"][3]).max()
@@ -170,9 +171,9 @@ def test_long_text_items_follow_max_text_tokens_not_bgevl_s_77(golden, uncut):
     _, _, backbone, out = golden
     _, _, captions, _, long_caption = _inputs(out)
     ours = _encode(backbone, "encode_text", captions + [long_caption])
-    np.testing.assert_array_equal(ours[:5], out["eval_text"][:5])
+    assert_golden(ours[:5], out["eval_text"][:5])
     assert np.abs(ours[5] - out["eval_text"][5]).max() > 1e-4
-    np.testing.assert_array_equal(_encode(uncut, "encode_text", captions + [long_caption]), out["eval_text"])
+    assert_golden(_encode(uncut, "encode_text", captions + [long_caption]), out["eval_text"])
 
 
 def test_eager_attention_agrees_within_float_rounding(golden):

@@ -35,6 +35,7 @@ import pytest
 import torch
 
 from cir_lightning.backbones import HFMultimodalBackbone, Prompts
+from tests.goldens.exact import assert_golden
 from tests.goldens.recipe import load_images, load_outputs, load_texts, materialize
 
 GOLDEN = Path(__file__).resolve().parents[1] / "goldens" / "bgevl_mllm"
@@ -109,7 +110,7 @@ def test_pixel_values_are_the_originals(side: str, golden: dict[str, np.ndarray]
 
 def test_gallery_embeddings_are_bit_exact(golden: dict[str, np.ndarray],
                                           ours: dict[str, dict[str, torch.Tensor]]) -> None:
-    np.testing.assert_array_equal(ours["gallery"]["embeddings"].numpy(), golden["gallery"])
+    assert_golden(ours["gallery"]["embeddings"].numpy(), golden["gallery"])
 
 
 @pytest.mark.parametrize("side", ["query", "text"])

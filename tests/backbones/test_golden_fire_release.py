@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from cir_lightning.backbones.xgenmm import XGenMMBackbone
+from tests.goldens.exact import assert_golden
 from tests.goldens.recipe import GOLDENS, load_images, load_outputs, load_texts, materialize
 
 GOLDEN = GOLDENS / "fire_release"
@@ -66,7 +67,7 @@ def test_release_compatible_equals_the_release(release: XGenMMBackbone, siglip: 
     out = load_outputs(GOLDEN)
     got = _embed(release, siglip)
     for kind in KINDS:
-        torch.testing.assert_close(got[kind], torch.from_numpy(out[kind]), atol=atol, rtol=0)
+        assert_golden(got[kind], out[kind], atol=atol, err_msg=kind)
 
 
 def test_our_default_differs_from_the_release(folder: str) -> None:

@@ -34,6 +34,7 @@ import pytest
 import torch
 
 from cir_lightning.backbones import HFMultimodalBackbone, Prompts
+from tests.goldens.exact import assert_golden
 from tests.goldens.recipe import load_images, load_outputs, load_texts, materialize
 
 GOLDEN = Path(__file__).resolve().parents[1] / "goldens" / "gme"
@@ -76,9 +77,9 @@ def test_embeddings_are_the_originals(backbone, golden):
         query = backbone.encode_query(images, texts["modifications"]).numpy()
         text = backbone.encode_text(texts["captions"]).numpy()
     assert gallery.dtype == query.dtype == text.dtype == np.float32
-    np.testing.assert_array_equal(text, golden["text"])
-    np.testing.assert_allclose(gallery, golden["gallery"], rtol=0, atol=IMAGE_ATOL)
-    np.testing.assert_allclose(query, golden["query"], rtol=0, atol=IMAGE_ATOL)
+    assert_golden(text, golden["text"])
+    assert_golden(gallery, golden["gallery"], atol=IMAGE_ATOL)
+    assert_golden(query, golden["query"], atol=IMAGE_ATOL)
 
 
 def test_default_attention_stays_within_the_tolerance(golden, tmp_path):

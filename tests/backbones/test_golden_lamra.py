@@ -32,6 +32,7 @@ import pytest
 import torch
 
 from cir_lightning.backbones import HFMultimodalBackbone, Prompts
+from tests.goldens.exact import assert_golden
 from tests.goldens.recipe import _draw, load_images, load_outputs, load_texts, materialize
 
 GOLDEN = Path(__file__).resolve().parents[1] / "goldens" / "lamra"
@@ -112,7 +113,7 @@ def test_embeddings_match_lamra_bit_exactly_with_eager_attention(eager: HFMultim
     assert eager.pooling == "before_marker"
     assert not eager.mrope  # LamRA's 1-D positions
     for kind in KINDS:
-        np.testing.assert_array_equal(_encode(eager, kind), expected[kind], err_msg=kind)
+        assert_golden(_encode(eager, kind), expected[kind], err_msg=kind)
     # the check has teeth: Qwen2-VL's M-RoPE positions (what the model would compute by itself) instead
     # of LamRA's 1-D positions change every image row
     eager.mrope = True
@@ -137,4 +138,4 @@ def test_large_image_is_capped_at_300_tokens_as_lamra_does(eager: HFMultimodalBa
     inputs = eager.collator.gallery_inputs([large])
     assert inputs["image_grid_thw"].tolist() == expected["large_image_grid_thw"].tolist() == [[1, 30, 40]]
     assert inputs["input_ids"][0].tolist() == expected["large_input_ids"][0].tolist()
-    np.testing.assert_array_equal(eager.encode_gallery([large]).numpy(), expected["large"])
+    assert_golden(eager.encode_gallery([large]).numpy(), expected["large"])

@@ -32,6 +32,7 @@ import torch
 
 from cir_lightning.backbones import HFMultimodalBackbone, Prompts
 from tests.goldens.backbones import one_model_per_preset
+from tests.goldens.exact import assert_golden
 from tests.goldens.recipe import GOLDENS, load_images, load_outputs, load_texts, materialize
 
 GOLDEN = GOLDENS / "vlm2vec"
@@ -80,10 +81,10 @@ def test_embeddings_bit_exact(backbones: dict[str, HFMultimodalBackbone], golden
     images, texts = load_images(convert_rgb=True), load_texts()
     for preset, key in PRESETS.items():
         ours = backbones[preset].encode_query(images, texts["modifications"]).numpy()
-        np.testing.assert_array_equal(ours, golden[key], err_msg=preset)
+        assert_golden(ours, golden[key], err_msg=preset)
     backbone = backbones["vlm2vec_cirr"]
-    np.testing.assert_array_equal(backbone.encode_gallery(images).numpy(), golden["gallery"])
-    np.testing.assert_array_equal(backbone.encode_text(texts["captions"]).numpy(), golden["text"])
+    assert_golden(backbone.encode_gallery(images).numpy(), golden["gallery"])
+    assert_golden(backbone.encode_text(texts["captions"]).numpy(), golden["text"])
 
 
 def test_default_sdpa_within_tolerance(checkpoint: Path, golden: dict[str, np.ndarray]) -> None:
@@ -99,7 +100,7 @@ def test_images_in_every_mode_embed_as_vlm2vec(backbones: dict[str, HFMultimodal
     images = load_images()  # in their own modes: RGB, RGB, L, RGBA, P
     assert images[RGBA].mode == "RGBA"
     ours = backbones["vlm2vec_cirr"].encode_gallery(images).numpy()
-    np.testing.assert_array_equal(ours, golden["gallery"])  # alpha dropped, as VLM2Vec's processor does
+    assert_golden(ours, golden["gallery"])  # alpha dropped, as VLM2Vec's processor does
 
 
 def test_golden_is_not_degenerate(golden: dict[str, np.ndarray]) -> None:

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from cir_lightning.backbones import HFMultimodalBackbone, Prompts
 from cir_lightning.backbones.pooling import pool
 from tests.goldens.backbones import one_model_per_preset
+from tests.goldens.exact import assert_golden
 from tests.goldens.recipe import GOLDENS, load_images, load_outputs, load_texts, materialize
 
 GOLDEN = GOLDENS / "vlm2vec_llava_next"
@@ -131,7 +132,7 @@ def test_token_ids_and_masks_are_the_originals(key: str, golden: dict[str, np.nd
 @pytest.mark.parametrize("key", KEYS)
 def test_embeddings_bit_exact_with_right_padding(key: str, golden: dict[str, np.ndarray],
                                                  ours: dict[str, tuple[dict, torch.Tensor]]) -> None:
-    np.testing.assert_array_equal(ours[key][1].numpy(), golden[f"{key}_right"])
+    assert_golden(ours[key][1].numpy(), golden[f"{key}_right"])
 
 
 @pytest.mark.parametrize("key", KEYS)
@@ -152,7 +153,7 @@ def test_left_padding_differs_only_by_positions(backbones: dict[str, HFMultimoda
         with torch.no_grad():
             hidden = body(**inputs, position_ids=positions, use_cache=False).last_hidden_state
         emb = F.normalize(pool(hidden, inputs["attention_mask"], "last_token").float(), dim=-1)
-        np.testing.assert_array_equal(emb.numpy(), golden[key], err_msg=key)
+        assert_golden(emb.numpy(), golden[key], err_msg=key)
         assert not np.array_equal(ours[key][1].numpy(), golden[key]), f"{key}: the positions should matter"
 
 
@@ -160,7 +161,7 @@ def test_images_as_rgb_embed_the_same(backbones: dict[str, HFMultimodalBackbone]
                                       golden: dict[str, np.ndarray]) -> None:
     """RGB copies (alpha dropped, palette and gray expanded) give the bits the files in their own modes give."""
     backbone = backbones["vlm2vec_cirr"]
-    np.testing.assert_array_equal(backbone.encode_gallery(load_images(convert_rgb=True)).numpy(),
+    assert_golden(backbone.encode_gallery(load_images(convert_rgb=True)).numpy(),
                                   golden["gallery_right"])
 
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from cir_lightning.backbones.xgenmm import XGenMMBackbone
+from tests.goldens.exact import assert_golden
 from tests.goldens.recipe import GOLDENS, load_images, load_outputs, load_texts, materialize
 
 GOLDEN = GOLDENS / "xgenmm"
@@ -93,7 +94,7 @@ def test_hidden_states_equal_the_original(golden: tuple[XGenMMBackbone, dict[str
                 got, mask = bb._hidden(_inputs(bb, ids, [i]))
             assert bool(mask.all())
             assert got.shape[1:] == hidden[i].shape
-            torch.testing.assert_close(got[0], torch.from_numpy(hidden[i]), atol=atol, rtol=0)
+            assert_golden(got[0], hidden[i], atol=atol)
     finally:
         _attention(bb, "sdpa")
 

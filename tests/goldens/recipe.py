@@ -193,6 +193,7 @@ def write_provenance(golden: Path, repository: str, commit: str, files: list[str
         except metadata.PackageNotFoundError:
             versions[package] = None
     record = {"repository": repository, "commit": commit, "files": files, "python": sys.version.split()[0],
-              "platform": platform.platform(), "packages": versions, "command": command,
+              "platform": platform.platform(),
+              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "packages": versions, "command": command,
               "date": datetime.date.today().isoformat(), "notes": notes}
     (golden / "provenance.json").write_text(json.dumps(record, indent=1) + "\n")
