@@ -5,11 +5,13 @@ A random LLaVA-NeXT-style model (``--text-hidden`` / ``--text-layers`` set how h
 ``--images`` small JPEGs are made once in ``--work``. Then, interleaved over ``--repeats``:
 
 - forward alone: the backbone on batches collated beforehand, in this process, with every core's thread
-  (the fastest the model runs here: nothing else to feed);
+  (the fastest the model runs here: nothing else to feed), before and after the pipeline's runs (the
+  fastest of all counts: the ratio is never flattered by a slow moment of the machine);
 - ``cir-lightning index`` over all the images, and over the first ``--warm`` of them: the difference of the
   two wall times is the pipeline's time for the rest, start-up and the final index assembly taken out;
-  the index process's resident memory is sampled every 0.2 s (flat memory: the same at 20%, 50% and
-  80% of the run; the peak adds the final assembly, which holds the whole index).
+  the index process's resident memory is sampled every 0.2 s. Flat memory: the largest sample is the
+  same in 15-35%, 45-65% and 75-90% of the run (a single sample can fall inside or between two forwards,
+  whose activations come and go); the peak adds the final assembly, which holds the whole index.
 
     python scripts/bench_embed.py --images 100000 --workers 1 --repeats 2
 
@@ -165,11 +167,15 @@ def main() -> None:
         runs["data"].append(data_alone(model, work / "images", args.forward_images, args.batch_size))
         full, rss = index_run(config, work / "images", work / "index", args.batch_size, args.workers)
         warm, _ = index_run(config, small, work / "index-warm", args.batch_size, args.workers)
+        # once more after the long run: the machine's speed drifts over minutes, and the fastest forward counts
+        after = forward_alone(model, work / "images", args.forward_images, args.batch_size, threads)
+        runs["forward"].append(after)
         runs["pipeline"].append((args.images - args.warm) / (full - warm))
-        # memory while embedding: the samples at 20%, 50% and 80% of the run; the peak includes the assembly
-        quantiles = [round(rss[int(q * (len(rss) - 1))]) for q in (0.2, 0.5, 0.8)]
-        runs["rss"].append({"rss_mib_20_50_80": quantiles, "peak_mib": round(max(rss))})
-        print(json.dumps({"repeat": repeat, "forward_img_s": round(runs["forward"][-1], 1),
+        # memory while embedding: the largest sample in three windows of the run; the peak includes the assembly
+        windows = [max(rss[int(a * len(rss)):max(int(b * len(rss)), int(a * len(rss)) + 1)])
+                   for a, b in ((0.15, 0.35), (0.45, 0.65), (0.75, 0.9))]
+        runs["rss"].append({"rss_max_mib_15_35_45_65_75_90": [round(w) for w in windows], "peak_mib": round(max(rss))})
+        print(json.dumps({"repeat": repeat, "forward_img_s_before_after": [round(f, 1) for f in runs["forward"][-2:]],
                           "data_ms_per_img": round(runs["data"][-1], 3), "full_s": round(full, 1),
                           "warm_s": round(warm, 1), "pipeline_img_s": round(runs["pipeline"][-1], 1),
                           **runs["rss"][-1]}), flush=True)
