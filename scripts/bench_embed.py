@@ -115,6 +115,12 @@ def _rss_mib(pid: int) -> float | None:
     return int(found.group(1)) / 1024 if found else None
 
 
+def window_max(samples: list[float], start: float, end: float) -> float:
+    """The largest of the samples from fraction ``start`` to ``end`` of the run (at least one sample)."""
+    first = int(start * len(samples))
+    return max(samples[first:max(int(end * len(samples)), first + 1)])
+
+
 def index_run(config: Path, images: Path, out: Path, batch_size: int, workers: int) -> tuple[float, list[float]]:
     """Wall seconds of ``cir-lightning index`` and its resident memory (MiB), sampled every 0.2 s."""
     shutil.rmtree(out, ignore_errors=True)
@@ -172,9 +178,8 @@ def main() -> None:
         runs["forward"].append(after)
         runs["pipeline"].append((args.images - args.warm) / (full - warm))
         # memory while embedding: the largest sample in three windows of the run; the peak includes the assembly
-        windows = [max(rss[int(a * len(rss)):max(int(b * len(rss)), int(a * len(rss)) + 1)])
-                   for a, b in ((0.15, 0.35), (0.45, 0.65), (0.75, 0.9))]
-        runs["rss"].append({"rss_max_mib_15_35_45_65_75_90": [round(w) for w in windows], "peak_mib": round(max(rss))})
+        windows = [round(window_max(rss, a, b)) for a, b in ((0.15, 0.35), (0.45, 0.65), (0.75, 0.9))]
+        runs["rss"].append({"rss_max_mib_15_35_45_65_75_90": windows, "peak_mib": round(max(rss))})
         print(json.dumps({"repeat": repeat, "forward_img_s_before_after": [round(f, 1) for f in runs["forward"][-2:]],
                           "data_ms_per_img": round(runs["data"][-1], 3), "full_s": round(full, 1),
                           "warm_s": round(warm, 1), "pipeline_img_s": round(runs["pipeline"][-1], 1),
