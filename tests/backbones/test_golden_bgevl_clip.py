@@ -32,7 +32,7 @@ from PIL import Image
 
 from cir_lightning.backbones.dual_encoder import DualEncoderBackbone
 from cir_lightning.data.images import load_image
-from tests.goldens.exact import assert_golden
+from tests.goldens.exact import assert_golden, probe_gallery
 from tests.goldens.recipe import GOLDENS, image_paths, load_images, load_outputs, load_texts, materialize
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,6 +125,15 @@ def test_tokens_are_the_originals(golden, uncut):
     np.testing.assert_array_equal(query["input_ids"].numpy(), out["eval_query_input_ids"])
     text = uncut.collator.text_inputs(captions + [long_caption])  # as encode_text(max_length=77)
     np.testing.assert_array_equal(text["input_ids"].numpy(), out["eval_text_input_ids"])
+
+
+def test_the_kernel_probe_is_our_computation(tmp_path):
+    """``probe_gallery`` (stock transformers) decides whether goldens must hold bit for bit; it only can if it
+    is the very computation ours is: equal to the last bit on any machine."""
+    folder = materialize(GOLDENS / "bgevl_base", tmp_path / "BGE-VL-tiny")
+    backbone = DualEncoderBackbone(**{**user_config(), "model_name_or_path": str(folder)}).eval()
+    ours = _encode(backbone, "encode_gallery", [load_image(p) for p in image_paths()])  # one thread (fixture)
+    np.testing.assert_array_equal(ours, probe_gallery())
 
 
 def test_embeddings_are_the_originals_bit_for_bit(golden):
