@@ -126,8 +126,11 @@ def test_two_ranks_with_cross_rank_negatives_equal_one_process_on_the_global_bat
     for name, value in want_terms.items():
         assert got["terms"][name] == pytest.approx(value, rel=1e-6, abs=1e-6), name
     for name, grad in want_grads.items():
-        assert grad.abs().max() > 1e-3  # the comparison is not vacuous
-        torch.testing.assert_close(got["grads"][name], grad, rtol=1e-5, atol=1e-6, msg=name)
+        scale = grad.abs().max().item()
+        assert scale > 1e-3  # the comparison is not vacuous
+        # Float32 sums in another order: each component's error is a few ulps of the terms it sums, up to the
+        # gradient's largest magnitude (15-35 here), not of the component itself (3.8e-6 seen on a 0.03 one)
+        torch.testing.assert_close(got["grads"][name], grad, rtol=1e-5, atol=1e-6 * max(1.0, scale), msg=name)
 
 
 @pytest.mark.ddp
