@@ -20,8 +20,8 @@ Conventions, the same on both sides so that the two counts can be compared:
   see ``language_model_flops``).
 
 ``analytic_flops`` counts xGen-MM (``cir_lightning.backbones.xgenmm.modeling``): SigLIP per crop (patch
-convolution, q/k/v/out, MLP, attention over its patches, and the pooling head that ``SiglipVisionModel`` runs
-although nothing reads its output), the perceiver resampler per crop group (latents attend to [patches ;
+convolution, q/k/v/out, MLP, attention over its patches; not the pooling head, which ``SiglipTower`` keeps
+but does not run), the perceiver resampler per crop group (latents attend to [patches ;
 latents]), the Phi-3 decoder over each padded batch (fused qkv, o_proj, gate_up, down, attention; no ``lm_head``:
 the backbone pools hidden states) and LoRA's A and B on the adapted projections.
 In a training step the vision encoder and the resampler are frozen and see no gradient (the encoder runs under
@@ -177,18 +177,16 @@ def mm(m: int, k: int, n: int) -> int:
 
 
 def vision_encoder_flops(config: Any, crops: int, crop_size: int) -> int:
-    """SigLIP over ``crops`` crops: patch convolution, layers, and the (unused) attention-pooling head."""
+    """SigLIP over ``crops`` crops: patch convolution and layers (the attention-pooling head is not run)."""
     s = config.siglip
     d, ff, p, channels = s["hidden_size"], s["intermediate_size"], s["patch_size"], s.get("num_channels", 3)
     n = (crop_size // p) ** 2
     layer = 4 * mm(n, d, d) + mm(n, d, ff) + mm(n, ff, d) + 2 * mm(n, d, n)  # q k v out, MLP, QK^T and AV
-    # head: a probe token attends to the patches (nn.MultiheadAttention: k and v over all patches), then its MLP
-    head = 2 * mm(1, d, d) + 2 * mm(n, d, d) + 2 * mm(1, d, n) + mm(1, d, ff) + mm(1, ff, d)
-    return crops * (mm(n, channels * p * p, d) + s["num_hidden_layers"] * layer + head)
+    return crops * (mm(n, channels * p * p, d) + s["num_hidden_layers"] * layer)
 
 
 def vision_tokenizer_flops(config: Any, crops: int, crop_size: int) -> int:
-    """The perceiver resampler over ``crops`` groups of patch tokens (``XGenMMModel._groups``: one per crop)."""
+    """The perceiver resampler over ``crops`` groups of patch tokens (``layout.splice_layout``: one per crop)."""
     d, lm_dim = config.siglip["hidden_size"], config.phi3_config().hidden_size
     m, lat = (crop_size // config.siglip["patch_size"]) ** 2, config.num_vis_tokens
     inner, ff = config.perceiver_heads * config.perceiver_dim_head, d * config.perceiver_ff_mult

@@ -21,7 +21,8 @@ from cir_lightning.backbones.xgenmm import (
     make_tiny_xgenmm,
     published_weight_shapes,
 )
-from cir_lightning.backbones.xgenmm.modeling import ANYRES_GRIDS, select_best_resolution, unpad_mask
+from cir_lightning.backbones.xgenmm.layout import select_best_resolution, unpad_mask
+from cir_lightning.backbones.xgenmm.modeling import ANYRES_GRIDS
 from cir_lightning.errors import CIRConfigError, CIRModelError
 
 warnings.filterwarnings("ignore", category=FutureWarning)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cir_lightning.backbones.xgenmm.modeling import ANYRES_GRIDS, select_best_resolution
+from cir_lightning.backbones.xgenmm.layout import select_best_resolution
+from cir_lightning.backbones.xgenmm.modeling import ANYRES_GRIDS
 from cir_lightning.backbones.xgenmm.processing import fitted_size, resize_and_pad
 
 SIDE = 2048

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
@@ -171,17 +172,18 @@ class XGenMMBackbone(Backbone):
         """Decoder hidden states over the spliced, left-padded sequence, and its mask."""
         model = self.base_model
         ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        images: list[Tensor] = []
-        if "pixel_values" in inputs:
-            images = model.encode_images(inputs["pixel_values"], inputs["image_num_crops"], inputs["image_sizes"])
+        layout = model.layout(inputs, self.image_token_id)  # the batch's numbers read once, before any work
+        if not self.release_compatible:  # each <image> becomes its crops' tokens: the spliced rows must fit
+            check_positions(torch.tensor(layout.lengths), self.max_positions, self.collator.max_text_tokens)
+        images = model.encode_images(inputs["pixel_values"], layout) if "pixel_values" in inputs else None
         if self.release_compatible:  # the release's splice: its padding, zero vectors, positions from column 0
-            embeds, mask, positions = release_splice(model.vlm.lang_model.model.embed_tokens, ids, mask, images,
+            per_image = [] if images is None else list(images.split(layout.tokens_per_image))
+            embeds, mask, positions = release_splice(model.vlm.lang_model.model.embed_tokens, ids, mask, per_image,
                                                      self.image_token_id)
+            check_positions(mask.sum(dim=1), self.max_positions, self.collator.max_text_tokens)
         else:
-            embeds, mask = model.splice(ids, mask, images, self.image_token_id)
+            embeds, mask = model.splice(ids, images, layout)
             positions = position_ids_from_mask(mask)
-        # each <image> became its crops' tokens: the spliced rows are what must fit the positions
-        check_positions(mask.sum(dim=1), self.max_positions, self.collator.max_text_tokens)
         out = model.get_decoder()(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=False)
         return out.last_hidden_state, mask
 

@@ -4,7 +4,8 @@
 (``Salesforce/xgen-mm-phi3-mini-instruct-interleave-r-v1.5``), so weights load 1:1:
 
 - ``vlm.vision_encoder.*``: transformers' ``SiglipVisionModel`` (in transformers 5 it has no
-  ``vision_model.`` infix, so the published names match as they are; the unused pooling ``head`` is kept).
+  ``vision_model.`` infix, so the published names match as they are; the unused pooling ``head`` is
+  kept for a strict load and never run).
 - ``vlm.vision_tokenizer.*``: ``PerceiverResampler`` (128 latents, 6 layers, no media/frame positions).
 - ``vlm.lang_model.model.*``: transformers' ``Phi3Model`` whose ``embed_tokens`` is a ``DecoupledEmbedding``
   (``weight`` + ``additional_embedding``); ``vlm.lang_model.lm_head.*``: a ``DecoupledLinear``
@@ -12,10 +13,13 @@
 
 The forward embeds text, encodes every crop with SigLIP, resamples each crop group to 128 tokens,
 replaces each ``<image>`` token by its image's tokens and runs the Phi-3 decoder (last hidden states).
+Which crops, groups and positions go where is worked out on the host first (``layout.py``), so the forward
+itself never reads a GPU tensor back.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cir_lightning.errors import CIRModelError
+from cir_lightning.backbones.xgenmm.layout import SpliceLayout, splice_layout
 
 # SigLIP so400m-patch14-384: not in the published config.json (the original fetched it from the hub).
 SIGLIP_SO400M: dict[str, Any] = {
@@ -207,60 +211,48 @@ class XGenMMLanguageModel(nn.Module):
                                        config.num_additional_tokens)
 
 
+def siglip_tower() -> type[nn.Module]:
+    """The ``SiglipTower`` class (made once, on first use)."""
+    if "SiglipTower" in globals():
+        return globals()["SiglipTower"]
+    from transformers import SiglipVisionModel
+
+    class SiglipTower(SiglipVisionModel):
+        """transformers' ``SiglipVisionModel`` whose forward returns the last hidden states (post-layernorm).
+
+        Its attention-pooling ``head`` stays (the checkpoint has it, and the load is strict) but is not run:
+        xGen-MM never uses its output, and it is about 1% of the tower's FLOPs. A subclass, not a function
+        over its parts, so that hooks, FLOP counters and profilers see the tower as one module.
+        """
+
+        def forward(self, pixel_values: Tensor) -> Tensor:  # type: ignore[override]
+            hidden = self.encoder(inputs_embeds=self.embeddings(pixel_values)).last_hidden_state
+            return self.post_layernorm(hidden)
+
+    SiglipTower.__module__, SiglipTower.__qualname__ = __name__, "SiglipTower"
+    globals()["SiglipTower"] = SiglipTower
+    return SiglipTower
+
+
+def __getattr__(name: str) -> Any:
+    """``SiglipTower`` is made on first use, so that importing this module does not import transformers'
+    SigLIP (0.3 s); pickle finds the class here by its name."""
+    if name == "SiglipTower":
+        return siglip_tower()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 class XGenMMVLM(nn.Module):
     """The ``vlm`` node of the published checkpoint."""
 
     def __init__(self, config: XGenMMConfig) -> None:
         super().__init__()
-        from transformers import SiglipVisionModel
-
-        self.vision_encoder = SiglipVisionModel(config.siglip_config())
+        self.vision_encoder = siglip_tower()(config.siglip_config())
         lm_dim = config.phi3_config().hidden_size
         self.vision_tokenizer = PerceiverResampler(
             config.siglip["hidden_size"], lm_dim, config.num_vis_tokens, config.perceiver_depth,
             config.perceiver_dim_head, config.perceiver_heads, config.perceiver_ff_mult)
         self.lang_model = XGenMMLanguageModel(config)
-
-
-def select_best_resolution(size: tuple[int, int], grids: list[list[int]]) -> tuple[int, int]:
-    """The (width, height) canvas of ``grids`` keeping most of an image of PIL ``size`` (w, h).
-
-    Maximises ``min(int(w*s) * int(h*s), w*h)`` with ``s = min(W/w, H/h)``; ties: least wasted area.
-
-    Example:
-        >>> select_best_resolution((1000, 500), ANYRES_GRIDS)  # 2:1 landscape -> two crops side by side
-        (768, 384)
-        >>> select_best_resolution((300, 1000), ANYRES_GRIDS)
-        (384, 1152)
-    """
-    w, h = size
-    best, best_eff, best_waste = None, -1, float("inf")
-    for gw, gh in grids:
-        s = min(gw / w, gh / h)
-        eff = min(int(w * s) * int(h * s), w * h)
-        waste = gw * gh - eff
-        if eff > best_eff or (eff == best_eff and waste < best_waste):
-            best, best_eff, best_waste = (gw, gh), eff, waste
-    assert best is not None
-    return best
-
-
-def unpad_mask(size: tuple[int, int], rows: int, cols: int) -> Tensor:
-    """(rows, cols) mask of the feature map that is image, not letterbox (``size`` is PIL (w, h)).
-
-    Example:
-        >>> unpad_mask((1000, 200), 4, 8).sum(1).tolist()  # very wide image: top and bottom rows are padding
-        [0.0, 8.0, 8.0, 0.0]
-    """
-    w, h = size
-    mask = torch.ones(rows, cols)
-    if w / h > cols / rows:
-        pad = (rows - int(h * (cols / w))) // 2
-        mask[:pad], mask[rows - pad:] = 0, 0
-    else:
-        pad = (cols - int(w * (rows / h))) // 2
-        mask[:, :pad], mask[:, cols - pad:] = 0, 0
-    return mask
 
 
 class XGenMMModel(nn.Module):
@@ -289,72 +281,42 @@ class XGenMMModel(nn.Module):
         """The Phi-3 decoder (where LoRA goes)."""
         return self.vlm.lang_model.model
 
-    def _groups(self, feats: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
-        """One image's crop features (n, tokens, C) -> perceiver groups and their token masks."""
-        ones = feats.new_ones(1, feats.shape[1])
-        if feats.shape[0] == 1:
-            return feats, ones
-        gw, gh = select_best_resolution(size, self.xgenmm_config.anyres_grids)
-        npw, nph = gw // self.crop_size, gh // self.crop_size
-        if feats.shape[0] != 1 + npw * nph:
-            raise CIRModelError(f"an image of size {size} has {feats.shape[0]} crops; its anyres grid "
-                                f"{npw}x{nph} needs {1 + npw * nph}: processor and model grids differ")
-        s, c = self.side, feats.shape[-1]
-        grid = feats[1:].reshape(nph, npw, s, s, c).permute(4, 0, 2, 1, 3).reshape(c, nph * s, npw * s)
-        mask = unpad_mask(size, nph * s, npw * s).to(feats)
-        # The original regroups the full-width map into contiguous bands of s*s tokens (not the spatial
-        # crops when npw > 1); the trained perceiver expects this grouping, so it is reproduced exactly.
-        groups = grid.reshape(c, nph * npw, s * s).permute(1, 2, 0)
-        return torch.cat([feats[:1], groups]), torch.cat([ones, mask.reshape(nph * npw, s * s)])
+    def layout(self, inputs: Mapping[str, Tensor], image_token_id: int) -> SpliceLayout:
+        """The batch's ``SpliceLayout`` on the inputs' device (one read of its numbers to the host)."""
+        pixels = inputs.get("pixel_values")
+        config = self.xgenmm_config
+        layout = splice_layout(inputs["input_ids"], inputs["attention_mask"], inputs.get("image_num_crops"),
+                               inputs.get("image_sizes"), max_crops=0 if pixels is None else pixels.shape[1],
+                               image_token_id=image_token_id, num_vis_tokens=config.num_vis_tokens, side=self.side,
+                               crop_size=self.crop_size, grids=config.anyres_grids)
+        return layout.to(inputs["input_ids"].device)
 
-    def encode_images(self, pixel_values: Tensor, num_crops: Tensor, image_sizes: Tensor) -> list[Tensor]:
-        """Visual tokens per image, (n_groups * num_vis_tokens, lm_dim), base view first.
+    def encode_images(self, pixel_values: Tensor, layout: SpliceLayout) -> Tensor:
+        """Visual tokens of every image, (all groups * num_vis_tokens, lm_dim): image by image, base view first.
 
         Args:
-            pixel_values: (images, max_crops, 3, S, S); crops past ``num_crops`` are padding.
-            num_crops: (images,) real crops per image.
-            image_sizes: (images, 2) original (width, height).
+            pixel_values: (images, max_crops, 3, S, S); crops past each image's count are padding.
+            layout: the batch's layout (``layout``): which crops are real and how they are grouped.
         """
-        counts = [int(n) for n in num_crops]
-        crops = torch.cat([pixel_values[i, :n] for i, n in enumerate(counts)])
+        crops = pixel_values.flatten(0, 1)[layout.crop_index]
         vision = self.vlm.vision_encoder
         grad = any(p.requires_grad for p in vision.parameters())
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-            feats = vision(crops.to(vision.dtype)).last_hidden_state
-        groups, masks, sizes = [], [], []
-        for f, wh in zip(feats.split(counts), image_sizes.tolist(), strict=True):
-            g, m = self._groups(f, (int(wh[0]), int(wh[1])))
-            groups.append(g)
-            masks.append(m)
-            sizes.append(len(g))
+            feats = vision(crops.to(vision.dtype))
+        groups = feats.flatten(0, 1)[layout.group_index]
         resampler = self.vlm.vision_tokenizer
-        dtype = resampler.latents.dtype
-        tokens = resampler(torch.cat(groups).to(dtype), torch.cat(masks))
-        return [t.flatten(0, 1) for t in tokens.split(sizes)]
+        return resampler(groups.to(resampler.latents.dtype), layout.media_mask).flatten(0, 1)
 
-    def splice(self, input_ids: Tensor, attention_mask: Tensor, image_tokens: list[Tensor],
-               image_token_id: int) -> tuple[Tensor, Tensor]:
-        """Replace every ``<image>`` by its image's tokens; returns left-padded embeddings and mask.
+    def splice(self, input_ids: Tensor, image_tokens: Tensor | None, layout: SpliceLayout) -> tuple[Tensor, Tensor]:
+        """Every ``<image>`` replaced by its image's tokens; returns left-padded embeddings and mask.
 
         Padding in the input is dropped first, so left- and right-padded batches give identical outputs.
-        Images are taken in reading order over the batch (row 0's images first).
+        Images are taken in reading order over the batch (row 0's images first). One gather, which copies
+        values exactly (the layout says where each position comes from).
         """
         embeds = self.vlm.lang_model.model.embed_tokens(input_ids)
-        n_img = int((input_ids[attention_mask.bool()] == image_token_id).sum())
-        if n_img != len(image_tokens):
-            raise CIRModelError(f"the batch has {n_img} `<image>` token(s) but {len(image_tokens)} image(s)")
-        rows, k = [], 0
-        for ids, emb, mask in zip(input_ids, embeds, attention_mask.bool(), strict=True):
-            ids, emb = ids[mask], emb[mask]
-            parts, start = [], 0
-            for pos in (ids == image_token_id).nonzero().flatten().tolist():
-                parts += [emb[start:pos], image_tokens[k].to(emb.dtype)]
-                k, start = k + 1, pos + 1
-            rows.append(torch.cat([*parts, emb[start:]]))
-        length = max(len(r) for r in rows)
-        out = embeds.new_zeros(len(rows), length, embeds.shape[-1])
-        new_mask = attention_mask.new_zeros(len(rows), length)
-        for i, r in enumerate(rows):
-            out[i, length - len(r):] = r
-            new_mask[i, length - len(r):] = 1
-        return out, new_mask
+        parts = [embeds.flatten(0, 1)]
+        if image_tokens is not None:
+            parts.append(image_tokens.to(embeds.dtype))
+        parts.append(embeds.new_zeros(1, embeds.shape[-1]))
+        return torch.cat(parts)[layout.splice_index], layout.splice_mask

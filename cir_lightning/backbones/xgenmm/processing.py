@@ -22,7 +22,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from cir_lightning.backbones.xgenmm.modeling import ANYRES_GRIDS, XGenMMConfig, select_best_resolution
+from cir_lightning.backbones.xgenmm.layout import select_best_resolution
+from cir_lightning.backbones.xgenmm.modeling import ANYRES_GRIDS, XGenMMConfig
 from cir_lightning.errors import CIRModelError
 
 EXTRA_TOKENS = ["<image>", "<image placeholder>", "<|endofchunk|>"]
