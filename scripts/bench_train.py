@@ -24,6 +24,9 @@ Measured, after ``--warmup-steps`` untimed steps, over ``--steps`` timed steps:
   on CUDA ``torch.cuda.max_memory_allocated()`` and ``max_memory_reserved()``; on CPU the process's
   peak resident set (``ru_maxrss``) and its increase over the resident set just before the first step;
 - the decoder's sequence length (padded, image tokens included) of a query batch and a target batch;
+- on CUDA, the host's waits for the GPU inside one step: the calls that synchronise (``.item()``, ``.cpu()``,
+  ``nonzero``, ...; ``torch.cuda.set_sync_debug_mode`` warns at each) with the source line of each
+  (``host_syncs``; ``None`` on a CPU, which has no queue to wait for);
 - with ``--profile``, ``--profile-steps`` more steps under ``torch.profiler``: the time of each phase (h2d copy,
   query / target forward, loss, backward, optimizer step) and part's forward (device time on CUDA, wall time on
   a CPU) with its share of the step, and the top 15 operators; ``--trace PATH`` writes a chrome trace.
@@ -108,6 +111,8 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -531,9 +536,37 @@ def run_steps(args: argparse.Namespace, backbone: Backbone, batch: dict[str, Any
         **memory,
         **flop_results(args, backbone, batch, lengths, {**meter.counts, "total": meter.total}, step_seconds),
     }
+    result["host_syncs"] = host_syncs(step, device)
     if args.profile:
         result["profile"] = profile_steps(args, step, device, model_parts(backbone))
     return result
+
+
+def sync_sites(caught: list[warnings.WarningMessage]) -> dict[str, Any]:
+    """The synchronisation warnings among ``caught``: how many, and the source lines that issued them (most
+    first, ``file:line`` with the file's last two path parts)."""
+    sites = Counter(f"{'/'.join(Path(w.filename).parts[-2:])}:{w.lineno}" for w in caught
+                    if "synchroniz" in str(w.message))
+    return {"total": sum(sites.values()), "sites": dict(sites.most_common())}
+
+
+def host_syncs(step: Callable[[], Any], device: torch.device) -> dict[str, Any] | None:
+    """One more step with CUDA's sync debug mode on: where the host waited for the GPU (``sync_sites``).
+    The step's own closing ``torch.cuda.synchronize`` is among the sites if the debug mode counts it (it does
+    not see every kind of wait: copies from pageable memory are not flagged). A failure here is reported, not
+    raised, so that the measurements above are kept."""
+    if device.type != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        except Exception as error:  # noqa: BLE001 - a diagnostic: keep the run's results
+            return {"error": f"{type(error).__name__}: {error}"}
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sync_sites(caught)
 
 
 # ---------------------------------------------------------------------------- FLOPs without a device
@@ -683,6 +716,10 @@ def main(argv: list[str] | None = None) -> None:
     print(header)
     print(row)
     print("\n".join(flop_lines(result)))
+    syncs = result.get("host_syncs")
+    if syncs:
+        print(f"host waits for the GPU in one step: {syncs.get('total', syncs.get('error'))}")
+        print("\n".join(f"  {count:4d}  {site}" for site, count in syncs.get("sites", {}).items()))
     if "profile" in result:
         print("\n".join(profile_lines(result["profile"])))
     sys.stdout.flush()

@@ -13,7 +13,7 @@
 #   train     FiRE's real-size xGen-MM (random weights made on the GPU), bf16-mixed, batch 16 as FiRE's
 #             largest measured setting: samples/s, model FLOPs per step, MFU, and where the time goes
 #             (torch.profiler breakdown by part: vision tower, resampler, language model, loss, backward,
-#             optimizer, host-to-device copies)
+#             optimizer, host-to-device copies), and the lines where the host waited for the GPU in a step
 #   train4    the same at batch 4 (FiRE's per-device batch), for the scaling of MFU with batch size
 #   embed     gallery embedding with the same model, bf16, batch 64: images/s and MFU
 #   search    exact search of 1,000 queries in 1M x 768 on the GPU (torch backend; faiss GPU if built)

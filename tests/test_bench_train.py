@@ -174,3 +174,20 @@ def test_profile(train):
     assert len(profile["top_ops"]) == 15
     assert "aten::mm" in [op["op"] for op in profile["top_ops"]]
     assert len(json.loads((tmp / "trace.json").read_text())["traceEvents"]) > 0
+
+
+def test_host_syncs_are_counted_by_source_line(bench, train):
+    """On CUDA, ``host_syncs`` turns the sync debug mode's warnings into counts per line; on a CPU there is
+    no queue to wait for, and the record says so (``None``)."""
+    assert train[0]["results"]["host_syncs"] is None
+    assert "host waits" not in train[1]
+
+    def warning(text: str, filename: str, lineno: int):
+        return bench.warnings.WarningMessage(UserWarning(text), UserWarning, filename, lineno)
+
+    sync = "called a synchronizing CUDA operation"
+    caught = [warning(sync, "/x/xgenmm/layout.py", 120), warning(sync, "/y/transformers/masking_utils.py", 249),
+              warning(sync, "/x/xgenmm/layout.py", 120), warning("something else", "/x/a.py", 1)]
+    assert bench.sync_sites(caught) == {"total": 3, "sites": {"xgenmm/layout.py:120": 2,
+                                                              "transformers/masking_utils.py:249": 1}}
+    assert bench.host_syncs(lambda: None, torch.device("cpu")) is None
