@@ -18,6 +18,7 @@ from torch import Tensor
 
 from cir_lightning.backbones.processors import fit_to_factor
 from cir_lightning.backbones.prompts import IMAGE, PromptTemplates
+from cir_lightning.backbones.user_text import cut_to_tokens, refuse_placeholders
 from cir_lightning.checks import non_negative_int, positive_int
 from cir_lightning.errors import CIRDataError, CIRModelError
 from cir_lightning.losses import key_id
@@ -176,27 +177,12 @@ class MLLMCollator(SampleBatches):
     def _count(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _cut(self, text: str, offsets: list[tuple[int, int]]) -> str:
-        """The longest prefix of ``text`` ending at a token boundary with at most ``max_text_tokens`` tokens
-        (``offsets``: the fast tokenizer's character spans of the text's tokens; empty for a slow tokenizer)."""
-        limit = self.max_text_tokens
-        if not offsets:  # slow tokenizer: the longest character prefix within the limit, by bisection
-            low, high = 0, len(text)
-            while low < high:
-                mid = (low + high + 1) // 2
-                low, high = (mid, high) if self._count(text[:mid]) <= limit else (low, mid - 1)
-            return text[:low]
-        end = offsets[limit - 1][1]
-        # a character split over two tokens (byte-level BPE) can make the prefix re-tokenize longer: back off
-        while end > 0 and self._count(text[:end]) > limit:
-            starts = [start for start, _ in offsets if start < end]
-            end = max(starts) if starts else 0
-        return text[:end]
-
-    def limit_texts(self, texts: Sequence[str]) -> list[str]:
-        """``texts`` with every text longer than ``max_text_tokens`` tokens cut to it (the others unchanged);
-        warns once per collator with the count and the longest length."""
+    def limit_texts(self, texts: Sequence[str], what: str = "text") -> list[str]:
+        """The user's ``texts`` (``what``: modification, text) with every text longer than ``max_text_tokens``
+        tokens cut to it (the others unchanged; warns once per collator with the count and the longest
+        length); a text holding the image placeholder is an error (``user_text``)."""
         texts = list(texts)
+        refuse_placeholders(texts, [IMAGE, self.image_token], what)
         if self.max_text_tokens is None or not texts:
             return texts
         fast = bool(getattr(self.tokenizer, "is_fast", False))
@@ -205,7 +191,7 @@ class MLLMCollator(SampleBatches):
         for i, ids in enumerate(encoded["input_ids"]):
             if len(ids) > self.max_text_tokens:
                 offsets = [tuple(o) for o in encoded["offset_mapping"][i]] if fast else []
-                texts[i] = self._cut(texts[i], offsets)
+                texts[i] = cut_to_tokens(texts[i], offsets, self.max_text_tokens, self._count)
                 cut, longest = cut + 1, max(longest, len(ids))
         if cut and not self._warned:
             self._warned = True
@@ -239,7 +225,7 @@ class MLLMCollator(SampleBatches):
 
     def query_inputs(self, images: Sequence[Image.Image], modifications: Sequence[str]) -> Inputs:
         """Inputs for reference images with modification texts."""
-        texts = [self.prompts.query.format(modification=m) for m in self.limit_texts(modifications)]
+        texts = [self.prompts.query.format(modification=m) for m in self.limit_texts(modifications, "modification")]
         return self._check_block(self._process(images, self._finish(texts)))
 
     def gallery_inputs(self, images: Sequence[Image.Image]) -> Inputs:
@@ -275,8 +261,8 @@ class MLLMCollator(SampleBatches):
         left-padded; ``labels`` hold the caption and EOS ids at their positions and -100 everywhere else
         (prompt, image and padding), so only the caption is learned.
         """
-        texts = [p.replace(IMAGE, self.image_token) for p in prompts]
-        encoded = self._process(images, texts)
+        refuse_placeholders(captions, [IMAGE, self.image_token], "caption")
+        encoded = self._process(images, [p.replace(IMAGE, self.image_token) for p in prompts])
         inputs = {k: v for k, v in encoded.items() if k not in _DROP}
         ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
         tails = [self.tokenizer(c, add_special_tokens=False)["input_ids"][:max_caption_tokens] + [self.eos_id]
