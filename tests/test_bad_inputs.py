@@ -204,6 +204,22 @@ def _(w):
     return w.cli(), [f"{w.data / 'val_queries.jsonl'}:1", "'O'", "exclude"]
 
 
+@case("jsonl: a misspelt field name (exclude_id)")
+def _(w):
+    rows = [json.loads(x) for x in w.lines("val_queries.jsonl")]
+    rows[1]["exclude_id"] = rows[1].pop("exclude_ids")  # ignored, the reference would stay in the ranking
+    w.write("val_queries.jsonl", rows)
+    return w.cli(), [f"{w.data / 'val_queries.jsonl'}:2:", "`exclude_id`", "did you mean `exclude_ids`?"]
+
+
+@case("jsonl: a modification holding the image placeholder")
+def _(w):
+    rows = [json.loads(x) for x in w.lines("val_queries.jsonl")]
+    rows[1]["modification"] = "make it <image> yellow"  # the model would read a second image
+    w.write("val_queries.jsonl", rows)
+    return w.cli(), ["'make it <image> yellow'", "image placeholder"]
+
+
 @case("jsonl: a query that excludes its own target")
 def _(w):
     rows = [json.loads(x) for x in w.lines("val_queries.jsonl")]

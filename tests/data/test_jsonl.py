@@ -290,3 +290,36 @@ def test_a_folder_or_broken_link_where_an_image_should_be(root):
     (root / "images" / "c.png").symlink_to(root / "images" / "moved.png")
     with pytest.raises(CIRDataError, match=r"c\.png is a broken symbolic link \(to `.*moved\.png`\)"):
         setup(root)
+
+
+@pytest.mark.parametrize(("file", "line", "bad", "message"), [
+    ("val_queries.jsonl", 1, {"query_id": "q0", "reference_image": "images/a.png", "reference_id": "a",
+                              "modification": "blue", "target_id": "b", "exclude_id": ["a"]},
+     "unknown field `exclude_id`: did you mean `exclude_ids`?"),
+    ("val_queries.jsonl", 2, {"query_id": "q1", "reference_image": "images/b.png", "modification": "x",
+                              "Target_IDs": ["a", "c"]}, "unknown field `Target_IDs`: did you mean `target_ids`?"),
+    ("train.jsonl", 2, {"reference_image": "images/b.png", "target_image": "images/c.png", "modification": "m",
+                        "target_captoin": "green"}, "unknown field `target_captoin`: did you mean `target_caption`?"),
+    ("gallery.jsonl", 3, {"image_id": "c", "img_path": "images/c.png"},
+     "unknown field `img_path`: did you mean `image_path`?"),
+])
+def test_a_misspelt_field_is_an_error_not_ignored(root, file, line, bad, message):
+    """Ignored, `exclude_id` would leave the reference in the ranking and `target_captoin` would drop the
+    caption loss: the metrics or the training change without a word."""
+    path = root / file
+    rows = path.read_text().splitlines()
+    rows[line - 1] = json.dumps(bad)
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(CIRDataError, match=message) as info:
+        setup(root, "fit" if file == "train.jsonl" else "validate", with_captions=file == "train.jsonl")
+    assert f"{file}:{line}:" in str(info.value)
+
+
+def test_the_user_s_own_fields_are_kept_out_of_the_way(root):
+    """Fields unlike any of the layout's, or beside the one they resemble, are the user's and ignored."""
+    queries_with(root, category="dress", split="val", reference_image_path="x/b.png", target="note", image="url")
+    write_jsonl(root / "gallery.jsonl", [{"image_id": n, "image_path": f"images/{n}.png", "image_url": "http://x",
+                                          "image": "thumbnail"} for n in "abc"])
+    queries, gallery = setup(root, "validate").val_sets[0]
+    assert queries.positives[1] == (0, 2)
+    assert len(gallery) == 3
