@@ -220,6 +220,11 @@ def _(w):
     return w.cli(), ["'make it <image> yellow'", "image placeholder"]
 
 
+@case("fit: fewer training triplets than a batch")
+def _(w):  # training drops the incomplete batch: nothing would be trained, and an untrained adapter saved
+    return w.cli("fit", "--data.batch_size", "8"), ["4 triplet(s)", "`batch_size` = 8"]
+
+
 @case("jsonl: a query that excludes its own target")
 def _(w):
     rows = [json.loads(x) for x in w.lines("val_queries.jsonl")]

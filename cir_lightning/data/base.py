@@ -38,7 +38,7 @@ from cir_lightning.data.datasets import (
 )
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.sampling import EpochSampler, ResumableLoader
-from cir_lightning.errors import CIRConfigError
+from cir_lightning.errors import CIRConfigError, CIRDataError
 
 Split = Literal["val", "test"]
 EvalSets = list[tuple[QueryDataset, GalleryDataset]]
@@ -257,6 +257,13 @@ class CIRDataModule(pl.LightningDataModule):
         if self.train_set is None:
             raise CIRConfigError(f"{type(self).__name__} has no training data: set its training file "
                                  "(`train_file` for JSONL data)")
+        trainer = getattr(self, "trainer", None)
+        ranks = trainer.world_size if trainer is not None else 1
+        per_rank = -(-len(self.train_set) // ranks)  # the distributed sampler pads the ranks to equal shares
+        if per_rank < self.batch_size:  # training drops the incomplete batch: not one step would be trained
+            raise CIRDataError(f"the training set has {len(self.train_set)} triplet(s), {per_rank} per process over "
+                               f"{ranks} process(es), fewer than `batch_size` = {self.batch_size}: training drops "
+                               "incomplete batches, so nothing would be trained; lower `batch_size`")
         collate = self.collator.triplets if self.collator else _as_list
         return self._loader(self.train_set, collate, self.batch_size, True, self._train_sampler())
 

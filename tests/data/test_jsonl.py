@@ -323,3 +323,11 @@ def test_the_user_s_own_fields_are_kept_out_of_the_way(root):
     queries, gallery = setup(root, "validate").val_sets[0]
     assert queries.positives[1] == (0, 2)
     assert len(gallery) == 3
+
+
+def test_fewer_triplets_than_a_batch_is_an_error_not_an_empty_training(root):
+    """Training drops the incomplete batch: 2 triplets with `batch_size` 4 would train nothing and exit 0."""
+    with pytest.raises(CIRDataError, match=r"the training set has 2 triplet\(s\), 2 per process over 1 process\(es\), "
+                                           r"fewer than `batch_size` = 4: .* lower `batch_size`"):
+        setup(root, batch_size=4).train_dataloader()
+    assert len(setup(root, batch_size=2).train_dataloader()) == 1
