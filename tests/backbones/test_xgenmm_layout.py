@@ -156,3 +156,12 @@ def test_bad_batches_are_named_before_any_work() -> None:
                       **common)
     with pytest.raises(CIRModelError, match=r"has 2 crops; its anyres grid 2x1 needs 3"):
         splice_layout(torch.tensor([[9]]), torch.tensor([[1]]), torch.tensor([2]), torch.tensor([[56, 28]]), **common)
+    # crop counts past the pixel slots would gather another image's crops (or past the end, a device assert
+    # on a GPU): named on the host
+    ids, mask, sizes = torch.tensor([[9, 9]]), torch.tensor([[1, 1]]), torch.tensor([[56, 28], [9, 9]])
+    with pytest.raises(CIRModelError, match=r"image 0 of the batch has 4 crop\(s\), but `pixel_values` holds 1 to 3"):
+        splice_layout(ids, mask, torch.tensor([4, 1]), sizes, **common)
+    with pytest.raises(CIRModelError, match=r"image 1 of the batch has 0 crop\(s\)"):
+        splice_layout(ids, mask, torch.tensor([3, 0]), sizes, **common)
+    with pytest.raises(CIRModelError, match=r"has 1 crop\(s\), but `pixel_values` holds no images"):
+        splice_layout(ids[:, :1], mask[:, :1], torch.tensor([1]), sizes[1:], **{**common, "max_crops": 0})

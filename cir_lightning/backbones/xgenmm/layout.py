@@ -157,6 +157,9 @@ def splice_layout(input_ids: Tensor, attention_mask: Tensor, num_crops: Tensor |
         raise CIRModelError(f"the batch has {found} `<image>` token(s) but {len(crops)} image(s)")
     crop_index, groups, masks, first = [], [], [], 0
     for i, (n, size) in enumerate(zip(crops, sizes, strict=True)):
+        if not 1 <= n <= max_crops:  # a gather past its image's slots would read another image's crops
+            raise CIRModelError(f"image {i} of the batch has {n} crop(s), but `pixel_values` holds "
+                                f"{'no images' if max_crops == 0 else f'1 to {max_crops} per image'}")
         crop_index.append(i * max_crops + torch.arange(n))
         g, m = _image_groups(first, n, size, side, crop_size, grids)
         groups.append(g)
