@@ -19,6 +19,7 @@ from torch import Tensor
 
 from cir_lightning.backbones.collate import sample_index
 from cir_lightning.backbones.prompts import IMAGE
+from cir_lightning.backbones.user_text import refuse_placeholders
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.losses import caption_loss
 from cir_lightning.messages import first_few
@@ -76,6 +77,8 @@ class CaptionBatches:
                 f"sample(s) at dataset row(s) {first_few([str(i) for i in missing], ', ', ' ...')} have none: set "
                 "`with_captions: true` on the data and "
                 "give every training line a non-empty `target_caption` (FashionIQ and CIRR have no target captions)")
+        # the modification goes into the instruction, whose `<image>` becomes the image's tokens
+        refuse_placeholders([s["modification"] for s in samples], self.collator.placeholders, "modification")
         inputs, labels = self.collator.caption_inputs(
             [s["reference_image"] for s in samples],
             [self.instruction.format(modification=s["modification"]) for s in samples],

@@ -217,7 +217,7 @@ def _(w):
     rows = [json.loads(x) for x in w.lines("val_queries.jsonl")]
     rows[1]["modification"] = "make it <image> yellow"  # the model would read a second image
     w.write("val_queries.jsonl", rows)
-    return w.cli(), ["'make it <image> yellow'", "image placeholder"]
+    return w.cli(), ["'make it <image> yellow'", "a placeholder the model fills with an image"]
 
 
 @case("fit: fewer training triplets than a batch")

@@ -157,6 +157,8 @@ class MLLMCollator(SampleBatches):
         self.tokenizer.padding_side = "left"
         self.prompts = prompts
         self.image_token = getattr(processor, "image_token", IMAGE)
+        video = getattr(processor, "video_token", None)  # Qwen2-VL's: in a user's text, a video that is not there
+        self.placeholders = list(dict.fromkeys([IMAGE, self.image_token, *([video] if video else [])]))
         self.eos_token = eos_token or self.tokenizer.eos_token
         if self.eos_token is None:
             raise CIRModelError("the tokenizer has no EOS token; set `eos_token` of the backbone")
@@ -182,7 +184,7 @@ class MLLMCollator(SampleBatches):
         tokens cut to it (the others unchanged; warns once per collator with the count and the longest
         length); a text holding the image placeholder is an error (``user_text``)."""
         texts = list(texts)
-        refuse_placeholders(texts, [IMAGE, self.image_token], what)
+        refuse_placeholders(texts, self.placeholders, what)
         if self.max_text_tokens is None or not texts:
             return texts
         fast = bool(getattr(self.tokenizer, "is_fast", False))
@@ -261,7 +263,7 @@ class MLLMCollator(SampleBatches):
         left-padded; ``labels`` hold the caption and EOS ids at their positions and -100 everywhere else
         (prompt, image and padding), so only the caption is learned.
         """
-        refuse_placeholders(captions, [IMAGE, self.image_token], "caption")
+        refuse_placeholders(captions, self.placeholders, "caption")
         encoded = self._process(images, [p.replace(IMAGE, self.image_token) for p in prompts])
         inputs = {k: v for k, v in encoded.items() if k not in _DROP}
         ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()

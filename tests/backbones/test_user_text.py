@@ -1,4 +1,4 @@
-"""A user's text that holds the image placeholder is refused, with the text, on every path that takes one:
+"""A user's text that holds an image (or video) placeholder is refused, with the text, on every path that takes one:
 otherwise a query's image count goes wrong (a library error far from the data) or a text-only item silently
 embeds the image token's vector."""
 
@@ -30,7 +30,7 @@ def collator(request, backbone, tmp_path_factory):
 def test_modifications_texts_and_captions_holding_the_placeholder_are_refused(collator, placeholder):
     token = collator.image_token if placeholder == "own" else placeholder
     bad = f"make it {token} red"
-    with pytest.raises(CIRDataError, match=rf"^the modification {bad!r} holds {token!r}, the model's image "):
+    with pytest.raises(CIRDataError, match=rf"^the modification {bad!r} holds {token!r}, a placeholder the model "):
         collator.query_inputs([IMAGE, IMAGE], ["make it blue", bad])
     with pytest.raises(CIRDataError, match=rf"^the text {bad!r} holds {token!r}"):
         collator.text_inputs(["a dress", bad])
@@ -57,3 +57,29 @@ def test_a_slow_tokenizer_s_cut_is_the_longest_prefix_within_the_limit():
     assert words.startswith(cut)
     assert count(cut) == 3
     assert count(words[:len(cut) + 1]) == 4  # one character more is one token too many
+
+
+def test_qwen_s_video_token_is_refused_too(tmp_path):
+    """Qwen2-VL's processor expands ``<|video_pad|>`` too: in a text item it embedded silently, in a query it
+    failed in transformers (a ValueError the server did not answer as a bad request)."""
+    from cir_lightning.backbones import HFMultimodalBackbone, Prompts, make_tiny_model
+
+    folder = make_tiny_model(tmp_path / "qwen", family="qwen2_vl")
+    collator = HFMultimodalBackbone(str(folder), prompts=Prompts(preset="gme")).collator
+    assert "<|video_pad|>" in collator.placeholders
+    with pytest.raises(CIRDataError, match=r"^the text 'a <\|video_pad\|> dress' holds '<\|video_pad\|>', a "
+                                           r"placeholder the model fills with a video"):
+        collator.text_inputs(["a <|video_pad|> dress"])
+    with pytest.raises(CIRDataError, match="fills with a video"):
+        collator.query_inputs([IMAGE], ["a <|video_pad|> dress"])
+
+
+def test_a_stage_one_modification_holding_it_is_refused(backbone):
+    """FiRE's stage 1 puts the modification into the instruction, whose ``<image>`` becomes the image."""
+    from cir_lightning.stage1 import CaptionBatches
+
+    batches = CaptionBatches(backbone.collator)
+    sample = {"index": 7, "reference_image": IMAGE, "target_image": IMAGE, "target_caption": "a red dress"}
+    assert batches.triplets([{**sample, "modification": "make it red"}])["caption_labels"].shape[0] == 1
+    with pytest.raises(CIRDataError, match=r"^the modification 'make it <image> red' holds '<image>'"):
+        batches.triplets([{**sample, "modification": "make it <image> red"}])
