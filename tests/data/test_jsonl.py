@@ -292,37 +292,45 @@ def test_a_folder_or_broken_link_where_an_image_should_be(root):
         setup(root)
 
 
-@pytest.mark.parametrize(("file", "line", "bad", "message"), [
-    ("val_queries.jsonl", 1, {"query_id": "q0", "reference_image": "images/a.png", "reference_id": "a",
-                              "modification": "blue", "target_id": "b", "exclude_id": ["a"]},
-     "unknown field `exclude_id`: did you mean `exclude_ids`?"),
-    ("val_queries.jsonl", 2, {"query_id": "q1", "reference_image": "images/b.png", "modification": "x",
-                              "Target_IDs": ["a", "c"]}, "unknown field `Target_IDs`: did you mean `target_ids`?"),
-    ("train.jsonl", 2, {"reference_image": "images/b.png", "target_image": "images/c.png", "modification": "m",
-                        "target_captoin": "green"}, "unknown field `target_captoin`: did you mean `target_caption`?"),
-    ("gallery.jsonl", 3, {"image_id": "c", "img_path": "images/c.png"},
-     "unknown field `img_path`: did you mean `image_path`?"),
+@pytest.mark.parametrize(("line", "fields", "message"), [
+    (1, {"exclude_id": ["a"]}, r"unknown field `exclude_id`: did you mean `exclude_ids`\? Ignored, a misspelt"),
+    (1, {"Exclude_IDs": ["a"]}, "unknown field `Exclude_IDs`: did you mean `exclude_ids`?"),
+    (1, {"ignore_ids": ["a"]}, "unknown field `ignore_ids`: did you mean `exclude_ids`?"),
+    (1, {"targets": ["b", "c"]}, "unknown field `targets`: did you mean `target_ids`?"),  # beside target_id
+    (1, {"positive_ids": ["b", "c"]}, "unknown field `positive_ids`: did you mean `target_ids`?"),
 ])
-def test_a_misspelt_field_is_an_error_not_ignored(root, file, line, bad, message):
-    """Ignored, `exclude_id` would leave the reference in the ranking and `target_captoin` would drop the
-    caption loss: the metrics or the training change without a word."""
-    path = root / file
-    rows = path.read_text().splitlines()
-    rows[line - 1] = json.dumps(bad)
-    path.write_text("\n".join(rows) + "\n")
+def test_a_misspelt_optional_query_field_is_an_error_not_ignored(root, line, fields, message):
+    """Ignored, `exclude_id` would leave the reference in the ranking and `targets` would drop a positive: the
+    metrics would change without a word."""
+    rows = [json.loads(r) for r in (root / "val_queries.jsonl").read_text().splitlines()]
+    rows[line - 1].pop("exclude_ids", None)
+    rows[line - 1].update(fields)
+    write_jsonl(root / "val_queries.jsonl", rows)
     with pytest.raises(CIRDataError, match=message) as info:
-        setup(root, "fit" if file == "train.jsonl" else "validate", with_captions=file == "train.jsonl")
-    assert f"{file}:{line}:" in str(info.value)
+        setup(root, "validate")
+    assert f"val_queries.jsonl:{line}:" in str(info.value)
+
+
+def test_a_misspelt_required_field_is_reported_missing(root):
+    write_jsonl(root / "gallery.jsonl", [{"image_id": "a", "img_path": "images/a.png"}])
+    with pytest.raises(CIRDataError, match=r"gallery\.jsonl:1: missing field `image_path`"):
+        setup(root, "validate")
 
 
 def test_the_user_s_own_fields_are_kept_out_of_the_way(root):
-    """Fields unlike any of the layout's, or beside the one they resemble, are the user's and ignored."""
-    queries_with(root, category="dress", split="val", reference_image_path="x/b.png", target="note", image="url")
+    """Fields of the user's own, even ones named like the layout's, are ignored."""
+    queries_with(root, category="dress", split="val", reference_url="http://x", reference_name="b",
+                 target="note", image="url", sample_idx=3)
     write_jsonl(root / "gallery.jsonl", [{"image_id": n, "image_path": f"images/{n}.png", "image_url": "http://x",
-                                          "image": "thumbnail"} for n in "abc"])
-    queries, gallery = setup(root, "validate").val_sets[0]
+                                          "image": "thumbnail", "img_path": "thumbs/x.png"} for n in "abc"])
+    rows = [json.loads(r) for r in (root / "train.jsonl").read_text().splitlines()]
+    write_jsonl(root / "train.jsonl", [{**r, "reference_path": "p", "target_idx": 1, "target_captoin": "typo"}
+                                       for r in rows])
+    dm = setup(root, "fit")
+    queries, gallery = dm.val_sets[0]
     assert queries.positives[1] == (0, 2)
     assert len(gallery) == 3
+    assert len(dm.train_set) == 2
 
 
 def test_fewer_triplets_than_a_batch_is_an_error_not_an_empty_training(root):

@@ -15,8 +15,9 @@ Evaluation queries and gallery::
 Image paths are relative to ``image_root`` and may not leave it. Blank lines are skipped (a UTF-8
 byte-order mark and Windows line ends are fine); anything else that is wrong is a ``CIRDataError``
 naming the file and line: malformed or too deeply nested JSON, a key given twice, a missing or
-mistyped field, a misspelt field name (close to a field the line lacks, e.g. ``exclude_id``: ignored, it
-would change the numbers silently; other extra fields are the user's own and ignored), an image path that is missing or a folder, a positive or an excluded id that is not in
+mistyped field (a misspelt required one is missing; a query's field that looks like a misspelt
+``exclude_ids`` or ``target_ids``, which would be ignored and change the metrics, is an error too; other
+extra fields are the user's own and ignored), an image path that is missing or a folder, a positive or an excluded id that is not in
 the gallery (see ``read_queries``). The evaluation path never reads target-side text.
 """
 
@@ -44,29 +45,30 @@ TRIPLET_FIELDS = ("reference_image", "target_image", "modification", "reference_
 QUERY_FIELDS = ("query_id", "reference_image", "reference_id", "modification", "target_id", "target_ids", "exclude_ids")
 GALLERY_FIELDS = ("image_id", "image_path")
 _ALL_FIELDS = frozenset(TRIPLET_FIELDS + QUERY_FIELDS + GALLERY_FIELDS)
-_TARGETS = {"target_id", "target_ids"}
+# A misspelt required field is reported as missing; these optional ones would be ignored, changing the metrics
+# (an excluded image left in the ranking, a positive dropped). Names other datasets use for them, too.
+_OPTIONAL = {"exclude_ids": ("excluded", "excluded_ids", "exclusions", "ignore_ids", "ignored_ids"),
+             "target_ids": ("positives", "positive_ids", "gt_ids", "ground_truth_ids")}
 
 
-def _check_fields(obj: dict[str, Any], fields: tuple[str, ...], path: Path, line: int) -> None:
-    """A field name close to one of ``fields`` that the line lacks is a typo, and an error: ignored, it would
-    change the numbers silently. Other names are the user's own fields, ignored.
+def _check_optional_fields(obj: dict[str, Any], path: Path, line: int) -> None:
+    """A query line's field that looks like a misspelt ``exclude_ids`` or ``target_ids`` (which the line lacks)
+    is an error; other fields of the user's own are ignored.
 
     Example:
-        >>> _check_fields({"query_id": "q0", "my_note": "kept", "exclude_id": ["a"]}, QUERY_FIELDS, Path("q.jsonl"), 3)
+        >>> _check_optional_fields({"query_id": "q0", "note": "mine", "exclude_id": ["a"]}, Path("q.jsonl"), 3)
         Traceback (most recent call last):
         ...
         cir_lightning.errors.CIRDataError: q.jsonl:3: unknown field `exclude_id`: did you mean `exclude_ids`? \
-(misspelt, it would be ignored)
+Ignored, a misspelt `exclude_ids` would change the metrics; a field of your own needs a name less like it
     """
-    given = set(obj) | (_TARGETS if _TARGETS & set(obj) else set())  # one of the two positives' fields is enough
-    absent = {f.lower(): f for f in fields if f not in given}
     for key in obj:
         if key in _ALL_FIELDS:
             continue
-        close = get_close_matches(key.lower(), list(absent), n=1, cutoff=0.75)
-        if close:
-            raise CIRDataError(f"unknown field `{key}`: did you mean `{absent[close[0]]}`? (misspelt, it would be "
-                               "ignored)", path, line)
+        for field, others in _OPTIONAL.items():
+            if field not in obj and (key.lower() in others or get_close_matches(key.lower(), [field], cutoff=0.75)):
+                raise CIRDataError(f"unknown field `{key}`: did you mean `{field}`? Ignored, a misspelt `{field}` "
+                                   "would change the metrics; a field of your own needs a name less like it", path, line)
 
 
 def _text(obj: dict[str, Any], key: str, path: Path, line: int, required: bool = True) -> str | None:
@@ -123,7 +125,6 @@ def read_triplets(path: Path, image_root: Path, check_images: bool = True,
     """
     records = []
     for line, obj in iter_jsonl(path):
-        _check_fields(obj, TRIPLET_FIELDS, path, line)
         src = f"{path}:{line}"
         records.append(Triplet(
             reference=resolve_image_path(image_root, _text(obj, "reference_image", path, line), path, line,
@@ -158,7 +159,6 @@ def read_gallery(path: Path, image_root: Path, check_images: bool = True) -> lis
     """
     records, seen = [], {}
     for line, obj in iter_jsonl(path):
-        _check_fields(obj, GALLERY_FIELDS, path, line)
         image_id = _id(obj, "image_id", path, line)
         if image_id in seen:
             raise CIRDataError(f"duplicate `image_id` {image_id!r} (first on line {seen[image_id]})", path, line)
@@ -225,7 +225,7 @@ def read_queries(path: Path, image_root: Path, gallery_ids: list[str], exclude_r
     records, seen, absent, unknown = [], {}, [], []
     unknown_ids = 0
     for line, obj in iter_jsonl(path):
-        _check_fields(obj, QUERY_FIELDS, path, line)
+        _check_optional_fields(obj, path, line)
         qid = _id(obj, "query_id", path, line)
         if qid in seen:
             raise CIRDataError(f"duplicate `query_id` {qid!r} (first on line {seen[qid]})", path, line)
