@@ -339,3 +339,15 @@ def test_fewer_triplets_than_a_batch_is_an_error_not_an_empty_training(root):
                                            r"fewer than `batch_size` = 4: .* lower `batch_size`"):
         setup(root, batch_size=4).train_dataloader()
     assert len(setup(root, batch_size=2).train_dataloader()) == 1
+
+
+def test_one_image_under_two_gallery_ids_is_an_error(root):
+    """Identical scores tie, ties go to the lower gallery row: with `b` listed second under another id, even a
+    perfect model could never rank the target `b` first."""
+    write_jsonl(root / "gallery.jsonl", [{"image_id": "a", "image_path": "images/a.png"},
+                                         {"image_id": "b_copy", "image_path": "images/b.png"},
+                                         {"image_id": "b", "image_path": "images/./b.png"},
+                                         {"image_id": "c", "image_path": "images/c.png"}])
+    with pytest.raises(CIRDataError, match=r"gallery\.jsonl:3: `image_path` 'images/\./b\.png' is the image of "
+                                           r"`image_id` 'b_copy' too \(line 2\)"):
+        setup(root, "validate")

@@ -157,15 +157,21 @@ def read_gallery(path: Path, image_root: Path, check_images: bool = True) -> lis
         ...
         cir_lightning.errors.CIRDataError: .../g.jsonl:2: duplicate `image_id` 'a' (first on line 1)
     """
-    records, seen = [], {}
+    records, seen, files = [], {}, {}
     for line, obj in iter_jsonl(path):
         image_id = _id(obj, "image_id", path, line)
         if image_id in seen:
             raise CIRDataError(f"duplicate `image_id` {image_id!r} (first on line {seen[image_id]})", path, line)
         seen[image_id] = line
         rel = _text(obj, "image_path", path, line)
-        records.append(GalleryItem(image_id, resolve_image_path(image_root, rel, path, line, "image_path"),
-                                   f"{path}:{line}"))
+        image = resolve_image_path(image_root, rel, path, line, "image_path")
+        if image in files:  # two ids of one image tie in every ranking: the second can never come first
+            first_id, first_line = files[image]
+            raise CIRDataError(f"`image_path` {rel!r} is the image of `image_id` {first_id!r} too (line {first_line}): "
+                               "its two ids would tie in every ranking, and the second could never come first; "
+                               "list each image once", path, line)
+        files[image] = (image_id, line)
+        records.append(GalleryItem(image_id, image, f"{path}:{line}"))
     if not records:
         raise CIRDataError("the gallery is empty", path)
     if check_images:
