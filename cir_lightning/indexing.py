@@ -147,7 +147,8 @@ def _shards(folder: Path, identity: Mapping[str, Any], partial: Path) -> list[tu
 
 
 def _start(partial: Path, plan: dict[str, Any]) -> None:
-    """Check that an unfinished build at ``partial`` is this one (same folder, model, dtype), or begin one."""
+    """Check that an unfinished build at ``partial`` is this one (same folder, model, dtype, ``max_short_edge``),
+    or begin one."""
     plan_file = partial / "plan.json"
     if plan_file.is_file():
         try:
@@ -202,7 +203,9 @@ def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backb
         raise CIRFileError(f"`--out`: `{out}` already exists; an index is never overwritten (choose another name, "
                            "or remove it)")
     identity = {"fingerprint": backbone.fingerprint(), "weights": backbone.weights_digest()}
-    _start(partial, {"root": str(root), "model": identity, "dtype": dtype})
+    # max_short_edge changes the pixels, so the rows of two runs must share it (max_image_pixels only changes
+    # which images load, and may be raised to let a refused one in)
+    _start(partial, {"root": str(root), "model": identity, "dtype": dtype, "max_short_edge": max_short_edge})
     done = {p for _, ids in _shards(partial / "shards", identity, partial) for p in ids}
     remaining = [p for p in relpaths if p not in done]
     if done and rank_zero_only.rank == 0:

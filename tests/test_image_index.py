@@ -131,6 +131,10 @@ def test_unreadable_images_are_listed_and_left_out_only_when_asked(tmp_path, tin
     with pytest.raises(SystemExit):
         main([*args, "--model.backbone.init_args.lora.r", "2"])
     assert f"{partial}: holds an unfinished index of other images or another model" in capsys.readouterr().err
+    # ... and with the same image size: rows shrunk to 16 px next to full-size ones would mix two preprocessings
+    with pytest.raises(SystemExit):
+        main([*args, "--max-short-edge", "16", "--skip-unreadable"])
+    assert "index.max_short_edge: begun with None, now 16" in capsys.readouterr().err
     main([*args, "--skip-unreadable"])
     out = capsys.readouterr().out
     assert "resuming: 5 of 7 images were embedded by an earlier run" in out  # the 2 unreadable ones are tried again
