@@ -546,7 +546,7 @@ def sync_sites(caught: list[warnings.WarningMessage]) -> dict[str, Any]:
     """The synchronisation warnings among ``caught``: how many, and the source lines that issued them (most
     first, ``file:line`` with the file's last two path parts)."""
     sites = Counter(f"{'/'.join(Path(w.filename).parts[-2:])}:{w.lineno}" for w in caught
-                    if "synchroniz" in str(w.message))
+                    if str(w.message).startswith("called a synchronizing CUDA operation"))
     return {"total": sum(sites.values()), "sites": dict(sites.most_common())}
 
 
@@ -557,6 +557,7 @@ def host_syncs(step: Callable[[], Any], device: torch.device) -> dict[str, Any] 
     raised, so that the measurements above are kept."""
     if device.type != "cuda":
         return None
+    before = torch.cuda.get_sync_debug_mode()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
@@ -565,7 +566,7 @@ def host_syncs(step: Callable[[], Any], device: torch.device) -> dict[str, Any] 
         except Exception as error:  # noqa: BLE001 - a diagnostic: keep the run's results
             return {"error": f"{type(error).__name__}: {error}"}
         finally:
-            torch.cuda.set_sync_debug_mode("default")
+            torch.cuda.set_sync_debug_mode(before)
     return sync_sites(caught)
 
 

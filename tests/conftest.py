@@ -33,3 +33,14 @@ def backbone(tiny_model_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return HFMultimodalBackbone(str(tiny_model_dir), prompts=Prompts("fire"), lora=LoRA(r=4, alpha=8))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Say how the golden tests compared, when any ran (``tests/goldens/exact.py``)."""
+    from tests.goldens import exact
+
+    if exact.same_kernels.cache_info().currsize:
+        mode = ("bit for bit (this machine's kernels reproduce the goldens)" if exact.same_kernels() else
+                f"within {exact.OTHER_KERNELS_RTOL:g} of each golden's largest magnitude (this machine's kernels "
+                "round differently; CIR_GOLDENS_EXACT=1 makes that a failure)")
+        terminalreporter.write_line(f"golden tests compared {mode}")
