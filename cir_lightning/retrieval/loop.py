@@ -10,18 +10,21 @@ and the caller may use the rankings before ``reset``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
 
+from cir_lightning.messages import first_few
 from cir_lightning.retrieval.evaluator import (
     EvalSubset,
     RetrievalEvaluator,
     loader_role,
     subsets_from_loaders,
 )
+from cir_lightning.retrieval.protocol import chance_level, subset_families
 
 __all__ = ["EpochResults", "EvaluationLoop"]
 
@@ -64,6 +67,7 @@ class EvaluationLoop:
     def __init__(self, evaluator: RetrievalEvaluator, sanity_check: bool = False) -> None:
         self.evaluator = evaluator
         self.sanity_check = sanity_check
+        self._warned_trivial = False
 
     def _skips(self, trainer: Any) -> bool:
         return trainer.sanity_checking and not self.sanity_check
@@ -89,6 +93,7 @@ class EvaluationLoop:
             self.evaluator.reset()
             return None
         subsets = subsets_from_loaders(loaders)
+        self._warn_trivial(subsets)
         metrics = self.evaluator.compute(subsets, keep_rankings=keep_rankings)
         if metrics and summarize is not None:
             metrics.update(summarize(metrics))
@@ -98,6 +103,18 @@ class EvaluationLoop:
             if any(k in prog_bar for k in logged):
                 module.log_dict({k: v for k, v in logged.items() if k in prog_bar}, sync_dist=True, prog_bar=True)
         return EpochResults(metrics, subsets)
+
+    def _warn_trivial(self, subsets: list[EvalSubset]) -> None:
+        """Warn once about cut-offs that every ranking meets (a recall whose chance level is 1: each query's
+        candidates all fit in the first K), e.g. the default Recall@50 on a gallery of 30 images."""
+        trivial = [f"{sub.name + ' ' if sub.name else ''}{name}" for sub in subsets
+                   for name, chance in chance_level(sub, subset_families(sub, self.evaluator.ks)).items()
+                   if chance >= 1.0]
+        if trivial and not self._warned_trivial:
+            self._warned_trivial = True
+            warnings.warn(f"{first_few(trivial, ', ', ', ... and {n} more')}: 100% for any ranking, as every query's "
+                          "candidates fit in the first K; these say nothing of the model (set `eval_ks` below the "
+                          "gallery size)", stacklevel=2)
 
     def reset(self) -> None:
         """Forget this epoch's embeddings and rankings."""

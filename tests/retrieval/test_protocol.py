@@ -53,3 +53,36 @@ def test_the_protocol_record_names_the_families_and_cutoffs_used():
     assert subset_families(plain, [1, 3]) == {"recall": [1, 3], "mrr": [1, 3]}
     circo = EvalSubset("", [[0, 1]], [[]], 10, metrics={"map": [5, 10]})
     assert subset_protocol(circo, [1]) == {"metrics": {"map": [5, 10]}, "chance": {}}  # no closed form for mAP
+
+
+def test_cut_offs_that_every_ranking_meets_are_warned_about_once():
+    """The default Recall@50 on a gallery of 30 is 100% for any model: said once, with the subset and metric."""
+    import warnings
+    from types import SimpleNamespace
+
+    from cir_lightning.retrieval import RetrievalEvaluator, SearchConfig
+    from cir_lightning.retrieval.loop import EvaluationLoop
+
+    loop = EvaluationLoop(RetrievalEvaluator(ks=[1, 5, 10, 50], search=SearchConfig(backend="torch")))
+    trainer = SimpleNamespace(sanity_checking=False)
+    module = SimpleNamespace(log_dict=lambda values, sync_dist, prog_bar=False: None)
+    gallery = torch.nn.functional.normalize(torch.randn(30, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    # two queries over 30 images; the second excludes 25 of them, so even Recall@5 holds all its 5 candidates
+    loaders = [SimpleNamespace(dataset=SimpleNamespace(positives=[(3,), (27,)], excluded=[(0,), tuple(range(25))])),
+               SimpleNamespace(dataset=list(range(30)))]
+
+    def epoch():
+        loop.add_batch(trainer, 1, lambda kind: gallery, torch.arange(30))
+        loop.add_batch(trainer, 0, lambda kind: gallery[[3, 27]], torch.arange(2))
+        metrics = loop.finish(trainer, module, loaders, "val").metrics
+        loop.reset()
+        return metrics
+
+    with pytest.warns(UserWarning, match=r"^Recall@50: 100% for any ranking, as every query's candidates fit in "
+                                         r"the first K; .*set `eval_ks` below the gallery size") as caught:
+        assert epoch()["Recall@50"] == 1.0
+    # one warning, naming Recall@50 alone: at 5 and 10 the first query (29 candidates) keeps them below 100%
+    assert len([w for w in caught if "100% for any ranking" in str(w.message)]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per loop
+        epoch()
