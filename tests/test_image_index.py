@@ -232,3 +232,18 @@ def test_damaged_indexes_are_refused_in_one_line(small_index, tmp_path):
     meta = json.loads((small_index[0] / "meta.json").read_text())
     assert meta["image_index"]["search"]["factory"] == "Flat"
     assert meta["image_index"]["faiss_index"] == "IndexFlat"
+
+
+def test_linked_folders_are_searched_and_each_real_folder_listed_once(tmp_path):
+    """A photo folder linked in counts like one copied in; a second link to it, or a link loop, adds nothing
+    (an image listed twice would tie with itself in every search)."""
+    from cir_lightning.data.folder import list_images
+
+    photos, elsewhere = tmp_path / "photos", tmp_path / "elsewhere" / "2024"
+    for folder, name in ((photos, "a.png"), (elsewhere, "b.png"), (elsewhere / "deep", "c.png")):
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8)).save(folder / name)
+    (photos / "2024").symlink_to(elsewhere)
+    (photos / "zz_again").symlink_to(elsewhere)
+    (photos / "loop").symlink_to(photos)
+    assert list_images(photos) == ["2024/b.png", "2024/deep/c.png", "a.png"]

@@ -44,8 +44,9 @@ def list_images(root: str | Path, leave_out: Sequence[str | Path] = ()) -> list[
     """The image files below ``root``, as sorted relative paths with ``/`` separators.
 
     Hidden files and folders (names starting with ``.``) and the folders in ``leave_out`` (e.g. an index
-    being written inside the image folder) are not searched; symbolic links to files are followed, links
-    to folders are not (no cycles).
+    being written inside the image folder) are not searched. Symbolic links are followed, to files and to
+    folders (a photo folder linked in is searched like one copied in); a folder reached a second time, by
+    another link or a link loop, is listed once only, so no image appears twice.
 
     Raises:
         CIRDataError: ``root`` is missing or not a folder, or holds no image file.
@@ -68,10 +69,15 @@ def list_images(root: str | Path, leave_out: Sequence[str | Path] = ()) -> list[
     if not root.is_dir():
         raise CIRDataError(MISSING if not root.exists() else "is not a folder of images", root)
     skipped = {os.path.realpath(p) for p in leave_out}
-    found = []
-    for folder, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")
-                       and os.path.realpath(os.path.join(folder, d)) not in skipped]
+    found, listed = [], set()
+    for folder, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in listed:  # a second link to a folder already listed (or a link loop): its images once only
+            dirnames[:] = []
+            continue
+        listed.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")  # sorted: which link lists a folder
+                             and os.path.realpath(os.path.join(folder, d)) not in skipped)  # does not vary
         relative = Path(folder).relative_to(root)
         found += [(relative / name).as_posix() for name in filenames
                   if not name.startswith(".") and Path(name).suffix.lower() in image_suffixes()]
