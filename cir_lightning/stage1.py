@@ -19,10 +19,10 @@ from torch import Tensor
 
 from cir_lightning.backbones.collate import sample_index
 from cir_lightning.backbones.prompts import IMAGE
-from cir_lightning.backbones.user_text import refuse_placeholders
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.losses import caption_loss
 from cir_lightning.messages import first_few
+from cir_lightning.placeholders import refuse_placeholders
 
 FIRE_STAGE1_INSTRUCTION = "<image> but modified with {modification}. Please describe the new image."
 """The paper's stage-1 instruction ("<reference image> but modified with <modification>. Please
@@ -84,6 +84,10 @@ class CaptionBatches:
             [self.instruction.format(modification=s["modification"]) for s in samples],
             [s["target_caption"] for s in samples], self.max_caption_tokens)
         return {"index": sample_index(samples), "caption": inputs, "caption_labels": labels}
+
+    @property
+    def placeholders(self) -> Any:
+        return self.collator.placeholders
 
     def queries(self, samples: list[dict[str, Any]]) -> Any:
         return self.collator.queries(samples)

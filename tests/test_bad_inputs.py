@@ -217,7 +217,8 @@ def _(w):
     rows = [json.loads(x) for x in w.lines("val_queries.jsonl")]
     rows[1]["modification"] = "make it <image> yellow"  # the model would read a second image
     w.write("val_queries.jsonl", rows)
-    return w.cli(), ["'make it <image> yellow'", "a placeholder the model fills with an image"]
+    return w.cli(), [f"{w.data / 'val_queries.jsonl'}:2:", "'make it <image> yellow'",
+                     "a placeholder the model fills with an image"]  # named at set-up, with its line
 
 
 @case("fit: fewer training triplets than a batch")

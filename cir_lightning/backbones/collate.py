@@ -18,11 +18,12 @@ from torch import Tensor
 
 from cir_lightning.backbones.processors import fit_to_factor
 from cir_lightning.backbones.prompts import IMAGE, PromptTemplates
-from cir_lightning.backbones.user_text import cut_to_tokens, refuse_placeholders
+from cir_lightning.backbones.user_text import cut_to_tokens
 from cir_lightning.checks import non_negative_int, positive_int
 from cir_lightning.errors import CIRDataError, CIRModelError
 from cir_lightning.losses import key_id
 from cir_lightning.pixels import to_rgb
+from cir_lightning.placeholders import refuse_placeholders
 
 Inputs = dict[str, Tensor]
 # PaliGemma's processor adds token_type_ids and labels; the backbone runs plain causal attention
@@ -84,6 +85,9 @@ class SampleBatches:
     """Samples -> batches, shared by every collator: ``triplets`` (training), ``queries`` and ``gallery``
     (evaluation), see ``cir_lightning.data.base.Collator``. A subclass supplies ``query_inputs``,
     ``gallery_inputs`` and ``text_inputs`` (model inputs from images and texts)."""
+
+    placeholders: Sequence[str] = ()
+    """What the user's texts may not hold (``cir_lightning.placeholders``): the model's image tokens."""
 
     def query_inputs(self, images: Sequence[Image.Image], modifications: Sequence[str]) -> Inputs:
         raise NotImplementedError
@@ -182,7 +186,7 @@ class MLLMCollator(SampleBatches):
     def limit_texts(self, texts: Sequence[str], what: str = "text") -> list[str]:
         """The user's ``texts`` (``what``: modification, text) with every text longer than ``max_text_tokens``
         tokens cut to it (the others unchanged; warns once per collator with the count and the longest
-        length); a text holding the image placeholder is an error (``user_text``)."""
+        length); a text holding an image placeholder is an error (``cir_lightning.placeholders``)."""
         texts = list(texts)
         refuse_placeholders(texts, self.placeholders, what)
         if self.max_text_tokens is None or not texts:

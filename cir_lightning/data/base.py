@@ -20,7 +20,7 @@ as an evaluation server's), ``with_captions`` and ``gallery_identity`` (for embe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -35,6 +35,7 @@ from cir_lightning.data.datasets import (
     ImageDataset,
     QueryDataset,
     TripletDataset,
+    refuse_placeholder_texts,
 )
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.sampling import EpochSampler, ResumableLoader
@@ -49,8 +50,9 @@ STAGE_SPLITS: dict[str, Split] = {"fit": "val", "validate": "val", "test": "test
 
 
 class Collator(Protocol):
-    """What a model hands to ``CIRDataModule.connect``."""
+    """What a model hands to ``CIRDataModule.connect``; ``placeholders``: what the user's texts may not hold."""
 
+    placeholders: Sequence[str]
     def triplets(self, samples: list[dict[str, Any]]) -> Any: ...
     def queries(self, samples: list[dict[str, Any]]) -> Any: ...
     def gallery(self, samples: list[dict[str, Any]]) -> Any: ...
@@ -128,6 +130,8 @@ class CIRDataModule(pl.LightningDataModule):
         """
         self.collator = collator
         self.cached_galleries = cached_galleries
+        refuse_placeholder_texts([self.train_set, *(q for q, _ in self.val_sets + self.test_sets)],
+                                 collator.placeholders)
 
     def summarize(self, metrics: Mapping[str, float]) -> dict[str, float]:
         """Metrics derived from the evaluated ones (keys without stage prefix), e.g. an average over

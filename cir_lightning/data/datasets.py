@@ -7,6 +7,7 @@ the collator the model hands to the DataModule (see ``CIRDataModule.connect``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS, load_image
+from cir_lightning.placeholders import refuse_placeholders
 
 
 class ImageDataset:
@@ -61,6 +63,30 @@ class GalleryItem:
     image_id: str
     path: Path
     source: str
+
+
+def refuse_placeholder_texts(datasets: Sequence[TripletDataset | QueryDataset | None],
+                             placeholders: Sequence[str]) -> None:
+    """Refuse, with its file and line, a record whose modification (or caption, where the dataset gives
+    captions) holds one of the model's ``placeholders`` (``cir_lightning.placeholders``), before any batch.
+
+    Example:
+        >>> record = Query("q0", Path("a.png"), "make it <image> red", (0,), "q.jsonl:4")
+        >>> refuse_placeholder_texts([None, QueryDataset([record])], ["<image>"])
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRDataError: q.jsonl:4: the modification 'make it <image> red' holds '<image>', ...
+    """
+    if not placeholders:
+        return
+    for dataset in datasets:
+        captions = isinstance(dataset, TripletDataset) and dataset.with_captions
+        for r in dataset.records if dataset is not None else ():
+            mods = [r.modification] if isinstance(r.modification, str) else list(r.modification)
+            refuse_placeholders(mods, placeholders, "modification", r.source)
+            if captions:
+                refuse_placeholders([c for c in (r.reference_caption, r.target_caption) if c], placeholders,
+                                    "caption", r.source)
 
 
 class TripletDataset(ImageDataset, Dataset):

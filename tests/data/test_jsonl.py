@@ -351,3 +351,23 @@ def test_one_image_under_two_gallery_ids_is_an_error(root):
     with pytest.raises(CIRDataError, match=r"gallery\.jsonl:3: `image_path` 'images/\./b\.png' is the image of "
                                            r"`image_id` 'b_copy' too \(line 2\)"):
         setup(root, "validate")
+
+
+def test_a_text_holding_the_model_s_placeholder_is_named_with_its_line_when_the_model_connects(root):
+    """Refused before any batch (in a worker, mid-epoch, it would come after the gallery was embedded)."""
+    from types import SimpleNamespace
+
+    collator = SimpleNamespace(placeholders=["<image>", "<|video_pad|>"])
+    queries_with(root, modification="make it <|video_pad|> red")
+    dm = setup(root, "fit")
+    with pytest.raises(CIRDataError, match=r"val_queries\.jsonl:2: the modification 'make it <\|video_pad\|> red' "
+                                           r"holds '<\|video_pad\|>', a placeholder the model fills with a video"):
+        dm.connect(collator)
+    rows = [json.loads(r) for r in (root / "train.jsonl").read_text().splitlines()]
+    rows[1]["target_caption"] = "a <image> square"
+    write_jsonl(root / "train.jsonl", rows)
+    queries_with(root, modification="make it red")
+    setup(root, "fit").connect(collator)  # captions are not read without `with_captions`
+    with pytest.raises(CIRDataError, match=r"train\.jsonl:2: the caption 'a <image> square' holds '<image>'"):
+        setup(root, "fit", with_captions=True).connect(collator)
+    setup(root, "fit", with_captions=True).connect(SimpleNamespace(placeholders=()))  # a dual encoder has none
