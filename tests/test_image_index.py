@@ -246,4 +246,29 @@ def test_linked_folders_are_searched_and_each_real_folder_listed_once(tmp_path):
     (photos / "2024").symlink_to(elsewhere)
     (photos / "zz_again").symlink_to(elsewhere)
     (photos / "loop").symlink_to(photos)
+    (photos / "0_link_to_a.png").symlink_to(photos / "a.png")  # first in order, but a link: a.png is kept
+    (photos / "outside.png").symlink_to(elsewhere / "deep" / "c.png")  # 2024/deep/c.png has it already
     assert list_images(photos) == ["2024/b.png", "2024/deep/c.png", "a.png"]
+
+
+def test_search_leaves_out_the_reference_reached_through_a_link(tmp_path, tiny_model_dir, capsys):
+    """The reference is left out whether it is named through a linked folder or by a link to an indexed file."""
+    photos, elsewhere = tmp_path / "photos", tmp_path / "elsewhere"
+    for folder, name, colour in ((photos, "red.png", "red"), (photos, "green.png", "green"),
+                                 (elsewhere, "grey.png", "grey")):
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (24, 16), colour).save(folder / name)
+    (photos / "linked").symlink_to(elsewhere)
+    (tmp_path / "red_link.png").symlink_to(photos / "red.png")
+    main(_index_args(photos, tmp_path / "index", tiny_model_dir, "--batch-size", "2"))
+    assert ImageIndex.open(tmp_path / "index").relpaths == ["green.png", "linked/grey.png", "red.png"]
+    for reference, indexed in ((photos / "linked" / "grey.png", "linked/grey.png"),
+                               (tmp_path / "red_link.png", "red.png")):
+        capsys.readouterr()
+        main(["search", str(tmp_path / "index"), "--image", str(reference), "--text", "the same", "-k", "3"])
+        out = capsys.readouterr().out
+        assert out.startswith("2 of 3 images below")
+        assert f"(the reference itself, {indexed}, left out" in out
+        listed = [line.split()[-1] for line in out.splitlines() if line.strip()[:1].isdigit() and "  " in line]
+        assert len(listed) == 2
+        assert str(photos / indexed) not in listed

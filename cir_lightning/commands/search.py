@@ -44,8 +44,12 @@ def main(argv: Sequence[str]) -> None:
     reference = Path(ns.image)
     image = load_image(reference, index.info.get("max_short_edge"), "`--image`",
                        max_pixels=index.info.get("max_image_pixels", DEFAULT_MAX_PIXELS))
-    relpath = Path(os.path.relpath(reference.resolve(), index.root)).as_posix()
-    exclude = [] if ns.keep_reference or relpath not in set(index.relpaths) else [relpath]
+    # the reference as indexed: by its own path (through a linked folder) or by the file it links to
+    indexed = set(index.relpaths)
+    names = [Path(os.path.relpath(p, index.root)).as_posix() for p in (os.path.abspath(reference),
+                                                                         os.path.realpath(reference))]
+    relpath = next((name for name in names if name in indexed), None)
+    exclude = [] if ns.keep_reference or relpath is None else [relpath]
     backbone = index.load_backbone()
     hits = index.query(backbone, image, ns.text, ns.k, exclude=exclude)
     print(f"{len(hits)} of {len(index.relpaths)} images below {index.root} for {reference} + {ns.text!r}"

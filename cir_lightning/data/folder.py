@@ -45,8 +45,9 @@ def list_images(root: str | Path, leave_out: Sequence[str | Path] = ()) -> list[
 
     Hidden files and folders (names starting with ``.``) and the folders in ``leave_out`` (e.g. an index
     being written inside the image folder) are not searched. Symbolic links are followed, to files and to
-    folders (a photo folder linked in is searched like one copied in); a folder reached a second time, by
-    another link or a link loop, is listed once only, so no image appears twice.
+    folders (a photo folder linked in is searched like one copied in); a folder or file reached a second
+    time, by another link or a link loop, is listed once only (a file under its own name rather than a
+    link's), so no image appears twice.
 
     Raises:
         CIRDataError: ``root`` is missing or not a folder, or holds no image file.
@@ -69,7 +70,7 @@ def list_images(root: str | Path, leave_out: Sequence[str | Path] = ()) -> list[
     if not root.is_dir():
         raise CIRDataError(MISSING if not root.exists() else "is not a folder of images", root)
     skipped = {os.path.realpath(p) for p in leave_out}
-    found, listed = [], set()
+    found, listed = {}, set()  # relative path -> (is a link, the real file)
     for folder, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(folder)
         if real in listed:  # a second link to a folder already listed (or a link loop): its images once only
@@ -79,13 +80,21 @@ def list_images(root: str | Path, leave_out: Sequence[str | Path] = ()) -> list[
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")  # sorted: which link lists a folder
                              and os.path.realpath(os.path.join(folder, d)) not in skipped)  # does not vary
         relative = Path(folder).relative_to(root)
-        found += [(relative / name).as_posix() for name in filenames
-                  if not name.startswith(".") and Path(name).suffix.lower() in image_suffixes()]
+        for name in filenames:
+            if not name.startswith(".") and Path(name).suffix.lower() in image_suffixes():
+                link = os.path.islink(os.path.join(folder, name))
+                found[(relative / name).as_posix()] = (link, os.path.realpath(os.path.join(folder, name)) if link
+                                                       else os.path.join(real, name))
+    # a file reached under two names (a link to it) is listed once: under a name that is not a link if it has
+    # one, else the first in order (an image listed twice would tie with itself in every search)
+    keep: dict[str, str] = {}
+    for relpath, (_, real_file) in sorted(found.items(), key=lambda item: (item[1][0], item[0])):
+        keep.setdefault(real_file, relpath)
     if not found:
         raise CIRDataError("holds no image files (looked for " + ", ".join(sorted(
             {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"} & image_suffixes()))
             + " ... in every sub-folder)", root)
-    return sorted(found)
+    return sorted(keep.values())
 
 
 def fit_image(image: Image.Image, max_short_edge: int | None = None) -> Image.Image:
