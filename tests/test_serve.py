@@ -255,6 +255,25 @@ def test_the_command_refuses_a_missing_index_and_a_port_in_use(tmp_path, capsys)
             "(`--port 0` picks a free one)"
         with pytest.raises(CIRConfigError, match="already in use"):
             make_server("127.0.0.1", port)
+    # a first k the page would ask for and every search then refuse
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", str(tmp_path), "-k", "2000"])
+    assert capsys.readouterr().err.splitlines()[0] == "cir-lightning: error: `-k` must be from 1 to 1000, got 2000"
+
+
+def test_an_uploaded_16_bit_image_is_decoded_as_an_indexed_one(tmp_path):
+    """``convert("RGB")`` clips 16-bit grey to white; uploads now go through ``load_image``'s conversion."""
+    import numpy as np
+
+    from cir_lightning.data.images import load_image
+    from cir_lightning.serve.app import decode_upload
+
+    grey = Image.fromarray((np.arange(8, dtype=np.uint16).reshape(1, 8) * 32 * 257).astype(np.uint16))
+    assert grey.mode == "I;16"
+    grey.save(tmp_path / "deep.png")
+    uploaded = decode_upload(data_url((tmp_path / "deep.png").read_bytes()), "deep.png")
+    assert list(uploaded.getdata()) == list(load_image(tmp_path / "deep.png").getdata())
+    assert uploaded.getpixel((1, 0)) == (32, 32, 32)
 
 
 def test_the_command_serves_an_index_with_its_backbone(gallery, monkeypatch, capsys):

@@ -7,7 +7,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cir_lightning.checks import positive_int
 from cir_lightning.commands import COMMANDS
 from cir_lightning.errors import CIRConfigError, CIRFileError
 from cir_lightning.messages import MISSING
@@ -37,7 +36,10 @@ def main(argv: Sequence[str]) -> None:
     if not folder.is_dir():
         problem = MISSING if not folder.exists() else "is not a folder"
         raise CIRFileError(f"`INDEX`: `{folder}` {problem} (build one with `cir-lightning index IMAGE_FOLDER`)")
-    positive_int("-k", ns.k)
+    from cir_lightning.serve.app import MAX_K
+
+    if not 1 <= ns.k <= MAX_K:  # before the model loads (the page would ask for it, and every search be refused)
+        raise CIRConfigError(f"`-k` must be from 1 to {MAX_K}, got {ns.k}")
     if not 0 <= ns.port <= 65535:
         raise CIRConfigError(f"`--port` must be from 0 to 65535, got {ns.port}")
     from cir_lightning.serve import IndexSearcher, SearchApp, make_server

@@ -30,13 +30,17 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from PIL import Image, UnidentifiedImageError
 
-from cir_lightning.errors import CIRError
+from cir_lightning.errors import CIRConfigError, CIRDataError, CIRError
+from cir_lightning.pixels import to_rgb
 
 MAX_BODY = 32 * 2**20
 """The largest request body accepted (an upload travels base64-encoded inside it)."""
 
 MAX_UPLOAD_PIXELS = 64_000_000
 """Uploads with more pixels are refused from their header, before decoding (a decompression-bomb guard)."""
+
+MAX_K = 1000
+"""The most results one search returns (``serve -k`` and the page's own choice)."""
 
 STATIC = {"index.html": "text/html", "serve.css": "text/css", "serve.js": "text/javascript"}
 
@@ -126,7 +130,9 @@ def decode_upload(data_url: object, name: str = "upload") -> Image.Image:
                 raise Refused(400, f"the uploaded image `{name}` is {img.width}x{img.height} pixels, more than "
                                    f"{MAX_UPLOAD_PIXELS:,}; shrink it first")
             img.load()
-            return img.convert("RGB")
+            return to_rgb(img, f"the uploaded image `{name}`")  # as indexed images: 16-bit ones scaled to 8
+    except CIRDataError as err:
+        raise Refused(400, str(err)) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
         raise Refused(400, f"the uploaded file `{name}` is not an image (not a format Pillow can read, "
                            "or truncated)") from None
@@ -150,6 +156,8 @@ class SearchApp:
     """
 
     def __init__(self, searcher: Searcher, k: int = 12) -> None:
+        if not 1 <= k <= MAX_K:  # the page would ask for it, and every search be refused
+            raise CIRConfigError(f"`-k` must be from 1 to {MAX_K}, got {k}")
         self.searcher, self.k = searcher, k
         self.root = Path(searcher.root).resolve()
         self.relpaths = list(searcher.relpaths)
@@ -250,8 +258,8 @@ class SearchApp:
         text, k = request.get("text", ""), request.get("k", self.k)
         if not isinstance(text, str) or len(text) > 2000:
             raise Refused(400, "`text` must be a string of at most 2000 characters")
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 1000:
-            raise Refused(400, f"`k` must be an integer from 1 to 1000, got {json.dumps(k)[:40]}")
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+            raise Refused(400, f"`k` must be an integer from 1 to {MAX_K}, got {json.dumps(k)[:40]}")
         if isinstance(request.get("relpath"), str):
             image = self._indexed_image(request["relpath"])
         elif "upload" in request:
