@@ -192,6 +192,11 @@ def identity_differences(key: str, cached: Any, expected: Any) -> list[str]:
     return _differences(key, json.loads(json.dumps(cached, default=str)), json.loads(json.dumps(expected, default=str)))
 
 
+def stored_dtype(path: str | Path) -> str:
+    """The dtype a cache's embeddings are stored in (``meta.json``; float32 for caches that do not say)."""
+    return str(json.loads((Path(path) / "meta.json").read_text()).get("dtype", "float32"))
+
+
 def load_embeddings(path: str | Path, *, kind: str, model: Mapping[str, Any], dataset: str, split: str,
                     ids: Sequence[str] | None = None, rows: slice | None = None) -> tuple[Tensor, list[str]]:
     """Read a cache, after checking it was made by ``model`` for this dataset, split, kind (and ``ids``).

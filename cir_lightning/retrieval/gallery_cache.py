@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from cir_lightning.files import check_writable
-from cir_lightning.retrieval.cache import load_embeddings, save_embeddings
+from cir_lightning.retrieval.cache import load_embeddings, save_embeddings, stored_dtype
 from cir_lightning.retrieval.evaluator import RetrievalEvaluator
 from cir_lightning.retrieval.gather import world
 
@@ -57,6 +57,7 @@ class GalleryCache:
         self._misses: dict[int, tuple[Path, dict[str, Any]]] = {}
         self.loaded: list[str] = []
         self.written: list[str] = []
+        self.rounded: dict[str, str] = {}  # loaded caches stored in less than float32: path -> dtype
 
     def lookup(self, stage: str, subset: int, name: str, gallery_ids: Sequence[str], *, dataset: str,
                model: Mapping[str, Any], sharded: bool = False) -> bool:
@@ -73,6 +74,12 @@ class GalleryCache:
             indices = torch.arange(len(gallery_ids))[rows] if rows is not None else torch.arange(len(gallery_ids))
             self._hits[subset] = (embeddings, indices)
             self.loaded.append(str(path))
+            dtype = stored_dtype(path)
+            if dtype != "float32":  # e.g. `predict --predictions.dtype float16`: rounded, near-ties may swap
+                self.rounded[str(path)] = dtype
+                warnings.warn(f"embedding cache `{path}` stores {dtype} embeddings: the metrics come from rounded "
+                              "gallery embeddings, and near-ties may rank otherwise than with float32 ones (store "
+                              "float32 to reproduce an evaluation exactly)", stacklevel=2)
             return True
         if world()[0] == 0:  # it will be written after the gallery is embedded: fail now, not after the work
             check_writable(self.folder, "model.embedding_cache")
@@ -112,4 +119,4 @@ class GalleryCache:
     def report(self) -> dict[str, Any]:
         """What this run loaded and wrote (for results files)."""
         return {"folder": str(self.folder), "overwrite": self.overwrite, "loaded": list(self.loaded),
-                "written": list(self.written)}
+                "written": list(self.written), **({"loaded_rounded": dict(self.rounded)} if self.rounded else {})}

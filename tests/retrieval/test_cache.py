@@ -71,3 +71,26 @@ def test_existing_cache_is_never_overwritten_unless_asked(cache):
 def test_not_a_cache_is_a_clear_error(tmp_path):
     with pytest.raises(CIRDataError, match="not a readable embedding cache"):
         load_embeddings(tmp_path, model=MODEL, **WHERE)
+
+
+def test_a_float16_gallery_cache_used_for_evaluation_is_said_and_recorded(tmp_path):
+    """`predict --predictions.dtype float16` folders are valid caches, but their rounded embeddings can swap
+    near-ties: the evaluation says so and the results record it; float32 caches load without a word."""
+    import warnings
+
+    from cir_lightning.retrieval.gallery_cache import GalleryCache
+
+    identity = {"kind": "gallery", "model": {"m": 1}, "dataset": "toy"}
+    gallery = torch.nn.functional.normalize(torch.randn(3, 4), dim=1)
+    save_embeddings(tmp_path / "val-dress-gallery", gallery, ["a", "b", "c"], split="val/dress", dtype="float16",
+                    **identity)
+    save_embeddings(tmp_path / "val-shirt-gallery", gallery, ["a", "b", "c"], split="val/shirt", **identity)
+    cache = GalleryCache(tmp_path)
+    with pytest.warns(UserWarning, match=r"val-dress-gallery` stores float16 embeddings: the metrics come from "
+                                         r"rounded gallery embeddings"):
+        assert cache.lookup("validate", 0, "dress", ["a", "b", "c"], dataset="toy", model={"m": 1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cache.lookup("validate", 1, "shirt", ["a", "b", "c"], dataset="toy", model={"m": 1})
+    assert cache.report()["loaded_rounded"] == {str(tmp_path / "val-dress-gallery"): "float16"}
+    assert "loaded_rounded" not in GalleryCache(tmp_path).report()
