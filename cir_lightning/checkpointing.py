@@ -21,7 +21,11 @@ parameters are sharded, so the full trainable weights are gathered first (a coll
 
 from __future__ import annotations
 
+import inspect
 import io
+import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -208,3 +212,57 @@ def install_checkpoint_io(trainer: pl.Trainer) -> None:
     strategy = trainer.strategy
     if type(getattr(strategy, "checkpoint_io", None)) is TorchCheckpointIO:
         strategy.checkpoint_io = SafeCheckpointIO()
+
+
+_LAST = re.compile(r"^last(-v?\d+)?\.ckpt$")
+
+
+def find_last_checkpoint(roots: Sequence[Path], max_depth: int = 6) -> Path | None:
+    """The newest ``last.ckpt`` (``last-v1.ckpt``, a DeepSpeed ``last.ckpt/`` folder ...) below ``roots``.
+
+    Example:
+        >>> import tempfile, time
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for v in (0, 1):
+        ...     (root / f"logs/version_{v}/checkpoints").mkdir(parents=True)
+        ...     _ = (root / f"logs/version_{v}/checkpoints/last.ckpt").write_bytes(b"")
+        ...     time.sleep(0.01)
+        >>> find_last_checkpoint([root]).relative_to(root).as_posix()
+        'logs/version_1/checkpoints/last.ckpt'
+    """
+    found: list[Path] = []
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root):
+            depth = len(Path(dirpath).relative_to(root).parts)
+            found += [Path(dirpath) / n for n in filenames + dirnames if _LAST.match(n)]
+            dirnames[:] = [d for d in dirnames if not d.startswith(".") and not _LAST.match(d) and depth < max_depth]
+    found = [p for p in found if p.exists()]
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
+def overridden_settings(given: dict[str, Any], restored: dict[str, Any], module: type, path: Path,
+                        names: Sequence[str]) -> None:
+    """Refuse a ``fit --ckpt_path`` whose checkpoint replaced training settings the user set: LightningCLI puts
+    the checkpoint's hyperparameters over the command line and the config files, so ``--model.warmup 0``
+    or ``--model.objective retrieval`` given to resume a run would be dropped without a word. Only ``names``
+    (the settings a checkpoint holds) are compared; values left at their defaults take the checkpoint's, as
+    Lightning intends for a resumed run.
+
+    Example:
+        >>> class Module:
+        ...     def __init__(self, warmup: float = 0.1, objective: str = "retrieval") -> None: ...
+        >>> overridden_settings({"warmup": 0.1}, {"warmup": 0.5}, Module, Path("last.ckpt"), ["warmup"])  # default
+        >>> overridden_settings({"warmup": 0.0}, {"warmup": 0.5}, Module, Path("last.ckpt"), ["warmup"])
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRConfigError: `--ckpt_path last.ckpt` resumes a run with its own training settings, which differ from those given: `model.warmup` 0.0 given, 0.5 in the checkpoint; ...
+    """
+    defaults = {name: p.default for name, p in inspect.signature(module.__init__).parameters.items()}
+    changed = [f"`model.{name}` {given[name]!r} given, {restored[name]!r} in the checkpoint" for name in names
+               if name in given and name in restored and given[name] not in (restored[name], defaults[name])]
+    if changed:
+        raise CIRConfigError(f"`--ckpt_path {path}` resumes a run with its own training settings, which differ from "
+                             f"those given: {'; '.join(changed)}; give the checkpoint's values to resume it, or start "
+                             "a new run from its weights with `model.backbone.init_args.lora.init_adapter`")

@@ -14,7 +14,6 @@ also moves every path written as ``${trainer.default_root_dir}/...``.
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,11 +24,12 @@ from jsonargparse import set_parsing_settings
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
+from cir_lightning.checkpointing import find_last_checkpoint, overridden_settings
 from cir_lightning.commands import COMMANDS, run_command
 from cir_lightning.errors import CIRConfigError, CIRFileError, user_error_line
 from cir_lightning.files import check_writable, free_path, write_atomic
 from cir_lightning.messages import path_problem
-from cir_lightning.module import CIRModule
+from cir_lightning.module import TRAINING_SETTINGS, CIRModule
 from cir_lightning.quiet import quiet_third_party
 from cir_lightning.threads import ThreadBudget
 from cir_lightning.torch_files import load_torch_file
@@ -122,16 +122,19 @@ class CIRLightningCLI(LightningCLI):
         if config is not None and config.get("ckpt_path") is not None:
             config["ckpt_path"] = resolve_ckpt_path(str(config["ckpt_path"]), config)
             path = Path(config["ckpt_path"])
+        given = config.get("model").as_dict() if config is not None and config.get("model") is not None else {}
         if path is not None and path.is_file() and config.get("weights_only") is False:
             # the user's explicit choice; Lightning's own read is always weights_only=True and would refuse
             self._apply_ckpt_hparams(load_torch_file(path, weights_only=False, what="`--ckpt_path`"))
-            return
-        try:
-            super()._parse_ckpt_path()
-        except Exception:
-            if path is not None and path.is_file():
-                load_torch_file(path, weights_only=True, what="`--ckpt_path`")  # raises the explanation
-            raise
+        else:
+            try:
+                super()._parse_ckpt_path()
+            except Exception:
+                if path is not None and path.is_file():
+                    load_torch_file(path, weights_only=True, what="`--ckpt_path`")  # raises the explanation
+                raise
+        if subcommand == "fit" and path is not None:  # Lightning put the checkpoint's training settings in
+            overridden_settings(given, self.config[subcommand]["model"].as_dict(), CIRModule, path, TRAINING_SETTINGS)
 
     def _apply_ckpt_hparams(self, checkpoint: Any) -> None:
         """Lightning's merge of a checkpoint's hyperparameters into the ``model`` config, for a checkpoint
@@ -172,34 +175,6 @@ def output_folders(config: Any) -> list[tuple[str, Path]]:
         if dirpath:
             folders.append((f"trainer.callbacks[{i}].init_args.dirpath", Path(dirpath)))
     return folders
-
-
-_LAST = re.compile(r"^last(-v?\d+)?\.ckpt$")
-
-
-def find_last_checkpoint(roots: Sequence[Path], max_depth: int = 6) -> Path | None:
-    """The newest ``last.ckpt`` (``last-v1.ckpt``, a DeepSpeed ``last.ckpt/`` folder ...) below ``roots``.
-
-    Example:
-        >>> import tempfile, time
-        >>> root = Path(tempfile.mkdtemp())
-        >>> for v in (0, 1):
-        ...     (root / f"logs/version_{v}/checkpoints").mkdir(parents=True)
-        ...     _ = (root / f"logs/version_{v}/checkpoints/last.ckpt").write_bytes(b"")
-        ...     time.sleep(0.01)
-        >>> find_last_checkpoint([root]).relative_to(root).as_posix()
-        'logs/version_1/checkpoints/last.ckpt'
-    """
-    found: list[Path] = []
-    for root in roots:
-        if not root.is_dir():
-            continue
-        for dirpath, dirnames, filenames in os.walk(root):
-            depth = len(Path(dirpath).relative_to(root).parts)
-            found += [Path(dirpath) / n for n in filenames + dirnames if _LAST.match(n)]
-            dirnames[:] = [d for d in dirnames if not d.startswith(".") and not _LAST.match(d) and depth < max_depth]
-    found = [p for p in found if p.exists()]
-    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
 
 def resolve_ckpt_path(ckpt_path: str, config: Any) -> str:

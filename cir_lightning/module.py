@@ -27,7 +27,7 @@ from cir_lightning.checkpointing import (
 from cir_lightning.checks import cutoffs, number_in, positive_int
 from cir_lightning.data.base import CIRDataModule
 from cir_lightning.errors import CIRConfigError
-from cir_lightning.evaluation import EVALUATION_OPTIONS, Evaluation
+from cir_lightning.evaluation import Evaluation
 from cir_lightning.losses import FireLoss, distributed_fire_loss, target_keys
 from cir_lightning.optim import lr_scheduler
 from cir_lightning.retrieval.evaluator import loader_role
@@ -37,6 +37,12 @@ from cir_lightning.stage1 import FIRE_STAGE1_INSTRUCTION, CaptionBatches, captio
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01)
+
+
+TRAINING_SETTINGS = ("lr_schedule", "warmup", "target_side", "cross_rank_negatives", "objective",
+                     "caption_instruction", "max_caption_tokens")
+"""``CIRModule``'s arguments kept as checkpoint hyperparameters: LightningCLI puts them back over the command
+line of a ``--ckpt_path`` run (``checkpointing.overridden_settings`` refuses a conflict on ``fit``)."""
 
 
 class CIRModule(pl.LightningModule):
@@ -118,8 +124,7 @@ class CIRModule(pl.LightningModule):
         max_caption_tokens: int | None = None,
     ) -> None:
         super().__init__()
-        # only training settings become checkpoint hyperparameters (see EVALUATION_OPTIONS)
-        self.save_hyperparameters(ignore=["backbone", "loss", "optimizer", "export_adapter", *EVALUATION_OPTIONS])
+        self.save_hyperparameters(*TRAINING_SETTINGS)  # only these (not EVALUATION_OPTIONS, not the parts)
         number_in("warmup", warmup, 0, math.inf)
         positive_int("max_caption_tokens", max_caption_tokens, optional=True)
         self.backbone, self.export_adapter = backbone, export_adapter

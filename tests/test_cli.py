@@ -217,6 +217,37 @@ def test_fit_resumed_from_an_epoch_checkpoint_ends_exactly_like_an_uninterrupted
     assert resumed["lr_schedulers"] == straight["lr_schedulers"]
 
 
+def test_resuming_with_other_training_settings_is_refused_not_silently_reverted(fitted, capsys, monkeypatch):
+    """LightningCLI puts a checkpoint's hyperparameters over the command line: `--model.warmup 0` and
+    `--model.lr_schedule constant` given to `fit --ckpt_path` were dropped without a word."""
+    from cir_lightning.cli import main
+
+    cwd, common = fitted
+    monkeypatch.chdir(cwd)
+    ckpt = str(cwd / "run" / "checkpoints" / "last.ckpt")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *common, "--trainer.default_root_dir", "resumed", "--ckpt_path", ckpt,
+              "--model.warmup", "0", "--model.lr_schedule", "constant"])
+    assert exit_info.value.code == 2
+    line = capsys.readouterr().err.splitlines()[0]
+    assert line == (f"cir-lightning: error: `--ckpt_path {ckpt}` resumes a run with its own training settings, "
+                    "which differ from those given: `model.lr_schedule` 'constant' given, 'linear' in the checkpoint; "
+                    "`model.warmup` 0.0 given, 1.0 in the checkpoint; give the checkpoint's values to resume it, or start "
+                    "a new run from its weights with `model.backbone.init_args.lora.init_adapter`")
+    assert not (cwd / "resumed").exists()  # refused before anything was written
+
+
+def test_the_checkpoint_settings_are_the_module_s_arguments_but_its_parts_and_evaluation_options():
+    import inspect
+
+    from cir_lightning.evaluation import EVALUATION_OPTIONS
+    from cir_lightning.module import TRAINING_SETTINGS, CIRModule
+
+    names = [p for p in inspect.signature(CIRModule.__init__).parameters if p != "self"]
+    parts = {"backbone", "loss", "optimizer", "export_adapter"}
+    assert sorted(TRAINING_SETTINGS) == sorted(set(names) - parts - set(EVALUATION_OPTIONS))
+
+
 def test_gallery_embedding_cache_is_written_then_reused_and_refused_when_stale(fitted, tiny_model_dir):
     cwd, common = fitted
     ckpt = str(cwd / "run" / "checkpoints" / "last.ckpt")
