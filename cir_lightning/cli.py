@@ -106,6 +106,13 @@ class CIRLightningCLI(LightningCLI):
             return
         if "weights_only" in config and config["weights_only"] is None:
             config["weights_only"] = True
+        # LightningCLI's own `--optimizer` / `--lr_scheduler` replace CIRModule.configure_optimizers (the model's
+        # optimizer, warm-up and schedule dropped) or are ignored: refused, naming the model's options
+        for option in ("optimizer", "lr_scheduler"):
+            if config.get(option) is not None:
+                raise CIRConfigError(f"`--{option}` is LightningCLI's and would replace or be ignored by the model's "
+                                     "own: set `--model.optimizer` (class and lr), `--model.lr_schedule` "
+                                     "(linear, cosine, constant) and `--model.warmup`")
         # Before any model is loaded or any image embedded: the output folders can be written, and the
         # checkpoint to start from exists (`last`: the newest last.ckpt of earlier runs in the same place).
         for option, folder in output_folders(config):

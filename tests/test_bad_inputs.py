@@ -221,6 +221,18 @@ def _(w):
                      "a placeholder the model fills with an image"]  # named at set-up, with its line
 
 
+@case("fit: LightningCLI's own --lr_scheduler")
+def _(w):  # it was ignored: the model's warm-up and schedule ran instead
+    return w.cli("fit", "--lr_scheduler", "torch.optim.lr_scheduler.StepLR", "--lr_scheduler.step_size", "1"), [
+        "`--lr_scheduler` is LightningCLI's", "`--model.lr_schedule`"]
+
+
+@case("fit: LightningCLI's own --optimizer")
+def _(w):  # it replaced the model's optimizer, warm-up and schedule
+    return w.cli("fit", "--optimizer", "torch.optim.SGD", "--optimizer.lr", "0.5"), [
+        "`--optimizer` is LightningCLI's", "`--model.optimizer`"]
+
+
 @case("fit: fewer training triplets than a batch")
 def _(w):  # training drops the incomplete batch: nothing would be trained, and an untrained adapter saved
     return w.cli("fit", "--data.batch_size", "8"), ["4 triplet(s)", "`batch_size` = 8"]
