@@ -136,6 +136,9 @@ class FireLoss(nn.Module):
             positive_number(f"loss.{name}", value)
         for name, value in (("contrastive_weight", contrastive_weight), *(("recall_weights", w) for w in recall_weights)):
             number_in(f"loss.{name}", value, 0, math.inf)
+        if contrastive_weight == 0 and not any(recall_weights):  # the loss would be 0 and nothing trained
+            raise CIRConfigError("`loss.contrastive_weight` and every `loss.recall_weights` are 0: the loss is 0 and "
+                                 "nothing would be trained; give one of them a positive weight")
         self.scale = scale
         self.recall_ks = [int(k) for k in recall_ks]
         self.recall_weights = [float(w) for w in recall_weights]

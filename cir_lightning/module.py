@@ -150,7 +150,19 @@ class CIRModule(pl.LightningModule):
         if isinstance(datamodule, CIRDataModule):
             if self.objective == "caption" and stage == "fit":
                 check_caption_data(datamodule)
+            if self.objective == "retrieval" and stage == "fit":
+                self._check_negatives(datamodule.batch_size)
             datamodule.connect(self.caption_batches or self.backbone.collator, cached_galleries)
+
+    def _check_negatives(self, batch_size: int) -> None:
+        """FiRE's loss contrasts each query with the other targets of the batch (and of the other processes'
+        batches with ``cross_rank_negatives``): with one triplet in all, the loss is constant, its gradient 0."""
+        ranks = self.trainer.world_size if self.cross_rank_negatives else 1
+        if batch_size * ranks < 2:
+            raise CIRConfigError(f"`data.batch_size` = {batch_size} with {ranks} process(es) sharing negatives: "
+                                 "FiRE's loss contrasts each query with the other targets of its batch, and with "
+                                 "one triplet there are none, so the loss is constant and nothing is learned "
+                                 "(gradient accumulation adds no negatives); use a batch of at least 2")
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:

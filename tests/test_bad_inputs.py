@@ -233,6 +233,18 @@ def _(w):  # it replaced the model's optimizer, warm-up and schedule
         "`--optimizer` is LightningCLI's", "`--model.optimizer`"]
 
 
+@case("fit: a batch of one triplet (no in-batch negatives)")
+def _(w):  # the loss is constant and its gradient 0: it trained nothing and exported the untrained adapter
+    return w.cli("fit", "--data.batch_size", "1"), ["`data.batch_size` = 1", "nothing is learned"]
+
+
+@case("loss: every weight 0")
+def _(w):
+    from cir_lightning.losses import FireLoss
+
+    return lambda: FireLoss(contrastive_weight=0, recall_weights=[0, 0]), ["`loss.contrastive_weight`", "are 0"]
+
+
 @case("fit: fewer training triplets than a batch")
 def _(w):  # training drops the incomplete batch: nothing would be trained, and an untrained adapter saved
     return w.cli("fit", "--data.batch_size", "8"), ["4 triplet(s)", "`batch_size` = 8"]
