@@ -34,6 +34,7 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from cir_lightning.backbones.adapters import lora_settings
 from cir_lightning.errors import CIRConfigError, CIRModelError, weight_mismatch
 from cir_lightning.files import free_path, write_atomic, write_folder
 from cir_lightning.torch_files import load_torch_file
@@ -94,10 +95,15 @@ def keep_trainable(module: pl.LightningModule, checkpoint: dict[str, Any], finge
     keep = trainable_keys(module)
     checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if clean_name(k) in keep}
     checkpoint["cir_lightning"] = {"fingerprint": fingerprint, "trainable": sorted(keep)}
-    peft_config = getattr(getattr(getattr(module, "backbone", None), "model", None), "peft_config", None)
-    if peft_config:  # what `lora.init_adapter` compares: a .ckpt with another alpha must not load silently
-        config = peft_config["default"]
-        checkpoint["cir_lightning"]["lora"] = {"r": config.r, "lora_alpha": config.lora_alpha}
+    model = _peft_model(module)
+    if model is not None:  # what `--ckpt_path` and `lora.init_adapter` compare: another scale must not load silently
+        checkpoint["cir_lightning"]["lora"] = lora_settings(model)
+
+
+def _peft_model(module: pl.LightningModule) -> Any:
+    """The backbone's peft model, None without LoRA."""
+    model = getattr(getattr(module, "backbone", None), "model", None)
+    return model if getattr(model, "peft_config", None) else None
 
 
 def check_and_complete(module: pl.LightningModule, checkpoint: dict[str, Any], fingerprint: dict[str, Any]) -> None:
@@ -116,6 +122,14 @@ def check_and_complete(module: pl.LightningModule, checkpoint: dict[str, Any], f
     if problem:
         raise CIRModelError("the checkpoint's trainable weights do not match this model (different LoRA settings?): "
                             + problem)
+    model = _peft_model(module)
+    if model is not None and "lora" in meta:  # same shapes, another alpha: every embedding at another scale
+        ours, then = lora_settings(model), meta["lora"]
+        changed = [f"{k}: {then.get(k, False)} in the checkpoint, {v} here" for k, v in ours.items()
+                   if then.get(k, False if k == "use_rslora" else None) != v]
+        if changed:
+            raise CIRConfigError(f"the checkpoint was trained with other LoRA settings ({'; '.join(changed)}); set the "
+                                 "same `model.backbone.init_args.lora` values")
     then, now = meta["fingerprint"].get("model"), fingerprint.get("model")
     then_digest, now_digest = meta["fingerprint"].get("base_digest"), fingerprint.get("base_digest")
     if then_digest and now_digest:  # the base weights themselves: a moved folder is fine, a replaced one is not

@@ -162,10 +162,16 @@ def _load_checkpoint_weights(model: nn.Module, path: Path, file: Path) -> None:
             p.copy_(weights[name])
 
 
-def _check_settings(path: Path, saved: dict[str, Any], model: nn.Module) -> None:
+def lora_settings(model: nn.Module) -> dict[str, Any]:
+    """What sets a LoRA adapter's scale: rank, alpha and rsLoRA (``alpha / sqrt(r)`` instead of ``alpha / r``)."""
     ours = model.peft_config["default"]
-    settings = {"r": ours.r, "lora_alpha": ours.lora_alpha}
-    changed = [f"{k}: {saved.get(k)} in the adapter, {v} here" for k, v in settings.items() if saved.get(k) != v]
+    return {"r": ours.r, "lora_alpha": ours.lora_alpha, "use_rslora": bool(ours.use_rslora)}
+
+
+def _check_settings(path: Path, saved: dict[str, Any], model: nn.Module) -> None:
+    # a setting the record lacks (rsLoRA in checkpoints written before it was recorded) was the default
+    changed = [f"{k}: {saved.get(k, False)} in the adapter, {v} here" for k, v in lora_settings(model).items()
+               if saved.get(k, False if k == "use_rslora" else None) != v]
     if changed:
         raise CIRConfigError(f"`init_adapter` {path} was trained with other LoRA settings ({'; '.join(changed)}); "
                              "set the same `lora` values")

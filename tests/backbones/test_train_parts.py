@@ -75,3 +75,18 @@ def test_parts_that_are_missing_or_nested_are_explained():
         part_paths(model, ["projector", "vision"])
     with pytest.raises(CIRConfigError, match="has no module named vision_tower / vision_model"):
         part_paths(nn.Linear(2, 2), ["vision"])
+
+
+def test_an_adapter_with_another_scale_is_refused_rslora_included(backbone):
+    """rsLoRA scales by alpha / sqrt(r), not alpha / r: such an adapter loaded as plain LoRA ran at the wrong
+    scale without a word (peft's own scaling for it: 4.0 against our 2.0)."""
+    from pathlib import Path
+
+    from cir_lightning.backbones.adapters import _check_settings, lora_settings
+    from cir_lightning.errors import CIRConfigError
+
+    assert lora_settings(backbone.model) == {"r": 4, "lora_alpha": 8, "use_rslora": False}
+    _check_settings(Path("adapter"), {"r": 4, "lora_alpha": 8, "use_rslora": False}, backbone.model)
+    _check_settings(Path("adapter"), {"r": 4, "lora_alpha": 8}, backbone.model)  # recorded before rsLoRA was
+    with pytest.raises(CIRConfigError, match=r"other LoRA settings \(use_rslora: True in the adapter, False here\)"):
+        _check_settings(Path("adapter"), {"r": 4, "lora_alpha": 8, "use_rslora": True}, backbone.model)
