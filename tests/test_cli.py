@@ -253,6 +253,28 @@ def test_a_checkpoint_loaded_with_another_lora_alpha_is_refused(fitted, capsys, 
         "400 here); set the same `model.backbone.init_args.lora` values")
 
 
+def test_a_gallery_cache_is_not_shared_across_weight_dtypes_or_mixed_precision(fitted, tiny_model_dir, monkeypatch,
+                                                                              capsys):
+    """bf16 weights, or bf16-mixed autocast, give other embeddings than float32: such a cache was reused by a
+    float32 evaluation (R@1 4.17 against 0.00) without a word."""
+    from cir_lightning.backbones import HFMultimodalBackbone
+    from cir_lightning.cli import main
+
+    assert "dtype" not in HFMultimodalBackbone(str(tiny_model_dir)).fingerprint()  # float32 keys as they were
+    assert HFMultimodalBackbone(str(tiny_model_dir), dtype="bfloat16").fingerprint()["dtype"] == "bfloat16"
+    cwd, common = fitted
+    monkeypatch.chdir(cwd)
+    ckpt = str(cwd / "run" / "checkpoints" / "last.ckpt")
+    args = [*common, "--ckpt_path", ckpt, "--model.embedding_cache", "emb_precision"]
+    main(["validate", *args, "--trainer.default_root_dir", "bf16", "--trainer.precision", "bf16-mixed"])
+    written = json.loads((cwd / "bf16" / "results-validate.json").read_text())["config"]["model"]["embedding_cache"]
+    assert written["written"]
+    assert not written["loaded"]
+    with pytest.raises(SystemExit):  # a stale cache is never used: refused, naming what differs
+        main(["validate", *args, "--trainer.default_root_dir", "fp32"])
+    assert "the cache does not match: model.precision: cached 'bf16-mixed', expected None" in capsys.readouterr().err
+
+
 def test_the_checkpoint_settings_are_the_module_s_arguments_but_its_parts_and_evaluation_options():
     import inspect
 

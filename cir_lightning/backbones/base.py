@@ -86,6 +86,12 @@ class Backbone(nn.Module):
         """The loaded model with the LoRA layers injected (peft's wrapper removed)."""
         return self.model.get_base_model() if getattr(self, "lora", None) is not None else self.model
 
+    def dtype_key(self) -> dict[str, str]:
+        """``{"dtype": name}`` for a fingerprint when the weights are not float32 (bf16 embeddings differ from
+        float32 ones; float32 fingerprints keep the keys, and the caches and indexes, they had)."""
+        name = str(self.base_model.dtype).removeprefix("torch.")
+        return {} if name == "float32" else {"dtype": name}
+
     def save_adapter(self, path: str | Path) -> None:
         """Write the trained LoRA adapter (peft's ``save_pretrained`` format, what users share) to the
         folder ``path``, which must not exist: it appears complete or not at all, and is never overwritten."""

@@ -296,4 +296,4 @@ class DualEncoderBackbone(Backbone):
         c = self.collator
         return {"class": type(self).__name__, "model": self.model_name_or_path, "revision": self.revision,
                 "base_digest": self.base_digest, "fusion": self.fusion, "query_template": c.query_template, "text_template": c.text_template,
-                "max_length": c.max_length}
+                "max_length": c.max_length, **self.dtype_key()}

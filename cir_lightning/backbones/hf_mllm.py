@@ -171,7 +171,7 @@ class HFMultimodalBackbone(Backbone):
 
     def fingerprint(self) -> dict[str, Any]:
         return {"class": type(self).__name__, "model": self.model_name_or_path, "revision": self.revision,
-                "base_digest": self.base_digest, "max_text_tokens": self.collator.max_text_tokens,
+                "base_digest": self.base_digest, "max_text_tokens": self.collator.max_text_tokens, **self.dtype_key(),
                 "pooling": self.pooling, "eos_block_size": self.eos_block_size,
                 # no `marker` key unless set: fingerprints (and caches) of marker-less prompts stay as they were
                 "prompts": self.collator.prompts.fingerprint(("marker", *ADDED_FIELDS)),
