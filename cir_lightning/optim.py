@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from cir_lightning.errors import CIRConfigError
 
@@ -70,11 +71,17 @@ def lr_scheduler(optimizer: torch.optim.Optimizer, schedule: Schedule, warmup: f
         >>> [round(g["lr"], 3) for g in opt.param_groups]
         [0.333]
     """
-    if not math.isfinite(total_steps):
+    known = math.isfinite(total_steps)
+    if not known:
         if schedule != "constant" or 0 < warmup < 1:
             raise CIRConfigError(f"`lr_schedule: {schedule}` with `warmup: {warmup}` needs a known training length: "
                                  "set `trainer.max_steps` or `trainer.max_epochs` (or use `lr_schedule: constant` "
                                  "with a warm-up given in steps)")
         total_steps = 1
     total = max(1, int(total_steps))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(schedule, warmup_steps(warmup, total), total))
+    steps = warmup_steps(warmup, total)
+    if steps >= total and known:  # e.g. FiRE's 3000 warm-up steps on a small dataset
+        rank_zero_warn(f"`warmup: {warmup}` is {steps} optimizer steps, and the training has {total}: the learning "
+                       f"rate never reaches `lr` (it ends at {total / (steps + 1):.2%} of it); give a shorter "
+                       "warm-up, or a fraction of the training (e.g. 0.1)")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(schedule, steps, total))

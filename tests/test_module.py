@@ -266,3 +266,20 @@ def test_validate_before_fit_records_the_untrained_model_and_leaves_training_unc
                          f"chance {100 / (num_gallery - 1):.2f}")
     # the checkpoint's monitor, and only it, is in the progress bar
     assert [k for k in t.progress_bar_metrics if k.startswith("val/")] == ["val/Recall@1"]
+
+
+def test_a_warm_up_as_long_as_the_training_is_warned_about():
+    """FiRE's 3000 warm-up steps on a 4-step training: the learning rate never got past 0.13% of `lr`."""
+    from cir_lightning.optim import lr_scheduler
+
+    def optimizer():
+        return torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+
+    with pytest.warns(UserWarning, match=r"`warmup: 3000` is 3000 optimizer steps, and the training has 4: the "
+                                         r"learning rate never reaches `lr` \(it ends at 0\.13% of it\)"):
+        lr_scheduler(optimizer(), "linear", warmup=3000, total_steps=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lr_scheduler(optimizer(), "linear", warmup=3, total_steps=4)  # reaches lr at its last step
+        lr_scheduler(optimizer(), "linear", warmup=0.99, total_steps=4)  # a fraction: always shorter
+        lr_scheduler(optimizer(), "constant", warmup=3000, total_steps=float("inf"))  # length unknown
