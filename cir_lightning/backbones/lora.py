@@ -237,6 +237,11 @@ def add_lora(model: nn.Module, lora: LoRA, target_modules: str | list[str]) -> n
     ``train_parts`` trained fully, its weights taken from ``lora.init_adapter`` when set."""
     from peft import LoraConfig, get_peft_model
 
+    names = [name for name, _ in model.named_modules() if name]
+    unmatched = [m for m in lora.modules_to_save or [] if not any(n == m or n.endswith("." + m) for n in names)]
+    if unmatched:  # peft would train nothing for it, without a word
+        raise CIRConfigError(f"`lora.modules_to_save` {unmatched} match no module of {type(model).__name__} (a path or "
+                             "the last part of one, e.g. `multi_modal_projector`)")
     to_save = [*(lora.modules_to_save or []), *part_paths(model, sorted(set(lora.train_parts or [])))]
     model = get_peft_model(model, LoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target_modules,

@@ -79,6 +79,9 @@ def test_modules_to_save_trains_the_projector_too(tiny_model_dir):
     trainable = [n for n, p in bb.named_parameters() if p.requires_grad]
     assert any("multi_modal_projector" in n for n in trainable)
     assert not any("vision_tower" in n for n in trainable)
+    # a misspelt name trained nothing extra, without a word
+    with pytest.raises(CIRConfigError, match=r"`lora.modules_to_save` \['multi_modal_projektor'\] match no module"):
+        HFMultimodalBackbone(str(tiny_model_dir), lora=LoRA(r=2, alpha=4, modules_to_save=["multi_modal_projektor"]))
 
 
 def test_no_lora_means_nothing_trains(tiny_model_dir):
