@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from cir_lightning.checks import non_negative_int
 from cir_lightning.data.base import CIRDataModule
 from cir_lightning.errors import CIRConfigError, CIRDataError
-from cir_lightning.fit_summary import FitHistory, monitored
+from cir_lightning.fit_summary import FitHistory, monitored, stale_last_warning
 from cir_lightning.retrieval.evaluator import RetrievalEvaluator
 from cir_lightning.retrieval.gallery_cache import GalleryCache
 from cir_lightning.retrieval.index import SearchConfig
@@ -129,6 +130,9 @@ class Evaluation:
         """When ``fit`` sets the module up: forget an earlier fit's validations and, with ``validate_before_fit``,
         let Lightning's sanity check run every validation batch (not under ``fast_dev_run``)."""
         self.history.reset()
+        warning = stale_last_warning(trainer)
+        if warning:
+            rank_zero_warn(warning)
         if self.loop.sanity_check and not trainer.fast_dev_run:
             trainer.num_sanity_val_steps = float("inf")  # what `num_sanity_val_steps: -1` sets
 

@@ -48,6 +48,33 @@ def monitored(trainer: Any) -> list[tuple[str, str]]:
     return [(cb.monitor, getattr(cb, "mode", "min")) for cb in callbacks if isinstance(getattr(cb, "monitor", None), str)]
 
 
+def stale_last_warning(trainer: Any) -> str | None:
+    """What to tell when ``last.ckpt`` will not hold the newest weights: Lightning (2.6) rewrites it only when
+    the same callback saves a checkpoint at that step, so with a ``monitor`` it keeps the last *best* epoch,
+    and ``validate --ckpt_path last`` or a resume would silently use older weights. None when a callback
+    without ``monitor`` (saving every time it is triggered) keeps ``last.ckpt``.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> from lightning.pytorch.callbacks import ModelCheckpoint
+        >>> stale_last_warning(SimpleNamespace(checkpoint_callbacks=[ModelCheckpoint(monitor="val/Avg",
+        ...                                                                          save_last=True)]))[:40]
+        "ModelCheckpoint(monitor='val/Avg', save_"
+        >>> stale_last_warning(SimpleNamespace(checkpoint_callbacks=[ModelCheckpoint(save_last=True)])) is None
+        True
+    """
+    callbacks = getattr(trainer, "checkpoint_callbacks", None) or []
+    if any(cb.save_last and getattr(cb, "monitor", None) is None for cb in callbacks):
+        return None
+    stale = [cb.monitor for cb in callbacks if cb.save_last and getattr(cb, "monitor", None) is not None]
+    if not stale:
+        return None
+    return (f"ModelCheckpoint(monitor={stale[0]!r}, save_last=True) rewrites last.ckpt only when it saves a new "
+            "best checkpoint, so last.ckpt may hold an earlier epoch than the last (and `--ckpt_path last` would use "
+            "it): add a ModelCheckpoint without `monitor`, with `save_last: true`, to keep the newest weights there "
+            "(configs/demo.yaml shows how)")
+
+
 class FitHistory:
     """The validations of one ``fit`` and the summary printed at its end.
 

@@ -37,6 +37,27 @@ def test_config_parses_and_names_existing_classes(config, tmp_path, capsys, monk
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c.name not in EVALUATE], ids=lambda p: p.name)
+def test_last_ckpt_holds_the_newest_weights_in_every_training_config(config):
+    """With a `monitor`, Lightning rewrites last.ckpt only with a new best: a config keeping last.ckpt must
+    do it with a monitor-free callback, or `--ckpt_path last` resumes and evaluates an older epoch."""
+    from types import SimpleNamespace
+
+    from cir_lightning.fit_summary import stale_last_warning
+
+    callbacks = yaml.safe_load(config.read_text())["trainer"].get("callbacks", [])
+    checkpoints = [_import(c["class_path"])(**c.get("init_args", {})) for c in callbacks
+                   if c["class_path"].endswith("ModelCheckpoint")]
+    assert any(c.save_last for c in checkpoints), config.name  # every training config keeps a last.ckpt
+    assert stale_last_warning(SimpleNamespace(checkpoint_callbacks=checkpoints)) is None
+    monitored_only = [c for c in checkpoints if c.monitor is not None]
+    for c in monitored_only:
+        c.save_last = True
+    if monitored_only:  # the same callbacks with last.ckpt kept by the monitored one alone: warned about
+        assert "rewrites last.ckpt only when it saves a new best" in stale_last_warning(
+            SimpleNamespace(checkpoint_callbacks=monitored_only))
+
+
 def test_the_demo_config_runs_offline(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     config = Path(__file__).parents[1] / "configs" / "demo.yaml"
