@@ -87,10 +87,7 @@ class Evaluation:
         def cached_galleries(stage: str, sets: list[tuple[Any, Any]]) -> set[int]:
             if module.trainer.state.fn not in (TrainerFn.VALIDATING, TrainerFn.TESTING):
                 return set()  # never inside fit: the weights change
-            model = {"fingerprint": module.backbone.fingerprint(), "weights": module.backbone.weights_digest(),
-                     # mixed precision changes the embeddings too; 32-bit keeps the identity (and caches) it had
-                     **({"precision": str(module.trainer.precision)} if "32" not in str(module.trainer.precision)
-                        else {})}
+            model = module.backbone.identity(module.trainer.precision)
             return self.cache.lookup_sets(stage, sets, dataset=datamodule.gallery_identity(), model=model,
                                           sharded=self.evaluator.search.sharded)
 

@@ -164,7 +164,7 @@ class EmbeddingWriter(BasePredictionWriter):
             self._release()
             return
         backbone = getattr(pl_module, "backbone", None)
-        model = {"fingerprint": backbone.fingerprint(), "weights": backbone.weights_digest()} if backbone is not None \
+        model = backbone.identity(trainer.precision) if backbone is not None \
             else {"module": type(pl_module).__name__}
         datamodule = getattr(trainer, "datamodule", None)
         dataset = datamodule.gallery_identity() if isinstance(datamodule, CIRDataModule) else type(datamodule).__name__

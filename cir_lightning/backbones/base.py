@@ -86,6 +86,13 @@ class Backbone(nn.Module):
         """The loaded model with the LoRA layers injected (peft's wrapper removed)."""
         return self.model.get_base_model() if getattr(self, "lora", None) is not None else self.model
 
+    def identity(self, precision: object = "32-true") -> dict[str, Any]:
+        """What identifies this backbone's embeddings in caches and prediction folders: the fingerprint, the
+        weights digest and, under mixed or half precision (the trainer's ``precision``), that precision
+        (32-bit identities stay what they were, and so do their caches)."""
+        mixed = {} if "32" in str(precision) else {"precision": str(precision)}
+        return {"fingerprint": self.fingerprint(), "weights": self.weights_digest(), **mixed}
+
     def dtype_key(self) -> dict[str, str]:
         """``{"dtype": name}`` for a fingerprint when the weights are not float32 (bf16 embeddings differ from
         float32 ones; float32 fingerprints keep the keys, and the caches and indexes, they had)."""

@@ -185,6 +185,11 @@ class GalleryDataset(ImageDataset, Dataset):
     def ids(self) -> list[str]:
         return [r.image_id for r in self.records]
 
+    @property
+    def paths(self) -> list[str]:
+        """The image file of each row (what an embedding cache of this gallery is checked against)."""
+        return [str(r.path) for r in self.records]
+
     def __len__(self) -> int:
         return len(self.records)
 

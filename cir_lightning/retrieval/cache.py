@@ -62,7 +62,7 @@ def _differences(key: str, cached: Any, expected: Any) -> list[str]:
 
 def save_embeddings(path: str | Path, embeddings: Tensor | np.ndarray, ids: Sequence[str], *, kind: str,
                     model: Mapping[str, Any], dataset: str, split: str, dtype: str = "float32",
-                    overwrite: bool = False) -> Path:
+                    overwrite: bool = False, images: Sequence[str] | None = None) -> Path:
     """Write a cache folder at ``path``.
 
     Args:
@@ -75,6 +75,7 @@ def save_embeddings(path: str | Path, embeddings: Tensor | np.ndarray, ids: Sequ
         split: the split ("val", "test", ...).
         dtype: ``"float32"`` or ``"float16"`` storage.
         overwrite: replace an existing cache.
+        images: the image file of each id (a gallery's): a later load given other files refuses the cache.
 
     Example:
         >>> from cir_lightning.retrieval import load_embeddings, save_embeddings
@@ -105,7 +106,8 @@ def save_embeddings(path: str | Path, embeddings: Tensor | np.ndarray, ids: Sequ
         rows[:] = array
         rows.flush()
         del rows
-        finish_embeddings(tmp, ids, kind=kind, model=model, dataset=dataset, split=split)
+        finish_embeddings(tmp, ids, kind=kind, model=model, dataset=dataset, split=split,
+                          extra=None if images is None else {"images_sha256": _ids_digest(images)})
     return path
 
 
@@ -198,7 +200,8 @@ def stored_dtype(path: str | Path) -> str:
 
 
 def load_embeddings(path: str | Path, *, kind: str, model: Mapping[str, Any], dataset: str, split: str,
-                    ids: Sequence[str] | None = None, rows: slice | None = None) -> tuple[Tensor, list[str]]:
+                    ids: Sequence[str] | None = None, rows: slice | None = None,
+                    images: Sequence[str] | None = None) -> tuple[Tensor, list[str]]:
     """Read a cache, after checking it was made by ``model`` for this dataset, split, kind (and ``ids``).
 
     Returns the (count, dim) float32 embeddings and the ids. Any mismatch raises ``CIRDataError``
@@ -233,6 +236,9 @@ def load_embeddings(path: str | Path, *, kind: str, model: Mapping[str, Any], da
         problems.append(f"ids: {len(cached_ids)} cached, {len(ids)} expected, or in another order")
     if meta.get("ids_sha256") != _ids_digest(cached_ids):
         problems.append("ids.json was changed after the cache was written")
+    if images is not None and "images_sha256" in meta and meta["images_sha256"] != _ids_digest(images):
+        problems.append("images: the ids name other image files than when it was written (another gallery file, or "
+                        "changed image paths)")  # caches written without the record are not checked
     if problems:
         raise CIRDataError("the cache does not match: " + "; ".join(problems) + ". A stale cache is never used: "
                            "re-embed with `overwrite_cache: true` (or delete the folder)", path)

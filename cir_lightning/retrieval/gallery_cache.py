@@ -60,7 +60,7 @@ class GalleryCache:
         self.rounded: dict[str, str] = {}  # loaded caches stored in less than float32: path -> dtype
 
     def lookup(self, stage: str, subset: int, name: str, gallery_ids: Sequence[str], *, dataset: str,
-               model: Mapping[str, Any], sharded: bool = False) -> bool:
+               model: Mapping[str, Any], sharded: bool = False, images: Sequence[str] | None = None) -> bool:
         """Load subset ``subset``'s gallery from its cache if there is one; True if it was loaded."""
         path = self.folder / f"{_SPLIT.get(stage, stage)}-{name or subset}-gallery"
         identity = {"kind": "gallery", "model": dict(model), "dataset": dataset,
@@ -70,7 +70,7 @@ class GalleryCache:
         if path.exists() and not self.overwrite:
             rank, world_size = world()
             rows = slice(rank, None, world_size) if sharded else None
-            embeddings, _ = load_embeddings(path, ids=gallery_ids, rows=rows, **identity)
+            embeddings, _ = load_embeddings(path, ids=gallery_ids, rows=rows, images=images, **identity)
             indices = torch.arange(len(gallery_ids))[rows] if rows is not None else torch.arange(len(gallery_ids))
             self._hits[subset] = (embeddings, indices)
             self.loaded.append(str(path))
@@ -83,7 +83,7 @@ class GalleryCache:
             return True
         if world()[0] == 0:  # it will be written after the gallery is embedded: fail now, not after the work
             check_writable(self.folder, "model.embedding_cache")
-        self._misses[subset] = (path, {**identity, "ids": list(gallery_ids)})
+        self._misses[subset] = (path, {**identity, "ids": list(gallery_ids), "images": images})
         return False
 
     def lookup_sets(self, stage: str, sets: Sequence[tuple[Any, Any]], *, dataset: str, model: Mapping[str, Any],
@@ -91,7 +91,7 @@ class GalleryCache:
         """``lookup`` for every ``(queries, gallery)`` subset of an evaluation; the subsets loaded from caches."""
         return {s for s, (queries, gallery) in enumerate(sets)
                 if self.lookup(stage, s, getattr(queries, "name", ""), gallery.ids, dataset=dataset, model=model,
-                               sharded=sharded)}
+                               sharded=sharded, images=gallery.paths)}
 
     def provide(self, evaluator: RetrievalEvaluator) -> None:
         """Give the evaluator the cached galleries (call at the start of every evaluation epoch)."""

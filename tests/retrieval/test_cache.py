@@ -94,3 +94,38 @@ def test_a_float16_gallery_cache_used_for_evaluation_is_said_and_recorded(tmp_pa
         assert cache.lookup("validate", 1, "shirt", ["a", "b", "c"], dataset="toy", model={"m": 1})
     assert cache.report()["loaded_rounded"] == {str(tmp_path / "val-dress-gallery"): "float16"}
     assert "loaded_rounded" not in GalleryCache(tmp_path).report()
+
+
+def test_a_gallery_cache_is_refused_when_its_ids_name_other_image_files(tmp_path):
+    """Another gallery file with the same ids (or two swapped paths) reused the stale embeddings silently."""
+    identity = {"kind": "gallery", "model": {"m": 1}, "dataset": "toy", "split": "val"}
+    gallery = torch.eye(3)
+    save_embeddings(tmp_path / "g", gallery, ["a", "b", "c"], images=["/d/a.png", "/d/b.png", "/d/c.png"], **identity)
+    emb, _ = load_embeddings(tmp_path / "g", ids=["a", "b", "c"], images=["/d/a.png", "/d/b.png", "/d/c.png"],
+                             **identity)
+    assert torch.equal(emb, gallery)
+    with pytest.raises(CIRDataError, match=r"the cache does not match: images: the ids name other image files"):
+        load_embeddings(tmp_path / "g", ids=["a", "b", "c"], images=["/d/b.png", "/d/a.png", "/d/c.png"], **identity)
+    save_embeddings(tmp_path / "old", gallery, ["a", "b", "c"], **identity)  # written without the record
+    load_embeddings(tmp_path / "old", ids=["a", "b", "c"], images=["/x.png", "/y.png", "/z.png"], **identity)
+
+
+def test_gallery_cache_lookup_checks_the_gallery_s_image_files(tmp_path):
+    from types import SimpleNamespace
+
+    from cir_lightning.data.datasets import GalleryDataset, GalleryItem
+    from cir_lightning.retrieval import RetrievalEvaluator
+    from cir_lightning.retrieval.gallery_cache import GalleryCache
+
+    def gallery(*names):
+        return GalleryDataset([GalleryItem(i, tmp_path / n, f"g.jsonl:{k + 1}") for k, (i, n) in
+                               enumerate(zip("ab", names, strict=True))])
+
+    cache, queries = GalleryCache(tmp_path / "cache"), SimpleNamespace(name="")
+    assert cache.lookup_sets("validate", [(queries, gallery("a.png", "b.png"))], dataset="toy", model={"m": 1}) == set()
+    evaluator = RetrievalEvaluator(ks=[1])
+    evaluator.galleries[0] = torch.eye(2)
+    cache.save(evaluator)
+    assert cache.lookup_sets("validate", [(queries, gallery("a.png", "b.png"))], dataset="toy", model={"m": 1}) == {0}
+    with pytest.raises(CIRDataError, match="images: the ids name other image files"):
+        cache.lookup_sets("validate", [(queries, gallery("b.png", "a.png"))], dataset="toy", model={"m": 1})
