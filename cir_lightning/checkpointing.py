@@ -37,6 +37,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from cir_lightning.backbones.adapters import lora_settings
 from cir_lightning.errors import CIRConfigError, CIRModelError, weight_mismatch
 from cir_lightning.files import free_path, write_atomic, write_folder
+from cir_lightning.retrieval.cache import identity_differences
 from cir_lightning.torch_files import load_torch_file
 
 _WRAPPERS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
@@ -140,6 +141,14 @@ def check_and_complete(module: pl.LightningModule, checkpoint: dict[str, Any], f
                            "results may be wrong: load the base model it was trained on")
     elif then != now:  # a checkpoint written before base digests: only the paths can be compared
         rank_zero_warn(f"the checkpoint was trained on base model `{then}`, it is loaded onto `{now}`")
+    # how the backbone embeds (prompts, pooling, EOS block, text limit, dtype): allowed to differ, never silently
+    then_how, now_how = ({k: v for k, v in f.items() if k not in ("model", "base_digest", "revision")}
+                         for f in (meta["fingerprint"], fingerprint))
+    changed = identity_differences("backbone", then_how, now_how)
+    if changed:
+        rank_zero_warn("the checkpoint was trained with another embedding set-up, so results may differ from its "
+                       "training's: " + "; ".join(c.replace(": cached ", ": trained with ").replace(", expected ", ", now ")
+                                                   for c in changed))
     if state is not None:
         frozen = {k: v for k, v in module.state_dict().items() if clean_name(k) not in saved}
         checkpoint["state_dict"] = {**frozen, **state}
