@@ -188,7 +188,11 @@ def resolve_ckpt_path(ckpt_path: str, config: Any) -> str:
     """``--ckpt_path`` checked before the run: a path must exist; ``last`` becomes the newest ``last.ckpt``
     under the run's folders (Lightning looks only in the NEW run's checkpoint folder, finds nothing,
     warns once and trains from scratch), or is refused when there is none."""
-    if ckpt_path in ("best", "hpc", "registry") or "://" in ckpt_path or ckpt_path.startswith("registry:"):
+    if ckpt_path == "best":  # Lightning's "best" is the best of a fit in the same process: none in a new command
+        raise CIRConfigError("`--ckpt_path best` names the best checkpoint of a `fit` run in the same process, and "
+                             "this command starts a new one: give the best checkpoint's path (its file under the "
+                             "run's checkpoints folder), or `last`")
+    if ckpt_path in ("hpc", "registry") or "://" in ckpt_path or ckpt_path.startswith("registry:"):
         return ckpt_path
     if ckpt_path != "last":
         problem = path_problem(ckpt_path, "a checkpoint file")

@@ -245,6 +245,11 @@ def _(w):
     return lambda: FireLoss(contrastive_weight=0, recall_weights=[0, 0]), ["`loss.contrastive_weight`", "are 0"]
 
 
+@case("validate: --ckpt_path best in a new command")
+def _(w):  # Lightning's own error was a traceback
+    return w.cli("validate", "--ckpt_path", "best"), ["`--ckpt_path best`", "give the best checkpoint's path"]
+
+
 @case("fit: fewer training triplets than a batch")
 def _(w):  # training drops the incomplete batch: nothing would be trained, and an untrained adapter saved
     return w.cli("fit", "--data.batch_size", "8"), ["4 triplet(s)", "`batch_size` = 8"]
