@@ -15,6 +15,7 @@ import dataclasses
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from lightning.pytorch.trainer.states import TrainerFn
@@ -25,10 +26,12 @@ from cir_lightning.checks import non_negative_int
 from cir_lightning.data.base import CIRDataModule
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.fit_summary import FitHistory, monitored, stale_last_warning
-from cir_lightning.retrieval.evaluator import RetrievalEvaluator
+from cir_lightning.messages import first_few
+from cir_lightning.retrieval.evaluator import RetrievalEvaluator, subsets_from_loaders
 from cir_lightning.retrieval.gallery_cache import GalleryCache
 from cir_lightning.retrieval.index import SearchConfig
 from cir_lightning.retrieval.loop import EpochResults, EvaluationLoop
+from cir_lightning.retrieval.protocol import metric_names
 from cir_lightning.retrieval.results import ranked_ids, ranked_scores, report_results, split_subsets
 
 __all__ = ["EVALUATION_OPTIONS", "Evaluation", "RunOutputs"]
@@ -78,6 +81,8 @@ class Evaluation:
         which subsets' galleries come from the cache (None without a cache). Called in the module's ``setup``."""
         if module._trainer is not None and module.trainer.state.fn == TrainerFn.FITTING:
             self.fit_start(module.trainer)
+            if isinstance(datamodule, CIRDataModule) and datamodule.val_sets:
+                self.check_monitors(module.trainer, datamodule)
         if self.cache is None:
             return None
         if not isinstance(datamodule, CIRDataModule):
@@ -122,6 +127,18 @@ class Evaluation:
             self._record(trainer, STAGE_PREFIX[stage], epoch)
         self.loop.reset()
         return epoch
+
+    def check_monitors(self, trainer: Any, datamodule: CIRDataModule) -> None:
+        """A checkpoint monitoring a ``val/`` metric this validation never logs (e.g. ``val/Recall@1`` with
+        ``eval_ks: [5, 10]``) failed after the first epoch, in a Lightning traceback: refused before training."""
+        loaders = [SimpleNamespace(dataset=d) for pair in datamodule.val_sets for d in pair]
+        names = metric_names(subsets_from_loaders(loaders), self.evaluator.ks)
+        names += list(datamodule.summarize(dict.fromkeys(names, 0.0)))
+        for monitor, _ in monitored(trainer):
+            if monitor.startswith("val/") and monitor[len("val/"):] not in names:
+                raise CIRConfigError(f"a ModelCheckpoint monitors `{monitor}`, which this validation never logs (it "
+                                     f"logs {first_few(['val/' + n for n in names], ', ', ', ...')}): set its `monitor` "
+                                     "to one of these, or `model.eval_ks` to the K it names")
 
     def fit_start(self, trainer: Any) -> None:
         """When ``fit`` sets the module up: forget an earlier fit's validations and, with ``validate_before_fit``,

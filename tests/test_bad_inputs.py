@@ -250,6 +250,14 @@ def _(w):  # Lightning's own error was a traceback
     return w.cli("validate", "--ckpt_path", "best"), ["`--ckpt_path best`", "give the best checkpoint's path"]
 
 
+@case("fit: a checkpoint monitoring a metric the validation never logs")
+def _(w):  # it failed after the first epoch, in Lightning's traceback
+    callbacks = ('[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": '
+                 '{"monitor": "val/Recall@1", "mode": "max"}}]')
+    return w.cli("fit", "--model.eval_ks", "[5, 10]", "--trainer.callbacks", callbacks), [
+        "monitors `val/Recall@1`, which this validation never logs", "val/Recall@5", "`model.eval_ks`"]
+
+
 @case("fit: fewer training triplets than a batch")
 def _(w):  # training drops the incomplete batch: nothing would be trained, and an untrained adapter saved
     return w.cli("fit", "--data.batch_size", "8"), ["4 triplet(s)", "`batch_size` = 8"]

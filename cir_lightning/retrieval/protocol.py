@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from cir_lightning.retrieval.evaluator import EvalSubset
 
-__all__ = ["chance_level", "random_hit_rate", "subset_families", "subset_protocol"]
+__all__ = ["chance_level", "metric_names", "random_hit_rate", "subset_families", "subset_protocol"]
 
 _LABELS = {"recall": "Recall", "positive_recall": "PositiveRecall", "recall_subset": "Recall_subset"}
 """The families with a chance level here, and their logged names (as ``evaluator.METRIC_FAMILIES``)."""
@@ -76,6 +76,20 @@ def subset_families(subset: EvalSubset, default_ks: Sequence[int]) -> dict[str, 
         return {}
     families = subset.metrics if subset.metrics is not None else {"recall": default_ks, "mrr": default_ks}
     return {family: [int(k) for k in ks] for family, ks in families.items()}
+
+
+def metric_names(subsets: Iterable[EvalSubset], default_ks: Sequence[int]) -> list[str]:
+    """The names ``RetrievalEvaluator.compute`` gives the metrics of ``subsets`` (without a stage prefix).
+
+    Example:
+        >>> from cir_lightning.retrieval import EvalSubset
+        >>> metric_names([EvalSubset("dress", [[0]], [[]], 2)], [1, 10])
+        ['dress/Recall@1', 'dress/Recall@10', 'dress/MRR@1', 'dress/MRR@10']
+    """
+    from cir_lightning.retrieval.evaluator import METRIC_FAMILIES
+
+    return [f"{sub.name + '/' if sub.name else ''}{METRIC_FAMILIES[family][0]}@{k}" for sub in subsets
+            for family, ks in subset_families(sub, default_ks).items() for k in ks]
 
 
 def chance_level(subset: EvalSubset, families: Mapping[str, Sequence[int]]) -> dict[str, float]:
