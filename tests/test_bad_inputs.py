@@ -258,6 +258,12 @@ def _(w):  # it failed after the first epoch, in Lightning's traceback
         "monitors `val/Recall@1`, which this validation never logs", "val/Recall@5", "`model.eval_ks`"]
 
 
+@case("search: an empty --text")
+def _(w):  # a composed query needs its modification, as annotation files do
+    return ["search", str(w.tmp / "no-index"), "--image", str(w.data / "img" / "0.png"), "--text", " "], [
+        "`--text` is empty"]
+
+
 @case("fit: fewer training triplets than a batch")
 def _(w):  # training drops the incomplete batch: nothing would be trained, and an untrained adapter saved
     return w.cli("fit", "--data.batch_size", "8"), ["4 triplet(s)", "`batch_size` = 8"]

@@ -30,11 +30,13 @@ def main(argv: Sequence[str]) -> None:
     ns = parser.parse_args(list(argv)[1:])
     from cir_lightning.checks import positive_int
     from cir_lightning.data.images import DEFAULT_MAX_PIXELS, load_image
-    from cir_lightning.errors import CIRFileError
+    from cir_lightning.errors import CIRConfigError, CIRFileError
     from cir_lightning.files import check_writable
     from cir_lightning.image_index import ImageIndex
 
     positive_int("-k", ns.k)
+    if not ns.text.strip():  # as annotation files refuse an empty modification: a composed query needs one
+        raise CIRConfigError("`--text` is empty: say what to change in the image (e.g. --text \"make it red\")")
     index = ImageIndex.open(ns.index)
     show = Path(ns.show) if ns.show else None
     if show is not None:  # before the model is loaded
