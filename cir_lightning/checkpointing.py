@@ -141,8 +141,10 @@ def check_and_complete(module: pl.LightningModule, checkpoint: dict[str, Any], f
                            "results may be wrong: load the base model it was trained on")
     elif then != now:  # a checkpoint written before base digests: only the paths can be compared
         rank_zero_warn(f"the checkpoint was trained on base model `{then}`, it is loaded onto `{now}`")
-    # how the backbone embeds (prompts, pooling, EOS block, text limit, dtype): allowed to differ, never silently
-    then_how, now_how = ({k: v for k, v in f.items() if k not in ("model", "base_digest", "revision")}
+    # how the backbone embeds (prompts, pooling, EOS block, text limit): allowed to differ, never silently. Not
+    # the dtype: under `*-true` precision Lightning converts the weights after this load, so it differs here
+    # even for the same config (caches still tell dtypes apart, when they are looked up)
+    then_how, now_how = ({k: v for k, v in f.items() if k not in ("model", "base_digest", "revision", "dtype")}
                          for f in (meta["fingerprint"], fingerprint))
     changed = identity_differences("backbone", then_how, now_how)
     if changed:

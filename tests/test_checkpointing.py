@@ -75,3 +75,20 @@ def test_deepspeed_micro_batch_comes_from_the_data_and_frozen_weights_warn():
     with pytest.warns(UserWarning, match="exclude_frozen_parameters true"):
         prepare_strategy(module)
     assert strategy.config["train_micro_batch_size_per_gpu"] == 4  # not from train_dataloader()
+
+
+def test_a_checkpoint_of_another_embedding_set_up_is_warned_about_but_not_of_another_dtype():
+    """Prompts or pooling that differ from training change the numbers: said. The dtype is not compared here:
+    under `bf16-true` Lightning converts the weights after the checkpoint is loaded, so it always differs."""
+    import warnings
+
+    module = Wrapped()
+    trained = {**FINGERPRINT, "pooling": "last", "prompts": {"query": "<image> {modification}"}}
+    checkpoint = {"cir_lightning": {"fingerprint": {**trained, "dtype": "bfloat16"},
+                                    "trainable": sorted(trainable_keys(module))}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_and_complete(module, checkpoint, trained)  # same set-up, weights not converted yet
+    with pytest.warns(UserWarning, match=r"another embedding set-up, .*backbone\.pooling: trained with 'last', "
+                                         r"now 'mean'"):
+        check_and_complete(module, checkpoint, {**trained, "pooling": "mean"})

@@ -91,7 +91,7 @@ class GalleryCache:
         """``lookup`` for every ``(queries, gallery)`` subset of an evaluation; the subsets loaded from caches."""
         return {s for s, (queries, gallery) in enumerate(sets)
                 if self.lookup(stage, s, getattr(queries, "name", ""), gallery.ids, dataset=dataset, model=model,
-                               sharded=sharded, images=gallery.paths)}
+                               sharded=sharded, images=getattr(gallery, "paths", None))}  # GalleryDataset's
 
     def provide(self, evaluator: RetrievalEvaluator) -> None:
         """Give the evaluator the cached galleries (call at the start of every evaluation epoch)."""
