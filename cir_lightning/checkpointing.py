@@ -146,11 +146,10 @@ def check_and_complete(module: pl.LightningModule, checkpoint: dict[str, Any], f
     # even for the same config (caches still tell dtypes apart, when they are looked up)
     then_how, now_how = ({k: v for k, v in f.items() if k not in ("model", "base_digest", "revision", "dtype")}
                          for f in (meta["fingerprint"], fingerprint))
-    changed = identity_differences("backbone", then_how, now_how)
+    changed = identity_differences("backbone", then_how, now_how, ("trained with", "now"))
     if changed:
         rank_zero_warn("the checkpoint was trained with another embedding set-up, so results may differ from its "
-                       "training's: " + "; ".join(c.replace(": cached ", ": trained with ").replace(", expected ", ", now ")
-                                                   for c in changed))
+                       "training's: " + "; ".join(changed))
     if state is not None:
         frozen = {k: v for k, v in module.state_dict().items() if clean_name(k) not in saved}
         checkpoint["state_dict"] = {**frozen, **state}

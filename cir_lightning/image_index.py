@@ -165,10 +165,9 @@ class ImageIndex:
         if backbone in self._checked:
             return
         current = {"fingerprint": backbone.fingerprint(), "weights": backbone.weights_digest()}
-        problems = identity_differences("model", self.meta["model"], current)
+        problems = identity_differences("model", self.meta["model"], current, ("index has", "this model has"))
         if problems:
-            shown = "; ".join(p.replace(": cached ", ": index has ").replace(", expected ", ", this model has ")
-                              for p in problems)
+            shown = "; ".join(problems)
             raise CIRModelError(f"index `{self.folder}` was built by another model ({shown}); search it with "
                                 "`ImageIndex.load_backbone()` (the model that built it), or index the images again "
                                 "with this one")

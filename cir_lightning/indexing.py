@@ -155,11 +155,10 @@ def _start(partial: Path, plan: dict[str, Any]) -> None:
             begun = json.loads(plan_file.read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise CIRDataError(f"cannot be read ({err}); remove `{partial}` to start again", plan_file) from None
-        problems = identity_differences("index", begun, plan)
+        problems = identity_differences("index", begun, plan, ("begun with", "now"))
         if problems:
-            raise CIRDataError("holds an unfinished index of other images or another model (" + "; ".join(
-                p.replace(": cached ", ": begun with ").replace(", expected ", ", now ") for p in problems)
-                + f"); remove `{partial}` to start again, or rerun the command that began it", partial)
+            raise CIRDataError("holds an unfinished index of other images or another model (" + "; ".join(problems)
+                               + f"); remove `{partial}` to start again, or rerun the command that began it", partial)
     elif rank_zero_only.rank == 0:
         check_writable(partial.parent, "--out")
         write_atomic(plan_file, json.dumps(plan, indent=1, default=str))

@@ -47,8 +47,8 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:28] + "..." + text[-8:]
 
 
-def _differences(key: str, cached: Any, expected: Any) -> list[str]:
-    """What differs between two identities, down to the nested key that differs.
+def _differences(key: str, cached: Any, expected: Any, labels: tuple[str, str] = ("cached", "expected")) -> list[str]:
+    """What differs between two identities, down to the nested key that differs (``labels`` name the two sides).
 
     Example:
         >>> _differences("model", {"fingerprint": {"base_digest": "ab", "pooling": "x"}}, {"fingerprint": {"base_digest": "cd", "pooling": "x"}})
@@ -56,8 +56,8 @@ def _differences(key: str, cached: Any, expected: Any) -> list[str]:
     """
     if isinstance(cached, dict) and isinstance(expected, dict):
         return [d for k in dict.fromkeys([*cached, *expected])
-                for d in _differences(f"{key}.{k}", cached.get(k), expected.get(k))]
-    return [] if cached == expected else [f"{key}: cached {_short(cached)}, expected {_short(expected)}"]
+                for d in _differences(f"{key}.{k}", cached.get(k), expected.get(k), labels)]
+    return [] if cached == expected else [f"{key}: {labels[0]} {_short(cached)}, {labels[1]} {_short(expected)}"]
 
 
 def save_embeddings(path: str | Path, embeddings: Tensor | np.ndarray, ids: Sequence[str], *, kind: str,
@@ -183,15 +183,20 @@ def finish_embeddings(folder: str | Path, ids: Sequence[str], *, kind: str, mode
     return meta
 
 
-def identity_differences(key: str, cached: Any, expected: Any) -> list[str]:
-    """What differs between a stored identity and the expected one, down to the nested keys (for messages).
+def identity_differences(key: str, cached: Any, expected: Any,
+                         labels: tuple[str, str] = ("cached", "expected")) -> list[str]:
+    """What differs between a stored identity and the expected one, down to the nested keys (for messages;
+    ``labels`` name the two sides).
 
     Example:
         >>> from cir_lightning.retrieval.cache import identity_differences
         >>> identity_differences("model", {"weights": "ab"}, {"weights": "cd"})
         ["model.weights: cached 'ab', expected 'cd'"]
+        >>> identity_differences("index", {"dtype": "float16"}, {"dtype": "float32"}, ("begun with", "now"))
+        ["index.dtype: begun with 'float16', now 'float32'"]
     """
-    return _differences(key, json.loads(json.dumps(cached, default=str)), json.loads(json.dumps(expected, default=str)))
+    return _differences(key, json.loads(json.dumps(cached, default=str)), json.loads(json.dumps(expected, default=str)),
+                        labels)
 
 
 def stored_dtype(path: str | Path) -> str:
