@@ -164,7 +164,7 @@ class ImageIndex:
         A backbone that passed is not checked again."""
         if backbone in self._checked:
             return
-        current = {"fingerprint": backbone.fingerprint(), "weights": backbone.weights_digest()}
+        current = backbone.identity()
         problems = identity_differences("model", self.meta["model"], current, ("index has", "this model has"))
         if problems:
             shown = "; ".join(problems)

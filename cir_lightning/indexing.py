@@ -201,7 +201,7 @@ def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backb
     if out.exists():
         raise CIRFileError(f"`--out`: `{out}` already exists; an index is never overwritten (choose another name, "
                            "or remove it)")
-    identity = {"fingerprint": backbone.fingerprint(), "weights": backbone.weights_digest()}
+    identity = backbone.identity()
     # max_short_edge changes the pixels, so the rows of two runs must share it (max_image_pixels only changes
     # which images load, and may be raised to let a refused one in)
     _start(partial, {"root": str(root), "model": identity, "dtype": dtype, "max_short_edge": max_short_edge})
