@@ -34,7 +34,7 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from cir_lightning.backbones.adapters import lora_settings
+from cir_lightning.backbones.adapters import lora_differences, lora_settings
 from cir_lightning.errors import CIRConfigError, CIRModelError, weight_mismatch
 from cir_lightning.files import free_path, write_atomic, write_folder
 from cir_lightning.retrieval.cache import identity_differences
@@ -125,9 +125,7 @@ def check_and_complete(module: pl.LightningModule, checkpoint: dict[str, Any], f
                             + problem)
     model = _peft_model(module)
     if model is not None and "lora" in meta:  # same shapes, another alpha: every embedding at another scale
-        ours, then = lora_settings(model), meta["lora"]
-        changed = [f"{k}: {then.get(k, False)} in the checkpoint, {v} here" for k, v in ours.items()
-                   if then.get(k, False if k == "use_rslora" else None) != v]
+        changed = lora_differences(meta["lora"], model, "checkpoint")
         if changed:
             raise CIRConfigError(f"the checkpoint was trained with other LoRA settings ({'; '.join(changed)}); set the "
                                  "same `model.backbone.init_args.lora` values")

@@ -168,10 +168,15 @@ def lora_settings(model: nn.Module) -> dict[str, Any]:
     return {"r": ours.r, "lora_alpha": ours.lora_alpha, "use_rslora": bool(ours.use_rslora)}
 
 
+def lora_differences(saved: dict[str, Any], model: nn.Module, where: str) -> list[str]:
+    """``model``'s ``lora_settings`` that differ from ``saved`` (those of an adapter or checkpoint, ``where``);
+    a setting the record lacks (rsLoRA, in records written before it was) was the default."""
+    return [f"{k}: {saved.get(k, False)} in the {where}, {v} here" for k, v in lora_settings(model).items()
+            if saved.get(k, False if k == "use_rslora" else None) != v]
+
+
 def _check_settings(path: Path, saved: dict[str, Any], model: nn.Module) -> None:
-    # a setting the record lacks (rsLoRA in checkpoints written before it was recorded) was the default
-    changed = [f"{k}: {saved.get(k, False)} in the adapter, {v} here" for k, v in lora_settings(model).items()
-               if saved.get(k, False if k == "use_rslora" else None) != v]
+    changed = lora_differences(saved, model, "adapter")
     if changed:
         raise CIRConfigError(f"`init_adapter` {path} was trained with other LoRA settings ({'; '.join(changed)}); "
                              "set the same `lora` values")
