@@ -36,10 +36,9 @@ def main(argv: Sequence[str]) -> None:
     if not folder.is_dir():
         problem = MISSING if not folder.exists() else "is not a folder"
         raise CIRFileError(f"`INDEX`: `{folder}` {problem} (build one with `cir-lightning index IMAGE_FOLDER`)")
-    from cir_lightning.serve.app import MAX_K
+    from cir_lightning.serve.app import check_first_k
 
-    if not 1 <= ns.k <= MAX_K:  # before the model loads (the page would ask for it, and every search be refused)
-        raise CIRConfigError(f"`-k` must be from 1 to {MAX_K}, got {ns.k}")
+    check_first_k(ns.k)  # before the model loads
     if not 0 <= ns.port <= 65535:
         raise CIRConfigError(f"`--port` must be from 0 to 65535, got {ns.port}")
     from cir_lightning.serve import IndexSearcher, SearchApp, make_server

@@ -107,10 +107,12 @@ class EvaluationLoop:
     def _warn_trivial(self, subsets: list[EvalSubset]) -> None:
         """Warn once about cut-offs that every ranking meets (a recall whose chance level is 1: each query's
         candidates all fit in the first K), e.g. the default Recall@50 on a gallery of 30 images."""
+        if self._warned_trivial:  # said once; not recomputed every epoch
+            return
         trivial = [f"{sub.name + ' ' if sub.name else ''}{name}" for sub in subsets
                    for name, chance in chance_level(sub, subset_families(sub, self.evaluator.ks)).items()
                    if chance >= 1.0]
-        if trivial and not self._warned_trivial:
+        if trivial:
             self._warned_trivial = True
             warnings.warn(f"{first_few(trivial, ', ', ', ... and {n} more')}: 100% for any ranking, as every query's "
                           "candidates fit in the first K; these say nothing of the model (set `eval_ks` below the "

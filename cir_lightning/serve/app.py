@@ -42,6 +42,13 @@ MAX_UPLOAD_PIXELS = 64_000_000
 MAX_K = 1000
 """The most results one search returns (``serve -k`` and the page's own choice)."""
 
+
+def check_first_k(k: int) -> int:
+    """``serve -k``, the page's first k: from 1 to ``MAX_K`` (above, every search the page made was refused)."""
+    if not 1 <= k <= MAX_K:
+        raise CIRConfigError(f"`-k` must be from 1 to {MAX_K}, got {k}")
+    return k
+
 STATIC = {"index.html": "text/html", "serve.css": "text/css", "serve.js": "text/javascript"}
 
 
@@ -156,9 +163,7 @@ class SearchApp:
     """
 
     def __init__(self, searcher: Searcher, k: int = 12) -> None:
-        if not 1 <= k <= MAX_K:  # the page would ask for it, and every search be refused
-            raise CIRConfigError(f"`-k` must be from 1 to {MAX_K}, got {k}")
-        self.searcher, self.k = searcher, k
+        self.searcher, self.k = searcher, check_first_k(k)
         self.root = Path(searcher.root).resolve()
         self.relpaths = list(searcher.relpaths)
         self._indexed = set(self.relpaths)
