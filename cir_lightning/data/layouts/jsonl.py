@@ -17,8 +17,9 @@ byte-order mark and Windows line ends are fine); anything else that is wrong is 
 naming the file and line: malformed or too deeply nested JSON, a key given twice, a missing or
 mistyped field (a misspelt required one is missing; a query's field that looks like a misspelt
 ``exclude_ids`` or ``target_ids``, which would be ignored and change the metrics, is an error too; other
-extra fields are the user's own and ignored), an image path that is missing or a folder, a positive or an excluded id that is not in
-the gallery (see ``read_queries``). The evaluation path never reads target-side text.
+extra fields are the user's own and ignored), an image path that is missing or a folder, one image under
+two gallery ids, a positive or an excluded id that is not in the gallery (see ``read_queries``). The
+evaluation path never reads target-side text.
 """
 
 from __future__ import annotations
