@@ -34,7 +34,7 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from cir_lightning.backbones.adapters import lora_differences, lora_settings
+from cir_lightning.backbones.adapters import base_mismatch, lora_differences, lora_settings, write_base_record
 from cir_lightning.errors import CIRConfigError, CIRModelError, weight_mismatch
 from cir_lightning.files import free_path, write_atomic, write_folder
 from cir_lightning.retrieval.cache import identity_differences
@@ -129,16 +129,10 @@ def check_and_complete(module: pl.LightningModule, checkpoint: dict[str, Any], f
         if changed:
             raise CIRConfigError(f"the checkpoint was trained with other LoRA settings ({'; '.join(changed)}); set the "
                                  "same `model.backbone.init_args.lora` values")
-    then, now = meta["fingerprint"].get("model"), fingerprint.get("model")
-    then_digest, now_digest = meta["fingerprint"].get("base_digest"), fingerprint.get("base_digest")
-    if then_digest and now_digest:  # the base weights themselves: a moved folder is fine, a replaced one is not
-        if then_digest != now_digest:
-            short = [d[:16] if len(d) == 64 else d for d in (then_digest, now_digest)]  # full "name:..." fallbacks
-            rank_zero_warn(f"the checkpoint was trained on other base weights: `{then}` (base digest {short[0]}) "
-                           f"then, `{now}` ({short[1]}) now; its adapter was not trained for these weights, so "
-                           "results may be wrong: load the base model it was trained on")
-    elif then != now:  # a checkpoint written before base digests: only the paths can be compared
-        rank_zero_warn(f"the checkpoint was trained on base model `{then}`, it is loaded onto `{now}`")
+    problem = base_mismatch(*((f.get("model"), f.get("base_digest")) for f in (meta["fingerprint"], fingerprint)),
+                            "the checkpoint")
+    if problem:
+        rank_zero_warn(problem)
     # how the backbone embeds (prompts, pooling, EOS block, text limit): allowed to differ, never silently. Not
     # the dtype: under `*-true` precision Lightning converts the weights after this load, so it differs here
     # even for the same config (caches still tell dtypes apart, when they are looked up)
@@ -177,6 +171,7 @@ def export_adapter(module: pl.LightningModule, path: Path) -> bool:
     def write(folder: Path) -> None:
         save_file(adapter, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
         peft_model.peft_config["default"].save_pretrained(str(folder))
+        write_base_record(folder, (backbone.model_name_or_path, backbone.base_digest))
 
     write_folder(path, write)
     return True

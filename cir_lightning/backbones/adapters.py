@@ -6,19 +6,27 @@ names a folder was saved with, so that ``LoRA`` can take them when the user leav
 ``load_adapter_weights`` copies the weights in, strictly. An adapter saved from the language model alone
 (FiRE's release wraps xGen-MM's ``vlm.lang_model`` with peft) names its weights from there: they are
 found under the language model's path in the whole model.
+
+An adapter is only right on the base weights it was trained on. Ours record them (``BASE_FILE`` beside
+``adapter_config.json``, the ``fingerprint`` in a checkpoint: name and ``base_digest``), and loading one onto
+other weights warns (``base_mismatch``); a folder without the record (peft's, FiRE's release) is not compared.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from cir_lightning.errors import CIRConfigError, weight_mismatch
 
-__all__ = ["AdapterTargets", "adapter_settings", "load_adapter_weights"]
+__all__ = ["AdapterTargets", "adapter_settings", "base_mismatch", "load_adapter_weights"]
+
+BASE_FILE = "cir_lightning_base.json"  # beside a saved adapter: {"model": name, "base_digest": digest}
 
 _PEFT_ROOT = "base_model.model."  # how peft names the wrapped model's weights in a saved adapter
 _OUR_REGEX = re.compile(r"\(\?:([\w|]+)\)\$$")  # the names at the end of our own target regexes
@@ -83,23 +91,72 @@ def adapter_settings(path: str | Path | None) -> dict[str, Any]:
     return settings
 
 
-def load_adapter_weights(model: nn.Module, path: str | Path) -> None:
+def base_mismatch(then: tuple[str | None, str | None], now: tuple[str | None, str | None], what: str) -> str | None:
+    """The warning for an adapter trained on base ``then`` loaded onto ``now`` (each ``(name, base_digest)``),
+    None when they agree: the digests when both have one (a moved folder is fine, a replaced one is not),
+    else the names (records written before digests). ``what`` names the adapter's file.
+
+    Example:
+        >>> from cir_lightning.backbones.adapters import base_mismatch
+        >>> base_mismatch(("/old/M", "a" * 64), ("/new/M", "a" * 64), "the checkpoint") is None
+        True
+        >>> base_mismatch(("/old/M", None), ("/new/M", "b" * 64), "the checkpoint")
+        'the checkpoint was trained on base model `/old/M`, it is loaded onto `/new/M`'
+    """
+    (then_name, then_digest), (now_name, now_digest) = then, now
+    if then_digest and now_digest:
+        if then_digest == now_digest:
+            return None
+        short = [d[:16] if len(d) == 64 else d for d in (then_digest, now_digest)]  # full "name:..." fallbacks
+        return (f"{what} was trained on other base weights: `{then_name}` (base digest {short[0]}) then, "
+                f"`{now_name}` ({short[1]}) now; its adapter was not trained for these weights, so results may be "
+                "wrong: load the base model it was trained on")
+    if then_name and now_name and then_name != now_name:
+        return f"{what} was trained on base model `{then_name}`, it is loaded onto `{now_name}`"
+    return None
+
+
+def write_base_record(folder: Path, base: tuple[str | None, str | None]) -> None:
+    """``BASE_FILE`` in a saved adapter ``folder``: the base weights ``(name, base_digest)`` it was trained on."""
+    (folder / BASE_FILE).write_text(json.dumps({"model": base[0], "base_digest": base[1]}, indent=1) + "\n")
+
+
+def _read_base_record(folder: Path) -> tuple[str | None, str | None] | None:
+    from cir_lightning.reading import read_json
+
+    if not (folder / BASE_FILE).is_file():
+        return None
+    record = read_json(folder / BASE_FILE, what="adapter's base record")
+    return (record.get("model"), record.get("base_digest")) if isinstance(record, dict) else None
+
+
+def load_adapter_weights(model: nn.Module, path: str | Path,
+                         base: tuple[str | None, str | None] | None = None) -> None:
     """Copy the adapter weights saved at ``path`` into the peft ``model`` (strict).
 
     ``path`` is a peft adapter folder or a cir_lightning Lightning checkpoint (a ``.ckpt`` file, or the
     folder DeepSpeed writes; loaded with ``weights_only=True``). Every adapter weight of ``model`` must
     be in the file with its shape, and nothing else: a different rank, target list or
-    ``modules_to_save`` is an error naming the weights.
+    ``modules_to_save`` is an error naming the weights. ``base``, the ``(name, base_digest)`` of the weights
+    under ``model``, is compared with the base the adapter records, if it records one (a warning).
     """
-    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-
     path = Path(path)
     if not path.exists():
         raise CIRConfigError(f"`init_adapter` {path} does not exist")
     deepspeed_states = path / "checkpoint" / "mp_rank_00_model_states.pt"  # DeepSpeedStrategy's checkpoint folder
     if path.is_file() or deepspeed_states.is_file():
-        _load_checkpoint_weights(model, path, deepspeed_states if deepspeed_states.is_file() else path)
-        return
+        then = _load_checkpoint_weights(model, path, deepspeed_states if deepspeed_states.is_file() else path)
+    else:
+        then = _read_base_record(path)
+        _load_folder_weights(model, path)
+    problem = base_mismatch(then, base, f"`lora.init_adapter` {path}") if then and base else None
+    if problem:
+        rank_zero_warn(problem)
+
+
+def _load_folder_weights(model: nn.Module, path: Path) -> None:
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
     config, weights = _adapter_file(path)
     _check_settings(path, config, model)
     expected = get_peft_model_state_dict(model)
@@ -136,8 +193,9 @@ def _adapter_file(folder: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     return read_json(config_file, what="peft adapter config"), load_peft_weights(str(folder), device="cpu")
 
 
-def _load_checkpoint_weights(model: nn.Module, path: Path, file: Path) -> None:
-    """The trainable weights of a cir_lightning checkpoint (named ``...backbone.model.<peft name>``)."""
+def _load_checkpoint_weights(model: nn.Module, path: Path, file: Path) -> tuple[str | None, str | None]:
+    """The trainable weights of a cir_lightning checkpoint (named ``...backbone.model.<peft name>``);
+    returns the base ``(name, base_digest)`` it was trained on."""
     import torch
 
     from cir_lightning.torch_files import load_torch_file
@@ -147,7 +205,8 @@ def _load_checkpoint_weights(model: nn.Module, path: Path, file: Path) -> None:
         raise CIRConfigError(f"`init_adapter` {path} is a torch file but not a cir_lightning checkpoint (no "
                              "`state_dict`): give the .ckpt written by `fit`, or the exported adapter folder")
     state = raw["module"] if "module" in raw and "state_dict" not in raw else raw["state_dict"]
-    saved = (raw.get("cir_lightning") or {}).get("lora")
+    meta = raw.get("cir_lightning") if isinstance(raw.get("cir_lightning"), dict) else {}
+    saved, fingerprint = meta.get("lora"), meta.get("fingerprint") if isinstance(meta.get("fingerprint"), dict) else {}
     if saved:
         _check_settings(path, saved, model)
     own = {name: p for name, p in model.named_parameters() if p.requires_grad}
@@ -160,6 +219,7 @@ def _load_checkpoint_weights(model: nn.Module, path: Path, file: Path) -> None:
     with torch.no_grad():
         for name, p in own.items():
             p.copy_(weights[name])
+    return fingerprint.get("model"), fingerprint.get("base_digest")
 
 
 def lora_settings(model: nn.Module) -> dict[str, Any]:

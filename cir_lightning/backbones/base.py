@@ -24,6 +24,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch import Tensor, nn
 
+from cir_lightning.backbones.adapters import write_base_record
 from cir_lightning.backbones.identity import check_readable
 from cir_lightning.backbones.lora import LoRA, add_lora
 from cir_lightning.errors import CIRConfigError, CIRModelError
@@ -50,6 +51,9 @@ class Backbone(nn.Module):
 
     collator: Any
     lora: LoRA | None = None  # the LoRA settings (None: everything frozen); set by ``_prepare``
+    # the base weights, set by subclasses before ``_prepare``: what a saved adapter records it was trained on
+    model_name_or_path: str | None = None
+    base_digest: str | None = None  # ``identity.checkpoint_digest`` of the files loaded
     # the several texts of one query are summed before normalising (E5-V): ``forward`` then takes ``normalize``
     combine_raw: bool = False
 
@@ -79,7 +83,8 @@ class Backbone(nn.Module):
             enable_gradient_checkpointing(model if checkpointed is None else checkpointed)
         model.train()
         self.lora = lora
-        self.model = add_lora(model, lora, target) if lora is not None else model
+        base = (self.model_name_or_path, self.base_digest)
+        self.model = add_lora(model, lora, target, base) if lora is not None else model
 
     @property
     def base_model(self) -> Any:
@@ -104,7 +109,11 @@ class Backbone(nn.Module):
         folder ``path``, which must not exist: it appears complete or not at all, and is never overwritten."""
         if getattr(self, "lora", None) is None:
             raise CIRConfigError("this backbone has no LoRA adapter to save (`lora` is None)")
-        write_folder(path, lambda folder: self.model.save_pretrained(str(folder)))
+        def write(folder: Path) -> None:
+            self.model.save_pretrained(str(folder))
+            write_base_record(folder, (self.model_name_or_path, self.base_digest))
+
+        write_folder(path, write)
 
     def caption_logits(self, inputs: Mapping[str, Tensor], labels: Tensor) -> tuple[Tensor, Tensor]:
         """Next-token logits at the labelled positions of a generative batch (FiRE stage 1) and the

@@ -232,9 +232,11 @@ def part_paths(model: nn.Module, parts: list[str]) -> list[str]:
     return paths
 
 
-def add_lora(model: nn.Module, lora: LoRA, target_modules: str | list[str]) -> nn.Module:
+def add_lora(model: nn.Module, lora: LoRA, target_modules: str | list[str],
+             base: tuple[str | None, str | None] | None = None) -> nn.Module:
     """``model`` wrapped by peft with LoRA on ``target_modules`` (a regex or names) and the
-    ``train_parts`` trained fully, its weights taken from ``lora.init_adapter`` when set."""
+    ``train_parts`` trained fully, its weights taken from ``lora.init_adapter`` when set (``base``, the
+    model's ``(name, base_digest)``, is compared with the base the adapter was trained on)."""
     from peft import LoraConfig, get_peft_model
 
     names = [name for name, _ in model.named_modules() if name]
@@ -247,5 +249,5 @@ def add_lora(model: nn.Module, lora: LoRA, target_modules: str | list[str]) -> n
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target_modules,
         modules_to_save=to_save or None, bias="none"))
     if lora.init_adapter:
-        load_adapter_weights(model, lora.init_adapter)
+        load_adapter_weights(model, lora.init_adapter, base)
     return model

@@ -57,7 +57,11 @@ def _differences(key: str, cached: Any, expected: Any, labels: tuple[str, str] =
     if isinstance(cached, dict) and isinstance(expected, dict):
         return [d for k in dict.fromkeys([*cached, *expected])
                 for d in _differences(f"{key}.{k}", cached.get(k), expected.get(k), labels)]
-    return [] if cached == expected else [f"{key}: {labels[0]} {_short(cached)}, {labels[1]} {_short(expected)}"]
+    if cached == expected:
+        return []
+    if isinstance(cached, list) and isinstance(expected, list):  # ids, paths: their count says more than a prefix
+        return [f"{key}: {len(cached)} {labels[0]}, {len(expected)} {labels[1]}, or in another order"]
+    return [f"{key}: {labels[0]} {_short(cached)}, {labels[1]} {_short(expected)}"]
 
 
 def save_embeddings(path: str | Path, embeddings: Tensor | np.ndarray, ids: Sequence[str], *, kind: str,
@@ -237,8 +241,8 @@ def load_embeddings(path: str | Path, *, kind: str, model: Mapping[str, Any], da
     expected = {"format": FORMAT, "kind": kind, "model": json.loads(json.dumps(dict(model), default=str)),
                 "dataset": dataset, "split": split}
     problems = [problem for key, value in expected.items() for problem in _differences(key, meta.get(key), value)]
-    if ids is not None and [str(i) for i in ids] != cached_ids:
-        problems.append(f"ids: {len(cached_ids)} cached, {len(ids)} expected, or in another order")
+    if ids is not None:
+        problems += _differences("ids", cached_ids, [str(i) for i in ids])
     if meta.get("ids_sha256") != _ids_digest(cached_ids):
         problems.append("ids.json was changed after the cache was written")
     if images is not None and "images_sha256" in meta and meta["images_sha256"] != _ids_digest(images):

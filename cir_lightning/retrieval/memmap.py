@@ -28,6 +28,7 @@ from torch import Tensor
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRFileError
 from cir_lightning.files import check_writable, write_atomic
 from cir_lightning.messages import first_few
+from cir_lightning.retrieval.cache import identity_differences
 from cir_lightning.retrieval.gather import world
 
 __all__ = ["MemmapGalleries", "memmap_path", "read_memmap", "write_memmap"]
@@ -79,17 +80,6 @@ def write_memmap(path: str | Path, embeddings: Tensor | np.ndarray, identity: Ma
     return path
 
 
-def _differences(key: str, stored: Any, expected: Any) -> list[str]:
-    if isinstance(stored, dict) and isinstance(expected, dict):
-        return [d for k in dict.fromkeys([*stored, *expected])
-                for d in _differences(f"{key}.{k}", stored.get(k), expected.get(k))]
-    if stored == expected:
-        return []
-    if isinstance(stored, list) and isinstance(expected, list):
-        return [f"{key}: {len(stored)} stored, {len(expected)} expected, or in another order"]
-    return [f"{key}: stored {str(stored)[:60]!r}, expected {str(expected)[:60]!r}"]
-
-
 def read_memmap(path: str | Path, count: int, dim: int, identity: Mapping[str, Any] | None = None) -> Tensor:
     """The (count, dim) float32 rows of an embedding file, after checking its size and, where it has one,
     its identity file against ``identity`` (each key given is compared; any difference is refused).
@@ -125,8 +115,8 @@ def read_memmap(path: str | Path, count: int, dim: int, identity: Mapping[str, A
         if not isinstance(meta, dict):
             raise CIRDataError("the identity file is not a JSON object; remove both files and embed again", meta_path)
         expected = {"format": FORMAT, "count": count, "dim": dim, "dtype": "float32", **(identity or {})}
-        expected = json.loads(json.dumps(expected, default=str))
-        problems = [p for key, value in expected.items() for p in _differences(key, meta.get(key), value)]
+        problems = [p for key, value in expected.items()
+                    for p in identity_differences(key, meta.get(key), value, ("stored", "expected"))]
         if problems:
             raise CIRDataError(f"does not match this run ({first_few(problems)}): {redo}", path)
     else:
@@ -164,7 +154,7 @@ class MemmapGalleries:
         >>> reader.lookup_sets("validate", sets, dataset="toy", model={"m": 2})
         Traceback (most recent call last):
         ...
-        cir_lightning.errors.CIRDataError: .../e.shirt.memmap: does not match this run (model.m: stored '1', expected '2'): ...
+        cir_lightning.errors.CIRDataError: .../e.shirt.memmap: does not match this run (model.m: stored 1, expected 2): ...
     """
 
     def __init__(self, save_path: str | Path, dim: int, *, save: bool = False, load: bool = False,
