@@ -13,6 +13,7 @@ also moves every path written as ``${trainer.default_root_dir}/...``.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from jsonargparse import set_parsing_settings
+from jsonargparse import DefaultHelpFormatter, set_parsing_settings
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -76,7 +77,8 @@ class CIRLightningCLI(LightningCLI):
         # Under subcommands the config root is `fit.` / `validate.` ...: let `${trainer.x}` in a file mean
         # the same run's trainer.x, whichever subcommand loads it.
         set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
-        kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf+", "description": _description()})
+        kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf+", "description": _description(),
+                                            "formatter_class": _HelpFormatter})
         kwargs.setdefault("save_config_callback", KeepConfigCallback)
         defaults = dict(kwargs.pop("trainer_defaults", None) or {})
         user_omp = os.environ.get(_USER_OMP, "1" if "OMP_NUM_THREADS" in os.environ else "0") == "1"
@@ -237,8 +239,13 @@ def check_config_files(argv: Sequence[str]) -> None:
             raise CIRConfigError(f"{value}: YAML nested too deeply") from None
 
 
+class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """jsonargparse's help, with the description's lines kept (the list of other commands)."""
+
+
 def _description() -> str:
-    tools = "\n".join(f"  cir-lightning {name} --help   {text}" for name, (_, text) in COMMANDS.items())
+    width = max(map(len, COMMANDS)) + 24
+    tools = "\n".join(f"  {f'cir-lightning {name} --help':<{width}}{text}" for name, (_, text) in COMMANDS.items())
     return f"Composed image retrieval with PyTorch Lightning.\n\nOther commands:\n{tools}"
 
 

@@ -119,6 +119,10 @@ def test_python_dash_m_and_help_list_the_subcommands_and_tools(tmp_path):
     assert proc.returncode == 0
     for word in ("fit", "validate", "test", "predict", "make-tiny-model", "make-synthetic-data"):
         assert word in proc.stdout
+    from cir_lightning.commands import COMMANDS
+
+    listed = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("  cir-lightning ")]
+    assert listed == list(COMMANDS)  # one line per command, not reflowed into one paragraph
 
 
 def test_offline_tools_build_model_and_data(tmp_path, capsys):
