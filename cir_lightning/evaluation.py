@@ -61,12 +61,13 @@ class Evaluation:
         ([1, 10], True)
     """
 
-    def __init__(self, ks: Sequence[int], search: SearchConfig | None, write_results: bool, save_rankings: bool,
+    def __init__(self, ks: Sequence[int] | None, search: SearchConfig | None, write_results: bool, save_rankings: bool,
                  embedding_cache: str | None = None, overwrite_cache: bool = False, pictures: int = 8,
                  pictures_during_fit: bool = False, validate_before_fit: bool = False) -> None:
         self.evaluator = RetrievalEvaluator(ks, search)
         self.loop = EvaluationLoop(self.evaluator, sanity_check=validate_before_fit)
         self.history = FitHistory()
+        self.last_results: EpochResults | None = None  # the last epoch's metrics as computed (float64), on every rank
         self.save_rankings = save_rankings
         self.cache = GalleryCache(embedding_cache, overwrite_cache) if embedding_cache else None
         self.outputs = RunOutputs(write_results, save_rankings, self.cache, pictures, pictures_during_fit)
@@ -116,9 +117,10 @@ class Evaluation:
         shown = () if standalone else {getattr(cb, "monitor", None) for cb in getattr(trainer, "callbacks", [])}
         epoch = self.loop.finish(trainer, module, loaders, STAGE_PREFIX[stage], keep_rankings=keep,
                                  summarize=dm.summarize if dm is not None else None, prog_bar=shown)
-        if epoch is not None and standalone:
+        self.last_results = epoch if epoch is not None else self.last_results
+        if epoch is not None and standalone:  # the model's identity: fingerprint and the trained weights' digest
             self.outputs.write(trainer, stage, STAGE_PREFIX[stage], epoch, self.evaluator, dm,
-                               module.backbone.fingerprint(), lambda: self.run_config(module), loaders)
+                               module.backbone.identity(trainer.precision), lambda: self.run_config(module), loaders)
         elif epoch is not None and keep:
             when = "before-fit" if trainer.sanity_checking else f"epoch{trainer.current_epoch}"
             self.outputs.draw(trainer, f"{STAGE_PREFIX[stage]}-{when}", STAGE_PREFIX[stage], epoch, self.evaluator,
@@ -132,7 +134,7 @@ class Evaluation:
         """A checkpoint monitoring a ``val/`` metric this validation never logs (e.g. ``val/Recall@1`` with
         ``eval_ks: [5, 10]``) failed after the first epoch, in a Lightning traceback: refused before training."""
         loaders = [SimpleNamespace(dataset=d) for pair in datamodule.val_sets for d in pair]
-        names = metric_names(subsets_from_loaders(loaders), self.evaluator.ks)
+        names = metric_names(subsets_from_loaders(loaders, self.evaluator.added_ks), self.evaluator.ks)
         names += list(datamodule.summarize(dict.fromkeys(names, 0.0)))
         for monitor, _ in monitored(trainer):
             if monitor.startswith("val/") and monitor[len("val/"):] not in names:
@@ -172,11 +174,18 @@ class Evaluation:
                       "save_rankings": self.save_rankings,
                       "embedding_cache": None if self.cache is None else self.cache.report()}
         hparams = {k: v for k, v in module.hparams.items() if not k.startswith("_")}
+        lora = module.backbone.lora
+        init_adapter = lora.init_adapter if lora is not None else None
         return {"model": {**hparams, **evaluation}, "data": dict(getattr(datamodule, "hparams", {}) or {}),
                 "data_class": type(datamodule).__name__ if datamodule is not None else None,
                 "data_class_path": f"{type(datamodule).__module__}.{type(datamodule).__qualname__}"
                 if datamodule is not None else None,
-                "ckpt_path": module.trainer.ckpt_path}
+                # absolute: a results file is read from elsewhere (the weights themselves: `model.weights`)
+                "ckpt_path": _absolute(module.trainer.ckpt_path), "init_adapter": _absolute(init_adapter)}
+
+
+def _absolute(path: str | Path | None) -> str | None:
+    return None if path is None else str(Path(path).absolute())
 
 
 class RunOutputs:
@@ -209,7 +218,7 @@ class RunOutputs:
         return self.save_rankings or self.pictures > 0 or (datamodule is not None and datamodule.writes_predictions)
 
     def write(self, trainer: Any, stage: str, prefix: str, epoch: EpochResults, evaluator: RetrievalEvaluator,
-              datamodule: CIRDataModule | None, fingerprint: Mapping[str, Any],
+              datamodule: CIRDataModule | None, model: Mapping[str, Any],
               config: Callable[[], Mapping[str, Any]], loaders: Any = None) -> None:
         """Save the caches, then, on rank zero, the results file (and table), the server files and the pictures
         (of the evaluation ``loaders``' subsets). Every rank must call it (the log folder is a collective)."""
@@ -222,7 +231,7 @@ class RunOutputs:
         ranked = ranked_ids(epoch.subsets, evaluator.rankings) if wanted else {}
         if self.write_results and (epoch.metrics or (self.save_rankings and ranked)):  # a test split: rankings only
             scores = ranked_scores(epoch.subsets, evaluator.rankings, evaluator.scores) if self.save_rankings else None
-            report_results(folder, stage, prefix, epoch.metrics, epoch.subsets, model=fingerprint, config=config(),
+            report_results(folder, stage, prefix, epoch.metrics, epoch.subsets, model=model, config=config(),
                            rankings=ranked if self.save_rankings else None, scores=scores,
                            report=datamodule.report(epoch.metrics) if datamodule is not None and epoch.metrics else "",
                            default_ks=evaluator.ks)

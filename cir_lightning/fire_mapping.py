@@ -135,10 +135,12 @@ def _lora(s: dict[str, Any], train: bool, notes: list[str]) -> dict[str, Any] | 
     renamed = [n for n in names if n in _FUSED]
     if renamed:
         kept = [n for n in names if n not in _FUSED]
-        notes.append(f"`model.lora.target_modules`: {', '.join(renamed)} do not exist in Phi-3, so the release "
-                     f"adapted only {', '.join(kept) or 'nothing'}; here they name Phi-3's fused projections: "
-                     f"{', '.join(targets)} (the paper's LoRA on every projection). To train what the release "
-                     f"trained, set `target_modules: [{', '.join(kept)}]`")
+        release = (f"the release adapted only {', '.join(kept)}" if kept else
+                   "the release's LoRA matched nothing (peft stops on such a config: the release could not run it)")
+        notes.append(f"`model.lora.target_modules`: {', '.join(renamed)} do not exist in Phi-3, so {release}; here "
+                     f"they name Phi-3's fused projections: {', '.join(targets)} (the paper's LoRA on every "
+                     "projection)" + (f". To train what the release trained, set `target_modules: [{', '.join(kept)}]`"
+                                      if kept else ""))
     return {"r": s["model.lora.r"], "alpha": s["model.lora.alpha"], "dropout": s["model.lora.dropout"],
             "target_modules": targets}
 
@@ -159,9 +161,17 @@ def _model(s: dict[str, Any], train: bool, notes: list[str]) -> tuple[dict[str, 
                                           "init_args": backbone},
                              "eval_ks": list(s["eval.ks"])}
     if train:
-        if not s["model.freeze_base_model"]:
-            notes.append("`model.freeze_base_model: false`: the release's peft model trained the LoRA weights "
-                         "only all the same; so does this run")
+        # peft froze the language model's own weights; the rest of xGen-MM kept `requires_grad`, and the
+        # resampler (outside the vision encoder's no_grad) was trained by the release's AdamW
+        if not s["model.freeze_base_model"] and "init_adapter" in backbone["lora"]:
+            notes.append("`model.freeze_base_model: false` with `model.adapter_path`: the release then trains the "
+                         "perceiver resampler only (peft loads the adapter frozen); this run trains the adapter's "
+                         "LoRA weights (add `lora.train_parts: [resampler]` only with an adapter that holds it)")
+        elif not s["model.freeze_base_model"]:
+            backbone["lora"]["train_parts"] = ["resampler"]
+            notes.append("`model.freeze_base_model: false`: the release then trains the perceiver resampler fully "
+                         "beside LoRA (only the language model is wrapped by peft, which freezes its base weights); "
+                         "so does this run: `lora.train_parts: [resampler]`")
         model.update({
             "loss": {"class_path": "cir_lightning.losses.FireLoss",
                      "init_args": {"scale": s["training.loss_scale"], "recall_ks": [1, 5],
@@ -241,10 +251,13 @@ def _data(s: dict[str, Any], train: bool, side: str, notes: list[str]) -> tuple[
                 "exclude_reference": s["eval.exclude_reference"]}
         return {"class_path": "cir_lightning.data.FashionIQDataModule", "init_args": {**init, **options}}, \
             "fit" if train else "validate"
+    notes.append(f"`eval.ks` {list(s['eval.ks'])}: reported beside {task}'s own cut-offs (`model.eval_ks` adds "
+                 "its K to a protocol's Recall, MRR and mAP)")
     if split not in ("val", "test1", "test"):
         raise CIRConfigError(f"{at(s, 'data.split')} must be val or test1 for CIRR, got {split!r}")
     notes.append("CIRR: only each query's reference leaves its ranking (the release removed its whole image set, "
-                 "which holds the target: recall near 0), and Recall_subset is measured within the set")
+                 "which holds the target: recall near 0), and Recall_subset is measured within the set; each query's "
+                 "text is its caption as written (the release strips '.', '?', ',' and spaces from both ends)")
     if split != "val":
         notes.append("CIRR test1 has no public targets: `test` writes the evaluation server's two files instead")
     init = {"root": str(Path(root) / "cirr"), "image_root": root}

@@ -34,8 +34,9 @@ from cir_lightning.errors import CIRDataError, CIRFileError
 from cir_lightning.files import atomic_folder, check_writable, write_atomic
 from cir_lightning.image_index import FAISS_FILE, partial_folder
 from cir_lightning.messages import first_few
+from cir_lightning.pixels import SHRINK
 from cir_lightning.predictions import ImagesProgressBar
-from cir_lightning.retrieval.backends import build_index_from
+from cir_lightning.retrieval.backends import build_index_from, built_factory
 from cir_lightning.retrieval.cache import (
     finish_embeddings,
     identity_differences,
@@ -204,7 +205,8 @@ def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backb
     identity = backbone.identity()
     # max_short_edge changes the pixels, so the rows of two runs must share it (max_image_pixels only changes
     # which images load, and may be raised to let a refused one in)
-    _start(partial, {"root": str(root), "model": identity, "dtype": dtype, "max_short_edge": max_short_edge})
+    _start(partial, {"root": str(root), "model": identity, "dtype": dtype, "max_short_edge": max_short_edge,
+                     **({"shrink": SHRINK} if max_short_edge else {})})  # builds before LANCZOS shrank otherwise
     done = {p for _, ids in _shards(partial / "shards", identity, partial) for p in ids}
     remaining = [p for p in relpaths if p not in done]
     if done and rank_zero_only.rank == 0:
@@ -270,10 +272,15 @@ def _assemble(root: Path, out: Path, partial: Path, relpaths: list[str], backbon
             if backbone.lora is not None:
                 backbone.save_adapter(tmp / "adapter")
                 info["adapter"] = "adapter"
-            index = build_index_from(rows.read, rows.shape, SearchConfig(
-                factory=search.factory, nprobe=search.nprobe, ef_search=search.ef_search))
+            # `auto` made concrete (its nprobe too: a reopened index is searched with it)
+            config = SearchConfig(factory=search.factory, nprobe=search.nprobe, ef_search=search.ef_search)
+            config = config.resolved(rows.shape[0])
+            index = build_index_from(rows.read, rows.shape, config)
         import faiss
 
+        built = built_factory(index, config.factory)
+        info["search"] = {"factory": built, "nprobe": config.nprobe, "ef_search": config.ef_search,
+                          **({"asked": search.factory} if search.factory != built else {})}
         faiss.write_index(index, str(tmp / FAISS_FILE))
         info["faiss_index"] = type(faiss.downcast_index(index)).__name__
         del index

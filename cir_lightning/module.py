@@ -58,7 +58,8 @@ class CIRModule(pl.LightningModule):
         warmup: warm-up length: a fraction of all optimizer steps if < 1, else a number of steps.
         target_side: align queries with the target ``"image"`` (paper) or the target ``"caption"``
             (release; needs captions in the data).
-        eval_ks: the cut-offs K of Recall@K and MRR@K.
+        eval_ks: the cut-offs K of Recall@K and MRR@K (default 1, 5, 10, 50) where the data has no protocol;
+            given, they are also added to a protocol's Recall, MRR and mAP (FashionIQ's Recall@2 beside its own).
         search: how the gallery is searched: backend, faiss index type, ``nprobe`` / ``ef_search``,
             device (default: exact faiss ``Flat`` on the CPU).
         export_adapter: save the trained adapter with ``save_pretrained`` when ``fit`` ends.
@@ -131,7 +132,7 @@ class CIRModule(pl.LightningModule):
         self.loss = loss or FireLoss()
         self.optimizer_factory, self.lr_schedule, self.warmup = optimizer, lr_schedule, warmup
         self.target_side, self.objective, self.cross_rank_negatives = target_side, objective, cross_rank_negatives
-        self.evaluation = Evaluation(cutoffs("eval_ks", eval_ks) if eval_ks is not None else [1, 5, 10, 50], search,
+        self.evaluation = Evaluation(cutoffs("eval_ks", eval_ks) if eval_ks is not None else None, search,
                                      write_results, save_rankings, embedding_cache, overwrite_cache, pictures,
                                      pictures_during_fit, validate_before_fit)
         self.evaluator = self.evaluation.evaluator

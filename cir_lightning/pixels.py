@@ -5,6 +5,9 @@ Alpha is dropped as ``convert("RGB")`` drops it, which is what every original mo
 (transformers 4's processors, ``Image.open(p).convert("RGB")``); transformers 5's processors would
 composite transparency onto white instead. Deeper images (16-bit, 32-bit, float) are brought to 8 bits,
 and values that cannot be mapped are a one-line error naming the image.
+
+``shrink_short_edge`` is the one resize before a processor (``max_short_edge``): FiRE's release's, so that a
+translated FiRE config (380 px) reproduces its images exactly.
 """
 
 from __future__ import annotations
@@ -16,7 +19,11 @@ from PIL import Image
 
 from cir_lightning.errors import CIRDataError
 
-__all__ = ["SIXTEEN_BIT_MODES", "to_rgb"]
+__all__ = ["SHRINK", "SIXTEEN_BIT_MODES", "shrink_short_edge", "to_rgb"]
+
+SHRINK = "lanczos-floor"
+"""How ``shrink_short_edge`` resizes, recorded with ``max_short_edge`` in embedding caches' identities (images
+shrunk another way give other embeddings)."""
 
 SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
 
@@ -103,3 +110,23 @@ def _deep_to_rgb(img: Image.Image, name: str) -> Image.Image:
             f"{kind} range; if it holds 8-bit values, save it as an 8-bit image"
         )
     return Image.fromarray(eight).convert("RGB")
+
+
+def shrink_short_edge(img: Image.Image, max_short_edge: int | None) -> Image.Image:
+    """``img`` with its short edge brought down to ``max_short_edge`` (None: unchanged), aspect kept, never
+    enlarged: LANCZOS to ``int(side * scale)`` (at least 1), as FiRE's release shrinks (``SHRINK``).
+
+    Example:
+        >>> from PIL import Image
+        >>> from cir_lightning.pixels import shrink_short_edge
+        >>> shrink_short_edge(Image.new("RGB", (803, 601)), 380).size  # 803 * 380 / 601 = 507.7
+        (507, 380)
+        >>> shrink_short_edge(Image.new("RGB", (30, 20)), 380).size
+        (30, 20)
+    """
+    short = min(img.size)
+    if max_short_edge is None or short <= max_short_edge:
+        return img
+    scale = max_short_edge / float(short)
+    size = (max(1, int(img.width * scale)), max(1, int(img.height * scale)))
+    return img.resize(size, Image.Resampling.LANCZOS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import os
@@ -81,8 +82,11 @@ def test_validate_writes_results_never_overwriting_and_rankings_on_request(fitte
     assert set(plain["metrics"][""]) == {f"{m}@{k}" for m in ("Recall", "MRR") for k in (1, 5, 10, 50)}
     assert plain["metrics"][""]["Recall@1"] == ranked["metrics"][""]["Recall@1"]
     assert plain["subsets"][""] == {"num_queries": 24, "num_gallery": 576}
-    assert plain["model"]["class"] == "HFMultimodalBackbone"
+    assert plain["model"]["fingerprint"]["class"] == "HFMultimodalBackbone"
+    # which trained weights were evaluated: their digest (a checkpoint path can be written over later)
+    assert plain["model"]["weights"] == ranked["model"]["weights"] != hashlib.sha256().hexdigest()  # not "none"
     assert plain["config"]["ckpt_path"] == ckpt
+    assert plain["config"]["init_adapter"] is None
     assert ranked["config"]["model"]["eval_ks"] == [1, 3]  # the command line wins over the checkpoint
     assert ranked["protocol"][""]["metrics"] == {"recall": [1, 3], "mrr": [1, 3]}  # the cut-offs really used
     assert plain["protocol"][""]["chance"]["Recall@1"] == pytest.approx(1 / 575)  # reference excluded
@@ -348,7 +352,7 @@ def test_other_backbone_families_train_and_evaluate_from_the_command_line(tmp_pa
     assert all(".lora_" in k for k in ckpt["state_dict"])
     run("validate", *args, "--ckpt_path", str(tmp_path / "run" / "checkpoints" / "last.ckpt"), cwd=tmp_path)
     results = json.loads((tmp_path / "run" / "results-validate.json").read_text())
-    assert results["model"]["class"] == backbone
+    assert results["model"]["fingerprint"]["class"] == backbone
     assert set(results["metrics"][""]) == {f"{m}@{k}" for m in ("Recall", "MRR") for k in (1, 5, 10, 50)}
 
 

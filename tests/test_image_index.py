@@ -71,6 +71,18 @@ def test_an_index_holds_every_image_and_searches_like_brute_force(small_index, c
     assert len(index.query(backbone, image, "x", k=50, exclude=["red.png"])) == 4  # fewer than k: all the others
 
 
+def test_an_index_records_the_faiss_index_it_built_and_its_search_settings(small_index, tiny_model_dir, tmp_path,
+                                                                           capsys):
+    """An IVF index too large for the images is built smaller: its meta.json and the printed line named the
+    factory asked for, not the one built."""
+    photos = small_index[1]
+    with pytest.warns(UserWarning, match="too few to train 1024 IVF lists"):
+        main(_index_args(photos, tmp_path / "ivf", tiny_model_dir, "--factory", "IVF1024,Flat", "--nprobe", "4"))
+    assert "faiss IVF1,Flat)" in capsys.readouterr().out
+    search = json.loads((tmp_path / "ivf" / "meta.json").read_text())["image_index"]["search"]
+    assert search == {"factory": "IVF1,Flat", "nprobe": 4, "ef_search": None, "asked": "IVF1024,Flat"}
+
+
 def test_search_prints_the_ranked_paths_and_draws_them(small_index, capsys, tmp_path):
     folder, photos = small_index
     capsys.readouterr()

@@ -121,10 +121,6 @@ def run(args: argparse.Namespace, task: Task) -> Any:
     from cir_lightning.retrieval.memmap import MemmapGalleries
     from cir_lightning.retrieval.search_config import SearchConfig
 
-    class KeepResults(CIRModule):  # the metrics as computed (float64), not as logged (float32 tensors)
-        def on_validation_epoch_end(self) -> None:
-            self.results = self.evaluation.epoch_end(self, "validate", self.trainer.val_dataloaders)
-
     say = print if rank_zero_only.rank == 0 else (lambda *a, **k: None)
     for name, default in (("max_query_length", 64), ("max_passage_length", 77)):
         if getattr(args, name) != default:
@@ -136,7 +132,7 @@ def run(args: argparse.Namespace, task: Task) -> Any:
     data = BGEVLDataModule(args.data_dir, args.image_dir, task=task, categories=getattr(args, "categories", CATEGORIES),
                            k=args.k, results_file=getattr(args, "result_save_path", None),
                            batch_size=args.batch_size, num_workers=args.num_workers)
-    module = KeepResults(backbone, search=SearchConfig(factory=args.index_factory, device=args.search_device),
+    module = CIRModule(backbone, search=SearchConfig(factory=args.index_factory, device=args.search_device),
                          write_results=False, export_adapter=False, pictures=0)  # BGE-VL's script writes nothing else
     if args.save_embedding or args.load_embedding:
         store = MemmapGalleries(args.save_path, backbone.embedding_dim, save=args.save_embedding,
@@ -145,7 +141,7 @@ def run(args: argparse.Namespace, task: Task) -> Any:
     trainer = pl.Trainer(accelerator="auto", devices=args.devices, logger=False, enable_checkpointing=False,
                          enable_model_summary=False, callbacks=[_progress_bar()], default_root_dir=os.getcwd())
     trainer.validate(module, datamodule=data, verbose=False)
-    return data, getattr(module, "results", None)
+    return data, module.evaluation.last_results  # the metrics as computed (float64), not as logged (float32)
 
 
 def _main(task: Task, argv: Sequence[str] | None) -> int:

@@ -58,23 +58,24 @@ def main(argv: Sequence[str]) -> None:
 
 
 def fire_metrics(metrics: Mapping[str, Any], ks: Sequence[int]) -> dict[str, float]:
-    """FiRE's output, ``{"Recall@1": 0.25, ...}`` (fractions), from the logged metrics (``val/Recall@1`` or
-    ``val/dress/Recall@1``): the subset is kept in the key only when there are several (an average over
-    one FashionIQ category is that category).
+    """FiRE's output, ``{"Recall@1": 0.25, ...}`` (fractions, as computed: float64, as the release's
+    ``hits / n``), from an evaluation's metrics (``Recall@1`` or ``dress/Recall@1``, no stage prefix): the
+    subset is kept in the key only when there are several (an average over one FashionIQ category is that
+    category).
 
     Example:
         >>> from cir_lightning.commands.convert_fire import fire_metrics
-        >>> fire_metrics({"val/Recall@1": 0.25, "val/Recall@5": 0.5, "val/MRR@10": 0.3}, [1, 5])
+        >>> fire_metrics({"Recall@1": 0.25, "Recall@5": 0.5, "MRR@10": 0.3}, [1, 5])
         {'Recall@1': 0.25, 'Recall@5': 0.5}
-        >>> fire_metrics({"val/dress/Recall@1": 0.5, "val/average/Recall@1": 0.5}, [1])
+        >>> fire_metrics({"dress/Recall@1": 0.5, "average/Recall@1": 0.5}, [1])
         {'Recall@1': 0.5}
-        >>> fire_metrics({"val/dress/Recall@1": 0.5, "val/shirt/Recall@1": 0.0, "val/average/Recall@1": 0.25}, [1])
+        >>> fire_metrics({"dress/Recall@1": 0.5, "shirt/Recall@1": 0.0, "average/Recall@1": 0.25}, [1])
         {'average/Recall@1': 0.25, 'dress/Recall@1': 0.5, 'shirt/Recall@1': 0.0}
     """
     wanted = [f"Recall@{k}" for k in ks]
     found: dict[tuple[str, str], float] = {}
     for key, value in metrics.items():
-        subset, _, name = key.partition("/")[2].rpartition("/")
+        subset, _, name = key.rpartition("/")
         if name in wanted:
             found[(subset, name)] = float(value)
     subsets = {subset for subset, _ in found}
@@ -106,7 +107,8 @@ def _run(purpose: Purpose, config: str) -> dict[str, Any]:
     if purpose == "train":
         adapter = find_adapter(trainer.log_dir or trainer.default_root_dir)
         return {"status": "ok", "output_dir": str(adapter or trainer.log_dir)}
-    return fire_metrics(trainer.callback_metrics, translation.ks)
+    results = cli.model.evaluation.last_results
+    return fire_metrics(results.metrics if results is not None else {}, translation.ks)
 
 
 def run_release_script(purpose: Purpose, argv: Sequence[str] | None = None) -> None:

@@ -40,6 +40,7 @@ from cir_lightning.data.datasets import (
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.sampling import EpochSampler, ResumableLoader
 from cir_lightning.errors import CIRConfigError, CIRDataError
+from cir_lightning.pixels import SHRINK
 
 Split = Literal["val", "test"]
 EvalSets = list[tuple[QueryDataset, GalleryDataset]]
@@ -187,11 +188,12 @@ class CIRDataModule(pl.LightningDataModule):
 
         Example:
             >>> from cir_lightning.data import CIRDataModule
-            >>> CIRDataModule(max_short_edge=224).gallery_identity()
-            'CIRDataModule(max_short_edge=224)'
+            >>> CIRDataModule(max_short_edge=224).gallery_identity()  # how it shrinks, too (``pixels.SHRINK``)
+            'CIRDataModule(max_short_edge=224:lanczos-floor)'
         """
         where = {name: getattr(self, name) for name in self.GALLERY_OPTIONS if getattr(self, name, None) is not None}
-        where = {k: Path(v).resolve() if isinstance(v, str | Path) else v for k, v in where.items()}
+        where = {k: Path(v).resolve() if isinstance(v, str | Path) else f"{v}:{SHRINK}" if k == "max_short_edge" else v
+                 for k, v in where.items()}
         return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in where.items())})"
 
     # ------------------------------------------------------------------ reading the data

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from cir_lightning.data.datasets import ImageDataset
 from cir_lightning.errors import CIRDataError
 from cir_lightning.messages import MISSING
+from cir_lightning.pixels import shrink_short_edge
 
 __all__ = ["ImageFolderDataset", "KeepReadable", "fit_image", "image_suffixes", "list_images"]
 
@@ -98,7 +99,7 @@ def list_images(root: str | Path, leave_out: Sequence[str | Path] = ()) -> list[
 
 
 def fit_image(image: Image.Image, max_short_edge: int | None = None) -> Image.Image:
-    """``image`` as RGB, shrunk (bicubic, aspect kept) so its short edge is at most ``max_short_edge``,
+    """``image`` as RGB, shrunk (``pixels.shrink_short_edge``) so its short edge is at most ``max_short_edge``,
     as ``load_image`` prepares an image read from a file.
 
     Example:
@@ -107,12 +108,7 @@ def fit_image(image: Image.Image, max_short_edge: int | None = None) -> Image.Im
         >>> image.mode, image.size
         ('RGB', (100, 50))
     """
-    image = image if image.mode == "RGB" else image.convert("RGB")
-    if max_short_edge is not None and min(image.size) > max_short_edge:
-        w, h = image.size
-        scale = max_short_edge / min(w, h)
-        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BICUBIC)
-    return image
+    return shrink_short_edge(image if image.mode == "RGB" else image.convert("RGB"), max_short_edge)
 
 
 class ImageFolderDataset(ImageDataset, Dataset):

@@ -14,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from cir_lightning.errors import CIRDataError
 from cir_lightning.messages import os_reason, path_problem
+from cir_lightning.pixels import shrink_short_edge
 from cir_lightning.pixels import to_rgb as _to_rgb
 
 
@@ -83,7 +84,8 @@ def load_image(path: Path, max_short_edge: int | None = None, source: str | None
 
     Args:
         path: the image file.
-        max_short_edge: shrink (bicubic, aspect ratio kept) when the short edge is longer; never enlarges.
+        max_short_edge: shrink (``pixels.shrink_short_edge``: LANCZOS, aspect kept) when the short edge is
+            longer; never enlarges.
         source: where the path came from (``"file.jsonl:12"``), put in front of any error.
         max_pixels: refuse images with more pixels than this (read from the header, before decoding), a guard
             against decompression bombs; None for no limit. Pillow's own global limit
@@ -157,12 +159,7 @@ def load_image(path: Path, max_short_edge: int | None = None, source: str | None
         except (SyntaxError, EOFError, ValueError, IndexError, TypeError, struct.error, zlib.error) as err:
             raise CIRDataError(f"{name} is truncated or corrupt ({err})") from None
         img = _to_rgb(img, name)
-    if max_short_edge is not None and min(img.size) > max_short_edge:
-        w, h = img.size
-        scale = max_short_edge / min(w, h)
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        img = img.resize(size, Image.Resampling.BICUBIC)
-    return img
+    return shrink_short_edge(img, max_short_edge)
 
 
 @contextlib.contextmanager

@@ -35,7 +35,8 @@ class RetrievalCallback(pl.Callback):
     """Embed validation queries and galleries with the module's ``encode_*`` and log retrieval metrics.
 
     Args:
-        ks: the cut-offs K of Recall@K (hit rate) and MRR@K.
+        ks: the cut-offs K of Recall@K (hit rate) and MRR@K (default 1, 5, 10, 50); given, also added to the
+            families of a dataset's own protocol (``with_added_ks``).
         search: how the gallery is searched (default: exact faiss ``Flat``).
         prefix: metric name prefix.
 
@@ -60,7 +61,7 @@ class RetrievalCallback(pl.Callback):
         {'val/Recall@1': 0.5, 'val/Recall@2': 1.0, 'val/MRR@1': 0.5, 'val/MRR@2': 0.75}
     """
 
-    def __init__(self, ks: Sequence[int] = (1, 5, 10, 50), search: SearchConfig | None = None,
+    def __init__(self, ks: Sequence[int] | None = None, search: SearchConfig | None = None,
                  prefix: str = "val") -> None:
         self.evaluator = RetrievalEvaluator(ks, search)
         self.loop = EvaluationLoop(self.evaluator)

@@ -30,15 +30,12 @@ from cir_lightning.retrieval.metrics import (
     SubsetRecallAtK,
     rank_within,
 )
+from cir_lightning.retrieval.protocol import DEFAULT_KS, with_added_ks
 from cir_lightning.retrieval.sharded import own_rows, sharded_search
 
 METRIC_FAMILIES: dict[str, tuple[str, type[Metric]]] = {
-    "recall": ("Recall", HitRateAtK),
-    "positive_recall": ("PositiveRecall", PositiveRecallAtK),
-    "mrr": ("MRR", MRRAtK),
-    "map": ("mAP", MAPAtK),
-    "recall_subset": ("Recall_subset", SubsetRecallAtK),
-}
+    "recall": ("Recall", HitRateAtK), "positive_recall": ("PositiveRecall", PositiveRecallAtK), "mrr": ("MRR", MRRAtK),
+    "map": ("mAP", MAPAtK), "recall_subset": ("Recall_subset", SubsetRecallAtK)}
 """Metric families a subset can ask for: name in ``EvalSubset.metrics`` -> (logged name, Metric)."""
 FAMILIES = METRIC_FAMILIES  # the earlier name
 
@@ -109,7 +106,8 @@ class RetrievalEvaluator:
     """Accumulate embeddings, then search each subset's gallery and compute its metrics.
 
     Args:
-        ks: the default cut-offs K (Recall@K as hit rate and MRR@K, unless a subset asks for others).
+        ks: the cut-offs K of Recall@K (hit rate) and MRR@K for subsets without a protocol of their own
+            (default ``DEFAULT_KS``); given explicitly, also added to the protocols' families (``with_added_ks``).
         search: how the gallery is searched (default: exact faiss ``Flat``; ``sharded`` under DDP).
 
     Example:
@@ -123,8 +121,9 @@ class RetrievalEvaluator:
         {'Recall@1': 1.0, 'Recall@2': 1.0, 'MRR@1': 1.0, 'MRR@2': 1.0}
     """
 
-    def __init__(self, ks: Sequence[int] = (1, 5, 10, 50), search: SearchConfig | None = None) -> None:
-        self.ks = cutoffs("ks", list(ks))
+    def __init__(self, ks: Sequence[int] | None = None, search: SearchConfig | None = None) -> None:
+        self.ks = cutoffs("ks", list(ks)) if ks is not None else list(DEFAULT_KS)
+        self.added_ks = list(self.ks) if ks is not None else []
         self.search = search or SearchConfig()
         self.reset()
 
@@ -258,13 +257,14 @@ def loader_role(dataloader_idx: int) -> tuple[int, str]:
     return subset, "query" if kind == 0 else "gallery"
 
 
-def subsets_from_loaders(loaders: Any) -> list[EvalSubset]:
+def subsets_from_loaders(loaders: Any, added_ks: Sequence[int] = ()) -> list[EvalSubset]:
     """The ``EvalSubset`` of each (queries, gallery) pair of evaluation loaders.
 
     Loaders come in pairs, queries first. The query dataset has ``positives`` (gallery rows per query,
     or None without ground truth) and may have ``excluded``, ``name``, ``ids``, ``metrics``,
     ``candidates`` and ``depth`` (see ``EvalSubset``); the gallery dataset may have ``ids``, and
-    ``num_items`` when it stands in for a gallery it does not load (embeddings from a cache).
+    ``num_items`` when it stands in for a gallery it does not load (embeddings from a cache). ``added_ks``
+    (the evaluator's ``added_ks``) are added to the query dataset's own ``metrics`` (``with_added_ks``).
 
     Example:
         >>> from cir_lightning.retrieval import subsets_from_loaders
@@ -294,6 +294,6 @@ def subsets_from_loaders(loaders: Any) -> list[EvalSubset]:
             getattr(queries, "excluded", None) or [()] * len(queries),
             getattr(gallery, "num_items", None) or len(gallery),
             getattr(queries, "ids", None), getattr(gallery, "ids", None),
-            metrics=getattr(queries, "metrics", None), candidates=getattr(queries, "candidates", None),
-            depth=getattr(queries, "depth", 0)))
+            metrics=with_added_ks(getattr(queries, "metrics", None), added_ks),
+            candidates=getattr(queries, "candidates", None), depth=getattr(queries, "depth", 0)))
     return subsets

@@ -92,7 +92,7 @@ class EvaluationLoop:
         if self._skips(trainer):
             self.evaluator.reset()
             return None
-        subsets = subsets_from_loaders(loaders)
+        subsets = subsets_from_loaders(loaders, self.evaluator.added_ks)
         self._warn_trivial(subsets)
         metrics = self.evaluator.compute(subsets, keep_rankings=keep_rankings)
         if metrics and summarize is not None:
@@ -115,8 +115,8 @@ class EvaluationLoop:
         if trivial:
             self._warned_trivial = True
             warnings.warn(f"{first_few(trivial, ', ', ', ... and {n} more')}: 100% for any ranking, as every query's "
-                          "candidates fit in the first K; these say nothing of the model (set `eval_ks` below the "
-                          "gallery size)", stacklevel=2)
+                          "candidates fit in the first K; these say nothing of the model (a K of the protocol, or of "
+                          "`eval_ks`, reaches the gallery size)", stacklevel=2)
 
     def reset(self) -> None:
         """Forget this epoch's embeddings and rankings."""

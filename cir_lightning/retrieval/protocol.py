@@ -28,10 +28,35 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from cir_lightning.retrieval.evaluator import EvalSubset
 
-__all__ = ["chance_level", "metric_names", "random_hit_rate", "subset_families", "subset_protocol"]
+__all__ = ["ADDABLE_FAMILIES", "DEFAULT_KS", "chance_level", "metric_names", "random_hit_rate", "subset_families",
+           "subset_protocol", "with_added_ks"]
 
 _LABELS = {"recall": "Recall", "positive_recall": "PositiveRecall", "recall_subset": "Recall_subset"}
 """The families with a chance level here, and their logged names (as ``evaluator.METRIC_FAMILIES``)."""
+
+
+DEFAULT_KS = (1, 5, 10, 50)
+"""The cut-offs of Recall@K and MRR@K for subsets without a protocol of their own, unless given."""
+ADDABLE_FAMILIES = ("recall", "positive_recall", "mrr", "map")
+"""The protocol families that cut-offs given explicitly are added to (not ``recall_subset``, whose K are bounded
+by each query's few candidates)."""
+
+
+def with_added_ks(metrics: Mapping[str, Sequence[int]] | None, added_ks: Sequence[int]) -> dict[str, list[int]] | None:
+    """A protocol's metric families with ``added_ks`` (cut-offs the user asked for) added to each of the
+    ``ADDABLE_FAMILIES``: the protocol's own K always stay, and a K asked for is never silently dropped.
+
+    Example:
+        >>> from cir_lightning.retrieval.protocol import with_added_ks
+        >>> with_added_ks({"recall": [1, 5, 10, 50], "recall_subset": [1, 2, 3]}, [2, 20])
+        {'recall': [1, 2, 5, 10, 20, 50], 'recall_subset': [1, 2, 3]}
+        >>> with_added_ks(None, [2]) is None  # no protocol: the K asked for are the subset's K anyway
+        True
+    """
+    if metrics is None:
+        return None
+    return {family: sorted({*map(int, ks), *map(int, added_ks)}) if family in ADDABLE_FAMILIES else [int(k) for k in ks]
+            for family, ks in metrics.items()}
 
 
 def random_hit_rate(num_items: int, num_positives: int, k: int) -> float:

@@ -66,7 +66,7 @@ def write_results(path: str | Path, metrics: Mapping[str, float], *, stage: str,
         metrics: flat metric names (``"dress/Recall@10"``) to fractions.
         stage: ``"validate"`` or ``"test"``.
         subsets: per subset name, its sizes (``{"num_queries": ..., "num_gallery": ...}``).
-        model: the backbone's fingerprint.
+        model: the backbone's identity (``Backbone.identity``: its fingerprint and the trained weights' digest).
         config: the run's configuration (plain data).
         rankings: per subset, query id -> its top-K gallery ids.
         scores: per subset, query id -> the scores of those ids (cosine similarity for normalised embeddings).

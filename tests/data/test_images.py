@@ -340,6 +340,21 @@ def test_mode_pillow_cannot_convert_is_a_clear_error(tmp_path, monkeypatch, grey
     assert "has PIL mode 'L', which cannot be converted to RGB" in message
 
 
+def test_the_data_shrink_is_fire_s_release_shrink_so_translated_configs_see_its_pixels(tmp_path):
+    """`max_short_edge: 380` (a translated FiRE config) shrank bicubic to round(side * scale): 508 x 380 where the
+    release makes 507 x 380 (LANCZOS, int), and `release_compatible` then had nothing left to shrink."""
+    import numpy as np
+
+    from cir_lightning.backbones.xgenmm.release import release_image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (601, 803, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "big.png")
+    ours = load_image(tmp_path / "big.png", max_short_edge=380)
+    release = release_image(Image.open(tmp_path / "big.png"))
+    assert ours.size == release.size == (507, 380)
+    assert np.array_equal(np.asarray(ours), np.asarray(release))
+
+
 def test_shrinking_keeps_the_aspect_ratio_and_never_enlarges(tmp_path):
     path = tmp_path / "rgb.png"
     Image.fromarray(RGB).save(path)

@@ -60,6 +60,30 @@ def test_cirr_style_subset_recall_is_the_full_ranking_restricted_to_candidates()
     assert [[j for j in row if j >= 0] for row in ev.subset_rankings["cirr"].tolist()] == restricted
 
 
+def test_cut_offs_given_explicitly_are_added_to_a_protocol_never_dropped():
+    """A dataset with its own protocol (FashionIQ: Recall / MRR at its K; CIRR: Recall and the subset's) kept
+    only its own K: a K the user asked for (FiRE's `eval.ks: [1, 2, 3]`) was silently missing."""
+    from torch.utils.data import DataLoader
+
+    from cir_lightning.retrieval import subsets_from_loaders
+
+    class Queries(list):
+        name, positives, excluded, candidates = "dress", [[1], [1]], [[], []], [[0, 1], [1, 2]]
+        metrics = {"recall": [10, 50], "recall_subset": [1, 2]}
+
+    loaders = [DataLoader(Queries(["q0", "q1"])), DataLoader(["g0", "g1", "g2"])]
+    for given, recall in ((None, [10, 50]), ([2, 10], [2, 10, 50])):
+        ev = RetrievalEvaluator(ks=given)
+        [sub] = subsets_from_loaders(loaders, ev.added_ks)
+        assert sub.metrics == {"recall": recall, "recall_subset": [1, 2]}  # the subset's K are bounded by candidates
+    ev = RetrievalEvaluator(ks=[2])
+    ev.add(0, "gallery", torch.eye(3), torch.arange(3))
+    ev.add(0, "query", torch.tensor([[0.0, 0.9, 0.5], [0.2, 0.0, 1.0]]), torch.arange(2))
+    got = ev.compute(subsets_from_loaders(loaders, ev.added_ks))
+    assert got == {"dress/Recall@2": 0.5, "dress/Recall@10": 1.0, "dress/Recall@50": 1.0,
+                   "dress/Recall_subset@1": 0.5, "dress/Recall_subset@2": 1.0}
+
+
 def test_map_and_positive_recall_families_with_several_positives():
     qry, gal, _, _ = _case(seed=1)
     positives = [[i % 23, (i * 5) % 23, (i * 11 + 1) % 23][: 1 + i % 3] for i in range(len(qry))]

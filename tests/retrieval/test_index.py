@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from cir_lightning.errors import CIRConfigError
-from cir_lightning.retrieval.index import SearchConfig, search
+from cir_lightning.retrieval.index import SearchConfig, build_index, search
 
 
 def brute_force(q, g, k, excluded):
@@ -107,9 +107,15 @@ def test_approximate_indexes_use_inner_product_and_find_the_neighbours(factory, 
 
 def test_ivf_with_too_few_vectors_shrinks_nlist_with_a_warning():
     gallery = _clustered(200)
-    with pytest.warns(UserWarning, match=r"too few to train 64 IVF lists .* using IVF5"):
-        got = search(gallery[:5], gallery, k=3, config=SearchConfig(factory="IVF64,Flat", nprobe=5))
+    with pytest.warns(UserWarning, match=r"too few to train 256 IVF lists .* using IVF5"):  # faiss cannot train it
+        got = search(gallery[:5], gallery, k=3, config=SearchConfig(factory="IVF256,Flat", nprobe=5))
     assert got[:, 0].tolist() == [0, 1, 2, 3, 4]
+    # fewer than faiss's advised 39 per list, but trainable: built as given, as faiss (and BGE-VL's script) do
+    with pytest.warns(UserWarning, match=r"200 gallery vectors train 64 IVF lists, fewer than .* built as given"):
+        index = build_index(gallery, SearchConfig(factory="IVF64,Flat"))
+    import faiss
+
+    assert faiss.extract_index_ivf(index).nlist == 64
 
 
 def test_bad_index_settings_are_clear_errors_when_the_config_is_made():

@@ -79,7 +79,7 @@ def test_cut_offs_that_every_ranking_meets_are_warned_about_once():
         return metrics
 
     with pytest.warns(UserWarning, match=r"^Recall@50: 100% for any ranking, as every query's candidates fit in "
-                                         r"the first K; .*set `eval_ks` below the gallery size") as caught:
+                                         r"the first K; .*a K of the protocol, or of `eval_ks`, reaches the gallery size") as caught:
         assert epoch()["Recall@50"] == 1.0
     # one warning, naming Recall@50 alone: at 5 and 10 the first query (29 candidates) keeps them below 100%
     assert len([w for w in caught if "100% for any ranking" in str(w.message)]) == 1

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from cir_lightning.backbones.collate import Inputs, MLLMCollator, check_positions
 from cir_lightning.backbones.prompts import IMAGE
+from cir_lightning.pixels import shrink_short_edge
 
 RELEASE_LAST_N = 10  # the release's hard-coded pooling: the last 10 positions of the padded sequence
 RELEASE_MAX_SHORT_EDGE = 380
@@ -36,12 +37,7 @@ def release_image(image: Image.Image, max_short_edge: int = RELEASE_MAX_SHORT_ED
         >>> release_image(Image.new("P", (800, 400))).size, release_image(Image.new("P", (30, 20))).mode
         ((760, 380), 'RGB')
     """
-    image = image.convert("RGB")
-    short = min(image.size)
-    if short <= max_short_edge:
-        return image
-    scale = max_short_edge / float(short)
-    return image.resize((int(image.width * scale), int(image.height * scale)), Image.Resampling.LANCZOS)
+    return shrink_short_edge(image.convert("RGB"), max_short_edge)
 
 
 class ReleaseCollator(MLLMCollator):
