@@ -34,6 +34,7 @@ from cir_lightning.data.folder import fit_image
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRModelError, embedded_error
 from cir_lightning.messages import MISSING
 from cir_lightning.retrieval.cache import _ids_digest, identity_differences
+from cir_lightning.retrieval.index import search_with_scores
 
 __all__ = ["FAISS_FILE", "Hit", "ImageIndex", "partial_folder"]
 
@@ -88,11 +89,12 @@ class ImageIndex:
         cir_lightning.errors.CIRDataError: .../nothing: does not exist (build an index with `cir-lightning index IMAGE_FOLDER ...`)
     """
 
-    def __init__(self, folder: Path, meta: dict[str, Any], relpaths: list[str], faiss_index: Any) -> None:
+    def __init__(self, folder: Path, meta: dict[str, Any], relpaths: list[str], faiss_index: Any,
+                 root: Path | None = None) -> None:
         self.folder = folder
         self.meta = meta
         self.relpaths = relpaths
-        self.root = Path(meta["image_index"]["root"])
+        self.root = root or Path(meta["image_index"]["root"])  # the images' folder (elsewhere, when moved)
         self._faiss = faiss_index
         self._rows = {p: i for i, p in enumerate(relpaths)}
         self._checked: weakref.WeakSet[Backbone] = weakref.WeakSet()
@@ -103,9 +105,10 @@ class ImageIndex:
         return self.meta["image_index"]
 
     @classmethod
-    def open(cls, folder: str | Path) -> ImageIndex:
+    def open(cls, folder: str | Path, root: str | Path | None = None) -> ImageIndex:
         """Open the index at ``folder``, after checking it is complete and undamaged (one ``CIRDataError``
-        line naming the file otherwise)."""
+        line naming the file otherwise) and that its image folder is there: ``root``, where the images went
+        when the indexed folder was moved (the index keeps their paths below it), else the indexed one."""
         folder = Path(folder)
         if not folder.is_dir():
             partial = partial_folder(folder)
@@ -132,7 +135,12 @@ class ImageIndex:
         if not shape_ok:
             raise CIRDataError(f"holds {rows.shape}, meta.json says ({meta['count']}, {meta['dim']}): the index is "
                                "damaged; rebuild it", folder / "embeddings.npy")
-        return cls(folder, meta, relpaths, _read_faiss(folder / FAISS_FILE, meta["count"], meta["dim"], info))
+        images = Path(root).resolve() if root is not None else Path(info["root"])
+        if not images.is_dir():
+            raise CIRDataError(f"the image folder `{images}` " + ("(`--root`) " if root is not None else "the index was "
+                               "built over ") + "is not there: if the images moved, give their new folder (`--root "
+                               "FOLDER`, `ImageIndex.open(..., root=...)`)", folder)
+        return cls(folder, meta, relpaths, _read_faiss(folder / FAISS_FILE, meta["count"], meta["dim"], info), images)
 
     # ------------------------------------------------------------------ the model
     def load_backbone(self) -> Backbone:
@@ -194,15 +202,30 @@ class ImageIndex:
         image = fit_image(image, self.info.get("max_short_edge"))
         embedding = backbone.encode_query([image], [text]).detach().float().cpu().numpy()
         skip = {self._rows[p] for p in exclude if p in self._rows}
-        depth = min(k + len(skip), len(self.relpaths))
-        scores, rows = self._faiss.search(np.ascontiguousarray(embedding, dtype=np.float32), depth)
-        found = sorted(((float(s), int(r)) for s, r in zip(scores[0], rows[0], strict=True)
-                        if r >= 0 and int(r) not in skip), key=lambda hit: (-hit[0], hit[1]))  # ties: lower row
+        flat = _flat_rows(self._faiss)
+        if flat is not None:  # exact: the evaluation's search (ties to the lower row, also across the cut-off)
+            ids, scores = search_with_scores(embedding, flat, k, [sorted(skip)])
+            found = [(s, r) for s, r in zip(scores[0].tolist(), ids[0].tolist(), strict=True) if r >= 0]
+        else:  # approximate (IVF, HNSW, PQ): its own candidates, in score order
+            depth = min(k + len(skip), len(self.relpaths))
+            scores, rows = self._faiss.search(np.ascontiguousarray(embedding, dtype=np.float32), depth)
+            found = sorted(((float(s), int(r)) for s, r in zip(scores[0], rows[0], strict=True)
+                            if r >= 0 and int(r) not in skip), key=lambda hit: (-hit[0], hit[1]))
         return [Hit(rank, self.root / self.relpaths[row], self.relpaths[row], score)
                 for rank, (score, row) in enumerate(found[:k], start=1)]
 
     def __repr__(self) -> str:
         return f"ImageIndex({str(self.folder)!r}, {len(self.relpaths)} images below {str(self.root)!r})"
+
+
+def _flat_rows(index: Any) -> np.ndarray | None:
+    """The rows of an exact flat index, a view of its own storage (no copy); None for any other index type."""
+    import faiss
+
+    flat = faiss.downcast_index(index)
+    if type(flat) not in (faiss.IndexFlatIP, faiss.IndexFlat) or flat.metric_type != faiss.METRIC_INNER_PRODUCT:
+        return None
+    return faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
 
 
 def _read_json(path: Path, kind: type) -> Any:

@@ -19,7 +19,7 @@ from PIL import Image
 from cir_lightning.backbones.tiny import make_tiny_model
 from cir_lightning.cli import main
 from cir_lightning.data.images import load_image
-from cir_lightning.errors import CIRConfigError, CIRModelError
+from cir_lightning.errors import CIRConfigError, CIRDataError, CIRModelError
 from cir_lightning.image_index import Hit, ImageIndex
 from tests.test_cli import CONF
 
@@ -81,6 +81,26 @@ def test_an_index_records_the_faiss_index_it_built_and_its_search_settings(small
     assert "faiss IVF1,Flat)" in capsys.readouterr().out
     search = json.loads((tmp_path / "ivf" / "meta.json").read_text())["image_index"]["search"]
     assert search == {"factory": "IVF1,Flat", "nprobe": 4, "ef_search": None, "asked": "IVF1024,Flat"}
+
+
+def test_a_moved_image_folder_is_found_again_with_root_and_ties_rank_as_in_evaluation(tmp_path, tiny_model_dir):
+    """Search after the image folder moved printed paths that no longer existed; equal scores (copies of one
+    photo) were ordered by faiss's heap, not by row as the evaluation's search orders them."""
+    photos = tmp_path / "photos"
+    for name, colour in [("a.png", "red"), ("b.png", "red"), ("c.png", "red"), ("d.png", "blue"), ("e.png", "red")]:
+        photos.mkdir(exist_ok=True)
+        Image.new("RGB", (24, 16), colour).save(photos / name)
+    main(_index_args(photos, tmp_path / "index", tiny_model_dir))
+    photos.rename(tmp_path / "moved")
+    with pytest.raises(CIRDataError, match=r"the image folder `.*photos` the index was built over is not there: .*"
+                                           r"`--root FOLDER`"):
+        ImageIndex.open(tmp_path / "index")
+    index = ImageIndex.open(tmp_path / "index", root=tmp_path / "moved")
+    backbone = index.load_backbone()
+    hits = index.query(backbone, Image.new("RGB", (24, 16), "red"), "same", k=2, exclude=["a.png"])
+    assert [h.relpath for h in hits] == ["b.png", "c.png"]  # four equal scores: the lowest rows, a.png left out
+    assert hits[0].score == hits[1].score
+    assert hits[0].path == (tmp_path / "moved" / "b.png").resolve()
 
 
 def test_search_prints_the_ranked_paths_and_draws_them(small_index, capsys, tmp_path):

@@ -68,6 +68,7 @@ def gallery(tmp_path_factory) -> Path:
     (tmp / "secret.txt").write_text("not for the web")
     draw((255, 255, 255), "circle").save(tmp / "outside.png")
     (tmp / "photos" / "link.png").symlink_to(tmp / "outside.png")
+    (tmp / "photos" / "sneaky.png").symlink_to(tmp / "secret.txt")
     draw((0, 0, 0), "square").save(tmp / "photos" / "unindexed.png")
     return tmp / "photos"
 
@@ -111,7 +112,7 @@ class BackboneSearcher:
 
 @pytest.fixture
 def app(gallery):
-    relpaths = [*indexed(gallery), "link.png"]  # the link is "indexed" but leads outside the root
+    relpaths = [*indexed(gallery), "link.png"]  # a link out of the root, to an image
     return SearchApp(RecordingSearcher(gallery, relpaths), k=5)
 
 
@@ -149,7 +150,6 @@ def test_the_page_and_the_index_are_served(app, gallery):
     ("/image//etc/passwd", 403),
     ("/image/%2Fetc%2Fpasswd", 403),
     ("/image/red\\..\\..\\secret.txt", 403),
-    ("/image/link.png", 403),  # indexed, but a symbolic link out of the root
     ("/image/unindexed.png", 404),  # inside the root, but not an indexed image
     ("/image/red/nothing.png", 404),
 ])
@@ -158,6 +158,18 @@ def test_only_indexed_images_inside_the_root_are_served(app, target, status):
     assert code == status
     assert "\n" not in body["error"]
     assert ("outside the index's root" in body["error"]) == (status == 403)
+
+
+def test_an_indexed_image_linked_in_from_outside_the_root_is_shown_as_index_embedded_it(app, gallery):
+    """`index` follows links (a linked photo is searched like a copied one): the page showed their results as
+    broken thumbnails and refused to search from them."""
+    image = app.respond("GET", "/image/link.png")
+    assert (image.status, image.body) == (200, (gallery.parent / "outside.png").read_bytes())
+    # a link out of the root to anything but an image is never served, even when listed as indexed
+    listed = SearchApp(RecordingSearcher(gallery, [*indexed(gallery), "sneaky.png"]), k=5)
+    code, body = get(listed, "/image/sneaky.png")
+    assert code == 403
+    assert body["error"] == "`sneaky.png` leads outside the index's root, to a file that is not an image"
 
 
 def test_a_search_from_an_indexed_image_or_an_upload(app, gallery):
@@ -285,7 +297,7 @@ def test_the_command_serves_an_index_with_its_backbone(gallery, monkeypatch, cap
         root, relpaths = gallery, indexed(gallery)
 
         @classmethod
-        def open(cls, folder):
+        def open(cls, folder, root=None):
             calls.append(("open", Path(folder)))
             return cls()
 

@@ -25,6 +25,7 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--text", required=True, help='what to change in it ("make it red")')
     parser.add_argument("-k", type=int, default=10, help="how many results (default: 10)")
     parser.add_argument("--show", help="also draw the reference and the results into this PNG (must not exist)")
+    parser.add_argument("--root", help="the indexed image folder's new place, when it was moved after indexing")
     parser.add_argument("--keep-reference", action="store_true",
                         help="keep the reference in the results when it is one of the indexed images")
     ns = parser.parse_args(list(argv)[1:])
@@ -37,7 +38,7 @@ def main(argv: Sequence[str]) -> None:
     positive_int("-k", ns.k)
     if not ns.text.strip():  # as annotation files refuse an empty modification: a composed query needs one
         raise CIRConfigError("`--text` is empty: say what to change in the image (e.g. --text \"make it red\")")
-    index = ImageIndex.open(ns.index)
+    index = ImageIndex.open(ns.index, ns.root)
     show = Path(ns.show) if ns.show else None
     if show is not None:  # before the model is loaded
         if show.exists() or show.is_symlink():

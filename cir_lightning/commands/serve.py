@@ -30,6 +30,7 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: 127.0.0.1, this machine only; the page has no login)")
     parser.add_argument("--port", type=int, default=8765, help="port to listen on (default: 8765; 0: any free one)")
+    parser.add_argument("--root", help="the indexed image folder's new place, when it was moved after indexing")
     parser.add_argument("-k", type=int, default=12, help="how many results the page shows at first (default: 12)")
     ns = parser.parse_args(argv[1:])
     folder = Path(ns.index)
@@ -47,7 +48,7 @@ def main(argv: Sequence[str]) -> None:
     try:
         from cir_lightning.image_index import ImageIndex
 
-        index = ImageIndex.open(folder)
+        index = ImageIndex.open(folder, ns.root)
         server.app = SearchApp(IndexSearcher(index, index.load_backbone()), k=ns.k)  # type: ignore[attr-defined]
         host, port = server.server_address[:2]
         shown = f"[{host}]" if ":" in str(host) else host

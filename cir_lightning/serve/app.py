@@ -30,6 +30,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from PIL import Image, UnidentifiedImageError
 
+from cir_lightning.data.folder import image_suffixes
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRError
 from cir_lightning.pixels import to_rgb
 
@@ -241,8 +242,10 @@ class SearchApp:
         if relpath not in self._indexed:
             raise Refused(404, f"`{relpath[:200]}` is not an indexed image")
         path = (self.root / relpath).resolve()
-        if not path.is_relative_to(self.root):  # a symbolic link leading out of the root
-            raise Refused(403, f"`{relpath}` leads outside the index's root")
+        # an indexed link out of the root was indexed as the user linked it in (`index` follows links): shown, if
+        # it still leads to an image file
+        if not path.is_relative_to(self.root) and path.suffix.lower() not in image_suffixes():
+            raise Refused(403, f"`{relpath}` leads outside the index's root, to a file that is not an image")
         if not path.is_file():
             raise Refused(404, f"`{relpath}` is indexed but its file is gone")
         return path
