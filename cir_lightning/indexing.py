@@ -15,15 +15,13 @@ from __future__ import annotations
 import gc
 import json
 import shutil
-import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
@@ -31,25 +29,24 @@ from cir_lightning.backbones.base import Backbone
 from cir_lightning.data.folder import ImageFolderDataset, KeepReadable, list_images
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.errors import CIRDataError, CIRFileError
-from cir_lightning.files import atomic_folder, check_writable, write_atomic
+from cir_lightning.files import atomic_folder
 from cir_lightning.image_index import FAISS_FILE, partial_folder
+from cir_lightning.index_shards import (
+    ShardWriter,
+    current_rows,
+    file_stamps,
+    read_shards,
+    start_build,
+)
 from cir_lightning.messages import first_few
 from cir_lightning.pixels import SHRINK
 from cir_lightning.predictions import ImagesProgressBar
 from cir_lightning.retrieval.backends import build_index_from, built_factory
-from cir_lightning.retrieval.cache import (
-    finish_embeddings,
-    identity_differences,
-    new_embeddings,
-    save_embeddings,
-)
+from cir_lightning.retrieval.cache import finish_embeddings, new_embeddings
 from cir_lightning.retrieval.index import SearchConfig
 from cir_lightning.retrieval.rowfile import RowFile
 
 __all__ = ["EmbedImages", "ShardWriter", "build_image_index"]
-
-SHARD_SPLIT = "index-shard"
-
 
 class EmbedImages(pl.LightningModule):
     """``predict_step`` = the backbone's gallery embeddings of a batch (none for a batch of unreadable images).
@@ -69,100 +66,6 @@ class EmbedImages(pl.LightningModule):
         if not len(batch["index"]):
             return {"index": batch["index"], "embedding": None}
         return {"index": batch["index"], "embedding": self.backbone.embed_batch(batch, "gallery")}
-
-
-class ShardWriter(BasePredictionWriter):
-    """Saves this process's embedded images in shards of ``shard_size`` (cache folders whose ids are the
-    images' relative paths) below ``folder``, and at the end the unreadable ones beside it.
-
-    Args:
-        folder: the shards' folder (visible to every process).
-        relpaths: the dataset's images, by row.
-        shard_size: images per shard (what a kill can lose per process).
-        identity: the model's identity (fingerprint and weights digest).
-        root: the image folder (the shards' ``dataset``).
-        dtype: ``"float32"`` or ``"float16"``.
-
-    Example:
-        >>> from cir_lightning.indexing import ShardWriter
-        >>> ShardWriter(Path("x.partial/shards"), ["a.png"], 1024, {}, "/photos").interval.on_batch
-        True
-    """
-
-    def __init__(self, folder: Path, relpaths: Sequence[str], shard_size: int, identity: Mapping[str, Any],
-                 root: str, dtype: str = "float32") -> None:
-        super().__init__("batch")
-        self.folder, self.relpaths, self.shard_size = Path(folder), list(relpaths), shard_size
-        self.identity, self.root, self.dtype = dict(identity), root, dtype
-        self._buffer: list[tuple[np.ndarray, np.ndarray]] = []
-        self._unreadable: dict[str, str] = {}
-        self._token, self._seq = uuid.uuid4().hex[:8], 0
-
-    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
-                           batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
-                           dataloader_idx: int = 0) -> None:
-        for row, reason in batch.get("unreadable", ()):
-            self._unreadable[self.relpaths[int(row)]] = reason
-        if prediction["embedding"] is not None:
-            self._buffer.append((prediction["index"].cpu().numpy(), prediction["embedding"].float().cpu().numpy()))
-            if sum(len(rows) for rows, _ in self._buffer) >= self.shard_size:
-                self._flush(trainer.global_rank)
-
-    def _flush(self, rank: int) -> None:
-        if not self._buffer:
-            return
-        rows = np.concatenate([r for r, _ in self._buffer])
-        embeddings = np.concatenate([e for _, e in self._buffer])
-        self._buffer = []
-        save_embeddings(self.folder / f"{self._token}-r{rank:03d}-{self._seq:05d}", embeddings,
-                        [self.relpaths[r] for r in rows], kind="gallery", model=self.identity, dataset=self.root,
-                        split=SHARD_SPLIT, dtype=self.dtype)
-        self._seq += 1
-
-    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._flush(trainer.global_rank)
-        if self._unreadable:
-            write_atomic(self.folder.parent / f"unreadable-{self._token}-r{trainer.global_rank:03d}.json",
-                         json.dumps(self._unreadable))
-        trainer.strategy.barrier()  # every process's shards are written
-
-
-def _shards(folder: Path, identity: Mapping[str, Any], partial: Path) -> list[tuple[Path, list[str]]]:
-    """The finished shards below ``folder`` and their ids (unfinished ones are hidden temporary folders)."""
-    found = []
-    for shard in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if shard.name.startswith(".") or not shard.is_dir():
-            continue
-        try:
-            meta = json.loads((shard / "meta.json").read_text())
-            ids = json.loads((shard / "ids.json").read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise CIRDataError(f"a shard of the unfinished index cannot be read ({err}); remove `{partial}` to "
-                               "start again", shard) from None
-        problems = identity_differences("model", meta.get("model"), identity)
-        if problems:
-            raise CIRDataError(f"holds images embedded by another model ({'; '.join(problems)}); remove `{partial}` "
-                               "to start again with this one, or index with the model it was started with", shard)
-        found.append((shard, ids))
-    return found
-
-
-def _start(partial: Path, plan: dict[str, Any]) -> None:
-    """Check that an unfinished build at ``partial`` is this one (same folder, model, dtype, ``max_short_edge``),
-    or begin one."""
-    plan_file = partial / "plan.json"
-    if plan_file.is_file():
-        try:
-            begun = json.loads(plan_file.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise CIRDataError(f"cannot be read ({err}); remove `{partial}` to start again", plan_file) from None
-        problems = identity_differences("index", begun, plan, ("begun with", "now"))
-        if problems:
-            raise CIRDataError("holds an unfinished index of other images or another model (" + "; ".join(problems)
-                               + f"); remove `{partial}` to start again, or rerun the command that began it", partial)
-    elif rank_zero_only.rank == 0:
-        check_writable(partial.parent, "--out")
-        write_atomic(plan_file, json.dumps(plan, indent=1, default=str))
 
 
 def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backbone, *,
@@ -205,9 +108,10 @@ def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backb
     identity = backbone.identity()
     # max_short_edge changes the pixels, so the rows of two runs must share it (max_image_pixels only changes
     # which images load, and may be raised to let a refused one in)
-    _start(partial, {"root": str(root), "model": identity, "dtype": dtype, "max_short_edge": max_short_edge,
+    start_build(partial, {"root": str(root), "model": identity, "dtype": dtype, "max_short_edge": max_short_edge,
                      **({"shrink": SHRINK} if max_short_edge else {})})  # builds before LANCZOS shrank otherwise
-    done = {p for _, ids in _shards(partial / "shards", identity, partial) for p in ids}
+    stamps = file_stamps(root, relpaths)  # before any image is read: a file changed later is embedded again
+    done = current_rows(read_shards(partial / "shards", identity, partial), root)
     remaining = [p for p in relpaths if p not in done]
     if done and rank_zero_only.rank == 0:
         print(f"resuming: {len(relpaths) - len(remaining)} of {len(relpaths)} images were embedded by an earlier run "
@@ -217,7 +121,7 @@ def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backb
         data.max_pixels = max_image_pixels
         loader = DataLoader(data, batch_size=batch_size, num_workers=num_workers,
                             collate_fn=KeepReadable(backbone.collator.gallery))
-        writer = ShardWriter(partial / "shards", remaining, shard_size, identity, str(root), dtype)
+        writer = ShardWriter(partial / "shards", remaining, shard_size, identity, str(root), dtype, stamps)
         options = {"accelerator": "auto", "devices": "auto", "enable_progress_bar": True, **(trainer_options or {})}
         bar = [ImagesProgressBar()] if options["enable_progress_bar"] else []
         trainer = pl.Trainer(**options, logger=False, callbacks=[writer, *bar], enable_checkpointing=False,
@@ -240,20 +144,19 @@ def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backb
 def _assemble(root: Path, out: Path, partial: Path, relpaths: list[str], backbone: Backbone,
               identity: dict[str, Any], info: dict[str, Any], skip_unreadable: bool, search: SearchConfig,
               dtype: str) -> Path:
-    shards = _shards(partial / "shards", identity, partial)
-    done = {p for _, ids in shards for p in ids}
+    done = current_rows(read_shards(partial / "shards", identity, partial), root)  # image -> (shard, row)
     missing = [p for p in relpaths if p not in done]
     reasons: dict[str, str] = {}
     for file in sorted(partial.glob("unreadable-*.json")):
         reasons.update(json.loads(file.read_text()))
     unexplained = [p for p in missing if p not in reasons]
     if unexplained:
-        raise CIRDataError(f"{len(unexplained)} images were not embedded (first: {first_few(unexplained)}); run the "
-                           "same command again to embed them", partial)
+        raise CIRDataError(f"{len(unexplained)} images were not embedded, or their files changed while they were "
+                           f"(first: {first_few(unexplained)}); run the same command again to embed them", partial)
     if missing and not skip_unreadable:
         raise CIRDataError(f"{len(missing)} of {len(relpaths)} images cannot be read: "
                            f"{first_few([reasons[p] for p in missing])}. Fix or remove them, or add `--skip-unreadable`"
-                           f" to index the others (the {len(done & set(relpaths))} embedded images are kept in "
+                           f" to index the others (the {len(done.keys() & set(relpaths))} embedded images are kept in "
                            f"`{partial}`: the rerun only assembles the index)", root)
     keep = [p for p in relpaths if p in done]
     if not keep:
@@ -263,11 +166,12 @@ def _assemble(root: Path, out: Path, partial: Path, relpaths: list[str], backbon
     with atomic_folder(out) as tmp:
         new_embeddings(tmp, len(keep), backbone.embedding_dim, dtype).flush()  # an empty file of the right size
         with RowFile(tmp / "embeddings.npy", writable=True) as rows:  # plain writes: nothing stays resident
-            for shard, ids in shards:
-                pairs = [(row.pop(p), j) for j, p in enumerate(ids) if p in row]  # each image once
-                if pairs:
-                    at, source = np.array(pairs, dtype=np.int64).T
-                    rows.write(at, np.load(shard / "embeddings.npy")[source])
+            by_shard: dict[Path, list[tuple[int, int]]] = {}
+            for p in keep:  # each image once, from a shard that embedded its file as it is now
+                by_shard.setdefault(done[p][0], []).append((row[p], done[p][1]))
+            for shard, pairs in by_shard.items():
+                at, source = np.array(pairs, dtype=np.int64).T
+                rows.write(at, np.load(shard / "embeddings.npy")[source])
             info["adapter"] = None
             if backbone.lora is not None:
                 backbone.save_adapter(tmp / "adapter")

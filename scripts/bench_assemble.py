@@ -41,7 +41,7 @@ class _Backbone:
 
 def make_shards(work: Path, rows: int, dim: int) -> Path:
     from cir_lightning.image_index import partial_folder
-    from cir_lightning.indexing import SHARD_SPLIT
+    from cir_lightning.index_shards import SHARD_SPLIT
     from cir_lightning.retrieval.cache import save_embeddings
 
     partial = partial_folder(work / "index")

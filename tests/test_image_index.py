@@ -167,15 +167,20 @@ def test_unreadable_images_are_listed_and_left_out_only_when_asked(tmp_path, tin
     with pytest.raises(SystemExit):
         main([*args, "--max-short-edge", "16", "--skip-unreadable"])
     assert "index.max_short_edge: begun with None, now 16" in capsys.readouterr().err
+    # a photo replaced under the same name since it was embedded: embedded again, never its stale row kept
+    Image.new("RGB", (30, 20), "purple").save(photos / "green.jpg")
     main([*args, "--skip-unreadable"])
     out = capsys.readouterr().out
-    assert "resuming: 5 of 7 images were embedded by an earlier run" in out  # the 2 unreadable ones are tried again
+    assert "resuming: 4 of 7 images were embedded by an earlier run" in out  # + the 2 unreadable ones tried again
     assert "5 of 7 images below" in out
     assert "2 unreadable left out (listed in meta.json)" in out
     index = ImageIndex.open(tmp_path / "index")
     assert index.relpaths == sorted(COLOURS)
     assert [p for p, _ in index.info["skipped"]] == ["broken.jpg", "sub/cut.png"]
     assert not partial.exists()
+    backbone = index.load_backbone()
+    row = np.load(tmp_path / "index" / "embeddings.npy")[index.relpaths.index("green.jpg")]
+    assert np.allclose(row, backbone.encode_gallery([load_image(photos / "green.jpg")])[0].numpy(), atol=1e-5)
 
 
 @pytest.mark.ddp

@@ -66,7 +66,8 @@ def _differences(key: str, cached: Any, expected: Any, labels: tuple[str, str] =
 
 def save_embeddings(path: str | Path, embeddings: Tensor | np.ndarray, ids: Sequence[str], *, kind: str,
                     model: Mapping[str, Any], dataset: str, split: str, dtype: str = "float32",
-                    overwrite: bool = False, images: Sequence[str] | None = None) -> Path:
+                    overwrite: bool = False, images: Sequence[str] | None = None,
+                    extra: Mapping[str, Any] | None = None) -> Path:
     """Write a cache folder at ``path``.
 
     Args:
@@ -80,6 +81,7 @@ def save_embeddings(path: str | Path, embeddings: Tensor | np.ndarray, ids: Sequ
         dtype: ``"float32"`` or ``"float16"`` storage.
         overwrite: replace an existing cache.
         images: the image file of each id (a gallery's): a later load given other files refuses the cache.
+        extra: more keys for ``meta.json`` (as ``finish_embeddings``'s).
 
     Example:
         >>> from cir_lightning.retrieval import load_embeddings, save_embeddings
@@ -111,7 +113,7 @@ def save_embeddings(path: str | Path, embeddings: Tensor | np.ndarray, ids: Sequ
         rows.flush()
         del rows
         finish_embeddings(tmp, ids, kind=kind, model=model, dataset=dataset, split=split,
-                          extra=None if images is None else {"images_sha256": _ids_digest(images)})
+                          extra={**(extra or {}), **({} if images is None else {"images_sha256": _ids_digest(images)})})
     return path
 
 

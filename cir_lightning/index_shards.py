@@ -1,0 +1,160 @@
+"""The unfinished build of an image index, ``<index>.partial/``: what a killed ``cir-lightning index`` keeps.
+
+It holds the build's plan (``plan.json``: image folder, model, dtype, shrink; a rerun must match it), the
+shards of embedded images (``shards/``, each a complete embedding-cache folder written by ``ShardWriter``),
+the images found unreadable. Each shard records the size and modification time of each of its image files
+before they were read (``file_stamps``). A rerun embeds only the images no shard holds as their files are
+now (``current_rows``): an image whose file changed since (same name, new photo) is embedded again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from cir_lightning.errors import CIRDataError
+from cir_lightning.files import check_writable, write_atomic
+from cir_lightning.retrieval.cache import identity_differences, save_embeddings
+
+__all__ = ["SHARD_SPLIT", "ShardWriter", "current_rows", "file_stamps", "read_shards", "start_build"]
+
+SHARD_SPLIT = "index-shard"
+
+
+class ShardWriter(BasePredictionWriter):
+    """Saves this process's embedded images in shards of ``shard_size`` (cache folders whose ids are the
+    images' relative paths) below ``folder``, and at the end the unreadable ones beside it.
+
+    Args:
+        folder: the shards' folder (visible to every process).
+        relpaths: the dataset's images, by row.
+        shard_size: images per shard (what a kill can lose per process).
+        identity: the model's identity (fingerprint and weights digest).
+        root: the image folder (the shards' ``dataset``).
+        dtype: ``"float32"`` or ``"float16"``.
+        stamps: ``file_stamps`` of the images, taken before any was read (kept in each shard's meta.json).
+
+    Example:
+        >>> from cir_lightning.index_shards import ShardWriter
+        >>> ShardWriter(Path("x.partial/shards"), ["a.png"], 1024, {}, "/photos").interval.on_batch
+        True
+    """
+
+    def __init__(self, folder: Path, relpaths: Sequence[str], shard_size: int, identity: Mapping[str, Any],
+                 root: str, dtype: str = "float32", stamps: Mapping[str, list[int]] | None = None) -> None:
+        super().__init__("batch")
+        self.folder, self.relpaths, self.shard_size = Path(folder), list(relpaths), shard_size
+        self.identity, self.root, self.dtype, self.stamps = dict(identity), root, dtype, dict(stamps or {})
+        self._buffer: list[tuple[np.ndarray, np.ndarray]] = []
+        self._unreadable: dict[str, str] = {}
+        self._token, self._seq = uuid.uuid4().hex[:8], 0
+
+    def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
+                           batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
+                           dataloader_idx: int = 0) -> None:
+        for row, reason in batch.get("unreadable", ()):
+            self._unreadable[self.relpaths[int(row)]] = reason
+        if prediction["embedding"] is not None:
+            self._buffer.append((prediction["index"].cpu().numpy(), prediction["embedding"].float().cpu().numpy()))
+            if sum(len(rows) for rows, _ in self._buffer) >= self.shard_size:
+                self._flush(trainer.global_rank)
+
+    def _flush(self, rank: int) -> None:
+        if not self._buffer:
+            return
+        rows = np.concatenate([r for r, _ in self._buffer])
+        embeddings = np.concatenate([e for _, e in self._buffer])
+        self._buffer = []
+        ids = [self.relpaths[r] for r in rows]
+        save_embeddings(self.folder / f"{self._token}-r{rank:03d}-{self._seq:05d}", embeddings, ids, kind="gallery",
+                        model=self.identity, dataset=self.root, split=SHARD_SPLIT, dtype=self.dtype,
+                        extra={"stamps": {p: self.stamps.get(p) for p in ids}})
+        self._seq += 1
+
+    def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush(trainer.global_rank)
+        if self._unreadable:
+            write_atomic(self.folder.parent / f"unreadable-{self._token}-r{trainer.global_rank:03d}.json",
+                         json.dumps(self._unreadable))
+        trainer.strategy.barrier()  # every process's shards are written
+
+
+def read_shards(folder: Path, identity: Mapping[str, Any],
+                partial: Path) -> list[tuple[Path, list[str], dict[str, Any]]]:
+    """The finished shards below ``folder``, their ids and their files' stamps (unfinished shards are hidden
+    temporary folders)."""
+    found = []
+    for shard in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if shard.name.startswith(".") or not shard.is_dir():
+            continue
+        try:
+            meta = json.loads((shard / "meta.json").read_text())
+            ids = json.loads((shard / "ids.json").read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise CIRDataError(f"a shard of the unfinished index cannot be read ({err}); remove `{partial}` to "
+                               "start again", shard) from None
+        problems = identity_differences("model", meta.get("model"), identity)
+        if problems:
+            raise CIRDataError(f"holds images embedded by another model ({'; '.join(problems)}); remove `{partial}` "
+                               "to start again with this one, or index with the model it was started with", shard)
+        found.append((shard, ids, meta.get("stamps") or {}))
+    return found
+
+
+def start_build(partial: Path, plan: dict[str, Any]) -> None:
+    """Check that an unfinished build at ``partial`` is this one (same folder, model, dtype, ``max_short_edge``),
+    or begin one."""
+    plan_file = partial / "plan.json"
+    if plan_file.is_file():
+        try:
+            begun = json.loads(plan_file.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise CIRDataError(f"cannot be read ({err}); remove `{partial}` to start again", plan_file) from None
+        problems = identity_differences("index", begun, plan, ("begun with", "now"))
+        if problems:
+            raise CIRDataError("holds an unfinished index of other images or another model (" + "; ".join(problems)
+                               + f"); remove `{partial}` to start again, or rerun the command that began it", partial)
+    elif rank_zero_only.rank == 0:
+        check_writable(partial.parent, "--out")
+        write_atomic(plan_file, json.dumps(plan, indent=1, default=str))
+
+
+def file_stamps(root: Path, relpaths: Sequence[str]) -> dict[str, list[int]]:
+    """``[size, modification time in ns]`` of each image file below ``root`` (a link: of the file it leads
+    to); a file that cannot be stat'ed gets none (it will be found unreadable when it is read).
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> _ = (root / "a.png").write_bytes(b"123")
+        >>> stamps = file_stamps(root, ["a.png", "gone.png"])
+        >>> stamps["a.png"][0], "gone.png" in stamps
+        (3, False)
+    """
+    stamps = {}
+    for relpath in relpaths:
+        try:
+            stat = os.stat(root / relpath)
+        except OSError:
+            continue
+        stamps[relpath] = [stat.st_size, stat.st_mtime_ns]
+    return stamps
+
+
+
+def current_rows(shards: list[tuple[Path, list[str], dict[str, Any]]], root: Path) -> dict[str, tuple[Path, int]]:
+    """Where each image's embedding is, among the shards' rows embedded from the file as it is now (its stamp
+    then equals its stamp now; shards written before stamps never do): image -> (shard, row). An image whose
+    file changed since it was embedded has none, so it is embedded again."""
+    now = file_stamps(root, [p for _, ids, _ in shards for p in ids])
+    return {p: (shard, row) for shard, ids, stamps in shards for row, p in enumerate(ids)
+            if stamps.get(p) == now.get(p)}
