@@ -300,3 +300,16 @@ def test_kept_scores_under_ddp_equal_one_process():
     for rank in range(2):  # the same rankings; the same scores up to the rounding of another matrix shape
         assert out[rank][0] == ranked.tolist()
         assert torch.allclose(torch.tensor(out[rank][1]), scores, atol=1e-6)
+
+
+def test_text_pillow_s_own_font_cannot_draw_takes_an_installed_font_that_can():
+    """Accents and CJK in a query text, id or file name were drawn as boxes (Pillow's font stops at ASCII)."""
+    from cir_lightning.pictures.draw import FALLBACK_FONTS, _default_font, _draws, _font, _system_font
+
+    assert not _draws(_default_font(16), "ä")  # why a fallback is needed
+    assert _font(16, "make it red") is _default_font(16)  # ASCII keeps Pillow's font
+    installed = [f for f in (_system_font(name, 16) for name in FALLBACK_FONTS) if f is not None and _draws(f, "ä")]
+    chosen = _font(16, "färbe es rot")
+    assert _draws(chosen, "ä") == bool(installed)  # CI installs DejaVu (.ci/run): there it must draw
+    if installed:
+        assert chosen.path == installed[0].path

@@ -22,13 +22,52 @@ PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 """Curve colours, one per subset."""
 
 
+FALLBACK_FONTS = ("DejaVuSans.ttf", "NotoSans-Regular.ttf", "NotoSansCJK-Regular.ttc", "DroidSansFallbackFull.ttf",
+                  "Arial Unicode.ttf", "arial.ttf")
+"""System fonts tried, in order, for text that Pillow's own font has no glyphs for (accents, Cyrillic, CJK)."""
+
+
+def _font(size: int, text: str = "") -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's scalable default font at ``size`` pixels (its bitmap font without FreeType); for a ``text``
+    it cannot draw (its glyphs stop at ASCII), the first of ``FALLBACK_FONTS`` installed that can, so that
+    ``färbe es rot`` or a Japanese file name is not drawn as boxes."""
+    chars = "".join(sorted({c for c in text if not c.isspace() and not c.isascii()}))
+    default = _default_font(size)
+    if not chars or _draws(default, chars):
+        return default
+    for name in FALLBACK_FONTS:
+        font = _system_font(name, size)
+        if font is not None and _draws(font, chars):
+            return font
+    return default  # none installed: boxes, but the text is still in the results file
+
+
 @functools.lru_cache(maxsize=8)
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """Pillow's scalable default font at ``size`` pixels (its bitmap font without FreeType)."""
+def _default_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)  # Pillow's own scalable font (with FreeType)
     except (TypeError, OSError, ImportError):
         return ImageFont.load_default()
+
+
+@functools.lru_cache(maxsize=64)
+def _system_font(name: str, size: int) -> ImageFont.FreeTypeFont | None:
+    try:
+        return ImageFont.truetype(name, size)  # found in the system's font folders by Pillow
+    except (OSError, ImportError):
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _draws(font: Any, chars: str) -> bool:
+    """Whether ``font`` has a glyph for each of ``chars`` (a missing one is drawn as the font's box, U+FFFF's)."""
+    def ink(char: str) -> bytes:
+        image = Image.new("L", (48, 48))
+        ImageDraw.Draw(image).text((4, 4), char, font=font, fill=255)
+        return image.tobytes()
+
+    box = ink("\uffff")
+    return all(ink(char) != box for char in chars)
 
 
 def tile_origin(row: int, column: int) -> tuple[int, int]:
@@ -101,7 +140,7 @@ def retrieval_picture(rows: Sequence[QueryRow], title: str = "", top: int = TOP,
     width = tile_origin(0, max(top, 1))[0] + TILE + GAP
     picture = Image.new("RGB", (width, tile_origin(len(rows), 0)[1]), "white")
     draw = ImageDraw.Draw(picture)
-    draw.text((GAP, GAP), title, fill=INK, font=_font(18))
+    draw.text((GAP, GAP), title, fill=INK, font=_font(18, title))
     legend = width - GAP - 90
     draw.rectangle([legend, GAP + 2, legend + 14, GAP + 16], outline=GREEN, width=3)
     draw.text((legend + 20, GAP + 1), "true target", fill=INK, font=_font(14))
@@ -117,9 +156,9 @@ def retrieval_picture(rows: Sequence[QueryRow], title: str = "", top: int = TOP,
         picture.paste(tile(row.reference, row.source), (x, y))
         draw.text((x, y + TILE + 4), "reference", fill=GREY, font=_font(13))
         tx, ty = x + TILE + GAP, y + TILE + LABEL - THUMB  # the text column; its bottom strip: the target
-        draw.text((tx, y), row.query_id, fill=GREY, font=_font(13))
-        lines = _wrap(draw, row.text, _font(16), TEXT_WIDTH, (ty - y - 26) // 20)
-        draw.multiline_text((tx, y + 20), "\n".join(lines), fill=INK, font=_font(16), spacing=4)
+        draw.text((tx, y), row.query_id, fill=GREY, font=_font(13, row.query_id))
+        lines = _wrap(draw, row.text, _font(16, row.text), TEXT_WIDTH, (ty - y - 26) // 20)
+        draw.multiline_text((tx, y + 20), "\n".join(lines), fill=INK, font=_font(16, row.text), spacing=4)
         status, colour = _status(row, top)
         if row.target is not None:
             picture.paste(tile(row.target.path, row.target.source).resize((THUMB - 6, THUMB - 6)), (tx + 3, ty + 3))
@@ -168,7 +207,7 @@ def recall_curves(metrics: Mapping[str, Mapping[str, float]], title: str = "Reca
     width, height, left, right, top, bottom = 760, 420, 64, 200, 48, 52
     picture = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(picture)
-    draw.text((left, 14), title, fill=INK, font=_font(18))
+    draw.text((left, 14), title, fill=INK, font=_font(18, title))
     ks = sorted({k for points in curves.values() for k, _ in points})
     log = ks[-1] / ks[0] >= 10
     span = (math.log(ks[-1]) - math.log(ks[0])) if log else ks[-1] - ks[0]
@@ -199,7 +238,7 @@ def recall_curves(metrics: Mapping[str, Mapping[str, float]], title: str = "Reca
             draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colour)
         ly = top + 10 + 24 * i
         draw.line([(width - right + 16, ly), (width - right + 40, ly)], fill=colour, width=3)
-        draw.text((width - right + 48, ly), name or "all", fill=INK, font=_font(14), anchor="lm")
+        draw.text((width - right + 48, ly), name or "all", fill=INK, font=_font(14, name or "all"), anchor="lm")
     return picture
 
 
