@@ -70,6 +70,8 @@ def _fsync_folder(folder: Path) -> None:
 def _make_parent(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # `exist_ok` covers folders only: a file has that name
+        raise write_error(path.parent, NotADirectoryError(errno.ENOTDIR, "not a folder"), "create the folder") from None
     except OSError as err:
         raise write_error(path.parent, err, "create the folder") from None
 

@@ -40,7 +40,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from cir_lightning.data.base import CIRDataModule
 from cir_lightning.errors import CIRConfigError, CIRFileError
-from cir_lightning.files import atomic_folder, free_path
+from cir_lightning.files import atomic_folder, check_writable, free_path
 from cir_lightning.retrieval.cache import finish_embeddings, new_embeddings, open_embeddings
 from cir_lightning.retrieval.evaluator import loader_role
 
@@ -98,6 +98,8 @@ class EmbeddingWriter(BasePredictionWriter):
         if stage == "predict" and self.folder and Path(self.folder).exists():  # before anything is embedded
             raise CIRFileError(f"`predictions.folder`: `{self.folder}` already exists; predictions never overwrite "
                                "(choose another folder, or remove it)")
+        if stage == "predict" and self.folder:  # a file in the way, a read-only disk: now, not after embedding
+            check_writable(Path(self.folder).absolute().parent, "predictions.folder")
 
     # ------------------------------------------------------------------ the files, before the first batch
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

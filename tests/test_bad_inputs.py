@@ -474,6 +474,23 @@ def _(w):
     return w.cli("fit", "--ckpt_path", "last"), ["`--ckpt_path last`", "no last.ckpt", str(w.tmp / "run")]
 
 
+# -- outputs
+@case("output: predictions.folder lies under a file")
+def _(w):
+    (w.user / "afile").write_text("mine")
+    return w.cli("predict", "--predictions.folder", str(w.user / "afile" / "p")), \
+        ["`predictions.folder`", str(w.user / "afile"), "a file stands where a folder is needed"]
+
+
+@case("output: a results file's folder is a file")
+def _(w):
+    from cir_lightning.files import write_atomic
+
+    (w.user / "afile").write_text("mine")
+    return (lambda: write_atomic(w.user / "afile" / "results.json", "{}")), \
+        [f"cannot create the folder `{w.user / 'afile'}`", "a file stands where a folder is needed"]
+
+
 # -- adapters
 @case("adapter: init_adapter does not exist")
 def _(w):
