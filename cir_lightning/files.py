@@ -10,9 +10,8 @@
 
 A failure to write (no space, no permission, a read-only file system, a file where a folder should be)
 is a ``CIRFileError`` naming the path and the reason, one line. Files get the permissions the user's
-umask gives new files, as ``open()`` would (temporary files alone would be private, mode 0600).
-
-Reading is ``cir_lightning.reading``'s job; its readers, ``short_repr`` and ``json_type`` are re-exported.
+umask gives new files, as ``open()`` would (temporary files alone would be private, mode 0600). Reading is
+``cir_lightning.reading``'s job; its readers, ``short_repr`` and ``json_type`` are re-exported.
 """
 
 from __future__ import annotations
@@ -70,9 +69,8 @@ def _fsync_folder(folder: Path) -> None:
 def _make_parent(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:  # `exist_ok` covers folders only: a file has that name
-        raise write_error(path.parent, NotADirectoryError(errno.ENOTDIR, "not a folder"), "create the folder") from None
-    except OSError as err:
+    except OSError as err:  # FileExistsError: a file has the folder's name (`exist_ok` covers folders only)
+        err = NotADirectoryError(errno.ENOTDIR, "not a folder") if isinstance(err, FileExistsError) else err
         raise write_error(path.parent, err, "create the folder") from None
 
 

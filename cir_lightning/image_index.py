@@ -199,7 +199,7 @@ class ImageIndex:
         if not isinstance(image, Image.Image):
             raise CIRConfigError(f"the reference must be a PIL image, got {type(image).__name__}")
         self.check_backbone(backbone)
-        image = fit_image(image, self.info.get("max_short_edge"))
+        image = fit_image(image, self.info.get("max_short_edge"), upright=bool(self.info.get("upright")))
         embedding = backbone.encode_query([image], [text]).detach().float().cpu().numpy()
         skip = {self._rows[p] for p in exclude if p in self._rows}
         flat = _flat_rows(self._faiss)

@@ -109,7 +109,8 @@ def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backb
     # max_short_edge changes the pixels, so the rows of two runs must share it (max_image_pixels only changes
     # which images load, and may be raised to let a refused one in)
     start_build(partial, {"root": str(root), "model": identity, "dtype": dtype, "max_short_edge": max_short_edge,
-                     **({"shrink": SHRINK} if max_short_edge else {})})  # builds before LANCZOS shrank otherwise
+                          "upright": True,  # builds begun before EXIF orientation was applied did not turn photos
+                          **({"shrink": SHRINK} if max_short_edge else {})})  # ... nor shrink with LANCZOS
     stamps = file_stamps(root, relpaths)  # before any image is read: a file changed later is embedded again
     done = current_rows(read_shards(partial / "shards", identity, partial), root)
     remaining = [p for p in relpaths if p not in done]
@@ -117,7 +118,7 @@ def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backb
         print(f"resuming: {len(relpaths) - len(remaining)} of {len(relpaths)} images were embedded by an earlier run "
               f"(kept in {partial}); embedding the other {len(remaining)}", flush=True)
     if remaining:
-        data = ImageFolderDataset(root, remaining, max_short_edge)
+        data = ImageFolderDataset(root, remaining, max_short_edge, upright=True)  # photos as they are viewed
         data.max_pixels = max_image_pixels
         loader = DataLoader(data, batch_size=batch_size, num_workers=num_workers,
                             collate_fn=KeepReadable(backbone.collator.gallery))
@@ -135,7 +136,7 @@ def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backb
     elif rank_zero_only.rank != 0:  # all embedded already (torchrun started every process): the first assembles
         return None
     return _assemble(root, out, partial, relpaths, backbone, identity, dict(
-        version=1, root=str(root), backbone=dict(backbone_config), max_short_edge=max_short_edge,
+        version=1, root=str(root), backbone=dict(backbone_config), max_short_edge=max_short_edge, upright=True,
         max_image_pixels=max_image_pixels, search={"factory": search.factory, "nprobe": search.nprobe,
                                                    "ef_search": search.ef_search}, source=dict(source or {})),
         skip_unreadable, search, dtype)

@@ -103,6 +103,38 @@ def test_a_moved_image_folder_is_found_again_with_root_and_ties_rank_as_in_evalu
     assert hits[0].path == (tmp_path / "moved" / "b.png").resolve()
 
 
+def test_phone_photos_are_indexed_and_searched_upright_as_their_exif_orientation_says(tmp_path, tiny_model_dir):
+    """A photo stored sideways with an EXIF orientation (as phones save them) was embedded sideways, while
+    the browser showed it upright: "move it to the top" then searched a rotated picture."""
+    from cir_lightning.pixels import upright
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    sideways = Image.new("RGB", (80, 40), "red")
+    sideways.paste(Image.new("RGB", (40, 40), "blue"), (40, 0))  # not symmetric: a turn changes it
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view"
+    sideways.save(photos / "phone.jpg", exif=exif.tobytes(), quality=95)
+    Image.new("RGB", (40, 80), "green").save(photos / "other.png")
+    main(_index_args(photos, tmp_path / "index", tiny_model_dir))
+    index = ImageIndex.open(tmp_path / "index")
+    backbone = index.load_backbone()
+    row = np.load(tmp_path / "index" / "embeddings.npy")[index.relpaths.index("phone.jpg")]
+    with Image.open(photos / "phone.jpg") as raw:
+        raw.load()
+        shown = upright(raw)
+        assert shown.size == (40, 80)
+        as_viewed = backbone.encode_gallery([shown.convert("RGB")])[0].numpy()
+        as_stored = backbone.encode_gallery([raw.convert("RGB")])[0].numpy()
+        assert np.allclose(row, as_viewed, atol=1e-5)
+        assert not np.allclose(row, as_stored, atol=1e-3)
+        # a query image given as opened (EXIF kept) is turned the same way
+        hits = index.query(backbone, raw, "same", k=2)
+        direct = backbone.encode_query([shown.convert("RGB")], ["same"])[0].numpy()
+        rows = np.load(tmp_path / "index" / "embeddings.npy")
+        assert hits[0].score == pytest.approx(float(np.max(rows @ direct)), abs=1e-5)
+
+
 def test_search_prints_the_ranked_paths_and_draws_them(small_index, capsys, tmp_path):
     folder, photos = small_index
     capsys.readouterr()

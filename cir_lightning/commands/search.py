@@ -46,7 +46,8 @@ def main(argv: Sequence[str]) -> None:
         check_writable(show.parent, "--show")
     reference = Path(ns.image)
     image = load_image(reference, index.info.get("max_short_edge"), "`--image`",
-                       max_pixels=index.info.get("max_image_pixels", DEFAULT_MAX_PIXELS))
+                       max_pixels=index.info.get("max_image_pixels", DEFAULT_MAX_PIXELS),
+                       upright=bool(index.info.get("upright")))
     # the reference as indexed: by its own path (through a linked folder) or by the file it links to
     indexed = set(index.relpaths)
     names = [Path(os.path.relpath(p, index.root)).as_posix() for p in (os.path.abspath(reference),

@@ -25,9 +25,10 @@ class ImageDataset:
 
     max_short_edge: int | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS
+    upright: bool = False  # turn by EXIF orientation: the user's own photos (``cir-lightning index``), not benchmarks
 
     def _image(self, path: Path, source: str) -> Any:
-        return load_image(path, self.max_short_edge, source, max_pixels=self.max_pixels)
+        return load_image(path, self.max_short_edge, source, max_pixels=self.max_pixels, upright=self.upright)
 
 
 @dataclass(frozen=True)

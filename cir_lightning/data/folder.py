@@ -24,6 +24,7 @@ from cir_lightning.data.datasets import ImageDataset
 from cir_lightning.errors import CIRDataError
 from cir_lightning.messages import MISSING
 from cir_lightning.pixels import shrink_short_edge
+from cir_lightning.pixels import upright as _upright
 
 __all__ = ["ImageFolderDataset", "KeepReadable", "fit_image", "image_suffixes", "list_images"]
 
@@ -98,9 +99,10 @@ def list_images(root: str | Path, leave_out: Sequence[str | Path] = ()) -> list[
     return sorted(keep.values())
 
 
-def fit_image(image: Image.Image, max_short_edge: int | None = None) -> Image.Image:
-    """``image`` as RGB, shrunk (``pixels.shrink_short_edge``) so its short edge is at most ``max_short_edge``,
-    as ``load_image`` prepares an image read from a file.
+def fit_image(image: Image.Image, max_short_edge: int | None = None, upright: bool = False) -> Image.Image:
+    """``image`` as RGB (first turned by its EXIF orientation with ``upright``), shrunk
+    (``pixels.shrink_short_edge``) so its short edge is at most ``max_short_edge``, as ``load_image`` prepares
+    an image read from a file.
 
     Example:
         >>> from cir_lightning.data.folder import fit_image
@@ -108,6 +110,7 @@ def fit_image(image: Image.Image, max_short_edge: int | None = None) -> Image.Im
         >>> image.mode, image.size
         ('RGB', (100, 50))
     """
+    image = _upright(image) if upright else image
     return shrink_short_edge(image if image.mode == "RGB" else image.convert("RGB"), max_short_edge)
 
 
@@ -128,10 +131,11 @@ class ImageFolderDataset(ImageDataset, Dataset):
         'image `.../b.png` cannot be read: not a recognised image format, or truncated or corrupt'
     """
 
-    def __init__(self, root: str | Path, relpaths: Sequence[str], max_short_edge: int | None = None) -> None:
+    def __init__(self, root: str | Path, relpaths: Sequence[str], max_short_edge: int | None = None,
+                 upright: bool = False) -> None:
         self.root = Path(root)
         self.relpaths = list(relpaths)
-        self.max_short_edge = max_short_edge
+        self.max_short_edge, self.upright = max_short_edge, upright
 
     def __len__(self) -> int:
         return len(self.relpaths)

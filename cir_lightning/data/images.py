@@ -16,6 +16,7 @@ from cir_lightning.errors import CIRDataError
 from cir_lightning.messages import os_reason, path_problem
 from cir_lightning.pixels import shrink_short_edge
 from cir_lightning.pixels import to_rgb as _to_rgb
+from cir_lightning.pixels import upright as _upright
 
 
 def resolve_image_path(root: Path, relative: object, file: str | Path, line: int | None, field: str) -> Path:
@@ -64,7 +65,7 @@ _PILLOW_LIMIT_LOCK = threading.Lock()
 
 
 def load_image(path: Path, max_short_edge: int | None = None, source: str | None = None, *,
-               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+               max_pixels: int | None = DEFAULT_MAX_PIXELS, upright: bool = False) -> Image.Image:
     """Decode an image as RGB, shrinking it so its short edge is at most ``max_short_edge`` pixels.
 
     8-bit images are decoded exactly as ``Image.open(path).convert("RGB")`` decodes them (alpha is dropped,
@@ -90,6 +91,7 @@ def load_image(path: Path, max_short_edge: int | None = None, source: str | None
         max_pixels: refuse images with more pixels than this (read from the header, before decoding), a guard
             against decompression bombs; None for no limit. Pillow's own global limit
             (``PIL.Image.MAX_IMAGE_PIXELS``) is not applied here.
+        upright: turn the image as its EXIF orientation says (``pixels.upright``; the user's own photos).
 
     Raises:
         CIRDataError: one line naming ``source`` and the file: missing, a folder, a broken symbolic link, not
@@ -158,7 +160,7 @@ def load_image(path: Path, max_short_edge: int | None = None, source: str | None
             raise CIRDataError(f"{name} is truncated or corrupt ({err})") from None
         except (SyntaxError, EOFError, ValueError, IndexError, TypeError, struct.error, zlib.error) as err:
             raise CIRDataError(f"{name} is truncated or corrupt ({err})") from None
-        img = _to_rgb(img, name)
+        img = _to_rgb(_upright(img) if upright else img, name)
     return shrink_short_edge(img, max_short_edge)
 
 
