@@ -53,7 +53,8 @@ def test_auto_is_not_exact_until_resolved_and_the_torch_backend_ignores_it():
 
 
 def test_index_command_with_factory_auto_builds_an_exact_index(tmp_path, tiny_model_dir):
-    """``cir-lightning index --factory auto`` on a small folder: recorded as asked, built exact (Flat), searchable."""
+    """``cir-lightning index --factory auto`` on a small folder: built exact (Flat), recorded as built (and as
+    asked), searchable."""
     import json
 
     from PIL import Image
@@ -67,7 +68,7 @@ def test_index_command_with_factory_auto_builds_an_exact_index(tmp_path, tiny_mo
     main(["index", str(tmp_path), "--config", str(CONF), "--model.backbone.init_args.model_name_or_path",
           str(tiny_model_dir), "--out", str(tmp_path / "idx"), "--factory", "auto"])
     info = json.loads((tmp_path / "idx" / "meta.json").read_text())["image_index"]
-    assert (info["search"]["factory"], info["faiss_index"]) == ("auto", "IndexFlat")
+    assert (info["search"]["factory"], info["search"]["asked"], info["faiss_index"]) == ("Flat", "auto", "IndexFlat")
     index = ImageIndex.open(tmp_path / "idx")
     hits = index.query(index.load_backbone(), Image.new("RGB", (24, 16), "red"), "the same", k=3)
     assert sorted(h.relpath for h in hits) == ["0.png", "1.png", "2.png"]
