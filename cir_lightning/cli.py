@@ -29,7 +29,7 @@ from cir_lightning.checkpointing import find_last_checkpoint, overridden_setting
 from cir_lightning.commands import COMMANDS, run_command
 from cir_lightning.errors import CIRConfigError, CIRFileError, user_error_line
 from cir_lightning.files import check_writable, free_path, write_atomic
-from cir_lightning.messages import path_problem
+from cir_lightning.messages import path_problem, yaml_syntax_error
 from cir_lightning.module import TRAINING_SETTINGS, CIRModule
 from cir_lightning.quiet import quiet_third_party
 from cir_lightning.threads import ThreadBudget
@@ -231,10 +231,7 @@ def check_config_files(argv: Sequence[str]) -> None:
         except UnicodeDecodeError as err:
             raise CIRConfigError(f"{value}: not valid UTF-8 (byte {err.start + 1})") from None
         except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f"{value}:{mark.line + 1}:{mark.column + 1}" if mark is not None else value
-            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise CIRConfigError(f"{where}: YAML syntax error: {problem}") from None
+            raise CIRConfigError(yaml_syntax_error(value, err)) from None
         except RecursionError:
             raise CIRConfigError(f"{value}: YAML nested too deeply") from None
 

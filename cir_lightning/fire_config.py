@@ -19,6 +19,7 @@ import yaml
 
 from cir_lightning.errors import CIRConfigError
 from cir_lightning.fire_mapping import translate
+from cir_lightning.messages import yaml_syntax_error
 
 __all__ = ["RELEASE_DEFAULTS", "FireTranslation", "read_fire_config", "translate_fire_config"]
 
@@ -63,9 +64,7 @@ def _load_with_lines(path: Path) -> tuple[Any, dict[str, int]]:
     except (OSError, UnicodeDecodeError) as err:
         raise CIRConfigError(f"{path}: cannot read the FiRE config: {err}") from None
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise CIRConfigError(f"{where}: YAML syntax error: {getattr(err, 'problem', None) or err}") from None
+        raise CIRConfigError(yaml_syntax_error(path, err)) from None
     lines: dict[str, int] = {}
 
     def walk(current: Any, prefix: str) -> None:

@@ -68,6 +68,13 @@ class EmbedImages(pl.LightningModule):
         return {"index": batch["index"], "embedding": self.backbone.embed_batch(batch, "gallery")}
 
 
+def check_out_free(out: Path) -> None:
+    """Refuse an index folder that exists (``--out``): an index is never overwritten."""
+    if out.exists():
+        raise CIRFileError(f"`--out`: `{out}` already exists; an index is never overwritten (choose another name, "
+                           "or remove it)")
+
+
 def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backbone, *,
                       backbone_config: Mapping[str, Any], trainer_options: Mapping[str, Any] | None = None,
                       batch_size: int = 16, num_workers: int = 0, max_short_edge: int | None = None,
@@ -102,9 +109,7 @@ def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backb
     root, out = Path(image_folder).resolve(), Path(out).resolve()
     partial, search = partial_folder(out), search or SearchConfig()
     relpaths = list_images(root, leave_out=[out, partial])
-    if out.exists():
-        raise CIRFileError(f"`--out`: `{out}` already exists; an index is never overwritten (choose another name, "
-                           "or remove it)")
+    check_out_free(out)
     identity = backbone.identity()
     # max_short_edge changes the pixels, so the rows of two runs must share it (max_image_pixels only changes
     # which images load, and may be raised to let a refused one in)

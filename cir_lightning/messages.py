@@ -121,3 +121,20 @@ def path_problem(path: str | Path, kind: str = "a file") -> str | None:
     if not stat.S_ISREG(mode):
         return "is not a regular file"
     return None
+
+
+def yaml_syntax_error(path: object, err: Exception) -> str:
+    """One line for a YAML file that does not parse: ``file:line:column: YAML syntax error: what``.
+
+    Example:
+        >>> import yaml
+        >>> from cir_lightning.messages import yaml_syntax_error
+        >>> try:
+        ...     yaml.safe_load("a: [1, 2")
+        ... except yaml.YAMLError as err:
+        ...     print(yaml_syntax_error("c.yaml", err))
+        c.yaml:1:9: YAML syntax error: expected ',' or ']', but got '<stream end>'
+    """
+    mark = getattr(err, "problem_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    return f"{where}: YAML syntax error: {getattr(err, 'problem', None) or str(err).splitlines()[0]}"

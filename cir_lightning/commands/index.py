@@ -121,16 +121,12 @@ def main(argv: Sequence[str]) -> None:
     from cir_lightning.data.folder import list_images
     from cir_lightning.data.images import DEFAULT_MAX_PIXELS
     from cir_lightning.image_index import partial_folder
-    from cir_lightning.indexing import build_image_index
+    from cir_lightning.indexing import build_image_index, check_out_free
     from cir_lightning.retrieval.index import SearchConfig
 
     out = Path(ns.out)
     found = list_images(ns.image_folder, leave_out=[out, partial_folder(out)])  # before the model is loaded
-    if out.exists():
-        from cir_lightning.errors import CIRFileError
-
-        raise CIRFileError(f"`--out`: `{out}` already exists; an index is never overwritten (choose another name, "
-                           "or remove it)")
+    check_out_free(out)
     with _flag_names():
         search = SearchConfig(factory=ns.factory, nprobe=ns.nprobe, ef_search=ns.ef_search)
     check_config_files([a for config in ns.config for a in ("--config", config)])

@@ -70,14 +70,19 @@ def write_memmap(path: str | Path, embeddings: Tensor | np.ndarray, identity: Ma
     array = embeddings.detach().float().cpu().numpy() if isinstance(embeddings, Tensor) else np.asarray(embeddings)
     if array.ndim != 2:
         raise ValueError(f"`embeddings` must be 2-d (rows, dim), got shape {array.shape}")
-    for target in (path, _identity_file(path)):
-        if target.exists():
-            raise CIRFileError(f"`{target}` already exists; it is never overwritten (remove it, choose another "
-                               "`--save_path`, or reuse it with `--load_embedding`)")
+    _check_free(path)
     meta = {"format": FORMAT, **identity, "count": len(array), "dim": int(array.shape[1]), "dtype": "float32"}
     write_atomic(path, np.ascontiguousarray(array, dtype=np.float32).tobytes())
     write_atomic(_identity_file(path), json.dumps(meta, indent=1, default=str) + "\n")
     return path
+
+
+def _check_free(path: Path) -> None:
+    """Refuse an embedding file (or its identity file) that exists: BGE-VL's `--save_embedding` never replaces."""
+    for target in (path, _identity_file(path)):
+        if target.exists():
+            raise CIRFileError(f"`{target}` already exists; it is never overwritten (remove it, choose another "
+                               "`--save_path`, or reuse it with `--load_embedding`)")
 
 
 def read_memmap(path: str | Path, count: int, dim: int, identity: Mapping[str, Any] | None = None) -> Tensor:
@@ -184,10 +189,7 @@ class MemmapGalleries:
                 self._hits[s] = read_memmap(path, len(gallery.ids), self.dim, identity)
                 self.loaded.append(str(path))
             elif self.saving:  # fail now, not after embedding the gallery (every rank sees the same files)
-                for target in (path, _identity_file(path)):
-                    if target.exists():
-                        raise CIRFileError(f"`{target}` already exists; it is never overwritten (remove it, "
-                                           "choose another `--save_path`, or reuse it with `--load_embedding`)")
+                _check_free(path)
                 if world()[0] == 0:
                     check_writable(path.parent, "save_path")
                 self._misses[s] = (path, identity)
