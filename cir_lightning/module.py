@@ -151,6 +151,8 @@ class CIRModule(pl.LightningModule):
         if isinstance(datamodule, CIRDataModule):
             if self.objective == "caption" and stage == "fit":
                 check_caption_data(datamodule)
+            elif self.target_side == "caption" and stage == "fit":  # before the first step, not in it
+                check_caption_data(datamodule, "`target_side: caption`")
             if self.objective == "retrieval" and stage == "fit":
                 self._check_negatives(datamodule.batch_size)
             datamodule.connect(self.caption_batches or self.backbone.collator, cached_galleries)

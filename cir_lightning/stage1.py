@@ -99,15 +99,16 @@ class CaptionBatches:
         return self.collator.for_subset(name)
 
 
-def check_caption_data(datamodule: Any) -> None:
-    """Refuse a cir_lightning DataModule that will not give stage 1 its target captions."""
+def check_caption_data(datamodule: Any, option: str = "`objective: caption` (FiRE stage 1)") -> None:
+    """Refuse, before training, a cir_lightning DataModule that will not give ``option`` (stage 1, or
+    ``target_side: caption``) the target captions it trains on."""
     if getattr(datamodule, "with_captions", True):
         return
     if "with_captions" in datamodule.hparams:
-        raise CIRConfigError("`objective: caption` (FiRE stage 1) trains on target captions: set "
-                             "`data.init_args.with_captions: true` (every training line needs a `target_caption`)")
-    raise CIRConfigError(f"`objective: caption` (FiRE stage 1) trains on target captions, which "
-                         f"{type(datamodule).__name__} does not have: use JSONL data with `target_caption`")
+        raise CIRConfigError(f"{option} trains on target captions: set `data.init_args.with_captions: true` "
+                             "(every training line needs a `target_caption`)")
+    raise CIRConfigError(f"{option} trains on target captions, which {type(datamodule).__name__} does not have: "
+                         "use JSONL data with `target_caption`")
 
 
 def caption_step(backbone: Any, batch: dict[str, Any]) -> tuple[Tensor, int]:

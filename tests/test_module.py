@@ -130,8 +130,13 @@ def test_adapter_export_never_overwrites(tiny_model_dir, synthetic_root, tmp_pat
 
 def test_caption_target_side_needs_captions(tiny_model_dir, synthetic_root, tmp_path):
     dm = JsonlCIRDataModule(str(synthetic_root), batch_size=8, val_queries_file=None)
-    with pytest.raises(CIRConfigError, match="with_captions"):
-        trainer(tmp_path, max_steps=1).fit(make_module(tiny_model_dir, target_side="caption"), dm)
+    module = make_module(tiny_model_dir, target_side="caption")
+    forwards = []
+    module.backbone.register_forward_hook(lambda *_: forwards.append(1))
+    with pytest.raises(CIRConfigError, match=r"^`target_side: caption` trains on target captions: set "
+                                             r"`data.init_args.with_captions: true`"):
+        trainer(tmp_path, max_steps=1).fit(module, dm)
+    assert forwards == []  # refused at setup, before any batch was embedded
     dm = JsonlCIRDataModule(str(synthetic_root), batch_size=8, val_queries_file=None, with_captions=True)
     trainer(tmp_path, max_steps=1, enable_checkpointing=False).fit(make_module(tiny_model_dir, target_side="caption"), dm)
 
