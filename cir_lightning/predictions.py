@@ -41,7 +41,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from cir_lightning.data.base import CIRDataModule
 from cir_lightning.errors import CIRConfigError, CIRFileError
 from cir_lightning.files import atomic_folder, check_writable, free_path
-from cir_lightning.retrieval.cache import finish_embeddings, new_embeddings, open_embeddings
+from cir_lightning.retrieval.cache import cache_name, finish_embeddings, new_embeddings, open_embeddings
 from cir_lightning.retrieval.evaluator import loader_role
 
 __all__ = ["EmbeddingWriter", "ImagesProgressBar"]
@@ -116,13 +116,13 @@ class EmbeddingWriter(BasePredictionWriter):
             self._stack = contextlib.ExitStack()
             self._tmp = self._stack.enter_context(atomic_folder(target))
             for out in self._outputs.values():
-                folder = self._tmp / f"{out.split}-{out.name}-{out.kind}"
+                folder = self._tmp / cache_name(out.split, out.name, out.kind)[0]
                 folder.mkdir()
                 new_embeddings(folder, len(out.ids), int(dim), self.dtype).flush()
                 np.lib.format.open_memmap(folder / _MASK, mode="w+", dtype=np.uint8, shape=(len(out.ids),)).flush()
         self._tmp, self._target = Path(trainer.strategy.broadcast(str(self._tmp))), target
         for out in self._outputs.values():  # every rank writes into the same files
-            folder = self._tmp / f"{out.split}-{out.name}-{out.kind}"
+            folder = self._tmp / cache_name(out.split, out.name, out.kind)[0]
             out.rows, out.mask = open_embeddings(folder), np.load(folder / _MASK, mmap_mode="r+")
 
     def _plan(self, trainer: pl.Trainer) -> dict[int, _Output]:
@@ -172,7 +172,7 @@ class EmbeddingWriter(BasePredictionWriter):
         dataset = datamodule.gallery_identity() if isinstance(datamodule, CIRDataModule) else type(datamodule).__name__
         done, left_out = [], []
         for out in self._outputs.values():
-            folder = self._tmp / f"{out.split}-{out.name}-{out.kind}"
+            folder = self._tmp / cache_name(out.split, out.name, out.kind)[0]
             missing = int(len(out.ids) - np.count_nonzero(out.mask))
             out.rows = out.mask = None
             (folder / _MASK).unlink()
@@ -181,7 +181,7 @@ class EmbeddingWriter(BasePredictionWriter):
                 left_out.append(f"{folder.name} ({missing} of {len(out.ids)} rows not embedded)")
                 continue
             finish_embeddings(folder, out.ids, kind=out.kind, model=model, dataset=dataset,
-                              split=f"{out.split}/{out.name}")
+                              split=cache_name(out.split, out.name, out.kind)[1])
             done.append(f"{folder.name} ({len(out.ids)} x {self._dim(folder)})")
         if left_out:
             rank_zero_warn("predict did not embed every row (limit_predict_batches?): left out " + ", ".join(left_out))

@@ -64,6 +64,18 @@ def _differences(key: str, cached: Any, expected: Any, labels: tuple[str, str] =
     return [f"{key}: {labels[0]} {_short(cached)}, {labels[1]} {_short(expected)}"]
 
 
+def cache_name(split: str, subset: str, kind: str) -> tuple[str, str]:
+    """The folder name of a subset's embedding cache and the ``split`` its identity records: what
+    ``validate``'s gallery caches and ``predict``'s folders share, so that a predicted gallery loads as a cache.
+
+    Example:
+        >>> from cir_lightning.retrieval.cache import cache_name
+        >>> cache_name("val", "dress", "gallery")
+        ('val-dress-gallery', 'val/dress')
+    """
+    return f"{split}-{subset}-{kind}", f"{split}/{subset}"
+
+
 def save_embeddings(path: str | Path, embeddings: Tensor | np.ndarray, ids: Sequence[str], *, kind: str,
                     model: Mapping[str, Any], dataset: str, split: str, dtype: str = "float32",
                     overwrite: bool = False, images: Sequence[str] | None = None,

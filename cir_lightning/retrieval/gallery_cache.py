@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from cir_lightning.files import check_writable
-from cir_lightning.retrieval.cache import load_embeddings, save_embeddings, stored_dtype
+from cir_lightning.retrieval.cache import cache_name, load_embeddings, save_embeddings, stored_dtype
 from cir_lightning.retrieval.evaluator import RetrievalEvaluator
 from cir_lightning.retrieval.gather import world
 
@@ -62,9 +62,9 @@ class GalleryCache:
     def lookup(self, stage: str, subset: int, name: str, gallery_ids: Sequence[str], *, dataset: str,
                model: Mapping[str, Any], sharded: bool = False, images: Sequence[str] | None = None) -> bool:
         """Load subset ``subset``'s gallery from its cache if there is one; True if it was loaded."""
-        path = self.folder / f"{_SPLIT.get(stage, stage)}-{name or subset}-gallery"
-        identity = {"kind": "gallery", "model": dict(model), "dataset": dataset,
-                    "split": f"{_SPLIT.get(stage, stage)}/{name or subset}"}
+        folder, split = cache_name(_SPLIT.get(stage, stage), name or str(subset), "gallery")
+        path = self.folder / folder
+        identity = {"kind": "gallery", "model": dict(model), "dataset": dataset, "split": split}
         self._hits.pop(subset, None)
         self._misses.pop(subset, None)
         if path.exists() and not self.overwrite:
