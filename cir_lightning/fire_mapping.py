@@ -242,8 +242,8 @@ def _data(s: dict[str, Any], train: bool, side: str, notes: list[str]) -> tuple[
         if split == "test":
             notes.append("FashionIQ `split: test` has no public targets (the release read it anyway): the val "
                          "split is evaluated, as every paper does")
-        notes.append("FashionIQ: each query's text is \"C0 and c1\" (first letter capitalised; the release: "
-                     "lower case) and the gallery is the category's whole val split")
+        notes.append("FashionIQ: each query's text is \"C0 and c1\" (the first caption `capitalize()`d, as in "
+                     "CLIP4Cir; the release: lower case) and the gallery is the category's whole val split")
         if s["eval.exclude_reference"]:
             notes.append("`eval.exclude_reference: true` removes each query's reference from its ranking, as in "
                          "the release; the official protocol keeps it (`exclude_reference: false`)")
