@@ -99,6 +99,25 @@ def _flatten(data: dict[str, Any], prefix: str, where: str, lines: dict[str, int
                                  f"`{section or 'the top level'}` are: {', '.join(known)}")
 
 
+_AT_LEAST_ONE = {"model.lora.r", "model.lora.alpha", "data.max_short_edge", "training.per_device_train_batch_size",
+                 "training.gradient_accumulation_steps", "training.num_train_epochs", "training.logging_steps",
+                 "training.max_length", "eval.batch_size", "eval.max_length"}
+_POSITIVE = {"training.learning_rate", "training.loss_scale"}
+_NOT_NEGATIVE = {"training.weight_decay", "training.recall_loss_weight_at_1", "training.recall_loss_weight_at_5"}
+"""Values a FiRE run cannot use, refused here naming the FiRE file, line and key (not later, naming ours)."""
+
+
+def _check_range(key: str, value: Any, at: str) -> None:
+    if key in _AT_LEAST_ONE and value < 1:
+        raise CIRConfigError(f"{at}: `{key}` must be at least 1, got {value!r}")
+    if key in _POSITIVE and not value > 0:
+        raise CIRConfigError(f"{at}: `{key}` must be greater than 0, got {value!r}")
+    if key in _NOT_NEGATIVE and not value >= 0:
+        raise CIRConfigError(f"{at}: `{key}` must be at least 0, got {value!r}")
+    if key == "model.lora.dropout" and not 0 <= value < 1:
+        raise CIRConfigError(f"{at}: `{key}` must be from 0 to below 1, got {value!r}")
+
+
 def _check_type(key: str, value: Any, at: str) -> None:
     default = RELEASE_DEFAULTS[key]
     if value is None and key in _OPTIONAL:
@@ -120,6 +139,8 @@ def _check_type(key: str, value: Any, at: str) -> None:
     if not ok:
         hint = " (YAML reads 1e-4 as text: write 1.0e-4)" if isinstance(value, str) and kind == "a number" else ""
         raise CIRConfigError(f"{at}: `{key}` must be {kind}, got {value!r}{hint}")
+    if value is not None:
+        _check_range(key, value, at)
 
 
 def read_fire_config(path: str | Path) -> dict[str, Any]:

@@ -82,6 +82,12 @@ def test_the_release_evaluation_example_translates_to_a_validate_run():
     ("data:\n  task: coco\n", 2, "`data.task` must be one of custom_jsonl, fashioniq, cirr, got 'coco'"),
     ("model: 3\n", 1, "`model` must be a mapping of keys"),
     ("seed: 1\nseed: 2\n", 2, "`seed` is given twice (first on line 1)"),
+    # values no run can use: named here, in the FiRE file, not later by the option they become
+    ("model:\n  lora:\n    r: 0\n", 3, "`model.lora.r` must be at least 1, got 0"),
+    ("model:\n  lora:\n    dropout: 1.5\n", 3, "`model.lora.dropout` must be from 0 to below 1, got 1.5"),
+    ("training:\n  per_device_train_batch_size: 0\n", 2, "`training.per_device_train_batch_size` must be at least 1"),
+    ("training:\n  learning_rate: 0.0\n", 2, "`training.learning_rate` must be greater than 0, got 0.0"),
+    ("training:\n  recall_loss_weight_at_1: -0.4\n", 2, "`training.recall_loss_weight_at_1` must be at least 0"),
 ])
 def test_bad_keys_and_values_are_one_line_naming_file_line_and_key(tmp_path, text, line, message):
     path = _write(tmp_path, text)
