@@ -150,11 +150,10 @@ def file_stamps(root: Path, relpaths: Sequence[str]) -> dict[str, list[int]]:
     return stamps
 
 
-
-def current_rows(shards: list[tuple[Path, list[str], dict[str, Any]]], root: Path) -> dict[str, tuple[Path, int]]:
-    """Where each image's embedding is, among the shards' rows embedded from the file as it is now (its stamp
-    then equals its stamp now; shards written before stamps never do): image -> (shard, row). An image whose
-    file changed since it was embedded has none, so it is embedded again."""
-    now = file_stamps(root, [p for _, ids, _ in shards for p in ids])
+def current_rows(shards: list[tuple[Path, list[str], dict[str, Any]]],
+                 now: Mapping[str, list[int]]) -> dict[str, tuple[Path, int]]:
+    """Where each image's embedding is, among the shards' rows embedded from the file as it is now (``now``:
+    the images' ``file_stamps``; a row's stamp then equals its file's; shards written before stamps never do):
+    image -> (shard, row). An image whose file changed since it was embedded has none, so it is embedded again."""
     return {p: (shard, row) for shard, ids, stamps in shards for row, p in enumerate(ids)
             if stamps.get(p) == now.get(p)}

@@ -48,6 +48,7 @@ from cir_lightning.retrieval.rowfile import RowFile
 
 __all__ = ["EmbedImages", "ShardWriter", "build_image_index"]
 
+
 class EmbedImages(pl.LightningModule):
     """``predict_step`` = the backbone's gallery embeddings of a batch (none for a batch of unreadable images).
 
@@ -117,7 +118,7 @@ def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backb
                           "upright": True,  # builds begun before EXIF orientation was applied did not turn photos
                           **({"shrink": SHRINK} if max_short_edge else {})})  # ... nor shrink with LANCZOS
     stamps = file_stamps(root, relpaths)  # before any image is read: a file changed later is embedded again
-    done = current_rows(read_shards(partial / "shards", identity, partial), root)
+    done = current_rows(read_shards(partial / "shards", identity, partial), stamps)
     remaining = [p for p in relpaths if p not in done]
     if done and rank_zero_only.rank == 0:
         print(f"resuming: {len(relpaths) - len(remaining)} of {len(relpaths)} images were embedded by an earlier run "
@@ -150,7 +151,8 @@ def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backb
 def _assemble(root: Path, out: Path, partial: Path, relpaths: list[str], backbone: Backbone,
               identity: dict[str, Any], info: dict[str, Any], skip_unreadable: bool, search: SearchConfig,
               dtype: str) -> Path:
-    done = current_rows(read_shards(partial / "shards", identity, partial), root)  # image -> (shard, row)
+    # image -> (shard, row), as the files are now (one changed during the build is not taken)
+    done = current_rows(read_shards(partial / "shards", identity, partial), file_stamps(root, relpaths))
     missing = [p for p in relpaths if p not in done]
     reasons: dict[str, str] = {}
     for file in sorted(partial.glob("unreadable-*.json")):
