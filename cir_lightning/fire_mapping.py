@@ -233,6 +233,8 @@ def _data(s: dict[str, Any], train: bool, side: str, notes: list[str]) -> tuple[
         raise CIRConfigError(f"{at(s, 'data.train_metadata')} with `data.task: {task}`: cir_lightning trains on "
                              f"{task}'s own training split; set `data.task: custom_jsonl` to train from the JSONL file")
     split = s["data.split"]
+    notes.append(f"`eval.ks` {list(s['eval.ks'])}: reported beside {task}'s own cut-offs (`model.eval_ks` adds "
+                 "its K to a protocol's Recall, MRR and mAP)")
     if task == "fashioniq":
         dress = s["data.dress_type"]
         if dress is not None and dress not in _CATEGORIES:
@@ -251,8 +253,6 @@ def _data(s: dict[str, Any], train: bool, side: str, notes: list[str]) -> tuple[
                 "exclude_reference": s["eval.exclude_reference"]}
         return {"class_path": "cir_lightning.data.FashionIQDataModule", "init_args": {**init, **options}}, \
             "fit" if train else "validate"
-    notes.append(f"`eval.ks` {list(s['eval.ks'])}: reported beside {task}'s own cut-offs (`model.eval_ks` adds "
-                 "its K to a protocol's Recall, MRR and mAP)")
     if split not in ("val", "test1", "test"):
         raise CIRConfigError(f"{at(s, 'data.split')} must be val or test1 for CIRR, got {split!r}")
     notes.append("CIRR: only each query's reference leaves its ranking (the release removed its whole image set, "

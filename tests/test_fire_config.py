@@ -121,6 +121,7 @@ def test_benchmark_tasks_follow_the_official_protocols(tmp_path):
     assert data["init_args"]["categories"] == ["shirt"]
     assert (data["init_args"]["root"], t.subcommand) == ("/fiq", "validate")  # test has no targets: val is evaluated
     assert any("no public targets" in note for note in t.notes)
+    assert any("reported beside fashioniq's own cut-offs" in note for note in t.notes)
     _write(tmp_path, "data: {task: cirr, image_root: /cirr_data, split: test1}\n")
     t = translate_fire_config(path, "eval")
     assert t.config["data"]["init_args"]["root"] == str(Path("/cirr_data") / "cirr")
