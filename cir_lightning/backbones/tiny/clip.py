@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from cir_lightning.backbones.tiny.folders import check_out_dir, write_checkpoint
+from cir_lightning.backbones.tiny.folders import check_out_dir, seeded, write_checkpoint
 from cir_lightning.backbones.tiny.tokenizer import CLIP_BOS, CLIP_EOS, tiny_clip_tokenizer
 from cir_lightning.errors import CIRConfigError
 
@@ -40,7 +40,6 @@ def make_tiny_dual_encoder(out_dir: str | Path, family: Literal["clip", "siglip"
         >>> type(AutoModel.from_pretrained(path)).__name__
         'CLIPModel'
     """
-    import torch
     from transformers import CLIPConfig, CLIPModel, CLIPProcessor, SiglipConfig, SiglipModel, SiglipProcessor
     from transformers.models.clip import CLIPImageProcessorPil
     from transformers.models.siglip import SiglipImageProcessorPil
@@ -57,18 +56,18 @@ def make_tiny_dual_encoder(out_dir: str | Path, family: Literal["clip", "siglip"
     text = {**towers, "vocab_size": len(tokenizer), "max_position_embeddings": max_len,
             "bos_token_id": bos, "eos_token_id": eos, "pad_token_id": eos}
     vision = {**towers, "image_size": image_size, "patch_size": patch_size}
-    torch.manual_seed(seed)
-    if family == "clip":
-        config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=hidden)
-        model = CLIPModel(config).eval()
-        image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
-                                                crop_size={"height": image_size, "width": image_size})
-        processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    elif family == "siglip":
-        config = SiglipConfig(text_config={**text, "projection_size": hidden}, vision_config=vision)
-        model = SiglipModel(config).eval()
-        image_processor = SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
-        processor = SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    else:
-        raise CIRConfigError(f"`family` must be 'clip' or 'siglip', not {family!r}")
+    with seeded(seed):
+        if family == "clip":
+            config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=hidden)
+            model = CLIPModel(config).eval()
+            image_processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
+                                                    crop_size={"height": image_size, "width": image_size})
+            processor = CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+        elif family == "siglip":
+            config = SiglipConfig(text_config={**text, "projection_size": hidden}, vision_config=vision)
+            model = SiglipModel(config).eval()
+            image_processor = SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
+            processor = SiglipProcessor(image_processor=image_processor, tokenizer=tokenizer)
+        else:
+            raise CIRConfigError(f"`family` must be 'clip' or 'siglip', not {family!r}")
     return write_checkpoint(out, model, processor, overwrite)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,30 @@ def check_out_dir(out: Path, overwrite: bool, how: str = "pass overwrite=True") 
     """
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise CIRConfigError(f"`{out}` already exists and is not empty; choose another folder or {how} to replace it.")
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Draw a tiny model's random weights from ``seed`` without touching the caller's random state.
+
+    Building a model must not reseed the process: a run that builds its tiny model first would otherwise
+    initialise LoRA and shuffle its data from the model's seed instead of the run's, and train differently
+    from the same run with the model already built.
+
+    Example:
+        >>> import torch
+        >>> from cir_lightning.backbones.tiny.folders import seeded
+        >>> _ = torch.manual_seed(42); expected = torch.rand(1); _ = torch.manual_seed(42)
+        >>> with seeded(0):
+        ...     _ = torch.rand(3)
+        >>> bool(torch.rand(1) == expected)
+        True
+    """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def save_atomically(out: Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:

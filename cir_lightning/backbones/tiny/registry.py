@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cir_lightning.backbones.tiny import mllm
-from cir_lightning.backbones.tiny.folders import check_out_dir, write_checkpoint
+from cir_lightning.backbones.tiny.folders import check_out_dir, seeded, write_checkpoint
 from cir_lightning.backbones.tiny.mllm import TinyModelSpec
 from cir_lightning.errors import CIRConfigError
 
@@ -69,8 +69,6 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, spec: TinyModelSpec | No
         >>> type(AutoModelForImageTextToText.from_pretrained(path)).__name__
         'LlavaForConditionalGeneration'
     """
-    import torch
-
     spec = spec or TinyModelSpec()
     out = Path(out_dir)
     check_out_dir(out, overwrite, "pass overwrite=True (`--overwrite` on the command line)")
@@ -78,6 +76,6 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, spec: TinyModelSpec | No
         raise CIRConfigError(f"`image_size` {spec.image_size} is not a multiple of `patch_size` {spec.patch_size}")
     if family not in TINY_MODELS:
         raise CIRConfigError(f"unknown tiny model `family` {family!r}; known: {', '.join(TINY_MODELS)}")
-    torch.manual_seed(seed)
-    model, processor = TINY_MODELS[family](spec)
+    with seeded(seed):
+        model, processor = TINY_MODELS[family](spec)
     return write_checkpoint(out, model.eval(), processor, overwrite)

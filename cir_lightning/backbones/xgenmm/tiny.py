@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from safetensors.torch import save_file
 
-from cir_lightning.backbones.tiny.folders import check_out_dir, save_atomically
+from cir_lightning.backbones.tiny.folders import check_out_dir, save_atomically, seeded
 from cir_lightning.backbones.tiny.tokenizer import byte_level_tokenizer, spellings
 from cir_lightning.backbones.xgenmm.modeling import XGenMMConfig, XGenMMModel
 from cir_lightning.backbones.xgenmm.processing import XGenMMImageProcessor, XGenMMProcessor
@@ -72,8 +71,8 @@ def make_tiny_xgenmm(out_dir: str | Path, seed: int = 0, overwrite: bool = False
         "vision_tokenizer_config": {"model_type": "xgenmm_vision_tokenizer", "num_vis_tokens": 4, "depth": 2,
                                     "heads": 2, "dim_head": 8, "ff_mult": 2},
     }
-    torch.manual_seed(seed)
-    model = XGenMMModel(XGenMMConfig.from_dict(raw))
+    with seeded(seed):
+        model = XGenMMModel(XGenMMConfig.from_dict(raw))
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     processor = XGenMMProcessor(tokenizer, XGenMMImageProcessor(c, grids))
 
