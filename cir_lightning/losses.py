@@ -173,12 +173,12 @@ def key_id(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little") >> 1
 
 
-def target_keys(batch: dict[str, Any], cross_rank: bool, records: Sequence[Any] | None = None) -> Tensor:
+def target_keys(batch: dict[str, Any], cross_rank: bool) -> Tensor:
     """(B,) integer target identities of a training batch: equal keys = the same target image, on any rank.
 
-    Taken from ``batch["target_id"]`` when the collator provides it; else, across ranks, from the training
-    dataset's ``records[index].target``; else the in-batch groups (``target_group``), which cannot see a
-    target shared across ranks (such pairs then count as negatives; warned once).
+    Taken from ``batch["target_id"]``, which the collators give when every sample has a ``target_key`` (every
+    training dataset here does); else the in-batch groups (``target_group``), which cannot see a target shared
+    across ranks (such pairs then count as negatives; warned once).
 
     Example:
         >>> from cir_lightning.losses import target_keys
@@ -188,12 +188,10 @@ def target_keys(batch: dict[str, Any], cross_rank: bool, records: Sequence[Any] 
     if "target_id" in batch:
         return batch["target_id"].long()
     index, group = batch["index"].long(), batch.get("target_group")
-    if cross_rank and records is not None and len(records) and hasattr(records[0], "target"):
-        return torch.tensor([key_id(str(records[i].target)) for i in index.tolist()], dtype=torch.long)
     if cross_rank:
-        warnings.warn("cross-rank negatives: the batch has no `target_id` and the training dataset no "
-                      "`records[i].target`, so a target shared by triplets on different ranks counts as a "
-                      "negative across ranks; give the collator a global `target_id`", stacklevel=2)
+        warnings.warn("cross-rank negatives: the training samples have no `target_key`, so a target shared by "
+                      "triplets on different ranks counts as a negative across ranks; give each sample a "
+                      "`target_key` naming its target image", stacklevel=2)
     return index if group is None else index[group.long()]
 
 

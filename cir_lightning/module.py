@@ -181,8 +181,7 @@ class CIRModule(pl.LightningModule):
                                  "(set `with_captions: true` on the data and give `target_caption`)")
         target = self.backbone(batch["target_text" if self.target_side == "caption" else "target"])
         cross_rank = self.cross_rank_negatives and distributed
-        dataset = getattr(getattr(self.trainer, "train_dataloader", None), "dataset", None)
-        keys = target_keys(batch, cross_rank, getattr(dataset, "records", None)).to(query.device)
+        keys = target_keys(batch, cross_rank).to(query.device)
         terms = distributed_fire_loss(self.loss, query, target, keys, cross_rank=cross_rank)
         bs = query.shape[0]
         # with cross-rank negatives a rank's terms are scaled shares: their mean over ranks is the global value
