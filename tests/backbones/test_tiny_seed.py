@@ -10,12 +10,15 @@ from cir_lightning.backbones.xgenmm.tiny import make_tiny_xgenmm
 
 
 @pytest.mark.parametrize("build", [make_tiny_model, make_tiny_xgenmm, make_tiny_dual_encoder])
-def test_building_leaves_the_callers_random_state_alone(build, tmp_path):
+def test_building_leaves_the_callers_random_state_alone(build, tmp_path, monkeypatch):
     torch.manual_seed(42)
     expected = torch.rand(4)
     torch.manual_seed(42)
+    gpu_seeds = []  # torch.manual_seed reseeds the GPUs too (queued until CUDA starts): it must not be called
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", gpu_seeds.append)
     build(tmp_path / "m", seed=0)
     assert torch.equal(torch.rand(4), expected)
+    assert gpu_seeds == []
 
 
 def test_a_built_and_a_found_model_get_the_same_lora_weights(tmp_path):

@@ -44,8 +44,8 @@ def seeded(seed: int) -> Iterator[None]:
     """
     import torch
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # the weights are drawn on the CPU: its generator alone
+        torch.default_generator.manual_seed(seed)  # not torch.manual_seed, which reseeds the GPUs' too
         yield
 
 
