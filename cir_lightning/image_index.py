@@ -173,7 +173,8 @@ class ImageIndex:
         if backbone in self._checked:
             return
         current = backbone.identity()
-        problems = identity_differences("model", self.meta["model"], current, ("index has", "this model has"))
+        built = {k: v for k, v in self.meta["model"].items() if k != "precision"}  # the gallery's, not the model's
+        problems = identity_differences("model", built, current, ("index has", "this model has"))
         if problems:
             shown = "; ".join(problems)
             raise CIRModelError(f"index `{self.folder}` was built by another model ({shown}); search it with "

@@ -111,7 +111,7 @@ def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backb
     partial, search = partial_folder(out), search or SearchConfig()
     relpaths = list_images(root, leave_out=[out, partial])
     check_out_free(out)
-    identity = backbone.identity()
+    identity = backbone.identity((trainer_options or {}).get("precision", "32-true"))  # bf16 rows are not fp32 ones
     # max_short_edge changes the pixels, so the rows of two runs must share it (max_image_pixels only changes
     # which images load, and may be raised to let a refused one in)
     start_build(partial, {"root": str(root), "model": identity, "dtype": dtype, "max_short_edge": max_short_edge,

@@ -158,6 +158,15 @@ def test_an_index_refuses_a_model_other_than_its_own(small_index, backbone):
         index.query(index.load_backbone(), Image.new("RGB", (8, 8)), "make it red", k=0)
 
 
+def test_an_index_built_in_bf16_records_it_and_is_searched_by_its_model(tmp_path, tiny_model_dir, small_index):
+    photos = small_index[1]
+    main(_index_args(photos, tmp_path / "index", tiny_model_dir, "--trainer.precision", "bf16-mixed"))
+    index, full = ImageIndex.open(tmp_path / "index"), ImageIndex.open(small_index[0])
+    assert index.meta["model"] == {**full.meta["model"], "precision": "bf16-mixed"}
+    hits = index.query(index.load_backbone(), Image.new("RGB", (24, 16), "red"), "keep it", k=5)  # not refused
+    assert sorted(h.relpath for h in hits) == sorted(COLOURS)
+
+
 def test_search_refuses_an_index_whose_model_files_changed(tmp_path, tiny_model_dir, capsys):
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)
@@ -199,6 +208,10 @@ def test_unreadable_images_are_listed_and_left_out_only_when_asked(tmp_path, tin
     with pytest.raises(SystemExit):
         main([*args, "--max-short-edge", "16", "--skip-unreadable"])
     assert "index.max_short_edge: begun with None, now 16" in capsys.readouterr().err
+    # ... and at the same precision: bf16 rows next to float32 ones would mix two roundings
+    with pytest.raises(SystemExit):
+        main([*args, "--trainer.precision", "bf16-mixed", "--skip-unreadable"])
+    assert "index.model.precision: begun with None, now 'bf16-mixed'" in capsys.readouterr().err
     # a photo replaced under the same name since it was embedded: embedded again, never its stale row kept
     Image.new("RGB", (30, 20), "purple").save(photos / "green.jpg")
     main([*args, "--skip-unreadable"])
