@@ -42,3 +42,22 @@ def test_the_torch_backend_runs_on_the_gallerys_device():
     assert backends.torch_device(cpu, cpu, SearchConfig(backend="torch")) == torch.device("cpu")
     meta = torch.empty(2, 2, device="meta")  # a device other than the CPU, without a GPU
     assert backends.torch_device(cpu, meta, SearchConfig(backend="torch")) == torch.device("cpu")
+
+
+@pytest.mark.parametrize("user_setting", ["new", "legacy", "none"])
+def test_exact_gpu_search_turns_tf32_off_however_the_user_turned_it_on(user_setting):
+    """TF32 matmuls round the scores (near-ties swap); a user's TF32 setting, in torch's new or legacy form, is
+    turned off for the search and put back after it, and reading it never fails."""
+    matmul = torch.backends.cuda.matmul
+    saved = torch.backends.fp32_precision, matmul.fp32_precision
+    try:
+        if user_setting == "new":
+            torch.backends.fp32_precision = "tf32"  # the legacy `allow_tf32` cannot be read after this
+        elif user_setting == "legacy":
+            matmul.allow_tf32 = True
+        before = matmul.fp32_precision
+        with backends._full_float32(torch.device("cuda")):
+            assert matmul.fp32_precision == "ieee"
+        assert matmul.fp32_precision == before
+    finally:
+        torch.backends.fp32_precision, matmul.fp32_precision = saved
