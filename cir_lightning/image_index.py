@@ -33,7 +33,8 @@ from cir_lightning.checks import positive_int
 from cir_lightning.data.folder import fit_image
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRModelError, embedded_error
 from cir_lightning.messages import MISSING
-from cir_lightning.retrieval.cache import _ids_digest, identity_differences
+from cir_lightning.retrieval.cache import identity_differences
+from cir_lightning.retrieval.embedding_folder import ids_digest
 from cir_lightning.retrieval.index import search_with_scores
 
 __all__ = ["FAISS_FILE", "Hit", "ImageIndex", "partial_folder"]
@@ -123,7 +124,7 @@ class ImageIndex:
             raise CIRDataError("is not an image index written by `cir-lightning index` (no `image_index` entry)",
                                folder / "meta.json")
         relpaths = _read_json(folder / "ids.json", list)
-        if meta.get("ids_sha256") != _ids_digest(relpaths) or len(relpaths) != meta.get("count"):
+        if meta.get("ids_sha256") != ids_digest(relpaths) or len(relpaths) != meta.get("count"):
             raise CIRDataError("does not match meta.json (changed after the index was written); rebuild the index",
                                folder / "ids.json")
         try:

@@ -42,7 +42,7 @@ from cir_lightning.messages import first_few
 from cir_lightning.pixels import SHRINK
 from cir_lightning.predictions import ImagesProgressBar
 from cir_lightning.retrieval.backends import build_index_from, built_factory
-from cir_lightning.retrieval.cache import finish_embeddings, new_embeddings
+from cir_lightning.retrieval.embedding_folder import finish_embeddings, new_embeddings
 from cir_lightning.retrieval.index import SearchConfig
 from cir_lightning.retrieval.rowfile import RowFile
 

@@ -29,7 +29,7 @@ import contextlib
 import shutil
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,7 +41,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 from cir_lightning.data.base import CIRDataModule
 from cir_lightning.errors import CIRConfigError, CIRFileError
 from cir_lightning.files import atomic_folder, check_writable, free_path
-from cir_lightning.retrieval.cache import cache_name, finish_embeddings, new_embeddings, open_embeddings
+from cir_lightning.retrieval.cache import cache_name
+from cir_lightning.retrieval.embedding_folder import (
+    finish_embeddings,
+    image_files,
+    new_embeddings,
+    open_embeddings,
+)
 from cir_lightning.retrieval.evaluator import loader_role
 
 __all__ = ["EmbeddingWriter", "ImagesProgressBar"]
@@ -57,6 +63,7 @@ class _Output:
     kind: str
     split: str
     ids: list[str]
+    files: dict[str, str] = field(default_factory=dict)  # a gallery's `image_files`, before reading
     rows: Any = None  # np.memmap of the embeddings
     mask: Any = None  # np.memmap of uint8, 1 where a row was written
 
@@ -137,8 +144,10 @@ class EmbeddingWriter(BasePredictionWriter):
             dataset = loader.dataset
             ids = getattr(dataset, "ids", None)
             ids = [str(x) for x in ids] if ids is not None else [str(x) for x in range(len(dataset))]
+            paths = getattr(dataset, "paths", None) if trainer.is_global_zero else None  # a GalleryDataset's
             if ids:
-                outputs[i] = _Output(getattr(queries, "name", "") or str(subset), kind, split, ids)
+                outputs[i] = _Output(getattr(queries, "name", "") or str(subset), kind, split, ids,
+                                     image_files(paths) if paths is not None else {})
         return outputs
 
     # ------------------------------------------------------------------ each batch: its rows, where they belong
@@ -181,7 +190,7 @@ class EmbeddingWriter(BasePredictionWriter):
                 left_out.append(f"{folder.name} ({missing} of {len(out.ids)} rows not embedded)")
                 continue
             finish_embeddings(folder, out.ids, kind=out.kind, model=model, dataset=dataset,
-                              split=cache_name(out.split, out.name, out.kind)[1])
+                              split=cache_name(out.split, out.name, out.kind)[1], extra=out.files)
             done.append(f"{folder.name} ({len(out.ids)} x {self._dim(folder)})")
         if left_out:
             rank_zero_warn("predict did not embed every row (limit_predict_batches?): left out " + ", ".join(left_out))

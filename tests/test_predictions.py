@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from cir_lightning.cli import main
 from cir_lightning.retrieval.cache import load_embeddings
@@ -67,6 +69,29 @@ def test_a_predicted_gallery_is_an_embedding_cache_that_test_loads(predicted, ti
     for k in (1, 5):
         hits = sum(row[q["target_id"]] in ranked[i, :k].tolist() for i, q in enumerate(lines)) / len(lines)
         assert results["metrics"][""][f"Recall@{k}"] == pytest.approx(hits)
+
+
+def test_a_cache_is_refused_once_its_gallery_images_were_made_again(predicted, tiny_model_dir, capsys):
+    """Same ids, same paths, other pixels (data made again, e.g. at another image size): the cache is stale."""
+    folder = predicted / "one" / "predictions"
+    args = ["test", *_common(tiny_model_dir, predicted / "data"), "--trainer.default_root_dir", str(predicted / "t2"),
+            "--model.embedding_cache", str(folder), "--model.eval_ks", "[1]"]
+    image = predicted / "data" / "images" / "scene_007.png"
+    original, stat = image.read_bytes(), image.stat()
+    try:
+        Image.new("RGB", (64, 64), "white").save(image)
+        with pytest.raises(SystemExit):
+            main(args)
+        err = [line for line in capsys.readouterr().err.splitlines() if "does not match" in line]
+        assert err[-1].endswith("the cache does not match: images: image files changed since it was written (size or "
+                                "modification time: the images were made or copied again). A stale cache is never "
+                                "used: re-embed with `overwrite_cache: true` (or delete the folder)")
+        assert str(folder / "test-0-gallery") in err[-1]
+    finally:  # the other tests of this module read these images
+        image.write_bytes(original)
+        os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    main(args)  # as it was: loaded again
+    assert "results written to" in capsys.readouterr().out
 
 
 @pytest.mark.ddp

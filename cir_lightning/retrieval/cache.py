@@ -9,20 +9,17 @@ A cache is a folder::
 
 ``model`` is what identifies the embedding function: the backbone's fingerprint (base model, prompts,
 pooling) and the digest of its trainable weights. ``load_embeddings`` compares it, the dataset, split,
-kind and ids with what the caller expects and refuses any difference with an error that lists them: a
-stale cache is never used silently. ``save_embeddings`` never replaces an existing cache unless told to.
+kind and ids (and, for a gallery, its image files: which, and their sizes and modification times) with
+what the caller expects and refuses any difference with an error that lists them: a stale cache is never
+used silently. ``save_embeddings`` never replaces an existing cache unless told to.
 
-Rows too many to hold in memory (a gallery of millions) are written where they land: ``new_embeddings``
-preallocates ``embeddings.npy`` as a memory-mapped array that any process can open and fill row by row
-(``open_embeddings``), and ``finish_embeddings`` then writes ``ids.json`` and ``meta.json`` (``meta.json``
-may carry more keys, which ``load_embeddings`` ignores). Used inside ``files.atomic_folder`` the folder
-still appears complete or not at all.
+Rows too many to hold in memory (a gallery of millions) are written where they land, through
+``retrieval.embedding_folder`` (``new_embeddings``, ``open_embeddings``, ``finish_embeddings``); used inside
+``files.atomic_folder`` the folder still appears complete or not at all.
 """
 
 from __future__ import annotations
 
-import datetime
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,12 +31,14 @@ from torch import Tensor
 
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.files import atomic_folder
-
-FORMAT = 1
-
-
-def _ids_digest(ids: Sequence[str]) -> str:
-    return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()
+from cir_lightning.retrieval.embedding_folder import (
+    FORMAT,
+    check_dtype,
+    finish_embeddings,
+    ids_digest,
+    image_files,
+    new_embeddings,
+)
 
 
 def _short(value: Any) -> str:
@@ -92,7 +91,8 @@ def save_embeddings(path: str | Path, embeddings: Tensor | np.ndarray, ids: Sequ
         split: the split ("val", "test", ...).
         dtype: ``"float32"`` or ``"float16"`` storage.
         overwrite: replace an existing cache.
-        images: the image file of each id (a gallery's): a later load given other files refuses the cache.
+        images: the image file of each id (a gallery's): a later load given other files, or the same files
+            changed since (``image_files``), refuses the cache.
         extra: more keys for ``meta.json`` (as ``finish_embeddings``'s).
 
     Example:
@@ -115,7 +115,7 @@ def save_embeddings(path: str | Path, embeddings: Tensor | np.ndarray, ids: Sequ
     array = embeddings.detach().float().cpu().numpy() if isinstance(embeddings, Tensor) else np.asarray(embeddings)
     if array.ndim != 2 or len(array) != len(ids):
         raise ValueError(f"`embeddings` {array.shape} must be 2-d with one row per id ({len(ids)} ids)")
-    _check_dtype(dtype)
+    check_dtype(dtype)
     if path.exists() and not overwrite:
         raise CIRConfigError(f"embedding cache `{path}` already exists; pass overwrite=True to replace it")
     # complete or absent: a kill or a full disk never leaves a cache that a later run would trust
@@ -125,80 +125,8 @@ def save_embeddings(path: str | Path, embeddings: Tensor | np.ndarray, ids: Sequ
         rows.flush()
         del rows
         finish_embeddings(tmp, ids, kind=kind, model=model, dataset=dataset, split=split,
-                          extra={**(extra or {}), **({} if images is None else {"images_sha256": _ids_digest(images)})})
+                          extra={**(extra or {}), **({} if images is None else image_files(images))})
     return path
-
-
-def _check_dtype(dtype: str) -> None:
-    if dtype not in ("float32", "float16"):
-        raise CIRConfigError(f"cache `dtype` must be float32 or float16, got {dtype!r}")
-
-
-def new_embeddings(folder: str | Path, count: int, dim: int, dtype: str = "float32") -> np.memmap:
-    """Preallocate ``folder/embeddings.npy`` (``count`` x ``dim``, zeros) and return it memory-mapped for writing.
-
-    The file is a normal ``.npy``; other processes fill their rows through ``open_embeddings``. Nothing
-    is held in memory: written rows go to the file (the operating system's page cache).
-
-    Example:
-        >>> from cir_lightning.retrieval.cache import finish_embeddings, new_embeddings, open_embeddings
-        >>> from cir_lightning.retrieval import load_embeddings
-        >>> import tempfile
-        >>> folder = Path(tempfile.mkdtemp())
-        >>> rows = new_embeddings(folder, 3, 2)
-        >>> rows[[2, 0]] = [[1.0, 0.0], [0.0, 1.0]]  # rows as they arrive, in any order
-        >>> other = open_embeddings(folder)            # e.g. another DDP rank
-        >>> other[1] = [0.6, 0.8]
-        >>> rows.flush(), other.flush()
-        (None, None)
-        >>> _ = finish_embeddings(folder, ["a", "b", "c"], kind="gallery", model={"m": 1}, dataset="toy",
-        ...                       split="val", extra={"note": "made row by row"})
-        >>> load_embeddings(folder, kind="gallery", model={"m": 1}, dataset="toy", split="val")[0].tolist()
-        [[0.0, 1.0], [0.6000000238418579, 0.800000011920929], [1.0, 0.0]]
-    """
-    _check_dtype(dtype)
-    return np.lib.format.open_memmap(Path(folder) / "embeddings.npy", mode="w+", dtype=np.dtype(dtype),
-                                     shape=(int(count), int(dim)))
-
-
-def open_embeddings(folder: str | Path) -> np.memmap:
-    """``folder/embeddings.npy`` (made by ``new_embeddings``) memory-mapped for writing more rows."""
-    return np.load(Path(folder) / "embeddings.npy", mmap_mode="r+")
-
-
-def finish_embeddings(folder: str | Path, ids: Sequence[str], *, kind: str, model: Mapping[str, Any], dataset: str,
-                      split: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``ids.json`` and ``meta.json`` beside a complete ``embeddings.npy``; returns the meta.
-
-    Args:
-        folder: the cache folder (usually the temporary folder of ``files.atomic_folder``).
-        ids: the item ids, one per row.
-        kind, model, dataset, split: the identity, as for ``save_embeddings``.
-        extra: more keys for ``meta.json`` (they may not replace the format's own).
-
-    Example:
-        >>> from cir_lightning.retrieval.cache import finish_embeddings, new_embeddings
-        >>> import tempfile
-        >>> folder = Path(tempfile.mkdtemp())
-        >>> _ = new_embeddings(folder, 2, 4, "float16")
-        >>> meta = finish_embeddings(folder, ["a", "b"], kind="query", model={}, dataset="toy", split="val")
-        >>> meta["count"], meta["dim"], meta["dtype"]
-        (2, 4, 'float16')
-    """
-    folder = Path(folder)
-    array = np.load(folder / "embeddings.npy", mmap_mode="r")
-    if array.ndim != 2 or len(array) != len(ids):
-        raise ValueError(f"embeddings.npy {array.shape} must be 2-d with one row per id ({len(ids)} ids)")
-    meta = {"format": FORMAT, "kind": kind, "model": dict(model), "dataset": dataset, "split": split,
-            "count": len(ids), "dim": int(array.shape[1]), "dtype": str(array.dtype), "ids_sha256": _ids_digest(ids),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    clash = sorted(set(meta) & set(extra or {}))
-    if clash:
-        raise ValueError(f"`extra` may not replace the cache's own keys {clash}")
-    meta.update(extra or {})
-    (folder / "ids.json").write_text(json.dumps([str(i) for i in ids]))
-    (folder / "meta.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
-    return meta
 
 
 def identity_differences(key: str, cached: Any, expected: Any,
@@ -257,11 +185,15 @@ def load_embeddings(path: str | Path, *, kind: str, model: Mapping[str, Any], da
     problems = [problem for key, value in expected.items() for problem in _differences(key, meta.get(key), value)]
     if ids is not None:
         problems += _differences("ids", cached_ids, [str(i) for i in ids])
-    if meta.get("ids_sha256") != _ids_digest(cached_ids):
+    if meta.get("ids_sha256") != ids_digest(cached_ids):
         problems.append("ids.json was changed after the cache was written")
-    if images is not None and "images_sha256" in meta and meta["images_sha256"] != _ids_digest(images):
+    now = image_files(images) if images is not None else {}  # caches written without the record are not checked
+    if "images_sha256" in meta and now and meta["images_sha256"] != now["images_sha256"]:
         problems.append("images: the ids name other image files than when it was written (another gallery file, or "
-                        "changed image paths)")  # caches written without the record are not checked
+                        "changed image paths)")
+    elif "image_stamps_sha256" in meta and now and meta["image_stamps_sha256"] != now["image_stamps_sha256"]:
+        problems.append("images: image files changed since it was written (size or modification time: the images "
+                        "were made or copied again)")
     if problems:
         raise CIRDataError("the cache does not match: " + "; ".join(problems) + ". A stale cache is never used: "
                            "re-embed with `overwrite_cache: true` (or delete the folder)", path)

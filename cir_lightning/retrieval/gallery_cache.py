@@ -23,7 +23,13 @@ import torch
 from torch import Tensor
 
 from cir_lightning.files import check_writable
-from cir_lightning.retrieval.cache import cache_name, load_embeddings, save_embeddings, stored_dtype
+from cir_lightning.retrieval.cache import (
+    cache_name,
+    image_files,
+    load_embeddings,
+    save_embeddings,
+    stored_dtype,
+)
 from cir_lightning.retrieval.evaluator import RetrievalEvaluator
 from cir_lightning.retrieval.gather import world
 
@@ -83,7 +89,8 @@ class GalleryCache:
             return True
         if world()[0] == 0:  # it will be written after the gallery is embedded: fail now, not after the work
             check_writable(self.folder, "model.embedding_cache")
-        self._misses[subset] = (path, {**identity, "ids": list(gallery_ids), "images": images})
+        files = image_files(images) if images is not None else {}  # now, before the images are read
+        self._misses[subset] = (path, {**identity, "ids": list(gallery_ids), "extra": files})
         return False
 
     def lookup_sets(self, stage: str, sets: Sequence[tuple[Any, Any]], *, dataset: str, model: Mapping[str, Any],

@@ -28,7 +28,7 @@ class RowFile:
     """An existing ``.npy`` file of shape (rows, dim), C order, opened for block reads (and writes).
 
     Args:
-        path: the file (``retrieval.cache.new_embeddings`` makes an empty one of the right size).
+        path: the file (``retrieval.embedding_folder.new_embeddings`` makes an empty one of the right size).
         writable: open it for ``write`` too.
 
     Example:

@@ -8,7 +8,7 @@ import pytest
 from cir_lightning.errors import CIRDataError
 from cir_lightning.retrieval import SearchConfig, backends, build_index
 from cir_lightning.retrieval.backends import build_index_from
-from cir_lightning.retrieval.cache import new_embeddings
+from cir_lightning.retrieval.embedding_folder import new_embeddings
 from cir_lightning.retrieval.rowfile import RowFile
 
 

@@ -1,0 +1,125 @@
+"""An embedding folder written row by row (the format of ``retrieval.cache``): ``new_embeddings`` preallocates
+``embeddings.npy`` memory-mapped, any process fills its rows (``open_embeddings``), ``finish_embeddings``
+writes ``ids.json`` and ``meta.json``; ``image_files`` is what ties a gallery's rows to its image files.
+``cir-lightning predict``, ``index`` and the caches write through it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cir_lightning.errors import CIRConfigError
+
+FORMAT = 1
+
+
+def ids_digest(ids: Sequence[str]) -> str:
+    """The SHA-256 of ``ids`` one per line: ids (or paths) recorded in a folder's ``meta.json``."""
+    return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()
+
+
+def image_files(images: Sequence[str | Path]) -> dict[str, str]:
+    """What ties a gallery's embeddings to its image files, for ``meta.json``: digests of the files' paths and of
+    their sizes and modification times (taken before the files are read: an image made again under the same
+    name is another image; a file that cannot be stat'ed counts as changed).
+
+    Example:
+        >>> from cir_lightning.retrieval.embedding_folder import image_files
+        >>> import tempfile
+        >>> image = Path(tempfile.mkdtemp()) / "a.png"
+        >>> _ = image.write_bytes(b"1")
+        >>> before = image_files([image])
+        >>> _ = image.write_bytes(b"22")
+        >>> after = image_files([image])
+        >>> before["images_sha256"] == after["images_sha256"], before["image_stamps_sha256"] == after["image_stamps_sha256"]
+        (True, False)
+    """
+    stamps = []
+    for image in images:
+        try:
+            stat = os.stat(image)
+        except OSError:
+            stamps.append("-")
+            continue
+        stamps.append(f"{stat.st_size}:{stat.st_mtime_ns}")
+    return {"images_sha256": ids_digest(images), "image_stamps_sha256": ids_digest(stamps)}
+
+
+def check_dtype(dtype: str) -> None:
+    if dtype not in ("float32", "float16"):
+        raise CIRConfigError(f"cache `dtype` must be float32 or float16, got {dtype!r}")
+
+
+def new_embeddings(folder: str | Path, count: int, dim: int, dtype: str = "float32") -> np.memmap:
+    """Preallocate ``folder/embeddings.npy`` (``count`` x ``dim``, zeros) and return it memory-mapped for writing.
+
+    The file is a normal ``.npy``; other processes fill their rows through ``open_embeddings``. Nothing
+    is held in memory: written rows go to the file (the operating system's page cache).
+
+    Example:
+        >>> from cir_lightning.retrieval.embedding_folder import finish_embeddings, new_embeddings, open_embeddings
+        >>> from cir_lightning.retrieval import load_embeddings
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> rows = new_embeddings(folder, 3, 2)
+        >>> rows[[2, 0]] = [[1.0, 0.0], [0.0, 1.0]]  # rows as they arrive, in any order
+        >>> other = open_embeddings(folder)            # e.g. another DDP rank
+        >>> other[1] = [0.6, 0.8]
+        >>> rows.flush(), other.flush()
+        (None, None)
+        >>> _ = finish_embeddings(folder, ["a", "b", "c"], kind="gallery", model={"m": 1}, dataset="toy",
+        ...                       split="val", extra={"note": "made row by row"})
+        >>> load_embeddings(folder, kind="gallery", model={"m": 1}, dataset="toy", split="val")[0].tolist()
+        [[0.0, 1.0], [0.6000000238418579, 0.800000011920929], [1.0, 0.0]]
+    """
+    check_dtype(dtype)
+    return np.lib.format.open_memmap(Path(folder) / "embeddings.npy", mode="w+", dtype=np.dtype(dtype),
+                                     shape=(int(count), int(dim)))
+
+
+def open_embeddings(folder: str | Path) -> np.memmap:
+    """``folder/embeddings.npy`` (made by ``new_embeddings``) memory-mapped for writing more rows."""
+    return np.load(Path(folder) / "embeddings.npy", mmap_mode="r+")
+
+
+def finish_embeddings(folder: str | Path, ids: Sequence[str], *, kind: str, model: Mapping[str, Any], dataset: str,
+                      split: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``ids.json`` and ``meta.json`` beside a complete ``embeddings.npy``; returns the meta.
+
+    Args:
+        folder: the cache folder (usually the temporary folder of ``files.atomic_folder``).
+        ids: the item ids, one per row.
+        kind, model, dataset, split: the identity, as for ``save_embeddings``.
+        extra: more keys for ``meta.json`` (they may not replace the format's own).
+
+    Example:
+        >>> from cir_lightning.retrieval.embedding_folder import finish_embeddings, new_embeddings
+        >>> import tempfile
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> _ = new_embeddings(folder, 2, 4, "float16")
+        >>> meta = finish_embeddings(folder, ["a", "b"], kind="query", model={}, dataset="toy", split="val")
+        >>> meta["count"], meta["dim"], meta["dtype"]
+        (2, 4, 'float16')
+    """
+    folder = Path(folder)
+    array = np.load(folder / "embeddings.npy", mmap_mode="r")
+    if array.ndim != 2 or len(array) != len(ids):
+        raise ValueError(f"embeddings.npy {array.shape} must be 2-d with one row per id ({len(ids)} ids)")
+    meta = {"format": FORMAT, "kind": kind, "model": dict(model), "dataset": dataset, "split": split,
+            "count": len(ids), "dim": int(array.shape[1]), "dtype": str(array.dtype), "ids_sha256": ids_digest(ids),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    clash = sorted(set(meta) & set(extra or {}))
+    if clash:
+        raise ValueError(f"`extra` may not replace the cache's own keys {clash}")
+    meta.update(extra or {})
+    (folder / "ids.json").write_text(json.dumps([str(i) for i in ids]))
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
+    return meta
