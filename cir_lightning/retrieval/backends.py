@@ -117,8 +117,7 @@ def _full_float32(device: torch.device) -> Iterator[None]:
     if device.type != "cuda":
         yield
         return
-    matmul = torch.backends.cuda.matmul
-    # torch >= 2.9 names the setting `fp32_precision` (reading `allow_tf32` raises once a user has set it)
+    matmul = torch.backends.cuda.matmul  # torch >= 2.9's `fp32_precision` (reading `allow_tf32` can raise then)
     name, exact = ("fp32_precision", "ieee") if hasattr(matmul, "fp32_precision") else ("allow_tf32", False)
     before = getattr(matmul, name)
     setattr(matmul, name, exact)
