@@ -20,6 +20,7 @@ as an evaluation server's), ``with_captions`` and ``gallery_identity`` (for embe
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
@@ -38,7 +39,7 @@ from cir_lightning.data.datasets import (
     refuse_placeholder_texts,
 )
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
-from cir_lightning.data.sampling import EpochSampler, ResumableLoader
+from cir_lightning.data.sampling import DistributedEpochSampler, EpochSampler, ResumableLoader
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.pixels import SHRINK
 
@@ -273,14 +274,13 @@ class CIRDataModule(pl.LightningDataModule):
         collate = self.collator.triplets if self.collator else _as_list
         return self._loader(self.train_set, collate, self.batch_size, True, self._train_sampler())
 
-    def _train_sampler(self) -> Sampler | None:
-        """In one process, an ``EpochSampler``: the order depends only on the seed and the epoch, not on
-        the global random state, and a checkpoint written mid-epoch resumes at the next untrained batch,
-        so ``fit --ckpt_path`` continues exactly as an uninterrupted run would. Under DDP Lightning puts
-        in its own seeded distributed sampler (None here; it resumes exactly from epoch ends)."""
+    def _train_sampler(self) -> Sampler:
+        """An order from the seed and the epoch alone (``data.sampling``); in one process a checkpoint written mid-epoch
+        resumes at the next untrained batch, under DDP at the next epoch (Lightning's own order)."""
         trainer = getattr(self, "trainer", None)
-        if trainer is not None and trainer.world_size > 1:
-            return None
+        if trainer is not None and trainer.world_size > 1:  # Lightning's seed: the same on every rank
+            return DistributedEpochSampler(self.train_set, **trainer.distributed_sampler_kwargs, shuffle=True,
+                                           seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
         epoch_fn = position_fn = None
         if trainer is not None:  # the epoch and position Lightning's loops are at (restored on resume)
             def epoch_fn() -> int:

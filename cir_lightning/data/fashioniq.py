@@ -53,7 +53,7 @@ class FashionIQDataModule(CIRDataModule):
             capitalised; the model averages the two embeddings).
         exclude_reference: remove each query's reference from its ranking (CoVR); not the standard.
         train_augment: training text drawn per access among "C0 and c1", "C1 and c0", "C0", "C1"
-            (CLIP4Cir); off: always "C0 and c1".
+            (CLIP4Cir), from the training order's seed, epoch and row; off: always "C0 and c1".
         on_missing: images that do not exist: ``error`` (default) or ``drop`` the samples and gallery
             items needing them, with a warning (the numbers are then not comparable).
 

@@ -1,17 +1,48 @@
 """The training order: seeded by epoch, and resumable in the middle of an epoch.
 
-``CIRDataModule.train_dataloader`` uses them in one process; under DDP Lightning puts in its own
-seeded distributed sampler.
+``CIRDataModule.train_dataloader`` uses ``EpochSampler`` in one process and ``DistributedEpochSampler`` (the
+order of the sampler Lightning would put in) under DDP. Both hand out each row as an ``EpochIndex``, which
+carries the order's seed and epoch: a dataset that draws per sample (FashionIQ's caption forms) draws from
+them, never from the global random state, so the draws do not depend on the workers, the processes or a resume.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-__all__ = ["EpochSampler", "ResumableLoader"]
+__all__ = ["DistributedEpochSampler", "EpochIndex", "EpochSampler", "ResumableLoader"]
+
+
+class EpochIndex(int):
+    """A dataset row (an ``int``) with the seed and epoch of the training order that handed it out.
+
+    Example:
+        >>> from cir_lightning.data.sampling import EpochIndex
+        >>> row = EpochIndex(7, seed=42, epoch=3)
+        >>> row + 1, row.epoch, int(torch.randint(4, (), generator=row.generator())) == int(
+        ...     torch.randint(4, (), generator=EpochIndex(7, seed=42, epoch=3).generator()))
+        (8, 3, True)
+    """
+
+    seed: int
+    epoch: int
+
+    def __new__(cls, index: int, seed: int, epoch: int) -> EpochIndex:
+        row = super().__new__(cls, index)
+        row.seed, row.epoch = int(seed), int(epoch)
+        return row
+
+    def __reduce__(self) -> tuple:  # to DataLoader workers with its seed and epoch
+        return EpochIndex, (int(self), self.seed, self.epoch)
+
+    def generator(self) -> torch.Generator:
+        """A generator seeded from (seed, epoch, row) alone: this row's draws in this epoch."""
+        key = hashlib.blake2b(f"{self.seed}:{self.epoch}:{int(self)}".encode(), digest_size=8).digest()
+        return torch.Generator().manual_seed(int.from_bytes(key, "big") >> 1)
 
 
 class EpochSampler(Sampler[int]):
@@ -64,7 +95,8 @@ class EpochSampler(Sampler[int]):
         start = self.position() * self.batch_size
         if start >= self.size - self.size % self.batch_size:  # that epoch was complete: start it anew
             start = 0
-        yield from order[start:]
+        for index in order[start:]:
+            yield EpochIndex(index, self.seed, epoch)
 
     def state_dict(self) -> dict[str, int]:
         """Where training is: the epoch and the batches of it already trained."""
@@ -73,6 +105,22 @@ class EpochSampler(Sampler[int]):
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Nothing to restore: the epoch and position are read from Lightning's restored loops when the
         epoch's iteration starts (they equal ``state``)."""
+
+
+class DistributedEpochSampler(DistributedSampler):
+    """Under DDP: the order of the distributed sampler Lightning would put in (the same seed, epoch and shares),
+    its rows handed out as ``EpochIndex``.
+
+    Example:
+        >>> from cir_lightning.data.sampling import DistributedEpochSampler
+        >>> rows = list(DistributedEpochSampler(range(6), num_replicas=2, rank=1, seed=0))
+        >>> rows == list(DistributedSampler(range(6), num_replicas=2, rank=1, seed=0)), rows[0].epoch
+        (True, 0)
+    """
+
+    def __iter__(self) -> Iterator[int]:
+        for index in super().__iter__():
+            yield EpochIndex(index, self.seed, self.epoch)
 
 
 class ResumableLoader(DataLoader):

@@ -154,7 +154,8 @@ def test_imports_point_one_way(path):
                                                   "cir_lightning.module", "cir_lightning.cli"))}
     if path.parent.name == "layouts":  # the files and protocols know no DataModule
         assert not {n for n in names if n.startswith("cir_lightning.data.") and "layouts" not in n} - {
-            "cir_lightning.data.datasets", "cir_lightning.data.images", "cir_lightning.data.missing"}
+            "cir_lightning.data.datasets", "cir_lightning.data.images", "cir_lightning.data.missing",
+            "cir_lightning.data.sampling"}  # EpochIndex: the training order's seed and epoch, for per-sample draws
     if path.name == "messages.py":
         assert not {n for n in names if n.startswith("cir_lightning")}
     if path.name == "reading.py":

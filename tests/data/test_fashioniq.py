@@ -147,6 +147,33 @@ def test_training_text_augmentation_draws_the_four_forms_evenly_and_reproducibly
     assert set(draws(setup(root, train_augment=False), 20)) == {"Is red and has no sleeves"}
 
 
+def test_training_text_forms_follow_the_order_s_seed_and_epoch_not_the_workers_or_the_global_state(root):
+    """What a resumed run (fresh workers, another global random state) or a DDP run draws is what an
+    uninterrupted one-process run draws: each row's form is a function of (seed, epoch, row)."""
+    from cir_lightning.data.sampling import DistributedEpochSampler, EpochSampler
+
+    train = setup(root).train_set
+    assert len(train) >= 8
+
+    def forms(sampler, workers: int = 0) -> dict[int, str]:
+        loader = DataLoader(train, batch_size=4, sampler=sampler, num_workers=workers,
+                            collate_fn=lambda samples: [(s["index"], s["modification"]) for s in samples])
+        return dict(pair for batch in loader for pair in batch)
+
+    sampler = EpochSampler(len(train), seed=7, batch_size=4)
+    torch.manual_seed(0)
+    first = forms(sampler)
+    torch.manual_seed(1)  # another global state, e.g. after a resume
+    torch.rand(100)
+    assert forms(sampler) == first
+    assert forms(sampler, workers=2) == first
+    sampler.set_epoch(1)
+    assert forms(sampler) != first  # another epoch draws anew (some of the rows' forms change)
+    sampler.set_epoch(0)
+    shares = [forms(DistributedEpochSampler(train, num_replicas=2, rank=r, seed=7)) for r in (0, 1)]
+    assert {**shares[0], **shares[1]} == first  # two processes' rows: the same forms
+
+
 def test_exclude_reference_on_and_off(root):
     pairs = read(root / "captions" / "cap.toptee.val.json")
     for exclude in (False, True):

@@ -30,6 +30,7 @@ from cir_lightning.data.datasets import (
     TripletDataset,
 )
 from cir_lightning.data.missing import OnMissing, handle_missing
+from cir_lightning.data.sampling import EpochIndex
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.messages import first_few, json_type, short_repr
 from cir_lightning.reading import read_json_list
@@ -189,13 +190,13 @@ class _CaptionedTriplet(Triplet):
 
 
 class _AugmentedTriplets(TripletDataset):
-    """Training triplets whose text is one of ``make_train_text``'s four forms, drawn with equal probability
-    at every access from torch's generator (reproducible under ``seed_everything(workers=True)``)."""
+    """Training triplets whose text is one of ``make_train_text``'s four forms, equally likely, drawn at every access
+    from the order's seed, epoch and row (``EpochIndex``: resumed or DDP runs draw alike; a plain ``int``: torch's)."""
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = super().__getitem__(index)
-        sample["modification"] = make_train_text(*self.records[index].captions, int(torch.randint(4, ())))
-        return sample
+        draws = index.generator() if isinstance(index, EpochIndex) else None
+        form = int(torch.randint(4, (), generator=draws))
+        return {**super().__getitem__(index), "modification": make_train_text(*self.records[index].captions, form)}
 
 
 class FashionIQFiles:
