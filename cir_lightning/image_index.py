@@ -22,7 +22,7 @@ import json
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -32,7 +32,7 @@ from cir_lightning.backbones.base import Backbone
 from cir_lightning.checks import positive_int
 from cir_lightning.data.folder import fit_image
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRModelError, embedded_error
-from cir_lightning.messages import MISSING
+from cir_lightning.messages import MISSING, first_few
 from cir_lightning.retrieval.cache import identity_differences
 from cir_lightning.retrieval.embedding_folder import ids_digest
 from cir_lightning.retrieval.index import search_with_scores
@@ -127,6 +127,11 @@ class ImageIndex:
         if meta.get("ids_sha256") != ids_digest(relpaths) or len(relpaths) != meta.get("count"):
             raise CIRDataError("does not match meta.json (changed after the index was written); rebuild the index",
                                folder / "ids.json")
+        outside = [p for p in relpaths if not isinstance(p, str) or not p or PurePosixPath(p).is_absolute()
+                   or ".." in PurePosixPath(p).parts]
+        if outside:  # an index's paths stay below its image folder
+            raise CIRDataError(f"holds paths that are not below the image folder ({first_few([repr(p) for p in outside])})"
+                               "; it was not written by `cir-lightning index`: rebuild the index", folder / "ids.json")
         try:
             rows = np.load(folder / "embeddings.npy", mmap_mode="r")
             shape_ok = rows.shape == (meta["count"], meta["dim"])
@@ -141,6 +146,10 @@ class ImageIndex:
             raise CIRDataError(f"the image folder `{images}` " + ("(`--root`) " if root is not None else "the index was "
                                "built over ") + "is not there: if the images moved, give their new folder (`--root "
                                "FOLDER`, `ImageIndex.open(..., root=...)`)", folder)
+        probes = sorted({relpaths[0], relpaths[len(relpaths) // 2], relpaths[-1]}) if relpaths else []
+        if root is not None and probes and not any((images / p).exists() for p in probes):
+            raise CIRDataError(f"the image folder `{images}` (`--root`) holds none of the indexed images (looked for "
+                               f"{first_few(probes)}): give the folder the index was built over, moved", folder)
         return cls(folder, meta, relpaths, _read_faiss(folder / FAISS_FILE, meta["count"], meta["dim"], info), images)
 
     # ------------------------------------------------------------------ the model

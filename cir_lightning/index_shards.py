@@ -23,6 +23,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from cir_lightning.errors import CIRDataError
 from cir_lightning.files import check_writable, write_atomic
+from cir_lightning.messages import first_few
 from cir_lightning.retrieval.cache import identity_differences, save_embeddings
 
 __all__ = ["SHARD_SPLIT", "ShardWriter", "current_rows", "file_stamps", "read_shards", "start_build"]
@@ -123,7 +124,14 @@ def start_build(partial: Path, plan: dict[str, Any]) -> None:
         if problems:
             raise CIRDataError("holds an unfinished index of other images or another model (" + "; ".join(problems)
                                + f"); remove `{partial}` to start again, or rerun the command that began it", partial)
-    elif rank_zero_only.rank == 0:
+        return
+    theirs = sorted(p.name for p in partial.iterdir() if not p.name.startswith(".") and p.name != "plan.json") \
+        if partial.is_dir() else []  # (rank 0's plan may appear meanwhile)
+    if theirs or (partial.exists() and not partial.is_dir()):  # removed once the index is done: never the user's
+        raise CIRDataError(f"is in the way: `index` keeps an unfinished index there (and removes it when done), but "
+                           f"this is not one (no plan.json{'; it holds ' + first_few(theirs) if theirs else ''}); "
+                           "move it, or choose another `--out`", partial)
+    if rank_zero_only.rank == 0:
         check_writable(partial.parent, "--out")
         write_atomic(plan_file, json.dumps(plan, indent=1, default=str))
 

@@ -109,6 +109,9 @@ def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backb
     """
     root, out = Path(image_folder).resolve(), Path(out).resolve()
     partial, search = partial_folder(out), search or SearchConfig()
+    if root == partial or partial in root.parents:  # its unfinished work, removed when the index is done
+        raise CIRDataError(f"is inside `{partial}`, where `index --out {out}` keeps its unfinished work and which it "
+                           "removes when done; choose another `--out`", root)
     relpaths = list_images(root, leave_out=[out, partial])
     check_out_free(out)
     identity = backbone.identity((trainer_options or {}).get("precision", "32-true"))  # bf16 rows are not fp32 ones

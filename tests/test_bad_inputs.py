@@ -400,6 +400,17 @@ def _(w):
     return ["make-tiny-model", str(w.data)], [str(w.data), "not empty"]
 
 
+@case("tool: make-synthetic-data with images too large to draw")
+def _(w):
+    return ["make-synthetic-data", str(w.tmp / "syn"), "--image-size", "100000"], ["`image_size` = 100000", "at most 1024"]
+
+
+@case("tool: make-tiny-model onto a file (kept, even with --overwrite)")
+def _(w):
+    (w.user / "notes.txt").write_text("precious")
+    return ["make-tiny-model", str(w.user / "notes.txt"), "--overwrite"], [str(w.user / "notes.txt"), "is a file"]
+
+
 # -- config files
 @case("config: YAML syntax error")
 def _(w):

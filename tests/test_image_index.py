@@ -275,6 +275,13 @@ def test_an_index_killed_midway_continues_where_it_stopped(tmp_path, tiny_model_
     (["search", "{index}", "--image", "{tmp}/text/a.txt", "--text", "x"], "not a recognised image format"),
     (["search", "{index}", "--image", "{photos}/red.png", "--text", "x", "--show", "{photos}/red.png"],
      "`--show`: `{photos}/red.png` already exists"),
+    (["search", "{index}", "--image", "{photos}/red.png", "--text", "x", "--root", "{tmp}/empty"],
+     "(`--root`) holds none of the indexed images (looked for "),
+    # the folder `index --out X` works in, X.partial, is removed when done: never the user's images or files
+    (["index", "{tmp}/pics.partial", "--out", "{tmp}/pics"], "{tmp}/pics.partial: is inside `{tmp}/pics.partial`, "
+     "where `index --out {tmp}/pics` keeps its unfinished work"),
+    (["index", "{photos}", "--out", "{tmp}/mine"], "{tmp}/mine.partial: is in the way: `index` keeps an unfinished "
+     "index there (and removes it when done), but this is not one (no plan.json; it holds notes.txt)"),
 ])
 def test_bad_input_is_one_line(argv, message, small_index, tmp_path, tiny_model_dir, capsys):
     index, photos = small_index
@@ -282,6 +289,9 @@ def test_bad_input_is_one_line(argv, message, small_index, tmp_path, tiny_model_
     (tmp_path / "text").mkdir()
     (tmp_path / "text" / "a.txt").write_text("hello")
     (tmp_path / "unfinished.partial").mkdir()
+    shutil.copytree(photos, tmp_path / "pics.partial")
+    (tmp_path / "mine.partial").mkdir()
+    (tmp_path / "mine.partial" / "notes.txt").write_text("mine")
     fill = {"tmp": str(tmp_path), "photos": str(photos), "index": str(index)}
     argv = [a.format(**fill) for a in argv]
     if argv[0] == "index":
@@ -296,13 +306,27 @@ def test_bad_input_is_one_line(argv, message, small_index, tmp_path, tiny_model_
     assert "Traceback" not in err
     assert {p: p.read_bytes() for p in [*photos.rglob("*"), *index.rglob("*")] if p.is_file()} == before
     assert not (tmp_path / "i").exists()
+    assert (tmp_path / "mine.partial" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in (tmp_path / "pics.partial").iterdir()) == sorted(p.name for p in photos.iterdir())
+
+
+def _escape_root(folder: Path) -> None:
+    """ids.json edited to lead out of the image folder, its digest in meta.json recomputed to match."""
+    from cir_lightning.retrieval.embedding_folder import ids_digest
+
+    ids = json.loads((folder / "ids.json").read_text())
+    ids[0] = "../../x.png"
+    (folder / "ids.json").write_text(json.dumps(ids))
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps({**meta, "ids_sha256": ids_digest(ids)}))
 
 
 def test_damaged_indexes_are_refused_in_one_line(small_index, tmp_path):
     for damage, message in [(lambda f: (f / "ids.json").write_text('["x"]'), "ids.json: does not match meta.json"),
                             (lambda f: (f / "index.faiss").write_bytes(b"junk"), "cannot be read as a faiss index"),
                             (lambda f: (f / "meta.json").write_text("{"), "meta.json: cannot be read"),
-                            (lambda f: (f / "embeddings.npy").unlink(), "embeddings.npy: cannot be read")]:
+                            (lambda f: (f / "embeddings.npy").unlink(), "embeddings.npy: cannot be read"),
+                            (_escape_root, r"ids.json: holds paths that are not below the image folder \('\.\./\.\./x\.png'")]:
         copy = tmp_path / "copy"
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(small_index[0], copy)

@@ -13,7 +13,8 @@ def main(argv: Sequence[str]) -> None:
     """Build a tiny model (``argv[0] == "make-tiny-model"``) or the synthetic benchmark into ``OUT_DIR``."""
     name = argv[0]
     parser = argparse.ArgumentParser(prog=f"cir-lightning {name}", description=COMMANDS[name][1])
-    parser.add_argument("out_dir", help="folder to write (it must not exist; make-tiny-model also takes an empty one)")
+    parser.add_argument("out_dir", help="folder to write: it must not exist" + (
+        " or must be empty (--overwrite replaces a checkpoint folder)" if name == "make-tiny-model" else ""))
     parser.add_argument("--seed", type=int, default=0)
     if name == "make-tiny-model":
         parser.add_argument("--overwrite", action="store_true", help="replace an existing checkpoint folder")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from torch.utils.data import Dataset
 
 from cir_lightning.data.datasets import ImageDataset
 from cir_lightning.errors import CIRDataError
-from cir_lightning.messages import MISSING
+from cir_lightning.messages import MISSING, os_reason
 from cir_lightning.pixels import shrink_short_edge
 from cir_lightning.pixels import upright as _upright
 
@@ -73,7 +74,7 @@ def list_images(root: str | Path, leave_out: Sequence[str | Path] = ()) -> list[
         raise CIRDataError(MISSING if not root.exists() else "is not a folder of images", root)
     skipped = {os.path.realpath(p) for p in leave_out}
     found, listed = {}, set()  # relative path -> (is a link, the real file)
-    for folder, dirnames, filenames in os.walk(root, followlinks=True):
+    for folder, dirnames, filenames in os.walk(root, followlinks=True, onerror=_unlistable):
         real = os.path.realpath(folder)
         if real in listed:  # a second link to a folder already listed (or a link loop): its images once only
             dirnames[:] = []
@@ -84,6 +85,7 @@ def list_images(root: str | Path, leave_out: Sequence[str | Path] = ()) -> list[
         relative = Path(folder).relative_to(root)
         for name in filenames:
             if not name.startswith(".") and Path(name).suffix.lower() in image_suffixes():
+                _refuse_special(Path(folder) / name)
                 link = os.path.islink(os.path.join(folder, name))
                 found[(relative / name).as_posix()] = (link, os.path.realpath(os.path.join(folder, name)) if link
                                                        else os.path.join(real, name))
@@ -97,6 +99,23 @@ def list_images(root: str | Path, leave_out: Sequence[str | Path] = ()) -> list[
             {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"} & image_suffixes()))
             + " ... in every sub-folder)", root)
     return sorted(keep.values())
+
+
+def _unlistable(err: OSError) -> None:
+    """A folder below the image folder that cannot be listed would leave its images out without a word."""
+    raise CIRDataError(f"cannot be listed ({os_reason(err)}), so its images cannot be found; make it readable, or "
+                       "move it out of the image folder", err.filename) from None
+
+
+def _refuse_special(path: Path) -> None:
+    """A named pipe (or device, socket) with an image's name would block the reader forever."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # a broken link: listed, then reported unreadable when it is read
+    if not stat.S_ISREG(mode):
+        raise CIRDataError("is not a regular file (a pipe, socket or device) but has an image's name; move it out "
+                           "of the image folder", path)
 
 
 def fit_image(image: Image.Image, max_short_edge: int | None = None, upright: bool = False) -> Image.Image:

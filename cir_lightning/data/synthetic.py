@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 from cir_lightning.checks import non_negative_int, positive_int
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.jsonl import JsonlCIRDataModule
-from cir_lightning.errors import CIRDataError, CIRFileError
+from cir_lightning.errors import CIRConfigError, CIRDataError, CIRFileError
 from cir_lightning.files import atomic_folder
 from cir_lightning.messages import short_repr
 from cir_lightning.reading import read_json
@@ -41,6 +41,8 @@ SIZES = ["small", "large"]
 POSITIONS = ["top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right"]
 ATTRIBUTES = ("shape", "colour", "size", "position")
 SCENES = list(itertools.product(SHAPES, COLOURS, SIZES, POSITIONS))
+MAX_IMAGE_SIZE = 1024
+"""The largest ``image_size``: 576 scenes of 1024 x 1024 pixels are already 1.7 GB of pixels."""
 
 _TEMPLATES = {
     "colour": ["make it {v}", "change the colour to {v}", "paint it {v}", "make the object {v}"],
@@ -120,7 +122,9 @@ def make_synthetic_cir(out_dir: str | Path, seed: int = 0, num_train: int = 7400
     out = Path(out_dir)
     non_negative_int("num_train", num_train)
     positive_int("num_val", num_val)
-    positive_int("image_size", image_size)
+    if positive_int("image_size", image_size) > MAX_IMAGE_SIZE:
+        raise CIRConfigError(f"`image_size` = {image_size}: the benchmark draws 576 scenes of that side; at most "
+                             f"{MAX_IMAGE_SIZE} (a model sees them shrunk anyway: `max_short_edge`)")
     changes = _all_changes()
     if num_train + num_val > len(changes):
         raise CIRDataError(f"`num_train` + `num_val` = {num_train + num_val} exceeds the {len(changes)} "

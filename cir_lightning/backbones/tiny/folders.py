@@ -21,6 +21,8 @@ def check_out_dir(out: Path, overwrite: bool, how: str = "pass overwrite=True") 
         ...
         cir_lightning.errors.CIRConfigError: `.` already exists and is not empty; choose another folder or pass overwrite=True to replace it.
     """
+    if out.exists() and not out.is_dir():  # never replaced, even with overwrite: it is not a model folder
+        raise CIRConfigError(f"`{out}` is a file, not a folder; choose another folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise CIRConfigError(f"`{out}` already exists and is not empty; choose another folder or {how} to replace it.")
 
