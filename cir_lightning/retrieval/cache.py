@@ -41,9 +41,22 @@ from cir_lightning.retrieval.embedding_folder import (
 )
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:28] + "..." + text[-8:]
+def _shorts(cached: Any, expected: Any) -> tuple[str, str]:
+    """Both values for a message, long ones cut around where they first differ (never two equal-looking cuts).
+
+    Example:
+        >>> from cir_lightning.retrieval.cache import _shorts
+        >>> _shorts("SyntheticCIRDataModule(root=/data, max_short_edge=32:lanczos-floor)",
+        ...         "SyntheticCIRDataModule(root=/data, max_short_edge=16:lanczos-floor)")
+        ('...t=/data, max_short_edge=32:lanczos-floor...', '...t=/data, max_short_edge=16:lanczos-floor...')
+    """
+    texts = repr(cached), repr(expected)
+    if max(map(len, texts)) <= 40:
+        return texts
+    first = next((i for i, (x, y) in enumerate(zip(*texts, strict=False)) if x != y), min(map(len, texts)))
+    start = max(0, first - 24)
+    return tuple(("..." if start else "") + t[start:start + 40] + ("..." if start + 40 < len(t) else "")
+                 for t in texts)
 
 
 def _differences(key: str, cached: Any, expected: Any, labels: tuple[str, str] = ("cached", "expected")) -> list[str]:
@@ -60,7 +73,8 @@ def _differences(key: str, cached: Any, expected: Any, labels: tuple[str, str] =
         return []
     if isinstance(cached, list) and isinstance(expected, list):  # ids, paths: their count says more than a prefix
         return [f"{key}: {len(cached)} {labels[0]}, {len(expected)} {labels[1]}, or in another order"]
-    return [f"{key}: {labels[0]} {_short(cached)}, {labels[1]} {_short(expected)}"]
+    shown = _shorts(cached, expected)
+    return [f"{key}: {labels[0]} {shown[0]}, {labels[1]} {shown[1]}"]
 
 
 def cache_name(split: str, subset: str, kind: str) -> tuple[str, str]:
