@@ -32,7 +32,7 @@ from cir_lightning.backbones.base import Backbone
 from cir_lightning.checks import positive_int
 from cir_lightning.data.folder import fit_image
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRModelError, embedded_error
-from cir_lightning.messages import MISSING, first_few
+from cir_lightning.messages import MISSING, first_few, short_repr
 from cir_lightning.retrieval.cache import identity_differences
 from cir_lightning.retrieval.embedding_folder import ids_digest
 from cir_lightning.retrieval.index import search_with_scores
@@ -123,6 +123,9 @@ class ImageIndex:
         if not isinstance(info, dict) or not isinstance(info.get("root"), str) or "backbone" not in info:
             raise CIRDataError("is not an image index written by `cir-lightning index` (no `image_index` entry)",
                                folder / "meta.json")
+        problem = _meta_problem(meta, info)
+        if problem:
+            raise CIRDataError(f"{problem}: the index is damaged; rebuild it", folder / "meta.json")
         relpaths = _read_json(folder / "ids.json", list)
         if meta.get("ids_sha256") != ids_digest(relpaths) or len(relpaths) != meta.get("count"):
             raise CIRDataError("does not match meta.json (changed after the index was written); rebuild the index",
@@ -249,6 +252,24 @@ def _read_json(path: Path, kind: type) -> Any:
     if not isinstance(value, kind):
         raise CIRDataError(f"holds a {type(value).__name__}, not a {kind.__name__}: the index is damaged", path)
     return value
+
+
+def _meta_problem(meta: dict[str, Any], info: dict[str, Any]) -> str | None:
+    """The first field of ``meta.json`` whose value no index is written with (a hand-edited file), else None."""
+    search = info.get("search", {})
+    fields = [("count", meta.get("count"), False), ("dim", meta.get("dim"), False),
+              ("image_index.max_short_edge", info.get("max_short_edge"), True),
+              ("image_index.max_image_pixels", info.get("max_image_pixels"), True)]
+    fields += [(f"image_index.search.{k}", search.get(k), True) for k in ("nprobe", "ef_search")
+               if isinstance(search, dict)]
+    for name, value, optional in fields:
+        if not ((value is None and optional) or (type(value) is int and value >= 0)):
+            return f"`{name}` is {value!r}, not a whole number"
+    for name, value in (("model", meta.get("model")), ("image_index.backbone", info.get("backbone")),
+                        ("image_index.search", search)):
+        if not isinstance(value, dict):
+            return f"`{name}` is {short_repr(value)}, not a mapping"
+    return None
 
 
 def _read_faiss(path: Path, count: int, dim: int, info: dict[str, Any]) -> Any:

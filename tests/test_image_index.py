@@ -310,6 +310,21 @@ def test_bad_input_is_one_line(argv, message, small_index, tmp_path, tiny_model_
     assert sorted(p.name for p in (tmp_path / "pics.partial").iterdir()) == sorted(p.name for p in photos.iterdir())
 
 
+def _edit_meta(section: str | None, key: str | None, value: object):
+    """A hand edit of meta.json: ``image_index[section][key]`` (or ``image_index[section]``, or ``meta[key]``)."""
+    def edit(folder: Path) -> None:
+        meta = json.loads((folder / "meta.json").read_text())
+        if section is None:
+            meta[key] = value
+        elif key is None:
+            meta["image_index"][section] = value
+        else:
+            meta["image_index"][section][key] = value
+        (folder / "meta.json").write_text(json.dumps(meta))
+
+    return edit
+
+
 def _escape_root(folder: Path) -> None:
     """ids.json edited to lead out of the image folder, its digest in meta.json recomputed to match."""
     from cir_lightning.retrieval.embedding_folder import ids_digest
@@ -326,6 +341,9 @@ def test_damaged_indexes_are_refused_in_one_line(small_index, tmp_path):
                             (lambda f: (f / "index.faiss").write_bytes(b"junk"), "cannot be read as a faiss index"),
                             (lambda f: (f / "meta.json").write_text("{"), "meta.json: cannot be read"),
                             (lambda f: (f / "embeddings.npy").unlink(), "embeddings.npy: cannot be read"),
+                            (_edit_meta("search", "nprobe", "x"), "`image_index.search.nprobe` is 'x', not a whole"),
+                            (_edit_meta("max_short_edge", None, "abc"), "`image_index.max_short_edge` is 'abc', not"),
+                            (_edit_meta(None, "model", None), "meta.json: `model` is None, not a mapping"),
                             (_escape_root, r"ids.json: holds paths that are not below the image folder \('\.\./\.\./x\.png'")]:
         copy = tmp_path / "copy"
         shutil.rmtree(copy, ignore_errors=True)
