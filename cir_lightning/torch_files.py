@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pickle
 import pickletools
+import struct
 import warnings
 import zipfile
 from pathlib import Path
@@ -106,7 +107,8 @@ def load_torch_file(path: str | Path, *, weights_only: bool = True, map_location
             return torch.load(path, map_location=map_location, weights_only=weights_only)
     except pickle.UnpicklingError as err:
         raise _explain(path, where, size, head, weights_only, err) from None
-    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
+    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile,
+            KeyError, IndexError, TypeError, AttributeError, struct.error) as err:  # garbage read as pickle opcodes
         raise _explain(path, where, size, head, weights_only, err) from None
 
 

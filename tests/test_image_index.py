@@ -264,6 +264,8 @@ def test_an_index_killed_midway_continues_where_it_stopped(tmp_path, tiny_model_
     (["index", "{photos}", "--out", "{index}"], "`--out`: `{index}` already exists; an index is never overwritten"),
     (["index", "{photos}", "--out", "{tmp}/i", "--ckpt_path", "{tmp}/no.ckpt"], "`--ckpt_path`: `{tmp}/no.ckpt` does not"),
     (["index", "{photos}", "--out", "{tmp}/i", "--adapter", "{tmp}/text"], "`--adapter`: `{tmp}/text` is not an adapter"),
+    (["index", "{photos}", "--out", "{tmp}/i", "--ckpt_path", "{tmp}/text/a.txt"],
+     "`--ckpt_path` `{tmp}/text/a.txt` is not a torch checkpoint"),
     (["index", "{photos}", "--out", "{tmp}/i", "--batch-size", "0"], "`--batch-size` must be an integer >= 1, got 0"),
     (["index", "{photos}", "--out", "{tmp}/i", "--factory", "HNSW32", "--nprobe", "3"],
      "`--nprobe`: index `HNSW32` has no parameter `nprobe`"),

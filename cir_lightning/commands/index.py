@@ -120,6 +120,7 @@ def main(argv: Sequence[str]) -> None:
     from cir_lightning.cli import check_config_files
     from cir_lightning.data.folder import list_images
     from cir_lightning.data.images import DEFAULT_MAX_PIXELS
+    from cir_lightning.errors import CIRConfigError, embedded_error
     from cir_lightning.image_index import partial_folder
     from cir_lightning.indexing import build_image_index, check_out_free
     from cir_lightning.retrieval.index import SearchConfig
@@ -130,7 +131,14 @@ def main(argv: Sequence[str]) -> None:
     with _flag_names():
         search = SearchConfig(factory=ns.factory, nprobe=ns.nprobe, ef_search=ns.ef_search)
     check_config_files([a for config in ns.config for a in ("--config", config)])
-    module, config = build_model(ns.config, overrides, ns.ckpt_path or ns.adapter)
+    try:
+        module, config = build_model(ns.config, overrides, ns.ckpt_path or ns.adapter)
+    except (Exception, SystemExit) as err:  # noqa: BLE001 - the weights' errors name the option the user gave
+        ours = embedded_error(err)
+        if ours is None or "`lora.init_adapter`" not in str(ours) or not (ns.ckpt_path or ns.adapter):
+            raise
+        flag = "--ckpt_path" if ns.ckpt_path else "--adapter"
+        raise CIRConfigError(str(ours).replace("`lora.init_adapter`", f"`{flag}`", 1)) from None
     backbone = module.backbone
     with _flag_names():
         search.check(backbone.embedding_dim)
