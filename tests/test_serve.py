@@ -14,9 +14,11 @@ import os
 import shutil
 import socket
 import socketserver
+import struct
 import sys
 import threading
 import types
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +52,15 @@ def png_bytes(img: Image.Image) -> bytes:
     buffer = io.BytesIO()
     img.save(buffer, "PNG")
     return buffer.getvalue()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` pixels and holds none (a decompression bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + \
+        chunk(b"IEND", b"")
 
 
 def data_url(raw: bytes, kind: str = "image/png") -> str:
@@ -196,6 +207,10 @@ def test_a_search_from_an_indexed_image_or_an_upload(app, gallery):
     ({"text": "red", "relpath": "../outside.png"}, 403, "outside the index's root"),
     ({"text": "red", "relpath": "red/nothing.png"}, 404, "not an indexed image"),
     ([1, 2], 400, "must be a JSON object"),
+    ({"text": "red", "upload": data_url(png_header(100_000, 100_000)), "name": "huge.png"}, 400,
+     "the uploaded image `huge.png` has more than 64,000,000 pixels; shrink it first"),
+    ({"text": "red", "upload": data_url(png_header(9_000, 8_000)), "name": "big.png"}, 400,
+     "the uploaded image `big.png` has more than 64,000,000 pixels"),
 ])
 def test_bad_searches_get_one_clear_line(app, request_body, status, words):
     code, body = post(app, request_body)
@@ -207,6 +222,9 @@ def test_bad_searches_get_one_clear_line(app, request_body, status, words):
 def test_requests_that_are_not_searches_are_refused(app):
     assert post(app, {"text": "red"}, content_type="text/plain")[0] == 415
     response = app.respond("POST", "/api/search", b"{not json", "application/json")
+    assert (response.status, json.loads(response.body)["error"]) == (400, "the request body is not valid JSON")
+    deep = b"[" * 100_000 + b"]" * 100_000  # deeper than Python's recursion limit
+    response = app.respond("POST", "/api/search", deep, "application/json")
     assert (response.status, json.loads(response.body)["error"]) == (400, "the request body is not valid JSON")
     assert app.respond("DELETE", "/api/info").status == 405
     assert get(app, "/api/images?limit=many")[0] == 400
@@ -220,6 +238,20 @@ def _request(port: int, method: str, path: str, body: bytes = b"", headers: dict
         return response.status, response.getheader("Content-Security-Policy"), response.read()
     finally:
         connection.close()
+
+
+def test_a_browser_that_goes_away_mid_request_leaves_no_trace_on_the_console(capsys):
+    server = make_server("127.0.0.1", 0)
+    try:
+        for err, printed in ((ConnectionResetError(104, "Connection reset by peer"), False),
+                             (BrokenPipeError(32, "Broken pipe"), False), (KeyError("a bug"), True)):
+            try:
+                raise err
+            except Exception:  # noqa: BLE001 - what socketserver hands to handle_error
+                server.handle_error(None, ("127.0.0.1", 1))
+            assert ("Traceback" in capsys.readouterr().err) is printed  # a bug of ours is still shown
+    finally:
+        server.server_close()
 
 
 def test_the_server_answers_only_to_localhost_and_refuses_huge_bodies(app):

@@ -132,16 +132,18 @@ def decode_upload(data_url: object, name: str = "upload") -> Image.Image:
         raw = base64.b64decode(data_url.split(",", 1)[1], validate=True)
     except (binascii.Error, ValueError):
         raise Refused(400, f"the uploaded file `{name}` is not valid base64") from None
+    too_large = f"the uploaded image `{name}` has more than {MAX_UPLOAD_PIXELS:,} pixels; shrink it first"
     try:
         with Image.open(io.BytesIO(raw)) as img:
             if img.width * img.height > MAX_UPLOAD_PIXELS:
-                raise Refused(400, f"the uploaded image `{name}` is {img.width}x{img.height} pixels, more than "
-                                   f"{MAX_UPLOAD_PIXELS:,}; shrink it first")
+                raise Refused(400, too_large)
             img.load()
             return to_rgb(img, f"the uploaded image `{name}`")  # as indexed images: 16-bit ones scaled to 8
     except CIRDataError as err:
         raise Refused(400, str(err)) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:  # Pillow's own limit, read from the header: far beyond ours
+        raise Refused(400, too_large) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
         raise Refused(400, f"the uploaded file `{name}` is not an image (not a format Pillow can read, "
                            "or truncated)") from None
 
@@ -165,8 +167,7 @@ class SearchApp:
 
     def __init__(self, searcher: Searcher, k: int = 12) -> None:
         self.searcher, self.k = searcher, check_first_k(k)
-        self.root = Path(searcher.root).resolve()
-        self.relpaths = list(searcher.relpaths)
+        self.root, self.relpaths = Path(searcher.root).resolve(), list(searcher.relpaths)
         self._indexed = set(self.relpaths)
         self._lock = threading.Lock()  # one query at a time: the backbone is not made for concurrent calls
 
@@ -242,8 +243,7 @@ class SearchApp:
         if relpath not in self._indexed:
             raise Refused(404, f"`{relpath[:200]}` is not an indexed image")
         path = (self.root / relpath).resolve()
-        # an indexed link out of the root was indexed as the user linked it in (`index` follows links): shown, if
-        # it still leads to an image file
+        # a link out of the root was indexed as the user linked it in (`index` follows links): shown if an image
         if not path.is_relative_to(self.root) and path.suffix.lower() not in image_suffixes():
             raise Refused(403, f"`{relpath}` leads outside the index's root, to a file that is not an image")
         if not path.is_file():
@@ -293,7 +293,7 @@ class SearchApp:
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
         value = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested thousands of levels deep
         raise Refused(400, "the request body is not valid JSON") from None
     if not isinstance(value, dict):
         raise Refused(400, "the request body must be a JSON object")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -19,6 +20,11 @@ PAGE_POLICY = "default-src 'self'; img-src 'self' data:; style-src 'self'; scrip
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True  # a stuck browser connection never keeps the command from stopping
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return  # the browser went away (a reload, a closed tab) mid-request: nothing of ours failed
+        super().handle_error(request, client_address)
 
 
 class _Server6(_Server):
