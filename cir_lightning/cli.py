@@ -22,7 +22,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from jsonargparse import DefaultHelpFormatter, set_parsing_settings
-from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
 
 from cir_lightning.checkpointing import find_last_checkpoint, overridden_settings
@@ -69,6 +69,13 @@ class KeepConfigCallback(SaveConfigCallback):
         self.already_saved = trainer.strategy.broadcast(True)
 
 
+class _Parser(LightningArgumentParser):
+    """A bad option is two lines (what is wrong, then where the options are), not 60 lines of usage before them."""
+
+    def print_usage(self, file: Any = None) -> None:  # argparse calls it only before an error; --help is whole
+        pass
+
+
 class CIRLightningCLI(LightningCLI):
     """LightningCLI with cir_lightning's defaults: ``CIRModule``, any DataModule by ``class_path``,
     omegaconf interpolation, and a saved ``config.yaml`` per run that is never overwritten."""
@@ -80,6 +87,7 @@ class CIRLightningCLI(LightningCLI):
         kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf+", "description": _description(),
                                             "formatter_class": _HelpFormatter})
         kwargs.setdefault("save_config_callback", KeepConfigCallback)
+        kwargs.setdefault("parser_class", _Parser)
         defaults = dict(kwargs.pop("trainer_defaults", None) or {})
         user_omp = os.environ.get(_USER_OMP, "1" if "OMP_NUM_THREADS" in os.environ else "0") == "1"
         defaults["callbacks"] = [*_plugins(defaults.get("callbacks")), ThreadBudget(user_set_omp=user_omp)]

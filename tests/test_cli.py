@@ -117,6 +117,17 @@ def test_print_config_resolves_interpolation(tmp_path, tiny_model_dir):
     assert printed["model"]["loss"] is None or "class_path" in printed["model"]["loss"]
 
 
+def test_an_unknown_option_is_two_lines_not_the_whole_usage(capsys):
+    from cir_lightning.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "--config", str(CONF), "--model.nosuch", "3"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "tip: For details of accepted options run: cir-lightning validate --help",
+        "error: unrecognized arguments: --model.nosuch 3"]
+
+
 def test_python_dash_m_and_help_list_the_subcommands_and_tools(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "cir_lightning", "--help"], capture_output=True, text=True,
                           cwd=tmp_path, timeout=120)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,9 @@ def build_model(configs: Sequence[str], overrides: Sequence[str], weights: str |
     args = [a for config in configs for a in ("--config", config)] + list(overrides)
     if weights is not None:
         args += ["--model.backbone.init_args.lora.init_adapter", str(Path(weights).resolve())]
-    cli = ModelOnly(args=args, run=False, save_config_callback=None)
+    with warnings.catch_warnings():  # Lightning's note that `args` and sys.argv both exist: here they must
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = ModelOnly(args=args, run=False, save_config_callback=None)
     return cli.model, cli.config
 
 
