@@ -386,10 +386,11 @@ def test_search_leaves_out_the_reference_reached_through_a_link(tmp_path, tiny_m
         Image.new("RGB", (24, 16), colour).save(folder / name)
     (photos / "linked").symlink_to(elsewhere)
     (tmp_path / "red_link.png").symlink_to(photos / "red.png")
+    (tmp_path / "grey_link.png").symlink_to(elsewhere / "grey.png")  # indexed only through the linked folder
     main(_index_args(photos, tmp_path / "index", tiny_model_dir, "--batch-size", "2"))
     assert ImageIndex.open(tmp_path / "index").relpaths == ["green.png", "linked/grey.png", "red.png"]
     for reference, indexed in ((photos / "linked" / "grey.png", "linked/grey.png"),
-                               (tmp_path / "red_link.png", "red.png")):
+                               (tmp_path / "red_link.png", "red.png"), (tmp_path / "grey_link.png", "linked/grey.png")):
         capsys.readouterr()
         main(["search", str(tmp_path / "index"), "--image", str(reference), "--text", "the same", "-k", "3"])
         out = capsys.readouterr().out

@@ -53,17 +53,31 @@ def main(argv: Sequence[str]) -> None:
     names = [Path(os.path.relpath(p, index.root)).as_posix() for p in (os.path.abspath(reference),
                                                                          os.path.realpath(reference))]
     relpath = next((name for name in names if name in indexed), None)
+    if relpath is None:  # a link to a file indexed under another name: the same real file, by its name or the link's
+        real, basenames = os.path.realpath(reference), {reference.name, Path(os.path.realpath(reference)).name}
+        relpath = next((p for p in index.relpaths if p.rsplit("/", 1)[-1] in basenames
+                        and os.path.realpath(index.root / p) == real), None)
     exclude = [] if ns.keep_reference or relpath is None else [relpath]
     backbone = index.load_backbone()
     hits = index.query(backbone, image, ns.text, ns.k, exclude=exclude)
-    print(f"{len(hits)} of {len(index.relpaths)} images below {index.root} for {reference} + {ns.text!r}"
-          + (f" (the reference itself, {relpath}, left out: --keep-reference keeps it)" if exclude else ""))
+    print(f"{len(hits)} of {len(index.relpaths)} images below {index.root} for {_shown(reference)} + {ns.text!r}"
+          + (f" (the reference itself, {_shown(relpath)}, left out: --keep-reference keeps it)" if exclude else ""))
     print(f"{'rank':>4}  {'score':>7}  path")
     for hit in hits:
-        print(f"{hit.rank:>4}  {hit.score:>7.4f}  {hit.path}")
+        print(f"{hit.rank:>4}  {hit.score:>7.4f}  {_shown(hit.path)}")
     if show is not None:
         _draw(show, reference, ns.text, hits, index)
         print(f"picture written to {show}")
+
+
+def _shown(path: object) -> str:
+    r"""A path as one line of the table: a newline or other control character in a file name is escaped.
+
+    Example:
+        >>> _shown("photos/new\nline.png")
+        'photos/new\\nline.png'
+    """
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(path))
 
 
 def _draw(path: Path, reference: Path, text: str, hits: Sequence, index: object) -> None:
