@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -170,29 +171,32 @@ class ImageIndex:
         parser = ArgumentParser(exit_on_error=False)
         parser.add_argument("--backbone", type=Backbone)
         try:
-            backbone = parser.instantiate_classes(parser.parse_object({"backbone": config})).backbone
+            with warnings.catch_warnings():  # other base weights: the identity check below says so, in one line
+                warnings.filterwarnings("ignore", message=".*was trained on other base weights")
+                backbone = parser.instantiate_classes(parser.parse_object({"backbone": config})).backbone
         except Exception as err:  # noqa: BLE001 - jsonargparse wraps what the constructor raised
             ours = embedded_error(err)
             if ours is not None:
                 raise ours from None
             raise CIRModelError(f"index `{self.folder}`: cannot rebuild its model from meta.json: "
-                                f"{str(err).splitlines()[0]}") from None
-        self.check_backbone(backbone)
+                                + " ".join(line.strip() for line in str(err).splitlines()[:3])[:300]) from None
+        if self._differences(backbone):
+            raise CIRModelError(f"index `{self.folder}`: the model that built it has changed since "
+                                f"({self._differences(backbone)}); put its files back, or index the images again")
+        self._checked.add(backbone)
         return backbone
+
+    def _differences(self, backbone: Backbone) -> str:
+        built = {k: v for k, v in self.meta["model"].items() if k != "precision"}  # the gallery's, not the model's
+        return "; ".join(identity_differences("model", built, backbone.identity(), ("index has", "this model has")))
 
     def check_backbone(self, backbone: Backbone) -> None:
         """Refuse a backbone other than the index's (fingerprint or trained weights differ), in one line.
         A backbone that passed is not checked again."""
-        if backbone in self._checked:
-            return
-        current = backbone.identity()
-        built = {k: v for k, v in self.meta["model"].items() if k != "precision"}  # the gallery's, not the model's
-        problems = identity_differences("model", built, current, ("index has", "this model has"))
-        if problems:
-            shown = "; ".join(problems)
-            raise CIRModelError(f"index `{self.folder}` was built by another model ({shown}); search it with "
-                                "`ImageIndex.load_backbone()` (the model that built it), or index the images again "
-                                "with this one")
+        if backbone not in self._checked and self._differences(backbone):
+            raise CIRModelError(f"index `{self.folder}` was built by another model ({self._differences(backbone)}); "
+                                "search it with `ImageIndex.load_backbone()` (the model that built it), or index the "
+                                "images again with this one")
         self._checked.add(backbone)
 
     # ------------------------------------------------------------------ searching

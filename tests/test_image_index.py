@@ -179,8 +179,15 @@ def test_search_refuses_an_index_whose_model_files_changed(tmp_path, tiny_model_
         main(["search", str(tmp_path / "index"), "--image", str(photos / "red.png"), "--text", "make it blue"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "was built by another model (model.fingerprint.base_digest: index has" in err
+    assert "the model that built it has changed since (model.fingerprint.base_digest: index has" in err
+    assert "put its files back, or index the images again" in err
     assert len(err.strip().splitlines()) == 2  # the line, and how to see where it was raised
+    shutil.rmtree(model)  # gone: said so, not a failed hub lookup of a path
+    with pytest.raises(SystemExit):
+        main(["search", str(tmp_path / "index"), "--image", str(photos / "red.png"), "--text", "make it blue"])
+    err = capsys.readouterr().err
+    assert f"cannot load model `{model.resolve()}`: the folder does not exist (moved or deleted?)" in err
+    assert len(err.strip().splitlines()) == 2
 
 
 def test_unreadable_images_are_listed_and_left_out_only_when_asked(tmp_path, tiny_model_dir, capsys):

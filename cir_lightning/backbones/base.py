@@ -184,6 +184,8 @@ def load_error(name: str, err: BaseException) -> CIRModelError:
     """
     if Path(name).is_dir():
         return CIRModelError(f"cannot load model `{name}`: {err}.")
+    if Path(name).is_absolute() or name.startswith(("./", "../", "~")):  # a path, never a hub name
+        return CIRModelError(f"cannot load model `{name}`: the folder does not exist (moved or deleted?)")
     offline = " (offline mode is on: HF_HUB_OFFLINE=1)" if os.environ.get("HF_HUB_OFFLINE") else ""
     return CIRModelError(f"cannot load model `{name}`: it is not a local folder and cannot be fetched from the "
                          f"hub{offline}: {type(err).__name__}: {err}. Check the name, or pass the path of a "
