@@ -274,6 +274,9 @@ def test_an_index_killed_midway_continues_where_it_stopped(tmp_path, tiny_model_
     (["index", "{photos}", "--out", "{tmp}/i", "--ckpt_path", "{tmp}/text/a.txt"],
      "`--ckpt_path` `{tmp}/text/a.txt` is not a torch checkpoint"),
     (["index", "{photos}", "--out", "{tmp}/i", "--batch-size", "0"], "`--batch-size` must be an integer >= 1, got 0"),
+    (["index", "{photos}", "--out", "{tmp}/i", "--factory", "IVF8,PQ16"],
+     "`--factory` 'IVF8,PQ16': its product quantizer learns 256 centroids per sub-vector from the vectors, so it "
+     "needs at least 256 of them and there are 5"),
     (["index", "{photos}", "--out", "{tmp}/i", "--factory", "HNSW32", "--nprobe", "3"],
      "`--nprobe`: index `HNSW32` has no parameter `nprobe`"),
     (["search", "{tmp}/nowhere", "--image", "{photos}/red.png", "--text", "x"], "{tmp}/nowhere: does not exist (build"),
@@ -315,6 +318,7 @@ def test_bad_input_is_one_line(argv, message, small_index, tmp_path, tiny_model_
     assert "Traceback" not in err
     assert {p: p.read_bytes() for p in [*photos.rglob("*"), *index.rglob("*")] if p.is_file()} == before
     assert not (tmp_path / "i").exists()
+    assert not (tmp_path / "i.partial").exists()  # refused before any work
     assert (tmp_path / "mine.partial" / "notes.txt").read_text() == "mine"
     assert sorted(p.name for p in (tmp_path / "pics.partial").iterdir()) == sorted(p.name for p in photos.iterdir())
 

@@ -133,6 +133,7 @@ def main(argv: Sequence[str]) -> None:
     check_out_free(out)
     with _flag_names():
         search = SearchConfig(factory=ns.factory, nprobe=ns.nprobe, ef_search=ns.ef_search)
+        search.check_count(len(found))  # before any image is embedded
     check_config_files([a for config in ns.config for a in ("--config", config)])
     try:
         module, config = build_model(ns.config, overrides, ns.ckpt_path or ns.adapter)

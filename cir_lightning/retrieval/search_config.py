@@ -127,6 +127,25 @@ class SearchConfig:
             except RuntimeError:
                 raise CIRConfigError(f"`search.{option}`: index `{self.factory}` has no parameter `{name}`") from None
 
+    def check_count(self, rows: int) -> None:
+        """Refuse an index type that ``rows`` vectors cannot train: a product quantizer learns ``2**bits``
+        centroids per sub-vector and needs at least that many vectors (before anything is embedded).
+
+        Example:
+            >>> SearchConfig(factory="IVF4,PQ8x4").check_count(16)
+            >>> SearchConfig(factory="IVF256,PQ16").check_count(20)
+            Traceback (most recent call last):
+            ...
+            cir_lightning.errors.CIRConfigError: `search.factory` 'IVF256,PQ16': its product quantizer learns 256 centroids per sub-vector from the vectors, so it needs at least 256 of them and there are 20; use `Flat` or `HNSW32` (or fewer bits: `PQ16x4`)
+        """
+        for match in re.finditer(r"PQ(\d+)(?:x(\d+))?", self.factory if self.backend == "faiss" else ""):
+            needed = 2 ** int(match.group(2) or 8)
+            if rows < needed:
+                raise CIRConfigError(f"`search.factory` {self.factory!r}: its product quantizer learns {needed} "
+                                     f"centroids per sub-vector from the vectors, so it needs at least {needed} of "
+                                     f"them and there are {rows}; use `Flat` or `HNSW32` (or fewer bits: "
+                                     f"`PQ{match.group(1)}x4`)")
+
     def resolved(self, rows: int) -> SearchConfig:
         """This config for a gallery of ``rows`` rows: ``factory: auto`` made concrete, anything else as it is.
 
