@@ -116,6 +116,8 @@ def start_build(partial: Path, plan: dict[str, Any]) -> None:
     or begin one."""
     plan_file = partial / "plan.json"
     if plan_file.is_file():
+        if rank_zero_only.rank == 0:
+            lock_build(partial)
         try:
             begun = json.loads(plan_file.read_text())
         except (OSError, json.JSONDecodeError) as err:
@@ -134,6 +136,37 @@ def start_build(partial: Path, plan: dict[str, Any]) -> None:
     if rank_zero_only.rank == 0:
         check_writable(partial.parent, "--out")
         write_atomic(plan_file, json.dumps(plan, indent=1, default=str))
+        lock_build(partial)
+
+
+_LOCKS: dict[str, Any] = {}  # the unfinished builds this process holds: folder -> its locked `.lock` file
+
+
+def lock_build(partial: Path) -> None:
+    """Hold ``partial/.lock`` while this process builds there: a second ``index`` run to the same ``--out``
+    meanwhile is refused at its start (it would otherwise race this one's shards and assembly)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: builds are not locked
+        return
+    key = str(partial.resolve())
+    if key in _LOCKS:
+        return
+    handle = (partial / ".lock").open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise CIRDataError("is being built by another `cir-lightning index` now; wait for it to finish (or stop it), "
+                           "then run the command again", partial) from None
+    _LOCKS[key] = handle
+
+
+def unlock_build(partial: Path) -> None:
+    """Let go of ``partial``'s lock (its index is complete, the folder removed)."""
+    handle = _LOCKS.pop(str(partial.resolve()), None)
+    if handle is not None:
+        handle.close()
 
 
 def file_stamps(root: Path, relpaths: Sequence[str]) -> dict[str, list[int]]:

@@ -37,6 +37,7 @@ from cir_lightning.index_shards import (
     file_stamps,
     read_shards,
     start_build,
+    unlock_build,
 )
 from cir_lightning.messages import first_few
 from cir_lightning.pixels import SHRINK
@@ -202,6 +203,7 @@ def _assemble(root: Path, out: Path, partial: Path, relpaths: list[str], backbon
         finish_embeddings(tmp, keep, kind="gallery", model=identity, dataset=str(root), split="index",
                           extra={"image_index": info})
     shutil.rmtree(partial, ignore_errors=True)
+    unlock_build(partial)  # after: a run waiting for it never sees the folder half removed
     return out
 
 

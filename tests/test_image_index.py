@@ -410,3 +410,25 @@ def test_search_leaves_out_the_reference_reached_through_a_link(tmp_path, tiny_m
         listed = [line.split()[-1] for line in out.splitlines() if line.strip()[:1].isdigit() and "  " in line]
         assert len(listed) == 2
         assert str(photos / indexed) not in listed
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="builds are locked with POSIX flock")
+def test_a_second_build_to_the_same_index_meanwhile_is_refused_at_its_start(tmp_path, tiny_model_dir, capsys):
+    photos = _photos(tmp_path / "photos")
+    partial = tmp_path / "index.partial"
+    partial.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(120)",
+                               str(partial / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"  # another `index` is building there now
+        with pytest.raises(SystemExit):
+            main(_index_args(photos, tmp_path / "index", tiny_model_dir))
+        assert f"{partial}: is being built by another `cir-lightning index` now" in capsys.readouterr().err
+        assert not (tmp_path / "index").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    main(_index_args(photos, tmp_path / "index", tiny_model_dir))  # the other one gone: this one builds
+    assert ImageIndex.open(tmp_path / "index").relpaths == sorted(COLOURS)
+    assert not partial.exists()
