@@ -68,6 +68,10 @@ class ShardWriter(BasePredictionWriter):
             self._buffer.append((prediction["index"].cpu().numpy(), prediction["embedding"].float().cpu().numpy()))
             if sum(len(rows) for rows, _ in self._buffer) >= self.shard_size:
                 self._flush(trainer.global_rank)
+        if trainer.received_sigterm:  # Lightning's predict loop carries on after it: keep what is embedded, stop
+            self._flush(trainer.global_rank)
+            raise SystemExit(f"cir-lightning index: stopped by SIGTERM; the images embedded so far are kept in "
+                             f"`{self.folder.parent}`: run the same command again to continue")
 
     def _flush(self, rank: int) -> None:
         if not self._buffer:

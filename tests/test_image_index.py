@@ -432,3 +432,23 @@ def test_a_second_build_to_the_same_index_meanwhile_is_refused_at_its_start(tmp_
     main(_index_args(photos, tmp_path / "index", tiny_model_dir))  # the other one gone: this one builds
     assert ImageIndex.open(tmp_path / "index").relpaths == sorted(COLOURS)
     assert not partial.exists()
+
+
+def test_sigterm_stops_a_build_keeping_what_it_embedded(tmp_path):
+    """Lightning's predict loop only notes a SIGTERM (a `timeout`, a scheduler's preemption); the build stops."""
+    import types
+
+    from cir_lightning.index_shards import ShardWriter, read_shards
+
+    writer = ShardWriter(tmp_path / "i.partial" / "shards", ["a.png", "b.png", "c.png"], 100, {"m": 1}, "/photos")
+    trainer = types.SimpleNamespace(received_sigterm=False, global_rank=0)
+    batch = {"index": torch.tensor([0, 1])}
+    prediction = {"index": torch.tensor([0, 1]), "embedding": torch.eye(2)}
+    writer.write_on_batch_end(trainer, None, prediction, None, batch, 0)  # no shard yet: 2 of 100
+    assert not (tmp_path / "i.partial" / "shards").exists()
+    trainer.received_sigterm = True
+    prediction = {"index": torch.tensor([2]), "embedding": torch.ones(1, 2)}
+    with pytest.raises(SystemExit, match="stopped by SIGTERM; the images embedded so far are kept in"):
+        writer.write_on_batch_end(trainer, None, prediction, None, {"index": torch.tensor([2])}, 1)
+    (shard,) = read_shards(tmp_path / "i.partial" / "shards", {"m": 1}, tmp_path / "i.partial")
+    assert shard[1] == ["a.png", "b.png", "c.png"]
