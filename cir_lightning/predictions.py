@@ -154,6 +154,8 @@ class EmbeddingWriter(BasePredictionWriter):
     def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
                            batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
                            dataloader_idx: int = 0) -> None:
+        if trainer.received_sigterm:  # Lightning's predict loop carries on after it; the folder is never written half
+            raise SystemExit("cir-lightning predict: stopped by SIGTERM; nothing was written")
         out = self._outputs.get(dataloader_idx)
         rows = np.asarray(prediction["index"].cpu(), dtype=np.int64)
         if out is None or not len(rows):
