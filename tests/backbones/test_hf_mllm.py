@@ -115,7 +115,8 @@ def test_adapter_round_trips_through_peft_save_pretrained(tiny_model_dir, tmp_pa
 
 
 def test_missing_model_gives_a_clear_error(tmp_path):
-    with pytest.raises(CIRModelError, match="cannot load model .*not a local folder"):
+    # a path (absolute, or ./ ../ ~) is never a hub name: gone is said so, not as a failed hub lookup
+    with pytest.raises(CIRModelError, match="cannot load model .*no-such-model`: the folder does not exist"):
         HFMultimodalBackbone(str(tmp_path / "no-such-model"))
 
 
