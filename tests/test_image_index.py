@@ -452,3 +452,23 @@ def test_sigterm_stops_a_build_keeping_what_it_embedded(tmp_path):
         writer.write_on_batch_end(trainer, None, prediction, None, {"index": torch.tensor([2])}, 1)
     (shard,) = read_shards(tmp_path / "i.partial" / "shards", {"m": 1}, tmp_path / "i.partial")
     assert shard[1] == ["a.png", "b.png", "c.png"]
+
+
+def test_search_marks_results_whose_files_are_gone_since_indexing(tmp_path, tiny_model_dir, capsys):
+    photos = _photos(tmp_path / "photos")
+    main(_index_args(photos, tmp_path / "index", tiny_model_dir))
+    (photos / "grey.png").unlink()
+    capsys.readouterr()
+    args = ["search", str(tmp_path / "index"), "--image", str(photos / "red.png"), "--text", "x", "-k", "5",
+            "--keep-reference"]
+    main(args)
+    captured = capsys.readouterr()
+    rows = [line for line in captured.out.splitlines() if line.strip()[:1].isdigit() and "  " in line]
+    assert [row.endswith("  (gone)") for row in rows] == [row.split()[2].endswith("grey.png") for row in rows]
+    assert any(row.endswith("  (gone)") for row in rows)
+    assert "1 of these images are gone since the index was built; index the folder again" in captured.err
+    with pytest.raises(SystemExit):  # a picture of them cannot be drawn: one line, nothing written
+        main([*args, "--show", str(tmp_path / "shown.png")])
+    assert "`--show`: 1 of these images are gone since the index was built, so they cannot be drawn" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "shown.png").exists()

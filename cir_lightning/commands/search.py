@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def main(argv: Sequence[str]) -> None:
     ns = parser.parse_args(list(argv)[1:])
     from cir_lightning.checks import positive_int
     from cir_lightning.data.images import DEFAULT_MAX_PIXELS, load_image
-    from cir_lightning.errors import CIRConfigError, CIRFileError
+    from cir_lightning.errors import CIRConfigError, CIRDataError, CIRFileError
     from cir_lightning.files import check_writable
     from cir_lightning.image_index import ImageIndex
 
@@ -63,8 +64,15 @@ def main(argv: Sequence[str]) -> None:
     print(f"{len(hits)} of {len(index.relpaths)} images below {index.root} for {_shown(reference)} + {ns.text!r}"
           + (f" (the reference itself, {_shown(relpath)}, left out: --keep-reference keeps it)" if exclude else ""))
     print(f"{'rank':>4}  {'score':>7}  path")
+    gone = [hit.rank for hit in hits if not os.path.exists(hit.path)]
     for hit in hits:
-        print(f"{hit.rank:>4}  {hit.score:>7.4f}  {_shown(hit.path)}")
+        print(f"{hit.rank:>4}  {hit.score:>7.4f}  {_shown(hit.path)}" + ("  (gone)" if hit.rank in gone else ""))
+    if gone and show is not None:  # an index outlives its images: say so rather than list paths as if they were there
+        raise CIRDataError(f"`--show`: {len(gone)} of these images are gone since the index was built, so they cannot "
+                           "be drawn; index the folder again")
+    if gone:
+        print(f"{len(gone)} of these images are gone since the index was built; index the folder again",
+              file=sys.stderr)
     if show is not None:
         _draw(show, reference, ns.text, hits, index)
         print(f"picture written to {show}")
