@@ -10,7 +10,6 @@ now (``current_rows``): an image whose file changed since (same name, new photo)
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,6 +24,7 @@ from cir_lightning.errors import CIRDataError
 from cir_lightning.files import check_writable, write_atomic
 from cir_lightning.messages import first_few
 from cir_lightning.retrieval.cache import identity_differences, save_embeddings
+from cir_lightning.retrieval.embedding_folder import file_stamp
 
 __all__ = ["SHARD_SPLIT", "ShardWriter", "current_rows", "file_stamps", "read_shards", "start_build"]
 
@@ -185,14 +185,8 @@ def file_stamps(root: Path, relpaths: Sequence[str]) -> dict[str, list[int]]:
         >>> stamps["a.png"][0], "gone.png" in stamps
         (3, False)
     """
-    stamps = {}
-    for relpath in relpaths:
-        try:
-            stat = os.stat(root / relpath)
-        except OSError:
-            continue
-        stamps[relpath] = [stat.st_size, stat.st_mtime_ns]
-    return stamps
+    stamps = {relpath: file_stamp(root / relpath) for relpath in relpaths}
+    return {relpath: stamp for relpath, stamp in stamps.items() if stamp is not None}
 
 
 def current_rows(shards: list[tuple[Path, list[str], dict[str, Any]]],

@@ -26,10 +26,25 @@ def ids_digest(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()
 
 
+def file_stamp(path: str | Path) -> list[int] | None:
+    """``[size, modification time in ns]`` of a file (a link: of the file it leads to); None if it cannot be stat'ed.
+
+    Example:
+        >>> from cir_lightning.retrieval.embedding_folder import file_stamp
+        >>> file_stamp("no/such/file") is None
+        True
+    """
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
 def image_files(images: Sequence[str | Path]) -> dict[str, str]:
     """What ties a gallery's embeddings to its image files, for ``meta.json``: digests of the files' paths and of
-    their sizes and modification times (taken before the files are read: an image made again under the same
-    name is another image; a file that cannot be stat'ed counts as changed).
+    their ``file_stamp`` (taken before the files are read: an image made again under the same name is another
+    image; a file that cannot be stat'ed counts as changed).
 
     Example:
         >>> from cir_lightning.retrieval.embedding_folder import image_files
@@ -42,15 +57,9 @@ def image_files(images: Sequence[str | Path]) -> dict[str, str]:
         >>> before["images_sha256"] == after["images_sha256"], before["image_stamps_sha256"] == after["image_stamps_sha256"]
         (True, False)
     """
-    stamps = []
-    for image in images:
-        try:
-            stat = os.stat(image)
-        except OSError:
-            stamps.append("-")
-            continue
-        stamps.append(f"{stat.st_size}:{stat.st_mtime_ns}")
-    return {"images_sha256": ids_digest(images), "image_stamps_sha256": ids_digest(stamps)}
+    stamps = [file_stamp(image) for image in images]
+    return {"images_sha256": ids_digest(images),
+            "image_stamps_sha256": ids_digest([f"{s[0]}:{s[1]}" if s else "-" for s in stamps])}
 
 
 def check_dtype(dtype: str) -> None:

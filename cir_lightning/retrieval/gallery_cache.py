@@ -23,13 +23,8 @@ import torch
 from torch import Tensor
 
 from cir_lightning.files import check_writable
-from cir_lightning.retrieval.cache import (
-    cache_name,
-    image_files,
-    load_embeddings,
-    save_embeddings,
-    stored_dtype,
-)
+from cir_lightning.retrieval.cache import cache_name, load_embeddings, save_embeddings, stored_dtype
+from cir_lightning.retrieval.embedding_folder import image_files
 from cir_lightning.retrieval.evaluator import RetrievalEvaluator
 from cir_lightning.retrieval.gather import world
 
