@@ -180,9 +180,10 @@ class ImageIndex:
                 raise ours from None
             raise CIRModelError(f"index `{self.folder}`: cannot rebuild its model from meta.json: "
                                 + " ".join(line.strip() for line in str(err).splitlines()[:3])[:300]) from None
-        if self._differences(backbone):
-            raise CIRModelError(f"index `{self.folder}`: the model that built it has changed since "
-                                f"({self._differences(backbone)}); put its files back, or index the images again")
+        changed = self._differences(backbone)  # (an identity hashes the trained weights: once)
+        if changed:
+            raise CIRModelError(f"index `{self.folder}`: the model that built it has changed since ({changed}); put "
+                                "its files back, or index the images again")
         self._checked.add(backbone)
         return backbone
 
@@ -193,10 +194,11 @@ class ImageIndex:
     def check_backbone(self, backbone: Backbone) -> None:
         """Refuse a backbone other than the index's (fingerprint or trained weights differ), in one line.
         A backbone that passed is not checked again."""
-        if backbone not in self._checked and self._differences(backbone):
-            raise CIRModelError(f"index `{self.folder}` was built by another model ({self._differences(backbone)}); "
-                                "search it with `ImageIndex.load_backbone()` (the model that built it), or index the "
-                                "images again with this one")
+        changed = "" if backbone in self._checked else self._differences(backbone)
+        if changed:
+            raise CIRModelError(f"index `{self.folder}` was built by another model ({changed}); search it with "
+                                "`ImageIndex.load_backbone()` (the model that built it), or index the images again "
+                                "with this one")
         self._checked.add(backbone)
 
     # ------------------------------------------------------------------ searching

@@ -74,17 +74,24 @@ def _check_options(ns: argparse.Namespace) -> None:
 
 
 @contextlib.contextmanager
-def _flag_names() -> Iterator[None]:
-    """``SearchConfig``'s errors name its options (`search.nprobe`); here they are flags (`--nprobe`)."""
-    from cir_lightning.errors import CIRConfigError
+def _flag_names(*more: tuple[str, str]) -> Iterator[None]:
+    """Errors name the options they were given as (`search.nprobe`, the weights' `lora.init_adapter`); here those
+    are flags (`--nprobe`, and ``more`` such as ``("lora.init_adapter", "--ckpt_path")``). Errors that name none of
+    them are raised as they are."""
+    from cir_lightning.errors import CIRConfigError, embedded_error
 
     try:
         yield
-    except CIRConfigError as err:
-        message = str(err)
+    except (Exception, SystemExit) as err:  # the model's errors arrive wrapped by jsonargparse
+        ours = embedded_error(err)
+        if ours is None:
+            raise
+        message = str(ours)
         for option, flag in (("search.factory", "--factory"), ("search.nprobe", "--nprobe"),
-                             ("search.ef_search", "--ef-search")):
+                             ("search.ef_search", "--ef-search"), *more):
             message = message.replace(f"`{option}`", f"`{flag}`")
+        if message == str(ours):
+            raise
         raise CIRConfigError(message) from None
 
 
@@ -123,7 +130,6 @@ def main(argv: Sequence[str]) -> None:
     from cir_lightning.cli import check_config_files
     from cir_lightning.data.folder import list_images
     from cir_lightning.data.images import DEFAULT_MAX_PIXELS
-    from cir_lightning.errors import CIRConfigError, embedded_error
     from cir_lightning.image_index import partial_folder
     from cir_lightning.indexing import build_image_index, check_out_free
     from cir_lightning.retrieval.index import SearchConfig
@@ -135,14 +141,9 @@ def main(argv: Sequence[str]) -> None:
         search = SearchConfig(factory=ns.factory, nprobe=ns.nprobe, ef_search=ns.ef_search)
         search.check_count(len(found))  # before any image is embedded
     check_config_files([a for config in ns.config for a in ("--config", config)])
-    try:
+    weights = ("lora.init_adapter", "--ckpt_path" if ns.ckpt_path else "--adapter")
+    with _flag_names(*([weights] if ns.ckpt_path or ns.adapter else [])):  # the weights' errors name the flag given
         module, config = build_model(ns.config, overrides, ns.ckpt_path or ns.adapter)
-    except (Exception, SystemExit) as err:  # noqa: BLE001 - the weights' errors name the option the user gave
-        ours = embedded_error(err)
-        if ours is None or "`lora.init_adapter`" not in str(ours) or not (ns.ckpt_path or ns.adapter):
-            raise
-        flag = "--ckpt_path" if ns.ckpt_path else "--adapter"
-        raise CIRConfigError(str(ours).replace("`lora.init_adapter`", f"`{flag}`", 1)) from None
     backbone = module.backbone
     with _flag_names():
         search.check(backbone.embedding_dim)
