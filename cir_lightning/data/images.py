@@ -96,8 +96,8 @@ def load_image(path: Path, max_short_edge: int | None = None, source: str | None
 
     Raises:
         CIRDataError: one line naming ``source`` and the file: missing, a folder, a broken symbolic link, not
-            a regular file (a named pipe would block), not readable, not an image, truncated or corrupt, larger than ``max_pixels``, or deep values that
-            cannot be mapped to 8 bits.
+            a regular file (a named pipe would block), not readable, not an image, truncated or corrupt, larger
+            than ``max_pixels``, or deep values that cannot be mapped to 8 bits.
 
     Example:
         >>> import tempfile
