@@ -1,19 +1,16 @@
 """``CIRModule``'s evaluation: ``Evaluation`` embeds each batch into the evaluator, loads and saves the
-gallery embedding caches, and at an epoch's end searches, scores and logs (``retrieval.loop``); a
-standalone ``validate`` / ``test`` (never the validation inside ``fit``) then leaves behind what
-``RunOutputs`` writes: the caches, the results file and table, the benchmark's server files and the retrieval
-pictures (``cir_lightning.pictures``; optionally after every validation inside ``fit`` too).
+gallery embeddings (a ``GalleryStore``), and at an epoch's end searches, scores and logs (``retrieval.loop``);
+a standalone ``validate`` / ``test`` (never the validation inside ``fit``) then leaves behind what
+``run_outputs.RunOutputs`` writes. Its options are ``EvaluationOptions``.
 
 Everything here reads the trainer, the DataModule's declared hooks (``gallery_identity``, ``summarize``,
-``report``, ``write_predictions``) and the evaluator's rankings, and writes through ``cir_lightning.files``
-(atomically, never over an existing file).
+``report``, ``write_predictions``) and the evaluator's rankings.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,24 +19,56 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from cir_lightning.checks import non_negative_int
+from cir_lightning.checks import cutoffs, non_negative_int
 from cir_lightning.data.base import CIRDataModule
-from cir_lightning.errors import CIRConfigError, CIRDataError
+from cir_lightning.errors import CIRConfigError
 from cir_lightning.fit_summary import FitHistory, monitored, stale_last_warning
 from cir_lightning.messages import first_few
 from cir_lightning.retrieval.evaluator import RetrievalEvaluator, subsets_from_loaders
-from cir_lightning.retrieval.gallery_cache import GalleryCache
+from cir_lightning.retrieval.gallery_cache import GalleryCache, GalleryStore
 from cir_lightning.retrieval.index import SearchConfig
 from cir_lightning.retrieval.loop import EpochResults, EvaluationLoop
 from cir_lightning.retrieval.protocol import metric_names
-from cir_lightning.retrieval.results import ranked_ids, ranked_scores, report_results, split_subsets
+from cir_lightning.run_outputs import RunOutputs
 
-__all__ = ["EVALUATION_OPTIONS", "Evaluation", "RunOutputs"]
+__all__ = ["EVALUATION_OPTIONS", "Evaluation", "EvaluationOptions"]
 
-EVALUATION_OPTIONS = ("eval_ks", "search", "write_results", "save_rankings", "embedding_cache", "overwrite_cache",
-                      "pictures", "pictures_during_fit", "validate_before_fit")
-"""``CIRModule``'s evaluation options: never checkpoint hyperparameters (LightningCLI re-applies those over the
-command line of a later ``validate --ckpt_path``, and evaluation options must stay the user's)."""
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationOptions:
+    """``CIRModule``'s evaluation options, of the same names and meanings (see its docstring), checked here.
+
+    They are never checkpoint hyperparameters: LightningCLI re-applies those over the command line of a later
+    ``validate --ckpt_path``, and evaluation options must stay the user's.
+
+    Example:
+        >>> from cir_lightning.evaluation import EvaluationOptions
+        >>> EvaluationOptions(eval_ks=[10, 1]).eval_ks
+        [1, 10]
+        >>> EvaluationOptions(pictures=-1)
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRConfigError: `pictures` must be an integer >= 0, got -1
+    """
+
+    eval_ks: list[int] | None = None
+    search: SearchConfig | None = None
+    write_results: bool = True
+    save_rankings: bool = False
+    embedding_cache: str | None = None
+    overwrite_cache: bool = False
+    pictures: int = 8
+    pictures_during_fit: bool = False
+    validate_before_fit: bool = False
+
+    def __post_init__(self) -> None:
+        if self.eval_ks is not None:
+            object.__setattr__(self, "eval_ks", cutoffs("eval_ks", self.eval_ks))
+        non_negative_int("pictures", self.pictures)
+
+
+EVALUATION_OPTIONS = tuple(field.name for field in dataclasses.fields(EvaluationOptions))
+"""The names of ``CIRModule``'s evaluation options (never checkpoint hyperparameters)."""
 
 STAGE_PREFIX = {"validate": "val", "test": "test"}
 """The prefix of the logged metrics (``val/Recall@1``) and of the results files' split names."""
@@ -55,26 +84,29 @@ class Evaluation:
     the files of standalone runs (the options are ``CIRModule``'s of the same names).
 
     Example:
-        >>> from cir_lightning.evaluation import Evaluation
-        >>> evaluation = Evaluation(ks=[1, 10], search=None, write_results=True, save_rankings=False)
+        >>> from cir_lightning.evaluation import Evaluation, EvaluationOptions
+        >>> evaluation = Evaluation(EvaluationOptions(eval_ks=[1, 10]))
         >>> evaluation.evaluator.ks, evaluation.cache is None
         ([1, 10], True)
     """
 
-    def __init__(self, ks: Sequence[int] | None, search: SearchConfig | None, write_results: bool, save_rankings: bool,
-                 embedding_cache: str | None = None, overwrite_cache: bool = False, pictures: int = 8,
-                 pictures_during_fit: bool = False, validate_before_fit: bool = False) -> None:
-        self.evaluator = RetrievalEvaluator(ks, search)
-        self.loop = EvaluationLoop(self.evaluator, sanity_check=validate_before_fit)
+    def __init__(self, options: EvaluationOptions) -> None:
+        self.options = options
+        self.evaluator = RetrievalEvaluator(options.eval_ks, options.search)
+        self.loop = EvaluationLoop(self.evaluator, sanity_check=options.validate_before_fit)
         self.history = FitHistory()
         self.last_results: EpochResults | None = None  # the last epoch's metrics as computed (float64), on every rank
-        self.save_rankings = save_rankings
-        self.cache = GalleryCache(embedding_cache, overwrite_cache) if embedding_cache else None
-        self.outputs = RunOutputs(write_results, save_rankings, self.cache, pictures, pictures_during_fit)
+        self.cache: GalleryStore | None = (GalleryCache(options.embedding_cache, options.overwrite_cache)
+                                           if options.embedding_cache else None)
+        self.outputs = RunOutputs(options.write_results, options.save_rankings, self.cache, options.pictures,
+                                  options.pictures_during_fit)
 
-    def use_cache(self, cache: Any) -> None:
-        """Load and save gallery embeddings through ``cache`` (a ``GalleryCache`` or an object with its
-        ``lookup_sets`` / ``provide`` / ``save`` / ``report``), e.g. BGE-VL's embedding files."""
+    def use_cache(self, cache: GalleryStore) -> None:
+        """Load and save gallery embeddings through ``cache`` instead of ``embedding_cache``'s folders, e.g.
+        BGE-VL's embedding files (``retrieval.memmap.MemmapGalleries``)."""
+        if not isinstance(cache, GalleryStore):
+            raise CIRConfigError(f"a gallery store needs `lookup_sets`, `provide`, `save` and `report` "
+                                 f"(`retrieval.gallery_cache.GalleryStore`); got {type(cache).__name__}")
         self.cache = self.outputs.cache = cache
 
     def connect(self, module: Any, datamodule: Any) -> Callable[[str, list[tuple[Any, Any]]], set[int]] | None:
@@ -171,7 +203,7 @@ class Evaluation:
         (which checkpoints do not store), the data and the checkpoint."""
         datamodule = getattr(module.trainer, "datamodule", None)
         evaluation = {"eval_ks": self.evaluator.ks, "search": dataclasses.asdict(self.evaluator.search),
-                      "save_rankings": self.save_rankings,
+                      "save_rankings": self.options.save_rankings,
                       "embedding_cache": None if self.cache is None else self.cache.report()}
         hparams = {k: v for k, v in module.hparams.items() if not k.startswith("_")}
         lora = module.backbone.lora
@@ -186,82 +218,3 @@ class Evaluation:
 
 def _absolute(path: str | Path | None) -> str | None:
     return None if path is None else str(Path(path).absolute())
-
-
-class RunOutputs:
-    """The files of a standalone evaluation run.
-
-    Args:
-        write_results: write ``results-<stage>.json`` and print the table.
-        save_rankings: put every query's top-K gallery ids (and their scores) into the results file.
-        cache: the gallery embedding caches (``None``: none).
-        pictures: queries (a fixed, seeded sample) per retrieval picture, one PNG per subset beside the results
-            file, also sent to the loggers that take images; 0: none.
-        pictures_during_fit: draw them after every validation inside ``fit`` too.
-
-    Example:
-        >>> from cir_lightning.evaluation import RunOutputs
-        >>> RunOutputs(write_results=True, save_rankings=False, cache=None).keep_rankings(None)
-        False
-    """
-
-    def __init__(self, write_results: bool, save_rankings: bool, cache: GalleryCache | None, pictures: int = 0,
-                 pictures_during_fit: bool = False) -> None:
-        self.write_results = write_results
-        self.save_rankings = save_rankings
-        self.cache = cache
-        self.pictures = non_negative_int("pictures", pictures)
-        self.pictures_in_fit = pictures_during_fit and self.pictures > 0
-
-    def keep_rankings(self, datamodule: CIRDataModule | None) -> bool:
-        """Whether the evaluator must keep every query's ranking: for the results file, server files or pictures."""
-        return self.save_rankings or self.pictures > 0 or (datamodule is not None and datamodule.writes_predictions)
-
-    def write(self, trainer: Any, stage: str, prefix: str, epoch: EpochResults, evaluator: RetrievalEvaluator,
-              datamodule: CIRDataModule | None, model: Mapping[str, Any],
-              config: Callable[[], Mapping[str, Any]], loaders: Any = None) -> None:
-        """Save the caches, then, on rank zero, the results file (and table), the server files and the pictures
-        (of the evaluation ``loaders``' subsets). Every rank must call it (the log folder is a collective)."""
-        folder = Path(trainer.log_dir or trainer.default_root_dir)  # broadcast from rank zero: ask on every rank
-        if self.cache is not None:
-            self.cache.save(evaluator)
-        if not trainer.is_global_zero:
-            return
-        wanted = self.save_rankings or (datamodule is not None and datamodule.writes_predictions)
-        ranked = ranked_ids(epoch.subsets, evaluator.rankings) if wanted else {}
-        if self.write_results and (epoch.metrics or (self.save_rankings and ranked)):  # a test split: rankings only
-            scores = ranked_scores(epoch.subsets, evaluator.rankings, evaluator.scores) if self.save_rankings else None
-            report_results(folder, stage, prefix, epoch.metrics, epoch.subsets, model=model, config=config(),
-                           rankings=ranked if self.save_rankings else None, scores=scores,
-                           report=datamodule.report(epoch.metrics) if datamodule is not None and epoch.metrics else "",
-                           default_ks=evaluator.ks)
-        if datamodule is not None and datamodule.writes_predictions:
-            within = ranked_ids(epoch.subsets, evaluator.subset_rankings)
-            for path in datamodule.write_predictions(folder, stage, ranked, within):
-                print(f"predictions written to {path}")
-        if self.pictures and loaders is not None:
-            for path in self.draw(trainer, stage, prefix, epoch, evaluator, loaders, folder):
-                print(f"picture written to {path}")
-
-    def draw(self, trainer: Any, label: str, prefix: str, epoch: EpochResults, evaluator: RetrievalEvaluator,
-             loaders: Any, folder: Path | None = None) -> list[Path]:
-        """On rank zero, the retrieval picture of each ranked subset of the evaluation ``loaders``:
-        ``retrievals-<label>-<subset>.png`` in the log folder (never over an existing file), also sent to the
-        loggers that take images (tag ``<prefix>/retrievals[/<subset>]``). Every rank must call it."""
-        folder = folder or Path(trainer.log_dir or trainer.default_root_dir)  # a collective: ask on every rank
-        if not trainer.is_global_zero:
-            return []
-        from cir_lightning.pictures import log_picture, picture_name, save_picture, subset_pictures
-
-        try:
-            pictures = subset_pictures(loaders, evaluator.rankings, evaluator.scores, self.pictures, label,
-                                       split_subsets(epoch.metrics))
-        except CIRDataError as err:  # an image that cannot be read now: the run's results stand
-            warnings.warn(f"retrieval pictures not drawn: {err}", stacklevel=2)
-            return []
-        paths = []
-        for name, image in pictures.items():
-            paths.append(save_picture(image, folder / picture_name(label, name)))
-            log_picture(trainer.loggers, f"{prefix}/retrievals" + (f"/{name}" if name else ""), image,
-                        trainer.global_step)
-        return paths

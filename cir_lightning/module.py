@@ -24,10 +24,10 @@ from cir_lightning.checkpointing import (
     keep_trainable,
     prepare_strategy,
 )
-from cir_lightning.checks import cutoffs, number_in, positive_int
+from cir_lightning.checks import number_in, positive_int
 from cir_lightning.data.base import CIRDataModule
 from cir_lightning.errors import CIRConfigError
-from cir_lightning.evaluation import Evaluation
+from cir_lightning.evaluation import Evaluation, EvaluationOptions
 from cir_lightning.losses import FireLoss, distributed_fire_loss, target_keys
 from cir_lightning.optim import lr_scheduler
 from cir_lightning.retrieval.evaluator import loader_role
@@ -132,9 +132,10 @@ class CIRModule(pl.LightningModule):
         self.loss = loss or FireLoss()
         self.optimizer_factory, self.lr_schedule, self.warmup = optimizer, lr_schedule, warmup
         self.target_side, self.objective, self.cross_rank_negatives = target_side, objective, cross_rank_negatives
-        self.evaluation = Evaluation(cutoffs("eval_ks", eval_ks) if eval_ks is not None else None, search,
-                                     write_results, save_rankings, embedding_cache, overwrite_cache, pictures,
-                                     pictures_during_fit, validate_before_fit)
+        self.evaluation = Evaluation(EvaluationOptions(
+            eval_ks=eval_ks, search=search, write_results=write_results, save_rankings=save_rankings,
+            embedding_cache=embedding_cache, overwrite_cache=overwrite_cache, pictures=pictures,
+            pictures_during_fit=pictures_during_fit, validate_before_fit=validate_before_fit))
         self.evaluator = self.evaluation.evaluator
         self.caption_batches = None
         if objective == "caption":  # the backbone's collator must build generative batches (LLMs do)

@@ -286,3 +286,27 @@ def test_a_warm_up_as_long_as_the_training_is_warned_about():
         lr_scheduler(optimizer(), "linear", warmup=3, total_steps=4)  # reaches lr at its last step
         lr_scheduler(optimizer(), "linear", warmup=0.99, total_steps=4)  # a fraction: always shorter
         lr_scheduler(optimizer(), "constant", warmup=3000, total_steps=float("inf"))  # length unknown
+
+
+def test_evaluation_options_are_checked_and_stores_declared(tmp_path):
+    """The module's evaluation options are one checked dataclass (the names LightningCLI shows); a gallery store
+    is what `GalleryStore` declares: both stores keep it, and anything else is refused in one line."""
+    from types import SimpleNamespace
+
+    from cir_lightning.evaluation import EVALUATION_OPTIONS, Evaluation, EvaluationOptions
+    from cir_lightning.retrieval.gallery_cache import GalleryCache, GalleryStore
+    from cir_lightning.retrieval.memmap import MemmapGalleries
+
+    assert EVALUATION_OPTIONS[:2] == ("eval_ks", "search") and "pictures" in EVALUATION_OPTIONS
+    assert EvaluationOptions(eval_ks=[50, 1, 5]).eval_ks == [1, 5, 50]
+    with pytest.raises(CIRConfigError, match="`eval_ks` must be a non-empty list"):
+        EvaluationOptions(eval_ks=[])
+    evaluation = Evaluation(EvaluationOptions(embedding_cache=str(tmp_path / "caches")))
+    assert isinstance(evaluation.cache, GalleryCache) and evaluation.outputs.cache is evaluation.cache
+    store = MemmapGalleries(tmp_path / "e.memmap", dim=4, save=True)
+    assert isinstance(store, GalleryStore)
+    evaluation.use_cache(store)
+    assert evaluation.cache is store and evaluation.outputs.cache is store
+    with pytest.raises(CIRConfigError, match="needs `lookup_sets`, `provide`, `save` and `report`.*SimpleNamespace"):
+        evaluation.use_cache(SimpleNamespace(lookup_sets=None))
+    assert evaluation.cache is store

@@ -119,7 +119,7 @@ def test_recall_curves_draw_one_curve_per_subset_with_recall(tmp_path):
 def test_pictures_are_never_overwritten_and_go_to_loggers_that_take_images(tmp_path):
     from lightning.pytorch.loggers import CSVLogger
 
-    from cir_lightning.evaluation import RunOutputs
+    from cir_lightning.run_outputs import RunOutputs
 
     picture = Image.new("RGB", (30, 20), (10, 200, 30))
     first, second = save_picture(picture, tmp_path / "p.png"), save_picture(picture, tmp_path / "p.png")
@@ -141,11 +141,11 @@ def test_pictures_are_never_overwritten_and_go_to_loggers_that_take_images(tmp_p
 def _fit_epoch(tmp_path: Path, scenes, during_fit: bool, epoch: int):
     from lightning.pytorch.trainer.states import TrainerFn
 
-    from cir_lightning.evaluation import Evaluation
+    from cir_lightning.evaluation import Evaluation, EvaluationOptions
 
     queries, gallery, _ = scenes
-    evaluation = Evaluation([1, 5], SearchConfig(backend="torch"), write_results=True, save_rankings=False,
-                            pictures=2, pictures_during_fit=during_fit)
+    evaluation = Evaluation(EvaluationOptions(eval_ks=[1, 5], search=SearchConfig(backend="torch"), pictures=2,
+                                              pictures_during_fit=during_fit))
     g = torch.Generator().manual_seed(0)
     evaluation.evaluator.add(0, "gallery", F.normalize(torch.randn(10, 8, generator=g), dim=-1), torch.arange(10))
     evaluation.evaluator.add(0, "query", F.normalize(torch.randn(3, 8, generator=g), dim=-1), torch.arange(3))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -29,6 +29,26 @@ from cir_lightning.retrieval.evaluator import RetrievalEvaluator
 from cir_lightning.retrieval.gather import world
 
 _SPLIT = {"validate": "val", "test": "test", "predict": "predict"}
+
+
+@runtime_checkable
+class GalleryStore(Protocol):
+    """Where a ``CIRModule``'s evaluation loads and saves gallery embeddings: ``GalleryCache`` (the
+    ``embedding_cache`` folders) or ``retrieval.memmap.MemmapGalleries`` (BGE-VL's embedding files)."""
+
+    def lookup_sets(self, stage: str, sets: Sequence[tuple[Any, Any]], *, dataset: str, model: Mapping[str, Any],
+                    sharded: bool = False) -> set[int]:
+        """Load what is stored for the ``(queries, gallery)`` subsets of an evaluation (after any checkpoint
+        is loaded); the subsets loaded, whose gallery images are then skipped."""
+
+    def provide(self, evaluator: RetrievalEvaluator) -> None:
+        """Give the evaluator the loaded galleries (at the start of every evaluation epoch)."""
+
+    def save(self, evaluator: RetrievalEvaluator) -> list[Path]:
+        """Write, on rank zero, the galleries embedded in this run (after ``evaluator.compute``)."""
+
+    def report(self) -> dict[str, Any]:
+        """What this run loaded and wrote (for results files)."""
 
 
 class GalleryCache:

@@ -1,0 +1,101 @@
+"""What a standalone ``validate`` / ``test`` leaves behind (``RunOutputs``): the gallery caches, the results
+file and table, the benchmark's server files and the retrieval pictures (``cir_lightning.pictures``; optionally
+after every validation inside ``fit`` too), written through ``cir_lightning.files`` (atomically, never over an
+existing file).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from cir_lightning.checks import non_negative_int
+from cir_lightning.data.base import CIRDataModule
+from cir_lightning.errors import CIRDataError
+from cir_lightning.retrieval.evaluator import RetrievalEvaluator
+from cir_lightning.retrieval.gallery_cache import GalleryStore
+from cir_lightning.retrieval.loop import EpochResults
+from cir_lightning.retrieval.results import ranked_ids, ranked_scores, report_results, split_subsets
+
+__all__ = ["RunOutputs"]
+
+
+class RunOutputs:
+    """The files of a standalone evaluation run.
+
+    Args:
+        write_results: write ``results-<stage>.json`` and print the table.
+        save_rankings: put every query's top-K gallery ids (and their scores) into the results file.
+        cache: the gallery embedding caches (``None``: none).
+        pictures: queries (a fixed, seeded sample) per retrieval picture, one PNG per subset beside the results
+            file, also sent to the loggers that take images; 0: none.
+        pictures_during_fit: draw them after every validation inside ``fit`` too.
+
+    Example:
+        >>> from cir_lightning.run_outputs import RunOutputs
+        >>> RunOutputs(write_results=True, save_rankings=False, cache=None).keep_rankings(None)
+        False
+    """
+
+    def __init__(self, write_results: bool, save_rankings: bool, cache: GalleryStore | None, pictures: int = 0,
+                 pictures_during_fit: bool = False) -> None:
+        self.write_results = write_results
+        self.save_rankings = save_rankings
+        self.cache = cache
+        self.pictures = non_negative_int("pictures", pictures)
+        self.pictures_in_fit = pictures_during_fit and self.pictures > 0
+
+    def keep_rankings(self, datamodule: CIRDataModule | None) -> bool:
+        """Whether the evaluator must keep every query's ranking: for the results file, server files or pictures."""
+        return self.save_rankings or self.pictures > 0 or (datamodule is not None and datamodule.writes_predictions)
+
+    def write(self, trainer: Any, stage: str, prefix: str, epoch: EpochResults, evaluator: RetrievalEvaluator,
+              datamodule: CIRDataModule | None, model: Mapping[str, Any],
+              config: Callable[[], Mapping[str, Any]], loaders: Any = None) -> None:
+        """Save the caches, then, on rank zero, the results file (and table), the server files and the pictures
+        (of the evaluation ``loaders``' subsets). Every rank must call it (the log folder is a collective)."""
+        folder = Path(trainer.log_dir or trainer.default_root_dir)  # broadcast from rank zero: ask on every rank
+        if self.cache is not None:
+            self.cache.save(evaluator)
+        if not trainer.is_global_zero:
+            return
+        wanted = self.save_rankings or (datamodule is not None and datamodule.writes_predictions)
+        ranked = ranked_ids(epoch.subsets, evaluator.rankings) if wanted else {}
+        if self.write_results and (epoch.metrics or (self.save_rankings and ranked)):  # a test split: rankings only
+            scores = ranked_scores(epoch.subsets, evaluator.rankings, evaluator.scores) if self.save_rankings else None
+            report_results(folder, stage, prefix, epoch.metrics, epoch.subsets, model=model, config=config(),
+                           rankings=ranked if self.save_rankings else None, scores=scores,
+                           report=datamodule.report(epoch.metrics) if datamodule is not None and epoch.metrics else "",
+                           default_ks=evaluator.ks)
+        if datamodule is not None and datamodule.writes_predictions:
+            within = ranked_ids(epoch.subsets, evaluator.subset_rankings)
+            for path in datamodule.write_predictions(folder, stage, ranked, within):
+                print(f"predictions written to {path}")
+        if self.pictures and loaders is not None:
+            for path in self.draw(trainer, stage, prefix, epoch, evaluator, loaders, folder):
+                print(f"picture written to {path}")
+
+    def draw(self, trainer: Any, label: str, prefix: str, epoch: EpochResults, evaluator: RetrievalEvaluator,
+             loaders: Any, folder: Path | None = None) -> list[Path]:
+        """On rank zero, the retrieval picture of each ranked subset of the evaluation ``loaders``:
+        ``retrievals-<label>-<subset>.png`` in the log folder (never over an existing file), also sent to the
+        loggers that take images (tag ``<prefix>/retrievals[/<subset>]``). Every rank must call it."""
+        folder = folder or Path(trainer.log_dir or trainer.default_root_dir)  # a collective: ask on every rank
+        if not trainer.is_global_zero:
+            return []
+        from cir_lightning.pictures import log_picture, picture_name, save_picture, subset_pictures
+
+        try:
+            pictures = subset_pictures(loaders, evaluator.rankings, evaluator.scores, self.pictures, label,
+                                       split_subsets(epoch.metrics))
+        except CIRDataError as err:  # an image that cannot be read now: the run's results stand
+            warnings.warn(f"retrieval pictures not drawn: {err}", stacklevel=2)
+            return []
+        paths = []
+        for name, image in pictures.items():
+            paths.append(save_picture(image, folder / picture_name(label, name)))
+            log_picture(trainer.loggers, f"{prefix}/retrievals" + (f"/{name}" if name else ""), image,
+                        trainer.global_step)
+        return paths
