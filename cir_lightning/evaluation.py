@@ -13,8 +13,9 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
@@ -30,6 +31,9 @@ from cir_lightning.retrieval.index import SearchConfig
 from cir_lightning.retrieval.loop import EpochResults, EvaluationLoop
 from cir_lightning.retrieval.protocol import metric_names
 from cir_lightning.run_outputs import RunOutputs
+
+if TYPE_CHECKING:
+    from cir_lightning.module import CIRModule
 
 __all__ = ["EVALUATION_OPTIONS", "Evaluation", "EvaluationOptions"]
 
@@ -74,7 +78,7 @@ STAGE_PREFIX = {"validate": "val", "test": "test"}
 """The prefix of the logged metrics (``val/Recall@1``) and of the results files' split names."""
 
 
-def _cir_datamodule(trainer: Any) -> CIRDataModule | None:
+def _cir_datamodule(trainer: Trainer) -> CIRDataModule | None:
     datamodule = getattr(trainer, "datamodule", None)
     return datamodule if isinstance(datamodule, CIRDataModule) else None
 
@@ -109,7 +113,8 @@ class Evaluation:
                                  f"(`retrieval.gallery_cache.GalleryStore`); got {type(cache).__name__}")
         self.cache = self.outputs.cache = cache
 
-    def connect(self, module: Any, datamodule: Any) -> Callable[[str, list[tuple[Any, Any]]], set[int]] | None:
+    def connect(self, module: CIRModule,
+                datamodule: LightningDataModule | None) -> Callable[[str, list[tuple[Any, Any]]], set[int]] | None:
         """What the DataModule asks when it makes the evaluation loaders (after any checkpoint is loaded):
         which subsets' galleries come from the cache (None without a cache). Called in the module's ``setup``."""
         if module._trainer is not None and module.trainer.state.fn == TrainerFn.FITTING:
@@ -131,7 +136,7 @@ class Evaluation:
 
         return cached_galleries
 
-    def step(self, trainer: Any, dataloader_idx: int, embed: Callable[[str], Tensor], index: Tensor) -> None:
+    def step(self, trainer: Trainer, dataloader_idx: int, embed: Callable[[str], Tensor], index: Tensor) -> None:
         """Embed one evaluation batch (``embed(side)``) and keep it."""
         self.loop.add_batch(trainer, dataloader_idx, embed, index)
 
@@ -139,7 +144,7 @@ class Evaluation:
         if self.cache is not None:
             self.cache.provide(self.evaluator)
 
-    def epoch_end(self, module: Any, stage: str, loaders: Any) -> EpochResults | None:
+    def epoch_end(self, module: CIRModule, stage: str, loaders: Any) -> EpochResults | None:
         """Search, score and log ``<prefix>/<metric>``; in a standalone run also write the outputs."""
         trainer = module.trainer
         standalone = trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING)
@@ -162,7 +167,7 @@ class Evaluation:
         self.loop.reset()
         return epoch
 
-    def check_monitors(self, trainer: Any, datamodule: CIRDataModule) -> None:
+    def check_monitors(self, trainer: Trainer, datamodule: CIRDataModule) -> None:
         """A checkpoint monitoring a ``val/`` metric this validation never logs (e.g. ``val/Recall@1`` with
         ``eval_ks: [5, 10]``) failed after the first epoch, in a Lightning traceback: refused before training."""
         loaders = [SimpleNamespace(dataset=d) for pair in datamodule.val_sets for d in pair]
@@ -174,7 +179,7 @@ class Evaluation:
                                      f"logs {first_few(['val/' + n for n in names], ', ', ', ...')}): set its `monitor` "
                                      "to one of these, or `model.eval_ks` to the K it names")
 
-    def fit_start(self, trainer: Any) -> None:
+    def fit_start(self, trainer: Trainer) -> None:
         """When ``fit`` sets the module up: forget an earlier fit's validations and, with ``validate_before_fit``,
         let Lightning's sanity check run every validation batch (not under ``fast_dev_run``)."""
         self.history.reset()
@@ -184,7 +189,7 @@ class Evaluation:
         if self.loop.sanity_check and not trainer.fast_dev_run:
             trainer.num_sanity_val_steps = float("inf")  # what `num_sanity_val_steps: -1` sets
 
-    def _record(self, trainer: Any, prefix: str, epoch: EpochResults) -> None:
+    def _record(self, trainer: Trainer, prefix: str, epoch: EpochResults) -> None:
         before = trainer.sanity_checking
         self.history.record(epoch.metrics, epoch.subsets, epoch=trainer.current_epoch, step=trainer.global_step,
                             before=before)
@@ -192,13 +197,13 @@ class Evaluation:
             for logger in trainer.loggers:  # (rank zero only, as Lightning's loggers write)
                 logger.log_metrics({f"{prefix}/{k}": v for k, v in epoch.metrics.items()}, step=trainer.global_step)
 
-    def fit_end(self, trainer: Any) -> None:
+    def fit_end(self, trainer: Trainer) -> None:
         """On rank zero, print the tables of the fit's best and last validations and what training changed."""
         text = self.history.summary(monitored(trainer), self.evaluator.ks) if trainer.is_global_zero else ""
         if text:
             print(text)
 
-    def run_config(self, module: Any) -> dict[str, Any]:
+    def run_config(self, module: CIRModule) -> dict[str, Any]:
         """The run's configuration for results files: training hyperparameters, the evaluation options
         (which checkpoints do not store), the data and the checkpoint."""
         datamodule = getattr(module.trainer, "datamodule", None)

@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch import Trainer
+
 from cir_lightning.checks import non_negative_int
 from cir_lightning.data.base import CIRDataModule
 from cir_lightning.errors import CIRDataError
@@ -51,7 +53,7 @@ class RunOutputs:
         """Whether the evaluator must keep every query's ranking: for the results file, server files or pictures."""
         return self.save_rankings or self.pictures > 0 or (datamodule is not None and datamodule.writes_predictions)
 
-    def write(self, trainer: Any, stage: str, prefix: str, epoch: EpochResults, evaluator: RetrievalEvaluator,
+    def write(self, trainer: Trainer, stage: str, prefix: str, epoch: EpochResults, evaluator: RetrievalEvaluator,
               datamodule: CIRDataModule | None, model: Mapping[str, Any],
               config: Callable[[], Mapping[str, Any]], loaders: Any = None) -> None:
         """Save the caches, then, on rank zero, the results file (and table), the server files and the pictures
@@ -77,7 +79,7 @@ class RunOutputs:
             for path in self.draw(trainer, stage, prefix, epoch, evaluator, loaders, folder):
                 print(f"picture written to {path}")
 
-    def draw(self, trainer: Any, label: str, prefix: str, epoch: EpochResults, evaluator: RetrievalEvaluator,
+    def draw(self, trainer: Trainer, label: str, prefix: str, epoch: EpochResults, evaluator: RetrievalEvaluator,
              loaders: Any, folder: Path | None = None) -> list[Path]:
         """On rank zero, the retrieval picture of each ranked subset of the evaluation ``loaders``:
         ``retrievals-<label>-<subset>.png`` in the log folder (never over an existing file), also sent to the
