@@ -31,11 +31,11 @@ from cir_lightning.errors import CIRConfigError, CIRFileError, user_error_line
 from cir_lightning.files import check_writable, free_path, write_atomic
 from cir_lightning.messages import path_problem, yaml_syntax_error
 from cir_lightning.module import TRAINING_SETTINGS, CIRModule
+from cir_lightning.option_errors import option_error
 from cir_lightning.quiet import quiet_third_party
 from cir_lightning.threads import ThreadBudget
 from cir_lightning.torch_files import load_torch_file
 
-TOOLS = COMMANDS  # the earlier name
 _USER_OMP = "CIR_LIGHTNING_USER_OMP"
 
 
@@ -70,10 +70,15 @@ class KeepConfigCallback(SaveConfigCallback):
 
 
 class _Parser(LightningArgumentParser):
-    """A bad option is two lines (what is wrong, then where the options are), not 60 lines of usage before them."""
+    """A bad option is two lines (what is wrong, where the options are): no usage, no nested report (option_errors)."""
 
     def print_usage(self, file: Any = None) -> None:  # argparse calls it only before an error; --help is whole
-        pass
+        return
+
+    def error(self, message: str, ex: Exception | None = None) -> Any:
+        if self.exit_on_error and not os.environ.get("CIR_LIGHTNING_TRACEBACK"):  # printed here, not nested
+            message = option_error(message) or message
+        return super().error(message, ex)
 
 
 class CIRLightningCLI(LightningCLI):

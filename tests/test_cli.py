@@ -129,6 +129,65 @@ def test_an_unknown_option_is_two_lines_not_the_whole_usage(capsys):
     assert error == "error: unrecognized arguments: --model.nosuch 3"
 
 
+@pytest.mark.parametrize(("option", "value", "line"), [
+    ("--trainer.max_epochs", "abc", "option `trainer.max_epochs`: expected int or null, got 'abc'"),
+    ("--model.lr_schedule", "cosin", "option `model.lr_schedule`: expected one of 'linear', 'cosine', 'constant', "
+                                     "got 'cosin'"),
+    ("--model.search.nprobe", "x", "option `model.search.nprobe`: expected int or null, got 'x'"),
+    ("--model.backbone.init_args.lora", "{r: x}", "option `model.backbone.lora.r`: expected int or null, got 'x'"),
+    ("--data.init_args.nope", "3", "option `data` (cir_lightning.data.SyntheticCIRDataModule): Option 'nope' is not "
+                                   "accepted"),
+    ("--model.backbone", "cir_lightning.backbones.Nope", "option `model.backbone` (cir_lightning.backbones.Nope): "
+                                                         "module 'cir_lightning.backbones' has no attribute 'Nope'"),
+])
+def test_a_value_of_the_wrong_type_is_one_line_naming_the_option(option, value, line, capsys, monkeypatch):
+    """jsonargparse reports every Union and class path a value went through (10-20 lines): one line instead,
+    the option as the command line takes it; CIR_LIGHTNING_TRACEBACK=1 keeps the whole report."""
+    from cir_lightning.cli import main
+
+    monkeypatch.delenv("CIR_LIGHTNING_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "--config", str(CONF), option, value])
+    assert exit_info.value.code == 2
+    tip, error = capsys.readouterr().err.splitlines()
+    assert tip.startswith("tip: ")
+    assert error == f"error: {line}"
+    monkeypatch.setenv("CIR_LIGHTNING_TRACEBACK", "1")
+    with pytest.raises(SystemExit):
+        main(["validate", "--config", str(CONF), option, value])
+    assert 'Parser key "' in capsys.readouterr().err
+
+
+def test_option_errors_it_does_not_know_stay_whole():
+    from cir_lightning.option_errors import option_error
+
+    callbacks = """Parser key "trainer.callbacks":
+  - Does not validate against any of the Union subtypes
+  Subtypes: [list[a.Callback], <class 'a.Callback'>, <class 'NoneType'>]
+  Errors:
+    - Expected a dot import path string: Nope
+    - Not a valid subclass of Callback
+      Subclass types expect one of:
+      - a class path (str)
+    - Expected a <class 'NoneType'>
+  Given value type: <class 'list'>
+  Given value: [{'class_path': 'Nope'}]"""
+    assert option_error(callbacks) is None  # the subclass explanation would be lost
+    assert option_error("Parser key \"config\": File does not exist: 'a.yaml'") is None
+    assert option_error("unrecognized arguments: --x 3") is None
+    two_literals = """Parser key "trainer.precision":
+  Does not validate against any of the Union subtypes
+  Subtypes: [typing.Literal[64, 32], typing.Literal['bf16-mixed', '32-true'], <class 'NoneType'>]
+  Errors:
+    - Expected a typing.Literal[64, 32]
+    - Expected a typing.Literal['bf16-mixed', '32-true']
+    - Expected a <class 'NoneType'>
+  Given value type: <class 'str'>
+  Given value: 17"""
+    assert option_error(two_literals) == ("option `trainer.precision`: expected one of 64, 32, 'bf16-mixed', "
+                                          "'32-true' or null, got '17'")
+
+
 def test_python_dash_m_and_help_list_the_subcommands_and_tools(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "cir_lightning", "--help"], capture_output=True, text=True,
                           cwd=tmp_path, timeout=120)

@@ -297,16 +297,19 @@ def test_evaluation_options_are_checked_and_stores_declared(tmp_path):
     from cir_lightning.retrieval.gallery_cache import GalleryCache, GalleryStore
     from cir_lightning.retrieval.memmap import MemmapGalleries
 
-    assert EVALUATION_OPTIONS[:2] == ("eval_ks", "search") and "pictures" in EVALUATION_OPTIONS
+    assert EVALUATION_OPTIONS[:2] == ("eval_ks", "search")
+    assert "pictures" in EVALUATION_OPTIONS
     assert EvaluationOptions(eval_ks=[50, 1, 5]).eval_ks == [1, 5, 50]
     with pytest.raises(CIRConfigError, match="`eval_ks` must be a non-empty list"):
         EvaluationOptions(eval_ks=[])
     evaluation = Evaluation(EvaluationOptions(embedding_cache=str(tmp_path / "caches")))
-    assert isinstance(evaluation.cache, GalleryCache) and evaluation.outputs.cache is evaluation.cache
+    assert isinstance(evaluation.cache, GalleryCache)
+    assert evaluation.outputs.cache is evaluation.cache
     store = MemmapGalleries(tmp_path / "e.memmap", dim=4, save=True)
     assert isinstance(store, GalleryStore)
     evaluation.use_cache(store)
-    assert evaluation.cache is store and evaluation.outputs.cache is store
+    assert evaluation.cache is store
+    assert evaluation.outputs.cache is store
     with pytest.raises(CIRConfigError, match="needs `lookup_sets`, `provide`, `save` and `report`.*SimpleNamespace"):
         evaluation.use_cache(SimpleNamespace(lookup_sets=None))
     assert evaluation.cache is store
