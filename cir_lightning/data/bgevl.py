@@ -26,7 +26,7 @@ from cir_lightning.data.layouts.bgevl import (
     read_eval_set,
 )
 from cir_lightning.data.layouts.fashioniq import average_over_categories
-from cir_lightning.data.missing import OnMissing
+from cir_lightning.data.missing import OnMissing, check_on_missing
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRFileError
 from cir_lightning.files import check_writable, free_path, write_atomic
 
@@ -93,8 +93,7 @@ class BGEVLDataModule(CIRDataModule):
         unknown = [c for c in categories if c not in CATEGORIES]
         if task == "fashioniq" and (not categories or unknown or len(set(categories)) != len(categories)):
             raise CIRConfigError(f"`categories` must be distinct names among {list(CATEGORIES)}, got {list(categories)}")
-        if on_missing not in ("error", "drop"):
-            raise CIRConfigError(f"`on_missing` must be 'error' or 'drop', got {on_missing!r}")
+        check_on_missing(on_missing)
         self.ks = sorted(set(cutoffs_within(k).values()))
         self.data_dir, self.image_dir = Path(data_dir), Path(image_dir)
         self.task, self.categories, self.k, self.on_missing = task, list(categories), k, on_missing

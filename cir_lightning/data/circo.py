@@ -21,6 +21,7 @@ from cir_lightning.data.layouts.circo import (
     check_template,
     make_submission,
 )
+from cir_lightning.data.missing import check_on_missing
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.files import free_path, write_atomic
 
@@ -75,8 +76,7 @@ class CIRCODataModule(CIRDataModule):
         self.image_info_file = Path(image_info_file) if image_info_file else None
         self.query_template = check_template(query_template)
         self.exclude_reference = exclude_reference
-        if on_missing not in ("error", "drop"):
-            raise CIRConfigError(f"`on_missing` must be 'error' or 'drop', got {on_missing!r}")
+        check_on_missing(on_missing)
         self.on_missing = on_missing
         self.files = CIRCOFiles(self.root, self.gallery_root, self.image_info_file, on_missing, self.max_short_edge)
         self.save_hyperparameters()  # the arguments as given, once they are checked

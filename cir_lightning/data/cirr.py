@@ -26,7 +26,7 @@ from cir_lightning.data.layouts.cirr import (
     check_submission,
     write_submission,
 )
-from cir_lightning.data.missing import OnMissing
+from cir_lightning.data.missing import OnMissing, check_on_missing
 
 __all__ = ["IMAGE_FOLDERS", "LENGTHS", "MAX_BYTES", "METRICS", "CIRRDataModule", "CIRRPair", "check_submission"]
 
@@ -67,7 +67,7 @@ class CIRRDataModule(CIRDataModule):
         super().__init__(batch_size, eval_batch_size, num_workers, max_short_edge, pin_memory, max_image_pixels)
         self.root = Path(root)
         self.image_root = Path(image_root) if image_root else None
-        self.on_missing = on_missing
+        self.on_missing = check_on_missing(on_missing)
         self.files = CIRRFiles(self.root, self.image_root, on_missing, self.max_short_edge)
         self.splits: dict[str, CIRRSplit] = {}  # "val" / "test1" -> the split as read
         self.save_hyperparameters()  # the arguments as given, once they are checked

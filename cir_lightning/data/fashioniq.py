@@ -26,7 +26,7 @@ from cir_lightning.data.layouts.fashioniq import (
     make_train_text,
     summary_lines,
 )
-from cir_lightning.data.missing import OnMissing
+from cir_lightning.data.missing import OnMissing, check_on_missing
 from cir_lightning.errors import CIRConfigError, CIRDataError
 
 __all__ = ["CATEGORIES", "EVAL_KS", "Category", "FashionIQDataModule", "QueryText", "average_over_categories",
@@ -99,7 +99,7 @@ class FashionIQDataModule(CIRDataModule):
         self.query_text = query_text
         self.exclude_reference = exclude_reference
         self.train_augment = train_augment
-        self.on_missing = on_missing
+        self.on_missing = check_on_missing(on_missing)
         self.files = FashionIQFiles(self.root, self.image_root, on_missing, self.max_short_edge)
         self.save_hyperparameters()  # the arguments as given, once they are checked
 

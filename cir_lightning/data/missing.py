@@ -18,11 +18,26 @@ from typing import Literal, TypeVar
 
 from lightning.pytorch.utilities import rank_zero_warn
 
-from cir_lightning.errors import CIRDataError
+from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.messages import MISSING, first_few, path_problem
 
 OnMissing = Literal["error", "drop"]
 T = TypeVar("T")
+
+
+def check_on_missing(on_missing: object) -> OnMissing:
+    """``on_missing`` if it is ``"error"`` or ``"drop"``, else a ``CIRConfigError`` naming the option.
+
+    Example:
+        >>> from cir_lightning.data.missing import check_on_missing
+        >>> check_on_missing("skip")
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRConfigError: `on_missing` must be 'error' or 'drop', got 'skip'
+    """
+    if on_missing not in ("error", "drop"):
+        raise CIRConfigError(f"`on_missing` must be 'error' or 'drop', got {on_missing!r}")
+    return on_missing
 
 
 def file_problem(path: Path) -> str | None:
@@ -81,8 +96,7 @@ def handle_missing(items: Sequence[T], paths: Callable[[T], Iterable[Path]], des
         ...
         cir_lightning.errors.CIRDataError: val.json: 1 of 1 queries need image paths that are not image files: q3: .../c.png is a folder, not an image file; ...
     """
-    if on_missing not in ("error", "drop"):
-        raise ValueError(f"`on_missing` must be 'error' or 'drop', got {on_missing!r}")
+    check_on_missing(on_missing)
     checked: dict[Path, str | None] = {}
     kept, missing, wrong = [], [], []
     for item in items:

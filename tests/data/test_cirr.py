@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cir_lightning.data.cirr import METRICS, CIRRDataModule
-from cir_lightning.errors import CIRDataError
+from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.retrieval import RetrievalEvaluator, SearchConfig, subsets_from_loaders
 from tests.data.fake_cirr import image_dir, make_fake_cirr
 
@@ -286,6 +286,11 @@ def test_a_reduced_test1_gallery_writes_no_server_files(root, tmp_path):
     with pytest.warns(UserWarning, match="left out 0 pairs and 1 gallery images"):
         assert dm.write_predictions(tmp_path, "test", {"": rankings}, {"": rankings}) == []
     assert not list(tmp_path.glob("cirr-*.json"))
+
+
+def test_an_unknown_on_missing_is_refused_at_construction():
+    with pytest.raises(CIRConfigError, match="`on_missing` must be 'error' or 'drop', got 'skip'"):
+        CIRRDataModule("anywhere", on_missing="skip")
 
 
 def test_missing_train_image_is_an_error(root):

@@ -256,6 +256,8 @@ def test_missing_file_and_bad_options(root):
         FashionIQDataModule(str(root), categories=[])
     with pytest.raises(CIRConfigError, match="`query_text` must be one of"):
         FashionIQDataModule(str(root), query_text="pic2word")
+    with pytest.raises(CIRConfigError, match="`on_missing` must be 'error' or 'drop', got 'skip'"):
+        FashionIQDataModule(str(root), on_missing="skip")  # at construction, not as a ValueError at set-up
 
 
 METRICS = {
