@@ -142,6 +142,16 @@ def test_exclude_reference_removes_the_reference_row(root):
     assert queries.excluded == [(gallery.ids.index(r),) for r in refs]
 
 
+def test_exclude_reference_refuses_a_reference_among_the_ground_truths(root):
+    val = load(root, "annotations/val.json")
+    val[3]["gt_img_ids"].append(val[3]["reference_img_id"])
+    save(root, "annotations/val.json", val)
+    assert setup(root).val_sets  # the protocol's default keeps the reference: a hit like any other
+    with pytest.raises(CIRDataError, match=r"val\.json: 1 of 6 queries list their reference among `gt_img_ids`, so "
+                                           r"`exclude_reference` would remove a ground truth .*: query 3 \(line 5\)"):
+        setup(root, exclude_reference=True)
+
+
 def test_ground_truth_outside_the_image_info_list_is_an_error_listing_queries_and_ids(root):
     val = load(root, "annotations/val.json")
     val[2]["gt_img_ids"].append(123)
@@ -167,6 +177,7 @@ def test_ground_truth_outside_the_image_info_list_is_an_error_listing_queries_an
     (lambda v: v[1].update(id="one"), r":3: entry 2: `id` must be an integer image id, got 'one'"),
     (lambda v: v[1].update(gt_img_ids=7), r":3: entry 2 \(id 1\): `gt_img_ids` must be a non-empty list, got 7"),
     (lambda v: v[1].update(reference_img_id=[1]), r":3: entry 2 \(id 1\): `reference_img_id` must be an integer"),
+    (lambda v: v[2].update(relative_caption=" \t"), r":4: entry 3 \(id 2\): `relative_caption` is empty"),
 ])
 def test_bad_annotations_name_the_file_and_query(root, edit, message):
     val = load(root, "annotations/val.json")

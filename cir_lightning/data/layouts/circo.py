@@ -208,6 +208,8 @@ class CIRCOFiles:
         bad = [k for k, v in text.items() if not isinstance(v, str)]
         if bad:
             raise CIRDataError(f"{where}: `{bad[0]}` must be a string, got {short_repr(text[bad[0]])}", path, line)
+        if not text["relative_caption"].strip():  # the query would be the template's words alone
+            raise CIRDataError(f"{where}: `relative_caption` is empty", path, line)
         unknown = ([f"reference {ref}"] if ref not in listed else []) + [g for g in gt if g not in listed]
         return qid, ref, gt, template.format(**text), unknown, line
 
@@ -231,6 +233,12 @@ class CIRCOFiles:
             raise CIRDataError(f"{len(absent)} of {len(records)} queries name images that are not in the "
                                "gallery's image-info list, so they could never be retrieved (another COCO "
                                "list?): " + first_few(absent), path)
+        if exclude_reference:  # an excluded positive could never be retrieved: its AP would be wrong
+            clash = [f"query {r[0]} (line {r[5]})" for r in records if r[1] in r[2]]
+            if clash:
+                raise CIRDataError(f"{len(clash)} of {len(records)} queries list their reference among `gt_img_ids`, "
+                                   "so `exclude_reference` would remove a ground truth from the ranking: "
+                                   f"{first_few(clash)}", path)
         self.query_ids[split] = [r[0] for r in records]
         # A query needs its reference and, to keep its AP comparable, every one of its ground truths.
         records = handle_missing(records, lambda r: [listed[r[1]], *(listed[g] for g in r[2])],
