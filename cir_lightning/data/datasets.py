@@ -15,6 +15,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS, load_image
+from cir_lightning.errors import CIRDataError
 from cir_lightning.placeholders import refuse_placeholders
 
 
@@ -64,6 +65,26 @@ class GalleryItem:
     image_id: str
     path: Path
     source: str
+
+
+def refuse_shared_images(items: Sequence[GalleryItem]) -> None:
+    """Refuse a gallery that lists one image file under two ids: the two would tie in every ranking, so the
+    second could never come first (a target behind its twin loses a rank: wrong numbers, silently).
+
+    Example:
+        >>> items = [GalleryItem("a", Path("i/1.png"), "g.json:2"), GalleryItem("b", Path("i/1.png"), "g.json:3")]
+        >>> refuse_shared_images(items)
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRDataError: g.json:3: 'b' is the image `i/1.png` of 'a' too (g.json:2): ...
+    """
+    first: dict[Path, GalleryItem] = {}
+    for item in items:
+        other = first.setdefault(item.path, item)
+        if other is not item:
+            raise CIRDataError(f"{item.source}: {item.image_id!r} is the image `{item.path}` of {other.image_id!r} too "
+                               f"({other.source}): the two ids would tie in every ranking, and the second could never "
+                               "come first; list each image once")
 
 
 def refuse_placeholder_texts(datasets: Sequence[TripletDataset | QueryDataset | None],

@@ -473,6 +473,17 @@ def test_bad_caption_entries_name_file_line_and_pair(root, edit, message):
     assert str(info.value).startswith(str(path))
 
 
+def test_two_names_of_one_image_are_refused(root):
+    path = root / "image_splits" / "split.rc2.val.json"
+    names = split_names(root, "val")
+    first, second = sorted(names)[:2]
+    write_lines(path, {**names, second: names[first].replace("./", "./dev/../", 1)})
+    line = list(names).index(second) + 2
+    with pytest.raises(CIRDataError, match=rf"split\.rc2\.val\.json:{line}: '{second}': '{second}' is the image `.*` of "
+                                           rf"'{first}' too \(.*\): the two ids would tie in every ranking"):
+        setup(root)
+
+
 def test_bad_split_files_name_the_line(root):
     path = root / "image_splits" / "split.rc2.val.json"
     names = split_names(root, "val")

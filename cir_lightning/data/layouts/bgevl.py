@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from lightning.pytorch.utilities import rank_zero_warn
 
-from cir_lightning.data.datasets import GalleryDataset, GalleryItem, Query, QueryDataset
+from cir_lightning.data.datasets import GalleryDataset, GalleryItem, Query, QueryDataset, refuse_shared_images
 from cir_lightning.data.images import resolve_image_path
 from cir_lightning.data.missing import OnMissing, handle_missing
 from cir_lightning.errors import CIRConfigError, CIRDataError
@@ -119,6 +119,7 @@ def read_corpus(path: Path, image_dir: Path) -> tuple[list[GalleryItem], dict[st
         items.append(GalleryItem(key, image, f"{path}:{line}"))
     if not items:
         raise CIRDataError("no corpus images: the gallery would be empty", path)
+    refuse_shared_images(items)
     return items, contents
 
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from cir_lightning.data.datasets import GalleryDataset, GalleryItem, Query, QueryDataset
+from cir_lightning.data.datasets import GalleryDataset, GalleryItem, Query, QueryDataset, refuse_shared_images
 from cir_lightning.data.missing import OnMissing, handle_missing
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.messages import first_few, json_type, short_repr
@@ -178,6 +178,7 @@ class CIRCOFiles:
                                    info)
             seen[image_id] = i + 1
             items.append(GalleryItem(image_id, images / name, f"{info}: image {image_id}"))
+        refuse_shared_images(items)
         self.listed = items
         self._gallery = handle_missing(items, lambda g: [g.path], lambda g: g.image_id, what="gallery images",
                                        where=images, on_missing=self.on_missing)

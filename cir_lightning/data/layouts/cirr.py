@@ -21,7 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cir_lightning.data.datasets import GalleryDataset, GalleryItem, Query, QueryDataset, Triplet
+from cir_lightning.data.datasets import (
+    GalleryDataset,
+    GalleryItem,
+    Query,
+    QueryDataset,
+    Triplet,
+    refuse_shared_images,
+)
 from cir_lightning.data.images import resolve_image_path
 from cir_lightning.data.missing import OnMissing, handle_missing
 from cir_lightning.errors import CIRDataError
@@ -182,6 +189,7 @@ class CIRRFiles:
         labelled = split != "test1"
         pairs = _read_pairs(captions, split_file, names, labelled, True)
         items = [GalleryItem(n, paths[n], f"{split_file}:{lines[n]}: {n!r}") for n in sorted(names)]
+        refuse_shared_images(items)
         listed = len(items)
         items = handle_missing(items, lambda g: [g.path], lambda g: g.image_id, what=f"{split} images",
                                where=split_file, on_missing=self.on_missing)
