@@ -85,7 +85,7 @@ def test_test_stage_uses_test_files_or_falls_back_to_val(root):
     ("train.jsonl", 1, {"reference_image": "/etc/passwd", "target_image": "images/b.png", "modification": "m"},
      "is absolute"),
     ("gallery.jsonl", 3, {"image_id": "a", "image_path": "images/a.png"}, "duplicate `image_id` 'a'"),
-    ("gallery.jsonl", 2, {"image_id": ["b"], "image_path": "images/b.png"}, "`image_id` must be a string"),
+    ("gallery.jsonl", 2, {"image_id": ["b"], "image_path": "images/b.png"}, "`image_id` must be a non-empty string"),
     ("val_queries.jsonl", 2, {"query_id": "q0", "reference_image": "images/a.png", "modification": "m",
                               "target_id": "b"}, "duplicate `query_id` 'q0'"),
     ("val_queries.jsonl", 1, {"query_id": "q0", "reference_image": "images/a.png", "modification": "m",
@@ -261,8 +261,12 @@ def test_unknown_exclude_ids_option_is_checked():
 @pytest.mark.parametrize(("fields", "message"), [
     ({"target_ids": ["a", "c", "a"]}, r":2: `target_ids` lists 'a' more than once"),
     ({"target_ids": ["a"], "target_id": "c"}, r":2: `target_id` 'c' is not among `target_ids` \['a'\]"),
-    ({"target_ids": ["a", {"id": "c"}]}, r":2: field `target_ids` must be a string or an integer id, got \{'id': 'c'\}"),
+    ({"target_ids": ["a", {"id": "c"}]}, r":2: `target_ids` item 2 must be a non-empty string or an integer id, got \{'id': 'c'\}"),
     ({"exclude_ids": "a"}, r":2: `exclude_ids` must be a list, got 'a'"),
+    ({"exclude_ids": ["a", None]}, r":2: `exclude_ids` item 2 must be a non-empty string or an integer id, got None"),
+    ({"target_ids": [None]}, r":2: `target_ids` item 1 must be a non-empty string or an integer id, got None"),
+    ({"query_id": " "}, r":2: field `query_id` must be a non-empty string or an integer id, got ' '"),
+    ({"target_id": ""}, r":2: field `target_id` must be a non-empty string or an integer id, got ''"),
     ({"modification": ["x"] * 50}, r":2: field `modification` must be a non-empty string, got \['x', 'x', 'x', "
                                    r"'x', 'x', 'x', \.\.\.\]"),
 ])
@@ -371,3 +375,11 @@ def test_a_text_holding_the_model_s_placeholder_is_named_with_its_line_when_the_
     with pytest.raises(CIRDataError, match=r"train\.jsonl:2: the caption 'a <image> square' holds '<image>'"):
         setup(root, "fit", with_captions=True).connect(collator)
     setup(root, "fit", with_captions=True).connect(SimpleNamespace(placeholders=()))  # a dual encoder has none
+
+
+def test_a_blank_gallery_id_is_an_error(root):
+    write_jsonl(root / "gallery.jsonl", [{"image_id": "a", "image_path": "images/a.png"},
+                                         {"image_id": "", "image_path": "images/b.png"}])
+    with pytest.raises(CIRDataError, match=r"gallery\.jsonl:2: field `image_id` must be a non-empty string or an "
+                                           r"integer id, got ''"):
+        setup(root, "validate")

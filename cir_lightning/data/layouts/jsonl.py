@@ -89,10 +89,18 @@ def _id(obj: dict[str, Any], key: str, path: Path, line: int, required: bool = T
         if required:
             raise CIRDataError(f"missing field `{key}`", path, line)
         return None
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise CIRDataError(f"field `{key}` must be a string or an integer id, got {short_repr(value)}", path,
-                           line)
+    return _check_id(value, f"field `{key}`", path, line)
+
+
+def _check_id(value: object, what: str, path: Path, line: int) -> str:
+    """``value`` as an id: a non-blank string or an integer (``what`` names it: "`target_ids` item 2")."""
+    if isinstance(value, bool) or not isinstance(value, str | int) or (isinstance(value, str) and not value.strip()):
+        raise CIRDataError(f"{what} must be a non-empty string or an integer id, got {short_repr(value)}", path, line)
     return str(value)
+
+
+def _ids(values: list[Any], key: str, path: Path, line: int) -> list[str]:
+    return [_check_id(v, f"`{key}` item {i + 1}", path, line) for i, v in enumerate(values)]
 
 
 def _check_files_exist(items: list[tuple[Path, str]]) -> None:
@@ -186,7 +194,7 @@ def _targets(obj: dict[str, Any], path: Path, line: int) -> list[str]:
     targets = obj["target_ids"]
     if not isinstance(targets, list) or not targets:
         raise CIRDataError(f"`target_ids` must be a non-empty list, got {short_repr(targets)}", path, line)
-    targets = [_id({"target_ids": t}, "target_ids", path, line) for t in targets]
+    targets = _ids(targets, "target_ids", path, line)
     twice = sorted({t for t in targets if targets.count(t) > 1})
     if twice:  # each positive would count twice in Recall (BGE-VL's) and mAP
         raise CIRDataError(f"`target_ids` lists {', '.join(map(repr, twice))} more than once", path, line)
@@ -243,7 +251,7 @@ def read_queries(path: Path, image_root: Path, gallery_ids: list[str], exclude_r
             excluded_ids = []
         if not isinstance(excluded_ids, list):
             raise CIRDataError(f"`exclude_ids` must be a list, got {short_repr(excluded_ids)}", path, line)
-        excluded_ids = [_id({"exclude_ids": e}, "exclude_ids", path, line) for e in excluded_ids]
+        excluded_ids = _ids(excluded_ids, "exclude_ids", path, line)
         reference_id = _id(obj, "reference_id", path, line, required=exclude_reference)
         strangers = [f"`exclude_ids` {e!r}" for e in dict.fromkeys(excluded_ids) if e not in row]
         if exclude_reference:
