@@ -412,6 +412,8 @@ def test_deeply_nested_json_names_file_and_line(root):
     (lambda i: i["images"][3].update(file_name="../x.jpg"), r"`images` entry 4 \(id \d+\): `file_name` must be a "
                                                             "plain file name"),
     (lambda i: i.update(images={}), r'expected a COCO image-info object \{"images"'),
+    (lambda i: i["images"][3].update(file_name="a\0.jpg"), r"`images` entry 4 \(id \d+\): `file_name` must be a plain "
+                                                          r"file name, got 'a\\x00\.jpg'"),
     (lambda i: i["images"][3].update(file_name=i["images"][1]["file_name"]), r"image \d+: '\d+' is the image `.*` of "
                                                                            r"'\d+' too \(.*\): the two ids would tie"),
 ])

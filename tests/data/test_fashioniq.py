@@ -391,6 +391,10 @@ def test_bad_split_files(root):
     write_entries(path, [*ids[:2], 5, *ids[3:]])
     with pytest.raises(CIRDataError, match=r"split\.shirt\.val\.json:4: entry 3: `image id` must be an image id .*got 5"):
         setup(root, "validate")
+    write_entries(path, [*ids[:2], "B00\0x", *ids[3:]])  # a NUL byte cannot be in a file name
+    with pytest.raises(CIRDataError, match=r"split\.shirt\.val\.json:4: entry 3: `image id` must be an image id .*"
+                                           r"got 'B00\\x00x'"):
+        setup(root, "validate")
     path.write_text("[]")
     with pytest.raises(CIRDataError, match=r"split\.shirt\.val\.json: no image ids: the gallery would be empty"):
         setup(root, "validate")

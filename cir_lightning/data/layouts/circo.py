@@ -173,7 +173,7 @@ class CIRCOFiles:
             name = entry.get("file_name") or f"{int(image_id):012d}.jpg"
             if image_id in seen:
                 raise CIRDataError(f"{where}: duplicate image id (first: entry {seen[image_id]})", info)
-            if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
+            if not isinstance(name, str) or "\0" in name or Path(name).name != name or name in (".", ".."):
                 raise CIRDataError(f"{where}: `file_name` must be a plain file name, got {short_repr(name)}",
                                    info)
             seen[image_id] = i + 1

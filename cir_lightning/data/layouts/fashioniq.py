@@ -141,11 +141,11 @@ def _read_list(path: Path, category: str) -> list[tuple[int, Any]]:
                           f"; without the files of {category!r}, leave it out of `categories`")
 
 
-def _image_id(value: object, path: Path, line: int, where: str, field: str) -> str:
-    if not isinstance(value, str) or not value.strip() or Path(value).name != value or value in (".", ".."):
+def _image_id(v: object, path: Path, line: int, where: str, field: str) -> str:
+    if not isinstance(v, str) or not v.strip() or "\0" in v or Path(v).name != v or v in (".", ".."):
         raise CIRDataError(f"{where}: `{field}` must be an image id (a file name without folders or "
-                           f"extension), got {short_repr(value)}", path, line)
-    return value
+                           f"extension), got {short_repr(v)}", path, line)
+    return v
 
 
 def _read_captions(path: Path, category: str) -> list[_Entry]:
