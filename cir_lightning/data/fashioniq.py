@@ -105,8 +105,8 @@ class FashionIQDataModule(CIRDataModule):
 
     def setup(self, stage: str) -> None:
         if not self.image_root.is_dir():
-            raise CIRDataError("the images folder does not exist; set `image_root` (or `root`)",
-                               self.image_root)
+            problem = "is not a folder" if self.image_root.exists() else "does not exist"
+            raise CIRDataError(f"the images folder {problem}; set `image_root` (or `root`)", self.image_root)
         first_test = stage == "test" and not self.test_sets
         super().setup(stage)
         if first_test:

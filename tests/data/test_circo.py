@@ -438,6 +438,9 @@ def test_annotation_file_problems(root):
     path.mkdir()
     with pytest.raises(CIRDataError, match=r"val\.json: CIRCO val annotation file is a folder, not a file"):
         setup(root)
+    with pytest.raises(CIRDataError, match=r"annotations: COCO image-info file is a folder, not a file; set "
+                                           r"`image_info_file` to the COCO file$"):
+        setup(root, "test", image_info_file=str(root / "annotations"))
 
 
 def test_byte_order_mark_and_sources_with_lines(root):

@@ -94,6 +94,8 @@ def test_png_is_preferred_when_both_files_exist_and_image_root_elsewhere(root, t
     with pytest.raises(CIRDataError, match="images folder does not exist; set `image_root`"):
         setup(root, "validate")
     assert setup(root, "validate", image_root=str(moved)).val_sets[0][1].records[0].path.parent == moved
+    with pytest.raises(CIRDataError, match=r"split\.dress\.val\.json: the images folder is not a folder; set `image_root`"):
+        setup(root, "validate", image_root=str(root / "image_splits" / "split.dress.val.json"))
 
 
 def test_query_text_forms(root):

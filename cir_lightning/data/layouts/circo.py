@@ -158,7 +158,8 @@ class CIRCOFiles:
         images = self._find(self.gallery_root, IMAGE_FOLDERS, "COCO 2017 unlabeled image folder", "gallery_root")
         if not images.is_dir():
             raise CIRDataError("the gallery image folder is not a folder; set `gallery_root`", images)
-        listing = read_json(info, "COCO image-info file", _HINT)
+        hint = "set `image_info_file` to the COCO file" if self.image_info_file else _HINT
+        listing = read_json(info, "COCO image-info file", hint)
         entries = listing.get("images") if isinstance(listing, dict) else None
         if not isinstance(entries, list) or not entries:
             raise CIRDataError('expected a COCO image-info object {"images": [{"id", "file_name"}, ...]}',
