@@ -20,8 +20,9 @@ from torchmetrics import Metric
 
 from cir_lightning.checks import cutoffs
 from cir_lightning.errors import CIRConfigError
+from cir_lightning.retrieval import ground_truth as truth
 from cir_lightning.retrieval.gather import collective_device, dedupe_by_index, gather_embeddings, world
-from cir_lightning.retrieval.index import SearchConfig, pad_lists, search_with_scores
+from cir_lightning.retrieval.index import SearchConfig, search_with_scores
 from cir_lightning.retrieval.metrics import (
     HitRateAtK,
     MAPAtK,
@@ -89,6 +90,7 @@ class EvalSubset:
         if self.positives is not None and len(self.positives) != len(self.excluded):
             raise ValueError(f"subset {self.name!r}: {len(self.positives)} positives rows for "
                              f"{len(self.excluded)} queries")
+        truth.check_positives(self.name, self.positives, self.excluded, self.num_gallery, self.query_ids)
 
     @property
     def num_queries(self) -> int:
@@ -174,6 +176,7 @@ class RetrievalEvaluator:
         """This rank's own gallery rows and their indices (sharded search), or None if incomplete."""
         emb, idx = dedupe_by_index(*self._local(subset, "gallery"))
         mine, complete = own_rows(idx, expected)
+        truth.check_shard(emb[mine], idx[mine], f"gallery rows of subset {subset}")  # a collective, like own_rows
         return (emb[mine], idx[mine]) if complete else None
 
     def _depth(self, sub: EvalSubset, families: Mapping[str, Sequence[int]]) -> int:
@@ -205,6 +208,7 @@ class RetrievalEvaluator:
                                   "gallery (limit_*_batches or fast_dev_run?): retrieval metrics are not "
                                   "computed for it", stacklevel=2)
                 continue
+            truth.check_embeddings(sub.name or s, queries, None if sharded else gallery)  # a shard: in _shard
             families = dict(sub.metrics) if sub.metrics is not None else {"recall": self.ks, "mrr": self.ks}
             mine = torch.arange(rank, len(queries), world_size)  # this rank's share of the search
             excluded, depth = [sub.excluded[i] for i in mine.tolist()], self._depth(sub, families)
@@ -216,11 +220,8 @@ class RetrievalEvaluator:
             else:
                 self.galleries[s] = gallery
                 ranked, scores = search_with_scores(queries[mine], gallery, depth, excluded, self.search)
-            restricted = None
-            if sub.candidates is not None:
-                restricted = rank_within(queries[mine], gallery,
-                                         pad_lists([sub.candidates[i] for i in mine.tolist()],
-                                                   max(len(c) for c in sub.candidates)))
+            restricted = None if sub.candidates is None else rank_within(
+                queries[mine], gallery, truth.candidate_table(sub.candidates, sub.excluded, mine.tolist()))
             if sub.positives is not None:
                 results.update(self._score(sub, families, mine, ranked, restricted))
             if keep_rankings or sub.positives is None:
@@ -233,7 +234,7 @@ class RetrievalEvaluator:
 
     def _score(self, sub: EvalSubset, families: Mapping[str, Sequence[int]], mine: Tensor, ranked: Tensor,
                restricted: Tensor | None) -> dict[str, float]:
-        positives = pad_lists([sub.positives[i] for i in mine.tolist()], max(len(p) for p in sub.positives))
+        positives = truth.positive_table(sub.positives, mine.tolist())
         prefix = f"{sub.name}/" if sub.name else ""
         device = collective_device()  # metric states are summed over ranks: NCCL needs them on the GPU
         results = {}

@@ -173,8 +173,10 @@ def _sharded_worker(rank, world, port, qry, gal, subsets, search, out):
 @pytest.mark.parametrize("backend", ["faiss", "torch"])
 def test_sharded_search_under_ddp_equals_one_process_over_the_whole_gallery(backend):
     qry, gal, refs, targets = _case(queries=19, gallery=23)
-    subsets = [EvalSubset("big", [[t] for t in targets], [[r, (r + 2) % 23] for r in refs], len(gal)),
-               EvalSubset("small", [[2], [0], [1], [2]], [[], [0], [], [1]], 3)]  # k > gallery size
+    # the target is never excluded: a query that could never hit is an error (ground_truth.check_positives)
+    excluded = [[e for e in (r, (r + 2) % 23) if e != t] for r, t in zip(refs, targets, strict=True)]
+    subsets = [EvalSubset("big", [[t] for t in targets], excluded, len(gal)),
+               EvalSubset("small", [[2], [0], [1], [2]], [[], [1], [], [1]], 3)]  # k > gallery size
     single = RetrievalEvaluator(ks=[1, 5, 10], search=SearchConfig(backend=backend))
     single.add(0, "gallery", gal, torch.arange(23))
     single.add(0, "query", qry, torch.arange(19))
