@@ -12,8 +12,8 @@ is ranked over: its gallery minus its excluded rows (``M`` items, ``P`` of them 
   one positive (``C`` = binomial coefficient); 1 for ``K >= M`` when ``P > 0``;
 - positive recall (``PositiveRecall@K``): ``K / M``, each positive lying in the first K with that
   probability;
-- CIRR's ``Recall_subset@K``: the hit rate above over the query's candidates (``M`` = their number,
-  ``P`` = the positives among them).
+- CIRR's ``Recall_subset@K``: the hit rate above over the query's candidates less its excluded rows
+  (``M`` = their number, ``P`` = the positives among them).
 
 The subset's chance level is the mean over its queries. MRR and mAP have no entry here.
 """
@@ -138,7 +138,9 @@ def chance_level(subset: EvalSubset, families: Mapping[str, Sequence[int]]) -> d
         if family == "recall_subset":
             if subset.candidates is None:
                 continue
-            cases = [(len(set(c)), len(pos & set(c))) for (pos, _), c in zip(pairs, subset.candidates, strict=True)]
+            # the candidates in the query's ranked list: excluded rows (the reference) are never ranked
+            cases = [(len(set(c) - exc), len(pos & (set(c) - exc)))
+                     for (pos, exc), c in zip(pairs, subset.candidates, strict=True)]
             values = _mean_hit_rates(cases, ks)
         else:
             cases = [(subset.num_gallery - len(exc), len(pos - exc)) for pos, exc in pairs]

@@ -11,6 +11,7 @@ import torch
 
 from cir_lightning.errors import CIRDataError
 from cir_lightning.retrieval import EvalSubset, RetrievalEvaluator, SearchConfig
+from cir_lightning.retrieval.protocol import chance_level
 
 BACKENDS = [SearchConfig(backend="torch"), SearchConfig(backend="faiss")]
 
@@ -34,6 +35,13 @@ def test_recall_subset_never_ranks_the_excluded_reference_even_if_it_is_a_candid
     assert got == {"cirr/Recall@1": 0.0, "cirr/Recall@2": 1.0, "cirr/Recall_subset@1": 1.0,
                    "cirr/Recall_subset@2": 1.0}
     assert [j for j in ev.subset_rankings["cirr"][0].tolist() if j >= 0] == [1, 2]
+
+
+def test_recall_subset_chance_level_counts_only_candidates_in_the_ranking():
+    # img_set {0, 1, 2} less the excluded reference 0: two candidates, one positive -> 1/2 at K = 1
+    sub = EvalSubset("", positives=[[1]], excluded=[[0]], num_gallery=4, metrics={"recall_subset": [1, 2]},
+                     candidates=[[0, 1, 2]])
+    assert chance_level(sub, {"recall_subset": [1, 2]}) == {"Recall_subset@1": 0.5, "Recall_subset@2": 1.0}
 
 
 @pytest.mark.parametrize("search", BACKENDS)
