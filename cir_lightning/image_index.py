@@ -2,17 +2,15 @@
 
 An index folder holds::
 
-    embeddings.npy  ids.json  meta.json    the embedding cache format (``retrieval.cache``): one row per
-                                           image, ids = image paths relative to the image folder
+    embeddings.npy  ids.json  meta.json    the embedding cache format (``retrieval.cache``): ids = relative paths
     index.faiss                            the faiss index over those rows (inner product)
     adapter/                               the model's trained LoRA adapter (peft format), when it has one
 
-``meta.json`` is the cache's (``model`` = backbone fingerprint and weights digest) plus ``image_index``:
-the image folder (``root``), the backbone's config (``class_path`` / ``init_args``, what rebuilds it), the
-image options, the faiss index type and the images left out as unreadable. ``ImageIndex.open`` refuses a
-missing, unfinished or damaged folder in one line; ``load_backbone`` rebuilds the model that made the
-index and checks it is that model; ``query`` refuses any other model, so rows and query are always
-embedded by the same function.
+``meta.json`` is the cache's (``model`` = backbone fingerprint and weights digest) plus ``image_index``: the
+image folder (``root``), the backbone's config (``class_path`` / ``init_args``, what rebuilds it), the image
+options, the faiss index type and the images left out as unreadable. ``ImageIndex.open`` refuses a missing,
+unfinished or damaged folder in one line; ``load_backbone`` rebuilds the model that made the index and checks
+it; ``query`` refuses any other model, so rows and query are always embedded by the same function.
 """
 
 from __future__ import annotations
@@ -37,6 +35,7 @@ from cir_lightning.messages import MISSING, first_few, short_repr
 from cir_lightning.retrieval.cache import identity_differences
 from cir_lightning.retrieval.embedding_folder import ids_digest
 from cir_lightning.retrieval.index import search_with_scores
+from cir_lightning.retrieval.ties import identical_rows
 
 __all__ = ["FAISS_FILE", "Hit", "ImageIndex", "partial_folder"]
 
@@ -100,6 +99,7 @@ class ImageIndex:
         self._faiss = faiss_index
         self._rows = {p: i for i, p in enumerate(relpaths)}
         self._checked: weakref.WeakSet[Backbone] = weakref.WeakSet()
+        self._identical: Any = "find"  # the identical images (equal scores, lower row first): found once
 
     @property
     def info(self) -> dict[str, Any]:
@@ -224,7 +224,8 @@ class ImageIndex:
         skip = {self._rows[p] for p in exclude if p in self._rows}
         flat = _flat_rows(self._faiss)
         if flat is not None:  # exact: the evaluation's search (ties to the lower row, also across the cut-off)
-            ids, scores = search_with_scores(embedding, flat, k, [sorted(skip)])
+            self._identical = identical_rows(flat) if self._identical == "find" else self._identical
+            ids, scores = search_with_scores(embedding, flat, k, [sorted(skip)], identical=self._identical)
             found = [(s, r) for s, r in zip(scores[0].tolist(), ids[0].tolist(), strict=True) if r >= 0]
         else:  # approximate (IVF, HNSW, PQ): its own candidates, in score order
             depth = min(k + len(skip), len(self.relpaths))

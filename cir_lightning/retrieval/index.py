@@ -7,7 +7,8 @@ full ranking. ``SearchConfig`` chooses how:
 
 - ``backend="faiss"`` with ``factory="Flat"`` (default): exact ``IndexFlatIP``. Equal scores are put in
   gallery order and the rare rows where a tie crosses the cut-off are recomputed exactly, so the result
-  equals the torch backend's (lower gallery index first).
+  equals the torch backend's (lower gallery index first). Identical gallery rows tie exactly even where
+  the matrix product rounds their scores apart (``ties``).
 - ``backend="faiss"`` with any other ``index_factory`` string ("IVF1024,Flat", "HNSW32",
   "IVF256,PQ16", ...): approximate, inner-product metric, trained on the gallery when the type needs it.
 - ``backend="torch"``: blocked matmul + top-k with exact tie-breaking; memory is one block of at most
@@ -38,6 +39,7 @@ from cir_lightning.retrieval.backends import (
     torch_topk,
 )
 from cir_lightning.retrieval.search_config import SearchConfig, faiss_message
+from cir_lightning.retrieval.ties import IdenticalRows, identical_rows, tie_identical
 
 __all__ = ["SearchConfig", "build_index", "faiss_message", "pad_lists", "search", "search_with_scores"]
 
@@ -120,9 +122,11 @@ def search(queries: Tensor | np.ndarray, gallery: Tensor | np.ndarray, k: int,
 
 
 def search_with_scores(queries: Tensor | np.ndarray, gallery: Tensor | np.ndarray, k: int,
-                       excluded: Sequence[Sequence[int]] | None = None,
-                       config: SearchConfig | None = None) -> tuple[Tensor, Tensor]:
+                       excluded: Sequence[Sequence[int]] | None = None, config: SearchConfig | None = None,
+                       identical: IdenticalRows | None | str = "find") -> tuple[Tensor, Tensor]:
     """``search`` that also returns the scores of the results (float32, ``-inf`` where the id is -1).
+    ``identical``: the gallery's identical rows (``ties.identical_rows``), found here by default (``"find"``);
+    a caller searching one gallery many times passes them, or None where they do not matter.
 
     Example:
         >>> ids, scores = search_with_scores(torch.eye(2), torch.eye(2), k=3, excluded=[[1], []])
@@ -152,4 +156,6 @@ def search_with_scores(queries: Tensor | np.ndarray, gallery: Tensor | np.ndarra
         ids, scores = torch_topk(q, g, depth, config.chunk_size)
     else:
         ids, scores = faiss_topk(q, g, depth, config)
+    if config.exact:  # identical rows: equal scores, the lower gallery index first
+        ids, scores = tie_identical(ids, scores.float(), identical_rows(g) if identical == "find" else identical)
     return _drop_excluded(ids, scores.float(), excl, k)

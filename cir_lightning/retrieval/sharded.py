@@ -18,7 +18,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from cir_lightning.distributed import all_gather_rows, collective_device, world
-from cir_lightning.retrieval.index import SearchConfig, pad_lists, search_with_scores
+from cir_lightning.retrieval.index import SearchConfig, _drop_excluded, pad_lists, search_with_scores
+from cir_lightning.retrieval.ties import IdenticalRows, identical_rows, prefix_hashes, tie_identical
 
 
 def _all_gather_list(x: Tensor) -> list[Tensor]:
@@ -72,6 +73,24 @@ def merge_topk(ids: Tensor, scores: Tensor, k: int) -> Tensor:
     return merged
 
 
+def _identical_across(shard: Tensor, shard_index: Tensor) -> IdenticalRows | None:
+    """The identical gallery rows of all ranks' shards (a collective): every rank's row hashes, then the rows
+    whose hash another row shares, gathered and compared whole."""
+    hashes = prefix_hashes(shard) if len(shard) else torch.empty(0, dtype=torch.long)
+    parts = _all_gather_list(hashes)
+    _, inverse, counts = torch.unique(torch.cat(parts), return_inverse=True, return_counts=True)
+    if not (counts > 1).any():  # the same answer on every rank: no rank gathers rows
+        return None
+    start = sum(len(part) for part in parts[: world()[0]])
+    mine = (counts[inverse[start:start + len(hashes)]] > 1).nonzero().flatten()
+    rows, index = shard[mine.to(shard.device)].float(), shard_index[mine.to(shard_index.device)]
+    if world()[1] > 1:
+        device = collective_device()
+        rows = torch.cat([r.cpu() for r in all_gather_rows(rows.to(device))])
+        index = torch.cat(_all_gather_list(index))
+    return identical_rows(rows.cpu(), indices=index.cpu()) if len(rows) else None
+
+
 def sharded_search(queries: Tensor, shard: Tensor, shard_index: Tensor, k: int,
                    excluded: Sequence[Sequence[int]], config: SearchConfig | None = None) -> Tensor:
     """Top-``k`` global gallery rows for every query, each rank holding only ``shard`` (a collective).
@@ -86,8 +105,9 @@ def sharded_search(queries: Tensor, shard: Tensor, shard_index: Tensor, k: int,
 
     Returns (Q, k) global gallery rows, -1 padded, the same on every rank.
     """
+    identical = _identical_across(shard, shard_index) if (config or SearchConfig()).exact else None
     local_ids, local_scores = search_with_scores(queries, shard, k, _local_exclusions(excluded, shard_index),
-                                                 config)
+                                                 config, identical=None)  # ties: below, across the shards
     global_ids = torch.where(local_ids >= 0, shard_index[local_ids.clamp(min=0)] if len(shard_index)
                              else local_ids, -1)
     if world()[1] > 1:
@@ -98,4 +118,7 @@ def sharded_search(queries: Tensor, shard: Tensor, shard_index: Tensor, k: int,
         dist.all_gather(parts_scores, local_scores.to(device))
         global_ids = torch.cat([p.cpu() for p in parts_ids], dim=1)
         local_scores = torch.cat([p.cpu() for p in parts_scores], dim=1)
+    if identical is not None:  # identical rows tie, wherever they are; a row a query excludes stays out
+        global_ids, local_scores = tie_identical(global_ids, local_scores, identical)
+        global_ids, local_scores = _drop_excluded(global_ids, local_scores, pad_lists(excluded), global_ids.shape[1])
     return merge_topk(global_ids, local_scores, k)

@@ -165,6 +165,10 @@ def _sharded_worker(rank, world, port, qry, gal, subsets, search, out):
                 mine = torch.tensor(padded[rank::world])
                 ev.add(s, kind, x[mine], mine)
         out[rank] = (ev.compute(subsets, keep_rankings=True), {k: v.tolist() for k, v in ev.rankings.items()})
+        from cir_lightning.retrieval.sharded import _identical_across
+
+        mine = torch.arange(rank, len(gal), world)  # each rank's own rows: the identical ones found across ranks
+        out[f"identical{rank}"] = _identical_across(gal[mine], mine).members
     finally:
         dist.destroy_process_group()
 
@@ -191,3 +195,4 @@ def test_sharded_search_under_ddp_equals_one_process_over_the_whole_gallery(back
         metrics, rankings = out[rank]
         assert metrics == expected
         assert rankings == {k: v.tolist() for k, v in single.rankings.items()}
+        assert out[f"identical{rank}"] == [[2, 5, 19]]  # rows 2 and 5 on rank 2, row 19 on rank 1
