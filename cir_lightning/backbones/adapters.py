@@ -22,11 +22,12 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from cir_lightning.errors import CIRConfigError, weight_mismatch
+from cir_lightning.errors import CIRConfigError, CIRDataError, CIRModelError, weight_mismatch
 
 __all__ = ["AdapterTargets", "adapter_settings", "base_mismatch", "load_adapter_weights"]
 
 BASE_FILE = "cir_lightning_base.json"  # beside a saved adapter: {"model": name, "base_digest": digest}
+WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")  # peft's names, in the order peft reads them
 
 _PEFT_ROOT = "base_model.model."  # how peft names the wrapped model's weights in a saved adapter
 _OUR_REGEX = re.compile(r"\(\?:([\w|]+)\)\$$")  # the names at the end of our own target regexes
@@ -127,7 +128,10 @@ def _read_base_record(folder: Path) -> tuple[str | None, str | None] | None:
     if not (folder / BASE_FILE).is_file():
         return None
     record = read_json(folder / BASE_FILE, what="adapter's base record")
-    return (record.get("model"), record.get("base_digest")) if isinstance(record, dict) else None
+    if not isinstance(record, dict):  # damaged: the base it records cannot be compared, never silently
+        raise CIRDataError("is not a JSON object (it records the base weights the adapter was trained on); "
+                           "export the adapter again, or remove the file to load it unchecked", folder / BASE_FILE)
+    return record.get("model"), record.get("base_digest")
 
 
 def load_adapter_weights(model: nn.Module, path: str | Path,
@@ -182,15 +186,38 @@ def _placed(weights: dict[str, Tensor], expected: set[str]) -> dict[str, Tensor]
 
 
 def _adapter_file(folder: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    from peft.utils import load_peft_weights
-
     from cir_lightning.reading import read_json
 
     config_file = folder / "adapter_config.json"
     if not config_file.is_file():
         raise CIRConfigError(f"`init_adapter` {folder} is neither a peft adapter folder (no adapter_config.json) "
                              "nor a cir_lightning checkpoint")
-    return read_json(config_file, what="peft adapter config"), load_peft_weights(str(folder), device="cpu")
+    return read_json(config_file, what="peft adapter config"), _adapter_weights(folder)
+
+
+def _adapter_weights(folder: Path) -> dict[str, Tensor]:
+    """The weights of a peft adapter folder, read here rather than by peft, which looks a folder without its
+    weights file up on the hub and lets a damaged file raise safetensors' own error."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from cir_lightning.torch_files import load_torch_file
+
+    file = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
+    if file is None:
+        raise CIRConfigError(f"`init_adapter` {folder} holds adapter_config.json but no {' or '.join(WEIGHT_FILES)}: "
+                             "the adapter was not saved completely; save or export it again")
+    if file.suffix == ".bin":
+        weights = load_torch_file(file, what="`lora.init_adapter`")  # weights_only; damaged: one line
+    else:
+        try:
+            weights = load_file(str(file), device="cpu")
+        except (SafetensorError, OSError) as err:
+            raise CIRModelError(f"`lora.init_adapter` `{file}` cannot be read ({str(err).strip()}): it is truncated "
+                                "or damaged; save or export the adapter again") from None
+    if not isinstance(weights, dict) or not all(isinstance(v, Tensor) for v in weights.values()):
+        raise CIRModelError(f"`lora.init_adapter` `{file}` holds no adapter weights (not a mapping of tensors)")
+    return weights
 
 
 def _load_checkpoint_weights(model: nn.Module, path: Path, file: Path) -> tuple[str | None, str | None]:
