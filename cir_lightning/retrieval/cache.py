@@ -31,6 +31,7 @@ from torch import Tensor
 
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.files import atomic_folder
+from cir_lightning.messages import json_type
 from cir_lightning.retrieval.embedding_folder import (
     FORMAT,
     check_dtype,
@@ -164,6 +165,27 @@ def stored_dtype(path: str | Path) -> str:
     return str(json.loads((Path(path) / "meta.json").read_text()).get("dtype", "float32"))
 
 
+def _read_cache(path: Path) -> tuple[dict[str, Any], list[Any]]:
+    """A cache's ``meta.json`` and ``ids.json``, after checking they hold what a cache is written with."""
+    try:
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+        cached_ids = json.loads((path / "ids.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CIRDataError(f"not a readable embedding cache ({err})", path) from None
+    damaged = "; re-embed with `overwrite_cache: true` (or delete the folder)"
+    if not isinstance(meta, dict) or not isinstance(cached_ids, list):
+        raise CIRDataError(f"not an embedding cache (meta.json holds {json_type(meta)}, ids.json "
+                           f"{json_type(cached_ids)}; a cache has an object and a list){damaged}", path)
+    for key in ("count", "dim"):
+        if type(meta.get(key)) is not int or meta[key] < 0:
+            raise CIRDataError(f"meta.json: `{key}` is {meta.get(key)!r}, not a whole number: the cache is "
+                               f"damaged{damaged}", path)
+    if meta.get("dtype", "float32") not in ("float32", "float16"):
+        raise CIRDataError(f"meta.json: `dtype` is {meta.get('dtype')!r}, not float32 or float16: the cache is "
+                           f"damaged{damaged}", path)
+    return meta, cached_ids
+
+
 def load_embeddings(path: str | Path, *, kind: str, model: Mapping[str, Any], dataset: str, split: str,
                     ids: Sequence[str] | None = None, rows: slice | None = None,
                     images: Sequence[str] | None = None) -> tuple[Tensor, list[str]]:
@@ -189,11 +211,7 @@ def load_embeddings(path: str | Path, *, kind: str, model: Mapping[str, Any], da
         cir_lightning.errors.CIRDataError: ...: the cache does not match: kind: cached 'gallery', expected 'query'. ...
     """
     path = Path(path)
-    try:
-        meta = json.loads((path / "meta.json").read_text())
-        cached_ids = json.loads((path / "ids.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CIRDataError(f"not a readable embedding cache ({err})", path) from None
+    meta, cached_ids = _read_cache(path)
     expected = {"format": FORMAT, "kind": kind, "model": json.loads(json.dumps(dict(model), default=str)),
                 "dataset": dataset, "split": split}
     problems = [problem for key, value in expected.items() for problem in _differences(key, meta.get(key), value)]

@@ -73,6 +73,31 @@ def test_not_a_cache_is_a_clear_error(tmp_path):
         load_embeddings(tmp_path, model=MODEL, **WHERE)
 
 
+def _edit_meta(**changes):
+    def edit(path):
+        meta = json.loads((path / "meta.json").read_text())
+        meta.update(changes)
+        (path / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if v is not None}))
+    return edit
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda p: (p / "meta.json").write_text("[]"), "not an embedding cache (meta.json holds list, ids.json list"),
+    (lambda p: (p / "ids.json").write_text("null"), "meta.json holds dict, ids.json null"),
+    (lambda p: (p / "ids.json").write_bytes(b"\xff\xfe"), "not a readable embedding cache ('utf-8' codec"),
+    (_edit_meta(count=None), "meta.json: `count` is None, not a whole number: the cache is damaged"),
+    (_edit_meta(dim="3"), "meta.json: `dim` is '3', not a whole number"),
+    (_edit_meta(dtype="bogus"), "meta.json: `dtype` is 'bogus', not float32 or float16"),
+])
+def test_a_damaged_cache_is_one_line_naming_it(cache, damage, message):
+    path, _ = cache
+    damage(path)
+    with pytest.raises(CIRDataError) as info:
+        load_embeddings(path, model=MODEL, **WHERE)
+    assert message in str(info.value)
+    assert str(info.value).startswith(f"{path}: ")
+
+
 def test_a_float16_gallery_cache_used_for_evaluation_is_said_and_recorded(tmp_path):
     """`predict --predictions.dtype float16` folders are valid caches, but their rounded embeddings can swap
     near-ties: the evaluation says so and the results record it; float32 caches load without a word."""
