@@ -24,9 +24,10 @@ from cir_lightning.errors import CIRDataError
 from cir_lightning.files import check_writable, write_atomic
 from cir_lightning.messages import first_few
 from cir_lightning.retrieval.cache import identity_differences, save_embeddings
-from cir_lightning.retrieval.embedding_folder import file_stamp
+from cir_lightning.retrieval.embedding_folder import file_stamp, ids_digest
 
-__all__ = ["SHARD_SPLIT", "ShardWriter", "current_rows", "file_stamps", "read_shards", "start_build"]
+__all__ = ["SHARD_SPLIT", "ShardWriter", "current_rows", "file_stamps", "read_shards", "read_unreadable",
+           "start_build"]
 
 SHARD_SPLIT = "index-shard"
 
@@ -101,18 +102,44 @@ def read_shards(folder: Path, identity: Mapping[str, Any],
     for shard in sorted(folder.iterdir()) if folder.is_dir() else []:
         if shard.name.startswith(".") or not shard.is_dir():
             continue
-        try:
-            meta = json.loads((shard / "meta.json").read_text())
-            ids = json.loads((shard / "ids.json").read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise CIRDataError(f"a shard of the unfinished index cannot be read ({err}); remove `{partial}` to "
-                               "start again", shard) from None
+        meta, ids = _shard_files(shard, partial)
         problems = identity_differences("model", meta.get("model"), identity)
         if problems:
             raise CIRDataError(f"holds images embedded by another model ({'; '.join(problems)}); remove `{partial}` "
                                "to start again with this one, or index with the model it was started with", shard)
         found.append((shard, ids, meta.get("stamps") or {}))
     return found
+
+
+def _shard_files(shard: Path, partial: Path) -> tuple[dict[str, Any], list[str]]:
+    """A shard's ``meta.json`` and ids, after checking that its files agree (ids, their digest, the rows of
+    ``embeddings.npy``): a damaged shard is refused here, not met as a library error while assembling."""
+    redo = f"remove it (its images are embedded again) or `{partial}` (to start again)"
+    try:
+        meta = json.loads((shard / "meta.json").read_text(encoding="utf-8"))
+        ids = json.loads((shard / "ids.json").read_text(encoding="utf-8"))
+        rows = np.load(shard / "embeddings.npy", mmap_mode="r")
+    except (OSError, UnicodeDecodeError, ValueError, EOFError) as err:  # JSONDecodeError is a ValueError
+        raise CIRDataError(f"a shard of the unfinished index cannot be read ({err}); {redo}", shard) from None
+    if not (isinstance(meta, dict) and isinstance(ids, list) and all(isinstance(i, str) for i in ids)
+            and meta.get("ids_sha256") == ids_digest(ids) and rows.shape == (len(ids), meta.get("dim"))):
+        raise CIRDataError(f"a shard of the unfinished index is damaged (its meta.json, ids.json and embeddings.npy "
+                           f"do not agree); {redo}", shard)
+    return meta, ids
+
+
+def read_unreadable(partial: Path) -> dict[str, str]:
+    """The images the processes of a build found unreadable (``unreadable-*.json``): relative path -> reason."""
+    from cir_lightning.reading import read_json
+
+    reasons: dict[str, str] = {}
+    for file in sorted(partial.glob("unreadable-*.json")):
+        listed = read_json(file, "list of unreadable images")
+        if not isinstance(listed, dict) or not all(isinstance(v, str) for v in listed.values()):
+            raise CIRDataError("is damaged (not an object of image -> reason); remove it: its images are tried again",
+                               file)
+        reasons.update(listed)
+    return reasons
 
 
 def start_build(partial: Path, plan: dict[str, Any]) -> None:

@@ -13,7 +13,6 @@ kept); they are an error unless ``skip_unreadable``.
 from __future__ import annotations
 
 import gc
-import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,6 +35,7 @@ from cir_lightning.index_shards import (
     current_rows,
     file_stamps,
     read_shards,
+    read_unreadable,
     start_build,
     unlock_build,
 )
@@ -158,9 +158,7 @@ def _assemble(root: Path, out: Path, partial: Path, relpaths: list[str], backbon
     # image -> (shard, row), as the files are now (one changed during the build is not taken)
     done = current_rows(read_shards(partial / "shards", identity, partial), file_stamps(root, relpaths))
     missing = [p for p in relpaths if p not in done]
-    reasons: dict[str, str] = {}
-    for file in sorted(partial.glob("unreadable-*.json")):
-        reasons.update(json.loads(file.read_text()))
+    reasons = read_unreadable(partial)
     unexplained = [p for p in missing if p not in reasons]
     if unexplained:
         raise CIRDataError(f"{len(unexplained)} images were not embedded, or their files changed while they were "
