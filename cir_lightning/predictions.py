@@ -47,6 +47,7 @@ from cir_lightning.retrieval.embedding_folder import (
     image_files,
     new_embeddings,
     open_embeddings,
+    reserve,
 )
 from cir_lightning.retrieval.evaluator import loader_role
 
@@ -127,6 +128,7 @@ class EmbeddingWriter(BasePredictionWriter):
                 folder.mkdir()
                 new_embeddings(folder, len(out.ids), int(dim), self.dtype).flush()
                 np.lib.format.open_memmap(folder / _MASK, mode="w+", dtype=np.uint8, shape=(len(out.ids),)).flush()
+                reserve(folder / _MASK)
         self._tmp, self._target = Path(trainer.strategy.broadcast(str(self._tmp))), target
         for out in self._outputs.values():  # every rank writes into the same files
             folder = self._tmp / cache_name(out.split, out.name, out.kind)[0]

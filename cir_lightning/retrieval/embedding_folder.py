@@ -7,6 +7,7 @@ writes ``ids.json`` and ``meta.json``; ``image_files`` is what ties a gallery's 
 from __future__ import annotations
 
 import datetime
+import errno
 import hashlib
 import json
 import os
@@ -90,8 +91,27 @@ def new_embeddings(folder: str | Path, count: int, dim: int, dtype: str = "float
         [[0.0, 1.0], [0.6000000238418579, 0.800000011920929], [1.0, 0.0]]
     """
     check_dtype(dtype)
-    return np.lib.format.open_memmap(Path(folder) / "embeddings.npy", mode="w+", dtype=np.dtype(dtype),
+    rows = np.lib.format.open_memmap(Path(folder) / "embeddings.npy", mode="w+", dtype=np.dtype(dtype),
                                      shape=(int(count), int(dim)))
+    reserve(Path(folder) / "embeddings.npy")
+    return rows
+
+
+def reserve(path: str | Path) -> None:
+    """Allocate the disk blocks of the file ``path`` now. A preallocated file is sparse: rows written into it
+    through a memory map on a full disk kill the process with SIGBUS ("Bus error", nothing said, nothing
+    cleaned up); reserved, a full disk is an ``OSError`` (ENOSPC) here, before any row is embedded. File
+    systems that cannot reserve space are left as they are."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            os.posix_fallocate(fd, 0, size)
+    except OSError as err:
+        if err.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS):
+            raise
+    finally:
+        os.close(fd)
 
 
 def open_embeddings(folder: str | Path) -> np.memmap:
