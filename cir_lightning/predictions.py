@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,7 +40,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from cir_lightning.data.base import CIRDataModule
 from cir_lightning.errors import CIRConfigError, CIRFileError
-from cir_lightning.files import atomic_folder, check_writable, free_path
+from cir_lightning.files import atomic_folder, check_writable, free_path, write_error
 from cir_lightning.retrieval.cache import cache_name
 from cir_lightning.retrieval.embedding_folder import (
     finish_embeddings,
@@ -67,6 +67,18 @@ class _Output:
     files: dict[str, str] = field(default_factory=dict)  # a gallery's `image_files`, before reading
     rows: Any = None  # np.memmap of the embeddings
     mask: Any = None  # np.memmap of uint8, 1 where a row was written
+
+
+@contextlib.contextmanager
+def _writing(target: Path) -> Iterator[None]:
+    """A file operation's ``OSError`` (full disk, permissions) as the one-line error naming the predictions folder;
+    Lightning's ``on_exception`` then removes the temporary folder."""
+    try:
+        yield
+    except CIRFileError:
+        raise
+    except OSError as err:
+        raise write_error(target, err) from None
 
 
 def _as_list(loaders: Any) -> list[Any]:
@@ -123,16 +135,21 @@ class EmbeddingWriter(BasePredictionWriter):
         if trainer.is_global_zero:
             self._stack = contextlib.ExitStack()
             self._tmp = self._stack.enter_context(atomic_folder(target))
-            for out in self._outputs.values():
-                folder = self._tmp / cache_name(out.split, out.name, out.kind)[0]
-                folder.mkdir()
-                new_embeddings(folder, len(out.ids), int(dim), self.dtype).flush()
-                np.lib.format.open_memmap(folder / _MASK, mode="w+", dtype=np.uint8, shape=(len(out.ids),)).flush()
-                reserve(folder / _MASK)
+            with _writing(target):
+                self._make_files(int(dim))
         self._tmp, self._target = Path(trainer.strategy.broadcast(str(self._tmp))), target
-        for out in self._outputs.values():  # every rank writes into the same files
+        with _writing(target):
+            for out in self._outputs.values():  # every rank writes into the same files
+                folder = self._tmp / cache_name(out.split, out.name, out.kind)[0]
+                out.rows, out.mask = open_embeddings(folder), np.load(folder / _MASK, mmap_mode="r+")
+
+    def _make_files(self, dim: int) -> None:
+        for out in self._outputs.values():
             folder = self._tmp / cache_name(out.split, out.name, out.kind)[0]
-            out.rows, out.mask = open_embeddings(folder), np.load(folder / _MASK, mmap_mode="r+")
+            folder.mkdir()
+            new_embeddings(folder, len(out.ids), dim, self.dtype).flush()
+            np.lib.format.open_memmap(folder / _MASK, mode="w+", dtype=np.uint8, shape=(len(out.ids),)).flush()
+            reserve(folder / _MASK)
 
     def _plan(self, trainer: pl.Trainer) -> dict[int, _Output]:
         datamodule = getattr(trainer, "datamodule", None)
@@ -183,6 +200,19 @@ class EmbeddingWriter(BasePredictionWriter):
             else {"module": type(pl_module).__name__}
         datamodule = getattr(trainer, "datamodule", None)
         dataset = datamodule.gallery_identity() if isinstance(datamodule, CIRDataModule) else type(datamodule).__name__
+        with _writing(self._target):
+            done, left_out = self._finish_files(model, dataset)
+        if left_out:
+            rank_zero_warn("predict did not embed every row (limit_predict_batches?): left out " + ", ".join(left_out))
+        if not done:
+            self._abort(None)
+            return
+        self._stack.close()  # the folder appears, complete
+        self._stack, self.written = None, self._target
+        print(f"embeddings written to {self._target}: " + ", ".join(done))
+
+    def _finish_files(self, model: dict[str, Any], dataset: str) -> tuple[list[str], list[str]]:
+        """Each subset's ``ids.json`` and ``meta.json``; the subsets written and those left out, for messages."""
         done, left_out = [], []
         for out in self._outputs.values():
             folder = self._tmp / cache_name(out.split, out.name, out.kind)[0]
@@ -196,14 +226,7 @@ class EmbeddingWriter(BasePredictionWriter):
             finish_embeddings(folder, out.ids, kind=out.kind, model=model, dataset=dataset,
                               split=cache_name(out.split, out.name, out.kind)[1], extra=out.files)
             done.append(f"{folder.name} ({len(out.ids)} x {self._dim(folder)})")
-        if left_out:
-            rank_zero_warn("predict did not embed every row (limit_predict_batches?): left out " + ", ".join(left_out))
-        if not done:
-            self._abort(None)
-            return
-        self._stack.close()  # the folder appears, complete
-        self._stack, self.written = None, self._target
-        print(f"embeddings written to {self._target}: " + ", ".join(done))
+        return done, left_out
 
     @staticmethod
     def _dim(folder: Path) -> int:

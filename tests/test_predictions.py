@@ -147,3 +147,28 @@ def test_sigterm_stops_predict_without_a_half_written_folder(predicted, tiny_mod
               "--predictions.folder", str(out / "embedded"), "--data.init_args.eval_batch_size", "4"])
     assert not (out / "embedded").exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+@pytest.mark.parametrize("failing", ["create", "finish"])
+def test_a_full_disk_is_one_line_naming_the_folder_and_leaves_nothing(predicted, tiny_model_dir, monkeypatch, capsys,
+                                                                     failing):
+    """ENOSPC while the files are made (before the first batch) or completed (ids.json, at the end) was an OSError
+    traceback; the temporary folder is removed either way."""
+    import errno
+
+    import cir_lightning.predictions as predictions
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(predictions, "new_embeddings" if failing == "create" else "finish_embeddings", full)
+    out = predicted / f"full-{failing}"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", *_common(tiny_model_dir, predicted / "data"), "--trainer.default_root_dir", str(out),
+              "--predictions.folder", str(out / "embedded")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"cir-lightning: error: cannot write `{out / 'embedded'}`: no space left on the device" in err
+    assert "Traceback" not in err
+    assert not (out / "embedded").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary folder left
