@@ -72,8 +72,14 @@ def write_memmap(path: str | Path, embeddings: Tensor | np.ndarray, identity: Ma
         raise ValueError(f"`embeddings` must be 2-d (rows, dim), got shape {array.shape}")
     _check_free(path)
     meta = {"format": FORMAT, **identity, "count": len(array), "dim": int(array.shape[1]), "dtype": "float32"}
-    write_atomic(path, np.ascontiguousarray(array, dtype=np.float32).tobytes())
-    write_atomic(_identity_file(path), json.dumps(meta, indent=1, default=str) + "\n")
+    # the identity first: an embedding file without one is taken as BGE-VL's own (its size alone checked), so a
+    # failure or a kill between the two writes must never leave the embeddings alone
+    identity_file = write_atomic(_identity_file(path), json.dumps(meta, indent=1, default=str) + "\n")
+    try:
+        write_atomic(path, np.ascontiguousarray(array, dtype=np.float32).tobytes())
+    except BaseException:
+        identity_file.unlink(missing_ok=True)  # written just now, by us
+        raise
     return path
 
 

@@ -1,0 +1,35 @@
+"""BGE-VL's embedding files: an embedding file and its identity file appear together or not at all, so a failed
+write never leaves embeddings that a later `--load_embedding` takes for BGE-VL's own (checked by size only)."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import numpy as np
+import pytest
+
+import cir_lightning.retrieval.memmap as memmap
+from cir_lightning.errors import CIRFileError
+
+
+@pytest.mark.parametrize("failing", [".memmap", ".json"])
+def test_a_write_that_fails_leaves_neither_file(tmp_path, monkeypatch, failing):
+    written = []
+    real = memmap.write_atomic
+
+    def full_disk(path, data, **kwargs):
+        if str(path).endswith(failing):
+            raise CIRFileError(f"cannot write `{path}`: {os.strerror(errno.ENOSPC)}")
+        written.append(path.name)
+        return real(path, data, **kwargs)
+
+    monkeypatch.setattr(memmap, "write_atomic", full_disk)
+    with pytest.raises(CIRFileError):
+        memmap.write_memmap(tmp_path / "e.memmap", np.eye(2, 3), {"ids": ["a", "b"], "model": {"m": 1}})
+    assert list(tmp_path.iterdir()) == []
+    assert written in ([], ["e.memmap.json"])  # the identity first: the embeddings never stand alone
+    monkeypatch.setattr(memmap, "write_atomic", real)
+    path = memmap.write_memmap(tmp_path / "e.memmap", np.eye(2, 3), {"ids": ["a", "b"], "model": {"m": 1}})
+    with pytest.raises(Exception, match="does not match this run"):  # and then the identity is checked
+        memmap.read_memmap(path, 2, 3, {"ids": ["a", "b"], "model": {"m": 2}})
