@@ -70,7 +70,8 @@ def find_adapter(folder: str | Path) -> Path | None:
     folder = Path(folder)
     if (folder / "adapter_config.json").is_file():
         return folder
-    found = [p.parent for depth in range(1, 4) for p in folder.glob("*/" * depth + "adapter_config.json")]
+    found = [p.parent for depth in range(1, 4) for p in folder.glob("*/" * depth + "adapter_config.json")
+             if not any(part.startswith(".") for part in p.relative_to(folder).parts)]  # an export's temporary folder
     return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
 
