@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from cir_lightning.errors import CIRConfigError, CIRFileError
 from cir_lightning.files import check_writable
 from cir_lightning.retrieval.cache import cache_name, load_embeddings, save_embeddings, stored_dtype
 from cir_lightning.retrieval.embedding_folder import image_files
@@ -46,6 +47,22 @@ class GalleryStore(Protocol):
 
     def save(self, evaluator: RetrievalEvaluator) -> list[Path]:
         """Write, on rank zero, the galleries embedded in this run (after ``evaluator.compute``)."""
+
+    def _save_one(self, path: Path, embeddings: Tensor, identity: dict[str, Any]) -> bool:
+        """Write one cache; False when another run sharing the folder wrote it since ``lookup`` (it is kept:
+        failing here would lose this run's results, and it is checked like any cache when it is loaded)."""
+        identity = dict(identity)
+        ids = identity.pop("ids")
+        try:
+            if not path.exists() or self.overwrite:
+                save_embeddings(path, embeddings, ids, overwrite=self.overwrite, **identity)
+                return True
+        except (CIRConfigError, CIRFileError):
+            if self.overwrite or not path.exists():
+                raise
+        warnings.warn(f"embedding cache `{path}` was written by another run meanwhile: kept as it is, not written "
+                      "again", stacklevel=3)
+        return False
 
     def report(self) -> dict[str, Any]:
         """What this run loaded and wrote (for results files)."""
@@ -132,11 +149,27 @@ class GalleryCache:
                     warnings.warn(f"embedding cache `{path}` not written: with `search.sharded` no process "
                                   "holds the whole gallery", stacklevel=2)
                 continue
-            ids = identity.pop("ids")
-            written.append(save_embeddings(path, embeddings, ids, overwrite=self.overwrite, **identity))
-            self.written.append(str(path))
+            if self._save_one(path, embeddings, identity):
+                written.append(path)
+                self.written.append(str(path))
         self._misses.clear()
         return written
+
+    def _save_one(self, path: Path, embeddings: Tensor, identity: dict[str, Any]) -> bool:
+        """Write one cache; False when another run sharing the folder wrote it since ``lookup`` (it is kept:
+        failing here would lose this run's results, and it is checked like any cache when it is loaded)."""
+        identity = dict(identity)
+        ids = identity.pop("ids")
+        try:
+            if not path.exists() or self.overwrite:
+                save_embeddings(path, embeddings, ids, overwrite=self.overwrite, **identity)
+                return True
+        except (CIRConfigError, CIRFileError):
+            if self.overwrite or not path.exists():
+                raise
+        warnings.warn(f"embedding cache `{path}` was written by another run meanwhile: kept as it is, not written "
+                      "again", stacklevel=3)
+        return False
 
     def report(self) -> dict[str, Any]:
         """What this run loaded and wrote (for results files)."""

@@ -181,3 +181,37 @@ def test_a_full_disk_is_one_line_before_any_row_is_written_never_a_bus_error(tmp
     (tmp_path / "f").write_bytes(b"123")
     reserve(tmp_path / "f")
     assert (tmp_path / "f").read_bytes() == b"123"
+
+
+def test_two_runs_sharing_a_cache_folder_both_finish_and_the_first_cache_is_kept(tmp_path, monkeypatch):
+    """Both looked the gallery up before either wrote it: the second used to fail after its whole evaluation
+    (`already exists; pass overwrite=True`), before writing its results."""
+    import shutil
+
+    import cir_lightning.retrieval.gallery_cache as gallery_cache
+    from cir_lightning.retrieval.evaluator import RetrievalEvaluator
+    from cir_lightning.retrieval.gallery_cache import GalleryCache
+
+    folder = tmp_path / "caches"
+    first, second, third = (GalleryCache(folder) for _ in range(3))
+    for cache in (first, second, third):
+        assert not cache.lookup("validate", 0, "", ["a", "b"], dataset="toy", model=MODEL)
+    evaluator = RetrievalEvaluator(ks=[1])
+    evaluator.galleries[0] = torch.eye(2)
+    assert [p.name for p in first.save(evaluator)] == ["val-0-gallery"]
+    kept = shutil.copytree(folder / "val-0-gallery", tmp_path / "kept")
+    evaluator.galleries[0] = torch.eye(2) * 2
+    with pytest.warns(UserWarning, match="was written by another run meanwhile: kept as it is"):
+        assert second.save(evaluator) == []
+    real = gallery_cache.save_embeddings
+
+    def raced(path, *args, **kwargs):  # the other run's cache appears while this one writes its own
+        shutil.copytree(kept, path)
+        return real(path, *args, **kwargs)
+
+    shutil.rmtree(folder / "val-0-gallery")
+    monkeypatch.setattr(gallery_cache, "save_embeddings", raced)
+    with pytest.warns(UserWarning, match="was written by another run meanwhile"):
+        assert third.save(evaluator) == []
+    got, _ = load_embeddings(folder / "val-0-gallery", model=MODEL, dataset="toy", split="val/0", kind="gallery")
+    assert torch.equal(got, torch.eye(2))
