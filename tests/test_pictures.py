@@ -262,6 +262,13 @@ def test_show_refuses_bad_input_with_one_line(validated, tmp_path, capsys):
     assert "ranks gallery ids not in the rebuilt gallery: scene_999" in _error(
         ["show", foreign, "--queries", "val_00001"], capsys)
     assert "`--count` must be" in _error(["show", str(good), "--count", "0"], capsys)
+    # a hand-edited or damaged file (these were AttributeError / ValueError tracebacks while drawing)
+    for name, change, message in [
+            ("metrics.json", lambda d: d["metrics"].update({"": [1]}), "`metrics` of subset '' is not an object"),
+            ("value.json", lambda d: d["metrics"][""].update({"Recall@1": "x"}), "`metrics` of subset '' is not"),
+            ("scores.json", lambda d: d.update(scores=[1]), "`scores` is not an object of subset -> query -> list"),
+            ("rankings.json", lambda d: d["rankings"].update({"": ["a"]}), "`rankings` is not an object")]:
+        assert f"{name}: {message}" in _error(["show", variant(name, change), "--queries", "val_00001"], capsys)
 
 
 def _free_port() -> int:

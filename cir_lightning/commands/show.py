@@ -70,6 +70,21 @@ def _scores(scores: Any, ids: Sequence[str], ranked: Sequence[Sequence[int]]) ->
     return values if fits else None
 
 
+def _check_document(document: Any, path: Path) -> None:
+    """What is drawn from a results file has the shape ``write_results`` writes (a hand-edited or damaged file is one
+    line, not a traceback while drawing)."""
+    if not isinstance(document, dict) or not isinstance(document.get("metrics"), dict):
+        raise CIRDataError("not a cir_lightning results file (no `metrics` object)", path)
+    for name, values in document["metrics"].items():
+        if not isinstance(values, dict) or not all(type(v) in (int, float) for v in values.values()):
+            raise CIRDataError(f"`metrics` of subset {name!r} is not an object of metric -> number: the file is "
+                               "damaged", path)
+    for key in ("rankings", "scores"):
+        entry = document.get(key)
+        if entry is not None and not (isinstance(entry, dict) and all(isinstance(v, dict) for v in entry.values())):
+            raise CIRDataError(f"`{key}` is not an object of subset -> query -> list: the file is damaged", path)
+
+
 def render_results(results: str | Path, queries: Sequence[str] | None = None, subset: str | None = None,
                    count: int = 8, seed: int = 0) -> Image.Image:
     """The Recall@K curves of a results file (PositiveRecall@K or mAP@K when it has no Recall@K) and, below
@@ -110,8 +125,7 @@ def render_results(results: str | Path, queries: Sequence[str] | None = None, su
 
     path = Path(results)
     document = read_json(path, "results file")
-    if not isinstance(document, dict) or not isinstance(document.get("metrics"), dict):
-        raise CIRDataError("not a cir_lightning results file (no `metrics` object)", path)
+    _check_document(document, path)
     rankings, scores = document.get("rankings"), document.get("scores") or {}
     if not isinstance(rankings, dict) or not rankings:
         raise CIRDataError("holds no rankings: evaluate with `--model.save_rankings true`", path)
