@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cir_lightning.errors import CIRFileError
-from cir_lightning.messages import json_type, os_reason, short_repr
+from cir_lightning.messages import json_type, os_error_in, os_reason, short_repr
 from cir_lightning.reading import iter_jsonl, read_json, read_json_list, read_json_object
 
 __all__ = ["atomic_folder", "check_writable", "free_path", "write_atomic", "iter_jsonl", "json_type",
@@ -205,12 +205,12 @@ def atomic_folder(path: str | Path, *, overwrite: bool = False) -> Iterator[Path
         _fsync_tree(tmp)
         _swap_in(tmp, path, overwrite)
         _fsync_folder(path.parent)
-    except OSError as err:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise write_error(path, err) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        reason = err if isinstance(err, OSError) else os_error_in(err)  # safetensors' full disk is its own type
+        if reason is None:
+            raise
+        raise write_error(path, reason) from None
 
 
 def _swap_in(tmp: Path, path: Path, overwrite: bool) -> None:

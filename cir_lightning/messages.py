@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import reprlib
 import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["MISSING", "SHOW", "first_few", "json_type", "os_reason", "path_problem", "short_repr"]
+__all__ = ["MISSING", "SHOW", "first_few", "json_type", "os_error_in", "os_reason", "path_problem", "short_repr"]
 
 SHOW = 5
 """How many offenders a message lists before it only counts the rest."""
@@ -89,6 +90,24 @@ def os_reason(err: OSError) -> str:
     if err.errno == errno.EISDIR:
         return "a folder stands where the file should be"
     return err.strerror or str(err)
+
+
+def os_error_in(err: BaseException) -> OSError | None:
+    """The operating system's error that a library reported in its own exception type, as an ``OSError``
+    (safetensors' and tokenizers' Rust I/O errors end with ``(os error 28)``); None when it names none.
+
+    Example:
+        >>> from cir_lightning.messages import os_error_in, os_reason
+        >>> os_reason(os_error_in(RuntimeError("I/O error: No space left on device (os error 28)")))
+        'no space left on the device'
+        >>> os_error_in(ValueError("bad header")) is None
+        True
+    """
+    found = re.search(r"\(os error (\d+)\)", str(err))
+    if found is None:
+        return None
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code))
 
 
 def path_problem(path: str | Path, kind: str = "a file") -> str | None:
