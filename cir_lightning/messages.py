@@ -94,20 +94,23 @@ def os_reason(err: OSError) -> str:
 
 def os_error_in(err: BaseException) -> OSError | None:
     """The operating system's error that a library reported in its own exception type, as an ``OSError``
-    (safetensors' and tokenizers' Rust I/O errors end with ``(os error 28)``); None when it names none.
+    (safetensors' and tokenizers' Rust I/O errors end with ``(os error 28)``, faiss's write errors with
+    ``(No space left on device)``); None when it names none.
 
     Example:
         >>> from cir_lightning.messages import os_error_in, os_reason
         >>> os_reason(os_error_in(RuntimeError("I/O error: No space left on device (os error 28)")))
         'no space left on the device'
+        >>> os_reason(os_error_in(RuntimeError("write error in x.faiss: 4051 != 51200 (No space left on device)")))
+        'no space left on the device'
         >>> os_error_in(ValueError("bad header")) is None
         True
     """
-    found = re.search(r"\(os error (\d+)\)", str(err))
-    if found is None:
-        return None
-    code = int(found.group(1))
-    return OSError(code, os.strerror(code))
+    text = str(err)
+    found = re.search(r"\(os error (\d+)\)", text)
+    code = int(found.group(1)) if found else next(
+        (c for c in (errno.ENOSPC, errno.EDQUOT) if f"({os.strerror(c)})" in text), None)
+    return None if code is None else OSError(code, os.strerror(code))
 
 
 def path_problem(path: str | Path, kind: str = "a file") -> str | None:

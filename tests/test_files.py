@@ -23,6 +23,9 @@ def test_a_library_s_own_full_disk_error_is_one_line_and_leaves_nothing(tmp_path
         _write(tmp_path / "adapter", SafetensorError(FULL))
     assert str(info.value) == f"cannot write `{tmp_path / 'adapter'}`: no space left on the device"
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(CIRFileError, match="`.*index`: no space left on the device"):  # faiss.write_index's words
+        _write(tmp_path / "index", RuntimeError("Error: 'ret == (size * 4)' failed: write error in index.faiss: "
+                                                "4051 != 51200 (No space left on device)"))
     with pytest.raises(SafetensorError, match="invalid header"):  # not an operating system's error: left as it is
         _write(tmp_path / "other", SafetensorError("invalid header"))
     assert list(tmp_path.iterdir()) == []
