@@ -102,6 +102,8 @@ def reserve(path: str | Path) -> None:
     through a memory map on a full disk kill the process with SIGBUS ("Bus error", nothing said, nothing
     cleaned up); reserved, a full disk is an ``OSError`` (ENOSPC) here, before any row is embedded. File
     systems that cannot reserve space are left as they are."""
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows: not reserved
+        return
     fd = os.open(path, os.O_RDWR)
     try:
         size = os.fstat(fd).st_size
