@@ -48,22 +48,6 @@ class GalleryStore(Protocol):
     def save(self, evaluator: RetrievalEvaluator) -> list[Path]:
         """Write, on rank zero, the galleries embedded in this run (after ``evaluator.compute``)."""
 
-    def _save_one(self, path: Path, embeddings: Tensor, identity: dict[str, Any]) -> bool:
-        """Write one cache; False when another run sharing the folder wrote it since ``lookup`` (it is kept:
-        failing here would lose this run's results, and it is checked like any cache when it is loaded)."""
-        identity = dict(identity)
-        ids = identity.pop("ids")
-        try:
-            if not path.exists() or self.overwrite:
-                save_embeddings(path, embeddings, ids, overwrite=self.overwrite, **identity)
-                return True
-        except (CIRConfigError, CIRFileError):
-            if self.overwrite or not path.exists():
-                raise
-        warnings.warn(f"embedding cache `{path}` was written by another run meanwhile: kept as it is, not written "
-                      "again", stacklevel=3)
-        return False
-
     def report(self) -> dict[str, Any]:
         """What this run loaded and wrote (for results files)."""
 

@@ -157,5 +157,6 @@ def search_with_scores(queries: Tensor | np.ndarray, gallery: Tensor | np.ndarra
     else:
         ids, scores = faiss_topk(q, g, depth, config)
     if config.exact:  # identical rows: equal scores, the lower gallery index first
-        ids, scores = tie_identical(ids, scores.float(), identical_rows(g) if identical == "find" else identical)
+        ids, scores = tie_identical(ids, scores.float(), identical_rows(g) if identical == "find" else identical,
+                                    limit=depth)  # k + excluded: enough for k results once excluded rows go
     return _drop_excluded(ids, scores.float(), excl, k)

@@ -119,6 +119,7 @@ def sharded_search(queries: Tensor, shard: Tensor, shard_index: Tensor, k: int,
         global_ids = torch.cat([p.cpu() for p in parts_ids], dim=1)
         local_scores = torch.cat([p.cpu() for p in parts_scores], dim=1)
     if identical is not None:  # identical rows tie, wherever they are; a row a query excludes stays out
-        global_ids, local_scores = tie_identical(global_ids, local_scores, identical)
-        global_ids, local_scores = _drop_excluded(global_ids, local_scores, pad_lists(excluded), global_ids.shape[1])
+        table = pad_lists(excluded)
+        global_ids, local_scores = tie_identical(global_ids, local_scores, identical, k + table.shape[1])
+        global_ids, local_scores = _drop_excluded(global_ids, local_scores, table, global_ids.shape[1])
     return merge_topk(global_ids, local_scores, k)

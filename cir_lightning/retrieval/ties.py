@@ -86,10 +86,12 @@ def identical_rows(gallery: Tensor | np.ndarray, hashes: Tensor | None = None,
     return IdenticalRows(group, groups)
 
 
-def tie_identical(ids: Tensor, scores: Tensor, identical: IdenticalRows | None) -> tuple[Tensor, Tensor]:
+def tie_identical(ids: Tensor, scores: Tensor, identical: IdenticalRows | None,
+                  limit: int | None = None) -> tuple[Tensor, Tensor]:
     """Rankings (each row by score descending, -1 / -inf padded) in which identical gallery rows tie: each
     group found in a row takes its best score there, its missing members are added, and the row is re-sorted
-    by (score descending, gallery index ascending). The result may be wider than ``ids``.
+    by (score descending, gallery index ascending). The result may be wider than ``ids``; ``limit`` keeps the
+    first ``limit`` of each row (work and width bounded where thousands of rows are identical, e.g. blank ones).
 
     Example:
         >>> from cir_lightning.retrieval.ties import identical_rows, tie_identical
@@ -104,7 +106,7 @@ def tie_identical(ids: Tensor, scores: Tensor, identical: IdenticalRows | None) 
     touched = ((found >= 0) & (ids >= 0) & (ids < len(identical.group))).any(dim=1).nonzero().flatten().tolist()
     if not touched:
         return ids, scores
-    rows = {i: _tied_row(ids[i].tolist(), scores[i].tolist(), identical) for i in touched}
+    rows = {i: _tied_row(ids[i].tolist(), scores[i].tolist(), identical, limit) for i in touched}
     width = max(ids.shape[1], *(len(r) for r in rows.values()))
     out_ids = torch.cat([ids, ids.new_full((len(ids), width - ids.shape[1]), -1)], dim=1)
     out_scores = torch.cat([scores, scores.new_full((len(ids), width - ids.shape[1]), float("-inf"))], dim=1)
@@ -114,7 +116,8 @@ def tie_identical(ids: Tensor, scores: Tensor, identical: IdenticalRows | None) 
     return out_ids, out_scores
 
 
-def _tied_row(ids: list[int], scores: list[float], identical: IdenticalRows) -> list[tuple[int, float]]:
+def _tied_row(ids: list[int], scores: list[float], identical: IdenticalRows,
+              limit: int | None) -> list[tuple[int, float]]:
     out, seen = [], set()
     for row, score in zip(ids, scores, strict=True):
         group = int(identical.group[row]) if 0 <= row < len(identical.group) else -1
@@ -124,5 +127,5 @@ def _tied_row(ids: list[int], scores: list[float], identical: IdenticalRows) -> 
             out.append((row, score))
         else:
             seen.add(group)
-            out += [(member, score) for member in identical.members[group]]
-    return sorted(out, key=lambda item: (-item[1], item[0]))
+            out += [(member, score) for member in identical.members[group][:limit]]  # later ones: never before
+    return sorted(out, key=lambda item: (-item[1], item[0]))[:limit]

@@ -73,3 +73,15 @@ def test_a_shard_holding_the_whole_gallery_equals_the_plain_search():
     plain, _ = search_with_scores(queries, gallery, 5, excluded)
     assert torch.equal(sharded_search(queries, gallery, torch.arange(len(gallery)), 5, excluded), plain)
     assert plain[4:, :2].tolist() == [[2, copy]] * 4
+
+
+@pytest.mark.parametrize("config", BACKENDS[:2], ids=["faiss", "torch"])
+def test_thousands_of_identical_rows_stay_cheap_and_exact(config):
+    """A broken model's blank embeddings: every row alike. The lowest rows come first, excluded ones left out;
+    the expansion keeps only what can reach the results (k + excluded per query), not 3,000 rows per query."""
+    gallery = torch.zeros(3000, 16)
+    gallery[2999, 0] = 1.0
+    queries = torch.ones(500, 16)
+    ids, scores = search_with_scores(queries, gallery, 4, excluded=[[0, 2]] * 500, config=config)
+    assert ids.tolist() == [[2999, 1, 3, 4]] * 500
+    assert scores[:, 1:].eq(0).all()
