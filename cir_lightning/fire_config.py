@@ -11,6 +11,7 @@ folder the command runs in.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -105,9 +106,14 @@ _AT_LEAST_ONE = {"model.lora.r", "model.lora.alpha", "data.max_short_edge", "tra
 _POSITIVE = {"training.learning_rate", "training.loss_scale"}
 _NOT_NEGATIVE = {"training.weight_decay", "training.recall_loss_weight_at_1", "training.recall_loss_weight_at_5"}
 """Values a FiRE run cannot use, refused here naming the FiRE file, line and key (not later, naming ours)."""
+_MAX_SEED = 2**32 - 1  # numpy's (and so Lightning's `seed_everything`'s) largest seed
 
 
 def _check_range(key: str, value: Any, at: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):  # .inf: AdamW takes it, and every weight goes NaN
+        raise CIRConfigError(f"{at}: `{key}` must be a finite number, got {value!r}")
+    if key == "seed" and value > _MAX_SEED:
+        raise CIRConfigError(f"{at}: `seed` must be at most {_MAX_SEED} (numpy's seeds), got {value!r}")
     if key in _AT_LEAST_ONE and value < 1:
         raise CIRConfigError(f"{at}: `{key}` must be at least 1, got {value!r}")
     if key in _POSITIVE and not value > 0:
@@ -132,7 +138,7 @@ def _check_type(key: str, value: Any, at: str) -> None:
         ok = isinstance(value, list) and bool(value) and all(type(k) is int and k >= 1 for k in value)
         kind = "a list of integers >= 1"
     elif isinstance(default, list):
-        ok = isinstance(value, list) and bool(value) and all(isinstance(k, str) for k in value)
+        ok = isinstance(value, list) and bool(value) and all(isinstance(k, str) and k.strip() for k in value)
         kind = "a list of names"
     else:
         ok, kind = isinstance(value, str) and bool(value.strip()), "a non-empty string"

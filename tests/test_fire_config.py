@@ -88,6 +88,12 @@ def test_the_release_evaluation_example_translates_to_a_validate_run():
     ("training:\n  per_device_train_batch_size: 0\n", 2, "`training.per_device_train_batch_size` must be at least 1"),
     ("training:\n  learning_rate: 0.0\n", 2, "`training.learning_rate` must be greater than 0, got 0.0"),
     ("training:\n  recall_loss_weight_at_1: -0.4\n", 2, "`training.recall_loss_weight_at_1` must be at least 0"),
+    # infinite numbers: AdamW takes `lr: inf` or `weight_decay: inf`, and the first step makes every weight NaN
+    ("training:\n  learning_rate: .inf\n", 2, "`training.learning_rate` must be a finite number, got inf"),
+    ("training:\n  weight_decay: .inf\n", 2, "`training.weight_decay` must be a finite number, got inf"),
+    ("training:\n  loss_scale: .inf\n", 2, "`training.loss_scale` must be a finite number, got inf"),
+    ("seed: 99999999999\n", 1, "`seed` must be at most 4294967295 (numpy's seeds)"),  # was a ValueError traceback
+    ("model:\n  lora:\n    target_modules: [o_proj, '']\n", 3, "`model.lora.target_modules` must be a list of names"),
 ])
 def test_bad_keys_and_values_are_one_line_naming_file_line_and_key(tmp_path, text, line, message):
     path = _write(tmp_path, text)
