@@ -95,8 +95,10 @@ def _prompts(s: dict[str, Any], train: bool) -> tuple[dict[str, Any], str, int, 
     _, token, size = parts[query_key]
     for key, (_, other, n) in parts.items():
         if n == 0 or (other, n) != (token, size):
-            raise CIRConfigError(f"{at(s, key)} must end with the same block of end tokens as `{query_key}` "
-                                 f"({size} x {token}): cir_lightning appends one block to every prompt and pools there")
+            block = f"the same block of end tokens as `{query_key}` ({size} x {token})" if size else \
+                "a block of end tokens (the release's: ' <|end|>' x 5)"
+            raise CIRConfigError(f"{at(s, key)} must end with {block}: cir_lightning appends one block to every "
+                                 "prompt and pools there")
     ours = {"query": _template(parts[query_key][0], {"modification": "modification"}),
             "gallery": _template(parts["prompts.gallery"][0], {})}
     side = "image"

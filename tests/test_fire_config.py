@@ -117,6 +117,11 @@ def test_prompts_translate_to_templates_and_an_end_block(tmp_path):
     _write(tmp_path, "prompts:\n  gallery: '<image> <|end|>'\ndata: {query_metadata: q, gallery_metadata: g}\n")
     with pytest.raises(CIRConfigError, match=r"`prompts.gallery` must end with the same block .*\(5 x <\|end\|>\)"):
         translate_fire_config(path, "eval")
+    _write(tmp_path, "prompts:\n  eval_query: '<image> {modification}'\ndata: {query_metadata: q, gallery_metadata: g}\n")
+    with pytest.raises(CIRConfigError) as caught:  # was: "the same block ... as `prompts.eval_query` (0 x None)"
+        translate_fire_config(path, "eval")
+    assert str(caught.value) == f"{path}:2: `prompts.eval_query` must end with a block of end tokens (the release's: " \
+        "' <|end|>' x 5): cir_lightning appends one block to every prompt and pools there"
 
 
 def test_benchmark_tasks_follow_the_official_protocols(tmp_path):
