@@ -222,9 +222,10 @@ class FireTranslation:
         return "".join(f"# {line}\n" for line in head) + body
 
 
-def translate_fire_config(path: str | Path, purpose: Literal["train", "eval"]) -> FireTranslation:
+def translate_fire_config(path: str | Path, purpose: Literal["train", "eval"], run: bool = False) -> FireTranslation:
     """The cir_lightning run of FiRE's ``scripts/train.py`` (``purpose="train"``) or ``scripts/eval.py``
-    (``"eval"``) with the config at ``path``.
+    (``"eval"``) with the config at ``path``; ``run``: it starts now, so ``model.adapter_path`` must exist (a
+    conversion may precede the training that writes it).
 
     Example:
         >>> import tempfile
@@ -235,5 +236,5 @@ def translate_fire_config(path: str | Path, purpose: Literal["train", "eval"]) -
         >>> t.subcommand, t.config["data"]["class_path"], t.config["model"]["eval_ks"]
         ('validate', 'cir_lightning.data.JsonlCIRDataModule', [1, 5, 10, 50])
     """
-    config, subcommand, notes = translate(read_fire_config(path), train=purpose == "train")
+    config, subcommand, notes = translate(read_fire_config(path), train=purpose == "train", run=run)
     return FireTranslation(config, subcommand, list(config["model"]["eval_ks"]), notes)

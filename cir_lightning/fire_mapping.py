@@ -15,6 +15,7 @@ from typing import Any
 
 from cir_lightning.backbones.prompts import PRESETS, Prompts
 from cir_lightning.errors import CIRConfigError
+from cir_lightning.fire_adapter import find_adapter, release_adapter
 
 __all__ = ["at", "find_adapter", "split_end_block", "translate"]
 
@@ -52,27 +53,6 @@ def split_end_block(settings: dict[str, Any], key: str) -> tuple[str, str | None
         raise CIRConfigError(f"{at(settings, key)} ends with different tokens {sorted(set(tokens))}; cir_lightning "
                              "appends one token repeated (`eos_token` x `eos_block_size`) and pools over it")
     return text, (tokens[0] if tokens else None), len(tokens)
-
-
-def find_adapter(folder: str | Path) -> Path | None:
-    """``folder`` if it is a peft adapter folder, else the newest one below it (a translated training run
-    exports to ``<output_dir>/logs/version_N/adapter``), else None.
-
-    Example:
-        >>> import tempfile
-        >>> from cir_lightning.fire_mapping import find_adapter
-        >>> root = Path(tempfile.mkdtemp())
-        >>> (root / "logs/version_0/adapter").mkdir(parents=True)
-        >>> _ = (root / "logs/version_0/adapter/adapter_config.json").write_text("{}")
-        >>> find_adapter(root).relative_to(root).as_posix(), find_adapter(root / "nothing")
-        ('logs/version_0/adapter', None)
-    """
-    folder = Path(folder)
-    if (folder / "adapter_config.json").is_file():
-        return folder
-    found = [p.parent for depth in range(1, 4) for p in folder.glob("*/" * depth + "adapter_config.json")
-             if not any(part.startswith(".") for part in p.relative_to(folder).parts)]  # an export's temporary folder
-    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
 
 def _template(text: str, fields: dict[str, str]) -> str:
@@ -118,16 +98,14 @@ def _prompts(s: dict[str, Any], train: bool) -> tuple[dict[str, Any], str, int, 
     return prompts, token, size, side
 
 
-def _lora(s: dict[str, Any], train: bool, notes: list[str]) -> dict[str, Any] | None:
+def _lora(s: dict[str, Any], train: bool, notes: list[str], run: bool) -> dict[str, Any] | None:
     adapter = s["model.adapter_path"]
     if adapter:
-        found = find_adapter(adapter)
-        if found is not None and found != Path(adapter):
-            notes.append(f"`model.adapter_path` {adapter} holds no adapter_config.json: the newest adapter below it "
-                         f"is used, {found} (where a translated training run exports its adapter)")
+        found, note = release_adapter(adapter, at(s, "model.adapter_path"), must_exist=run)
+        notes += [note] if note else []
         notes.append("the adapter's rank, alpha and target names are its own (adapter_config.json), as peft loads "
                      "it in the release; names that match nothing in Phi-3 are left out, saying so")
-        return {"init_adapter": str(found or adapter)}
+        return {"init_adapter": found}
     if not s["model.lora.enabled"]:
         if train:
             raise CIRConfigError(f"{at(s, 'model.lora.enabled')} is false and there is no `model.adapter_path`: "
@@ -148,11 +126,11 @@ def _lora(s: dict[str, Any], train: bool, notes: list[str]) -> dict[str, Any] | 
             "target_modules": targets}
 
 
-def _model(s: dict[str, Any], train: bool, notes: list[str]) -> tuple[dict[str, Any], str]:
+def _model(s: dict[str, Any], train: bool, notes: list[str], run: bool) -> tuple[dict[str, Any], str]:
     prompts, token, size, side = _prompts(s, train)
     length_key = "training.max_length" if train else "eval.max_length"
     backbone = {"model_name_or_path": s["model.base_model"], "dtype": "float32", "pooling": "eos_block",
-                "eos_block_size": size, "eos_token": token, "prompts": prompts, "lora": _lora(s, train, notes),
+                "eos_block_size": size, "eos_token": token, "prompts": prompts, "lora": _lora(s, train, notes, run),
                 "max_text_tokens": s[length_key]}
     notes.append(f"the embedding is the mean over the {size} {token} tokens (the release: the last 10 positions; "
                  "`release_compatible: true` on the backbone reproduces it exactly); "
@@ -268,9 +246,10 @@ def _data(s: dict[str, Any], train: bool, side: str, notes: list[str]) -> tuple[
         "fit" if train else ("validate" if split == "val" else "test")
 
 
-def translate(s: dict[str, Any], train: bool) -> tuple[dict[str, Any], str, list[str]]:
+def translate(s: dict[str, Any], train: bool, run: bool = False) -> tuple[dict[str, Any], str, list[str]]:
     """The LightningCLI config, its subcommand and the notes for the release settings ``s`` (dotted keys,
-    plus ``_file`` and ``_lines`` for messages) of a training (``train``) or an evaluation run.
+    plus ``_file`` and ``_lines`` for messages) of a training (``train``) or an evaluation run; ``run``: it
+    starts now, so ``model.adapter_path`` must exist (a conversion may precede the training that writes it).
 
     Example:
         >>> from cir_lightning.fire_config import RELEASE_DEFAULTS
@@ -281,7 +260,7 @@ def translate(s: dict[str, Any], train: bool) -> tuple[dict[str, Any], str, list
         ('fit', 'caption', 64)
     """
     notes: list[str] = []
-    model, side = _model(s, train, notes)
+    model, side = _model(s, train, notes, run)
     data, subcommand = _data(s, train, side, notes)
     config = {"seed_everything": s["seed"], "trainer": _trainer(s, train), "model": model, "data": data}
     return config, subcommand, notes

@@ -188,6 +188,17 @@ def test_a_bad_config_stops_the_script_with_one_line(tmp_path, capsys):
                      "`model` are: adapter_path, base_model, freeze_base_model, lora, torch_dtype"
 
 
+def test_the_script_names_the_fire_key_of_an_adapter_that_is_not_there(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # before, the model's loading said "`init_adapter` nope does not exist"
+    path = _write(tmp_path, "model:\n  adapter_path: ./nope\ndata: {query_metadata: q, gallery_metadata: g}\n")
+    with pytest.raises(SystemExit):
+        run_release_script("eval", ["--config", str(path)])
+    assert capsys.readouterr().err.splitlines()[0] == f"scripts/eval.py: error: {path}:2: `model.adapter_path` ./nope " \
+        f"does not exist (a relative path is read from the folder the command runs in, {tmp_path})"
+    assert translate_fire_config(path, "eval").config["model"]["backbone"]["init_args"]["lora"] == \
+        {"init_adapter": "./nope"}  # a conversion may precede the training that writes it: a note, not an error
+
+
 def _recalls(backbone, root: Path, queries: list[dict], ks: list[int]) -> dict[str, float]:
     """Recall@K computed here: embeddings from the backbone's own API, ranking in plain torch."""
     def image(name: str) -> Image.Image:

@@ -93,11 +93,11 @@ def _run(purpose: Purpose, config: str) -> dict[str, Any]:
     from transformers.utils import logging as hf_logging
 
     from cir_lightning.cli import CIRLightningCLI
+    from cir_lightning.fire_adapter import find_adapter
     from cir_lightning.fire_config import translate_fire_config
-    from cir_lightning.fire_mapping import find_adapter
 
     hf_logging.disable_progress_bar()
-    translation = translate_fire_config(config, purpose)
+    translation = translate_fire_config(config, purpose, run=True)
     print(f"# The same run with cir-lightning (`cir-lightning convert-fire-config {config} OUT` writes it):")
     print(translation.to_yaml(), flush=True)
     with warnings.catch_warnings():  # our own `--config` is not the run's: LightningCLI need not say so
