@@ -136,7 +136,7 @@ def _check_type(key: str, value: Any, at: str) -> None:
         ok, kind = isinstance(value, int | float) and not isinstance(value, bool), "a number"
     elif key == "eval.ks":
         ok = isinstance(value, list) and bool(value) and all(type(k) is int and k >= 1 for k in value)
-        kind = "a list of integers >= 1"
+        ok, kind = ok and len(set(value)) == len(value), "a list of distinct integers >= 1"
     elif isinstance(default, list):
         ok = isinstance(value, list) and bool(value) and all(isinstance(k, str) and k.strip() for k in value)
         kind = "a list of names"
