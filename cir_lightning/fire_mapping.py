@@ -213,6 +213,10 @@ def _data(s: dict[str, Any], train: bool, side: str, notes: list[str]) -> tuple[
     if train and s["data.train_metadata"]:
         raise CIRConfigError(f"{at(s, 'data.train_metadata')} with `data.task: {task}`: cir_lightning trains on "
                              f"{task}'s own training split; set `data.task: custom_jsonl` to train from the JSONL file")
+    if train and side == "caption":  # the release's default train_target: its FashionIQ / CIRR run read JSONL
+        raise CIRConfigError(f"{at(s, 'prompts.train_target')} aligns queries with the target caption, which {task}'s "
+                             "training split does not have: set it to the gallery prompt (the target image, the "
+                             "paper's), or train on JSONL lines with a `target_caption` (`data.task: custom_jsonl`)")
     split = s["data.split"]
     notes.append(f"`eval.ks` {list(s['eval.ks'])}: reported beside {task}'s own cut-offs (`model.eval_ks` adds "
                  "its K to a protocol's Recall, MRR and mAP)")

@@ -153,6 +153,13 @@ def test_benchmark_tasks_follow_the_official_protocols(tmp_path):
     _write(tmp_path, "data: {task: fashioniq, image_root: /f, train_metadata: t.jsonl}\n")
     with pytest.raises(CIRConfigError, match="trains on fashioniq's own training split"):
         translate_fire_config(path, "train")
+    for task in ("fashioniq", "cirr"):  # the release's default train_target is a caption: these splits have none
+        _write(tmp_path, f"data: {{task: {task}, image_root: /d}}\n")
+        with pytest.raises(CIRConfigError, match=f"`prompts.train_target` aligns .* which {task}'s training split"):
+            translate_fire_config(path, "train")
+    _write(tmp_path, "data: {task: cirr, image_root: /d}\nprompts:\n  train_target: 'Describe the image <image> ? "
+                     "<|end|> <|end|> <|end|> <|end|> <|end|>'\n")
+    assert translate_fire_config(path, "train").config["model"]["target_side"] == "image"
     _write(tmp_path, "model: {freeze_base_model: false}\ndata: {train_metadata: t.jsonl}\n")
     t = translate_fire_config(path, "train")  # the release's AdamW then trains the resampler, outside peft
     assert t.config["model"]["backbone"]["init_args"]["lora"]["train_parts"] == ["resampler"]
