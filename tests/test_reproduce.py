@@ -110,6 +110,17 @@ def test_a_hub_name_counts_only_when_cached(tmp_path, monkeypatch):
     assert present("royokong/e5-v")
     assert present(str(tmp_path))
     assert not present(str(tmp_path / "missing"))
+    (tmp_path / "fire.ckpt").write_bytes(b"")  # `lora.init_adapter` takes a cir_lightning checkpoint file too
+    assert present(str(tmp_path / "fire.ckpt"))  # was counted as missing: the config never ran
+
+
+@pytest.mark.parametrize(("text", "message"), [(b"- a\n- b\n", "a config is a mapping of options"),
+                                               (b"\xff\xfe\x00", "cannot be read as YAML")])
+def test_a_config_that_is_not_a_yaml_mapping_is_one_line(tmp_path, text, message):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "b.yaml").write_bytes(text)  # was AttributeError / UnicodeDecodeError tracebacks
+    with pytest.raises(CIRConfigError, match=f"^{tmp_path / 'm' / 'b.yaml'}: {message}"):
+        run_command(["reproduce", "--configs", str(tmp_path), "--list"])
 
 
 # ------------------------------------------------------------------------------- the shipped zero-shot configs

@@ -57,7 +57,7 @@ def _read_yaml(path: Path) -> Any:
 
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
         raise CIRConfigError(f"{path}: cannot be read as YAML ({str(err).splitlines()[0]})") from None
 
 
@@ -76,9 +76,9 @@ def weights_of(config: Mapping[str, Any]) -> list[str]:
 
 
 def present(name: str) -> bool:
-    """Whether a checkpoint is here: a folder, or a hub name whose ``config.json`` is in the local cache
-    (an adapter folder holds ``adapter_config.json`` instead)."""
-    if Path(name).expanduser().is_dir():
+    """Whether a checkpoint is here: a folder, a file (a cir_lightning ``.ckpt`` as ``lora.init_adapter``), or a
+    hub name whose ``config.json`` is in the local cache (an adapter folder holds ``adapter_config.json`` instead)."""
+    if Path(name).expanduser().exists():
         return True
     if Path(name).is_absolute() or name.startswith((".", "~")) or name.count("/") != 1:
         return False
@@ -109,6 +109,9 @@ def discover(configs: Path, published: Mapping[str, Any], data: Mapping[str, str
     for path in sorted(configs.glob("*/*.yaml")):
         model, benchmark = path.parent.name, path.stem
         config = _read_yaml(path) or {}
+        if not isinstance(config, Mapping):
+            raise CIRConfigError(f"{path}: a config is a mapping of options (trainer, model, data), got "
+                                 f"{type(config).__name__}")
         weights = weights_of(config)
         own_root = ((config.get("data") or {}).get("init_args") or {}).get("root")
         root = data.get(benchmark, own_root)
