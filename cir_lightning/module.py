@@ -30,6 +30,7 @@ from cir_lightning.errors import CIRConfigError
 from cir_lightning.evaluation import Evaluation, EvaluationOptions
 from cir_lightning.losses import FireLoss, distributed_fire_loss, target_keys
 from cir_lightning.optim import lr_scheduler
+from cir_lightning.resume import check_resumed_training
 from cir_lightning.retrieval.evaluator import loader_role
 from cir_lightning.retrieval.index import SearchConfig
 from cir_lightning.stage1 import FIRE_STAGE1_INSTRUCTION, CaptionBatches, caption_step, check_caption_data
@@ -230,6 +231,8 @@ class CIRModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_and_complete(self, checkpoint, self.backbone.fingerprint())
+        if self._trainer is not None and self.trainer.state.fn == "fit":  # optimizer and loops resume too
+            check_resumed_training(self, checkpoint)
 
     def on_fit_end(self) -> None:
         if self.export_adapter and self.backbone.lora is not None:

@@ -133,3 +133,50 @@ def test_missing_or_foreign_ckpt_path_is_one_line(tmp_path, capsys):
         assert "Traceback" not in err
     with pytest.raises(CIRConfigError, match="there is no last.ckpt below"):
         resolve_ckpt_path("last", {"trainer": {"default_root_dir": str(tmp_path / "empty")}})
+
+
+@pytest.fixture(scope="module")
+def stopped_at_max_steps(tmp_path_factory, tiny_model_dir):
+    """An in-process `fit` of tests/conf/tiny.yaml: 4 steps, `max_steps` reached on the epoch's last batch."""
+    cwd = tmp_path_factory.mktemp("resume")
+    common = ["--config", str(CONF), "--model.backbone.init_args.model_name_or_path", str(tiny_model_dir),
+              "--data.init_args.root", str(cwd / "data")]
+    main(["fit", *common, "--trainer.default_root_dir", str(cwd / "run")])
+    return cwd, common, cwd / "run" / "checkpoints" / "last.ckpt"
+
+
+def test_a_run_stopped_by_max_steps_at_an_epoch_end_resumes_with_the_next_epoch(stopped_at_max_steps):
+    """Lightning counted the finished epoch twice: resumed to `max_epochs: 2` it trained nothing (and exported the
+    unchanged adapter as trained), resumed to 3 it trained one epoch in epoch 2's order."""
+    cwd, common, last = stopped_at_max_steps
+    assert torch.load(last, weights_only=True)["global_step"] == 4
+    ends = {}
+    for name, epochs in (("two", "2"), ("three", "3")):
+        main(["fit", *common, "--trainer.default_root_dir", str(cwd / name), "--ckpt_path", str(last),
+              "--trainer.max_steps", "8", "--trainer.max_epochs", epochs])
+        ends[name] = torch.load(cwd / name / "checkpoints" / "last.ckpt", weights_only=True)
+        assert (ends[name]["global_step"], ends[name]["epoch"]) == (8, 1), name
+    for key, weight in ends["two"]["state_dict"].items():  # epoch 1's batches in epoch 1's order, either way
+        assert torch.equal(ends["three"]["state_dict"][key], weight), key
+
+
+@pytest.mark.parametrize(("option", "value", "detail"), [
+    ("--model.optimizer.init_args.lr", "0.01", "`lr` 0.01 given, 0.001 in the checkpoint"),
+    ("--model.optimizer.init_args.weight_decay", "0.5", "`weight_decay` 0.5 given, 0.01 in the checkpoint"),
+    ("--model.optimizer", "torch.optim.SGD", "another optimizer (SGD given"),
+])
+def test_resuming_with_other_optimizer_settings_is_refused_not_silently_replaced(stopped_at_max_steps, option, value,
+                                                                                 detail, capsys):
+    """Lightning restores the checkpoint's optimizer state, its learning rate and weight decay included, over the
+    optimizer given: `--model.optimizer.init_args.lr 0.01` was dropped without a word."""
+    cwd, common, last = stopped_at_max_steps
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", *common, "--trainer.default_root_dir", str(cwd / "other"), "--ckpt_path", str(last),
+              "--trainer.max_steps", "8", "--trainer.max_epochs", "2", option, value])
+    assert exit_info.value.code == 2
+    line = capsys.readouterr().err.splitlines()[0]
+    assert line.startswith(f"cir-lightning: error: `--ckpt_path {last}` resumes the optimizer of its run, whose "
+                           "settings differ from those given: ")
+    assert detail in line
+    assert "`model.backbone.init_args.lora.init_adapter`" in line
+    assert not list((cwd / "other").rglob("*.ckpt"))  # refused before any step

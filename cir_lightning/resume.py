@@ -1,0 +1,108 @@
+"""What ``fit --ckpt_path`` resumes besides the weights: the optimizer's settings and Lightning's loop position.
+
+``CIRModule.on_load_checkpoint`` calls ``check_resumed_training`` during ``fit``; Lightning restores the
+optimizer and the loops from the same dictionary only afterwards, so what is checked or repaired here is what
+the run then resumes with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from cir_lightning.errors import CIRConfigError
+
+_NOT_SETTINGS = ("params", "initial_lr", "lr", "foreach", "fused", "capturable", "differentiable")
+"""Entries of an optimizer's parameter group that are not the user's settings (``lr`` is compared as the
+schedule's base learning rate: the group's own follows the schedule)."""
+
+
+def check_resumed_training(module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    """Refuse optimizer settings that the checkpoint would replace, then repair the loop position."""
+    if checkpoint.get("optimizer_states"):
+        refuse_other_optimizer(module.optimizer_factory, checkpoint, module.trainer.ckpt_path)
+    finish_epoch_end(checkpoint)
+
+
+def refuse_other_optimizer(factory: Any, checkpoint: dict[str, Any], path: Any) -> None:
+    """Lightning restores the checkpoint's optimizer state, its parameter groups included, over the optimizer
+    ``configure_optimizers`` built: ``--model.optimizer.init_args.lr 0.01`` (or another weight decay, or another
+    optimizer) given to resume a run would be dropped without a word. Refused, naming what differs.
+
+    Example:
+        >>> adamw = lambda params: torch.optim.AdamW(params, lr=1e-3)
+        >>> saved = {"optimizer_states": [adamw([torch.nn.Parameter(torch.zeros(1))]).state_dict()],
+        ...          "lr_schedulers": [{"base_lrs": [1e-3]}]}
+        >>> refuse_other_optimizer(adamw, saved, "last.ckpt")  # the same settings
+        >>> refuse_other_optimizer(lambda p: torch.optim.AdamW(p, lr=1e-2), saved, "last.ckpt")
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRConfigError: `--ckpt_path last.ckpt` resumes the optimizer of its run, whose \
+settings differ from those given: `lr` 0.01 given, 0.001 in the checkpoint; ...
+    """
+    given = factory([torch.nn.Parameter(torch.zeros(1))])
+    saved_group = checkpoint["optimizer_states"][0]["param_groups"][0]
+    now_group = given.state_dict()["param_groups"][0]
+    saved = {k: v for k, v in saved_group.items() if k not in _NOT_SETTINGS}
+    now = {k: v for k, v in now_group.items() if k not in _NOT_SETTINGS}
+    schedulers = checkpoint.get("lr_schedulers") or [{}]
+    saved["lr"] = (schedulers[0].get("base_lrs") or [saved_group.get("initial_lr", saved_group["lr"])])[0]
+    now["lr"] = now_group["lr"]
+    if set(saved) != set(now):
+        changed = [f"another optimizer ({type(given).__name__} given, with settings {sorted(now)}; the checkpoint's "
+                   f"has {sorted(saved)})"]
+    else:
+        changed = [f"`{k}` {now[k]!r} given, {saved[k]!r} in the checkpoint" for k in sorted(now)
+                   if _differs(now[k], saved[k])]
+    if changed:
+        raise CIRConfigError(f"`--ckpt_path {Path(str(path))}` resumes the optimizer of its run, whose settings "
+                             f"differ from those given: {'; '.join(changed)}; give the checkpoint's "
+                             "`model.optimizer` to resume it, or start a new run from its weights with "
+                             "`model.backbone.init_args.lora.init_adapter`")
+
+
+def _differs(a: Any, b: Any) -> bool:
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) != len(b) or any(_differs(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float | int) and isinstance(b, float | int) and not isinstance(a, bool):
+        return abs(float(a) - float(b)) > 1e-12 * max(abs(float(a)), abs(float(b)), 1e-300)
+    return a != b
+
+
+def finish_epoch_end(checkpoint: dict[str, Any]) -> None:
+    """A checkpoint written after an epoch's last batch (``on_train_epoch_end``, e.g. when ``max_steps`` is reached
+    there) holds that epoch as processed but not completed, and its batches as this epoch's. With ``max_steps``
+    set, Lightning 2.6 resumes it as "restarted on epoch end": the old epoch is counted twice and its batches as
+    the new one's, so a run resumed to ``max_epochs: 2`` trained nothing, and one resumed to 3 trained one epoch in
+    epoch 2's order. The epoch's training is over: it is marked completed and the next epoch starts at its first
+    batch, as Lightning itself does without ``max_steps``.
+
+    Example:
+        >>> epoch = {"ready": 1, "started": 1, "processed": 1, "completed": 0}
+        >>> batches = {"ready": 4, "started": 4, "processed": 4, "completed": 4}
+        >>> loop = {"epoch_progress": {"total": dict(epoch), "current": dict(epoch)},
+        ...         "epoch_loop.batch_progress": {"total": dict(batches), "current": dict(batches), "is_last_batch": True}}
+        >>> finish_epoch_end({"loops": {"fit_loop": loop}})
+        >>> loop["epoch_progress"]["current"]["completed"], loop["epoch_loop.batch_progress"]["current"]["ready"]
+        (1, 0)
+    """
+    loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    epochs, batches = loop.get("epoch_progress") or {}, loop.get("epoch_loop.batch_progress") or {}
+    over = [epochs.get(k, {}) for k in ("total", "current")]
+    if not batches.get("is_last_batch") or not all(
+            t.get("ready") == t.get("started") == t.get("processed") and
+            t.get("completed") in (t.get("processed", 0) - 1, t.get("processed")) for t in over):
+        return
+    for tracker in over:
+        tracker["completed"] = tracker["processed"]
+    batches["is_last_batch"] = False
+    for name in ("epoch_loop.batch_progress", "epoch_loop.scheduler_progress"):
+        current = (loop.get(name) or {}).get("current") or {}
+        current.update(dict.fromkeys(current, 0))
+    optimizer = (loop.get("epoch_loop.automatic_optimization.optim_progress") or {}).get("optimizer") or {}
+    for part in optimizer.values():
+        current = part.get("current") or {}
+        current.update(dict.fromkeys(current, 0))
