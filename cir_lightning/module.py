@@ -26,7 +26,7 @@ from cir_lightning.checkpointing import (
 )
 from cir_lightning.checks import number_in, positive_int
 from cir_lightning.data.base import CIRDataModule
-from cir_lightning.errors import CIRConfigError
+from cir_lightning.errors import CIRConfigError, CIRModelError
 from cir_lightning.evaluation import Evaluation, EvaluationOptions
 from cir_lightning.losses import FireLoss, distributed_fire_loss, target_keys
 from cir_lightning.optim import lr_scheduler
@@ -176,7 +176,7 @@ class CIRModule(pl.LightningModule):
             loss, tokens = caption_step(self.backbone, batch)
             self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["index"]), sync_dist=distributed)
             self.log("train/caption_tokens", float(tokens), batch_size=len(batch["index"]))  # this rank's
-            return loss
+            return self._finite(loss, batch_idx)
         query = self.backbone(batch["query"])
         if self.target_side == "caption" and "target_text" not in batch:
             raise CIRConfigError("`target_side: caption` needs target captions in every training sample "
@@ -190,7 +190,21 @@ class CIRModule(pl.LightningModule):
         self.log("train/loss", terms["loss"], prog_bar=True, batch_size=bs, sync_dist=cross_rank)
         self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"}, batch_size=bs,
                       sync_dist=cross_rank)
-        return terms["loss"]
+        return self._finite(terms["loss"], batch_idx)
+
+    def _finite(self, loss: Tensor, batch_idx: int) -> Tensor:
+        """``loss``, or one line at the first step whose loss is NaN or infinite (on any rank): training on would
+        turn every weight to NaN, and the run failed only at the next validation, blaming the queries."""
+        finite = bool(torch.isfinite(loss.detach()))
+        if self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if not finite:
+            raise CIRModelError(f"the training loss is {float(loss.detach())} at step {self.trainer.global_step + 1} "
+                                f"(epoch {self.current_epoch}, batch {batch_idx}): the weights diverged or the model "
+                                "overflowed; lower `model.optimizer.init_args.lr`, or train with `--trainer.precision` "
+                                "32-true or bf16-mixed instead of float16. Checkpoints written before this step are "
+                                "unaffected")
+        return loss
 
     # ------------------------------------------------------------------ evaluation (see evaluation.Evaluation)
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:

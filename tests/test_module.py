@@ -128,6 +128,19 @@ def test_adapter_export_never_overwrites(tiny_model_dir, synthetic_root, tmp_pat
     assert (tmp_path / "adapter-1" / "adapter_config.json").is_file()
 
 
+def test_a_nan_training_loss_stops_the_run_at_its_step(tiny_model_dir, synthetic_root, tmp_path):
+    """A diverged run trained on with NaN losses (every weight NaN) and failed only at the next validation, whose
+    message blamed the queries and float16."""
+    module = make_module(tiny_model_dir, optimizer=lambda p: torch.optim.AdamW(p, lr=1e10))
+    dm = JsonlCIRDataModule(str(synthetic_root), batch_size=8, val_queries_file=None)
+    fit = trainer(tmp_path, max_steps=6, enable_checkpointing=False)
+    with pytest.raises(CIRModelError, match=r"^the training loss is nan at step \d \(epoch 0, batch \d\): the "
+                                            r"weights diverged .* lower `model.optimizer.init_args.lr`") as error:
+        fit.fit(module, dm)
+    assert int(str(error.value).split("step ")[1].split()[0]) == fit.global_step + 1 < 6
+    assert not (tmp_path / "adapter").exists()  # no adapter exported as if trained
+
+
 def test_caption_target_side_needs_captions(tiny_model_dir, synthetic_root, tmp_path):
     dm = JsonlCIRDataModule(str(synthetic_root), batch_size=8, val_queries_file=None)
     module = make_module(tiny_model_dir, target_side="caption")
