@@ -27,6 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from cir_lightning.checkpointing import find_last_checkpoint, overridden_settings
 from cir_lightning.commands import COMMANDS, run_command
+from cir_lightning.distributed import release_process_group
 from cir_lightning.errors import CIRConfigError, CIRFileError, user_error_line
 from cir_lightning.files import check_writable, free_path, write_atomic
 from cir_lightning.messages import path_problem, yaml_syntax_error
@@ -259,20 +260,6 @@ def _description() -> str:
     return f"Composed image retrieval with PyTorch Lightning.\n\nOther commands:\n{tools}"
 
 
-def _release_distributed() -> None:
-    """Free the trainer (and with it DDP's reducer), then destroy the process group, before the interpreter
-    exits: left to interpreter shutdown, gloo's worker threads were destroyed while still joinable in one
-    of several multi-node runs (``terminate called without an active exception``, SIGABRT), and the other
-    node's launcher then waited for the failed one."""
-    import gc
-
-    import torch.distributed as dist
-
-    gc.collect()
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of ``cir-lightning`` and ``python -m cir_lightning``."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers forks into DataLoader workers
@@ -290,7 +277,12 @@ def main(args: Sequence[str] | None = None) -> None:
             check_config_files(argv)
             cli = CIRLightningCLI(args=None if args is None else argv)
             del cli
-            _release_distributed()
+            release_process_group()
+    except SystemExit as err:  # Lightning stops on SIGTERM with a bare SystemExit: status 0, as if the run had ended
+        if type(err).__name__ != "SIGTERMException":
+            raise
+        print("cir-lightning: stopped by SIGTERM; `fit --ckpt_path last` resumes from its newest checkpoint", file=sys.stderr)
+        sys.exit(143)  # 128 + SIGTERM, what a shell reports for a process the signal ended
     except Exception as err:
         # a mistake in the user's data or config: its message says what and where; no library traceback
         line = user_error_line(err, "cir-lightning")

@@ -115,3 +115,15 @@ def all_gather_with_grad(tensor: Tensor, group: Any = None) -> Tensor:
         return tensor
     sizes = gather_sizes(tensor.shape[0], tensor.device, group)
     return _GatherWithGrad.apply(tensor, sizes, group)
+
+
+def release_process_group() -> None:
+    """Free the trainer (and with it DDP's reducer), then destroy the process group, before the interpreter
+    exits (``cli.main`` after a run, ``indexing`` after a build): left to interpreter shutdown, gloo's worker
+    threads were destroyed while still joinable in one of several multi-node runs (``terminate called without
+    an active exception``, SIGABRT), and the other node's launcher then waited for the failed one."""
+    import gc
+
+    gc.collect()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

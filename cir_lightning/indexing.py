@@ -12,7 +12,6 @@ kept); they are an error unless ``skip_unreadable``.
 
 from __future__ import annotations
 
-import gc
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,13 +19,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
-import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 from cir_lightning.backbones.base import Backbone
 from cir_lightning.data.folder import ImageFolderDataset, KeepReadable, list_images
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
+from cir_lightning.distributed import release_process_group
 from cir_lightning.errors import CIRDataError, CIRFileError
 from cir_lightning.files import atomic_folder
 from cir_lightning.image_index import FAISS_FILE, partial_folder
@@ -54,6 +53,7 @@ class EmbedImages(pl.LightningModule):
     """``predict_step`` = the backbone's gallery embeddings of a batch (none for a batch of unreadable images).
 
     Example:
+        >>> import torch
         >>> from cir_lightning.indexing import EmbedImages
         >>> module = EmbedImages(torch.nn.Identity())
         >>> module.predict_step({"index": torch.empty(0, dtype=torch.long), "unreadable": [(0, "corrupt")]}, 0)
@@ -140,7 +140,7 @@ def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backb
         trainer.predict(EmbedImages(backbone), dataloaders=loader, return_predictions=False)
         first = trainer.is_global_zero
         del trainer
-        _release_distributed()
+        release_process_group()
         if not first:
             return None
     elif rank_zero_only.rank != 0:  # all embedded already (torchrun started every process): the first assembles
@@ -203,10 +203,3 @@ def _assemble(root: Path, out: Path, partial: Path, relpaths: list[str], backbon
     shutil.rmtree(partial, ignore_errors=True)
     unlock_build(partial)  # after: a run waiting for it never sees the folder half removed
     return out
-
-
-def _release_distributed() -> None:
-    """Free the trainer's process group before the interpreter exits (as ``cli.main`` does after a run)."""
-    gc.collect()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()

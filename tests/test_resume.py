@@ -5,6 +5,7 @@ empty version folder and silently starts from scratch); checkpoints are written 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import sys
@@ -180,3 +181,39 @@ def test_resuming_with_other_optimizer_settings_is_refused_not_silently_replaced
     assert detail in line
     assert "`model.backbone.init_args.lora.init_adapter`" in line
     assert not list((cwd / "other").rglob("*.ckpt"))  # refused before any step
+
+
+class TermAtStep(pl.Callback):
+    """Sends SIGTERM to its own process at the end of training step ``step``, as a scheduler ending a job would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_fit_stopped_by_sigterm_exits_143_and_its_last_checkpoint_resumes(tmp_path, tiny_model_dir, capsys):
+    """Lightning stops on SIGTERM with a bare SystemExit: the command exited 0 with no word, so `fit && test` went on
+    to test a half-trained model. What the stopped run leaves is consistent: last.ckpt of the last finished step,
+    no adapter exported as if trained."""
+    previous = signal.getsignal(signal.SIGTERM)
+    every_step = json.dumps({"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                             "init_args": {"save_last": True, "every_n_train_steps": 1}})
+    common = ["--config", str(CONF), "--model.backbone.init_args.model_name_or_path", str(tiny_model_dir),
+              "--data.init_args.root", str(tmp_path / "data"), "--trainer.default_root_dir", str(tmp_path / "run"),
+              "--trainer.num_sanity_val_steps", "0"]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", *common, "--trainer.callbacks", every_step, "--trainer.callbacks+=tests.test_resume.TermAtStep",
+                  "--trainer.callbacks.init_args.step", "2"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert exit_info.value.code == 143
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "cir-lightning: stopped by SIGTERM; `fit --ckpt_path last` resumes from its newest checkpoint")
+    assert torch.load(tmp_path / "run/checkpoints/last.ckpt", weights_only=True)["global_step"] == 2
+    assert not (tmp_path / "run" / "adapter").exists()
+    main(["fit", *common, "--ckpt_path", "last"])
+    assert torch.load(tmp_path / "run/checkpoints/last-v1.ckpt", weights_only=True)["global_step"] == 4  # resumed
