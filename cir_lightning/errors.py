@@ -110,12 +110,14 @@ def weight_mismatch(expected: dict[str, tuple[int, ...] | None], found: dict[str
     Example:
         >>> weight_mismatch({"a": (2,), "b": (3,)}, {"a": (4,), "c": (1,)})
         "1 missing (first: ['b']), 1 unexpected (first: ['c']), 1 of another shape (first: a: (4,) in the file, (2,) here)"
+        >>> weight_mismatch({"a": (2,)}, {"a": (2,), "c": (1,)})  # only what differs is named
+        "1 unexpected (first: ['c'])"
     """
     missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
     shape = sorted(k for k in set(expected) & set(found)
                    if None not in (expected[k], found[k]) and tuple(expected[k]) != tuple(found[k]))
-    if not (missing or extra or shape):
-        return ""
-    detail = f", {len(shape)} of another shape (first: {shape[0]}: {tuple(found[shape[0]])} in the file, " \
-             f"{tuple(expected[shape[0]])} here)" if shape else ""
-    return f"{len(missing)} missing (first: {missing[:3]}), {len(extra)} unexpected (first: {extra[:3]})" + detail
+    parts = [f"{len(missing)} missing (first: {missing[:3]})"] if missing else []
+    parts += [f"{len(extra)} unexpected (first: {extra[:3]})"] if extra else []
+    parts += [f"{len(shape)} of another shape (first: {shape[0]}: {tuple(found[shape[0]])} in the file, "
+              f"{tuple(expected[shape[0]])} here)"] if shape else []
+    return ", ".join(parts)
