@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from cir_lightning.distributed import gather_sizes
 from cir_lightning.errors import CIRDataError
 from cir_lightning.messages import first_few
 from cir_lightning.retrieval.index import pad_lists
@@ -73,9 +74,18 @@ def candidate_table(candidates: Sequence[Sequence[int]], excluded: Sequence[Sequ
     return pad_lists(kept, max(map(len, candidates)))
 
 
-def check_finite(embeddings: Tensor, what: str, indices: Tensor | None = None, bad_elsewhere: int = 0) -> None:
+def _non_finite_rows(embeddings: Tensor) -> Tensor:
+    """The rows of ``embeddings`` holding NaN or inf."""
+    if not embeddings.numel():
+        return torch.empty(0, dtype=torch.long)
+    return (~torch.isfinite(embeddings)).flatten(1).any(1).nonzero().flatten()
+
+
+def check_finite(embeddings: Tensor, what: str, indices: Tensor | None = None, bad_elsewhere: int = 0,
+                 bad: Tensor | None = None) -> None:
     """Raise ``CIRDataError`` if any row of ``embeddings`` holds NaN or inf (``indices``: their dataset rows;
-    ``bad_elsewhere``: such rows other ranks found, so that every rank raises together).
+    ``bad_elsewhere``: such rows other ranks found, so that every rank raises together; ``bad``: the rows
+    already found, if the caller looked).
 
     Example:
         >>> check_finite(torch.ones(2, 3), "queries of subset 'x'")
@@ -85,8 +95,7 @@ def check_finite(embeddings: Tensor, what: str, indices: Tensor | None = None, b
         cir_lightning.errors.CIRDataError: 1 of the queries of subset 'x' are not finite (NaN or inf): rows 0; \
 a ranking over them would be arbitrary (check the model for overflow, e.g. in float16)
     """
-    bad = (~torch.isfinite(embeddings)).flatten(1).any(1).nonzero().flatten() if embeddings.numel() else \
-        torch.empty(0, dtype=torch.long)
+    bad = _non_finite_rows(embeddings) if bad is None else bad
     if len(bad) == 0 and bad_elsewhere == 0:
         return
     rows = (indices[bad] if indices is not None else bad).tolist()
@@ -105,7 +114,5 @@ def check_embeddings(name: str | int, queries: Tensor, gallery: Tensor | None) -
 def check_shard(shard: Tensor, indices: Tensor, what: str) -> None:
     """``check_finite`` of this rank's gallery rows (sharded search), raising on every rank if any rank has
     such rows (a collective)."""
-    from cir_lightning.retrieval.sharded import _all_gather_list
-
-    here = int((~torch.isfinite(shard)).flatten(1).any(1).sum()) if shard.numel() else 0
-    check_finite(shard, what, indices, int(sum(_all_gather_list(torch.tensor([here])))) - here)
+    bad = _non_finite_rows(shard)
+    check_finite(shard, what, indices, sum(gather_sizes(len(bad))) - len(bad), bad)

@@ -78,17 +78,19 @@ def _identical_across(shard: Tensor, shard_index: Tensor) -> IdenticalRows | Non
     whose hash another row shares, gathered and compared whole."""
     hashes = prefix_hashes(shard) if len(shard) else torch.empty(0, dtype=torch.long)
     parts = _all_gather_list(hashes)
-    _, inverse, counts = torch.unique(torch.cat(parts), return_inverse=True, return_counts=True)
-    if not (counts > 1).any():  # the same answer on every rank: no rank gathers rows
+    every = torch.cat(parts)
+    _, inverse, counts = torch.unique(every, return_inverse=True, return_counts=True)
+    shared = counts[inverse] > 1  # over every rank's rows, in rank order: the rows gathered below
+    if not shared.any():  # the same answer on every rank: no rank gathers rows
         return None
     start = sum(len(part) for part in parts[: world()[0]])
-    mine = (counts[inverse[start:start + len(hashes)]] > 1).nonzero().flatten()
+    mine = shared[start:start + len(hashes)].nonzero().flatten()
     rows, index = shard[mine.to(shard.device)].float(), shard_index[mine.to(shard_index.device)]
     if world()[1] > 1:
         device = collective_device()
         rows = torch.cat([r.cpu() for r in all_gather_rows(rows.to(device))])
         index = torch.cat(_all_gather_list(index))
-    return identical_rows(rows.cpu(), indices=index.cpu()) if len(rows) else None
+    return identical_rows(rows.cpu(), hashes=every[shared], indices=index.cpu()) if len(rows) else None
 
 
 def sharded_search(queries: Tensor, shard: Tensor, shard_index: Tensor, k: int,
