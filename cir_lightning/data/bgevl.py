@@ -25,7 +25,7 @@ from cir_lightning.data.layouts.bgevl import (
     cutoffs_within,
     read_eval_set,
 )
-from cir_lightning.data.layouts.fashioniq import average_over_categories
+from cir_lightning.data.layouts.fashioniq_summary import average_over_categories
 from cir_lightning.data.missing import OnMissing, check_on_missing
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRFileError
 from cir_lightning.files import check_writable, free_path, write_atomic

@@ -21,11 +21,10 @@ from cir_lightning.data.layouts.fashioniq import (
     Category,
     FashionIQFiles,
     QueryText,
-    average_over_categories,
     make_query_text,
     make_train_text,
-    summary_lines,
 )
+from cir_lightning.data.layouts.fashioniq_summary import average_over_categories, summary_lines
 from cir_lightning.data.missing import OnMissing, check_on_missing
 from cir_lightning.errors import CIRConfigError, CIRDataError
 

@@ -122,6 +122,18 @@ def test_stray_whitespace_is_stripped(tmp_path):
                        for r in queries.records)
 
 
+def test_one_blank_caption_is_kept_as_clip4cir_keeps_it_and_two_are_refused(root):
+    # the official files hold 17 entries with one blank caption (e.g. shirt val ['', 'is grey with a design'])
+    set_captions(root, "shirt", "val", 0, ["", "is grey?"])
+    text = {form: setup(root, "validate", query_text=form, categories=["shirt"]).val_sets[0][0].records[0].modification
+            for form in ("clip4cir", "bge_vl")}
+    assert text == {"clip4cir": " and is grey", "bge_vl": ", and is grey?"}
+    set_captions(root, "shirt", "val", 0, [" . ", "?"])
+    with pytest.raises(CIRDataError, match=r"cap\.shirt\.val\.json:\d+: entry 1 \(candidate '.*'\): both captions "
+                                           r"are blank, so the query has no text$"):
+        setup(root, "validate", categories=["shirt"])
+
+
 def draws(dm: FashionIQDataModule, n: int) -> list[str]:
     return [dm.train_set[0]["modification"] for _ in range(n)]
 

@@ -14,7 +14,7 @@ rate. Captions lose stray surrounding whitespace (182 dress-val captions have so
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -35,8 +35,7 @@ from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.messages import first_few, json_type, short_repr
 from cir_lightning.reading import read_json_list
 
-__all__ = ["CATEGORIES", "EVAL_KS", "Category", "FashionIQFiles", "QueryText", "average_over_categories",
-           "make_query_text", "make_train_text", "summary_lines"]
+__all__ = ["CATEGORIES", "EVAL_KS", "Category", "FashionIQFiles", "QueryText", "make_query_text", "make_train_text"]
 
 Category = Literal["dress", "shirt", "toptee"]
 QueryText = Literal["clip4cir", "bge_vl", "e5v", "both_orders"]
@@ -83,46 +82,6 @@ def make_query_text(c0: str, c1: str, form: QueryText = "clip4cir") -> str | tup
     raise CIRConfigError(f"`query_text` must be one of clip4cir, bge_vl, e5v, both_orders, got {form!r}")
 
 
-def average_over_categories(metrics: Mapping[str, float], categories: Sequence[str]) -> dict[str, float]:
-    """``average/<metric>`` over ``categories`` for each metric all of them have, plus
-    ``average/Recall@10+50`` = (average R@10 + average R@50) / 2; nothing unless every category is there.
-
-    Example:
-        >>> from cir_lightning.data.layouts.fashioniq import average_over_categories
-        >>> m = {"dress/Recall@10": 0.2, "dress/Recall@50": 0.4,
-        ...      "shirt/Recall@10": 0.3, "shirt/Recall@50": 0.6}
-        >>> {k: round(v, 3) for k, v in average_over_categories(m, ["dress", "shirt"]).items()}
-        {'average/Recall@10': 0.25, 'average/Recall@50': 0.5, 'average/Recall@10+50': 0.375}
-        >>> average_over_categories(m, ["dress", "toptee"])
-        {}
-    """
-    per = [{k[len(c) + 1:]: v for k, v in metrics.items() if k.startswith(f"{c}/")} for c in categories]
-    if not per or not all(per):
-        return {}
-    common = [name for name in per[0] if all(name in p for p in per)]
-    out = {f"average/{name}": sum(p[name] for p in per) / len(per) for name in common}
-    if "average/Recall@10" in out and "average/Recall@50" in out:
-        out["average/Recall@10+50"] = (out["average/Recall@10"] + out["average/Recall@50"]) / 2
-    return out
-
-
-def summary_lines(metrics: Mapping[str, float], categories: Sequence[str]) -> list[str]:
-    """The BGE-VL script's summary: ``<category>: R@10 / R@50`` in percent, then ``overall`` (their mean).
-
-    Example:
-        >>> from cir_lightning.data.layouts.fashioniq import summary_lines
-        >>> summary_lines({"dress/Recall@10": 0.45671, "dress/Recall@50": 0.6789}, ["dress"])
-        ['dress: 45.67 / 67.89', 'overall: 45.67 / 67.89']
-    """
-    rows = [(c, metrics[f"{c}/Recall@10"], metrics[f"{c}/Recall@50"]) for c in categories
-            if f"{c}/Recall@10" in metrics and f"{c}/Recall@50" in metrics]
-    lines = [f"{c}: {100 * r10:.2f} / {100 * r50:.2f}" for c, r10, r50 in rows]
-    if rows and len(rows) == len(categories):
-        lines.append(f"overall: {100 * sum(r[1] for r in rows) / len(rows):.2f} / "
-                     f"{100 * sum(r[2] for r in rows) / len(rows):.2f}")
-    return lines
-
-
 class _Entry(NamedTuple):
     index: int  # 0-based position in the caption file (query ids are ``<category>-<index>``)
     reference: str
@@ -162,6 +121,8 @@ def _read_captions(path: Path, category: str) -> list[_Entry]:
         if not (isinstance(caps, list) and len(caps) == 2 and all(isinstance(c, str) for c in caps)):
             raise CIRDataError(f"{where}: `captions` must be a list of two strings, got {short_repr(caps)}",
                                path, line)
+        if not any(_clean(c.strip()) for c in caps):  # one blank is kept: the official files hold 17 (CLIP4Cir's too)
+            raise CIRDataError(f"{where}: both captions are blank, so the query has no text", path, line)
         entries.append(_Entry(i, reference, target, (caps[0].strip(), caps[1].strip()), line))
     if not entries:
         raise CIRDataError("no entries", path)
