@@ -31,8 +31,8 @@ from cir_lightning.evaluation import Evaluation, EvaluationOptions
 from cir_lightning.losses import FireLoss, distributed_fire_loss, target_keys
 from cir_lightning.optim import lr_scheduler
 from cir_lightning.resume import check_resumed_training
-from cir_lightning.retrieval.evaluator import loader_role
 from cir_lightning.retrieval.index import SearchConfig
+from cir_lightning.retrieval.subsets import loader_role
 from cir_lightning.stage1 import FIRE_STAGE1_INSTRUCTION, CaptionBatches, caption_step, check_caption_data
 
 

@@ -49,7 +49,7 @@ from cir_lightning.retrieval.embedding_folder import (
     open_embeddings,
     reserve,
 )
-from cir_lightning.retrieval.evaluator import loader_role
+from cir_lightning.retrieval.subsets import loader_role
 
 __all__ = ["EmbeddingWriter", "ImagesProgressBar"]
 

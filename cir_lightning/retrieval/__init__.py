@@ -7,7 +7,7 @@ search, metrics and caches load without Lightning's trainer stack.
 from typing import Any
 
 from cir_lightning.retrieval.cache import load_embeddings, save_embeddings
-from cir_lightning.retrieval.evaluator import EvalSubset, RetrievalEvaluator, subsets_from_loaders
+from cir_lightning.retrieval.evaluator import EvalSubset, RetrievalEvaluator
 from cir_lightning.retrieval.index import SearchConfig, build_index, search
 from cir_lightning.retrieval.metrics import (
     HitRateAtK,
@@ -16,6 +16,7 @@ from cir_lightning.retrieval.metrics import (
     PositiveRecallAtK,
     SubsetRecallAtK,
 )
+from cir_lightning.retrieval.subsets import subsets_from_loaders
 
 __all__ = [
     "EvalSubset",

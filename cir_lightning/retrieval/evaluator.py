@@ -9,17 +9,16 @@ sum-state metrics add the ranks' shares up, so every rank returns the numbers on
 from __future__ import annotations
 
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 
 from cir_lightning.checks import cutoffs
-from cir_lightning.errors import CIRConfigError
+from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.retrieval import ground_truth as truth
 from cir_lightning.retrieval.gather import collective_device, dedupe_by_index, gather_embeddings, world
 from cir_lightning.retrieval.index import SearchConfig, search_with_scores
@@ -31,7 +30,7 @@ from cir_lightning.retrieval.metrics import (
     SubsetRecallAtK,
     rank_within,
 )
-from cir_lightning.retrieval.protocol import DEFAULT_KS, with_added_ks
+from cir_lightning.retrieval.protocol import DEFAULT_KS
 from cir_lightning.retrieval.sharded import own_rows, sharded_search
 
 METRIC_FAMILIES: dict[str, tuple[str, type[Metric]]] = {
@@ -88,7 +87,7 @@ class EvalSubset:
         if "recall_subset" in (self.metrics or ()) and self.candidates is None:
             raise CIRConfigError(f"subset {self.name!r}: `recall_subset` needs per-query `candidates`")
         if self.positives is not None and len(self.positives) != len(self.excluded):
-            raise ValueError(f"subset {self.name!r}: {len(self.positives)} positives rows for "
+            raise CIRDataError(f"subset {self.name!r}: {len(self.positives)} positives rows for "
                              f"{len(self.excluded)} queries")
         truth.check_positives(self.name, self.positives, self.excluded, self.num_gallery, self.query_ids)
 
@@ -192,6 +191,7 @@ class RetrievalEvaluator:
         sharded) ``self.scores[name]`` the search's scores of the ranked rows (-inf at -1). Subsets without ground
         truth are always ranked. Unless sharded, ``self.galleries[i]`` holds the gathered gallery embeddings of ``i``.
         """
+        check_names(subsets)
         rank, world_size = world()
         sharded = self.search.sharded and world_size > 1
         results: dict[str, float] = {}
@@ -247,54 +247,20 @@ class RetrievalEvaluator:
         return results
 
 
-def loader_role(dataloader_idx: int) -> tuple[int, str]:
-    """Which subset a loader belongs to and what it holds: loaders come in (queries, gallery) pairs.
+def check_names(subsets: Sequence[EvalSubset]) -> None:
+    """Subsets report their metrics and rankings under their names: two of one name would keep only one's.
 
     Example:
-        >>> loader_role(0), loader_role(3)
-        ((0, 'query'), (1, 'gallery'))
-    """
-    subset, kind = divmod(dataloader_idx, 2)
-    return subset, "query" if kind == 0 else "gallery"
-
-
-def subsets_from_loaders(loaders: Any, added_ks: Sequence[int] = ()) -> list[EvalSubset]:
-    """The ``EvalSubset`` of each (queries, gallery) pair of evaluation loaders.
-
-    Loaders come in pairs, queries first. The query dataset has ``positives`` (gallery rows per query,
-    or None without ground truth) and may have ``excluded``, ``name``, ``ids``, ``metrics``,
-    ``candidates`` and ``depth`` (see ``EvalSubset``); the gallery dataset may have ``ids``, and
-    ``num_items`` when it stands in for a gallery it does not load (embeddings from a cache). ``added_ks``
-    (the evaluator's ``added_ks``) are added to the query dataset's own ``metrics`` (``with_added_ks``).
-
-    Example:
-        >>> from cir_lightning.retrieval import subsets_from_loaders
-        >>> from torch.utils.data import DataLoader
-        >>> class Queries(list):  # a query dataset: its samples, and the ground truth as attributes
-        ...     name, positives, excluded = "toy", [[1], [0]], [[], [1]]
-        >>> gallery = ["g0", "g1", "g2"]
-        >>> [sub] = subsets_from_loaders([DataLoader(Queries(["q0", "q1"])), DataLoader(gallery)])
-        >>> sub.name, sub.positives, sub.excluded, sub.num_gallery
-        ('toy', [[1], [0]], [[], [1]], 3)
-        >>> subsets_from_loaders([DataLoader(gallery)])
+        >>> from cir_lightning.retrieval.evaluator import EvalSubset, check_names
+        >>> check_names([EvalSubset("a", [[0]], [[]], 1), EvalSubset("a", [[0]], [[]], 1)])
         Traceback (most recent call last):
         ...
-        cir_lightning.errors.CIRConfigError: evaluation needs (queries, gallery) pairs of dataloaders, got 1
+        cir_lightning.errors.CIRConfigError: evaluation subsets 0 and 1 are both named 'a': their metrics and \
+rankings are reported under the name, so one would replace the other; give each query dataset its own `name`
     """
-    loaders = list(loaders) if isinstance(loaders, list | tuple) else [loaders]
-    if len(loaders) % 2:
-        raise CIRConfigError(f"evaluation needs (queries, gallery) pairs of dataloaders, got {len(loaders)}")
-    subsets = []
-    for q_loader, g_loader in zip(loaders[0::2], loaders[1::2], strict=True):
-        queries, gallery = q_loader.dataset, g_loader.dataset
-        if not hasattr(queries, "positives"):
-            raise CIRConfigError("evaluation loaders must come in (queries, gallery) pairs whose query dataset "
-                                 f"has `positives` (gallery rows per query); got {type(queries).__name__}")
-        subsets.append(EvalSubset(
-            getattr(queries, "name", ""), queries.positives,
-            getattr(queries, "excluded", None) or [()] * len(queries),
-            getattr(gallery, "num_items", None) or len(gallery),
-            getattr(queries, "ids", None), getattr(gallery, "ids", None),
-            metrics=with_added_ks(getattr(queries, "metrics", None), added_ks),
-            candidates=getattr(queries, "candidates", None), depth=getattr(queries, "depth", 0)))
-    return subsets
+    twice = [name for name, n in Counter(sub.name for sub in subsets).items() if n > 1]
+    if twice:
+        first, second = [i for i, sub in enumerate(subsets) if sub.name == twice[0]][:2]
+        raise CIRConfigError(f"evaluation subsets {first} and {second} are both named {twice[0]!r}: their metrics and "
+                             "rankings are reported under the name, so one would replace the other; give each query "
+                             "dataset its own `name`")

@@ -27,28 +27,43 @@ __all__ = ["candidate_table", "check_embeddings", "check_finite", "check_positiv
 
 def check_positives(name: str, positives: Sequence[Sequence[int]] | None, excluded: Sequence[Sequence[int]],
                     num_gallery: int, query_ids: Sequence[str] | None = None) -> None:
-    """Raise ``CIRDataError`` naming the queries none of whose positives can be retrieved (``positives``
-    None: no ground truth, nothing to check).
+    """Raise ``CIRDataError`` naming the queries none of whose positives can be retrieved, then those with
+    a positive that cannot be (outside the gallery, or excluded from the query's own ranking: PositiveRecall
+    and mAP would count it as a miss that no ranking avoids). ``positives`` None: no ground truth, nothing to check.
 
     Example:
-        >>> check_positives("dress", [[1], [0, 2]], [[0], [0]], 3)
+        >>> check_positives("dress", [[1], [0, 2]], [[0], [1]], 3)
         >>> check_positives("dress", [[1], [], [5], [0]], [[], [], [], [0]], 3, ["a", "b", "c", "d"])
         Traceback (most recent call last):
         ...
         cir_lightning.errors.CIRDataError: subset 'dress': 3 of 4 queries have no positive that can be retrieved \
 (none given, outside the gallery's 3 rows, or all excluded), so their metrics would be a silent miss: \
 'b' (positives []), 'c' (positives [5]), 'd' (positives [0])
+        >>> check_positives("dress", [[1], [0, 2]], [[], [2]], 3)
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRDataError: subset 'dress': 1 of 2 queries list a positive that cannot be retrieved \
+(outside the gallery's 3 rows, or excluded from its ranking), a miss no ranking avoids in PositiveRecall and mAP: \
+row 1 (positives [0, 2], excluded [2])
     """
     if positives is None:
         return
-    bad = [i for i, (pos, exc) in enumerate(zip(positives, excluded, strict=True))
-           if not {p for p in pos if 0 <= p < num_gallery} - set(exc)]
+    reachable = [{p for p in pos if 0 <= p < num_gallery} - set(exc)
+                 for pos, exc in zip(positives, excluded, strict=True)]
+    label = (lambda i: repr(query_ids[i])) if query_ids is not None else (lambda i: f"row {i}")
+    bad = [i for i, ok in enumerate(reachable) if not ok]
     if bad:
-        label = (lambda i: repr(query_ids[i])) if query_ids is not None else (lambda i: f"row {i}")
         raise CIRDataError(f"subset {name!r}: {len(bad)} of {len(positives)} queries have no positive that can be "
                            f"retrieved (none given, outside the gallery's {num_gallery} rows, or all excluded), so "
                            "their metrics would be a silent miss: "
                            + first_few([f"{label(i)} (positives {list(positives[i])})" for i in bad], ", ", " ..."))
+    some = [i for i, ok in enumerate(reachable) if len(ok) < len(set(positives[i]))]
+    if some:
+        raise CIRDataError(f"subset {name!r}: {len(some)} of {len(positives)} queries list a positive that cannot be "
+                           f"retrieved (outside the gallery's {num_gallery} rows, or excluded from its ranking), a "
+                           "miss no ranking avoids in PositiveRecall and mAP: " + first_few(
+                               [f"{label(i)} (positives {list(positives[i])}, excluded {list(excluded[i])})"
+                                for i in some], ", ", " ..."))
 
 
 def positive_table(positives: Sequence[Sequence[int]], rows: Sequence[int]) -> Tensor:

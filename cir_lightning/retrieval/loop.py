@@ -18,13 +18,9 @@ from typing import Any
 from torch import Tensor
 
 from cir_lightning.messages import first_few
-from cir_lightning.retrieval.evaluator import (
-    EvalSubset,
-    RetrievalEvaluator,
-    loader_role,
-    subsets_from_loaders,
-)
+from cir_lightning.retrieval.evaluator import EvalSubset, RetrievalEvaluator
 from cir_lightning.retrieval.protocol import chance_level, subset_families
+from cir_lightning.retrieval.subsets import loader_role, subsets_from_loaders
 
 __all__ = ["EpochResults", "EvaluationLoop"]
 

@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from cir_lightning.errors import CIRDataError
+from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.retrieval import EvalSubset, RetrievalEvaluator, SearchConfig
 from cir_lightning.retrieval.protocol import chance_level
 
@@ -125,3 +125,37 @@ def test_evaluator_equals_the_definitions_on_random_cases_with_exact_ties(seed):
     for search in (*BACKENDS, SearchConfig(backend="torch", chunk_size=2)):
         got, _ = _evaluate(queries, gallery, sub, search, _shuffled_parts(rng))
         assert got == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize(("positives", "excluded"), [([[0, 1]], [[1]]), ([[0, 7]], [[]]), ([[0, -1]], [[]])])
+def test_a_positive_that_can_never_be_ranked_is_an_error_not_a_lower_score(positives, excluded):
+    # PositiveRecall and mAP divide by the positives: a perfect ranking scored 0.5 here, against a chance level of 1
+    with pytest.raises(CIRDataError, match=r"subset 'toy': 1 of 1 queries list a positive that cannot be retrieved "
+                                           r".*'q0' \(positives \[0, -?\d\], excluded \[\d?\]\)$"):
+        EvalSubset("toy", positives, excluded, num_gallery=3, query_ids=["q0"])
+    EvalSubset("toy", [[0, 1, 1]], [[2]], num_gallery=3)  # a positive listed twice is one positive: fine
+
+
+def test_positives_and_queries_of_another_length_are_one_line():
+    with pytest.raises(CIRDataError, match=r"subset 'toy': 1 positives rows for 2 queries"):
+        EvalSubset("toy", [[0]], [[], []], num_gallery=3)
+
+
+def test_two_subsets_of_one_name_are_refused_before_one_replaces_the_other():
+    from torch.utils.data import DataLoader
+
+    from cir_lightning.retrieval import subsets_from_loaders
+
+    class Queries(list):
+        positives = [[0]]
+
+    loaders = [DataLoader(Queries([0])), DataLoader([0, 1]), DataLoader(Queries([0])), DataLoader([0, 1])]
+    message = r"evaluation subsets 0 and 1 are both named '': .* give each query dataset its own `name`"
+    with pytest.raises(CIRConfigError, match=message):
+        subsets_from_loaders(loaders)
+    evaluator = RetrievalEvaluator(ks=[1], search=SearchConfig(backend="torch"))
+    for s in (0, 1):
+        evaluator.add(s, "gallery", torch.eye(2), torch.arange(2))
+        evaluator.add(s, "query", torch.tensor([[1.0, 0.0]]), torch.tensor([0]))
+    with pytest.raises(CIRConfigError, match=message):  # subsets made by hand: refused by compute too
+        evaluator.compute([EvalSubset("", [[0]], [[]], 2), EvalSubset("", [[1]], [[]], 2)])
