@@ -24,6 +24,7 @@ import lightning.pytorch as pl
 from jsonargparse import DefaultHelpFormatter, set_parsing_settings
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cir_lightning.checkpointing import find_last_checkpoint, overridden_settings
 from cir_lightning.commands import COMMANDS, run_command
@@ -278,9 +279,7 @@ def main(args: Sequence[str] | None = None) -> None:
             cli = CIRLightningCLI(args=None if args is None else argv)
             del cli
             release_process_group()
-    except SystemExit as err:  # Lightning stops on SIGTERM with a bare SystemExit: status 0, as if the run had ended
-        if type(err).__name__ != "SIGTERMException":
-            raise
+    except SIGTERMException:  # Lightning stops on SIGTERM with a bare SystemExit: status 0, as if the run had ended
         print("cir-lightning: stopped by SIGTERM; `fit --ckpt_path last` resumes from its newest checkpoint", file=sys.stderr)
         sys.exit(143)  # 128 + SIGTERM, what a shell reports for a process the signal ended
     except Exception as err:
