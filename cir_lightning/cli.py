@@ -74,6 +74,9 @@ class KeepConfigCallback(SaveConfigCallback):
 class _Parser(LightningArgumentParser):
     """A bad option is two lines (what is wrong, where the options are): no usage, no nested report (option_errors)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # `--model.save_ranking` is an error, not a guess
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
+
     def print_usage(self, file: Any = None) -> None:  # argparse calls it only before an error; --help is whole
         return
 

@@ -129,6 +129,21 @@ def test_an_unknown_option_is_two_lines_not_the_whole_usage(capsys):
     assert error == "error: unrecognized arguments: --model.nosuch 3"
 
 
+@pytest.mark.parametrize(("argv", "unknown"), [
+    (["validate", "--config", str(CONF), "--model.save_ranking", "true"], "--model.save_ranking true"),
+    (["search", "x", "--image", "a.png", "--text", "t", "--sho", "y"], "--sho y"),
+    (["show", "results.json", "--quer", "q0"], "--quer q0")])
+def test_an_abbreviated_option_is_refused_not_taken_for_the_option_it_starts(argv, unknown, capsys):
+    """argparse's default takes `--model.save_ranking` for `--model.save_rankings`: a typo would silently pick
+    whichever option it happens to prefix (or, after an option is added, another one)."""
+    from cir_lightning.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert f"unrecognized arguments: {unknown}" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(("option", "value", "line"), [
     ("--trainer.max_epochs", "abc", "option `trainer.max_epochs`: expected int or null, got 'abc'"),
     ("--model.lr_schedule", "cosin", "option `model.lr_schedule`: expected one of 'linear', 'cosine', 'constant', "

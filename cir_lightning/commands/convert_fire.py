@@ -44,7 +44,7 @@ def main(argv: Sequence[str]) -> None:
     from cir_lightning.fire_config import translate_fire_config
 
     name = argv[0]
-    parser = argparse.ArgumentParser(prog=f"cir-lightning {name}", description=COMMANDS[name][1])
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog=f"cir-lightning {name}", description=COMMANDS[name][1])
     parser.add_argument("input", help="a FiRE release config (train_stage2.example.yaml, eval.example.yaml schema)")
     parser.add_argument("output", help="the cir_lightning config to write (never replaced unless --overwrite)")
     parser.add_argument("--for", dest="purpose", choices=["auto", "fit", "eval"], default="auto",
@@ -118,7 +118,7 @@ def run_release_script(purpose: Purpose, argv: Sequence[str] | None = None) -> N
     from cir_lightning.errors import user_error_line
 
     what = "Train FiRE" if purpose == "train" else "Evaluate FiRE"
-    parser = argparse.ArgumentParser(prog=f"scripts/{purpose}.py",
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog=f"scripts/{purpose}.py",
                                      description=f"{what} from a FiRE release config, run by cir_lightning.")
     parser.add_argument("--config", required=True, help="Path to YAML config.")
     ns = parser.parse_args(sys.argv[1:] if argv is None else list(argv))

@@ -26,7 +26,7 @@ _PASSED = ("--model.", "--data.", "--trainer.", "--seed_everything")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="cir-lightning index", description=COMMANDS["index"][1],
+        allow_abbrev=False, prog="cir-lightning index", description=COMMANDS["index"][1],
         epilog="Options of the config may follow, as for `fit`: --model.*, --data.*, --trainer.* (e.g. "
                "--trainer.devices 4 --trainer.accelerator gpu). Killed? Run the same command again: it continues.")
     parser.add_argument("image_folder", help="the images to index (every image below it, recursively)")

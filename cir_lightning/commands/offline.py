@@ -12,7 +12,7 @@ from cir_lightning.commands import COMMANDS
 def main(argv: Sequence[str]) -> None:
     """Build a tiny model (``argv[0] == "make-tiny-model"``) or the synthetic benchmark into ``OUT_DIR``."""
     name = argv[0]
-    parser = argparse.ArgumentParser(prog=f"cir-lightning {name}", description=COMMANDS[name][1])
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog=f"cir-lightning {name}", description=COMMANDS[name][1])
     parser.add_argument("out_dir", help="folder to write: it must not exist" + (
         " or must be empty (--overwrite replaces a checkpoint folder)" if name == "make-tiny-model" else ""))
     parser.add_argument("--seed", type=int, default=0)

@@ -234,7 +234,7 @@ def main(argv: Sequence[str]) -> None:
     argv = list(argv)[1:]
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(prog="cir-lightning reproduce", description=COMMANDS["reproduce"][1])
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="cir-lightning reproduce", description=COMMANDS["reproduce"][1])
     parser.add_argument("--configs", type=Path, default=HERE, help=f"the zero-shot configs (default: {HERE})")
     parser.add_argument("--published", type=Path, help="the published numbers (default: CONFIGS/published.yaml)")
     parser.add_argument("--data", action="append", default=[], metavar="BENCHMARK=ROOT",

@@ -20,7 +20,7 @@ from cir_lightning.commands import COMMANDS
 
 def main(argv: Sequence[str]) -> None:
     """Search an index (see the module)."""
-    parser = argparse.ArgumentParser(prog="cir-lightning search", description=COMMANDS["search"][1])
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="cir-lightning search", description=COMMANDS["search"][1])
     parser.add_argument("index", help="an index folder written by `cir-lightning index`")
     parser.add_argument("--image", required=True, help="the reference image")
     parser.add_argument("--text", required=True, help='what to change in it ("make it red")')

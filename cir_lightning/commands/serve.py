@@ -25,7 +25,7 @@ def main(argv: Sequence[str]) -> None:
         ...
         cir_lightning.errors.CIRFileError: `INDEX`: `/no/such/index` does not exist (build one with `cir-lightning index IMAGE_FOLDER`)
     """
-    parser = argparse.ArgumentParser(prog="cir-lightning serve", description=COMMANDS["serve"][1])
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="cir-lightning serve", description=COMMANDS["serve"][1])
     parser.add_argument("index", help="an index folder written by `cir-lightning index`")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: 127.0.0.1, this machine only; the page has no login)")

@@ -177,7 +177,7 @@ def main(argv: Sequence[str]) -> None:
     from cir_lightning.files import check_writable
     from cir_lightning.pictures import save_picture
 
-    parser = argparse.ArgumentParser(prog="cir-lightning show", description=COMMANDS["show"][1])
+    parser = argparse.ArgumentParser(allow_abbrev=False, prog="cir-lightning show", description=COMMANDS["show"][1])
     parser.add_argument("results", help="a results-<stage>.json written with `--model.save_rankings true`")
     parser.add_argument("--queries", nargs="+", metavar="ID", help="query ids to draw (default: a seeded sample)")
     parser.add_argument("--subset", help="only this subset (`all`: the unnamed one)")
