@@ -36,3 +36,11 @@ def test_every_named_file_exists():
     named = set(_NAMED.findall(DOC.read_text()))
     stale = sorted(name for name in named if not (PACKAGE / name).is_file() and not (ROOT / name).is_file())
     assert stale == []
+
+
+def test_cited_docs_exist():
+    """Every ``docs/<name>.md`` a package file, test, script or config cites is in the repository."""
+    cited = {(path.relative_to(ROOT).as_posix(), name) for folder in ("cir_lightning", "tests", "scripts", "configs")
+             for path in (ROOT / folder).rglob("*") if path.suffix in (".py", ".yaml", ".sh", ".sbatch")
+             for name in re.findall(r"\bdocs/[\w.-]+?\.md\b", path.read_text(errors="replace"))}
+    assert sorted((path, name) for path, name in cited if not (ROOT / name).is_file()) == []

@@ -1,6 +1,6 @@
 """Checks and clean-ups of an evaluated subset's ground truth and embeddings, before anything is scored.
 
-The metrics are defined on each query's ranked list with its excluded rows removed (docs: protocols.md):
+The metrics are defined on each query's ranked list with its excluded rows removed (docs/protocols.md):
 
 - a query none of whose positives can appear in that list (no positive, positives outside the gallery, or
   all of them excluded) is an error naming the queries, not a silent miss;

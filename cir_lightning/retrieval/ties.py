@@ -3,7 +3,7 @@
 Two gallery rows holding the same embedding (one image listed under two ids, two copies of one file) have
 the same similarity to every query. A float32 matrix product need not compute it the same way for both: BLAS
 blocks treat rows by their position, so the later row may score one unit in the last place above the earlier
-one and rank first, against the rule "equal scores: lower gallery index first" (protocols.md). Measured with a
+one and rank first, against the rule "equal scores: lower gallery index first" (docs/protocols.md). Measured with a
 5,000-row gallery holding one row twice and 256 queries near it: Recall@1 of the later row 0.195 with faiss's
 exact search, where the definition gives 0.
 

@@ -1,4 +1,4 @@
-"""The evaluator's metrics against their definitions (docs: protocols.md), on cases where a shortcut goes wrong:
+"""The evaluator's metrics against their definitions (docs/protocols.md), on cases where a shortcut goes wrong:
 the reference among CIRR's candidates, positives listed twice, queries that can never hit, embeddings that are
 not finite; and a brute-force reference on random cases with exact ties, fed in unequal, shuffled, repeated parts."""
 

@@ -22,7 +22,7 @@ from cir_lightning.retrieval.metrics import (
 
 
 def reference(ranked: list[list[int]], positives: list[list[int]], k: int) -> tuple[float, float]:
-    """Hit rate and MRR at k, straight from the definitions in protocols.md."""
+    """Hit rate and MRR at k, straight from the definitions in docs/protocols.md."""
     hits, rr = 0.0, 0.0
     for ranking, pos in zip(ranked, positives, strict=True):
         ranking = [g for g in ranking if g >= 0][:k]

@@ -1,5 +1,5 @@
 """Identical gallery rows tie exactly (lower gallery index first) on every search path, even where the float32
-matrix product rounds their scores apart (protocols.md: ties go to the lower gallery index)."""
+matrix product rounds their scores apart (docs/protocols.md: ties go to the lower gallery index)."""
 
 from __future__ import annotations
 
