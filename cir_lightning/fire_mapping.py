@@ -3,8 +3,8 @@
 ``translate`` takes the settings ``fire_config.read_fire_config`` read (dotted keys, the release's defaults
 filled in) and returns the LightningCLI config, the subcommand that runs it and the notes on what differs
 from the release. The translated runs follow the paper and the official protocols where the release has
-defects (shared/spec/fire.md): LoRA on Phi-3's real projection names, CIRR's reference-only exclusion and
-FashionIQ's val split; everything else keeps the release's values.
+defects (docs/fire.md, "What differs from the release"): LoRA on Phi-3's real projection names, CIRR's
+reference-only exclusion and FashionIQ's val split; everything else keeps the release's values.
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ class XGenMMBackbone(Backbone):
             ``" <|end|>"`` x 5 (spaces included), left padding to its length with positions counted from
             the padded row's first column (no position ids), eager attention in the decoder, and the mean
             of the LAST 10 positions (padding included when a text is shorter).
-            Default ``False``: the paper's rule, which the release gets wrong (spec fire.md, "Defects" 5):
+            Default ``False``: the paper's rule, which the release gets wrong (docs/fire.md, "What differs from the release"):
             we append the ``<|end|>`` block without spaces, pool exactly its ``eos_block_size`` positions,
             and count positions on real tokens, so padding never changes an embedding. Use it to compare
             with numbers or adapters from the release; it is part of ``fingerprint()``.
