@@ -29,6 +29,7 @@ from cir_lightning.data.base import CIRDataModule
 from cir_lightning.errors import CIRConfigError, CIRModelError
 from cir_lightning.evaluation import Evaluation, EvaluationOptions
 from cir_lightning.losses import FireLoss, distributed_fire_loss, target_keys
+from cir_lightning.negatives import check_negatives
 from cir_lightning.optim import lr_scheduler
 from cir_lightning.resume import check_resumed_training
 from cir_lightning.retrieval.index import SearchConfig
@@ -156,18 +157,9 @@ class CIRModule(pl.LightningModule):
             elif self.target_side == "caption" and stage == "fit":  # before the first step, not in it
                 check_caption_data(datamodule, "`target_side: caption`")
             if self.objective == "retrieval" and stage == "fit":
-                self._check_negatives(datamodule.batch_size)
+                ranks = self.trainer.world_size if self.cross_rank_negatives else 1
+                check_negatives(datamodule.train_set, datamodule.batch_size, ranks)
             datamodule.connect(self.caption_batches or self.backbone.collator, cached_galleries)
-
-    def _check_negatives(self, batch_size: int) -> None:
-        """FiRE's loss contrasts each query with the other targets of the batch (and of the other processes'
-        batches with ``cross_rank_negatives``): with one triplet in all, the loss is constant, its gradient 0."""
-        ranks = self.trainer.world_size if self.cross_rank_negatives else 1
-        if batch_size * ranks < 2:
-            raise CIRConfigError(f"`data.batch_size` = {batch_size} with {ranks} process(es) sharing negatives: "
-                                 "FiRE's loss contrasts each query with the other targets of its batch, and with "
-                                 "one triplet there are none, so the loss is constant and nothing is learned "
-                                 "(gradient accumulation adds no negatives); use a batch of at least 2")
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:

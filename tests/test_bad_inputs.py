@@ -238,6 +238,14 @@ def _(w):  # the loss is constant and its gradient 0: it trained nothing and exp
     return w.cli("fit", "--data.batch_size", "1"), ["`data.batch_size` = 1", "nothing is learned"]
 
 
+@case("fit: every training triplet has the same target (no negatives)")
+def _(w):  # the loss was constant and its gradient 0: it trained nothing and exported the untrained adapter
+    w.write("train.jsonl", [{"reference_image": f"img/{i}.png", "target_image": "img/0.png", "modification": "m"}
+                            for i in range(4)])
+    return w.cli("fit"), [f"{w.data / 'train.jsonl'}: all 4 training triplets have the same target image",
+                          "no negative"]
+
+
 @case("loss: every weight 0")
 def _(w):
     from cir_lightning.losses import FireLoss

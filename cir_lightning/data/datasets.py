@@ -125,6 +125,10 @@ class TripletDataset(ImageDataset, Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def target_key(self, index: int) -> str:
+        """The ``target_key`` of row ``index``'s sample, read from its record (no image is decoded)."""
+        return str(self.records[index].target)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         r = self.records[index]
         sample = {
@@ -132,7 +136,7 @@ class TripletDataset(ImageDataset, Dataset):
             "reference_image": self._image(r.reference, r.source),
             "modification": r.modification,
             "target_image": self._image(r.target, r.source),
-            "target_key": str(r.target),
+            "target_key": self.target_key(index),
         }
         if self.with_captions:
             sample["reference_caption"] = r.reference_caption
