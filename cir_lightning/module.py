@@ -31,7 +31,7 @@ from cir_lightning.evaluation import Evaluation, EvaluationOptions
 from cir_lightning.losses import FireLoss, distributed_fire_loss, target_keys
 from cir_lightning.negatives import check_negatives
 from cir_lightning.optim import lr_scheduler
-from cir_lightning.resume import check_resumed_training
+from cir_lightning.resume import check_resumed_training, record_training_order
 from cir_lightning.retrieval.index import SearchConfig
 from cir_lightning.retrieval.subsets import loader_role
 from cir_lightning.stage1 import FIRE_STAGE1_INSTRUCTION, CaptionBatches, caption_step, check_caption_data
@@ -234,6 +234,7 @@ class CIRModule(pl.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keep_trainable(self, checkpoint, self.backbone.fingerprint())
+        record_training_order(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_and_complete(self, checkpoint, self.backbone.fingerprint())

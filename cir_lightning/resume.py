@@ -1,4 +1,5 @@
-"""What ``fit --ckpt_path`` resumes besides the weights: the optimizer's settings and Lightning's loop position.
+"""What ``fit --ckpt_path`` resumes besides the weights: the optimizer's settings and Lightning's loop position (and
+in it, the training order's: ``CIRModule.on_save_checkpoint`` calls ``record_training_order``).
 
 ``CIRModule.on_load_checkpoint`` calls ``check_resumed_training`` during ``fit``; Lightning restores the
 optimizer and the loops from the same dictionary only afterwards, so what is checked or repaired here is what
@@ -13,6 +14,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from cir_lightning.data.base import CIRDataModule
 from cir_lightning.errors import CIRConfigError
 
 _NOT_SETTINGS = ("params", "initial_lr", "lr", "foreach", "fused", "capturable", "differentiable")
@@ -25,6 +27,56 @@ def check_resumed_training(module: pl.LightningModule, checkpoint: dict[str, Any
     if checkpoint.get("optimizer_states"):
         refuse_other_optimizer(module.optimizer_factory, checkpoint, module.trainer.ckpt_path)
     finish_epoch_end(checkpoint)
+    datamodule = getattr(module.trainer, "datamodule", None)
+    if isinstance(datamodule, CIRDataModule):
+        refuse_other_order(checkpoint, datamodule.training_order(), module.trainer.ckpt_path)
+
+
+def record_training_order(module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    """``on_save_checkpoint``: keep what the position in the epoch is counted in (``CIRDataModule.training_order``)."""
+    datamodule = getattr(module.trainer, "datamodule", None) if module._trainer is not None else None
+    order = datamodule.training_order() if isinstance(datamodule, CIRDataModule) else None
+    if order is not None:
+        checkpoint.setdefault("cir_lightning", {})["training_order"] = order
+
+
+_ORDER_SETTINGS = {"batch_size": "`data.batch_size`", "samples": "training triplets",
+                   "processes": "processes (`trainer.devices` x `trainer.num_nodes`)", "seed": "`seed_everything`"}
+
+
+def refuse_other_order(checkpoint: dict[str, Any], now: dict[str, int] | None, path: Any) -> None:
+    """A checkpoint written in the middle of an epoch holds the batches of it already trained, and the run resumes
+    after that many batches of the epoch's order: with another batch size, number of training samples, of processes
+    or seed, those are other rows (resumed with half the batch size, the second quarter of the epoch was trained
+    twice; one written by ``every_n_train_steps`` at an epoch's last batch counts as in it: with another batch size
+    Lightning trained half that epoch again). Refused, naming what differs; a checkpoint written once its epoch
+    ended (``finish_epoch_end``) or before the order was recorded passes.
+
+    Example:
+        >>> order = {"batch_size": 16, "samples": 64, "processes": 1, "seed": 0}
+        >>> saved = {"cir_lightning": {"training_order": order}, "epoch": 0, "loops": {"fit_loop": {
+        ...     "epoch_loop.batch_progress": {"current": {"ready": 2}, "is_last_batch": False}}}}
+        >>> refuse_other_order(saved, dict(order), "last.ckpt")  # the same order
+        >>> refuse_other_order(saved, {**order, "batch_size": 8}, "last.ckpt")
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRConfigError: `--ckpt_path last.ckpt` was written after 2 batch(es) of epoch 0 and \
+resumes that epoch after as many batches of its order, which these settings change: `data.batch_size` 8 given, 16 in \
+the checkpoint; ...
+    """
+    saved = (checkpoint.get("cir_lightning") or {}).get("training_order")
+    batches = ((checkpoint.get("loops") or {}).get("fit_loop") or {}).get("epoch_loop.batch_progress") or {}
+    done = (batches.get("current") or {}).get("ready", 0)
+    if not saved or now is None or not done:  # at 0 after ``finish_epoch_end``: the next epoch starts anew
+        return
+    changed = [f"{label} {now[k]} given, {saved[k]} in the checkpoint" for k, label in _ORDER_SETTINGS.items()
+               if k in saved and now[k] != saved[k]]
+    if changed:
+        raise CIRConfigError(f"`--ckpt_path {Path(str(path))}` was written after {done} batch(es) of epoch "
+                             f"{checkpoint.get('epoch', 0)} and resumes that epoch after as many batches of its order, "
+                             f"which these settings change: {'; '.join(changed)}; resume with the checkpoint's, or from "
+                             "one written once an epoch ended (not by `every_n_train_steps` in it), or start a new run "
+                             "from its weights with `model.backbone.init_args.lora.init_adapter`")
 
 
 def refuse_other_optimizer(factory: Any, checkpoint: dict[str, Any], path: Any) -> None:

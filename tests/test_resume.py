@@ -217,3 +217,81 @@ def test_a_fit_stopped_by_sigterm_exits_143_and_its_last_checkpoint_resumes(tmp_
     assert not (tmp_path / "run" / "adapter").exists()
     main(["fit", *common, "--ckpt_path", "last"])
     assert torch.load(tmp_path / "run/checkpoints/last-v1.ckpt", weights_only=True)["global_step"] == 4  # resumed
+
+
+class Rows(pl.Callback):
+    """Records the dataset rows of every training batch."""
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.rows += batch["index"].tolist()
+
+
+def _fit(folder: Path, root: Path, model: Path, batch_size: int = 16, seed: int = 0, ckpt: Path | None = None,
+         train_file: str = "train.jsonl", **trainer_args) -> Rows:
+    """In-process `fit` of the tiny model on 64 synthetic triplets, a checkpoint every 2 steps."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from cir_lightning.data import JsonlCIRDataModule
+    from tests.test_module import make_module, trainer
+
+    pl.seed_everything(seed)
+    rows = Rows()
+    every = [ModelCheckpoint(dirpath=folder, every_n_train_steps=2, save_top_k=-1),
+             ModelCheckpoint(dirpath=folder / "epochs")]  # written once the epoch ended
+    dm = JsonlCIRDataModule(str(root), train_file=train_file, batch_size=batch_size, val_queries_file=None)
+    trainer_args = {"max_steps": -1, "max_epochs": 1, **trainer_args}
+    trainer(folder, callbacks=[rows, *every], enable_checkpointing=True, **trainer_args).fit(
+        make_module(model, export_adapter=False), dm, ckpt_path=ckpt)
+    return rows
+
+
+@pytest.fixture(scope="module")
+def first_epoch(tmp_path_factory, tiny_model_dir, synthetic_root):
+    """One epoch of 4 batches: checkpoints after step 2 (the middle of epoch 0), step 4 (its last batch) and once the
+    epoch ended (`epochs/`)."""
+    folder = tmp_path_factory.mktemp("first_epoch")
+    rows = _fit(folder, synthetic_root, tiny_model_dir)
+    return folder, rows.rows
+
+
+def test_a_mid_epoch_checkpoint_resumes_with_the_rows_not_trained_yet(first_epoch, tiny_model_dir, synthetic_root,
+                                                                       tmp_path):
+    folder, epoch = first_epoch
+    rows = _fit(tmp_path, synthetic_root, tiny_model_dir, ckpt=folder / "epoch=0-step=2.ckpt")
+    assert rows.rows == epoch[32:]
+
+
+@pytest.mark.parametrize(("step", "change", "detail"), [
+    (2, {"batch_size": 8}, "`data.batch_size` 8 given, 16 in the checkpoint"),  # trained rows 16-31 twice
+    (2, {"batch_size": 32}, "`data.batch_size` 32 given, 16 in the checkpoint"),  # trained the whole epoch again
+    (2, {"train_file": "train48.jsonl"}, "training triplets 48 given, 64 in the checkpoint"),  # another order
+    (2, {"seed": 1}, "`seed_everything` 1 given, 0 in the checkpoint"),  # another order
+    (4, {"batch_size": 8}, "`data.batch_size` 8 given, 16 in the checkpoint"),  # its second half trained again
+])
+def test_a_mid_epoch_resume_with_another_training_order_is_refused(first_epoch, tiny_model_dir, synthetic_root,
+                                                                    tmp_path, step, change, detail):
+    """Lightning counts the batches of the epoch already trained, and the run skipped that many batches of the
+    new order: other rows than were trained, silently."""
+    folder, _ = first_epoch
+    if "train_file" in change:
+        lines = (synthetic_root / "train.jsonl").read_text().splitlines(keepends=True)
+        (tmp_path / "train48.jsonl").write_text("".join(lines[:48]))
+        change = {"train_file": str(tmp_path / "train48.jsonl")}
+    ckpt = folder / f"epoch=0-step={step}.ckpt"
+    with pytest.raises(CIRConfigError) as error:
+        _fit(tmp_path / "run", synthetic_root, tiny_model_dir, ckpt=ckpt, **change)
+    assert str(error.value).startswith(f"`--ckpt_path {ckpt}` was written after {step} batch(es) of epoch 0 and "
+                                       "resumes that epoch after as many batches of its order, which these settings "
+                                       "change: ")
+    assert detail in str(error.value)
+    assert not list((tmp_path / "run").rglob("*.ckpt"))  # refused before any step
+
+
+def test_an_epoch_end_checkpoint_resumes_with_another_batch_size(first_epoch, tiny_model_dir, synthetic_root, tmp_path):
+    folder, _ = first_epoch
+    rows = _fit(tmp_path, synthetic_root, tiny_model_dir, batch_size=8, ckpt=folder / "epochs" / "epoch=0-step=4.ckpt",
+                max_epochs=2)
+    assert sorted(rows.rows) == list(range(64))  # the next epoch, whole, in batches of 8

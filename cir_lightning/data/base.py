@@ -15,18 +15,17 @@ Without a collator the loaders yield plain lists of sample dicts, handy for look
 
 What else the model may ask of a DataModule is declared on ``CIRDataModule``, with defaults that do
 nothing: ``summarize`` / ``report`` (extra metrics, text to print), ``write_predictions`` (files such
-as an evaluation server's), ``with_captions`` and ``gallery_identity`` (for embedding caches).
+as an evaluation server's), ``with_captions`` and ``gallery_identity`` (for embedding caches), ``training_order``
+(what a checkpoint written in the middle of an epoch must be resumed with).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
 import lightning.pytorch as pl
-import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cir_lightning.checks import non_negative_int, positive_int
@@ -39,7 +38,7 @@ from cir_lightning.data.datasets import (
     refuse_placeholder_texts,
 )
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
-from cir_lightning.data.sampling import DistributedEpochSampler, EpochSampler, ResumableLoader
+from cir_lightning.data.sampling import EpochSampler, ResumableLoader, train_sampler, training_order
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.pixels import SHRINK
 
@@ -272,23 +271,15 @@ class CIRDataModule(pl.LightningDataModule):
                                f"{ranks} process(es), fewer than `batch_size` = {self.batch_size}: training drops "
                                "incomplete batches, so nothing would be trained; lower `batch_size`")
         collate = self.collator.triplets if self.collator else _as_list
-        return self._loader(self.train_set, collate, self.batch_size, True, self._train_sampler())
+        sampler = train_sampler(len(self.train_set), self.batch_size, trainer)
+        return self._loader(self.train_set, collate, self.batch_size, True, sampler)
 
-    def _train_sampler(self) -> Sampler:
-        """An order from the seed and the epoch alone (``data.sampling``); in one process a checkpoint written mid-epoch
-        resumes at the next untrained batch, under DDP at the next epoch (Lightning's own order)."""
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None and trainer.world_size > 1:  # Lightning's seed: the same on every rank
-            return DistributedEpochSampler(self.train_set, **trainer.distributed_sampler_kwargs, shuffle=True,
-                                           seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
-        epoch_fn = position_fn = None
-        if trainer is not None:  # the epoch and position Lightning's loops are at (restored on resume)
-            def epoch_fn() -> int:
-                return trainer.fit_loop.epoch_progress.current.processed
-
-            def position_fn() -> int:  # batches of this epoch already trained (restored on resume)
-                return trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        return EpochSampler(len(self.train_set), torch.initial_seed() % 2**31, self.batch_size, epoch_fn, position_fn)
+    def training_order(self) -> dict[str, int] | None:
+        """What decides the rows a checkpoint's position in an epoch stands for (``data.sampling.training_order``:
+        batch size, training samples, processes, seed); None without training data."""
+        if self.train_set is None:
+            return None
+        return training_order(len(self.train_set), self.batch_size, getattr(self, "trainer", None))
 
     def val_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders(self.val_sets, "validate")

@@ -9,12 +9,15 @@ them, never from the global random state, so the draws do not depend on the work
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-__all__ = ["DistributedEpochSampler", "EpochIndex", "EpochSampler", "ResumableLoader"]
+__all__ = ["DistributedEpochSampler", "EpochIndex", "EpochSampler", "ResumableLoader", "order_seed", "train_sampler",
+           "training_order"]
 
 
 class EpochIndex(int):
@@ -142,3 +145,44 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.sampler.load_state_dict(state)
+
+
+def order_seed(trainer: Any) -> int:
+    """The seed of the training order: Lightning's (``seed_everything``, the same on every rank) under DDP, torch's
+    initial seed (which ``seed_everything`` sets) in one process."""
+    if trainer is not None and trainer.world_size > 1:
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))
+    return torch.initial_seed() % 2**31
+
+
+def train_sampler(size: int, batch_size: int, trainer: Any) -> Sampler:
+    """The training order of ``size`` rows: seeded by the epoch (``order_seed``); in one process a checkpoint written
+    mid-epoch resumes at the next untrained batch, under DDP Lightning restarts the epoch (its own behaviour)."""
+    if trainer is not None and trainer.world_size > 1:
+        return DistributedEpochSampler(range(size), **trainer.distributed_sampler_kwargs, shuffle=True,
+                                       seed=order_seed(trainer))
+    epoch_fn = position_fn = None
+    if trainer is not None:  # the epoch and position Lightning's loops are at (restored on resume)
+        def epoch_fn() -> int:
+            return trainer.fit_loop.epoch_progress.current.processed
+
+        def position_fn() -> int:  # batches of this epoch already trained (restored on resume)
+            return trainer.fit_loop.epoch_loop.batch_progress.current.ready
+    return EpochSampler(size, order_seed(trainer), batch_size, epoch_fn, position_fn)
+
+
+def training_order(size: int, batch_size: int, trainer: Any) -> dict[str, int]:
+    """What decides which rows a position in the middle of an epoch (batches already trained) stands for: a checkpoint
+    keeps it, so that a resume with other values is refused (``cir_lightning.resume``).
+
+    Example:
+        >>> from cir_lightning.data.sampling import training_order
+        >>> order = training_order(64, 16, None)
+        >>> order["samples"], order["batch_size"], order["processes"], order["seed"] == torch.initial_seed() % 2**31
+        (64, 16, 1, True)
+    """
+    processes = trainer.world_size if trainer is not None else 1
+    loader = getattr(trainer, "train_dataloader", None) if trainer is not None else None
+    seed = getattr(getattr(loader, "sampler", None), "seed", None)  # the running order's, once there is one
+    return {"batch_size": batch_size, "samples": size, "processes": processes,
+            "seed": order_seed(trainer) if seed is None else int(seed)}
