@@ -27,6 +27,7 @@ def check_resumed_training(module: pl.LightningModule, checkpoint: dict[str, Any
     if checkpoint.get("optimizer_states"):
         refuse_other_optimizer(module.optimizer_factory, checkpoint, module.trainer.ckpt_path)
     finish_epoch_end(checkpoint)
+    reopen_stopped_epoch(checkpoint)
     datamodule = getattr(module.trainer, "datamodule", None)
     if isinstance(datamodule, CIRDataModule):
         refuse_other_order(checkpoint, datamodule.training_order(), module.trainer.ckpt_path)
@@ -158,3 +159,31 @@ def finish_epoch_end(checkpoint: dict[str, Any]) -> None:
     for part in optimizer.values():
         current = part.get("current") or {}
         current.update(dict.fromkeys(current, 0))
+
+
+def reopen_stopped_epoch(checkpoint: dict[str, Any]) -> None:
+    """A run that ``max_steps`` (or a callback's ``should_stop``) stopped in the middle of an epoch ends that epoch's loop
+    early, and its checkpoint, written at ``on_train_epoch_end``, holds the epoch as processed: Lightning resumed it
+    with the next epoch, so the rest of the stopped one was never trained (``max_steps: 2`` of 4 batches, resumed to
+    ``max_epochs: 2``: 6 steps instead of 8, and with ``max_epochs: 1`` none). The epoch is marked unprocessed again:
+    the run resumes at its next untrained batch, as if it had never stopped.
+
+    Example:
+        >>> epoch = {"ready": 1, "started": 1, "processed": 1, "completed": 0}
+        >>> batches = {"ready": 2, "started": 2, "processed": 2, "completed": 2}
+        >>> loop = {"epoch_progress": {"total": dict(epoch), "current": dict(epoch)},
+        ...         "epoch_loop.batch_progress": {"total": dict(batches), "current": dict(batches), "is_last_batch": False}}
+        >>> reopen_stopped_epoch({"loops": {"fit_loop": loop}})
+        >>> loop["epoch_progress"]["current"]["processed"], loop["epoch_loop.batch_progress"]["current"]["ready"]
+        (0, 2)
+    """
+    loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    epochs, batches = loop.get("epoch_progress") or {}, loop.get("epoch_loop.batch_progress") or {}
+    over = [epochs.get(k, {}) for k in ("total", "current")]
+    done = batches.get("current") or {}
+    if batches.get("is_last_batch") or not done.get("ready") or done.get("completed") != done.get("ready") or not all(
+            t.get("ready") == t.get("started") == t.get("processed") and t.get("completed") == t.get("processed", 0) - 1
+            for t in over):
+        return
+    for tracker in over:
+        tracker["processed"] = tracker["completed"]

@@ -295,3 +295,17 @@ def test_an_epoch_end_checkpoint_resumes_with_another_batch_size(first_epoch, ti
     rows = _fit(tmp_path, synthetic_root, tiny_model_dir, batch_size=8, ckpt=folder / "epochs" / "epoch=0-step=4.ckpt",
                 max_epochs=2)
     assert sorted(rows.rows) == list(range(64))  # the next epoch, whole, in batches of 8
+
+
+def test_a_run_stopped_by_max_steps_mid_epoch_resumes_that_epoch(tiny_model_dir, synthetic_root, tmp_path):
+    """Its checkpoint, written when the stopped epoch's loop ended, held that epoch as processed: the resumed run went
+    on with the next epoch, and the stopped epoch's last two batches were never trained (6 steps instead of 8)."""
+    straight = _fit(tmp_path / "straight", synthetic_root, tiny_model_dir, max_epochs=2)
+    stopped = _fit(tmp_path / "stopped", synthetic_root, tiny_model_dir, max_steps=2, max_epochs=2)
+    resumed = _fit(tmp_path / "resumed", synthetic_root, tiny_model_dir, max_epochs=2,
+                   ckpt=tmp_path / "stopped" / "epochs" / "epoch=0-step=2.ckpt")
+    assert stopped.rows + resumed.rows == straight.rows
+    ends = [torch.load(tmp_path / run / "epochs" / "epoch=1-step=8.ckpt", weights_only=True)["state_dict"]
+            for run in ("straight", "resumed")]
+    for name, weight in ends[0].items():  # the same batches in the same order: the same bits
+        assert torch.equal(ends[1][name], weight), name
