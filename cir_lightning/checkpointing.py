@@ -260,12 +260,13 @@ def find_last_checkpoint(roots: Sequence[Path], max_depth: int = 6) -> Path | No
 
 
 def overridden_settings(given: dict[str, Any], restored: dict[str, Any], module: type, path: Path,
-                        names: Sequence[str]) -> None:
+                        names: Sequence[str], even_default: Sequence[str] = ()) -> None:
     """Refuse a ``fit --ckpt_path`` whose checkpoint replaced training settings the user set: LightningCLI puts
     the checkpoint's hyperparameters over the command line and the config files, so ``--model.warmup 0``
     or ``--model.objective retrieval`` given to resume a run would be dropped without a word. Only ``names``
     (the settings a checkpoint holds) are compared; values left at their defaults take the checkpoint's, as
-    Lightning intends for a resumed run.
+    Lightning intends for a resumed run, but for ``even_default`` (``objective``: a stage-1 checkpoint given to a
+    stage-2 run trained stage 1 on, as `--model.objective retrieval` is the default).
 
     Example:
         >>> class Module:
@@ -275,10 +276,16 @@ def overridden_settings(given: dict[str, Any], restored: dict[str, Any], module:
         Traceback (most recent call last):
         ...
         cir_lightning.errors.CIRConfigError: `--ckpt_path last.ckpt` resumes a run with its own training settings, which differ from those given: `model.warmup` 0.0 given, 0.5 in the checkpoint; ...
+        >>> overridden_settings({"objective": "retrieval"}, {"objective": "caption"}, Module, Path("stage1.ckpt"),
+        ...                     ["objective"], even_default=["objective"])
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRConfigError: `--ckpt_path stage1.ckpt` resumes a run with its own training settings, which differ from those given: `model.objective` 'retrieval' given, 'caption' in the checkpoint; ...
     """
     defaults = {name: p.default for name, p in inspect.signature(module.__init__).parameters.items()}
     changed = [f"`model.{name}` {given[name]!r} given, {restored[name]!r} in the checkpoint" for name in names
-               if name in given and name in restored and given[name] not in (restored[name], defaults[name])]
+               if name in given and name in restored and given[name] != restored[name]
+               and (name in even_default or given[name] != defaults[name])]
     if changed:
         raise CIRConfigError(f"`--ckpt_path {path}` resumes a run with its own training settings, which differ from "
                              f"those given: {'; '.join(changed)}; give the checkpoint's values to resume it, or start "

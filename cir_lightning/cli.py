@@ -161,7 +161,8 @@ class CIRLightningCLI(LightningCLI):
                     load_torch_file(path, weights_only=True, what="`--ckpt_path`")  # raises the explanation
                 raise
         if subcommand == "fit" and path is not None:  # Lightning put the checkpoint's training settings in
-            overridden_settings(given, self.config[subcommand]["model"].as_dict(), CIRModule, path, TRAINING_SETTINGS)
+            overridden_settings(given, self.config[subcommand]["model"].as_dict(), CIRModule, path, TRAINING_SETTINGS,
+                                even_default=("objective",))
 
     def _apply_ckpt_hparams(self, checkpoint: Any) -> None:
         """Lightning's merge of a checkpoint's hyperparameters into the ``model`` config, for a checkpoint

@@ -309,3 +309,24 @@ def test_a_run_stopped_by_max_steps_mid_epoch_resumes_that_epoch(tiny_model_dir,
             for run in ("straight", "resumed")]
     for name, weight in ends[0].items():  # the same batches in the same order: the same bits
         assert torch.equal(ends[1][name], weight), name
+
+
+def test_a_stage_one_checkpoint_resumed_as_stage_two_is_refused(stopped_at_max_steps, tmp_path, capsys):
+    """`--model.objective retrieval` is the default, so the checkpoint's `caption` replaced it silently: `fit
+    --ckpt_path stage1.ckpt` of a stage-2 config trained stage 1 on."""
+    cwd, common, last = stopped_at_max_steps
+    checkpoint = torch.load(last, weights_only=True)
+    checkpoint["hyper_parameters"]["objective"] = "caption"  # what a stage-1 run's checkpoint holds
+    stage1 = tmp_path / "stage1.ckpt"
+    torch.save(checkpoint, stage1)
+    for objective in ([], ["--model.objective", "retrieval"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["fit", *common, "--trainer.default_root_dir", str(tmp_path / "stage2"), "--ckpt_path", str(stage1),
+                  "--trainer.max_steps", "8", *objective])
+        assert exit_info.value.code == 2
+        line = capsys.readouterr().err.splitlines()[0]
+        assert line.startswith(f"cir-lightning: error: `--ckpt_path {stage1}` resumes a run with its own training "
+                               "settings, which differ from those given: `model.objective` 'retrieval' given, 'caption' "
+                               "in the checkpoint; ")
+        assert "`model.backbone.init_args.lora.init_adapter`" in line
+    assert not (tmp_path / "stage2").exists()
