@@ -41,8 +41,9 @@ def record_training_order(module: pl.LightningModule, checkpoint: dict[str, Any]
         checkpoint.setdefault("cir_lightning", {})["training_order"] = order
 
 
-_ORDER_SETTINGS = {"batch_size": "`data.batch_size`", "samples": "training triplets",
-                   "processes": "processes (`trainer.devices` x `trainer.num_nodes`)", "seed": "`seed_everything`"}
+_ORDER_SETTINGS = {"batch_size": "`data.batch_size`", "samples": "the number of training triplets",
+                   "processes": "the number of processes (`trainer.devices` x `trainer.num_nodes`)",
+                   "seed": "`seed_everything`"}
 
 
 def refuse_other_order(checkpoint: dict[str, Any], now: dict[str, int] | None, path: Any) -> None:

@@ -267,7 +267,7 @@ def test_a_mid_epoch_checkpoint_resumes_with_the_rows_not_trained_yet(first_epoc
 @pytest.mark.parametrize(("step", "change", "detail"), [
     (2, {"batch_size": 8}, "`data.batch_size` 8 given, 16 in the checkpoint"),  # trained rows 16-31 twice
     (2, {"batch_size": 32}, "`data.batch_size` 32 given, 16 in the checkpoint"),  # trained the whole epoch again
-    (2, {"train_file": "train48.jsonl"}, "training triplets 48 given, 64 in the checkpoint"),  # another order
+    (2, {"train_file": "train48.jsonl"}, "the number of training triplets 48 given, 64 in the checkpoint"),  # another order
     (2, {"seed": 1}, "`seed_everything` 1 given, 0 in the checkpoint"),  # another order
     (4, {"batch_size": 8}, "`data.batch_size` 8 given, 16 in the checkpoint"),  # its second half trained again
 ])
