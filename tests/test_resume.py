@@ -330,3 +330,17 @@ def test_a_stage_one_checkpoint_resumed_as_stage_two_is_refused(stopped_at_max_s
                                "in the checkpoint; ")
         assert "`model.backbone.init_args.lora.init_adapter`" in line
     assert not (tmp_path / "stage2").exists()
+
+
+def test_the_order_check_names_another_number_of_processes_and_passes_older_checkpoints():
+    """A DDP checkpoint's position counts every rank's batches: resumed in one process, the sampler skipped one rank's
+    share of rows, not all of them (checked here without starting processes)."""
+    from cir_lightning.resume import refuse_other_order
+
+    order = {"batch_size": 16, "samples": 64, "processes": 2, "seed": 0}
+    loops = {"fit_loop": {"epoch_loop.batch_progress": {"current": {"ready": 1}, "is_last_batch": False}}}
+    saved = {"cir_lightning": {"training_order": order}, "epoch": 3, "loops": loops}
+    with pytest.raises(CIRConfigError, match=r"after 1 batch\(es\) of epoch 3 .*: the number of processes "
+                                             r"\(`trainer.devices` x `trainer.num_nodes`\) 1 given, 2 in the checkpoint;"):
+        refuse_other_order(saved, {**order, "processes": 1}, "last.ckpt")
+    refuse_other_order({"epoch": 3, "loops": loops}, {**order, "processes": 1}, "last.ckpt")  # nothing recorded
