@@ -38,7 +38,7 @@ from cir_lightning.data.datasets import (
     refuse_placeholder_texts,
 )
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
-from cir_lightning.data.sampling import EpochSampler, ResumableLoader, train_sampler, training_order
+from cir_lightning.data.sampling import ResumableLoader, ResumableSampler, train_sampler, training_order
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.pixels import SHRINK
 
@@ -234,7 +234,7 @@ class CIRDataModule(pl.LightningDataModule):
                 sampler: Sampler | None = None) -> DataLoader:
         if isinstance(dataset, ImageDataset):  # an image option of the DataModule, used where images are decoded
             dataset.max_pixels = self.max_image_pixels
-        loader = ResumableLoader if isinstance(sampler, EpochSampler) else DataLoader
+        loader = ResumableLoader if isinstance(sampler, ResumableSampler) else DataLoader
         return loader(
             dataset,
             batch_size=batch_size,

@@ -1,9 +1,11 @@
 """The training order: seeded by epoch, and resumable in the middle of an epoch.
 
 ``CIRDataModule.train_dataloader`` uses ``EpochSampler`` in one process and ``DistributedEpochSampler`` (the
-order of the sampler Lightning would put in) under DDP. Both hand out each row as an ``EpochIndex``, which
-carries the order's seed and epoch: a dataset that draws per sample (FashionIQ's caption forms) draws from
-them, never from the global random state, so the draws do not depend on the workers, the processes or a resume.
+order of the sampler Lightning would put in) under DDP, in a ``ResumableLoader``: both skip the batches of the
+epoch a checkpoint written in its middle had trained (``ResumableSampler``). Both hand out each row as an
+``EpochIndex``, which carries the order's seed and epoch: a dataset that draws per sample (FashionIQ's caption
+forms) draws from them, never from the global random state, so the draws do not depend on the workers, the
+processes or a resume.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
-__all__ = ["DistributedEpochSampler", "EpochIndex", "EpochSampler", "ResumableLoader", "order_seed", "train_sampler",
-           "training_order"]
+__all__ = ["DistributedEpochSampler", "EpochIndex", "EpochSampler", "ResumableLoader", "ResumableSampler", "order_seed",
+           "train_sampler", "training_order"]
 
 
 class EpochIndex(int):
@@ -48,16 +50,46 @@ class EpochIndex(int):
         return torch.Generator().manual_seed(int.from_bytes(key, "big") >> 1)
 
 
-class EpochSampler(Sampler[int]):
-    """The training order: a permutation that depends only on the seed and the epoch, resumable mid-epoch.
+class ResumableSampler(Sampler[int]):
+    """A training order that resumes in the middle of an epoch: when an epoch's iteration starts, the epoch is read
+    from ``epoch_fn`` (else the value of ``set_epoch``) and the batches of it already trained from ``position_fn``
+    (Lightning's restored loop position, a count of batches, not of optimizer steps: non-zero only when ``fit
+    --ckpt_path`` resumes a checkpoint written in the middle of an epoch), and those batches are skipped.
+    ``EpochSampler`` (one process) and ``DistributedEpochSampler`` (a rank's share) are the two."""
+
+    epoch: int
+    batch_size: int
+    epoch_fn: Callable[[], int] | None = None
+    position_fn: Callable[[], int] | None = None
+
+    def current_epoch(self) -> int:
+        return int(self.epoch_fn()) if self.epoch_fn is not None else self.epoch
+
+    def position(self) -> int:
+        return int(self.position_fn()) if self.position_fn is not None else 0
+
+    def first_untrained(self, size: int) -> int:
+        """Where an epoch's order of ``size`` rows goes on: after the batches already trained (at 0 once all of its
+        whole batches were: that epoch was complete, it starts anew; the incomplete batch is dropped)."""
+        start = self.position() * self.batch_size
+        return 0 if start >= size - size % self.batch_size else start
+
+    def state_dict(self) -> dict[str, int]:
+        """Where training is: the epoch and the batches of it already trained."""
+        return {"epoch": self.current_epoch(), "batches": self.position()}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Nothing to restore: the epoch and position are read from Lightning's restored loops when the
+        epoch's iteration starts (they equal ``state``)."""
+
+
+class EpochSampler(ResumableSampler):
+    """The training order in one process: a permutation that depends only on the seed and the epoch.
 
     A plain shuffling loader draws from the global random generator, which checkpoints do not hold;
     this order is ``torch.randperm(size)`` from a generator seeded with ``seed + epoch`` (the order of
     ``DistributedSampler(num_replicas=1, seed=seed)``), so a resumed run sees exactly the batches it
-    would have seen. When an epoch's iteration starts, the epoch is read from ``epoch_fn`` (else the
-    value of ``set_epoch``) and the batches of it already trained from ``position_fn`` (Lightning's
-    restored loop position: non-zero only when ``fit --ckpt_path`` resumes a checkpoint written in the
-    middle of an epoch), and those batches are skipped.
+    would have seen (the batches already trained are skipped: ``ResumableSampler``).
 
     Example:
         >>> from cir_lightning.data.sampling import EpochSampler
@@ -81,12 +113,6 @@ class EpochSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def current_epoch(self) -> int:
-        return int(self.epoch_fn()) if self.epoch_fn is not None else self.epoch
-
-    def position(self) -> int:
-        return int(self.position_fn()) if self.position_fn is not None else 0
-
     def __len__(self) -> int:
         return self.size
 
@@ -95,39 +121,40 @@ class EpochSampler(Sampler[int]):
         generator = torch.Generator()
         generator.manual_seed(self.seed + epoch)
         order = torch.randperm(self.size, generator=generator).tolist()
-        start = self.position() * self.batch_size
-        if start >= self.size - self.size % self.batch_size:  # that epoch was complete: start it anew
-            start = 0
-        for index in order[start:]:
+        for index in order[self.first_untrained(self.size):]:
             yield EpochIndex(index, self.seed, epoch)
 
-    def state_dict(self) -> dict[str, int]:
-        """Where training is: the epoch and the batches of it already trained."""
-        return {"epoch": self.current_epoch(), "batches": self.position()}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        """Nothing to restore: the epoch and position are read from Lightning's restored loops when the
-        epoch's iteration starts (they equal ``state``)."""
-
-
-class DistributedEpochSampler(DistributedSampler):
-    """Under DDP: the order of the distributed sampler Lightning would put in (the same seed, epoch and shares),
-    its rows handed out as ``EpochIndex``.
+class DistributedEpochSampler(DistributedSampler, ResumableSampler):
+    """Under DDP: the order of the distributed sampler Lightning would put in (the same seed, epoch and shares, padded
+    to equal shares), its rows handed out as ``EpochIndex``; a rank resumes its own share after the batches of it
+    already trained (``ResumableSampler``). The epoch is read when the iteration starts, not only from
+    ``set_epoch``: with DataLoader workers, Lightning starts a resumed run's first iteration before it sets the epoch.
 
     Example:
         >>> from cir_lightning.data.sampling import DistributedEpochSampler
         >>> rows = list(DistributedEpochSampler(range(6), num_replicas=2, rank=1, seed=0))
         >>> rows == list(DistributedSampler(range(6), num_replicas=2, rank=1, seed=0)), rows[0].epoch
         (True, 0)
+        >>> list(DistributedEpochSampler(range(6), num_replicas=2, rank=1, seed=0, batch_size=1,
+        ...                              position_fn=lambda: 2)) == rows[2:]  # two batches of its share trained
+        True
     """
 
+    def __init__(self, dataset: Any, *, batch_size: int = 1, epoch_fn: Callable[[], int] | None = None,
+                 position_fn: Callable[[], int] | None = None, **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        self.batch_size, self.epoch_fn, self.position_fn = batch_size, epoch_fn, position_fn
+
     def __iter__(self) -> Iterator[int]:
-        for index in super().__iter__():
+        self.epoch = self.current_epoch()
+        share = list(super().__iter__())
+        for index in share[self.first_untrained(len(share)):]:
             yield EpochIndex(index, self.seed, self.epoch)
 
 
 class ResumableLoader(DataLoader):
-    """A training ``DataLoader`` over an ``EpochSampler``. Having ``state_dict`` / ``load_state_dict`` tells
+    """A training ``DataLoader`` over a ``ResumableSampler``. Having ``state_dict`` / ``load_state_dict`` tells
     Lightning the loader resumes mid-epoch (it stores the position in checkpoints and does not warn); the
     sampler itself reads the restored position, so a run killed in the middle of an epoch resumes with
     exactly the batches it had not trained yet.
@@ -156,18 +183,19 @@ def order_seed(trainer: Any) -> int:
 
 
 def train_sampler(size: int, batch_size: int, trainer: Any) -> Sampler:
-    """The training order of ``size`` rows: seeded by the epoch (``order_seed``); in one process a checkpoint written
-    mid-epoch resumes at the next untrained batch, under DDP Lightning restarts the epoch (its own behaviour)."""
-    if trainer is not None and trainer.world_size > 1:
-        return DistributedEpochSampler(range(size), **trainer.distributed_sampler_kwargs, shuffle=True,
-                                       seed=order_seed(trainer))
+    """The training order of ``size`` rows: seeded by the epoch (``order_seed``); a checkpoint written mid-epoch
+    resumes at the next untrained batch, in one process and on each rank under DDP (of its own share)."""
     epoch_fn = position_fn = None
     if trainer is not None:  # the epoch and position Lightning's loops are at (restored on resume)
         def epoch_fn() -> int:
             return trainer.fit_loop.epoch_progress.current.processed
 
-        def position_fn() -> int:  # batches of this epoch already trained (restored on resume)
+        def position_fn() -> int:  # batches (not optimizer steps) of this epoch already trained, restored on resume
             return trainer.fit_loop.epoch_loop.batch_progress.current.ready
+    if trainer is not None and trainer.world_size > 1:
+        return DistributedEpochSampler(range(size), **trainer.distributed_sampler_kwargs, shuffle=True,
+                                       seed=order_seed(trainer), batch_size=batch_size, epoch_fn=epoch_fn,
+                                       position_fn=position_fn)
     return EpochSampler(size, order_seed(trainer), batch_size, epoch_fn, position_fn)
 
 
