@@ -13,6 +13,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from cir_lightning.data.base import CIRDataModule
 from cir_lightning.errors import CIRConfigError
@@ -31,6 +32,7 @@ def check_resumed_training(module: pl.LightningModule, checkpoint: dict[str, Any
     datamodule = getattr(module.trainer, "datamodule", None)
     if isinstance(datamodule, CIRDataModule):
         refuse_other_order(checkpoint, datamodule.training_order(), module.trainer.ckpt_path)
+    warn_split_step(checkpoint, module.trainer.accumulate_grad_batches, module.trainer.ckpt_path)
 
 
 def record_training_order(module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -79,6 +81,31 @@ the checkpoint; ...
                              f"which these settings change: {'; '.join(changed)}; resume with the checkpoint's, or from "
                              "one written once an epoch ended (not by `every_n_train_steps` in it), or start a new run "
                              "from its weights with `model.backbone.init_args.lora.init_adapter`")
+
+
+def warn_split_step(checkpoint: dict[str, Any], accumulate: int, path: Any) -> str | None:
+    """The position in an epoch is a count of batches, and the run resumes at the next one: exact at an optimizer
+    step. A checkpoint written between the batches of one step (``accumulate_grad_batches`` > 1; e.g. by validation at a
+    ``val_check_interval`` that is not a multiple of it) does not hold the gradients accumulated so far: the resumed
+    step uses only the batches after it (the rows are right, the weights differ). Warned once, on rank zero; the
+    warning is returned.
+
+    Example:
+        >>> saved = {"epoch": 0, "loops": {"fit_loop": {"epoch_loop.batch_progress": {"current": {"ready": 3}}}}}
+        >>> warn_split_step(saved, 1, "mid.ckpt") is None, warn_split_step(saved, 3, "mid.ckpt") is None
+        (True, True)
+    """
+    batches = ((checkpoint.get("loops") or {}).get("fit_loop") or {}).get("epoch_loop.batch_progress") or {}
+    done = (batches.get("current") or {}).get("ready", 0)
+    if accumulate <= 1 or not done % accumulate or batches.get("is_last_batch"):
+        return None
+    warning = (f"`--ckpt_path {Path(str(path))}` was written after {done} batch(es) of epoch {checkpoint.get('epoch', 0)}, "
+               f"inside an optimizer step of `trainer.accumulate_grad_batches` {accumulate}: checkpoints do not hold the "
+               f"gradients of its first {done % accumulate} batch(es), so the resumed step uses only the "
+               f"{accumulate - done % accumulate} after them; for an exact resume write checkpoints at steps "
+               f"(`every_n_train_steps`, a `val_check_interval` that is a multiple of {accumulate})")
+    rank_zero_warn(warning)
+    return warning
 
 
 def refuse_other_optimizer(factory: Any, checkpoint: dict[str, Any], path: Any) -> None:

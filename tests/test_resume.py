@@ -344,3 +344,20 @@ def test_the_order_check_names_another_number_of_processes_and_passes_older_chec
                                              r"\(`trainer.devices` x `trainer.num_nodes`\) 1 given, 2 in the checkpoint;"):
         refuse_other_order(saved, {**order, "processes": 1}, "last.ckpt")
     refuse_other_order({"epoch": 3, "loops": loops}, {**order, "processes": 1}, "last.ckpt")  # nothing recorded
+
+
+def test_a_checkpoint_inside_an_accumulated_step_warns_that_its_gradients_are_lost():
+    """Lightning restores the batches trained, not the gradients accumulated from them: resumed after 3 batches with
+    `accumulate_grad_batches: 2`, the rows were right but step 2 used batch 4's gradient alone (other weights than an
+    uninterrupted run's, silently)."""
+    from cir_lightning.resume import warn_split_step
+
+    def saved(ready: int, last: bool = False) -> dict:
+        batches = {"current": {"ready": ready}, "is_last_batch": last}
+        return {"epoch": 1, "loops": {"fit_loop": {"epoch_loop.batch_progress": batches}}}
+
+    with pytest.warns(UserWarning, match=r"`--ckpt_path mid.ckpt` was written after 3 batch\(es\) of epoch 1, inside an "
+                                         r"optimizer step of `trainer.accumulate_grad_batches` 2: .* first 1 batch\(es\)"):
+        assert warn_split_step(saved(3), 2, "mid.ckpt")
+    for ready, accumulate, last in ((4, 2, False), (3, 1, False), (0, 2, False), (3, 2, True)):  # at a step: exact
+        assert warn_split_step(saved(ready, last), accumulate, "mid.ckpt") is None
