@@ -210,7 +210,7 @@ class RetrievalEvaluator:
                 continue
             truth.check_embeddings(sub.name or s, queries, None if sharded else gallery)  # a shard: in _shard
             families = dict(sub.metrics) if sub.metrics is not None else {"recall": self.ks, "mrr": self.ks}
-            mine = torch.arange(rank, len(queries), world_size)  # this rank's share of the search
+            mine = torch.arange(len(queries))[rank::world_size]  # this rank's share of the search (maybe none)
             excluded, depth = [sub.excluded[i] for i in mine.tolist()], self._depth(sub, families)
             if sharded:
                 if sub.candidates is not None:

@@ -1,5 +1,6 @@
 """RetrievalEvaluator: per-subset metric families, subsets without ground truth, provided (cached)
-embeddings, and the sharded search under DDP against one process searching the whole gallery."""
+embeddings, and evaluation under 3-process DDP (sharded search; every metric family with fewer queries than
+processes) against one process searching the whole gallery."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from torch.utils.data import DistributedSampler
 
 from cir_lightning.errors import CIRConfigError
 from cir_lightning.retrieval import EvalSubset, RetrievalEvaluator, SearchConfig
@@ -153,18 +155,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _sharded_worker(rank, world, port, qry, gal, subsets, search, out):
+def _shards(x, rank, world):
+    """DistributedSampler's shard of ``x``'s rows (as Lightning makes it): strided, padded by repeating rows."""
+    return torch.tensor(list(DistributedSampler(range(len(x)), num_replicas=world, rank=rank, shuffle=False)))
+
+
+def _sharded_worker(rank, world, port, qry, gal, subsets, search, whole, out):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         ev = RetrievalEvaluator(ks=[1, 5, 10], search=search)
         for s, (queries, gallery) in enumerate(((qry, gal), (qry[:4], gal[:3]))):
-            # DistributedSampler's shards: strided, padded with the first rows to equal length
             for kind, x in (("query", queries), ("gallery", gallery)):
-                per_rank = -(-len(x) // world)
-                padded = list(range(len(x))) + list(range(per_rank * world - len(x)))
-                mine = torch.tensor(padded[rank::world])
+                mine = _shards(x, rank, world)
                 ev.add(s, kind, x[mine], mine)
         out[rank] = (ev.compute(subsets, keep_rankings=True), {k: v.tolist() for k, v in ev.rankings.items()})
+        # unsharded, every family, fewer queries than ranks (1, 2): rank 2 searches none of them
+        ev = RetrievalEvaluator(ks=[1, 5, 10], search=SearchConfig(backend=search.backend))
+        for s, queries in enumerate((qry, qry[:1], qry[:2])):
+            for kind, x in (("query", queries), ("gallery", gal)):
+                mine = _shards(x, rank, world)
+                ev.add(s, kind, x[mine], mine)
+        out[f"whole{rank}"] = (ev.compute(whole, keep_rankings=True),
+                               *({k: v.tolist() for k, v in kept.items()} for kept in (ev.rankings, ev.subset_rankings)))
         from cir_lightning.retrieval.sharded import _identical_across
 
         mine = torch.arange(rank, len(gal), world)  # each rank's own rows: the identical ones found across ranks
@@ -175,7 +187,7 @@ def _sharded_worker(rank, world, port, qry, gal, subsets, search, out):
 
 @pytest.mark.ddp
 @pytest.mark.parametrize("backend", ["faiss", "torch"])
-def test_sharded_search_under_ddp_equals_one_process_over_the_whole_gallery(backend):
+def test_evaluation_under_ddp_sharded_or_not_equals_one_process_over_the_whole_gallery(backend):
     qry, gal, refs, targets = _case(queries=19, gallery=23)
     # the target is never excluded: a query that could never hit is an error (ground_truth.check_positives)
     excluded = [[e for e in (r, (r + 2) % 23) if e != t] for r, t in zip(refs, targets, strict=True)]
@@ -187,12 +199,25 @@ def test_sharded_search_under_ddp_equals_one_process_over_the_whole_gallery(back
     single.add(1, "gallery", gal[:3], torch.arange(3))
     single.add(1, "query", qry[:4], torch.arange(4))
     expected = single.compute(subsets, keep_rankings=True)
+    candidates = [sorted({t, (r + 1) % 23, (r + 4) % 23} - {r}) for r, t in zip(refs, targets, strict=True)]
+    whole = [EvalSubset("cirr", [[t] for t in targets], excluded, 23, metrics={"recall": [1, 5], "mrr": [10],
+                        "recall_subset": [1, 2]}, candidates=candidates),
+             EvalSubset("circo", [[2, 5, 7]], [[0]], 23, metrics={"map": [1, 5], "recall": [1]}),  # 1 query
+             EvalSubset("test1", None, [[0], [1]], 23, depth=12)]  # no ground truth, 2 queries: ranked only
+    one = RetrievalEvaluator(ks=[1, 5, 10], search=SearchConfig(backend=backend))
+    for s, queries in enumerate((qry, qry[:1], qry[:2])):
+        one.add(s, "gallery", gal, torch.arange(23))
+        one.add(s, "query", queries, torch.arange(len(queries)))
+    want_whole = (one.compute(whole, keep_rankings=True),
+                  *({k: v.tolist() for k, v in kept.items()} for kept in (one.rankings, one.subset_rankings)))
+    assert set(want_whole[1]) == {"cirr", "circo", "test1"}
     manager = mp.Manager()
     out = manager.dict()
     search = SearchConfig(backend=backend, sharded=True)
-    mp.spawn(_sharded_worker, args=(3, _free_port(), qry, gal, subsets, search, out), nprocs=3, join=True)
+    mp.spawn(_sharded_worker, args=(3, _free_port(), qry, gal, subsets, search, whole, out), nprocs=3, join=True)
     for rank in range(3):
         metrics, rankings = out[rank]
         assert metrics == expected
         assert rankings == {k: v.tolist() for k, v in single.rankings.items()}
+        assert out[f"whole{rank}"] == want_whole  # metrics, rankings, rankings within candidates
         assert out[f"identical{rank}"] == [[2, 5, 19]]  # rows 2 and 5 on rank 2, row 19 on rank 1
