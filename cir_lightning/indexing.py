@@ -41,10 +41,11 @@ from cir_lightning.index_shards import (
 from cir_lightning.messages import first_few
 from cir_lightning.pixels import SHRINK
 from cir_lightning.predictions import ImagesProgressBar
-from cir_lightning.retrieval.backends import build_index_from, built_factory
+from cir_lightning.retrieval.backends import build_index_from
 from cir_lightning.retrieval.embedding_folder import finish_embeddings, new_embeddings
 from cir_lightning.retrieval.index import SearchConfig
 from cir_lightning.retrieval.rowfile import RowFile
+from cir_lightning.retrieval.search_config import built_factory
 
 __all__ = ["EmbedImages", "ShardWriter", "build_image_index"]
 

@@ -8,7 +8,6 @@ gallery index; exclusion and padding are done by the caller.
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -17,9 +16,8 @@ import torch
 from torch import Tensor
 
 from cir_lightning.errors import CIRConfigError
-from cir_lightning.retrieval.search_config import SearchConfig, faiss_message
+from cir_lightning.retrieval.search_config import SearchConfig, faiss_message, fit_factory
 
-_MIN_PER_CENTROID = 39  # faiss warns below 39 training points per IVF centroid
 _GPU_MAX_K = 2048
 
 __all__ = ["build_index", "build_index_from", "faiss_topk", "torch_topk"]
@@ -125,51 +123,6 @@ def _full_float32(device: torch.device) -> Iterator[None]:
         yield
     finally:
         setattr(matmul, name, before)
-
-
-def fit_factory(factory: str, n: int) -> str:
-    """The index ``factory`` that ``n`` training vectors can build: as given, as faiss builds it (BGE-VL's
-    script too), with a warning when the lists get fewer than faiss's advised 39 vectors each; an IVF list
-    count above ``n``, which faiss cannot train at all, shrunk to ``n // 39`` lists, with a warning.
-
-    Example:
-        >>> from cir_lightning.retrieval.backends import fit_factory
-        >>> fit_factory("IVF64,Flat", 10_000), fit_factory("HNSW32", 10)
-        ('IVF64,Flat', 'HNSW32')
-    """
-    match = re.search(r"IVF(\d+)", factory)
-    if match is None or n >= int(match.group(1)) * _MIN_PER_CENTROID:
-        return factory
-    nlist = int(match.group(1))
-    if n >= nlist:
-        warnings.warn(f"index `{factory}`: {n} gallery vectors train {nlist} IVF lists, fewer than faiss's advised "
-                      f"{_MIN_PER_CENTROID} per list (coarse lists); built as given", stacklevel=3)
-        return factory
-    smaller = max(1, n // _MIN_PER_CENTROID)
-    warnings.warn(f"index `{factory}`: {n} gallery vectors are too few to train {nlist} IVF lists "
-                  f"(faiss needs one per list, advises >= {_MIN_PER_CENTROID}); using IVF{smaller}", stacklevel=3)
-    return factory[: match.start(1)] + str(smaller) + factory[match.end(1):]
-
-
-def built_factory(index: object, factory: str) -> str:
-    """``factory`` with the IVF list count ``index`` really has (``fit_factory`` shrinks one too large to train).
-
-    Example:
-        >>> from cir_lightning.retrieval.backends import build_index, built_factory
-        >>> import warnings
-        >>> with warnings.catch_warnings():
-        ...     warnings.simplefilter("ignore")
-        ...     index = build_index(np.eye(8, dtype=np.float32), SearchConfig(factory="IVF64,Flat"))
-        >>> built_factory(index, "IVF64,Flat")
-        'IVF1,Flat'
-    """
-    import faiss
-
-    try:
-        nlist = faiss.extract_index_ivf(index).nlist
-    except RuntimeError:  # not an IVF index
-        return factory
-    return re.sub(r"IVF\d+", f"IVF{nlist}", factory, count=1)
 
 
 def build_index(gallery: Tensor | np.ndarray, config: SearchConfig | None = None):

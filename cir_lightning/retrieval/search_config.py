@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -12,8 +13,9 @@ from cir_lightning.errors import CIRConfigError
 
 _PROBE_DIM = 5040  # divisible by 1-10, 12, 14, 16, 18, 20, ...: the dimension index types are checked with first
 _PROBE_DIMS = (_PROBE_DIM, 3072)  # 3072 = 2^10 x 3 for what 5040 cannot take (PQ64, PQ128, ...)
+_MIN_PER_CENTROID = 39  # faiss warns below 39 training points per IVF centroid
 
-__all__ = ["AUTO_EXACT_ROWS", "SearchConfig", "faiss_message"]
+__all__ = ["AUTO_EXACT_ROWS", "SearchConfig", "built_factory", "faiss_message", "fit_factory"]
 
 AUTO_EXACT_ROWS = 4_000_000
 """``factory: auto`` searches exactly (``Flat``) below this many gallery rows, with an IVF index from there on:
@@ -178,3 +180,50 @@ def faiss_message(err: Exception) -> str:
     """
     text = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
     return re.sub(r"^Error in .*? at \S+:\d+: ", "", text).strip()
+
+
+def fit_factory(factory: str, n: int) -> str:
+    """The index ``factory`` that ``n`` training vectors can build: as given, as faiss builds it (BGE-VL's
+    script too), with a warning when the lists get fewer than faiss's advised 39 vectors each; an IVF list
+    count above ``n``, which faiss cannot train at all, shrunk to ``n // 39`` lists, with a warning.
+
+    Example:
+        >>> from cir_lightning.retrieval.search_config import fit_factory
+        >>> fit_factory("IVF64,Flat", 10_000), fit_factory("HNSW32", 10)
+        ('IVF64,Flat', 'HNSW32')
+    """
+    match = re.search(r"IVF(\d+)", factory)
+    if match is None or n >= int(match.group(1)) * _MIN_PER_CENTROID:
+        return factory
+    nlist = int(match.group(1))
+    if n >= nlist:
+        warnings.warn(f"index `{factory}`: {n} gallery vectors train {nlist} IVF lists, fewer than faiss's advised "
+                      f"{_MIN_PER_CENTROID} per list (coarse lists); built as given", stacklevel=3)
+        return factory
+    smaller = max(1, n // _MIN_PER_CENTROID)
+    warnings.warn(f"index `{factory}`: {n} gallery vectors are too few to train {nlist} IVF lists "
+                  f"(faiss needs one per list, advises >= {_MIN_PER_CENTROID}); using IVF{smaller}", stacklevel=3)
+    return factory[: match.start(1)] + str(smaller) + factory[match.end(1):]
+
+
+def built_factory(index: object, factory: str) -> str:
+    """``factory`` with the IVF list count ``index`` really has (``fit_factory`` shrinks one too large to train).
+
+    Example:
+        >>> import numpy as np
+        >>> from cir_lightning.retrieval.backends import build_index
+        >>> from cir_lightning.retrieval.search_config import built_factory
+        >>> import warnings
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")
+        ...     index = build_index(np.eye(8, dtype=np.float32), SearchConfig(factory="IVF64,Flat"))
+        >>> built_factory(index, "IVF64,Flat")
+        'IVF1,Flat'
+    """
+    import faiss
+
+    try:
+        nlist = faiss.extract_index_ivf(index).nlist
+    except RuntimeError:  # not an IVF index
+        return factory
+    return re.sub(r"IVF\d+", f"IVF{nlist}", factory, count=1)
