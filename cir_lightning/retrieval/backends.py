@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from cir_lightning.retrieval.search_config import SearchConfig, faiss_message, f
 
 _GPU_MAX_K = 2048
 
-__all__ = ["build_index", "build_index_from", "faiss_topk", "torch_topk"]
+__all__ = ["build_index", "build_index_from", "faiss_topk", "query_block", "torch_topk"]
 
 
 def _as_float32(x: Tensor | np.ndarray, name: str) -> np.ndarray:
@@ -31,6 +32,25 @@ def _as_float32(x: Tensor | np.ndarray, name: str) -> np.ndarray:
 
 
 _BLOCK_ELEMENTS = 2**26  # scores held at once by the torch backend: 256 MB of float32, whatever the sizes
+
+
+def query_block(config: SearchConfig, num_gallery: int) -> int:
+    """How many queries a search of ``num_gallery`` rows computes together, in blocks from the first query.
+
+    A matrix product's entry rounds differently with the number of rows it is computed among (BLAS picks other
+    kernels: a few ulp), which can reorder near-ties; an evaluation under DDP hands each rank whole blocks, so
+    every query's scores come from the same products as in one process.
+
+    Example:
+        >>> from cir_lightning.retrieval.backends import query_block
+        >>> query_block(SearchConfig(), 10**6), query_block(SearchConfig(backend="torch"), 10**6)
+        (1024, 67)
+    """
+    return _torch_rows(config.chunk_size, num_gallery) if config.backend == "torch" else config.chunk_size
+
+
+def _torch_rows(chunk_size: int, num_gallery: int) -> int:
+    return max(1, min(chunk_size, _BLOCK_ELEMENTS // max(1, num_gallery)))
 
 
 def _sorted_by_score_then_index(ids: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
@@ -91,7 +111,7 @@ def torch_topk(q: Tensor, g: Tensor, k: int, chunk_size: int) -> tuple[Tensor, T
     with a stable full sort, so the kept items are always the lowest-index ones. On a GPU the scores are
     float32 products (TensorFloat-32 is switched off for the search, whatever the process set).
     """
-    rows = max(1, min(chunk_size, _BLOCK_ELEMENTS // max(1, len(g))))
+    rows = _torch_rows(chunk_size, len(g))
     ids, scores = [], []
     with _full_float32(g.device):
         for start in range(0, len(q), rows):
@@ -231,16 +251,24 @@ def _to_gpu(index, config: SearchConfig):
 
 
 def faiss_topk(q: np.ndarray, g: np.ndarray, k: int, config: SearchConfig) -> tuple[Tensor, Tensor]:
+    """Top-k by faiss, ``config.chunk_size`` queries per search (one index built for all)."""
     if config.device == "cuda" and k > _GPU_MAX_K:
         raise CIRConfigError(f"faiss GPU indexes return at most {_GPU_MAX_K} results per query, {k} asked")
+    # brute force on the caller's arrays (BLAS blocks + per-query heaps): no copy of the gallery
+    index = None if config.exact and config.device == "cpu" else build_index(g, config)
+    found = [_faiss_block(q[start:start + config.chunk_size], g, k, index, config)
+             for start in range(0, len(q), config.chunk_size)]
+    return torch.cat([ids for ids, _ in found]), torch.cat([scores for _, scores in found])
+
+
+def _faiss_block(q: np.ndarray, g: np.ndarray, k: int, index: Any, config: SearchConfig) -> tuple[Tensor, Tensor]:
     extra = 1 if (config.exact and k < len(g)) else 0  # one more hit shows whether a tie crosses the cut
-    if config.exact and config.device == "cpu":
+    if index is None:
         import faiss
 
-        # brute force on the caller's arrays (BLAS blocks + per-query heaps): no copy of the gallery
         found = faiss.knn(q, g, k + extra, metric=faiss.METRIC_INNER_PRODUCT)
     else:
-        found = build_index(g, config).search(q, k + extra)
+        found = index.search(q, k + extra)
     scores, ids = (torch.from_numpy(np.ascontiguousarray(a)) for a in found)
     # faiss orders equal scores arbitrarily: sort by (score desc, gallery index asc), like the torch path
     ids, scores = _sorted_by_score_then_index(ids.long(), scores)

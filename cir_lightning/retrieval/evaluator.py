@@ -21,7 +21,7 @@ from cir_lightning.checks import cutoffs
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.retrieval import ground_truth as truth
 from cir_lightning.retrieval.gather import collective_device, dedupe_by_index, gather_embeddings, world
-from cir_lightning.retrieval.index import SearchConfig, search_with_scores
+from cir_lightning.retrieval.index import SearchConfig, query_share, search_with_scores
 from cir_lightning.retrieval.metrics import (
     HitRateAtK,
     MAPAtK,
@@ -210,7 +210,7 @@ class RetrievalEvaluator:
                 continue
             truth.check_embeddings(sub.name or s, queries, None if sharded else gallery)  # a shard: in _shard
             families = dict(sub.metrics) if sub.metrics is not None else {"recall": self.ks, "mrr": self.ks}
-            mine = torch.arange(len(queries))[rank::world_size]  # this rank's share of the search (maybe none)
+            mine = query_share(len(queries), sub.num_gallery, self.search, rank, world_size)  # maybe none
             excluded, depth = [sub.excluded[i] for i in mine.tolist()], self._depth(sub, families)
             if sharded:
                 if sub.candidates is not None:

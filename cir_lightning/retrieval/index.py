@@ -35,13 +35,14 @@ from cir_lightning.retrieval.backends import (
     as_float32_tensor,
     build_index,
     faiss_topk,
+    query_block,
     torch_device,
     torch_topk,
 )
 from cir_lightning.retrieval.search_config import SearchConfig, faiss_message
 from cir_lightning.retrieval.ties import IdenticalRows, identical_rows, tie_identical
 
-__all__ = ["SearchConfig", "build_index", "faiss_message", "pad_lists", "search", "search_with_scores"]
+__all__ = ["SearchConfig", "build_index", "faiss_message", "pad_lists", "query_share", "search", "search_with_scores"]
 
 
 _COMPARE_EXCLUDED = 16  # up to this many excluded rows per query, membership by direct comparison
@@ -160,3 +161,18 @@ def search_with_scores(queries: Tensor | np.ndarray, gallery: Tensor | np.ndarra
         ids, scores = tie_identical(ids, scores.float(), identical_rows(g) if identical == "find" else identical,
                                     limit=depth)  # k + excluded: enough for k results once excluded rows go
     return _drop_excluded(ids, scores.float(), excl, k)
+
+
+def query_share(num_queries: int, num_gallery: int, config: SearchConfig, rank: int, world_size: int) -> Tensor:
+    """The queries process ``rank`` of ``world_size`` searches: whole blocks of the search (``query_block``),
+    blocks ``rank``, ``rank + world_size``, ... (none when there are fewer blocks than processes). Every query's
+    scores then come from the same matrix products in any number of processes.
+
+    Example:
+        >>> from cir_lightning.retrieval.index import query_share
+        >>> config = SearchConfig(backend="torch", chunk_size=2)
+        >>> [query_share(5, 10, config, rank, 2).tolist() for rank in (0, 1)]
+        [[0, 1, 4], [2, 3]]
+    """
+    rows = torch.arange(num_queries)
+    return rows[rows // query_block(config, num_gallery) % world_size == rank]

@@ -38,7 +38,7 @@ class SearchConfig:
         ef_search: HNSW search depth (faiss default 16).
         device: ``"cpu"``, or ``"cuda"``: a faiss GPU index, or the torch backend's matmuls, on the current GPU.
         float16: store the GPU index in float16 (less memory; near-ties may reorder).
-        chunk_size: queries per block of the torch backend.
+        chunk_size: queries searched together (a faiss search; the torch backend's block, at most 2^26 scores).
         sharded: under DDP, never gather the gallery: each rank searches the rows it embedded and the
             ranks merge their top-k lists (for galleries too large to copy to every process; equal to
             the unsharded result with an exact index; see ``cir_lightning.retrieval.sharded``).

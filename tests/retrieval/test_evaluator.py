@@ -169,14 +169,15 @@ def _sharded_worker(rank, world, port, qry, gal, subsets, search, whole, out):
                 mine = _shards(x, rank, world)
                 ev.add(s, kind, x[mine], mine)
         out[rank] = (ev.compute(subsets, keep_rankings=True), {k: v.tolist() for k, v in ev.rankings.items()})
-        # unsharded, every family, fewer queries than ranks (1, 2): rank 2 searches none of them
-        ev = RetrievalEvaluator(ks=[1, 5, 10], search=SearchConfig(backend=search.backend))
+        # unsharded, every family; blocks of 4 queries (5 for 19 queries); fewer queries than ranks (1, 2)
+        ev = RetrievalEvaluator(ks=[1, 5, 10], search=SearchConfig(backend=search.backend, chunk_size=4))
         for s, queries in enumerate((qry, qry[:1], qry[:2])):
             for kind, x in (("query", queries), ("gallery", gal)):
                 mine = _shards(x, rank, world)
                 ev.add(s, kind, x[mine], mine)
         out[f"whole{rank}"] = (ev.compute(whole, keep_rankings=True),
-                               *({k: v.tolist() for k, v in kept.items()} for kept in (ev.rankings, ev.subset_rankings)))
+                               *({k: v.tolist() for k, v in kept.items()}
+                                 for kept in (ev.rankings, ev.scores, ev.subset_rankings)))
         from cir_lightning.retrieval.sharded import _identical_across
 
         mine = torch.arange(rank, len(gal), world)  # each rank's own rows: the identical ones found across ranks
@@ -204,12 +205,12 @@ def test_evaluation_under_ddp_sharded_or_not_equals_one_process_over_the_whole_g
                         "recall_subset": [1, 2]}, candidates=candidates),
              EvalSubset("circo", [[2, 5, 7]], [[0]], 23, metrics={"map": [1, 5], "recall": [1]}),  # 1 query
              EvalSubset("test1", None, [[0], [1]], 23, depth=12)]  # no ground truth, 2 queries: ranked only
-    one = RetrievalEvaluator(ks=[1, 5, 10], search=SearchConfig(backend=backend))
+    one = RetrievalEvaluator(ks=[1, 5, 10], search=SearchConfig(backend=backend, chunk_size=4))
     for s, queries in enumerate((qry, qry[:1], qry[:2])):
         one.add(s, "gallery", gal, torch.arange(23))
         one.add(s, "query", queries, torch.arange(len(queries)))
     want_whole = (one.compute(whole, keep_rankings=True),
-                  *({k: v.tolist() for k, v in kept.items()} for kept in (one.rankings, one.subset_rankings)))
+                  *({k: v.tolist() for k, v in kept.items()} for kept in (one.rankings, one.scores, one.subset_rankings)))
     assert set(want_whole[1]) == {"cirr", "circo", "test1"}
     manager = mp.Manager()
     out = manager.dict()
@@ -219,5 +220,5 @@ def test_evaluation_under_ddp_sharded_or_not_equals_one_process_over_the_whole_g
         metrics, rankings = out[rank]
         assert metrics == expected
         assert rankings == {k: v.tolist() for k, v in single.rankings.items()}
-        assert out[f"whole{rank}"] == want_whole  # metrics, rankings, rankings within candidates
+        assert out[f"whole{rank}"] == want_whole  # metrics, rankings, scores, rankings within candidates
         assert out[f"identical{rank}"] == [[2, 5, 19]]  # rows 2 and 5 on rank 2, row 19 on rank 1
