@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["all_gather_rows", "all_gather_with_grad", "collective_device", "gather_sizes", "world"]
+__all__ = ["all_gather_rows", "all_gather_with_grad", "collective_device", "gather_sizes", "same_on_every_rank", "world"]
 
 
 def _initialized() -> bool:
@@ -61,6 +61,23 @@ def gather_sizes(n: int, device: torch.device | None = None, group: Any = None) 
     sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size(group))]
     dist.all_gather(sizes, size, group=group)
     return [int(s) for s in sizes]
+
+
+def same_on_every_rank(values: list[int], group: Any = None) -> bool:
+    """Whether every rank holds the same ``values`` (a collective; each rank must pass as many).
+
+    Example:
+        >>> from cir_lightning.distributed import same_on_every_rank
+        >>> same_on_every_rank([1, 0])
+        True
+    """
+    if world(group)[1] == 1 or not values:
+        return True
+    low = torch.tensor(values, dtype=torch.long, device=collective_device())
+    high = low.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN, group=group)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX, group=group)
+    return torch.equal(low, high)
 
 
 def all_gather_rows(tensor: Tensor, sizes: list[int] | None = None, group: Any = None) -> list[Tensor]:

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from cir_lightning.checks import cutoffs, non_negative_int
 from cir_lightning.data.base import CIRDataModule
+from cir_lightning.distributed import same_on_every_rank
 from cir_lightning.errors import CIRConfigError
 from cir_lightning.fit_summary import FitHistory, monitored, stale_last_warning
 from cir_lightning.messages import first_few
@@ -132,8 +133,14 @@ class Evaluation:
             if module.trainer.state.fn not in (TrainerFn.VALIDATING, TrainerFn.TESTING):
                 return set()  # never inside fit: the weights change
             model = module.backbone.identity(module.trainer.precision)
-            return self.cache.lookup_sets(stage, sets, dataset=datamodule.gallery_identity(), model=model,
-                                          sharded=self.evaluator.search.sharded)
+            found = self.cache.lookup_sets(stage, sets, dataset=datamodule.gallery_identity(), model=model,
+                                           sharded=self.evaluator.search.sharded)
+            if not same_on_every_rank([int(s in found) for s in range(len(sets))]):  # else the loaders differ: a hang
+                where = self.options.embedding_cache or type(self.cache).__name__
+                raise CIRConfigError(f"`model.embedding_cache` `{where}`: some processes found cached galleries that "
+                                     "others did not; it must be one folder every process sees (on a disk all "
+                                     "nodes share), not written by another run meanwhile")
+            return found
 
         return cached_galleries
 

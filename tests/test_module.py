@@ -326,3 +326,26 @@ def test_evaluation_options_are_checked_and_stores_declared(tmp_path):
     with pytest.raises(CIRConfigError, match="needs `lookup_sets`, `provide`, `save` and `report`.*SimpleNamespace"):
         evaluation.use_cache(SimpleNamespace(lookup_sets=None))
     assert evaluation.cache is store
+
+
+def test_galleries_cached_for_some_processes_only_are_one_line_not_a_hang(tmp_path, monkeypatch):
+    """Under DDP a gallery cache one process finds and another does not (a folder on one node's disk) gave the
+    processes loaders of different lengths; every process now stops with the same line."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    from cir_lightning.data.base import CIRDataModule
+    from cir_lightning.evaluation import Evaluation, EvaluationOptions
+
+    evaluation = Evaluation(EvaluationOptions(embedding_cache=str(tmp_path / "caches")))
+    monkeypatch.setattr(evaluation.cache, "lookup_sets", lambda *args, **kwargs: {0})  # this process found it
+    seen = []
+    monkeypatch.setattr("cir_lightning.evaluation.same_on_every_rank", lambda found: seen.append(found) or False)
+    trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.VALIDATING), precision="32-true")
+    module = SimpleNamespace(_trainer=trainer, trainer=trainer, backbone=SimpleNamespace(identity=lambda _: {}))
+    lookup = evaluation.connect(module, CIRDataModule())
+    with pytest.raises(CIRConfigError, match=f"`model.embedding_cache` `{tmp_path / 'caches'}`: some processes found "
+                                             "cached galleries that others did not; it must be one folder every"):
+        lookup("validate", [(None, None), (None, None)])
+    assert seen == [[1, 0]]

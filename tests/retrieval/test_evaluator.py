@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.utils.data import DistributedSampler
 
+from cir_lightning.distributed import same_on_every_rank
 from cir_lightning.errors import CIRConfigError
 from cir_lightning.retrieval import EvalSubset, RetrievalEvaluator, SearchConfig
 from cir_lightning.retrieval.sharded import merge_topk
@@ -178,6 +179,7 @@ def _sharded_worker(rank, world, port, qry, gal, subsets, search, whole, out):
         out[f"whole{rank}"] = (ev.compute(whole, keep_rankings=True),
                                *({k: v.tolist() for k, v in kept.items()}
                                  for kept in (ev.rankings, ev.scores, ev.subset_rankings)))
+        out[f"same{rank}"] = same_on_every_rank([1, 0]), same_on_every_rank([int(rank == 0)])
         from cir_lightning.retrieval.sharded import _identical_across
 
         mine = torch.arange(rank, len(gal), world)  # each rank's own rows: the identical ones found across ranks
@@ -221,4 +223,5 @@ def test_evaluation_under_ddp_sharded_or_not_equals_one_process_over_the_whole_g
         assert metrics == expected
         assert rankings == {k: v.tolist() for k, v in single.rankings.items()}
         assert out[f"whole{rank}"] == want_whole  # metrics, rankings, scores, rankings within candidates
-        assert out[f"identical{rank}"] == [[2, 5, 19]]  # rows 2 and 5 on rank 2, row 19 on rank 1
+        assert out[f"identical{rank}"] == [[2, 5, 19]]
+        assert out[f"same{rank}"] == (True, False)  # what every process found in an embedding cache, compared  # rows 2 and 5 on rank 2, row 19 on rank 1
