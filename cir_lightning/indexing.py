@@ -26,7 +26,7 @@ from cir_lightning.backbones.base import Backbone
 from cir_lightning.data.folder import ImageFolderDataset, KeepReadable, list_images
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.distributed import release_process_group
-from cir_lightning.errors import CIRDataError, CIRFileError
+from cir_lightning.errors import CIRConfigError, CIRDataError, CIRFileError
 from cir_lightning.files import atomic_folder
 from cir_lightning.image_index import FAISS_FILE, partial_folder
 from cir_lightning.index_shards import (
@@ -138,6 +138,10 @@ def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backb
         bar = [ImagesProgressBar()] if options["enable_progress_bar"] else []
         trainer = pl.Trainer(**options, logger=False, callbacks=[writer, *bar], enable_checkpointing=False,
                              enable_model_summary=False, default_root_dir=str(partial))
+        if len(remaining) < trainer.world_size:  # Lightning's predict sampler: a bare AssertionError in one process
+            raise CIRConfigError(f"{len(remaining)} images are left to embed, fewer than the {trainer.world_size} "
+                                 f"processes, and each must embed one: run it in at most {len(remaining)} "
+                                 "(`--trainer.devices`, `--trainer.num_nodes`)")
         trainer.predict(EmbedImages(backbone), dataloaders=loader, return_predictions=False)
         first = trainer.is_global_zero
         del trainer

@@ -120,6 +120,14 @@ class EmbeddingWriter(BasePredictionWriter):
                                "(choose another folder, or remove it)")
         if stage == "predict" and self.folder:  # a file in the way, a read-only disk: now, not after embedding
             check_writable(Path(self.folder).absolute().parent, "predictions.folder")
+        datamodule = getattr(trainer, "datamodule", None)
+        if stage == "predict" and trainer.world_size > 1 and isinstance(datamodule, CIRDataModule):
+            for s, (queries, gallery) in enumerate(datamodule.test_sets or datamodule.val_sets):
+                for side, data in (("queries", queries), ("gallery images", gallery)):
+                    if 0 < len(data) < trainer.world_size:  # Lightning's predict sampler: a bare AssertionError
+                        raise CIRConfigError(f"predict: subset {getattr(queries, 'name', '') or s!r} has {len(data)} "
+                                             f"{side}, fewer than the {trainer.world_size} processes, and each must "
+                                             f"embed one: run it in at most {len(data)} (`--trainer.devices`)")
 
     # ------------------------------------------------------------------ the files, before the first batch
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

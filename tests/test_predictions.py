@@ -121,6 +121,27 @@ def test_a_partial_predict_writes_only_complete_subsets(predicted, tiny_model_di
     assert not [p for p in (predicted / "partial").iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
+def test_predict_with_fewer_rows_than_processes_is_one_line_before_anything_is_embedded():
+    """Lightning's predict sampler gives each process one row at least: a subset with fewer rows than processes was a
+    bare AssertionError from inside Lightning in one process, while the others waited."""
+    from types import SimpleNamespace
+
+    from cir_lightning.data.base import CIRDataModule
+    from cir_lightning.errors import CIRConfigError
+    from cir_lightning.predictions import EmbeddingWriter
+
+    class Queries(list):
+        name = "dress"
+
+    datamodule = CIRDataModule()
+    datamodule.test_sets = [(Queries(range(4)), list(range(9))), (Queries(range(9)), list(range(2)))]
+    module = SimpleNamespace(predict_step=lambda batch, batch_idx: None)
+    EmbeddingWriter().setup(SimpleNamespace(world_size=2, datamodule=datamodule), module, "predict")
+    with pytest.raises(CIRConfigError, match=r"^predict: subset 'dress' has 2 gallery images, fewer than the 3 "
+                                             r"processes, and each must embed one: run it in at most 2 "):
+        EmbeddingWriter().setup(SimpleNamespace(world_size=3, datamodule=datamodule), module, "predict")
+
+
 def test_an_existing_predictions_folder_is_refused_before_anything_is_embedded(predicted, tiny_model_dir, capsys):
     taken = predicted / "one" / "predictions"
     before = {p: p.stat().st_mtime_ns for p in taken.rglob("*")}
