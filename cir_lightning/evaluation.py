@@ -123,6 +123,12 @@ class Evaluation:
             self.fit_start(module.trainer)
             if isinstance(datamodule, CIRDataModule) and datamodule.val_sets:
                 self.check_monitors(module.trainer, datamodule)
+        sets = datamodule.val_sets + datamodule.test_sets if isinstance(datamodule, CIRDataModule) else []
+        sharded = self.evaluator.search.sharded and module._trainer is not None and module.trainer.world_size > 1
+        for queries, _ in sets if sharded else ():
+            if getattr(queries, "candidates", None) is not None:  # refused by the evaluator, after all the embedding
+                raise CIRConfigError(f"subset {queries.name!r}: rankings within candidates (recall_subset) need the "
+                                     "whole gallery on every rank: turn `search.sharded` off")
         if self.cache is None:
             return None
         if not isinstance(datamodule, CIRDataModule):

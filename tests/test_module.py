@@ -349,3 +349,27 @@ def test_galleries_cached_for_some_processes_only_are_one_line_not_a_hang(tmp_pa
                                              "cached galleries that others did not; it must be one folder every"):
         lookup("validate", [(None, None), (None, None)])
     assert seen == [[1, 0]]
+
+
+def test_a_sharded_search_of_subsets_ranked_within_candidates_is_refused_before_embedding():
+    """CIRR's Recall_subset needs the whole gallery on every process: with `search.sharded` under DDP the evaluator
+    refused it only at the end of the epoch, after every query and gallery image was embedded."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    from cir_lightning.data.base import CIRDataModule
+    from cir_lightning.evaluation import Evaluation, EvaluationOptions
+    from cir_lightning.retrieval import SearchConfig
+
+    datamodule = CIRDataModule()
+    datamodule.val_sets = [(SimpleNamespace(name="cirr", candidates=[[0, 1]]), ["g0", "g1"])]
+    evaluation = Evaluation(EvaluationOptions(search=SearchConfig(sharded=True)))
+    for world_size in (1, 2):
+        trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.VALIDATING), world_size=world_size)
+        module = SimpleNamespace(_trainer=trainer, trainer=trainer)
+        if world_size == 1:
+            assert evaluation.connect(module, datamodule) is None  # one process holds the whole gallery anyway
+            continue
+        with pytest.raises(CIRConfigError, match="subset 'cirr': rankings within candidates .* turn `search.sharded"):
+            evaluation.connect(module, datamodule)
