@@ -1,4 +1,4 @@
-"""Validation under DDP (2 CPU processes, gloo) gives exactly the numbers and rankings of one process."""
+"""Validation under DDP (3 CPU processes, gloo) gives exactly the numbers and rankings of one process."""
 
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ def _results(folder: Path) -> dict:
 
 
 @pytest.mark.ddp
-def test_validate_two_processes_equals_one_process(tmp_path, tiny_model_dir):
-    # 25 queries over 2 ranks: the distributed sampler pads rank 1 with a duplicate that must be dropped
+def test_validate_three_processes_equals_one_process(tmp_path, tiny_model_dir):
+    # 25 queries over 3 ranks: the distributed sampler pads ranks 1 and 2 with duplicates that must be dropped
     # Batches of one: a query's embedding then has the same shapes (no padding from its batch neighbours) in
     # both runs, so the float results, and therefore near-ties deep in a ranking, are the same; with batches
     # of 7 the ranks' batches differ from one process's and a tie 30 places down swapped order.
@@ -34,10 +34,10 @@ def test_validate_two_processes_equals_one_process(tmp_path, tiny_model_dir):
               "--data.init_args.num_val", "25", "--data.init_args.eval_batch_size", "1",
               "--trainer.logger", "CSVLogger", "--model.save_rankings", "true"]
     # one BLAS thread per process in both runs: a matrix product's rounding may depend on the thread count,
-    # and Lightning gives each of 2 DDP processes 1 thread where one process would use 2
+    # and Lightning gives each of 3 DDP processes 1 thread where one process would use 2
     threads = {"OMP_NUM_THREADS": "1"}
     run(*common, "--trainer.logger.save_dir", "one", "--trainer.devices", "1", cwd=tmp_path, env=threads)
-    run(*common, "--trainer.logger.save_dir", "two", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+    run(*common, "--trainer.logger.save_dir", "two", "--trainer.devices", "3", "--trainer.strategy", "ddp",
         cwd=tmp_path, env=threads)
     one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
     assert set(one) == {f"val/{m}@{k}" for m in ("Recall", "MRR") for k in (1, 5, 10, 50)}

@@ -155,7 +155,7 @@ def _fit_epoch(tmp_path: Path, scenes, during_fit: bool, epoch: int):
     trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING), sanity_checking=False, datamodule=None,
                               log_dir=str(tmp_path), default_root_dir=str(tmp_path), is_global_zero=True,
                               loggers=[board], global_step=40 + epoch, current_epoch=epoch)
-    module = SimpleNamespace(trainer=trainer, log_dict=lambda values, sync_dist: None)
+    module = SimpleNamespace(trainer=trainer, log_dict=lambda values, **how: None)
     loaders = [SimpleNamespace(dataset=queries), SimpleNamespace(dataset=gallery)]
     assert evaluation.epoch_end(module, "validate", loaders) is not None
     return logged

@@ -53,7 +53,7 @@ class EvaluationLoop:
         >>> queries = SimpleNamespace(dataset=SimpleNamespace(positives=[(0,), (1,)], excluded=[(), ()]))
         >>> gallery = SimpleNamespace(dataset=[0, 1])
         >>> logged = {}
-        >>> module = SimpleNamespace(log_dict=lambda values, sync_dist: logged.update(values))
+        >>> module = SimpleNamespace(log_dict=lambda values, **how: logged.update(values))
         >>> loop.finish(trainer, module, [queries, gallery], "val").metrics
         {'Recall@1': 1.0, 'MRR@1': 1.0}
         >>> logged
@@ -93,11 +93,12 @@ class EvaluationLoop:
         metrics = self.evaluator.compute(subsets, keep_rankings=keep_rankings)
         if metrics and summarize is not None:
             metrics.update(summarize(metrics))
-        if not trainer.sanity_checking:
-            logged = {f"{prefix}/{k}": v for k, v in metrics.items()}
-            module.log_dict({k: v for k, v in logged.items() if k not in prog_bar}, sync_dist=True)
+        if not trainer.sanity_checking:  # every rank holds the same values: their max is each exactly, where
+            logged = {f"{prefix}/{k}": v for k, v in metrics.items()}  # the default mean of 3 float32s can round
+            module.log_dict({k: v for k, v in logged.items() if k not in prog_bar}, sync_dist=True, reduce_fx="max")
             if any(k in prog_bar for k in logged):
-                module.log_dict({k: v for k, v in logged.items() if k in prog_bar}, sync_dist=True, prog_bar=True)
+                module.log_dict({k: v for k, v in logged.items() if k in prog_bar}, sync_dist=True, reduce_fx="max",
+                                prog_bar=True)
         return EpochResults(metrics, subsets)
 
     def _warn_trivial(self, subsets: list[EvalSubset]) -> None:

@@ -85,3 +85,26 @@ def test_callback_names_what_is_missing(tmp_path):
         trainer.validate(NoEncoders(), [DataLoader(q_set), DataLoader(Items(torch.randn(4, 6)))], verbose=False)
     with pytest.raises(CIRConfigError, match="pairs of dataloaders, got 1"):
         trainer.validate(TheirModel(), [DataLoader(q_set)], verbose=False)
+
+
+def test_logged_metrics_stay_exact_when_ddp_reduces_them():
+    """Every rank logs the same values. Lightning's default reduction of them, the mean, rounds on 3 processes (0.44
+    became 0.43999997 in float32); the loop asks for their max, which is each value exactly."""
+    from types import SimpleNamespace
+
+    from cir_lightning.retrieval import RetrievalEvaluator, SearchConfig
+    from cir_lightning.retrieval.loop import EvaluationLoop
+
+    loop = EvaluationLoop(RetrievalEvaluator(ks=[1], search=SearchConfig(backend="torch")))
+    trainer = SimpleNamespace(sanity_checking=False)
+    loop.add_batch(trainer, 1, lambda kind: torch.eye(2), torch.arange(2))
+    loop.add_batch(trainer, 0, lambda kind: torch.eye(2), torch.arange(2))
+    calls = []
+    module = SimpleNamespace(log_dict=lambda values, **how: calls.append((sorted(values), how)))
+    queries = SimpleNamespace(positives=[(0,), (1,)], excluded=[(), ()])
+    loaders = [SimpleNamespace(dataset=queries), SimpleNamespace(dataset=[0, 1])]
+    loop.finish(trainer, module, loaders, "val", prog_bar={"val/MRR@1"})
+    assert calls == [(["val/Recall@1"], {"sync_dist": True, "reduce_fx": "max"}),
+                     (["val/MRR@1"], {"sync_dist": True, "reduce_fx": "max", "prog_bar": True})]
+    x = torch.tensor(0.44)
+    assert (x + x + x) / 3 != x  # what the mean over 3 ranks would have logged

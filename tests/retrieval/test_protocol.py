@@ -65,7 +65,7 @@ def test_cut_offs_that_every_ranking_meets_are_warned_about_once():
 
     loop = EvaluationLoop(RetrievalEvaluator(ks=[1, 5, 10, 50], search=SearchConfig(backend="torch")))
     trainer = SimpleNamespace(sanity_checking=False)
-    module = SimpleNamespace(log_dict=lambda values, sync_dist, prog_bar=False: None)
+    module = SimpleNamespace(log_dict=lambda values, **how: None)
     gallery = torch.nn.functional.normalize(torch.randn(30, 8, generator=torch.Generator().manual_seed(0)), dim=1)
     # two queries over 30 images; the second excludes 25 of them, so even Recall@5 holds all its 5 candidates
     loaders = [SimpleNamespace(dataset=SimpleNamespace(positives=[(3,), (27,)], excluded=[(0,), tuple(range(25))])),
