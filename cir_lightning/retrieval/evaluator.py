@@ -15,29 +15,15 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
 from cir_lightning.checks import cutoffs
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.retrieval import ground_truth as truth
 from cir_lightning.retrieval.gather import collective_device, dedupe_by_index, gather_embeddings, world
 from cir_lightning.retrieval.index import SearchConfig, query_share, search_with_scores
-from cir_lightning.retrieval.metrics import (
-    HitRateAtK,
-    MAPAtK,
-    MRRAtK,
-    PositiveRecallAtK,
-    SubsetRecallAtK,
-    rank_within,
-)
-from cir_lightning.retrieval.protocol import DEFAULT_KS
+from cir_lightning.retrieval.metrics import METRIC_FAMILIES, rank_within
+from cir_lightning.retrieval.protocol import DEFAULT_KS, subset_cutoffs
 from cir_lightning.retrieval.sharded import own_rows, sharded_search
-
-METRIC_FAMILIES: dict[str, tuple[str, type[Metric]]] = {
-    "recall": ("Recall", HitRateAtK), "positive_recall": ("PositiveRecall", PositiveRecallAtK), "mrr": ("MRR", MRRAtK),
-    "map": ("mAP", MAPAtK), "recall_subset": ("Recall_subset", SubsetRecallAtK)}
-"""Metric families a subset can ask for: name in ``EvalSubset.metrics`` -> (logged name, Metric)."""
-FAMILIES = METRIC_FAMILIES  # the earlier name
 
 
 @dataclass(frozen=True)
@@ -209,7 +195,7 @@ class RetrievalEvaluator:
                                   "computed for it", stacklevel=2)
                 continue
             truth.check_embeddings(sub.name or s, queries, None if sharded else gallery)  # a shard: in _shard
-            families = dict(sub.metrics) if sub.metrics is not None else {"recall": self.ks, "mrr": self.ks}
+            families = subset_cutoffs(sub, self.ks)
             mine = query_share(len(queries), sub.num_gallery, self.search, rank, world_size)  # maybe none
             excluded, depth = [sub.excluded[i] for i in mine.tolist()], self._depth(sub, families)
             if sharded:

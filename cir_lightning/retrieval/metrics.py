@@ -230,3 +230,9 @@ class MRRAtK(_MeanAtK):
     """
 
     _fn = staticmethod(reciprocal_rank_at_k)
+
+
+METRIC_FAMILIES: dict[str, tuple[str, type[Metric]]] = {
+    "recall": ("Recall", HitRateAtK), "positive_recall": ("PositiveRecall", PositiveRecallAtK), "mrr": ("MRR", MRRAtK),
+    "map": ("mAP", MAPAtK), "recall_subset": ("Recall_subset", SubsetRecallAtK)}
+"""Metric families a subset can ask for: name in ``EvalSubset.metrics`` -> (logged name, Metric)."""

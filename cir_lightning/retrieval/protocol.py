@@ -25,14 +25,16 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from cir_lightning.retrieval.metrics import METRIC_FAMILIES
+
 if TYPE_CHECKING:
     from cir_lightning.retrieval.evaluator import EvalSubset
 
-__all__ = ["ADDABLE_FAMILIES", "DEFAULT_KS", "chance_level", "metric_names", "random_hit_rate", "subset_families",
-           "subset_protocol", "with_added_ks"]
+__all__ = ["ADDABLE_FAMILIES", "DEFAULT_KS", "chance_level", "metric_names", "random_hit_rate", "subset_cutoffs",
+           "subset_families", "subset_protocol", "with_added_ks"]
 
-_LABELS = {"recall": "Recall", "positive_recall": "PositiveRecall", "recall_subset": "Recall_subset"}
-"""The families with a chance level here, and their logged names (as ``evaluator.METRIC_FAMILIES``)."""
+_CHANCE = ("recall", "positive_recall", "recall_subset")
+"""The families with a chance level here (a closed form)."""
 
 
 DEFAULT_KS = (1, 5, 10, 50)
@@ -97,8 +99,11 @@ def subset_families(subset: EvalSubset, default_ks: Sequence[int]) -> dict[str, 
         >>> subset_families(EvalSubset("dress", [[0]], [[]], 2, metrics={"recall": [10, 50]}), [1, 5])
         {'recall': [10, 50]}
     """
-    if subset.positives is None:
-        return {}
+    return subset_cutoffs(subset, default_ks) if subset.positives is not None else {}
+
+
+def subset_cutoffs(subset: EvalSubset, default_ks: Sequence[int]) -> dict[str, list[int]]:
+    """``subset_families`` whether or not the subset has ground truth: what its rankings must reach."""
     families = subset.metrics if subset.metrics is not None else {"recall": default_ks, "mrr": default_ks}
     return {family: [int(k) for k in ks] for family, ks in families.items()}
 
@@ -111,8 +116,6 @@ def metric_names(subsets: Iterable[EvalSubset], default_ks: Sequence[int]) -> li
         >>> metric_names([EvalSubset("dress", [[0]], [[]], 2)], [1, 10])
         ['dress/Recall@1', 'dress/Recall@10', 'dress/MRR@1', 'dress/MRR@10']
     """
-    from cir_lightning.retrieval.evaluator import METRIC_FAMILIES
-
     return [f"{sub.name + '/' if sub.name else ''}{METRIC_FAMILIES[family][0]}@{k}" for sub in subsets
             for family, ks in subset_families(sub, default_ks).items() for k in ks]
 
@@ -133,7 +136,7 @@ def chance_level(subset: EvalSubset, families: Mapping[str, Sequence[int]]) -> d
     out: dict[str, float] = {}
     pairs = [(set(pos), set(exc)) for pos, exc in zip(subset.positives, subset.excluded, strict=True)]
     for family, ks in families.items():
-        if family not in _LABELS:
+        if family not in _CHANCE:
             continue
         if family == "recall_subset":
             if subset.candidates is None:
@@ -148,7 +151,7 @@ def chance_level(subset: EvalSubset, families: Mapping[str, Sequence[int]]) -> d
                 values = _mean_hit_rates(cases, ks)
             else:  # positive recall: each positive is in the first K with probability min(K, M) / M
                 values = {k: sum(min(k, m) / m for m, p in cases if p and m) / len(cases) for k in ks}
-        out.update({f"{_LABELS[family]}@{k}": v for k, v in values.items()})
+        out.update({f"{METRIC_FAMILIES[family][0]}@{k}": v for k, v in values.items()})
     return out
 
 

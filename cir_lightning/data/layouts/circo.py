@@ -31,7 +31,7 @@ __all__ = ["BGE_VL_TEMPLATE", "IMAGE_FOLDERS", "IMAGE_INFO_FILES", "METRICS", "S
 
 BGE_VL_TEMPLATE = "Find a picture that also {shared_concept}, but {relative_caption}."
 METRICS = {"map": [5, 10, 25, 50]}
-"""What val reports: CIRCO's mAP@K (``cir_lightning.retrieval.FAMILIES["map"]``)."""
+"""What val reports: CIRCO's mAP@K (``retrieval.metrics.METRIC_FAMILIES["map"]``)."""
 SUBMISSION_SIZE = 50
 _INFO_NAME = "image_info_unlabeled2017.json"
 IMAGE_INFO_FILES = (f"COCO2017_unlabeled/annotations/{_INFO_NAME}", f"COCO2017_unlabeled/{_INFO_NAME}",
