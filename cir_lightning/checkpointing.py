@@ -35,6 +35,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from cir_lightning.backbones.adapters import base_mismatch, lora_differences, lora_settings, write_base_record
+from cir_lightning.data.base import cir_datamodule
 from cir_lightning.errors import CIRConfigError, CIRModelError, weight_mismatch
 from cir_lightning.files import free_path, write_atomic, write_folder
 from cir_lightning.retrieval.cache import identity_differences
@@ -65,9 +66,10 @@ def strategy_loads_weights(trainer: pl.Trainer) -> bool:
     return isinstance(trainer.strategy, FSDPStrategy | DeepSpeedStrategy)
 
 
-def prepare_strategy(module: pl.LightningModule) -> None:
+def prepare_strategy(module: pl.LightningModule, *, cached: bool) -> None:
     """Settings the strategies need for trainable-only checkpoints, and the safe checkpoint reader and
-    writer (called in ``setup``, before Lightning loads any ``--ckpt_path``)."""
+    writer (called in ``setup``, before Lightning loads any ``--ckpt_path``); ``cached``: the module evaluates
+    with an ``embedding_cache``."""
     install_checkpoint_io(module.trainer)
     strategy = module.trainer.strategy
     if isinstance(strategy, FSDPStrategy) and getattr(strategy, "_state_dict_type", "full") != "full":
@@ -79,37 +81,34 @@ def prepare_strategy(module: pl.LightningModule) -> None:
         value = strategy.config.get("train_micro_batch_size_per_gpu")
         if not isinstance(value, int):
             batch = str(value).isdigit() and int(value)
-            data = getattr(module.trainer, "datamodule", None)
-            strategy.config["train_micro_batch_size_per_gpu"] = batch or int(getattr(data, "batch_size", 1))
+            data = cir_datamodule(module.trainer)
+            strategy.config["train_micro_batch_size_per_gpu"] = batch or (data.batch_size if data is not None else 1)
     if isinstance(strategy, DeepSpeedStrategy) and not getattr(strategy, "exclude_frozen_parameters", False):
         rank_zero_warn("DeepSpeed writes checkpoints itself, with the frozen base model unless "
                        "`--trainer.strategy.exclude_frozen_parameters true`: set it to keep only the trainable weights")
-    if isinstance(strategy, FSDPStrategy) and getattr(getattr(module, "evaluation", None), "cache", None) is not None:
+    if isinstance(strategy, FSDPStrategy) and cached:
         raise CIRConfigError("`embedding_cache` identifies a model by its trainable weights, which FSDP shards: "
                              "evaluate with `--trainer.strategy ddp` (or auto) to use a cache")
     if strategy_loads_weights(module.trainer):
         module.strict_loading = False  # the frozen weights are not in the file; the hook checks the names
 
 
-def keep_trainable(module: pl.LightningModule, checkpoint: dict[str, Any], fingerprint: dict[str, Any]) -> None:
-    """``on_save_checkpoint``: drop the frozen weights, record what is trainable."""
+def keep_trainable(module: pl.LightningModule, checkpoint: dict[str, Any], fingerprint: dict[str, Any],
+                   peft_model: Any = None) -> None:
+    """``on_save_checkpoint``: drop the frozen weights, record what is trainable (and ``peft_model``'s LoRA
+    settings: ``Backbone.peft_model``)."""
     keep = trainable_keys(module)
     checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if clean_name(k) in keep}
     checkpoint["cir_lightning"] = {"fingerprint": fingerprint, "trainable": sorted(keep)}
-    model = _peft_model(module)
-    if model is not None:  # what `--ckpt_path` and `lora.init_adapter` compare: another scale must not load silently
-        checkpoint["cir_lightning"]["lora"] = lora_settings(model)
+    if peft_model is not None:  # what `--ckpt_path` and `lora.init_adapter` compare: another scale must not load silently
+        checkpoint["cir_lightning"]["lora"] = lora_settings(peft_model)
 
 
-def _peft_model(module: pl.LightningModule) -> Any:
-    """The backbone's peft model, None without LoRA."""
-    model = getattr(getattr(module, "backbone", None), "model", None)
-    return model if getattr(model, "peft_config", None) else None
-
-
-def check_and_complete(module: pl.LightningModule, checkpoint: dict[str, Any], fingerprint: dict[str, Any]) -> None:
+def check_and_complete(module: pl.LightningModule, checkpoint: dict[str, Any], fingerprint: dict[str, Any],
+                       peft_model: Any = None) -> None:
     """``on_load_checkpoint``: the checkpoint must hold exactly this model's trainable weights (names,
-    shapes); the frozen weights are filled in from the model so that Lightning's load stays strict."""
+    shapes) and ``peft_model``'s LoRA settings; the frozen weights are filled in from the model so that
+    Lightning's load stays strict."""
     meta = checkpoint.get("cir_lightning")
     if meta is None:
         raise CIRModelError("this checkpoint was not written by cir_lightning's CIRModule (no "
@@ -123,9 +122,8 @@ def check_and_complete(module: pl.LightningModule, checkpoint: dict[str, Any], f
     if problem:
         raise CIRModelError("the checkpoint's trainable weights do not match this model (different LoRA settings?): "
                             + problem)
-    model = _peft_model(module)
-    if model is not None and "lora" in meta:  # same shapes, another alpha: every embedding at another scale
-        changed = lora_differences(meta["lora"], model, "checkpoint")
+    if peft_model is not None and "lora" in meta:  # same shapes, another alpha: every embedding at another scale
+        changed = lora_differences(meta["lora"], peft_model, "checkpoint")
         if changed:
             raise CIRConfigError(f"the checkpoint was trained with other LoRA settings ({'; '.join(changed)}); set the "
                                  "same `model.backbone.init_args.lora` values")

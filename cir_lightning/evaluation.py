@@ -21,7 +21,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from cir_lightning.checks import cutoffs, non_negative_int
-from cir_lightning.data.base import CIRDataModule
+from cir_lightning.data.base import CIRDataModule, cir_datamodule
 from cir_lightning.distributed import same_on_every_rank
 from cir_lightning.errors import CIRConfigError
 from cir_lightning.fit_summary import FitHistory, monitored, stale_last_warning
@@ -78,11 +78,6 @@ EVALUATION_OPTIONS = tuple(field.name for field in dataclasses.fields(Evaluation
 
 STAGE_PREFIX = {"validate": "val", "test": "test"}
 """The prefix of the logged metrics (``val/Recall@1``) and of the results files' split names."""
-
-
-def _cir_datamodule(trainer: Trainer) -> CIRDataModule | None:
-    datamodule = getattr(trainer, "datamodule", None)
-    return datamodule if isinstance(datamodule, CIRDataModule) else None
 
 
 class Evaluation:
@@ -162,10 +157,10 @@ class Evaluation:
         """Search, score and log ``<prefix>/<metric>``; in a standalone run also write the outputs."""
         trainer = module.trainer
         standalone = trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING)
-        dm = _cir_datamodule(trainer)
+        dm = cir_datamodule(trainer)
         keep = self.outputs.keep_rankings(dm) if standalone else self.outputs.pictures_in_fit
         # in fit, what the callbacks monitor (a checkpoint's `val/Recall@1`) goes to the progress bar too
-        shown = () if standalone else {getattr(cb, "monitor", None) for cb in getattr(trainer, "callbacks", [])}
+        shown = () if standalone else {monitor for monitor, _ in monitored(trainer)}
         epoch = self.loop.finish(trainer, module, loaders, STAGE_PREFIX[stage], keep_rankings=keep,
                                  summarize=dm.summarize if dm is not None else None, prog_bar=shown)
         self.last_results = epoch if epoch is not None else self.last_results
@@ -220,14 +215,14 @@ class Evaluation:
     def run_config(self, module: CIRModule) -> dict[str, Any]:
         """The run's configuration for results files: training hyperparameters, the evaluation options
         (which checkpoints do not store), the data and the checkpoint."""
-        datamodule = getattr(module.trainer, "datamodule", None)
+        datamodule = module.trainer.datamodule
         evaluation = {"eval_ks": self.evaluator.ks, "search": dataclasses.asdict(self.evaluator.search),
                       "save_rankings": self.options.save_rankings,
                       "embedding_cache": None if self.cache is None else self.cache.report()}
         hparams = {k: v for k, v in module.hparams.items() if not k.startswith("_")}
         lora = module.backbone.lora
         init_adapter = lora.init_adapter if lora is not None else None
-        return {"model": {**hparams, **evaluation}, "data": dict(getattr(datamodule, "hparams", {}) or {}),
+        return {"model": {**hparams, **evaluation}, "data": dict(datamodule.hparams) if datamodule is not None else {},
                 "data_class": type(datamodule).__name__ if datamodule is not None else None,
                 "data_class_path": f"{type(datamodule).__module__}.{type(datamodule).__qualname__}"
                 if datamodule is not None else None,

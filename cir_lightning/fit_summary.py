@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from lightning.pytorch.callbacks import ModelCheckpoint
+
 from cir_lightning.retrieval.evaluator import EvalSubset
 from cir_lightning.retrieval.protocol import chance_level, subset_families
 from cir_lightning.retrieval.results import format_table
@@ -44,8 +46,8 @@ def monitored(trainer: Any) -> list[tuple[str, str]]:
         >>> monitored(trainer)
         [('val/Avg', 'max')]
     """
-    callbacks = getattr(trainer, "checkpoint_callbacks", None) or []
-    return [(cb.monitor, getattr(cb, "mode", "min")) for cb in callbacks if isinstance(getattr(cb, "monitor", None), str)]
+    return [(cb.monitor, cb.mode) for cb in trainer.checkpoint_callbacks
+            if isinstance(cb, ModelCheckpoint) and cb.monitor is not None]
 
 
 def stale_last_warning(trainer: Any) -> str | None:
@@ -63,10 +65,10 @@ def stale_last_warning(trainer: Any) -> str | None:
         >>> stale_last_warning(SimpleNamespace(checkpoint_callbacks=[ModelCheckpoint(save_last=True)])) is None
         True
     """
-    callbacks = getattr(trainer, "checkpoint_callbacks", None) or []
-    if any(cb.save_last and getattr(cb, "monitor", None) is None for cb in callbacks):
+    callbacks = [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+    if any(cb.save_last and cb.monitor is None for cb in callbacks):
         return None
-    stale = [cb.monitor for cb in callbacks if cb.save_last and getattr(cb, "monitor", None) is not None]
+    stale = [cb.monitor for cb in callbacks if cb.save_last and cb.monitor is not None]
     if not stale:
         return None
     return (f"ModelCheckpoint(monitor={stale[0]!r}, save_last=True) rewrites last.ckpt only when it saves a new "

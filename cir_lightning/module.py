@@ -25,7 +25,7 @@ from cir_lightning.checkpointing import (
     prepare_strategy,
 )
 from cir_lightning.checks import number_in, positive_int
-from cir_lightning.data.base import CIRDataModule
+from cir_lightning.data.base import cir_datamodule
 from cir_lightning.errors import CIRConfigError, CIRModelError
 from cir_lightning.evaluation import Evaluation, EvaluationOptions
 from cir_lightning.losses import FireLoss, distributed_fire_loss, target_keys
@@ -146,12 +146,12 @@ class CIRModule(pl.LightningModule):
     # ------------------------------------------------------------------ data hookup
     def setup(self, stage: str) -> None:
         if self._trainer is not None:
-            prepare_strategy(self)
+            prepare_strategy(self, cached=self.evaluation.cache is not None)
         # the index type for the real embedding size, before anything is embedded (e.g. PQ16 on 30 dims)
         self.evaluator.search.check(self.backbone.embedding_dim)
-        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
-        cached_galleries = self.evaluation.connect(self, datamodule)
-        if isinstance(datamodule, CIRDataModule):
+        datamodule = cir_datamodule(self._trainer)
+        cached_galleries = self.evaluation.connect(self, self.trainer.datamodule if self._trainer else None)
+        if datamodule is not None:
             if self.objective == "caption" and stage == "fit":
                 check_caption_data(datamodule)
             elif self.target_side == "caption" and stage == "fit":  # before the first step, not in it
@@ -233,11 +233,11 @@ class CIRModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        keep_trainable(self, checkpoint, self.backbone.fingerprint())
+        keep_trainable(self, checkpoint, self.backbone.fingerprint(), self.backbone.peft_model)
         record_training_order(self, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_and_complete(self, checkpoint, self.backbone.fingerprint())
+        check_and_complete(self, checkpoint, self.backbone.fingerprint(), self.backbone.peft_model)
         if self._trainer is not None and self.trainer.state.fn == "fit":  # optimizer and loops resume too
             check_resumed_training(self, checkpoint)
 

@@ -38,7 +38,7 @@ import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_warn
 
-from cir_lightning.data.base import CIRDataModule
+from cir_lightning.data.base import cir_datamodule
 from cir_lightning.errors import CIRConfigError, CIRFileError
 from cir_lightning.files import atomic_folder, check_writable, free_path, write_error
 from cir_lightning.retrieval.cache import cache_name
@@ -160,9 +160,8 @@ class EmbeddingWriter(BasePredictionWriter):
             reserve(folder / _MASK)
 
     def _plan(self, trainer: pl.Trainer) -> dict[int, _Output]:
-        datamodule = getattr(trainer, "datamodule", None)
-        cir = isinstance(datamodule, CIRDataModule)
-        split = ("test" if datamodule.test_sets else "val") if cir else "predict"
+        datamodule = cir_datamodule(trainer)
+        split = ("test" if datamodule.test_sets else "val") if datamodule is not None else "predict"
         loaders = _as_list(trainer.predict_dataloaders)
         outputs = {}
         for i, loader in enumerate(loaders):
@@ -206,8 +205,8 @@ class EmbeddingWriter(BasePredictionWriter):
         backbone = getattr(pl_module, "backbone", None)
         model = backbone.identity(trainer.precision) if backbone is not None \
             else {"module": type(pl_module).__name__}
-        datamodule = getattr(trainer, "datamodule", None)
-        dataset = datamodule.gallery_identity() if isinstance(datamodule, CIRDataModule) else type(datamodule).__name__
+        datamodule = cir_datamodule(trainer)
+        dataset = datamodule.gallery_identity() if datamodule is not None else type(trainer.datamodule).__name__
         with _writing(self._target):
             done, left_out = self._finish_files(model, dataset)
         if left_out:

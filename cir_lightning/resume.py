@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from cir_lightning.data.base import CIRDataModule
+from cir_lightning.data.base import cir_datamodule
 from cir_lightning.errors import CIRConfigError
 
 _NOT_SETTINGS = ("params", "initial_lr", "lr", "foreach", "fused", "capturable", "differentiable")
@@ -29,16 +29,16 @@ def check_resumed_training(module: pl.LightningModule, checkpoint: dict[str, Any
         refuse_other_optimizer(module.optimizer_factory, checkpoint, module.trainer.ckpt_path)
     finish_epoch_end(checkpoint)
     reopen_stopped_epoch(checkpoint)
-    datamodule = getattr(module.trainer, "datamodule", None)
-    if isinstance(datamodule, CIRDataModule):
+    datamodule = cir_datamodule(module.trainer)
+    if datamodule is not None:
         refuse_other_order(checkpoint, datamodule.training_order(), module.trainer.ckpt_path)
     warn_split_step(checkpoint, module.trainer.accumulate_grad_batches, module.trainer.ckpt_path)
 
 
 def record_training_order(module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
     """``on_save_checkpoint``: keep what the position in the epoch is counted in (``CIRDataModule.training_order``)."""
-    datamodule = getattr(module.trainer, "datamodule", None) if module._trainer is not None else None
-    order = datamodule.training_order() if isinstance(datamodule, CIRDataModule) else None
+    datamodule = cir_datamodule(module._trainer)
+    order = datamodule.training_order() if datamodule is not None else None
     if order is not None:
         checkpoint.setdefault("cir_lightning", {})["training_order"] = order
 

@@ -13,7 +13,7 @@ retrieval metrics of the model being trained are still measured at every validat
 from __future__ import annotations
 
 import string
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
@@ -23,6 +23,9 @@ from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.losses import caption_loss
 from cir_lightning.messages import first_few
 from cir_lightning.placeholders import refuse_placeholders
+
+if TYPE_CHECKING:
+    from cir_lightning.data.base import CIRDataModule
 
 FIRE_STAGE1_INSTRUCTION = "<image> but modified with {modification}. Please describe the new image."
 """The paper's stage-1 instruction ("<reference image> but modified with <modification>. Please
@@ -99,10 +102,10 @@ class CaptionBatches:
         return self.collator.for_subset(name)
 
 
-def check_caption_data(datamodule: Any, option: str = "`objective: caption` (FiRE stage 1)") -> None:
+def check_caption_data(datamodule: CIRDataModule, option: str = "`objective: caption` (FiRE stage 1)") -> None:
     """Refuse, before training, a cir_lightning DataModule that will not give ``option`` (stage 1, or
     ``target_side: caption``) the target captions it trains on."""
-    if getattr(datamodule, "with_captions", True):
+    if datamodule.with_captions:
         return
     if "with_captions" in datamodule.hparams:
         raise CIRConfigError(f"{option} trains on target captions: set `data.init_args.with_captions: true` "

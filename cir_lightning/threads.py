@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from cir_lightning.data.base import cir_datamodule
 from cir_lightning.errors import CIRConfigError
 
 __all__ = ["ThreadBudget", "thread_budget"]
@@ -67,8 +68,7 @@ class ThreadBudget(Callback):
         >>> import torch
         >>> from cir_lightning.threads import ThreadBudget
         >>> before = torch.get_num_threads()
-        >>> trainer = SimpleNamespace(strategy=SimpleNamespace(num_processes=1),
-        ...                           datamodule=SimpleNamespace(num_workers=0))
+        >>> trainer = SimpleNamespace(strategy=SimpleNamespace(num_processes=1), datamodule=None)
         >>> ThreadBudget().setup(trainer, None, "fit") >= 1
         True
         >>> torch.set_num_threads(before)
@@ -83,7 +83,8 @@ class ThreadBudget(Callback):
         if requested is None and self.user_set_omp:
             return None
         processes = int(getattr(trainer.strategy, "num_processes", 1) or 1)
-        workers = int(getattr(getattr(trainer, "datamodule", None), "num_workers", 0) or 0)
+        datamodule = cir_datamodule(trainer)
+        workers = datamodule.num_workers if datamodule is not None else 0
         self.threads = requested or thread_budget(_cores(), processes, workers)
         torch.set_num_threads(self.threads)
         return self.threads

@@ -11,6 +11,7 @@ from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
 from cir_lightning.checkpointing import check_and_complete, keep_trainable, prepare_strategy, trainable_keys
+from cir_lightning.data import CIRDataModule
 from cir_lightning.errors import CIRConfigError, CIRModelError
 
 FINGERPRINT = {"model": "tiny"}
@@ -50,15 +51,14 @@ def test_loading_after_the_strategy_loaded_the_weights_checks_the_stored_names()
 def test_sharding_strategies_load_non_strictly_and_sharded_fsdp_state_is_refused():
     module = Wrapped()
     module._trainer = SimpleNamespace(strategy=FSDPStrategy(state_dict_type="full"))
-    prepare_strategy(module)
+    prepare_strategy(module, cached=False)
     assert module.strict_loading is False  # the frozen weights are not in the file
     module._trainer = SimpleNamespace(strategy=FSDPStrategy(state_dict_type="sharded"))
     with pytest.raises(CIRConfigError, match="state_dict_type full"):
-        prepare_strategy(module)
+        prepare_strategy(module, cached=False)
     module._trainer = SimpleNamespace(strategy=FSDPStrategy())
-    module.evaluation = SimpleNamespace(cache=object())
     with pytest.raises(CIRConfigError, match="FSDP shards"):
-        prepare_strategy(module)
+        prepare_strategy(module, cached=True)
 
 
 def test_deepspeed_micro_batch_comes_from_the_data_and_frozen_weights_warn():
@@ -67,13 +67,13 @@ def test_deepspeed_micro_batch_comes_from_the_data_and_frozen_weights_warn():
     module = Wrapped()
     strategy = DeepSpeedStrategy.__new__(DeepSpeedStrategy)  # its __init__ needs deepspeed installed
     strategy.config, strategy.exclude_frozen_parameters = {"train_micro_batch_size_per_gpu": "16"}, True
-    module._trainer = SimpleNamespace(strategy=strategy, datamodule=SimpleNamespace(batch_size=4))
-    prepare_strategy(module)
+    module._trainer = SimpleNamespace(strategy=strategy, datamodule=CIRDataModule(batch_size=4))
+    prepare_strategy(module, cached=False)
     assert strategy.config["train_micro_batch_size_per_gpu"] == 16  # the command line's "16", as an int
     assert module.strict_loading is False
     strategy.config, strategy.exclude_frozen_parameters = {}, False
     with pytest.warns(UserWarning, match="exclude_frozen_parameters true"):
-        prepare_strategy(module)
+        prepare_strategy(module, cached=False)
     assert strategy.config["train_micro_batch_size_per_gpu"] == 4  # not from train_dataloader()
 
 

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from cir_lightning.data import CIRDataModule
 from cir_lightning.errors import CIRConfigError
 from cir_lightning.threads import ThreadBudget, thread_budget
 
@@ -23,7 +24,7 @@ def keep_threads():
 
 def _trainer(processes: int, workers: int) -> SimpleNamespace:
     return SimpleNamespace(strategy=SimpleNamespace(num_processes=processes),
-                           datamodule=SimpleNamespace(num_workers=workers))
+                           datamodule=CIRDataModule(num_workers=workers))
 
 
 @pytest.mark.parametrize(("cores", "processes", "workers", "expected"),

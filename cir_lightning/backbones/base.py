@@ -89,7 +89,12 @@ class Backbone(nn.Module):
     @property
     def base_model(self) -> Any:
         """The loaded model with the LoRA layers injected (peft's wrapper removed)."""
-        return self.model.get_base_model() if getattr(self, "lora", None) is not None else self.model
+        return self.model.get_base_model() if self.lora is not None else self.model
+
+    @property
+    def peft_model(self) -> Any:
+        """peft's wrapper around the loaded model (what ``save_adapter`` writes); None without LoRA."""
+        return self.model if self.lora is not None else None
 
     def identity(self, precision: object = "32-true") -> dict[str, Any]:
         """What identifies this backbone's embeddings in caches and prediction folders: the fingerprint, the
@@ -107,7 +112,7 @@ class Backbone(nn.Module):
     def save_adapter(self, path: str | Path) -> None:
         """Write the trained LoRA adapter (peft's ``save_pretrained`` format, what users share) to the
         folder ``path``, which must not exist: it appears complete or not at all, and is never overwritten."""
-        if getattr(self, "lora", None) is None:
+        if self.lora is None:
             raise CIRConfigError("this backbone has no LoRA adapter to save (`lora` is None)")
         def write(folder: Path) -> None:
             self.model.save_pretrained(str(folder))

@@ -83,7 +83,7 @@ def sample_index(samples: list[dict[str, Any]]) -> Tensor:
 
 class SampleBatches:
     """Samples -> batches, shared by every collator: ``triplets`` (training), ``queries`` and ``gallery``
-    (evaluation), see ``cir_lightning.data.base.Collator``. A subclass supplies ``query_inputs``,
+    (evaluation), see ``cir_lightning.data.contract.Collator``. A subclass supplies ``query_inputs``,
     ``gallery_inputs`` and ``text_inputs`` (model inputs from images and texts)."""
 
     placeholders: Sequence[str] = ()

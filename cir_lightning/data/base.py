@@ -1,17 +1,8 @@
 """The shared base of every cir_lightning DataModule: its contract with the model, loaders and batch sizes.
 
-A DataModule here only knows raw samples. The model's pre-processing (prompts, tokenizer, image
-processor) reaches it through ``connect(collator)``, which ``CIRModule`` calls in its ``setup``; the
-collator then runs in the DataLoader workers, so decoding and processing never block the training
-process. A collator is any object with three methods, each taking a list of samples:
-
-- ``triplets(samples)`` for training batches,
-- ``queries(samples)`` for evaluation queries,
-- ``gallery(samples)`` for gallery images;
-
-and ``for_subset(name)`` gives the collator of one evaluation subset (itself unless prompts differ per subset).
-
-Without a collator the loaders yield plain lists of sample dicts, handy for looking at the data.
+A DataModule here only knows raw samples; the model's pre-processing reaches it through ``connect(collator)``
+(the collator's contract, and the types both sides exchange, are in ``data.contract``). Without a collator the
+loaders yield plain lists of sample dicts, handy for looking at the data.
 
 What else the model may ask of a DataModule is declared on ``CIRDataModule``, with defaults that do
 nothing: ``summarize`` / ``report`` (extra metrics, text to print), ``write_predictions`` (files such
@@ -21,48 +12,20 @@ as an evaluation server's), ``with_captions`` and ``gallery_identity`` (for embe
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cir_lightning.checks import non_negative_int, positive_int
-from cir_lightning.data.datasets import (
-    CachedGallery,
-    GalleryDataset,
-    ImageDataset,
-    QueryDataset,
-    TripletDataset,
-    refuse_placeholder_texts,
-)
+from cir_lightning.data.contract import STAGE_SPLITS, CachedGalleries, Collator, EvalSets, Rankings, Split
+from cir_lightning.data.datasets import CachedGallery, ImageDataset, TripletDataset, refuse_placeholder_texts
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.sampling import ResumableLoader, ResumableSampler, train_sampler, training_order
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.pixels import SHRINK
-
-Split = Literal["val", "test"]
-EvalSets = list[tuple[QueryDataset, GalleryDataset]]
-Rankings = Mapping[str, Mapping[str, list[str]]]
-"""Subset name -> query id -> ranked gallery ids."""
-STAGE_SPLITS: dict[str, Split] = {"fit": "val", "validate": "val", "test": "test", "predict": "test"}
-"""The evaluation split each Lightning stage needs (``fit`` validates on val; ``predict`` ranks test)."""
-
-
-class Collator(Protocol):
-    """What a model hands to ``CIRDataModule.connect``; ``placeholders``: what the user's texts may not hold."""
-
-    placeholders: Sequence[str]
-    def triplets(self, samples: list[dict[str, Any]]) -> Any: ...
-    def queries(self, samples: list[dict[str, Any]]) -> Any: ...
-    def gallery(self, samples: list[dict[str, Any]]) -> Any: ...
-    def for_subset(self, name: str) -> Collator:
-        """The collator for the evaluation subset ``name`` (``QueryDataset.name``; prompts may differ per subset)."""
-
-
-CachedGalleries = Callable[[str, EvalSets], set[int]]
-"""``(stage, sets) -> indices of the subsets whose gallery embeddings the model already has``."""
 
 
 def _as_list(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -289,3 +252,11 @@ class CIRDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders(self.test_sets or self.val_sets, "predict")
+
+
+
+def cir_datamodule(trainer: pl.Trainer | None) -> CIRDataModule | None:
+    """``trainer.datamodule`` when it is a cir_lightning DataModule; None without a trainer, with plain loaders
+    or with another DataModule (which declares none of the hooks above)."""
+    datamodule = trainer.datamodule if trainer is not None else None
+    return datamodule if isinstance(datamodule, CIRDataModule) else None

@@ -12,7 +12,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cir_lightning.data.base import CIRDataModule, EvalSets, Rankings, Split
+from cir_lightning.data.base import CIRDataModule
+from cir_lightning.data.contract import EvalSets, Rankings, Split
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.layouts.bgevl import (
     CATEGORIES,

@@ -11,7 +11,8 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from cir_lightning.data.base import STAGE_SPLITS, CIRDataModule, EvalSets, Rankings, Split
+from cir_lightning.data.base import CIRDataModule
+from cir_lightning.data.contract import STAGE_SPLITS, EvalSets, Rankings, Split
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.layouts.circo import (
     BGE_VL_TEMPLATE,

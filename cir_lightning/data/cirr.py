@@ -12,7 +12,8 @@ from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_warn
 
-from cir_lightning.data.base import STAGE_SPLITS, CIRDataModule, EvalSets, Rankings, Split
+from cir_lightning.data.base import CIRDataModule
+from cir_lightning.data.contract import STAGE_SPLITS, EvalSets, Rankings, Split
 from cir_lightning.data.datasets import TripletDataset
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.layouts.cirr import (

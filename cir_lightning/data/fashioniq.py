@@ -12,7 +12,8 @@ from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from cir_lightning.data.base import CIRDataModule, EvalSets, Split
+from cir_lightning.data.base import CIRDataModule
+from cir_lightning.data.contract import EvalSets, Split
 from cir_lightning.data.datasets import TripletDataset
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.layouts.fashioniq import (

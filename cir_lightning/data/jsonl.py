@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cir_lightning.data.base import CIRDataModule, EvalSets, Split
+from cir_lightning.data.base import CIRDataModule
+from cir_lightning.data.contract import EvalSets, Split
 from cir_lightning.data.datasets import GalleryDataset, QueryDataset, TripletDataset
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.layouts.jsonl import UnknownExcludeIds, read_gallery, read_queries, read_triplets
