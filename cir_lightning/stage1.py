@@ -13,8 +13,10 @@ retrieval metrics of the model being trained are still measured at every validat
 from __future__ import annotations
 
 import string
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from PIL import Image
 from torch import Tensor
 
 from cir_lightning.backbones.collate import sample_index
@@ -25,6 +27,7 @@ from cir_lightning.messages import first_few
 from cir_lightning.placeholders import refuse_placeholders
 
 if TYPE_CHECKING:
+    from cir_lightning.backbones.base import Backbone
     from cir_lightning.data.base import CIRDataModule
 
 FIRE_STAGE1_INSTRUCTION = "<image> but modified with {modification}. Please describe the new image."
@@ -51,24 +54,36 @@ def check_instruction(instruction: str) -> str:
     return instruction
 
 
+@runtime_checkable
+class CaptionCollator(Protocol):
+    """A backbone's collator that builds stage 1's generative batches (``MLLMCollator`` does; its backbone's
+    ``Backbone.caption_logits`` scores them): the reference images inside ``prompts``, then the captions."""
+
+    placeholders: Sequence[str]
+    def caption_inputs(self, images: Sequence[Image.Image], prompts: Sequence[str], captions: Sequence[str],
+                       max_caption_tokens: int | None = None) -> tuple[Any, Tensor]: ...
+    def queries(self, samples: list[dict[str, Any]]) -> Any: ...
+    def gallery(self, samples: list[dict[str, Any]]) -> Any: ...
+    def for_subset(self, name: str) -> Any: ...
+
+
 class CaptionBatches:
     """The collator of stage 1: generative training batches from the backbone collator's
     ``caption_inputs``; queries and gallery batches unchanged.
 
     Args:
-        collator: the backbone's collator (it must have ``caption_inputs``: multimodal LLMs do).
+        collator: the backbone's collator, a ``CaptionCollator`` (multimodal LLMs' are; refused otherwise).
         instruction: the prompt before the caption, with ``<image>`` and ``{modification}``.
-        max_caption_tokens: cut captions to this many tokens (the EOS after them is always kept).
+        max_caption_tokens: cut captions to this many tokens (the EOS after them is always kept); ``CIRModule``
+            checks it.
     """
 
     def __init__(self, collator: Any, instruction: str = FIRE_STAGE1_INSTRUCTION,
                  max_caption_tokens: int | None = None) -> None:
-        if not hasattr(collator, "caption_inputs"):
+        if not isinstance(collator, CaptionCollator):
             raise CIRConfigError(f"{type(collator).__name__} cannot build generative batches: stage 1 "
                                  "(`objective: caption`) needs a multimodal LLM backbone")
-        if max_caption_tokens is not None and max_caption_tokens < 1:
-            raise CIRConfigError(f"`max_caption_tokens` must be at least 1 (or null), got {max_caption_tokens}")
-        self.collator = collator
+        self.collator: CaptionCollator = collator
         self.instruction = check_instruction(instruction)
         self.max_caption_tokens = max_caption_tokens
 
@@ -114,7 +129,7 @@ def check_caption_data(datamodule: CIRDataModule, option: str = "`objective: cap
                          "use JSONL data with `target_caption`")
 
 
-def caption_step(backbone: Any, batch: dict[str, Any]) -> tuple[Tensor, int]:
+def caption_step(backbone: Backbone, batch: dict[str, Any]) -> tuple[Tensor, int]:
     """Stage 1's loss on a ``CaptionBatches.triplets`` batch (under DDP the global token mean, see
     ``caption_loss``) and the number of caption tokens it was computed on (this rank's)."""
     if "caption_labels" not in batch:

@@ -103,8 +103,8 @@ def test_caption_batches_refuse_samples_without_captions_and_bad_instructions(ba
     samples[1]["target_caption"] = None
     with pytest.raises(CIRDataError, match=r"dataset row\(s\) 1 have none.*with_captions"):
         CaptionBatches(backbone.collator).triplets(samples)
-    with pytest.raises(CIRConfigError, match="`max_caption_tokens` must be at least 1"):
-        CaptionBatches(backbone.collator, max_caption_tokens=0)
+    with pytest.raises(CIRConfigError, match="`max_caption_tokens` must be an integer >= 1, got 0"):
+        CIRModule(backbone, objective="caption", max_caption_tokens=0)
     with pytest.raises(CIRConfigError, match="needs <image> and \\{modification\\}"):
         CaptionBatches(backbone.collator, instruction="{modification} describe")
 
