@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch import LightningDataModule, Trainer
@@ -22,6 +21,7 @@ from torch import Tensor
 
 from cir_lightning.checks import cutoffs, non_negative_int
 from cir_lightning.data.base import CIRDataModule, cir_datamodule
+from cir_lightning.data.contract import CachedGalleries, EvalSets
 from cir_lightning.distributed import same_on_every_rank
 from cir_lightning.errors import CIRConfigError
 from cir_lightning.fit_summary import FitHistory, monitored, stale_last_warning
@@ -31,7 +31,7 @@ from cir_lightning.retrieval.gallery_cache import GalleryCache, GalleryStore
 from cir_lightning.retrieval.index import SearchConfig
 from cir_lightning.retrieval.loop import EpochResults, EvaluationLoop
 from cir_lightning.retrieval.protocol import metric_names
-from cir_lightning.retrieval.subsets import subsets_from_loaders
+from cir_lightning.retrieval.subsets import subsets_from_datasets
 from cir_lightning.run_outputs import RunOutputs
 
 if TYPE_CHECKING:
@@ -110,14 +110,9 @@ class Evaluation:
                                  f"(`retrieval.gallery_cache.GalleryStore`); got {type(cache).__name__}")
         self.cache = self.outputs.cache = cache
 
-    def connect(self, module: CIRModule,
-                datamodule: LightningDataModule | None) -> Callable[[str, list[tuple[Any, Any]]], set[int]] | None:
+    def connect(self, module: CIRModule, datamodule: LightningDataModule | None) -> CachedGalleries | None:
         """What the DataModule asks when it makes the evaluation loaders (after any checkpoint is loaded):
         which subsets' galleries come from the cache (None without a cache). Called in the module's ``setup``."""
-        if module._trainer is not None and module.trainer.state.fn == TrainerFn.FITTING:
-            self.fit_start(module.trainer)
-            if isinstance(datamodule, CIRDataModule) and datamodule.val_sets:
-                self.check_monitors(module.trainer, datamodule)
         sets = datamodule.val_sets + datamodule.test_sets if isinstance(datamodule, CIRDataModule) else []
         sharded = self.evaluator.search.sharded and module._trainer is not None and module.trainer.world_size > 1
         for queries, _ in sets if sharded else ():
@@ -130,7 +125,7 @@ class Evaluation:
             raise CIRConfigError("`embedding_cache` needs a cir_lightning DataModule (one that skips the "
                                  f"cached gallery's images); got {type(datamodule).__name__}")
 
-        def cached_galleries(stage: str, sets: list[tuple[Any, Any]]) -> set[int]:
+        def cached_galleries(stage: str, sets: EvalSets) -> set[int]:
             if module.trainer.state.fn not in (TrainerFn.VALIDATING, TrainerFn.TESTING):
                 return set()  # never inside fit: the weights change
             model = module.backbone.identity(module.trainer.precision)
@@ -179,8 +174,7 @@ class Evaluation:
     def check_monitors(self, trainer: Trainer, datamodule: CIRDataModule) -> None:
         """A checkpoint monitoring a ``val/`` metric this validation never logs (e.g. ``val/Recall@1`` with
         ``eval_ks: [5, 10]``) failed after the first epoch, in a Lightning traceback: refused before training."""
-        loaders = [SimpleNamespace(dataset=d) for pair in datamodule.val_sets for d in pair]
-        names = metric_names(subsets_from_loaders(loaders, self.evaluator.added_ks), self.evaluator.ks)
+        names = metric_names(subsets_from_datasets(datamodule.val_sets, self.evaluator.added_ks), self.evaluator.ks)
         names += list(datamodule.summarize(dict.fromkeys(names, 0.0)))
         for monitor, _ in monitored(trainer):
             if monitor.startswith("val/") and monitor[len("val/"):] not in names:
@@ -188,13 +182,16 @@ class Evaluation:
                                      f"logs {first_few(['val/' + n for n in names], ', ', ', ...')}): set its `monitor` "
                                      "to one of these, or `model.eval_ks` to the K it names")
 
-    def fit_start(self, trainer: Trainer) -> None:
-        """When ``fit`` sets the module up: forget an earlier fit's validations and, with ``validate_before_fit``,
-        let Lightning's sanity check run every validation batch (not under ``fast_dev_run``)."""
+    def fit_start(self, trainer: Trainer, datamodule: CIRDataModule | None) -> None:
+        """When ``fit`` sets the module up: forget an earlier fit's validations, warn of a ``last.ckpt`` that will not
+        be the newest, refuse a checkpoint monitoring a metric never logged and, with ``validate_before_fit``, let
+        Lightning's sanity check run every validation batch (not under ``fast_dev_run``)."""
         self.history.reset()
         warning = stale_last_warning(trainer)
         if warning:
             rank_zero_warn(warning)
+        if datamodule is not None and datamodule.val_sets:
+            self.check_monitors(trainer, datamodule)
         if self.loop.sanity_check and not trainer.fast_dev_run:
             trainer.num_sanity_val_steps = float("inf")  # what `num_sanity_val_steps: -1` sets
 

@@ -150,6 +150,8 @@ class CIRModule(pl.LightningModule):
         # the index type for the real embedding size, before anything is embedded (e.g. PQ16 on 30 dims)
         self.evaluator.search.check(self.backbone.embedding_dim)
         datamodule = cir_datamodule(self._trainer)
+        if stage == "fit":  # the validations' bookkeeping and the checkpoints' monitors
+            self.evaluation.fit_start(self.trainer, datamodule)
         cached_galleries = self.evaluation.connect(self, self.trainer.datamodule if self._trainer else None)
         if datamodule is not None:
             if self.objective == "caption" and stage == "fit":
