@@ -220,7 +220,6 @@ class Evaluation:
         lora = module.backbone.lora
         init_adapter = lora.init_adapter if lora is not None else None
         return {"model": {**hparams, **evaluation}, "data": dict(datamodule.hparams) if datamodule is not None else {},
-                "data_class": type(datamodule).__name__ if datamodule is not None else None,
                 "data_class_path": f"{type(datamodule).__module__}.{type(datamodule).__qualname__}"
                 if datamodule is not None else None,
                 # absolute: a results file is read from elsewhere (the weights themselves: `model.weights`)

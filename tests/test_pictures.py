@@ -258,6 +258,8 @@ def test_show_refuses_bad_input_with_one_line(validated, tmp_path, capsys):
     moved = variant("moved.json", lambda d: d["config"]["data"].update(root=str(tmp_path / "gone")))
     assert "cannot rebuild its data (SyntheticCIRDataModule" in _error(["show", moved], capsys)
     assert not (tmp_path / "gone").exists()  # show never writes data
+    nameless = variant("nameless.json", lambda d: d["config"].pop("data_class_path"))
+    assert "records no DataModule (`config.data_class_path`)" in _error(["show", nameless], capsys)
     foreign = variant("foreign.json", lambda d: d["rankings"][""]["val_00001"].insert(0, "scene_999"))
     assert "ranks gallery ids not in the rebuilt gallery: scene_999" in _error(
         ["show", foreign, "--queries", "val_00001"], capsys)

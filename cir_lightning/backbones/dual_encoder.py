@@ -65,7 +65,6 @@ DUAL_ENCODER_TYPES: dict[str, DualEncoderFamily] = {
     "siglip": DualEncoderFamily(pad_to_max_length=True, attention_mask=False, lora_targets=_ATTN_MLP),
 }
 """``model_type`` of a supported dual encoder -> how it is fed and adapted."""
-FAMILIES = DUAL_ENCODER_TYPES  # the old name
 
 
 class DualEncoderCollator(SampleBatches):

@@ -22,7 +22,6 @@ from cir_lightning.backbones.prompts import Prompts
 from cir_lightning.errors import CIRConfigError, CIRModelError
 
 BackboneFamily = Literal["auto", "hf_mllm", "xgenmm", "dual_encoder"]
-Family = BackboneFamily  # the old name
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,6 @@ MODEL_TYPE_TO_FAMILY: dict[str, str] = {
     "siglip": "dual_encoder",
 }
 """``model_type`` -> family; every other type goes to ``hf_mllm`` (``AutoModelForImageTextToText``)."""
-FAMILIES = MODEL_TYPE_TO_FAMILY  # the old name
 
 
 def list_backbones() -> dict[str, str]:

@@ -2,7 +2,7 @@
 
 The file must hold rankings (a ``validate`` / ``test`` run with ``--model.save_rankings true``); its scores are
 drawn when it has them. The images are found by rebuilding the run's DataModule from the file
-(``config.data_class_path`` or ``config.data_class``, and ``config.data``; relative paths are read from the
+(``config.data_class_path`` and ``config.data``; relative paths are read from the
 current folder), without writing anything there.
 """
 
@@ -28,10 +28,9 @@ def _datamodule(document: Mapping[str, Any], path: Path) -> Any:
 
     config = document.get("config") if isinstance(document.get("config"), dict) else {}
     data = config.get("data") if isinstance(config.get("data"), dict) else {}
-    class_path = config.get("data_class_path") or data.get("_class_path") or (
-        f"cir_lightning.data.{config['data_class']}" if config.get("data_class") else None)
+    class_path = config.get("data_class_path")
     if not isinstance(class_path, str):
-        raise CIRDataError("records no DataModule (`config.data_class`); it was not written by a cir_lightning "
+        raise CIRDataError("records no DataModule (`config.data_class_path`); it was not written by a cir_lightning "
                            "`validate` / `test`", path)
     module, _, name = class_path.rpartition(".")
     try:

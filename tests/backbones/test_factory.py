@@ -10,8 +10,10 @@ from cir_lightning.backbones import (
     LoRA,
     Prompts,
     XGenMMBackbone,
+    factory,
     make_tiny_dual_encoder,
     make_tiny_xgenmm,
+    tiny,
 )
 from cir_lightning.backbones.factory import build_backbone, detect_family
 from cir_lightning.errors import CIRConfigError, CIRModelError
@@ -50,3 +52,8 @@ def test_wrong_combinations_are_clear_errors(folders, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CIRModelError, match="cannot be fetched from the hub .offline mode is on"):
         build_backbone("someone/not-a-model")
+
+
+def test_every_tiny_family_is_in_one_registry():
+    assert list(tiny.TINY_MODELS) == ["llava_next", "llava", "idefics3", "qwen2_vl", "qwen2_5_vl", "paligemma"]
+    assert set(factory.list_backbones()) == set(factory.BACKBONES)

@@ -350,7 +350,7 @@ def test_cli_validate_reports_map_and_writes_the_val_predictions(tmp_path, tiny_
     assert set(metrics) == {"mAP@5", "mAP@10", "mAP@25", "mAP@50"}
     assert all(0.0 <= v <= 1.0 for v in metrics.values())
     assert results["subsets"][""] == {"num_queries": 6, "num_gallery": 60}
-    assert results["config"]["data_class"] == "CIRCODataModule"
+    assert results["config"]["data_class_path"] == "cir_lightning.data.circo.CIRCODataModule"
     assert results["config"]["data"]["query_template"] == BGE_VL_TEMPLATE
     val = json.loads((tmp_path / "run" / "circo-val.json").read_text())
     assert list(val) == [str(i) for i in range(6)]

@@ -311,7 +311,7 @@ def test_cli_validate_reports_per_category_and_average_metrics(tmp_path, tiny_mo
               "--data.query_text", "both_orders", "--data.eval_batch_size", "16",
               "--trainer.default_root_dir", "run", cwd=tmp_path).stdout
     results = json.loads((tmp_path / "run" / "results-validate.json").read_text())
-    assert results["config"]["data_class"] == "FashionIQDataModule"
+    assert results["config"]["data_class_path"] == "cir_lightning.data.fashioniq.FashionIQDataModule"
     assert results["config"]["data"]["query_text"] == "both_orders"
     for cat in ("dress", "shirt", "toptee"):
         assert set(results["metrics"][cat]) == {f"{m}@{k}" for m in ("Recall", "MRR") for k in EVAL_KS}
