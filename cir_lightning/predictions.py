@@ -8,10 +8,11 @@ cache format (``cir_lightning.retrieval.cache``)::
     <folder>/<split>-<subset>-gallery/   embeddings.npy (gallery x dim), ids.json (image ids), meta.json
 
 ``<folder>`` is ``<log_dir>/predictions`` (``predictions-1``, ... when taken; never overwritten) or the
-``folder`` option; ``<subset>`` is the subset's name (FashionIQ's ``dress``) or its number. ``meta.json``
+``folder`` option; ``<split>`` is ``CIRDataModule.predict_sets``'s (``test``; FashionIQ's ``val``: its test is
+the val split); ``<subset>`` is the subset's name (FashionIQ's ``dress``) or its number. ``meta.json``
 identifies the model (fingerprint and trained-weights digest), the data and the split exactly as an
 evaluation's ``embedding_cache`` does, so a predicted gallery is a cache that ``cir-lightning test
---model.embedding_cache <folder>`` loads instead of embedding the gallery again.
+--model.embedding_cache <folder>`` (a ``val`` one: ``validate``) loads instead of embedding the gallery again.
 
 Nothing is held in memory: ``embeddings.npy`` is preallocated and memory-mapped, and every batch's rows
 are written where they belong, by the batch's ``"index"`` (the dataset row), by whichever process embedded
@@ -161,7 +162,7 @@ class EmbeddingWriter(BasePredictionWriter):
 
     def _plan(self, trainer: pl.Trainer) -> dict[int, _Output]:
         datamodule = cir_datamodule(trainer)
-        split = ("test" if datamodule.test_sets else "val") if datamodule is not None else "predict"
+        split = datamodule.predict_sets()[0] if datamodule is not None else "predict"
         loaders = _as_list(trainer.predict_dataloaders)
         outputs = {}
         for i, loader in enumerate(loaders):

@@ -251,7 +251,12 @@ class CIRDataModule(pl.LightningDataModule):
         return self._eval_loaders(self.test_sets, "test")
 
     def predict_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders(self.test_sets or self.val_sets, "predict")
+        return self._eval_loaders(self.predict_sets()[1], "predict")
+
+    def predict_sets(self) -> tuple[Split, EvalSets]:
+        """What ``predict`` embeds, and the split its folders are named by: the test subsets ``setup("predict")``
+        reads (``STAGE_SPLITS``); without any, the val subsets an earlier stage read."""
+        return ("test", self.test_sets) if self.test_sets else ("val", self.val_sets)
 
 
 

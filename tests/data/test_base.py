@@ -100,6 +100,15 @@ def test_each_stage_reads_its_split_once(stage, read, sets):
     assert (dm.val_sets, dm.test_sets) == sets
 
 
+def test_predict_embeds_the_test_sets_or_else_the_val_sets_read_before_and_says_which():
+    dm = Recording()
+    dm.setup("validate")
+    assert dm.predict_sets() == ("val", [("val", "val")])
+    dm.setup("predict")
+    assert dm.predict_sets() == ("test", [("test", "test")])
+    assert len(dm.predict_dataloader()) == 2  # the queries and the gallery of the one test subset
+
+
 @pytest.mark.parametrize("cls", [FashionIQDataModule, CIRRDataModule, CIRCODataModule, JsonlCIRDataModule,
                                  SyntheticCIRDataModule])
 def test_shared_options_are_typed_flags_documented_once(cls):

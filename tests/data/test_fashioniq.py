@@ -71,6 +71,14 @@ def test_categories_subset_and_test_stage_uses_val(root):
     assert dm.test_sets == dm.val_sets
 
 
+def test_predict_embeds_the_val_split_and_names_it_so(root):
+    dm = setup(root, "predict", categories=["shirt", "dress"])
+    split, sets = dm.predict_sets()
+    assert split == "val"  # its test is the val split: predict's folders are val-shirt-query, ...
+    assert [q.name for q, _ in sets] == ["shirt", "dress"]
+    assert [loader.dataset for loader in dm.predict_dataloader()] == [d for pair in dm.val_sets for d in pair]
+
+
 @pytest.mark.parametrize("ext", ["png", "jpg", "mixed"])
 @pytest.mark.parametrize("per_category_folder", [False, True])
 def test_image_extension_and_folder_are_detected(tmp_path, ext, per_category_folder):
