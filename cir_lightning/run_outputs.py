@@ -13,7 +13,6 @@ from typing import Any
 
 from lightning.pytorch import Trainer
 
-from cir_lightning.checks import non_negative_int
 from cir_lightning.data.base import CIRDataModule
 from cir_lightning.errors import CIRDataError
 from cir_lightning.retrieval.evaluator import RetrievalEvaluator
@@ -32,7 +31,7 @@ class RunOutputs:
         save_rankings: put every query's top-K gallery ids (and their scores) into the results file.
         cache: the gallery embedding caches (``None``: none).
         pictures: queries (a fixed, seeded sample) per retrieval picture, one PNG per subset beside the results
-            file, also sent to the loggers that take images; 0: none.
+            file, also sent to the loggers that take images; 0: none (checked by ``EvaluationOptions``).
         pictures_during_fit: draw them after every validation inside ``fit`` too.
 
     Example:
@@ -46,7 +45,7 @@ class RunOutputs:
         self.write_results = write_results
         self.save_rankings = save_rankings
         self.cache = cache
-        self.pictures = non_negative_int("pictures", pictures)
+        self.pictures = pictures
         self.pictures_in_fit = pictures_during_fit and self.pictures > 0
 
     def keep_rankings(self, datamodule: CIRDataModule | None) -> bool:

@@ -33,7 +33,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from cir_lightning.data.datasets import GalleryItem, Query, Triplet
 from cir_lightning.data.images import resolve_image_path
 from cir_lightning.data.missing import MISSING, file_problem
-from cir_lightning.errors import CIRConfigError, CIRDataError
+from cir_lightning.errors import CIRDataError
 from cir_lightning.messages import first_few, short_repr
 from cir_lightning.reading import iter_jsonl
 
@@ -213,7 +213,7 @@ def read_queries(path: Path, image_root: Path, gallery_ids: list[str], exclude_r
     not are listed in one error rather than silently counted as misses. So must every id the query
     excludes (``exclude_ids``, and ``reference_id`` with ``exclude_reference``): a misspelt id would
     leave that image in the ranking. With ``unknown_exclude_ids="warn"`` such ids are ignored after one
-    warning that counts them.
+    warning that counts them (``JsonlCIRDataModule`` checks the option).
 
     Example:
         >>> import tempfile
@@ -234,8 +234,6 @@ def read_queries(path: Path, image_root: Path, gallery_ids: list[str], exclude_r
         >>> len(caught)
         1
     """
-    if unknown_exclude_ids not in ("error", "warn"):
-        raise CIRConfigError(f"`unknown_exclude_ids` must be 'error' or 'warn', got {unknown_exclude_ids!r}")
     row = {image_id: i for i, image_id in enumerate(gallery_ids)}
     records, seen, absent, unknown = [], {}, [], []
     unknown_ids = 0
@@ -286,7 +284,7 @@ def read_queries(path: Path, image_root: Path, gallery_ids: list[str], exclude_r
     if unknown:
         what = (f"{len(unknown)} query(ies) exclude {unknown_ids} id(s) that are not in the gallery; "
                 "a misspelt id leaves that image in the ranking")
-        if unknown_exclude_ids == "error":
+        if unknown_exclude_ids != "warn":
             raise CIRDataError(f"{what}, so the metrics would be wrong (set `unknown_exclude_ids: warn` to "
                                "ignore such ids): " + first_few(unknown), path)
         rank_zero_warn(f"{path}: {what}; they are ignored (`unknown_exclude_ids: warn`): "
