@@ -24,7 +24,7 @@ from cir_lightning.data.base import CIRDataModule, cir_datamodule
 from cir_lightning.data.contract import CachedGalleries, EvalSets
 from cir_lightning.distributed import same_on_every_rank
 from cir_lightning.errors import CIRConfigError
-from cir_lightning.fit_summary import FitHistory, monitored, stale_last_warning
+from cir_lightning.fit_summary import FitHistory, monitored, stale_last_warning, watched
 from cir_lightning.messages import first_few
 from cir_lightning.retrieval.evaluator import RetrievalEvaluator
 from cir_lightning.retrieval.gallery_cache import GalleryCache, GalleryStore
@@ -155,7 +155,7 @@ class Evaluation:
         dm = cir_datamodule(trainer)
         keep = self.outputs.keep_rankings(dm) if standalone else self.outputs.pictures_in_fit
         # in fit, what the callbacks monitor (a checkpoint's `val/Recall@1`) goes to the progress bar too
-        shown = () if standalone else {monitor for monitor, _ in monitored(trainer)}
+        shown = () if standalone else watched(trainer)
         epoch = self.loop.finish(trainer, module, loaders, STAGE_PREFIX[stage], keep_rankings=keep,
                                  summarize=dm.summarize if dm is not None else None, prog_bar=shown)
         self.last_results = epoch if epoch is not None else self.last_results

@@ -15,14 +15,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from cir_lightning.retrieval.evaluator import EvalSubset
 from cir_lightning.retrieval.protocol import chance_level, subset_families
 from cir_lightning.retrieval.results import format_table
 from cir_lightning.retrieval.tables import format_rows
 
-__all__ = ["FitHistory", "Validation", "monitored"]
+__all__ = ["FitHistory", "Validation", "monitored", "stale_last_warning", "watched"]
 
 
 @dataclass
@@ -40,7 +40,7 @@ def monitored(trainer: Any) -> list[tuple[str, str]]:
     Example:
         >>> from types import SimpleNamespace
         >>> from cir_lightning.fit_summary import monitored
-        >>> from lightning.pytorch.callbacks import ModelCheckpoint
+        >>> from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
         >>> trainer = SimpleNamespace(checkpoint_callbacks=[ModelCheckpoint(save_last=True),
         ...                                                 ModelCheckpoint(monitor="val/Avg", mode="max")])
         >>> monitored(trainer)
@@ -48,6 +48,20 @@ def monitored(trainer: Any) -> list[tuple[str, str]]:
     """
     return [(cb.monitor, cb.mode) for cb in trainer.checkpoint_callbacks
             if isinstance(cb, ModelCheckpoint) and cb.monitor is not None]
+
+
+def watched(trainer: Any) -> set[str]:
+    """The metrics ``trainer``'s ModelCheckpoints and EarlyStoppings watch: ``fit`` shows them in the progress bar.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> from cir_lightning.fit_summary import watched
+        >>> from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+        >>> sorted(watched(SimpleNamespace(callbacks=[ModelCheckpoint(monitor="val/Avg"), ModelCheckpoint(),
+        ...                                           EarlyStopping(monitor="val/Recall@10")])))
+        ['val/Avg', 'val/Recall@10']
+    """
+    return {cb.monitor for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint | EarlyStopping) and cb.monitor}
 
 
 def stale_last_warning(trainer: Any) -> str | None:
@@ -58,7 +72,7 @@ def stale_last_warning(trainer: Any) -> str | None:
 
     Example:
         >>> from types import SimpleNamespace
-        >>> from lightning.pytorch.callbacks import ModelCheckpoint
+        >>> from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
         >>> stale_last_warning(SimpleNamespace(checkpoint_callbacks=[ModelCheckpoint(monitor="val/Avg",
         ...                                                                          save_last=True)]))[:40]
         "ModelCheckpoint(monitor='val/Avg', save_"

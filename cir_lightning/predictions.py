@@ -121,9 +121,9 @@ class EmbeddingWriter(BasePredictionWriter):
                                "(choose another folder, or remove it)")
         if stage == "predict" and self.folder:  # a file in the way, a read-only disk: now, not after embedding
             check_writable(Path(self.folder).absolute().parent, "predictions.folder")
-        datamodule = getattr(trainer, "datamodule", None)
-        if stage == "predict" and trainer.world_size > 1 and isinstance(datamodule, CIRDataModule):
-            for s, (queries, gallery) in enumerate(datamodule.test_sets or datamodule.val_sets):
+        datamodule = cir_datamodule(trainer)
+        if stage == "predict" and trainer.world_size > 1 and datamodule is not None:
+            for s, (queries, gallery) in enumerate(datamodule.predict_sets()[1]):
                 for side, data in (("queries", queries), ("gallery images", gallery)):
                     if 0 < len(data) < trainer.world_size:  # Lightning's predict sampler: a bare AssertionError
                         raise CIRConfigError(f"predict: subset {getattr(queries, 'name', '') or s!r} has {len(data)} "

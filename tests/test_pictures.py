@@ -154,7 +154,7 @@ def _fit_epoch(tmp_path: Path, scenes, during_fit: bool, epoch: int):
                                                       logged.append((tag, global_step))))
     trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING), sanity_checking=False, datamodule=None,
                               log_dir=str(tmp_path), default_root_dir=str(tmp_path), is_global_zero=True,
-                              loggers=[board], global_step=40 + epoch, current_epoch=epoch, checkpoint_callbacks=[])
+                              loggers=[board], global_step=40 + epoch, current_epoch=epoch, checkpoint_callbacks=[], callbacks=[])
     module = SimpleNamespace(trainer=trainer, log_dict=lambda values, **how: None)
     loaders = [SimpleNamespace(dataset=queries), SimpleNamespace(dataset=gallery)]
     assert evaluation.epoch_end(module, "validate", loaders) is not None

@@ -259,7 +259,6 @@ class CIRDataModule(pl.LightningDataModule):
         return ("test", self.test_sets) if self.test_sets else ("val", self.val_sets)
 
 
-
 def cir_datamodule(trainer: pl.Trainer | None) -> CIRDataModule | None:
     """``trainer.datamodule`` when it is a cir_lightning DataModule; None without a trainer, with plain loaders
     or with another DataModule (which declares none of the hooks above)."""
