@@ -9,6 +9,9 @@ of these libraries.
 - ``lightning.pytorch.callbacks.model_checkpoint``: "The dirpath has changed", when ``validate`` / ``test``
   / ``predict --ckpt_path`` restore a ``ModelCheckpoint`` into a new log folder (they write no checkpoint;
   ``fit --ckpt_path`` keeps the warning: there the resumed run forgets its best checkpoint);
+- ``lightning.pytorch.utilities.data``: "Total length of `DataLoader` across ranks is zero", in ``validate`` /
+  ``test``: a gallery read from the embedding cache has an empty loader (its images are not read; the run prints
+  where it was read from). cir_lightning's own datasets are never empty: an empty file is refused when read;
 - Lightning's log line advertising LitLogger ("Tip: For seamless cloud logging ...").
 """
 
@@ -25,6 +28,8 @@ WARNINGS: list[tuple[type[Warning], str, str, tuple[str, ...]]] = [
     (FutureWarning, r"transformers\.modeling_utils", r"`is_gradient_checkpointing` is deprecated", ()),
     (UserWarning, r"lightning\.pytorch\.callbacks\.model_checkpoint", r"The dirpath has changed from ",
      ("validate", "test", "predict")),
+    (UserWarning, r"lightning\.pytorch\.utilities\.data", r"Total length of `DataLoader` across ranks is zero",
+     ("validate", "test")),
 ]
 """(category, emitting module, start of the message, subcommands it is filtered in; () = all)."""
 

@@ -6,6 +6,7 @@ existing file).
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -58,10 +59,13 @@ class RunOutputs:
         """Save the caches, then, on rank zero, the results file (and table), the server files and the pictures
         (of the evaluation ``loaders``' subsets). Every rank must call it (the log folder is a collective)."""
         folder = Path(trainer.log_dir or trainer.default_root_dir)  # broadcast from rank zero: ask on every rank
-        if self.cache is not None:
-            self.cache.save(evaluator)
+        written = self.cache.save(evaluator) if self.cache is not None else []
         if not trainer.is_global_zero:
             return
+        for path in self.cache.report()["loaded"] if self.cache is not None else ():  # on stderr: BGE-VL's
+            print(f"gallery embeddings read from the cache {path}", file=sys.stderr)  # scripts' stdout stays theirs
+        for path in written:
+            print(f"gallery embeddings cached in {path}", file=sys.stderr)
         wanted = self.save_rankings or (datamodule is not None and datamodule.writes_predictions)
         ranked = ranked_ids(epoch.subsets, evaluator.rankings) if wanted else {}
         if self.write_results and (epoch.metrics or (self.save_rankings and ranked)):  # a test split: rankings only

@@ -404,11 +404,13 @@ def test_gallery_embedding_cache_is_written_then_reused_and_refused_when_stale(f
     ckpt = str(cwd / "run" / "checkpoints" / "last.ckpt")
     args = [*common, "--trainer.default_root_dir", "cached", "--ckpt_path", ckpt,
             "--model.embedding_cache", "emb"]
-    run("validate", *args, cwd=cwd)
+    out = run("validate", *args, cwd=cwd).stderr
     cache = cwd / "emb" / "val-0-gallery"
     assert (cache / "embeddings.npy").is_file()
     assert json.loads((cache / "meta.json").read_text())["count"] == 576
-    run("validate", *args, cwd=cwd)  # second run: the gallery is loaded, its images never decoded
+    assert f"gallery embeddings cached in {Path('emb') / 'val-0-gallery'}" in out.splitlines()
+    out = run("validate", *args, cwd=cwd).stderr  # second run: the gallery is loaded, its images never decoded
+    assert f"gallery embeddings read from the cache {Path('emb') / 'val-0-gallery'}" in out.splitlines()
     first, second = (json.loads((cwd / "cached" / name).read_text())
                      for name in ("results-validate.json", "results-validate-1.json"))
     assert first["config"]["model"]["embedding_cache"]["written"] == [str(Path("emb") / "val-0-gallery")]

@@ -49,7 +49,7 @@ class GalleryStore(Protocol):
         """Write, on rank zero, the galleries embedded in this run (after ``evaluator.compute``)."""
 
     def report(self) -> dict[str, Any]:
-        """What this run loaded and wrote (for results files)."""
+        """What this run loaded and wrote (for results files): at least ``loaded`` and ``written``, lists of paths."""
 
 
 class GalleryCache:
