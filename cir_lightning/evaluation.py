@@ -113,12 +113,8 @@ class Evaluation:
     def connect(self, module: CIRModule, datamodule: LightningDataModule | None) -> CachedGalleries | None:
         """What the DataModule asks when it makes the evaluation loaders (after any checkpoint is loaded):
         which subsets' galleries come from the cache (None without a cache). Called in the module's ``setup``."""
-        sets = datamodule.val_sets + datamodule.test_sets if isinstance(datamodule, CIRDataModule) else []
-        sharded = self.evaluator.search.sharded and module._trainer is not None and module.trainer.world_size > 1
-        for queries, _ in sets if sharded else ():
-            if getattr(queries, "candidates", None) is not None:  # refused by the evaluator, after all the embedding
-                raise CIRConfigError(f"subset {queries.name!r}: rankings within candidates (recall_subset) need the "
-                                     "whole gallery on every rank: turn `search.sharded` off")
+        if module._trainer is not None and isinstance(datamodule, CIRDataModule):
+            self._check_sharded(module.trainer, datamodule)
         if self.cache is None:
             return None
         if not isinstance(datamodule, CIRDataModule):
@@ -132,13 +128,27 @@ class Evaluation:
             found = self.cache.lookup_sets(stage, sets, dataset=datamodule.gallery_identity(), model=model,
                                            sharded=self.evaluator.search.sharded)
             if not same_on_every_rank([int(s in found) for s in range(len(sets))]):  # else the loaders differ: a hang
-                where = self.options.embedding_cache or type(self.cache).__name__
-                raise CIRConfigError(f"`model.embedding_cache` `{where}`: some processes found cached galleries that "
-                                     "others did not; it must be one folder every process sees (on a disk all "
-                                     "nodes share), not written by another run meanwhile")
+                report = self.cache.report()
+                where = (f"`model.embedding_cache` `{self.options.embedding_cache}`" if self.options.embedding_cache
+                         else f"the embedding cache `{report.get('folder') or report.get('save_path')}`")
+                raise CIRConfigError(f"{where}: some processes found cached galleries that others did not; it must be "
+                                     "one folder every process sees (on a disk all nodes share), not written by "
+                                     "another run meanwhile")
             return found
 
         return cached_galleries
+
+    def _check_sharded(self, trainer: Trainer, datamodule: CIRDataModule) -> None:
+        """``search.sharded`` under DDP cannot rank within candidates (CIRR's Recall_subset): refused before the
+        embedding, for the sets this stage evaluates (the evaluator would refuse them only after it)."""
+        if not (self.evaluator.search.sharded and trainer.world_size > 1) or trainer.state.fn not in (
+                TrainerFn.FITTING, TrainerFn.VALIDATING, TrainerFn.TESTING):
+            return
+        sets = datamodule.test_sets if trainer.state.fn == TrainerFn.TESTING else datamodule.val_sets
+        for s, sub in enumerate(subsets_from_datasets(sets)):
+            if sub.candidates is not None:
+                raise CIRConfigError(f"subset {sub.name or s!r}: rankings within candidates (recall_subset) need the "
+                                     "whole gallery on every rank: turn `search.sharded` off")
 
     def step(self, trainer: Trainer, dataloader_idx: int, embed: Callable[[str], Tensor], index: Tensor) -> None:
         """Embed one evaluation batch (``embed(side)``) and keep it."""

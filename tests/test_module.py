@@ -363,13 +363,17 @@ def test_a_sharded_search_of_subsets_ranked_within_candidates_is_refused_before_
     from cir_lightning.retrieval import SearchConfig
 
     datamodule = CIRDataModule()
-    datamodule.val_sets = [(SimpleNamespace(name="cirr", candidates=[[0, 1]]), ["g0", "g1"])]
+    class Queries(list):  # CIRR's val queries: one positive each, ranked within candidates too
+        name, positives, candidates = "cirr", [[0]], [[0, 1]]
+
+    datamodule.val_sets = [(Queries(["q0"]), ["g0", "g1"])]
     evaluation = Evaluation(EvaluationOptions(search=SearchConfig(sharded=True)))
-    for world_size in (1, 2):
-        trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.VALIDATING), world_size=world_size)
+    for world_size, fn in ((1, TrainerFn.VALIDATING), (2, TrainerFn.PREDICTING), (2, TrainerFn.TESTING),
+                           (2, TrainerFn.VALIDATING)):
+        trainer = SimpleNamespace(state=SimpleNamespace(fn=fn), world_size=world_size)
         module = SimpleNamespace(_trainer=trainer, trainer=trainer)
-        if world_size == 1:
-            assert evaluation.connect(module, datamodule) is None  # one process holds the whole gallery anyway
+        if fn != TrainerFn.VALIDATING or world_size == 1:  # one process holds the whole gallery; predict only
+            assert evaluation.connect(module, datamodule) is None  # embeds; test evaluates test_sets (none here)
             continue
         with pytest.raises(CIRConfigError, match="subset 'cirr': rankings within candidates .* turn `search.sharded"):
             evaluation.connect(module, datamodule)

@@ -56,8 +56,10 @@ def build_parser(task: Task) -> argparse.ArgumentParser:
         >>> args = build_parser("fashioniq").parse_args(["--fp16", "--model-name", "clip"])
         >>> args.model_name, args.fp16, args.batch_size, args.k, args.save_path, args.max_query_length
         ('clip', True, 256, 100, 'embeddings.memmap', 64)
+        >>> build_parser("circo").parse_args(["--load_emb"]).load_embedding  # a prefix, as the original takes
+        True
     """
-    parser = argparse.ArgumentParser(allow_abbrev=False, prog=_SCRIPT[task], description=f"BGE-VL's {_SCRIPT[task]} on cir_lightning")
+    parser = argparse.ArgumentParser(prog=_SCRIPT[task], description=f"BGE-VL's {_SCRIPT[task]} on cir_lightning")
 
     def add(name: str, **kwargs: Any) -> None:
         dashed = name.replace("_", "-")

@@ -75,7 +75,8 @@ class EvalSubset:
         if self.positives is not None and len(self.positives) != len(self.excluded):
             raise CIRDataError(f"subset {self.name!r}: {len(self.positives)} positives rows for "
                              f"{len(self.excluded)} queries")
-        truth.check_positives(self.name, self.positives, self.excluded, self.num_gallery, self.query_ids)
+        truth.check_positives(self.name, self.positives, self.excluded, self.num_gallery, self.query_ids,
+                              every_positive=bool({"positive_recall", "map"} & set(self.metrics or ())))
 
     @property
     def num_queries(self) -> int:

@@ -26,10 +26,11 @@ __all__ = ["candidate_table", "check_embeddings", "check_finite", "check_positiv
 
 
 def check_positives(name: str, positives: Sequence[Sequence[int]] | None, excluded: Sequence[Sequence[int]],
-                    num_gallery: int, query_ids: Sequence[str] | None = None) -> None:
-    """Raise ``CIRDataError`` naming the queries none of whose positives can be retrieved, then those with
-    a positive that cannot be (outside the gallery, or excluded from the query's own ranking: PositiveRecall
-    and mAP would count it as a miss that no ranking avoids). ``positives`` None: no ground truth, nothing to check.
+                    num_gallery: int, query_ids: Sequence[str] | None = None, every_positive: bool = True) -> None:
+    """Raise ``CIRDataError`` naming the queries none of whose positives can be retrieved, then (with
+    ``every_positive``: PositiveRecall or mAP are computed, which count each positive) those with a positive that
+    cannot be (outside the gallery, or excluded from the query's own ranking: a miss that no ranking avoids).
+    ``positives`` None: no ground truth, nothing to check.
 
     Example:
         >>> check_positives("dress", [[1], [0, 2]], [[0], [1]], 3)
@@ -39,6 +40,7 @@ def check_positives(name: str, positives: Sequence[Sequence[int]] | None, exclud
         cir_lightning.errors.CIRDataError: subset 'dress': 3 of 4 queries have no positive that can be retrieved \
 (none given, outside the gallery's 3 rows, or all excluded), so their metrics would be a silent miss: \
 'b' (positives []), 'c' (positives [5]), 'd' (positives [0])
+        >>> check_positives("dress", [[1], [0, 2]], [[], [2]], 3, every_positive=False)  # hit rate, MRR: fine
         >>> check_positives("dress", [[1], [0, 2]], [[], [2]], 3)
         Traceback (most recent call last):
         ...
@@ -57,7 +59,7 @@ row 1 (positives [0, 2], excluded [2])
                            f"retrieved (none given, outside the gallery's {num_gallery} rows, or all excluded), so "
                            "their metrics would be a silent miss: "
                            + first_few([f"{label(i)} (positives {list(positives[i])})" for i in bad], ", ", " ..."))
-    some = [i for i, ok in enumerate(reachable) if len(ok) < len(set(positives[i]))]
+    some = [i for i, ok in enumerate(reachable) if len(ok) < len(set(positives[i]))] if every_positive else []
     if some:
         raise CIRDataError(f"subset {name!r}: {len(some)} of {len(positives)} queries list a positive that cannot be "
                            f"retrieved (outside the gallery's {num_gallery} rows, or excluded from its ranking), a "

@@ -128,12 +128,20 @@ def test_evaluator_equals_the_definitions_on_random_cases_with_exact_ties(seed):
 
 
 @pytest.mark.parametrize(("positives", "excluded"), [([[0, 1]], [[1]]), ([[0, 7]], [[]]), ([[0, -1]], [[]])])
-def test_a_positive_that_can_never_be_ranked_is_an_error_not_a_lower_score(positives, excluded):
+@pytest.mark.parametrize("family", ["positive_recall", "map"])
+def test_a_positive_that_can_never_be_ranked_is_an_error_not_a_lower_score(positives, excluded, family):
     # PositiveRecall and mAP divide by the positives: a perfect ranking scored 0.5 here, against a chance level of 1
     with pytest.raises(CIRDataError, match=r"subset 'toy': 1 of 1 queries list a positive that cannot be retrieved "
                                            r".*'q0' \(positives \[0, -?\d\], excluded \[\d?\]\)$"):
-        EvalSubset("toy", positives, excluded, num_gallery=3, query_ids=["q0"])
-    EvalSubset("toy", [[0, 1, 1]], [[2]], num_gallery=3)  # a positive listed twice is one positive: fine
+        EvalSubset("toy", positives, excluded, num_gallery=3, query_ids=["q0"], metrics={family: [1], "recall": [1]})
+    EvalSubset("toy", [[0, 1, 1]], [[2]], num_gallery=3, metrics={family: [1]})  # listed twice: one positive, fine
+
+
+@pytest.mark.parametrize("search", BACKENDS)
+def test_hit_rate_and_mrr_count_any_positive_so_an_unreachable_extra_one_is_accepted(search):
+    sub = EvalSubset("toy", [[0, 1]], [[1]], num_gallery=3)  # default families: Recall and MRR
+    metrics, _ = _evaluate(torch.eye(3)[:1], torch.eye(3), sub, search)
+    assert metrics["toy/Recall@1"] == 1.0
 
 
 def test_positives_and_queries_of_another_length_are_one_line():
