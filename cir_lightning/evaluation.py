@@ -21,7 +21,7 @@ from torch import Tensor
 
 from cir_lightning.checks import cutoffs, non_negative_int
 from cir_lightning.data.base import CIRDataModule, cir_datamodule
-from cir_lightning.data.contract import CachedGalleries, EvalSets
+from cir_lightning.data.contract import CachedGalleries, EvalSets, Split
 from cir_lightning.distributed import same_on_every_rank
 from cir_lightning.errors import CIRConfigError
 from cir_lightning.fit_summary import FitHistory, monitored, stale_last_warning, watched
@@ -121,11 +121,11 @@ class Evaluation:
             raise CIRConfigError("`embedding_cache` needs a cir_lightning DataModule (one that skips the "
                                  f"cached gallery's images); got {type(datamodule).__name__}")
 
-        def cached_galleries(stage: str, sets: EvalSets) -> set[int]:
+        def cached_galleries(split: Split, sets: EvalSets) -> set[int]:
             if module.trainer.state.fn not in (TrainerFn.VALIDATING, TrainerFn.TESTING):
                 return set()  # never inside fit: the weights change
             model = module.backbone.identity(module.trainer.precision)
-            found = self.cache.lookup_sets(stage, sets, dataset=datamodule.gallery_identity(), model=model,
+            found = self.cache.lookup_sets(split, sets, dataset=datamodule.gallery_identity(), model=model,
                                            sharded=self.evaluator.search.sharded)
             if not same_on_every_rank([int(s in found) for s in range(len(sets))]):  # else the loaders differ: a hang
                 report = self.cache.report()

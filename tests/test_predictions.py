@@ -16,7 +16,7 @@ from cir_lightning.retrieval.cache import load_embeddings
 from cir_lightning.retrieval.index import search
 from tests.test_cli import CONF, run
 
-OUTPUTS = ("test-0-query", "test-0-gallery")
+OUTPUTS = ("val-0-query", "val-0-gallery")
 
 
 def _common(tiny_model_dir: Path, data: Path) -> list[str]:
@@ -40,8 +40,8 @@ def predicted(tmp_path_factory, tiny_model_dir):
 def test_predict_writes_query_and_gallery_embeddings_that_read_back_as_caches(predicted, capsys):
     folder = predicted / "one" / "predictions"
     assert sorted(p.name for p in folder.iterdir()) == sorted(OUTPUTS)
-    queries, query_ids = _read(folder / "test-0-query")
-    gallery, gallery_ids = _read(folder / "test-0-gallery")
+    queries, query_ids = _read(folder / "val-0-query")
+    gallery, gallery_ids = _read(folder / "val-0-gallery")
     lines = [json.loads(line) for line in (predicted / "data" / "val_queries.jsonl").read_text().splitlines()]
     assert query_ids == [q["query_id"] for q in lines]  # the synthetic split has no test queries: val's
     gallery_lines = (predicted / "data" / "gallery.jsonl").read_text().splitlines()
@@ -59,10 +59,10 @@ def test_a_predicted_gallery_is_an_embedding_cache_that_test_loads(predicted, ti
     main(["test", *_common(tiny_model_dir, predicted / "data"), "--trainer.default_root_dir", str(predicted / "t"),
           "--model.embedding_cache", str(folder), "--model.eval_ks", "[1, 5]"])
     results = json.loads((predicted / "t" / "results-test.json").read_text())
-    assert results["config"]["model"]["embedding_cache"]["loaded"] == [str(folder / "test-0-gallery")]
+    assert results["config"]["model"]["embedding_cache"]["loaded"] == [str(folder / "val-0-gallery")]
     # the metrics of that run (cached gallery, queries embedded again) equal those of the predicted rows
-    queries, _ = _read(folder / "test-0-query")
-    gallery, ids = _read(folder / "test-0-gallery")
+    queries, _ = _read(folder / "val-0-query")
+    gallery, ids = _read(folder / "val-0-gallery")
     lines = [json.loads(line) for line in (predicted / "data" / "val_queries.jsonl").read_text().splitlines()]
     row = {image_id: i for i, image_id in enumerate(ids)}
     ranked = search(queries, gallery, k=5, excluded=[[row[q["reference_id"]]] for q in lines])
@@ -86,7 +86,7 @@ def test_a_cache_is_refused_once_its_gallery_images_were_made_again(predicted, t
         assert err[-1].endswith("the cache does not match: images: image files changed since it was written (size or "
                                 "modification time: the images were made or copied again). A stale cache is never "
                                 "used: re-embed with `overwrite_cache: true` (or delete the folder)")
-        assert str(folder / "test-0-gallery") in err[-1]
+        assert str(folder / "val-0-gallery") in err[-1]
     finally:  # the other tests of this module read these images
         image.write_bytes(original)
         os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
@@ -115,9 +115,9 @@ def test_a_partial_predict_writes_only_complete_subsets(predicted, tiny_model_di
     main(["predict", *_common(tiny_model_dir, predicted / "data"), "--trainer.default_root_dir",
           str(predicted / "partial"), "--trainer.limit_predict_batches", "1", "--predictions.dtype", "float16"])
     folder = predicted / "partial" / "predictions"
-    assert [p.name for p in folder.iterdir()] == ["test-0-query"]  # 1 of the 9 gallery batches: left out
-    assert any("test-0-gallery (512 of 576 rows not embedded)" in str(w.message) for w in recwarn)
-    assert np.load(folder / "test-0-query" / "embeddings.npy").dtype == np.float16
+    assert [p.name for p in folder.iterdir()] == ["val-0-query"]  # 1 of the 9 gallery batches: left out
+    assert any("val-0-gallery (512 of 576 rows not embedded)" in str(w.message) for w in recwarn)
+    assert np.load(folder / "val-0-query" / "embeddings.npy").dtype == np.float16
     assert not [p for p in (predicted / "partial").iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 

@@ -6,8 +6,9 @@ loaders yield plain lists of sample dicts, handy for looking at the data.
 
 What else the model may ask of a DataModule is declared on ``CIRDataModule``, with defaults that do
 nothing: ``summarize`` / ``report`` (extra metrics, text to print), ``write_predictions`` (files such
-as an evaluation server's), ``with_captions`` and ``gallery_identity`` (for embedding caches), ``training_order``
-(what a checkpoint written in the middle of an epoch must be resumed with).
+as an evaluation server's), ``with_captions``, ``gallery_identity`` and ``split_for`` (for embedding caches and
+``predict``'s folders), ``training_order`` (what a checkpoint written in the middle of an epoch must be
+resumed with).
 """
 
 from __future__ import annotations
@@ -88,9 +89,9 @@ class CIRDataModule(pl.LightningDataModule):
     def connect(self, collator: Collator, cached_galleries: CachedGalleries | None = None) -> None:
         """Use ``collator`` (from the model) to turn samples into batches, in the loader workers.
 
-        ``cached_galleries(stage, sets)``, asked once when the evaluation loaders are made, returns the
-        subsets whose gallery embeddings the model already has (from a cache): their gallery loaders
-        then yield nothing, so no gallery image is decoded.
+        ``cached_galleries(split, sets)``, asked once when the evaluation loaders are made (``split``: the one
+        ``split_for`` names), returns the subsets whose gallery embeddings the model already has (from a
+        cache): their gallery loaders then yield nothing, so no gallery image is decoded.
         """
         self.collator = collator
         self.cached_galleries = cached_galleries
@@ -171,6 +172,17 @@ class CIRDataModule(pl.LightningDataModule):
         elif split == "test" and not self.test_sets:
             self.test_sets = self.load_eval_sets("test")
 
+    def split_for(self, stage: str) -> Split:
+        """The split whose data ``stage`` evaluates or embeds, the name its caches and ``predict``'s folders get
+        (``val-dress-gallery``): ``STAGE_SPLITS[stage]`` unless ``load_eval_sets("test")`` reads the val split.
+
+        Example:
+            >>> from cir_lightning.data import CIRDataModule
+            >>> [CIRDataModule().split_for(stage) for stage in ("fit", "validate", "test", "predict")]
+            ['val', 'val', 'test', 'test']
+        """
+        return STAGE_SPLITS[stage]
+
     def load_train_set(self) -> TripletDataset | None:
         """The training triplets, read and checked; None: no training data (the default).
 
@@ -210,9 +222,9 @@ class CIRDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def _eval_loaders(self, sets: EvalSets, stage: str) -> list[DataLoader]:
+    def _eval_loaders(self, sets: EvalSets, split: Split) -> list[DataLoader]:
         c = self.collator
-        cached = self.cached_galleries(stage, sets) if self.cached_galleries is not None else set()
+        cached = self.cached_galleries(split, sets) if self.cached_galleries is not None else set()
         loaders = []
         for s, (queries, gallery) in enumerate(sets):
             if s in cached:
@@ -245,18 +257,20 @@ class CIRDataModule(pl.LightningDataModule):
         return training_order(len(self.train_set), self.batch_size, getattr(self, "trainer", None))
 
     def val_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders(self.val_sets, "validate")
+        return self._eval_loaders(self.val_sets, self.split_for("validate"))
 
     def test_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders(self.test_sets, "test")
+        return self._eval_loaders(self.test_sets, self.split_for("test"))
 
     def predict_dataloader(self) -> list[DataLoader]:
-        return self._eval_loaders(self.predict_sets()[1], "predict")
+        split, sets = self.predict_sets()
+        return self._eval_loaders(sets, split)
 
     def predict_sets(self) -> tuple[Split, EvalSets]:
-        """What ``predict`` embeds, and the split its folders are named by: the test subsets ``setup("predict")``
-        reads (``STAGE_SPLITS``); without any, the val subsets an earlier stage read."""
-        return ("test", self.test_sets) if self.test_sets else ("val", self.val_sets)
+        """What ``predict`` embeds, and the split its folders are named by (``split_for``): the test subsets
+        ``setup("predict")`` reads; without any, the val subsets an earlier stage read."""
+        return (self.split_for("predict"), self.test_sets) if self.test_sets else (self.split_for("validate"),
+                                                                                    self.val_sets)
 
 
 def cir_datamodule(trainer: pl.Trainer | None) -> CIRDataModule | None:

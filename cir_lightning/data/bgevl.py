@@ -126,6 +126,10 @@ class BGEVLDataModule(CIRDataModule):
             sets.append((queries, gallery))
         return sets
 
+    def split_for(self, stage: str) -> Split:
+        """``val`` for every stage: ``validate`` and ``test`` evaluate the same sets (BGE-VL's val data)."""
+        return "val"
+
     def summarize(self, metrics: Mapping[str, float]) -> dict[str, float]:
         """The means over the categories (``average/MRR@10``, ``average/PositiveRecall@10``, ...), given the
         per-category metrics without stage prefix; empty unless every category is there.

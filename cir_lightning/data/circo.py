@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from cir_lightning.data.base import CIRDataModule
-from cir_lightning.data.contract import STAGE_SPLITS, EvalSets, Rankings, Split
+from cir_lightning.data.contract import EvalSets, Rankings, Split
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.layouts.circo import (
     BGE_VL_TEMPLATE,
@@ -106,7 +106,7 @@ class CIRCODataModule(CIRDataModule):
             >>> CIRCODataModule("CIRCO").write_predictions(Path("out"), "validate", {}, {})
             []
         """
-        split = STAGE_SPLITS[stage] if stage in ("validate", "test") else None
+        split = self.split_for(stage) if stage in ("validate", "test") else None
         if split is None or (split == "val" and "" not in rankings):
             return []
         if "" not in rankings:

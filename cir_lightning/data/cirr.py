@@ -13,7 +13,7 @@ from pathlib import Path
 from lightning.pytorch.utilities import rank_zero_warn
 
 from cir_lightning.data.base import CIRDataModule
-from cir_lightning.data.contract import STAGE_SPLITS, EvalSets, Rankings, Split
+from cir_lightning.data.contract import EvalSets, Rankings, Split
 from cir_lightning.data.datasets import TripletDataset
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.layouts.cirr import (
@@ -121,7 +121,7 @@ class CIRRDataModule(CIRDataModule):
             >>> CIRRDataModule("CIRR").write_predictions(Path("out"), "test", {}, {})  # before `setup("test")`
             []
         """
-        split = SPLIT_FILES[STAGE_SPLITS[stage]] if stage in ("validate", "test") else None
+        split = SPLIT_FILES[self.split_for(stage)] if stage in ("validate", "test") else None
         read = self.splits.get(split)
         if read is None:
             return []

@@ -27,7 +27,8 @@ EvalSets = list[tuple[QueryDataset, GalleryDataset]]
 Rankings = Mapping[str, Mapping[str, list[str]]]
 """Subset name -> query id -> ranked gallery ids."""
 STAGE_SPLITS: dict[str, Split] = {"fit": "val", "validate": "val", "test": "test", "predict": "test"}
-"""The evaluation split each Lightning stage needs (``fit`` validates on val; ``predict`` ranks test)."""
+"""The evaluation split each Lightning stage asks for (``fit`` validates on val; ``predict`` ranks test); the split
+whose data it gets is ``CIRDataModule.split_for``'s (FashionIQ's test is its val split)."""
 
 
 class Collator(Protocol):
@@ -41,5 +42,6 @@ class Collator(Protocol):
         """The collator for the evaluation subset ``name`` (``QueryDataset.name``; prompts may differ per subset)."""
 
 
-CachedGalleries = Callable[[str, EvalSets], set[int]]
-"""``(stage, sets) -> indices of the subsets whose gallery embeddings the model already has``."""
+CachedGalleries = Callable[[Split, EvalSets], set[int]]
+"""``(split, sets) -> indices of the subsets whose gallery embeddings the model already has``; ``split`` is the
+one the sets are (``CIRDataModule.split_for``), which names their caches."""

@@ -122,9 +122,10 @@ class FashionIQDataModule(CIRDataModule):
             return self.val_sets
         return [self.files.val_set(cat, self.query_text, self.exclude_reference) for cat in self.categories]
 
-    def predict_sets(self) -> tuple[Split, EvalSets]:
-        """The val split, named so: ``test`` (and ``predict``) use it, test labels not being public."""
-        return "val", self.test_sets or self.val_sets
+    def split_for(self, stage: str) -> Split:
+        """``val`` for every stage: ``test`` (and ``predict``) evaluate the val split, test labels not being public;
+        ``validate`` and ``test`` share their caches (``val-dress-gallery``)."""
+        return "val"
 
     def summarize(self, metrics: Mapping[str, float]) -> dict[str, float]:
         """Averages over the categories (``average/Recall@10``, ``average/Recall@10+50``, ...), given the

@@ -100,6 +100,13 @@ class JsonlCIRDataModule(CIRDataModule):
                                 require_captions=self.with_captions)
         return TripletDataset(records, self.max_short_edge, self.with_captions)
 
+    def split_for(self, stage: str) -> Split:
+        """``STAGE_SPLITS[stage]``, except ``val`` for ``test`` / ``predict`` without test files (they read the val
+        files then)."""
+        if self.test_queries_file is None and self.test_gallery_file is None:
+            return "val"
+        return super().split_for(stage)
+
     def load_eval_sets(self, split: Split) -> EvalSets:
         """Val: ``val_queries_file`` over ``gallery_file`` (none without it); test: ``test_queries_file``
         (else the val queries) over ``test_gallery_file`` (else ``gallery_file``)."""

@@ -2,7 +2,8 @@
 
 Evaluating one checkpoint several times (other search settings, other query prompts, val then test)
 need not embed the gallery again. ``GalleryCache`` keeps one cache folder per evaluated gallery
-(``<folder>/<split>-<subset>-gallery``, the format of ``cir_lightning.retrieval.cache``):
+(``<folder>/<split>-<subset>-gallery``, the format of ``cir_lightning.retrieval.cache``; ``<split>`` is the split
+the data is, ``CIRDataModule.split_for``'s, so FashionIQ's ``validate`` and ``test`` share ``val-dress-gallery``):
 
 - ``lookup`` (when the evaluation loaders are made, after any checkpoint is loaded) loads a cache
   that exists, after checking model, weights, dataset and gallery ids (a mismatch is an error, never a
@@ -29,18 +30,17 @@ from cir_lightning.retrieval.embedding_folder import image_files
 from cir_lightning.retrieval.evaluator import RetrievalEvaluator
 from cir_lightning.retrieval.gather import world
 
-_SPLIT = {"validate": "val", "test": "test", "predict": "predict"}
-
 
 @runtime_checkable
 class GalleryStore(Protocol):
     """Where a ``CIRModule``'s evaluation loads and saves gallery embeddings: ``GalleryCache`` (the
     ``embedding_cache`` folders) or ``retrieval.memmap.MemmapGalleries`` (BGE-VL's embedding files)."""
 
-    def lookup_sets(self, stage: str, sets: Sequence[tuple[Any, Any]], *, dataset: str, model: Mapping[str, Any],
+    def lookup_sets(self, split: str, sets: Sequence[tuple[Any, Any]], *, dataset: str, model: Mapping[str, Any],
                     sharded: bool = False) -> set[int]:
-        """Load what is stored for the ``(queries, gallery)`` subsets of an evaluation (after any checkpoint
-        is loaded); the subsets loaded, whose gallery images are then skipped."""
+        """Load what is stored for the ``(queries, gallery)`` subsets of an evaluation of ``split`` (the split the
+        data is: ``CIRDataModule.split_for``), after any checkpoint is loaded; the subsets loaded, whose gallery
+        images are then skipped."""
 
     def provide(self, evaluator: RetrievalEvaluator) -> None:
         """Give the evaluator the loaded galleries (at the start of every evaluation epoch)."""
@@ -62,13 +62,13 @@ class GalleryCache:
     Example:
         >>> import tempfile
         >>> cache = GalleryCache(tempfile.mkdtemp())
-        >>> cache.lookup("validate", 0, "dress", ["a", "b"], dataset="toy", model={"m": 1})
+        >>> cache.lookup("val", 0, "dress", ["a", "b"], dataset="toy", model={"m": 1})
         False
         >>> ev = RetrievalEvaluator(ks=[1])
         >>> ev.galleries[0] = torch.eye(2)  # what the evaluator gathered after embedding the gallery
         >>> [p.name for p in cache.save(ev)]
         ['val-dress-gallery']
-        >>> cache.lookup("validate", 0, "dress", ["a", "b"], dataset="toy", model={"m": 1})
+        >>> cache.lookup("val", 0, "dress", ["a", "b"], dataset="toy", model={"m": 1})
         True
     """
 
@@ -81,10 +81,11 @@ class GalleryCache:
         self.written: list[str] = []
         self.rounded: dict[str, str] = {}  # loaded caches stored in less than float32: path -> dtype
 
-    def lookup(self, stage: str, subset: int, name: str, gallery_ids: Sequence[str], *, dataset: str,
+    def lookup(self, split: str, subset: int, name: str, gallery_ids: Sequence[str], *, dataset: str,
                model: Mapping[str, Any], sharded: bool = False, images: Sequence[str] | None = None) -> bool:
-        """Load subset ``subset``'s gallery from its cache if there is one; True if it was loaded."""
-        folder, split = cache_name(_SPLIT.get(stage, stage), name or str(subset), "gallery")
+        """Load subset ``subset``'s gallery (of ``split``: ``val-<name>-gallery``) from its cache if there is one;
+        True if it was loaded."""
+        folder, split = cache_name(split, name or str(subset), "gallery")
         path = self.folder / folder
         identity = {"kind": "gallery", "model": dict(model), "dataset": dataset, "split": split}
         self._hits.pop(subset, None)
@@ -109,11 +110,11 @@ class GalleryCache:
         self._misses[subset] = (path, {**identity, "ids": list(gallery_ids), "extra": files})
         return False
 
-    def lookup_sets(self, stage: str, sets: Sequence[tuple[Any, Any]], *, dataset: str, model: Mapping[str, Any],
+    def lookup_sets(self, split: str, sets: Sequence[tuple[Any, Any]], *, dataset: str, model: Mapping[str, Any],
                     sharded: bool = False) -> set[int]:
         """``lookup`` for every ``(queries, gallery)`` subset of an evaluation; the subsets loaded from caches."""
         return {s for s, (queries, gallery) in enumerate(sets)
-                if self.lookup(stage, s, getattr(queries, "name", ""), gallery.ids, dataset=dataset, model=model,
+                if self.lookup(split, s, getattr(queries, "name", ""), gallery.ids, dataset=dataset, model=model,
                                sharded=sharded, images=getattr(gallery, "paths", None))}  # GalleryDataset's
 
     def provide(self, evaluator: RetrievalEvaluator) -> None:

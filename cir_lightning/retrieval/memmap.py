@@ -155,14 +155,14 @@ class MemmapGalleries:
         >>> folder = Path(tempfile.mkdtemp())
         >>> sets = [(SimpleNamespace(name="shirt"), SimpleNamespace(ids=["a", "b"]))]
         >>> writer = MemmapGalleries(folder / "e.memmap", dim=2, save=True)
-        >>> writer.lookup_sets("validate", sets, dataset="toy", model={"m": 1})
+        >>> writer.lookup_sets("val", sets, dataset="toy", model={"m": 1})
         set()
         >>> [p.name for p in writer.save(SimpleNamespace(galleries={0: torch.eye(2)}))]
         ['e.shirt.memmap']
         >>> reader = MemmapGalleries(folder / "e.memmap", dim=2, load=True)
-        >>> reader.lookup_sets("validate", sets, dataset="toy", model={"m": 1})
+        >>> reader.lookup_sets("val", sets, dataset="toy", model={"m": 1})
         {0}
-        >>> reader.lookup_sets("validate", sets, dataset="toy", model={"m": 2})
+        >>> reader.lookup_sets("val", sets, dataset="toy", model={"m": 2})
         Traceback (most recent call last):
         ...
         cir_lightning.errors.CIRDataError: .../e.shirt.memmap: does not match this run (model.m: stored 1, expected 2): ...
@@ -178,10 +178,10 @@ class MemmapGalleries:
         self.loaded: list[str] = []
         self.written: list[str] = []
 
-    def lookup_sets(self, stage: str, sets: Sequence[tuple[Any, Any]], *, dataset: str, model: Mapping[str, Any],
+    def lookup_sets(self, split: str, sets: Sequence[tuple[Any, Any]], *, dataset: str, model: Mapping[str, Any],
                     sharded: bool = False) -> set[int]:
         """Load the galleries of ``sets`` (``load``) or check that theirs can be written (``save``); the
-        subsets loaded, whose gallery images are then skipped."""
+        subsets loaded, whose gallery images are then skipped. ``split`` names no file: BGE-VL's are per gallery."""
         if sharded and (self.loading or self.saving):
             raise CIRConfigError("BGE-VL's embedding files hold whole galleries: turn `search.sharded` off")
         self._hits.clear()

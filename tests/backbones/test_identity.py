@@ -41,7 +41,7 @@ def test_a_replaced_base_model_changes_the_fingerprint_and_the_cache_refuses_it(
     folder = make_tiny_model(tmp_path / "M")
     old = HFMultimodalBackbone(str(folder))
     cache = GalleryCache(tmp_path / "cache")
-    assert not cache.lookup("validate", 0, "all", ["a", "b"], dataset="toy", model=_identity(old))
+    assert not cache.lookup("val", 0, "all", ["a", "b"], dataset="toy", model=_identity(old))
     evaluator = RetrievalEvaluator(ks=[1])
     evaluator.galleries[0] = torch.eye(2)
     cache.save(evaluator)
@@ -52,7 +52,7 @@ def test_a_replaced_base_model_changes_the_fingerprint_and_the_cache_refuses_it(
     assert new.fingerprint()["base_digest"] != old.fingerprint()["base_digest"]
     assert new.weights_digest() == old.weights_digest()  # no LoRA: only the base digest tells them apart
     with pytest.raises(CIRDataError, match=r"does not match: model\.fingerprint\.base_digest: cached "):
-        GalleryCache(tmp_path / "cache").lookup("validate", 0, "all", ["a", "b"], dataset="toy",
+        GalleryCache(tmp_path / "cache").lookup("val", 0, "all", ["a", "b"], dataset="toy",
                                                model=_identity(new))
     # the digest is taken once, when the model is loaded: the old backbone keeps its own
     assert old.fingerprint()["base_digest"] != checkpoint_digest(folder)

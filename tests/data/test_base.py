@@ -11,6 +11,7 @@ import pytest
 from jsonargparse import ArgumentParser
 
 from cir_lightning.data import (
+    BGEVLDataModule,
     CIRCODataModule,
     CIRDataModule,
     CIRRDataModule,
@@ -107,6 +108,38 @@ def test_predict_embeds_the_test_sets_or_else_the_val_sets_read_before_and_says_
     dm.setup("predict")
     assert dm.predict_sets() == ("test", [("test", "test")])
     assert len(dm.predict_dataloader()) == 2  # the queries and the gallery of the one test subset
+
+
+@pytest.mark.parametrize(("make", "splits"), [  # the split fit, validate, test and predict evaluate
+    (lambda: CIRRDataModule("c"), ["val", "val", "test", "test"]),  # test1: another split
+    (lambda: CIRCODataModule("c"), ["val", "val", "test", "test"]),
+    (lambda: JsonlCIRDataModule("d", test_queries_file="t.jsonl"), ["val", "val", "test", "test"]),
+    (lambda: JsonlCIRDataModule("d", test_gallery_file="g.jsonl"), ["val", "val", "test", "test"]),  # not val's data
+    (lambda: JsonlCIRDataModule("d"), ["val", "val", "val", "val"]),  # test reads the val files then
+    (lambda: SyntheticCIRDataModule("s"), ["val", "val", "val", "val"]),  # it writes no test files
+    (lambda: FashionIQDataModule("f"), ["val", "val", "val", "val"]),  # test labels are not public
+    (lambda: BGEVLDataModule(), ["val", "val", "val", "val"]),  # val and test are the same sets
+])
+def test_each_stage_names_the_split_its_data_is(make, splits):
+    assert [make().split_for(stage) for stage in ("fit", "validate", "test", "predict")] == splits
+
+
+class Renamed(Recording):
+    def split_for(self, stage: str) -> str:
+        return f"{stage}-data"
+
+
+@pytest.mark.parametrize("stage", ["validate", "test", "predict"])
+def test_the_gallery_cache_is_asked_for_the_split_split_for_names_and_predict_folders_are_named_so(stage):
+    dm, asked = Renamed(), []
+    dm.cached_galleries = lambda split, sets: asked.append((split, sets)) or set()
+    dm.setup(stage)
+    loaders = {"validate": dm.val_dataloader, "test": dm.test_dataloader, "predict": dm.predict_dataloader}[stage]()
+    read = "val" if stage == "validate" else "test"
+    assert [loader.dataset for loader in loaders] == [read, read]  # what load_eval_sets returned
+    assert asked == [(f"{stage}-data", [(read, read)])]  # not the Lightning stage: the split the data is
+    if stage == "predict":
+        assert dm.predict_sets() == ("predict-data", [(read, read)])
 
 
 @pytest.mark.parametrize("cls", [FashionIQDataModule, CIRRDataModule, CIRCODataModule, JsonlCIRDataModule,

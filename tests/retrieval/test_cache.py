@@ -113,10 +113,10 @@ def test_a_float16_gallery_cache_used_for_evaluation_is_said_and_recorded(tmp_pa
     cache = GalleryCache(tmp_path)
     with pytest.warns(UserWarning, match=r"val-dress-gallery` stores float16 embeddings: the metrics come from "
                                          r"rounded gallery embeddings"):
-        assert cache.lookup("validate", 0, "dress", ["a", "b", "c"], dataset="toy", model={"m": 1})
+        assert cache.lookup("val", 0, "dress", ["a", "b", "c"], dataset="toy", model={"m": 1})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert cache.lookup("validate", 1, "shirt", ["a", "b", "c"], dataset="toy", model={"m": 1})
+        assert cache.lookup("val", 1, "shirt", ["a", "b", "c"], dataset="toy", model={"m": 1})
     assert cache.report()["loaded_rounded"] == {str(tmp_path / "val-dress-gallery"): "float16"}
     assert "loaded_rounded" not in GalleryCache(tmp_path).report()
 
@@ -147,13 +147,13 @@ def test_gallery_cache_lookup_checks_the_gallery_s_image_files(tmp_path):
                                enumerate(zip("ab", names, strict=True))])
 
     cache, queries = GalleryCache(tmp_path / "cache"), SimpleNamespace(name="")
-    assert cache.lookup_sets("validate", [(queries, gallery("a.png", "b.png"))], dataset="toy", model={"m": 1}) == set()
+    assert cache.lookup_sets("val", [(queries, gallery("a.png", "b.png"))], dataset="toy", model={"m": 1}) == set()
     evaluator = RetrievalEvaluator(ks=[1])
     evaluator.galleries[0] = torch.eye(2)
     cache.save(evaluator)
-    assert cache.lookup_sets("validate", [(queries, gallery("a.png", "b.png"))], dataset="toy", model={"m": 1}) == {0}
+    assert cache.lookup_sets("val", [(queries, gallery("a.png", "b.png"))], dataset="toy", model={"m": 1}) == {0}
     with pytest.raises(CIRDataError, match="images: the ids name other image files"):
-        cache.lookup_sets("validate", [(queries, gallery("b.png", "a.png"))], dataset="toy", model={"m": 1})
+        cache.lookup_sets("val", [(queries, gallery("b.png", "a.png"))], dataset="toy", model={"m": 1})
 
 
 def test_a_full_disk_is_one_line_before_any_row_is_written_never_a_bus_error(tmp_path, monkeypatch):
@@ -198,7 +198,7 @@ def test_two_runs_sharing_a_cache_folder_both_finish_and_the_first_cache_is_kept
     folder = tmp_path / "caches"
     first, second, third = (GalleryCache(folder) for _ in range(3))
     for cache in (first, second, third):
-        assert not cache.lookup("validate", 0, "", ["a", "b"], dataset="toy", model=MODEL)
+        assert not cache.lookup("val", 0, "", ["a", "b"], dataset="toy", model=MODEL)
     evaluator = RetrievalEvaluator(ks=[1])
     evaluator.galleries[0] = torch.eye(2)
     assert [p.name for p in first.save(evaluator)] == ["val-0-gallery"]
