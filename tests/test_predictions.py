@@ -43,7 +43,7 @@ def test_predict_writes_query_and_gallery_embeddings_that_read_back_as_caches(pr
     queries, query_ids = _read(folder / "val-0-query")
     gallery, gallery_ids = _read(folder / "val-0-gallery")
     lines = [json.loads(line) for line in (predicted / "data" / "val_queries.jsonl").read_text().splitlines()]
-    assert query_ids == [q["query_id"] for q in lines]  # the synthetic split has no test queries: val's
+    assert query_ids == [q["query_id"] for q in lines]  # the synthetic data has no test queries: val's, named so
     gallery_lines = (predicted / "data" / "gallery.jsonl").read_text().splitlines()
     assert gallery_ids == [json.loads(line)["image_id"] for line in gallery_lines]
     assert queries.shape == (25, 64)

@@ -201,6 +201,25 @@ def test_test1_submission_files(root, tmp_path):
     assert dm.write_predictions(tmp_path, "fit", rankings, within) == []
 
 
+def test_test_caches_test1s_gallery_as_test(root, tmp_path, tiny_model_dir):
+    """CIRR's test evaluates test1, another split than val: its gallery cache is named test (validate's val)."""
+    import lightning.pytorch as pl
+
+    from cir_lightning.backbones import HFMultimodalBackbone, Prompts
+    from cir_lightning.module import CIRModule
+
+    cache = tmp_path / "cache"
+    module = CIRModule(HFMultimodalBackbone(str(tiny_model_dir), prompts=Prompts("short")), write_results=False,
+                       embedding_cache=str(cache))
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path)
+    trainer.test(module, CIRRDataModule(str(root)), verbose=False)
+    assert sorted(p.name for p in cache.iterdir()) == ["test-0-gallery"]
+    meta = json.loads((cache / "test-0-gallery" / "meta.json").read_text())
+    assert meta["split"] == "test/0"
+    assert meta["count"] == len(split_names(root, "test1"))
+
+
 def good_rankings(dm: CIRRDataModule) -> tuple[dict, dict]:
     gallery = dm.gallery_names["test1"]
     ranked = {pid: [n for n in gallery if n != p.reference][:50] for pid, p in dm.pairs["test1"].items()}

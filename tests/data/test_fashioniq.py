@@ -79,6 +79,29 @@ def test_predict_embeds_the_val_split_and_names_it_so(root):
     assert [loader.dataset for loader in dm.predict_dataloader()] == [d for pair in dm.val_sets for d in pair]
 
 
+def test_test_reuses_the_gallery_caches_validate_wrote(root, tmp_path, tiny_model_dir):
+    """``test`` evaluates the val split: it loads ``validate``'s val-dress-gallery (it wrote test-dress-gallery)."""
+    import lightning.pytorch as pl
+
+    from cir_lightning.backbones import HFMultimodalBackbone, Prompts
+    from cir_lightning.module import CIRModule
+
+    cache = tmp_path / "cache"
+    module = CIRModule(HFMultimodalBackbone(str(tiny_model_dir), prompts=Prompts("short")), write_results=False,
+                       embedding_cache=str(cache))
+    metrics = {}
+    for stage in ("validate", "test"):
+        trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                             default_root_dir=tmp_path)
+        run_stage = trainer.validate if stage == "validate" else trainer.test
+        metrics[stage] = run_stage(module, FashionIQDataModule(str(root), categories=["dress"]), verbose=False)[0]
+    report = module.evaluation.cache.report()
+    assert report["written"] == [str(cache / "val-dress-gallery")]  # by validate; test wrote nothing
+    assert report["loaded"] == [str(cache / "val-dress-gallery")]  # by test
+    assert sorted(p.name for p in cache.iterdir()) == ["val-dress-gallery"]
+    assert metrics["test"]["test/dress/MRR@5"] == pytest.approx(metrics["validate"]["val/dress/MRR@5"])  # stage prefix
+
+
 @pytest.mark.parametrize("ext", ["png", "jpg", "mixed"])
 @pytest.mark.parametrize("per_category_folder", [False, True])
 def test_image_extension_and_folder_are_detected(tmp_path, ext, per_category_folder):
