@@ -8,8 +8,8 @@ cache format (``cir_lightning.retrieval.cache``)::
     <folder>/<split>-<subset>-gallery/   embeddings.npy (gallery x dim), ids.json (image ids), meta.json
 
 ``<folder>`` is ``<log_dir>/predictions`` (``predictions-1``, ... when taken; never overwritten) or the
-``folder`` option; ``<split>`` is ``CIRDataModule.predict_sets``'s (``test``; FashionIQ's ``val``: its test is
-the val split); ``<subset>`` is the subset's name (FashionIQ's ``dress``) or its number. ``meta.json``
+``folder`` option; ``<split>`` is ``CIRDataModule.predict_sets``'s, the split the data is (``split_for``: ``test``;
+``val`` where the test stage reads the val split, as FashionIQ's); ``<subset>`` is the subset's name (FashionIQ's ``dress``) or its number. ``meta.json``
 identifies the model (fingerprint and trained-weights digest), the data and the split exactly as an
 evaluation's ``embedding_cache`` does, so a predicted gallery is a cache that ``cir-lightning test
 --model.embedding_cache <folder>`` (a ``val`` one: ``validate``) loads instead of embedding the gallery again.
