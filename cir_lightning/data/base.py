@@ -269,8 +269,9 @@ class CIRDataModule(pl.LightningDataModule):
     def predict_sets(self) -> tuple[Split, EvalSets]:
         """What ``predict`` embeds, and the split its folders are named by (``split_for``): the test subsets
         ``setup("predict")`` reads; without any, the val subsets an earlier stage read."""
-        return (self.split_for("predict"), self.test_sets) if self.test_sets else (self.split_for("validate"),
-                                                                                    self.val_sets)
+        if self.test_sets:
+            return self.split_for("predict"), self.test_sets
+        return self.split_for("validate"), self.val_sets
 
 
 def cir_datamodule(trainer: pl.Trainer | None) -> CIRDataModule | None:

@@ -103,7 +103,7 @@ class JsonlCIRDataModule(CIRDataModule):
     def split_for(self, stage: str) -> Split:
         """``STAGE_SPLITS[stage]``, except ``val`` for ``test`` / ``predict`` without test files (they read the val
         files then)."""
-        if self.test_queries_file is None and self.test_gallery_file is None:
+        if not (self.test_queries_file or self.test_gallery_file):  # load_eval_sets falls back as this reads
             return "val"
         return super().split_for(stage)
 
