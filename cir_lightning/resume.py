@@ -23,6 +23,20 @@ _NOT_SETTINGS = ("params", "initial_lr", "lr", "foreach", "fused", "capturable",
 schedule's base learning rate: the group's own follows the schedule)."""
 
 
+def _fit_loop(checkpoint: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """Lightning's saved fit loop (edited in place), its epoch trackers (total, current) and its batch progress;
+    empty where a checkpoint has none."""
+    loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
+    epochs = loop.get("epoch_progress") or {}
+    return loop, [epochs.get(k, {}) for k in ("total", "current")], loop.get("epoch_loop.batch_progress") or {}
+
+
+def _batches_done(checkpoint: dict[str, Any]) -> tuple[int, bool]:
+    """The batches of the current epoch a checkpoint holds as trained, and whether the last one was its last."""
+    batches = _fit_loop(checkpoint)[2]
+    return (batches.get("current") or {}).get("ready", 0), bool(batches.get("is_last_batch"))
+
+
 def check_resumed_training(module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
     """Refuse optimizer settings that the checkpoint would replace, then repair the loop position."""
     if checkpoint.get("optimizer_states"):
@@ -69,8 +83,7 @@ resumes that epoch after as many batches of its order, which these settings chan
 the checkpoint; ...
     """
     saved = (checkpoint.get("cir_lightning") or {}).get("training_order")
-    batches = ((checkpoint.get("loops") or {}).get("fit_loop") or {}).get("epoch_loop.batch_progress") or {}
-    done = (batches.get("current") or {}).get("ready", 0)
+    done = _batches_done(checkpoint)[0]
     if not saved or now is None or not done:  # at 0 after ``finish_epoch_end``: the next epoch starts anew
         return
     changed = [f"{label} {now[k]} given, {saved[k]} in the checkpoint" for k, label in _ORDER_SETTINGS.items()
@@ -95,9 +108,8 @@ def warn_split_step(checkpoint: dict[str, Any], accumulate: int, path: Any) -> s
         >>> warn_split_step(saved, 1, "mid.ckpt") is None, warn_split_step(saved, 3, "mid.ckpt") is None
         (True, True)
     """
-    batches = ((checkpoint.get("loops") or {}).get("fit_loop") or {}).get("epoch_loop.batch_progress") or {}
-    done = (batches.get("current") or {}).get("ready", 0)
-    if accumulate <= 1 or not done % accumulate or batches.get("is_last_batch"):
+    done, last = _batches_done(checkpoint)
+    if accumulate <= 1 or not done % accumulate or last:
         return None
     warning = (f"`--ckpt_path {Path(str(path))}` was written after {done} batch(es) of epoch {checkpoint.get('epoch', 0)}, "
                f"inside an optimizer step of `trainer.accumulate_grad_batches` {accumulate}: checkpoints do not hold the "
@@ -170,9 +182,7 @@ def finish_epoch_end(checkpoint: dict[str, Any]) -> None:
         >>> loop["epoch_progress"]["current"]["completed"], loop["epoch_loop.batch_progress"]["current"]["ready"]
         (1, 0)
     """
-    loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
-    epochs, batches = loop.get("epoch_progress") or {}, loop.get("epoch_loop.batch_progress") or {}
-    over = [epochs.get(k, {}) for k in ("total", "current")]
+    loop, over, batches = _fit_loop(checkpoint)
     if not batches.get("is_last_batch") or not all(
             t.get("ready") == t.get("started") == t.get("processed") and
             t.get("completed") in (t.get("processed", 0) - 1, t.get("processed")) for t in over):
@@ -205,9 +215,7 @@ def reopen_stopped_epoch(checkpoint: dict[str, Any]) -> None:
         >>> loop["epoch_progress"]["current"]["processed"], loop["epoch_loop.batch_progress"]["current"]["ready"]
         (0, 2)
     """
-    loop = (checkpoint.get("loops") or {}).get("fit_loop") or {}
-    epochs, batches = loop.get("epoch_progress") or {}, loop.get("epoch_loop.batch_progress") or {}
-    over = [epochs.get(k, {}) for k in ("total", "current")]
+    loop, over, batches = _fit_loop(checkpoint)
     done = batches.get("current") or {}
     if batches.get("is_last_batch") or not done.get("ready") or done.get("completed") != done.get("ready") or not all(
             t.get("ready") == t.get("started") == t.get("processed") and t.get("completed") == t.get("processed", 0) - 1
