@@ -1,4 +1,4 @@
-"""BGE-VL's CIRCO test ranking (FlagOpen/FlagEmbedding ``research/BGE_VL/eval/eval_Circo.py``) on cir_lightning.
+"""BGE-VL's CIRCO test ranking (VectorSpaceLab/MegaPairs ``eval/eval_Circo.py``) on cir_lightning.
 
 Ranks ``circo_query.jsonl`` against ``circo_corpus.jsonl`` (in ``--data_dir``, default ``./eval/data``) and
 writes ``{"<query id>": [top-50 corpus contents]}`` to ``--result_save_path`` (never over an existing file),

@@ -1,4 +1,4 @@
-"""BGE-VL's FashionIQ evaluation (FlagOpen/FlagEmbedding ``research/BGE_VL/eval/eval_fashioniq.py``) on cir_lightning.
+"""BGE-VL's FashionIQ evaluation (VectorSpaceLab/MegaPairs ``eval/eval_fashioniq.py``) on cir_lightning.
 
 The original's flags, defaults and console output; the work runs through the library (a Lightning
 ``Trainer``, DDP on several GPUs, ``DualEncoderBackbone``, ``BGEVLDataModule``, ``CIRModule``). Run it where

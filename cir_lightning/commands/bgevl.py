@@ -1,9 +1,9 @@
-"""BGE-VL's evaluation scripts (FlagOpen/FlagEmbedding ``research/BGE_VL/eval``) with their flags, on the library.
+"""BGE-VL's evaluation scripts (VectorSpaceLab/MegaPairs ``eval``, also FlagEmbedding's ``research/BGE_VL/eval``) on the library.
 
 ``scripts/eval_fashioniq.py`` and ``scripts/eval_circo.py`` call ``main_fashioniq`` / ``main_circo``. Each
 takes the original's flags and defaults (``HfArgumentParser`` style: ``--fp16`` alone or ``--fp16 true``,
 ``--model-name`` as well as ``--model_name``) plus ``--data_dir`` (the original reads ``./eval/data``),
-``--categories``, ``--num_workers``, ``--devices`` and ``--search_device``, and runs a Lightning
+``--categories``, ``--num_workers``, ``--devices``, ``--search_device`` and ``--search_float16``, and runs a Lightning
 ``Trainer.validate`` (DDP over all GPUs when there are several): ``DualEncoderBackbone`` (BGE-VL's fusion,
 query text cut at 75 tokens), ``BGEVLDataModule``, ``CIRModule`` and its evaluator. Standard output is the
 original's: ``eval_fashioniq.py`` prints the working folder, then per category ``FashionIQ tasks (shirt):``
@@ -11,8 +11,9 @@ and its metrics dict, then the R@10 / R@50 summary; ``eval_circo.py`` prints whe
 
 What the original gets wrong, fixed with its interface kept: ``--fp16`` runs the model in half precision
 (the original ignores it); ``--load_embedding`` skips encoding and refuses a file that does not fit (the
-original crashes); ``--save_embedding`` writes one file per corpus (the original writes every category
-into the same file) and never over an existing one (``cir_lightning.retrieval.memmap``).
+original crashes); ``--save_embedding`` writes one file per FashionIQ category (the original writes every
+category into the same file; CIRCO's one corpus goes to ``--save_path`` itself, as there) and never over an
+existing one (``cir_lightning.retrieval.memmap``).
 """
 
 from __future__ import annotations
@@ -74,21 +75,24 @@ def build_parser(task: Task) -> argparse.ArgumentParser:
             "(never over an existing file)")
     add("image_dir", default=_DEFAULT_IMAGE_DIR[task], help="the folder the image paths of the files are relative to")
     flag("fp16", "run the model in half precision")
-    add("max_query_length", type=_positive, default=64, help="read but unused, as in BGE-VL: composed queries "
+    add("max_query_length", type=int, default=64, help="read but unused, as in BGE-VL: composed queries "
         f"are cut at {QUERY_MAX_TOKENS} tokens")
-    add("max_passage_length", type=_positive, default=77, help="read but unused, as in BGE-VL: the corpus is images")
+    add("max_passage_length", type=int, default=77, help="read but unused, as in BGE-VL: the corpus is images")
     add("batch_size", type=_positive, default=256, help="batch size per process (the original: per GPU)")
     add("index_factory", default="Flat", help="faiss index_factory string (inner product)")
     add("k", type=_positive, default=100, help="neighbours retrieved per query")
-    flag("save_embedding", "write the corpus embeddings to --save_path (one file per corpus)")
+    flag("save_embedding", "write the corpus embeddings to --save_path (FashionIQ: one file per category)")
     flag("load_embedding", "read the corpus embeddings from --save_path instead of embedding the images")
-    add("save_path", default="embeddings.memmap", help="embedding file; corpus NAME uses <stem>.NAME<suffix>")
+    add("save_path", default="embeddings.memmap", help="embedding file (CIRCO: this file; FashionIQ: category "
+        "NAME uses <stem>.NAME<suffix>)")
     add("data_dir", default="./eval/data", help="the folder of BGE-VL's .jsonl files")
     if task == "fashioniq":
         add("categories", nargs="+", choices=CATEGORIES, default=list(CATEGORIES), help="categories, in print order")
     add("num_workers", type=int, default=8, help="DataLoader worker processes per device (the original: 8)")
     add("devices", default="auto", help="Lightning `devices`: auto (every GPU, else one CPU process), N, or a list")
     add("search_device", choices=("cpu", "cuda"), default="cpu", help="where each process's faiss index lives")
+    flag("search_float16", "store a --search_device cuda index in float16, as BGE-VL's GPU index does (near-ties "
+         "may reorder)")
     return parser
 
 
@@ -134,11 +138,12 @@ def run(args: argparse.Namespace, task: Task) -> Any:
     data = BGEVLDataModule(args.data_dir, args.image_dir, task=task, categories=getattr(args, "categories", CATEGORIES),
                            k=args.k, results_file=getattr(args, "result_save_path", None),
                            batch_size=args.batch_size, num_workers=args.num_workers)
-    module = CIRModule(backbone, search=SearchConfig(factory=args.index_factory, device=args.search_device),
+    search = SearchConfig(factory=args.index_factory, device=args.search_device, float16=args.search_float16)
+    module = CIRModule(backbone, search=search,
                          write_results=False, export_adapter=False, pictures=0)  # BGE-VL's script writes nothing else
     if args.save_embedding or args.load_embedding:
         store = MemmapGalleries(args.save_path, backbone.embedding_dim, save=args.save_embedding,
-                                load=args.load_embedding, identity={"dtype": dtype})
+                                load=args.load_embedding, identity={"dtype": dtype}, single=task == "circo")
         module.evaluation.use_cache(store)  # in place of a GalleryCache
     trainer = pl.Trainer(accelerator="auto", devices=args.devices, logger=False, enable_checkpointing=False,
                          enable_model_summary=False, callbacks=[_progress_bar()], default_root_dir=os.getcwd())
@@ -148,7 +153,10 @@ def run(args: argparse.Namespace, task: Task) -> Any:
 
 def _main(task: Task, argv: Sequence[str] | None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = build_parser(task).parse_args(argv)
+    parser = build_parser(task)
+    args = parser.parse_args(argv)
+    if args.search_float16 and args.search_device != "cuda":
+        parser.error("--search_float16 stores a GPU index: add --search_device cuda")
     from lightning.pytorch.utilities import rank_zero_only
 
     first = rank_zero_only.rank == 0

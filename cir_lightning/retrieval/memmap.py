@@ -3,7 +3,8 @@
 BGE-VL's evaluation scripts (``--save_embedding``) write the corpus embeddings to ``--save_path`` as a
 headerless ``numpy.memmap``: ``count x dim`` values in corpus row order, which ``--load_embedding`` reads
 back with ``np.memmap(path, dtype=np.float32, mode="r").reshape(-1, dim)``. ``MemmapGalleries`` writes the
-same bytes, one file per evaluated gallery (``memmap_path``), and beside each ``<file>.json``: the model
+same bytes, one file per evaluated gallery (``memmap_path``; a single gallery may use ``save_path``
+itself, as BGE-VL's CIRCO script does), and beside each ``<file>.json``: the model
 (fingerprint, weights digest and what the caller adds, e.g. the weights' dtype), the dataset, the gallery
 ids, ``count``, ``dim`` and ``dtype``. Loading refuses, in one line, a file whose size does not fit the
 gallery at the model's dimension in float32, and one whose identity differs; a file without an identity
@@ -146,6 +147,7 @@ class MemmapGalleries:
         save: write each gallery embedded in this run (never over an existing file: checked before work).
         load: read every gallery from its file instead of embedding it (``save`` is then ignored).
         identity: more of the model's identity to store and compare (e.g. ``{"dtype": "float16"}``).
+        single: one gallery, in ``save_path`` itself, as BGE-VL's CIRCO script writes it (more than one is refused).
 
     Example:
         >>> from cir_lightning.retrieval.memmap import MemmapGalleries
@@ -169,8 +171,8 @@ class MemmapGalleries:
     """
 
     def __init__(self, save_path: str | Path, dim: int, *, save: bool = False, load: bool = False,
-                 identity: Mapping[str, Any] | None = None) -> None:
-        self.save_path, self.dim = Path(save_path), int(dim)
+                 identity: Mapping[str, Any] | None = None, single: bool = False) -> None:
+        self.save_path, self.dim, self.single = Path(save_path), int(dim), single
         self.saving, self.loading = save and not load, load
         self.identity = dict(identity or {})
         self._hits: dict[int, Tensor] = {}
@@ -184,11 +186,13 @@ class MemmapGalleries:
         subsets loaded, whose gallery images are then skipped. ``split`` names no file: BGE-VL's are per gallery."""
         if sharded and (self.loading or self.saving):
             raise CIRConfigError("BGE-VL's embedding files hold whole galleries: turn `search.sharded` off")
+        if self.single and len(sets) > 1 and (self.loading or self.saving):
+            raise CIRConfigError(f"`save_path` `{self.save_path}` holds one gallery; this run evaluates {len(sets)}")
         self._hits.clear()
         self._misses.clear()
         for s, (queries, gallery) in enumerate(sets):
             name = getattr(queries, "name", "") or str(s)
-            path = memmap_path(self.save_path, name)
+            path = self.save_path if self.single else memmap_path(self.save_path, name)
             identity = {"model": {**model, **self.identity}, "dataset": dataset, "gallery": name,
                         "ids": list(gallery.ids)}
             if self.loading:
