@@ -70,6 +70,14 @@ def _features(out):
 def _reference(root: Path, category: str) -> tuple[list[list], list, torch.Tensor]:
     """Independently of the library: BGE-VL's math with plain transformers (its loader and processors), full
     rankings by exact cosine similarity (ties to the lower row), the labels, and the corpus embeddings."""
+    corpus, queries, query, gallery = _embeddings(root, category)
+    scores = (query @ gallery.T).numpy()
+    preds = [[corpus[j]["content"] for j in np.argsort(-row, kind="stable")[:100]] for row in scores]
+    return preds, [q["positive_key"] for q in queries], gallery
+
+
+def _embeddings(root: Path, category: str) -> tuple[list[dict], list[dict], torch.Tensor, torch.Tensor]:
+    """The corpus and query lines and BGE-VL's query and corpus embeddings, with plain transformers."""
     from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
     folder, data = root / "BGE-VL-tiny", root / "eval" / "data"
@@ -88,9 +96,7 @@ def _reference(root: Path, category: str) -> tuple[list[list], list, torch.Tenso
                            return_tensors="pt")
         text = _features(model.get_text_features(**tokens))
         query = F.normalize(text + _features(model.get_image_features(pixels([q["q_img"] for q in queries]))), dim=-1)
-    scores = (query @ gallery.T).numpy()
-    preds = [[corpus[j]["content"] for j in np.argsort(-row, kind="stable")[:100]] for row in scores]
-    return preds, [q["positive_key"] for q in queries], gallery
+    return corpus, queries, query, gallery
 
 
 def _loop_metrics(preds: list[list], labels: list, hit_rate: bool = False) -> dict[str, float]:
