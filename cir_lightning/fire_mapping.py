@@ -16,6 +16,7 @@ from typing import Any
 from cir_lightning.backbones.prompts import PRESETS, Prompts
 from cir_lightning.errors import CIRConfigError
 from cir_lightning.fire_adapter import find_adapter, release_adapter
+from cir_lightning.fire_keys import unused_note
 
 __all__ = ["at", "find_adapter", "split_end_block", "translate"]
 
@@ -136,8 +137,9 @@ def _model(s: dict[str, Any], train: bool, notes: list[str], run: bool) -> tuple
                  "`release_compatible: true` on the backbone reproduces it exactly); "
                  f"`{length_key}` cuts the user's text only, never the template or the end block")
     if s["training.fp16"] or s["model.torch_dtype"] != "float32":
-        notes.append("`training.fp16` and `model.torch_dtype` are read but unused by the release, which runs in "
-                     "float32: so does this run (`precision: 32-true`); `bf16-mixed` is faster on GPUs")
+        notes.append(f"`training.fp16: {str(s['training.fp16']).lower()}` and `model.torch_dtype: "
+                     f"{s['model.torch_dtype']}` are read but unused by the release, which runs in float32: so does "
+                     "this run (`precision: 32-true`); `bf16-mixed` is faster on GPUs")
     model: dict[str, Any] = {"backbone": {"class_path": "cir_lightning.backbones.XGenMMBackbone",
                                           "init_args": backbone},
                              "eval_ks": list(s["eval.ks"])}
@@ -204,7 +206,9 @@ def _data(s: dict[str, Any], train: bool, side: str, notes: list[str]) -> tuple[
                 "image_root": s["data.image_root"], "exclude_reference": False, "with_captions": side == "caption",
                 "unknown_exclude_ids": "warn"}
         if queries:
-            notes.append("each query's `exclude_ids` leave its ranking (the release: only with "
+            kept = "" if s["eval.exclude_reference"] else ", even with `eval.exclude_reference: false`, which the release " \
+                "took for: exclude nothing"
+            notes.append(f"each query's `exclude_ids` leave its ranking{kept} (the release: only with "
                          "`eval.exclude_reference: true`); a query line needs a `query_id`, a gallery line "
                          "`image_id` and `image_path`")
         return {"class_path": "cir_lightning.data.JsonlCIRDataModule", "init_args": {**init, **options}}, \
@@ -226,7 +230,7 @@ def _data(s: dict[str, Any], train: bool, side: str, notes: list[str]) -> tuple[
             raise CIRConfigError(f"{at(s, 'data.dress_type')} must be one of {', '.join(_CATEGORIES)}, got {dress!r}")
         if split not in ("val", "test"):
             raise CIRConfigError(f"{at(s, 'data.split')} must be val or test for FashionIQ, got {split!r}")
-        if split == "test":
+        if split == "test" and not train:
             notes.append("FashionIQ `split: test` has no public targets (the release read it anyway): the val "
                          "split is evaluated, as every paper does")
         notes.append("FashionIQ: each query's text is \"C0 and c1\" (the first caption `capitalize()`d, as in "
@@ -240,10 +244,11 @@ def _data(s: dict[str, Any], train: bool, side: str, notes: list[str]) -> tuple[
             "fit" if train else "validate"
     if split not in ("val", "test1", "test"):
         raise CIRConfigError(f"{at(s, 'data.split')} must be val or test1 for CIRR, got {split!r}")
-    notes.append("CIRR: only each query's reference leaves its ranking (the release removed its whole image set, "
-                 "which holds the target: recall near 0), and Recall_subset is measured within the set; each query's "
+    notes.append("CIRR: only each query's reference leaves its ranking, whatever `eval.exclude_reference` (the release "
+                 "removed its whole image set, which holds the target: recall near 0; with `false`, nothing), and "
+                 "Recall_subset is measured within the set; each query's "
                  "text is its caption as written (the release strips '.', '?', ',' and spaces from both ends)")
-    if split != "val":
+    if split != "val" and not train:
         notes.append("CIRR test1 has no public targets: `test` writes the evaluation server's two files instead")
     init = {"root": str(Path(root) / "cirr"), "image_root": root}
     return {"class_path": "cir_lightning.data.CIRRDataModule", "init_args": {**init, **options}}, \
@@ -267,4 +272,4 @@ def translate(s: dict[str, Any], train: bool, run: bool = False) -> tuple[dict[s
     model, side = _model(s, train, notes, run)
     data, subcommand = _data(s, train, side, notes)
     config = {"seed_everything": s["seed"], "trainer": _trainer(s, train), "model": model, "data": data}
-    return config, subcommand, notes
+    return config, subcommand, notes + unused_note(s, train)
