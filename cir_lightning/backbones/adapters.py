@@ -164,25 +164,29 @@ def _load_folder_weights(model: nn.Module, path: Path) -> None:
     config, weights = _adapter_file(path)
     _check_settings(path, config, model)
     expected = get_peft_model_state_dict(model)
-    weights = _placed(weights, set(expected))
+    weights, prefix = _placed(weights, set(expected))
     _check_same(path, {k: tuple(v.shape) for k, v in expected.items()},
-                {k: tuple(v.shape) for k, v in weights.items()})
+                {k: tuple(v.shape) for k, v in weights.items()},
+                f" (the file's names are read with `{prefix}` after `{_PEFT_ROOT}`: saved from that part)" if prefix else "")
     set_peft_model_state_dict(model, weights)
 
 
-def _placed(weights: dict[str, Tensor], expected: set[str]) -> dict[str, Tensor]:
+def _placed(weights: dict[str, Tensor], expected: set[str]) -> tuple[dict[str, Tensor], str]:
     """``weights`` renamed into ``expected`` when they were saved from one sub-module of the model (every
-    name ``base_model.model.<rest>`` is ``base_model.model.<prefix><rest>`` here, one prefix for all);
-    unchanged otherwise (the strict check then names what differs)."""
+    name ``base_model.model.<rest>`` is ``base_model.model.<prefix><rest>`` here, one prefix for all): the
+    prefix that places the most of them, so that the strict check then names only the weights that differ (a
+    missing, extra or misshapen one), not every name; unchanged when no prefix places more than none does.
+    Returns the weights and the prefix ("" when unchanged)."""
     if not weights or set(weights) <= expected or not all(k.startswith(_PEFT_ROOT) for k in weights):
-        return weights
-    rest = next(iter(weights))[len(_PEFT_ROOT):]
-    prefixes = {e[len(_PEFT_ROOT):-len(rest)] for e in expected if e.startswith(_PEFT_ROOT) and e.endswith("." + rest)}
-    for prefix in prefixes:
+        return weights, ""
+    prefixes = {e[len(_PEFT_ROOT):-len(k) + len(_PEFT_ROOT)] for k in weights for e in expected
+                if e.startswith(_PEFT_ROOT) and e.endswith("." + k[len(_PEFT_ROOT):])}
+    best, placed = (weights, ""), len(set(weights) & expected)
+    for prefix in sorted(prefixes):
         renamed = {_PEFT_ROOT + prefix + k[len(_PEFT_ROOT):]: v for k, v in weights.items()}
-        if set(renamed) <= expected:
-            return renamed
-    return weights
+        if len(set(renamed) & expected) > placed:
+            best, placed = (renamed, prefix), len(set(renamed) & expected)
+    return best
 
 
 def _adapter_file(folder: Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
@@ -269,8 +273,9 @@ def _check_settings(path: Path, saved: dict[str, Any], model: nn.Module) -> None
                              "set the same `lora` values")
 
 
-def _check_same(path: Path, expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> None:
+def _check_same(path: Path, expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]],
+                placed: str = "") -> None:
     problem = weight_mismatch(expected, found)
     if problem:
         raise CIRConfigError(f"`init_adapter` {path} does not fit this model's adapter (other targets, "
-                             f"modules_to_save or base model?): {problem}")
+                             f"modules_to_save or base model?): {problem}{placed}")

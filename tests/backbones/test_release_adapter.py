@@ -5,6 +5,7 @@ loaded through our own adapters."""
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import pytest
@@ -122,3 +123,62 @@ def test_a_release_adapter_evaluates_through_fires_script_as_ours_does_through_t
     assert sorted(fire) == ["Recall@1", "Recall@10", "Recall@5", "Recall@50"]
     assert fire == pytest.approx({name: results["metrics"][""][name] for name in fire}, rel=1e-6)
     assert results["config"]["data"]["val_queries_file"].endswith("eval_queries.jsonl")
+
+
+def _damaged(release_adapter, tmp_path, change, config_change=None):
+    """A copy of the release adapter with its weights (and adapter_config.json) changed."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(release_adapter[0], folder)
+    weights = load_file(str(folder / "adapter_model.safetensors"))
+    save_file(change(dict(sorted(weights.items()))), str(folder / "adapter_model.safetensors"))
+    if config_change:
+        config = json.loads((folder / "adapter_config.json").read_text())
+        (folder / "adapter_config.json").write_text(json.dumps({**config, **config_change}))
+    return folder
+
+
+def _first(weights):
+    return next(iter(weights))
+
+
+@pytest.mark.parametrize(("change", "config_change", "said"), [
+    (lambda w: {k: v for k, v in w.items() if k != _first(w)}, None, r"1 missing \(first: \['base_model\.model\."),
+    (lambda w: {**w, "base_model.model.model.layers.0.mlp.down_proj.lora_C.weight": torch.zeros(2)}, None,
+     r": 1 unexpected \(first: \['base_model\.model\.vlm\.lang_model\.model\.layers\.0\.mlp\.down_proj\.lora_C\."
+     r"weight'\]\) \(the file's names are read with `vlm\.lang_model\.` after `base_model\.model\.`"),
+    (lambda w: {**w, _first(w): torch.zeros(5, w[_first(w)].shape[1])}, None,
+     r": 1 of another shape \(first: .*lora_A.*: \(5, \d+\) in the file, \(4, \d+\) here\) \(the file's"),
+    # adapter_config.json says rank 8, the weights are rank 4: every LoRA matrix has another shape
+    (lambda w: w, {"r": 8}, r": \d+ of another shape \(first: .*: \(4, \d+\) in the file, \(8, \d+\) here\)"),
+], ids=["a weight missing", "an extra weight", "a wrong shape", "another rank"])
+def test_a_damaged_release_adapter_is_one_line_naming_what_does_not_fit(tiny, release_adapter, tmp_path, change,
+                                                                       config_change, said):
+    folder = _damaged(release_adapter, tmp_path, change, config_change)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the release's Llama names, said once (above)
+        with pytest.raises(CIRConfigError) as refused:
+            XGenMMBackbone(str(tiny), lora=LoRA(init_adapter=str(folder)))
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(f"`init_adapter` {folder} does not fit this model's adapter")
+    assert re.search(said, message), message
+
+
+def test_fire_s_eval_script_stops_on_a_damaged_adapter_with_one_line(tiny, release_adapter, tmp_path, monkeypatch,
+                                                                    capsys):
+    from cir_lightning.commands.convert_fire import run_release_script
+
+    monkeypatch.chdir(tmp_path)
+    make_fake_fire_data(tmp_path)
+    folder = _damaged(release_adapter, tmp_path, lambda w: {k: v for k, v in w.items() if k != _first(w)})
+    config = fire_config("eval", tmp_path, tiny, **{"model.adapter_path": str(folder)})
+    with pytest.raises(SystemExit) as stopped:
+        run_release_script("eval", ["--config", str(config)])
+    assert stopped.value.code == 2
+    line = capsys.readouterr().err.splitlines()[0]
+    assert line.startswith(f"scripts/eval.py: error: `init_adapter` {folder} does not fit this model's adapter")
+    assert "1 missing" in line
