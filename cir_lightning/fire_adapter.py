@@ -5,7 +5,7 @@ A translated evaluation config may name the ``training.output_dir`` of a transla
 exports its adapter below it (``<output_dir>/logs/version_N/adapter``): ``find_adapter`` finds the newest.
 ``release_adapter`` refuses, in one line naming the FiRE file, line and key, a path that is a file, a
 folder without an adapter, or an adapter whose ``adapter_config.json`` is damaged or whose weights are
-missing, before any model is loaded; a path that does not exist (yet) is an error only for a run, not for a
+missing, unreadable or of another rank than its config says, before any model is loaded; a path that does not exist (yet) is an error only for a run, not for a
 conversion that may precede the training that writes it. Paths are read as written: relative to the
 folder the command runs in, as the release reads them.
 """
@@ -51,6 +51,29 @@ def _check_adapter(found: Path, where: str) -> None:
     if not any((found / name).is_file() for name in WEIGHT_FILES):
         raise CIRConfigError(f"{where}: the adapter {found} holds adapter_config.json but no "
                              f"{' or '.join(WEIGHT_FILES)}: it was not saved completely")
+    _check_rank(found, where)
+
+
+def _check_rank(found: Path, where: str) -> None:
+    """The rank adapter_config.json gives is that of the LoRA weights beside it (read from the safetensors
+    header, no tensor loaded; a `rank_pattern` of per-module ranks, or `.bin` weights, are left to the loading)."""
+    from safetensors import SafetensorError, safe_open
+
+    from cir_lightning.backbones.adapters import adapter_settings
+    from cir_lightning.reading import read_json
+
+    file, rank = found / "adapter_model.safetensors", adapter_settings(found).get("r")
+    if not file.is_file() or rank is None or read_json(found / "adapter_config.json", what="peft adapter config").get("rank_pattern"):
+        return
+    try:
+        with safe_open(str(file), "pt") as weights:
+            ranks = {weights.get_slice(k).get_shape()[0] for k in weights.keys() if ".lora_A." in k}
+    except (SafetensorError, OSError) as err:
+        raise CIRConfigError(f"{where}: the adapter {found} is damaged: {file.name} cannot be read "
+                             f"({str(err).strip()})") from None
+    if ranks and ranks != {rank}:
+        raise CIRConfigError(f"{where}: the adapter {found} is damaged: its adapter_config.json gives rank {rank}, its "
+                             f"LoRA weights have rank {', '.join(map(str, sorted(ranks)))}")
 
 
 def release_adapter(adapter: str, where: str, must_exist: bool) -> tuple[str, str | None]:

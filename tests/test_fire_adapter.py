@@ -8,6 +8,8 @@ import os
 import time
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from cir_lightning.errors import CIRConfigError
 from cir_lightning.fire_adapter import find_adapter, release_adapter
@@ -25,12 +27,21 @@ def test_a_killed_export_s_temporary_folder_is_never_taken_for_the_adapter(tmp_p
     assert find_adapter(tmp_path) == done
 
 
-def _adapter(folder, config: str = '{"r": 4, "lora_alpha": 8, "target_modules": ["o_proj"]}', weights: bool = True):
+def _adapter(folder, config: str = '{"r": 4, "lora_alpha": 8, "target_modules": ["o_proj"]}', weights: bool = True,
+             rank: int = 4):
+    """A peft adapter folder as the release saves one (LoRA A of shape (rank, in), B of (out, rank))."""
     folder.mkdir(parents=True)
     (folder / "adapter_config.json").write_text(config)
     if weights:
-        (folder / "adapter_model.safetensors").write_bytes(b"")
+        name = "base_model.model.model.layers.0.self_attn.o_proj"
+        save_file({f"{name}.lora_A.weight": torch.zeros(rank, 6), f"{name}.lora_B.weight": torch.zeros(6, rank)},
+                  str(folder / "adapter_model.safetensors"))
     return folder
+
+
+def _truncated(folder):
+    _adapter(folder)
+    (folder / "adapter_model.safetensors").write_bytes(b"\x10\x00")
 
 
 @pytest.mark.parametrize(("make", "message"), [
@@ -39,6 +50,9 @@ def _adapter(folder, config: str = '{"r": 4, "lora_alpha": 8, "target_modules": 
     (lambda p: _adapter(p, "{not json"), "the adapter x/a is damaged: x/a/adapter_config.json:1: malformed JSON"),
     (lambda p: _adapter(p, "[1]"), "is damaged: `lora.init_adapter` x/a: adapter_config.json is not a JSON object"),
     (lambda p: _adapter(p, weights=False), "holds adapter_config.json but no adapter_model.safetensors or"),
+    # read before any model is loaded, naming the FiRE key (the loading would name `init_adapter` only)
+    (lambda p: _adapter(p, rank=8), "is damaged: its adapter_config.json gives rank 4, its LoRA weights have rank 8"),
+    (_truncated, "is damaged: adapter_model.safetensors cannot be read ("),
 ])
 def test_an_adapter_path_that_holds_no_usable_adapter_is_one_line_naming_the_fire_key(tmp_path, monkeypatch, make,
                                                                                     message):
