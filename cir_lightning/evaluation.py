@@ -106,7 +106,7 @@ class Evaluation:
         """Load and save gallery embeddings through ``cache`` instead of ``embedding_cache``'s folders, e.g.
         BGE-VL's embedding files (``retrieval.memmap.MemmapGalleries``)."""
         if not isinstance(cache, GalleryStore):
-            raise CIRConfigError(f"a gallery store needs `lookup_sets`, `provide`, `save` and `report` "
+            raise CIRConfigError(f"a gallery store needs `lookup_sets`, `provide`, `save`, `report` and `location` "
                                  f"(`retrieval.gallery_cache.GalleryStore`); got {type(cache).__name__}")
         self.cache = self.outputs.cache = cache
 
@@ -128,9 +128,8 @@ class Evaluation:
             found = self.cache.lookup_sets(split, sets, dataset=datamodule.gallery_identity(), model=model,
                                            sharded=self.evaluator.search.sharded)
             if not same_on_every_rank([int(s in found) for s in range(len(sets))]):  # else the loaders differ: a hang
-                report = self.cache.report()
                 where = (f"`model.embedding_cache` `{self.options.embedding_cache}`" if self.options.embedding_cache
-                         else f"the embedding cache `{report.get('folder') or report.get('save_path')}`")
+                         else f"the embedding cache `{self.cache.location}`")
                 raise CIRConfigError(f"{where}: some processes found cached galleries that others did not; it must be "
                                      "one folder every process sees (on a disk all nodes share), not written by "
                                      "another run meanwhile")

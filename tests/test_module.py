@@ -323,9 +323,16 @@ def test_evaluation_options_are_checked_and_stores_declared(tmp_path):
     evaluation.use_cache(store)
     assert evaluation.cache is store
     assert evaluation.outputs.cache is store
-    with pytest.raises(CIRConfigError, match="needs `lookup_sets`, `provide`, `save` and `report`.*SimpleNamespace"):
+    with pytest.raises(CIRConfigError, match="needs `lookup_sets`, `provide`, `save`, `report` and `location`.*"
+                                             "SimpleNamespace"):
         evaluation.use_cache(SimpleNamespace(lookup_sets=None))
     assert evaluation.cache is store
+    assert store.location == tmp_path / "e.memmap"
+    assert evaluation.cache.location == tmp_path / "e.memmap"
+    unplaced = SimpleNamespace(lookup_sets=None, provide=None, save=None, report=dict)  # was taken for a store
+    with pytest.raises(CIRConfigError, match="needs .* and `location`"):
+        evaluation.use_cache(unplaced)
+    assert GalleryCache(tmp_path / "caches").location == tmp_path / "caches"
 
 
 def test_galleries_cached_for_some_processes_only_are_one_line_not_a_hang(tmp_path, monkeypatch):
@@ -349,6 +356,26 @@ def test_galleries_cached_for_some_processes_only_are_one_line_not_a_hang(tmp_pa
                                              "cached galleries that others did not; it must be one folder every"):
         lookup("validate", [(None, None), (None, None)])
     assert seen == [[1, 0]]
+
+    class Store:  # a store of its own (use_cache), whose report names no folder: its declared `location` is named
+        location = tmp_path / "elsewhere"
+
+        def lookup_sets(self, *args, **kwargs):
+            return {0}
+
+        def provide(self, evaluator):
+            pass
+
+        def save(self, evaluator):
+            return []
+
+        def report(self):
+            return {"loaded": [], "written": []}
+
+    evaluation = Evaluation(EvaluationOptions())
+    evaluation.use_cache(Store())
+    with pytest.raises(CIRConfigError, match=f"^the embedding cache `{tmp_path / 'elsewhere'}`: some processes found "):
+        evaluation.connect(module, CIRDataModule())("validate", [(None, None)])
 
 
 def test_a_sharded_search_of_subsets_ranked_within_candidates_is_refused_before_embedding():

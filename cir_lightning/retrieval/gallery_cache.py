@@ -51,6 +51,10 @@ class GalleryStore(Protocol):
     def report(self) -> dict[str, Any]:
         """What this run loaded and wrote (for results files): at least ``loaded`` and ``written``, lists of paths."""
 
+    @property
+    def location(self) -> Path:
+        """Where the store's files are (for messages): ``GalleryCache``'s folder, BGE-VL's ``--save_path``."""
+
 
 class GalleryCache:
     """One embedding cache per evaluated gallery, under ``folder``.
@@ -155,6 +159,11 @@ class GalleryCache:
         warnings.warn(f"embedding cache `{path}` was written by another run meanwhile: kept as it is, not written "
                       "again", stacklevel=3)
         return False
+
+    @property
+    def location(self) -> Path:
+        """The folder the caches live in."""
+        return self.folder
 
     def report(self) -> dict[str, Any]:
         """What this run loaded and wrote (for results files)."""

@@ -222,6 +222,11 @@ class MemmapGalleries:
         self._misses.clear()
         return written
 
+    @property
+    def location(self) -> Path:
+        """BGE-VL's ``--save_path`` (gallery ``name``'s file is ``memmap_path(location, name)``)."""
+        return self.save_path
+
     def report(self) -> dict[str, Any]:
         """What this run loaded and wrote."""
         return {"save_path": str(self.save_path), "loaded": list(self.loaded), "written": list(self.written)}
