@@ -57,6 +57,8 @@ class ResumableSampler(Sampler[int]):
     --ckpt_path`` resumes a checkpoint written in the middle of an epoch), and those batches are skipped.
     ``EpochSampler`` (one process) and ``DistributedEpochSampler`` (a rank's share) are the two."""
 
+    seed: int
+    """The order's seed: what ``training_order`` records of the running order (every sampler here sets it)."""
     epoch: int
     batch_size: int
     epoch_fn: Callable[[], int] | None = None
@@ -154,7 +156,7 @@ class DistributedEpochSampler(DistributedSampler, ResumableSampler):
 
 
 class ResumableLoader(DataLoader):
-    """A training ``DataLoader`` over a ``ResumableSampler``. Having ``state_dict`` / ``load_state_dict`` tells
+    """A training ``DataLoader`` over a ``ResumableSampler`` (``CIRDataModule`` makes one for no other sampler). Having ``state_dict`` / ``load_state_dict`` tells
     Lightning the loader resumes mid-epoch (it stores the position in checkpoints and does not warn); the
     sampler itself reads the restored position, so a run killed in the middle of an epoch resumes with
     exactly the batches it had not trained yet.
@@ -210,7 +212,6 @@ def training_order(size: int, batch_size: int, trainer: Any) -> dict[str, int]:
         (64, 16, 1, True)
     """
     processes = trainer.world_size if trainer is not None else 1
-    loader = getattr(trainer, "train_dataloader", None) if trainer is not None else None
-    seed = getattr(getattr(loader, "sampler", None), "seed", None)  # the running order's, once there is one
-    return {"batch_size": batch_size, "samples": size, "processes": processes,
-            "seed": order_seed(trainer) if seed is None else int(seed)}
+    running = trainer.train_dataloader if trainer is not None else None  # once fit has made its loader
+    seed = running.sampler.seed if isinstance(running, ResumableLoader) else order_seed(trainer)  # the order's own
+    return {"batch_size": batch_size, "samples": size, "processes": processes, "seed": int(seed)}

@@ -57,3 +57,36 @@ def test_the_training_sampler_reads_lightning_s_loops_on_every_rank():
     one = train_sampler(20, 3, SimpleNamespace(world_size=1, fit_loop=loops))
     assert isinstance(one, EpochSampler)
     assert list(one) == list(EpochSampler(20, one.seed, 3, epoch_fn=lambda: 1))[6:]
+
+
+def test_the_recorded_seed_is_the_running_order_s_declared_one(monkeypatch):
+    """`training_order` read the running sampler's seed with `getattr`: a sampler without one fell back to the seed
+    a new order would take, silently recording another order than the one running. The seed is declared by every
+    `ResumableSampler`, the only sampler a `ResumableLoader` runs."""
+    import torch
+
+    from cir_lightning.data.sampling import ResumableSampler, training_order
+
+    monkeypatch.setenv("PL_GLOBAL_SEED", "5")
+    for trainer in (SimpleNamespace(world_size=1, train_dataloader=None),
+                    SimpleNamespace(world_size=2, distributed_sampler_kwargs={"num_replicas": 2, "rank": 0},
+                                    train_dataloader=None)):
+        sampler = train_sampler(20, 4, trainer)
+        assert isinstance(sampler, ResumableSampler)
+        assert training_order(20, 4, trainer)["seed"] == sampler.seed  # before the loader: the seed it will take
+        trainer.train_dataloader = ResumableLoader(range(20), batch_size=4, sampler=sampler)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sampler.seed + 1)  # the global seed changes once the order runs
+            assert training_order(20, 4, trainer)["seed"] == sampler.seed  # the running order's own
+
+    class Undeclared(ResumableSampler):  # a new sampler that forgot its seed
+        def __init__(self) -> None:
+            self.epoch, self.batch_size = 0, 4
+
+        def __iter__(self):
+            return iter(range(20))
+
+    trainer = SimpleNamespace(world_size=1, train_dataloader=ResumableLoader(range(20), batch_size=4,
+                                                                             sampler=Undeclared()))
+    with pytest.raises(AttributeError, match="seed"):  # loud, never the order a new run would take
+        training_order(20, 4, trainer)
