@@ -10,7 +10,7 @@ Everything here reads the trainer, the DataModule's declared hooks (``gallery_id
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,7 @@ from cir_lightning.distributed import same_on_every_rank
 from cir_lightning.errors import CIRConfigError
 from cir_lightning.fit_summary import FitHistory, monitored, stale_last_warning, watched
 from cir_lightning.messages import first_few
-from cir_lightning.retrieval.evaluator import RetrievalEvaluator
+from cir_lightning.retrieval.evaluator import EvalSubset, RetrievalEvaluator
 from cir_lightning.retrieval.gallery_cache import GalleryCache, GalleryStore
 from cir_lightning.retrieval.index import SearchConfig
 from cir_lightning.retrieval.loop import EpochResults, EvaluationLoop
@@ -113,8 +113,11 @@ class Evaluation:
     def connect(self, module: CIRModule, datamodule: LightningDataModule | None) -> CachedGalleries | None:
         """What the DataModule asks when it makes the evaluation loaders (after any checkpoint is loaded):
         which subsets' galleries come from the cache (None without a cache). Called in the module's ``setup``."""
-        if module._trainer is not None and isinstance(datamodule, CIRDataModule):
-            self._check_sharded(module.trainer, datamodule)
+        trainer = module._trainer
+        if (trainer is not None and isinstance(datamodule, CIRDataModule) and self._sharded_across_ranks(trainer)
+                and trainer.state.fn in (TrainerFn.VALIDATING, TrainerFn.TESTING)):  # fit's: in fit_start
+            sets = datamodule.test_sets if trainer.state.fn == TrainerFn.TESTING else datamodule.val_sets
+            _refuse_ranking_within_candidates(subsets_from_datasets(sets))
         if self.cache is None:
             return None
         if not isinstance(datamodule, CIRDataModule):
@@ -137,17 +140,9 @@ class Evaluation:
 
         return cached_galleries
 
-    def _check_sharded(self, trainer: Trainer, datamodule: CIRDataModule) -> None:
-        """``search.sharded`` under DDP cannot rank within candidates (CIRR's Recall_subset): refused before the
-        embedding, for the sets this stage evaluates (the evaluator would refuse them only after it)."""
-        if not (self.evaluator.search.sharded and trainer.world_size > 1) or trainer.state.fn not in (
-                TrainerFn.FITTING, TrainerFn.VALIDATING, TrainerFn.TESTING):
-            return
-        sets = datamodule.test_sets if trainer.state.fn == TrainerFn.TESTING else datamodule.val_sets
-        for s, sub in enumerate(subsets_from_datasets(sets)):
-            if sub.candidates is not None:
-                raise CIRConfigError(f"subset {sub.name or s!r}: rankings within candidates (recall_subset) need the "
-                                     "whole gallery on every rank: turn `search.sharded` off")
+    def _sharded_across_ranks(self, trainer: Trainer) -> bool:
+        """Whether each process searches only its share of the gallery (``search.sharded`` under DDP)."""
+        return self.evaluator.search.sharded and trainer.world_size > 1
 
     def step(self, trainer: Trainer, dataloader_idx: int, embed: Callable[[str], Tensor], index: Tensor) -> None:
         """Embed one evaluation batch (``embed(side)``) and keep it."""
@@ -180,10 +175,11 @@ class Evaluation:
         self.loop.reset()
         return epoch
 
-    def check_monitors(self, trainer: Trainer, datamodule: CIRDataModule) -> None:
+    def check_monitors(self, trainer: Trainer, datamodule: CIRDataModule, subsets: Sequence[EvalSubset]) -> None:
         """A checkpoint monitoring a ``val/`` metric this validation never logs (e.g. ``val/Recall@1`` with
-        ``eval_ks: [5, 10]``) failed after the first epoch, in a Lightning traceback: refused before training."""
-        names = metric_names(subsets_from_datasets(datamodule.val_sets, self.evaluator.added_ks), self.evaluator.ks)
+        ``eval_ks: [5, 10]``) failed after the first epoch, in a Lightning traceback: refused before training
+        (``subsets``: the DataModule's ``val_sets`` read with the evaluator's ``added_ks``)."""
+        names = metric_names(subsets, self.evaluator.ks)
         names += list(datamodule.summarize(dict.fromkeys(names, 0.0)))
         for monitor, _ in monitored(trainer):
             if monitor.startswith("val/") and monitor[len("val/"):] not in names:
@@ -193,14 +189,18 @@ class Evaluation:
 
     def fit_start(self, trainer: Trainer, datamodule: CIRDataModule | None) -> None:
         """When ``fit`` sets the module up: forget an earlier fit's validations, warn of a ``last.ckpt`` that will not
-        be the newest, refuse a checkpoint monitoring a metric never logged and, with ``validate_before_fit``, let
-        Lightning's sanity check run every validation batch (not under ``fast_dev_run``)."""
+        be the newest, refuse a checkpoint monitoring a metric never logged (and, with ``search.sharded`` under DDP,
+        validation subsets ranked within candidates) and, with ``validate_before_fit``, let Lightning's sanity check
+        run every validation batch (not under ``fast_dev_run``)."""
         self.history.reset()
         warning = stale_last_warning(trainer)
         if warning:
             rank_zero_warn(warning)
         if datamodule is not None and datamodule.val_sets:
-            self.check_monitors(trainer, datamodule)
+            subsets = subsets_from_datasets(datamodule.val_sets, self.evaluator.added_ks)  # read once, for both checks
+            self.check_monitors(trainer, datamodule, subsets)
+            if self._sharded_across_ranks(trainer):
+                _refuse_ranking_within_candidates(subsets)
         if self.loop.sanity_check and not trainer.fast_dev_run:
             trainer.num_sanity_val_steps = float("inf")  # what `num_sanity_val_steps: -1` sets
 
@@ -233,6 +233,15 @@ class Evaluation:
                 if datamodule is not None else None,
                 # absolute: a results file is read from elsewhere (the weights themselves: `model.weights`)
                 "ckpt_path": _absolute(module.trainer.ckpt_path), "init_adapter": _absolute(init_adapter)}
+
+
+def _refuse_ranking_within_candidates(subsets: Sequence[EvalSubset]) -> None:
+    """``search.sharded`` under DDP cannot rank within candidates (CIRR's Recall_subset): refused before the
+    embedding (the evaluator would refuse it only after it)."""
+    for s, sub in enumerate(subsets):
+        if sub.candidates is not None:
+            raise CIRConfigError(f"subset {sub.name or s!r}: rankings within candidates (recall_subset) need the whole "
+                                 "gallery on every rank: turn `search.sharded` off")
 
 
 def _absolute(path: str | Path | None) -> str | None:

@@ -404,3 +404,38 @@ def test_a_sharded_search_of_subsets_ranked_within_candidates_is_refused_before_
             continue
         with pytest.raises(CIRConfigError, match="subset 'cirr': rankings within candidates .* turn `search.sharded"):
             evaluation.connect(module, datamodule)
+
+
+def test_fit_reads_the_validation_subsets_once_for_its_monitor_and_sharded_checks(monkeypatch):
+    """`fit` with `search.sharded` under DDP read the validation datasets' ground truth (O(queries)) twice at set-up:
+    once for the checkpoints' monitors, once for the sharded search's check."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    import cir_lightning.evaluation as evaluation_module
+    from cir_lightning.data.base import CIRDataModule
+    from cir_lightning.evaluation import Evaluation, EvaluationOptions
+    from cir_lightning.retrieval import SearchConfig
+
+    calls = []
+    read = evaluation_module.subsets_from_datasets
+    monkeypatch.setattr(evaluation_module, "subsets_from_datasets", lambda *a, **k: calls.append(a) or read(*a, **k))
+
+    class Queries(list):
+        name, positives = "toy", [[0]]
+
+    datamodule = CIRDataModule()
+    datamodule.val_sets = [(Queries(["q0"]), ["g0", "g1"])]
+    evaluation = Evaluation(EvaluationOptions(search=SearchConfig(sharded=True), eval_ks=[1]))
+    trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING), world_size=2, fast_dev_run=False,
+                              checkpoint_callbacks=[ModelCheckpoint(monitor="val/toy/Recall@1", mode="max")])
+    module = SimpleNamespace(_trainer=trainer, trainer=trainer)
+    evaluation.fit_start(trainer, datamodule)  # CIRModule.setup's two calls
+    assert evaluation.connect(module, datamodule) is None
+    assert len(calls) == 1
+    Queries.candidates = [[0, 1]]  # CIRR's: still refused in fit, on the same read
+    with pytest.raises(CIRConfigError, match="subset 'toy': rankings within candidates .* turn `search.sharded"):
+        evaluation.fit_start(trainer, datamodule)
+    assert len(calls) == 2
