@@ -383,3 +383,47 @@ def test_a_blank_gallery_id_is_an_error(root):
     with pytest.raises(CIRDataError, match=r"gallery\.jsonl:2: field `image_id` must be a non-empty string or an "
                                            r"integer id, got ''"):
         setup(root, "validate")
+
+
+
+def test_a_gallery_cache_of_one_gallery_file_is_never_used_for_another_of_the_same_root(root, tmp_path_factory):
+    """The gallery's identity names the root, not the gallery file: two gallery files of one root both cache as
+    `val-0-gallery` under one identity. The cache also records the ids and the image files they name, so it is
+    refused for any other gallery, and loaded only for the same images under the same ids (the same embeddings)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from cir_lightning.retrieval import RetrievalEvaluator
+    from cir_lightning.retrieval.gallery_cache import GalleryCache
+
+    folder = tmp_path_factory.mktemp("caches")
+
+    def validate(gallery_file: str, rows: list | None = None) -> tuple[JsonlCIRDataModule, GalleryCache, set]:
+        if rows is not None:
+            write_jsonl(root / gallery_file, [{"image_id": i, "image_path": f"images/{p}.png"} for i, p in rows])
+        dm = setup(root, "validate", gallery_file=gallery_file)
+        cache = GalleryCache(folder)  # what a validate with `model.embedding_cache` looks up
+        found = cache.lookup_sets(dm.split_for("validate"), dm.val_sets, dataset=dm.gallery_identity(), model={"m": 1})
+        return dm, cache, found
+
+    first, cache, found = validate("gallery.jsonl")
+    assert found == set()
+    evaluator = RetrievalEvaluator(ks=[1])
+    evaluator.galleries[0] = embedded = torch.randn(3, 4)
+    assert [p.name for p in cache.save(evaluator)] == ["val-0-gallery"]
+    Image.new("RGB", (80, 40), "white").save(root / "images" / "d.png")
+    others = {"swapped.jsonl": ([("a", "b"), ("b", "a"), ("c", "c")], "images: the ids name other image files"),
+              "reordered.jsonl": ([("c", "c"), ("b", "b"), ("a", "a")], "ids: 3 cached, 3 expected, or in another"),
+              "more.jsonl": ([("a", "a"), ("b", "b"), ("c", "c"), ("d", "d")], "ids: 3 cached, 4 expected"),
+              "renamed.jsonl": ([("a", "a"), ("b", "b"), ("c", "d")], "images: the ids name other image files")}
+    for name, (rows, message) in others.items():
+        with pytest.raises(CIRDataError, match=f"val-0-gallery: the cache does not match: {message}"):
+            validate(name, rows)
+        assert setup(root, "validate", gallery_file=name).gallery_identity() == first.gallery_identity()
+    copy, cache, found = validate("copy.jsonl", [("a", "a"), ("b", "b"), ("c", "c")])
+    assert copy.gallery_identity() == first.gallery_identity()
+    assert found == {0}  # the same images under the same ids: the same embeddings
+    provided = []
+    cache.provide(SimpleNamespace(provide=lambda subset, kind, rows, indices: provided.append(rows)))
+    assert torch.equal(provided[0], embedded)
