@@ -92,8 +92,8 @@ def _reason(block: list[str]) -> str | None:
         at = next(i for i, line in enumerate(body) if line.strip() == "Errors:")
         items = _branches([line for line in body[at + 1:] if _indent(line) > first])
         subtypes = next((m.group(1) for line in top if (m := _SUBTYPES.match(line))), None)
-    else:  # a class: an item per way of reading the value
-        items, subtypes = _branches(body), None
+    else:  # a class: an item per way of reading the value (a class that is no Union's: its one way, unlisted)
+        items, subtypes = _branches(body) or ([[line.strip() for line in body]] if len(top) == 1 else []), None
     items = [item for item in items if not _PATH.match(item[0]) and item != ["Expected a <class 'NoneType'>"]]
     if subtypes is not None and given is not None and items and all(
             len(item) == 1 and _EXPECTED_TYPE.match(item[0]) for item in items):

@@ -154,6 +154,8 @@ def test_an_abbreviated_option_is_refused_not_taken_for_the_option_it_starts(arg
                                    "accepted"),
     ("--model.backbone", "cir_lightning.backbones.Nope", "option `model.backbone` (cir_lightning.backbones.Nope): "
                                                          "module 'cir_lightning.backbones' has no attribute 'Nope'"),
+    ("--model.backbone.init_args.nope", "3", "option `model.backbone` (cir_lightning.backbones.HFMultimodalBackbone): "
+                                             "Option 'nope' is not accepted"),  # a class of no Union: it was 3 lines
 ])
 def test_a_value_of_the_wrong_type_is_one_line_naming_the_option(option, value, line, capsys, monkeypatch):
     """jsonargparse reports every Union and class path a value went through (10-20 lines): one line instead,
