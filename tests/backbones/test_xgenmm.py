@@ -23,7 +23,7 @@ from cir_lightning.backbones.xgenmm import (
 )
 from cir_lightning.backbones.xgenmm.layout import select_best_resolution, unpad_mask
 from cir_lightning.backbones.xgenmm.modeling import ANYRES_GRIDS
-from cir_lightning.errors import CIRConfigError, CIRModelError
+from cir_lightning.errors import CIRModelError
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -215,18 +215,19 @@ def test_an_unknown_name_offline_is_a_clear_error(monkeypatch, tmp_path):
         XGenMMBackbone("someone/not-a-real-xgenmm")
 
 
-def test_the_old_parameter_name_model_path_still_works_with_a_warning(tiny_dir):
-    from jsonargparse import ArgumentParser
+def test_the_removed_old_name_model_path_is_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    """`model_path`, the old name of `model_name_or_path`, was still taken with a FutureWarning (FiRE's release configs
+    name the model `model.base_model`, which `convert-fire-config` maps to `model_name_or_path`)."""
+    from cir_lightning.cli import main
 
-    with pytest.warns(FutureWarning, match="use `model_name_or_path`"):
-        old = XGenMMBackbone(model_path=str(tiny_dir))
-    assert old.model_name_or_path == str(tiny_dir)
-    with pytest.warns(FutureWarning, match="use `model_name_or_path`"):
-        assert old.model_path == str(tiny_dir)
-    with pytest.raises(CIRConfigError, match="both `model_name_or_path` and its deprecated old name `model_path`"):
-        XGenMMBackbone(str(tiny_dir), model_path=str(tiny_dir))
-    with pytest.raises(CIRConfigError, match="needs `model_name_or_path`"):
-        XGenMMBackbone()
-    parser = ArgumentParser()  # the command line and configs still take the old key
-    parser.add_class_arguments(XGenMMBackbone, "backbone")
-    assert parser.parse_args(["--backbone.model_path", "x"]).backbone.model_path == "x"
+    config = tmp_path / "old.yaml"
+    config.write_text("model:\n  backbone:\n    class_path: cir_lightning.backbones.XGenMMBackbone\n"
+                      "    init_args:\n      model_path: some/folder\n")
+    monkeypatch.delenv("CIR_LIGHTNING_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "--config", str(config)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == ("error: option `model.backbone` (cir_lightning.backbones."
+                                                        "XGenMMBackbone): Option 'model_path' is not accepted")
+    with pytest.raises(TypeError, match="model_path"):
+        XGenMMBackbone(model_path="some/folder")

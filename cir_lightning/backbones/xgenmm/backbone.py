@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from cir_lightning.backbones.base import (
@@ -54,20 +53,6 @@ def _local_folder(name: str, revision: str | None) -> str:
         raise load_error(name, err) from None
 
 
-def _renamed_path(model_name_or_path: str | None, model_path: str | None) -> str:
-    """``model_name_or_path``, or the value of its deprecated old name ``model_path``."""
-    if model_path is None:
-        if model_name_or_path is None:
-            raise CIRConfigError("XGenMMBackbone needs `model_name_or_path` (a checkpoint folder or hub name)")
-        return str(model_name_or_path)
-    if model_name_or_path is not None:
-        raise CIRConfigError("both `model_name_or_path` and its deprecated old name `model_path` are set; "
-                             "keep only `model_name_or_path`")
-    rank_zero_warn("`model_path` of XGenMMBackbone is deprecated and will be removed: use `model_name_or_path` "
-                   "(the name every backbone takes)", category=FutureWarning, stacklevel=6)  # the caller's line
-    return str(model_path)
-
-
 class XGenMMBackbone(Backbone):
     """xGen-MM (``Salesforce/xgen-mm-phi3-mini-instruct-interleave-r-v1.5``) as a query / gallery embedder.
 
@@ -91,7 +76,6 @@ class XGenMMBackbone(Backbone):
             are cut to it with a warning (the template, image tokens and EOS block are never cut). ``None``:
             no limit. Default 512 (FiRE's). A prompt longer than the language model's
             ``max_position_embeddings`` (image tokens spliced in) is an error, and so is a limit above them.
-        model_path: deprecated old name of ``model_name_or_path`` (a ``FutureWarning`` says so).
         release_compatible: reproduce FiRE's public release (iLearn-Lab/SIGIR25-FIRE) embedding function
             exactly: RGB conversion and short edge <= 380 before pre-processing, its prompts with
             ``" <|end|>"`` x 5 (spaces included), left padding to its length with positions counted from
@@ -114,7 +98,7 @@ class XGenMMBackbone(Backbone):
 
     def __init__(
         self,
-        model_name_or_path: str | None = None,
+        model_name_or_path: str,
         prompts: Prompts | None = None,
         pooling: PoolingMethod = "eos_block",
         eos_block_size: int = 5,
@@ -126,11 +110,10 @@ class XGenMMBackbone(Backbone):
         revision: str | None = None,
         gradient_checkpointing: bool = False,
         max_text_tokens: int | None = 512,
-        model_path: str | None = None,
         release_compatible: bool = False,
     ) -> None:
         super().__init__()
-        self.model_name_or_path = _renamed_path(model_name_or_path, model_path)
+        self.model_name_or_path = str(model_name_or_path)
         non_negative_int("eos_block_size", eos_block_size)
         positive_int("max_text_tokens", max_text_tokens, optional=True)
         if pooling == "eos_block" and eos_block_size < 1:
@@ -160,13 +143,6 @@ class XGenMMBackbone(Backbone):
         collator = ReleaseCollator if self.release_compatible else MLLMCollator
         self.collator = collator(processor, (prompts or Prompts()).resolve(), eos_token, eos_block_size,
                                 max_text_tokens, self.max_positions)
-
-    @property
-    def model_path(self) -> str:
-        """Deprecated old name of ``model_name_or_path``."""
-        rank_zero_warn("`XGenMMBackbone.model_path` is deprecated: use `model_name_or_path`", category=FutureWarning,
-                       stacklevel=5)
-        return self.model_name_or_path
 
     def _hidden(self, inputs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Decoder hidden states over the spliced, left-padded sequence, and its mask."""
