@@ -25,6 +25,7 @@ from cir_lightning.files import check_writable, write_atomic
 from cir_lightning.messages import first_few
 from cir_lightning.retrieval.cache import identity_differences, save_embeddings
 from cir_lightning.retrieval.embedding_folder import file_stamp, ids_digest
+from cir_lightning.retrieval.ground_truth import check_finite
 
 __all__ = ["SHARD_SPLIT", "ShardWriter", "current_rows", "file_stamps", "read_shards", "read_unreadable",
            "start_build"]
@@ -66,7 +67,9 @@ class ShardWriter(BasePredictionWriter):
         for row, reason in batch.get("unreadable", ()):
             self._unreadable[self.relpaths[int(row)]] = reason
         if prediction["embedding"] is not None:
-            self._buffer.append((prediction["index"].cpu().numpy(), prediction["embedding"].float().cpu().numpy()))
+            embeddings = prediction["embedding"].detach().float().cpu()
+            check_finite(embeddings, "images' embeddings", prediction["index"].cpu(), ids=self.relpaths)  # before
+            self._buffer.append((prediction["index"].cpu().numpy(), embeddings.numpy()))  # a shard or the index
             if sum(len(rows) for rows, _ in self._buffer) >= self.shard_size:
                 self._flush(trainer.global_rank)
         if trainer.received_sigterm:  # Lightning's predict loop carries on after it: keep what is embedded, stop

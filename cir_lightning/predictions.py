@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -50,6 +51,7 @@ from cir_lightning.retrieval.embedding_folder import (
     open_embeddings,
     reserve,
 )
+from cir_lightning.retrieval.ground_truth import check_finite
 from cir_lightning.retrieval.subsets import loader_role
 
 __all__ = ["EmbeddingWriter", "ImagesProgressBar"]
@@ -191,6 +193,8 @@ class EmbeddingWriter(BasePredictionWriter):
         if embeddings.shape != (len(rows), out.rows.shape[1]):
             raise CIRConfigError(f"predict_step returned embeddings of shape {embeddings.shape} for {len(rows)} rows; "
                                  f"expected ({len(rows)}, {out.rows.shape[1]})")
+        check_finite(torch.from_numpy(embeddings), f"{out.kind} embeddings of subset {out.name!r}",  # before a cache
+                     torch.from_numpy(rows), ids=out.ids)  # holds them: the run stops, nothing is written
         out.rows[rows] = embeddings
         out.mask[rows] = 1
 

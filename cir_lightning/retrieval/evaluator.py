@@ -158,11 +158,12 @@ class RetrievalEvaluator:
             return None
         return emb
 
-    def _shard(self, subset: int, expected: int) -> tuple[Tensor, Tensor] | None:
+    def _shard(self, subset: int, sub: EvalSubset) -> tuple[Tensor, Tensor] | None:
         """This rank's own gallery rows and their indices (sharded search), or None if incomplete."""
         emb, idx = dedupe_by_index(*self._local(subset, "gallery"))
-        mine, complete = own_rows(idx, expected)
-        truth.check_shard(emb[mine], idx[mine], f"gallery rows of subset {subset}")  # a collective, like own_rows
+        mine, complete = own_rows(idx, sub.num_gallery)
+        truth.check_shard(emb[mine], idx[mine], f"gallery rows of subset {sub.name or subset!r}",  # a collective
+                          sub.gallery_ids)
         return (emb[mine], idx[mine]) if complete else None
 
     def _depth(self, sub: EvalSubset, families: Mapping[str, Sequence[int]]) -> int:
@@ -185,7 +186,7 @@ class RetrievalEvaluator:
         for s, sub in enumerate(subsets):
             queries = self._collect(s, "query", sub.num_queries)
             if sharded:
-                shard = self._shard(s, sub.num_gallery)
+                shard = self._shard(s, sub)
                 gallery = shard[0] if shard is not None else None
             else:
                 gallery = self._collect(s, "gallery", sub.num_gallery)
@@ -195,7 +196,8 @@ class RetrievalEvaluator:
                                   "gallery (limit_*_batches or fast_dev_run?): retrieval metrics are not "
                                   "computed for it", stacklevel=2)
                 continue
-            truth.check_embeddings(sub.name or s, queries, None if sharded else gallery)  # a shard: in _shard
+            truth.check_embeddings(sub.name or s, queries, None if sharded else gallery,  # a shard: in _shard
+                                   sub.query_ids, sub.gallery_ids)
             families = subset_cutoffs(sub, self.ks)
             mine = query_share(len(queries), sub.num_gallery, self.search, rank, world_size)  # maybe none
             excluded, depth = [sub.excluded[i] for i in mine.tolist()], self._depth(sub, families)

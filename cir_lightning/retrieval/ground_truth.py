@@ -99,37 +99,39 @@ def _non_finite_rows(embeddings: Tensor) -> Tensor:
 
 
 def check_finite(embeddings: Tensor, what: str, indices: Tensor | None = None, bad_elsewhere: int = 0,
-                 bad: Tensor | None = None) -> None:
+                 bad: Tensor | None = None, ids: Sequence[str] | None = None) -> None:
     """Raise ``CIRDataError`` if any row of ``embeddings`` holds NaN or inf (``indices``: their dataset rows;
     ``bad_elsewhere``: such rows other ranks found, so that every rank raises together; ``bad``: the rows
-    already found, if the caller looked).
+    already found, if the caller looked; ``ids``: the ids of the dataset rows, named in the message).
 
     Example:
         >>> check_finite(torch.ones(2, 3), "queries of subset 'x'")
-        >>> check_finite(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), "queries of subset 'x'")
+        >>> check_finite(torch.tensor([[1.0, float("nan")], [0.0, 1.0]]), "queries of subset 'x'", ids=["q0", "q1"])
         Traceback (most recent call last):
         ...
-        cir_lightning.errors.CIRDataError: 1 of the queries of subset 'x' are not finite (NaN or inf): rows 0; \
-a ranking over them would be arbitrary (check the model for overflow, e.g. in float16)
+        cir_lightning.errors.CIRDataError: 1 of the queries of subset 'x' are not finite (NaN or inf): rows 0 \
+(ids q0); a ranking over them would be arbitrary (check the model for overflow, e.g. in float16)
     """
     bad = _non_finite_rows(embeddings) if bad is None else bad
     if len(bad) == 0 and bad_elsewhere == 0:
         return
     rows = (indices[bad] if indices is not None else bad).tolist()
-    here = f": rows {first_few([str(r) for r in rows], ', ', ' ...')}" if rows else " (on other ranks)"
+    named = f" (ids {first_few([str(ids[r]) for r in rows], ', ', ' ...')})" if ids is not None and rows else ""
+    here = f": rows {first_few([str(r) for r in rows], ', ', ' ...')}{named}" if rows else " (on other ranks)"
     raise CIRDataError(f"{len(rows) + bad_elsewhere} of the {what} are not finite (NaN or inf){here}; a ranking "
                        "over them would be arbitrary (check the model for overflow, e.g. in float16)")
 
 
-def check_embeddings(name: str | int, queries: Tensor, gallery: Tensor | None) -> None:
-    """``check_finite`` of a subset's queries and (unless None) its gallery."""
-    check_finite(queries, f"queries of subset {name!r}")
+def check_embeddings(name: str | int, queries: Tensor, gallery: Tensor | None, query_ids: Sequence[str] | None = None,
+                     gallery_ids: Sequence[str] | None = None) -> None:
+    """``check_finite`` of a subset's queries and (unless None) its gallery, naming the ids of bad rows where given."""
+    check_finite(queries, f"queries of subset {name!r}", ids=query_ids)
     if gallery is not None:
-        check_finite(gallery, f"gallery rows of subset {name!r}")
+        check_finite(gallery, f"gallery rows of subset {name!r}", ids=gallery_ids)
 
 
-def check_shard(shard: Tensor, indices: Tensor, what: str) -> None:
+def check_shard(shard: Tensor, indices: Tensor, what: str, ids: Sequence[str] | None = None) -> None:
     """``check_finite`` of this rank's gallery rows (sharded search), raising on every rank if any rank has
     such rows (a collective)."""
     bad = _non_finite_rows(shard)
-    check_finite(shard, what, indices, sum(gather_sizes(len(bad))) - len(bad), bad)
+    check_finite(shard, what, indices, sum(gather_sizes(len(bad))) - len(bad), bad, ids)

@@ -71,9 +71,10 @@ def test_a_query_that_can_never_hit_is_an_error_naming_it(positives, excluded):
 def test_embeddings_that_are_not_finite_are_an_error_not_a_number(search, kind, value):
     queries, gallery = torch.randn(3, 4), torch.randn(5, 4)
     (queries if kind == "query" else gallery)[1, 2] = value
-    sub = EvalSubset("toy", positives=[[0], [1], [2]], excluded=[[], [], []], num_gallery=5)
+    sub = EvalSubset("toy", positives=[[0], [1], [2]], excluded=[[], [], []], num_gallery=5,
+                     query_ids=["q0", "q1", "q2"], gallery_ids=["g0", "g1", "g2", "g3", "g4"])
     with pytest.raises(CIRDataError, match=rf"1 of the {'queries' if kind == 'query' else 'gallery rows'} of "
-                                           r"subset 'toy' are not finite \(NaN or inf\): rows 1"):
+                                           rf"subset 'toy' are not finite \(NaN or inf\): rows 1 \(ids {kind[0]}1\)"):
         _evaluate(queries, gallery, sub, search)
 
 
