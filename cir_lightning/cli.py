@@ -24,13 +24,13 @@ import lightning.pytorch as pl
 from jsonargparse import DefaultHelpFormatter, set_parsing_settings
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_info
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cir_lightning.checkpointing import find_last_checkpoint, overridden_settings
 from cir_lightning.commands import COMMANDS, run_command
 from cir_lightning.distributed import release_process_group
 from cir_lightning.errors import CIRConfigError, CIRFileError, user_error_line
 from cir_lightning.files import check_writable, free_path, write_atomic
+from cir_lightning.interrupts import stops
 from cir_lightning.messages import path_problem, yaml_syntax_error
 from cir_lightning.module import TRAINING_SETTINGS, CIRModule
 from cir_lightning.option_errors import option_error
@@ -274,18 +274,17 @@ def main(args: Sequence[str] | None = None) -> None:
 
     hf_logging.disable_progress_bar()  # per-file "Loading weights" bars drown the training log
     argv = list(sys.argv[1:] if args is None else args)
-    quiet_third_party(next((a for a in argv if not a.startswith("-")), None))  # the subcommand
+    subcommand = next((a for a in argv if not a.startswith("-")), None)
+    quiet_third_party(subcommand)
     try:
-        if argv and argv[0] in COMMANDS:
-            run_command(argv)
-        else:
-            check_config_files(argv)
-            cli = CIRLightningCLI(args=None if args is None else argv)
-            del cli
-            release_process_group()
-    except SIGTERMException:  # Lightning stops on SIGTERM with a bare SystemExit: status 0, as if the run had ended
-        print("cir-lightning: stopped by SIGTERM; `fit --ckpt_path last` resumes from its newest checkpoint", file=sys.stderr)
-        sys.exit(143)  # 128 + SIGTERM, what a shell reports for a process the signal ended
+        with stops("cir-lightning", subcommand):  # Ctrl-C, SIGTERM: one line, status 130 / 143
+            if argv and argv[0] in COMMANDS:
+                run_command(argv)
+            else:
+                check_config_files(argv)
+                cli = CIRLightningCLI(args=None if args is None else argv)
+                del cli
+                release_process_group()
     except Exception as err:
         # a mistake in the user's data or config: its message says what and where; no library traceback
         line = user_error_line(err, "cir-lightning")

@@ -89,6 +89,10 @@ class ShardWriter(BasePredictionWriter):
                         extra={"stamps": {p: self.stamps.get(p) for p in ids}})
         self._seq += 1
 
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):  # Ctrl-C: keep what is embedded, as on SIGTERM
+            self._flush(trainer.global_rank)
+
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._flush(trainer.global_rank)
         if self._unreadable:
