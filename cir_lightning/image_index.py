@@ -16,7 +16,6 @@ it; ``query`` refuses any other model, so rows and query are always embedded by 
 from __future__ import annotations
 
 import copy
-import json
 import warnings
 import weakref
 from collections.abc import Iterable
@@ -31,7 +30,8 @@ from cir_lightning.backbones.base import Backbone
 from cir_lightning.checks import positive_int
 from cir_lightning.data.folder import fit_image
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRModelError, embedded_error
-from cir_lightning.messages import MISSING, first_few, short_repr
+from cir_lightning.index_files import meta_problem, read_faiss, read_json
+from cir_lightning.messages import MISSING, first_few
 from cir_lightning.retrieval.cache import identity_differences
 from cir_lightning.retrieval.embedding_folder import ids_digest
 from cir_lightning.retrieval.index import search_with_scores
@@ -119,15 +119,15 @@ class ImageIndex:
                                    "same `cir-lightning index` command again to complete it", folder)
             problem = MISSING if not folder.exists() else "is not a folder"
             raise CIRDataError(f"{problem} (build an index with `cir-lightning index IMAGE_FOLDER ...`)", folder)
-        meta = _read_json(folder / "meta.json", dict)
+        meta = read_json(folder / "meta.json", dict)
         info = meta.get("image_index")
         if not isinstance(info, dict) or not isinstance(info.get("root"), str) or "backbone" not in info:
             raise CIRDataError("is not an image index written by `cir-lightning index` (no `image_index` entry)",
                                folder / "meta.json")
-        problem = _meta_problem(meta, info)
+        problem = meta_problem(meta, info)
         if problem:
             raise CIRDataError(f"{problem}: the index is damaged; rebuild it", folder / "meta.json")
-        relpaths = _read_json(folder / "ids.json", list)
+        relpaths = read_json(folder / "ids.json", list)
         if meta.get("ids_sha256") != ids_digest(relpaths) or len(relpaths) != meta.get("count"):
             raise CIRDataError("does not match meta.json (changed after the index was written); rebuild the index",
                                folder / "ids.json")
@@ -154,7 +154,7 @@ class ImageIndex:
         if root is not None and probes and not any((images / p).exists() for p in probes):
             raise CIRDataError(f"the image folder `{images}` (`--root`) holds none of the indexed images (looked for "
                                f"{first_few(probes)}): give the folder the index was built over, moved", folder)
-        return cls(folder, meta, relpaths, _read_faiss(folder / FAISS_FILE, meta["count"], meta["dim"], info), images)
+        return cls(folder, meta, relpaths, read_faiss(folder / FAISS_FILE, meta["count"], meta["dim"], info), images)
 
     # ------------------------------------------------------------------ the model
     def load_backbone(self) -> Backbone:
@@ -221,6 +221,9 @@ class ImageIndex:
         self.check_backbone(backbone)
         image = fit_image(image, self.info.get("max_short_edge"), upright=bool(self.info.get("upright")))
         embedding = backbone.encode_query([image], [text]).detach().float().cpu().numpy()
+        if not np.isfinite(embedding).all():  # faiss and torch would order its NaN scores each their own way
+            raise CIRModelError("the model's embedding of this query is not finite (NaN or inf): a ranking over it "
+                                "would be arbitrary (check the model for overflow, e.g. in float16)")
         skip = {self._rows[p] for p in exclude if p in self._rows}
         flat = _flat_rows(self._faiss)
         if flat is not None:  # exact: the evaluation's search (ties to the lower row, also across the cut-off)
@@ -247,54 +250,3 @@ def _flat_rows(index: Any) -> np.ndarray | None:
     if type(flat) not in (faiss.IndexFlatIP, faiss.IndexFlat) or flat.metric_type != faiss.METRIC_INNER_PRODUCT:
         return None
     return faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d).reshape(flat.ntotal, flat.d)
-
-
-def _read_json(path: Path, kind: type) -> Any:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CIRDataError(f"{MISSING}: the index is incomplete; rebuild it", path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CIRDataError(f"cannot be read ({err}): the index is damaged; rebuild it", path) from None
-    if not isinstance(value, kind):
-        raise CIRDataError(f"holds a {type(value).__name__}, not a {kind.__name__}: the index is damaged", path)
-    return value
-
-
-def _meta_problem(meta: dict[str, Any], info: dict[str, Any]) -> str | None:
-    """The first field of ``meta.json`` whose value no index is written with (a hand-edited file), else None."""
-    search = info.get("search", {})
-    fields = [("count", meta.get("count"), False), ("dim", meta.get("dim"), False),
-              ("image_index.max_short_edge", info.get("max_short_edge"), True),
-              ("image_index.max_image_pixels", info.get("max_image_pixels"), True)]
-    fields += [(f"image_index.search.{k}", search.get(k), True) for k in ("nprobe", "ef_search")
-               if isinstance(search, dict)]
-    for name, value, optional in fields:
-        if not ((value is None and optional) or (type(value) is int and value >= 0)):
-            return f"`{name}` is {value!r}, not a whole number"
-    for name, value in (("model", meta.get("model")), ("image_index.backbone", info.get("backbone")),
-                        ("image_index.search", search)):
-        if not isinstance(value, dict):
-            return f"`{name}` is {short_repr(value)}, not a mapping"
-    return None
-
-
-def _read_faiss(path: Path, count: int, dim: int, info: dict[str, Any]) -> Any:
-    import faiss
-
-    if not path.is_file():
-        raise CIRDataError(f"{MISSING}: the index is incomplete; rebuild it", path)
-    try:
-        index = faiss.read_index(str(path))
-    except RuntimeError as err:
-        raise CIRDataError(f"cannot be read as a faiss index ({str(err).strip().splitlines()[-1]}): the index is "
-                           "damaged; rebuild it", path) from None
-    if index.ntotal != count or index.d != dim:
-        raise CIRDataError(f"holds {index.ntotal} vectors of dimension {index.d}, meta.json says {count} of {dim}: "
-                           "the index is damaged; rebuild it", path)
-    search = info.get("search") or {}
-    space = faiss.ParameterSpace()
-    for name, key in (("nprobe", "nprobe"), ("efSearch", "ef_search")):
-        if search.get(key) is not None:
-            space.set_index_parameter(index, name, int(search[key]))
-    return index

@@ -158,6 +158,16 @@ def test_an_index_refuses_a_model_other_than_its_own(small_index, backbone):
         index.query(index.load_backbone(), Image.new("RGB", (8, 8)), "make it red", k=0)
 
 
+def test_a_query_the_model_embeds_as_nan_is_refused_not_ranked(small_index, monkeypatch):
+    """faiss and torch order NaN scores each their own way: the results were arbitrary paths."""
+    index = ImageIndex.open(small_index[0])
+    backbone = index.load_backbone()
+    monkeypatch.setattr(backbone, "encode_query", lambda images, texts: torch.full((1, backbone.embedding_dim),
+                                                                                  float("nan")))
+    with pytest.raises(CIRModelError, match=r"the model's embedding of this query is not finite \(NaN or inf\)"):
+        index.query(backbone, Image.new("RGB", (8, 8)), "make it red")
+
+
 def test_an_index_built_in_bf16_records_it_and_is_searched_by_its_model(tmp_path, tiny_model_dir, small_index):
     photos = small_index[1]
     main(_index_args(photos, tmp_path / "index", tiny_model_dir, "--trainer.precision", "bf16-mixed"))

@@ -1,0 +1,66 @@
+"""Reading the files of an index folder (``cir_lightning.image_index``): each way one can be missing or damaged
+is one ``CIRDataError`` line naming the file and saying to rebuild the index."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from cir_lightning.errors import CIRDataError
+from cir_lightning.messages import MISSING, short_repr
+
+__all__ = ["meta_problem", "read_faiss", "read_json"]
+
+
+def read_json(path: Path, kind: type) -> Any:
+    """The JSON value of an index's ``path``, refused unless it is a ``kind``."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CIRDataError(f"{MISSING}: the index is incomplete; rebuild it", path) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CIRDataError(f"cannot be read ({err}): the index is damaged; rebuild it", path) from None
+    if not isinstance(value, kind):
+        raise CIRDataError(f"holds a {type(value).__name__}, not a {kind.__name__}: the index is damaged", path)
+    return value
+
+
+def meta_problem(meta: dict[str, Any], info: dict[str, Any]) -> str | None:
+    """The first field of ``meta.json`` whose value no index is written with (a hand-edited file), else None."""
+    search = info.get("search", {})
+    fields = [("count", meta.get("count"), False), ("dim", meta.get("dim"), False),
+              ("image_index.max_short_edge", info.get("max_short_edge"), True),
+              ("image_index.max_image_pixels", info.get("max_image_pixels"), True)]
+    fields += [(f"image_index.search.{k}", search.get(k), True) for k in ("nprobe", "ef_search")
+               if isinstance(search, dict)]
+    for name, value, optional in fields:
+        if not ((value is None and optional) or (type(value) is int and value >= 0)):
+            return f"`{name}` is {value!r}, not a whole number"
+    for name, value in (("model", meta.get("model")), ("image_index.backbone", info.get("backbone")),
+                        ("image_index.search", search)):
+        if not isinstance(value, dict):
+            return f"`{name}` is {short_repr(value)}, not a mapping"
+    return None
+
+
+def read_faiss(path: Path, count: int, dim: int, info: dict[str, Any]) -> Any:
+    """The faiss index at ``path``, checked to hold ``count`` rows of ``dim``, with its recorded search settings."""
+    import faiss
+
+    if not path.is_file():
+        raise CIRDataError(f"{MISSING}: the index is incomplete; rebuild it", path)
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as err:
+        raise CIRDataError(f"cannot be read as a faiss index ({str(err).strip().splitlines()[-1]}): the index is "
+                           "damaged; rebuild it", path) from None
+    if index.ntotal != count or index.d != dim:
+        raise CIRDataError(f"holds {index.ntotal} vectors of dimension {index.d}, meta.json says {count} of {dim}: "
+                           "the index is damaged; rebuild it", path)
+    search = info.get("search") or {}
+    space = faiss.ParameterSpace()
+    for name, key in (("nprobe", "nprobe"), ("efSearch", "ef_search")):
+        if search.get(key) is not None:
+            space.set_index_parameter(index, name, int(search[key]))
+    return index
