@@ -146,6 +146,23 @@ def test_a_full_disk_between_the_two_files_of_a_pair_leaves_neither(tmp_path, mo
         assert _everything(tmp_path) == set()
 
 
+@pytest.mark.parametrize("fault", ["full disk when flushed", "read-only file system"])
+def test_a_checkpoint_that_cannot_be_saved_leaves_the_previous_one_whole(fault, tmp_path, monkeypatch):
+    """``last.ckpt`` is replaced at every save: a failed save keeps the one a resumed run would load."""
+    from cir_lightning.checkpointing import SafeCheckpointIO
+    from cir_lightning.torch_files import load_torch_file
+
+    io, path = SafeCheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1}, path)
+    module, name, code, reason = FAULTS[fault]
+    with monkeypatch.context() as patch:
+        patch.setattr(module, name, _fail(code))
+        with pytest.raises(CIRFileError, match=f"cannot write `{path}`: {reason}$"):
+            io.save_checkpoint({"global_step": 2}, path)
+    assert _everything(tmp_path) == {"last.ckpt"}
+    assert load_torch_file(path)["global_step"] == 1
+
+
 def test_an_identity_file_left_by_a_killed_bgevl_write_is_named_as_such(tmp_path):
     """A kill between BGE-VL's identity file and its embedding file leaves the identity file alone: the rerun said
     it "already exists ... reuse it with `--load_embedding`", which then found no embedding file."""
@@ -176,6 +193,11 @@ def test_an_image_changed_while_the_gallery_is_embedded_makes_the_cache_stale(tm
     images[0].unlink()  # deleted since: refused as well
     with pytest.raises(CIRDataError, match="image files changed since it was written"):
         GalleryCache(tmp_path / "cache").lookup("val", 0, "", ["a", "b"], **identity)
+    swapped = {**identity, "images": identity["images"][::-1]}  # the annotation file now maps the ids the other way
+    with pytest.raises(CIRDataError, match="the ids name other image files than when it was written"):
+        GalleryCache(tmp_path / "cache").lookup("val", 0, "", ["a", "b"], **swapped)
+    with pytest.raises(CIRDataError, match=r"ids: 2 cached, 3 expected"):  # an id added to the gallery file
+        GalleryCache(tmp_path / "cache").lookup("val", 0, "", ["a", "b", "c"], **identity)
 
 
 def test_an_index_refuses_non_finite_embeddings_naming_the_images_before_any_shard_holds_them(tmp_path):
