@@ -322,3 +322,62 @@ def test_text_pillow_s_own_font_cannot_draw_takes_an_installed_font_that_can():
     assert _draws(chosen, "ä") == bool(installed)  # CI installs DejaVu (.ci/run): there it must draw
     if installed:
         assert chosen.path == installed[0].path
+
+
+def test_a_long_id_and_text_stay_in_their_column_and_unicode_takes_the_font_drawing_most(scenes):
+    """A 200-character query id ran across the result tiles; ``färbe ... 日本語`` was all boxes when no font drew
+    every character (DejaVu draws the ä); the ``...`` of a cut text ran into the first tile."""
+    from cir_lightning.data.datasets import Query, QueryDataset
+    from cir_lightning.pictures.draw import TEXT_WIDTH, _default_font, _draws, _font
+
+    _, gallery, _ = scenes
+    long_id = "ü" * 20 + "x" * 200 + "日本語"
+    queries = QueryDataset([Query(long_id, scenes[2][0], "färbe es rot 日本語 " * 10, (2,), "queries.jsonl")])
+    picture = retrieval_picture(query_rows(queries, gallery, [0], [[3, 2, 4]], [[0.9, 0.8, 0.7]]))
+    x, y = tile_origin(0, 0)
+    first = tile_origin(0, 1)[0]
+    column_end = x + TILE + GAP + TEXT_WIDTH
+    between = picture.crop((column_end + 1, y, first - 1, y + TILE))  # the gap before the first result tile
+    assert between.getcolors() == [(between.width * between.height, WHITE)]
+    gaps = [picture.crop((tile_origin(0, k)[0] + TILE + 5, y, tile_origin(0, k + 1)[0] - 5, y + 16)) for k in (1, 2)]
+    assert all(g.getcolors() == [(g.width * g.height, WHITE)] for g in gaps)  # no id drawn across the results
+    accents = _font(16, "ä")  # CI installs DejaVu (.ci/run): there a font draws the ä
+    assert _draws(_font(16, "färbe 日本語"), "ä") == (accents is not _default_font(16))  # though none draws the CJK
+
+
+@pytest.mark.parametrize("case", ["one image", "k beyond the gallery"])
+def test_a_gallery_of_one_and_rankings_shorter_than_the_picture_draw_what_there_is(scenes, case):
+    from cir_lightning.data.datasets import GalleryDataset, GalleryItem, Query, QueryDataset
+    from cir_lightning.pictures import subset_pictures
+
+    _, _, paths = scenes
+    size = 1 if case == "one image" else 2
+    gallery = GalleryDataset([GalleryItem(f"g{i}", paths[i], "gallery.jsonl") for i in range(size)])
+    queries = QueryDataset([Query("q0", paths[5], "make it red", (size - 1,), "queries.jsonl")])
+    ranked = torch.tensor([[size - 1, *range(size - 1), *[-1] * 5]])  # -1: nothing ranked there (k > gallery)
+    scores = torch.tensor([[0.5, *[0.25] * (size - 1), *[float("-inf")] * 5]])
+    picture = subset_pictures([queries, gallery], {"": ranked}, {"": scores}, 4, "validate")[""]
+    assert _tile(picture, 0, 0).tobytes() == _expected_tile(paths[5]).tobytes()
+    assert _tile(picture, 0, 1).tobytes() == _expected_tile(paths[size - 1]).tobytes()
+    assert _outline(picture, 0, 1) == GREEN  # the one target, at rank 1
+    for column in range(size + 1, 6):  # no tile where nothing was ranked
+        empty = _tile(picture, 0, column)
+        assert empty.getcolors() == [(TILE * TILE, WHITE)]
+
+
+def test_a_missing_reference_image_is_one_warning_and_the_run_keeps_its_results(scenes, tmp_path):
+    """``RunOutputs.draw`` of a query whose reference image is gone: one line naming the file, no picture."""
+    from cir_lightning.data.datasets import Query, QueryDataset
+    from cir_lightning.retrieval.loop import EpochResults
+    from cir_lightning.run_outputs import RunOutputs
+
+    _, gallery, _ = scenes
+    queries = QueryDataset([Query("q0", tmp_path / "gone.png", "make it red", (2,), "queries.jsonl")])
+    evaluator = SimpleNamespace(rankings={"": torch.tensor([[2, 1, 0]])}, scores={"": torch.tensor([[0.9, 0.8, 0.7]])})
+    trainer = SimpleNamespace(log_dir=str(tmp_path), default_root_dir=str(tmp_path), is_global_zero=True, loggers=[],
+                              global_step=0)
+    with pytest.warns(UserWarning, match=r"retrieval pictures not drawn: queries.jsonl: .*gone.png` does not exist"):
+        drawn = RunOutputs(True, False, None, pictures=2).draw(trainer, "validate", "val", EpochResults({}, []),
+                                                               evaluator, [queries, gallery])
+    assert drawn == []
+    assert not list(tmp_path.glob("*.png"))

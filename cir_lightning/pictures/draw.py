@@ -30,16 +30,21 @@ FALLBACK_FONTS = ("DejaVuSans.ttf", "NotoSans-Regular.ttf", "NotoSansCJK-Regular
 def _font(size: int, text: str = "") -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     """Pillow's scalable default font at ``size`` pixels (its bitmap font without FreeType); for a ``text``
     it cannot draw (its glyphs stop at ASCII), the first of ``FALLBACK_FONTS`` installed that can, so that
-    ``färbe es rot`` or a Japanese file name is not drawn as boxes."""
+    ``färbe es rot`` or a Japanese file name is not drawn as boxes; when none draws them all, the one that
+    draws the most (DejaVu's accents beside CJK boxes, rather than boxes for every letter)."""
     chars = "".join(sorted({c for c in text if not c.isspace() and not c.isascii()}))
     default = _default_font(size)
     if not chars or _draws(default, chars):
         return default
+    best, drawn = default, sum(_draws(default, c) for c in chars)
     for name in FALLBACK_FONTS:
         font = _system_font(name, size)
-        if font is not None and _draws(font, chars):
+        count = 0 if font is None else sum(_draws(font, c) for c in chars)
+        if count == len(chars):
             return font
-    return default  # none installed: boxes, but the text is still in the results file
+        if count > drawn:
+            best, drawn = font, count
+    return best  # boxes where no installed font draws a character; the text is still in the results file
 
 
 @functools.lru_cache(maxsize=8)
@@ -109,9 +114,20 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int, max_lines
         else:
             lines.append(word)
     if len(lines) > max_lines:
-        lines = lines[:max_lines]
-        lines[-1] = lines[-1].rstrip(".,;") + " ..."
+        lines, last = lines[:max_lines], lines[max_lines - 1].rstrip(".,;")
+        while last and draw.textlength(last + " ...", font=font) > width:  # the mark stays inside the column
+            last = last[:-1]
+        lines[-1] = last + " ..."
     return lines
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
+    """``text`` cut to ``width`` pixels, ending in ``...`` when cut (a long id must not run over the results)."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
 
 
 def _status(row: QueryRow, top: int) -> tuple[str, tuple[int, int, int]]:
@@ -156,7 +172,8 @@ def retrieval_picture(rows: Sequence[QueryRow], title: str = "", top: int = TOP,
         picture.paste(tile(row.reference, row.source), (x, y))
         draw.text((x, y + TILE + 4), "reference", fill=GREY, font=_font(13))
         tx, ty = x + TILE + GAP, y + TILE + LABEL - THUMB  # the text column; its bottom strip: the target
-        draw.text((tx, y), row.query_id, fill=GREY, font=_font(13, row.query_id))
+        font = _font(13, row.query_id)
+        draw.text((tx, y), _fit(draw, row.query_id, font, TEXT_WIDTH), fill=GREY, font=font)
         lines = _wrap(draw, row.text, _font(16, row.text), TEXT_WIDTH, (ty - y - 26) // 20)
         draw.multiline_text((tx, y + 20), "\n".join(lines), fill=INK, font=_font(16, row.text), spacing=4)
         status, colour = _status(row, top)
