@@ -6,6 +6,7 @@ existing file).
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from collections.abc import Callable, Mapping
@@ -13,15 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import Trainer
+from lightning.pytorch.cli import SaveConfigCallback
 
 from cir_lightning.data.base import CIRDataModule
 from cir_lightning.errors import CIRDataError
+from cir_lightning.retrieval.embedding_folder import ids_digest
 from cir_lightning.retrieval.evaluator import RetrievalEvaluator
 from cir_lightning.retrieval.gallery_cache import GalleryStore
 from cir_lightning.retrieval.loop import EpochResults
 from cir_lightning.retrieval.results import ranked_ids, ranked_scores, report_results, split_subsets
 
-__all__ = ["RunOutputs"]
+__all__ = ["RunOutputs", "data_identity"]
 
 
 class RunOutputs:
@@ -68,29 +71,48 @@ class RunOutputs:
             print(f"gallery embeddings cached in {path}", file=sys.stderr)
         wanted = self.save_rankings or (datamodule is not None and datamodule.writes_predictions)
         ranked = ranked_ids(epoch.subsets, evaluator.rankings) if wanted else {}
+        files = {"config": [saved.config_filename for saved in getattr(trainer, "callbacks", ())  # the CLI's
+                            if isinstance(saved, SaveConfigCallback) and (folder / saved.config_filename).is_file()]}
+        failed, messages = None, []
+        try:  # the server files and pictures first, so that the results file names them: the run's files
+            if datamodule is not None and datamodule.writes_predictions:
+                within = ranked_ids(epoch.subsets, evaluator.subset_rankings)
+                for path in datamodule.write_predictions(folder, stage, ranked, within):
+                    files.setdefault("server_files", []).append(path.name)
+                    messages.append(f"predictions written to {path}")
+            if self.pictures and loaders is not None:
+                for path in self.draw(trainer, stage, prefix, epoch, evaluator, loaders, folder, about=model):
+                    files.setdefault("pictures", []).append(path.name)
+                    messages.append(f"picture written to {path}")
+        except Exception as err:  # a server file refused: the results are still written, then the error raised
+            failed = err
         if self.write_results and (epoch.metrics or (self.save_rankings and ranked)):  # a test split: rankings only
             scores = ranked_scores(epoch.subsets, evaluator.rankings, evaluator.scores) if self.save_rankings else None
             report_results(folder, stage, prefix, epoch.metrics, epoch.subsets, model=model, config=config(),
                            rankings=ranked if self.save_rankings else None, scores=scores,
                            report=datamodule.report(epoch.metrics) if datamodule is not None and epoch.metrics else "",
-                           default_ks=evaluator.ks)
-        if datamodule is not None and datamodule.writes_predictions:
-            within = ranked_ids(epoch.subsets, evaluator.subset_rankings)
-            for path in datamodule.write_predictions(folder, stage, ranked, within):
-                print(f"predictions written to {path}")
-        if self.pictures and loaders is not None:
-            for path in self.draw(trainer, stage, prefix, epoch, evaluator, loaders, folder):
-                print(f"picture written to {path}")
+                           default_ks=evaluator.ks, data=data_identity(datamodule, stage, loaders), files=files)
+        for message in messages:
+            print(message)
+        if failed is not None:
+            raise failed
 
     def draw(self, trainer: Trainer, label: str, prefix: str, epoch: EpochResults, evaluator: RetrievalEvaluator,
-             loaders: Any, folder: Path | None = None) -> list[Path]:
+             loaders: Any, folder: Path | None = None, about: Mapping[str, Any] | None = None) -> list[Path]:
         """On rank zero, the retrieval picture of each ranked subset of the evaluation ``loaders``:
-        ``retrievals-<label>-<subset>.png`` in the log folder (never over an existing file), also sent to the
-        loggers that take images (tag ``<prefix>/retrievals[/<subset>]``). Every rank must call it."""
+        ``retrievals-<label>-<subset>.png`` in the log folder (never over an existing file; its PNG text says
+        what drew it: ``picture_info``, with the model's identity ``about``), also sent to the loggers that take
+        images (tag ``<prefix>/retrievals[/<subset>]``). Every rank must call it."""
         folder = folder or Path(trainer.log_dir or trainer.default_root_dir)  # a collective: ask on every rank
         if not trainer.is_global_zero:
             return []
-        from cir_lightning.pictures import log_picture, picture_name, save_picture, subset_pictures
+        from cir_lightning.pictures import (
+            log_picture,
+            picture_info,
+            picture_name,
+            save_picture,
+            subset_pictures,
+        )
 
         try:
             pictures = subset_pictures(loaders, evaluator.rankings, evaluator.scores, self.pictures, label,
@@ -100,7 +122,43 @@ class RunOutputs:
             return []
         paths = []
         for name, image in pictures.items():
-            paths.append(save_picture(image, folder / picture_name(label, name)))
+            info = picture_info(label, name, about, step=trainer.global_step)
+            paths.append(save_picture(image, folder / picture_name(label, name), info=info))
             log_picture(trainer.loggers, f"{prefix}/retrievals" + (f"/{name}" if name else ""), image,
                         trainer.global_step)
         return paths
+
+
+def data_identity(datamodule: CIRDataModule | None, stage: str, loaders: Any) -> dict[str, Any]:
+    """What a results file says of the data evaluated: the split (``split_for``), the gallery's identity and, per
+    subset of the evaluation ``loaders`` (queries, gallery, ...), digests of its queries (id, reference, text,
+    ground truth, exclusions, candidates), of its gallery ids and of its image paths: two runs on data edited in
+    place, or on other data under the same options, differ here.
+
+    Example:
+        >>> from cir_lightning.run_outputs import data_identity
+        >>> from cir_lightning.data.datasets import GalleryDataset, GalleryItem, Query, QueryDataset
+        >>> queries = QueryDataset([Query("q0", Path("r.png"), "make it red", (0,), "q.jsonl")])
+        >>> gallery = GalleryDataset([GalleryItem("a", Path("a.png"), "g.jsonl")])
+        >>> sorted(data_identity(None, "validate", [queries, gallery])["subsets"][""])
+        ['gallery_ids_sha256', 'images_sha256', 'queries_sha256']
+    """
+    loaders = list(loaders) if isinstance(loaders, list | tuple) else [] if loaders is None else [loaders]
+    subsets = {}
+    for q, g in zip(loaders[0::2], loaders[1::2], strict=True):
+        queries, gallery = getattr(q, "dataset", q), getattr(g, "dataset", g)
+        gallery = getattr(gallery, "gallery", gallery)  # a cached gallery stands in for its images
+        records, candidates = getattr(queries, "records", None), getattr(queries, "candidates", None)
+        entry = {}
+        if records is not None:
+            entry["queries_sha256"] = ids_digest([json.dumps(
+                [r.query_id, str(r.reference), r.modification, r.positives, r.excluded,
+                 candidates[i] if candidates is not None else None], default=str) for i, r in enumerate(records)])
+        for key, attribute in (("gallery_ids_sha256", "ids"), ("images_sha256", "paths")):
+            values = getattr(gallery, attribute, None)
+            if values is not None:
+                entry[key] = ids_digest(values)
+        subsets[getattr(queries, "name", "")] = entry
+    split = datamodule.split_for(stage) if datamodule is not None and stage in ("validate", "test") else None
+    return {"split": split, "gallery": datamodule.gallery_identity() if datamodule is not None else None,
+            "subsets": subsets}

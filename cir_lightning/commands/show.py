@@ -174,7 +174,7 @@ def main(argv: Sequence[str]) -> None:
     """``cir-lightning show RESULTS.json [--queries ID ...] [--subset NAME] [--out FILE.png]``."""
     from cir_lightning.checks import positive_int
     from cir_lightning.files import check_writable
-    from cir_lightning.pictures import save_picture
+    from cir_lightning.pictures import picture_info, save_picture
 
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="cir-lightning show", description=COMMANDS["show"][1])
     parser.add_argument("results", help="a results-<stage>.json written with `--model.save_rankings true`")
@@ -193,4 +193,5 @@ def main(argv: Sequence[str]) -> None:
                            "remove it)")
     check_writable(out.parent, "--out")
     image = render_results(results, ns.queries, ns.subset, ns.count, ns.seed)
-    print(f"picture written to {save_picture(image, out)}")
+    info = {**picture_info("show", ns.subset or ""), "results": str(results.absolute())}  # what it was drawn from
+    print(f"picture written to {save_picture(image, out, info=info)}")

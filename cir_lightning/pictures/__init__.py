@@ -5,13 +5,15 @@ top-5 gallery images with their scores, the true targets outlined in green, and 
 target when it is not among them; ``recall_curves`` draws Recall@K against K, one curve per subset.
 ``query_rows`` builds the rows from a query dataset and its gallery (whose ``records`` hold image paths, as
 ``cir_lightning.data``'s datasets do) and the ranked gallery rows; ``subset_pictures`` does it for an
-evaluation epoch's loaders. ``save_picture`` writes a PNG atomically under a free name; ``log_picture``
+evaluation epoch's loaders. ``save_picture`` writes a PNG atomically under a free name, with what drew it in its text
+(``picture_info``: the label, subset, model identity, version; ``PIL.Image.open(path).text`` reads it); ``log_picture``
 sends it to the loggers that take images (TensorBoard's ``add_image``; CSV takes none).
 """
 
 from cir_lightning.pictures.draw import recall_curves, recall_points, retrieval_picture, stack, tile_origin
 from cir_lightning.pictures.outputs import (
     log_picture,
+    picture_info,
     picture_name,
     picture_title,
     save_picture,
@@ -19,6 +21,6 @@ from cir_lightning.pictures.outputs import (
 )
 from cir_lightning.pictures.rows import Hit, QueryRow, query_rows, sample_queries
 
-__all__ = ["Hit", "QueryRow", "log_picture", "picture_name", "picture_title", "query_rows", "recall_curves",
+__all__ = ["Hit", "QueryRow", "log_picture", "picture_info", "picture_name", "picture_title", "query_rows", "recall_curves",
            "recall_points", "retrieval_picture", "sample_queries", "save_picture", "stack", "subset_pictures",
            "tile_origin"]

@@ -4,6 +4,7 @@ pictures of an evaluation epoch's subsets."""
 from __future__ import annotations
 
 import io
+import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -29,8 +30,34 @@ def picture_name(label: str, subset: str) -> str:
     return f"retrievals-{label}{'-' + safe if safe else ''}.png"
 
 
-def save_picture(image: Image.Image, path: str | Path, overwrite: bool = False) -> Path:
-    """Write ``image`` as a PNG at ``path``, or, unless ``overwrite``, at the next free name beside it.
+def picture_info(label: str, subset: str, model: Mapping[str, Any] | None = None, step: int | None = None) -> dict[str, str]:
+    """The PNG text of a retrieval picture: what it shows (``label``, ``subset``, the training ``step``), the
+    model's identity (``Backbone.identity``, as JSON), the package version and the time it was drawn; read back
+    with ``PIL.Image.open(path).text``.
+
+    Example:
+        >>> from cir_lightning.pictures import picture_info
+        >>> info = picture_info("validate", "dress", {"weights": "ab12"})
+        >>> info["label"], info["subset"], info["model"]
+        ('validate', 'dress', '{"weights": "ab12"}')
+    """
+    import datetime
+
+    from cir_lightning import __version__
+
+    info = {"software": f"cir_lightning {__version__}", "label": label, "subset": subset,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    if step is not None:
+        info["step"] = str(step)
+    if model is not None:
+        info["model"] = json.dumps(model, default=str, sort_keys=True)
+    return info
+
+
+def save_picture(image: Image.Image, path: str | Path, overwrite: bool = False,
+                 info: Mapping[str, str] | None = None) -> Path:
+    """Write ``image`` as a PNG at ``path``, or, unless ``overwrite``, at the next free name beside it; ``info``
+    becomes the PNG's text (``Image.open(path).text`` reads it back).
 
     Example:
         >>> from cir_lightning.pictures import save_picture
@@ -38,9 +65,16 @@ def save_picture(image: Image.Image, path: str | Path, overwrite: bool = False) 
         >>> folder = Path(tempfile.mkdtemp())
         >>> [save_picture(Image.new("RGB", (4, 4)), folder / "a.png").name for _ in range(2)]
         ['a.png', 'a-1.png']
+        >>> Image.open(save_picture(Image.new("RGB", (4, 4)), folder / "b.png", info={"label": "validate"})).text
+        {'label': 'validate'}
     """
+    from PIL.PngImagePlugin import PngInfo
+
+    text = PngInfo()
+    for key, value in (info or {}).items():
+        text.add_itxt(key, value)  # international text: UTF-8 (a unicode model path)
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
+    image.save(buffer, format="PNG", optimize=True, pnginfo=text)
     while True:  # another process may take the free name first: never overwrite, take the next one
         target = Path(path) if overwrite else free_path(path)
         try:

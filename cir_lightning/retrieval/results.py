@@ -1,7 +1,8 @@
 """Results files and tables: what an evaluation run leaves behind for the user.
 
 ``write_results`` writes one JSON file per run: every metric (fractions in [0, 1]) per subset, the
-subsets' sizes, the model fingerprint, the configuration and, optionally, the top-K gallery ids of every
+subsets' sizes, the model fingerprint, the data evaluated (split and digests), the libraries' versions, the
+configuration, the run's other files and, optionally, the top-K gallery ids of every
 query (``rankings``) with the search's scores of those ids (``scores``, same order). It never overwrites:
 an existing ``results-validate.json`` makes it write ``results-validate-1.json``. ``format_table`` prints the
 metrics in percent, one row per subset.
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
     from cir_lightning.retrieval.evaluator import EvalSubset
 
-__all__ = ["format_table", "free_path", "ranked_ids", "ranked_scores", "report_results", "split_subsets",
+__all__ = ["LIBRARIES", "format_table", "free_path", "library_versions", "ranked_ids", "ranked_scores", "report_results", "split_subsets",
            "write_results"]
 
 
@@ -54,11 +55,36 @@ def format_table(metrics: Mapping[str, float], title: str = "", width: int | Non
     return format_rows(["subset"], rows, title=title, width=width)
 
 
+LIBRARIES = ("torch", "lightning", "transformers", "peft", "faiss-cpu", "faiss-gpu", "faiss-gpu-cu12", "numpy",
+             "pillow", "open_clip_torch")
+"""The libraries whose versions a results file records (those installed): another version can move the numbers."""
+
+
+def library_versions() -> dict[str, str]:
+    """The installed versions of ``LIBRARIES`` (the package's own is the file's ``cir_lightning`` key).
+
+    Example:
+        >>> from cir_lightning.retrieval.results import library_versions
+        >>> "torch" in library_versions()
+        True
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in LIBRARIES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
 def write_results(path: str | Path, metrics: Mapping[str, float], *, stage: str,
                   subsets: Mapping[str, Mapping[str, int]], model: Mapping[str, Any],
                   config: Mapping[str, Any], rankings: Mapping[str, Mapping[str, list]] | None = None,
                   scores: Mapping[str, Mapping[str, list[float]]] | None = None,
-                  protocol: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+                  protocol: Mapping[str, Mapping[str, Any]] | None = None,
+                  data: Mapping[str, Any] | None = None, files: Mapping[str, Sequence[str]] | None = None) -> Path:
     """Write the results JSON at ``path`` (or the next free name) and return where it went.
 
     Args:
@@ -72,6 +98,9 @@ def write_results(path: str | Path, metrics: Mapping[str, float], *, stage: str,
         scores: per subset, query id -> the scores of those ids (cosine similarity for normalised embeddings).
         protocol: per subset, the metric families and cut-offs it used and their chance levels
             (``retrieval.protocol.subset_protocol``).
+        data: what was evaluated: the split, the gallery's identity and, per subset, digests of the queries
+            (ids, reference, text, ground truth), the gallery ids and the image paths (``RunOutputs.data_identity``).
+        files: the other files of the same run, by kind (``pictures``, ``server_files``, ``caches``: their names).
     """
     from cir_lightning import __version__
 
@@ -79,11 +108,14 @@ def write_results(path: str | Path, metrics: Mapping[str, float], *, stage: str,
         "stage": stage,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "cir_lightning": __version__,
+        "versions": library_versions(),
         "metrics": split_subsets(metrics),
         "subsets": subsets,
         **({"protocol": protocol} if protocol is not None else {}),
+        **({"data": data} if data is not None else {}),
         "model": model,
         "config": config,
+        **({"files": files} if files is not None else {}),
     }
     if rankings is not None:
         document["rankings"] = rankings
@@ -135,7 +167,8 @@ def report_results(folder: str | Path, stage: str, prefix: str, metrics: Mapping
                    subsets: Sequence[EvalSubset], *, model: Mapping[str, Any], config: Mapping[str, Any],
                    rankings: Mapping[str, Mapping[str, list]] | None = None, report: str = "",
                    scores: Mapping[str, Mapping[str, list[float]]] | None = None,
-                   default_ks: Sequence[int] = (1, 5, 10, 50)) -> Path:
+                   default_ks: Sequence[int] = (1, 5, 10, 50), data: Mapping[str, Any] | None = None,
+                   files: Mapping[str, Sequence[str]] | None = None) -> Path:
     """Write ``results-<stage>.json`` in ``folder`` (never over an earlier one) and print the table, the
     DataModule's ``report`` and where the file went: what a standalone ``validate`` / ``test`` shows.
     ``default_ks`` are the evaluator's cut-offs, used by the subsets that name none of their own; a split
@@ -145,7 +178,8 @@ def report_results(folder: str | Path, stage: str, prefix: str, metrics: Mapping
     sizes = {sub.name: {"num_queries": sub.num_queries, "num_gallery": sub.num_gallery} for sub in subsets}
     path = write_results(Path(folder) / f"results-{stage}.json", metrics, stage=stage, subsets=sizes, model=model,
                          config=config, rankings=rankings, scores=scores,
-                         protocol={sub.name: subset_protocol(sub, default_ks) for sub in subsets})
+                         protocol={sub.name: subset_protocol(sub, default_ks) for sub in subsets}, data=data,
+                         files=files)
     if metrics:
         print(format_table(metrics, title=f"{stage} ({prefix}/...), percent"))
     else:
