@@ -49,6 +49,7 @@ from cir_lightning.retrieval.embedding_folder import (
     image_files,
     new_embeddings,
     open_embeddings,
+    queries_digest,
     reserve,
 )
 from cir_lightning.retrieval.ground_truth import check_finite
@@ -67,7 +68,7 @@ class _Output:
     kind: str
     split: str
     ids: list[str]
-    files: dict[str, str] = field(default_factory=dict)  # a gallery's `image_files`, before reading
+    files: dict[str, str] = field(default_factory=dict)  # a gallery's `image_files` (before reading), queries' digest
     rows: Any = None  # np.memmap of the embeddings
     mask: Any = None  # np.memmap of uint8, 1 where a row was written
 
@@ -174,9 +175,9 @@ class EmbeddingWriter(BasePredictionWriter):
             ids = getattr(dataset, "ids", None)
             ids = [str(x) for x in ids] if ids is not None else [str(x) for x in range(len(dataset))]
             paths = getattr(dataset, "paths", None) if trainer.is_global_zero else None  # a GalleryDataset's
+            files = image_files(paths) if paths is not None else queries_digest(dataset) if kind == "query" else {}
             if ids:
-                outputs[i] = _Output(getattr(queries, "name", "") or str(subset), kind, split, ids,
-                                     image_files(paths) if paths is not None else {})
+                outputs[i] = _Output(getattr(queries, "name", "") or str(subset), kind, split, ids, files)
         return outputs
 
     # ------------------------------------------------------------------ each batch: its rows, where they belong

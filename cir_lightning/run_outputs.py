@@ -6,7 +6,6 @@ existing file).
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from collections.abc import Callable, Mapping
@@ -18,7 +17,7 @@ from lightning.pytorch.cli import SaveConfigCallback
 
 from cir_lightning.data.base import CIRDataModule
 from cir_lightning.errors import CIRDataError
-from cir_lightning.retrieval.embedding_folder import ids_digest
+from cir_lightning.retrieval.embedding_folder import ids_digest, queries_digest
 from cir_lightning.retrieval.evaluator import RetrievalEvaluator
 from cir_lightning.retrieval.gallery_cache import GalleryStore
 from cir_lightning.retrieval.loop import EpochResults
@@ -148,12 +147,7 @@ def data_identity(datamodule: CIRDataModule | None, stage: str, loaders: Any) ->
     for q, g in zip(loaders[0::2], loaders[1::2], strict=True):
         queries, gallery = getattr(q, "dataset", q), getattr(g, "dataset", g)
         gallery = getattr(gallery, "gallery", gallery)  # a cached gallery stands in for its images
-        records, candidates = getattr(queries, "records", None), getattr(queries, "candidates", None)
-        entry = {}
-        if records is not None:
-            entry["queries_sha256"] = ids_digest([json.dumps(
-                [r.query_id, str(r.reference), r.modification, r.positives, r.excluded,
-                 candidates[i] if candidates is not None else None], default=str) for i, r in enumerate(records)])
+        entry = queries_digest(queries)
         for key, attribute in (("gallery_ids_sha256", "ids"), ("images_sha256", "paths")):
             values = getattr(gallery, attribute, None)
             if values is not None:

@@ -52,6 +52,9 @@ def test_predict_writes_query_and_gallery_embeddings_that_read_back_as_caches(pr
     assert torch.allclose(queries.norm(dim=1), torch.ones(25), atol=1e-5)
     assert torch.allclose(gallery.norm(dim=1), torch.ones(576), atol=1e-5)
     assert not (predicted / "one" / "predictions-1").exists()
+    meta = json.loads((folder / "val-0-query" / "meta.json").read_text())  # which queries (texts and targets too)
+    assert len(meta["queries_sha256"]) == 64
+    assert meta["cir_lightning"] == __import__("cir_lightning").__version__
 
 
 def test_a_predicted_gallery_is_an_embedding_cache_that_test_loads(predicted, tiny_model_dir, capsys):

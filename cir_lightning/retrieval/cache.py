@@ -5,7 +5,8 @@ A cache is a folder::
     embeddings.npy   (count, dim) array in row order, float32 or float16 (numpy .npy, memory-mappable)
     ids.json         the item ids, in row order
     meta.json        {"format": 1, "kind": "gallery" | "query", "model": {...}, "dataset": ..., "split": ...,
-                      "count": ..., "dim": ..., "dtype": ..., "ids_sha256": ..., "created": ...}
+                      "count": ..., "dim": ..., "dtype": ..., "ids_sha256": ..., "created": ...,
+                      "cir_lightning": the version that wrote it}
 
 ``model`` is what identifies the embedding function: the backbone's fingerprint (base model, prompts,
 pooling) and the digest of its trainable weights. ``load_embeddings`` compares it, the dataset, split,

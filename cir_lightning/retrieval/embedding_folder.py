@@ -22,6 +22,34 @@ from cir_lightning.errors import CIRConfigError
 FORMAT = 1
 
 
+def queries_digest(queries: Any) -> dict[str, str]:
+    """What ties a query folder (or a results file) to its queries: ``{"queries_sha256": ...}``, a digest of each
+    record's id, reference, text, ground truth and exclusions and of its candidates (a ``QueryDataset``'s);
+    ``{}`` for a dataset without ``records``. A query whose text was edited in place gives another digest.
+
+    Example:
+        >>> from cir_lightning.retrieval.embedding_folder import queries_digest
+        >>> from cir_lightning.data.datasets import Query, QueryDataset
+        >>> red = QueryDataset([Query("q0", Path("r.png"), "make it red", (0,), "q.jsonl")])
+        >>> blue = QueryDataset([Query("q0", Path("r.png"), "make it blue", (0,), "q.jsonl")])
+        >>> queries_digest(red) == queries_digest(blue), queries_digest([])
+        (False, {})
+    """
+    records, candidates = getattr(queries, "records", None), getattr(queries, "candidates", None)
+    if records is None:
+        return {}
+    return {"queries_sha256": ids_digest([json.dumps(
+        [r.query_id, str(r.reference), r.modification, r.positives, r.excluded,
+         candidates[i] if candidates is not None else None], default=str) for i, r in enumerate(records)])}
+
+
+def _version() -> str:
+    """The package's version, which wrote the folder (``format`` is the layout's)."""
+    from cir_lightning import __version__
+
+    return __version__
+
+
 def ids_digest(ids: Sequence[str]) -> str:
     """The SHA-256 of ``ids`` one per line: ids (or paths) recorded in a folder's ``meta.json``."""
     return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()
@@ -146,7 +174,8 @@ def finish_embeddings(folder: str | Path, ids: Sequence[str], *, kind: str, mode
         raise ValueError(f"embeddings.npy {array.shape} must be 2-d with one row per id ({len(ids)} ids)")
     meta = {"format": FORMAT, "kind": kind, "model": dict(model), "dataset": dataset, "split": split,
             "count": len(ids), "dim": int(array.shape[1]), "dtype": str(array.dtype), "ids_sha256": ids_digest(ids),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "cir_lightning": _version()}
     clash = sorted(set(meta) & set(extra or {}))
     if clash:
         raise ValueError(f"`extra` may not replace the cache's own keys {clash}")
