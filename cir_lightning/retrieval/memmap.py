@@ -16,6 +16,7 @@ It is a drop-in for ``GalleryCache`` in a ``CIRModule``'s evaluation (``lookup_s
 
 from __future__ import annotations
 
+import datetime
 import json
 import warnings
 from collections.abc import Mapping, Sequence
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cir_lightning import __version__
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRFileError
 from cir_lightning.files import check_writable, write_atomic
 from cir_lightning.messages import first_few
@@ -72,7 +74,9 @@ def write_memmap(path: str | Path, embeddings: Tensor | np.ndarray, identity: Ma
     if array.ndim != 2:
         raise ValueError(f"`embeddings` must be 2-d (rows, dim), got shape {array.shape}")
     _check_free(path)
-    meta = {"format": FORMAT, **identity, "count": len(array), "dim": int(array.shape[1]), "dtype": "float32"}
+    meta = {"format": FORMAT, **identity, "count": len(array), "dim": int(array.shape[1]), "dtype": "float32",
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "cir_lightning": __version__}  # when and by which version: not compared when read
     # the identity first: an embedding file without one is taken as BGE-VL's own (its size alone checked), so a
     # failure or a kill between the two writes must never leave the embeddings alone
     identity_file = write_atomic(_identity_file(path), json.dumps(meta, indent=1, default=str) + "\n")

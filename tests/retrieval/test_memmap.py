@@ -33,3 +33,19 @@ def test_a_write_that_fails_leaves_neither_file(tmp_path, monkeypatch, failing):
     path = memmap.write_memmap(tmp_path / "e.memmap", np.eye(2, 3), {"ids": ["a", "b"], "model": {"m": 1}})
     with pytest.raises(Exception, match="does not match this run"):  # and then the identity is checked
         memmap.read_memmap(path, 2, 3, {"ids": ["a", "b"], "model": {"m": 2}})
+
+
+def test_an_embedding_file_reads_back_with_its_identity_and_says_when_and_by_what_it_was_written(tmp_path):
+    import json
+
+    import numpy as np
+
+    from cir_lightning import __version__
+    from cir_lightning.retrieval.memmap import read_memmap, write_memmap
+
+    rows = np.arange(6, dtype=np.float32).reshape(2, 3)
+    path = write_memmap(tmp_path / "e.memmap", rows, {"ids": ["a", "b"], "model": {"weights": "ab"}})
+    assert read_memmap(path, 2, 3, {"ids": ["a", "b"], "model": {"weights": "ab"}}).numpy().tolist() == rows.tolist()
+    meta = json.loads((tmp_path / "e.memmap.json").read_text())  # the identity file beside it
+    assert meta["cir_lightning"] == __version__
+    assert meta["created"].endswith("+00:00")
