@@ -96,7 +96,7 @@ def load_image(path: Path, max_short_edge: int | None = None, source: str | None
 
     Raises:
         CIRDataError: one line naming ``source`` and the file: missing, a folder, a broken symbolic link, not
-            a regular file (a named pipe would block), not readable, not an image, truncated or corrupt, larger
+            a regular file (a named pipe would block), empty, not readable, not an image, truncated or corrupt, larger
             than ``max_pixels``, or deep values that cannot be mapped to 8 bits.
 
     Example:
@@ -114,11 +114,14 @@ def load_image(path: Path, max_short_edge: int | None = None, source: str | None
     where = f"{source}: " if source else ""
     name = f"{where}image `{path}`"
     try:
-        mode = os.stat(path).st_mode
+        found = os.stat(path)
+        mode = found.st_mode
     except (OSError, TypeError):
         mode = None  # missing, a broken link, unreadable (said below, as Pillow finds it), or an open file
     if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # reading a pipe would wait forever
         raise CIRDataError(f"{name} is not a regular file (a pipe, socket or device), so it is not read as an image")
+    if mode is not None and stat.S_ISREG(mode) and found.st_size == 0:  # (a failed copy or download)
+        raise CIRDataError(f"{name} is an empty file (0 bytes), not an image")
     try:
         with _pillow_bomb_check_off():  # ours is applied below, from the header, with `max_pixels`
             opened = Image.open(path)

@@ -45,3 +45,10 @@ def test_a_folder_that_cannot_be_listed_is_an_error_not_a_silent_gap(tmp_path, m
         list_images(root)
     monkeypatch.setattr(os, "scandir", real)
     assert list_images(root) == ["a.png", "sub/b.png"]
+
+
+def test_an_empty_file_with_an_image_name_is_said_to_be_empty(tmp_path):
+    """A zero-byte photo (a failed copy or download) was "not a recognised image format, or truncated or corrupt"."""
+    (tmp_path / "zero.jpg").write_bytes(b"")
+    with pytest.raises(CIRDataError, match=r"image `.*zero\.jpg` is an empty file \(0 bytes\), not an image$"):
+        load_image(tmp_path / "zero.jpg")
