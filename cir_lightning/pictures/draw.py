@@ -157,9 +157,10 @@ def retrieval_picture(rows: Sequence[QueryRow], title: str = "", top: int = TOP,
     picture = Image.new("RGB", (width, tile_origin(len(rows), 0)[1]), "white")
     draw = ImageDraw.Draw(picture)
     draw.text((GAP, GAP), title, fill=INK, font=_font(18, title))
-    legend = width - GAP - 90
-    draw.rectangle([legend, GAP + 2, legend + 14, GAP + 16], outline=GREEN, width=3)
-    draw.text((legend + 20, GAP + 1), "true target", fill=INK, font=_font(14))
+    if any(row.has_targets for row in rows):  # (a search over your own images has none)
+        legend = width - GAP - 90
+        draw.rectangle([legend, GAP + 2, legend + 14, GAP + 16], outline=GREEN, width=3)
+        draw.text((legend + 20, GAP + 1), "true target", fill=INK, font=_font(14))
     tiles: dict[Path, Image.Image] = {}
 
     def tile(path: Path, source: str) -> Image.Image:
