@@ -14,8 +14,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cir_lightning.commands import COMMANDS
+
+if TYPE_CHECKING:
+    from cir_lightning.image_index import ImageIndex
 
 
 def main(argv: Sequence[str]) -> None:
@@ -88,7 +92,7 @@ def _shown(path: object) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(path))
 
 
-def _draw(path: Path, reference: Path, text: str, hits: Sequence, index: object) -> None:
+def _draw(path: Path, reference: Path, text: str, hits: Sequence, index: ImageIndex) -> None:
     import io
 
     from cir_lightning.files import write_atomic
@@ -97,7 +101,11 @@ def _draw(path: Path, reference: Path, text: str, hits: Sequence, index: object)
     row = QueryRow("your query", reference, "`--image`", text,
                    [Hit(h.relpath, h.path, str(index), h.score, False) for h in hits], None, len(hits),
                    has_targets=False)
-    picture = retrieval_picture([row], title=f"cir-lightning search: top {len(hits)}", top=max(1, len(hits)))
+    from cir_lightning.data.images import load_image
+
+    turn = bool(index.info.get("upright"))  # drawn as they were embedded: photos as viewed (EXIF orientation)
+    picture = retrieval_picture([row], title=f"cir-lightning search: top {len(hits)}", top=max(1, len(hits)),
+                                load=lambda path, source: load_image(path, None, source, upright=turn))
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG", optimize=True)
     write_atomic(path, buffer.getvalue())
