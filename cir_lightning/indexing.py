@@ -23,7 +23,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from torch.utils.data import DataLoader
 
 from cir_lightning.backbones.base import Backbone
-from cir_lightning.data.folder import ImageFolderDataset, KeepReadable, list_images
+from cir_lightning.data.folder import ImageFolderDataset, KeepReadable, scan_images
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.distributed import release_process_group
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRFileError
@@ -114,7 +114,8 @@ def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backb
     if root == partial or partial in root.parents:  # its unfinished work, removed when the index is done
         raise CIRDataError(f"is inside `{partial}`, where `index --out {out}` keeps its unfinished work and which it "
                            "removes when done; choose another `--out`", root)
-    relpaths = list_images(root, leave_out=[out, partial])
+    scan = scan_images(root, leave_out=[out, partial])  # what it passes over is counted, in meta.json
+    relpaths = scan.relpaths
     check_out_free(out)
     identity = backbone.identity((trainer_options or {}).get("precision", "32-true"))  # bf16 rows are not fp32 ones
     # max_short_edge changes the pixels, so the rows of two runs must share it (max_image_pixels only changes
@@ -153,7 +154,8 @@ def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backb
     return _assemble(root, out, partial, relpaths, backbone, identity, dict(
         version=1, root=str(root), backbone=dict(backbone_config), max_short_edge=max_short_edge, upright=True,
         max_image_pixels=max_image_pixels, search={"factory": search.factory, "nprobe": search.nprobe,
-                                                   "ef_search": search.ef_search}, source=dict(source or {})),
+                                                   "ef_search": search.ef_search}, source=dict(source or {}),
+        left_out=scan.counts()),
         skip_unreadable, search, dtype)
 
 

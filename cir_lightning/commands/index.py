@@ -168,6 +168,7 @@ def main(argv: Sequence[str]) -> None:
         shard_size=ns.shard_size, skip_unreadable=ns.skip_unreadable, search=search, dtype=ns.dtype, source=source)
     if written is None:  # not the first process
         return
+    from cir_lightning.data.folder import left_out_line
     from cir_lightning.image_index import ImageIndex
 
     index = ImageIndex.open(written)
@@ -175,4 +176,7 @@ def main(argv: Sequence[str]) -> None:
     print(f"index written to {written}: {len(index.relpaths)} of {len(found)} images below {index.root} "
           f"({index.meta['dim']}-dim {index.meta['dtype']} embeddings, faiss {index.info['search']['factory']})"
           + (f"; {len(skipped)} unreadable left out (listed in meta.json)" if skipped else ""))
+    passed_over = left_out_line(index.info.get("left_out") or {})
+    if passed_over:
+        print(passed_over)
     print(f"search it: cir-lightning search {written} --image REFERENCE.jpg --text \"make it red\"")

@@ -13,7 +13,9 @@ from __future__ import annotations
 import functools
 import os
 import stat
+from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +25,12 @@ from torch.utils.data import Dataset
 
 from cir_lightning.data.datasets import ImageDataset
 from cir_lightning.errors import CIRDataError
-from cir_lightning.messages import MISSING, os_reason
+from cir_lightning.messages import MISSING, first_few, os_reason
 from cir_lightning.pixels import shrink_short_edge
 from cir_lightning.pixels import upright as _upright
 
-__all__ = ["ImageFolderDataset", "KeepReadable", "fit_image", "image_suffixes", "list_images"]
+__all__ = ["FolderScan", "ImageFolderDataset", "KeepReadable", "fit_image", "image_suffixes", "left_out_line",
+           "list_images", "scan_images"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -43,17 +46,64 @@ def image_suffixes() -> frozenset[str]:
     return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 
 
+@dataclass(frozen=True)
+class FolderScan:
+    """What ``scan_images`` found below a folder: the images, and counts of what it passed over by rule.
+
+    Args:
+        relpaths: the image files, sorted relative paths with ``/`` separators.
+        hidden: hidden files and folders (names starting with ``.``) not searched.
+        other_types: files with a suffix Pillow cannot open, by suffix (lower case, ``""`` for none).
+        reached_again: folders and files reached a second time, through a link or a link loop (their images
+            listed once).
+        through_outside_links: images listed whose file lies outside the folder (reached through a link).
+    """
+
+    relpaths: list[str]
+    hidden: int = 0
+    other_types: dict[str, int] = field(default_factory=dict)
+    reached_again: int = 0
+    through_outside_links: int = 0
+
+    def counts(self) -> dict[str, Any]:
+        """Everything but the paths, as recorded in an index's ``meta.json`` (``image_index.left_out``)."""
+        return {"hidden": self.hidden, "other_types": dict(self.other_types), "reached_again": self.reached_again,
+                "through_outside_links": self.through_outside_links}
+
+
+def left_out_line(counts: dict[str, Any]) -> str:
+    """One line saying what ``scan_images`` passed over (``FolderScan.counts()``); empty when nothing.
+
+    Example:
+        >>> from cir_lightning.data.folder import left_out_line
+        >>> left_out_line({"hidden": 2, "other_types": {".txt": 1, ".heic": 3}, "reached_again": 1,
+        ...                "through_outside_links": 0})
+        'not indexed: 2 hidden files or folders (names starting with `.`), 4 files of other types (.heic 3, .txt 1), 1 folder or file reached again through a link (each image once)'
+    """
+    def many(n: int, one: str, more: str) -> str:
+        return f"{n} {one if n == 1 else more}"
+
+    parts = []
+    if counts.get("hidden"):
+        parts.append(many(counts["hidden"], "hidden file or folder", "hidden files or folders")
+                     + " (names starting with `.`)")
+    other = counts.get("other_types") or {}
+    if other:
+        kinds = sorted(other.items(), key=lambda item: (-item[1], item[0]))
+        parts.append(many(sum(other.values()), "file", "files") + " of other types ("
+                     + first_few([f"{k or 'no suffix'} {n}" for k, n in kinds], ", ", ", ...") + ")")
+    if counts.get("reached_again"):
+        parts.append(many(counts["reached_again"], "folder or file", "folders or files")
+                     + " reached again through a link (each image once)")
+    line = "not indexed: " + ", ".join(parts) if parts else ""
+    if counts.get("through_outside_links"):
+        line += ("; " if line else "") + many(counts["through_outside_links"], "image", "images") \
+            + " indexed through links to files outside the folder"
+    return line
+
+
 def list_images(root: str | Path, leave_out: Sequence[str | Path] = ()) -> list[str]:
-    """The image files below ``root``, as sorted relative paths with ``/`` separators.
-
-    Hidden files and folders (names starting with ``.``) and the folders in ``leave_out`` (e.g. an index
-    being written inside the image folder) are not searched. Symbolic links are followed, to files and to
-    folders (a photo folder linked in is searched like one copied in); a folder or file reached a second
-    time, by another link or a link loop, is listed once only (a file under its own name rather than a
-    link's), so no image appears twice.
-
-    Raises:
-        CIRDataError: ``root`` is missing or not a folder, or holds no image file.
+    """The image files below ``root``, as sorted relative paths with ``/`` separators: ``scan_images``'s.
 
     Example:
         >>> from cir_lightning.data.folder import list_images
@@ -69,36 +119,75 @@ def list_images(root: str | Path, leave_out: Sequence[str | Path] = ()) -> list[
         ...
         cir_lightning.errors.CIRDataError: .../1.webp: is not a folder of images
     """
+    return scan_images(root, leave_out).relpaths
+
+
+def scan_images(root: str | Path, leave_out: Sequence[str | Path] = ()) -> FolderScan:
+    """The image files below ``root`` (those whose suffix, in any case, Pillow can open), and what was passed over.
+
+    Hidden files and folders (names starting with ``.``) and the folders in ``leave_out`` (e.g. an index
+    being written inside the image folder) are not searched; files of other types are not listed. Both are
+    counted (``FolderScan``). Symbolic links are followed, to files and to folders, also to outside ``root``
+    (a photo folder linked in is searched like one copied in; counted too); a folder or file reached a second
+    time, by another link or a link loop, is listed once only (a file under its own name rather than a
+    link's), so no image appears twice.
+
+    Raises:
+        CIRDataError: ``root`` is missing or not a folder, or holds no image file.
+
+    Example:
+        >>> from cir_lightning.data.folder import scan_images
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> for name in ("a.png", ".DS_Store", ".thumbnails/a.png", "notes.txt", "IMG_1.HEIC"):
+        ...     (root / name).parent.mkdir(parents=True, exist_ok=True)
+        ...     _ = (root / name).write_bytes(b"")
+        >>> scan = scan_images(root)
+        >>> scan.relpaths, scan.hidden, scan.other_types
+        (['a.png'], 2, {'.heic': 1, '.txt': 1})
+    """
     root = Path(root)
     if not root.is_dir():
         raise CIRDataError(MISSING if not root.exists() else "is not a folder of images", root)
     skipped = {os.path.realpath(p) for p in leave_out}
     found, listed = {}, set()  # relative path -> (is a link, the real file)
+    hidden, reached_again, other_types = 0, 0, Counter()
     for folder, dirnames, filenames in os.walk(root, followlinks=True, onerror=_unlistable):
         real = os.path.realpath(folder)
         if real in listed:  # a second link to a folder already listed (or a link loop): its images once only
             dirnames[:] = []
+            reached_again += 1
             continue
         listed.add(real)
+        hidden += sum(d.startswith(".") for d in dirnames) + sum(f.startswith(".") for f in filenames)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")  # sorted: which link lists a folder
                              and os.path.realpath(os.path.join(folder, d)) not in skipped)  # does not vary
         relative = Path(folder).relative_to(root)
         for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in image_suffixes():
-                _refuse_special(Path(folder) / name)
-                link = os.path.islink(os.path.join(folder, name))
-                found[(relative / name).as_posix()] = (link, os.path.realpath(os.path.join(folder, name)) if link
-                                                       else os.path.join(real, name))
+            if name.startswith("."):
+                continue
+            if Path(name).suffix.lower() not in image_suffixes():
+                other_types[Path(name).suffix.lower()] += 1
+                continue
+            _refuse_special(Path(folder) / name)
+            link = os.path.islink(os.path.join(folder, name))
+            found[(relative / name).as_posix()] = (link, os.path.realpath(os.path.join(folder, name)) if link
+                                                   else os.path.join(real, name))
     # a file reached under two names (a link to it) is listed once: under a name that is not a link if it has
     # one, else the first in order (an image listed twice would tie with itself in every search)
     keep: dict[str, str] = {}
     for relpath, (_, real_file) in sorted(found.items(), key=lambda item: (item[1][0], item[0])):
         keep.setdefault(real_file, relpath)
-    if not found:
+    inside = os.path.realpath(root)
+    outside = sum(1 for real_file in keep if os.path.commonpath([inside, real_file]) != inside)
+    scan = FolderScan(sorted(keep.values()), hidden, dict(sorted(other_types.items())),
+                      reached_again + len(found) - len(keep), outside)
+    if not found:  # (what it holds instead: iPhone photos are .heic, which this Pillow may not open)
+        passed_over = left_out_line(scan.counts()).replace("not indexed: ", "; it holds ")
         raise CIRDataError("holds no image files (looked for " + ", ".join(sorted(
             {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"} & image_suffixes()))
-            + " ... in every sub-folder)", root)
-    return sorted(keep.values())
+            + f" ... in every sub-folder{passed_over})", root)
+    return scan
 
 
 def _unlistable(err: OSError) -> None:
