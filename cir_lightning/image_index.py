@@ -4,11 +4,13 @@ An index folder holds::
 
     embeddings.npy  ids.json  meta.json    the embedding cache format (``retrieval.cache``): ids = relative paths
     index.faiss                            the faiss index over those rows (inner product)
+    stamps.npy                             each image file's size and modification time when it was embedded
     adapter/                               the model's trained LoRA adapter (peft format), when it has one
 
 ``meta.json`` is the cache's (``model`` = backbone fingerprint and weights digest) plus ``image_index``: the
 image folder (``root``), the backbone's config (``class_path`` / ``init_args``, what rebuilds it), the image
-options, the faiss index type and the images left out as unreadable. ``ImageIndex.open`` refuses a missing,
+options, the faiss index type, the images left out as unreadable and what the folder's scan passed over
+(``left_out``: hidden files, other types, links reached again). ``ImageIndex.open`` refuses a missing,
 unfinished or damaged folder in one line; ``load_backbone`` rebuilds the model that made the index and checks
 it; ``query`` refuses any other model, so rows and query are always embedded by the same function.
 """
@@ -30,10 +32,10 @@ from cir_lightning.backbones.base import Backbone
 from cir_lightning.checks import positive_int
 from cir_lightning.data.folder import fit_image
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRModelError, embedded_error
-from cir_lightning.index_files import meta_problem, read_faiss, read_json
+from cir_lightning.index_files import STAMPS_FILE, meta_problem, read_faiss, read_json, read_stamps
 from cir_lightning.messages import MISSING, first_few
 from cir_lightning.retrieval.cache import identity_differences
-from cir_lightning.retrieval.embedding_folder import ids_digest
+from cir_lightning.retrieval.embedding_folder import file_stamp, ids_digest
 from cir_lightning.retrieval.index import search_with_scores
 from cir_lightning.retrieval.ties import identical_rows
 
@@ -91,12 +93,12 @@ class ImageIndex:
     """
 
     def __init__(self, folder: Path, meta: dict[str, Any], relpaths: list[str], faiss_index: Any,
-                 root: Path | None = None) -> None:
+                 root: Path | None = None, stamps: np.ndarray | None = None) -> None:
         self.folder = folder
         self.meta = meta
         self.relpaths = relpaths
         self.root = root or Path(meta["image_index"]["root"])  # the images' folder (elsewhere, when moved)
-        self._faiss = faiss_index
+        self._faiss, self._stamps = faiss_index, stamps
         self._rows = {p: i for i, p in enumerate(relpaths)}
         self._checked: weakref.WeakSet[Backbone] = weakref.WeakSet()
         self._identical: Any = "find"  # the identical images (equal scores, lower row first): found once
@@ -154,7 +156,22 @@ class ImageIndex:
         if root is not None and probes and not any((images / p).exists() for p in probes):
             raise CIRDataError(f"the image folder `{images}` (`--root`) holds none of the indexed images (looked for "
                                f"{first_few(probes)}): give the folder the index was built over, moved", folder)
-        return cls(folder, meta, relpaths, read_faiss(folder / FAISS_FILE, meta["count"], meta["dim"], info), images)
+        return cls(folder, meta, relpaths, read_faiss(folder / FAISS_FILE, meta["count"], meta["dim"], info), images,
+                   read_stamps(folder / STAMPS_FILE, meta["count"]))
+
+    def changed(self, relpaths: Iterable[str]) -> list[str]:
+        """Those of the indexed ``relpaths`` whose file is gone, or is not the file that was embedded (another size
+        or modification time; only another size below a ``--root``, where a copy may have new times). An index
+        written without ``stamps.npy`` knows only the gone ones."""
+        moved = self.root != Path(self.info["root"])
+        found = []
+        for relpath in relpaths:
+            now, then = file_stamp(self.root / relpath), None
+            if self._stamps is not None:
+                then = self._stamps[self._rows[relpath]].tolist()
+            if now is None or (then is not None and (now[0] != then[0] or (now[1] != then[1] and not moved))):
+                found.append(relpath)
+        return found
 
     # ------------------------------------------------------------------ the model
     def load_backbone(self) -> Backbone:

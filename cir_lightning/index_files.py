@@ -7,10 +7,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cir_lightning.errors import CIRDataError
 from cir_lightning.messages import MISSING, short_repr
 
-__all__ = ["meta_problem", "read_faiss", "read_json"]
+__all__ = ["STAMPS_FILE", "meta_problem", "read_faiss", "read_json", "read_stamps"]
+
+STAMPS_FILE = "stamps.npy"
+"""Each indexed image file's ``[size, modification time in ns]`` when it was embedded, by row (int64; -1: none)."""
 
 
 def read_json(path: Path, kind: type) -> Any:
@@ -64,3 +69,18 @@ def read_faiss(path: Path, count: int, dim: int, info: dict[str, Any]) -> Any:
         if search.get(key) is not None:
             space.set_index_parameter(index, name, int(search[key]))
     return index
+
+
+def read_stamps(path: Path, count: int) -> np.ndarray | None:
+    """The ``[size, modification time in ns]`` of each indexed image's file when it was embedded (``stamps.npy``,
+    one row per image; ``-1`` where the file could not be stat'ed); None for an index written without them."""
+    if not path.exists():
+        return None
+    try:
+        stamps = np.load(path)
+    except (OSError, ValueError, EOFError) as err:
+        raise CIRDataError(f"cannot be read ({err}): the index is damaged; rebuild it", path) from None
+    if stamps.shape != (count, 2) or stamps.dtype != np.int64:
+        raise CIRDataError(f"holds {stamps.dtype} {stamps.shape}, not int64 ({count}, 2): the index is damaged; rebuild "
+                           "it", path)
+    return stamps

@@ -29,6 +29,7 @@ from cir_lightning.distributed import release_process_group
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRFileError
 from cir_lightning.files import atomic_folder
 from cir_lightning.image_index import FAISS_FILE, partial_folder
+from cir_lightning.index_files import STAMPS_FILE
 from cir_lightning.index_shards import (
     ShardWriter,
     current_rows,
@@ -163,7 +164,8 @@ def _assemble(root: Path, out: Path, partial: Path, relpaths: list[str], backbon
               identity: dict[str, Any], info: dict[str, Any], skip_unreadable: bool, search: SearchConfig,
               dtype: str) -> Path:
     # image -> (shard, row), as the files are now (one changed during the build is not taken)
-    done = current_rows(read_shards(partial / "shards", identity, partial), file_stamps(root, relpaths))
+    now = file_stamps(root, relpaths)
+    done = current_rows(read_shards(partial / "shards", identity, partial), now)
     missing = [p for p in relpaths if p not in done]
     reasons = read_unreadable(partial)
     unexplained = [p for p in missing if p not in reasons]
@@ -182,6 +184,8 @@ def _assemble(root: Path, out: Path, partial: Path, relpaths: list[str], backbon
     row = {p: i for i, p in enumerate(keep)}
     with atomic_folder(out) as tmp:
         new_embeddings(tmp, len(keep), backbone.embedding_dim, dtype).flush()  # an empty file of the right size
+        # the files as embedded (a row's stamp equals its file's now): search tells a photo replaced since
+        np.save(tmp / STAMPS_FILE, np.array([now.get(p, [-1, -1]) for p in keep], dtype=np.int64).reshape(-1, 2))
         with RowFile(tmp / "embeddings.npy", writable=True) as rows:  # plain writes: nothing stays resident
             by_shard: dict[Path, list[tuple[int, int]]] = {}
             for p in keep:  # each image once, from a shard that embedded its file as it is now

@@ -3,6 +3,8 @@ line, or passed over by a rule that the output counts; nothing is skipped withou
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import unicodedata
 from pathlib import Path
@@ -73,8 +75,11 @@ UNREADABLE = {"broken_link.png": "is a broken symbolic link", "text.jpg": "not a
               "truncated.jpg": "is truncated or corrupt", "zero.jpg": "is an empty file (0 bytes), not an image"}
 
 
-def test_a_messy_folder_is_indexed_refused_or_counted(tmp_path, tiny_model_dir, capsys):
-    """Hidden files, other types and links reached twice were passed over without a word."""
+def test_a_messy_folder_is_indexed_refused_or_counted_and_search_sees_what_changed_since(tmp_path, tiny_model_dir,
+                                                                                          capsys):
+    """Hidden files, other types and links reached twice were passed over without a word; an empty file was
+    "not a recognised image format"; a photo replaced under the same name was ranked by its old picture
+    without a word; ``search --show`` drew phone photos sideways while they were embedded upright."""
     photos = _messy(tmp_path / "photos", tmp_path / "outside")
     scan = scan_images(photos)
     assert scan.relpaths == sorted([*INDEXED, *UNREADABLE])
@@ -104,6 +109,27 @@ def test_a_messy_folder_is_indexed_refused_or_counted(tmp_path, tiny_model_dir, 
         image = load_image(photos / name, upright=True)
         assert np.allclose(rows[index.relpaths.index(name)], backbone.encode_gallery([image])[0].numpy(), atol=1e-5)
 
+    Image.new("RGB", (30, 20), "black").save(photos / "dup2.png")  # another photo under an indexed name
+    (photos / "Holiday 2024" / "beach day.png").unlink()
+    capsys.readouterr()
+    main(["search", str(tmp_path / "index"), "--image", str(photos / "phone.jpg"), "--text", "x", "-k", "17"])
+    captured = capsys.readouterr()
+    rows = [re.fullmatch(r" *\d+ +-?\d\.\d{4}  (.*?)(  \(.*\))?", line) for line in captured.out.splitlines()[2:]]
+    assert len(rows) == 17
+    marks = {row[1].rsplit("/", 1)[-1]: row[2].strip() for row in rows if row[2]}
+    assert marks == {"beach day.png": "(gone)", "dup2.png": "(changed since indexed)"}
+    assert "1 of these images changed since the index was built (ranked as they were then)" in captured.err
+    assert index.changed(["dup1.png", "dup2.png", "Holiday 2024/beach day.png"]) == ["dup2.png",
+                                                                                   "Holiday 2024/beach day.png"]
+    main(["search", str(tmp_path / "index"), "--image", str(photos / "phone.jpg"), "--text", "x", "-k", "1",
+          "--show", str(tmp_path / "shown.png")])
+    from cir_lightning.pictures import tile_origin
+
+    with Image.open(tmp_path / "shown.png") as picture:
+        x, y = tile_origin(0, 0)
+        column = [picture.getpixel((x + 5, y + row)) for row in range(0, 100, 10)]
+    assert set(column) == {(60, 60, 60)}  # upright (40x80): the tile's left edge is background, not the photo
+
 
 def test_a_folder_without_images_says_what_it_holds(tmp_path):
     (tmp_path / ".cache").mkdir()
@@ -115,3 +141,17 @@ def test_a_folder_without_images_says_what_it_holds(tmp_path):
                                            r"types \(\.heic 2, no suffix 1\)\)"):
         scan_images(tmp_path)
 
+
+def test_an_index_without_stamps_knows_only_gone_images(tmp_path):
+    """An index written before stamps.npy opens and marks gone files only; a damaged stamps file is one line."""
+    from cir_lightning.index_files import read_stamps
+
+    assert read_stamps(tmp_path / "stamps.npy", 3) is None
+    np.save(tmp_path / "stamps.npy", np.zeros((2, 2), dtype=np.int64))
+    with pytest.raises(CIRDataError, match=r"stamps\.npy: holds int64 \(2, 2\), not int64 \(3, 2\): the index is "
+                                           r"damaged"):
+        read_stamps(tmp_path / "stamps.npy", 3)
+    os.remove(tmp_path / "stamps.npy")
+    index = ImageIndex(tmp_path, {"image_index": {"root": str(tmp_path)}}, ["a.png", "b.png"], None)
+    (tmp_path / "a.png").write_bytes(b"1")
+    assert index.changed(["a.png", "b.png"]) == ["b.png"]

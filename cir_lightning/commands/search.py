@@ -68,15 +68,20 @@ def main(argv: Sequence[str]) -> None:
     print(f"{len(hits)} of {len(index.relpaths)} images below {index.root} for {_shown(reference)} + {ns.text!r}"
           + (f" (the reference itself, {_shown(relpath)}, left out: --keep-reference keeps it)" if exclude else ""))
     print(f"{'rank':>4}  {'score':>7}  path")
-    gone = [hit.rank for hit in hits if not os.path.exists(hit.path)]
+    changed = set(index.changed(hit.relpath for hit in hits))  # gone, or another photo under the same name
+    gone = [hit.rank for hit in hits if hit.relpath in changed and not os.path.exists(hit.path)]
     for hit in hits:
-        print(f"{hit.rank:>4}  {hit.score:>7.4f}  {_shown(hit.path)}" + ("  (gone)" if hit.rank in gone else ""))
+        mark = "  (gone)" if hit.rank in gone else "  (changed since indexed)" if hit.relpath in changed else ""
+        print(f"{hit.rank:>4}  {hit.score:>7.4f}  {_shown(hit.path)}{mark}")
     if gone and show is not None:  # an index outlives its images: say so rather than list paths as if they were there
         raise CIRDataError(f"`--show`: {len(gone)} of these images are gone since the index was built, so they cannot "
                            "be drawn; index the folder again")
     if gone:
         print(f"{len(gone)} of these images are gone since the index was built; index the folder again",
               file=sys.stderr)
+    if len(changed) > len(gone):  # ranked by the picture embedded then, not the one there now
+        print(f"{len(changed) - len(gone)} of these images changed since the index was built (ranked as they were "
+              "then); index the folder again", file=sys.stderr)
     if show is not None:
         _draw(show, reference, ns.text, hits, index)
         print(f"picture written to {show}")
