@@ -155,3 +155,14 @@ def test_an_index_without_stamps_knows_only_gone_images(tmp_path):
     index = ImageIndex(tmp_path, {"image_index": {"root": str(tmp_path)}}, ["a.png", "b.png"], None)
     (tmp_path / "a.png").write_bytes(b"1")
     assert index.changed(["a.png", "b.png"]) == ["b.png"]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="Windows file names are always unicode")
+def test_a_file_name_that_is_not_utf8_is_refused_before_any_image_is_embedded(tmp_path):
+    """A Latin-1 name (an old camera's, a zip's) was embedded, then the shard's ids.json failed with a
+    UnicodeEncodeError traceback."""
+    Image.new("RGB", (4, 4)).save(tmp_path / "ok.png")
+    Image.new("RGB", (4, 4)).save(os.fsencode(tmp_path) + b"/caf\xe9.png")
+    with pytest.raises(CIRDataError, match=r"1 image file names are not valid UTF-8 \('caf\\xe9\.png'\), which an "
+                                           r"index cannot record; rename them"):
+        scan_images(tmp_path)

@@ -187,7 +187,20 @@ def scan_images(root: str | Path, leave_out: Sequence[str | Path] = ()) -> Folde
         raise CIRDataError("holds no image files (looked for " + ", ".join(sorted(
             {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"} & image_suffixes()))
             + f" ... in every sub-folder{passed_over})", root)
+    undecodable = [os.fsencode(p) for p in scan.relpaths if not _is_utf8(p)]
+    if undecodable:  # (an old camera's or zip's Latin-1 names): ids.json, meta.json and URLs hold UTF-8 text
+        raise CIRDataError(f"{len(undecodable)} image file names are not valid UTF-8 ("
+                           + first_few([repr(name)[1:] for name in undecodable], ", ", ", ...") + "), which an index "
+                           "cannot record; rename them (e.g. `convmv -f latin1 -t utf8 -r --notest FOLDER`)", root)
     return scan
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.walk's surrogate escapes of undecodable bytes
+        return False
+    return True
 
 
 def _unlistable(err: OSError) -> None:
