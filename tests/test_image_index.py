@@ -309,6 +309,10 @@ def test_fewer_images_than_processes_is_one_line_before_any_is_embedded(small_in
     (["search", "{index}", "--image", "{photos}/red.png", "--text", "x", "-k", "0"], "`-k` must be an integer >= 1"),
     (["search", "{index}", "--image", "{tmp}/gone.png", "--text", "x"], "`--image`: image `{tmp}/gone.png` does not exist"),
     (["search", "{index}", "--image", "{tmp}/text/a.txt", "--text", "x"], "not a recognised image format"),
+    # show draws results files; an index was "a folder, not a file"
+    (["show", "{index}"], "{index}: is an image index written by `cir-lightning index`, not a results file: draw a "
+     "search of it with `cir-lightning search INDEX"),
+    (["show", "{index}/meta.json"], "{index}/meta.json: is an image index written by `cir-lightning index`"),
     (["search", "{index}", "--image", "{photos}/red.png", "--text", "x", "--show", "{photos}/red.png"],
      "`--show`: `{photos}/red.png` already exists"),
     (["search", "{index}", "--image", "{photos}/red.png", "--text", "x", "--root", "{tmp}/empty"],

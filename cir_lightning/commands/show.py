@@ -187,6 +187,11 @@ def main(argv: Sequence[str]) -> None:
     ns = parser.parse_args(argv[1:])
     positive_int("--count", ns.count)
     results = Path(ns.results)
+    from cir_lightning.image_index import FAISS_FILE
+
+    if (results if results.is_dir() else results.parent).joinpath(FAISS_FILE).is_file():  # the folder or its meta.json
+        raise CIRDataError("is an image index written by `cir-lightning index`, not a results file: draw a search of it "
+                           "with `cir-lightning search INDEX --image REF.jpg --text \"...\" --show OUT.png`", results)
     out = Path(ns.out) if ns.out else results.with_suffix(".png")
     if ns.out and out.exists():
         raise CIRFileError(f"`--out`: `{out}` already exists; it is never overwritten (choose another name, or "
