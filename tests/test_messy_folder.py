@@ -143,7 +143,8 @@ def test_a_folder_without_images_says_what_it_holds(tmp_path):
 
 
 def test_an_index_without_stamps_knows_only_gone_images(tmp_path):
-    """An index written before stamps.npy opens and marks gone files only; a damaged stamps file is one line."""
+    """An index written before stamps.npy marks gone files only; a damaged stamps file is one line; below a
+    ``--root`` a file's time may differ."""
     from cir_lightning.index_files import read_stamps
 
     assert read_stamps(tmp_path / "stamps.npy", 3) is None
@@ -155,6 +156,11 @@ def test_an_index_without_stamps_knows_only_gone_images(tmp_path):
     index = ImageIndex(tmp_path, {"image_index": {"root": str(tmp_path)}}, ["a.png", "b.png"], None)
     (tmp_path / "a.png").write_bytes(b"1")
     assert index.changed(["a.png", "b.png"]) == ["b.png"]
+    # below a `--root` (a moved or copied folder: its files may have new times) only another size counts
+    for size, changed in ((1, []), (2, ["a.png"])):
+        moved = ImageIndex(tmp_path, {"image_index": {"root": "/photos/before"}}, ["a.png"], None, root=tmp_path,
+                           stamps=np.array([[size, 0]], dtype=np.int64))
+        assert moved.changed(["a.png"]) == changed
 
 
 @pytest.mark.skipif(os.name == "nt", reason="Windows file names are always unicode")
