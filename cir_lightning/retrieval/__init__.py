@@ -1,7 +1,7 @@
 """Retrieval: search, ranking metrics, DDP gathering and evaluation. Independent of models and data.
 
-``RetrievalCallback`` (the one piece that needs Lightning's trainer) is imported on first use, so that
-search, metrics and caches load without Lightning's trainer stack.
+``RetrievalCallback`` (the one piece that needs Lightning's trainer) and ``Encoders`` (what it needs of a
+module) are imported on first use, so that search, metrics and caches load without Lightning's trainer stack.
 """
 
 from typing import Any
@@ -19,6 +19,7 @@ from cir_lightning.retrieval.metrics import (
 from cir_lightning.retrieval.subsets import subsets_from_loaders
 
 __all__ = [
+    "Encoders",
     "EvalSubset",
     "HitRateAtK",
     "MAPAtK",
@@ -37,8 +38,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "RetrievalCallback":
-        from cir_lightning.retrieval.callback import RetrievalCallback
+    if name in ("RetrievalCallback", "Encoders"):
+        from cir_lightning.retrieval import callback
 
-        return RetrievalCallback
+        return getattr(callback, name)
     raise AttributeError(f"module 'cir_lightning.retrieval' has no attribute {name!r}")

@@ -3,14 +3,17 @@
 The contract is small:
 
 - the module has ``encode_query(batch)`` and ``encode_gallery(batch)``, each returning (batch, dim)
-  embeddings (normalise them for cosine similarity);
+  embeddings (normalise them for cosine similarity): ``Encoders``, checked when validation starts; and a
+  ``validation_step`` (Lightning runs no validation without one; it may do nothing);
 - the validation dataloaders come in (queries, gallery) pairs, queries first, one pair per subset;
-- every batch is a mapping with an ``"index"`` entry: the dataset row of each sample;
+- every batch is a mapping with an ``"index"`` entry (the dataset row of each sample), or a list of samples
+  each with one (what a cir_lightning DataModule yields without a model's collator: ``encode_*`` get the list);
 - the query dataset has ``positives`` (gallery rows per query) and may have ``excluded``, ``name``
   and ``ids``.
 
 After each validation epoch (not in the sanity check) it logs ``val/Recall@K`` and ``val/MRR@K``
-computed as ``CIRModule`` computes them, identical under DDP.
+computed as ``CIRModule`` computes them, identical under DDP, and what the DataModule's ``summarize(metrics)``
+adds, as ``CIRModule`` does (a cir_lightning DataModule's hook: FashionIQ's ``val/average/Recall@10``).
 
 Example:
     >>> import lightning.pytorch as pl
@@ -19,8 +22,8 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import lightning.pytorch as pl
 import torch
@@ -29,6 +32,49 @@ from cir_lightning.errors import CIRConfigError
 from cir_lightning.retrieval.evaluator import RetrievalEvaluator
 from cir_lightning.retrieval.index import SearchConfig
 from cir_lightning.retrieval.loop import EvaluationLoop
+
+
+@runtime_checkable
+class Encoders(Protocol):
+    """What ``RetrievalCallback`` needs of a LightningModule: an embedding of each side of a validation batch.
+
+    Example:
+        >>> from cir_lightning.retrieval import Encoders
+        >>> class Model:
+        ...     def encode_query(self, batch): return batch["x"]
+        ...     def encode_gallery(self, batch): return batch["x"]
+        >>> isinstance(Model(), Encoders)
+        True
+    """
+
+    def encode_query(self, batch: Any) -> torch.Tensor:
+        """(batch, dim) embeddings of the queries (reference image and modification text) in ``batch``."""
+
+    def encode_gallery(self, batch: Any) -> torch.Tensor:
+        """(batch, dim) embeddings of the gallery images in ``batch``."""
+
+
+def batch_index(batch: Any) -> torch.Tensor:
+    """The dataset rows of a validation batch: its ``"index"`` entry, or each sample's of a list of samples.
+
+    Example:
+        >>> from cir_lightning.retrieval.callback import batch_index
+        >>> batch_index([{"index": 3, "image": None}, {"index": 4, "image": None}]).tolist()
+        [3, 4]
+        >>> batch_index({"x": 1})
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRConfigError: RetrievalCallback needs every validation batch to be a mapping with an "index" entry (the dataset row of each sample) or a list of samples with one; got a dict with keys ['x']
+    """
+    if isinstance(batch, Mapping) and "index" in batch:
+        return torch.as_tensor(batch["index"])
+    if isinstance(batch, list | tuple) and batch and all(isinstance(s, Mapping) and "index" in s for s in batch):
+        return torch.as_tensor([s["index"] for s in batch])
+    got = f"a {type(batch).__name__} with keys {sorted(map(str, batch))}" if isinstance(batch, Mapping) else (
+        f"a {type(batch).__name__}" + (f" of {type(batch[0]).__name__}" if isinstance(batch, list | tuple) and batch
+                                       else ""))
+    raise CIRConfigError('RetrievalCallback needs every validation batch to be a mapping with an "index" entry (the '
+                         f"dataset row of each sample) or a list of samples with one; got {got}")
 
 
 class RetrievalCallback(pl.Callback):
@@ -67,17 +113,23 @@ class RetrievalCallback(pl.Callback):
         self.loop = EvaluationLoop(self.evaluator)
         self.prefix = prefix
 
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        missing = [f"`{type(pl_module).__name__}.encode_{kind}(batch)`" for kind in ("query", "gallery")
+                   if not callable(getattr(pl_module, f"encode_{kind}", None))]
+        if missing:
+            raise CIRConfigError(f"RetrievalCallback needs {' and '.join(missing)}, returning (batch, dim) embeddings "
+                                 "(`cir_lightning.retrieval.Encoders`)")
+
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         def embed(kind: str) -> torch.Tensor:
-            encode = getattr(pl_module, f"encode_{kind}", None)
-            if encode is None:
-                raise CIRConfigError(f"RetrievalCallback needs `{type(pl_module).__name__}.encode_{kind}(batch)`")
             with torch.no_grad():
-                return encode(batch)
+                return getattr(pl_module, f"encode_{kind}")(batch)
 
-        self.loop.add_batch(trainer, dataloader_idx, embed, batch["index"])
+        self.loop.add_batch(trainer, dataloader_idx, embed, batch_index(batch))
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.loop.finish(trainer, pl_module, trainer.val_dataloaders, self.prefix)
+        summarize = getattr(trainer.datamodule, "summarize", None)  # a cir_lightning DataModule's (FashionIQ's average)
+        self.loop.finish(trainer, pl_module, trainer.val_dataloaders, self.prefix,
+                         summarize=summarize if callable(summarize) else None)
         self.loop.reset()
