@@ -2,7 +2,8 @@
 
 Inputs are the ranked lists themselves, not scores: ``ranked`` (queries, L) holds gallery ids in
 descending similarity with excluded ids already removed and ``-1`` where there is no result;
-``positives`` (queries, P) holds each query's relevant gallery ids padded with ``-1``. Each class sums
+``positives`` (queries, P) holds each query's relevant gallery ids padded with ``-1``, or is a list of each
+query's ids (padded here; ``ranked`` may be a list of lists too). Each class sums
 per-query values and counts queries, so ``compute`` under DDP equals one process seeing every query,
 as long as each query is updated on exactly one rank. The sums are kept as fixed-point integers
 (resolution 2^-40 per query): integer addition is exact, so the result is bit-identical however the
@@ -26,14 +27,27 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from cir_lightning.retrieval.index import pad_lists
 
-def relevance(ranked: Tensor, positives: Tensor) -> Tensor:
+IdLists = Tensor | Sequence[Sequence[int]]
+"""Gallery ids per query: a (queries, n) tensor padded with -1, or a list of each query's ids."""
+
+
+def _tensors(ranked: IdLists, positives: IdLists) -> tuple[Tensor, Tensor]:
+    ranked = ranked if isinstance(ranked, Tensor) else pad_lists(ranked)
+    return ranked, (positives if isinstance(positives, Tensor) else pad_lists(positives)).to(ranked.device)
+
+
+def relevance(ranked: IdLists, positives: IdLists) -> Tensor:
     """(queries, L) booleans: is ``ranked[q, r]`` one of the positives of ``q``? ``-1`` never is.
 
     Example:
         >>> relevance(torch.tensor([[3, 1, -1]]), torch.tensor([[1, -1]])).tolist()
         [[False, True, False]]
+        >>> relevance(torch.tensor([[3, 1], [2, 0]]), [[1], [0, 2]]).tolist()  # each query's positives, as lists
+        [[False, True], [True, True]]
     """
+    ranked, positives = _tensors(ranked, positives)
     if ranked.ndim != 2 or positives.ndim != 2 or ranked.shape[0] != positives.shape[0]:
         raise ValueError(f"`ranked` {tuple(ranked.shape)} and `positives` {tuple(positives.shape)} must be "
                          "2-d with one row per query")
@@ -41,7 +55,7 @@ def relevance(ranked: Tensor, positives: Tensor) -> Tensor:
     return hit & (ranked >= 0)
 
 
-def hit_rate_at_k(ranked: Tensor, positives: Tensor, ks: Sequence[int]) -> Tensor:
+def hit_rate_at_k(ranked: IdLists, positives: IdLists, ks: Sequence[int]) -> Tensor:
     """Per-query hit (0/1) at each K: (queries, len(ks)), float64. K beyond the list uses the whole list.
 
     Example:
@@ -52,19 +66,20 @@ def hit_rate_at_k(ranked: Tensor, positives: Tensor, ks: Sequence[int]) -> Tenso
     return torch.stack([rel[:, :k].any(1) for k in ks], dim=1).double()
 
 
-def positive_recall_at_k(ranked: Tensor, positives: Tensor, ks: Sequence[int]) -> Tensor:
+def positive_recall_at_k(ranked: IdLists, positives: IdLists, ks: Sequence[int]) -> Tensor:
     """Per-query fraction of its positives found in the first K: (queries, len(ks)), float64.
 
     Example:
         >>> positive_recall_at_k(torch.tensor([[5, 2, 7]]), torch.tensor([[2, 7, 9, -1]]), [1, 2, 3]).tolist()
         [[0.0, 0.3333333333333333, 0.6666666666666666]]
     """
+    ranked, positives = _tensors(ranked, positives)
     rel = relevance(ranked, positives).double()
     n_pos = (positives >= 0).sum(1).clamp(min=1).double()
     return torch.stack([rel[:, :k].sum(1) / n_pos for k in ks], dim=1)
 
 
-def average_precision_at_k(ranked: Tensor, positives: Tensor, ks: Sequence[int]) -> Tensor:
+def average_precision_at_k(ranked: IdLists, positives: IdLists, ks: Sequence[int]) -> Tensor:
     """Per-query AP@K (CIRCO): sum_{k<=K} P@k * rel_k / min(|positives|, K): (queries, len(ks)), float64.
 
     Example:
@@ -72,6 +87,7 @@ def average_precision_at_k(ranked: Tensor, positives: Tensor, ks: Sequence[int])
         >>> average_precision_at_k(torch.tensor([[4, 8, 6]]), torch.tensor([[4, 6]]), [1, 3]).tolist()
         [[1.0, 0.8333333333333333]]
     """
+    ranked, positives = _tensors(ranked, positives)
     rel = relevance(ranked, positives).double()
     ranks = torch.arange(1, rel.shape[1] + 1, device=rel.device, dtype=torch.float64)
     precision_hits = rel.cumsum(1) / ranks * rel  # P@k at the relevant positions, 0 elsewhere
@@ -101,7 +117,7 @@ def rank_within(queries: Tensor, gallery: Tensor, candidates: Tensor) -> Tensor:
     return cands.gather(1, order).masked_fill(~valid.gather(1, by_id).gather(1, order), -1)
 
 
-def reciprocal_rank_at_k(ranked: Tensor, positives: Tensor, ks: Sequence[int]) -> Tensor:
+def reciprocal_rank_at_k(ranked: IdLists, positives: IdLists, ks: Sequence[int]) -> Tensor:
     """Per-query reciprocal rank of the first positive, 0 beyond K: (queries, len(ks)), float64.
 
     Example:
@@ -134,7 +150,7 @@ class _MeanAtK(Metric):
         self.add_state("total", default=torch.zeros(len(self.ks), dtype=torch.long), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
-    def update(self, ranked: Tensor, positives: Tensor) -> None:
+    def update(self, ranked: IdLists, positives: IdLists) -> None:
         values = self._fn(ranked, positives, self.ks)  # (queries, len(ks)) in [0, 1], float64
         self.total += (values * _SCALE).round().long().sum(0).to(self.total.device)
         self.count += values.shape[0]
