@@ -10,6 +10,7 @@ import code (naming what it would import) are each a ``CIRModelError`` naming th
 
 from __future__ import annotations
 
+import pathlib
 import pickle
 import pickletools
 import struct
@@ -53,7 +54,11 @@ def _zip_imports(path: Path) -> list[str]:
 
 
 _SAFE_PREFIXES = ("torch.", "collections.OrderedDict", "builtins.set", "builtins.frozenset", "builtins.slice",
-                  "_codecs.encode", "numpy.", "builtins.complex", "builtins.bytearray")
+                  "_codecs.encode", "numpy.", "builtins.complex", "builtins.bytearray", *(f"pathlib.{name}" for name in
+                  ("Path", "PosixPath", "WindowsPath", "PurePath", "PurePosixPath", "PureWindowsPath")))
+_PATHS = (pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath, pathlib.PureWindowsPath)
+"""Paths, loaded with ``weights_only`` too: hyperparameters such as a DataModule's ``root`` given as a ``Path`` (a
+path is built from its strings, running nothing); Lightning's checkpoints hold them, and torch refused them."""
 
 
 def _unsafe(names: list[str]) -> list[str]:
@@ -104,7 +109,8 @@ def load_torch_file(path: str | Path, *, weights_only: bool = True, map_location
     try:
         with warnings.catch_warnings():  # torch's note on pickle protocols: noise before our own message
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location=map_location, weights_only=weights_only)
+            with torch.serialization.safe_globals(list(_PATHS)):
+                return torch.load(path, map_location=map_location, weights_only=weights_only)
     except pickle.UnpicklingError as err:
         raise _explain(path, where, size, head, weights_only, err) from None
     except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile,
