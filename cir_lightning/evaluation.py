@@ -24,7 +24,7 @@ from cir_lightning.data.base import CIRDataModule, cir_datamodule
 from cir_lightning.data.contract import CachedGalleries, EvalSets, Split
 from cir_lightning.distributed import same_on_every_rank
 from cir_lightning.errors import CIRConfigError
-from cir_lightning.fit_summary import FitHistory, monitored, stale_last_warning, watched
+from cir_lightning.fit_summary import FitHistory, monitored, stale_last_warning, watched, watchers
 from cir_lightning.messages import first_few
 from cir_lightning.retrieval.evaluator import EvalSubset, RetrievalEvaluator
 from cir_lightning.retrieval.gallery_cache import GalleryCache, GalleryStore
@@ -176,16 +176,23 @@ class Evaluation:
         return epoch
 
     def check_monitors(self, trainer: Trainer, datamodule: CIRDataModule, subsets: Sequence[EvalSubset]) -> None:
-        """A checkpoint monitoring a ``val/`` metric this validation never logs (e.g. ``val/Recall@1`` with
-        ``eval_ks: [5, 10]``) failed after the first epoch, in a Lightning traceback: refused before training
-        (``subsets``: the DataModule's ``val_sets`` read with the evaluator's ``added_ks``)."""
+        """A ModelCheckpoint or EarlyStopping monitoring a ``val/`` metric this validation never logs (e.g.
+        ``val/Recall@1`` with ``eval_ks: [5, 10]``, or any with ``limit_val_batches`` cutting the gallery) failed
+        after the first epoch, in a Lightning traceback: refused before training (``subsets``: the DataModule's
+        ``val_sets`` read with the evaluator's ``added_ks``)."""
         names = metric_names(subsets, self.evaluator.ks)
         names += list(datamodule.summarize(dict.fromkeys(names, 0.0)))
-        for monitor, _ in monitored(trainer):
+        for kind, monitor in watchers(trainer):
+            kind = f"{'an' if kind[0] in 'AEIOU' else 'a'} {kind}"
             if monitor.startswith("val/") and monitor[len("val/"):] not in names:
-                raise CIRConfigError(f"a ModelCheckpoint monitors `{monitor}`, which this validation never logs (it "
+                raise CIRConfigError(f"{kind} monitors `{monitor}`, which this validation never logs (it "
                                      f"logs {first_few(['val/' + n for n in names], ', ', ', ...')}): set its `monitor` "
                                      "to one of these, or `model.eval_ks` to the K it names")
+            limit = trainer.limit_val_batches
+            if monitor.startswith("val/") and not trainer.fast_dev_run and _partial(limit, datamodule, trainer):
+                raise CIRConfigError(f"`limit_val_batches` {limit} validates on part of the gallery, which logs no "
+                                     f"retrieval metric (it would be wrong), but {kind} monitors `{monitor}`: "
+                                     "validate on every batch (`limit_val_batches` 1.0) or monitor another metric")
 
     def fit_start(self, trainer: Trainer, datamodule: CIRDataModule | None) -> None:
         """When ``fit`` sets the module up: forget an earlier fit's validations, warn of a ``last.ckpt`` that will not
@@ -242,6 +249,14 @@ def _refuse_ranking_within_candidates(subsets: Sequence[EvalSubset]) -> None:
         if sub.candidates is not None:
             raise CIRConfigError(f"subset {sub.name or s!r}: rankings within candidates (recall_subset) need the whole "
                                  "gallery on every rank: turn `search.sharded` off")
+
+
+def _partial(limit: int | float, datamodule: CIRDataModule, trainer: Trainer) -> bool:
+    """Whether ``limit_val_batches`` leaves out some batch of a validation loader (0 validates nothing)."""
+    if isinstance(limit, float):
+        return 0.0 < limit < 1.0
+    per_rank = [-(-len(dataset) // trainer.world_size) for pair in datamodule.val_sets for dataset in pair]
+    return 0 < limit < max((-(-n // datamodule.eval_batch_size) for n in per_rank), default=0)
 
 
 def _absolute(path: str | Path | None) -> str | None:

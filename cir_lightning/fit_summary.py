@@ -22,7 +22,7 @@ from cir_lightning.retrieval.protocol import chance_level, subset_families
 from cir_lightning.retrieval.results import format_table
 from cir_lightning.retrieval.tables import format_rows
 
-__all__ = ["FitHistory", "Validation", "monitored", "stale_last_warning", "watched"]
+__all__ = ["FitHistory", "Validation", "monitored", "stale_last_warning", "watched", "watchers"]
 
 
 @dataclass
@@ -50,18 +50,25 @@ def monitored(trainer: Any) -> list[tuple[str, str]]:
             if isinstance(cb, ModelCheckpoint) and cb.monitor is not None]
 
 
-def watched(trainer: Any) -> set[str]:
-    """The metrics ``trainer``'s ModelCheckpoints and EarlyStoppings watch: ``fit`` shows them in the progress bar.
+def watchers(trainer: Any) -> list[tuple[str, str]]:
+    """``(class name, monitor)`` of each of ``trainer``'s ModelCheckpoints and EarlyStoppings that watches a metric.
 
     Example:
         >>> from types import SimpleNamespace
-        >>> from cir_lightning.fit_summary import watched
+        >>> from cir_lightning.fit_summary import watchers
         >>> from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-        >>> sorted(watched(SimpleNamespace(callbacks=[ModelCheckpoint(monitor="val/Avg"), ModelCheckpoint(),
-        ...                                           EarlyStopping(monitor="val/Recall@10")])))
-        ['val/Avg', 'val/Recall@10']
+        >>> watchers(SimpleNamespace(callbacks=[ModelCheckpoint(monitor="val/Avg"), ModelCheckpoint(),
+        ...                                     EarlyStopping(monitor="val/Recall@10")]))
+        [('ModelCheckpoint', 'val/Avg'), ('EarlyStopping', 'val/Recall@10')]
     """
-    return {cb.monitor for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint | EarlyStopping) and cb.monitor}
+    return [(type(cb).__name__, cb.monitor) for cb in trainer.callbacks
+            if isinstance(cb, ModelCheckpoint | EarlyStopping) and cb.monitor]
+
+
+def watched(trainer: Any) -> set[str]:
+    """The metrics ``trainer``'s ModelCheckpoints and EarlyStoppings watch (``watchers``): ``fit`` shows them in
+    the progress bar."""
+    return {monitor for _, monitor in watchers(trainer)}
 
 
 def stale_last_warning(trainer: Any) -> str | None:
