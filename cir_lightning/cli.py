@@ -87,10 +87,14 @@ class _Parser(LightningArgumentParser):
 
 
 class CIRLightningCLI(LightningCLI):
-    """LightningCLI with cir_lightning's defaults: ``CIRModule``, any DataModule by ``class_path``,
-    omegaconf interpolation, and a saved ``config.yaml`` per run that is never overwritten."""
+    """LightningCLI with cir_lightning's defaults: ``CIRModule`` (or the ``model_class`` subclass of it given), any
+    DataModule by ``class_path``, omegaconf interpolation, and a saved ``config.yaml`` per run that is never
+    overwritten. Subclass it as any LightningCLI; ``main(cli_class=...)`` runs it with our one-line errors."""
 
-    def __init__(self, args: Sequence[str] | None = None, run: bool = True, **kwargs: Any) -> None:
+    def __init__(self, args: Sequence[str] | None = None, run: bool = True,
+                 model_class: type[CIRModule] = CIRModule, **kwargs: Any) -> None:
+        if not (isinstance(model_class, type) and issubclass(model_class, CIRModule)):  # its checkpoints, its options
+            raise CIRConfigError(f"CIRLightningCLI's `model_class` must be CIRModule or a subclass; got {model_class!r}")
         # Under subcommands the config root is `fit.` / `validate.` ...: let `${trainer.x}` in a file mean
         # the same run's trainer.x, whichever subcommand loads it.
         set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
@@ -102,8 +106,7 @@ class CIRLightningCLI(LightningCLI):
         user_omp = os.environ.get(_USER_OMP, "1" if "OMP_NUM_THREADS" in os.environ else "0") == "1"
         defaults["callbacks"] = [*_plugins(defaults.get("callbacks")), ThreadBudget(user_set_omp=user_omp)]
         kwargs["trainer_defaults"] = defaults
-        super().__init__(CIRModule, pl.LightningDataModule, subclass_mode_data=True, args=args, run=run,
-                         **kwargs)
+        super().__init__(model_class, pl.LightningDataModule, subclass_mode_data=True, args=args, run=run, **kwargs)
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
@@ -265,8 +268,9 @@ def _description() -> str:
     return f"Composed image retrieval with PyTorch Lightning.\n\nOther commands:\n{tools}"
 
 
-def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of ``cir-lightning`` and ``python -m cir_lightning``."""
+def main(args: Sequence[str] | None = None, cli_class: type[CIRLightningCLI] = CIRLightningCLI, **cli_kwargs: Any) -> None:
+    """Entry point of ``cir-lightning`` and ``python -m cir_lightning``; a project's own command passes its
+    ``cli_class`` (a ``CIRLightningCLI`` subclass) and keyword arguments for it (``model_class=...``)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizers forks into DataLoader workers
     # whether the user chose the threads, read before Lightning sets OMP_NUM_THREADS for DDP (children inherit it)
     os.environ.setdefault(_USER_OMP, "1" if "OMP_NUM_THREADS" in os.environ else "0")
@@ -282,7 +286,7 @@ def main(args: Sequence[str] | None = None) -> None:
                 run_command(argv)
             else:
                 check_config_files(argv)
-                cli = CIRLightningCLI(args=None if args is None else argv)
+                cli = cli_class(args=None if args is None else argv, **cli_kwargs)
                 del cli
                 release_process_group()
     except Exception as err:
