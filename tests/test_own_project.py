@@ -75,6 +75,19 @@ def test_their_model_is_evaluated_on_our_datamodule_without_a_collator(tmp_path,
     assert logged["val/Recall@10"] == pytest.approx(float(expected.compute()[10]), abs=1e-6)
 
 
+def test_the_callback_evaluates_a_test_run_too(tmp_path, synthetic_root):
+    """`trainer.test` with the callback logged nothing, silently."""
+    class Tested(TheirModel):
+        test_step = TheirModel.validation_step
+
+    trainer = _trainer(tmp_path, callbacks=[RetrievalCallback(ks=[1, 10], search=SearchConfig(backend="torch"))])
+    dm = JsonlCIRDataModule(synthetic_root, eval_batch_size=100)
+    [validated, _] = trainer.validate(Tested(), datamodule=dm, verbose=False)
+    [tested, _] = trainer.test(Tested(), dm.val_dataloader(), verbose=False)
+    assert tested == {k.replace("val/", "test/"): v for k, v in validated.items()}
+    assert len(tested) == 4
+
+
 def test_the_callback_logs_what_our_datamodule_summarizes(tmp_path):
     """FashionIQ's average over categories, which CIRModule logs, was missing from the callback's metrics."""
     trainer = _trainer(tmp_path, callbacks=[RetrievalCallback(ks=[1, 5])])

@@ -11,9 +11,10 @@ The contract is small:
 - the query dataset has ``positives`` (gallery rows per query) and may have ``excluded``, ``name``
   and ``ids``.
 
-After each validation epoch (not in the sanity check) it logs ``val/Recall@K`` and ``val/MRR@K``
-computed as ``CIRModule`` computes them, identical under DDP, and what the DataModule's ``summarize(metrics)``
-adds, as ``CIRModule`` does (a cir_lightning DataModule's hook: FashionIQ's ``val/average/Recall@10``).
+After each validation epoch (not in the sanity check) it logs ``val/Recall@K`` and ``val/MRR@K`` (after a
+``trainer.test``, whose module needs a ``test_step``: ``test/...``) computed as ``CIRModule`` computes them,
+identical under DDP, and what the DataModule's ``summarize(metrics)`` adds, as ``CIRModule`` does (a
+cir_lightning DataModule's hook: FashionIQ's ``val/average/Recall@10``).
 
 Example:
     >>> import lightning.pytorch as pl
@@ -84,7 +85,7 @@ class RetrievalCallback(pl.Callback):
         ks: the cut-offs K of Recall@K (hit rate) and MRR@K (default 1, 5, 10, 50); given, also added to the
             families of a dataset's own protocol (``with_added_ks``).
         search: how the gallery is searched (default: exact faiss ``Flat``).
-        prefix: metric name prefix.
+        prefix: metric name prefix of validation (``trainer.test`` logs ``test/...``).
 
     Example:
         >>> from cir_lightning.retrieval import RetrievalCallback
@@ -129,7 +130,16 @@ class RetrievalCallback(pl.Callback):
         self.loop.add_batch(trainer, dataloader_idx, embed, batch_index(batch))
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish(trainer, pl_module, trainer.val_dataloaders, self.prefix)
+
+    # ``trainer.test`` evaluates the test loaders the same way and logs ``test/Recall@K`` (the module needs a test_step)
+    on_test_start = on_validation_start
+    on_test_batch_end = on_validation_batch_end
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._finish(trainer, pl_module, trainer.test_dataloaders, "test")
+
+    def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loaders: Any, prefix: str) -> None:
         summarize = getattr(trainer.datamodule, "summarize", None)  # a cir_lightning DataModule's (FashionIQ's average)
-        self.loop.finish(trainer, pl_module, trainer.val_dataloaders, self.prefix,
-                         summarize=summarize if callable(summarize) else None)
+        self.loop.finish(trainer, pl_module, loaders, prefix, summarize=summarize if callable(summarize) else None)
         self.loop.reset()
