@@ -37,7 +37,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from cir_lightning.backbones.adapters import base_mismatch, lora_differences, lora_settings, write_base_record
 from cir_lightning.data.base import cir_datamodule
 from cir_lightning.errors import CIRConfigError, CIRModelError, weight_mismatch
-from cir_lightning.files import free_path, write_atomic, write_folder
+from cir_lightning.files import write_atomic, write_folder
+from cir_lightning.free_names import reserve_folder
 from cir_lightning.retrieval.cache import identity_differences
 from cir_lightning.torch_files import load_torch_file
 
@@ -145,9 +146,9 @@ def check_and_complete(module: pl.LightningModule, checkpoint: dict[str, Any], f
         checkpoint["state_dict"] = {**frozen, **state}
 
 
-def export_adapter(module: pl.LightningModule, path: Path) -> bool:
-    """Write the backbone's adapter to ``path`` (rank zero; every rank must call this). Returns whether
-    this process wrote it."""
+def export_adapter(module: pl.LightningModule, path: Path, reserved: bool = False) -> bool:
+    """Write the backbone's adapter to ``path`` (rank zero; every rank must call this; ``reserved``: the empty
+    folder ``free_names.reserve_folder`` claimed). Returns whether this process wrote it."""
     trainer, backbone = module.trainer, module.backbone
     gathered = None
     if isinstance(trainer.strategy, FSDPStrategy):  # sharded parameters: gather them (collective)
@@ -157,7 +158,7 @@ def export_adapter(module: pl.LightningModule, path: Path) -> bool:
     if not trainer.is_global_zero:
         return False
     if gathered is None:
-        backbone.save_adapter(path)
+        backbone.save_adapter(path, reserved)
         return True
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
@@ -171,17 +172,18 @@ def export_adapter(module: pl.LightningModule, path: Path) -> bool:
         peft_model.peft_config["default"].save_pretrained(str(folder))
         write_base_record(folder, (backbone.model_name_or_path, backbone.base_digest))
 
-    write_folder(path, write)
+    write_folder(path, write, reserved=reserved)
     return True
 
 
 def export_adapter_after_fit(module: pl.LightningModule) -> Path | None:
-    """At the end of ``fit``: the adapter to ``<log_dir>/adapter`` (``adapter-1``, ... if taken: never
-    overwritten). Every rank must call it (the log folder is broadcast; FSDP gathers the weights)."""
+    """At the end of ``fit``: the adapter to ``<log_dir>/adapter`` (``adapter-1``, ... if taken, also by a run
+    ending at the same moment: never overwritten). Every rank must call it (the log folder is broadcast; FSDP
+    gathers the weights)."""
     trainer = module.trainer
     root = Path(trainer.log_dir or trainer.default_root_dir)
-    path = free_path(root / "adapter") if trainer.is_global_zero else root
-    if export_adapter(module, path):
+    path = reserve_folder(root / "adapter") if trainer.is_global_zero else root  # claimed now, filled at the end
+    if export_adapter(module, path, reserved=trainer.is_global_zero):
         rank_zero_info(f"LoRA adapter saved to {path}")
         return path
     return None

@@ -29,7 +29,8 @@ from cir_lightning.checkpointing import find_last_checkpoint, overridden_setting
 from cir_lightning.commands import COMMANDS, run_command
 from cir_lightning.distributed import release_process_group
 from cir_lightning.errors import CIRConfigError, CIRFileError, user_error_line
-from cir_lightning.files import check_writable, free_path, write_atomic
+from cir_lightning.files import check_writable, write_atomic
+from cir_lightning.free_names import write_free
 from cir_lightning.interrupts import stops
 from cir_lightning.messages import path_problem, yaml_syntax_error
 from cir_lightning.module import TRAINING_SETTINGS, CIRModule
@@ -53,14 +54,17 @@ class KeepConfigCallback(SaveConfigCallback):
             return
         log_dir = trainer.log_dir or trainer.default_root_dir
         name, stage = self.config_filename, getattr(stage, "value", stage)
-        if trainer.is_global_zero:
+        text = self.parser.dump(self.config, skip_none=False) if trainer.is_global_zero else ""
+        if trainer.is_global_zero:  # written atomically, never over an existing file (another run's, even now)
             first = Path(log_dir) / name
-            if first.exists():
-                name = free_path(first.with_name(f"{first.stem}-{stage}{first.suffix}")).name
+            try:
+                name = write_atomic(first, text).name
+            except CIRFileError:
+                if not first.exists():
+                    raise
+                name = write_free(first.with_name(f"{first.stem}-{stage}{first.suffix}"), text).name
         self.config_filename = trainer.strategy.broadcast(name)
-        if trainer.is_global_zero:  # written atomically, never over an existing file
-            text = self.parser.dump(self.config, skip_none=False)
-            write_atomic(Path(log_dir) / self.config_filename, text)
+        if trainer.is_global_zero:
             self.save_config(trainer, pl_module, stage)
             import yaml
 

@@ -5,7 +5,7 @@
   crash never leaves a truncated file behind, and an existing file is never replaced unless
   ``overwrite=True`` (then it is replaced in one ``rename``).
 - ``atomic_folder`` does the same for a folder of files (model checkpoints, adapters, caches, data).
-- ``free_path`` finds a name that is not taken (``results-validate-1.json``).
+- ``cir_lightning.free_names`` writes a file or folder under the first name not taken (``results-1.json``).
 - ``check_writable`` tells, before any work is done, that a folder can be written.
 
 A failure to write (no space, no permission, a read-only file system, a file where a folder should be)
@@ -27,8 +27,9 @@ from pathlib import Path
 from cir_lightning.errors import CIRFileError
 from cir_lightning.messages import json_type, os_error_in, os_reason, short_repr
 from cir_lightning.reading import iter_jsonl, read_json, read_json_list, read_json_object
+from cir_lightning.writable import check_writable
 
-__all__ = ["atomic_folder", "check_writable", "free_path", "write_atomic", "iter_jsonl", "json_type",
+__all__ = ["atomic_folder", "check_writable", "write_atomic", "iter_jsonl", "json_type",
            "read_json", "read_json_list", "read_json_object", "short_repr"]
 
 
@@ -55,6 +56,10 @@ def write_error(path: str | Path, err: OSError, what: str = "write") -> CIRFileE
         'cannot write `out/results.json`: no space left on the device'
     """
     return CIRFileError(f"cannot {what} `{path}`: {os_reason(err)}")
+
+
+def _exists(path: Path) -> CIRFileError:
+    return CIRFileError(f"`{path}` already exists; it is never overwritten (choose another name, or remove it)")
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -102,7 +107,7 @@ def write_atomic(path: str | Path, data: bytes | str, *, overwrite: bool = False
     path = Path(path)
     raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
     if path.exists() and not overwrite:
-        raise CIRFileError(f"`{path}` already exists; it is never overwritten (choose another name, or remove it)")
+        raise _exists(path)
     _make_parent(path)
     tmp = None
     try:
@@ -134,13 +139,12 @@ def _link_new(tmp: Path, path: Path) -> None:
     try:
         os.link(tmp, path)  # fails if `path` appeared meanwhile: never replaces a file
     except FileExistsError:
-        raise CIRFileError(f"`{path}` already exists; it is never overwritten (choose another name, or remove it)") \
-            from None
+        raise _exists(path) from None
     except OSError as err:
         if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
             raise
         if path.exists():  # no hard links here (some network file systems): check, then rename
-            raise CIRFileError(f"`{path}` already exists; it is never overwritten") from None
+            raise _exists(path) from None
         os.rename(tmp, path)
         return
     os.unlink(tmp)
@@ -175,12 +179,13 @@ def _normal_permissions(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_folder(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_folder(path: str | Path, *, overwrite: bool = False, reserved: bool = False) -> Iterator[Path]:
     """Write a folder's files inside the ``with`` block; ``path`` appears complete, or not at all.
 
     The block writes into a temporary folder beside ``path``, which is renamed to ``path`` when the block
     ends without an error (and removed otherwise). An existing ``path`` is an error unless ``overwrite``;
-    then the old folder is swapped out and removed only after the new one is in place.
+    then the old folder is swapped out and removed only after the new one is in place. ``reserved``: ``path`` is
+    the empty folder ``free_names.reserve_folder`` made for this run, replaced at the end (removed on a failure).
 
     Example:
         >>> from cir_lightning.files import atomic_folder
@@ -192,8 +197,8 @@ def atomic_folder(path: str | Path, *, overwrite: bool = False) -> Iterator[Path
         ['config.json']
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise CIRFileError(f"`{path}` already exists; it is never overwritten (choose another name, or remove it)")
+    if path.exists() and not (overwrite or reserved):
+        raise _exists(path)
     _make_parent(path)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
@@ -203,34 +208,67 @@ def atomic_folder(path: str | Path, *, overwrite: bool = False) -> Iterator[Path
         yield tmp
         _normal_permissions(tmp)
         _fsync_tree(tmp)
-        _swap_in(tmp, path, overwrite)
+        os.rename(tmp, path) if reserved else _swap_in(tmp, path, overwrite)  # over an empty folder only
         _fsync_folder(path.parent)
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if reserved:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
         reason = err if isinstance(err, OSError) else os_error_in(err)  # safetensors' full disk is its own type
         if reason is None:
             raise
         raise write_error(path, reason) from None
 
 
-def _swap_in(tmp: Path, path: Path, overwrite: bool) -> None:
-    if not (overwrite and path.exists()):
-        if path.exists():
-            raise CIRFileError(f"`{path}` already exists; it is never overwritten")
-        os.rename(tmp, path)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-    os.rmdir(old)
-    os.rename(path, old)
+def _rename_new(tmp: Path, path: Path) -> None:
+    """Rename the folder ``tmp`` to ``path``, which must not exist: a folder another run renamed there since the
+    check is kept, and named as existing (``rename`` replaces only an empty folder; every writer fills its own)."""
+    if path.exists() or path.is_symlink():
+        raise _exists(path)
     try:
         os.rename(tmp, path)
-    except OSError:
-        os.rename(old, path)  # put the old one back: the user keeps what they had
+    except OSError as err:
+        if err.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise _exists(path) from None
         raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
-def write_folder(path: str | Path, write: Callable[[Path], object], *, overwrite: bool = False) -> Path:
+def _swap_in(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Put ``tmp`` at ``path``; with ``overwrite``, the folder there is moved aside first and removed after. Two
+    runs replacing the same folder at once: each try that finds another's folder put in meanwhile tries again, so
+    the last to finish wins, whole, and no folder moved aside is left."""
+    if not overwrite:
+        _rename_new(tmp, path)
+        return
+    for _ in range(100):  # another run's folder came in between: take the turn again
+        if not (path.exists() or path.is_symlink()):
+            with contextlib.suppress(CIRFileError):
+                _rename_new(tmp, path)
+                return
+            continue
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+        os.rmdir(old)
+        try:
+            os.rename(path, old)
+        except FileNotFoundError:  # another run moved it aside first
+            continue
+        try:
+            os.rename(tmp, path)
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                with contextlib.suppress(OSError):
+                    os.rename(old, path)  # put the old one back: the user keeps what they had
+                raise
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+            return
+        shutil.rmtree(old, ignore_errors=True)  # another run's folder is newer than the one moved aside
+    raise _exists(path)
+
+
+def write_folder(path: str | Path, write: Callable[[Path], object], *, overwrite: bool = False,
+                 reserved: bool = False) -> Path:
     """``write(folder)`` inside ``atomic_folder(path)``; returns ``path``.
 
     Example:
@@ -240,61 +278,6 @@ def write_folder(path: str | Path, write: Callable[[Path], object], *, overwrite
         >>> (out / "a.txt").read_text()
         'a'
     """
-    with atomic_folder(path, overwrite=overwrite) as folder:
+    with atomic_folder(path, overwrite=overwrite, reserved=reserved) as folder:
         write(folder)
     return Path(path)
-
-
-def free_path(path: str | Path) -> Path:
-    """``path`` if nothing is there, else the first free ``<stem>-N<suffix>`` beside it.
-
-    Example:
-        >>> from cir_lightning.files import free_path
-        >>> import tempfile
-        >>> p = Path(tempfile.mkdtemp()) / "results.json"
-        >>> _ = p.write_text("{}")
-        >>> free_path(p).name
-        'results-1.json'
-    """
-    path = Path(path)
-    n, candidate = 0, path
-    while candidate.exists() or candidate.is_symlink():
-        n += 1
-        candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
-    return candidate
-
-
-def check_writable(folder: str | Path, option: str) -> Path:
-    """Make sure files can be written in ``folder`` (creating it if needed), before any work is done.
-
-    Args:
-        folder: the output folder.
-        option: the option that names it, for the message (e.g. ``trainer.default_root_dir``).
-
-    Raises:
-        CIRFileError: naming the option, the folder and why it cannot be written.
-
-    Example:
-        >>> from cir_lightning.files import check_writable
-        >>> import tempfile
-        >>> check_writable(Path(tempfile.mkdtemp()) / "new", "model.embedding_cache").is_dir()
-        True
-        >>> f = Path(tempfile.mkdtemp()) / "file"
-        >>> _ = f.write_text("")
-        >>> check_writable(f / "sub", "trainer.default_root_dir")
-        Traceback (most recent call last):
-        ...
-        cir_lightning.errors.CIRFileError: `trainer.default_root_dir`: cannot write in `.../file/sub`: a file stands where a folder is needed
-    """
-    folder = Path(folder)
-    try:
-        if folder.exists() and not folder.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(folder))
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".cir_lightning-write-check-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise CIRFileError(f"`{option}`: cannot write in `{folder}`: {os_reason(err)}") from None
-    return folder
-

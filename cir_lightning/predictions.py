@@ -7,12 +7,12 @@ cache format (``cir_lightning.retrieval.cache``)::
     <folder>/<split>-<subset>-query/     embeddings.npy (queries x dim), ids.json (query ids), meta.json
     <folder>/<split>-<subset>-gallery/   embeddings.npy (gallery x dim), ids.json (image ids), meta.json
 
-``<folder>`` is ``<log_dir>/predictions`` (``predictions-1``, ... when taken; never overwritten) or the
-``folder`` option; ``<split>`` is ``CIRDataModule.predict_sets``'s, the split the data is (``split_for``: ``test``;
-``val`` where the test stage reads the val split, as FashionIQ's); ``<subset>`` is the subset's name (FashionIQ's ``dress``) or its number. ``meta.json``
-identifies the model (fingerprint and trained-weights digest), the data and the split exactly as an
-evaluation's ``embedding_cache`` does, so a predicted gallery is a cache that ``cir-lightning test
---model.embedding_cache <folder>`` (a ``val`` one: ``validate``) loads instead of embedding the gallery again.
+``<folder>`` is ``<log_dir>/predictions`` (``predictions-1``, ... when taken; the name is claimed when predict
+starts, never overwritten) or the ``folder`` option; ``<split>`` is ``CIRDataModule.predict_sets``'s (``split_for``:
+``test``; ``val`` where the test stage reads the val split, as FashionIQ's); ``<subset>`` is the subset's name
+(FashionIQ's ``dress``) or its number. ``meta.json`` identifies the model (fingerprint and trained-weights digest),
+the data and the split exactly as an evaluation's ``embedding_cache`` does, so a predicted gallery is a cache that
+``cir-lightning test --model.embedding_cache <folder>`` (a ``val`` one: ``validate``) loads instead of embedding.
 
 Nothing is held in memory: ``embeddings.npy`` is preallocated and memory-mapped, and every batch's rows
 are written where they belong, by the batch's ``"index"`` (the dataset row), by whichever process embedded
@@ -42,7 +42,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from cir_lightning.data.base import cir_datamodule
 from cir_lightning.errors import CIRConfigError, CIRFileError
-from cir_lightning.files import atomic_folder, check_writable, free_path, write_error
+from cir_lightning.files import atomic_folder, check_writable, write_error
+from cir_lightning.free_names import reserve_folder
 from cir_lightning.retrieval.cache import cache_name
 from cir_lightning.retrieval.embedding_folder import (
     finish_embeddings,
@@ -75,8 +76,7 @@ class _Output:
 
 @contextlib.contextmanager
 def _writing(target: Path) -> Iterator[None]:
-    """A file operation's ``OSError`` (full disk, permissions) as the one-line error naming the predictions folder;
-    Lightning's ``on_exception`` then removes the temporary folder."""
+    """A file operation's ``OSError`` (full disk, permissions) as one line naming the folder (then ``on_exception``)."""
     try:
         yield
     except CIRFileError:
@@ -142,15 +142,15 @@ class EmbeddingWriter(BasePredictionWriter):
                                  "must have `backbone.embedding_dim` (CIRModule has) or `embedding_dim`")
         self._outputs = self._plan(trainer)
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank asks
-        target = Path(self.folder) if self.folder else free_path(log_dir / "predictions")
-        self.written = None
+        target, self.written = Path(self.folder or log_dir / "predictions"), None
         if trainer.is_global_zero:
+            target = target if self.folder else reserve_folder(target)  # a free name, claimed now: no other run's
             self._stack = contextlib.ExitStack()
-            self._tmp = self._stack.enter_context(atomic_folder(target))
+            self._tmp = self._stack.enter_context(atomic_folder(target, reserved=not self.folder))
             with _writing(target):
                 self._make_files(int(dim))
-        self._tmp, self._target = Path(trainer.strategy.broadcast(str(self._tmp))), target
-        with _writing(target):
+        self._tmp, self._target = (Path(trainer.strategy.broadcast(str(p))) for p in (self._tmp, target))
+        with _writing(self._target):
             for out in self._outputs.values():  # every rank writes into the same files
                 folder = self._tmp / cache_name(out.split, out.name, out.kind)[0]
                 out.rows, out.mask = open_embeddings(folder), np.load(folder / _MASK, mmap_mode="r+")

@@ -109,16 +109,17 @@ class Backbone(nn.Module):
         name = str(self.base_model.dtype).removeprefix("torch.")
         return {} if name == "float32" else {"dtype": name}
 
-    def save_adapter(self, path: str | Path) -> None:
+    def save_adapter(self, path: str | Path, reserved: bool = False) -> None:
         """Write the trained LoRA adapter (peft's ``save_pretrained`` format, what users share) to the
-        folder ``path``, which must not exist: it appears complete or not at all, and is never overwritten."""
+        folder ``path``, which must not exist (or be the empty folder ``free_names.reserve_folder`` claimed:
+        ``reserved``): it appears complete or not at all, and is never overwritten."""
         if self.lora is None:
             raise CIRConfigError("this backbone has no LoRA adapter to save (`lora` is None)")
         def write(folder: Path) -> None:
             self.model.save_pretrained(str(folder))
             write_base_record(folder, (self.model_name_or_path, self.base_digest))
 
-        write_folder(path, write)
+        write_folder(path, write, reserved=reserved)
 
     def caption_logits(self, inputs: Mapping[str, Tensor], labels: Tensor) -> tuple[Tensor, Tensor]:
         """Next-token logits at the labelled positions of a generative batch (FiRE stage 1) and the

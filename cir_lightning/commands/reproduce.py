@@ -30,7 +30,7 @@ from typing import Any
 
 from cir_lightning.commands import COMMANDS
 from cir_lightning.errors import CIRConfigError, CIRDataError
-from cir_lightning.files import free_path, write_atomic
+from cir_lightning.free_names import write_free
 
 HERE = Path(__file__).resolve().parents[2] / "configs" / "zeroshot"
 
@@ -278,5 +278,5 @@ def main(argv: Sequence[str]) -> None:
         print("\nnothing ran: no config has its weights and data here (see above)")
         return
     print("\n" + format_rows(["config", "metric", "published", "ours", "difference"], rows))
-    summary = write_atomic(free_path(args.out / "reproduce.json"), json.dumps(record, indent=1) + "\n")
+    summary = write_free(args.out / "reproduce.json", json.dumps(record, indent=1) + "\n")
     print(f"\nwritten: {summary}")

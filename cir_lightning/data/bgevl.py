@@ -29,7 +29,8 @@ from cir_lightning.data.layouts.bgevl import (
 from cir_lightning.data.layouts.fashioniq_summary import average_over_categories
 from cir_lightning.data.missing import OnMissing, check_on_missing
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRFileError
-from cir_lightning.files import check_writable, free_path, write_atomic
+from cir_lightning.files import check_writable, write_atomic
+from cir_lightning.free_names import write_free
 
 __all__ = ["CATEGORIES", "EVAL_KS", "QUERY_MAX_TOKENS", "BGEVLDataModule", "bgevl_files", "console_report"]
 
@@ -173,5 +174,6 @@ class BGEVLDataModule(CIRDataModule):
             raise CIRDataError(f"{len(missing)} CIRCO queries were not ranked (first: {missing[0]!r})")
         depth = min(50, self.k)  # the script keeps the top 50 of its top k
         results = {q: [contents[g] for g in rankings["circo"][q][:depth]] for q in sets[0][0].ids}
-        path = self.results_file or free_path(Path(folder) / "circo-bgevl.json")
-        return [write_atomic(path, json.dumps(results))]
+        if self.results_file:
+            return [write_atomic(self.results_file, json.dumps(results))]
+        return [write_free(Path(folder) / "circo-bgevl.json", json.dumps(results))]

@@ -24,7 +24,7 @@ from cir_lightning.data.layouts.circo import (
 )
 from cir_lightning.data.missing import check_on_missing
 from cir_lightning.errors import CIRConfigError, CIRDataError
-from cir_lightning.files import free_path, write_atomic
+from cir_lightning.free_names import write_free
 
 __all__ = ["BGE_VL_TEMPLATE", "METRICS", "SUBMISSION_SIZE", "CIRCODataModule", "check_template", "make_submission"]
 
@@ -122,4 +122,4 @@ class CIRCODataModule(CIRDataModule):
                                "images, but the server needs every query ranked over the whole gallery: "
                                "complete the images to write a submission", self.root / "annotations" / "test.json")
         submission = make_submission(rankings[""], expected)
-        return [write_atomic(free_path(Path(folder) / f"circo-{split}.json"), json.dumps(submission) + "\n")]
+        return [write_free(Path(folder) / f"circo-{split}.json", json.dumps(submission) + "\n")]

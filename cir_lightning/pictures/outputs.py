@@ -12,8 +12,8 @@ from typing import Any
 
 from PIL import Image
 
-from cir_lightning.errors import CIRFileError
-from cir_lightning.files import free_path, write_atomic
+from cir_lightning.files import write_atomic
+from cir_lightning.free_names import write_free
 from cir_lightning.pictures.draw import retrieval_picture
 from cir_lightning.pictures.rows import query_rows, sample_queries
 
@@ -75,13 +75,9 @@ def save_picture(image: Image.Image, path: str | Path, overwrite: bool = False,
         text.add_itxt(key, value)  # international text: UTF-8 (a unicode model path)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", optimize=True, pnginfo=text)
-    while True:  # another process may take the free name first: never overwrite, take the next one
-        target = Path(path) if overwrite else free_path(path)
-        try:
-            return write_atomic(target, buffer.getvalue(), overwrite=overwrite)
-        except CIRFileError:
-            if not target.exists():
-                raise
+    if overwrite:
+        return write_atomic(path, buffer.getvalue(), overwrite=True)
+    return write_free(path, buffer.getvalue())  # another run may take the free name first: the next one
 
 
 def log_picture(loggers: Sequence[Any], tag: str, image: Image.Image, step: int) -> list[str]:

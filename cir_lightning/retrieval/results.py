@@ -16,8 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cir_lightning.errors import CIRFileError
-from cir_lightning.files import free_path, write_atomic
+from cir_lightning.free_names import free_path, write_free
 from cir_lightning.retrieval.tables import format_rows
 
 if TYPE_CHECKING:
@@ -122,13 +121,7 @@ def write_results(path: str | Path, metrics: Mapping[str, float], *, stage: str,
     if scores:
         document["scores"] = scores
     text = json.dumps(document, indent=1, default=str) + "\n"
-    while True:  # another process may take the free name first: never overwrite, take the next one
-        target = free_path(path)
-        try:
-            return write_atomic(target, text)
-        except CIRFileError:
-            if not target.exists():
-                raise
+    return write_free(path, text)  # another run may take the free name first: never overwritten, the next one
 
 
 def ranked_ids(subsets: Sequence[EvalSubset], rankings: Mapping[str, Tensor]) -> dict[str, dict[str, list[str]]]:
