@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -35,11 +35,14 @@ from cir_lightning.files import atomic_folder
 from cir_lightning.messages import json_type
 from cir_lightning.retrieval.embedding_folder import (
     FORMAT,
+    array_of,
     check_dtype,
     finish_embeddings,
     ids_digest,
     image_files,
+    json_of,
     new_embeddings,
+    opened_files,
 )
 
 
@@ -166,11 +169,10 @@ def stored_dtype(path: str | Path) -> str:
     return str(json.loads((Path(path) / "meta.json").read_text()).get("dtype", "float32"))
 
 
-def _read_cache(path: Path) -> tuple[dict[str, Any], list[Any]]:
+def _read_cache(path: Path, files: Mapping[str, IO[bytes] | OSError]) -> tuple[dict[str, Any], list[Any]]:
     """A cache's ``meta.json`` and ``ids.json``, after checking they hold what a cache is written with."""
     try:
-        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-        cached_ids = json.loads((path / "ids.json").read_text(encoding="utf-8"))
+        meta, cached_ids = json_of(files["meta.json"]), json_of(files["ids.json"])
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise CIRDataError(f"not a readable embedding cache ({err})", path) from None
     damaged = "; re-embed with `overwrite_cache: true` (or delete the folder)"
@@ -212,7 +214,14 @@ def load_embeddings(path: str | Path, *, kind: str, model: Mapping[str, Any], da
         cir_lightning.errors.CIRDataError: ...: the cache does not match: kind: cached 'gallery', expected 'query'. ...
     """
     path = Path(path)
-    meta, cached_ids = _read_cache(path)
+    with opened_files(path) as files:
+        return _load(path, files, kind=kind, model=model, dataset=dataset, split=split, ids=ids, rows=rows, images=images)
+
+
+def _load(path: Path, files: Mapping[str, IO[bytes] | OSError], *, kind: str, model: Mapping[str, Any], dataset: str,
+          split: str, ids: Sequence[str] | None, rows: slice | None,
+          images: Sequence[str] | None) -> tuple[Tensor, list[str]]:
+    meta, cached_ids = _read_cache(path, files)
     expected = {"format": FORMAT, "kind": kind, "model": json.loads(json.dumps(dict(model), default=str)),
                 "dataset": dataset, "split": split}
     problems = [problem for key, value in expected.items() for problem in _differences(key, meta.get(key), value)]
@@ -232,7 +241,7 @@ def load_embeddings(path: str | Path, *, kind: str, model: Mapping[str, Any], da
                            "re-embed with `overwrite_cache: true` (or delete the folder)", path)
     rebuild = "; re-embed with `overwrite_cache: true` (or delete the folder)"
     try:
-        array = np.load(path / "embeddings.npy", mmap_mode="r")
+        array = array_of(files["embeddings.npy"])
     except (OSError, ValueError, EOFError) as err:  # cut short, not a .npy, missing
         raise CIRDataError(f"embeddings.npy cannot be read ({err}): the cache is damaged or incomplete{rebuild}",
                            path) from None

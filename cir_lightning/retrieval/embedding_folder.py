@@ -1,19 +1,21 @@
 """An embedding folder written row by row (the format of ``retrieval.cache``): ``new_embeddings`` preallocates
 ``embeddings.npy`` memory-mapped, any process fills its rows (``open_embeddings``), ``finish_embeddings``
-writes ``ids.json`` and ``meta.json``; ``image_files`` is what ties a gallery's rows to its image files.
+writes ``ids.json`` and ``meta.json``; ``image_files`` is what ties a gallery's rows to its image files;
+``opened_files`` opens a folder's three files together, all from one folder (what ``load_embeddings`` reads).
 ``cir-lightning predict``, ``index`` and the caches write through it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -183,3 +185,69 @@ def finish_embeddings(folder: str | Path, ids: Sequence[str], *, kind: str, mode
     (folder / "ids.json").write_text(json.dumps([str(i) for i in ids]))
     (folder / "meta.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
     return meta
+
+
+FILES = ("meta.json", "ids.json", "embeddings.npy")
+
+
+@contextlib.contextmanager
+def opened_files(path: Path) -> Iterator[dict[str, IO[bytes] | OSError]]:
+    """A cache's files, opened together from one folder (what could not be, its error): another run replacing the
+    cache meanwhile (``overwrite_cache``) moves the whole folder, so the files read are all of one run's cache."""
+    for _ in range(3):  # the folder was swapped between opening it and its files: open the one now there
+        files: dict[str, IO[bytes] | OSError] = {}
+        try:
+            folder = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        except OSError as err:
+            files = dict.fromkeys(FILES, err)
+            break
+        try:
+            for name in FILES:
+                try:
+                    files[name] = os.fdopen(os.open(name, os.O_RDONLY, dir_fd=folder), "rb")
+                except OSError as err:
+                    files[name] = err
+            swapped = any(isinstance(f, FileNotFoundError) for f in files.values()) and _moved(path, folder)
+        finally:
+            os.close(folder)
+        if not swapped:
+            break
+        _close_all(files)
+    try:
+        yield files
+    finally:
+        _close_all(files)
+
+
+def _close_all(files: Mapping[str, IO[bytes] | OSError]) -> None:
+    for file in files.values():
+        if not isinstance(file, OSError):
+            file.close()
+
+
+def _moved(path: Path, folder: int) -> bool:
+    """Whether ``path`` is no longer the folder open as ``folder`` (another folder took its name, or none)."""
+    try:
+        now, then = os.stat(path), os.fstat(folder)
+    except OSError:
+        return True
+    return (now.st_dev, now.st_ino) != (then.st_dev, then.st_ino)
+
+
+def json_of(file: IO[bytes] | OSError) -> Any:
+    """The JSON value of a file ``opened_files`` opened (its error, raised)."""
+    if isinstance(file, OSError):
+        raise file
+    return json.loads(file.read().decode("utf-8"))
+
+
+def array_of(file: IO[bytes] | OSError) -> np.ndarray:
+    """The array of an open ``.npy`` file, memory-mapped (as ``np.load(..., mmap_mode="r")``)."""
+    if isinstance(file, OSError):
+        raise file
+    version = np.lib.format.read_magic(file)
+    header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if header is None:
+        raise ValueError(f"unsupported .npy format version {version}")
+    shape, fortran, dtype = header(file)
+    return np.memmap(file, dtype=dtype, mode="r", shape=shape, order="F" if fortran else "C", offset=file.tell())
