@@ -10,6 +10,7 @@ now (``current_rows``): an image whose file changed since (same name, new photo)
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -153,28 +154,27 @@ def start_build(partial: Path, plan: dict[str, Any]) -> None:
     """Check that an unfinished build at ``partial`` is this one (same folder, model, dtype, ``max_short_edge``),
     or begin one."""
     plan_file = partial / "plan.json"
-    if plan_file.is_file():
-        if rank_zero_only.rank == 0:
-            lock_build(partial)
-        try:
-            begun = json.loads(plan_file.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise CIRDataError(f"cannot be read ({err}); remove `{partial}` to start again", plan_file) from None
-        problems = identity_differences("index", begun, plan, ("begun with", "now"))
-        if problems:
-            raise CIRDataError("holds an unfinished index of other images or another model (" + "; ".join(problems)
-                               + f"); remove `{partial}` to start again, or rerun the command that began it", partial)
-        return
     theirs = sorted(p.name for p in partial.iterdir() if not p.name.startswith(".") and p.name != "plan.json") \
-        if partial.is_dir() else []  # (rank 0's plan may appear meanwhile)
+        if partial.is_dir() and not plan_file.is_file() else []  # (rank 0's plan may appear meanwhile)
     if theirs or (partial.exists() and not partial.is_dir()):  # removed once the index is done: never the user's
         raise CIRDataError(f"is in the way: `index` keeps an unfinished index there (and removes it when done), but "
                            f"this is not one (no plan.json{'; it holds ' + first_few(theirs) if theirs else ''}); "
                            "move it, or choose another `--out`", partial)
-    if rank_zero_only.rank == 0:
-        check_writable(partial.parent, "--out")
-        write_atomic(plan_file, json.dumps(plan, indent=1, default=str))
+    if rank_zero_only.rank == 0:  # locked before the plan is read or written: a build begun at the same moment
+        check_writable(partial, "--out")  # has the lock, or waits for this one's plan
         lock_build(partial)
+    if not plan_file.is_file():
+        if rank_zero_only.rank == 0:
+            write_atomic(plan_file, json.dumps(plan, indent=1, default=str))
+        return
+    try:
+        begun = json.loads(plan_file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CIRDataError(f"cannot be read ({err}); remove `{partial}` to start again", plan_file) from None
+    problems = identity_differences("index", begun, plan, ("begun with", "now"))
+    if problems:
+        raise CIRDataError("holds an unfinished index of other images or another model (" + "; ".join(problems)
+                           + f"); remove `{partial}` to start again, or rerun the command that began it", partial)
 
 
 _LOCKS: dict[str, Any] = {}  # the unfinished builds this process holds: folder -> its locked `.lock` file
@@ -190,13 +190,19 @@ def lock_build(partial: Path) -> None:
     key = str(partial.resolve())
     if key in _LOCKS:
         return
-    handle = (partial / ".lock").open("a")
+    handle = (partial / ".lock").open("a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
+        handle.seek(0)
+        pid = handle.read().strip()
         handle.close()
-        raise CIRDataError("is being built by another `cir-lightning index` now; wait for it to finish (or stop it), "
-                           "then run the command again", partial) from None
+        holder = f"`{partial / '.lock'}`" + (f" (pid {pid})" if pid.isdigit() else "")
+        raise CIRDataError(f"is being built by another `cir-lightning index` now, which holds {holder}; wait for it to "
+                           "finish (or stop it), then run the command again", partial) from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))  # for the message of a build refused meanwhile
+    handle.flush()
     _LOCKS[key] = handle
 
 

@@ -79,3 +79,83 @@ def test_a_cache_replaced_while_it_is_read_is_never_mixed_from_two_runs(tmp_path
     assert torch.equal(embeddings, mine)  # the rows the checked meta.json describes, not the other run's
     with pytest.raises(CIRDataError, match="cached 'theirs', expected 'mine'"):  # read again: the new one is refused
         load_embeddings(path, model={"weights": "mine"}, **IDENTITY)
+
+
+# ------------------------------------------------------------------------------------------------------- free names
+def test_a_free_name_another_run_takes_meanwhile_is_left_to_it_and_the_next_one_taken(tmp_path, monkeypatch):
+    from cir_lightning import free_names
+
+    results = tmp_path / "results.json"
+    _once(monkeypatch, free_names, "free_path", after=lambda: results.write_text("theirs"))  # found free, then taken
+    assert free_names.write_free(results, "mine").name == "results-1.json"
+    assert results.read_text() == "theirs"
+    predictions = tmp_path / "predictions"
+    _once(monkeypatch, free_names, "free_path", after=lambda: predictions.mkdir())
+    assert free_names.reserve_folder(predictions).name == "predictions-1"
+
+
+def _claim(barrier, folder: str, queue) -> None:
+    from cir_lightning.free_names import reserve_folder, write_free
+
+    barrier.wait()
+    names = [write_free(Path(folder) / "config.yaml", str(os.getpid())).name for _ in range(10)]
+    queue.put(names + [reserve_folder(Path(folder) / "predictions").name for _ in range(10)])
+
+
+def test_two_processes_taking_free_names_at_once_never_get_the_same(tmp_path):
+    context = multiprocessing.get_context("fork")
+    barrier, queue = context.Barrier(2), context.Queue()
+    workers = [context.Process(target=_claim, args=(barrier, str(tmp_path), queue)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    names = queue.get(timeout=30) + queue.get(timeout=30)
+    for worker in workers:
+        worker.join(timeout=30)
+    assert len(names) == len(set(names)) == 40
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names)  # nothing else, nothing half-written
+
+
+def test_the_saved_config_takes_the_next_free_name_when_another_run_writes_config_yaml_first(tmp_path, monkeypatch):
+    import types
+
+    from cir_lightning import cli
+
+    parser = types.SimpleNamespace(dump=lambda config, skip_none: "mine: 1\n")
+    callback = cli.KeepConfigCallback(parser, config={})
+    trainer = types.SimpleNamespace(log_dir=str(tmp_path), default_root_dir=str(tmp_path), is_global_zero=True,
+                                    strategy=types.SimpleNamespace(broadcast=lambda value: value), loggers=[])
+    _once(monkeypatch, cli, "write_atomic", before=lambda: (tmp_path / "config.yaml").write_text("theirs: 1\n"))
+    callback.setup(trainer, None, "fit")
+    assert (tmp_path / "config.yaml").read_text() == "theirs: 1\n"
+    assert (tmp_path / "config-fit.yaml").read_text() == "mine: 1\n"
+    assert callback.config_filename == "config-fit.yaml"
+
+
+# ---------------------------------------------------------------------------------------------------------- index
+def test_two_index_builds_begun_at_once_one_is_refused_in_one_line_naming_the_lock_and_its_pid(tmp_path, monkeypatch):
+    import fcntl
+    import json
+
+    from cir_lightning import index_shards
+
+    partial, plan = tmp_path / "photos-index.partial", {"root": "/photos", "model": {"m": 1}}
+    held = []
+
+    def other_build():  # one step ahead: it holds the lock and writes its plan
+        partial.mkdir()
+        held.append((partial / ".lock").open("a+"))
+        fcntl.flock(held[0], fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held[0].write("4242")
+        held[0].flush()
+        (partial / "plan.json").write_text(json.dumps({**plan, "model": {"m": 2}}))
+
+    _once(monkeypatch, index_shards, "check_writable", before=other_build)  # after this one found no plan
+    try:
+        with pytest.raises(CIRDataError) as info:
+            index_shards.start_build(partial, plan)
+    finally:
+        held[0].close()
+    assert str(info.value) == (f"{partial}: is being built by another `cir-lightning index` now, which holds "
+                               f"`{partial / '.lock'}` (pid 4242); wait for it to finish (or stop it), then run the "
+                               "command again")
+    assert json.loads((partial / "plan.json").read_text())["model"] == {"m": 2}  # theirs, untouched
