@@ -29,9 +29,10 @@ from cir_lightning.checkpointing import find_last_checkpoint, overridden_setting
 from cir_lightning.commands import COMMANDS, run_command
 from cir_lightning.distributed import release_process_group
 from cir_lightning.errors import CIRConfigError, CIRFileError, user_error_line
-from cir_lightning.files import check_writable, write_atomic
+from cir_lightning.files import check_writable
 from cir_lightning.free_names import write_free
 from cir_lightning.interrupts import stops
+from cir_lightning.log_versions import claim_versions
 from cir_lightning.messages import path_problem, yaml_syntax_error
 from cir_lightning.module import TRAINING_SETTINGS, CIRModule
 from cir_lightning.option_errors import option_error
@@ -54,15 +55,9 @@ class KeepConfigCallback(SaveConfigCallback):
             return
         log_dir = trainer.log_dir or trainer.default_root_dir
         name, stage = self.config_filename, getattr(stage, "value", stage)
-        text = self.parser.dump(self.config, skip_none=False) if trainer.is_global_zero else ""
         if trainer.is_global_zero:  # written atomically, never over an existing file (another run's, even now)
-            first = Path(log_dir) / name
-            try:
-                name = write_atomic(first, text).name
-            except CIRFileError:
-                if not first.exists():
-                    raise
-                name = write_free(first.with_name(f"{first.stem}-{stage}{first.suffix}"), text).name
+            text, first = self.parser.dump(self.config, skip_none=False), Path(log_dir) / name
+            name = write_free(first, text, then=first.with_name(f"{first.stem}-{stage}{first.suffix}")).name
         self.config_filename = trainer.strategy.broadcast(name)
         if trainer.is_global_zero:
             self.save_config(trainer, pl_module, stage)
@@ -111,6 +106,11 @@ class CIRLightningCLI(LightningCLI):
         defaults["callbacks"] = [*_plugins(defaults.get("callbacks")), ThreadBudget(user_set_omp=user_omp)]
         kwargs["trainer_defaults"] = defaults
         super().__init__(model_class, pl.LightningDataModule, subclass_mode_data=True, args=args, run=run, **kwargs)
+
+    def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        claim_versions(trainer)  # its `version_N` made now: no other run started at this moment takes it too
+        return trainer
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)

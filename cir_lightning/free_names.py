@@ -38,9 +38,10 @@ def free_path(path: str | Path) -> Path:
     return candidate
 
 
-def write_free(path: str | Path, data: bytes | str) -> Path:
+def write_free(path: str | Path, data: bytes | str, then: str | Path | None = None) -> Path:
     """Write ``data`` to ``path``, or to the first free ``<stem>-N<suffix>`` if it is taken, when the file is put
     in place: a name another run takes meanwhile is never overwritten, the next one is taken. Returns the path.
+    ``then``: where the free names are looked for once ``path`` is taken (``config-fit.yaml`` for ``config.yaml``).
 
     Example:
         >>> from cir_lightning.free_names import write_free
@@ -49,6 +50,13 @@ def write_free(path: str | Path, data: bytes | str) -> Path:
         >>> [write_free(folder / "results.json", "{}").name for _ in range(2)]
         ['results.json', 'results-1.json']
     """
+    if then is not None:
+        try:
+            return write_atomic(path, data)
+        except CIRFileError:
+            if not (Path(path).exists() or Path(path).is_symlink()):
+                raise
+        path = then
     while True:
         target = free_path(path)
         try:

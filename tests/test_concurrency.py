@@ -44,10 +44,13 @@ def _leftovers(folder: Path) -> list[str]:
 def test_a_folder_another_run_renamed_into_place_first_is_kept_and_named_in_one_line(tmp_path, monkeypatch):
     path = tmp_path / "val-dress-gallery"
     theirs = lambda: write_folder(path, lambda f: (f / "a.txt").write_text("theirs"))  # noqa: E731
+
+    def mine(folder: Path) -> None:
+        (folder / "a.txt").write_text("mine")
+        _once(monkeypatch, files.os, "rename", before=theirs)  # between the check and the rename
+
     with pytest.raises(CIRFileError, match=r"already exists; it is never overwritten"):
-        with atomic_folder(path) as tmp:
-            (tmp / "a.txt").write_text("mine")
-            _once(monkeypatch, files.os, "rename", before=theirs)  # between the check and the rename
+        write_folder(path, mine)
     assert (path / "a.txt").read_text() == "theirs"
     assert _leftovers(tmp_path) == []
 
@@ -118,13 +121,13 @@ def test_two_processes_taking_free_names_at_once_never_get_the_same(tmp_path):
 def test_the_saved_config_takes_the_next_free_name_when_another_run_writes_config_yaml_first(tmp_path, monkeypatch):
     import types
 
-    from cir_lightning import cli
+    from cir_lightning import cli, free_names
 
     parser = types.SimpleNamespace(dump=lambda config, skip_none: "mine: 1\n")
     callback = cli.KeepConfigCallback(parser, config={})
     trainer = types.SimpleNamespace(log_dir=str(tmp_path), default_root_dir=str(tmp_path), is_global_zero=True,
                                     strategy=types.SimpleNamespace(broadcast=lambda value: value), loggers=[])
-    _once(monkeypatch, cli, "write_atomic", before=lambda: (tmp_path / "config.yaml").write_text("theirs: 1\n"))
+    _once(monkeypatch, free_names, "write_atomic", before=lambda: (tmp_path / "config.yaml").write_text("theirs: 1\n"))
     callback.setup(trainer, None, "fit")
     assert (tmp_path / "config.yaml").read_text() == "theirs: 1\n"
     assert (tmp_path / "config-fit.yaml").read_text() == "mine: 1\n"
@@ -159,3 +162,23 @@ def test_two_index_builds_begun_at_once_one_is_refused_in_one_line_naming_the_lo
                                f"`{partial / '.lock'}` (pid 4242); wait for it to finish (or stop it), then run the "
                                "command again")
     assert json.loads((partial / "plan.json").read_text())["model"] == {"m": 2}  # theirs, untouched
+
+
+# ---------------------------------------------------------------------------------------------------------- fit
+@pytest.mark.parametrize("logger", ["CSVLogger", "TensorBoardLogger"])
+def test_two_runs_started_at_once_in_one_folder_get_their_own_version_folder(tmp_path, monkeypatch, logger):
+    import lightning.pytorch as pl
+    from lightning.pytorch import loggers
+
+    from cir_lightning.cli import CIRLightningCLI
+
+    kind = getattr(loggers, logger)
+    theirs = kind(tmp_path)  # the other run listed the folder first: version_0, made when it first writes
+    assert theirs.version == 0
+    _once(monkeypatch, kind, "_get_next_version", after=lambda: Path(theirs.log_dir).mkdir(parents=True))
+    cli = CIRLightningCLI.__new__(CIRLightningCLI)  # just the step that makes the trainer
+    monkeypatch.setattr(pl.cli.LightningCLI, "instantiate_trainer",
+                        lambda self, **kwargs: pl.Trainer(logger=kind(tmp_path), enable_progress_bar=False))
+    trainer = cli.instantiate_trainer()
+    assert Path(trainer.log_dir) == tmp_path / "lightning_logs" / "version_1"  # not the other run's version_0
+    assert Path(trainer.log_dir).is_dir()

@@ -1,0 +1,59 @@
+"""Each run its own ``version_N``, also for runs started at the same moment in the same folder.
+
+Lightning's loggers (TensorBoard, CSV) take the next ``version_N`` by listing the folder, and make it only when they
+first write: two runs started together took the same number, and one folder held both runs' metrics,
+hyperparameters and checkpoints (``last.ckpt`` written by each in turn). ``claim_versions`` makes the folder as the
+trainer is made, by ``mkdir``, which fails if another run made it first; the next number is then taken.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+from cir_lightning.files import write_error
+
+__all__ = ["claim_versions"]
+
+
+def claim_versions(trainer: Any) -> list[Path]:
+    """Make the ``version_N`` folder of each of ``trainer``'s loggers that numbers its runs itself (no ``version``
+    given), under a number no other run holds; returns the folders. Other processes of the run take the first
+    one's (``trainer.log_dir`` and the checkpoint folder are broadcast from it).
+
+    Example:
+        >>> import tempfile
+        >>> import lightning.pytorch as pl
+        >>> from lightning.pytorch.loggers import CSVLogger
+        >>> root = tempfile.mkdtemp()
+        >>> trainer = pl.Trainer(logger=CSVLogger(root), enable_progress_bar=False, enable_model_summary=False)
+        >>> [p.name for p in claim_versions(trainer)], trainer.log_dir == f"{root}/lightning_logs/version_0"
+        (['version_0'], True)
+    """
+    claimed: list[Path] = []
+    if rank_zero_only.rank != 0:
+        return claimed
+    for logger in trainer.loggers:
+        numbers = getattr(logger, "_get_next_version", None)
+        if getattr(logger, "_version", "given") is not None or numbers is None or "://" in str(logger.root_dir):
+            continue  # a version given, a logger that numbers none, a remote folder: as Lightning does
+        root = Path(os.path.expanduser(os.path.expandvars(logger.root_dir)))
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise write_error(root, err, "create the folder") from None
+        version = numbers()
+        while True:
+            try:
+                (root / f"version_{version}").mkdir()
+                break
+            except FileExistsError:  # another run made it since the folder was listed
+                version += 1
+            except OSError as err:
+                raise write_error(root / f"version_{version}", err, "create the folder") from None
+        logger._version = version
+        claimed.append(root / f"version_{version}")
+    return claimed
