@@ -92,7 +92,8 @@ def _check_free(path: Path) -> None:
     """Refuse an embedding file (or its identity file) that exists: BGE-VL's `--save_embedding` never replaces."""
     if _identity_file(path).exists() and not path.exists():  # killed between the two writes (SIGKILL, power loss)
         raise CIRFileError(f"`{_identity_file(path)}` is left from a `--save_embedding` that did not finish (its "
-                           f"embedding file `{path}` was never written): remove it and embed again")
+                           f"embedding file `{path}` was never written): remove it and embed again (unless another "
+                           "run with this `--save_path` is writing it now)")
     for target in (path, _identity_file(path)):
         if target.exists():
             raise CIRFileError(f"`{target}` already exists; it is never overwritten (remove it, choose another "
