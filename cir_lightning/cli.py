@@ -22,7 +22,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from jsonargparse import DefaultHelpFormatter, set_parsing_settings
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from cir_lightning.checkpointing import find_last_checkpoint, overridden_settings
@@ -30,44 +30,16 @@ from cir_lightning.commands import COMMANDS, run_command
 from cir_lightning.distributed import release_process_group
 from cir_lightning.errors import CIRConfigError, CIRFileError, user_error_line
 from cir_lightning.files import check_writable
-from cir_lightning.free_names import write_free
 from cir_lightning.interrupts import stops
-from cir_lightning.log_versions import claim_versions
 from cir_lightning.messages import path_problem, yaml_syntax_error
 from cir_lightning.module import TRAINING_SETTINGS, CIRModule
 from cir_lightning.option_errors import option_error
 from cir_lightning.quiet import quiet_third_party
+from cir_lightning.run_folder import KeepConfigCallback, claim_versions
 from cir_lightning.threads import ThreadBudget
 from cir_lightning.torch_files import load_torch_file
 
 _USER_OMP = "CIR_LIGHTNING_USER_OMP"
-
-
-class KeepConfigCallback(SaveConfigCallback):
-    """Saves the run's config next to its logs under a free name: ``config.yaml`` if it is not taken,
-    else ``config-<stage>.yaml``, ``config-<stage>-1.yaml``, ... (a ``validate`` run in the folder of an
-    earlier ``fit`` neither fails nor overwrites the earlier file), and logs the whole config as the run's
-    hyperparameters (TensorBoard's HParams, the CSV logger's ``hparams.yaml``) in place of Lightning's own,
-    which hold only the module's and the data's arguments (no optimizer, backbone or LoRA)."""
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if self.already_saved:
-            return
-        log_dir = trainer.log_dir or trainer.default_root_dir
-        name, stage = self.config_filename, getattr(stage, "value", stage)
-        if trainer.is_global_zero:  # written atomically, never over an existing file (another run's, even now)
-            text, first = self.parser.dump(self.config, skip_none=False), Path(log_dir) / name
-            name = write_free(first, text, then=first.with_name(f"{first.stem}-{stage}{first.suffix}")).name
-        self.config_filename = trainer.strategy.broadcast(name)
-        if trainer.is_global_zero:
-            self.save_config(trainer, pl_module, stage)
-            import yaml
-
-            for logger in trainer.loggers:
-                logger.log_hyperparams(yaml.safe_load(text))
-                logger.save()
-        trainer.enable_autolog_hparams = False  # logged above, all of it
-        self.already_saved = trainer.strategy.broadcast(True)
 
 
 class _Parser(LightningArgumentParser):

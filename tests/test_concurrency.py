@@ -121,10 +121,10 @@ def test_two_processes_taking_free_names_at_once_never_get_the_same(tmp_path):
 def test_the_saved_config_takes_the_next_free_name_when_another_run_writes_config_yaml_first(tmp_path, monkeypatch):
     import types
 
-    from cir_lightning import cli, free_names
+    from cir_lightning import free_names, run_folder
 
     parser = types.SimpleNamespace(dump=lambda config, skip_none: "mine: 1\n")
-    callback = cli.KeepConfigCallback(parser, config={})
+    callback = run_folder.KeepConfigCallback(parser, config={})
     trainer = types.SimpleNamespace(log_dir=str(tmp_path), default_root_dir=str(tmp_path), is_global_zero=True,
                                     strategy=types.SimpleNamespace(broadcast=lambda value: value), loggers=[])
     _once(monkeypatch, free_names, "write_atomic", before=lambda: (tmp_path / "config.yaml").write_text("theirs: 1\n"))

@@ -1,4 +1,5 @@
-"""Each run its own ``version_N``, also for runs started at the same moment in the same folder.
+"""A run's log folder: its own ``version_N`` (``claim_versions``), also for runs started at the same moment in the
+same folder, and the run's whole config kept in it (``KeepConfigCallback``).
 
 Lightning's loggers (TensorBoard, CSV) take the next ``version_N`` by listing the folder, and make it only when they
 first write: two runs started together took the same number, and one folder held both runs' metrics,
@@ -12,11 +13,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from cir_lightning.files import write_error
+from cir_lightning.free_names import write_free
 
-__all__ = ["claim_versions"]
+__all__ = ["KeepConfigCallback", "claim_versions"]
 
 
 def claim_versions(trainer: Any) -> list[Path]:
@@ -57,3 +61,30 @@ def claim_versions(trainer: Any) -> list[Path]:
         logger._version = version
         claimed.append(root / f"version_{version}")
     return claimed
+
+
+class KeepConfigCallback(SaveConfigCallback):
+    """Saves the run's config next to its logs under a free name: ``config.yaml`` if it is not taken,
+    else ``config-<stage>.yaml``, ``config-<stage>-1.yaml``, ... (a ``validate`` run in the folder of an
+    earlier ``fit`` neither fails nor overwrites the earlier file), and logs the whole config as the run's
+    hyperparameters (TensorBoard's HParams, the CSV logger's ``hparams.yaml``) in place of Lightning's own,
+    which hold only the module's and the data's arguments (no optimizer, backbone or LoRA)."""
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.already_saved:
+            return
+        log_dir = trainer.log_dir or trainer.default_root_dir
+        name, stage = self.config_filename, getattr(stage, "value", stage)
+        if trainer.is_global_zero:  # written atomically, never over an existing file (another run's, even now)
+            text, first = self.parser.dump(self.config, skip_none=False), Path(log_dir) / name
+            name = write_free(first, text, then=first.with_name(f"{first.stem}-{stage}{first.suffix}")).name
+        self.config_filename = trainer.strategy.broadcast(name)
+        if trainer.is_global_zero:
+            self.save_config(trainer, pl_module, stage)
+            import yaml
+
+            for logger in trainer.loggers:
+                logger.log_hyperparams(yaml.safe_load(text))
+                logger.save()
+        trainer.enable_autolog_hparams = False  # logged above, all of it
+        self.already_saved = trainer.strategy.broadcast(True)
