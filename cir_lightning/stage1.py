@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from PIL import Image
 from torch import Tensor
 
-from cir_lightning.backbones.collate import sample_index
+from cir_lightning.backbones.batches import sample_index
 from cir_lightning.backbones.prompts import IMAGE
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.losses import caption_loss

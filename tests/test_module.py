@@ -188,7 +188,7 @@ def test_query_with_several_texts_is_the_normalised_mean_of_their_embeddings(tin
 
 
 def test_target_keys_for_cross_rank_negatives():
-    from cir_lightning.backbones.collate import target_identity
+    from cir_lightning.backbones.batches import target_identity
     from cir_lightning.losses import key_id, target_keys
 
     batch = {"index": torch.tensor([4, 7, 9]), "target_group": torch.tensor([0, 1, 0])}

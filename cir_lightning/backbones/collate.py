@@ -16,36 +16,17 @@ from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch import Tensor
 
+from cir_lightning.backbones.batches import Inputs, SampleBatches
 from cir_lightning.backbones.processors import fit_to_factor
 from cir_lightning.backbones.prompts import IMAGE, PromptTemplates
 from cir_lightning.backbones.user_text import cut_to_tokens
 from cir_lightning.checks import non_negative_int, positive_int
 from cir_lightning.errors import CIRDataError, CIRModelError
-from cir_lightning.losses import key_id
 from cir_lightning.pixels import to_rgb
 from cir_lightning.placeholders import refuse_placeholders
 
-Inputs = dict[str, Tensor]
 # PaliGemma's processor adds token_type_ids and labels; the backbone runs plain causal attention
 _DROP = ("token_type_ids", "labels")
-
-
-def target_identity(samples: list[dict[str, Any]]) -> dict[str, Tensor]:
-    """Which training samples share a target: ``target_group`` (the first row in the batch with the same
-    target) and, when every sample has a ``target_key``, ``target_id`` (a stable 63-bit id of the key, equal
-    on every rank, so duplicates across DDP ranks are recognised too).
-
-    Example:
-        >>> ident = target_identity([{"target_key": "a"}, {"target_key": "b"}, {"target_key": "a"}])
-        >>> ident["target_group"].tolist(), ident["target_id"][0] == ident["target_id"][2]
-        ([0, 1, 0], tensor(True))
-    """
-    keys = [s.get("target_key", i) for i, s in enumerate(samples)]
-    first = {key: i for i, key in reversed(list(enumerate(keys)))}
-    out = {"target_group": torch.tensor([first[key] for key in keys], dtype=torch.long)}
-    if all("target_key" in s for s in samples):
-        out["target_id"] = torch.tensor([key_id(str(k)) for k in keys], dtype=torch.long)
-    return out
 
 
 def check_positions(lengths: Tensor, max_positions: int | None, max_text_tokens: int | None) -> None:
@@ -74,66 +55,6 @@ def as_rgb(images: Sequence[Any]) -> list[Any]:
     """PIL images as 8-bit RGB (``cir_lightning.pixels.to_rgb``); RGB images and other objects pass as they are."""
     return [to_rgb(im, f"image {i} of the batch") if isinstance(im, Image.Image) and im.mode != "RGB" else im
             for i, im in enumerate(images)]
-
-
-def sample_index(samples: list[dict[str, Any]]) -> Tensor:
-    """The samples' dataset rows, as every batch carries them (``batch["index"]``)."""
-    return torch.tensor([s["index"] for s in samples], dtype=torch.long)
-
-
-class SampleBatches:
-    """Samples -> batches, shared by every collator: ``triplets`` (training), ``queries`` and ``gallery``
-    (evaluation), see ``cir_lightning.data.contract.Collator``. A subclass supplies ``query_inputs``,
-    ``gallery_inputs`` and ``text_inputs`` (model inputs from images and texts)."""
-
-    placeholders: Sequence[str] = ()
-    """What the user's texts may not hold (``cir_lightning.placeholders``): the model's image tokens."""
-
-    def query_inputs(self, images: Sequence[Image.Image], modifications: Sequence[str]) -> Inputs:
-        raise NotImplementedError
-
-    def gallery_inputs(self, images: Sequence[Image.Image]) -> Inputs:
-        raise NotImplementedError
-
-    def text_inputs(self, texts: Sequence[str]) -> Inputs:
-        raise NotImplementedError
-
-    def triplets(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        """Training batch: queries, targets, ``target_group`` / ``target_id`` (see ``target_identity``)
-        and ``target_text`` when every sample has a ``target_caption``."""
-        batch = {
-            "index": sample_index(samples),
-            "query": self.query_inputs([s["reference_image"] for s in samples],
-                                       [s["modification"] for s in samples]),
-            "target": self.gallery_inputs([s["target_image"] for s in samples]),
-        }
-        batch.update(target_identity(samples))
-        captions = [s.get("target_caption") for s in samples]
-        if all(c is not None for c in captions):
-            batch["target_text"] = self.text_inputs(captions)
-        return batch
-
-    def queries(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        """Query batch; a sample whose ``modification`` is a list of texts becomes one row per text and
-        ``query_groups`` maps each row to its sample (the model averages them)."""
-        images, texts, groups = [], [], []
-        for i, s in enumerate(samples):
-            mods = [s["modification"]] if isinstance(s["modification"], str) else list(s["modification"])
-            images += [s["reference_image"]] * len(mods)
-            texts += mods
-            groups += [i] * len(mods)
-        batch = {"index": sample_index(samples), "query": self.query_inputs(images, texts)}
-        if len(texts) != len(samples):
-            batch["query_groups"] = torch.tensor(groups, dtype=torch.long)
-        return batch
-
-    def gallery(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        """Gallery batch: ``index`` and the images' inputs."""
-        return {"index": sample_index(samples), "gallery": self.gallery_inputs([s["image"] for s in samples])}
-
-    def for_subset(self, name: str) -> SampleBatches:
-        """The collator for evaluation subset ``name``: this one, unless its prompts differ per subset."""
-        return self
 
 
 class MLLMCollator(SampleBatches):

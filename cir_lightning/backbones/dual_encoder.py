@@ -26,7 +26,8 @@ from PIL import Image
 from torch import Tensor
 
 from cir_lightning.backbones.base import DTYPES, Backbone, Dtype, build_tiny_if_missing, load_checkpoint
-from cir_lightning.backbones.collate import SampleBatches, as_rgb
+from cir_lightning.backbones.batches import SampleBatches
+from cir_lightning.backbones.collate import as_rgb
 from cir_lightning.backbones.identity import checkpoint_digest
 from cir_lightning.backbones.lora import LoRA, Towers, tower_target_regex
 from cir_lightning.backbones.processors import load_processor
