@@ -18,6 +18,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
 from cir_lightning.backbones.base import Backbone
+from cir_lightning.backbones.contract import check_backbone
 from cir_lightning.checkpointing import (
     check_and_complete,
     export_adapter_after_fit,
@@ -130,6 +131,7 @@ class CIRModule(pl.LightningModule):
         self.save_hyperparameters(*TRAINING_SETTINGS)  # only these (not EVALUATION_OPTIONS, not the parts)
         number_in("warmup", warmup, 0, math.inf)
         positive_int("max_caption_tokens", max_caption_tokens, optional=True)
+        check_backbone(backbone)  # a backbone of the user's own lacking a part: named now, not mid-run
         self.backbone, self.export_adapter = backbone, export_adapter
         self.loss = loss or FireLoss()
         self.optimizer_factory, self.lr_schedule, self.warmup = optimizer, lr_schedule, warmup

@@ -439,3 +439,22 @@ def test_fit_reads_the_validation_subsets_once_for_its_monitor_and_sharded_check
     with pytest.raises(CIRConfigError, match="subset 'toy': rankings within candidates .* turn `search.sharded"):
         evaluation.fit_start(trainer, datamodule)
     assert len(calls) == 2
+
+
+def test_a_backbone_of_one_s_own_lacking_a_part_is_named_when_the_module_is_built(backbone):
+    from cir_lightning.backbones import Backbone
+
+    class EmbedsOnly(Backbone):  # forward and embedding_dim, but no fingerprint and no collator
+        def forward(self, inputs):
+            return inputs["x"]
+
+        @property
+        def embedding_dim(self):
+            return 2
+
+    with pytest.raises(CIRModelError, match=r"^EmbedsOnly does not implement what a Backbone must: `fingerprint\(\)`: "
+                                            r".*; `collator` \(set in `__init__`\)"):
+        CIRModule(EmbedsOnly())
+    with pytest.raises(CIRModelError, match=r"EmbedsOnly does not implement `fingerprint\(\)`"):
+        EmbedsOnly().fingerprint()  # called directly, as a plain nn.Module: the same words
+    CIRModule(backbone)  # every shipped backbone implements them all

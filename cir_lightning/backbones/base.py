@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from abc import abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -25,6 +26,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from cir_lightning.backbones.adapters import write_base_record
+from cir_lightning.backbones.contract import unimplemented
 from cir_lightning.backbones.identity import check_readable
 from cir_lightning.backbones.lora import LoRA, add_lora
 from cir_lightning.errors import CIRConfigError, CIRModelError
@@ -37,9 +39,12 @@ T = TypeVar("T")
 
 
 class Backbone(nn.Module):
-    """Base class: subclasses set ``self.collator`` and implement ``forward``, ``embedding_dim`` and
-    ``fingerprint``; they hand their loaded model to ``_prepare``, which sets ``self.model`` (the peft
-    model when there is LoRA, which ``save_adapter`` writes) and ``self.lora``.
+    """Base class: a subclass loads its model in ``__init__`` (``model_name_or_path`` and ``base_digest`` set
+    first), hands it to ``_prepare`` (freezing, LoRA on ``target``; sets ``self.model``, the peft model when
+    there is LoRA, which ``save_adapter`` writes, and ``self.lora``), sets ``self.collator`` (a
+    ``SampleBatches``), and implements ``forward``, ``embedding_dim`` and ``fingerprint``
+    (``contract.BACKBONE_PARTS``: what each is for; ``CIRModule`` names any that is missing). Configs name it by
+    ``class_path``; ``factory.register_backbone`` lets ``build_backbone`` build it too.
 
     Example:
         >>> from cir_lightning.backbones.base import Backbone
@@ -57,20 +62,23 @@ class Backbone(nn.Module):
     # the several texts of one query are summed before normalising (E5-V): ``forward`` then takes ``normalize``
     combine_raw: bool = False
 
-    def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:  # pragma: no cover - abstract
+    @abstractmethod  # marked only (the class stays instantiable): ``contract.check_backbone`` reads the marks
+    def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         """Embed a batch of inputs: (batch, dim), L2-normalised, float32."""
-        raise NotImplementedError
+        raise unimplemented(self, "forward")
 
     @property
-    def embedding_dim(self) -> int:  # pragma: no cover - abstract
+    @abstractmethod
+    def embedding_dim(self) -> int:
         """The size of the embeddings ``forward`` returns (known before anything is embedded, so that
         a search index can be checked for it first)."""
-        raise NotImplementedError
+        raise unimplemented(self, "embedding_dim")
 
-    def fingerprint(self) -> dict[str, Any]:  # pragma: no cover - abstract
+    @abstractmethod
+    def fingerprint(self) -> dict[str, Any]:
         """What identifies the frozen base model and how it embeds (stored in checkpoints, embedding caches and
         results), including ``base_digest``: ``identity.checkpoint_digest`` of the files it was loaded from."""
-        raise NotImplementedError
+        raise unimplemented(self, "fingerprint")
 
     def _prepare(self, model: nn.Module, lora: LoRA | None, target: Any,
                  gradient_checkpointing: bool, checkpointed: nn.Module | None = None) -> None:
