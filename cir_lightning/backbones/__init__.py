@@ -1,13 +1,15 @@
 """Backbones: models that embed composed queries, gallery images and texts.
 
 ``build_backbone`` builds any supported checkpoint by name or folder (``list_backbones``: the families and
-their classes); ``Prompts`` picks a prompt preset (``list_presets``); ``make_tiny_*`` write tiny offline
-checkpoints for tests and demos.
+their classes; ``register_backbone`` adds your own); ``Prompts`` picks a prompt preset (``list_presets``);
+``make_tiny_*`` write tiny offline checkpoints for tests and demos. A backbone of your own subclasses
+``Backbone``, with a ``SampleBatches`` collator.
 """
 
 from cir_lightning.backbones.base import Backbone
+from cir_lightning.backbones.batches import SampleBatches
 from cir_lightning.backbones.dual_encoder import DualEncoderBackbone, DualEncoderCollator
-from cir_lightning.backbones.factory import build_backbone, detect_family, list_backbones
+from cir_lightning.backbones.factory import build_backbone, detect_family, list_backbones, register_backbone
 from cir_lightning.backbones.hf_mllm import HFMultimodalBackbone
 from cir_lightning.backbones.lora import LoRA
 from cir_lightning.backbones.prompts import PRESETS, Prompts, PromptTemplates, list_presets
@@ -23,6 +25,7 @@ __all__ = [
     "LoRA",
     "PromptTemplates",
     "Prompts",
+    "SampleBatches",
     "XGenMMBackbone",
     "build_backbone",
     "detect_family",
@@ -31,4 +34,5 @@ __all__ = [
     "make_tiny_dual_encoder",
     "make_tiny_model",
     "make_tiny_xgenmm",
+    "register_backbone",
 ]
