@@ -12,6 +12,7 @@ retrieval metrics of the model being trained are still measured at every validat
 
 from __future__ import annotations
 
+import inspect
 import string
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -122,7 +123,7 @@ def check_caption_data(datamodule: CIRDataModule, option: str = "`objective: cap
     ``target_side: caption``) the target captions it trains on."""
     if datamodule.with_captions:
         return
-    if "with_captions" in datamodule.hparams:
+    if "with_captions" in inspect.signature(type(datamodule)).parameters:  # an option of its class
         raise CIRConfigError(f"{option} trains on target captions: set `data.init_args.with_captions: true` "
                              "(every training line needs a `target_caption`)")
     raise CIRConfigError(f"{option} trains on target captions, which {type(datamodule).__name__} does not have: "

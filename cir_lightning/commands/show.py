@@ -41,6 +41,12 @@ def _datamodule(document: Mapping[str, Any], path: Path) -> Any:
         raise CIRDataError(f"`{class_path}` is not a cir_lightning DataModule", path)
     accepted = inspect.signature(cls).parameters
     args = {k: v for k, v in data.items() if k in accepted}
+    lacking = [k for k, p in accepted.items() if p.default is p.empty and k not in args
+               and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    if lacking:  # the constructor was not reached through ``super().__init__`` with its arguments (``hparams``)
+        raise CIRDataError(f"records no {', '.join(f'`{k}`' for k in lacking)} of {cls.__name__} (`config.data`), "
+                           "which its constructor needs: was the DataModule's `__init__` given its options and did it "
+                           "call `super().__init__(...)`?", path)
     try:
         datamodule = cls(**args)
         datamodule.setup(str(document.get("stage", "validate")))

@@ -8,11 +8,13 @@ What else the model may ask of a DataModule is declared on ``CIRDataModule``, wi
 nothing: ``summarize`` / ``report`` (extra metrics, text to print), ``write_predictions`` (files such
 as an evaluation server's), ``with_captions``, ``gallery_identity`` and ``split_for`` (for embedding caches and
 ``predict``'s folders), ``training_order`` (what a checkpoint written in the middle of an epoch must be
-resumed with).
+resumed with). Its constructor records every argument of the subclass's constructor as ``hparams`` (what
+results files name as the run's data, and what ``cir-lightning show`` rebuilds the DataModule from).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -21,7 +23,16 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cir_lightning.checks import non_negative_int, positive_int
-from cir_lightning.data.contract import STAGE_SPLITS, CachedGalleries, Collator, EvalSets, Rankings, Split
+from cir_lightning.data.contract import (
+    STAGE_SPLITS,
+    CachedGalleries,
+    Collator,
+    EvalSets,
+    Rankings,
+    Split,
+    check_collator,
+    constructor_args,
+)
 from cir_lightning.data.datasets import CachedGallery, ImageDataset, TripletDataset, refuse_placeholder_texts
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.sampling import ResumableLoader, ResumableSampler, train_sampler, training_order
@@ -79,6 +90,7 @@ class CIRDataModule(pl.LightningDataModule):
         self.max_short_edge = positive_int("max_short_edge", max_short_edge, optional=True)
         self.max_image_pixels = positive_int("max_image_pixels", max_image_pixels, optional=True)
         self.pin_memory = pin_memory
+        self.save_hyperparameters(constructor_args(self, inspect.currentframe(), CIRDataModule))
         self.collator: Collator | None = None
         self.cached_galleries: CachedGalleries | None = None
         self.train_set: TripletDataset | None = None
@@ -93,6 +105,7 @@ class CIRDataModule(pl.LightningDataModule):
         ``split_for`` names), returns the subsets whose gallery embeddings the model already has (from a
         cache): their gallery loaders then yield nothing, so no gallery image is decoded.
         """
+        check_collator(collator)
         self.collator = collator
         self.cached_galleries = cached_galleries
         refuse_placeholder_texts([self.train_set, *(q for q, _ in self.val_sets + self.test_sets)],

@@ -101,7 +101,6 @@ class BGEVLDataModule(CIRDataModule):
         self.task, self.categories, self.k, self.on_missing = task, list(categories), k, on_missing
         self.results_file = Path(results_file) if results_file else None
         self.contents: dict[str, dict[str, Any]] = {}
-        self.save_hyperparameters()  # the arguments as given, once they are checked
 
     def setup(self, stage: str) -> None:
         for option, folder in (("data_dir", self.data_dir), ("image_dir", self.image_dir)):

@@ -80,7 +80,6 @@ class CIRCODataModule(CIRDataModule):
         check_on_missing(on_missing)
         self.on_missing = on_missing
         self.files = CIRCOFiles(self.root, self.gallery_root, self.image_info_file, on_missing, self.max_short_edge)
-        self.save_hyperparameters()  # the arguments as given, once they are checked
 
     def load_eval_sets(self, split: Split) -> EvalSets:
         return [self.files.read(split, self.query_template, self.exclude_reference)]

@@ -71,7 +71,6 @@ class CIRRDataModule(CIRDataModule):
         self.on_missing = check_on_missing(on_missing)
         self.files = CIRRFiles(self.root, self.image_root, on_missing, self.max_short_edge)
         self.splits: dict[str, CIRRSplit] = {}  # "val" / "test1" -> the split as read
-        self.save_hyperparameters()  # the arguments as given, once they are checked
 
     @property
     def pairs(self) -> dict[str, dict[str, CIRRPair]]:

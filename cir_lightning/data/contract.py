@@ -10,17 +10,24 @@ process. A collator is any object with three methods, each taking a list of samp
 - ``queries(samples)`` for evaluation queries,
 - ``gallery(samples)`` for gallery images;
 
-and ``for_subset(name)`` gives the collator of one evaluation subset (itself unless prompts differ per subset).
+and ``for_subset(name)`` gives the collator of one evaluation subset (itself unless prompts differ per subset);
+``check_collator`` names what an object handed to ``connect`` lacks. ``constructor_args`` is what a DataModule
+records of its own arguments (``hparams``).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
-from cir_lightning.data.datasets import GalleryDataset, QueryDataset
+from lightning.pytorch.utilities.parsing import collect_init_args
 
-__all__ = ["STAGE_SPLITS", "CachedGalleries", "Collator", "EvalSets", "Rankings", "Split"]
+from cir_lightning.data.datasets import GalleryDataset, QueryDataset
+from cir_lightning.errors import CIRConfigError
+
+__all__ = ["STAGE_SPLITS", "CachedGalleries", "Collator", "EvalSets", "Rankings", "Split", "check_collator",
+           "constructor_args"]
 
 Split = Literal["val", "test"]
 EvalSets = list[tuple[QueryDataset, GalleryDataset]]
@@ -45,3 +52,37 @@ class Collator(Protocol):
 CachedGalleries = Callable[[Split, EvalSets], set[int]]
 """``(split, sets) -> indices of the subsets whose gallery embeddings the model already has``; ``split`` is the
 one the sets are (``CIRDataModule.split_for``), which names their caches."""
+
+
+def check_collator(collator: object) -> None:
+    """Refuse, in one line naming what it lacks, an object that is not a ``Collator`` (checked by
+    ``CIRDataModule.connect``, before any loader runs it in a worker).
+
+    Example:
+        >>> from cir_lightning.data.contract import check_collator
+        >>> class Half:
+        ...     placeholders = ()
+        ...     def queries(self, samples): ...
+        >>> check_collator(Half())
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRConfigError: Half is not a collator (data.contract.Collator): it lacks `triplets`, `gallery`, `for_subset`; ...
+    """
+    lacking = [f"`{name}`" for name in ("triplets", "queries", "gallery", "for_subset")
+               if not callable(getattr(collator, name, None))]
+    lacking += [] if hasattr(collator, "placeholders") else ["`placeholders`"]
+    if lacking:
+        raise CIRConfigError(f"{type(collator).__name__} is not a collator (data.contract.Collator): it lacks "
+                             f"{', '.join(lacking)}; a backbone's collator can subclass "
+                             "`cir_lightning.backbones.SampleBatches`, which needs only the model inputs")
+
+
+def constructor_args(datamodule: object, frame: Any, base: type) -> dict[str, Any]:
+    """The arguments of ``type(datamodule)``'s constructor as passed, in the order its signature names them: read
+    from the ``__init__`` frames that called ``base.__init__`` (``frame``), the outermost one winning. What
+    ``CIRDataModule`` records as ``hparams``: results files name the run's data by them, ``show`` rebuilds it."""
+    taken = inspect.signature(type(datamodule)).parameters
+    args: dict[str, Any] = {}
+    for level in collect_init_args(frame, [], classes=(base,)):
+        args.update(level)
+    return {name: args[name] for name in taken if name in args}

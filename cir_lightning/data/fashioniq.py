@@ -101,7 +101,6 @@ class FashionIQDataModule(CIRDataModule):
         self.train_augment = train_augment
         self.on_missing = check_on_missing(on_missing)
         self.files = FashionIQFiles(self.root, self.image_root, on_missing, self.max_short_edge)
-        self.save_hyperparameters()  # the arguments as given, once they are checked
 
     def setup(self, stage: str) -> None:
         if not self.image_root.is_dir():

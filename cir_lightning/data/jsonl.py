@@ -83,7 +83,6 @@ class JsonlCIRDataModule(CIRDataModule):
         if unknown_exclude_ids not in ("error", "warn"):
             raise CIRConfigError(f"`unknown_exclude_ids` must be 'error' or 'warn', got {unknown_exclude_ids!r}")
         self.unknown_exclude_ids = unknown_exclude_ids
-        self.save_hyperparameters()  # the arguments as given, once they are checked
 
     def _image_root(self) -> Path:
         return (self.image_root or self.root).resolve()

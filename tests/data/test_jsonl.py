@@ -359,9 +359,14 @@ def test_one_image_under_two_gallery_ids_is_an_error(root):
 
 def test_a_text_holding_the_model_s_placeholder_is_named_with_its_line_when_the_model_connects(root):
     """Refused before any batch (in a worker, mid-epoch, it would come after the gallery was embedded)."""
-    from types import SimpleNamespace
+    from cir_lightning.backbones import SampleBatches
 
-    collator = SimpleNamespace(placeholders=["<image>", "<|video_pad|>"])
+    def collator_of(placeholders: list[str]) -> SampleBatches:
+        collator = SampleBatches()
+        collator.placeholders = placeholders
+        return collator
+
+    collator = collator_of(["<image>", "<|video_pad|>"])
     queries_with(root, modification="make it <|video_pad|> red")
     dm = setup(root, "fit")
     with pytest.raises(CIRDataError, match=r"val_queries\.jsonl:2: the modification 'make it <\|video_pad\|> red' "
@@ -374,7 +379,7 @@ def test_a_text_holding_the_model_s_placeholder_is_named_with_its_line_when_the_
     setup(root, "fit").connect(collator)  # captions are not read without `with_captions`
     with pytest.raises(CIRDataError, match=r"train\.jsonl:2: the caption 'a <image> square' holds '<image>'"):
         setup(root, "fit", with_captions=True).connect(collator)
-    setup(root, "fit", with_captions=True).connect(SimpleNamespace(placeholders=()))  # a dual encoder has none
+    setup(root, "fit", with_captions=True).connect(collator_of([]))  # a dual encoder has none
 
 
 def test_a_blank_gallery_id_is_an_error(root):
