@@ -23,17 +23,9 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cir_lightning.checks import non_negative_int, positive_int
-from cir_lightning.data.contract import (
-    STAGE_SPLITS,
-    CachedGalleries,
-    Collator,
-    EvalSets,
-    Rankings,
-    Split,
-    check_collator,
-    constructor_args,
-)
-from cir_lightning.data.datasets import CachedGallery, ImageDataset, TripletDataset, refuse_placeholder_texts
+from cir_lightning.data import contract, datasets
+from cir_lightning.data.contract import STAGE_SPLITS, CachedGalleries, Collator, EvalSets, Rankings, Split
+from cir_lightning.data.datasets import CachedGallery, ImageDataset, TripletDataset
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.sampling import ResumableLoader, ResumableSampler, train_sampler, training_order
 from cir_lightning.errors import CIRConfigError, CIRDataError
@@ -90,7 +82,7 @@ class CIRDataModule(pl.LightningDataModule):
         self.max_short_edge = positive_int("max_short_edge", max_short_edge, optional=True)
         self.max_image_pixels = positive_int("max_image_pixels", max_image_pixels, optional=True)
         self.pin_memory = pin_memory
-        self.save_hyperparameters(constructor_args(self, inspect.currentframe(), CIRDataModule))
+        self.save_hyperparameters(contract.constructor_args(self, inspect.currentframe(), CIRDataModule))
         self.collator: Collator | None = None
         self.cached_galleries: CachedGalleries | None = None
         self.train_set: TripletDataset | None = None
@@ -105,10 +97,10 @@ class CIRDataModule(pl.LightningDataModule):
         ``split_for`` names), returns the subsets whose gallery embeddings the model already has (from a
         cache): their gallery loaders then yield nothing, so no gallery image is decoded.
         """
-        check_collator(collator)
+        contract.check_collator(collator)
         self.collator = collator
         self.cached_galleries = cached_galleries
-        refuse_placeholder_texts([self.train_set, *(q for q, _ in self.val_sets + self.test_sets)],
+        datasets.refuse_placeholder_texts([self.train_set, *(q for q, _ in self.val_sets + self.test_sets)],
                                  collator.placeholders)
 
     def summarize(self, metrics: Mapping[str, float]) -> dict[str, float]:
@@ -184,6 +176,7 @@ class CIRDataModule(pl.LightningDataModule):
             self.val_sets = self.load_eval_sets("val")
         elif split == "test" and not self.test_sets:
             self.test_sets = self.load_eval_sets("test")
+        datasets.refuse_repeated_ids(self.val_sets + self.test_sets)
 
     def split_for(self, stage: str) -> Split:
         """The split whose data ``stage`` evaluates or embeds, the name its caches and ``predict``'s folders get

@@ -87,6 +87,31 @@ def refuse_shared_images(items: Sequence[GalleryItem]) -> None:
                                "come first; list each image once")
 
 
+def refuse_repeated_ids(sets: Sequence[tuple[QueryDataset, GalleryDataset]]) -> None:
+    """Refuse, with the lines of both, a query id or a gallery id given twice in one subset: results files,
+    rankings and server files name queries and images by id, so the second would hide the first. Checked by
+    ``CIRDataModule.setup`` on what ``load_eval_sets`` returns, so every layout gets it (other datasets than
+    these two classes are not read).
+
+    Example:
+        >>> q = [Query("q0", Path("a.png"), "red", (0,), "q.csv:2"), Query("q0", Path("b.png"), "blue", (0,), "q.csv:3")]
+        >>> refuse_repeated_ids([(QueryDataset(q), GalleryDataset([GalleryItem("a", Path("a.png"), "g")]))])
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRDataError: q.csv:3: query id 'q0' is given twice (first at q.csv:2): ...
+    """
+    for queries, gallery in sets:
+        for what, dataset, key in (("query", queries, "query_id"), ("gallery", gallery, "image_id")):
+            records = dataset.records if isinstance(dataset, QueryDataset | GalleryDataset) else ()
+            first: dict[str, Any] = {}
+            for r in records:
+                other = first.setdefault(getattr(r, key), r)
+                if other is not r:
+                    raise CIRDataError(f"{r.source}: {what} id {getattr(r, key)!r} is given twice (first at "
+                                       f"{other.source}): results and rankings name {what} items by id, so one "
+                                       "would hide the other; give each its own id")
+
+
 def refuse_placeholder_texts(datasets: Sequence[TripletDataset | QueryDataset | None],
                              placeholders: Sequence[str]) -> None:
     """Refuse, with its file and line, a record whose modification (or caption, where the dataset gives

@@ -202,3 +202,29 @@ def test_imports_point_one_way(path):
         assert not {n for n in names if n.startswith("cir_lightning")}
     if path.name == "reading.py":
         assert "cir_lightning.files" not in names
+
+
+def test_an_id_given_twice_in_a_subset_is_refused_at_set_up_whatever_the_layout():
+    """Checked by the base class on what any ``load_eval_sets`` returns: a layout of one's own need not."""
+    from cir_lightning.data.datasets import GalleryDataset, GalleryItem, Query, QueryDataset
+    from cir_lightning.errors import CIRDataError
+
+    class Twice(CIRDataModule):
+        def __init__(self, repeat: str) -> None:
+            super().__init__()
+            self.repeat = repeat
+
+        def load_eval_sets(self, split):
+            gallery = [GalleryItem("a", Path("a.png"), "g.csv:2"), GalleryItem("b", Path("b.png"), "g.csv:3")]
+            queries = [Query("q0", Path("a.png"), "red", (1,), "q.csv:2"), Query("q1", Path("b.png"), "red", (0,), "q.csv:3")]
+            if self.repeat == "query":
+                queries.append(Query("q0", Path("b.png"), "blue", (0,), "q.csv:4"))
+            elif self.repeat == "gallery":
+                gallery.append(GalleryItem("a", Path("c.png"), "g.csv:4"))
+            return [(QueryDataset(queries), GalleryDataset(gallery))]
+
+    Twice("none").setup("validate")
+    with pytest.raises(CIRDataError, match=r"^q\.csv:4: query id 'q0' is given twice \(first at q\.csv:2\)"):
+        Twice("query").setup("validate")
+    with pytest.raises(CIRDataError, match=r"^g\.csv:4: gallery id 'a' is given twice \(first at g\.csv:2\)"):
+        Twice("gallery").setup("test")
