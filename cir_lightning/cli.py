@@ -37,7 +37,7 @@ from cir_lightning.option_errors import option_error
 from cir_lightning.quiet import quiet_third_party
 from cir_lightning.run_folder import KeepConfigCallback, claim_versions
 from cir_lightning.threads import ThreadBudget
-from cir_lightning.torch_files import load_torch_file
+from cir_lightning.torch_files import load_torch_file, path_globals
 
 _USER_OMP = "CIR_LIGHTNING_USER_OMP"
 
@@ -134,13 +134,14 @@ class CIRLightningCLI(LightningCLI):
             self._apply_ckpt_hparams(load_torch_file(path, weights_only=False, what="`--ckpt_path`"))
         else:
             try:
-                super()._parse_ckpt_path()
+                with path_globals():  # hyperparameters may hold paths (a DataModule's `root` given as a Path)
+                    super()._parse_ckpt_path()
             except Exception:
                 if path is not None and path.is_file():
                     load_torch_file(path, weights_only=True, what="`--ckpt_path`")  # raises the explanation
                 raise
         if subcommand == "fit" and path is not None:  # Lightning put the checkpoint's training settings in
-            overridden_settings(given, self.config[subcommand]["model"].as_dict(), CIRModule, path, TRAINING_SETTINGS,
+            overridden_settings(given, self.config[subcommand]["model"].as_dict(), self.model_class, path, TRAINING_SETTINGS,
                                 even_default=("objective",))
 
     def _apply_ckpt_hparams(self, checkpoint: Any) -> None:

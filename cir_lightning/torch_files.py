@@ -22,7 +22,7 @@ from typing import Any
 from cir_lightning.errors import CIRModelError
 from cir_lightning.messages import path_problem
 
-__all__ = ["load_torch_file"]
+__all__ = ["load_torch_file", "path_globals"]
 
 _ZIP_MAGIC = b"PK\x03\x04"
 
@@ -59,6 +59,14 @@ _SAFE_PREFIXES = ("torch.", "collections.OrderedDict", "builtins.set", "builtins
 _PATHS = (pathlib.PosixPath, pathlib.WindowsPath, pathlib.PurePosixPath, pathlib.PureWindowsPath)
 """Paths, loaded with ``weights_only`` too: hyperparameters such as a DataModule's ``root`` given as a ``Path`` (a
 path is built from its strings, running nothing); Lightning's checkpoints hold them, and torch refused them."""
+
+
+def path_globals() -> Any:
+    """A context in which ``torch.load(..., weights_only=True)`` also reads paths (``_PATHS``), for loads that are
+    not ours (Lightning's read of ``--ckpt_path``'s hyperparameters)."""
+    import torch
+
+    return torch.serialization.safe_globals(list(_PATHS))
 
 
 def _unsafe(names: list[str]) -> list[str]:
@@ -109,7 +117,7 @@ def load_torch_file(path: str | Path, *, weights_only: bool = True, map_location
     try:
         with warnings.catch_warnings():  # torch's note on pickle protocols: noise before our own message
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            with torch.serialization.safe_globals(list(_PATHS)):
+            with path_globals():
                 return torch.load(path, map_location=map_location, weights_only=weights_only)
     except pickle.UnpicklingError as err:
         raise _explain(path, where, size, head, weights_only, err) from None

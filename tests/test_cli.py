@@ -289,6 +289,15 @@ def test_checkpoints_load_with_weights_only_unless_asked_otherwise(fitted, monke
     assert seen["weights_only"] is False
     assert seen["ckpt_path"] == str(trusted)
 
+    # a path among the hyperparameters (a DataModule given `root` as a Path) is read with weights_only too: torch
+    # refused Lightning's read, and our check, which reads paths, then re-raised torch's error as a traceback
+    with_path = cwd / "with_path.ckpt"
+    torch.save({**torch.load(ckpt, weights_only=True), "datamodule_hyper_parameters": {"root": Path(cwd)}}, with_path)
+    seen.clear()
+    CIRLightningCLI(args=["validate", *common, "--trainer.default_root_dir", "wo", "--ckpt_path", str(with_path)])
+    assert seen["weights_only"] is True
+    assert seen["ckpt_path"] == str(with_path)
+
 
 
 def test_fit_resumed_from_an_epoch_checkpoint_ends_exactly_like_an_uninterrupted_run(tmp_path, tiny_model_dir):
