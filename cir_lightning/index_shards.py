@@ -19,6 +19,7 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 
 from cir_lightning.errors import CIRDataError
@@ -75,8 +76,7 @@ class ShardWriter(BasePredictionWriter):
                 self._flush(trainer.global_rank)
         if trainer.received_sigterm:  # Lightning's predict loop carries on after it: keep what is embedded, stop
             self._flush(trainer.global_rank)
-            raise SystemExit(f"cir-lightning index: stopped by SIGTERM; the images embedded so far are kept in "
-                             f"`{self.folder.parent}`: run the same command again to continue")
+            raise SIGTERMException  # `cli.main`: one line (what is kept), status 143
 
     def _flush(self, rank: int) -> None:
         if not self._buffer:

@@ -5,7 +5,8 @@
   removed, ``index`` keeps the images embedded so far) and exits with status 1, as an error would. ``stops``
   notes the key press and ends with status 130 (128 + SIGINT) instead, saying what is kept; a Ctrl-C outside
   Lightning (loading a model, reading the data, ``search``) is the same line, not a traceback.
-- SIGTERM: Lightning's ``SIGTERMException`` (a bare exit with status 0, as if the run had ended) becomes 143.
+- SIGTERM: Lightning's ``SIGTERMException`` (a bare exit with status 0, as if the run had ended), raised by its
+  training loop and by the ``predict`` / ``index`` writers (Lightning's predict loop carries on), becomes 143.
 
 Either way nothing half-written is left under a final name: every file is written through
 ``cir_lightning.files``, whose temporary files and folders are removed when the write is interrupted.
@@ -65,7 +66,7 @@ def stops(prog: str, command: str | None) -> Iterator[None]:
         print(_line(prog, "Ctrl-C", command), file=sys.stderr)
         sys.exit(130)  # 128 + SIGINT, what a shell reports for a process the key press ended
     except SIGTERMException:  # Lightning stops on SIGTERM with a bare SystemExit: status 0, as if the run had ended
-        print(_line(prog, "SIGTERM", command if command == "fit" else None), file=sys.stderr)
+        print(_line(prog, "SIGTERM", command), file=sys.stderr)
         sys.exit(143)  # 128 + SIGTERM
     except SystemExit as err:
         if not (pressed and err.code == 1):  # Lightning's exit after a KeyboardInterrupt

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cir_lightning.data.base import cir_datamodule
 from cir_lightning.errors import CIRConfigError, CIRFileError
@@ -185,7 +186,7 @@ class EmbeddingWriter(BasePredictionWriter):
                            batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
                            dataloader_idx: int = 0) -> None:
         if trainer.received_sigterm:  # Lightning's predict loop carries on after it; the folder is never written half
-            raise SystemExit("cir-lightning predict: stopped by SIGTERM; nothing was written")
+            raise SIGTERMException  # `cli.main` says so in one line and exits 143; nothing was written
         out = self._outputs.get(dataloader_idx)
         rows = np.asarray(prediction["index"].cpu(), dtype=np.int64)
         if out is None or not len(rows):

@@ -312,3 +312,35 @@ def test_ctrl_c_outside_lightning_is_one_line_not_a_traceback(monkeypatch, capsy
     assert exit_info.value.code == 130
     assert capsys.readouterr().err == ("cir-lightning: stopped by Ctrl-C; files being written were removed, nothing "
                                        "half-written is left\n")
+
+
+@pytest.mark.parametrize(("command", "kept"), [
+    ("index", "the images embedded so far are kept: run the same command again to continue"),
+    ("predict", "files being written were removed, nothing half-written is left"),
+    ("fit", "`fit --ckpt_path last` resumes from its newest checkpoint")])
+def test_sigterm_ends_every_command_with_143_and_what_is_kept(command, kept, capsys):
+    """The predict and index writers stopped on SIGTERM with a bare SystemExit carrying their text: status 1, an
+    error's; index's line of what is kept was never used for SIGTERM."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from cir_lightning.interrupts import stops
+
+    with pytest.raises(SystemExit) as exit_info, stops("cir-lightning", command):
+        raise SIGTERMException
+    assert exit_info.value.code == 143
+    assert capsys.readouterr().err == f"cir-lightning: stopped by SIGTERM; {kept}\n"
+
+
+def test_ctrl_c_in_a_bgevl_script_is_one_line_and_130(monkeypatch, capsys):
+    """BGE-VL's scripts were not wrapped: Ctrl-C printed a traceback."""
+    from cir_lightning.commands import bgevl
+
+    def interrupted(args, task):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bgevl, "run", interrupted)
+    with pytest.raises(SystemExit) as exit_info:
+        bgevl.main_circo(["--image_dir", "x"])
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == ("eval_circo.py: stopped by Ctrl-C; files being written were removed, nothing "
+                                       "half-written is left\n")

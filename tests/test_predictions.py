@@ -158,17 +158,20 @@ def test_an_existing_predictions_folder_is_refused_before_anything_is_embedded(p
     assert {p: p.stat().st_mtime_ns for p in taken.rglob("*")} == before
 
 
-def test_sigterm_stops_predict_without_a_half_written_folder(predicted, tiny_model_dir, monkeypatch):
-    """Lightning's predict loop only notes a SIGTERM; the writer stops the run and nothing is left behind."""
+def test_sigterm_stops_predict_without_a_half_written_folder(predicted, tiny_model_dir, monkeypatch, capsys):
+    """Lightning's predict loop only notes a SIGTERM; the writer stops the run and nothing is left behind, with
+    the status a shell gives a process SIGTERM ended (the writer's bare SystemExit made it 1, an error's)."""
     import lightning.pytorch as pl
 
     # a SIGTERM arriving after the first batch (what Lightning's signal handler records)
     monkeypatch.setattr(pl.Trainer, "received_sigterm",
                         property(lambda trainer: trainer.predict_loop.batch_progress.current.completed >= 1))
     out = predicted / "stopped"
-    with pytest.raises(SystemExit, match="stopped by SIGTERM; nothing was written"):
+    with pytest.raises(SystemExit) as stopped:
         main(["predict", *_common(tiny_model_dir, predicted / "data"), "--trainer.default_root_dir", str(out),
               "--predictions.folder", str(out / "embedded"), "--data.init_args.eval_batch_size", "4"])
+    assert stopped.value.code == 143
+    assert "cir-lightning: stopped by SIGTERM; files being written were removed" in capsys.readouterr().err
     assert not (out / "embedded").exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary folder left
 

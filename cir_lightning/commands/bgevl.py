@@ -26,6 +26,7 @@ from typing import Any
 
 from cir_lightning.data.layouts.bgevl import CATEGORIES, QUERY_MAX_TOKENS, Task
 from cir_lightning.errors import user_error_line
+from cir_lightning.interrupts import stops
 
 __all__ = ["build_parser", "main_circo", "main_fashioniq", "run"]
 
@@ -165,7 +166,8 @@ def _main(task: Task, argv: Sequence[str] | None) -> int:
     if first and task == "circo":
         print(f"Results will be saved in {args.result_save_path}")
     try:
-        data, results = run(args, task)
+        with stops(_SCRIPT[task], "bgevl"):  # Ctrl-C, SIGTERM: one line, status 130 / 143, nothing half-written
+            data, results = run(args, task)
     except Exception as err:
         line = user_error_line(err, _SCRIPT[task])
         if line is None:
