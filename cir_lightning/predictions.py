@@ -14,12 +14,12 @@ starts, never overwritten) or the ``folder`` option; ``<split>`` is ``CIRDataMod
 the data and the split exactly as an evaluation's ``embedding_cache`` does, so a predicted gallery is a cache that
 ``cir-lightning test --model.embedding_cache <folder>`` (a ``val`` one: ``validate``) loads instead of embedding.
 
-Nothing is held in memory: ``embeddings.npy`` is preallocated and memory-mapped, and every batch's rows
-are written where they belong, by the batch's ``"index"`` (the dataset row), by whichever process embedded
-them. Under DDP every rank writes its own rows into the same files (the folder must be visible to every
-process, as for checkpoints); Lightning's predict sampler never pads, and a row written twice would land
-in the same place. The whole folder appears when every rank is done, complete or not at all; a subset
-whose rows were not all embedded (``limit_predict_batches``) is left out with a warning.
+Nothing is held in memory: ``embeddings.npy`` is preallocated and memory-mapped, and every batch's rows are written
+where they belong, by the batch's ``"index"`` (the dataset row), by whichever process embedded them. Under DDP every
+rank writes its own rows into the same files (the folder must be visible to every process, as for checkpoints);
+Lightning's predict sampler never pads, and a row written twice would land in the same place. The folder appears
+when every rank is done, whole or not at all (a SIGTERM stops it, writing nothing); a subset whose rows were not
+all embedded (``limit_predict_batches``) is left out with a warning.
 
 ``ImagesProgressBar`` is Lightning's progress bar counting images (``img/s``) rather than batches.
 """
@@ -186,7 +186,7 @@ class EmbeddingWriter(BasePredictionWriter):
                            batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
                            dataloader_idx: int = 0) -> None:
         if trainer.received_sigterm:  # Lightning's predict loop carries on after it; the folder is never written half
-            raise SIGTERMException  # `cli.main` says so in one line and exits 143; nothing was written
+            raise SIGTERMException  # `cli.main` says so in one line and exits 143
         out = self._outputs.get(dataloader_idx)
         rows = np.asarray(prediction["index"].cpu(), dtype=np.int64)
         if out is None or not len(rows):
@@ -210,8 +210,7 @@ class EmbeddingWriter(BasePredictionWriter):
             self._release()
             return
         backbone = getattr(pl_module, "backbone", None)
-        model = backbone.identity(trainer.precision) if backbone is not None \
-            else {"module": type(pl_module).__name__}
+        model = backbone.identity(trainer.precision) if backbone is not None else {"module": type(pl_module).__name__}
         datamodule = cir_datamodule(trainer)
         dataset = datamodule.gallery_identity() if datamodule is not None else type(trainer.datamodule).__name__
         with _writing(self._target):
@@ -287,8 +286,8 @@ class ImagesProgressBar(TQDMProgressBar):
             return
         loaders = trainer.predict_dataloaders
         size = len((loaders[dataloader_idx] if isinstance(loaders, list) else loaders).dataset)
-        # this process's share under the unrepeated distributed sampler: rows rank, rank + world, ...
-        self.predict_progress_bar.reset(total=len(range(trainer.global_rank, size, trainer.world_size)))
+        share = range(trainer.global_rank, size, trainer.world_size)  # this process's, under the unrepeated sampler
+        self.predict_progress_bar.reset(total=len(share))
         self.predict_progress_bar.set_description(self.predict_description)
         self._images = 0
 
