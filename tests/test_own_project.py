@@ -98,6 +98,27 @@ def test_the_callback_logs_what_our_datamodule_summarizes(tmp_path):
     categories = ("dress", "shirt", "toptee")
     assert logged["val/average/Recall@1"] == pytest.approx(np.mean([logged[f"val/{c}/Recall@1"] for c in categories]))
 
+    class TheirData(pl.LightningDataModule):  # a `summarize` of their own, for something else: never ours to call
+        def __init__(self, inner) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def setup(self, stage: str) -> None:
+            self.inner.setup(stage)
+
+        def val_dataloader(self):
+            return self.inner.val_dataloader()
+
+        def summarize(self, metrics):
+            raise AssertionError("the callback called a summarize it was never promised")
+
+    trainer = _trainer(tmp_path, callbacks=[RetrievalCallback(ks=[1, 5])])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        [theirs, *_] = trainer.validate(TheirModel(), datamodule=TheirData(FashionIQDataModule(tmp_path / "f")),
+                                        verbose=False)
+    assert theirs == {k: v for k, v in logged.items() if "/average/" not in k}
+
 
 def test_what_the_callback_needs_is_declared_and_named_in_one_line(tmp_path):
     class Nothing(pl.LightningModule):

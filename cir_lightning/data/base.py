@@ -30,13 +30,14 @@ from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.sampling import ResumableLoader, ResumableSampler, train_sampler, training_order
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.pixels import SHRINK
+from cir_lightning.summaries import SummarizesMetrics
 
 
 def _as_list(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return samples
 
 
-class CIRDataModule(pl.LightningDataModule):
+class CIRDataModule(pl.LightningDataModule, SummarizesMetrics):
     """Base class: a subclass reads its files in ``load_train_set`` and ``load_eval_sets``.
 
     ``setup(stage)`` fills, once, ``train_set`` (``fit``), ``val_sets`` (``fit``, ``validate``) and
@@ -102,17 +103,6 @@ class CIRDataModule(pl.LightningDataModule):
         self.cached_galleries = cached_galleries
         datasets.refuse_placeholder_texts([self.train_set, *(q for q, _ in self.val_sets + self.test_sets)],
                                  collator.placeholders)
-
-    def summarize(self, metrics: Mapping[str, float]) -> dict[str, float]:
-        """Metrics derived from the evaluated ones (keys without stage prefix), e.g. an average over
-        subsets; the model logs them too. None by default.
-
-        Example:
-            >>> from cir_lightning.data import CIRDataModule
-            >>> CIRDataModule().summarize({"Recall@1": 0.5})
-            {}
-        """
-        return {}
 
     def report(self, metrics: Mapping[str, float]) -> str:
         """Text to print after a standalone ``validate`` / ``test`` (after the table); "" by default.

@@ -33,6 +33,7 @@ from cir_lightning.errors import CIRConfigError
 from cir_lightning.retrieval.evaluator import RetrievalEvaluator
 from cir_lightning.retrieval.index import SearchConfig
 from cir_lightning.retrieval.loop import EvaluationLoop
+from cir_lightning.summaries import SummarizesMetrics
 
 
 @runtime_checkable
@@ -140,6 +141,7 @@ class RetrievalCallback(pl.Callback):
         self._finish(trainer, pl_module, trainer.test_dataloaders, "test")
 
     def _finish(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loaders: Any, prefix: str) -> None:
-        summarize = getattr(trainer.datamodule, "summarize", None)  # a cir_lightning DataModule's (FashionIQ's average)
-        self.loop.finish(trainer, pl_module, loaders, prefix, summarize=summarize if callable(summarize) else None)
+        datamodule = trainer.datamodule  # a cir_lightning DataModule's summary (FashionIQ's average), declared
+        summarize = datamodule.summarize if isinstance(datamodule, SummarizesMetrics) else None
+        self.loop.finish(trainer, pl_module, loaders, prefix, summarize=summarize)
         self.loop.reset()
