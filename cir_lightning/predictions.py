@@ -42,6 +42,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cir_lightning.data.base import cir_datamodule
+from cir_lightning.data.datasets import GalleryDataset, QueryDataset
 from cir_lightning.errors import CIRConfigError, CIRFileError
 from cir_lightning.files import atomic_folder, check_writable, write_error
 from cir_lightning.free_names import reserve_folder
@@ -51,7 +52,6 @@ from cir_lightning.retrieval.embedding_folder import (
     image_files,
     new_embeddings,
     open_embeddings,
-    queries_digest,
     reserve,
 )
 from cir_lightning.retrieval.ground_truth import check_finite
@@ -173,10 +173,9 @@ class EmbeddingWriter(BasePredictionWriter):
             subset, kind = loader_role(i)
             queries = loaders[2 * subset].dataset
             dataset = loader.dataset
-            ids = getattr(dataset, "ids", None)
-            ids = [str(x) for x in ids] if ids is not None else [str(x) for x in range(len(dataset))]
-            paths = getattr(dataset, "paths", None) if trainer.is_global_zero else None  # a GalleryDataset's
-            files = image_files(paths) if paths is not None else queries_digest(dataset) if kind == "query" else {}
+            ids = [str(x) for x in getattr(dataset, "ids", None) or range(len(dataset))]
+            files = image_files(dataset.paths) if isinstance(dataset, GalleryDataset) and trainer.is_global_zero \
+                else {"queries_sha256": dataset.digest()} if isinstance(dataset, QueryDataset) else {}
             if ids:
                 outputs[i] = _Output(getattr(queries, "name", "") or str(subset), kind, split, ids, files)
         return outputs

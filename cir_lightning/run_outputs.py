@@ -14,10 +14,12 @@ from typing import Any
 
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import SaveConfigCallback
+from torch.utils.data import DataLoader
 
 from cir_lightning.data.base import CIRDataModule
+from cir_lightning.data.datasets import CachedGallery, GalleryDataset, QueryDataset
 from cir_lightning.errors import CIRDataError
-from cir_lightning.retrieval.embedding_folder import ids_digest, queries_digest
+from cir_lightning.retrieval.embedding_folder import ids_digest
 from cir_lightning.retrieval.evaluator import RetrievalEvaluator
 from cir_lightning.retrieval.gallery_cache import GalleryStore
 from cir_lightning.retrieval.loop import EpochResults
@@ -72,7 +74,7 @@ class RunOutputs:
         ranked = ranked_ids(epoch.subsets, evaluator.rankings) if wanted else {}
         files = {"config": [saved.config_filename for saved in getattr(trainer, "callbacks", ())  # the CLI's
                             if isinstance(saved, SaveConfigCallback) and (folder / saved.config_filename).is_file()]}
-        failed, messages = None, []
+        failed, messages, data = None, [], data_identity(datamodule, stage, loaders)
         try:  # the server files and pictures first, so that the results file names them: the run's files
             if datamodule is not None and datamodule.writes_predictions:
                 within = ranked_ids(epoch.subsets, evaluator.subset_rankings)
@@ -90,7 +92,7 @@ class RunOutputs:
             report_results(folder, stage, prefix, epoch.metrics, epoch.subsets, model=model, config=config(),
                            rankings=ranked if self.save_rankings else None, scores=scores,
                            report=datamodule.report(epoch.metrics) if datamodule is not None and epoch.metrics else "",
-                           default_ks=evaluator.ks, data=data_identity(datamodule, stage, loaders), files=files)
+                           default_ks=evaluator.ks, data=data, files=files)
         for message in messages:
             print(message)
         if failed is not None:
@@ -143,16 +145,16 @@ def data_identity(datamodule: CIRDataModule | None, stage: str, loaders: Any) ->
         ['gallery_ids_sha256', 'images_sha256', 'queries_sha256']
     """
     loaders = list(loaders) if isinstance(loaders, list | tuple) else [] if loaders is None else [loaders]
+    datasets = [loader.dataset if isinstance(loader, DataLoader) else loader for loader in loaders]
     subsets = {}
-    for q, g in zip(loaders[0::2], loaders[1::2], strict=True):
-        queries, gallery = getattr(q, "dataset", q), getattr(g, "dataset", g)
-        gallery = getattr(gallery, "gallery", gallery)  # a cached gallery stands in for its images
-        entry = queries_digest(queries)
-        for key, attribute in (("gallery_ids_sha256", "ids"), ("images_sha256", "paths")):
-            values = getattr(gallery, attribute, None)
-            if values is not None:
-                entry[key] = ids_digest(values)
-        subsets[getattr(queries, "name", "")] = entry
+    for queries, gallery in zip(datasets[0::2], datasets[1::2], strict=False):  # pairs: the evaluation refused others
+        gallery = gallery.gallery if isinstance(gallery, CachedGallery) else gallery  # stands in for its images
+        if not isinstance(queries, QueryDataset):
+            continue  # someone else's queries: nothing declared to digest
+        entry = {"queries_sha256": queries.digest()}
+        if isinstance(gallery, GalleryDataset):
+            entry.update(gallery_ids_sha256=ids_digest(gallery.ids), images_sha256=ids_digest(gallery.paths))
+        subsets[queries.name] = entry
     split = datamodule.split_for(stage) if datamodule is not None and stage in ("validate", "test") else None
     return {"split": split, "gallery": datamodule.gallery_identity() if datamodule is not None else None,
             "subsets": subsets}

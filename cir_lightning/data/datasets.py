@@ -7,6 +7,8 @@ the collator the model hands to the DataModule (see ``CIRDataModule.connect``).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -212,6 +214,14 @@ class QueryDataset(ImageDataset, Dataset):
     @property
     def excluded(self) -> list[tuple[int, ...]]:
         return [r.excluded for r in self.records]
+
+    def digest(self) -> str:
+        """SHA-256 of each query's id, reference, text, ground truth, exclusions and candidates: what ties a
+        results file or a predict folder to these queries (a text edited in place gives another digest)."""
+        rows = [json.dumps([r.query_id, str(r.reference), r.modification, r.positives, r.excluded,
+                            self.candidates[i] if self.candidates is not None else None], default=str)
+                for i, r in enumerate(self.records)]
+        return hashlib.sha256("\n".join(rows).encode()).hexdigest()
 
     def __len__(self) -> int:
         return len(self.records)

@@ -24,27 +24,6 @@ from cir_lightning.errors import CIRConfigError
 FORMAT = 1
 
 
-def queries_digest(queries: Any) -> dict[str, str]:
-    """What ties a query folder (or a results file) to its queries: ``{"queries_sha256": ...}``, a digest of each
-    record's id, reference, text, ground truth and exclusions and of its candidates (a ``QueryDataset``'s);
-    ``{}`` for a dataset without ``records``. A query whose text was edited in place gives another digest.
-
-    Example:
-        >>> from cir_lightning.retrieval.embedding_folder import queries_digest
-        >>> from cir_lightning.data.datasets import Query, QueryDataset
-        >>> red = QueryDataset([Query("q0", Path("r.png"), "make it red", (0,), "q.jsonl")])
-        >>> blue = QueryDataset([Query("q0", Path("r.png"), "make it blue", (0,), "q.jsonl")])
-        >>> queries_digest(red) == queries_digest(blue), queries_digest([])
-        (False, {})
-    """
-    records, candidates = getattr(queries, "records", None), getattr(queries, "candidates", None)
-    if records is None:
-        return {}
-    return {"queries_sha256": ids_digest([json.dumps(
-        [r.query_id, str(r.reference), r.modification, r.positives, r.excluded,
-         candidates[i] if candidates is not None else None], default=str) for i, r in enumerate(records)])}
-
-
 def _version() -> str:
     """The package's version, which wrote the folder (``format`` is the layout's)."""
     from cir_lightning import __version__
