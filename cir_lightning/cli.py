@@ -35,7 +35,7 @@ from cir_lightning.messages import path_problem, yaml_syntax_error
 from cir_lightning.module import TRAINING_SETTINGS, CIRModule
 from cir_lightning.option_errors import option_error
 from cir_lightning.quiet import quiet_third_party
-from cir_lightning.run_folder import KeepConfigCallback, claim_versions
+from cir_lightning.run_folder import KeepConfigCallback, claim_versions, released_on_failure
 from cir_lightning.threads import ThreadBudget
 from cir_lightning.torch_files import load_torch_file, path_globals
 
@@ -258,7 +258,7 @@ def main(args: Sequence[str] | None = None, cli_class: type[CIRLightningCLI] = C
     subcommand = next((a for a in argv if not a.startswith("-")), None)
     quiet_third_party(subcommand)
     try:
-        with stops("cir-lightning", subcommand):  # Ctrl-C, SIGTERM: one line, status 130 / 143
+        with released_on_failure(), stops("cir-lightning", subcommand):  # Ctrl-C, SIGTERM: one line, 130 / 143
             if argv and argv[0] in COMMANDS:
                 run_command(argv)
             else:

@@ -4,12 +4,15 @@ same folder, and the run's whole config kept in it (``KeepConfigCallback``).
 Lightning's loggers (TensorBoard, CSV) take the next ``version_N`` by listing the folder, and make it only when they
 first write: two runs started together took the same number, and one folder held both runs' metrics,
 hyperparameters and checkpoints (``last.ckpt`` written by each in turn). ``claim_versions`` makes the folder as the
-trainer is made, by ``mkdir``, which fails if another run made it first; the next number is then taken.
+trainer is made, by ``mkdir``, which fails if another run made it first; the next number is then taken. A run that
+fails or is stopped before writing anything there removes it again (``released_on_failure``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,9 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from cir_lightning.files import write_error
 from cir_lightning.free_names import write_free
 
-__all__ = ["KeepConfigCallback", "claim_versions"]
+__all__ = ["KeepConfigCallback", "claim_versions", "released_on_failure"]
+
+_CLAIMED: list[Path] = []  # this process's claims, for `released_on_failure`
 
 
 def claim_versions(trainer: Any) -> list[Path]:
@@ -60,7 +65,36 @@ def claim_versions(trainer: Any) -> list[Path]:
                 raise write_error(root / f"version_{version}", err, "create the folder") from None
         logger._version = version
         claimed.append(root / f"version_{version}")
+        _CLAIMED.append(claimed[-1])
     return claimed
+
+
+@contextlib.contextmanager
+def released_on_failure() -> Iterator[None]:
+    """Run a command; if it fails or is stopped (any exception, an exit with a non-zero status), each ``version_N``
+    folder claimed meanwhile that is still empty is removed (a refused config left one behind per attempt).
+
+    Example:
+        >>> import tempfile, pytest
+        >>> root = Path(tempfile.mkdtemp())
+        >>> with pytest.raises(ValueError), released_on_failure():
+        ...     _CLAIMED.append(root / "version_0")
+        ...     (root / "version_0").mkdir()
+        ...     raise ValueError("a refused option")
+        >>> (root / "version_0").exists()
+        False
+    """
+    start = len(_CLAIMED)
+    try:
+        yield
+    except BaseException as err:
+        if not (isinstance(err, SystemExit) and err.code in (0, None)):
+            for folder in _CLAIMED[start:]:
+                with contextlib.suppress(OSError):  # only an empty folder: whatever the run wrote stays
+                    folder.rmdir()
+        raise
+    finally:
+        del _CLAIMED[start:]
 
 
 class KeepConfigCallback(SaveConfigCallback):

@@ -182,3 +182,30 @@ def test_two_runs_started_at_once_in_one_folder_get_their_own_version_folder(tmp
     trainer = cli.instantiate_trainer()
     assert Path(trainer.log_dir) == tmp_path / "lightning_logs" / "version_1"  # not the other run's version_0
     assert Path(trainer.log_dir).is_dir()
+
+
+def test_a_run_refused_after_its_trainer_was_made_leaves_no_empty_version_folder(tmp_path, monkeypatch, capsys):
+    """A claimed `version_N` is made with the trainer: a run refused after that (a monitor, a model that cannot
+    load) left an empty folder per attempt. A folder the run wrote into stays."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import CSVLogger
+
+    from cir_lightning import cli
+    from cir_lightning.errors import CIRConfigError
+    from cir_lightning.run_folder import claim_versions
+
+    class Refused:  # a command whose trainer is made, then refused
+        def __init__(self, args, writes: bool = False) -> None:
+            [folder] = claim_versions(pl.Trainer(logger=CSVLogger(tmp_path), enable_progress_bar=False))
+            if writes:
+                (folder / "metrics.csv").write_text("epoch\n")
+            raise CIRConfigError("refused after the trainer was made")
+
+    monkeypatch.setattr(cli, "check_config_files", lambda argv: None)
+    for writes in (False, True):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["validate"], cli_class=Refused, writes=writes)
+        assert exit_info.value.code == 2
+    assert "refused after the trainer was made" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == ["version_0"]  # the one written into
+    assert (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").is_file()
