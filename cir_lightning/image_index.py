@@ -32,16 +32,22 @@ from cir_lightning.backbones.base import Backbone
 from cir_lightning.checks import positive_int
 from cir_lightning.data.folder import fit_image
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRModelError, embedded_error
-from cir_lightning.index_files import STAMPS_FILE, meta_problem, read_faiss, read_json, read_stamps
+from cir_lightning.index_files import (
+    FAISS_FILE,
+    STAMPS_FILE,
+    meta_problem,
+    read_faiss,
+    read_json,
+    read_stamps,
+)
 from cir_lightning.messages import MISSING, first_few
 from cir_lightning.retrieval.cache import identity_differences
 from cir_lightning.retrieval.embedding_folder import file_stamp, ids_digest
 from cir_lightning.retrieval.index import search_with_scores
 from cir_lightning.retrieval.ties import identical_rows
 
-__all__ = ["FAISS_FILE", "Hit", "ImageIndex", "partial_folder"]
+__all__ = ["Hit", "ImageIndex", "partial_folder"]
 
-FAISS_FILE = "index.faiss"
 """The faiss index's file name inside an index folder."""
 
 

@@ -12,8 +12,9 @@ import numpy as np
 from cir_lightning.errors import CIRDataError
 from cir_lightning.messages import MISSING, short_repr
 
-__all__ = ["STAMPS_FILE", "meta_problem", "read_faiss", "read_json", "read_stamps"]
+__all__ = ["FAISS_FILE", "STAMPS_FILE", "meta_problem", "read_faiss", "read_json", "read_stamps"]
 
+FAISS_FILE = "index.faiss"
 STAMPS_FILE = "stamps.npy"
 """Each indexed image file's ``[size, modification time in ns]`` when it was embedded, by row (int64; -1: none)."""
 

@@ -28,8 +28,8 @@ from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.distributed import release_process_group
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRFileError
 from cir_lightning.files import atomic_folder
-from cir_lightning.image_index import FAISS_FILE, partial_folder
-from cir_lightning.index_files import STAMPS_FILE
+from cir_lightning.image_index import partial_folder
+from cir_lightning.index_files import FAISS_FILE, STAMPS_FILE
 from cir_lightning.index_shards import (
     ShardWriter,
     current_rows,

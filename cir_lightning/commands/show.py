@@ -193,7 +193,7 @@ def main(argv: Sequence[str]) -> None:
     ns = parser.parse_args(argv[1:])
     positive_int("--count", ns.count)
     results = Path(ns.results)
-    from cir_lightning.image_index import FAISS_FILE
+    from cir_lightning.index_files import FAISS_FILE
 
     if (results if results.is_dir() else results.parent).joinpath(FAISS_FILE).is_file():  # the folder or its meta.json
         raise CIRDataError("is an image index written by `cir-lightning index`, not a results file: draw a search of it "

@@ -229,4 +229,6 @@ def array_of(file: IO[bytes] | OSError) -> np.ndarray:
     if header is None:
         raise ValueError(f"unsupported .npy format version {version}")
     shape, fortran, dtype = header(file)
+    if dtype.hasobject:  # pickled Python objects, which np.load refuses without allow_pickle: never embeddings
+        raise ValueError(f"holds Python objects ({dtype}), not numbers")
     return np.memmap(file, dtype=dtype, mode="r", shape=shape, order="F" if fortran else "C", offset=file.tell())

@@ -232,7 +232,8 @@ class MemmapGalleries:
 
     @property
     def location(self) -> Path:
-        """BGE-VL's ``--save_path`` (gallery ``name``'s file is ``memmap_path(location, name)``)."""
+        """BGE-VL's ``--save_path``: the embedding file itself with ``single`` (CIRCO's), else the stem of each
+        gallery's file (``memmap_path(location, name)``, FashionIQ's per category)."""
         return self.save_path
 
     def report(self) -> dict[str, Any]:

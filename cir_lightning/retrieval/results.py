@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cir_lightning.free_names import free_path, write_free
+from cir_lightning.free_names import write_free
 from cir_lightning.retrieval.tables import format_rows
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from cir_lightning.retrieval.evaluator import EvalSubset
 
-__all__ = ["LIBRARIES", "format_table", "free_path", "library_versions", "ranked_ids", "ranked_scores", "report_results", "split_subsets",
+__all__ = ["LIBRARIES", "format_table", "library_versions", "ranked_ids", "ranked_scores", "report_results", "split_subsets",
            "write_results"]
 
 
@@ -99,7 +99,7 @@ def write_results(path: str | Path, metrics: Mapping[str, float], *, stage: str,
             (``retrieval.protocol.subset_protocol``).
         data: what was evaluated: the split, the gallery's identity and, per subset, digests of the queries
             (ids, reference, text, ground truth), the gallery ids and the image paths (``RunOutputs.data_identity``).
-        files: the other files of the same run, by kind (``pictures``, ``server_files``, ``caches``: their names).
+        files: the other files of the same run, by kind (``config``, ``pictures``, ``server_files``: their names).
     """
     from cir_lightning import __version__
 

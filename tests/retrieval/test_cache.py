@@ -218,3 +218,17 @@ def test_two_runs_sharing_a_cache_folder_both_finish_and_the_first_cache_is_kept
         assert third.save(evaluator) == []
     got, _ = load_embeddings(folder / "val-0-gallery", model=MODEL, dataset="toy", split="val/0", kind="gallery")
     assert torch.equal(got, torch.eye(2))
+
+
+def test_an_npy_file_of_python_objects_is_never_memory_mapped_as_embeddings(tmp_path):
+    """np.memmap read the pickle bytes of an object array as if they were numbers (np.load refuses them)."""
+    import numpy as np
+
+    from cir_lightning.retrieval.embedding_folder import array_of
+
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    with (tmp_path / "objects.npy").open("rb") as file, pytest.raises(ValueError, match="holds Python objects"):
+        array_of(file)
+    np.save(tmp_path / "numbers.npy", np.eye(2, dtype=np.float32))
+    with (tmp_path / "numbers.npy").open("rb") as file:
+        assert array_of(file).tolist() == [[1.0, 0.0], [0.0, 1.0]]
