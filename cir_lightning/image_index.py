@@ -46,9 +46,10 @@ from cir_lightning.retrieval.embedding_folder import file_stamp, ids_digest
 from cir_lightning.retrieval.index import search_with_scores
 from cir_lightning.retrieval.ties import identical_rows
 
-__all__ = ["Hit", "ImageIndex", "partial_folder"]
+__all__ = ["CHANGED", "GONE", "Hit", "ImageIndex", "partial_folder"]
 
-"""The faiss index's file name inside an index folder."""
+GONE, CHANGED = "gone", "changed since indexed"
+"""How ``search`` and ``serve`` mark a result whose file is gone, or is another file than was embedded."""
 
 
 def partial_folder(folder: str | Path) -> Path:
@@ -178,6 +179,11 @@ class ImageIndex:
             if now is None or (then is not None and (now[0] != then[0] or (now[1] != then[1] and not moved))):
                 found.append(relpath)
         return found
+
+    def marks(self, relpaths: Iterable[str]) -> dict[str, str]:
+        """Those of the indexed ``relpaths`` that ``changed``, each with its mark: ``GONE`` (no file there now)
+        or ``CHANGED`` (another file under that name: ranked as the one embedded then)."""
+        return {p: CHANGED if (self.root / p).exists() else GONE for p in self.changed(relpaths)}
 
     # ------------------------------------------------------------------ the model
     def load_backbone(self) -> Backbone:

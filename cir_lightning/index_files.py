@@ -15,6 +15,7 @@ from cir_lightning.messages import MISSING, short_repr
 __all__ = ["FAISS_FILE", "STAMPS_FILE", "meta_problem", "read_faiss", "read_json", "read_stamps"]
 
 FAISS_FILE = "index.faiss"
+"""The faiss index's file name inside an index folder."""
 STAMPS_FILE = "stamps.npy"
 """Each indexed image file's ``[size, modification time in ns]`` when it was embedded, by row (int64; -1: none)."""
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
 from cir_lightning.cli import main
@@ -107,18 +106,32 @@ class RecordingSearcher:
         return [Hit(i + 1, self.root / p, p, 1.0 - i / 10) for i, p in enumerate(self.relpaths[:k])]
 
 
-class BackboneSearcher:
-    """A real searcher: the tiny backbone's gallery embeddings, searched by dot product."""
+QUERY_TEXT = "make it blue"
 
-    def __init__(self, root: Path, relpaths: list[str], backbone) -> None:
-        self.root, self.relpaths, self.backbone = root, relpaths, backbone
-        self.gallery = backbone.encode_gallery([Image.open(root / p).convert("RGB") for p in relpaths])
 
-    def query(self, image: Image.Image, text: str, k: int) -> list[Hit]:
-        scores = (self.backbone.encode_query([image], [text]) @ self.gallery.T)[0]
-        top = torch.topk(scores, k)
-        return [Hit(rank + 1, self.root / self.relpaths[i], self.relpaths[i], float(s))
-                for rank, (s, i) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True))]
+def query_image() -> Image.Image:
+    """The reference the marked-index tests upload (the browser test too): not an indexed image."""
+    return draw(COLOURS["red"], "circle", size=120)
+
+
+@pytest.fixture(scope="module")
+def marked_index(gallery, tiny_model_dir, tmp_path_factory):
+    """An index of a copy of the gallery, then the first result for ``query_image`` + ``QUERY_TEXT`` replaced by
+    another picture under its name and the second deleted: ``(index folder, {relpath: mark})``."""
+    from cir_lightning.image_index import ImageIndex
+    from tests.test_cli import CONF
+
+    tmp = tmp_path_factory.mktemp("marked")
+    for relpath in indexed(gallery):
+        (tmp / "photos" / relpath).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(gallery / relpath, tmp / "photos" / relpath)
+    main(["index", str(tmp / "photos"), "--config", str(CONF), "--out", str(tmp / "index"),
+          "--model.backbone.init_args.model_name_or_path", str(tiny_model_dir)])
+    index = ImageIndex.open(tmp / "index")
+    first, second = index.query(index.load_backbone(), query_image(), QUERY_TEXT, k=2)
+    draw((250, 250, 250), "triangle", size=64).save(first.path)  # another photo under the same name
+    second.path.unlink()
+    return tmp / "index", {first.relpath: "changed since indexed", second.relpath: "gone"}
 
 
 @pytest.fixture
@@ -188,11 +201,32 @@ def test_a_search_from_an_indexed_image_or_an_upload(app, gallery):
     assert code == 200
     assert [h["relpath"] for h in body["hits"]] == indexed(gallery)[:3]
     assert [h["rank"] for h in body["hits"]] == [1, 2, 3]
+    assert [h["mark"] for h in body["hits"]] == [None] * 3  # a searcher without `marks`: nothing to mark
     upload = png_bytes(draw((1, 2, 3), "circle", size=40).convert("L"))
     code, body = post(app, {"text": "as a square", "k": 50, "upload": data_url(upload), "name": "mine.png"})
     assert code == 200
     assert len(body["hits"]) == 13
     assert app.searcher.calls == [((96, 96), "RGB", "make it red", 3), ((40, 40), "RGB", "as a square", 13)]
+
+
+def test_results_whose_files_are_gone_or_replaced_since_indexing_are_marked_as_search_marks_them(marked_index):
+    """The page showed a replaced photo as if it were what was embedded (``search`` marked it, ``serve`` did not)."""
+    from cir_lightning.image_index import ImageIndex
+    from cir_lightning.serve import IndexSearcher
+
+    folder, marks = marked_index
+    index = ImageIndex.open(folder)
+    app = SearchApp(IndexSearcher(index, index.load_backbone()), k=5)
+    code, body = post(app, {"text": QUERY_TEXT, "k": 12, "upload": data_url(png_bytes(query_image()))})
+    assert code == 200
+    assert len(body["hits"]) == 12
+    assert {h["relpath"]: h["mark"] for h in body["hits"] if h["mark"] is not None} == marks
+    assert [h["mark"] for h in body["hits"][:2]] == ["changed since indexed", "gone"]
+    assert index.marks(h["relpath"] for h in body["hits"]) == marks  # what `search` prints, from the same place
+    # searching from the gone one is refused in one line; from the replaced one, its file as it is now
+    gone, changed = sorted(marks, key=marks.get, reverse=True)
+    assert post(app, {"text": "red", "relpath": gone}) == (404, {"error": f"`{gone}` is indexed but its file is gone"})
+    assert post(app, {"text": "red", "relpath": changed})[0] == 200
 
 
 @pytest.mark.parametrize(("request_body", "status", "words"), [
@@ -392,13 +426,18 @@ def browser(tmp_path):
         shutil.rmtree(tmp_path / "chromium-profile", ignore_errors=True)
 
 
-def test_iterative_search_in_the_browser(browser, gallery, backbone, tmp_path):
+def test_iterative_search_in_the_browser(browser, marked_index, tmp_path):
+    """Over a real index whose first result was replaced and second deleted since: both badged on the page."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    k, text, relpaths = 6, "make it blue", indexed(gallery)
-    searcher = BackboneSearcher(gallery, relpaths, backbone)
+    from cir_lightning.image_index import ImageIndex
+    from cir_lightning.serve import IndexSearcher
+
+    k, text, (folder, marks) = 6, QUERY_TEXT, marked_index
+    index = ImageIndex.open(folder)
+    searcher = IndexSearcher(index, index.load_backbone())
     server = make_server("127.0.0.1", 0, SearchApp(searcher, k=k))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     wait = WebDriverWait(browser, 30)
@@ -422,7 +461,7 @@ def test_iterative_search_in_the_browser(browser, gallery, backbone, tmp_path):
         browser.get(f"http://127.0.0.1:{server.server_address[1]}/")
         wait.until(lambda _: by_id("index-info").text.startswith("12 images"))
         reference = tmp_path / "my reference.png"
-        draw(COLOURS["red"], "circle", size=120).save(reference)
+        query_image().save(reference)
         by_id("upload").send_keys(str(reference))  # upload a picture that is not in the index
         wait.until(lambda _: by_id("reference-path").text == "uploaded: my reference.png")
         by_id("text").send_keys(text)
@@ -431,16 +470,31 @@ def test_iterative_search_in_the_browser(browser, gallery, backbone, tmp_path):
         assert len(first) == k
         assert [s for _, s in first] == sorted((s for _, s in first), reverse=True)
         assert_same(first, expected(Image.open(reference).convert("RGB")))
+        # the replaced photo and the gone one carry a badge saying so, inside their tile; the gone one has no image
+        marked = browser.find_elements(By.CSS_SELECTOR, "#results .tile[data-mark]")
+        badges = [tile.find_element(By.CSS_SELECTOR, ".badge") for tile in marked]
+        assert {t.get_attribute("data-relpath"): b.text for t, b in zip(marked, badges, strict=True)} == marks
+        for tile, badge in zip(marked, badges, strict=True):
+            assert badge.is_displayed()
+            inner, outer = badge.rect, tile.rect
+            assert outer["x"] < inner["x"] < inner["x"] + inner["width"] < outer["x"] + outer["width"]
+            assert outer["y"] < inner["y"] < inner["y"] + inner["height"] < outer["y"] + outer["height"] / 2
+        assert [len(tile.find_elements(By.TAG_NAME, "img")) for tile in marked] == [1, 0]  # ranks 1, 2: changed, gone
+        assert "2 changed or gone since indexed: index the folder again" in by_id("status").text
+        ActionChains(browser).move_to_element(by_id("status")).perform()
+        write_atomic(SCREENSHOT.with_name("serve_screenshot_marks.png"), browser.get_screenshot_as_png(),
+                     overwrite=True)
 
         clicked = browser.find_elements(By.CSS_SELECTOR, "#results .tile")[2]
         chosen = clicked.get_attribute("data-relpath")
+        assert clicked.get_attribute("data-mark") is None
         clicked.click()  # iterative search: the result becomes the reference and the grid refreshes
         second = results_after(2)
         assert by_id("reference-path").get_attribute("data-relpath") == chosen
         assert by_id("reference-image").get_attribute("src").endswith(f"/image/{chosen}")
         assert len(second) == k
         assert [s for _, s in second] == sorted((s for _, s in second), reverse=True)
-        assert_same(second, expected(Image.open(gallery / chosen).convert("RGB")))
+        assert_same(second, expected(Image.open(index.root / chosen).convert("RGB")))
         assert len(browser.find_elements(By.CSS_SELECTOR, "#trail-list li")) == 2
 
         ActionChains(browser).move_to_element(by_id("status")).perform()  # no hover effect in the picture

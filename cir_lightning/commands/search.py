@@ -38,7 +38,7 @@ def main(argv: Sequence[str]) -> None:
     from cir_lightning.data.images import DEFAULT_MAX_PIXELS, load_image
     from cir_lightning.errors import CIRConfigError, CIRDataError, CIRFileError
     from cir_lightning.files import check_writable
-    from cir_lightning.image_index import ImageIndex
+    from cir_lightning.image_index import GONE, ImageIndex
 
     positive_int("-k", ns.k)
     if not ns.text.strip():  # as annotation files refuse an empty modification: a composed query needs one
@@ -68,10 +68,10 @@ def main(argv: Sequence[str]) -> None:
     print(f"{len(hits)} of {len(index.relpaths)} images below {index.root} for {_shown(reference)} + {ns.text!r}"
           + (f" (the reference itself, {_shown(relpath)}, left out: --keep-reference keeps it)" if exclude else ""))
     print(f"{'rank':>4}  {'score':>7}  path")
-    changed = set(index.changed(hit.relpath for hit in hits))  # gone, or another photo under the same name
-    gone = [hit.rank for hit in hits if hit.relpath in changed and not os.path.exists(hit.path)]
+    marks = index.marks(hit.relpath for hit in hits)  # gone, or another photo under the same name
+    gone = [hit.rank for hit in hits if marks.get(hit.relpath) == GONE]
     for hit in hits:
-        mark = "  (gone)" if hit.rank in gone else "  (changed since indexed)" if hit.relpath in changed else ""
+        mark = f"  ({marks[hit.relpath]})" if hit.relpath in marks else ""
         print(f"{hit.rank:>4}  {hit.score:>7.4f}  {_shown(hit.path)}{mark}")
     if gone and show is not None:  # an index outlives its images: say so rather than list paths as if they were there
         raise CIRDataError(f"`--show`: {len(gone)} of these images are gone since the index was built, so they cannot "
@@ -79,8 +79,8 @@ def main(argv: Sequence[str]) -> None:
     if gone:
         print(f"{len(gone)} of these images are gone since the index was built; index the folder again",
               file=sys.stderr)
-    if len(changed) > len(gone):  # ranked by the picture embedded then, not the one there now
-        print(f"{len(changed) - len(gone)} of these images changed since the index was built (ranked as they were "
+    if len(marks) > len(gone):  # ranked by the picture embedded then, not the one there now
+        print(f"{len(marks) - len(gone)} of these images changed since the index was built (ranked as they were "
               "then); index the folder again", file=sys.stderr)
     if show is not None:
         _draw(show, reference, ns.text, hits, index)

@@ -4,13 +4,14 @@ The page (``static/``: plain HTML, CSS and JavaScript; nothing is fetched from a
 user upload a reference image or pick an indexed one, type how to change it, and see the top-K as a
 grid; clicking a result makes it the next reference. ``SearchApp.respond`` answers one request
 (``cir_lightning.serve.server`` puts it behind Python's ``ThreadingHTTPServer``). The app searches through
-a *searcher*: any object with ``root``, ``relpaths`` and ``query(image, text, k)`` (see ``Searcher``),
-such as ``IndexSearcher`` over an ``ImageIndex`` and its backbone.
+a *searcher*: any object with ``root``, ``relpaths`` and ``query(image, text, k)``, and optionally ``marks``
+(see ``serve.searchers``), such as ``IndexSearcher`` over an ``ImageIndex`` and its backbone.
 
 Routes: ``GET /`` and ``/static/<name>`` (the page), ``GET /api/info``, ``GET /api/images?filter=&limit=``
 (indexed paths), ``GET /image/<relpath>`` (an indexed image below the root; nothing else is served),
-``POST /api/search`` (JSON ``text``, ``k`` and ``relpath`` or ``upload``, a data URL). A refused request
-gets a 4xx with ``{"error": one line}``.
+``POST /api/search`` (JSON ``text``, ``k`` and ``relpath`` or ``upload``, a data URL; answered with the hits,
+each with its ``mark``: a file gone or replaced since it was indexed). A refused request gets a 4xx with
+``{"error": one line}``.
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ import io
 import json
 import mimetypes
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from PIL import Image, UnidentifiedImageError
@@ -33,6 +33,7 @@ from PIL import Image, UnidentifiedImageError
 from cir_lightning.data.folder import image_suffixes
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRError
 from cir_lightning.pixels import to_rgb
+from cir_lightning.serve.searchers import Searcher
 
 MAX_BODY = 32 * 2**20
 """The largest request body accepted (an upload travels base64-encoded inside it)."""
@@ -51,37 +52,6 @@ def check_first_k(k: int) -> int:
     return k
 
 STATIC = {"index.html": "text/html", "serve.css": "text/css", "serve.js": "text/javascript"}
-
-
-class Searcher(Protocol):
-    """What ``SearchApp`` searches with: ``query`` returns hits with ``rank``, ``relpath`` and ``score``,
-    best first; ``relpaths`` are the indexed images, as paths below ``root`` with ``/`` separators."""
-
-    root: Path
-    relpaths: Sequence[str]
-
-    def query(self, image: Image.Image, text: str, k: int) -> Sequence[Any]: ...  # pragma: no cover
-
-
-class IndexSearcher:
-    """An ``ImageIndex`` and the backbone that built it, as a ``Searcher``.
-
-    Example:
-        >>> from cir_lightning.serve.app import IndexSearcher
-        >>> from types import SimpleNamespace
-        >>> index = SimpleNamespace(root=Path("/photos"), relpaths=["a.jpg"],
-        ...                         query=lambda backbone, image, text, k: [(backbone, text, k)])
-        >>> IndexSearcher(index, "model").query(None, "make it red", 3)
-        [('model', 'make it red', 3)]
-    """
-
-    def __init__(self, index: Any, backbone: Any) -> None:
-        self.index, self.backbone = index, backbone
-        self.root, self.relpaths = Path(index.root), index.relpaths
-
-    def query(self, image: Image.Image, text: str, k: int) -> Sequence[Any]:
-        """The top ``k`` indexed images for ``image`` changed as ``text`` says."""
-        return self.index.query(self.backbone, image, text, k=k)
 
 
 class Refused(Exception):
@@ -252,6 +222,8 @@ class SearchApp:
 
     def search(self, request: dict[str, Any]) -> dict[str, Any]:
         """The top-K for a search request: ``text``, ``k`` and ``relpath`` (indexed) or ``upload`` (data URL).
+        Each hit has ``rank``, ``relpath``, ``score`` and ``mark``: None, or what the searcher's ``marks`` says of
+        its file (``gone``, ``changed since indexed``).
 
         Example:
             >>> from cir_lightning.serve.app import SearchApp
@@ -279,7 +251,10 @@ class SearchApp:
                 hits = self.searcher.query(image, text, min(k, len(self.relpaths)))
         except CIRError as err:
             raise Refused(400, str(err).splitlines()[0]) from None
-        return {"hits": [{"rank": int(h.rank), "relpath": str(h.relpath), "score": float(h.score)} for h in hits]}
+        marks = getattr(self.searcher, "marks", None)  # gone or replaced since embedded: as `search` marks them
+        marked = marks([str(h.relpath) for h in hits]) if callable(marks) else {}
+        return {"hits": [{"rank": int(h.rank), "relpath": str(h.relpath), "score": float(h.score),
+                          "mark": marked.get(str(h.relpath))} for h in hits]}
 
     def _indexed_image(self, relpath: str) -> Image.Image:
         from cir_lightning.data.images import load_image  # the data package is heavy: only when needed

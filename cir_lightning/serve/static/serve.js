@@ -56,17 +56,31 @@ function markReference() {
   }
 }
 
+// what a mark ("gone", "changed since indexed": as `cir-lightning search` prints it) means, for the tooltip
+const MARK_NOTES = {
+  gone: "Gone since the index was built: index the folder again",
+  "changed since indexed": "Replaced since the index was built: ranked as the photo embedded then, shown as it is now",
+};
+
 function resultTile(hit) {
   const tile = element("figure", "tile");
   tile.dataset.relpath = hit.relpath;
   tile.dataset.score = String(hit.score);
-  tile.tabIndex = 0;
-  tile.title = `${hit.relpath}\nClick to search from this image`;
+  const gone = hit.mark === "gone";
+  const note = hit.mark ? `\n${MARK_NOTES[hit.mark] || hit.mark}` : "";
+  tile.title = `${hit.relpath}${note}` + (gone ? "" : "\nClick to search from this image");
   const caption = element("figcaption");
   const line = element("div", "score-line");
   line.append(element("span", "rank", `#${hit.rank}`), element("span", "score", hit.score.toFixed(3)));
   caption.append(line, element("div", "path", hit.relpath));
-  tile.append(thumbnail(hit), caption);
+  tile.append(gone ? element("div", "missing", "no file") : thumbnail(hit), caption);
+  if (hit.mark) {
+    tile.dataset.mark = hit.mark;
+    tile.classList.add(gone ? "gone" : "changed");
+    tile.append(element("span", "badge", hit.mark));
+  }
+  if (gone) return tile; // nothing to show or search from
+  tile.tabIndex = 0;
   const choose = () => {
     setReference({ relpath: hit.relpath });
     search();
@@ -101,7 +115,9 @@ async function search() {
     markReference();
     addStep(reference, text);
     const took = Math.round(performance.now() - started);
-    setStatus(`Top ${result.hits.length} for “${text || "(no text)"}” · ${took} ms · click a result to search from it`);
+    const marked = result.hits.filter((hit) => hit.mark).length;
+    const stale = marked ? ` · ${marked} changed or gone since indexed: index the folder again` : "";
+    setStatus(`Top ${result.hits.length} for “${text || "(no text)"}” · ${took} ms${stale} · click a result to search from it`);
   } catch (err) {
     setStatus(err.message, true);
   } finally {
