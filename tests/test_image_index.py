@@ -147,7 +147,14 @@ def test_search_prints_the_ranked_paths_and_draws_them(small_index, capsys, tmp_
     assert [float(r[1]) for r in rows] == sorted((float(r[1]) for r in rows), reverse=True)
     assert all(Path(r[2]).is_file() and Path(r[2]).name != "red.png" for r in rows)
     assert out[5] == f"picture written to {tmp_path / 'top.png'}"
-    assert Image.open(tmp_path / "top.png").width > 3 * 128  # reference and three results side by side
+    with Image.open(tmp_path / "top.png") as picture:
+        assert picture.width > 3 * 128  # reference and three results side by side
+        info = picture.text  # what drew it, as validate's and show's pictures say (it said nothing)
+    assert {k: info.get(k) for k in ("label", "index", "root", "image", "text", "k")} == {
+        "label": "search", "index": str(folder.absolute()), "root": str(photos.resolve()),
+        "image": str((photos / "red.png").absolute()), "text": "make it green", "k": "3"}
+    assert json.loads(info["model"]) == ImageIndex.open(folder).meta["model"]  # the model that built the index
+    assert "subset" not in info
 
 
 def test_an_index_refuses_a_model_other_than_its_own(small_index, backbone):

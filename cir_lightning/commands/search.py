@@ -4,7 +4,8 @@ Opens an index written by ``cir-lightning index`` (``ImageIndex``), rebuilds the
 embeds the reference image with the text and prints the ``k`` closest indexed images, best first, with
 their scores (cosine similarity). When the reference is itself one of the indexed images it is left out
 of the results (as composed-retrieval benchmarks do; ``--keep-reference`` keeps it). ``--show`` draws the
-reference and the results into a PNG (``cir_lightning.pictures``).
+reference and the results into a PNG (``cir_lightning.pictures``) whose text says what drew it: the index, the
+model's identity, the reference, the text and ``k`` (``PIL.Image.open(path).text``).
 """
 
 from __future__ import annotations
@@ -83,8 +84,7 @@ def main(argv: Sequence[str]) -> None:
         print(f"{len(marks) - len(gone)} of these images changed since the index was built (ranked as they were "
               "then); index the folder again", file=sys.stderr)
     if show is not None:
-        _draw(show, reference, ns.text, hits, index)
-        print(f"picture written to {show}")
+        print(f"picture written to {_draw(show, reference, ns.text, ns.k, hits, index)}")
 
 
 def _shown(path: object) -> str:
@@ -97,11 +97,10 @@ def _shown(path: object) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(path))
 
 
-def _draw(path: Path, reference: Path, text: str, hits: Sequence, index: ImageIndex) -> None:
-    import io
-
-    from cir_lightning.files import write_atomic
-    from cir_lightning.pictures import Hit, QueryRow, retrieval_picture
+def _draw(path: Path, reference: Path, text: str, k: int, hits: Sequence, index: ImageIndex) -> Path:
+    """The reference and the results drawn into the PNG ``path``, with what drew them in its text (``picture_info``:
+    the index's model identity; the index, its images' folder, the reference, the text and ``k``)."""
+    from cir_lightning.pictures import Hit, QueryRow, picture_info, retrieval_picture, save_picture
 
     row = QueryRow("your query", reference, "`--image`", text,
                    [Hit(h.relpath, h.path, str(index), h.score, False) for h in hits], None, len(hits),
@@ -111,6 +110,6 @@ def _draw(path: Path, reference: Path, text: str, hits: Sequence, index: ImageIn
     turn = bool(index.info.get("upright"))  # drawn as they were embedded: photos as viewed (EXIF orientation)
     picture = retrieval_picture([row], title=f"cir-lightning search: top {len(hits)}", top=max(1, len(hits)),
                                 load=lambda path, source: load_image(path, None, source, upright=turn))
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG", optimize=True)
-    write_atomic(path, buffer.getvalue())
+    info = {**picture_info("search", None, index.meta["model"]), "index": str(index.folder.absolute()),
+            "root": str(index.root), "image": str(reference.absolute()), "text": text, "k": str(k)}
+    return save_picture(picture, path, info=info)  # under the next free name if another run took `path` meanwhile

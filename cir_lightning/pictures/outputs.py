@@ -30,10 +30,11 @@ def picture_name(label: str, subset: str) -> str:
     return f"retrievals-{label}{'-' + safe if safe else ''}.png"
 
 
-def picture_info(label: str, subset: str, model: Mapping[str, Any] | None = None, step: int | None = None) -> dict[str, str]:
-    """The PNG text of a retrieval picture: what it shows (``label``, ``subset``, the training ``step``), the
-    model's identity (``Backbone.identity``, as JSON), the package version and the time it was drawn; read back
-    with ``PIL.Image.open(path).text``.
+def picture_info(label: str, subset: str | None, model: Mapping[str, Any] | None = None,
+                 step: int | None = None) -> dict[str, str]:
+    """The PNG text of a retrieval picture: what it shows (``label``, ``subset``: None for a picture of no
+    benchmark's, the training ``step``), the model's identity (``Backbone.identity``, as JSON), the package
+    version and the time it was drawn; read back with ``PIL.Image.open(path).text``.
 
     Example:
         >>> from cir_lightning.pictures import picture_info
@@ -45,8 +46,10 @@ def picture_info(label: str, subset: str, model: Mapping[str, Any] | None = None
 
     from cir_lightning import __version__
 
-    info = {"software": f"cir_lightning {__version__}", "label": label, "subset": subset,
+    info = {"software": f"cir_lightning {__version__}", "label": label,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    if subset is not None:
+        info["subset"] = subset
     if step is not None:
         info["step"] = str(step)
     if model is not None:
