@@ -168,8 +168,10 @@ class Evaluation:
                                module.backbone.identity(trainer.precision), lambda: self.run_config(module), loaders)
         elif epoch is not None and keep:
             when = "before-fit" if trainer.sanity_checking else f"epoch{trainer.current_epoch}"
+            # the weights that drew it (hashed on rank zero only: the others draw nothing)
+            about = module.backbone.identity(trainer.precision) if trainer.is_global_zero else None
             self.outputs.draw(trainer, f"{STAGE_PREFIX[stage]}-{when}", STAGE_PREFIX[stage], epoch, self.evaluator,
-                              loaders)
+                              loaders, about=about)
         if epoch is not None and trainer.state.fn == TrainerFn.FITTING:
             self._record(trainer, STAGE_PREFIX[stage], epoch)
         self.loop.reset()

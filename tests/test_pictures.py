@@ -154,8 +154,14 @@ def _fit_epoch(tmp_path: Path, scenes, during_fit: bool, epoch: int):
                                                       logged.append((tag, global_step))))
     trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING), sanity_checking=False, datamodule=None,
                               log_dir=str(tmp_path), default_root_dir=str(tmp_path), is_global_zero=True,
-                              loggers=[board], global_step=40 + epoch, current_epoch=epoch, checkpoint_callbacks=[], callbacks=[])
-    module = SimpleNamespace(trainer=trainer, log_dict=lambda values, **how: None)
+                              loggers=[board], global_step=40 + epoch, current_epoch=epoch, checkpoint_callbacks=[], callbacks=[],
+                              precision="bf16-mixed")
+
+    def identity(precision: str) -> dict:
+        return {"fingerprint": {"family": "stand-in"}, "weights": f"after-epoch-{epoch}", "precision": precision}
+
+    module = SimpleNamespace(trainer=trainer, log_dict=lambda values, **how: None,
+                             backbone=SimpleNamespace(identity=identity))
     loaders = [SimpleNamespace(dataset=queries), SimpleNamespace(dataset=gallery)]
     assert evaluation.epoch_end(module, "validate", loaders) is not None
     return logged
@@ -169,6 +175,10 @@ def test_pictures_inside_fit_only_when_asked(tmp_path, scenes):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["retrievals-val-epoch0.png", "retrievals-val-epoch1.png"]
     with Image.open(tmp_path / "retrievals-val-epoch1.png") as picture:
         assert picture.size[1] == tile_origin(2, 0)[1]  # 2 queries drawn
+        info = picture.text
+    assert (info["label"], info["step"]) == ("val-epoch1", "41")
+    assert json.loads(info["model"]) == {"fingerprint": {"family": "stand-in"}, "weights": "after-epoch-1",
+                                         "precision": "bf16-mixed"}  # the weights that drew it (it had no model)
 
 
 @pytest.fixture(scope="module")
