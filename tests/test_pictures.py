@@ -375,19 +375,32 @@ def test_a_gallery_of_one_and_rankings_shorter_than_the_picture_draw_what_there_
         assert empty.getcolors() == [(TILE * TILE, WHITE)]
 
 
-def test_a_missing_reference_image_is_one_warning_and_the_run_keeps_its_results(scenes, tmp_path):
-    """``RunOutputs.draw`` of a query whose reference image is gone: one line naming the file, no picture."""
-    from cir_lightning.data.datasets import Query, QueryDataset
+@pytest.mark.parametrize(("broken", "what"), [("reference", "reference"), (1, "result #2"), (7, "target")])
+def test_a_missing_or_unreadable_image_is_one_warning_naming_it_and_its_query(scenes, tmp_path, broken, what):
+    """``RunOutputs.draw`` of a query whose reference, a result or its target cannot be read: one line naming the
+    file and the query (it named only the file), no picture; the run keeps its results."""
+    from cir_lightning.data.datasets import GalleryDataset, GalleryItem, Query, QueryDataset
     from cir_lightning.retrieval.loop import EpochResults
     from cir_lightning.run_outputs import RunOutputs
 
-    _, gallery, _ = scenes
-    queries = QueryDataset([Query("q0", tmp_path / "gone.png", "make it red", (2,), "queries.jsonl")])
-    evaluator = SimpleNamespace(rankings={"": torch.tensor([[2, 1, 0]])}, scores={"": torch.tensor([[0.9, 0.8, 0.7]])})
+    paths = list(scenes[2])
+    reference, positives = paths[4], (7,) if what == "target" else (2,)  # the target not ranked: its thumbnail drawn
+    if broken == "reference":
+        reference = tmp_path / "gone.png"
+    else:
+        paths[broken] = tmp_path / "notes.jpg"
+        paths[broken].write_text("not an image")
+    gallery = GalleryDataset([GalleryItem(f"g{i}", p, "gallery.jsonl") for i, p in enumerate(paths)])
+    queries = QueryDataset([Query("q0", paths[3], "make it blue", (2,), "queries.jsonl"),
+                            Query("q1", reference, "make it red", positives, "queries.jsonl")])
+    evaluator = SimpleNamespace(rankings={"": torch.tensor([[2, 0, 3], [2, 1, 0]])},
+                                scores={"": torch.tensor([[0.9, 0.8, 0.7], [0.9, 0.8, 0.7]])})
     trainer = SimpleNamespace(log_dir=str(tmp_path), default_root_dir=str(tmp_path), is_global_zero=True, loggers=[],
                               global_step=0)
-    with pytest.warns(UserWarning, match=r"retrieval pictures not drawn: queries.jsonl: .*gone.png` does not exist"):
+    name = "gone.png` does not exist" if broken == "reference" else "notes.jpg` cannot be read"
+    with pytest.warns(UserWarning, match=rf"^retrieval pictures not drawn: query `q1`'s {what}: .*{name}") as caught:
         drawn = RunOutputs(True, False, None, pictures=2).draw(trainer, "validate", "val", EpochResults({}, []),
                                                                evaluator, [queries, gallery])
+    assert ["\n" in str(w.message) for w in caught] == [False]
     assert drawn == []
     assert not list(tmp_path.glob("*.png"))

@@ -11,6 +11,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from cir_lightning.errors import CIRDataError
 from cir_lightning.pictures.rows import TOP, QueryRow
 
 TILE, GAP, LABEL, HEADER, TEXT_WIDTH, THUMB = 128, 14, 22, 44, 240, 58
@@ -142,6 +143,10 @@ def retrieval_picture(rows: Sequence[QueryRow], title: str = "", top: int = TOP,
                       load: Callable[[Path, str], Image.Image] = _load) -> Image.Image:
     """One row per query: reference, text, the top results with rank and score, targets outlined in green.
 
+    Raises:
+        CIRDataError: an image cannot be read (``load``'s error), in one line naming the file and whose image it
+            is (``query `q0`'s result #2``).
+
     Example:
         >>> from cir_lightning.pictures import Hit, QueryRow, retrieval_picture, tile_origin
         >>> red = lambda path, source: Image.new("RGB", (32, 32), (255, 0, 0))
@@ -163,14 +168,17 @@ def retrieval_picture(rows: Sequence[QueryRow], title: str = "", top: int = TOP,
         draw.text((legend + 20, GAP + 1), "true target", fill=INK, font=_font(14))
     tiles: dict[Path, Image.Image] = {}
 
-    def tile(path: Path, source: str) -> Image.Image:
+    def tile(path: Path, source: str, row: QueryRow, what: str) -> Image.Image:
         if path not in tiles:
-            tiles[path] = _thumbnail(load(path, source))
+            try:
+                tiles[path] = _thumbnail(load(path, source))
+            except CIRDataError as err:  # the file, and which query's picture needed it
+                raise CIRDataError(f"query `{row.query_id}`'s {what}: {err}") from None
         return tiles[path]
 
     for r, row in enumerate(rows):
         x, y = tile_origin(r, 0)
-        picture.paste(tile(row.reference, row.source), (x, y))
+        picture.paste(tile(row.reference, row.source, row, "reference"), (x, y))
         draw.text((x, y + TILE + 4), "reference", fill=GREY, font=_font(13))
         tx, ty = x + TILE + GAP, y + TILE + LABEL - THUMB  # the text column; its bottom strip: the target
         font = _font(13, row.query_id)
@@ -179,13 +187,14 @@ def retrieval_picture(rows: Sequence[QueryRow], title: str = "", top: int = TOP,
         draw.multiline_text((tx, y + 20), "\n".join(lines), fill=INK, font=_font(16, row.text), spacing=4)
         status, colour = _status(row, top)
         if row.target is not None:
-            picture.paste(tile(row.target.path, row.target.source).resize((THUMB - 6, THUMB - 6)), (tx + 3, ty + 3))
+            target = tile(row.target.path, row.target.source, row, "target")
+            picture.paste(target.resize((THUMB - 6, THUMB - 6)), (tx + 3, ty + 3))
             draw.rectangle([tx, ty, tx + THUMB - 1, ty + THUMB - 1], outline=GREEN, width=2)
             draw.text((tx + THUMB + 8, ty + 8), "target", fill=GREY, font=_font(13))
         draw.text((tx + (THUMB + 8 if row.target is not None else 0), ty + 28), status, fill=colour, font=_font(14))
         for k, hit in enumerate(row.hits[:top]):
             hx, hy = tile_origin(r, k + 1)
-            picture.paste(tile(hit.path, hit.source), (hx, hy))
+            picture.paste(tile(hit.path, hit.source, row, f"result #{k + 1}"), (hx, hy))
             if hit.target:
                 draw.rectangle([hx - 4, hy - 4, hx + TILE + 3, hy + TILE + 3], outline=GREEN, width=4)
             label = f"#{k + 1}" + ("" if hit.score is None else f"   {hit.score:.3f}")
