@@ -374,6 +374,10 @@ def test_the_command_serves_an_index_with_its_backbone(gallery, monkeypatch, cap
             calls.append(("query", backbone, text, k))
             return RecordingSearcher(self.root, self.relpaths).query(image, text, k)
 
+        def marks(self, relpaths):
+            calls.append(("marks", list(relpaths)))
+            return {relpaths[0]: "gone"}
+
     served = []
 
     def serve_once(server, poll_interval=0.5):
@@ -390,7 +394,8 @@ def test_the_command_serves_an_index_with_its_backbone(gallery, monkeypatch, cap
                                 "cir-lightning serve: stopped"]
     code, body = post(served[0].app, {"text": "red", "relpath": "red/circle.png"})
     assert (code, len(body["hits"])) == (200, 4)
-    assert calls == [("open", gallery), ("query", "the backbone", "red", 4)]
+    assert [h["mark"] for h in body["hits"]] == ["gone", None, None, None]
+    assert calls == [("open", gallery), ("query", "the backbone", "red", 4), ("marks", indexed(gallery)[:4])]
     assert served[0].socket.fileno() == -1  # the socket was closed on the way out
 
 
