@@ -121,6 +121,25 @@ class ImageIndex:
         line naming the file otherwise) and that its image folder is there: ``root``, where the images went
         when the indexed folder was moved (the index keeps their paths below it), else the indexed one."""
         folder = Path(folder)
+        meta, relpaths = cls.read_files(folder)
+        info = meta["image_index"]
+        images = Path(root).resolve() if root is not None else Path(info["root"])
+        if not images.is_dir():
+            raise CIRDataError(f"the image folder `{images}` " + ("(`--root`) " if root is not None else "the index was "
+                               "built over ") + "is not there: if the images moved, give their new folder (`--root "
+                               "FOLDER`, `ImageIndex.open(..., root=...)`)", folder)
+        probes = sorted({relpaths[0], relpaths[len(relpaths) // 2], relpaths[-1]}) if relpaths else []
+        if root is not None and probes and not any((images / p).exists() for p in probes):
+            raise CIRDataError(f"the image folder `{images}` (`--root`) holds none of the indexed images (looked for "
+                               f"{first_few(probes)}): give the folder the index was built over, moved", folder)
+        return cls(folder, meta, relpaths, read_faiss(folder / FAISS_FILE, meta["count"], meta["dim"], info), images,
+                   read_stamps(folder / STAMPS_FILE, meta["count"]))
+
+    @staticmethod
+    def read_files(folder: Path) -> tuple[dict[str, Any], list[str]]:
+        """The ``meta.json`` and relative paths of the index at ``folder``, after checking that it is complete and
+        that its files agree (one ``CIRDataError`` line naming the file otherwise); its faiss index is not read."""
+        folder = Path(folder)
         if not folder.is_dir():
             partial = partial_folder(folder)
             if not folder.exists() and partial.is_dir():
@@ -154,17 +173,7 @@ class ImageIndex:
         if not shape_ok:
             raise CIRDataError(f"holds {rows.shape}, meta.json says ({meta['count']}, {meta['dim']}): the index is "
                                "damaged; rebuild it", folder / "embeddings.npy")
-        images = Path(root).resolve() if root is not None else Path(info["root"])
-        if not images.is_dir():
-            raise CIRDataError(f"the image folder `{images}` " + ("(`--root`) " if root is not None else "the index was "
-                               "built over ") + "is not there: if the images moved, give their new folder (`--root "
-                               "FOLDER`, `ImageIndex.open(..., root=...)`)", folder)
-        probes = sorted({relpaths[0], relpaths[len(relpaths) // 2], relpaths[-1]}) if relpaths else []
-        if root is not None and probes and not any((images / p).exists() for p in probes):
-            raise CIRDataError(f"the image folder `{images}` (`--root`) holds none of the indexed images (looked for "
-                               f"{first_few(probes)}): give the folder the index was built over, moved", folder)
-        return cls(folder, meta, relpaths, read_faiss(folder / FAISS_FILE, meta["count"], meta["dim"], info), images,
-                   read_stamps(folder / STAMPS_FILE, meta["count"]))
+        return meta, relpaths
 
     def changed(self, relpaths: Iterable[str]) -> list[str]:
         """Those of the indexed ``relpaths`` whose file is gone, or is not the file that was embedded (another size

@@ -13,7 +13,8 @@ kept); they are an error unless ``skip_unreadable``.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from cir_lightning.backbones.base import Backbone
 from cir_lightning.data.folder import ImageFolderDataset, KeepReadable, scan_images
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.distributed import release_process_group
-from cir_lightning.errors import CIRConfigError, CIRDataError, CIRFileError
+from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.files import atomic_folder
 from cir_lightning.image_index import partial_folder
 from cir_lightning.index_files import FAISS_FILE, STAMPS_FILE
@@ -39,6 +40,7 @@ from cir_lightning.index_shards import (
     start_build,
     unlock_build,
 )
+from cir_lightning.index_update import OldIndex, check_out, check_same_rows, open_old, update_counts
 from cir_lightning.messages import first_few
 from cir_lightning.pixels import SHRINK
 from cir_lightning.predictions import ImagesProgressBar
@@ -72,19 +74,13 @@ class EmbedImages(pl.LightningModule):
         return {"index": batch["index"], "embedding": self.backbone.embed_batch(batch, "gallery")}
 
 
-def check_out_free(out: Path) -> None:
-    """Refuse an index folder that exists (``--out``): an index is never overwritten."""
-    if out.exists():
-        raise CIRFileError(f"`--out`: `{out}` already exists; an index is never overwritten (choose another name, "
-                           "or remove it)")
-
-
 def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backbone, *,
                       backbone_config: Mapping[str, Any], trainer_options: Mapping[str, Any] | None = None,
                       batch_size: int = 16, num_workers: int = 0, max_short_edge: int | None = None,
                       max_image_pixels: int | None = DEFAULT_MAX_PIXELS, shard_size: int = 1024,
                       skip_unreadable: bool = False, search: SearchConfig | None = None, dtype: str = "float32",
-                      source: Mapping[str, Any] | None = None) -> Path | None:
+                      source: Mapping[str, Any] | None = None, reuse: str | Path | None = None,
+                      reuse_moved: bool = False, overwrite: bool = False) -> Path | None:
     """Embed every image below ``image_folder`` with ``backbone`` into the index folder ``out`` (resuming an
     unfinished build of the same folder and model). Returns ``out`` in the first process, None in others.
 
@@ -98,9 +94,13 @@ def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backb
         max_short_edge, max_image_pixels: image options (as a DataModule's), also applied to queries.
         shard_size: images per shard of a process.
         skip_unreadable: leave out images that cannot be decoded (else they are an error, listed).
-        search: the faiss index type built over the embeddings (default exact ``Flat``).
+        search: the faiss index type built over the embeddings (default exact ``Flat``; with ``reuse``, its type).
         dtype: ``"float32"`` or ``"float16"`` storage.
         source: what to record of how the model was made (config files, checkpoint, adapter).
+        reuse: an earlier index of the folder by the same model and options: its rows of unchanged files are
+            taken, only the other images are embedded (``cir_lightning.index_update``; it is only read).
+        reuse_moved: ``reuse`` was built over another folder, whose images are now below ``image_folder``.
+        overwrite: ``out`` may be ``reuse``, replaced (atomically) when the update is complete.
 
     Example:
         >>> from cir_lightning.indexing import build_image_index
@@ -111,25 +111,33 @@ def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backb
         cir_lightning.errors.CIRDataError: ...: holds no image files (looked for .bmp, .gif, .jpeg, ...)
     """
     root, out = Path(image_folder).resolve(), Path(out).resolve()
-    partial, search = partial_folder(out), search or SearchConfig()
+    partial = partial_folder(out)
     if root == partial or partial in root.parents:  # its unfinished work, removed when the index is done
         raise CIRDataError(f"is inside `{partial}`, where `index --out {out}` keeps its unfinished work and which it "
                            "removes when done; choose another `--out`", root)
     scan = scan_images(root, leave_out=[out, partial])  # what it passes over is counted, in meta.json
     relpaths = scan.relpaths
-    check_out_free(out)
+    in_place = check_out(out, reuse, overwrite)
+    old = open_old(reuse, root, moved=reuse_moved, dtype=dtype) if reuse is not None else None
+    search = search or (old.search_config() if old else SearchConfig())
     identity = backbone.identity((trainer_options or {}).get("precision", "32-true"))  # bf16 rows are not fp32 ones
+    if old is not None:
+        check_same_rows(old, identity, max_short_edge)
     # max_short_edge changes the pixels, so the rows of two runs must share it (max_image_pixels only changes
     # which images load, and may be raised to let a refused one in)
     start_build(partial, {"root": str(root), "model": identity, "dtype": dtype, "max_short_edge": max_short_edge,
                           "upright": True,  # builds begun before EXIF orientation was applied did not turn photos
                           **({"shrink": SHRINK} if max_short_edge else {})})  # ... nor shrink with LANCZOS
     stamps = file_stamps(root, relpaths)  # before any image is read: a file changed later is embedded again
-    done = current_rows(read_shards(partial / "shards", identity, partial), stamps)
+    done = current_rows(read_shards(partial / "shards", identity, partial) + ([old.source()] if old else []), stamps)
     remaining = [p for p in relpaths if p not in done]
-    if done and rank_zero_only.rank == 0:
-        print(f"resuming: {len(relpaths) - len(remaining)} of {len(relpaths)} images were embedded by an earlier run "
-              f"(kept in {partial}); embedding the other {len(remaining)}", flush=True)
+    reused = sum(done[p][0] == old.folder for p in relpaths if p in done) if old else 0
+    if len(relpaths) - len(remaining) > reused and rank_zero_only.rank == 0:
+        print(f"resuming: {len(relpaths) - len(remaining) - reused} of {len(relpaths) - reused} images were embedded "
+              f"by an earlier run (kept in {partial}); embedding the other {len(remaining)}", flush=True)
+    if old and rank_zero_only.rank == 0:
+        print(f"`--reuse` {old.folder}: {reused} of its {len(old.relpaths)} rows are of unchanged files and are "
+              f"reused; {len(relpaths) - reused} images are new or changed", file=sys.stderr, flush=True)
     if remaining:
         data = ImageFolderDataset(root, remaining, max_short_edge, upright=True)  # photos as they are viewed
         data.max_pixels = max_image_pixels
@@ -157,15 +165,20 @@ def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backb
         max_image_pixels=max_image_pixels, search={"factory": search.factory, "nprobe": search.nprobe,
                                                    "ef_search": search.ef_search}, source=dict(source or {}),
         left_out=scan.counts()),
-        skip_unreadable, search, dtype)
+        skip_unreadable, search, dtype, in_place,
+        (lambda: open_old(reuse, root, moved=reuse_moved, dtype=dtype)) if reuse is not None else None)
 
 
 def _assemble(root: Path, out: Path, partial: Path, relpaths: list[str], backbone: Backbone,
               identity: dict[str, Any], info: dict[str, Any], skip_unreadable: bool, search: SearchConfig,
-              dtype: str) -> Path:
-    # image -> (shard, row), as the files are now (one changed during the build is not taken)
+              dtype: str, in_place: bool, reopen: Callable[[], OldIndex] | None) -> Path:
+    # image -> (shard or reused index, row), as the files are now (one changed during the build is not taken);
+    # the reused index read again: one removed or replaced since is not taken for the one checked at the start
     now = file_stamps(root, relpaths)
-    done = current_rows(read_shards(partial / "shards", identity, partial), now)
+    old = reopen() if reopen else None
+    if old is not None:
+        check_same_rows(old, identity, info["max_short_edge"])
+    done = current_rows(read_shards(partial / "shards", identity, partial) + ([old.source()] if old else []), now)
     missing = [p for p in relpaths if p not in done]
     reasons = read_unreadable(partial)
     unexplained = [p for p in missing if p not in reasons]
@@ -181,8 +194,10 @@ def _assemble(root: Path, out: Path, partial: Path, relpaths: list[str], backbon
     if not keep:
         raise CIRDataError(f"none of its {len(relpaths)} images can be read (first: {first_few(missing)})", root)
     info["skipped"] = [[p, reasons[p]] for p in missing]
+    if old is not None:
+        info["update"] = update_counts(old, done, keep)
     row = {p: i for i, p in enumerate(keep)}
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out, overwrite=in_place) as tmp:
         new_embeddings(tmp, len(keep), backbone.embedding_dim, dtype).flush()  # an empty file of the right size
         # the files as embedded (a row's stamp equals its file's now): search tells a photo replaced since
         np.save(tmp / STAMPS_FILE, np.array([now.get(p, [-1, -1]) for p in keep], dtype=np.int64).reshape(-1, 2))
@@ -192,7 +207,7 @@ def _assemble(root: Path, out: Path, partial: Path, relpaths: list[str], backbon
                 by_shard.setdefault(done[p][0], []).append((row[p], done[p][1]))
             for shard, pairs in by_shard.items():
                 at, source = np.array(pairs, dtype=np.int64).T
-                rows.write(at, np.load(shard / "embeddings.npy")[source])
+                rows.write(at, np.load(shard / "embeddings.npy", mmap_mode="r")[source])  # a reused index: its rows
             info["adapter"] = None
             if backbone.lora is not None:
                 backbone.save_adapter(tmp / "adapter")

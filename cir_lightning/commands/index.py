@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -32,6 +33,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("image_folder", help="the images to index (every image below it, recursively)")
     parser.add_argument("--config", action="append", required=True, help="the model's config (as for `fit`)")
     parser.add_argument("--out", required=True, help="the index folder to write (must not exist)")
+    parser.add_argument("--reuse", metavar="OLD_INDEX",
+                        help="an earlier index of this folder by the same model and options: its rows of unchanged "
+                             "files (same path, size, modification time) are reused, only new or changed images "
+                             "are embedded (it is not modified)")
+    parser.add_argument("--reuse-moved", action="store_true",
+                        help="the `--reuse` index was built over another folder whose images are now IMAGE_FOLDER")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="`--out` is the `--reuse` index: replace it when the update is complete")
     weights = parser.add_mutually_exclusive_group()
     weights.add_argument("--ckpt_path", help="trained weights: a checkpoint written by `fit`")
     weights.add_argument("--adapter", help="trained weights: a LoRA adapter folder (`fit` exports <log_dir>/adapter)")
@@ -42,9 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-short-edge", type=int, help="shrink images to this short edge (default: the data's)")
     parser.add_argument("--shard-size", type=int, default=1024,
                         help="images per saved shard of each process: what a kill can lose (default: 1024)")
-    parser.add_argument("--factory", default="Flat",
-                        help="faiss index type (index_factory string): Flat (exact, default), auto (Flat below 4M images, "
-                             "else IVF), HNSW32, IVF1024,Flat ...")
+    parser.add_argument("--factory",
+                        help="faiss index type (index_factory string): Flat (exact, default; with --reuse, its type), "
+                             "auto (Flat below 4M images, else IVF), HNSW32, IVF1024,Flat ...")
     parser.add_argument("--nprobe", type=int, help="IVF lists visited per query")
     parser.add_argument("--ef-search", type=int, help="HNSW search depth")
     parser.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="embedding storage")
@@ -131,14 +140,19 @@ def main(argv: Sequence[str]) -> None:
     from cir_lightning.data.folder import list_images
     from cir_lightning.data.images import DEFAULT_MAX_PIXELS
     from cir_lightning.image_index import partial_folder
-    from cir_lightning.indexing import build_image_index, check_out_free
+    from cir_lightning.index_update import check_out, open_old
+    from cir_lightning.indexing import build_image_index
     from cir_lightning.retrieval.index import SearchConfig
 
     out = Path(ns.out)
     found = list_images(ns.image_folder, leave_out=[out, partial_folder(out)])  # before the model is loaded
-    check_out_free(out)
+    check_out(out, ns.reuse, ns.overwrite)
+    old = open_old(ns.reuse, Path(ns.image_folder).resolve(), moved=ns.reuse_moved, dtype=ns.dtype) \
+        if ns.reuse is not None else None
     with _flag_names():
-        search = SearchConfig(factory=ns.factory, nprobe=ns.nprobe, ef_search=ns.ef_search)
+        kept = old.search_config() if old and not ns.factory else SearchConfig()  # an update keeps its type
+        search = SearchConfig(factory=ns.factory or kept.factory, nprobe=ns.nprobe or kept.nprobe,
+                              ef_search=ns.ef_search or kept.ef_search)
         search.check_count(len(found))  # before any image is embedded
     check_config_files([a for config in ns.config for a in ("--config", config)])
     weights = ("lora.init_adapter", "--ckpt_path" if ns.ckpt_path else "--adapter")
@@ -165,7 +179,8 @@ def main(argv: Sequence[str]) -> None:
         num_workers=ns.num_workers if ns.num_workers is not None else data.get("num_workers") or 0,
         max_short_edge=ns.max_short_edge or data.get("max_short_edge"),
         max_image_pixels=data.get("max_image_pixels", DEFAULT_MAX_PIXELS),
-        shard_size=ns.shard_size, skip_unreadable=ns.skip_unreadable, search=search, dtype=ns.dtype, source=source)
+        shard_size=ns.shard_size, skip_unreadable=ns.skip_unreadable, search=search, dtype=ns.dtype, source=source,
+        reuse=ns.reuse, reuse_moved=ns.reuse_moved, overwrite=ns.overwrite)
     if written is None:  # not the first process
         return
     from cir_lightning.data.folder import left_out_line
@@ -179,4 +194,8 @@ def main(argv: Sequence[str]) -> None:
     passed_over = left_out_line(index.info.get("left_out") or {})
     if passed_over:
         print(passed_over)
+    if "update" in index.info:
+        from cir_lightning.index_update import update_line
+
+        print(update_line(index.info["update"]), file=sys.stderr)
     print(f"search it: cir-lightning search {written} --image REFERENCE.jpg --text \"make it red\"")
