@@ -22,6 +22,8 @@ from cir_lightning.commands import COMMANDS
 if TYPE_CHECKING:
     from cir_lightning.image_index import ImageIndex
 
+_AGAIN = "index the folder again (`index ... --reuse INDEX --out NEW` embeds only the new or changed images)"
+
 
 def main(argv: Sequence[str]) -> None:
     """Search an index (see the module)."""
@@ -76,13 +78,13 @@ def main(argv: Sequence[str]) -> None:
         print(f"{hit.rank:>4}  {hit.score:>7.4f}  {_shown(hit.path)}{mark}")
     if gone and show is not None:  # an index outlives its images: say so rather than list paths as if they were there
         raise CIRDataError(f"`--show`: {len(gone)} of these images are gone since the index was built, so they cannot "
-                           "be drawn; index the folder again")
+                           f"be drawn; {_AGAIN}")
     if gone:
-        print(f"{len(gone)} of these images are gone since the index was built; index the folder again",
+        print(f"{len(gone)} of these images are gone since the index was built; {_AGAIN}",
               file=sys.stderr)
     if len(marks) > len(gone):  # ranked by the picture embedded then, not the one there now
         print(f"{len(marks) - len(gone)} of these images changed since the index was built (ranked as they were "
-              "then); index the folder again", file=sys.stderr)
+              f"then); {_AGAIN}", file=sys.stderr)
     if show is not None:
         print(f"picture written to {_draw(show, reference, ns.text, ns.k, hits, index)}")
 
