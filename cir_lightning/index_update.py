@@ -67,13 +67,13 @@ def open_old(folder: str | Path, root: Path, *, moved: bool = False, dtype: str 
     info = meta["image_index"]
     stamps = read_stamps(folder / STAMPS_FILE, meta["count"])
     if stamps is None:
-        raise CIRDataError(f"`--reuse`: `{folder}` has no {STAMPS_FILE} (written before indexes recorded each file's size and "
-                           "modification time), so its rows cannot be matched to unchanged files; index the folder "
-                           "without `--reuse`")
+        raise CIRDataError(f"`--reuse`: `{folder}` has no {STAMPS_FILE} (written before indexes recorded each "
+                           "file's size and modification time), so its rows cannot be matched to unchanged files; "
+                           "index the folder without `--reuse`")
     if Path(info["root"]) != root and not moved:
-        raise CIRDataError(f"`--reuse`: `{folder}` indexes the images below `{info['root']}`, not `{root}`; if they moved "
-                           "there, add `--reuse-moved` (rows of files with the same path below it, size and "
-                           f"modification time are reused), {_FROM_SCRATCH}")
+        raise CIRDataError(f"`--reuse`: `{folder}` indexes the images below `{info['root']}`, not `{root}`; if "
+                           "they moved there, add `--reuse-moved` (rows of files with the same path below it, size "
+                           f"and modification time are reused), {_FROM_SCRATCH}")
     if dtype is not None and meta.get("dtype", "float32") != dtype:
         raise CIRDataError(f"`--reuse`: `{folder}` holds {meta.get('dtype', 'float32')} embeddings and this index is "
                            f"{dtype} (`--dtype`); give `--dtype {meta.get('dtype', 'float32')}`, {_FROM_SCRATCH}")
@@ -91,9 +91,9 @@ def check_same_rows(old: OldIndex, identity: Mapping[str, Any], max_short_edge: 
     if not info.get("upright"):
         problems.append("its photos were embedded before EXIF orientation was applied")
     if problems:
-        raise CIRDataError(f"`--reuse`: `{old.folder}` was embedded otherwise than this build embeds ({'; '.join(problems)}), so "
-                           f"its rows are not this build's; reuse an index made with this model and options, "
-                           f"{_FROM_SCRATCH}")
+        raise CIRDataError(f"`--reuse`: `{old.folder}` was embedded otherwise than this build embeds "
+                           f"({'; '.join(problems)}), so its rows are not this build's; reuse an index made with "
+                           f"this model and options, {_FROM_SCRATCH}")
 
 
 def check_out(out: Path, reuse: str | Path | None, overwrite: bool) -> bool:

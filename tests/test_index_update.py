@@ -189,6 +189,10 @@ def test_what_an_update_cannot_reuse_is_one_line_and_nothing_is_written(images, 
 def test_an_index_of_a_moved_folder_is_reused_when_asked(old, tmp_path, tiny_model_dir, capsys):
     folder, photos = old
     shutil.copytree(photos, tmp_path / "moved")  # copy2: sizes and modification times kept
+    with pytest.raises(SystemExit):
+        main(_args(tmp_path / "moved", tmp_path / "new", tiny_model_dir, "--reuse-moved"))
+    assert "`--reuse-moved` says the `--reuse` index was built over another folder, and no `--reuse` is given" in \
+        capsys.readouterr().err
     main(_args(tmp_path / "moved", tmp_path / "new", tiny_model_dir, "--reuse", str(folder), "--reuse-moved"))
     assert "reused 5, embedded 0, dropped 0" in capsys.readouterr().err
     assert (tmp_path / "new" / "embeddings.npy").read_bytes() == (folder / "embeddings.npy").read_bytes()

@@ -62,13 +62,16 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check_options(ns: argparse.Namespace) -> None:
     from cir_lightning.checks import non_negative_int, positive_int
-    from cir_lightning.errors import CIRFileError
+    from cir_lightning.errors import CIRConfigError, CIRFileError
     from cir_lightning.messages import path_problem
 
     positive_int("--batch-size", ns.batch_size, optional=True)
     non_negative_int("--num-workers", ns.num_workers, optional=True)
     positive_int("--max-short-edge", ns.max_short_edge, optional=True)
     positive_int("--shard-size", ns.shard_size)
+    if ns.reuse_moved and ns.reuse is None:
+        raise CIRConfigError("`--reuse-moved` says the `--reuse` index was built over another folder, and no "
+                             "`--reuse` is given")
     if ns.ckpt_path is not None:
         problem = path_problem(ns.ckpt_path, "a checkpoint file")
         if problem is not None and not (Path(ns.ckpt_path) / "checkpoint").is_dir():  # DeepSpeed's are folders
