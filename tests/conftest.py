@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import warnings
 
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # any accidental hub access fails loudly instead of downloading
+
+
+@pytest.fixture(autouse=True)
+def _python_s_own_ctrl_c_handler() -> None:
+    """Each test starts with Python's own SIGINT handler, as a fresh ``cir-lightning`` process does: a trainer's
+    teardown puts back the handlers Lightning found at its set-up, which an in-process command test can leave to a
+    later one (``cir_lightning.interrupts.stops`` installs its handler only over Python's own)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

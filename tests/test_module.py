@@ -429,8 +429,9 @@ def test_fit_reads_the_validation_subsets_once_for_its_monitor_and_sharded_check
     datamodule = CIRDataModule()
     datamodule.val_sets = [(Queries(["q0"]), ["g0", "g1"])]
     evaluation = Evaluation(EvaluationOptions(search=SearchConfig(sharded=True), eval_ks=[1]))
+    checkpoint = ModelCheckpoint(monitor="val/toy/Recall@1", mode="max")
     trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn.FITTING), world_size=2, fast_dev_run=False,
-                              checkpoint_callbacks=[ModelCheckpoint(monitor="val/toy/Recall@1", mode="max")])
+                              checkpoint_callbacks=[checkpoint], callbacks=[checkpoint], limit_val_batches=1.0)
     module = SimpleNamespace(_trainer=trainer, trainer=trainer)
     evaluation.fit_start(trainer, datamodule)  # CIRModule.setup's two calls
     assert evaluation.connect(module, datamodule) is None
