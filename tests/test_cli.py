@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
+import io
 import json
 import logging
-import os
 import subprocess
 import sys
 import warnings
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -19,12 +21,23 @@ import yaml
 from cir_lightning.backbones import HFMultimodalBackbone, LoRA, Prompts
 
 CONF = Path(__file__).parent / "conf" / "tiny.yaml"
-EXE = Path(sys.executable).parent / "cir-lightning"
 
 
-def run(*args: str, cwd: Path, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
-    proc = subprocess.run([str(EXE), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+def run(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """``cir-lightning ARGS`` run in ``cwd`` in this process (``cli.main``: a new process costs ~10 s; the
+    console script and ``python -m`` are tested on their own): its exit status and what it printed."""
+    from cir_lightning.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    returncode = 0
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+            warnings.catch_warnings(), mock.patch.object(sys, "argv", ["cir-lightning"]):
+        warnings.simplefilter("ignore")  # PYTHONWARNINGS=ignore, as the subprocess had
+        try:
+            main(list(args))
+        except SystemExit as exit_info:
+            returncode = exit_info.code if isinstance(exit_info.code, int) else 1
+    proc = subprocess.CompletedProcess(["cir-lightning", *args], returncode, out.getvalue(), err.getvalue())
     if check and proc.returncode != 0:
         raise AssertionError(f"cir-lightning {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
