@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import subprocess
 import sys
 import warnings
@@ -21,6 +22,7 @@ import yaml
 from cir_lightning.backbones import HFMultimodalBackbone, LoRA, Prompts
 
 CONF = Path(__file__).parent / "conf" / "tiny.yaml"
+EXE = Path(sys.executable).parent / "cir-lightning"
 
 
 def run(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -38,6 +40,16 @@ def run(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
         except SystemExit as exit_info:
             returncode = exit_info.code if isinstance(exit_info.code, int) else 1
     proc = subprocess.CompletedProcess(["cir-lightning", *args], returncode, out.getvalue(), err.getvalue())
+    if check and proc.returncode != 0:
+        raise AssertionError(f"cir-lightning {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def spawn(*args: str, cwd: Path, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``cir-lightning ARGS`` as its own process, for what ``run`` cannot do in this one: DDP (Lightning starts
+    the other ranks by running the command line again), a process that kills itself, an environment of its own."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
+    proc = subprocess.run([str(EXE), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"cir-lightning {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import CONF, run
+from tests.test_cli import CONF, spawn
 
 
 def _metrics(folder: Path) -> dict[str, float]:
@@ -36,8 +36,8 @@ def test_validate_three_processes_equals_one_process(tmp_path, tiny_model_dir):
     # one BLAS thread per process in both runs: a matrix product's rounding may depend on the thread count,
     # and Lightning gives each of 3 DDP processes 1 thread where one process would use 2
     threads = {"OMP_NUM_THREADS": "1"}
-    run(*common, "--trainer.logger.save_dir", "one", "--trainer.devices", "1", cwd=tmp_path, env=threads)
-    run(*common, "--trainer.logger.save_dir", "two", "--trainer.devices", "3", "--trainer.strategy", "ddp",
+    spawn(*common, "--trainer.logger.save_dir", "one", "--trainer.devices", "1", cwd=tmp_path, env=threads)
+    spawn(*common, "--trainer.logger.save_dir", "two", "--trainer.devices", "3", "--trainer.strategy", "ddp",
         cwd=tmp_path, env=threads)
     one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
     assert set(one) == {f"val/{m}@{k}" for m in ("Recall", "MRR") for k in (1, 5, 10, 50)}

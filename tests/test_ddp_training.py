@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cir_lightning.losses import FireLoss, caption_loss, distributed_fire_loss
-from tests.test_cli import CONF, run
+from tests.test_cli import CONF, run, spawn
 
 # 8 triplets; targets 2 and 0 appear on both ranks (rows 2/4 and 0/7), target 3 twice on rank 0 (5/3 split)
 KEYS = torch.tensor([0, 1, 2, 3, 2, 5, 6, 0])
@@ -166,7 +166,7 @@ def _train_metrics(folder: Path) -> list[dict[str, float]]:
 @pytest.mark.ddp
 @pytest.mark.slow
 def test_fit_in_two_processes_with_cross_rank_negatives(tmp_path, tiny_model_dir):
-    run("fit", "--config", str(CONF), "--model.backbone.init_args.model_name_or_path", str(tiny_model_dir),
+    spawn("fit", "--config", str(CONF), "--model.backbone.init_args.model_name_or_path", str(tiny_model_dir),
         "--data.init_args.root", str(tmp_path / "data"), "--data.init_args.num_val", "8",
         "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.max_steps", "2",
         "--trainer.num_sanity_val_steps", "0", "--trainer.log_every_n_steps", "1",

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_cli import CONF, run
+from tests.test_cli import CONF, spawn
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "launch_torchrun.sh"
 
@@ -35,7 +35,7 @@ def test_two_nodes_of_one_process_equal_one_node_of_two(tmp_path, tiny_model_dir
     common = ["--config", str(CONF), "--model.backbone.init_args.model_name_or_path", str(tiny_model_dir),
               "--data.init_args.root", str(tmp_path / "data"), "--trainer.logger", "CSVLogger",
               "--trainer.num_sanity_val_steps", "0"]
-    run("fit", *common, "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.default_root_dir", "one",
+    spawn("fit", *common, "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.default_root_dir", "one",
         "--trainer.logger.save_dir", "one", cwd=tmp_path)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "NNODES": "2", "GPUS_PER_NODE": "1",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),

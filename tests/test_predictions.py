@@ -14,7 +14,7 @@ from PIL import Image
 from cir_lightning.cli import main
 from cir_lightning.retrieval.cache import load_embeddings
 from cir_lightning.retrieval.index import search
-from tests.test_cli import CONF, run
+from tests.test_cli import CONF, spawn
 
 OUTPUTS = ("val-0-query", "val-0-gallery")
 
@@ -100,7 +100,7 @@ def test_a_cache_is_refused_once_its_gallery_images_were_made_again(predicted, t
 @pytest.mark.ddp
 def test_predict_in_two_processes_writes_what_one_process_writes(predicted, tiny_model_dir):
     # 25 queries over 2 ranks: one rank embeds 13, the other 12; Lightning's predict sampler does not pad
-    run("predict", *_common(tiny_model_dir, predicted / "data"), "--trainer.default_root_dir", "two",
+    spawn("predict", *_common(tiny_model_dir, predicted / "data"), "--trainer.default_root_dir", "two",
         "--trainer.devices", "2", "--trainer.strategy", "ddp", "--data.init_args.eval_batch_size", "8",
         cwd=predicted, env={"OMP_NUM_THREADS": "1"})
     for name in OUTPUTS:

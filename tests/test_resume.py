@@ -19,7 +19,7 @@ import yaml
 from cir_lightning.checkpointing import SafeCheckpointIO
 from cir_lightning.cli import find_last_checkpoint, main, resolve_ckpt_path
 from cir_lightning.errors import CIRConfigError, CIRFileError
-from tests.test_cli import CONF, run
+from tests.test_cli import CONF, spawn
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,17 +54,17 @@ def test_fit_killed_mid_epoch_resumes_with_last_bit_identically(tmp_path, tiny_m
     env = {"PYTHONPATH": str(ROOT)}
     common = ["--config", str(CONF), "--model.backbone.init_args.model_name_or_path", str(tiny_model_dir),
               "--data.init_args.root", str(tmp_path / "data")]
-    run("fit", *common, "--config", str(_config(tmp_path, None)), "--trainer.default_root_dir", "straight",
+    spawn("fit", *common, "--config", str(_config(tmp_path, None)), "--trainer.default_root_dir", "straight",
         cwd=tmp_path, env=env)
     # 4 batches an epoch, a checkpoint every 2 steps: killed at step 7, the newest checkpoint is step 6,
     # two batches into epoch 1
-    killed = run("fit", *common, "--config", str(_config(tmp_path, 7)), "--trainer.default_root_dir", "crashed",
+    killed = spawn("fit", *common, "--config", str(_config(tmp_path, 7)), "--trainer.default_root_dir", "crashed",
                  cwd=tmp_path, env=env, check=False)
     assert killed.returncode == -signal.SIGKILL
     last = tmp_path / "crashed" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 6
     before = {p: p.read_bytes() for p in (tmp_path / "crashed").rglob("*") if p.is_file()}
-    resumed = run("fit", *common, "--config", str(_config(tmp_path, None)), "--trainer.default_root_dir", "crashed",
+    resumed = spawn("fit", *common, "--config", str(_config(tmp_path, None)), "--trainer.default_root_dir", "crashed",
                   "--ckpt_path", "last", cwd=tmp_path, env=env)
     assert "resuming from crashed/lightning_logs/version_0/checkpoints/last.ckpt" in resumed.stdout + resumed.stderr
     assert "not resumable" not in resumed.stderr  # Lightning's warning for loaders that restart the epoch
