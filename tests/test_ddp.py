@@ -29,9 +29,17 @@ def test_validate_three_processes_equals_one_process(tmp_path, tiny_model_dir):
     # Batches of one: a query's embedding then has the same shapes (no padding from its batch neighbours) in
     # both runs, so the float results, and therefore near-ties deep in a ranking, are the same; with batches
     # of 7 the ranks' batches differ from one process's and a tie 30 places down swapped order.
+    # The gallery: the queries' references and targets and a few more scenes (63 images, as the 576 were, a
+    # multiple of 3), more than the 50 each ranking keeps; all 576 scenes cost minutes at batches of one.
+    from cir_lightning.data.synthetic import make_synthetic_cir
+    from tests.test_module import small_gallery
+
+    root = make_synthetic_cir(tmp_path / "data", num_train=16, num_val=25, image_size=32)
+    gallery = small_gallery(root, tmp_path / "small")
+    assert len(Path(gallery).read_text().splitlines()) > 50  # every ranking is cut at 50, not at the gallery's end
     common = ["validate", "--config", str(CONF), "--model.backbone.init_args.model_name_or_path",
-              str(tiny_model_dir), "--data.init_args.root", str(tmp_path / "data"),
-              "--data.init_args.num_val", "25", "--data.init_args.eval_batch_size", "1",
+              str(tiny_model_dir), "--data", "cir_lightning.data.JsonlCIRDataModule", "--data.root", str(root),
+              "--data.gallery_file", gallery, "--data.eval_batch_size", "1",
               "--trainer.logger", "CSVLogger", "--model.save_rankings", "true"]
     # one BLAS thread per process in both runs: a matrix product's rounding may depend on the thread count,
     # and Lightning gives each of 3 DDP processes 1 thread where one process would use 2
