@@ -51,19 +51,24 @@ def write_free(path: str | Path, data: bytes | str, then: str | Path | None = No
         ['results.json', 'results-1.json']
     """
     if then is not None:
-        try:
-            return write_atomic(path, data)
-        except CIRFileError:
-            if not (Path(path).exists() or Path(path).is_symlink()):
-                raise
+        written = _unless_taken(Path(path), data)
+        if written is not None:
+            return written
         path = then
     while True:
-        target = free_path(path)
-        try:
-            return write_atomic(target, data)
-        except CIRFileError:
-            if not (target.exists() or target.is_symlink()):  # not taken: the write itself failed
-                raise
+        written = _unless_taken(free_path(path), data)
+        if written is not None:
+            return written
+
+
+def _unless_taken(target: Path, data: bytes | str) -> Path | None:
+    """``target`` written (``write_atomic``), or None if another file holds the name; any other failure raises."""
+    try:
+        return write_atomic(target, data)
+    except CIRFileError:
+        if not (target.exists() or target.is_symlink()):  # not taken: the write itself failed
+            raise
+    return None
 
 
 def reserve_folder(path: str | Path) -> Path:
