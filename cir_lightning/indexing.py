@@ -21,13 +21,13 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from cir_lightning.backbones.base import Backbone
 from cir_lightning.data.folder import ImageFolderDataset, KeepReadable, scan_images
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.distributed import release_process_group
-from cir_lightning.errors import CIRConfigError, CIRDataError
+from cir_lightning.errors import CIRDataError
 from cir_lightning.files import atomic_folder
 from cir_lightning.image_index import partial_folder
 from cir_lightning.index_files import FAISS_FILE, STAMPS_FILE
@@ -50,7 +50,7 @@ from cir_lightning.retrieval.index import SearchConfig
 from cir_lightning.retrieval.rowfile import RowFile
 from cir_lightning.retrieval.search_config import built_factory
 
-__all__ = ["EmbedImages", "ShardWriter", "build_image_index"]
+__all__ = ["EmbedImages", "EveryProcessOne", "ShardWriter", "build_image_index"]
 
 
 class EmbedImages(pl.LightningModule):
@@ -72,6 +72,29 @@ class EmbedImages(pl.LightningModule):
         if not len(batch["index"]):
             return {"index": batch["index"], "embedding": None}
         return {"index": batch["index"], "embedding": self.backbone.embed_batch(batch, "gallery")}
+
+
+class EveryProcessOne(Dataset):
+    """``data`` with idle rows after its own up to ``processes`` rows: Lightning's predict sampler gives each process
+    one row at least (a bare AssertionError in one process otherwise, the others waiting), so fewer images than
+    processes (one new photo for an update on 8 GPUs) leave the last processes an idle row each, which
+    ``KeepReadable`` leaves out: they embed nothing and write no shard.
+
+    Example:
+        >>> from cir_lightning.indexing import EveryProcessOne
+        >>> padded = EveryProcessOne([{"index": 0, "image": None}], 3)
+        >>> len(padded), padded[2]
+        (3, {'index': 2, 'idle': True})
+    """
+
+    def __init__(self, data: Any, processes: int) -> None:
+        self.data, self.size = data, max(len(data), processes)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.data[index] if index < len(self.data) else {"index": index, "idle": True}
 
 
 def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backbone, *,
@@ -139,19 +162,15 @@ def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backb
         print(f"`--reuse` {old.folder}: {reused} of its {len(old.relpaths)} rows are of unchanged files and are "
               f"reused; {len(relpaths) - reused} images are new or changed", file=sys.stderr, flush=True)
     if remaining:
-        data = ImageFolderDataset(root, remaining, max_short_edge, upright=True)  # photos as they are viewed
-        data.max_pixels = max_image_pixels
-        loader = DataLoader(data, batch_size=batch_size, num_workers=num_workers,
-                            collate_fn=KeepReadable(backbone.collator.gallery))
         writer = ShardWriter(partial / "shards", remaining, shard_size, identity, str(root), dtype, stamps)
         options = {"accelerator": "auto", "devices": "auto", "enable_progress_bar": True, **(trainer_options or {})}
         bar = [ImagesProgressBar()] if options["enable_progress_bar"] else []
         trainer = pl.Trainer(**options, logger=False, callbacks=[writer, *bar], enable_checkpointing=False,
                              enable_model_summary=False, default_root_dir=str(partial))
-        if len(remaining) < trainer.world_size:  # Lightning's predict sampler: a bare AssertionError in one process
-            raise CIRConfigError(f"{len(remaining)} images are left to embed, fewer than the {trainer.world_size} "
-                                 f"processes, and each must embed one: run it in at most {len(remaining)} "
-                                 "(`--trainer.devices`, `--trainer.num_nodes`)")
+        data = ImageFolderDataset(root, remaining, max_short_edge, upright=True)  # photos as they are viewed
+        data.max_pixels = max_image_pixels
+        loader = DataLoader(EveryProcessOne(data, trainer.world_size), batch_size=batch_size, num_workers=num_workers,
+                            collate_fn=KeepReadable(backbone.collator.gallery))
         trainer.predict(EmbedImages(backbone), dataloaders=loader, return_predictions=False)
         first = trainer.is_global_zero
         del trainer

@@ -280,20 +280,6 @@ def test_an_index_killed_midway_continues_where_it_stopped(tmp_path, tiny_model_
     assert torch.allclose(torch.from_numpy(np.load(out / "embeddings.npy")), direct, atol=1e-5)
 
 
-def test_fewer_images_than_processes_is_one_line_before_any_is_embedded(small_index, tmp_path, tiny_model_dir, capsys):
-    """Lightning's predict sampler gives each process one image at least: 5 images on 6 processes (or 5 left to embed
-    when a build resumes) was a bare AssertionError in one process while the others waited."""
-    _, photos = small_index
-    with pytest.raises(SystemExit) as exit_info:  # the Trainer is made, its 6 processes are never started
-        main(_index_args(photos, tmp_path / "i", tiny_model_dir, "--trainer.devices", "6", "--trainer.strategy", "ddp"))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("cir-lightning: error: 5 images are left to embed, fewer than the 6 processes, and each must "
-                          "embed one: run it in at most 5 (`--trainer.devices`, `--trainer.num_nodes`)")
-    assert not (tmp_path / "i").exists()
-    assert not list((tmp_path / "i.partial").glob("shards/*"))  # nothing embedded: the plan only, for the rerun
-
-
 @pytest.mark.parametrize(("argv", "message"), [
     (["index", "{tmp}/nowhere", "--out", "{tmp}/i"], "{tmp}/nowhere: does not exist"),
     (["index", "{tmp}/empty", "--out", "{tmp}/i"], "{tmp}/empty: holds no image files (looked for .bmp, .gif"),

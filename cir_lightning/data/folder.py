@@ -270,8 +270,9 @@ class ImageFolderDataset(ImageDataset, Dataset):
 
 class KeepReadable:
     """A collate function: ``collate`` (the model's gallery collator) over the decoded samples only; the
-    others are listed as ``batch["unreadable"]``, ``(index, reason)`` pairs. A batch of only unreadable
-    samples has an empty ``index`` and nothing else. Picklable, so it runs in DataLoader workers.
+    undecodable ones are listed as ``batch["unreadable"]``, ``(index, reason)`` pairs, and a sample with neither
+    image nor error (``indexing``'s idle row) is left out. A batch of none decoded has an empty ``index`` and
+    nothing else. Picklable, so it runs in DataLoader workers.
 
     Example:
         >>> from cir_lightning.data.folder import KeepReadable
@@ -287,7 +288,7 @@ class KeepReadable:
         self.collate = collate
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        good = [s for s in samples if "error" not in s]
+        good = [s for s in samples if "error" not in s and "idle" not in s]
         batch = self.collate(good) if good else {"index": torch.empty(0, dtype=torch.long)}
         batch["unreadable"] = [(s["index"], s["error"]) for s in samples if "error" in s]
         return batch
