@@ -39,7 +39,7 @@ def meta_problem(meta: dict[str, Any], info: dict[str, Any]) -> str | None:
     fields = [("count", meta.get("count"), False), ("dim", meta.get("dim"), False),
               ("image_index.max_short_edge", info.get("max_short_edge"), True),
               ("image_index.max_image_pixels", info.get("max_image_pixels"), True)]
-    fields += [(f"image_index.search.{k}", search.get(k), True) for k in ("nprobe", "ef_search")
+    fields += [(f"image_index.search.{k}", search.get(k), True) for k in ("nprobe", "ef_search", "asked_nprobe")
                if isinstance(search, dict)]
     for name, value, optional in fields:
         if not ((value is None and optional) or (type(value) is int and value >= 0)):

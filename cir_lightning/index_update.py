@@ -50,11 +50,12 @@ class OldIndex:
         return self.folder, self.relpaths, self.stamps
 
     def search_config(self) -> SearchConfig:
-        """The faiss index type OLD was asked for, with its search settings (``auto``: made concrete again)."""
+        """The faiss index type OLD was asked for, with its search settings (``auto``: made concrete again, with the
+        ``nprobe`` given to it, kept for when ``auto`` builds an IVF index)."""
         search = self.meta["image_index"]["search"]
         asked = search.get("asked") or search["factory"]
-        if asked == "auto":  # its recorded nprobe may be the one `auto` chose for OLD's count
-            return SearchConfig(factory="auto")
+        if str(asked).strip() == "auto":  # its recorded nprobe may be the one `auto` chose for OLD's count, or none (Flat)
+            return SearchConfig(factory="auto", nprobe=search.get("asked_nprobe"))
         return SearchConfig(factory=asked, nprobe=search.get("nprobe"), ef_search=search.get("ef_search"))
 
 

@@ -238,8 +238,10 @@ def _assemble(root: Path, out: Path, partial: Path, relpaths: list[str], backbon
         import faiss
 
         built = built_factory(index, config.factory)
+        given = search.nprobe if search.factory.strip() == "auto" else None  # not auto's own: an update keeps it
         info["search"] = {"factory": built, "nprobe": config.nprobe, "ef_search": config.ef_search,
-                          **({"asked": search.factory} if search.factory != built else {})}
+                          **({"asked": search.factory} if search.factory != built else {}),
+                          **({"asked_nprobe": given} if given else {})}
         faiss.write_index(index, str(tmp / FAISS_FILE))
         info["faiss_index"] = type(faiss.downcast_index(index)).__name__
         del index

@@ -101,6 +101,29 @@ def test_an_update_keeps_its_trained_faiss_type_retrained_on_the_new_rows(tmp_pa
         assert (tmp_path / "new" / name).read_bytes() == (tmp_path / "fresh" / name).read_bytes(), name
 
 
+def test_an_update_of_an_auto_index_keeps_the_nprobe_given_to_auto(tmp_path, tiny_model_dir, monkeypatch):
+    """`auto` chose Flat for OLD (no nprobe to record) and IVF for the grown folder: the nprobe given to OLD's `auto`
+    is the IVF's, not auto's own choice (it was dropped with OLD's resolved settings)."""
+    from cir_lightning.retrieval import search_config
+
+    photos = _photos(tmp_path / "photos")
+    main(_args(photos, tmp_path / "small", tiny_model_dir, "--factory", "auto", "--nprobe", "3"))
+    small = json.loads((tmp_path / "small" / "meta.json").read_text())["image_index"]["search"]
+    assert small == {"factory": "Flat", "nprobe": None, "ef_search": None, "asked": "auto", "asked_nprobe": 3}
+    Image.new("RGB", (20, 20), "orange").save(photos / "new.png")
+    monkeypatch.setattr(search_config, "AUTO_EXACT_ROWS", 6)  # the folder grew to where `auto` builds IVF
+    for old, new in (("small", "big"), ("big", "again")):  # and from that IVF index again
+        with pytest.warns(UserWarning, match="too few to train"):
+            main(_args(photos, tmp_path / new, tiny_model_dir, "--reuse", str(tmp_path / old)))
+        search = json.loads((tmp_path / new / "meta.json").read_text())["image_index"]["search"]
+        assert search["factory"].startswith("IVF")
+        assert search["nprobe"] == 3  # auto's own would be 8
+        assert search["asked_nprobe"] == 3
+    with pytest.warns(UserWarning, match="too few to train"):  # one given to the update wins
+        main(_args(photos, tmp_path / "four", tiny_model_dir, "--reuse", str(tmp_path / "big"), "--nprobe", "4"))
+    assert json.loads((tmp_path / "four" / "meta.json").read_text())["image_index"]["search"]["nprobe"] == 4
+
+
 def test_an_update_in_place_only_when_asked_and_then_whole(old, tmp_path, tiny_model_dir, capsys):
     folder, photos = old
     _edit(photos)
