@@ -7,6 +7,7 @@
 - ``atomic_folder`` does the same for a folder of files (model checkpoints, adapters, caches, data).
 - ``cir_lightning.free_names`` writes a file or folder under the first name not taken (``results-1.json``).
 - ``check_writable`` tells, before any work is done, that a folder can be written.
+- ``cir_lightning.leftovers`` removes the temporary files a killed run left (the first write into their folder).
 
 A failure to write (no space, no permission, a read-only file system, a file where a folder should be)
 is a ``CIRFileError`` naming the path and the reason, one line. Files get the permissions the user's
@@ -25,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from cir_lightning.errors import CIRFileError
+from cir_lightning.leftovers import sweep, temp_suffix
 from cir_lightning.messages import json_type, os_error_in, os_reason, short_repr
 from cir_lightning.reading import iter_jsonl, read_json, read_json_list, read_json_object
 from cir_lightning.writable import check_writable
@@ -109,9 +111,10 @@ def write_atomic(path: str | Path, data: bytes | str, *, overwrite: bool = False
     if path.exists() and not overwrite:
         raise _exists(path)
     _make_parent(path)
+    sweep(path.parent)  # what killed runs left here
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=temp_suffix(), dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
             f.flush()
@@ -200,8 +203,9 @@ def atomic_folder(path: str | Path, *, overwrite: bool = False, reserved: bool =
     if path.exists() and not (overwrite or reserved):
         raise _exists(path)
     _make_parent(path)
+    sweep(path.parent)
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=temp_suffix(), dir=path.parent))
     except OSError as err:
         raise write_error(path, err) from None
     try:
@@ -247,7 +251,7 @@ def _swap_in(tmp: Path, path: Path, overwrite: bool) -> None:
                 _rename_new(tmp, path)
                 return
             continue
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=temp_suffix("old"), dir=path.parent))
         os.rmdir(old)
         try:
             os.rename(path, old)

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from cir_lightning.errors import CIRFileError
+from cir_lightning.leftovers import temp_suffix
 from cir_lightning.messages import os_reason
 
 __all__ = ["check_writable"]
@@ -41,7 +42,7 @@ def check_writable(folder: str | Path, option: str) -> Path:
         if folder.exists() and not folder.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(folder))
         folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".cir_lightning-write-check-", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=".cir_lightning-write-check.", suffix=temp_suffix(), dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
