@@ -35,6 +35,7 @@ from cir_lightning.messages import path_problem, yaml_syntax_error
 from cir_lightning.module import TRAINING_SETTINGS, CIRModule
 from cir_lightning.option_errors import option_error
 from cir_lightning.quiet import quiet_third_party
+from cir_lightning.rank_lines import say
 from cir_lightning.run_folder import KeepConfigCallback, claim_versions, released_on_failure
 from cir_lightning.threads import ThreadBudget
 from cir_lightning.torch_files import load_torch_file, path_globals
@@ -271,5 +272,5 @@ def main(args: Sequence[str] | None = None, cli_class: type[CIRLightningCLI] = C
         line = user_error_line(err, "cir-lightning")
         if line is None:
             raise
-        print(line, file=sys.stderr)
+        say(line)  # once for a run of several processes (rank_lines)
         sys.exit(2)

@@ -8,7 +8,7 @@
 - SIGTERM: Lightning's ``SIGTERMException`` (a bare exit with status 0, as if the run had ended), raised by its
   training loop and by the ``predict`` / ``index`` writers (Lightning's predict loop carries on), becomes 143.
 
-Either way nothing half-written is left under a final name: every file is written through
+Under DDP the line is said once for the run (``cir_lightning.rank_lines``). Either way nothing half-written is left under a final name: every file is written through
 ``cir_lightning.files``, whose temporary files and folders are removed when the write is interrupted.
 """
 
@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from cir_lightning.rank_lines import say
 
 __all__ = ["stops"]
 
@@ -63,15 +65,15 @@ def stops(prog: str, command: str | None) -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        print(_line(prog, "Ctrl-C", command), file=sys.stderr)
+        say(_line(prog, "Ctrl-C", command))
         sys.exit(130)  # 128 + SIGINT, what a shell reports for a process the key press ended
     except SIGTERMException:  # Lightning stops on SIGTERM with a bare SystemExit: status 0, as if the run had ended
-        print(_line(prog, "SIGTERM", command), file=sys.stderr)
+        say(_line(prog, "SIGTERM", command))
         sys.exit(143)  # 128 + SIGTERM
     except SystemExit as err:
         if not (pressed and err.code == 1):  # Lightning's exit after a KeyboardInterrupt
             raise
-        print(_line(prog, "Ctrl-C", command), file=sys.stderr)
+        say(_line(prog, "Ctrl-C", command))
         sys.exit(130)
     finally:
         if ours:  # Lightning leaves SIGINT ignored after a Ctrl-C: a caller in the same process gets its handler back

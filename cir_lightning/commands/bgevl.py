@@ -27,6 +27,7 @@ from typing import Any
 from cir_lightning.data.layouts.bgevl import CATEGORIES, QUERY_MAX_TOKENS, Task
 from cir_lightning.errors import user_error_line
 from cir_lightning.interrupts import stops
+from cir_lightning.rank_lines import say
 
 __all__ = ["build_parser", "main_circo", "main_fashioniq", "run"]
 
@@ -172,7 +173,7 @@ def _main(task: Task, argv: Sequence[str] | None) -> int:
         line = user_error_line(err, _SCRIPT[task])
         if line is None:
             raise
-        print(line, file=sys.stderr)
+        say(line)  # once for a run of several processes
         return 2
     if first and task == "fashioniq" and results is not None:
         print(data.report(results.metrics))
