@@ -160,7 +160,7 @@ def test_the_page_and_the_index_are_served(app, gallery):
     assert get(app, "/static/app.py")[0] == 404
     assert get(app, "/api/info")[1] == {"root": str(gallery.resolve()), "count": 13, "k": 5}
     assert get(app, "/api/images?filter=BLUE&limit=2")[1] == {"relpaths": ["blue/circle.png", "blue/square.png"],
-                                                             "total": 3}
+                                                             "total": 3, "marks": {}}  # a searcher without marks
     image = app.respond("GET", "/image/gold/triangle.png")
     assert (image.status, image.content_type) == (200, "image/png")
     assert image.body == (gallery / "gold" / "triangle.png").read_bytes()
@@ -227,6 +227,36 @@ def test_results_whose_files_are_gone_or_replaced_since_indexing_are_marked_as_s
     gone, changed = sorted(marks, key=marks.get, reverse=True)
     assert post(app, {"text": "red", "relpath": gone}) == (404, {"error": f"`{gone}` is indexed but its file is gone"})
     assert post(app, {"text": "red", "relpath": changed})[0] == 200
+
+
+def test_the_pick_grid_marks_files_gone_or_replaced_since_indexing(marked_index):
+    """The "Pick from index" grid listed a gone file as a broken image and a replaced one as if it were what was
+    embedded; each listed path now comes with its mark, as the results do (only those listed are looked at)."""
+    from cir_lightning.image_index import ImageIndex
+    from cir_lightning.serve import IndexSearcher
+
+    folder, marks = marked_index
+    index = ImageIndex.open(folder)
+    looked_at = []
+
+    class Watched(IndexSearcher):
+        def marks(self, relpaths):
+            looked_at.append(list(relpaths))
+            return super().marks(relpaths)
+
+    app = SearchApp(Watched(index, backbone=None), k=5)
+    code, body = get(app, "/api/images?filter=&limit=48")
+    assert (code, body["total"], body["marks"]) == (200, 12, marks)
+    assert body["relpaths"] == index.relpaths
+    gone = next(p for p, m in marks.items() if m == "gone")
+    unmarked = next(p for p in index.relpaths if p not in marks)
+    assert get(app, f"/api/images?filter={gone}")[1] == {"relpaths": [gone], "total": 1, "marks": {gone: "gone"}}
+    assert get(app, f"/api/images?filter={unmarked}")[1]["marks"] == {}
+    assert get(app, "/api/images?filter=&limit=3")[1]["marks"] == {p: m for p, m in marks.items()
+                                                                   if p in index.relpaths[:3]}
+    assert get(app, "/api/images?filter=nothing-like-this")[1] == {"relpaths": [], "total": 0, "marks": {}}
+    # only the paths listed are looked at (the page's 48 of a big index: never a stat of every file)
+    assert looked_at == [index.relpaths, [gone], [unmarked], index.relpaths[:3]]
 
 
 @pytest.mark.parametrize(("request_body", "status", "words"), [
@@ -512,11 +542,39 @@ def test_iterative_search_in_the_browser(browser, marked_index, tmp_path):
         assert len(colours) > 50
         write_atomic(SCREENSHOT, png, overwrite=True)
 
+        by_id("pick-toggle").click()  # the "Pick from index" grid badges the replaced photo and the gone one too
+        wait.until(lambda _: by_id("picker-count").text == "12 of 12 shown · 2 changed or gone since indexed")
+        picks = {t.get_attribute("data-relpath"): t for t in browser.find_elements(By.CSS_SELECTOR, "#picker-grid .tile")}
+        assert list(picks) == index.relpaths
+        gone, changed = sorted(marks, key=marks.get, reverse=True)
+        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", picks[gone])
+        for relpath, tile in picks.items():
+            badges = tile.find_elements(By.CSS_SELECTOR, ".badge")
+            assert [b.text for b in badges] == ([marks[relpath]] if relpath in marks else [])
+            assert len(tile.find_elements(By.TAG_NAME, "img")) == (relpath != gone)  # no broken image: "no file"
+        for relpath in marks:
+            inner, outer = picks[relpath].find_element(By.CSS_SELECTOR, ".badge").rect, picks[relpath].rect
+            assert outer["x"] < inner["x"] < inner["x"] + inner["width"] < outer["x"] + outer["width"]
+            assert outer["y"] < inner["y"] < inner["y"] + inner["height"] < outer["y"] + outer["height"] / 2
+        wait.until(lambda d: d.execute_script(
+            "return [...document.querySelectorAll('#picker-grid img')].every(i => i.complete && i.naturalWidth > 0)"))
+        ActionChains(browser).move_to_element(by_id("status")).perform()
+        write_atomic(SCREENSHOT.with_name("serve_screenshot_pick.png"), browser.get_screenshot_as_png(), overwrite=True)
+        picks[gone].click()  # not pickable: nothing to search from
+        assert by_id("picker").is_displayed()
+        assert by_id("reference-path").get_attribute("data-relpath") == chosen
+        picks[changed].click()  # pickable, said to be the file as it is now
+        assert by_id("reference-path").get_attribute("data-relpath") == changed
+        assert not by_id("picker").is_displayed()
+        assert by_id("status").text == f"{changed} was replaced since the index was built: the search starts from " \
+                                       "it as it is now."
+
         by_id("pick-toggle").click()  # pick an indexed image as the reference
         by_id("filter").send_keys("gold/")
-        wait.until(lambda _: by_id("picker-count").text == "3 of 3 shown")
-        browser.find_element(By.CSS_SELECTOR, '#picker-grid .tile[data-relpath="gold/square.png"]').click()
-        assert by_id("reference-path").get_attribute("data-relpath") == "gold/square.png"
+        wait.until(lambda _: by_id("picker-count").text.startswith("3 of 3 shown"))
+        pick = next(p for p in index.relpaths if p.startswith("gold/") and p not in marks)
+        browser.find_element(By.CSS_SELECTOR, f'#picker-grid .tile[data-relpath="{pick}"]').click()
+        assert by_id("reference-path").get_attribute("data-relpath") == pick
 
         notes = tmp_path / "notes.txt"
         notes.write_text("not a picture")

@@ -8,7 +8,7 @@ a *searcher*: any object with ``root``, ``relpaths`` and ``query(image, text, k)
 (see ``serve.searchers``), such as ``IndexSearcher`` over an ``ImageIndex`` and its backbone.
 
 Routes: ``GET /`` and ``/static/<name>`` (the page), ``GET /api/info``, ``GET /api/images?filter=&limit=``
-(indexed paths), ``GET /image/<relpath>`` (an indexed image below the root; nothing else is served),
+(indexed paths for the "Pick from index" grid, with the ``marks`` of those listed), ``GET /image/<relpath>`` (an indexed image below the root; nothing else is served),
 ``POST /api/search`` (JSON ``text``, ``k`` and ``relpath`` or ``upload``, a data URL; answered with the hits,
 each with its ``mark``: a file gone or replaced since it was indexed). A refused request gets a 4xx with
 ``{"error": one line}``.
@@ -180,13 +180,14 @@ class SearchApp:
         return Response(200, f"{STATIC[name]}; charset=utf-8", data)
 
     def images(self, filter_text: str, limit: str | int = 48) -> dict[str, Any]:
-        """The first ``limit`` indexed paths containing ``filter_text`` (case-insensitive) and how many do.
+        """The first ``limit`` indexed paths containing ``filter_text`` (case-insensitive), how many do, and the
+        ``marks`` of those listed whose file is gone or replaced since indexing (as on the results).
 
         Example:
             >>> from cir_lightning.serve.app import SearchApp
             >>> from types import SimpleNamespace
             >>> SearchApp(SimpleNamespace(root=Path("/p"), relpaths=["a/x.png", "b.png"])).images("A/", 5)
-            {'relpaths': ['a/x.png'], 'total': 1}
+            {'relpaths': ['a/x.png'], 'total': 1, 'marks': {}}
         """
         try:
             count = max(0, min(int(limit), 500))
@@ -194,7 +195,13 @@ class SearchApp:
             raise Refused(400, f"`limit` must be an integer, got {str(limit)[:40]!r}") from None
         needle = filter_text.lower()
         found = [p for p in self.relpaths if needle in p.lower()]
-        return {"relpaths": found[:count], "total": len(found)}
+        return {"relpaths": found[:count], "total": len(found), "marks": self.marks(found[:count])}
+
+    def marks(self, relpaths: list[str]) -> dict[str, str]:
+        """What the searcher's ``marks`` says of ``relpaths`` (gone or replaced since embedded: as ``search``
+        marks them); none from a searcher without ``marks``."""
+        marks = getattr(self.searcher, "marks", None)
+        return dict(marks(relpaths)) if callable(marks) and relpaths else {}
 
     def image_path(self, relpath: str) -> Path:
         """The file of an indexed image; ``Refused`` for any path outside the root (403) or not indexed (404).
@@ -251,8 +258,7 @@ class SearchApp:
                 hits = self.searcher.query(image, text, min(k, len(self.relpaths)))
         except CIRError as err:
             raise Refused(400, str(err).splitlines()[0]) from None
-        marks = getattr(self.searcher, "marks", None)  # gone or replaced since embedded: as `search` marks them
-        marked = marks([str(h.relpath) for h in hits]) if callable(marks) else {}
+        marked = self.marks([str(h.relpath) for h in hits])
         return {"hits": [{"rank": int(h.rank), "relpath": str(h.relpath), "score": float(h.score),
                           "mark": marked.get(str(h.relpath))} for h in hits]}
 

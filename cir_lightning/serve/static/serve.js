@@ -62,24 +62,31 @@ const MARK_NOTES = {
   "changed since indexed": "Replaced since the index was built: ranked as the photo embedded then, shown as it is now",
 };
 
-function resultTile(hit) {
+// a tile of an indexed image (a result, or one in the "Pick from index" grid), badged with its mark; a gone
+// file gets a placeholder in place of its image, and the tile's title says what the mark means and `action`
+function imageTile(relpath, mark, caption, action) {
   const tile = element("figure", "tile");
-  tile.dataset.relpath = hit.relpath;
-  tile.dataset.score = String(hit.score);
-  const gone = hit.mark === "gone";
-  const note = hit.mark ? `\n${MARK_NOTES[hit.mark] || hit.mark}` : "";
-  tile.title = `${hit.relpath}${note}` + (gone ? "" : "\nClick to search from this image");
+  tile.dataset.relpath = relpath;
+  const gone = mark === "gone";
+  const note = mark ? `\n${MARK_NOTES[mark] || mark}` : "";
+  tile.title = `${relpath}${note}` + (gone ? "" : `\n${action}`);
+  tile.append(gone ? element("div", "missing", "no file") : thumbnail({ relpath }), caption);
+  if (mark) {
+    tile.dataset.mark = mark;
+    tile.classList.add(gone ? "gone" : "changed");
+    tile.append(element("span", "badge", mark));
+  }
+  return tile;
+}
+
+function resultTile(hit) {
   const caption = element("figcaption");
   const line = element("div", "score-line");
   line.append(element("span", "rank", `#${hit.rank}`), element("span", "score", hit.score.toFixed(3)));
   caption.append(line, element("div", "path", hit.relpath));
-  tile.append(gone ? element("div", "missing", "no file") : thumbnail(hit), caption);
-  if (hit.mark) {
-    tile.dataset.mark = hit.mark;
-    tile.classList.add(gone ? "gone" : "changed");
-    tile.append(element("span", "badge", hit.mark));
-  }
-  if (gone) return tile; // nothing to show or search from
+  const tile = imageTile(hit.relpath, hit.mark, caption, "Click to search from this image");
+  tile.dataset.score = String(hit.score);
+  if (hit.mark === "gone") return tile; // nothing to show or search from
   tile.tabIndex = 0;
   const choose = () => {
     setReference({ relpath: hit.relpath });
@@ -163,20 +170,23 @@ async function loadPicker() {
   try {
     const filter = encodeURIComponent($("filter").value);
     const result = await api(`/api/images?filter=${filter}&limit=48`);
+    const marks = result.marks || {};
     const tiles = result.relpaths.map((relpath) => {
-      const tile = element("figure", "tile");
-      tile.dataset.relpath = relpath;
-      tile.title = relpath;
-      tile.append(thumbnail({ relpath }), element("figcaption", "path", relpath));
+      const mark = marks[relpath];
+      const tile = imageTile(relpath, mark, element("figcaption", "path", relpath), "Click to search from it");
+      if (mark === "gone") return tile; // its file is gone: nothing to search from
       tile.addEventListener("click", () => {
         setReference({ relpath });
         $("picker").hidden = true;
+        if (mark) setStatus(`${relpath} was replaced since the index was built: the search starts from it as it is now.`);
         $("text").focus();
       });
       return tile;
     });
     $("picker-grid").replaceChildren(...tiles);
-    $("picker-count").textContent = `${result.relpaths.length} of ${result.total} shown`;
+    const marked = Object.keys(marks).length;
+    const stale = marked ? ` · ${marked} changed or gone since indexed` : "";
+    $("picker-count").textContent = `${result.relpaths.length} of ${result.total} shown${stale}`;
   } catch (err) {
     setStatus(err.message, true);
   }
