@@ -12,7 +12,7 @@ Example:
     >>> from types import SimpleNamespace
     >>> server = make_server("127.0.0.1", 0, SearchApp(SimpleNamespace(root=".", relpaths=["a.png"])))
     >>> server.app.images("")
-    {'relpaths': ['a.png'], 'total': 1}
+    {'relpaths': ['a.png'], 'total': 1, 'marks': {}}
     >>> server.server_close()
 """
 
