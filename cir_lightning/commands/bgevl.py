@@ -10,8 +10,8 @@ original's: ``eval_fashioniq.py`` prints the working folder, then per category `
 and its metrics dict, then the R@10 / R@50 summary; ``eval_circo.py`` prints where the results go.
 
 What the original gets wrong, fixed with its interface kept: ``--fp16`` runs the model in half precision
-(the original ignores it); ``--load_embedding`` skips encoding and refuses a file that does not fit (the
-original crashes); ``--save_embedding`` writes one file per FashionIQ category (the original writes every
+(the original ignores it); ``--load_embedding`` skips encoding and refuses a file that does not fit, or whose
+corpus images changed since they were embedded (the original crashes); ``--save_embedding`` writes one file per FashionIQ category (the original writes every
 category into the same file; CIRCO's one corpus goes to ``--save_path`` itself, as there) and never over an
 existing one (``cir_lightning.retrieval.memmap``).
 """

@@ -6,9 +6,12 @@ back with ``np.memmap(path, dtype=np.float32, mode="r").reshape(-1, dim)``. ``Me
 same bytes, one file per evaluated gallery (``memmap_path``; a single gallery may use ``save_path``
 itself, as BGE-VL's CIRCO script does), and beside each ``<file>.json``: the model
 (fingerprint, weights digest and what the caller adds, e.g. the weights' dtype), the dataset, the gallery
-ids, ``count``, ``dim`` and ``dtype``. Loading refuses, in one line, a file whose size does not fit the
-gallery at the model's dimension in float32, and one whose identity differs; a file without an identity
-file (written by BGE-VL's script) is checked for its size only, with a warning. Files are never replaced.
+ids, ``count``, ``dim``, ``dtype`` and ``image_stamps`` (each gallery image's ``[size, modification time in
+ns]``, taken before it was read). Loading refuses, in one line, a file whose size does not fit the gallery at
+the model's dimension in float32, one whose identity differs, and one whose images changed or went since
+(naming the first); a file without an identity file (written by BGE-VL's script) is checked for its size
+only, and one without ``image_stamps`` (written before they were recorded) not for its images, each with a
+warning. Files are never replaced; the embedding file's bytes are BGE-VL's whatever the identity file holds.
 
 It is a drop-in for ``GalleryCache`` in a ``CIRModule``'s evaluation (``lookup_sets``, ``provide``,
 ``save``, ``report``): loaded galleries are never decoded nor embedded.
@@ -32,6 +35,7 @@ from cir_lightning.errors import CIRConfigError, CIRDataError, CIRFileError
 from cir_lightning.files import check_writable, write_atomic
 from cir_lightning.messages import first_few
 from cir_lightning.retrieval.cache import identity_differences
+from cir_lightning.retrieval.embedding_folder import file_stamp
 from cir_lightning.retrieval.gather import world
 
 __all__ = ["MemmapGalleries", "memmap_path", "read_memmap", "write_memmap"]
@@ -100,9 +104,11 @@ def _check_free(path: Path) -> None:
                                "`--save_path`, or reuse it with `--load_embedding`)")
 
 
-def read_memmap(path: str | Path, count: int, dim: int, identity: Mapping[str, Any] | None = None) -> Tensor:
+def read_memmap(path: str | Path, count: int, dim: int, identity: Mapping[str, Any] | None = None,
+                images: Sequence[str | Path] | None = None) -> Tensor:
     """The (count, dim) float32 rows of an embedding file, after checking its size and, where it has one,
-    its identity file against ``identity`` (each key given is compared; any difference is refused).
+    its identity file against ``identity`` (each key given is compared; any difference is refused) and the
+    ``images`` of its rows against the stamps it recorded (one changed or gone since is refused).
 
     Example:
         >>> from cir_lightning.retrieval.memmap import read_memmap, write_memmap
@@ -139,11 +145,34 @@ def read_memmap(path: str | Path, count: int, dim: int, identity: Mapping[str, A
                     for p in identity_differences(key, meta.get(key), value, ("stored", "expected"))]
         if problems:
             raise CIRDataError(f"does not match this run ({first_few(problems)}): {redo}", path)
+        if images is not None:
+            _check_stamps(path, meta.get("image_stamps"), images, list((identity or {}).get("ids") or []))
     else:
         warnings.warn(f"`{path}` has no identity file `{meta_path.name}` (BGE-VL's script writes none): only its "
-                      "size was checked, not which model or images it holds", stacklevel=2)
+                      "size was checked, not which model or images it holds, nor whether they changed since",
+                      stacklevel=2)
     array = np.fromfile(path, dtype=np.float32).reshape(count, dim)
     return torch.from_numpy(array)
+
+
+def _check_stamps(path: Path, then: Any, images: Sequence[str | Path], ids: list[str]) -> None:
+    """Refuse, in one line naming the first, images changed (another size or modification time) or gone since
+    their embeddings were saved; warn when the identity file recorded no stamps."""
+    if then is None:
+        warnings.warn(f"`{path}`'s identity file records no `image_stamps` (written before they were recorded): its "
+                      "images were not checked for changes since they were embedded", stacklevel=3)
+        return
+    if not isinstance(then, list) or len(then) != len(images):
+        raise CIRDataError("`image_stamps` does not hold one stamp per row: the identity file is damaged; remove "
+                           "both files and embed again", _identity_file(path))
+    stale = [(row, now) for row, image in enumerate(images) if (now := file_stamp(image)) != then[row]]
+    if stale:
+        row, now = stale[0]
+        what = "is gone" if now is None else "changed (another size or modification time)"
+        named = f"image `{images[row]}`" + (f" (id `{ids[row]}`)" if row < len(ids) else "")
+        more = f"; {len(stale) - 1} more changed or gone" if len(stale) > 1 else ""
+        raise CIRDataError(f"{named} {what} since these embeddings were saved{more}: they are stale; embed again with "
+                           "`--save_embedding` into a new file", path)
 
 
 class MemmapGalleries:
@@ -203,14 +232,16 @@ class MemmapGalleries:
             path = self.save_path if self.single else memmap_path(self.save_path, name)
             identity = {"model": {**model, **self.identity}, "dataset": dataset, "gallery": name,
                         "ids": list(gallery.ids)}
+            images = getattr(gallery, "paths", None)  # GalleryDataset's: each row's image file
             if self.loading:
-                self._hits[s] = read_memmap(path, len(gallery.ids), self.dim, identity)
+                self._hits[s] = read_memmap(path, len(gallery.ids), self.dim, identity, images)
                 self.loaded.append(str(path))
             elif self.saving:  # fail now, not after embedding the gallery (every rank sees the same files)
                 _check_free(path)
                 if world()[0] == 0:
                     check_writable(path.parent, "save_path")
-                self._misses[s] = (path, identity)
+                stamps = {} if images is None else {"image_stamps": [file_stamp(p) for p in images]}  # before reading
+                self._misses[s] = (path, {**identity, **stamps})
         return set(self._hits)
 
     def provide(self, evaluator: Any) -> None:

@@ -200,6 +200,59 @@ def test_a_stale_embedding_file_is_refused_in_one_line(root, saved, tmp_path):
     assert torch.equal(rows, torch.from_numpy(np.fromfile(root / "embeddings.dress.memmap", dtype=np.float32)).view(24, 32))
 
 
+def test_embeddings_of_corpus_images_changed_or_gone_since_they_were_saved_are_refused_in_one_line(root, saved,
+                                                                                                  tmp_path):
+    """``--load_embedding`` after corpus images changed gave silently stale numbers: the identity file beside the
+    embeddings now records each image's size and modification time (the embedding file stays BGE-VL's bytes)."""
+    corpus = [json.loads(line) for line in
+              (root / "eval" / "data" / "fashioniq_shirt_corpus.jsonl").read_text().splitlines()]
+    images = [(root / "images_root" / c["image"]).resolve() for c in corpus]
+    identity = json.loads((root / "embeddings.shirt.memmap.json").read_text())
+    assert identity["image_stamps"] == [[p.stat().st_size, p.stat().st_mtime_ns] for p in images]
+    assert (root / "embeddings.shirt.memmap").stat().st_size == len(corpus) * 32 * 4  # no header, no stamps in it
+    stale = "embeddings.shirt.memmap: image `{}` (id `{}`) {} since these embeddings were saved" \
+            "{}: they are stale; embed again with `--save_embedding` into a new file"
+
+    def refusal() -> str:
+        code, lines, err = _run(main_fashioniq, root, "--load_embedding")
+        assert (code, lines) == (2, [str(root)])
+        prefix, line = "eval_fashioniq.py: error: ", err.strip().splitlines()[-2]
+        assert line.startswith(prefix)
+        return line[len(prefix):]
+
+    touched, gone = 3, 5
+    before = images[touched].stat()
+    try:
+        os.utime(images[touched], ns=(before.st_atime_ns, before.st_mtime_ns + 10**9))  # saved again, same size
+        assert refusal() == stale.format(images[touched], corpus[touched]["content"],
+                                         "changed (another size or modification time)", "")
+        # a gone corpus image the data's own check refuses first (missing images); below it, the file's check
+        images[gone].rename(tmp_path / "away.png")
+        with pytest.raises(CIRDataError) as refused:
+            read_memmap(root / "embeddings.shirt.memmap", len(corpus), 32, {"ids": identity["ids"]}, images)
+        assert str(refused.value) == f"{root}/" + stale.format(images[touched], corpus[touched]["content"],
+                                                              "changed (another size or modification time)",
+                                                              "; 1 more changed or gone")
+        os.utime(images[touched], ns=(before.st_atime_ns, before.st_mtime_ns))
+        with pytest.raises(CIRDataError) as refused:
+            read_memmap(root / "embeddings.shirt.memmap", len(corpus), 32, {"ids": identity["ids"]}, images)
+        assert str(refused.value) == f"{root}/" + stale.format(images[gone], corpus[gone]["content"], "is gone", "")
+    finally:
+        os.utime(images[touched], ns=(before.st_atime_ns, before.st_mtime_ns))
+        if (tmp_path / "away.png").exists():
+            (tmp_path / "away.png").rename(images[gone])
+    assert read_memmap(root / "embeddings.shirt.memmap", len(corpus), 32, {"ids": identity["ids"]}, images).shape == \
+        (len(corpus), 32)  # put back as they were: loaded
+    # files written before stamps were recorded, or by BGE-VL's script (no identity file): loaded, with a warning
+    shutil.copy(root / "embeddings.shirt.memmap", tmp_path / "old.memmap")
+    (tmp_path / "old.memmap.json").write_text(json.dumps({k: v for k, v in identity.items() if k != "image_stamps"}))
+    with pytest.warns(UserWarning, match="records no `image_stamps`.*its images were not checked"):
+        read_memmap(tmp_path / "old.memmap", len(corpus), 32, {"ids": identity["ids"]}, images)
+    (tmp_path / "old.memmap.json").unlink()
+    with pytest.warns(UserWarning, match="no identity file .* nor whether they changed since"):
+        read_memmap(tmp_path / "old.memmap", len(corpus), 32, {"ids": identity["ids"]}, images)
+
+
 def test_fp16_runs_in_half_precision_and_save_never_overwrites(root, saved, monkeypatch):
     code, _, err = _run(main_fashioniq, root, "--save_embedding")  # the files of `saved` are there
     assert code == 2
