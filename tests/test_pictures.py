@@ -323,13 +323,13 @@ def test_kept_scores_under_ddp_equal_one_process():
 
 def test_text_pillow_s_own_font_cannot_draw_takes_an_installed_font_that_can():
     """Accents and CJK in a query text, id or file name were drawn as boxes (Pillow's font stops at ASCII)."""
-    from cir_lightning.pictures.draw import FALLBACK_FONTS, _default_font, _draws, _font, _system_font
+    from cir_lightning.pictures.fonts import FALLBACK_FONTS, default_font, draws, font, system_font
 
-    assert not _draws(_default_font(16), "ä")  # why a fallback is needed
-    assert _font(16, "make it red") is _default_font(16)  # ASCII keeps Pillow's font
-    installed = [f for f in (_system_font(name, 16) for name in FALLBACK_FONTS) if f is not None and _draws(f, "ä")]
-    chosen = _font(16, "färbe es rot")
-    assert _draws(chosen, "ä") == bool(installed)  # CI installs DejaVu (.ci/run): there it must draw
+    assert not draws(default_font(16), "ä")  # why a fallback is needed
+    assert font(16, "make it red") is default_font(16)  # ASCII keeps Pillow's font
+    installed = [f for f in (system_font(name, 16) for name in FALLBACK_FONTS) if f is not None and draws(f, "ä")]
+    chosen = font(16, "färbe es rot")
+    assert draws(chosen, "ä") == bool(installed)  # CI installs DejaVu (.ci/run): there it must draw
     if installed:
         assert chosen.path == installed[0].path
 
@@ -338,7 +338,8 @@ def test_a_long_id_and_text_stay_in_their_column_and_unicode_takes_the_font_draw
     """A 200-character query id ran across the result tiles; ``färbe ... 日本語`` was all boxes when no font drew
     every character (DejaVu draws the ä); the ``...`` of a cut text ran into the first tile."""
     from cir_lightning.data.datasets import Query, QueryDataset
-    from cir_lightning.pictures.draw import TEXT_WIDTH, _default_font, _draws, _font
+    from cir_lightning.pictures.draw import TEXT_WIDTH
+    from cir_lightning.pictures.fonts import default_font, draws, font
 
     _, gallery, _ = scenes
     long_id = "ü" * 20 + "x" * 200 + "日本語"
@@ -351,8 +352,8 @@ def test_a_long_id_and_text_stay_in_their_column_and_unicode_takes_the_font_draw
     assert between.getcolors() == [(between.width * between.height, WHITE)]
     gaps = [picture.crop((tile_origin(0, k)[0] + TILE + 5, y, tile_origin(0, k + 1)[0] - 5, y + 16)) for k in (1, 2)]
     assert all(g.getcolors() == [(g.width * g.height, WHITE)] for g in gaps)  # no id drawn across the results
-    accents = _font(16, "ä")  # CI installs DejaVu (.ci/run): there a font draws the ä
-    assert _draws(_font(16, "färbe 日本語"), "ä") == (accents is not _default_font(16))  # though none draws the CJK
+    accents = font(16, "ä")  # CI installs DejaVu (.ci/run): there a font draws the ä
+    assert draws(font(16, "färbe 日本語"), "ä") == (accents is not default_font(16))  # though none draws the CJK
 
 
 @pytest.mark.parametrize("case", ["one image", "k beyond the gallery"])

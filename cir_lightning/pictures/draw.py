@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from cir_lightning.errors import CIRDataError
+from cir_lightning.pictures.fonts import font as _font
 from cir_lightning.pictures.rows import TOP, QueryRow
 
 TILE, GAP, LABEL, HEADER, TEXT_WIDTH, THUMB = 128, 14, 22, 44, 240, 58
@@ -21,59 +21,6 @@ GREEN, ORANGE, RED, GREY, INK = (0, 170, 60), (215, 120, 0), (200, 30, 30), (120
 PALETTE = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127)]
 """Curve colours, one per subset."""
-
-
-FALLBACK_FONTS = ("DejaVuSans.ttf", "NotoSans-Regular.ttf", "NotoSansCJK-Regular.ttc", "DroidSansFallbackFull.ttf",
-                  "Arial Unicode.ttf", "arial.ttf")
-"""System fonts tried, in order, for text that Pillow's own font has no glyphs for (accents, Cyrillic, CJK)."""
-
-
-def _font(size: int, text: str = "") -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """Pillow's scalable default font at ``size`` pixels (its bitmap font without FreeType); for a ``text``
-    it cannot draw (its glyphs stop at ASCII), the first of ``FALLBACK_FONTS`` installed that can, so that
-    ``färbe es rot`` or a Japanese file name is not drawn as boxes; when none draws them all, the one that
-    draws the most (DejaVu's accents beside CJK boxes, rather than boxes for every letter)."""
-    chars = "".join(sorted({c for c in text if not c.isspace() and not c.isascii()}))
-    default = _default_font(size)
-    if not chars or _draws(default, chars):
-        return default
-    best, drawn = default, sum(_draws(default, c) for c in chars)
-    for name in FALLBACK_FONTS:
-        font = _system_font(name, size)
-        count = 0 if font is None else sum(_draws(font, c) for c in chars)
-        if count == len(chars):
-            return font
-        if count > drawn:
-            best, drawn = font, count
-    return best  # boxes where no installed font draws a character; the text is still in the results file
-
-
-@functools.lru_cache(maxsize=8)
-def _default_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    try:
-        return ImageFont.load_default(size=size)  # Pillow's own scalable font (with FreeType)
-    except (TypeError, OSError, ImportError):
-        return ImageFont.load_default()
-
-
-@functools.lru_cache(maxsize=64)
-def _system_font(name: str, size: int) -> ImageFont.FreeTypeFont | None:
-    try:
-        return ImageFont.truetype(name, size)  # found in the system's font folders by Pillow
-    except (OSError, ImportError):
-        return None
-
-
-@functools.lru_cache(maxsize=4096)
-def _draws(font: Any, chars: str) -> bool:
-    """Whether ``font`` has a glyph for each of ``chars`` (a missing one is drawn as the font's box, U+FFFF's)."""
-    def ink(char: str) -> bytes:
-        image = Image.new("L", (48, 48))
-        ImageDraw.Draw(image).text((4, 4), char, font=font, fill=255)
-        return image.tobytes()
-
-    box = ink("\uffff")
-    return all(ink(char) != box for char in chars)
 
 
 def tile_origin(row: int, column: int) -> tuple[int, int]:
