@@ -490,8 +490,16 @@ def test_search_marks_results_whose_files_are_gone_since_indexing(tmp_path, tiny
     assert [row.endswith("  (gone)") for row in rows] == [row.split()[2].endswith("grey.png") for row in rows]
     assert any(row.endswith("  (gone)") for row in rows)
     assert "1 of these images are gone since the index was built; index the folder again" in captured.err
-    with pytest.raises(SystemExit):  # a picture of them cannot be drawn: one line, nothing written
-        main([*args, "--show", str(tmp_path / "shown.png")])
-    assert "`--show`: 1 of these images are gone since the index was built, so they cannot be drawn" in \
-        capsys.readouterr().err
-    assert not (tmp_path / "shown.png").exists()
+    # `--show` draws the gone one as a tile saying so, with its path (it refused to draw any picture)
+    from cir_lightning.pictures import missing_tile, tile_origin
+    from cir_lightning.pictures.draw import TILE
+
+    main([*args, "--show", str(tmp_path / "shown.png")])
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[-1] == f"picture written to {tmp_path / 'shown.png'}"
+    assert "1 of these images are gone since the index was built" in captured.err
+    placeholder = missing_tile("grey.png", "gone").tobytes()
+    with Image.open(tmp_path / "shown.png") as shown:
+        tiles = [shown.convert("RGB").crop((x, y, x + TILE, y + TILE)).tobytes()
+                 for x, y in (tile_origin(0, rank) for rank in range(1, len(rows) + 1))]
+    assert [tile == placeholder for tile in tiles] == [row.endswith("  (gone)") for row in rows]

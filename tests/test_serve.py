@@ -515,6 +515,8 @@ def test_iterative_search_in_the_browser(browser, marked_index, tmp_path):
             assert outer["x"] < inner["x"] < inner["x"] + inner["width"] < outer["x"] + outer["width"]
             assert outer["y"] < inner["y"] < inner["y"] + inner["height"] < outer["y"] + outer["height"] / 2
         assert [len(tile.find_elements(By.TAG_NAME, "img")) for tile in marked] == [1, 0]  # ranks 1, 2: changed, gone
+        assert marked[1].find_element(By.CSS_SELECTOR, ".missing").text == "no file"  # a placeholder, with its path
+        assert marked[1].find_element(By.CSS_SELECTOR, ".path").text == marked[1].get_attribute("data-relpath")
         assert "2 changed or gone since indexed: index the folder again" in by_id("status").text
         ActionChains(browser).move_to_element(by_id("status")).perform()
         write_atomic(SCREENSHOT.with_name("serve_screenshot_marks.png"), browser.get_screenshot_as_png(),
@@ -552,6 +554,7 @@ def test_iterative_search_in_the_browser(browser, marked_index, tmp_path):
             badges = tile.find_elements(By.CSS_SELECTOR, ".badge")
             assert [b.text for b in badges] == ([marks[relpath]] if relpath in marks else [])
             assert len(tile.find_elements(By.TAG_NAME, "img")) == (relpath != gone)  # no broken image: "no file"
+        assert [picks[gone].find_element(By.CSS_SELECTOR, s).text for s in (".missing", ".path")] == ["no file", gone]
         for relpath in marks:
             inner, outer = picks[relpath].find_element(By.CSS_SELECTOR, ".badge").rect, picks[relpath].rect
             assert outer["x"] < inner["x"] < inner["x"] + inner["width"] < outer["x"] + outer["width"]

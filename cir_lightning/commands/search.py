@@ -4,8 +4,9 @@ Opens an index written by ``cir-lightning index`` (``ImageIndex``), rebuilds the
 embeds the reference image with the text and prints the ``k`` closest indexed images, best first, with
 their scores (cosine similarity). When the reference is itself one of the indexed images it is left out
 of the results (as composed-retrieval benchmarks do; ``--keep-reference`` keeps it). ``--show`` draws the
-reference and the results into a PNG (``cir_lightning.pictures``) whose text says what drew it: the index, the
-model's identity, the reference, the text and ``k`` (``PIL.Image.open(path).text``).
+reference and the results (one whose file is gone since indexing as a tile saying so) into a PNG
+(``cir_lightning.pictures``) whose text says what drew it: the index, the model's identity, the reference, the
+text and ``k`` (``PIL.Image.open(path).text``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def main(argv: Sequence[str]) -> None:
     ns = parser.parse_args(list(argv)[1:])
     from cir_lightning.checks import positive_int
     from cir_lightning.data.images import DEFAULT_MAX_PIXELS, load_image
-    from cir_lightning.errors import CIRConfigError, CIRDataError, CIRFileError
+    from cir_lightning.errors import CIRConfigError, CIRFileError
     from cir_lightning.files import check_writable
     from cir_lightning.image_index import GONE, ImageIndex
 
@@ -76,9 +77,6 @@ def main(argv: Sequence[str]) -> None:
     for hit in hits:
         mark = f"  ({marks[hit.relpath]})" if hit.relpath in marks else ""
         print(f"{hit.rank:>4}  {hit.score:>7.4f}  {_shown(hit.path)}{mark}")
-    if gone and show is not None:  # an index outlives its images: say so rather than list paths as if they were there
-        raise CIRDataError(f"`--show`: {len(gone)} of these images are gone since the index was built, so they cannot "
-                           f"be drawn; {_AGAIN}")
     if gone:
         print(f"{len(gone)} of these images are gone since the index was built; {_AGAIN}",
               file=sys.stderr)
@@ -86,7 +84,7 @@ def main(argv: Sequence[str]) -> None:
         print(f"{len(marks) - len(gone)} of these images changed since the index was built (ranked as they were "
               f"then); {_AGAIN}", file=sys.stderr)
     if show is not None:
-        print(f"picture written to {_draw(show, reference, ns.text, ns.k, hits, index)}")
+        print(f"picture written to {_draw(show, reference, ns.text, ns.k, hits, index, marks)}")
 
 
 def _shown(path: object) -> str:
@@ -99,10 +97,20 @@ def _shown(path: object) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(path))
 
 
-def _draw(path: Path, reference: Path, text: str, k: int, hits: Sequence, index: ImageIndex) -> Path:
+def _draw(path: Path, reference: Path, text: str, k: int, hits: Sequence, index: ImageIndex,
+          marks: dict[str, str]) -> Path:
     """The reference and the results drawn into the PNG ``path``, with what drew them in its text (``picture_info``:
-    the index's model identity; the index, its images' folder, the reference, the text and ``k``)."""
-    from cir_lightning.pictures import Hit, QueryRow, picture_info, retrieval_picture, save_picture
+    the index's model identity; the index, its images' folder, the reference, the text and ``k``). A result whose
+    file is gone (``marks``) is a tile saying so, with its path."""
+    from cir_lightning.image_index import GONE
+    from cir_lightning.pictures import (
+        Hit,
+        QueryRow,
+        missing_tile,
+        picture_info,
+        retrieval_picture,
+        save_picture,
+    )
 
     row = QueryRow("your query", reference, "`--image`", text,
                    [Hit(h.relpath, h.path, str(index), h.score, False) for h in hits], None, len(hits),
@@ -110,8 +118,10 @@ def _draw(path: Path, reference: Path, text: str, k: int, hits: Sequence, index:
     from cir_lightning.data.images import load_image
 
     turn = bool(index.info.get("upright"))  # drawn as they were embedded: photos as viewed (EXIF orientation)
+    gone = {h.path: _shown(h.relpath) for h in hits if marks.get(h.relpath) == GONE}
     picture = retrieval_picture([row], title=f"cir-lightning search: top {len(hits)}", top=max(1, len(hits)),
-                                load=lambda path, source: load_image(path, None, source, upright=turn))
+                                load=lambda path, source: missing_tile(gone[path], GONE) if path in gone
+                                else load_image(path, None, source, upright=turn))
     info = {**picture_info("search", None, index.meta["model"]), "index": str(index.folder.absolute()),
             "root": str(index.root), "image": str(reference.absolute()), "text": text, "k": str(k)}
     return save_picture(picture, path, info=info)  # under the next free name if another run took `path` meanwhile

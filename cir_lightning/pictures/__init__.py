@@ -2,7 +2,8 @@
 
 ``retrieval_picture`` draws one row per query: the reference image, the modification text (wrapped), the
 top-5 gallery images with their scores, the true targets outlined in green, and the rank of the first
-target when it is not among them; ``recall_curves`` draws Recall@K against K, one curve per subset.
+target when it is not among them (``missing_tile`` stands in for an image whose file is gone); ``recall_curves``
+draws Recall@K against K, one curve per subset.
 ``query_rows`` builds the rows from a query dataset and its gallery (whose ``records`` hold image paths, as
 ``cir_lightning.data``'s datasets do) and the ranked gallery rows; ``subset_pictures`` does it for an
 evaluation epoch's loaders. ``save_picture`` writes a PNG atomically under a free name, with what drew it in its text
@@ -10,7 +11,14 @@ evaluation epoch's loaders. ``save_picture`` writes a PNG atomically under a fre
 sends it to the loggers that take images (TensorBoard's ``add_image``; CSV takes none).
 """
 
-from cir_lightning.pictures.draw import recall_curves, recall_points, retrieval_picture, stack, tile_origin
+from cir_lightning.pictures.draw import (
+    missing_tile,
+    recall_curves,
+    recall_points,
+    retrieval_picture,
+    stack,
+    tile_origin,
+)
 from cir_lightning.pictures.outputs import (
     log_picture,
     picture_info,
@@ -21,6 +29,6 @@ from cir_lightning.pictures.outputs import (
 )
 from cir_lightning.pictures.rows import Hit, QueryRow, query_rows, sample_queries
 
-__all__ = ["Hit", "QueryRow", "log_picture", "picture_info", "picture_name", "picture_title", "query_rows", "recall_curves",
-           "recall_points", "retrieval_picture", "sample_queries", "save_picture", "stack", "subset_pictures",
-           "tile_origin"]
+__all__ = ["Hit", "QueryRow", "log_picture", "missing_tile", "picture_info", "picture_name", "picture_title",
+           "query_rows", "recall_curves", "recall_points", "retrieval_picture", "sample_queries", "save_picture", "stack",
+           "subset_pictures", "tile_origin"]

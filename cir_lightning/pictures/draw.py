@@ -52,6 +52,34 @@ def _thumbnail(image: Image.Image) -> Image.Image:
     return tile
 
 
+def missing_tile(name: str, note: str = "no file") -> Image.Image:
+    """A tile in place of an image whose file is not there (rather than no picture at all): ``note`` and ``name``
+    (the image's id or path, cut into lines, the last ending in ``...`` when cut) on grey, framed in red.
+
+    Example:
+        >>> from cir_lightning.pictures.draw import TILE, missing_tile
+        >>> tile = missing_tile("photos/2024/a.jpg", "gone")
+        >>> tile.size == (TILE, TILE), tile.getpixel((0, 0))
+        (True, (200, 30, 30))
+    """
+    tile = Image.new("RGB", (TILE, TILE), (236, 238, 242))
+    draw = ImageDraw.Draw(tile)
+    draw.rectangle([0, 0, TILE - 1, TILE - 1], outline=RED, width=2)
+    draw.text((8, 8), note, fill=RED, font=_font(14, note))
+    face, lines = _font(12, name), [""]
+    for char in name:  # by character: a path has no spaces to break at
+        if lines[-1] and draw.textlength(lines[-1] + char, font=face) > TILE - 16:
+            lines.append("")
+        lines[-1] += char
+    if len(lines) > 5:  # the rest cut: the name is in the results printed beside the picture
+        last = lines[4]
+        while last and draw.textlength(last + "...", font=face) > TILE - 16:
+            last = last[:-1]
+        lines = [*lines[:4], last + "..."]
+    draw.multiline_text((8, 32), "\n".join(lines), fill=INK, font=face, spacing=3)
+    return tile
+
+
 def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int, max_lines: int) -> list[str]:
     lines: list[str] = []
     for word in text.split():
