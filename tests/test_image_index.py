@@ -481,6 +481,7 @@ def test_search_marks_results_whose_files_are_gone_since_indexing(tmp_path, tiny
     photos = _photos(tmp_path / "photos")
     main(_index_args(photos, tmp_path / "index", tiny_model_dir))
     (photos / "grey.png").unlink()
+    Image.new("RGB", (30, 20), "white").save(photos / "sub" / "blue.png")  # another photo under its name
     capsys.readouterr()
     args = ["search", str(tmp_path / "index"), "--image", str(photos / "red.png"), "--text", "x", "-k", "5",
             "--keep-reference"]
@@ -490,9 +491,11 @@ def test_search_marks_results_whose_files_are_gone_since_indexing(tmp_path, tiny
     assert [row.endswith("  (gone)") for row in rows] == [row.split()[2].endswith("grey.png") for row in rows]
     assert any(row.endswith("  (gone)") for row in rows)
     assert "1 of these images are gone since the index was built; index the folder again" in captured.err
-    # `--show` draws the gone one as a tile saying so, with its path (it refused to draw any picture)
+    assert [row.split()[2] for row in rows if row.endswith("  (changed since indexed)")] == [str(photos / "sub/blue.png")]
+    # `--show` draws the gone one as a tile saying so, with its path (it refused to draw any picture), and badges the
+    # replaced one as `serve` does
     from cir_lightning.pictures import missing_tile, tile_origin
-    from cir_lightning.pictures.draw import TILE
+    from cir_lightning.pictures.draw import ORANGE, TILE
 
     main([*args, "--show", str(tmp_path / "shown.png")])
     captured = capsys.readouterr()
@@ -500,6 +503,9 @@ def test_search_marks_results_whose_files_are_gone_since_indexing(tmp_path, tiny
     assert "1 of these images are gone since the index was built" in captured.err
     placeholder = missing_tile("grey.png", "gone").tobytes()
     with Image.open(tmp_path / "shown.png") as shown:
-        tiles = [shown.convert("RGB").crop((x, y, x + TILE, y + TILE)).tobytes()
-                 for x, y in (tile_origin(0, rank) for rank in range(1, len(rows) + 1))]
+        picture = shown.convert("RGB")
+    origins = [tile_origin(0, rank) for rank in range(1, len(rows) + 1)]
+    tiles = [picture.crop((x, y, x + TILE, y + TILE)).tobytes() for x, y in origins]
     assert [tile == placeholder for tile in tiles] == [row.endswith("  (gone)") for row in rows]
+    assert [picture.getpixel((x + 6, y + 6)) == ORANGE for x, y in origins] == \
+        [row.endswith("  (changed since indexed)") for row in rows]

@@ -101,7 +101,8 @@ def _draw(path: Path, reference: Path, text: str, k: int, hits: Sequence, index:
           marks: dict[str, str]) -> Path:
     """The reference and the results drawn into the PNG ``path``, with what drew them in its text (``picture_info``:
     the index's model identity; the index, its images' folder, the reference, the text and ``k``). A result whose
-    file is gone (``marks``) is a tile saying so, with its path."""
+    file is gone (``marks``) is a tile saying so, with its path; one replaced since carries its mark as a badge."""
+    from cir_lightning.data.images import load_image
     from cir_lightning.image_index import GONE
     from cir_lightning.pictures import (
         Hit,
@@ -112,13 +113,12 @@ def _draw(path: Path, reference: Path, text: str, k: int, hits: Sequence, index:
         save_picture,
     )
 
-    row = QueryRow("your query", reference, "`--image`", text,
-                   [Hit(h.relpath, h.path, str(index), h.score, False) for h in hits], None, len(hits),
-                   has_targets=False)
-    from cir_lightning.data.images import load_image
-
-    turn = bool(index.info.get("upright"))  # drawn as they were embedded: photos as viewed (EXIF orientation)
     gone = {h.path: _shown(h.relpath) for h in hits if marks.get(h.relpath) == GONE}
+    changed = {h.relpath: marks[h.relpath] for h in hits if h.relpath in marks and h.path not in gone}
+    row = QueryRow("your query", reference, "`--image`", text,
+                   [Hit(h.relpath, h.path, str(index), h.score, False, changed.get(h.relpath, "")) for h in hits],
+                   None, len(hits), has_targets=False)
+    turn = bool(index.info.get("upright"))  # drawn as they were embedded: photos as viewed (EXIF orientation)
     picture = retrieval_picture([row], title=f"cir-lightning search: top {len(hits)}", top=max(1, len(hits)),
                                 load=lambda path, source: missing_tile(gone[path], GONE) if path in gone
                                 else load_image(path, None, source, upright=turn))

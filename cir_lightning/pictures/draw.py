@@ -172,6 +172,12 @@ def retrieval_picture(rows: Sequence[QueryRow], title: str = "", top: int = TOP,
             picture.paste(tile(hit.path, hit.source, row, f"result #{k + 1}"), (hx, hy))
             if hit.target:
                 draw.rectangle([hx - 4, hy - 4, hx + TILE + 3, hy + TILE + 3], outline=GREEN, width=4)
+            if hit.mark:  # a badge on the tile, as `serve` shows it
+                face = _font(11, hit.mark)
+                badge = _wrap(draw, hit.mark, face, TILE - 18, 2)
+                right = hx + 14 + max(draw.textlength(line, font=face) for line in badge)
+                draw.rectangle([hx + 4, hy + 4, right, hy + 8 + 13 * len(badge)], fill=ORANGE)
+                draw.multiline_text((hx + 9, hy + 6), "\n".join(badge), fill="white", font=face, spacing=2)
             label = f"#{k + 1}" + ("" if hit.score is None else f"   {hit.score:.3f}")
             draw.text((hx, hy + TILE + 5), label, fill=GREEN if hit.target else INK, font=_font(14))
     return picture

@@ -14,8 +14,8 @@ TOP = 5
 
 @dataclass(frozen=True)
 class Hit:
-    """One retrieved gallery image: its id, file, source (for messages), score (None when unknown) and whether
-    it is a true target.
+    """One retrieved gallery image: its id, file, source (for messages), score (None when unknown), whether
+    it is a true target, and a ``mark`` drawn on its tile when not "" (``search``'s ``changed since indexed``).
 
     Example:
         >>> from cir_lightning.pictures import Hit
@@ -28,6 +28,7 @@ class Hit:
     source: str
     score: float | None
     target: bool
+    mark: str = ""
 
 
 @dataclass(frozen=True)
