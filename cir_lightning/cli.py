@@ -36,7 +36,7 @@ from cir_lightning.module import TRAINING_SETTINGS, CIRModule
 from cir_lightning.option_errors import option_error
 from cir_lightning.quiet import quiet_third_party
 from cir_lightning.rank_lines import say
-from cir_lightning.run_folder import KeepConfigCallback, claim_versions, released_on_failure
+from cir_lightning.run_folder import KeepConfigCallback, VersionClaims
 from cir_lightning.threads import ThreadBudget
 from cir_lightning.torch_files import load_torch_file, path_globals
 
@@ -78,11 +78,13 @@ class CIRLightningCLI(LightningCLI):
         user_omp = os.environ.get(_USER_OMP, "1" if "OMP_NUM_THREADS" in os.environ else "0") == "1"
         defaults["callbacks"] = [*_plugins(defaults.get("callbacks")), ThreadBudget(user_set_omp=user_omp)]
         kwargs["trainer_defaults"] = defaults
-        super().__init__(model_class, pl.LightningDataModule, subclass_mode_data=True, args=args, run=run, **kwargs)
+        self.version_claims = VersionClaims()  # this run's `version_N` folders, removed if it fails before writing
+        with self.version_claims.released_on_failure():
+            super().__init__(model_class, pl.LightningDataModule, subclass_mode_data=True, args=args, run=run, **kwargs)
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
-        claim_versions(trainer)  # its `version_N` made now: no other run started at this moment takes it too
+        self.version_claims.claim(trainer)  # its `version_N` made now: no other run started at this moment takes it
         return trainer
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
@@ -259,7 +261,7 @@ def main(args: Sequence[str] | None = None, cli_class: type[CIRLightningCLI] = C
     subcommand = next((a for a in argv if not a.startswith("-")), None)
     quiet_third_party(subcommand)
     try:
-        with released_on_failure(), stops("cir-lightning", subcommand):  # Ctrl-C, SIGTERM: one line, 130 / 143
+        with stops("cir-lightning", subcommand):  # Ctrl-C, SIGTERM: one line, 130 / 143
             if argv and argv[0] in COMMANDS:
                 run_command(argv)
             else:

@@ -5,7 +5,7 @@ Lightning's loggers (TensorBoard, CSV) take the next ``version_N`` by listing th
 first write: two runs started together took the same number, and one folder held both runs' metrics,
 hyperparameters and checkpoints (``last.ckpt`` written by each in turn). ``claim_versions`` makes the folder as the
 trainer is made, by ``mkdir``, which fails if another run made it first; the next number is then taken. A run that
-fails or is stopped before writing anything there removes it again (``released_on_failure``).
+fails or is stopped before writing anything there removes it again (``VersionClaims``: the run's own claims).
 """
 
 from __future__ import annotations
@@ -23,10 +23,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from cir_lightning.files import write_error
 from cir_lightning.free_names import write_free
 
-__all__ = ["KeepConfigCallback", "claim_versions", "released_on_failure"]
-
-_CLAIMED: list[Path] = []  # this process's claims, for `released_on_failure`
-
+__all__ = ["KeepConfigCallback", "VersionClaims", "claim_versions"]
 
 def claim_versions(trainer: Any) -> list[Path]:
     """Make the ``version_N`` folder of each of ``trainer``'s loggers that numbers its runs itself (no ``version``
@@ -65,36 +62,49 @@ def claim_versions(trainer: Any) -> list[Path]:
                 raise write_error(root / f"version_{version}", err, "create the folder") from None
         logger._version = version
         claimed.append(root / f"version_{version}")
-        _CLAIMED.append(claimed[-1])
     return claimed
 
 
-@contextlib.contextmanager
-def released_on_failure() -> Iterator[None]:
-    """Run a command; if it fails or is stopped (any exception, an exit with a non-zero status), each ``version_N``
-    folder claimed meanwhile that is still empty is removed (a refused config left one behind per attempt).
+class VersionClaims:
+    """The ``version_N`` folders one run claimed (``claim``), owned by that run: when it fails or is stopped inside
+    ``released_on_failure``, those still empty are removed. Another run in the same process (a test calling
+    ``cli.main`` again, a second ``CIRLightningCLI`` in a thread) has its own, and never sees these.
 
     Example:
         >>> import tempfile, pytest
-        >>> root = Path(tempfile.mkdtemp())
-        >>> with pytest.raises(ValueError), released_on_failure():
-        ...     _CLAIMED.append(root / "version_0")
-        ...     (root / "version_0").mkdir()
+        >>> import lightning.pytorch as pl
+        >>> from lightning.pytorch.loggers import CSVLogger
+        >>> root = tempfile.mkdtemp()
+        >>> run, other = VersionClaims(), VersionClaims()
+        >>> with pytest.raises(ValueError), run.released_on_failure():
+        ...     [mine] = run.claim(pl.Trainer(logger=CSVLogger(root), enable_progress_bar=False))
+        ...     [theirs] = other.claim(pl.Trainer(logger=CSVLogger(root), enable_progress_bar=False))
         ...     raise ValueError("a refused option")
-        >>> (root / "version_0").exists()
-        False
+        >>> mine.exists(), theirs.exists()
+        (False, True)
     """
-    start = len(_CLAIMED)
-    try:
-        yield
-    except BaseException as err:
-        if not (isinstance(err, SystemExit) and err.code in (0, None)):
-            for folder in _CLAIMED[start:]:
-                with contextlib.suppress(OSError):  # only an empty folder: whatever the run wrote stays
-                    folder.rmdir()
-        raise
-    finally:
-        del _CLAIMED[start:]
+
+    def __init__(self) -> None:
+        self.folders: list[Path] = []
+
+    def claim(self, trainer: Any) -> list[Path]:
+        """``claim_versions(trainer)``, the folders kept as this run's."""
+        claimed = claim_versions(trainer)
+        self.folders += claimed
+        return claimed
+
+    @contextlib.contextmanager
+    def released_on_failure(self) -> Iterator[None]:
+        """Run the command; if it fails or is stopped (any exception, an exit with a non-zero status), each folder
+        this run claimed that is still empty is removed (a refused config left one behind per attempt)."""
+        try:
+            yield
+        except BaseException as err:
+            if not (isinstance(err, SystemExit) and err.code in (0, None)):
+                for folder in self.folders:
+                    with contextlib.suppress(OSError):  # only an empty folder: whatever the run wrote stays
+                        folder.rmdir()
+            raise
 
 
 class KeepConfigCallback(SaveConfigCallback):

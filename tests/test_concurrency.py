@@ -171,12 +171,14 @@ def test_two_runs_started_at_once_in_one_folder_get_their_own_version_folder(tmp
     from lightning.pytorch import loggers
 
     from cir_lightning.cli import CIRLightningCLI
+    from cir_lightning.run_folder import VersionClaims
 
     kind = getattr(loggers, logger)
     theirs = kind(tmp_path)  # the other run listed the folder first: version_0, made when it first writes
     assert theirs.version == 0
     _once(monkeypatch, kind, "_get_next_version", after=lambda: Path(theirs.log_dir).mkdir(parents=True))
     cli = CIRLightningCLI.__new__(CIRLightningCLI)  # just the step that makes the trainer
+    cli.version_claims = VersionClaims()
     monkeypatch.setattr(pl.cli.LightningCLI, "instantiate_trainer",
                         lambda self, **kwargs: pl.Trainer(logger=kind(tmp_path), enable_progress_bar=False))
     trainer = cli.instantiate_trainer()
@@ -184,28 +186,96 @@ def test_two_runs_started_at_once_in_one_folder_get_their_own_version_folder(tmp
     assert Path(trainer.log_dir).is_dir()
 
 
-def test_a_run_refused_after_its_trainer_was_made_leaves_no_empty_version_folder(tmp_path, monkeypatch, capsys):
-    """A claimed `version_N` is made with the trainer: a run refused after that (a monitor, a model that cannot
-    load) left an empty folder per attempt. A folder the run wrote into stays."""
+def _runs_that_make_their_trainer(monkeypatch, tmp_path, steps):
+    """``CIRLightningCLI`` whose LightningCLI part only makes the trainer (through the CLI's own
+    ``instantiate_trainer``, which claims its ``version_N``) and then runs ``steps(cli, folder)``."""
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger
 
+    def lightning_cli(self, *args, **kwargs):
+        self.instantiate_trainer()
+        steps(self, Path(self.trainer_made.log_dir))
+
+    def make(self, **kwargs):
+        self.trainer_made = pl.Trainer(logger=CSVLogger(tmp_path), enable_progress_bar=False)
+        return self.trainer_made
+
+    monkeypatch.setattr(pl.cli.LightningCLI, "__init__", lightning_cli)
+    monkeypatch.setattr(pl.cli.LightningCLI, "instantiate_trainer", make)
+
+
+def test_a_run_refused_after_its_trainer_was_made_leaves_no_empty_version_folder(tmp_path, monkeypatch, capsys):
+    """A claimed `version_N` is made with the trainer: a run refused after that (a monitor, a model that cannot
+    load) left an empty folder per attempt. A folder the run wrote into stays, and so does a run's that ended well."""
     from cir_lightning import cli
     from cir_lightning.errors import CIRConfigError
-    from cir_lightning.run_folder import claim_versions
 
-    class Refused:  # a command whose trainer is made, then refused
-        def __init__(self, args, writes: bool = False) -> None:
-            [folder] = claim_versions(pl.Trainer(logger=CSVLogger(tmp_path), enable_progress_bar=False))
-            if writes:
-                (folder / "metrics.csv").write_text("epoch\n")
+    def steps(run, folder):
+        if run.writes:
+            (folder / "metrics.csv").write_text("epoch\n")
+        if run.refused:
             raise CIRConfigError("refused after the trainer was made")
 
+    class Run(cli.CIRLightningCLI):
+        def __init__(self, args, writes: bool = False, refused: bool = True) -> None:
+            self.writes, self.refused = writes, refused
+            super().__init__(args)
+
+    _runs_that_make_their_trainer(monkeypatch, tmp_path, steps)
     monkeypatch.setattr(cli, "check_config_files", lambda argv: None)
-    for writes in (False, True):
+    for writes in (False, True):  # two in-process runs: the second's claim is its own, not the first's too
         with pytest.raises(SystemExit) as exit_info:
-            cli.main(["validate"], cli_class=Refused, writes=writes)
+            cli.main(["validate"], cli_class=Run, writes=writes)
         assert exit_info.value.code == 2
     assert "refused after the trainer was made" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == ["version_0"]  # the one written into
     assert (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").is_file()
+    cli.main(["validate"], cli_class=Run, refused=False)  # ends well, writing nothing: its folder stays
+    assert sorted(p.name for p in (tmp_path / "lightning_logs").iterdir()) == ["version_0", "version_1"]
+
+
+def test_a_failing_run_removes_only_its_own_claims_not_another_runs_started_before(tmp_path, monkeypatch):
+    """Two runs in one process at once: B starts, A starts and claims, B claims, A is refused. A's empty folder
+    goes; B's, empty too while B runs, stays (claims were one list per process: A removed B's folder as well)."""
+    import threading
+
+    from cir_lightning.cli import CIRLightningCLI
+    from cir_lightning.errors import CIRConfigError
+    from cir_lightning.run_folder import VersionClaims
+
+    a_claimed, b_claimed, a_failed, folders = threading.Event(), threading.Event(), threading.Event(), {}
+
+    def steps(run, folder):
+        folders[run.name] = folder
+        if run.name == "a":
+            a_claimed.set()
+            assert b_claimed.wait(60)
+            raise CIRConfigError("a is refused")
+        assert a_failed.wait(60)  # B still running while A fails
+        (folder / "metrics.csv").write_text("epoch\n")
+
+    class Run(CIRLightningCLI):
+        def __init__(self, name: str) -> None:
+            self.name = name
+            super().__init__([])
+
+    _runs_that_make_their_trainer(monkeypatch, tmp_path, steps)
+    real_claim = VersionClaims.claim
+
+    def claim(self, trainer):  # B claims after A has claimed (A holds version_0, B version_1)
+        if threading.current_thread() is not threading.main_thread():
+            assert a_claimed.wait(60)
+            claimed = real_claim(self, trainer)
+            b_claimed.set()
+            return claimed
+        return real_claim(self, trainer)
+
+    monkeypatch.setattr(VersionClaims, "claim", claim)
+    b = threading.Thread(target=Run, args=("b",))
+    b.start()
+    with pytest.raises(CIRConfigError, match="a is refused"):
+        Run("a")
+    a_failed.set()
+    b.join(60)
+    assert not folders["a"].exists()
+    assert (folders["b"] / "metrics.csv").is_file()  # B's folder was there to write into
