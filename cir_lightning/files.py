@@ -29,7 +29,7 @@ from cir_lightning.errors import CIRFileError
 from cir_lightning.leftovers import sweep, temp_suffix
 from cir_lightning.messages import json_type, os_error_in, os_reason, short_repr
 from cir_lightning.reading import iter_jsonl, read_json, read_json_list, read_json_object
-from cir_lightning.writable import check_writable
+from cir_lightning.writable import check_writable, exists_error
 
 __all__ = ["atomic_folder", "check_writable", "write_atomic", "iter_jsonl", "json_type",
            "read_json", "read_json_list", "read_json_object", "short_repr"]
@@ -58,10 +58,6 @@ def write_error(path: str | Path, err: OSError, what: str = "write") -> CIRFileE
         'cannot write `out/results.json`: no space left on the device'
     """
     return CIRFileError(f"cannot {what} `{path}`: {os_reason(err)}")
-
-
-def _exists(path: Path) -> CIRFileError:
-    return CIRFileError(f"`{path}` already exists; it is never overwritten (choose another name, or remove it)")
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -109,7 +105,7 @@ def write_atomic(path: str | Path, data: bytes | str, *, overwrite: bool = False
     path = Path(path)
     raw = data.encode("utf-8") if isinstance(data, str) else bytes(data)
     if path.exists() and not overwrite:
-        raise _exists(path)
+        raise exists_error(path)
     _make_parent(path)
     sweep(path.parent)  # what killed runs left here
     tmp = None
@@ -142,12 +138,12 @@ def _link_new(tmp: Path, path: Path) -> None:
     try:
         os.link(tmp, path)  # fails if `path` appeared meanwhile: never replaces a file
     except FileExistsError:
-        raise _exists(path) from None
+        raise exists_error(path) from None
     except OSError as err:
         if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
             raise
         if path.exists():  # no hard links here (some network file systems): check, then rename
-            raise _exists(path) from None
+            raise exists_error(path) from None
         os.rename(tmp, path)
         return
     os.unlink(tmp)
@@ -201,7 +197,7 @@ def atomic_folder(path: str | Path, *, overwrite: bool = False, reserved: bool =
     """
     path = Path(path)
     if path.exists() and not (overwrite or reserved):
-        raise _exists(path)
+        raise exists_error(path)
     _make_parent(path)
     sweep(path.parent)
     try:
@@ -229,12 +225,12 @@ def _rename_new(tmp: Path, path: Path) -> None:
     """Rename the folder ``tmp`` to ``path``, which must not exist: a folder another run renamed there since the
     check is kept, and named as existing (``rename`` replaces only an empty folder; every writer fills its own)."""
     if path.exists() or path.is_symlink():
-        raise _exists(path)
+        raise exists_error(path)
     try:
         os.rename(tmp, path)
     except OSError as err:
         if err.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
-            raise _exists(path) from None
+            raise exists_error(path) from None
         raise
 
 
@@ -268,7 +264,7 @@ def _swap_in(tmp: Path, path: Path, overwrite: bool) -> None:
             shutil.rmtree(old, ignore_errors=True)
             return
         shutil.rmtree(old, ignore_errors=True)  # another run's folder is newer than the one moved aside
-    raise _exists(path)
+    raise exists_error(path)
 
 
 def write_folder(path: str | Path, write: Callable[[Path], object], *, overwrite: bool = False,

@@ -22,6 +22,7 @@ from cir_lightning.image_index import ImageIndex
 from cir_lightning.index_files import STAMPS_FILE, read_stamps
 from cir_lightning.retrieval.cache import identity_differences
 from cir_lightning.retrieval.search_config import SearchConfig
+from cir_lightning.writable import exists_error
 
 __all__ = ["OldIndex", "check_out", "open_old", "update_counts"]
 
@@ -108,8 +109,7 @@ def check_out(out: Path, reuse: str | Path | None, overwrite: bool) -> bool:
         raise CIRFileError(f"`--out`: `{out}` is the `--reuse` index, which is never replaced unless asked; write the "
                            "update to a new folder, or add `--overwrite` to replace it once the update is complete")
     if out.exists() and not same:
-        raise CIRFileError(f"`--out`: `{out}` already exists; an index is never overwritten (choose another name, "
-                           "or remove it)")
+        raise exists_error(out, "--out")
     return same
 
 

@@ -56,6 +56,7 @@ from cir_lightning.retrieval.embedding_folder import (
 )
 from cir_lightning.retrieval.ground_truth import check_finite
 from cir_lightning.retrieval.subsets import loader_role
+from cir_lightning.writable import exists_error
 
 __all__ = ["EmbeddingWriter", "ImagesProgressBar"]
 
@@ -121,8 +122,7 @@ class EmbeddingWriter(BasePredictionWriter):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage == "predict" and self.folder and Path(self.folder).exists():  # before anything is embedded
-            raise CIRFileError(f"`predictions.folder`: `{self.folder}` already exists; predictions never overwrite "
-                               "(choose another folder, or remove it)")
+            raise exists_error(self.folder, "predictions.folder")
         if stage == "predict" and self.folder:  # a file in the way, a read-only disk: now, not after embedding
             check_writable(Path(self.folder).absolute().parent, "predictions.folder")
         datamodule = cir_datamodule(trainer)

@@ -1,5 +1,5 @@
-"""``check_writable``: that an output folder can be written, told before any work is done (``cir_lightning.files``
-re-exports it)."""
+"""An output path checked before any work is done: ``check_writable`` (its folder can be written; ``cir_lightning.files``
+re-exports it) and ``exists_error`` (the one line for a path that is already there and is not replaced)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from cir_lightning.errors import CIRFileError
 from cir_lightning.leftovers import temp_suffix
 from cir_lightning.messages import os_reason
 
-__all__ = ["check_writable"]
+__all__ = ["check_writable", "exists_error"]
 
 
 def check_writable(folder: str | Path, option: str) -> Path:
@@ -49,3 +49,28 @@ def check_writable(folder: str | Path, option: str) -> Path:
         raise CIRFileError(f"`{option}`: cannot write in `{folder}`: {os_reason(err)}") from None
     return folder
 
+
+
+def exists_error(path: str | Path, option: str | None = None, *, replace: str | None = None,
+                 other: str | None = None) -> CIRFileError:
+    """The one line for an output ``path`` that already exists and is not replaced, for every writer.
+
+    Args:
+        path: the file or folder in the way.
+        option: the option that chose ``path`` (``--out``, ``predictions.folder``), named first; None when no
+            option did (a name the package chose).
+        replace: how to allow replacing it (``--overwrite``, ``overwrite=True``), where the writer can; the way
+            out is otherwise to remove it.
+        other: one more way out (``reuse it with `--load_embedding```).
+
+    Example:
+        >>> from cir_lightning.writable import exists_error
+        >>> print(exists_error("out/a.png", "--out"))
+        `--out`: `out/a.png` already exists; it is never overwritten (choose another name, or remove it)
+        >>> print(exists_error("tiny", replace="`--overwrite`"))
+        `tiny` already exists; it is never overwritten unless asked (choose another name, or pass `--overwrite` to replace it)
+    """
+    ways = ["choose another name", f"pass {replace} to replace it" if replace else "remove it", *([other] if other else [])]
+    head = f"`{option}`: " if option else ""
+    return CIRFileError(f"{head}`{path}` already exists; it is never overwritten{' unless asked' if replace else ''} "
+                        f"({', '.join(ways[:-1])}, or {ways[-1]})")

@@ -405,7 +405,15 @@ def _(w):
 
 @case("tool: make-tiny-model over a folder with files")
 def _(w):
-    return ["make-tiny-model", str(w.data)], [str(w.data), "not empty"]
+    return ["make-tiny-model", str(w.data)], [f"`{w.data}` already exists; it is never overwritten unless asked (choose "
+                                              "another name, or pass `overwrite=True` (`--overwrite` on the command "
+                                              "line) to replace it)"]
+
+
+@case("tool: make-synthetic-data over an existing folder")
+def _(w):
+    return ["make-synthetic-data", str(w.data)], [f"`{w.data}` already exists; it is never overwritten (choose another "
+                                                  "name, or remove it)"]
 
 
 @case("tool: make-synthetic-data with images too large to draw")

@@ -285,7 +285,7 @@ def test_an_index_killed_midway_continues_where_it_stopped(tmp_path, tiny_model_
     (["index", "{tmp}/empty", "--out", "{tmp}/i"], "{tmp}/empty: holds no image files (looked for .bmp, .gif"),
     (["index", "{tmp}/text", "--out", "{tmp}/i"], "{tmp}/text: holds no image files"),
     (["index", "{tmp}/text/a.txt", "--out", "{tmp}/i"], "a.txt: is not a folder of images"),
-    (["index", "{photos}", "--out", "{index}"], "`--out`: `{index}` already exists; an index is never overwritten"),
+    (["index", "{photos}", "--out", "{index}"], "`--out`: `{index}` already exists; it is never overwritten (choose another name, or remove it)"),
     (["index", "{photos}", "--out", "{tmp}/i", "--ckpt_path", "{tmp}/no.ckpt"], "`--ckpt_path`: `{tmp}/no.ckpt` does not"),
     (["index", "{photos}", "--out", "{tmp}/i", "--adapter", "{tmp}/text"], "`--adapter`: `{tmp}/text` is not an adapter"),
     (["index", "{photos}", "--out", "{tmp}/i", "--ckpt_path", "{tmp}/text/a.txt"],
@@ -307,7 +307,7 @@ def test_an_index_killed_midway_continues_where_it_stopped(tmp_path, tiny_model_
      "search of it with `cir-lightning search INDEX"),
     (["show", "{index}/meta.json"], "{index}/meta.json: is an image index written by `cir-lightning index`"),
     (["search", "{index}", "--image", "{photos}/red.png", "--text", "x", "--show", "{photos}/red.png"],
-     "`--show`: `{photos}/red.png` already exists"),
+     "`--show`: `{photos}/red.png` already exists; it is never overwritten (choose another name, or remove it)"),
     (["search", "{index}", "--image", "{photos}/red.png", "--text", "x", "--root", "{tmp}/empty"],
      "(`--root`) holds none of the indexed images (looked for "),
     # the folder `index --out X` works in, X.partial, is removed when done: never the user's images or files

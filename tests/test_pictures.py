@@ -264,7 +264,8 @@ def test_show_refuses_bad_input_with_one_line(validated, tmp_path, capsys):
     assert "`--queries`: no query nope" in _error(["show", str(good), "--queries", "val_00001", "nope"], capsys)
     assert "`--subset dress`: no rankings of that subset" in _error(["show", str(good), "--subset", "dress"], capsys)
     (tmp_path / "taken.png").write_bytes(b"")
-    assert "`--out`: `" in _error(["show", str(good), "--out", str(tmp_path / "taken.png")], capsys)
+    assert (f"`--out`: `{tmp_path / 'taken.png'}` already exists; it is never overwritten (choose another name, or "
+            "remove it)") in _error(["show", str(good), "--out", str(tmp_path / "taken.png")], capsys)
     moved = variant("moved.json", lambda d: d["config"]["data"].update(root=str(tmp_path / "gone")))
     assert "cannot rebuild its data (SyntheticCIRDataModule" in _error(["show", moved], capsys)
     assert not (tmp_path / "gone").exists()  # show never writes data

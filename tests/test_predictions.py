@@ -153,7 +153,8 @@ def test_an_existing_predictions_folder_is_refused_before_anything_is_embedded(p
               str(predicted / "again"), "--predictions.folder", str(taken)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert f"`predictions.folder`: `{taken}` already exists" in err
+    assert (f"`predictions.folder`: `{taken}` already exists; it is never overwritten (choose another name, or remove "
+            "it)") in err
     assert "Traceback" not in err
     assert {p: p.stat().st_mtime_ns for p in taken.rglob("*")} == before
 

@@ -22,6 +22,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from cir_lightning.data.layouts.bgevl import CATEGORIES, QUERY_MAX_TOKENS, Task
@@ -128,8 +129,12 @@ def run(args: argparse.Namespace, task: Task) -> Any:
     from cir_lightning.module import CIRModule
     from cir_lightning.retrieval.memmap import MemmapGalleries
     from cir_lightning.retrieval.search_config import SearchConfig
+    from cir_lightning.writable import exists_error
 
     say = print if rank_zero_only.rank == 0 else (lambda *a, **k: None)
+    results_file = getattr(args, "result_save_path", None)
+    if results_file and Path(results_file).exists():  # before the model loads; named as the user typed it
+        raise exists_error(results_file, "--result_save_path")
     for name, default in (("max_query_length", 64), ("max_passage_length", 77)):
         if getattr(args, name) != default:
             say(f"note: `--{name}` is read but, as in BGE-VL's script, changes nothing (composed queries are "
@@ -138,7 +143,7 @@ def run(args: argparse.Namespace, task: Task) -> Any:
     backbone = DualEncoderBackbone(args.model_name, fusion="sum_raw", max_text_tokens=QUERY_MAX_TOKENS,
                                    truncation="silent", dtype=dtype)
     data = BGEVLDataModule(args.data_dir, args.image_dir, task=task, categories=getattr(args, "categories", CATEGORIES),
-                           k=args.k, results_file=getattr(args, "result_save_path", None),
+                           k=args.k, results_file=results_file,
                            batch_size=args.batch_size, num_workers=args.num_workers)
     search = SearchConfig(factory=args.index_factory, device=args.search_device, float16=args.search_float16)
     module = CIRModule(backbone, search=search,

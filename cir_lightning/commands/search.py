@@ -40,9 +40,10 @@ def main(argv: Sequence[str]) -> None:
     ns = parser.parse_args(list(argv)[1:])
     from cir_lightning.checks import positive_int
     from cir_lightning.data.images import DEFAULT_MAX_PIXELS, load_image
-    from cir_lightning.errors import CIRConfigError, CIRFileError
+    from cir_lightning.errors import CIRConfigError
     from cir_lightning.files import check_writable
     from cir_lightning.image_index import GONE, ImageIndex
+    from cir_lightning.writable import exists_error
 
     positive_int("-k", ns.k)
     if not ns.text.strip():  # as annotation files refuse an empty modification: a composed query needs one
@@ -51,7 +52,7 @@ def main(argv: Sequence[str]) -> None:
     show = Path(ns.show) if ns.show else None
     if show is not None:  # before the model is loaded
         if show.exists() or show.is_symlink():
-            raise CIRFileError(f"`--show`: `{show}` already exists; it is never overwritten (choose another name)")
+            raise exists_error(show, "--show")
         check_writable(show.parent, "--show")
     reference = Path(ns.image)
     image = load_image(reference, index.info.get("max_short_edge"), "`--image`",

@@ -18,7 +18,7 @@ from typing import Any
 from PIL import Image
 
 from cir_lightning.commands import COMMANDS
-from cir_lightning.errors import CIRDataError, CIRError, CIRFileError
+from cir_lightning.errors import CIRDataError, CIRError
 from cir_lightning.messages import first_few
 
 
@@ -181,6 +181,7 @@ def main(argv: Sequence[str]) -> None:
     from cir_lightning.checks import positive_int
     from cir_lightning.files import check_writable
     from cir_lightning.pictures import picture_info, save_picture
+    from cir_lightning.writable import exists_error
 
     parser = argparse.ArgumentParser(allow_abbrev=False, prog="cir-lightning show", description=COMMANDS["show"][1])
     parser.add_argument("results", help="a results-<stage>.json written with `--model.save_rankings true`")
@@ -200,8 +201,7 @@ def main(argv: Sequence[str]) -> None:
                            "with `cir-lightning search INDEX --image REF.jpg --text \"...\" --show OUT.png`", results)
     out = Path(ns.out) if ns.out else results.with_suffix(".png")
     if ns.out and out.exists():
-        raise CIRFileError(f"`--out`: `{out}` already exists; it is never overwritten (choose another name, or "
-                           "remove it)")
+        raise exists_error(out, "--out")
     check_writable(out.parent, "--out")
     image = render_results(results, ns.queries, ns.subset, ns.count, ns.seed)
     info = {**picture_info("show", ns.subset or ""), "results": str(results.absolute())}  # what it was drawn from

@@ -28,9 +28,10 @@ from cir_lightning.data.layouts.bgevl import (
 )
 from cir_lightning.data.layouts.fashioniq_summary import average_over_categories
 from cir_lightning.data.missing import OnMissing, check_on_missing
-from cir_lightning.errors import CIRConfigError, CIRDataError, CIRFileError
+from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.files import check_writable, write_atomic
 from cir_lightning.free_names import write_free
+from cir_lightning.writable import exists_error
 
 __all__ = ["CATEGORIES", "EVAL_KS", "QUERY_MAX_TOKENS", "BGEVLDataModule", "bgevl_files", "console_report"]
 
@@ -108,8 +109,7 @@ class BGEVLDataModule(CIRDataModule):
                 raise CIRDataError(f"`{option}` is not a folder", folder)
         if self.task == "circo" and self.results_file is not None:  # before any work: never over a file
             if self.results_file.exists():
-                raise CIRFileError(f"`results_file` `{self.results_file}` already exists; it is never overwritten "
-                                   "(choose another name, or remove it)")
+                raise exists_error(self.results_file, "results_file")
             check_writable(self.results_file.parent, "results_file")
         super().setup(stage)
 

@@ -31,6 +31,7 @@ from cir_lightning.errors import CIRConfigError, CIRDataError, CIRFileError
 from cir_lightning.files import atomic_folder
 from cir_lightning.messages import short_repr
 from cir_lightning.reading import read_json
+from cir_lightning.writable import exists_error
 
 SHAPES = ["circle", "square", "triangle", "diamond"]
 COLOURS = {
@@ -130,7 +131,7 @@ def make_synthetic_cir(out_dir: str | Path, seed: int = 0, num_train: int = 7400
         raise CIRDataError(f"`num_train` + `num_val` = {num_train + num_val} exceeds the {len(changes)} "
                            "distinct (scene, change) pairs")
     if out.exists():
-        raise CIRDataError("already exists; the generator never overwrites a folder", out)
+        raise exists_error(out)
     rng = random.Random(seed)
     rng.shuffle(changes)
 

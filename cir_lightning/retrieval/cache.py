@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cir_lightning.errors import CIRConfigError, CIRDataError
+from cir_lightning.errors import CIRDataError
 from cir_lightning.files import atomic_folder
 from cir_lightning.messages import json_type
 from cir_lightning.retrieval.embedding_folder import (
@@ -44,6 +44,7 @@ from cir_lightning.retrieval.embedding_folder import (
     new_embeddings,
     opened_files,
 )
+from cir_lightning.writable import exists_error
 
 
 def _shorts(cached: Any, expected: Any) -> tuple[str, str]:
@@ -136,7 +137,7 @@ def save_embeddings(path: str | Path, embeddings: Tensor | np.ndarray, ids: Sequ
         raise ValueError(f"`embeddings` {array.shape} must be 2-d with one row per id ({len(ids)} ids)")
     check_dtype(dtype)
     if path.exists() and not overwrite:
-        raise CIRConfigError(f"embedding cache `{path}` already exists; pass overwrite=True to replace it")
+        raise exists_error(path, replace="`overwrite=True`")
     # complete or absent: a kill or a full disk never leaves a cache that a later run would trust
     with atomic_folder(path, overwrite=overwrite) as tmp:
         rows = new_embeddings(tmp, len(array), int(array.shape[1]), dtype)

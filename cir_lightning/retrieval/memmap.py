@@ -37,6 +37,7 @@ from cir_lightning.messages import first_few
 from cir_lightning.retrieval.cache import identity_differences
 from cir_lightning.retrieval.embedding_folder import file_stamp
 from cir_lightning.retrieval.gather import world
+from cir_lightning.writable import exists_error
 
 __all__ = ["MemmapGalleries", "memmap_path", "read_memmap", "write_memmap"]
 
@@ -100,8 +101,7 @@ def _check_free(path: Path) -> None:
                            "run with this `--save_path` is writing it now)")
     for target in (path, _identity_file(path)):
         if target.exists():
-            raise CIRFileError(f"`{target}` already exists; it is never overwritten (remove it, choose another "
-                               "`--save_path`, or reuse it with `--load_embedding`)")
+            raise exists_error(target, "--save_path", other="reuse it with `--load_embedding`")
 
 
 def read_memmap(path: str | Path, count: int, dim: int, identity: Mapping[str, Any] | None = None,

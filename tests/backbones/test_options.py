@@ -74,8 +74,10 @@ def test_overwriting_a_tiny_model_replaces_it_completely(tmp_path):
     folder = make_tiny_dual_encoder(tmp_path / "clip")
     before = (folder / "model.safetensors").read_bytes()
     (folder / "stale.txt").write_text("left over from an older checkpoint")
-    with pytest.raises(CIRConfigError, match="already exists and is not empty"):
+    with pytest.raises(CIRFileError) as info:
         make_tiny_dual_encoder(folder, seed=1)
+    assert str(info.value) == (f"`{folder}` already exists; it is never overwritten unless asked (choose another name, "
+                               "or pass `overwrite=True` to replace it)")
     assert make_tiny_dual_encoder(folder, seed=1, overwrite=True) == folder
     assert not (folder / "stale.txt").exists()
     assert (folder / "model.safetensors").read_bytes() != before

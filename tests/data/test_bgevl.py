@@ -256,7 +256,8 @@ def test_embeddings_of_corpus_images_changed_or_gone_since_they_were_saved_are_r
 def test_fp16_runs_in_half_precision_and_save_never_overwrites(root, saved, monkeypatch):
     code, _, err = _run(main_fashioniq, root, "--save_embedding")  # the files of `saved` are there
     assert code == 2
-    assert "embeddings.shirt.memmap` already exists; it is never overwritten" in err
+    assert ("`--save_path`: `embeddings.shirt.memmap` already exists; it is never overwritten (choose "
+            "another name, remove it, or reuse it with `--load_embedding`)") in err
     dtypes = []
     from cir_lightning.backbones.dual_encoder import DualEncoderBackbone
 
@@ -289,7 +290,17 @@ def test_circo_ranks_the_test_queries_into_bge_vls_results_file(root, tmp_path):
     assert all(isinstance(c, int) for r in results.values() for c in r)
     code, _, err = _run(main_circo, root, "--result_save_path", str(out))
     assert code == 2
-    assert "already exists; it is never overwritten" in err
+    assert f"`--result_save_path`: `{out}` already exists; it is never overwritten (choose another name, or remove it)" in err
+
+
+def test_the_data_modules_results_file_is_refused_before_any_work_naming_its_option(root, tmp_path):
+    (tmp_path / "taken.json").write_text("{}")
+    data = BGEVLDataModule(str(root / "eval" / "data"), str(root / "images_root"), task="circo",
+                           results_file=str(tmp_path / "taken.json"))
+    with pytest.raises(CIRFileError) as info:
+        data.setup("validate")
+    assert str(info.value) == (f"`results_file`: `{tmp_path / 'taken.json'}` already exists; it is never overwritten "
+                               "(choose another name, or remove it)")
 
 
 # ---------------------------------------------------------------------- the files (no model)

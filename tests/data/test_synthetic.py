@@ -13,7 +13,7 @@ from cir_lightning.data.synthetic import (
     make_synthetic_cir,
     scene_id,
 )
-from cir_lightning.errors import CIRDataError
+from cir_lightning.errors import CIRDataError, CIRFileError
 
 _BY_ID = {scene_id(s): s for s in SCENES}
 
@@ -54,7 +54,7 @@ def test_gallery_holds_every_scene_so_every_one_attribute_neighbour_is_a_hard_ne
 
 def test_generator_never_overwrites_and_checks_sizes(tmp_path):
     (tmp_path / "x").mkdir()
-    with pytest.raises(CIRDataError, match="never overwrites"):
+    with pytest.raises(CIRFileError, match="x` already exists; it is never overwritten"):
         make_synthetic_cir(tmp_path / "x")
     with pytest.raises(CIRDataError, match="exceeds"):
         make_synthetic_cir(tmp_path / "y", num_train=11000, num_val=500)
@@ -101,8 +101,9 @@ def test_a_failing_write_leaves_no_folder_and_raises_one_line(tmp_path, monkeypa
 def test_an_existing_folder_is_never_touched(tmp_path):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "train.jsonl").write_text("mine")
-    with pytest.raises(CIRDataError, match="already exists; the generator never overwrites a folder"):
+    with pytest.raises(CIRFileError) as info:
         make_synthetic_cir(tmp_path / "d", num_train=5, num_val=3, image_size=8)
+    assert str(info.value) == f"`{tmp_path / 'd'}` already exists; it is never overwritten (choose another name, or remove it)"
     assert (tmp_path / "d" / "train.jsonl").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
 

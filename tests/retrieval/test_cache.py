@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from cir_lightning.errors import CIRConfigError, CIRDataError
+from cir_lightning.errors import CIRDataError, CIRFileError
 from cir_lightning.retrieval.cache import load_embeddings, save_embeddings
 
 MODEL = {"fingerprint": {"model": "tiny", "pooling": "eos_block"}, "weights": "abc123"}
@@ -61,8 +61,10 @@ def test_edited_ids_file_is_detected(cache):
 
 def test_existing_cache_is_never_overwritten_unless_asked(cache):
     path, emb = cache
-    with pytest.raises(CIRConfigError, match="already exists"):
+    with pytest.raises(CIRFileError) as info:
         save_embeddings(path, torch.zeros(5, 3), list("abcde"), model=MODEL, **WHERE)
+    assert str(info.value) == (f"`{path}` already exists; it is never overwritten unless asked (choose another name, "
+                               "or pass `overwrite=True` to replace it)")
     assert torch.equal(load_embeddings(path, model=MODEL, **WHERE)[0], emb)
     save_embeddings(path, torch.zeros(5, 3), list("abcde"), model=MODEL, overwrite=True, **WHERE)
     assert load_embeddings(path, model=MODEL, **WHERE)[0].abs().sum() == 0

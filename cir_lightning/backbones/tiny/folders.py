@@ -9,22 +9,23 @@ from typing import Any
 
 from cir_lightning.errors import CIRConfigError, CIRFileError
 from cir_lightning.files import write_folder
+from cir_lightning.writable import exists_error
 
 
-def check_out_dir(out: Path, overwrite: bool, how: str = "pass overwrite=True") -> None:
-    """Refuse to write into a folder that exists and is not empty, unless ``overwrite``.
+def check_out_dir(out: Path, overwrite: bool, replace: str = "`overwrite=True`") -> None:
+    """Refuse to write into a folder that exists and is not empty, unless ``overwrite`` (``replace`` says how to ask).
 
     Example:
         >>> from cir_lightning.backbones.tiny.folders import check_out_dir
         >>> check_out_dir(Path("."), overwrite=False)
         Traceback (most recent call last):
         ...
-        cir_lightning.errors.CIRConfigError: `.` already exists and is not empty; choose another folder or pass overwrite=True to replace it.
+        cir_lightning.errors.CIRFileError: `.` already exists; it is never overwritten unless asked (choose another name, or pass `overwrite=True` to replace it)
     """
     if out.exists() and not out.is_dir():  # never replaced, even with overwrite: it is not a model folder
         raise CIRConfigError(f"`{out}` is a file, not a folder; choose another folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise CIRConfigError(f"`{out}` already exists and is not empty; choose another folder or {how} to replace it.")
+        raise exists_error(out, replace=replace)
 
 
 @contextlib.contextmanager

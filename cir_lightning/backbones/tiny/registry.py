@@ -71,7 +71,7 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, spec: TinyModelSpec | No
     """
     spec = spec or TinyModelSpec()
     out = Path(out_dir)
-    check_out_dir(out, overwrite, "pass overwrite=True (`--overwrite` on the command line)")
+    check_out_dir(out, overwrite, "`overwrite=True` (`--overwrite` on the command line)")
     if spec.image_size % spec.patch_size:
         raise CIRConfigError(f"`image_size` {spec.image_size} is not a multiple of `patch_size` {spec.patch_size}")
     if family not in TINY_MODELS:
