@@ -1,7 +1,7 @@
 """BGE-VL's evaluation data (FlagOpen/FlagEmbedding ``research/BGE_VL/eval/data``) as a DataModule.
 
-The DataModule over ``cir_lightning.data.layouts.bgevl`` (the files, their checks and BGE-VL's protocol,
-whose public names are importable from here too). ``scripts/eval_fashioniq.py`` and ``scripts/eval_circo.py``
+The DataModule over ``cir_lightning.data.layouts.bgevl`` (the files, their checks and BGE-VL's protocol: import
+their names from there). ``scripts/eval_fashioniq.py`` and ``scripts/eval_circo.py``
 run it with BGE-VL's flags; ``cir-lightning validate`` runs it from a config (``configs/bgevl_fashioniq.yaml``).
 """
 
@@ -17,8 +17,6 @@ from cir_lightning.data.contract import EvalSets, Rankings, Split
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.layouts.bgevl import (
     CATEGORIES,
-    EVAL_KS,
-    QUERY_MAX_TOKENS,
     Category,
     Task,
     bgevl_files,
@@ -33,7 +31,7 @@ from cir_lightning.files import check_writable, write_atomic
 from cir_lightning.free_names import write_free
 from cir_lightning.writable import exists_error
 
-__all__ = ["CATEGORIES", "EVAL_KS", "QUERY_MAX_TOKENS", "BGEVLDataModule", "bgevl_files", "console_report"]
+__all__ = ["BGEVLDataModule"]
 
 
 class BGEVLDataModule(CIRDataModule):

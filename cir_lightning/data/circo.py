@@ -1,7 +1,7 @@
 """CIRCO (Composed Image Retrieval on Common Objects in context): zero-shot evaluation, val and test.
 
-The DataModule over ``cir_lightning.data.layouts.circo`` (the layout, its checks, the protocol and the
-evaluation server's file, whose public names are importable from here too). Val is scored with
+The DataModule over ``cir_lightning.data.layouts.circo``, the one home of the layout, its checks, the protocol and
+the evaluation server's file (import their names from there). Val is scored with
 mAP@{5,10,25,50}; ``test`` ranks the test queries and ``write_predictions`` writes the server's file.
 """
 
@@ -16,8 +16,6 @@ from cir_lightning.data.contract import EvalSets, Rankings, Split
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.layouts.circo import (
     BGE_VL_TEMPLATE,
-    METRICS,
-    SUBMISSION_SIZE,
     CIRCOFiles,
     check_template,
     make_submission,
@@ -26,7 +24,7 @@ from cir_lightning.data.missing import check_on_missing
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.free_names import write_free
 
-__all__ = ["BGE_VL_TEMPLATE", "METRICS", "SUBMISSION_SIZE", "CIRCODataModule", "check_template", "make_submission"]
+__all__ = ["CIRCODataModule"]
 
 
 class CIRCODataModule(CIRDataModule):

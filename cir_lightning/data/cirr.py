@@ -1,7 +1,7 @@
 """CIRR (Liu et al., ICCV 2021) in its official layout, evaluated with the official protocol.
 
-The DataModule over ``cir_lightning.data.layouts.cirr`` (the layout, its checks, the protocol and the
-evaluation server's files, whose public names are importable from here too). test1 has no public ground
+The DataModule over ``cir_lightning.data.layouts.cirr``, the one home of the layout, its checks, the protocol and
+the evaluation server's files (import their names from there). test1 has no public ground
 truth: ``test`` ranks it and writes the two evaluation-server files.
 """
 
@@ -17,19 +17,14 @@ from cir_lightning.data.contract import EvalSets, Rankings, Split
 from cir_lightning.data.datasets import TripletDataset
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.layouts.cirr import (
-    IMAGE_FOLDERS,
-    LENGTHS,
-    MAX_BYTES,
-    METRICS,
     CIRRFiles,
     CIRRPair,
     CIRRSplit,
-    check_submission,
     write_submission,
 )
 from cir_lightning.data.missing import OnMissing, check_on_missing
 
-__all__ = ["IMAGE_FOLDERS", "LENGTHS", "MAX_BYTES", "METRICS", "CIRRDataModule", "CIRRPair", "check_submission"]
+__all__ = ["CIRRDataModule"]
 
 SPLIT_FILES: dict[Split, str] = {"val": "val", "test": "test1"}
 """The annotation files' name of each evaluation split."""

@@ -1,8 +1,9 @@
 """FashionIQ: two relative captions per (reference, target) pair of dresses, shirts and tops/tees.
 
-The DataModule over ``cir_lightning.data.layouts.fashioniq`` (the layout, its checks and its protocol,
-whose public names are importable from here too). Training mixes the selected categories; validation is
-per category. Test labels are not public, so ``test`` (and ``predict``) use the val split, as papers do.
+The DataModule over ``cir_lightning.data.layouts.fashioniq`` (the layout, its checks and its protocol) and
+``layouts.fashioniq_summary`` (the averages and summary lines): import their names from there. Training mixes the
+selected categories; validation is per category. Test labels are not public, so ``test`` (and ``predict``) use the
+val split, as papers do.
 """
 
 from __future__ import annotations
@@ -18,19 +19,16 @@ from cir_lightning.data.datasets import TripletDataset
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.layouts.fashioniq import (
     CATEGORIES,
-    EVAL_KS,
     Category,
     FashionIQFiles,
     QueryText,
     make_query_text,
-    make_train_text,
 )
 from cir_lightning.data.layouts.fashioniq_summary import average_over_categories, summary_lines
 from cir_lightning.data.missing import OnMissing, check_on_missing
 from cir_lightning.errors import CIRConfigError, CIRDataError
 
-__all__ = ["CATEGORIES", "EVAL_KS", "Category", "FashionIQDataModule", "QueryText", "average_over_categories",
-           "make_query_text", "make_train_text", "summary_lines"]
+__all__ = ["FashionIQDataModule"]
 
 
 class FashionIQDataModule(CIRDataModule):

@@ -1,7 +1,7 @@
 """The custom JSONL layout (FiRE release format), the default for users' own data.
 
-The DataModule over ``cir_lightning.data.layouts.jsonl`` (the file format and its checks, whose readers
-are importable from here too). Anything wrong in a file stops set-up with a ``CIRDataError`` naming the
+The DataModule over ``cir_lightning.data.layouts.jsonl`` (the file format and its checks: import its readers from
+there). Anything wrong in a file stops set-up with a ``CIRDataError`` naming the
 file and line.
 """
 
@@ -15,9 +15,8 @@ from cir_lightning.data.datasets import GalleryDataset, QueryDataset, TripletDat
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.layouts.jsonl import UnknownExcludeIds, read_gallery, read_queries, read_triplets
 from cir_lightning.errors import CIRConfigError, CIRDataError
-from cir_lightning.reading import iter_jsonl
 
-__all__ = ["JsonlCIRDataModule", "UnknownExcludeIds", "iter_jsonl", "read_gallery", "read_queries", "read_triplets"]
+__all__ = ["JsonlCIRDataModule"]
 
 
 class JsonlCIRDataModule(CIRDataModule):

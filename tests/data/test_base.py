@@ -153,29 +153,33 @@ def test_shared_options_are_typed_flags_documented_once(cls):
     assert helps["data.root"]  # and its own options keep their own text
 
 
-def test_old_import_paths_still_work():
-    from cir_lightning.data.circo import BGE_VL_TEMPLATE, SUBMISSION_SIZE, check_template, make_submission
-    from cir_lightning.data.cirr import IMAGE_FOLDERS, LENGTHS, MAX_BYTES, METRICS, CIRRPair, check_submission
-    from cir_lightning.data.fashioniq import (
-        CATEGORIES,
-        EVAL_KS,
-        average_over_categories,
-        make_query_text,
-        make_train_text,
-        summary_lines,
-    )
-    from cir_lightning.data.jsonl import iter_jsonl, read_gallery, read_queries, read_triplets
-    from cir_lightning.files import iter_jsonl as files_iter_jsonl
-    from cir_lightning.files import json_type, read_json, read_json_list, read_json_object, short_repr
+BENCHMARKS = ["fashioniq", "cirr", "circo", "jsonl", "bgevl"]
 
-    assert all([BGE_VL_TEMPLATE, SUBMISSION_SIZE, check_template, make_submission, IMAGE_FOLDERS, LENGTHS,
-                MAX_BYTES, METRICS, CIRRPair, check_submission, CATEGORIES, EVAL_KS, average_over_categories,
-                make_query_text, make_train_text, summary_lines, read_gallery, read_queries, read_triplets,
-                json_type, read_json, read_json_list, read_json_object, short_repr])
-    assert iter_jsonl is files_iter_jsonl
-    # config files and checkpoints name the classes by these paths
-    assert [c.__module__ for c in (FashionIQDataModule, CIRRDataModule, CIRCODataModule, JsonlCIRDataModule)] == \
-        ["cir_lightning.data.fashioniq", "cir_lightning.data.cirr", "cir_lightning.data.circo", "cir_lightning.data.jsonl"]
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_a_benchmark_module_exports_its_data_module_only(name):
+    """One home per name: the layout's readers, constants and protocol in ``data.layouts.<name>``, the DataModule in
+    ``data.<name>`` (each DataModule module re-exported its layout's names: two import paths for one thing)."""
+    import importlib
+
+    module = importlib.import_module(f"cir_lightning.data.{name}")
+    [exported] = module.__all__
+    assert issubclass(getattr(module, exported), CIRDataModule)
+    assert getattr(module, exported).__module__ == module.__name__  # config files and checkpoints name it so
+
+
+def test_nothing_imports_a_layout_name_through_a_data_module_module():
+    import re
+
+    repo, modules = PACKAGE.parent, {f"cir_lightning.data.{name}" for name in BENCHMARKS}
+    code = [*repo.glob("cir_lightning/**/*.py"), *repo.glob("scripts/**/*.py"), *repo.glob("tests/**/*.py")]
+    found = {f"{path.relative_to(repo)}: from {node.module} import {alias.name}" for path in code
+             for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ImportFrom)
+             and node.module in modules for alias in node.names if not alias.name.endswith("DataModule")}
+    dotted = re.compile(rf"cir_lightning\.data\.(?:{'|'.join(BENCHMARKS)})\.(\w+)")
+    found |= {f"{path.relative_to(repo)}: {m.group(0)}" for path in [*code, repo / "README.md", *repo.glob("docs/*.md")]
+              for m in dotted.finditer(path.read_text()) if not m.group(1).endswith("DataModule")}
+    assert not found
 
 
 def imported(path: Path) -> set[str]:

@@ -13,7 +13,8 @@ import pytest
 import torch
 import yaml
 
-from cir_lightning.data.circo import BGE_VL_TEMPLATE, CIRCODataModule, make_submission
+from cir_lightning.data.circo import CIRCODataModule
+from cir_lightning.data.layouts.circo import BGE_VL_TEMPLATE, make_submission
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.retrieval import RetrievalEvaluator, SearchConfig, subsets_from_loaders
 from tests.data.fake_circo import make_fake_circo

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cir_lightning.data.cirr import METRICS, CIRRDataModule
+from cir_lightning.data.cirr import CIRRDataModule
+from cir_lightning.data.layouts.cirr import METRICS
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.retrieval import RetrievalEvaluator, SearchConfig, subsets_from_loaders
 from tests.data.fake_cirr import image_dir, make_fake_cirr

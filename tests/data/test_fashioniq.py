@@ -14,7 +14,9 @@ import yaml
 from lightning.pytorch import seed_everything
 from torch.utils.data import DataLoader
 
-from cir_lightning.data.fashioniq import EVAL_KS, FashionIQDataModule, average_over_categories, summary_lines
+from cir_lightning.data.fashioniq import FashionIQDataModule
+from cir_lightning.data.layouts.fashioniq import EVAL_KS
+from cir_lightning.data.layouts.fashioniq_summary import average_over_categories, summary_lines
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from tests.data.fake_fashioniq import make_fake_fashioniq
 from tests.test_cli import CONF, run
