@@ -373,6 +373,8 @@ for _option, _value, _name in [
     ("--model.search.ef_search", "8", "search.ef_search"),
     ("--model.backbone.init_args.lora.r", "0", "lora.r"), ("--model.backbone.init_args.lora.alpha", "-1", "lora.alpha"),
     ("--model.backbone.init_args.lora.dropout", "1.5", "lora.dropout"),
+    ("--model.backbone.init_args.lora.rank_pattern", "{q_proj: 0}", "lora.rank_pattern['q_proj']"),
+    ("--model.backbone.init_args.lora.alpha_pattern", "{v_proj: -2}", "lora.alpha_pattern['v_proj']"),
     ("--model.backbone.init_args.max_text_tokens", "0", "max_text_tokens"),
     ("--model.backbone.init_args.eos_block_size", "-1", "eos_block_size"),
     ("--model.max_caption_tokens", "0", "max_caption_tokens"),
@@ -396,6 +398,12 @@ def _(w):
 @case("option: loss temperature 0")
 def _(w):
     return w.cli("fit", "--model.loss", "cir_lightning.losses.FireLoss", "--model.loss.tau2", "0"), ["`loss.tau2`"]
+
+
+@case("option: a LoRA rank pattern naming no adapted module")
+def _(w):
+    return w.cli("validate", "--model.backbone.init_args.lora.rank_pattern", "{k_projj: 4}"), \
+        ["`lora.rank_pattern` pattern 'k_projj' matches none of the modules LoRA adapts"]
 
 
 @case("tool: make-synthetic-data with a negative size")

@@ -89,6 +89,7 @@ def adapter_settings(path: str | Path | None) -> dict[str, Any]:
         targets = _OUR_REGEX.search(targets).group(1).split("|")
     if isinstance(targets, list) and targets and all(isinstance(t, str) for t in targets):
         settings["target_modules"] = AdapterTargets(targets, str(path))
+    settings |= {name: saved[name] for name in ("rank_pattern", "alpha_pattern") if saved.get(name)}  # checked by LoRA
     return settings
 
 
@@ -253,17 +254,25 @@ def _load_checkpoint_weights(model: nn.Module, path: Path, file: Path) -> tuple[
     return fingerprint.get("model"), fingerprint.get("base_digest")
 
 
+_PATTERNS = ("rank_pattern", "alpha_pattern")
+_UNSET = {"use_rslora": False, "rank_pattern": {}, "alpha_pattern": {}}  # what a record without the setting had
+
+
 def lora_settings(model: nn.Module) -> dict[str, Any]:
-    """What sets a LoRA adapter's scale: rank, alpha and rsLoRA (``alpha / sqrt(r)`` instead of ``alpha / r``)."""
+    """What sets a LoRA adapter's scale: rank, alpha and rsLoRA (``alpha / sqrt(r)`` instead of ``alpha / r``), and
+    the per-module ranks and alphas where there are some."""
     ours = model.peft_config["default"]
-    return {"r": ours.r, "lora_alpha": ours.lora_alpha, "use_rslora": bool(ours.use_rslora)}
+    patterns = {name: dict(getattr(ours, name)) for name in _PATTERNS if getattr(ours, name, None)}
+    return {"r": ours.r, "lora_alpha": ours.lora_alpha, "use_rslora": bool(ours.use_rslora), **patterns}
 
 
 def lora_differences(saved: dict[str, Any], model: nn.Module, where: str) -> list[str]:
     """``model``'s ``lora_settings`` that differ from ``saved`` (those of an adapter or checkpoint, ``where``);
-    a setting the record lacks (rsLoRA, in records written before it was) was the default."""
-    return [f"{k}: {saved.get(k, False)} in the {where}, {v} here" for k, v in lora_settings(model).items()
-            if saved.get(k, False if k == "use_rslora" else None) != v]
+    a setting the record lacks (rsLoRA, in records written before it was; patterns) was the default."""
+    now = lora_settings(model)
+    keys = [*now, *(k for k in _PATTERNS if k in saved and k not in now)]
+    then, here = ({k: d.get(k, _UNSET.get(k)) for k in keys} for d in (saved, now))
+    return [f"{k}: {then[k]} in the {where}, {here[k]} here" for k in keys if then[k] != here[k]]
 
 
 def _check_settings(path: Path, saved: dict[str, Any], model: nn.Module) -> None:

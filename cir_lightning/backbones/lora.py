@@ -19,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from cir_lightning.backbones.adapters import AdapterTargets, adapter_settings, load_adapter_weights
+from cir_lightning.backbones.lora_patterns import check_pattern_targets, check_patterns
 from cir_lightning.checks import number_in, positive_int, positive_number
 from cir_lightning.errors import CIRConfigError
 
@@ -38,7 +39,7 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
 class LoRA:
     """LoRA settings (FiRE: r=64, alpha=128, dropout 0.1 on every projection of the LLM).
 
-    ``r``, ``alpha``, ``dropout`` and ``target_modules`` left unset (``None``) are taken from the
+    ``r``, ``alpha``, ``dropout``, ``target_modules`` and the patterns left unset (``None``) are taken from the
     ``adapter_config.json`` of an ``init_adapter`` folder, else from the defaults below.
 
     Args:
@@ -47,6 +48,10 @@ class LoRA:
         dropout: dropout on the LoRA input (default 0.1).
         target_modules: projection names inside the language model; ``None`` takes the adapter's names,
             else the default of its model type (see ``DEFAULT_TARGETS``).
+        rank_pattern: per-module ranks in place of ``r``, as peft's: a module name or a regular expression over
+            the end of an adapted module's path -> its rank (``{"q_proj": 16}``). Each must name a module LoRA
+            adapts (checked when the model is built).
+        alpha_pattern: per-module alphas in place of ``alpha``, keyed as ``rank_pattern``.
         modules_to_save: modules (paths or names, as peft takes them) trained fully beside LoRA, e.g.
             ``["multi_modal_projector"]``.
         train_parts: parts of the model trained FULLY beside LoRA (all else stays frozen), found by
@@ -79,6 +84,8 @@ class LoRA:
     modules_to_save: list[str] | None = field(default=None)
     train_parts: list[Literal["vision", "projector", "resampler"]] | None = None
     init_adapter: str | None = None
+    rank_pattern: dict[str, int] | None = None
+    alpha_pattern: dict[str, int] | None = None
 
     def __post_init__(self) -> None:
         """Fill the unset settings (from ``init_adapter``'s own, else the defaults) and check the numbers,
@@ -91,13 +98,15 @@ class LoRA:
             cir_lightning.errors.CIRConfigError: `lora.r` must be an integer >= 1, got 0
         """
         saved = adapter_settings(self.init_adapter)
-        defaults = {"r": 64, "alpha": 128, "dropout": 0.1, "target_modules": None}
+        defaults = {"r": 64, "alpha": 128, "dropout": 0.1, "target_modules": None, "rank_pattern": None,
+                    "alpha_pattern": None}
         for name, default in defaults.items():
             if getattr(self, name) is None:
                 setattr(self, name, saved.get(name, default))
         positive_int("lora.r", self.r)
         positive_number("lora.alpha", self.alpha)
         number_in("lora.dropout", self.dropout, 0, 1, high_open=True)
+        check_patterns(self.rank_pattern, self.alpha_pattern)
 
 
 def decoder_path(model: nn.Module) -> str:
@@ -245,9 +254,11 @@ def add_lora(model: nn.Module, lora: LoRA, target_modules: str | list[str],
         raise CIRConfigError(f"`lora.modules_to_save` {unmatched} match no module of {type(model).__name__} (a path or "
                              "the last part of one, e.g. `multi_modal_projector`)")
     to_save = [*(lora.modules_to_save or []), *part_paths(model, sorted(set(lora.train_parts or [])))]
+    check_pattern_targets(model, target_modules, lora.rank_pattern, lora.alpha_pattern)
     model = get_peft_model(model, LoraConfig(
         r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target_modules,
-        modules_to_save=to_save or None, bias="none"))
+        modules_to_save=to_save or None, bias="none", rank_pattern=dict(lora.rank_pattern or {}),
+        alpha_pattern=dict(lora.alpha_pattern or {})))
     if lora.init_adapter:
         load_adapter_weights(model, lora.init_adapter, base)
     return model

@@ -31,6 +31,11 @@ warnings.filterwarnings("ignore", category=FutureWarning)
     ({"alpha": -8}, "`lora.alpha` must be a finite number > 0, got -8"),
     ({"dropout": 1.0}, r"`lora.dropout` must be a number in \[0, 1\), got 1.0"),
     ({"dropout": -0.1}, r"`lora.dropout` must be a number in \[0, 1\), got -0.1"),
+    ({"rank_pattern": {"q_proj": 0}}, r"^`lora.rank_pattern\['q_proj'\]` must be an integer >= 1, got 0$"),
+    ({"rank_pattern": {"q_proj": 2.5}}, r"^`lora.rank_pattern\['q_proj'\]` must be an integer >= 1, got 2.5$"),
+    ({"alpha_pattern": {"v_proj": -1}}, r"^`lora.alpha_pattern\['v_proj'\]` must be a finite number > 0, got -1$"),
+    ({"rank_pattern": {"q_proj(": 4}}, r"^`lora.rank_pattern` pattern 'q_proj\(' is not a regular expression \("),
+    ({"alpha_pattern": {"": 4}}, r"^`lora.alpha_pattern`: a key must name a module .*, got ''$"),
 ])
 def test_lora_numbers_are_checked_when_set(options, message):
     with pytest.raises(CIRConfigError, match=message):
@@ -98,6 +103,38 @@ def test_racing_builders_never_see_a_half_written_folder(tmp_path):
     (tmp_path / "empty").mkdir()  # an empty folder counts as absent
     save_atomically(tmp_path / "empty", lambda f: (f / "b.txt").write_text("b"))
     assert (tmp_path / "empty" / "b.txt").read_text() == "b"
+
+
+def test_a_lora_pattern_naming_no_adapted_module_is_one_line_when_the_model_is_built(tiny_model_dir):
+    """peft ignored such a key without a word (the module kept `lora.r`); the first sign was an adapter that did not
+    load. A key may name a module LoRA adapts, by its name or a regular expression over the end of its path."""
+    for option in ("rank_pattern", "alpha_pattern"):
+        with pytest.raises(CIRConfigError) as info:
+            HFMultimodalBackbone(str(tiny_model_dir), lora=LoRA(r=2, alpha=4, target_modules=["q_proj", "v_proj"],
+                                                               **{option: {"o_proj": 8}}))
+        message = str(info.value)
+        assert message.startswith(f"`lora.{option}` pattern 'o_proj' matches none of the modules LoRA adapts (")
+        assert ".q_proj, " in message  # the adapted modules, named for the user
+        assert "(set `lora.target_modules` to adapt others)" in message
+
+
+def test_lora_patterns_set_per_module_ranks_and_an_exported_adapter_loads_with_them(tiny_model_dir, tmp_path):
+    lora = LoRA(r=2, alpha=4, target_modules=["q_proj", "v_proj"], rank_pattern={r"layers\.0\.self_attn\.q_proj": 6},
+                alpha_pattern={"v_proj": 16})
+    bb = HFMultimodalBackbone(str(tiny_model_dir), lora=lora)
+    ranks = {name.split(".lora_A")[0].split("layers.", 1)[1]: p.shape[0] for name, p in bb.model.named_parameters()
+             if ".lora_A." in name}
+    assert ranks.pop("0.self_attn.q_proj") == 6
+    assert set(ranks.values()) == {2}  # every other adapted module keeps `lora.r`
+    scales = {name.rsplit(".", 1)[-1]: m.scaling["default"] for name, m in bb.model.named_modules()
+              if hasattr(m, "lora_A") and "layers.1." in name}
+    assert scales == {"q_proj": 2.0, "v_proj": 8.0}
+    bb.save_adapter(tmp_path / "adapter")
+    again = LoRA(init_adapter=str(tmp_path / "adapter"))  # its patterns are the adapter's own
+    assert (again.rank_pattern, again.alpha_pattern) == (lora.rank_pattern, lora.alpha_pattern)
+    loaded = HFMultimodalBackbone(str(tiny_model_dir), lora=again)
+    assert all(torch.equal(p, dict(bb.model.named_parameters())[n]) for n, p in loaded.model.named_parameters()
+               if "lora_" in n)
 
 
 def test_an_adapter_export_is_atomic_and_never_overwrites(tiny_model_dir, tmp_path):
