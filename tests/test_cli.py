@@ -251,8 +251,9 @@ def test_offline_tools_build_model_and_data(tmp_path, capsys):
         main(["make-tiny-model", str(tmp_path / "model")])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "cir-lightning: error:" in err
-    assert "not empty" in err
+    assert err.startswith(f"cir-lightning: error: `{tmp_path / 'model'}` already exists; it is never overwritten unless "
+                          "asked (choose another name, or pass `overwrite=True` (`--overwrite` on the command line) to "
+                          "replace it)")
     run("make-synthetic-data", "data", "--num-train", "10", "--num-val", "4", "--image-size", "16", cwd=tmp_path)
     assert len((tmp_path / "data" / "train.jsonl").read_text().splitlines()) == 10
 

@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from cir_lightning.errors import CIRConfigError, CIRFileError
+from cir_lightning.errors import CIRFileError
 from cir_lightning.files import check_writable
 from cir_lightning.retrieval.cache import cache_name, load_embeddings, save_embeddings, stored_dtype
 from cir_lightning.retrieval.embedding_folder import image_files
@@ -153,7 +153,7 @@ class GalleryCache:
             if not path.exists() or self.overwrite:
                 save_embeddings(path, embeddings, ids, overwrite=self.overwrite, **identity)
                 return True
-        except (CIRConfigError, CIRFileError):
+        except CIRFileError:  # the cache exists (another run wrote it meanwhile) or cannot be written
             if self.overwrite or not path.exists():
                 raise
         warnings.warn(f"embedding cache `{path}` was written by another run meanwhile: kept as it is, not written "

@@ -10,7 +10,7 @@ from PIL import Image
 
 from cir_lightning.backbones import HFMultimodalBackbone, LoRA, Prompts, make_tiny_model
 from cir_lightning.backbones.collate import MLLMCollator
-from cir_lightning.errors import CIRConfigError, CIRModelError
+from cir_lightning.errors import CIRConfigError, CIRFileError, CIRModelError
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -182,7 +182,7 @@ def test_collator_is_small_and_picklable(backbone):
 def test_make_tiny_model_refuses_to_overwrite(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "keep.txt").write_text("mine")
-    with pytest.raises(CIRConfigError, match="not empty"):
+    with pytest.raises(CIRFileError, match=r"m` already exists; it is never overwritten unless asked .*`--overwrite`"):
         make_tiny_model(tmp_path / "m")
     assert (tmp_path / "m" / "keep.txt").read_text() == "mine"
 
