@@ -24,9 +24,7 @@ parameter gradients over ranks, so the step equals one process computing the los
 
 from __future__ import annotations
 
-import hashlib
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -163,38 +161,6 @@ class FireLoss(nn.Module):
 
 
 # ---------------------------------------------------------------------------- cross-rank negatives
-def key_id(key: str) -> int:
-    """A 63-bit integer identity of a target key, the same in every process (unlike ``hash``).
-
-    Example:
-        >>> key_id("images/b.png") == key_id("images/b.png") != key_id("images/c.png")
-        True
-    """
-    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "little") >> 1
-
-
-def target_keys(batch: dict[str, Any], cross_rank: bool) -> Tensor:
-    """(B,) integer target identities of a training batch: equal keys = the same target image, on any rank.
-
-    Taken from ``batch["target_id"]``, which the collators give when every sample has a ``target_key`` (every
-    training dataset here does); else the in-batch groups (``target_group``), which cannot see a target shared
-    across ranks (such pairs then count as negatives; warned once).
-
-    Example:
-        >>> from cir_lightning.losses import target_keys
-        >>> target_keys({"index": torch.tensor([4, 5, 6]), "target_group": torch.tensor([0, 1, 0])}, False).tolist()
-        [4, 5, 4]
-    """
-    if "target_id" in batch:
-        return batch["target_id"].long()
-    index, group = batch["index"].long(), batch.get("target_group")
-    if cross_rank:
-        warnings.warn("cross-rank negatives: the training samples have no `target_key`, so a target shared by "
-                      "triplets on different ranks counts as a negative across ranks; give each sample a "
-                      "`target_key` naming its target image", stacklevel=2)
-    return index if group is None else index[group.long()]
-
-
 def distributed_fire_loss(loss: FireLoss, query: Tensor, target: Tensor, target_keys: Tensor,
                           cross_rank: bool = True, group: Any = None) -> dict[str, Tensor]:
     """``loss`` terms for this rank's triplets; with ``cross_rank``, against every rank's targets.
@@ -203,7 +169,7 @@ def distributed_fire_loss(loss: FireLoss, query: Tensor, target: Tensor, target_
         loss: the loss applied to (queries x candidates).
         query: this rank's L2-normalised query embeddings (B_r, D).
         target: this rank's target embeddings (B_r, D), one per query.
-        target_keys: (B_r,) integer identities of the targets (``key_id`` of the target key); two
+        target_keys: (B_r,) integer identities of the targets (``targets.target_keys``); two
             triplets whose keys match are positives of each other, on any rank.
         cross_rank: gather the targets of all ranks (with gradient) as negatives. Without it, or in one
             process, each rank uses its own batch only.

@@ -29,13 +29,14 @@ from cir_lightning.checks import number_in, positive_int
 from cir_lightning.data.base import cir_datamodule
 from cir_lightning.errors import CIRConfigError, CIRModelError
 from cir_lightning.evaluation import Evaluation, EvaluationOptions
-from cir_lightning.losses import FireLoss, distributed_fire_loss, target_keys
+from cir_lightning.losses import FireLoss, distributed_fire_loss
 from cir_lightning.negatives import check_negatives
 from cir_lightning.optim import lr_scheduler
 from cir_lightning.resume import check_resumed_training, record_training_order
 from cir_lightning.retrieval.index import SearchConfig
 from cir_lightning.retrieval.subsets import loader_role
 from cir_lightning.stage1 import FIRE_STAGE1_INSTRUCTION, CaptionBatches, caption_step, check_caption_data
+from cir_lightning.targets import target_keys
 
 
 def _default_optimizer(params: Any) -> torch.optim.Optimizer:

@@ -187,23 +187,6 @@ def test_query_with_several_texts_is_the_normalised_mean_of_their_embeddings(tin
     assert "query_groups" not in single
 
 
-def test_target_keys_for_cross_rank_negatives():
-    from cir_lightning.backbones.batches import target_identity
-    from cir_lightning.losses import key_id, target_keys
-
-    batch = {"index": torch.tensor([4, 7, 9]), "target_group": torch.tensor([0, 1, 0])}
-    # one process: in-batch identity (the dataset row of the first triplet with the same target)
-    assert target_keys(batch, cross_rank=False).tolist() == [4, 7, 4]
-    # samples that name their target (every training dataset's `target_key`): a global id, the same on every rank
-    samples = [{"target_key": f"img/{i % 3}.png"} for i in (4, 7, 9)]
-    named = {**batch, **target_identity(samples)}
-    expected = [key_id("img/1.png"), key_id("img/1.png"), key_id("img/0.png")]
-    assert target_keys(named, True).tolist() == expected
-    assert target_keys(named, False).tolist() == expected
-    with pytest.warns(UserWarning, match="no `target_key`"):
-        assert target_keys(batch, True).tolist() == [4, 7, 4]
-
-
 @pytest.mark.parametrize(("precision", "accumulate"), [("bf16-mixed", 1), ("32-true", 2)])
 def test_fit_with_mixed_precision_and_gradient_accumulation(tiny_model_dir, tmp_path, precision, accumulate):
     from cir_lightning.data import SyntheticCIRDataModule

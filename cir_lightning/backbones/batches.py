@@ -17,27 +17,9 @@ from PIL import Image
 from torch import Tensor
 
 from cir_lightning.errors import CIRModelError
-from cir_lightning.losses import key_id
+from cir_lightning.targets import target_identity
 
 Inputs = dict[str, Tensor]
-
-
-def target_identity(samples: list[dict[str, Any]]) -> dict[str, Tensor]:
-    """Which training samples share a target: ``target_group`` (the first row in the batch with the same
-    target) and, when every sample has a ``target_key``, ``target_id`` (a stable 63-bit id of the key, equal
-    on every rank, so duplicates across DDP ranks are recognised too).
-
-    Example:
-        >>> ident = target_identity([{"target_key": "a"}, {"target_key": "b"}, {"target_key": "a"}])
-        >>> ident["target_group"].tolist(), ident["target_id"][0] == ident["target_id"][2]
-        ([0, 1, 0], tensor(True))
-    """
-    keys = [s.get("target_key", i) for i, s in enumerate(samples)]
-    first = {key: i for i, key in reversed(list(enumerate(keys)))}
-    out = {"target_group": torch.tensor([first[key] for key in keys], dtype=torch.long)}
-    if all("target_key" in s for s in samples):
-        out["target_id"] = torch.tensor([key_id(str(k)) for k in keys], dtype=torch.long)
-    return out
 
 
 def sample_index(samples: list[dict[str, Any]]) -> Tensor:
