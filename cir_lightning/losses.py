@@ -1,7 +1,8 @@
 """FiRE's losses: stage 2's InfoNCE + Recall@k surrogates (Patel, Tolias, Matas, CVPR 2022), and stage
-1's next-token cross-entropy on caption tokens (``caption_loss``).
+1's next-token cross-entropy on caption tokens (``caption_loss``); ``RetrievalLoss``, what any stage-2 loss
+implements (``CIRModule``'s ``loss``: ``FireLoss`` or one of your own).
 
-Plain functions and one ``nn.Module``; nothing here depends on Lightning. All computations are
+Plain functions and ``nn.Module``s; nothing here depends on Lightning. All computations are
 vectorised over the batch (the public release looped in Python).
 
 For similarities ``s`` (queries x candidates) and a query ``i`` with positive ``p``::
@@ -25,6 +26,7 @@ parameter gradients over ranks, so the step equals one process computing the los
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -99,7 +101,58 @@ def recall_surrogate(sim: Tensor, k: int, tau1: float = 1.0, tau2: float = 0.01,
     return (1 - recall.sum(1) / valid.sum(1)).mean()
 
 
-class FireLoss(nn.Module):
+class RetrievalLoss(nn.Module):
+    """What ``CIRModule``'s ``loss`` is: query embeddings scored against target embeddings, returning the terms
+    it logs (``train/<term>``), ``"loss"`` (what is minimised) among them. ``FireLoss`` is one; a loss of your own
+    subclasses this and implements ``forward`` (``--model.loss mypackage.MyLoss`` in a config or on the command
+    line). ``distributed_fire_loss`` calls it, with every rank's targets under cross-rank negatives.
+
+    Example:
+        >>> import torch
+        >>> from cir_lightning.losses import RetrievalLoss, check_loss
+        >>> class Hinge(RetrievalLoss):
+        ...     def forward(self, query, target, positive_mask=None):
+        ...         sim = query @ target.T
+        ...         return {"loss": (sim - sim.diagonal()[:, None] + 0.2).clamp(min=0).mean()}
+        >>> check_loss(Hinge())
+        >>> sorted(Hinge()(torch.eye(2), torch.eye(2)))
+        ['loss']
+    """
+
+    @abstractmethod  # marked only, as ``Backbone``'s: ``check_loss`` reads the mark
+    def forward(self, query: Tensor, target: Tensor, positive_mask: Tensor | None = None) -> dict[str, Tensor]:
+        """The loss terms, ``"loss"`` among them, each a scalar.
+
+        Args:
+            query: (Q, D) L2-normalised query embeddings (this rank's).
+            target: (N, D) L2-normalised target embeddings (N = Q, or every rank's targets under cross-rank
+                negatives).
+            positive_mask: (Q, N) bool, the targets that are positives of each query (several triplets may
+                share a target image); None: query ``i``'s only positive is target ``i``.
+        """
+        raise CIRConfigError(f"{type(self).__name__} does not implement `forward(query, target, positive_mask)`, "
+                             "which a RetrievalLoss must")
+
+
+def check_loss(loss: object) -> None:
+    """Refuse, in one line, a ``loss`` that is not a ``RetrievalLoss`` implementing ``forward`` (checked when
+    ``CIRModule`` is built, not at the first training step).
+
+    Example:
+        >>> from cir_lightning.losses import check_loss
+        >>> check_loss(torch.nn.MSELoss())
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRConfigError: `loss`: MSELoss is not a `cir_lightning.losses.RetrievalLoss` ...
+    """
+    if not isinstance(loss, RetrievalLoss) or getattr(type(loss).forward, "__isabstractmethod__", False):
+        what = "does not implement `forward`" if isinstance(loss, RetrievalLoss) else \
+            "is not a `cir_lightning.losses.RetrievalLoss`"
+        raise CIRConfigError(f"`loss`: {type(loss).__name__} {what} (`forward(query, target, positive_mask)` -> "
+                             "the terms, \"loss\" among them); subclass RetrievalLoss, or use FireLoss")
+
+
+class FireLoss(RetrievalLoss):
     """FiRE stage-2 loss: ``w_nce * InfoNCE + sum_k w_k * L_recall@k``, each term returned for logging.
 
     Args:
@@ -161,12 +214,12 @@ class FireLoss(nn.Module):
 
 
 # ---------------------------------------------------------------------------- cross-rank negatives
-def distributed_fire_loss(loss: FireLoss, query: Tensor, target: Tensor, target_keys: Tensor,
+def distributed_fire_loss(loss: RetrievalLoss, query: Tensor, target: Tensor, target_keys: Tensor,
                           cross_rank: bool = True, group: Any = None) -> dict[str, Tensor]:
     """``loss`` terms for this rank's triplets; with ``cross_rank``, against every rank's targets.
 
     Args:
-        loss: the loss applied to (queries x candidates).
+        loss: the loss applied to (queries x candidates): ``FireLoss``, or any ``RetrievalLoss``.
         query: this rank's L2-normalised query embeddings (B_r, D).
         target: this rank's target embeddings (B_r, D), one per query.
         target_keys: (B_r,) integer identities of the targets (``targets.target_keys``); two
@@ -190,13 +243,22 @@ def distributed_fire_loss(loss: FireLoss, query: Tensor, target: Tensor, target_
     """
     if not cross_rank or world(group)[1] == 1:
         mask = target_keys[:, None] == target_keys[None, :]
-        return loss(query, target, mask if int(mask.sum()) > len(target_keys) else None)
+        return _terms(loss, query, target, mask if int(mask.sum()) > len(target_keys) else None)
     sizes = gather_sizes(query.shape[0], query.device, group)
     targets = all_gather_with_grad(target.float(), group)
     keys = torch.cat(all_gather_rows(target_keys.to(torch.long), sizes, group))
-    terms = loss(query, targets, target_keys.to(torch.long)[:, None] == keys[None, :])
+    terms = _terms(loss, query, targets, target_keys.to(torch.long)[:, None] == keys[None, :])
     weight = len(sizes) * query.shape[0] / sum(sizes)
     return {name: value * weight for name, value in terms.items()}
+
+
+def _terms(loss: RetrievalLoss, query: Tensor, target: Tensor, mask: Tensor | None) -> dict[str, Tensor]:
+    terms = loss(query, target, mask)
+    if not isinstance(terms, dict) or not isinstance(terms.get("loss"), Tensor):
+        raise CIRConfigError(f"`loss`: {type(loss).__name__}.forward returned {type(terms).__name__}"
+                             f"{f' with keys {sorted(map(str, terms))}' if isinstance(terms, dict) else ''}; a "
+                             "RetrievalLoss returns a dict of its terms, the tensor \"loss\" among them")
+    return terms
 
 
 def caption_loss(logits: Tensor, targets: Tensor, group: Any = None) -> Tensor:

@@ -29,7 +29,7 @@ from cir_lightning.checks import number_in, positive_int
 from cir_lightning.data.base import cir_datamodule
 from cir_lightning.errors import CIRConfigError, CIRModelError
 from cir_lightning.evaluation import Evaluation, EvaluationOptions
-from cir_lightning.losses import FireLoss, distributed_fire_loss
+from cir_lightning.losses import FireLoss, RetrievalLoss, check_loss, distributed_fire_loss
 from cir_lightning.negatives import check_negatives
 from cir_lightning.optim import lr_scheduler
 from cir_lightning.resume import check_resumed_training, record_training_order
@@ -54,7 +54,8 @@ class CIRModule(pl.LightningModule):
 
     Args:
         backbone: the embedding model (e.g. ``HFMultimodalBackbone``).
-        loss: the training loss (default: ``FireLoss()``, the paper's settings).
+        loss: the training loss, a ``losses.RetrievalLoss`` (default: ``FireLoss()``, the paper's settings; or one of
+            your own: ``--model.loss mypackage.MyLoss``).
         optimizer: optimizer factory, applied to the trainable parameters only (default AdamW, lr 1e-4,
             weight decay 0.01).
         lr_schedule: ``"linear"`` (warm-up then linear decay to 0), ``"cosine"`` or ``"constant"``
@@ -108,7 +109,7 @@ class CIRModule(pl.LightningModule):
     def __init__(
         self,
         backbone: Backbone,
-        loss: FireLoss | None = None,
+        loss: RetrievalLoss | None = None,
         optimizer: OptimizerCallable = _default_optimizer,
         lr_schedule: Literal["linear", "cosine", "constant"] = "linear",
         warmup: float = 0.1,
@@ -134,7 +135,8 @@ class CIRModule(pl.LightningModule):
         positive_int("max_caption_tokens", max_caption_tokens, optional=True)
         check_backbone(backbone)  # a backbone of the user's own lacking a part: named now, not mid-run
         self.backbone, self.export_adapter = backbone, export_adapter
-        self.loss = loss or FireLoss()
+        self.loss = FireLoss() if loss is None else loss
+        check_loss(self.loss)  # not a loss, or one lacking `forward`: named now, not at the first step
         self.optimizer_factory, self.lr_schedule, self.warmup = optimizer, lr_schedule, warmup
         self.target_side, self.objective, self.cross_rank_negatives = target_side, objective, cross_rank_negatives
         self.evaluation = Evaluation(EvaluationOptions(

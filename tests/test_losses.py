@@ -8,13 +8,31 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cir_lightning.errors import CIRConfigError
 from cir_lightning.losses import (
     FireLoss,
+    RetrievalLoss,
     all_gather_with_grad,
+    check_loss,
     distributed_fire_loss,
     info_nce,
     recall_surrogate,
 )
+
+
+class Hinge(RetrievalLoss):
+    """A loss of a user's own: a margin on each query's positives against its hardest negative."""
+
+    def __init__(self, margin: float = 0.2) -> None:
+        super().__init__()
+        self.margin = margin
+
+    def forward(self, query, target, positive_mask=None):
+        sim = query @ target.T
+        mask = torch.eye(*sim.shape, dtype=torch.bool) if positive_mask is None else positive_mask
+        positive = sim.masked_fill(~mask, float("inf")).min(1).values
+        negative = sim.masked_fill(mask, float("-inf")).max(1).values
+        return {"loss": (negative - positive + self.margin).clamp(min=0).mean(), "hardest": negative.mean()}
 
 
 def _sigmoid(x: float) -> float:
@@ -147,3 +165,44 @@ def test_fire_loss_is_computed_in_float32_inside_mixed_precision(dtype):
     for name, value in want.items():
         assert got[name].dtype == torch.float32
         assert got[name].item() == pytest.approx(value.item(), rel=1e-6, abs=1e-6), name
+
+
+def test_a_loss_of_ones_own_is_trained_with_the_positives_the_target_keys_give():
+    q = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1]]), dim=-1)
+    shared = torch.tensor([5, 6, 5])  # triplets 0 and 2 share their target: positives of each other, not negatives
+    got = distributed_fire_loss(Hinge(margin=0.5), q, q, shared, cross_rank=False)
+    assert sorted(got) == ["hardest", "loss"]
+    assert got["loss"].item() == pytest.approx(Hinge(margin=0.5)(q, q, shared[:, None] == shared[None, :])["loss"].item())
+    assert got["loss"].item() != pytest.approx(Hinge(margin=0.5)(q, q)["loss"].item())
+
+
+def test_what_is_not_a_retrieval_loss_is_one_line():
+    class Abstract(RetrievalLoss):
+        pass
+
+    class NoTotal(RetrievalLoss):
+        def forward(self, query, target, positive_mask=None):
+            return {"hinge": query.sum()}
+
+    check_loss(FireLoss())
+    check_loss(Hinge())
+    with pytest.raises(CIRConfigError, match=r"^`loss`: MSELoss is not a `cir_lightning.losses.RetrievalLoss`"):
+        check_loss(torch.nn.MSELoss())
+    with pytest.raises(CIRConfigError, match=r"^`loss`: Abstract does not implement `forward`"):
+        check_loss(Abstract())
+    with pytest.raises(CIRConfigError, match=r"NoTotal.forward returned dict with keys \['hinge'\]; .*\"loss\""):
+        distributed_fire_loss(NoTotal(), torch.eye(2), torch.eye(2), torch.arange(2))
+
+
+def test_the_command_line_takes_a_loss_of_ones_own_by_class_path():
+    from jsonargparse import ArgumentParser
+
+    from cir_lightning.module import CIRModule
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_class_arguments(CIRModule, "model", skip={"backbone"})
+    config = parser.parse_args(["--model.loss", "tests.test_losses.Hinge", "--model.loss.margin", "0.3"])
+    assert config.model.loss.class_path == "tests.test_losses.Hinge"
+    assert config.model.loss.init_args.margin == 0.3
+    with pytest.raises(Exception, match="torch.nn.MSELoss"):  # not a RetrievalLoss: the parser refuses it
+        parser.parse_args(["--model.loss", "torch.nn.MSELoss"])
