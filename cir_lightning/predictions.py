@@ -130,7 +130,7 @@ class EmbeddingWriter(BasePredictionWriter):
             for s, (queries, gallery) in enumerate(datamodule.predict_sets()[1]):
                 for side, data in (("queries", queries), ("gallery images", gallery)):
                     if 0 < len(data) < trainer.world_size:  # Lightning's predict sampler: a bare AssertionError
-                        raise CIRConfigError(f"predict: subset {getattr(queries, 'name', '') or s!r} has {len(data)} "
+                        raise CIRConfigError(f"predict: subset {queries.name or s!r} has {len(data)} "
                                              f"{side}, fewer than the {trainer.world_size} processes, and each must "
                                              f"embed one: run it in at most {len(data)} (`--trainer.devices`)")
 

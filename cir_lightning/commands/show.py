@@ -143,7 +143,7 @@ def render_results(results: str | Path, queries: Sequence[str] | None = None, su
         names = [subset]
     datamodule = _datamodule(document, path)
     sets = datamodule.test_sets if document.get("stage") == "test" else datamodule.val_sets
-    pairs = {getattr(q, "name", ""): (q, g) for q, g in sets}
+    pairs = {q.name: (q, g) for q, g in sets}
     pictures, found = [], set()
     for name in names:
         if name not in pairs:

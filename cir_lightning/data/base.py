@@ -234,7 +234,7 @@ class CIRDataModule(pl.LightningDataModule, SummarizesMetrics):
         if self.train_set is None:
             raise CIRConfigError(f"{type(self).__name__} has no training data: set its training file "
                                  "(`train_file` for JSONL data)")
-        trainer = getattr(self, "trainer", None)
+        trainer = self.trainer
         ranks = trainer.world_size if trainer is not None else 1
         per_rank = -(-len(self.train_set) // ranks)  # the distributed sampler pads the ranks to equal shares
         if per_rank < self.batch_size:  # training drops the incomplete batch: not one step would be trained
@@ -250,7 +250,7 @@ class CIRDataModule(pl.LightningDataModule, SummarizesMetrics):
         batch size, training samples, processes, seed); None without training data."""
         if self.train_set is None:
             return None
-        return training_order(len(self.train_set), self.batch_size, getattr(self, "trainer", None))
+        return training_order(len(self.train_set), self.batch_size, self.trainer)
 
     def val_dataloader(self) -> list[DataLoader]:
         return self._eval_loaders(self.val_sets, self.split_for("validate"))
