@@ -25,7 +25,7 @@ from cir_lightning.retrieval.gallery_cache import GalleryStore
 from cir_lightning.retrieval.loop import EpochResults
 from cir_lightning.retrieval.results import ranked_ids, ranked_scores, report_results, split_subsets
 
-__all__ = ["RunOutputs", "data_identity"]
+__all__ = ["RunOutputs", "data_identity", "dataset_pairs"]
 
 
 class RunOutputs:
@@ -115,8 +115,10 @@ class RunOutputs:
             subset_pictures,
         )
 
+        pairs = [(q, g) for q, g in dataset_pairs(loaders)  # someone else's datasets: nothing declared to draw
+                 if isinstance(q, QueryDataset) and isinstance(g, GalleryDataset)]
         try:
-            pictures = subset_pictures(loaders, evaluator.rankings, evaluator.scores, self.pictures, label,
+            pictures = subset_pictures(pairs, evaluator.rankings, evaluator.scores, self.pictures, label,
                                        split_subsets(epoch.metrics))
         except CIRDataError as err:  # an image that cannot be read now: the run's results stand
             warnings.warn(f"retrieval pictures not drawn: {err}", stacklevel=2)
@@ -128,6 +130,23 @@ class RunOutputs:
             log_picture(trainer.loggers, f"{prefix}/retrievals" + (f"/{name}" if name else ""), image,
                         trainer.global_step)
         return paths
+
+
+def dataset_pairs(loaders: Any) -> list[tuple[Any, Any]]:
+    """The (queries, gallery) datasets of evaluation ``loaders`` (queries, gallery, ...: loaders or datasets), a
+    cached gallery's images (``CachedGallery.gallery``) in place of its stand-in.
+
+    Example:
+        >>> from cir_lightning.run_outputs import dataset_pairs
+        >>> from cir_lightning.data.datasets import CachedGallery, GalleryDataset
+        >>> gallery = GalleryDataset([])
+        >>> dataset_pairs([DataLoader(["q"]), DataLoader(CachedGallery(gallery))]) == [(["q"], gallery)]
+        True
+    """
+    loaders = list(loaders) if isinstance(loaders, list | tuple) else [] if loaders is None else [loaders]
+    datasets = [loader.dataset if isinstance(loader, DataLoader) else loader for loader in loaders]
+    return [(queries, gallery.gallery if isinstance(gallery, CachedGallery) else gallery)
+            for queries, gallery in zip(datasets[0::2], datasets[1::2], strict=False)]  # pairs: others were refused
 
 
 def data_identity(datamodule: CIRDataModule | None, stage: str, loaders: Any) -> dict[str, Any]:
@@ -144,11 +163,8 @@ def data_identity(datamodule: CIRDataModule | None, stage: str, loaders: Any) ->
         >>> sorted(data_identity(None, "validate", [queries, gallery])["subsets"][""])
         ['gallery_ids_sha256', 'images_sha256', 'queries_sha256']
     """
-    loaders = list(loaders) if isinstance(loaders, list | tuple) else [] if loaders is None else [loaders]
-    datasets = [loader.dataset if isinstance(loader, DataLoader) else loader for loader in loaders]
     subsets = {}
-    for queries, gallery in zip(datasets[0::2], datasets[1::2], strict=False):  # pairs: the evaluation refused others
-        gallery = gallery.gallery if isinstance(gallery, CachedGallery) else gallery  # stands in for its images
+    for queries, gallery in dataset_pairs(loaders):
         if not isinstance(queries, QueryDataset):
             continue  # someone else's queries: nothing declared to digest
         entry = {"queries_sha256": queries.digest()}

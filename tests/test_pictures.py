@@ -140,6 +140,7 @@ def test_pictures_are_never_overwritten_and_go_to_loggers_that_take_images(tmp_p
 
 def _fit_epoch(tmp_path: Path, scenes, during_fit: bool, epoch: int):
     from lightning.pytorch.trainer.states import TrainerFn
+    from torch.utils.data import DataLoader
 
     from cir_lightning.evaluation import Evaluation, EvaluationOptions
 
@@ -162,7 +163,7 @@ def _fit_epoch(tmp_path: Path, scenes, during_fit: bool, epoch: int):
 
     module = SimpleNamespace(trainer=trainer, log_dict=lambda values, **how: None,
                              backbone=SimpleNamespace(identity=identity))
-    loaders = [SimpleNamespace(dataset=queries), SimpleNamespace(dataset=gallery)]
+    loaders = [DataLoader(queries), DataLoader(gallery)]  # what `trainer.val_dataloaders` holds
     assert evaluation.epoch_end(module, "validate", loaders) is not None
     return logged
 
@@ -368,7 +369,7 @@ def test_a_gallery_of_one_and_rankings_shorter_than_the_picture_draw_what_there_
     queries = QueryDataset([Query("q0", paths[5], "make it red", (size - 1,), "queries.jsonl")])
     ranked = torch.tensor([[size - 1, *range(size - 1), *[-1] * 5]])  # -1: nothing ranked there (k > gallery)
     scores = torch.tensor([[0.5, *[0.25] * (size - 1), *[float("-inf")] * 5]])
-    picture = subset_pictures([queries, gallery], {"": ranked}, {"": scores}, 4, "validate")[""]
+    picture = subset_pictures([(queries, gallery)], {"": ranked}, {"": scores}, 4, "validate")[""]
     assert _tile(picture, 0, 0).tobytes() == _expected_tile(paths[5]).tobytes()
     assert _tile(picture, 0, 1).tobytes() == _expected_tile(paths[size - 1]).tobytes()
     assert _outline(picture, 0, 1) == GREEN  # the one target, at rank 1

@@ -4,9 +4,9 @@
 top-5 gallery images with their scores, the true targets outlined in green, and the rank of the first
 target when it is not among them (``missing_tile`` stands in for an image whose file is gone); ``recall_curves``
 draws Recall@K against K, one curve per subset.
-``query_rows`` builds the rows from a query dataset and its gallery (whose ``records`` hold image paths, as
-``cir_lightning.data``'s datasets do) and the ranked gallery rows; ``subset_pictures`` does it for an
-evaluation epoch's loaders. ``save_picture`` writes a PNG atomically under a free name, with what drew it in its text
+``query_rows`` builds the rows from a query dataset and its gallery (``cir_lightning.data``'s ``QueryDataset`` and
+``GalleryDataset``, whose ``records`` hold image paths) and the ranked gallery rows; ``subset_pictures`` does it for
+each (queries, gallery) pair of an evaluation. ``save_picture`` writes a PNG atomically under a free name, with what drew it in its text
 (``picture_info``: the label, subset, model identity, version; ``PIL.Image.open(path).text`` reads it); ``log_picture``
 sends it to the loggers that take images (TensorBoard's ``add_image``; CSV takes none).
 """

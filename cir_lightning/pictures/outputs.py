@@ -8,7 +8,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
@@ -16,6 +16,9 @@ from cir_lightning.files import write_atomic
 from cir_lightning.free_names import write_free
 from cir_lightning.pictures.draw import retrieval_picture
 from cir_lightning.pictures.rows import query_rows, sample_queries
+
+if TYPE_CHECKING:
+    from cir_lightning.data.datasets import GalleryDataset, QueryDataset
 
 
 def picture_name(label: str, subset: str) -> str:
@@ -125,13 +128,15 @@ def picture_title(label: str, subset: str, shown: int, total: int,
     return f"{label}  ·  {subset or 'all'}  ·  {shown} of {total} queries" + (f"  ·  {recall}" if recall else "")
 
 
-def subset_pictures(loaders: Any, rankings: Mapping[str, Any], scores: Mapping[str, Any], count: int, label: str,
+def subset_pictures(pairs: Sequence[tuple[QueryDataset, GalleryDataset]], rankings: Mapping[str, Any],
+                    scores: Mapping[str, Any], count: int, label: str,
                     metrics: Mapping[str, Mapping[str, float]] | None = None, seed: int = 0) -> dict[str, Image.Image]:
-    """Subset name -> its retrieval picture of ``count`` seeded queries, for the (queries, gallery) evaluation
-    loaders (or dataset pairs) whose datasets have ``records`` and whose subset was ranked.
+    """Subset name -> its retrieval picture of ``count`` seeded queries, for each (queries, gallery) pair of an
+    evaluation whose subset was ranked.
 
     Args:
-        loaders: queries, gallery, queries, gallery, ... (as evaluation loaders come).
+        pairs: the evaluation's query and gallery datasets (``run_outputs.dataset_pairs`` reads them from its
+            loaders, a cached gallery's images in place of its stand-in).
         rankings: subset name -> (queries, depth) ranked gallery rows, -1 padded (the evaluator's).
         scores: subset name -> the scores of those rows (subsets without: ranks only).
         count: queries per picture.
@@ -147,17 +152,14 @@ def subset_pictures(loaders: Any, rankings: Mapping[str, Any], scores: Mapping[s
         >>> Image.new("RGB", (8, 8), "red").save(folder / "a.png")
         >>> gallery = GalleryDataset([GalleryItem(f"g{i}", folder / "a.png", "gallery") for i in range(6)])
         >>> queries = QueryDataset([Query("q0", folder / "a.png", "make it red", (1,), "queries")])
-        >>> pictures = subset_pictures([queries, gallery], {"": torch.tensor([[0, 1, 2, 3, 4, 5]])}, {}, 8, "validate")
+        >>> pictures = subset_pictures([(queries, gallery)], {"": torch.tensor([[0, 1, 2, 3, 4, 5]])}, {}, 8, "validate")
         >>> {name: picture.size for name, picture in pictures.items()}
         {'': (1120, 222)}
     """
-    loaders = list(loaders) if isinstance(loaders, list | tuple) else [loaders]
     out = {}
-    for q, g in zip(loaders[0::2], loaders[1::2], strict=True):
-        queries, gallery = getattr(q, "dataset", q), getattr(g, "dataset", g)
-        gallery = getattr(gallery, "gallery", gallery)  # a cached gallery stands in for its images
-        name = getattr(queries, "name", "")
-        if name not in rankings or not hasattr(queries, "records") or not hasattr(gallery, "records"):
+    for queries, gallery in pairs:
+        name = queries.name
+        if name not in rankings:
             continue
         picks = sample_queries(len(queries.records), count, seed)
         values = scores[name][picks].tolist() if name in scores else None

@@ -6,7 +6,10 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cir_lightning.data.datasets import GalleryDataset, QueryDataset
 
 TOP = 5
 """Results drawn per query."""
@@ -74,7 +77,7 @@ def sample_queries(num_queries: int, count: int, seed: int = 0) -> list[int]:
     return sorted(random.Random(seed).sample(range(num_queries), min(count, num_queries)))
 
 
-def query_rows(queries: Any, gallery: Any, picks: Sequence[int], ranked: Sequence[Sequence[int]],
+def query_rows(queries: QueryDataset, gallery: GalleryDataset, picks: Sequence[int], ranked: Sequence[Sequence[int]],
                scores: Sequence[Sequence[float]] | None = None, top: int = TOP) -> list[QueryRow]:
     """The rows of a retrieval picture.
 
@@ -96,7 +99,7 @@ def query_rows(queries: Any, gallery: Any, picks: Sequence[int], ranked: Sequenc
         >>> [h.image_id for h in row.hits], row.target_rank, row.depth, row.target.image_id
         (['g3', 'g1', 'g2', 'g0', 'g4'], 8, 8, 'g7')
     """
-    truth = getattr(queries, "has_ground_truth", True)
+    truth = queries.has_ground_truth
     rows = []
     for n, q in enumerate(picks):
         record = queries.records[q]
@@ -111,6 +114,6 @@ def query_rows(queries: Any, gallery: Any, picks: Sequence[int], ranked: Sequenc
     return rows
 
 
-def _hit(gallery: Any, row: int, score: float | None, target: bool) -> Hit:
+def _hit(gallery: GalleryDataset, row: int, score: float | None, target: bool) -> Hit:
     item = gallery.records[row]
     return Hit(item.image_id, Path(item.path), item.source, score, target)
