@@ -18,7 +18,7 @@ class SummarizesMetrics:
 
     def summarize(self, metrics: Mapping[str, float]) -> dict[str, float]:
         """Metrics derived from the evaluated ones (keys without stage prefix), e.g. an average over
-        subsets; the model logs them too. None by default.
+        subsets; the model logs them too. None by default (``{}``).
 
         Example:
             >>> from cir_lightning.data import CIRDataModule

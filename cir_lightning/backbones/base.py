@@ -26,6 +26,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from cir_lightning.backbones.adapters import write_base_record
+from cir_lightning.backbones.batches import SampleBatches
 from cir_lightning.backbones.contract import unimplemented
 from cir_lightning.backbones.identity import check_readable
 from cir_lightning.backbones.lora import LoRA, add_lora
@@ -54,7 +55,7 @@ class Backbone(nn.Module):
         (True, True, False)
     """
 
-    collator: Any
+    collator: SampleBatches  # set in ``__init__``: the batches ``forward`` takes, made in DataLoader workers
     lora: LoRA | None = None  # the LoRA settings (None: everything frozen); set by ``_prepare``
     # the base weights, set by subclasses before ``_prepare``: what a saved adapter records it was trained on
     model_name_or_path: str | None = None

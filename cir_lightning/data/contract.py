@@ -4,13 +4,14 @@ the collator.
 A DataModule here only knows raw samples. The model's pre-processing (prompts, tokenizer, image
 processor) reaches it through ``CIRDataModule.connect(collator)``, which ``CIRModule`` calls in its ``setup``;
 the collator then runs in the DataLoader workers, so decoding and processing never block the training
-process. A collator is any object with three methods, each taking a list of samples:
+process. A collator (``Collator``) is any object with three methods, each taking a list of samples:
 
 - ``triplets(samples)`` for training batches,
 - ``queries(samples)`` for evaluation queries,
 - ``gallery(samples)`` for gallery images;
 
-and ``for_subset(name)`` gives the collator of one evaluation subset (itself unless prompts differ per subset);
+``for_subset(name)``, the collator of one evaluation subset (itself unless prompts differ per subset), and
+``placeholders``, the texts a user's modification may not hold (the model's image token);
 ``check_collator`` names what an object handed to ``connect`` lacks. ``constructor_args`` is what a DataModule
 records of its own arguments (``hparams``).
 """
