@@ -31,13 +31,33 @@ from cir_lightning.retrieval.evaluator import RetrievalEvaluator
 from cir_lightning.retrieval.gather import world
 
 
+class StoredQueries(Protocol):
+    """What a ``GalleryStore`` reads of a subset's query dataset (``data.datasets.QueryDataset`` has it)."""
+
+    @property
+    def name(self) -> str:
+        """The subset's name ("" for the one unnamed subset), which names its stored gallery."""
+
+
+class StoredGallery(Protocol):
+    """What a ``GalleryStore`` reads of a subset's gallery dataset (``data.datasets.GalleryDataset`` has both)."""
+
+    @property
+    def ids(self) -> list[str]:
+        """The image ids, in row order."""
+
+    @property
+    def paths(self) -> list[str]:
+        """The image files, in row order: what ``GalleryCache`` checks a cache against (BGE-VL's files do not)."""
+
+
 @runtime_checkable
 class GalleryStore(Protocol):
     """Where a ``CIRModule``'s evaluation loads and saves gallery embeddings: ``GalleryCache`` (the
     ``embedding_cache`` folders) or ``retrieval.memmap.MemmapGalleries`` (BGE-VL's embedding files)."""
 
-    def lookup_sets(self, split: str, sets: Sequence[tuple[Any, Any]], *, dataset: str, model: Mapping[str, Any],
-                    sharded: bool = False) -> set[int]:
+    def lookup_sets(self, split: str, sets: Sequence[tuple[StoredQueries, StoredGallery]], *, dataset: str,
+                    model: Mapping[str, Any], sharded: bool = False) -> set[int]:
         """Load what is stored for the ``(queries, gallery)`` subsets of an evaluation of ``split`` (the split the
         data is: ``CIRDataModule.split_for``), after any checkpoint is loaded; the subsets loaded, whose gallery
         images are then skipped."""
@@ -114,12 +134,12 @@ class GalleryCache:
         self._misses[subset] = (path, {**identity, "ids": list(gallery_ids), "extra": files})
         return False
 
-    def lookup_sets(self, split: str, sets: Sequence[tuple[Any, Any]], *, dataset: str, model: Mapping[str, Any],
-                    sharded: bool = False) -> set[int]:
+    def lookup_sets(self, split: str, sets: Sequence[tuple[StoredQueries, StoredGallery]], *, dataset: str,
+                    model: Mapping[str, Any], sharded: bool = False) -> set[int]:
         """``lookup`` for every ``(queries, gallery)`` subset of an evaluation; the subsets loaded from caches."""
         return {s for s, (queries, gallery) in enumerate(sets)
-                if self.lookup(split, s, getattr(queries, "name", ""), gallery.ids, dataset=dataset, model=model,
-                               sharded=sharded, images=getattr(gallery, "paths", None))}  # GalleryDataset's
+                if self.lookup(split, s, queries.name, gallery.ids, dataset=dataset, model=model, sharded=sharded,
+                               images=gallery.paths)}
 
     def provide(self, evaluator: RetrievalEvaluator) -> None:
         """Give the evaluator the cached galleries (call at the start of every evaluation epoch)."""

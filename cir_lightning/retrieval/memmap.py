@@ -24,7 +24,7 @@ import json
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ from cir_lightning.retrieval.cache import identity_differences
 from cir_lightning.retrieval.embedding_folder import file_stamp
 from cir_lightning.retrieval.gather import world
 from cir_lightning.writable import exists_error
+
+if TYPE_CHECKING:
+    from cir_lightning.retrieval.gallery_cache import StoredGallery, StoredQueries
 
 __all__ = ["MemmapGalleries", "memmap_path", "read_memmap", "write_memmap"]
 
@@ -217,8 +220,8 @@ class MemmapGalleries:
         self.loaded: list[str] = []
         self.written: list[str] = []
 
-    def lookup_sets(self, split: str, sets: Sequence[tuple[Any, Any]], *, dataset: str, model: Mapping[str, Any],
-                    sharded: bool = False) -> set[int]:
+    def lookup_sets(self, split: str, sets: Sequence[tuple[StoredQueries, StoredGallery]], *, dataset: str,
+                    model: Mapping[str, Any], sharded: bool = False) -> set[int]:
         """Load the galleries of ``sets`` (``load``) or check that theirs can be written (``save``); the
         subsets loaded, whose gallery images are then skipped. ``split`` names no file: BGE-VL's are per gallery."""
         if sharded and (self.loading or self.saving):
@@ -228,7 +231,7 @@ class MemmapGalleries:
         self._hits.clear()
         self._misses.clear()
         for s, (queries, gallery) in enumerate(sets):
-            name = getattr(queries, "name", "") or str(s)
+            name = queries.name or str(s)
             path = self.save_path if self.single else memmap_path(self.save_path, name)
             identity = {"model": {**model, **self.identity}, "dataset": dataset, "gallery": name,
                         "ids": list(gallery.ids)}
