@@ -28,9 +28,9 @@ from cir_lightning.fit_summary import FitHistory, monitored, stale_last_warning,
 from cir_lightning.messages import first_few
 from cir_lightning.retrieval.evaluator import EvalSubset, RetrievalEvaluator
 from cir_lightning.retrieval.gallery_cache import GalleryCache, GalleryStore
-from cir_lightning.retrieval.index import SearchConfig
 from cir_lightning.retrieval.loop import EpochResults, EvaluationLoop
 from cir_lightning.retrieval.protocol import metric_names
+from cir_lightning.retrieval.search_config import SearchConfig
 from cir_lightning.retrieval.subsets import subsets_from_datasets
 from cir_lightning.run_outputs import RunOutputs
 

@@ -33,7 +33,7 @@ from cir_lightning.losses import FireLoss, RetrievalLoss, check_loss, distribute
 from cir_lightning.negatives import check_negatives
 from cir_lightning.optim import lr_scheduler
 from cir_lightning.resume import check_resumed_training, record_training_order
-from cir_lightning.retrieval.index import SearchConfig
+from cir_lightning.retrieval.search_config import SearchConfig
 from cir_lightning.retrieval.subsets import loader_role
 from cir_lightning.stage1 import FIRE_STAGE1_INSTRUCTION, CaptionBatches, caption_step, check_caption_data
 from cir_lightning.targets import target_keys

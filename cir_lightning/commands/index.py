@@ -145,7 +145,7 @@ def main(argv: Sequence[str]) -> None:
     from cir_lightning.image_index import partial_folder
     from cir_lightning.index_update import check_out, open_old
     from cir_lightning.indexing import build_image_index
-    from cir_lightning.retrieval.index import SearchConfig
+    from cir_lightning.retrieval.search_config import SearchConfig
 
     out = Path(ns.out)
     found = list_images(ns.image_folder, leave_out=[out, partial_folder(out)])  # before the model is loaded

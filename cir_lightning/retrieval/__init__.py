@@ -6,9 +6,10 @@ module) are imported on first use, so that search, metrics and caches load witho
 
 from typing import Any
 
+from cir_lightning.retrieval.backends import build_index
 from cir_lightning.retrieval.cache import load_embeddings, save_embeddings
 from cir_lightning.retrieval.evaluator import EvalSubset, RetrievalEvaluator
-from cir_lightning.retrieval.index import SearchConfig, build_index, search
+from cir_lightning.retrieval.index import search
 from cir_lightning.retrieval.metrics import (
     HitRateAtK,
     MAPAtK,
@@ -16,6 +17,7 @@ from cir_lightning.retrieval.metrics import (
     PositiveRecallAtK,
     SubsetRecallAtK,
 )
+from cir_lightning.retrieval.search_config import SearchConfig
 from cir_lightning.retrieval.subsets import subsets_from_loaders
 
 __all__ = [

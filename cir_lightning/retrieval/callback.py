@@ -31,8 +31,8 @@ import torch
 
 from cir_lightning.errors import CIRConfigError
 from cir_lightning.retrieval.evaluator import RetrievalEvaluator
-from cir_lightning.retrieval.index import SearchConfig
 from cir_lightning.retrieval.loop import EvaluationLoop
+from cir_lightning.retrieval.search_config import SearchConfig
 from cir_lightning.summaries import SummarizesMetrics
 
 

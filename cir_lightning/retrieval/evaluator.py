@@ -20,9 +20,10 @@ from cir_lightning.checks import cutoffs
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.retrieval import ground_truth as truth
 from cir_lightning.retrieval.gather import collective_device, dedupe_by_index, gather_embeddings, world
-from cir_lightning.retrieval.index import SearchConfig, query_share, search_with_scores
+from cir_lightning.retrieval.index import query_share, search_with_scores
 from cir_lightning.retrieval.metrics import METRIC_FAMILIES, rank_within
 from cir_lightning.retrieval.protocol import DEFAULT_KS, subset_cutoffs
+from cir_lightning.retrieval.search_config import SearchConfig
 from cir_lightning.retrieval.sharded import own_rows, sharded_search
 
 

@@ -18,7 +18,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from cir_lightning.distributed import all_gather_rows, collective_device, world
-from cir_lightning.retrieval.index import SearchConfig, _drop_excluded, pad_lists, search_with_scores
+from cir_lightning.retrieval.index import _drop_excluded, pad_lists, search_with_scores
+from cir_lightning.retrieval.search_config import SearchConfig
 from cir_lightning.retrieval.ties import IdenticalRows, identical_rows, prefix_hashes, tie_identical
 
 
