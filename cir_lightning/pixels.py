@@ -6,8 +6,9 @@ Alpha is dropped as ``convert("RGB")`` drops it, which is what every original mo
 composite transparency onto white instead. Deeper images (16-bit, 32-bit, float) are brought to 8 bits,
 and values that cannot be mapped are a one-line error naming the image.
 
-``shrink_short_edge`` is the one resize before a processor (``max_short_edge``): FiRE's release's, so that a
-translated FiRE config (380 px) reproduces its images exactly.
+``shrink_short_edge`` is the resize before any model's processor (``max_short_edge``): FiRE's release's, so that a
+translated FiRE config (380 px) reproduces its images exactly. A prompt preset's own resize (GME's ``pre_resize``)
+is ``backbones.processors.fit_to_factor``, in that backbone's collator.
 """
 
 from __future__ import annotations
