@@ -24,7 +24,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cir_lightning.checks import non_negative_int, positive_int
 from cir_lightning.data import contract, datasets
-from cir_lightning.data.contract import STAGE_SPLITS, CachedGalleries, Collator, EvalSets, Rankings, Split
+from cir_lightning.data.contract import (
+    STAGE_SPLITS,
+    CachedGalleries,
+    Collator,
+    EvalSets,
+    Rankings,
+    Split,
+    check_eval_sets,
+)
 from cir_lightning.data.datasets import CachedGallery, ImageDataset, TripletDataset
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.sampling import ResumableLoader, ResumableSampler, train_sampler, training_order
@@ -164,8 +172,10 @@ class CIRDataModule(pl.LightningDataModule, SummarizesMetrics):
         split = STAGE_SPLITS.get(stage)
         if split == "val" and not self.val_sets:
             self.val_sets = self.load_eval_sets("val")
+            check_eval_sets(self.val_sets, type(self).__name__, "val")
         elif split == "test" and not self.test_sets:
             self.test_sets = self.load_eval_sets("test")
+            check_eval_sets(self.test_sets, type(self).__name__, "test")
         datasets.refuse_repeated_ids(self.val_sets + self.test_sets)
 
     def split_for(self, stage: str) -> Split:

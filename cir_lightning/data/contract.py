@@ -12,7 +12,8 @@ process. A collator (``Collator``) is any object with three methods, each taking
 
 ``for_subset(name)``, the collator of one evaluation subset (itself unless prompts differ per subset), and
 ``placeholders``, the texts a user's modification may not hold (the model's image token);
-``check_collator`` names what an object handed to ``connect`` lacks. ``constructor_args`` is what a DataModule
+``check_collator`` names what an object handed to ``connect`` lacks; ``check_eval_sets`` what a DataModule's
+``load_eval_sets`` returned that is not ``EvalSets``. ``constructor_args`` is what a DataModule
 records of its own arguments (``hparams``).
 """
 
@@ -28,7 +29,7 @@ from cir_lightning.data.datasets import GalleryDataset, QueryDataset
 from cir_lightning.errors import CIRConfigError
 
 __all__ = ["STAGE_SPLITS", "CachedGalleries", "Collator", "EvalSets", "Rankings", "Split", "check_collator",
-           "constructor_args"]
+           "check_eval_sets", "constructor_args"]
 
 Split = Literal["val", "test"]
 EvalSets = list[tuple[QueryDataset, GalleryDataset]]
@@ -76,6 +77,32 @@ def check_collator(collator: object) -> None:
         raise CIRConfigError(f"{type(collator).__name__} is not a collator (data.contract.Collator): it lacks "
                              f"{', '.join(lacking)}; a backbone's collator can subclass "
                              "`cir_lightning.backbones.SampleBatches`, which needs only the model inputs")
+
+
+def check_eval_sets(sets: object, owner: str, split: str) -> None:
+    """Refuse, in one line naming the subset, what ``owner.load_eval_sets(split)`` returned unless it is
+    ``EvalSets``: a list of ``(QueryDataset, GalleryDataset)`` pairs. Their records, ids, image paths and protocol
+    are what the evaluation, the caches, the pictures and the results read (checked by ``CIRDataModule.setup``:
+    another dataset failed later with an AttributeError, or was passed over).
+
+    Example:
+        >>> from cir_lightning.data.contract import check_eval_sets
+        >>> check_eval_sets([], "Mine", "val")
+        >>> check_eval_sets([([], [])], "Mine", "val")
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRConfigError: Mine.load_eval_sets('val') must return a list of (QueryDataset, GalleryDataset) pairs (cir_lightning.data.datasets); subset 0 is (list, list)
+    """
+    if not isinstance(sets, list):
+        raise CIRConfigError(f"{owner}.load_eval_sets({split!r}) must return a list of (QueryDataset, GalleryDataset) "
+                             f"pairs (cir_lightning.data.datasets), got {type(sets).__name__}")
+    for i, pair in enumerate(sets):
+        if not (isinstance(pair, tuple) and len(pair) == 2 and isinstance(pair[0], QueryDataset)
+                and isinstance(pair[1], GalleryDataset)):
+            got = (f"({', '.join(type(x).__name__ for x in pair)})" if isinstance(pair, tuple)
+                   else type(pair).__name__)
+            raise CIRConfigError(f"{owner}.load_eval_sets({split!r}) must return a list of (QueryDataset, "
+                                 f"GalleryDataset) pairs (cir_lightning.data.datasets); subset {i} is {got}")
 
 
 def constructor_args(datamodule: object, frame: Any, base: type) -> dict[str, Any]:

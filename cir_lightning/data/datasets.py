@@ -92,8 +92,8 @@ def refuse_shared_images(items: Sequence[GalleryItem]) -> None:
 def refuse_repeated_ids(sets: Sequence[tuple[QueryDataset, GalleryDataset]]) -> None:
     """Refuse, with the lines of both, a query id or a gallery id given twice in one subset: results files,
     rankings and server files name queries and images by id, so the second would hide the first. Checked by
-    ``CIRDataModule.setup`` on what ``load_eval_sets`` returns, so every layout gets it (other datasets than
-    these two classes are not read).
+    ``CIRDataModule.setup`` on what ``load_eval_sets`` returns (``data.contract.check_eval_sets``: these pairs), so
+    every layout gets it.
 
     Example:
         >>> q = [Query("q0", Path("a.png"), "red", (0,), "q.csv:2"), Query("q0", Path("b.png"), "blue", (0,), "q.csv:3")]
@@ -104,9 +104,8 @@ def refuse_repeated_ids(sets: Sequence[tuple[QueryDataset, GalleryDataset]]) -> 
     """
     for queries, gallery in sets:
         for what, dataset, key in (("query", queries, "query_id"), ("gallery", gallery, "image_id")):
-            records = dataset.records if isinstance(dataset, QueryDataset | GalleryDataset) else ()
             first: dict[str, Any] = {}
-            for r in records:
+            for r in dataset.records:
                 other = first.setdefault(getattr(r, key), r)
                 if other is not r:
                     raise CIRDataError(f"{r.source}: {what} id {getattr(r, key)!r} is given twice (first at "

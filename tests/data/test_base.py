@@ -5,6 +5,7 @@ identity of embedding caches (pinned: caches written before must still match), t
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,8 @@ from cir_lightning.data import (
     JsonlCIRDataModule,
     SyntheticCIRDataModule,
 )
+from cir_lightning.data.datasets import GalleryDataset, QueryDataset
+from cir_lightning.errors import CIRConfigError
 
 PACKAGE = Path(__file__).parents[2] / "cir_lightning"
 IDENTITIES = [  # (DataModule, expected identity; {r} is the resolved working folder)
@@ -84,29 +87,52 @@ class Recording(CIRDataModule):
 
     def load_eval_sets(self, split: str) -> list:
         self.read.append(split)
-        return [(split, split)]
+        return [(QueryDataset([], name=split), GalleryDataset([]))]
+
+
+def names(sets: list) -> list[str]:
+    return [queries.name for queries, _ in sets]
 
 
 @pytest.mark.parametrize(("stage", "read", "sets"), [
-    ("fit", ["train", "val"], ([("val", "val")], [])),
-    ("validate", ["val"], ([("val", "val")], [])),
-    ("test", ["test"], ([], [("test", "test")])),
-    ("predict", ["test"], ([], [("test", "test")])),
+    ("fit", ["train", "val"], (["val"], [])),
+    ("validate", ["val"], (["val"], [])),
+    ("test", ["test"], ([], ["test"])),
+    ("predict", ["test"], ([], ["test"])),
 ])
 def test_each_stage_reads_its_split_once(stage, read, sets):
     dm = Recording()
     dm.setup(stage)
     dm.setup(stage)
     assert dm.read == read + (["train"] if stage == "fit" else [])  # no training data: asked again
-    assert (dm.val_sets, dm.test_sets) == sets
+    assert (names(dm.val_sets), names(dm.test_sets)) == sets
+
+
+@pytest.mark.parametrize(("sets", "named"), [
+    ([("q", "g")], "subset 0 is (str, str)"),
+    (("pair",), "got tuple"),
+    ([(QueryDataset([]), GalleryDataset([])), (GalleryDataset([]), QueryDataset([]))],
+     "subset 1 is (GalleryDataset, QueryDataset)"),
+    ([(QueryDataset([]),)], "subset 0 is (QueryDataset)"),
+])
+def test_eval_sets_that_are_not_query_gallery_pairs_are_one_line_naming_the_subset(sets, named):
+    class Mine(CIRDataModule):  # a benchmark of one's own: a mistake in its load_eval_sets
+        def load_eval_sets(self, split):
+            return sets
+
+    with pytest.raises(CIRConfigError, match=rf"^Mine.load_eval_sets\('val'\) must return a list of "
+                                             rf"\(QueryDataset, GalleryDataset\) pairs .*{re.escape(named)}$"):
+        Mine().setup("validate")
 
 
 def test_predict_embeds_the_test_sets_or_else_the_val_sets_read_before_and_says_which():
     dm = Recording()
     dm.setup("validate")
-    assert dm.predict_sets() == ("val", [("val", "val")])
+    split, sets = dm.predict_sets()
+    assert (split, names(sets)) == ("val", ["val"])
     dm.setup("predict")
-    assert dm.predict_sets() == ("test", [("test", "test")])
+    split, sets = dm.predict_sets()
+    assert (split, names(sets)) == ("test", ["test"])
     assert len(dm.predict_dataloader()) == 2  # the queries and the gallery of the one test subset
 
 
@@ -136,10 +162,12 @@ def test_the_gallery_cache_is_asked_for_the_split_split_for_names_and_predict_fo
     dm.setup(stage)
     loaders = {"validate": dm.val_dataloader, "test": dm.test_dataloader, "predict": dm.predict_dataloader}[stage]()
     read = "val" if stage == "validate" else "test"
-    assert [loader.dataset for loader in loaders] == [read, read]  # what load_eval_sets returned
-    assert asked == [(f"{stage}-data", [(read, read)])]  # not the Lightning stage: the split the data is
+    (queries, gallery), = dm.val_sets or dm.test_sets  # what load_eval_sets returned
+    assert queries.name == read
+    assert [loader.dataset for loader in loaders] == [queries, gallery]
+    assert asked == [(f"{stage}-data", [(queries, gallery)])]  # not the Lightning stage: the split the data is
     if stage == "predict":
-        assert dm.predict_sets() == ("predict-data", [(read, read)])
+        assert dm.predict_sets() == ("predict-data", [(queries, gallery)])
 
 
 @pytest.mark.parametrize("cls", [FashionIQDataModule, CIRRDataModule, CIRCODataModule, JsonlCIRDataModule,
