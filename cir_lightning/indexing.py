@@ -46,9 +46,8 @@ from cir_lightning.pixels import SHRINK
 from cir_lightning.predictions import ImagesProgressBar
 from cir_lightning.retrieval.backends import build_index_from
 from cir_lightning.retrieval.embedding_folder import finish_embeddings, new_embeddings
-from cir_lightning.retrieval.index import SearchConfig
 from cir_lightning.retrieval.rowfile import RowFile
-from cir_lightning.retrieval.search_config import built_factory
+from cir_lightning.retrieval.search_config import SearchConfig, built_factory
 
 __all__ = ["EmbedImages", "EveryProcessOne", "ShardWriter", "build_image_index"]
 

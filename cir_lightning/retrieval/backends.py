@@ -21,10 +21,10 @@ from cir_lightning.retrieval.search_config import SearchConfig, faiss_message, f
 
 _GPU_MAX_K = 2048
 
-__all__ = ["build_index", "build_index_from", "faiss_topk", "query_block", "torch_topk"]
+__all__ = ["as_float32", "build_index", "build_index_from", "faiss_topk", "query_block", "torch_topk"]
 
 
-def _as_float32(x: Tensor | np.ndarray, name: str) -> np.ndarray:
+def as_float32(x: Tensor | np.ndarray, name: str) -> np.ndarray:
     arr = x.detach().float().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x, dtype=np.float32)
     if arr.ndim != 2:
         raise ValueError(f"`{name}` must be 2-d (items, dim), got shape {arr.shape}")
@@ -100,7 +100,7 @@ def as_float32_tensor(x: Tensor | np.ndarray, name: str, device: torch.device) -
         if x.ndim != 2:
             raise ValueError(f"`{name}` must be 2-d (items, dim), got shape {tuple(x.shape)}")
         return x.detach().to(device=device, dtype=torch.float32).contiguous()
-    return torch.from_numpy(_as_float32(x, name)).to(device)
+    return torch.from_numpy(as_float32(x, name)).to(device)
 
 
 def torch_topk(q: Tensor, g: Tensor, k: int, chunk_size: int) -> tuple[Tensor, Tensor]:
@@ -156,7 +156,7 @@ def build_index(gallery: Tensor | np.ndarray, config: SearchConfig | None = None
         >>> index.ntotal, index.is_trained
         (200, True)
     """
-    g = _as_float32(gallery, "gallery")
+    g = as_float32(gallery, "gallery")
     return build_index_from(lambda start, stop: g[start:stop], g.shape, config, chunk_rows=max(1, len(g)))
 
 
@@ -197,7 +197,7 @@ def build_index_from(read: Callable[[int, int], np.ndarray], shape: tuple[int, i
         del sample
     _reserve(index, rows)
     for start in range(0, rows, chunk_rows):
-        index.add(_as_float32(read(start, min(rows, start + chunk_rows)), "gallery"))
+        index.add(as_float32(read(start, min(rows, start + chunk_rows)), "gallery"))
     params = [(name, value) for name, value in (("nprobe", config.nprobe), ("efSearch", config.ef_search))
               if value is not None]
     if params:
@@ -225,10 +225,10 @@ def _training_sample(read: Callable[[int, int], np.ndarray], rows: int, factory:
     match = re.search(r"IVF(\d+)", factory)
     wanted = max(TRAIN_ROWS, 256 * int(match.group(1)) if match else 0)
     if rows <= wanted:
-        return _as_float32(read(0, rows), "gallery")
+        return as_float32(read(0, rows), "gallery")
     step = -(-rows // wanted)
     block = max(step, chunk_rows // step * step)  # a multiple of step: each block starts on a sampled row
-    return np.concatenate([_as_float32(read(start, min(rows, start + block))[::step], "gallery")
+    return np.concatenate([as_float32(read(start, min(rows, start + block))[::step], "gallery")
                            for start in range(0, rows, block)])
 
 
@@ -272,7 +272,7 @@ def _faiss_block(q: np.ndarray, g: np.ndarray, k: int, index: Any, config: Searc
     scores, ids = (torch.from_numpy(np.ascontiguousarray(a)) for a in found)
     # faiss orders equal scores arbitrarily: sort by (score desc, gallery index asc), like the torch path
     ids, scores = _sorted_by_score_then_index(ids.long(), scores)
-    # missing results (-1, score -FLT_MAX) sort last and are removed by _drop_excluded
+    # missing results (-1, score -FLT_MAX) sort last and are removed by index.drop_excluded
     if extra:
         crossing = (scores[:, k - 1] == scores[:, k]).nonzero().flatten()
         if len(crossing):  # rare: redo exactly, so the tied items kept are the lowest-index ones

@@ -31,18 +31,17 @@ from torch import Tensor
 
 from cir_lightning.checks import positive_int
 from cir_lightning.retrieval.backends import (
-    _as_float32,
+    as_float32,
     as_float32_tensor,
-    build_index,
     faiss_topk,
     query_block,
     torch_device,
     torch_topk,
 )
-from cir_lightning.retrieval.search_config import SearchConfig, faiss_message
+from cir_lightning.retrieval.search_config import SearchConfig
 from cir_lightning.retrieval.ties import IdenticalRows, identical_rows, tie_identical
 
-__all__ = ["SearchConfig", "build_index", "faiss_message", "pad_lists", "query_share", "search", "search_with_scores"]
+__all__ = ["drop_excluded", "pad_lists", "query_share", "search", "search_with_scores"]
 
 
 _COMPARE_EXCLUDED = 16  # up to this many excluded rows per query, membership by direct comparison
@@ -63,12 +62,12 @@ def pad_lists(lists: Sequence[Sequence[int]], width: int | None = None) -> Tenso
     return out
 
 
-def _drop_excluded(ids: Tensor, scores: Tensor, excluded: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def drop_excluded(ids: Tensor, scores: Tensor, excluded: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Remove ``excluded`` ids (and -1) from each row of ``ids``, keep their order, cut to ``k``, pad with -1;
     each id's score travels along (-inf where there is no result).
 
     Example:
-        >>> ids, scores = _drop_excluded(torch.tensor([[4, 1, 2, 0]]), torch.tensor([[.9, .8, .7, .6]]),
+        >>> ids, scores = drop_excluded(torch.tensor([[4, 1, 2, 0]]), torch.tensor([[.9, .8, .7, .6]]),
         ...                              torch.tensor([[1, -1]]), 2)
         >>> ids.tolist(), [round(x, 1) for x in scores[0].tolist()]
         ([[4, 2]], [0.9, 0.7])
@@ -140,7 +139,7 @@ def search_with_scores(queries: Tensor | np.ndarray, gallery: Tensor | np.ndarra
         device = torch_device(queries, gallery, config)
         q, g = as_float32_tensor(queries, "queries", device), as_float32_tensor(gallery, "gallery", device)
     else:
-        q, g = _as_float32(queries, "queries"), _as_float32(gallery, "gallery")
+        q, g = as_float32(queries, "queries"), as_float32(gallery, "gallery")
     if asked is not None and asked.factory.strip() == "auto" and not config.exact:
         warnings.warn(f"`search.factory: auto` chose the approximate index {config.factory} (nprobe {config.nprobe}) "
                       f"for {len(g)} gallery rows: rankings and metrics are approximate; `factory: Flat` is exact",
@@ -160,7 +159,7 @@ def search_with_scores(queries: Tensor | np.ndarray, gallery: Tensor | np.ndarra
     if config.exact:  # identical rows: equal scores, the lower gallery index first
         ids, scores = tie_identical(ids, scores.float(), identical_rows(g) if identical == "find" else identical,
                                     limit=depth)  # k + excluded: enough for k results once excluded rows go
-    return _drop_excluded(ids, scores.float(), excl, k)
+    return drop_excluded(ids, scores.float(), excl, k)
 
 
 def query_share(num_queries: int, num_gallery: int, config: SearchConfig, rank: int, world_size: int) -> Tensor:

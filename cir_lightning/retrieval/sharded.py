@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from cir_lightning.distributed import all_gather_rows, collective_device, world
-from cir_lightning.retrieval.index import _drop_excluded, pad_lists, search_with_scores
+from cir_lightning.retrieval.index import drop_excluded, pad_lists, search_with_scores
 from cir_lightning.retrieval.search_config import SearchConfig
 from cir_lightning.retrieval.ties import IdenticalRows, identical_rows, prefix_hashes, tie_identical
 
@@ -124,5 +124,5 @@ def sharded_search(queries: Tensor, shard: Tensor, shard_index: Tensor, k: int,
     if identical is not None:  # identical rows tie, wherever they are; a row a query excludes stays out
         table = pad_lists(excluded)
         global_ids, local_scores = tie_identical(global_ids, local_scores, identical, k + table.shape[1])
-        global_ids, local_scores = _drop_excluded(global_ids, local_scores, table, global_ids.shape[1])
+        global_ids, local_scores = drop_excluded(global_ids, local_scores, table, global_ids.shape[1])
     return merge_topk(global_ids, local_scores, k)

@@ -11,7 +11,7 @@ exact search, where the definition gives 0.
 embeddings differ there), which are then compared whole (about 0.1 s for a million rows of 768 values,
 1% of exact search's time for 1,000 queries on this 2-core machine). ``tie_identical`` gives every member of a group found
 among a query's results the group's best score, adds the members that were not found, and re-sorts by
-(score descending, gallery index ascending). Excluded rows are removed afterwards (``index._drop_excluded``).
+(score descending, gallery index ascending). Excluded rows are removed afterwards (``index.drop_excluded``).
 """
 
 from __future__ import annotations

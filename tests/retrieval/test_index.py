@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 
 from cir_lightning.errors import CIRConfigError
-from cir_lightning.retrieval.index import SearchConfig, build_index, search
+from cir_lightning.retrieval.backends import build_index
+from cir_lightning.retrieval.index import search
+from cir_lightning.retrieval.search_config import SearchConfig
 
 
 def brute_force(q, g, k, excluded):
@@ -148,7 +150,6 @@ def test_gpu_index_without_gpu_says_what_to_install():
 def test_every_index_type_ranks_by_inner_product_not_distance(factory):
     import faiss
 
-    from cir_lightning.retrieval.index import build_index
 
     gallery = torch.tensor([[1.0, 0.0], [10.0, 0.5]] * 40)  # L2 would rank row 0 first, inner product row 1
     assert build_index(gallery, SearchConfig(factory=factory)).metric_type == faiss.METRIC_INNER_PRODUCT

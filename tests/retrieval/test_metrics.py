@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cir_lightning.retrieval.index import SearchConfig, pad_lists, search
+from cir_lightning.retrieval.index import pad_lists, search
 from cir_lightning.retrieval.metrics import (
     HitRateAtK,
     MAPAtK,
@@ -19,6 +19,7 @@ from cir_lightning.retrieval.metrics import (
     SubsetRecallAtK,
     rank_within,
 )
+from cir_lightning.retrieval.search_config import SearchConfig
 
 
 def reference(ranked: list[list[int]], positives: list[list[int]], k: int) -> tuple[float, float]:
