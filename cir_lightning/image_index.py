@@ -42,7 +42,8 @@ from cir_lightning.index_files import (
 )
 from cir_lightning.messages import MISSING, first_few
 from cir_lightning.retrieval.cache import identity_differences
-from cir_lightning.retrieval.embedding_folder import file_stamp, ids_digest
+from cir_lightning.retrieval.embedding_folder import ids_digest
+from cir_lightning.retrieval.image_stamps import file_stamp, stamp_change
 from cir_lightning.retrieval.index import search_with_scores
 from cir_lightning.retrieval.ties import identical_rows
 
@@ -182,10 +183,9 @@ class ImageIndex:
         moved = self.root != Path(self.info["root"])
         found = []
         for relpath in relpaths:
-            now, then = file_stamp(self.root / relpath), None
-            if self._stamps is not None:
-                then = self._stamps[self._rows[relpath]].tolist()
-            if now is None or (then is not None and (now[0] != then[0] or (now[1] != then[1] and not moved))):
+            now = file_stamp(self.root / relpath)
+            then = self._stamps[self._rows[relpath]] if self._stamps is not None else None
+            if now is None or (then is not None and stamp_change(then, now, times=not moved)):
                 found.append(relpath)
         return found
 

@@ -11,13 +11,12 @@ import numpy as np
 
 from cir_lightning.errors import CIRDataError
 from cir_lightning.messages import MISSING, short_repr
+from cir_lightning.retrieval.image_stamps import STAMPS_FILE, stamps_problem
 
 __all__ = ["FAISS_FILE", "STAMPS_FILE", "meta_problem", "read_faiss", "read_json", "read_stamps"]
 
 FAISS_FILE = "index.faiss"
 """The faiss index's file name inside an index folder."""
-STAMPS_FILE = "stamps.npy"
-"""Each indexed image file's ``[size, modification time in ns]`` when it was embedded, by row (int64; -1: none)."""
 
 
 def read_json(path: Path, kind: type) -> Any:
@@ -82,7 +81,7 @@ def read_stamps(path: Path, count: int) -> np.ndarray | None:
         stamps = np.load(path)
     except (OSError, ValueError, EOFError) as err:
         raise CIRDataError(f"cannot be read ({err}): the index is damaged; rebuild it", path) from None
-    if stamps.shape != (count, 2) or stamps.dtype != np.int64:
-        raise CIRDataError(f"holds {stamps.dtype} {stamps.shape}, not int64 ({count}, 2): the index is damaged; rebuild "
-                           "it", path)
+    problem = stamps_problem(stamps, count)
+    if problem:
+        raise CIRDataError(f"{problem}: the index is damaged; rebuild it", path)
     return stamps

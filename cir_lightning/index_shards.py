@@ -26,8 +26,9 @@ from cir_lightning.errors import CIRDataError
 from cir_lightning.files import check_writable, write_atomic
 from cir_lightning.messages import first_few
 from cir_lightning.retrieval.cache import identity_differences, save_embeddings
-from cir_lightning.retrieval.embedding_folder import file_stamp, ids_digest
+from cir_lightning.retrieval.embedding_folder import ids_digest
 from cir_lightning.retrieval.ground_truth import check_finite
+from cir_lightning.retrieval.image_stamps import file_stamp
 
 __all__ = ["SHARD_SPLIT", "ShardWriter", "current_rows", "file_stamps", "read_shards", "read_unreadable",
            "start_build"]

@@ -46,6 +46,7 @@ from cir_lightning.pixels import SHRINK
 from cir_lightning.predictions import ImagesProgressBar
 from cir_lightning.retrieval.backends import build_index_from
 from cir_lightning.retrieval.embedding_folder import finish_embeddings, new_embeddings
+from cir_lightning.retrieval.image_stamps import stamps_array
 from cir_lightning.retrieval.rowfile import RowFile
 from cir_lightning.retrieval.search_config import SearchConfig, built_factory
 
@@ -218,7 +219,7 @@ def _assemble(root: Path, out: Path, partial: Path, relpaths: list[str], backbon
     with atomic_folder(out, overwrite=in_place) as tmp:
         new_embeddings(tmp, len(keep), backbone.embedding_dim, dtype).flush()  # an empty file of the right size
         # the files as embedded (a row's stamp equals its file's now): search tells a photo replaced since
-        np.save(tmp / STAMPS_FILE, np.array([now.get(p, [-1, -1]) for p in keep], dtype=np.int64).reshape(-1, 2))
+        np.save(tmp / STAMPS_FILE, stamps_array(now.get(p) for p in keep))
         with RowFile(tmp / "embeddings.npy", writable=True) as rows:  # plain writes: nothing stays resident
             by_shard: dict[Path, list[tuple[int, int]]] = {}
             for p in keep:  # each image once, from a shard that embedded its file as it is now

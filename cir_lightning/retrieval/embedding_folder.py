@@ -20,6 +20,7 @@ from typing import IO, Any
 import numpy as np
 
 from cir_lightning.errors import CIRConfigError
+from cir_lightning.retrieval.image_stamps import file_stamp
 
 FORMAT = 1
 
@@ -34,21 +35,6 @@ def _version() -> str:
 def ids_digest(ids: Sequence[str]) -> str:
     """The SHA-256 of ``ids`` one per line: ids (or paths) recorded in a folder's ``meta.json``."""
     return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()
-
-
-def file_stamp(path: str | Path) -> list[int] | None:
-    """``[size, modification time in ns]`` of a file (a link: of the file it leads to); None if it cannot be stat'ed.
-
-    Example:
-        >>> from cir_lightning.retrieval.embedding_folder import file_stamp
-        >>> file_stamp("no/such/file") is None
-        True
-    """
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return [stat.st_size, stat.st_mtime_ns]
 
 
 def image_files(images: Sequence[str | Path]) -> dict[str, str]:

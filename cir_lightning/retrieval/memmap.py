@@ -35,8 +35,8 @@ from cir_lightning.errors import CIRConfigError, CIRDataError, CIRFileError
 from cir_lightning.files import check_writable, write_atomic
 from cir_lightning.messages import first_few
 from cir_lightning.retrieval.cache import identity_differences
-from cir_lightning.retrieval.embedding_folder import file_stamp
 from cir_lightning.retrieval.gather import world
+from cir_lightning.retrieval.image_stamps import changed_line, file_stamp, stamps_array
 from cir_lightning.writable import exists_error
 
 if TYPE_CHECKING:
@@ -165,17 +165,16 @@ def _check_stamps(path: Path, then: Any, images: Sequence[str | Path], ids: list
         warnings.warn(f"`{path}`'s identity file records no `image_stamps` (written before they were recorded): its "
                       "images were not checked for changes since they were embedded", stacklevel=3)
         return
-    if not isinstance(then, list) or len(then) != len(images):
+    try:
+        then = stamps_array(then) if isinstance(then, list) and len(then) == len(images) else None
+    except (TypeError, ValueError):  # not [size, time] pairs
+        then = None
+    if then is None:
         raise CIRDataError("`image_stamps` does not hold one stamp per row: the identity file is damaged; remove "
                            "both files and embed again", _identity_file(path))
-    stale = [(row, now) for row, image in enumerate(images) if (now := file_stamp(image)) != then[row]]
+    stale = changed_line(images, ids, then, [file_stamp(image) for image in images], "these embeddings were saved")
     if stale:
-        row, now = stale[0]
-        what = "is gone" if now is None else "changed (another size or modification time)"
-        named = f"image `{images[row]}`" + (f" (id `{ids[row]}`)" if row < len(ids) else "")
-        more = f"; {len(stale) - 1} more changed or gone" if len(stale) > 1 else ""
-        raise CIRDataError(f"{named} {what} since these embeddings were saved{more}: they are stale; embed again with "
-                           "`--save_embedding` into a new file", path)
+        raise CIRDataError(f"{stale}: they are stale; embed again with `--save_embedding` into a new file", path)
 
 
 class MemmapGalleries:
