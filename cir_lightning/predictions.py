@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -71,7 +71,7 @@ class _Output:
     kind: str
     split: str
     ids: list[str]
-    files: dict[str, str] = field(default_factory=dict)  # a gallery's `image_files` (before reading), queries' digest
+    files: Mapping[str, str] = field(default_factory=dict)  # a gallery's `image_files` (before reading), queries' digest
     rows: Any = None  # np.memmap of the embeddings
     mask: Any = None  # np.memmap of uint8, 1 where a row was written
 

@@ -188,10 +188,11 @@ def test_an_image_changed_while_the_gallery_is_embedded_makes_the_cache_stale(tm
     evaluator = RetrievalEvaluator(ks=[1])
     evaluator.galleries[0] = torch.eye(2)
     assert cache.save(evaluator)
-    with pytest.raises(CIRDataError, match="image files changed since it was written"):
+    with pytest.raises(CIRDataError, match=r"image `.*b\.png` \(id `b`\) changed \(another size: .*\) since it was "
+                                           r"written\. A stale"):
         GalleryCache(tmp_path / "cache").lookup("val", 0, "", ["a", "b"], **identity)
     images[0].unlink()  # deleted since: refused as well
-    with pytest.raises(CIRDataError, match="image files changed since it was written"):
+    with pytest.raises(CIRDataError, match=r"image `.*a\.png` \(id `a`\) is gone since it was written; 1 more changed"):
         GalleryCache(tmp_path / "cache").lookup("val", 0, "", ["a", "b"], **identity)
     swapped = {**identity, "images": identity["images"][::-1]}  # the annotation file now maps the ids the other way
     with pytest.raises(CIRDataError, match="the ids name other image files than when it was written"):

@@ -81,14 +81,19 @@ def test_a_cache_is_refused_once_its_gallery_images_were_made_again(predicted, t
             "--model.embedding_cache", str(folder), "--model.eval_ks", "[1]"]
     image = predicted / "data" / "images" / "scene_007.png"
     original, stat = image.read_bytes(), image.stat()
+    row = json.loads((folder / "val-0-gallery" / "ids.json").read_text()).index("scene_007")
+    stamps = np.load(folder / "val-0-gallery" / "stamps.npy")  # each gallery image's, by row (queries have none)
+    assert stamps[row].tolist() == [stat.st_size, stat.st_mtime_ns]
+    assert not (folder / "val-0-query" / "stamps.npy").exists()
     try:
         Image.new("RGB", (64, 64), "white").save(image)
         with pytest.raises(SystemExit):
             main(args)
         err = [line for line in capsys.readouterr().err.splitlines() if "does not match" in line]
-        assert err[-1].endswith("the cache does not match: images: image files changed since it was written (size or "
-                                "modification time: the images were made or copied again). A stale cache is never "
-                                "used: re-embed with `overwrite_cache: true` (or delete the folder)")
+        assert err[-1].endswith(f"the cache does not match: images: image `{image.resolve()}` (id `scene_007`) changed "
+                                f"(another size: {image.stat().st_size} bytes, {stat.st_size} when embedded) since it "
+                                "was written. A stale cache is never used: re-embed with `overwrite_cache: true` (or "
+                                "delete the folder)")
         assert str(folder / "val-0-gallery") in err[-1]
     finally:  # the other tests of this module read these images
         image.write_bytes(original)

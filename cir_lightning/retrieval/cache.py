@@ -4,6 +4,7 @@ A cache is a folder::
 
     embeddings.npy   (count, dim) array in row order, float32 or float16 (numpy .npy, memory-mappable)
     ids.json         the item ids, in row order
+    stamps.npy       a gallery's: each image file's [size, modification time in ns] by row (int64; -1: none)
     meta.json        {"format": 1, "kind": "gallery" | "query", "model": {...}, "dataset": ..., "split": ...,
                       "count": ..., "dim": ..., "dtype": ..., "ids_sha256": ..., "created": ...,
                       "cir_lightning": the version that wrote it}
@@ -12,7 +13,9 @@ A cache is a folder::
 pooling) and the digest of its trainable weights. ``load_embeddings`` compares it, the dataset, split,
 kind and ids (and, for a gallery, its image files: which, and their sizes and modification times) with
 what the caller expects and refuses any difference with an error that lists them: a stale cache is never
-used silently. ``save_embeddings`` never replaces an existing cache unless told to.
+used silently. A gallery whose images changed is refused naming the first changed or gone image, its id and
+how it changed (``stamps.npy``; a cache written before it says only that images changed). ``save_embeddings``
+never replaces an existing cache unless told to.
 
 Rows too many to hold in memory (a gallery of millions) are written where they land, through
 ``retrieval.embedding_folder`` (``new_embeddings``, ``open_embeddings``, ``finish_embeddings``); used inside
@@ -35,6 +38,7 @@ from cir_lightning.files import atomic_folder
 from cir_lightning.messages import json_type
 from cir_lightning.retrieval.embedding_folder import (
     FORMAT,
+    ImageFiles,
     array_of,
     check_dtype,
     finish_embeddings,
@@ -43,7 +47,9 @@ from cir_lightning.retrieval.embedding_folder import (
     json_of,
     new_embeddings,
     opened_files,
+    stamps_digest,
 )
+from cir_lightning.retrieval.image_stamps import STAMPS_FILE, changed_line, stamps_problem
 from cir_lightning.writable import exists_error
 
 
@@ -97,7 +103,7 @@ def cache_name(split: str, subset: str, kind: str) -> tuple[str, str]:
 
 def save_embeddings(path: str | Path, embeddings: Tensor | np.ndarray, ids: Sequence[str], *, kind: str,
                     model: Mapping[str, Any], dataset: str, split: str, dtype: str = "float32",
-                    overwrite: bool = False, images: Sequence[str] | None = None,
+                    overwrite: bool = False, images: Sequence[str | Path] | ImageFiles | None = None,
                     extra: Mapping[str, Any] | None = None) -> Path:
     """Write a cache folder at ``path``.
 
@@ -111,8 +117,8 @@ def save_embeddings(path: str | Path, embeddings: Tensor | np.ndarray, ids: Sequ
         split: the split ("val", "test", ...).
         dtype: ``"float32"`` or ``"float16"`` storage.
         overwrite: replace an existing cache.
-        images: the image file of each id (a gallery's): a later load given other files, or the same files
-            changed since (``image_files``), refuses the cache.
+        images: the image file of each id (a gallery's), or their ``image_files`` taken before they were read: a
+            later load given other files, or the same files changed since, refuses the cache.
         extra: more keys for ``meta.json`` (as ``finish_embeddings``'s).
 
     Example:
@@ -144,8 +150,9 @@ def save_embeddings(path: str | Path, embeddings: Tensor | np.ndarray, ids: Sequ
         rows[:] = array
         rows.flush()
         del rows
+        files = images if images is None or isinstance(images, ImageFiles) else image_files(images)
         finish_embeddings(tmp, ids, kind=kind, model=model, dataset=dataset, split=split,
-                          extra={**(extra or {}), **({} if images is None else image_files(images))})
+                          extra=extra if files is None else files.joined(extra))
     return path
 
 
@@ -235,8 +242,7 @@ def _load(path: Path, files: Mapping[str, IO[bytes] | OSError], *, kind: str, mo
         problems.append("images: the ids name other image files than when it was written (another gallery file, or "
                         "changed image paths)")
     elif "image_stamps_sha256" in meta and now and meta["image_stamps_sha256"] != now["image_stamps_sha256"]:
-        problems.append("images: image files changed since it was written (size or modification time: the images "
-                        "were made or copied again)")
+        problems.append("images: " + _changed(meta, files[STAMPS_FILE], images or [], cached_ids, now.stamps))
     if problems:
         raise CIRDataError("the cache does not match: " + "; ".join(problems) + ". A stale cache is never used: "
                            "re-embed with `overwrite_cache: true` (or delete the folder)", path)
@@ -252,3 +258,22 @@ def _load(path: Path, files: Mapping[str, IO[bytes] | OSError], *, kind: str, mo
     if rows is not None:
         array = array[rows]
     return torch.from_numpy(np.array(array, dtype=np.float32)), cached_ids  # a writable float32 copy
+
+
+def _changed(meta: Mapping[str, Any], file: IO[bytes] | OSError, images: Sequence[str], ids: Sequence[str],
+             now: np.ndarray) -> str:
+    """What changed in a gallery's image files since its cache was written: the first changed or gone image, from
+    the cache's ``stamps.npy`` (checked against the digest ``meta.json`` records), or, without one, that some did."""
+    changed = ("image files changed since it was written (size or modification time: the images were made or copied "
+               "again)")
+    if isinstance(file, FileNotFoundError):  # a cache written before stamps.npy
+        return changed
+    try:
+        then = array_of(file)
+        problem = stamps_problem(then, len(images)) or (None if stamps_digest(then) == meta["image_stamps_sha256"]
+                                                        else "holds other stamps than meta.json records")
+    except (OSError, ValueError, EOFError) as err:
+        problem = f"cannot be read ({err})"
+    if problem:
+        return f"{changed}; its {STAMPS_FILE}, which would name them, {problem}: it is damaged"
+    return changed_line(images, ids, then, now, "it was written") or changed

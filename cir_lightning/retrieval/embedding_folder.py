@@ -1,7 +1,8 @@
 """An embedding folder written row by row (the format of ``retrieval.cache``): ``new_embeddings`` preallocates
 ``embeddings.npy`` memory-mapped, any process fills its rows (``open_embeddings``), ``finish_embeddings``
-writes ``ids.json`` and ``meta.json``; ``image_files`` is what ties a gallery's rows to its image files;
-``opened_files`` opens a folder's three files together, all from one folder (what ``load_embeddings`` reads).
+writes ``ids.json`` and ``meta.json``; ``image_files`` is what ties a gallery's rows to its image files (digests
+in ``meta.json``, each image's stamp in ``stamps.npy``); ``opened_files`` opens a folder's files together, all
+from one folder (what ``load_embeddings`` reads).
 ``cir-lightning predict``, ``index`` and the caches write through it.
 """
 
@@ -20,7 +21,7 @@ from typing import IO, Any
 import numpy as np
 
 from cir_lightning.errors import CIRConfigError
-from cir_lightning.retrieval.image_stamps import file_stamp
+from cir_lightning.retrieval.image_stamps import STAMPS_FILE, file_stamp, stamps_array
 
 FORMAT = 1
 
@@ -37,10 +38,37 @@ def ids_digest(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(map(str, ids)).encode()).hexdigest()
 
 
-def image_files(images: Sequence[str | Path]) -> dict[str, str]:
+class ImageFiles(Mapping[str, str]):
+    """What ties a gallery's rows to its image files (``image_files``): the digests ``meta.json`` records, which
+    this mapping holds (the cache's identity), and each image's stamp by row (``stamps``: ``image_stamps``'
+    ``stamps_array``), which ``finish_embeddings`` writes to ``stamps.npy`` so that a refusal can name the image."""
+
+    def __init__(self, digests: Mapping[str, Any], stamps: np.ndarray) -> None:
+        self._digests, self.stamps = dict(digests), stamps
+
+    def __getitem__(self, key: str) -> Any:
+        return self._digests[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._digests)
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    def joined(self, extra: Mapping[str, Any] | None) -> ImageFiles:
+        """The same record with ``extra``'s keys beside the digests (for ``meta.json``)."""
+        return ImageFiles({**(extra or {}), **self._digests}, self.stamps)
+
+
+def stamps_digest(stamps: np.ndarray) -> str:
+    """The digest ``meta.json`` records of a gallery's ``stamps`` (``image_stamps_sha256``)."""
+    return ids_digest([f"{size}:{mtime}" if size >= 0 else "-" for size, mtime in stamps.tolist()])
+
+
+def image_files(images: Sequence[str | Path]) -> ImageFiles:
     """What ties a gallery's embeddings to its image files, for ``meta.json``: digests of the files' paths and of
     their ``file_stamp`` (taken before the files are read: an image made again under the same name is another
-    image; a file that cannot be stat'ed counts as changed).
+    image; a file that cannot be stat'ed counts as changed), and the stamps themselves, for ``stamps.npy``.
 
     Example:
         >>> from cir_lightning.retrieval.embedding_folder import image_files
@@ -52,10 +80,11 @@ def image_files(images: Sequence[str | Path]) -> dict[str, str]:
         >>> after = image_files([image])
         >>> before["images_sha256"] == after["images_sha256"], before["image_stamps_sha256"] == after["image_stamps_sha256"]
         (True, False)
+        >>> after.stamps[:, 0].tolist()  # each image's size (and modification time)
+        [2]
     """
-    stamps = [file_stamp(image) for image in images]
-    return {"images_sha256": ids_digest(images),
-            "image_stamps_sha256": ids_digest([f"{s[0]}:{s[1]}" if s else "-" for s in stamps])}
+    stamps = stamps_array([file_stamp(image) for image in images])
+    return ImageFiles({"images_sha256": ids_digest(images), "image_stamps_sha256": stamps_digest(stamps)}, stamps)
 
 
 def check_dtype(dtype: str) -> None:
@@ -118,13 +147,15 @@ def open_embeddings(folder: str | Path) -> np.memmap:
 
 def finish_embeddings(folder: str | Path, ids: Sequence[str], *, kind: str, model: Mapping[str, Any], dataset: str,
                       split: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``ids.json`` and ``meta.json`` beside a complete ``embeddings.npy``; returns the meta.
+    """Write ``ids.json`` and ``meta.json`` (and a gallery's ``stamps.npy``) beside a complete ``embeddings.npy``;
+    returns the meta.
 
     Args:
         folder: the cache folder (usually the temporary folder of ``files.atomic_folder``).
         ids: the item ids, one per row.
         kind, model, dataset, split: the identity, as for ``save_embeddings``.
-        extra: more keys for ``meta.json`` (they may not replace the format's own).
+        extra: more keys for ``meta.json`` (they may not replace the format's own); an ``ImageFiles`` (a gallery's
+            ``image_files``, taken before its images were read) writes its stamps to ``stamps.npy`` too.
 
     Example:
         >>> from cir_lightning.retrieval.embedding_folder import finish_embeddings, new_embeddings
@@ -147,17 +178,19 @@ def finish_embeddings(folder: str | Path, ids: Sequence[str], *, kind: str, mode
     if clash:
         raise ValueError(f"`extra` may not replace the cache's own keys {clash}")
     meta.update(extra or {})
+    if isinstance(extra, ImageFiles):
+        np.save(folder / STAMPS_FILE, extra.stamps)
     (folder / "ids.json").write_text(json.dumps([str(i) for i in ids]))
     (folder / "meta.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
     return meta
 
 
-FILES = ("meta.json", "ids.json", "embeddings.npy")
+FILES = ("meta.json", "ids.json", "embeddings.npy", STAMPS_FILE)
 
 
 @contextlib.contextmanager
 def opened_files(path: Path) -> Iterator[dict[str, IO[bytes] | OSError]]:
-    """A cache's files, opened together from one folder (what could not be, its error): another run replacing the
+    """A cache's ``FILES``, opened together from one folder (what could not be, its error): another run replacing the
     cache meanwhile (``overwrite_cache``) moves the whole folder, so the files read are all of one run's cache."""
     for _ in range(3):  # the folder was swapped between opening it and its files: open the one now there
         files: dict[str, IO[bytes] | OSError] = {}

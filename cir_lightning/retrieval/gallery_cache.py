@@ -130,8 +130,8 @@ class GalleryCache:
             return True
         if world()[0] == 0:  # it will be written after the gallery is embedded: fail now, not after the work
             check_writable(self.folder, "model.embedding_cache")
-        files = image_files(images) if images is not None else {}  # now, before the images are read
-        self._misses[subset] = (path, {**identity, "ids": list(gallery_ids), "extra": files})
+        files = image_files(images) if images is not None else None  # now, before the images are read
+        self._misses[subset] = (path, {**identity, "ids": list(gallery_ids), "images": files})
         return False
 
     def lookup_sets(self, split: str, sets: Sequence[tuple[StoredQueries, StoredGallery]], *, dataset: str,
