@@ -14,7 +14,7 @@ For similarities ``s`` (queries x candidates) and a query ``i`` with positive ``
 
 With several positives, each positive counts the other positives as non-negatives.
 
-Cross-rank negatives (``distributed_fire_loss``): under DDP every rank gathers all ranks' target
+Cross-rank negatives (``distributed_loss``): under DDP every rank gathers all ranks' target
 embeddings WITH gradient and scores its OWN queries against the whole global batch of targets; two
 triplets whose target keys match are positives of each other, also across ranks. Rank ``r`` with ``B_r``
 of the ``B`` queries returns its local mean scaled by ``R * B_r / B`` (``R`` ranks). The gather's backward
@@ -105,7 +105,7 @@ class RetrievalLoss(nn.Module):
     """What ``CIRModule``'s ``loss`` is: query embeddings scored against target embeddings, returning the terms
     it logs (``train/<term>``), ``"loss"`` (what is minimised) among them. ``FireLoss`` is one; a loss of your own
     subclasses this and implements ``forward`` (``--model.loss mypackage.MyLoss`` in a config or on the command
-    line). ``distributed_fire_loss`` calls it, with every rank's targets under cross-rank negatives.
+    line). ``distributed_loss`` calls it, with every rank's targets under cross-rank negatives.
 
     Example:
         >>> import torch
@@ -214,7 +214,7 @@ class FireLoss(RetrievalLoss):
 
 
 # ---------------------------------------------------------------------------- cross-rank negatives
-def distributed_fire_loss(loss: RetrievalLoss, query: Tensor, target: Tensor, target_keys: Tensor,
+def distributed_loss(loss: RetrievalLoss, query: Tensor, target: Tensor, target_keys: Tensor,
                           cross_rank: bool = True, group: Any = None) -> dict[str, Tensor]:
     """``loss`` terms for this rank's triplets; with ``cross_rank``, against every rank's targets.
 
@@ -237,7 +237,7 @@ def distributed_fire_loss(loss: RetrievalLoss, query: Tensor, target: Tensor, ta
         >>> import torch.nn.functional as F
         >>> q = F.normalize(torch.randn(4, 8), dim=-1)
         >>> keys = torch.tensor([7, 8, 7, 9])  # triplets 0 and 2 share their target
-        >>> terms = distributed_fire_loss(FireLoss(), q, q, keys)
+        >>> terms = distributed_loss(FireLoss(), q, q, keys)
         >>> bool(torch.isclose(terms["loss"], FireLoss()(q, q, keys[:, None] == keys[None, :])["loss"]))
         True
     """

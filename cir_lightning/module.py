@@ -29,7 +29,7 @@ from cir_lightning.checks import number_in, positive_int
 from cir_lightning.data.base import cir_datamodule
 from cir_lightning.errors import CIRConfigError, CIRModelError
 from cir_lightning.evaluation import Evaluation, EvaluationOptions
-from cir_lightning.losses import FireLoss, RetrievalLoss, check_loss, distributed_fire_loss
+from cir_lightning.losses import FireLoss, RetrievalLoss, check_loss, distributed_loss
 from cir_lightning.negatives import check_negatives
 from cir_lightning.optim import lr_scheduler
 from cir_lightning.resume import check_resumed_training, record_training_order
@@ -183,7 +183,7 @@ class CIRModule(pl.LightningModule):
         target = self.backbone(batch["target_text" if self.target_side == "caption" else "target"])
         cross_rank = self.cross_rank_negatives and distributed
         keys = target_keys(batch, cross_rank).to(query.device)
-        terms = distributed_fire_loss(self.loss, query, target, keys, cross_rank=cross_rank)
+        terms = distributed_loss(self.loss, query, target, keys, cross_rank=cross_rank)
         bs = query.shape[0]
         # with cross-rank negatives a rank's terms are scaled shares: their mean over ranks is the global value
         self.log("train/loss", terms["loss"], prog_bar=True, batch_size=bs, sync_dist=cross_rank)

@@ -24,7 +24,7 @@ import lightning.pytorch as pl
 import torch
 
 from cir_lightning.cli import CIRLightningCLI
-from cir_lightning.losses import distributed_fire_loss
+from cir_lightning.losses import distributed_loss
 from cir_lightning.optim import lr_scheduler
 from cir_lightning.targets import target_keys
 
@@ -78,7 +78,7 @@ def by_hand(root: str, steps: int, batch_size: int) -> tuple[float, list[float]]
             break
         query, target = module.backbone(batch["query"]), module.backbone(batch["target"])
         keys = target_keys(batch, False)
-        loss = distributed_fire_loss(module.loss, query, target, keys, cross_rank=False)["loss"]
+        loss = distributed_loss(module.loss, query, target, keys, cross_rank=False)["loss"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()

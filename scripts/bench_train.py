@@ -139,7 +139,7 @@ from PIL import Image
 from cir_lightning.backbones import HFMultimodalBackbone, LoRA, XGenMMBackbone
 from cir_lightning.backbones.base import Backbone
 from cir_lightning.data.synthetic import COLOURS, SCENES, draw_scene, scene_id
-from cir_lightning.losses import FireLoss, distributed_fire_loss
+from cir_lightning.losses import FireLoss, distributed_loss
 
 BACKBONES = ("tiny-llava", "tiny-xgenmm", "xgenmm-full")
 PRECISIONS = ("32", "bf16-mixed", "16-mixed", "bf16-true")
@@ -401,7 +401,7 @@ def training_step(backbone: Backbone, loss_fn: FireLoss, batch: dict[str, Any],
             target = backbone(batch["target"])
         with span("loss"):
             keys = batch["target_id"].to(query.device)  # the samples carry target keys: the collator's ids
-            loss = distributed_fire_loss(loss_fn, query, target, keys, cross_rank=False)["loss"]
+            loss = distributed_loss(loss_fn, query, target, keys, cross_rank=False)["loss"]
     with span("backward"):  # its own range: on a GPU the autograd engine runs it on another thread
         (loss if scaler is None else scaler.scale(loss)).backward()
     with span("optimizer step"):

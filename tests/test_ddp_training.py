@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from cir_lightning.losses import FireLoss, caption_loss, distributed_fire_loss
+from cir_lightning.losses import FireLoss, caption_loss, distributed_loss
 from tests.test_cli import CONF, run, spawn
 
 # 8 triplets; targets 2 and 0 appear on both ranks (rows 2/4 and 0/7), target 3 twice on rank 0 (5/3 split)
@@ -60,7 +60,7 @@ def _fire_case(rank: int, world: int, split: tuple[int, int], cross_rank: bool) 
     rows = slice(0, split[0]) if rank == 0 else slice(split[0], None)
     model = nn.parallel.DistributedDataParallel(Towers())
     q, t = model(xq[rows], xt[rows])
-    terms = distributed_fire_loss(FireLoss(), q, t, KEYS[rows], cross_rank=cross_rank)
+    terms = distributed_loss(FireLoss(), q, t, KEYS[rows], cross_rank=cross_rank)
     terms["loss"].backward()  # DDP averages the gradients over the ranks
     values = torch.stack([terms[k].detach() for k in sorted(terms)])
     dist.all_reduce(values)

@@ -14,7 +14,7 @@ from cir_lightning.losses import (
     RetrievalLoss,
     all_gather_with_grad,
     check_loss,
-    distributed_fire_loss,
+    distributed_loss,
     info_nce,
     recall_surrogate,
 )
@@ -133,17 +133,17 @@ def test_bad_arguments_are_reported():
         recall_surrogate(torch.zeros(2, 2), 1, positive_mask=torch.zeros(2, 2, dtype=torch.bool))
 
 
-def test_distributed_fire_loss_in_one_process_is_the_plain_loss_with_key_positives():
+def test_distributed_loss_in_one_process_is_the_plain_loss_with_key_positives():
     g = torch.Generator().manual_seed(3)
     q = F.normalize(torch.randn(6, 16, generator=g), dim=-1)
     t = F.normalize(torch.randn(6, 16, generator=g), dim=-1)
     unique = torch.arange(6) * 11
     for cross_rank in (True, False):  # no process group: both are the in-batch loss
-        got = distributed_fire_loss(FireLoss(), q, t, unique, cross_rank=cross_rank)
+        got = distributed_loss(FireLoss(), q, t, unique, cross_rank=cross_rank)
         want = FireLoss()(q, t)
         assert {k: v.item() for k, v in got.items()} == pytest.approx({k: v.item() for k, v in want.items()})
     keys = torch.tensor([5, 9, 5, 1, 9, 2])
-    got = distributed_fire_loss(FireLoss(), q, t, keys)
+    got = distributed_loss(FireLoss(), q, t, keys)
     want = FireLoss()(q, t, keys[:, None] == keys[None, :])
     assert got["loss"].item() == pytest.approx(want["loss"].item(), rel=1e-6)
     assert got["loss"].item() != pytest.approx(FireLoss()(q, t)["loss"].item(), rel=1e-3)
@@ -170,7 +170,7 @@ def test_fire_loss_is_computed_in_float32_inside_mixed_precision(dtype):
 def test_a_loss_of_ones_own_is_trained_with_the_positives_the_target_keys_give():
     q = F.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1]]), dim=-1)
     shared = torch.tensor([5, 6, 5])  # triplets 0 and 2 share their target: positives of each other, not negatives
-    got = distributed_fire_loss(Hinge(margin=0.5), q, q, shared, cross_rank=False)
+    got = distributed_loss(Hinge(margin=0.5), q, q, shared, cross_rank=False)
     assert sorted(got) == ["hardest", "loss"]
     assert got["loss"].item() == pytest.approx(Hinge(margin=0.5)(q, q, shared[:, None] == shared[None, :])["loss"].item())
     assert got["loss"].item() != pytest.approx(Hinge(margin=0.5)(q, q)["loss"].item())
@@ -191,7 +191,7 @@ def test_what_is_not_a_retrieval_loss_is_one_line():
     with pytest.raises(CIRConfigError, match=r"^`loss`: Abstract does not implement `forward`"):
         check_loss(Abstract())
     with pytest.raises(CIRConfigError, match=r"NoTotal.forward returned dict with keys \['hinge'\]; .*\"loss\""):
-        distributed_fire_loss(NoTotal(), torch.eye(2), torch.eye(2), torch.arange(2))
+        distributed_loss(NoTotal(), torch.eye(2), torch.eye(2), torch.arange(2))
 
 
 def test_the_command_line_takes_a_loss_of_ones_own_by_class_path():
