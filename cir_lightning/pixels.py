@@ -8,7 +8,7 @@ and values that cannot be mapped are a one-line error naming the image.
 
 ``shrink_short_edge`` is the resize before any model's processor (``max_short_edge``): FiRE's release's, so that a
 translated FiRE config (380 px) reproduces its images exactly. A prompt preset's own resize (GME's ``pre_resize``)
-is ``backbones.processors.fit_to_factor``, in that backbone's collator.
+is ``backbones.gme_images.fit_to_factor``, in that backbone's collator.
 """
 
 from __future__ import annotations

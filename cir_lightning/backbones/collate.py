@@ -17,7 +17,7 @@ from PIL import Image
 from torch import Tensor
 
 from cir_lightning.backbones.batches import Inputs, SampleBatches
-from cir_lightning.backbones.processors import fit_to_factor
+from cir_lightning.backbones.gme_images import fit_to_factor
 from cir_lightning.backbones.prompts import IMAGE, PromptTemplates
 from cir_lightning.backbones.user_text import cut_to_tokens
 from cir_lightning.checks import non_negative_int, positive_int
