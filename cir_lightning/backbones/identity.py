@@ -49,7 +49,6 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _REMEMBER_FROM = 16 * 2**20  # files from this size on have their hash remembered in the store
 _STORE_ENTRIES = 4096  # most recently used entries kept in the store
 _CHUNK = 8 * 2**20
-_warned_store = False
 
 
 def digest_store_path() -> Path:
@@ -183,7 +182,9 @@ class _Store:
         self.entries[key], self.changed = [sha, time.time()], True
 
     def save(self) -> None:
-        global _warned_store
+        """Write the entries back if they changed; a store that cannot be written is warned about here, once
+        per ``checkpoint_digest`` (one store per call, one call per model loaded): no process-wide flag, so
+        every run warns, also the second of two in one process (tests, notebooks, ``reproduce``)."""
         if not self.changed:
             return
         from cir_lightning.files import write_atomic
@@ -192,12 +193,10 @@ class _Store:
         try:
             write_atomic(self.path, json.dumps({"format": 1, "files": dict(kept)}), overwrite=True)
         except OSError as err:  # CIRFileError is an OSError: the run goes on, only slower next time
-            if not _warned_store:
-                _warned_store = True
-                from lightning.pytorch.utilities import rank_zero_warn
+            from lightning.pytorch.utilities import rank_zero_warn
 
-                rank_zero_warn(f"cannot remember checkpoint file digests ({err}); large model files will be "
-                               "hashed again at every start: set `CIR_LIGHTNING_CACHE` to a writable folder")
+            rank_zero_warn(f"cannot remember checkpoint file digests ({err}); large model files will be "
+                           "hashed again at every start: set `CIR_LIGHTNING_CACHE` to a writable folder")
 
 
 def _content_hash(path: Path, store: _Store) -> tuple[int, str]:

@@ -102,13 +102,28 @@ def test_a_store_that_cannot_be_written_only_warns(tmp_path, monkeypatch):
     blocker.write_text("")
     monkeypatch.setenv("CIR_LIGHTNING_CACHE", str(blocker / "sub"))  # a file stands where the folder should be
     monkeypatch.setattr(identity, "_REMEMBER_FROM", 1)
-    monkeypatch.setattr(identity, "_warned_store", False)
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     with pytest.warns(UserWarning, match="cannot remember checkpoint file digests.*CIR_LIGHTNING_CACHE"):
         digest = checkpoint_digest(folder)
     assert len(digest) == 64
+
+
+def test_every_model_load_in_one_process_warns_of_a_store_that_cannot_be_written(tiny_model_dir, tmp_path,
+                                                                                 monkeypatch):
+    """Two runs in one process (tests, notebooks, ``reproduce``) each load their model: each says once why its
+    start is slow (a process-wide flag silenced the second run's)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("CIR_LIGHTNING_CACHE", str(blocker / "sub"))
+    monkeypatch.setattr(identity, "_REMEMBER_FROM", 1)
+    for _ in range(2):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            HFMultimodalBackbone(str(tiny_model_dir))
+        said = [w for w in caught if "cannot remember checkpoint file digests" in str(w.message)]
+        assert len(said) == 1
 
 
 def test_hub_cache_blobs_are_identified_by_their_name_without_reading(tmp_path, monkeypatch):
