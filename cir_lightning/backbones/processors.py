@@ -8,11 +8,10 @@ GME's image preparation before its processor is ``backbones.gme_images``.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from cir_lightning.errors import CIRModelError
-
-_IMAGE_ONLY: dict[Any, Any] = {}
 
 
 def load_processor(name: str, **kwargs: Any) -> Any:
@@ -144,23 +143,27 @@ def image_only_qwen_processor(processor_class: Any, image_processor: Any, tokeni
     if is_torchvision_available():
         return processor_class(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
                                chat_template=chat_template)
-    image_only = _IMAGE_ONLY.get(processor_class)
-    if image_only is None:
-        def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):  # noqa: N807
-            # the parent's __init__ would register a video processor; set what it sets, minus that
-            self.image_token = getattr(tokenizer, "image_token", "<|image_pad|>")
-            self.video_token = getattr(tokenizer, "video_token", "<|video_pad|>")
-            self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
-            self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
-            super(processor_class, self).__init__(image_processor, tokenizer, chat_template=chat_template)
+    return _image_only_class(processor_class)(image_processor=image_processor, tokenizer=tokenizer,
+                                              chat_template=chat_template)
 
-        def to_dict(self):  # saved folders name the ordinary class, so AutoProcessor loads them anywhere
-            return {**processor_class.to_dict(self), "processor_class": processor_class.__name__}
 
-        image_only = type(f"ImageOnly{processor_class.__name__}", (processor_class,),
-                          {"__init__": __init__, "to_dict": to_dict})
-        _IMAGE_ONLY[processor_class] = image_only
-    return image_only(image_processor=image_processor, tokenizer=tokenizer, chat_template=chat_template)
+@functools.cache
+def _image_only_class(processor_class: type) -> type:
+    """The image-only subclass of ``processor_class``, made once per class and process: a class holds no run's
+    state (only methods), and one class per processor class keeps every processor built from it one type
+    (``isinstance``, ``type(a) is type(b)``) instead of a new class per model loaded."""
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):  # noqa: N807
+        # the parent's __init__ would register a video processor; set what it sets, minus that
+        self.image_token = getattr(tokenizer, "image_token", "<|image_pad|>")
+        self.video_token = getattr(tokenizer, "video_token", "<|video_pad|>")
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
+        super(processor_class, self).__init__(image_processor, tokenizer, chat_template=chat_template)
+
+    def to_dict(self):  # saved folders name the ordinary class, so AutoProcessor loads them anywhere
+        return {**processor_class.to_dict(self), "processor_class": processor_class.__name__}
+
+    return type(f"ImageOnly{processor_class.__name__}", (processor_class,), {"__init__": __init__, "to_dict": to_dict})
 
 
 def _image_only_classes() -> dict[str, Any]:

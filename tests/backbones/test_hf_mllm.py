@@ -216,6 +216,22 @@ def test_image_processors_run_on_pil_even_where_torchvision_would_be_picked(tiny
     assert type(swapped.image_processor).__name__.endswith("Pil")
 
 
+def test_image_only_qwen_processors_of_one_class_are_one_type(tmp_path):
+    """Without torchvision each Qwen2-VL processor is an image-only subclass, made once per processor class
+    (``functools.cache``): two models loaded in one process get processors of the same type."""
+    from transformers import AutoImageProcessor, AutoTokenizer, Qwen2VLProcessor
+
+    from cir_lightning.backbones import make_tiny_model
+    from cir_lightning.backbones.processors import image_only_qwen_processor
+
+    folder = make_tiny_model(tmp_path / "qwen", family="qwen2_vl")
+    made = [image_only_qwen_processor(Qwen2VLProcessor, AutoImageProcessor.from_pretrained(folder),
+                                      AutoTokenizer.from_pretrained(folder)) for _ in range(2)]
+    assert type(made[0]) is type(made[1])
+    assert isinstance(made[0], Qwen2VLProcessor)
+    assert made[0].to_dict()["processor_class"] == "Qwen2VLProcessor"
+
+
 def test_images_handed_to_the_collator_convert_as_the_data_modules_decode(backbone, tmp_path):
     """One RGB conversion (``cir_lightning.pixels``) for decoded files and for images passed to ``encode_*``:
     a 16-bit image keeps its high byte (``convert("RGB")`` would clip it to white), a palette image with a
