@@ -54,6 +54,9 @@ def check_backbone(backbone: Any) -> None:
     members = {name: getattr(kind, name, None) for name in ("forward", "embedding_dim", "fingerprint")}
     lacking = [name for name, member in members.items()
                if member is None or getattr(member, "__isabstractmethod__", False)]
+    # an instance attribute (set in __init__), so asked of the backbone, not its class; only that it is there:
+    # what a collator is, the Protocol data.contract.Collator, is a layer above (backbones do not import data),
+    # and CIRDataModule.connect checks it, naming what the collator lacks, before any loader runs it
     if not hasattr(backbone, "collator"):
         lacking.append("collator")
     if lacking:

@@ -56,6 +56,11 @@ class Encoders(Protocol):
         """(batch, dim) embeddings of the gallery images in ``batch``."""
 
 
+ENCODER_METHODS: tuple[str, ...] = tuple(name for name, member in vars(Encoders).items()
+                                         if callable(member) and not name.startswith("_"))
+"""The methods ``Encoders`` declares (``encode_query``, ``encode_gallery``), which ``RetrievalCallback`` checks."""
+
+
 def batch_index(batch: Any) -> torch.Tensor:
     """The dataset rows of a validation batch: its ``"index"`` entry, or each sample's of a list of samples.
 
@@ -116,8 +121,10 @@ class RetrievalCallback(pl.Callback):
         self.prefix = prefix
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        missing = [f"`{type(pl_module).__name__}.encode_{kind}(batch)`" for kind in ("query", "gallery")
-                   if not callable(getattr(pl_module, f"encode_{kind}", None))]
+        # Encoders' own members, each callable: isinstance(pl_module, Encoders) would pass `encode_query = 3` and
+        # could not say which method is missing
+        missing = [f"`{type(pl_module).__name__}.{name}(batch)`" for name in ENCODER_METHODS
+                   if not callable(getattr(pl_module, name, None))]
         if missing:
             raise CIRConfigError(f"RetrievalCallback needs {' and '.join(missing)}, returning (batch, dim) embeddings "
                                  "(`cir_lightning.retrieval.Encoders`)")

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from cir_lightning.errors import CIRConfigError
-from cir_lightning.retrieval import RetrievalCallback
+from cir_lightning.retrieval import Encoders, RetrievalCallback
 
 
 class Items(Dataset):
@@ -83,6 +83,13 @@ def test_callback_names_what_is_missing(tmp_path):
                          callbacks=[RetrievalCallback(ks=[1])])
     with pytest.raises(CIRConfigError, match=r"needs `NoEncoders.encode_gallery\(batch\)`"):
         trainer.validate(NoEncoders(), [DataLoader(q_set), DataLoader(Items(torch.randn(4, 6)))], verbose=False)
+
+    class NotCallable(TheirModel):  # isinstance(..., Encoders) passes it: the check reads Encoders' methods
+        encode_query = 3
+
+    assert isinstance(NotCallable(), Encoders)
+    with pytest.raises(CIRConfigError, match=r"needs `NotCallable.encode_query\(batch\)`, returning"):
+        trainer.validate(NotCallable(), [DataLoader(q_set), DataLoader(Items(torch.randn(4, 6)))], verbose=False)
     with pytest.raises(CIRConfigError, match="pairs of dataloaders, got 1"):
         trainer.validate(TheirModel(), [DataLoader(q_set)], verbose=False)
 
