@@ -21,10 +21,11 @@ from typing import Any
 import lightning.pytorch as pl
 import numpy as np
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from cir_lightning.backbones.base import Backbone
 from cir_lightning.data.folder import ImageFolderDataset, KeepReadable, scan_images
+from cir_lightning.data.idle_rows import EveryProcessOne
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.distributed import release_process_group
 from cir_lightning.errors import CIRDataError
@@ -50,7 +51,7 @@ from cir_lightning.retrieval.image_stamps import stamps_array
 from cir_lightning.retrieval.rowfile import RowFile
 from cir_lightning.retrieval.search_config import SearchConfig, built_factory
 
-__all__ = ["EmbedImages", "EveryProcessOne", "ShardWriter", "build_image_index"]
+__all__ = ["EmbedImages", "ShardWriter", "build_image_index"]
 
 
 class EmbedImages(pl.LightningModule):
@@ -72,29 +73,6 @@ class EmbedImages(pl.LightningModule):
         if not len(batch["index"]):
             return {"index": batch["index"], "embedding": None}
         return {"index": batch["index"], "embedding": self.backbone.embed_batch(batch, "gallery")}
-
-
-class EveryProcessOne(Dataset):
-    """``data`` with idle rows after its own up to ``processes`` rows: Lightning's predict sampler gives each process
-    one row at least (a bare AssertionError in one process otherwise, the others waiting), so fewer images than
-    processes (one new photo for an update on 8 GPUs) leave the last processes an idle row each, which
-    ``KeepReadable`` leaves out: they embed nothing and write no shard.
-
-    Example:
-        >>> from cir_lightning.indexing import EveryProcessOne
-        >>> padded = EveryProcessOne([{"index": 0, "image": None}], 3)
-        >>> len(padded), padded[2]
-        (3, {'index': 2, 'idle': True})
-    """
-
-    def __init__(self, data: Any, processes: int) -> None:
-        self.data, self.size = data, max(len(data), processes)
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.data[index] if index < len(self.data) else {"index": index, "idle": True}
 
 
 def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backbone, *,

@@ -223,10 +223,11 @@ class CIRModule(pl.LightningModule):
         self.evaluation.epoch_end(self, "test", self.trainer.test_dataloaders)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """Embeddings of queries and gallery images: ``{"subset", "kind", "index", "embedding"}``."""
+        """Embeddings of queries and gallery images: ``{"subset", "kind", "index", "embedding"}`` (None for a batch of
+        no rows: a process's idle row, ``data.idle_rows``)."""
         subset, side = loader_role(dataloader_idx)
-        return {"subset": subset, "kind": side, "index": batch["index"],
-                "embedding": self.backbone.embed_batch(batch, side).cpu()}
+        embedding = self.backbone.embed_batch(batch, side).cpu() if len(batch["index"]) else None
+        return {"subset": subset, "kind": side, "index": batch["index"], "embedding": embedding}
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> Any:

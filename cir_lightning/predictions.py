@@ -17,7 +17,8 @@ the data and the split exactly as an evaluation's ``embedding_cache`` does, so a
 Nothing is held in memory: ``embeddings.npy`` is preallocated and memory-mapped, and every batch's rows are written
 where they belong, by the batch's ``"index"`` (the dataset row), by whichever process embedded them. Under DDP every
 rank writes its own rows into the same files (the folder must be visible to every process, as for checkpoints);
-Lightning's predict sampler never pads, and a row written twice would land in the same place. The folder appears
+Lightning's predict sampler never repeats a row (and a row written twice would land in the same place); a subset
+of fewer rows than processes leaves the processes left over an idle row (``data.idle_rows``), which writes nothing. The folder appears
 when every rank is done, whole or not at all (a SIGTERM stops it, writing nothing); a subset whose rows were not
 all embedded (``limit_predict_batches``) is left out with a warning.
 
@@ -43,6 +44,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from cir_lightning.data.base import cir_datamodule
 from cir_lightning.data.datasets import GalleryDataset, QueryDataset
+from cir_lightning.data.idle_rows import unpadded
 from cir_lightning.errors import CIRConfigError, CIRFileError
 from cir_lightning.files import atomic_folder, check_writable, write_error
 from cir_lightning.free_names import reserve_folder
@@ -125,14 +127,6 @@ class EmbeddingWriter(BasePredictionWriter):
             raise exists_error(self.folder, "predictions.folder")
         if stage == "predict" and self.folder:  # a file in the way, a read-only disk: now, not after embedding
             check_writable(Path(self.folder).absolute().parent, "predictions.folder")
-        datamodule = cir_datamodule(trainer)
-        if stage == "predict" and trainer.world_size > 1 and datamodule is not None:
-            for s, (queries, gallery) in enumerate(datamodule.predict_sets()[1]):
-                for side, data in (("queries", queries), ("gallery images", gallery)):
-                    if 0 < len(data) < trainer.world_size:  # Lightning's predict sampler: a bare AssertionError
-                        raise CIRConfigError(f"predict: subset {queries.name or s!r} has {len(data)} "
-                                             f"{side}, fewer than the {trainer.world_size} processes, and each must "
-                                             f"embed one: run it in at most {len(data)} (`--trainer.devices`)")
 
     # ------------------------------------------------------------------ the files, before the first batch
     def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -171,8 +165,8 @@ class EmbeddingWriter(BasePredictionWriter):
         outputs = {}
         for i, loader in enumerate(loaders):
             subset, kind = loader_role(i)
-            queries = loaders[2 * subset].dataset
-            dataset = loader.dataset
+            queries = unpadded(loaders[2 * subset].dataset)  # a subset of fewer rows than processes: its own rows
+            dataset = unpadded(loader.dataset)
             ids = [str(x) for x in getattr(dataset, "ids", None) or range(len(dataset))]
             files = image_files(dataset.paths) if isinstance(dataset, GalleryDataset) and trainer.is_global_zero \
                 else {"queries_sha256": dataset.digest()} if isinstance(dataset, QueryDataset) else {}

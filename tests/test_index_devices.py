@@ -16,7 +16,7 @@ from torch.utils.data import SequentialSampler
 
 from cir_lightning.cli import main
 from cir_lightning.data.folder import ImageFolderDataset, KeepReadable
-from cir_lightning.indexing import EveryProcessOne
+from cir_lightning.data.idle_rows import EveryProcessOne
 from tests.test_image_index import _photos
 from tests.test_index_update import _args, _same_as_fresh
 

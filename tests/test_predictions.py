@@ -129,25 +129,71 @@ def test_a_partial_predict_writes_only_complete_subsets(predicted, tiny_model_di
     assert not [p for p in (predicted / "partial").iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 
-def test_predict_with_fewer_rows_than_processes_is_one_line_before_anything_is_embedded():
-    """Lightning's predict sampler gives each process one row at least: a subset with fewer rows than processes was a
-    bare AssertionError from inside Lightning in one process, while the others waited."""
+def _one_row_data(folder: Path) -> Path:
+    """A subset of one query over a gallery of one image (two scenes of the synthetic benchmark)."""
+    from cir_lightning.data.synthetic import SCENES, draw_scene
+
+    (folder / "images").mkdir(parents=True)
+    for name, scene in (("ref", SCENES[0]), ("target", SCENES[1])):
+        draw_scene(scene, 16).save(folder / "images" / f"{name}.png")
+    (folder / "gallery.jsonl").write_text(json.dumps({"image_id": "target", "image_path": "images/target.png"}) + "\n")
+    (folder / "val_queries.jsonl").write_text(json.dumps(
+        {"query_id": "q0", "reference_image": "images/ref.png", "modification": "make it green",
+         "target_id": "target"}) + "\n")
+    return folder
+
+
+def test_predict_loaders_pad_a_subset_of_fewer_rows_than_processes_with_idle_rows_that_embed_nothing():
+    """Each process's share as Lightning's predict sampler deals it: the first processes one row each, the others an
+    idle row, an empty batch (predict_step embeds nothing); a subset with enough rows, and validate's, unpadded."""
     from types import SimpleNamespace
 
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSamplerWrapper
+    from torch.utils.data import SequentialSampler
+
     from cir_lightning.data.base import CIRDataModule
-    from cir_lightning.errors import CIRConfigError
-    from cir_lightning.predictions import EmbeddingWriter
 
     class Queries(list):
         name = "dress"
 
     datamodule = CIRDataModule()
-    datamodule.test_sets = [(Queries(range(4)), list(range(9))), (Queries(range(9)), list(range(2)))]
-    module = SimpleNamespace(predict_step=lambda batch, batch_idx: None)
-    EmbeddingWriter().setup(SimpleNamespace(world_size=2, datamodule=datamodule), module, "predict")
-    with pytest.raises(CIRConfigError, match=r"^predict: subset 'dress' has 2 gallery images, fewer than the 3 "
-                                             r"processes, and each must embed one: run it in at most 2 "):
-        EmbeddingWriter().setup(SimpleNamespace(world_size=3, datamodule=datamodule), module, "predict")
+    datamodule.test_sets = [(Queries({"index": i} for i in range(4)), [{"index": i} for i in range(2)])]
+    datamodule.val_sets = datamodule.test_sets
+    datamodule.trainer = SimpleNamespace(world_size=3)
+    queries, gallery = datamodule.predict_dataloader()
+    assert len(queries.dataset) == 4  # enough rows: as they are
+    assert len(gallery.dataset) == 3
+    shares = []
+    for rank in range(3):
+        sampler = UnrepeatedDistributedSamplerWrapper(SequentialSampler(gallery.dataset), num_replicas=3, rank=rank,
+                                                      shuffle=False)
+        shares.append(gallery.collate_fn([gallery.dataset[i] for i in sampler]))
+    assert shares[:2] == [[{"index": 0}], [{"index": 1}]]
+    assert shares[2]["index"].tolist() == []
+    assert [len(loader.dataset) for loader in datamodule.val_dataloader()] == [4, 2]
+
+
+@pytest.mark.ddp
+def test_a_subset_of_one_row_on_two_processes_writes_what_one_process_writes(tmp_path, tiny_model_dir, capsys):
+    """Lightning's predict sampler gives each process one row at least: one query and one gallery image on 2
+    processes was a bare AssertionError in one process while the other waited (then refused in one line); the
+    second process now takes an idle row and writes nothing."""
+    data = _one_row_data(tmp_path / "data")
+    common = ["predict", "--config", str(CONF), "--model.backbone.init_args.model_name_or_path", str(tiny_model_dir),
+              "--data", "cir_lightning.data.JsonlCIRDataModule", "--data.root", str(data), "--data.train_file", "null"]
+    main([*common, "--trainer.default_root_dir", str(tmp_path / "one")])
+    spawn(*common, "--trainer.default_root_dir", "two", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+          cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    one, two = tmp_path / "one" / "predictions", tmp_path / "two" / "predictions"
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir()) == sorted(OUTPUTS)
+    for name, ids in zip(OUTPUTS, (["q0"], ["target"]), strict=True):
+        one_rows, one_ids = _read(one / name)
+        two_rows, two_ids = _read(two / name)
+        assert one_ids == ids  # its own row only: no idle row listed or written
+        assert two_ids == one_ids
+        assert two_rows.shape == one_rows.shape == (1, 64)
+        assert torch.allclose(two_rows, one_rows, atol=1e-5), name
+        assert json.loads((two / name / "meta.json").read_text())["count"] == 1
 
 
 def test_an_existing_predictions_folder_is_refused_before_anything_is_embedded(predicted, tiny_model_dir, capsys):

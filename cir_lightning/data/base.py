@@ -34,6 +34,7 @@ from cir_lightning.data.contract import (
     check_eval_sets,
 )
 from cir_lightning.data.datasets import CachedGallery, ImageDataset, TripletDataset
+from cir_lightning.data.idle_rows import EveryProcessOne, SkipIdle
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.sampling import ResumableLoader, ResumableSampler, train_sampler, training_order
 from cir_lightning.errors import CIRConfigError, CIRDataError
@@ -212,9 +213,11 @@ class CIRDataModule(pl.LightningDataModule, SummarizesMetrics):
 
     # ------------------------------------------------------------------ loaders
     def _loader(self, dataset: Dataset, collate: Any, batch_size: int, shuffle: bool,
-                sampler: Sampler | None = None) -> DataLoader:
+                sampler: Sampler | None = None, processes: int = 1) -> DataLoader:
         if isinstance(dataset, ImageDataset):  # an image option of the DataModule, used where images are decoded
             dataset.max_pixels = self.max_image_pixels
+        if 0 < len(dataset) < processes:  # predict's sampler gives every process a row: the others an idle one
+            dataset, collate = EveryProcessOne(dataset, processes), SkipIdle(collate)
         loader = ResumableLoader if isinstance(sampler, ResumableSampler) else DataLoader
         return loader(
             dataset,
@@ -228,7 +231,7 @@ class CIRDataModule(pl.LightningDataModule, SummarizesMetrics):
             persistent_workers=self.num_workers > 0,
         )
 
-    def _eval_loaders(self, sets: EvalSets, split: Split) -> list[DataLoader]:
+    def _eval_loaders(self, sets: EvalSets, split: Split, processes: int = 1) -> list[DataLoader]:
         c = self.collator
         cached = self.cached_galleries(split, sets) if self.cached_galleries is not None else set()
         loaders = []
@@ -236,8 +239,8 @@ class CIRDataModule(pl.LightningDataModule, SummarizesMetrics):
             if s in cached:
                 gallery = CachedGallery(gallery)
             sc = c.for_subset(queries.name) if c else None
-            loaders.append(self._loader(queries, sc.queries if sc else _as_list, self.eval_batch_size, False))
-            loaders.append(self._loader(gallery, sc.gallery if sc else _as_list, self.eval_batch_size, False))
+            for data, collate in ((queries, sc.queries if sc else _as_list), (gallery, sc.gallery if sc else _as_list)):
+                loaders.append(self._loader(data, collate, self.eval_batch_size, False, processes=processes))
         return loaders
 
     def train_dataloader(self) -> DataLoader:
@@ -269,8 +272,11 @@ class CIRDataModule(pl.LightningDataModule, SummarizesMetrics):
         return self._eval_loaders(self.test_sets, self.split_for("test"))
 
     def predict_dataloader(self) -> list[DataLoader]:
+        """``predict``'s loaders; a subset with fewer queries or images than processes is padded with idle rows
+        (``data.idle_rows``), which the processes left over take and embed nothing of."""
         split, sets = self.predict_sets()
-        return self._eval_loaders(sets, split)
+        trainer = getattr(self, "trainer", None)
+        return self._eval_loaders(sets, split, trainer.world_size if trainer is not None else 1)
 
     def predict_sets(self) -> tuple[Split, EvalSets]:
         """What ``predict`` embeds, and the split its folders are named by (``split_for``): the test subsets

@@ -24,6 +24,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from cir_lightning.data.datasets import ImageDataset
+from cir_lightning.data.idle_rows import is_idle
 from cir_lightning.errors import CIRDataError
 from cir_lightning.messages import MISSING, first_few, os_reason
 from cir_lightning.pixels import shrink_short_edge
@@ -271,7 +272,7 @@ class ImageFolderDataset(ImageDataset, Dataset):
 class KeepReadable:
     """A collate function: ``collate`` (the model's gallery collator) over the decoded samples only; the
     undecodable ones are listed as ``batch["unreadable"]``, ``(index, reason)`` pairs, and a sample with neither
-    image nor error (``indexing``'s idle row) is left out. A batch of none decoded has an empty ``index`` and
+    image nor error (``idle_rows.EveryProcessOne``'s idle row) is left out. A batch of none decoded has an empty ``index`` and
     nothing else. Picklable, so it runs in DataLoader workers.
 
     Example:
@@ -288,7 +289,7 @@ class KeepReadable:
         self.collate = collate
 
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        good = [s for s in samples if "error" not in s and "idle" not in s]
+        good = [s for s in samples if "error" not in s and not is_idle(s)]
         batch = self.collate(good) if good else {"index": torch.empty(0, dtype=torch.long)}
         batch["unreadable"] = [(s["index"], s["error"]) for s in samples if "error" in s]
         return batch
