@@ -47,8 +47,10 @@ def run(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
 
 def spawn(*args: str, cwd: Path, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``cir-lightning ARGS`` as its own process, for what ``run`` cannot do in this one: DDP (Lightning starts
-    the other ranks by running the command line again), a process that kills itself, an environment of its own."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", **(env or {})}
+    the other ranks by running the command line again), a process that kills itself, an environment of its own.
+    It runs this checkout's package (PYTHONPATH), not the one installed in the venv (another checkout's, editable)."""
+    path = os.pathsep.join(p for p in (str(CONF.parents[2]), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": path, **(env or {})}
     proc = subprocess.run([str(EXE), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"cir-lightning {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
