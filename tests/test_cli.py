@@ -13,6 +13,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import pytest
@@ -66,6 +67,23 @@ def fitted(tmp_path_factory, tiny_model_dir, synthetic_root):
     return cwd, common
 
 
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory, synthetic_root, tiny_model_dir) -> SimpleNamespace:
+    """CONF's synthetic data (``synthetic_root``: the same generator options) over a gallery of its val queries'
+    references and targets and a few more scenes: an evaluation embeds those, not all 576 scenes. ``data``: the
+    options replacing CONF's ``--data``; ``common``: CONF's model and that data; ``queries``: the val queries;
+    ``gallery``: the gallery's size."""
+    from tests.test_module import small_gallery
+
+    gallery = small_gallery(synthetic_root, tmp_path_factory.mktemp("small"))
+    data = ["--data", "cir_lightning.data.JsonlCIRDataModule", "--data.root", str(synthetic_root),
+            "--data.gallery_file", gallery]
+    common = ["--config", str(CONF), "--model.backbone.init_args.model_name_or_path", str(tiny_model_dir), *data]
+    queries = [json.loads(line) for line in (synthetic_root / "val_queries.jsonl").read_text().splitlines()]
+    return SimpleNamespace(data=data, common=common, queries=queries,
+                           gallery=len(Path(gallery).read_text().splitlines()))
+
+
 def test_fit_writes_trainable_only_checkpoints_adapter_and_config(fitted):
     cwd, _ = fitted
     ckpt = torch.load(cwd / "run" / "checkpoints" / "last.ckpt", weights_only=True)
@@ -79,8 +97,8 @@ def test_fit_writes_trainable_only_checkpoints_adapter_and_config(fitted):
     assert (cwd / "data" / "synthetic.json").is_file()  # the data module generated its data
 
 
-def test_validate_and_test_from_checkpoint_report_retrieval_metrics(fitted):
-    cwd, common = fitted
+def test_validate_and_test_from_checkpoint_report_retrieval_metrics(fitted, small_data):
+    cwd, common = fitted[0], small_data.common
     ckpt = str(cwd / "run" / "checkpoints" / "last.ckpt")
     out = run("validate", *common, "--trainer.default_root_dir", "run", "--ckpt_path", ckpt, cwd=cwd).stdout
     assert "validate (val/...)" in out  # our table, one row per subset
@@ -94,8 +112,8 @@ def test_validate_and_test_from_checkpoint_report_retrieval_metrics(fitted):
     assert "results written to run/results-test.json" in out
 
 
-def test_validate_writes_results_never_overwriting_and_rankings_on_request(fitted):
-    cwd, common = fitted
+def test_validate_writes_results_never_overwriting_and_rankings_on_request(fitted, small_data):
+    cwd, common = fitted[0], small_data.common
     ckpt = str(cwd / "run" / "checkpoints" / "last.ckpt")
     args = [*common, "--trainer.default_root_dir", "results", "--ckpt_path", ckpt]
     first = run("validate", *args, cwd=cwd).stdout
@@ -108,7 +126,8 @@ def test_validate_writes_results_never_overwriting_and_rankings_on_request(fitte
     assert "rankings" not in plain
     assert set(plain["metrics"][""]) == {f"{m}@{k}" for m in ("Recall", "MRR") for k in (1, 5, 10, 50)}
     assert plain["metrics"][""]["Recall@1"] == ranked["metrics"][""]["Recall@1"]
-    assert plain["subsets"][""] == {"num_queries": 24, "num_gallery": 576}
+    queries, num_gallery = small_data.queries, small_data.gallery
+    assert plain["subsets"][""] == {"num_queries": len(queries), "num_gallery": num_gallery}
     assert plain["model"]["fingerprint"]["class"] == "HFMultimodalBackbone"
     # which trained weights were evaluated: their digest (a checkpoint path can be written over later)
     assert plain["model"]["weights"] == ranked["model"]["weights"] != hashlib.sha256().hexdigest()  # not "none"
@@ -116,8 +135,7 @@ def test_validate_writes_results_never_overwriting_and_rankings_on_request(fitte
     assert plain["config"]["init_adapter"] is None
     assert ranked["config"]["model"]["eval_ks"] == [1, 3]  # the command line wins over the checkpoint
     assert ranked["protocol"][""]["metrics"] == {"recall": [1, 3], "mrr": [1, 3]}  # the cut-offs really used
-    assert plain["protocol"][""]["chance"]["Recall@1"] == pytest.approx(1 / 575)  # reference excluded
-    queries = [json.loads(line) for line in (cwd / "data" / "val_queries.jsonl").read_text().splitlines()]
+    assert plain["protocol"][""]["chance"]["Recall@1"] == pytest.approx(1 / (num_gallery - 1))  # reference excluded
     rankings = ranked["rankings"][""]
     assert list(rankings) == [q["query_id"] for q in queries]
     for q in queries:
@@ -386,8 +404,8 @@ def test_a_checkpoint_loaded_with_another_lora_alpha_is_refused(fitted, capsys, 
         "400 here); set the same `model.backbone.init_args.lora` values")
 
 
-def test_a_gallery_cache_is_not_shared_across_weight_dtypes_or_mixed_precision(fitted, tiny_model_dir, monkeypatch,
-                                                                              capsys):
+def test_a_gallery_cache_is_not_shared_across_weight_dtypes_or_mixed_precision(fitted, small_data, tiny_model_dir,
+                                                                              monkeypatch, capsys):
     """bf16 weights, or bf16-mixed autocast, give other embeddings than float32: such a cache was reused by a
     float32 evaluation (R@1 4.17 against 0.00) without a word."""
     from cir_lightning.backbones import HFMultimodalBackbone
@@ -395,10 +413,10 @@ def test_a_gallery_cache_is_not_shared_across_weight_dtypes_or_mixed_precision(f
 
     assert "dtype" not in HFMultimodalBackbone(str(tiny_model_dir)).fingerprint()  # float32 keys as they were
     assert HFMultimodalBackbone(str(tiny_model_dir), dtype="bfloat16").fingerprint()["dtype"] == "bfloat16"
-    cwd, common = fitted
+    cwd, _ = fitted
     monkeypatch.chdir(cwd)
     ckpt = str(cwd / "run" / "checkpoints" / "last.ckpt")
-    args = [*common, "--ckpt_path", ckpt, "--model.embedding_cache", "emb_precision"]
+    args = [*small_data.common, "--ckpt_path", ckpt, "--model.embedding_cache", "emb_precision"]
     main(["validate", *args, "--trainer.default_root_dir", "bf16", "--trainer.precision", "bf16-mixed"])
     written = json.loads((cwd / "bf16" / "results-validate.json").read_text())["config"]["model"]["embedding_cache"]
     assert written["written"]
@@ -438,15 +456,15 @@ def test_the_checkpoint_settings_are_the_module_s_arguments_but_its_parts_and_ev
     assert sorted(TRAINING_SETTINGS) == sorted(set(names) - parts - set(EVALUATION_OPTIONS))
 
 
-def test_gallery_embedding_cache_is_written_then_reused_and_refused_when_stale(fitted, tiny_model_dir):
-    cwd, common = fitted
+def test_gallery_embedding_cache_is_written_then_reused_and_refused_when_stale(fitted, small_data):
+    cwd, common = fitted[0], small_data.common  # the fitted model evaluated on the small gallery
     ckpt = str(cwd / "run" / "checkpoints" / "last.ckpt")
     args = [*common, "--trainer.default_root_dir", "cached", "--ckpt_path", ckpt,
             "--model.embedding_cache", "emb"]
     out = run("validate", *args, cwd=cwd).stderr
     cache = cwd / "emb" / "val-0-gallery"
     assert (cache / "embeddings.npy").is_file()
-    assert json.loads((cache / "meta.json").read_text())["count"] == 576
+    assert json.loads((cache / "meta.json").read_text())["count"] == small_data.gallery  # every image
     assert f"gallery embeddings cached in {Path('emb') / 'val-0-gallery'}" in out.splitlines()
     out = run("validate", *args, cwd=cwd).stderr  # second run: the gallery is loaded, its images never decoded
     assert f"gallery embeddings read from the cache {Path('emb') / 'val-0-gallery'}" in out.splitlines()
@@ -468,11 +486,10 @@ def test_gallery_embedding_cache_is_written_then_reused_and_refused_when_stale(f
 
 @pytest.mark.parametrize(("backbone", "path_arg"), [("DualEncoderBackbone", "model_name_or_path"),
                                                   ("XGenMMBackbone", "model_name_or_path")])
-def test_other_backbone_families_train_and_evaluate_from_the_command_line(tmp_path, backbone, path_arg):
+def test_other_backbone_families_train_and_evaluate_from_the_command_line(tmp_path, small_data, backbone, path_arg):
     args = ["--config", str(CONF), "--model.backbone", f"cir_lightning.backbones.{backbone}",
             f"--model.backbone.{path_arg}", "tiny", "--model.backbone.make_tiny_if_missing", "true",
-            "--model.backbone.lora", '{"r": 4, "alpha": 8}', "--data.init_args.root", "data",
-            "--trainer.default_root_dir", "run"]
+            "--model.backbone.lora", '{"r": 4, "alpha": 8}', *small_data.data, "--trainer.default_root_dir", "run"]
     run("fit", *args, cwd=tmp_path)
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["state_dict"]
@@ -480,6 +497,7 @@ def test_other_backbone_families_train_and_evaluate_from_the_command_line(tmp_pa
     run("validate", *args, "--ckpt_path", str(tmp_path / "run" / "checkpoints" / "last.ckpt"), cwd=tmp_path)
     results = json.loads((tmp_path / "run" / "results-validate.json").read_text())
     assert results["model"]["fingerprint"]["class"] == backbone
+    assert results["subsets"][""]["num_gallery"] == small_data.gallery
     assert set(results["metrics"][""]) == {f"{m}@{k}" for m in ("Recall", "MRR") for k in (1, 5, 10, 50)}
 
 
