@@ -39,6 +39,7 @@ from cir_lightning.rank_lines import say
 from cir_lightning.run_folder import KeepConfigCallback, VersionClaims
 from cir_lightning.threads import ThreadBudget
 from cir_lightning.torch_files import load_torch_file, path_globals
+from cir_lightning.trainer_options import check_trainer, refused_options
 
 _USER_OMP = "CIR_LIGHTNING_USER_OMP"
 
@@ -83,9 +84,14 @@ class CIRLightningCLI(LightningCLI):
             super().__init__(model_class, pl.LightningDataModule, subclass_mode_data=True, args=args, run=run, **kwargs)
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
-        trainer = super().instantiate_trainer(**kwargs)
+        with refused_options():  # `--trainer.devices 0`: Lightning's traceback
+            trainer = check_trainer(super().instantiate_trainer(**kwargs))
         self.version_claims.claim(trainer)  # its `version_N` made now: no other run started at this moment takes it
         return trainer
+
+    def _set_seed(self) -> None:
+        with refused_options(option="seed_everything"):  # outside numpy's range: Lightning's traceback
+            super()._set_seed()
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
         parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)

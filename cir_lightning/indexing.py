@@ -50,6 +50,7 @@ from cir_lightning.retrieval.embedding_folder import finish_embeddings, new_embe
 from cir_lightning.retrieval.image_stamps import stamps_array
 from cir_lightning.retrieval.rowfile import RowFile
 from cir_lightning.retrieval.search_config import SearchConfig, built_factory
+from cir_lightning.trainer_options import check_trainer, refused_options
 
 __all__ = ["EmbedImages", "ShardWriter", "build_image_index"]
 
@@ -143,8 +144,10 @@ def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backb
         writer = ShardWriter(partial / "shards", remaining, shard_size, identity, str(root), dtype, stamps)
         options = {"accelerator": "auto", "devices": "auto", "enable_progress_bar": True, **(trainer_options or {})}
         bar = [ImagesProgressBar()] if options["enable_progress_bar"] else []
-        trainer = pl.Trainer(**options, logger=False, callbacks=[writer, *bar], enable_checkpointing=False,
-                             enable_model_summary=False, default_root_dir=str(partial))
+        with refused_options():  # `--trainer.devices 0`: Lightning's traceback
+            trainer = check_trainer(pl.Trainer(**options, logger=False, callbacks=[writer, *bar],
+                                               enable_checkpointing=False, enable_model_summary=False,
+                                               default_root_dir=str(partial)))
         data = ImageFolderDataset(root, remaining, max_short_edge, upright=True)  # photos as they are viewed
         data.max_pixels = max_image_pixels
         loader = DataLoader(EveryProcessOne(data, trainer.world_size), batch_size=batch_size, num_workers=num_workers,

@@ -385,6 +385,35 @@ for _option, _value, _name in [
     CASES[f"option: {_option} {_value}"] = _option_case
 
 
+# -- Lightning's Trainer options: refused by Lightning with a traceback, or taken and failed on mid-run / ignored
+for _option, _value, _name in [
+    ("--trainer.devices", "0", "trainer.devices"), ("--trainer.devices", "abc", "trainer.devices"),
+    ("--trainer.max_steps", "-5", "trainer.max_steps"), ("--trainer.num_nodes", "0", "trainer.num_nodes"),
+    ("--trainer.limit_val_batches", "-1", "trainer.limit_val_batches"), ("--trainer.max_time", "abc", "trainer.max_time"),
+    ("--seed_everything", "-1", "seed_everything"),  # Lightning's ValueError
+    ("--trainer.accumulate_grad_batches", "0", "trainer.accumulate_grad_batches"),  # a ZeroDivisionError mid-fit
+    ("--trainer.accumulate_grad_batches", "-1", "trainer.accumulate_grad_batches"),  # a schedule of one step
+    ("--trainer.check_val_every_n_epoch", "0", "trainer.check_val_every_n_epoch"),  # a ZeroDivisionError mid-fit
+    ("--trainer.gradient_clip_val", "-1", "trainer.gradient_clip_val"),  # nothing clipped
+]:
+    def _trainer_case(w, option=_option, value=_value, name=_name):
+        return w.cli("fit", option, value), [f"`{name}`"]
+
+    CASES[f"trainer: {_option} {_value}"] = _trainer_case
+
+
+def _index(w: World, *extra: str) -> list[str]:
+    return ["index", str(w.data / "img"), "--config", str(CONF), "--model.backbone.init_args.model_name_or_path",
+            str(w.model), "--out", str(w.tmp / "run" / "index"), *extra]
+
+
+for _flags, _name in [(("--trainer.devices", "0"), "trainer.devices")]:  # Lightning's traceback
+    def _index_case(w, flags=_flags, name=_name):
+        return _index(w, *flags), [f"`{name}`"]
+
+    CASES[f"index: {' '.join(_flags)}"] = _index_case
+
+
 @case("option: IVF nprobe 0 (a faiss assertion after embedding, before)")
 def _(w):
     return w.cli("validate", "--model.search.factory", "IVF2,Flat", "--model.search.nprobe", "0"), ["`search.nprobe`"]

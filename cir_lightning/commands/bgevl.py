@@ -129,6 +129,7 @@ def run(args: argparse.Namespace, task: Task) -> Any:
     from cir_lightning.module import CIRModule
     from cir_lightning.retrieval.memmap import MemmapGalleries
     from cir_lightning.retrieval.search_config import SearchConfig
+    from cir_lightning.trainer_options import refused_options
     from cir_lightning.writable import exists_error
 
     say = print if rank_zero_only.rank == 0 else (lambda *a, **k: None)
@@ -152,8 +153,9 @@ def run(args: argparse.Namespace, task: Task) -> Any:
         store = MemmapGalleries(args.save_path, backbone.embedding_dim, save=args.save_embedding,
                                 load=args.load_embedding, identity={"dtype": dtype}, single=task == "circo")
         module.evaluation.use_cache(store)  # in place of a GalleryCache
-    trainer = pl.Trainer(accelerator="auto", devices=args.devices, logger=False, enable_checkpointing=False,
-                         enable_model_summary=False, callbacks=[_progress_bar()], default_root_dir=os.getcwd())
+    with refused_options(option="--devices"):  # `--devices 0`: Lightning's traceback
+        trainer = pl.Trainer(accelerator="auto", devices=args.devices, logger=False, enable_checkpointing=False,
+                             enable_model_summary=False, callbacks=[_progress_bar()], default_root_dir=os.getcwd())
     trainer.validate(module, datamodule=data, verbose=False)
     return data, module.evaluation.last_results  # the metrics as computed (float64), not as logged (float32)
 

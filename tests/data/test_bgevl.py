@@ -412,3 +412,11 @@ def test_memmap_galleries_refuse_to_save_over_a_file_before_any_work(tmp_path):
     with pytest.raises(CIRFileError, match="e.dress.memmap` already exists"):
         store.lookup_sets("val", [(SimpleNamespace(name="dress"), SimpleNamespace(ids=["a"]))], dataset="d",
                           model={})
+
+
+def test_devices_lightning_refuses_is_one_line_naming_the_flag(root):
+    """``--devices 0`` was Lightning's MisconfigurationException, with its traceback."""
+    code, _, err = _run(main_fashioniq, root, "--devices", "0")
+    assert code == 2
+    assert "Traceback" not in err
+    assert "`--devices`: Lightning refuses it: `Trainer(devices='0')`" in err
