@@ -407,7 +407,9 @@ def _index(w: World, *extra: str) -> list[str]:
             str(w.model), "--out", str(w.tmp / "run" / "index"), *extra]
 
 
-for _flags, _name in [(("--trainer.devices", "0"), "trainer.devices")]:  # Lightning's traceback
+for _flags, _name in [(("--nprobe", "0"), "--nprobe"), (("--ef-search", "0"), "--ef-search"),  # taken for "not given"
+                      (("--factory", ""), "--factory"),  # taken for "not given": Flat
+                      (("--trainer.devices", "0"), "trainer.devices")]:  # Lightning's traceback
     def _index_case(w, flags=_flags, name=_name):
         return _index(w, *flags), [f"`{name}`"]
 

@@ -153,9 +153,10 @@ def main(argv: Sequence[str]) -> None:
     old = open_old(ns.reuse, Path(ns.image_folder).resolve(), moved=ns.reuse_moved, dtype=ns.dtype) \
         if ns.reuse is not None else None
     with _flag_names():
-        kept = old.search_config() if old and not ns.factory else SearchConfig()  # an update keeps its type
-        search = SearchConfig(factory=ns.factory or kept.factory, nprobe=ns.nprobe or kept.nprobe,
-                              ef_search=ns.ef_search or kept.ef_search)
+        kept = old.search_config() if old and ns.factory is None else SearchConfig()  # an update keeps its type
+        given = {k: v for k, v in (("factory", ns.factory), ("nprobe", ns.nprobe), ("ef_search", ns.ef_search))
+                 if v is not None}  # `--nprobe 0` is refused, not taken for "not given"
+        search = SearchConfig(**{"factory": kept.factory, "nprobe": kept.nprobe, "ef_search": kept.ef_search, **given})
         search.check_count(len(found))  # before any image is embedded
     check_config_files([a for config in ns.config for a in ("--config", config)])
     weights = ("lora.init_adapter", "--ckpt_path" if ns.ckpt_path else "--adapter")
