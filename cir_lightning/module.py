@@ -235,7 +235,10 @@ class CIRModule(pl.LightningModule):
         if not params:
             raise CIRConfigError("the model has no trainable parameters: set `model.backbone.init_args.lora` "
                                  "to train LoRA adapters")
-        optimizer = self.optimizer_factory(params)
+        try:
+            optimizer = self.optimizer_factory(params)
+        except ValueError as err:  # torch's check of its options (`lr: -1`): a traceback before any step
+            raise CIRConfigError(f"`model.optimizer`: the optimizer refuses its options: {err}") from err
         scheduler = lr_scheduler(optimizer, self.lr_schedule, self.warmup, self.trainer.estimated_stepping_batches)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

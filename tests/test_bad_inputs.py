@@ -426,6 +426,11 @@ def _(w):
     return w.cli("validate", "--model.search.factory", "PQ48"), ["`search.factory` 'PQ48'", "dimension 64"]
 
 
+@case("option: a learning rate torch refuses")
+def _(w):  # torch's ValueError when the optimizer was made, with its traceback
+    return w.cli("fit", "--model.optimizer.init_args.lr", "-1"), ["`model.optimizer`", "Invalid learning rate: -1.0"]
+
+
 @case("option: loss temperature 0")
 def _(w):
     return w.cli("fit", "--model.loss", "cir_lightning.losses.FireLoss", "--model.loss.tau2", "0"), ["`loss.tau2`"]
