@@ -41,6 +41,7 @@ from cir_lightning.index_files import (
     read_stamps,
 )
 from cir_lightning.messages import MISSING, first_few
+from cir_lightning.paths import resolved
 from cir_lightning.retrieval.cache import identity_differences
 from cir_lightning.retrieval.embedding_folder import ids_digest
 from cir_lightning.retrieval.image_stamps import file_stamp, stamp_change
@@ -124,7 +125,7 @@ class ImageIndex:
         folder = Path(folder)
         meta, relpaths = cls.read_files(folder)
         info = meta["image_index"]
-        images = Path(root).resolve() if root is not None else Path(info["root"])
+        images = resolved(root, "--root") if root is not None else Path(info["root"])
         if not images.is_dir():
             raise CIRDataError(f"the image folder `{images}` " + ("(`--root`) " if root is not None else "the index was "
                                "built over ") + "is not there: if the images moved, give their new folder (`--root "

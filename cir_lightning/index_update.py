@@ -20,6 +20,7 @@ from typing import Any
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRFileError
 from cir_lightning.image_index import ImageIndex
 from cir_lightning.index_files import STAMPS_FILE, read_stamps
+from cir_lightning.paths import resolved
 from cir_lightning.retrieval.cache import identity_differences
 from cir_lightning.retrieval.search_config import SearchConfig
 from cir_lightning.writable import exists_error
@@ -64,7 +65,7 @@ def open_old(folder: str | Path, root: Path, *, moved: bool = False, dtype: str 
     """The index at ``folder`` (``--reuse``), refused in one line when it is missing, damaged, written without
     stamps, of another image folder than ``root`` (unless ``moved``: its images are now below ``root``) or stored
     in another ``dtype``. Only ``meta.json``, ``ids.json`` and ``stamps.npy`` are read."""
-    folder = Path(folder).resolve()
+    folder = resolved(folder, "--reuse")
     meta, relpaths = ImageIndex.read_files(folder)
     info = meta["image_index"]
     stamps = read_stamps(folder / STAMPS_FILE, meta["count"])
@@ -101,7 +102,7 @@ def check_same_rows(old: OldIndex, identity: Mapping[str, Any], max_short_edge: 
 def check_out(out: Path, reuse: str | Path | None, overwrite: bool) -> bool:
     """Whether ``out`` (``--out``) is the ``--reuse`` index, replaced when the update is complete: refused unless
     ``overwrite`` (``--overwrite``), which means only that. An ``out`` that exists otherwise is refused."""
-    same = reuse is not None and Path(out).resolve() == Path(reuse).resolve()
+    same = reuse is not None and resolved(out, "--out") == resolved(reuse, "--reuse")
     if overwrite and not same:
         raise CIRConfigError("`--overwrite` replaces the `--reuse` index with its update (`--out` the same folder) "
                              "and nothing else; an index is never overwritten otherwise")

@@ -43,6 +43,7 @@ from cir_lightning.index_shards import (
 )
 from cir_lightning.index_update import OldIndex, check_out, check_same_rows, open_old, update_counts
 from cir_lightning.messages import first_few
+from cir_lightning.paths import resolved
 from cir_lightning.pixels import SHRINK
 from cir_lightning.predictions import ImagesProgressBar
 from cir_lightning.retrieval.backends import build_index_from
@@ -112,7 +113,7 @@ def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backb
         ...
         cir_lightning.errors.CIRDataError: ...: holds no image files (looked for .bmp, .gif, .jpeg, ...)
     """
-    root, out = Path(image_folder).resolve(), Path(out).resolve()
+    root, out = resolved(image_folder, "image_folder"), resolved(out, "--out")
     partial = partial_folder(out)
     if root == partial or partial in root.parents:  # its unfinished work, removed when the index is done
         raise CIRDataError(f"is inside `{partial}`, where `index --out {out}` keeps its unfinished work and which it "

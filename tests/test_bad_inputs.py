@@ -336,6 +336,12 @@ def _(w):
 
 
 # -- images
+@case("jsonl: image_root is a loop of symbolic links")
+def _(w):  # pathlib's RuntimeError
+    (w.tmp / "loop").symlink_to(w.tmp / "loop")
+    return w.cli("validate", "--data.image_root", str(w.tmp / "loop")), ["`image_root`", "loop of symbolic links"]
+
+
 @case("image: a text file named .png")
 def _(w):
     (w.data / "img" / "3.png").write_text("not an image")

@@ -308,6 +308,12 @@ def test_an_index_killed_midway_continues_where_it_stopped(tmp_path, tiny_model_
     (["show", "{index}/meta.json"], "{index}/meta.json: is an image index written by `cir-lightning index`"),
     (["search", "{index}", "--image", "{photos}/red.png", "--text", "x", "--show", "{photos}/red.png"],
      "`--show`: `{photos}/red.png` already exists; it is never overwritten (choose another name, or remove it)"),
+    # a loop of symbolic links: RuntimeError from pathlib (--out: after the model was loaded)
+    (["index", "{photos}", "--out", "{tmp}/loop/i"], "`--out`: `{tmp}/loop/i` leads into a loop of symbolic links"),
+    (["index", "{photos}", "--out", "{tmp}/i", "--reuse", "{tmp}/loop"], "`--reuse`: `{tmp}/loop` leads into a loop"),
+    (["index", "{tmp}/loop", "--out", "{tmp}/i"], "{tmp}/loop: cannot be checked: Too many levels of symbolic links"),
+    (["search", "{index}", "--image", "{photos}/red.png", "--text", "x", "--root", "{tmp}/loop"],
+     "`--root`: `{tmp}/loop` leads into a loop of symbolic links"),
     (["search", "{index}", "--image", "{photos}/red.png", "--text", "x", "--root", "{tmp}/empty"],
      "(`--root`) holds none of the indexed images (looked for "),
     # the folder `index --out X` works in, X.partial, is removed when done: never the user's images or files
@@ -325,6 +331,7 @@ def test_bad_input_is_one_line(argv, message, small_index, tmp_path, tiny_model_
     shutil.copytree(photos, tmp_path / "pics.partial")
     (tmp_path / "mine.partial").mkdir()
     (tmp_path / "mine.partial" / "notes.txt").write_text("mine")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
     fill = {"tmp": str(tmp_path), "photos": str(photos), "index": str(index)}
     argv = [a.format(**fill) for a in argv]
     if argv[0] == "index":

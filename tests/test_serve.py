@@ -591,3 +591,11 @@ def test_iterative_search_in_the_browser(browser, marked_index, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_an_indexed_file_made_a_loop_of_links_since_is_refused_in_one_line(tmp_path):
+    """pathlib's RuntimeError, in the server's request handler."""
+    (tmp_path / "a.png").symlink_to(tmp_path / "a.png")
+    code, body = get(SearchApp(RecordingSearcher(tmp_path, ["a.png"]), k=5), "/image/a.png")
+    assert code == 404
+    assert body["error"] == "`a.png` is indexed but its file is now a loop of symbolic links"

@@ -64,11 +64,15 @@ def _check_options(ns: argparse.Namespace) -> None:
     from cir_lightning.checks import non_negative_int, positive_int
     from cir_lightning.errors import CIRConfigError, CIRFileError
     from cir_lightning.messages import path_problem
+    from cir_lightning.paths import resolved
 
     positive_int("--batch-size", ns.batch_size, optional=True)
     non_negative_int("--num-workers", ns.num_workers, optional=True)
     positive_int("--max-short-edge", ns.max_short_edge, optional=True)
     positive_int("--shard-size", ns.shard_size)
+    resolved(ns.out, "--out")  # a loop of symbolic links: refused before the model is loaded
+    if ns.reuse is not None:
+        resolved(ns.reuse, "--reuse")
     if ns.reuse_moved and ns.reuse is None:
         raise CIRConfigError("`--reuse-moved` says the `--reuse` index was built over another folder, and no "
                              "`--reuse` is given")

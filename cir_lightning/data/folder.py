@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from cir_lightning.data.datasets import ImageDataset
 from cir_lightning.data.idle_rows import is_idle
 from cir_lightning.errors import CIRDataError
-from cir_lightning.messages import MISSING, first_few, os_reason
+from cir_lightning.messages import first_few, os_reason, path_problem
 from cir_lightning.pixels import shrink_short_edge
 from cir_lightning.pixels import upright as _upright
 
@@ -149,7 +149,7 @@ def scan_images(root: str | Path, leave_out: Sequence[str | Path] = ()) -> Folde
     """
     root = Path(root)
     if not root.is_dir():
-        raise CIRDataError(MISSING if not root.exists() else "is not a folder of images", root)
+        raise CIRDataError(path_problem(root) or "is not a folder of images", root)  # missing, a loop of links ...
     skipped = {os.path.realpath(p) for p in leave_out}
     found, listed = {}, set()  # relative path -> (is a link, the real file)
     hidden, reached_again, other_types = 0, 0, Counter()

@@ -15,6 +15,7 @@ from cir_lightning.data.datasets import GalleryDataset, QueryDataset, TripletDat
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.layouts.jsonl import UnknownExcludeIds, read_gallery, read_queries, read_triplets
 from cir_lightning.errors import CIRConfigError, CIRDataError
+from cir_lightning.paths import resolved
 
 __all__ = ["JsonlCIRDataModule"]
 
@@ -84,7 +85,7 @@ class JsonlCIRDataModule(CIRDataModule):
         self.unknown_exclude_ids = unknown_exclude_ids
 
     def _image_root(self) -> Path:
-        return (self.image_root or self.root).resolve()
+        return resolved(self.image_root or self.root, "image_root" if self.image_root else "root")
 
     def setup(self, stage: str) -> None:
         if not self._image_root().is_dir():

@@ -219,7 +219,10 @@ class SearchApp:
             raise Refused(403, f"`{relpath[:200]}` is outside the index's root")
         if relpath not in self._indexed:
             raise Refused(404, f"`{relpath[:200]}` is not an indexed image")
-        path = (self.root / relpath).resolve()
+        try:
+            path = (self.root / relpath).resolve()
+        except (RuntimeError, OSError):  # a loop of symbolic links, made after indexing
+            raise Refused(404, f"`{relpath}` is indexed but its file is now a loop of symbolic links") from None
         # a link out of the root was indexed as the user linked it in (`index` follows links): shown if an image
         if not path.is_relative_to(self.root) and path.suffix.lower() not in image_suffixes():
             raise Refused(403, f"`{relpath}` leads outside the index's root, to a file that is not an image")

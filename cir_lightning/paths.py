@@ -1,0 +1,29 @@
+"""``resolved``: a path the user gave, made absolute with its symbolic links followed, or one line naming the option
+when it cannot be (``Path.resolve`` raises a bare ``RuntimeError`` on a loop of links)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cir_lightning.errors import CIRFileError
+
+__all__ = ["resolved"]
+
+
+def resolved(path: str | Path, option: str) -> Path:
+    """``Path(path).resolve()``; a loop of symbolic links on the way is a ``CIRFileError`` naming ``option``.
+
+    Example:
+        >>> import tempfile
+        >>> from cir_lightning.paths import resolved
+        >>> loop = Path(tempfile.mkdtemp()) / "loop"
+        >>> loop.symlink_to(loop)
+        >>> resolved(loop / "photos", "--root")
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRFileError: `--root`: `.../loop/photos` leads into a loop of symbolic links
+    """
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError):  # RuntimeError up to Python 3.12, OSError (ELOOP) with strict resolving
+        raise CIRFileError(f"`{option}`: `{path}` leads into a loop of symbolic links") from None
