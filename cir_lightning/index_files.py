@@ -33,20 +33,34 @@ def read_json(path: Path, kind: type) -> Any:
 
 
 def meta_problem(meta: dict[str, Any], info: dict[str, Any]) -> str | None:
-    """The first field of ``meta.json`` whose value no index is written with (a hand-edited file), else None."""
-    search = info.get("search", {})
-    fields = [("count", meta.get("count"), False), ("dim", meta.get("dim"), False),
-              ("image_index.max_short_edge", info.get("max_short_edge"), True),
-              ("image_index.max_image_pixels", info.get("max_image_pixels"), True)]
-    fields += [(f"image_index.search.{k}", search.get(k), True) for k in ("nprobe", "ef_search", "asked_nprobe")
+    """The first field of ``meta.json`` whose value no index is written with (a hand-edited file), else None.
+
+    Example:
+        >>> meta = {"count": 2, "dim": 8, "model": {}}
+        >>> meta_problem(meta, {"backbone": {}, "search": {}, "adapter": "../x"})
+        "`image_index.adapter` is '../x', not the name of a folder in the index"
+    """
+    search, backbone = info.get("search", {}), info.get("backbone")
+    fields = [("count", meta.get("count"), False, 0), ("dim", meta.get("dim"), False, 0),
+              ("image_index.max_short_edge", info.get("max_short_edge"), True, 1),  # 0 is never written
+              ("image_index.max_image_pixels", info.get("max_image_pixels"), True, 1)]
+    fields += [(f"image_index.search.{k}", search.get(k), True, 0) for k in ("nprobe", "ef_search", "asked_nprobe")
                if isinstance(search, dict)]
-    for name, value, optional in fields:
-        if not ((value is None and optional) or (type(value) is int and value >= 0)):
-            return f"`{name}` is {value!r}, not a whole number"
-    for name, value in (("model", meta.get("model")), ("image_index.backbone", info.get("backbone")),
+    for name, value, optional, least in fields:
+        if not ((value is None and optional) or (type(value) is int and value >= least)):
+            return f"`{name}` is {value!r}, not a whole number" + (f" >= {least}" if least else "")
+    for name, value in (("model", meta.get("model")), ("image_index.backbone", backbone),
                         ("image_index.search", search)):
         if not isinstance(value, dict):
             return f"`{name}` is {short_repr(value)}, not a mapping"
+    if not isinstance(backbone.get("init_args", {}), dict):
+        return f"`image_index.backbone.init_args` is {short_repr(backbone['init_args'])}, not a mapping"
+    if not isinstance(info.get("upright", False), bool):
+        return f"`image_index.upright` is {short_repr(info['upright'])}, not true or false"
+    adapter = info.get("adapter")
+    if adapter is not None and not (isinstance(adapter, str) and adapter and Path(adapter).name == adapter
+                                    and adapter not in (".", "..")):
+        return f"`image_index.adapter` is {short_repr(adapter)}, not the name of a folder in the index"
     return None
 
 

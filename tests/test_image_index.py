@@ -385,6 +385,13 @@ def test_damaged_indexes_are_refused_in_one_line(small_index, tmp_path):
                             (_edit_meta("search", "nprobe", "x"), "`image_index.search.nprobe` is 'x', not a whole"),
                             (_edit_meta("max_short_edge", None, "abc"), "`image_index.max_short_edge` is 'abc', not"),
                             (_edit_meta(None, "model", None), "meta.json: `model` is None, not a mapping"),
+                            # a TypeError / AttributeError when its model was rebuilt; the query shrunk to 1x1;
+                            # "no" taken for true
+                            (_edit_meta("adapter", None, 5), "`image_index.adapter` is 5, not the name of a folder"),
+                            (_edit_meta("backbone", "init_args", [1]), "`image_index.backbone.init_args` is \\[1\\]"),
+                            (_edit_meta("max_short_edge", None, 0), "`image_index.max_short_edge` is 0, not a whole "
+                             "number >= 1"),
+                            (_edit_meta("upright", None, "no"), "`image_index.upright` is 'no', not true or false"),
                             (_escape_root, r"ids.json: holds paths that are not below the image folder \('\.\./\.\./x\.png'")]:
         copy = tmp_path / "copy"
         shutil.rmtree(copy, ignore_errors=True)
