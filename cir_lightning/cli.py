@@ -31,7 +31,7 @@ from cir_lightning.distributed import release_process_group
 from cir_lightning.errors import CIRConfigError, CIRFileError, user_error_line
 from cir_lightning.files import check_writable
 from cir_lightning.interrupts import stops
-from cir_lightning.messages import path_problem, yaml_syntax_error
+from cir_lightning.messages import json_type, path_problem, yaml_syntax_error
 from cir_lightning.module import TRAINING_SETTINGS, CIRModule
 from cir_lightning.option_errors import option_error
 from cir_lightning.quiet import quiet_third_party
@@ -235,13 +235,16 @@ def check_config_files(argv: Sequence[str]) -> None:
             raise CIRFileError(f"`--config`: `{value}` {problem}")
         path = Path(value)
         try:
-            yaml.safe_load(path.read_text(encoding="utf-8"))
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError as err:
             raise CIRConfigError(f"{value}: not valid UTF-8 (byte {err.start + 1})") from None
         except yaml.YAMLError as err:
             raise CIRConfigError(yaml_syntax_error(value, err)) from None
         except RecursionError:
             raise CIRConfigError(f"{value}: YAML nested too deeply") from None
+        if not isinstance(loaded, dict):  # jsonargparse: "Unexpected config: " and the file's text
+            raise CIRConfigError(f"{value}: a config is a mapping of options (trainer:, model:, data: ...), got "
+                                 + ("nothing" if loaded is None else f"a YAML {json_type(loaded)}"))
 
 
 class _HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):

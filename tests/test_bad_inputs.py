@@ -485,6 +485,18 @@ def _(w):
     return ["fit", "--config", str(bad)], [f"{bad}:3:", "YAML syntax error"]
 
 
+@case("config: an empty file")
+def _(w):  # jsonargparse: "Unexpected config: " and nothing more
+    (w.user / "empty.yaml").write_text("# nothing yet\n")
+    return w.cli("validate", "--config", str(w.user / "empty.yaml")), ["empty.yaml", "a config is a mapping", "got nothing"]
+
+
+@case("config: a YAML list")
+def _(w):
+    (w.user / "list.yaml").write_text("- trainer\n- model\n")
+    return w.cli("validate", "--config", str(w.user / "list.yaml")), ["list.yaml", "got a YAML list"]
+
+
 @case("config: the file does not exist")
 def _(w):
     return ["validate", "--config", str(w.user / "nope.yaml")], [str(w.user / "nope.yaml"), "does not exist"]
