@@ -23,6 +23,7 @@ _EXPECTED_TYPE = re.compile(r"^Expected an? (<class '[\w.]+'>|typing\.Literal\[.
                             r"(?:\. Got value: .*)?$")
 _PATH = re.compile(r"^Expected a path but .* either not accessible or invalid$")
 _PROBLEM = re.compile(r"^Problem with given class_path '([\w.]+)':$")
+_SUBCLASS = re.compile(r"^Not a valid subclass of (\w+)$")
 
 
 def option_error(message: str) -> str | None:
@@ -95,6 +96,11 @@ def _reason(block: list[str]) -> str | None:
     else:  # a class: an item per way of reading the value (a class that is no Union's: its one way, unlisted)
         items, subtypes = _branches(body) or ([[line.strip() for line in body]] if len(top) == 1 else []), None
     items = [item for item in items if not _PATH.match(item[0]) and item != ["Expected a <class 'NoneType'>"]]
+    if any(_PROBLEM.match(item[0]) for item in items):  # a class_path was given: its problem, not the other ways
+        items = [item for item in items if not _SUBCLASS.match(item[0])]
+    subclass = [m.group(1) for item in items if (m := _SUBCLASS.match(item[0]))]
+    if items and len(subclass) == len(items) and given is not None:  # neither a class path nor a mapping
+        return f": expected a class path or a mapping with `class_path` (a {subclass[0]}), got {_value(given)}"
     if subtypes is not None and given is not None and items and all(
             len(item) == 1 and _EXPECTED_TYPE.match(item[0]) for item in items):
         path = all(item[0].startswith("Expected a dot import path") for item in items)  # only a class would do

@@ -201,6 +201,11 @@ def test_an_abbreviated_option_is_refused_not_taken_for_the_option_it_starts(arg
                                                          "module 'cir_lightning.backbones' has no attribute 'Nope'"),
     ("--model.backbone.init_args.nope", "3", "option `model.backbone` (cir_lightning.backbones.HFMultimodalBackbone): "
                                              "Option 'nope' is not accepted"),  # a class of no Union: it was 3 lines
+    # a Union's every way of reading the value, each explained (15 lines)
+    ("--trainer.callbacks", "[{class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: {bogus: 1}}]",
+     "option `trainer.callbacks` (lightning.pytorch.callbacks.ModelCheckpoint): Option 'bogus' is not accepted"),
+    ("--data", "[1, 2]", "option `data`: expected a class path or a mapping with `class_path` (a LightningDataModule), "
+                         "got [1, 2]"),
 ])
 def test_a_value_of_the_wrong_type_is_one_line_naming_the_option(option, value, line, capsys, monkeypatch):
     """jsonargparse reports every Union and class path a value went through (10-20 lines): one line instead,
