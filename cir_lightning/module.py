@@ -132,6 +132,9 @@ class CIRModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(*TRAINING_SETTINGS)  # only these (not EVALUATION_OPTIONS, not the parts)
         number_in("warmup", warmup, 0, math.inf)
+        if warmup >= 1 and not float(warmup).is_integer():  # 1.5 trained with a warm-up of 1 step
+            raise CIRConfigError(f"`warmup` from 1 on is a number of optimizer steps (below 1, a fraction of the "
+                                 f"training), so it must be whole: got {warmup}")
         positive_int("max_caption_tokens", max_caption_tokens, optional=True)
         check_backbone(backbone)  # a backbone of the user's own lacking a part: named now, not mid-run
         self.backbone, self.export_adapter = backbone, export_adapter

@@ -375,6 +375,7 @@ for _option, _value, _name in [
     ("--data.max_image_pixels", "0", "max_image_pixels"),
     ("--model.eval_ks", "[0]", "eval_ks"), ("--model.eval_ks", "[-1, 5]", "eval_ks"), ("--model.eval_ks", "[]", "eval_ks"),
     ("--model.eval_ks", "[5, 5]", "eval_ks"), ("--model.warmup", "-1", "warmup"),
+    ("--model.warmup", "1.5", "warmup"),  # 1 step
     ("--model.search.chunk_size", "0", "search.chunk_size"), ("--model.search.factory", "Foo12", "search.factory"),
     ("--model.search.ef_search", "8", "search.ef_search"),
     ("--model.backbone.init_args.lora.r", "0", "lora.r"), ("--model.backbone.init_args.lora.alpha", "-1", "lora.alpha"),
