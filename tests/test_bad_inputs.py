@@ -467,6 +467,11 @@ def _(w):
                                                   "name, or remove it)"]
 
 
+@case("tool: make-tiny-model with a seed torch cannot take")
+def _(w):  # torch's ValueError "Overflow when unpacking long long"
+    return ["make-tiny-model", str(w.tmp / "run" / "tiny"), "--seed", str(2**64)], ["`seed`", str(2**64)]
+
+
 @case("tool: make-synthetic-data with images too large to draw")
 def _(w):
     return ["make-synthetic-data", str(w.tmp / "syn"), "--image-size", "100000"], ["`image_size` = 100000", "at most 1024"]

@@ -76,6 +76,8 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, spec: TinyModelSpec | No
         raise CIRConfigError(f"`image_size` {spec.image_size} is not a multiple of `patch_size` {spec.patch_size}")
     if family not in TINY_MODELS:
         raise CIRConfigError(f"unknown tiny model `family` {family!r}; known: {', '.join(TINY_MODELS)}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not -2**63 <= seed < 2**64:  # torch's ValueError
+        raise CIRConfigError(f"`seed` must be an integer from -2**63 to 2**64 - 1 (a torch seed), got {seed!r}")
     with seeded(seed):
         model, processor = TINY_MODELS[family](spec)
     return write_checkpoint(out, model.eval(), processor, overwrite)
