@@ -82,6 +82,9 @@ def test_runs_what_is_here_and_prints_ours_next_to_published(twin, capsys):
     (["--data", "cirr"], "--data 'cirr': expected BENCHMARK=ROOT"),
     (["--only", "nobody"], "--only nobody: no such config"),
     (["--configs", "/no/such/folder"], "--configs /no/such/folder: not a folder"),
+    # a misspelt benchmark's root was never used, without a word
+    (["--data", "synthtic=/data"], "--data synthtic=/data: no config below .* is of a benchmark 'synthtic'; they are "
+                                   "of: synthetic"),
 ])
 def test_bad_options_are_one_line_errors(twin, args, message):
     root, _ = twin

@@ -254,8 +254,12 @@ def main(argv: Sequence[str]) -> None:
     if args.markdown:
         print(markdown_tables(published, args.configs), end="")
         return
-    runs = [r for r in discover(args.configs, published, _parse_data(args.data))
-            if not args.only or r.model in args.only or r.name in args.only]
+    data, known = _parse_data(args.data), sorted({p.stem for p in args.configs.glob("*/*.yaml")})
+    for benchmark in [b for b in data if b not in known]:  # a typo's root was never used, without a word
+        raise CIRConfigError(f"--data {benchmark}={data[benchmark]}: no config below {args.configs} is of a benchmark "
+                             f"{benchmark!r}; they are of: {', '.join(known)}")
+    runs = [r for r in discover(args.configs, published, data) if not args.only or r.model in args.only
+            or r.name in args.only]
     if args.only and not runs:
         raise CIRConfigError(f"--only {' '.join(args.only)}: no such config below {args.configs}")
     if args.allow_download:
