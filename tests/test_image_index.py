@@ -306,6 +306,8 @@ def test_an_index_killed_midway_continues_where_it_stopped(tmp_path, tiny_model_
     (["show", "{index}"], "{index}: is an image index written by `cir-lightning index`, not a results file: draw a "
      "search of it with `cir-lightning search INDEX"),
     (["show", "{index}/meta.json"], "{index}/meta.json: is an image index written by `cir-lightning index`"),
+    (["search", "{index}", "--image", "{photos}/red.png", "--text", "x", "--show", "{tmp}/drawn.jpg"],
+     "`--show` writes a PNG: give a file name ending in .png, got `{tmp}/drawn.jpg`"),  # PNG bytes were written
     (["search", "{index}", "--image", "{photos}/red.png", "--text", "x", "--show", "{photos}/red.png"],
      "`--show`: `{photos}/red.png` already exists; it is never overwritten (choose another name, or remove it)"),
     # a loop of symbolic links: RuntimeError from pathlib (--out: after the model was loaded)

@@ -267,6 +267,9 @@ def test_show_refuses_bad_input_with_one_line(validated, tmp_path, capsys):
     (tmp_path / "taken.png").write_bytes(b"")
     assert (f"`--out`: `{tmp_path / 'taken.png'}` already exists; it is never overwritten (choose another name, or "
             "remove it)") in _error(["show", str(good), "--out", str(tmp_path / "taken.png")], capsys)
+    assert "`--out` writes a PNG: give a file name ending in .png" in _error(  # PNG bytes were written as .jpg
+        ["show", str(good), "--out", str(tmp_path / "drawn.jpg")], capsys)
+    assert not (tmp_path / "drawn.jpg").exists()
     moved = variant("moved.json", lambda d: d["config"]["data"].update(root=str(tmp_path / "gone")))
     assert "cannot rebuild its data (SyntheticCIRDataModule" in _error(["show", moved], capsys)
     assert not (tmp_path / "gone").exists()  # show never writes data

@@ -51,6 +51,8 @@ def main(argv: Sequence[str]) -> None:
     index = ImageIndex.open(ns.index, ns.root)
     show = Path(ns.show) if ns.show else None
     if show is not None:  # before the model is loaded
+        if show.suffix.lower() != ".png":  # PNG bytes under another name
+            raise CIRConfigError(f"`--show` writes a PNG: give a file name ending in .png, got `{show}`")
         if show.exists() or show.is_symlink():
             raise exists_error(show, "--show")
         check_writable(show.parent, "--show")

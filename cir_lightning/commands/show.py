@@ -18,7 +18,7 @@ from typing import Any
 from PIL import Image
 
 from cir_lightning.commands import COMMANDS
-from cir_lightning.errors import CIRDataError, CIRError
+from cir_lightning.errors import CIRConfigError, CIRDataError, CIRError
 from cir_lightning.messages import first_few
 
 
@@ -200,6 +200,8 @@ def main(argv: Sequence[str]) -> None:
         raise CIRDataError("is an image index written by `cir-lightning index`, not a results file: draw a search of it "
                            "with `cir-lightning search INDEX --image REF.jpg --text \"...\" --show OUT.png`", results)
     out = Path(ns.out) if ns.out else results.with_suffix(".png")
+    if out.suffix.lower() != ".png":  # PNG bytes under another name
+        raise CIRConfigError(f"`--out` writes a PNG: give a file name ending in .png, got `{out}`")
     if ns.out and out.exists():
         raise exists_error(out, "--out")
     check_writable(out.parent, "--out")
