@@ -267,7 +267,8 @@ class ImageIndex:
         flat = _flat_rows(self._faiss)
         if flat is not None:  # exact: the evaluation's search (ties to the lower row, also across the cut-off)
             self._identical = identical_rows(flat) if self._identical == "find" else self._identical
-            ids, scores = search_with_scores(embedding, flat, k, [sorted(skip)], identical=self._identical)
+            depth = min(k, len(self.relpaths))  # beyond the index: only -1s (`-k 1e12` failed to allocate them)
+            ids, scores = search_with_scores(embedding, flat, depth, [sorted(skip)], identical=self._identical)
             found = [(s, r) for s, r in zip(scores[0].tolist(), ids[0].tolist(), strict=True) if r >= 0]
         else:  # approximate (IVF, HNSW, PQ): its own candidates, in score order
             depth = min(k + len(skip), len(self.relpaths))

@@ -157,6 +157,14 @@ def test_search_prints_the_ranked_paths_and_draws_them(small_index, capsys, tmp_
     assert "subset" not in info
 
 
+def test_a_k_far_past_the_index_size_returns_every_image(small_index):
+    """`search -k 1000000000000` failed to allocate a trillion -1s of padding (torch's RuntimeError)."""
+    index = ImageIndex.open(small_index[0])
+    hits = index.query(index.load_backbone(), Image.new("RGB", (16, 16), "red"), "make it blue", k=10**12)
+    assert sorted(hit.relpath for hit in hits) == sorted(index.relpaths)
+    assert [hit.rank for hit in hits] == list(range(1, len(index.relpaths) + 1))
+
+
 def test_an_index_refuses_a_model_other_than_its_own(small_index, backbone):
     index = ImageIndex.open(small_index[0])
     with pytest.raises(CIRModelError, match=r"was built by another model \(model\.fingerprint\.prompts\.query"):

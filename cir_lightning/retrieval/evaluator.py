@@ -168,8 +168,8 @@ class RetrievalEvaluator:
         return (emb[mine], idx[mine]) if complete else None
 
     def _depth(self, sub: EvalSubset, families: Mapping[str, Sequence[int]]) -> int:
-        ks = [max(ks) for family, ks in families.items() if family != "recall_subset"]
-        return max([*ks, sub.depth, 1])
+        ks = [max(ks) for family, ks in families.items() if family != "recall_subset"]  # beyond the gallery: only
+        return min(max([*ks, sub.depth, 1]), max(sub.num_gallery, 1))  # -1s (`eval_ks: [1e12]` failed to allocate)
 
     def compute(self, subsets: Sequence[EvalSubset], keep_rankings: bool = False) -> dict[str, float]:
         """Search and score every subset; a collective call under DDP (every rank must make it).

@@ -92,7 +92,8 @@ def average_precision_at_k(ranked: IdLists, positives: IdLists, ks: Sequence[int
     ranks = torch.arange(1, rel.shape[1] + 1, device=rel.device, dtype=torch.float64)
     precision_hits = rel.cumsum(1) / ranks * rel  # P@k at the relevant positions, 0 elsewhere
     n_pos = (positives >= 0).sum(1).double()
-    return torch.stack([precision_hits[:, :k].sum(1) / n_pos.clamp(max=k).clamp(min=1) for k in ks], dim=1)
+    # float(k): a K past int64 (`eval_ks: [1e23]`) was an OverflowError
+    return torch.stack([precision_hits[:, :k].sum(1) / n_pos.clamp(max=float(k)).clamp(min=1) for k in ks], dim=1)
 
 
 def rank_within(queries: Tensor, gallery: Tensor, candidates: Tensor) -> Tensor:

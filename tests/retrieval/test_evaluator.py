@@ -113,6 +113,26 @@ def test_map_and_positive_recall_families_with_several_positives():
     assert set(got) == {"mAP@5", "mAP@10", "PositiveRecall@10"}
 
 
+def test_a_cut_off_far_past_the_gallery_scores_the_whole_ranking():
+    """`eval_ks: [1e12]` failed to allocate a trillion -1s of padding per query; past int64, mAP's OverflowError."""
+    qry, gal, _, targets = _case(seed=2)
+    positives = [[t] for t in targets]
+    huge, past_int64 = 10**12, 10**23
+    sub = EvalSubset("", positives, [[] for _ in qry], len(gal),
+                     metrics={"recall": [5, huge], "map": [5, past_int64], "mrr": [huge]})
+    ev = RetrievalEvaluator()
+    ev.add(0, "gallery", gal, torch.arange(len(gal)))
+    ev.add(0, "query", qry, torch.arange(len(qry)))
+    got = ev.compute([sub], keep_rankings=True)
+    full = _full_ranking(qry, gal, [[] for _ in qry])
+    n = len(qry)
+    assert got[f"Recall@{huge}"] == 1.0  # every target is in the gallery
+    assert got[f"mAP@{past_int64}"] == pytest.approx(sum(1 / (full[i].index(targets[i]) + 1) for i in range(n)) / n,
+                                                      abs=1e-9)
+    assert got[f"MRR@{huge}"] == pytest.approx(got[f"mAP@{past_int64}"], abs=1e-9)  # one positive each
+    assert ev.rankings[""].tolist() == full  # the whole gallery, no padding
+
+
 def test_subset_without_ground_truth_gives_rankings_only():
     qry, gal, refs, _ = _case()
     sub = EvalSubset("test1", None, [[r] for r in refs], len(gal), depth=12)
