@@ -1,7 +1,9 @@
 """The command lines README.md and docs/*.md show parse as written: every ``cir-lightning ...`` line of a code
 block (and every inline one with its options) goes through the real entry point, ``cli.main``, and is stopped
 right after its arguments are parsed (no model, data or download), so a renamed or misspelt subcommand, option
-or value fails here; every ``configs/...`` file the pages name exists."""
+or value fails here; every ``configs/...`` file the pages name exists; every name their Python imports or spells
+out in full (``cir_lightning.retrieval.load_embeddings``) is where they say, and README's "In your own Lightning
+project" examples run as written up to the Trainer (its results-file example runs in test_run_outputs.py)."""
 
 from __future__ import annotations
 
@@ -163,3 +165,107 @@ def test_documented_config_files_exist():
     assert "configs/demo.yaml" in named
     missing = [path for path in sorted(named) if not _expand(path.replace("*", "<any>"))]
     assert not missing, f"named in the docs, not in the repository: {missing}"
+
+
+def _python_blocks(page: Path) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", page.read_text(encoding="utf-8"), re.S | re.M)
+
+
+def _resolve(dotted: str) -> object:
+    """The object a dotted name names: its longest importable module, then attributes."""
+    import importlib
+
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            found = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError:
+            continue
+        for name in parts[i:]:
+            found = getattr(found, name)
+        return found
+    raise ModuleNotFoundError(dotted)
+
+
+def documented_python_names() -> list[tuple[str, str]]:
+    """(page, dotted name) of every name the pages import or name in full: the imports of every Python block and
+    inline `from cir_lightning... import ...`, and every inline `cir_lightning.<module>.<name>`."""
+    import ast
+
+    found: set[tuple[str, str]] = set()
+    for page in PAGES:
+        for block in _python_blocks(page):
+            for node in ast.walk(ast.parse(block)):
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    found |= {(page.name, f"{node.module}.{alias.name}") for alias in node.names}
+                elif isinstance(node, ast.Import):
+                    found |= {(page.name, alias.name) for alias in node.names}
+        for span in re.findall(r"`([^`]+)`", re.sub(r"^```.*?^```", "", page.read_text("utf-8"), flags=re.S | re.M)):
+            for module, names in re.findall(r"from (cir_lightning[\w.]*) import ([\w, ]+)", span):
+                found |= {(page.name, f"{module}.{name.strip()}") for name in names.split(",")}
+            found |= {(page.name, name) for name in re.findall(r"\bcir_lightning(?:\.[A-Za-z_]\w*)+", span)}
+    return sorted(found)
+
+
+def test_documented_python_names_exist():
+    """A name the pages import or spell out in full (`cir_lightning.retrieval.load_embeddings`) is where they say:
+    a moved or renamed one fails here, not in a user's script."""
+    names = documented_python_names()
+    assert ("README.md", "cir_lightning.data.layouts.cirr.check_submission") in names  # the extraction still works
+    assert len(names) > 25
+    missing = []
+    for page, name in names:
+        try:
+            _resolve(name)
+        except (ImportError, AttributeError) as error:
+            missing.append(f"{page}: {name} ({error})")
+    assert not missing, "\n".join(missing)
+
+
+def test_documented_python_names_fail_on_a_moved_name():
+    with pytest.raises(AttributeError):
+        _resolve("cir_lightning.data.cirr.check_submission")  # the layout's name, through its old path
+    with pytest.raises(ModuleNotFoundError):
+        _resolve("cir_lightning_missing.x")
+
+
+def test_the_readme_s_own_project_examples_run(tiny_model_dir, monkeypatch):
+    """README's "In your own Lightning project" blocks, run as written up to the Trainer (a stand-in that records
+    what it is given): the backbone built from a model folder, `encode_query`'s embedding, the module, our
+    DataModule, the callback with its search."""
+    import lightning.pytorch as pl
+    import torch
+    from PIL import Image
+
+    from cir_lightning.data import JsonlCIRDataModule
+    from cir_lightning.module import CIRModule
+    from cir_lightning.retrieval import RetrievalCallback
+
+    class Trainer:
+        def __init__(self, **options):
+            self.options, self.calls = options, calls
+
+        def fit(self, *args, **kwargs):
+            self.calls.append(("fit", self.options, args, kwargs))
+
+        validate = fit
+
+    calls: list = []
+    monkeypatch.setattr(pl, "Trainer", Trainer)
+    blocks = _python_blocks(ROOT / "README.md")
+    [model] = [b for b in blocks if "HFMultimodalBackbone(" in b]
+    [callback] = [b for b in blocks if "RetrievalCallback(" in b]
+    scope = {"pil_image": Image.new("RGB", (40, 30), (200, 10, 10)), "your_module": "their module",
+             "train_loader": "train", "query_loader": "queries", "gallery_loader": "gallery"}
+    exec(compile(model.replace('"path/or/hub-name"', repr(str(tiny_model_dir))), "README.md", "exec"), scope)
+    assert scope["emb"].shape == (1, scope["backbone"].embedding_dim)
+    assert torch.allclose(scope["emb"].norm(dim=-1), torch.ones(1))  # L2-normalised, as the comment says
+    (_, _, (module, data), _), = calls
+    assert isinstance(module, CIRModule)
+    assert isinstance(data, JsonlCIRDataModule)
+    calls.clear()
+    exec(compile(callback, "README.md", "exec"), scope)
+    assert [call[2] for call in calls] == [("their module", "train", ["queries", "gallery"]), ("their module",)]
+    [retrieval] = calls[0][1]["callbacks"]
+    assert isinstance(retrieval, RetrievalCallback)
+    assert isinstance(calls[1][3]["datamodule"], JsonlCIRDataModule)
