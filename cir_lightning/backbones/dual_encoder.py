@@ -181,7 +181,7 @@ class DualEncoderBackbone(Backbone):
             training; works with LoRA).
         max_text_tokens: the longest text token sequence, special tokens included; longer texts are
             handled as ``truncation`` says. ``None`` (default): the text tower's maximum (CLIP: 77), which
-            it may not exceed. BGE-VL's evaluation cuts query text at 75 (``data.bgevl.QUERY_MAX_TOKENS``).
+            it may not exceed. BGE-VL's evaluation cuts query text at 75 (``data.layouts.bgevl.QUERY_MAX_TOKENS``).
 
     Example:
         >>> from cir_lightning.backbones import DualEncoderBackbone, LoRA
