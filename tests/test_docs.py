@@ -25,6 +25,11 @@ LIGHTNING = ("fit", "validate", "test", "predict")
 # a `--config` outside configs/ is a file the page's previous command writes (`convert-fire-config IN train.yaml
 # && cir-lightning fit --config train.yaml`) or a placeholder (`index ... --config CONFIG`): parsed with the demo's
 STAND_IN_CONFIG = "configs/demo.yaml"
+# the options a page names in prose with their values (`--model.backbone.init_args.lora.r 32`) are parsed as one
+# command line of `fit` (`predict` for `--predictions.*`) with the demo's config, in the page's order (a later one
+# replaces an earlier, as on a command line); a placeholder value stands for one the option takes
+LIGHTNING_OPTIONS = ("--model.", "--data.", "--trainer.", "--predictions.")
+PLACEHOLDERS = {"N": "2"}
 
 
 class _Parsed(Exception):
@@ -74,6 +79,7 @@ def documented_commands() -> list[tuple[str, list[str]]]:
     """(page, argv) of every command line shown, each once."""
     found: dict[tuple[str, ...], str] = {}
     for page in PAGES:
+        prose: dict[str, list[str]] = {"fit": [], "predict": []}
         for text, kind in _code(page.read_text(encoding="utf-8")):
             for line in text.replace("\\\n", " ").replace("python -m cir_lightning", "cir-lightning").splitlines():
                 line = line.strip()
@@ -85,11 +91,20 @@ def documented_commands() -> list[tuple[str, list[str]]]:
                         argv = _argv(" ".join(words[1:]))
                     elif len(words) > 1 and words[0] in LIGHTNING and "--config" in words:
                         argv = _argv(part)  # `fit --config configs/demo.yaml --trainer.max_epochs 1`
+                    elif kind == "inline" and len(words) > 1 and words[0].startswith(LIGHTNING_OPTIONS):
+                        if any(word.startswith("mypackage.") for word in words):
+                            continue  # a class of the reader's own (`--model.loss mypackage.MyLoss`)
+                        stage = "predict" if words[0].startswith("--predictions.") else "fit"
+                        prose[stage] += [PLACEHOLDERS.get(word, word) for word in shlex.split(part)]
+                        continue  # `--model.pictures N` in prose: all of a page's in one command line
                     else:
                         continue
                     if kind == "inline" and len(argv) < 2 and argv != ["--help"]:
                         continue  # prose naming a command (`cir-lightning validate`), not a command line
                     found.setdefault(tuple(argv), page.name)
+        for stage, options in prose.items():
+            if options:
+                found.setdefault((stage, "--config", STAND_IN_CONFIG, *options), page.name)
     return [(page, list(argv)) for argv, page in found.items()]
 
 
@@ -139,6 +154,9 @@ def test_documented_command_lines_parse(monkeypatch, capsys):
     commands = documented_commands()
     subcommands = {argv[0] for _, argv in commands}
     assert len(commands) > 40  # the extraction still finds the pages' commands
+    readme_prose = [argv for page, argv in commands if page == "README.md" and argv[:3] == ["fit", "--config",
+                                                                                           STAND_IN_CONFIG]]
+    assert any("--model.backbone.init_args.lora.r" in argv for argv in readme_prose)  # and the options in prose
     assert {*LIGHTNING, "index", "search", "serve", "show", "convert-fire-config", "reproduce"} <= subcommands
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     failures, built = [], {}
