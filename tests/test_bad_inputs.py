@@ -416,7 +416,8 @@ def _index(w: World, *extra: str) -> list[str]:
 
 for _flags, _name in [(("--nprobe", "0"), "--nprobe"), (("--ef-search", "0"), "--ef-search"),  # taken for "not given"
                       (("--factory", ""), "--factory"),  # taken for "not given": Flat
-                      (("--trainer.devices", "0"), "trainer.devices")]:  # Lightning's traceback
+                      (("--trainer.devices", "0"), "trainer.devices"),  # Lightning's traceback
+                      (("--trainer.num_nodes", "0"), "trainer.num_nodes")]:  # an int 0: was dropped, 1 node used
     def _index_case(w, flags=_flags, name=_name):
         return _index(w, *flags), [f"`{name}`"]
 

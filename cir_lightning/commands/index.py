@@ -174,7 +174,8 @@ def main(argv: Sequence[str]) -> None:
         stored["init_args"]["lora"]["init_adapter"] = None  # the index keeps its own copy of the weights
     data = (config.get("data") or {}).get("init_args") or {}
     trainer = config.trainer
-    options = {k: trainer.get(k) for k in ("accelerator", "devices", "num_nodes", "precision") if trainer.get(k)}
+    options = {k: trainer.get(k) for k in ("accelerator", "devices", "num_nodes", "precision")  # 0 too: refused
+               if trainer.get(k) is not None}
     options["enable_progress_bar"] = trainer.get("enable_progress_bar") is not False
     if isinstance(trainer.get("strategy"), str):
         options["strategy"] = trainer.get("strategy")
