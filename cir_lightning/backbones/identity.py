@@ -27,6 +27,7 @@ import json
 import os
 import re
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -193,10 +194,12 @@ class _Store:
         try:
             write_atomic(self.path, json.dumps({"format": 1, "files": dict(kept)}), overwrite=True)
         except OSError as err:  # CIRFileError is an OSError: the run goes on, only slower next time
-            from lightning.pytorch.utilities import rank_zero_warn
+            from lightning.pytorch.utilities import rank_zero_only
 
-            rank_zero_warn(f"cannot remember checkpoint file digests ({err}); large model files will be "
-                           "hashed again at every start: set `CIR_LIGHTNING_CACHE` to a writable folder")
+            if rank_zero_only.rank == 0:  # registry None: Python's default filter would say it once per process
+                warnings.warn_explicit(f"cannot remember checkpoint file digests ({err}); large model files will "
+                                       "be hashed again at every start: set `CIR_LIGHTNING_CACHE` to a writable "
+                                       "folder", UserWarning, __file__, 0, registry=None)
 
 
 def _content_hash(path: Path, store: _Store) -> tuple[int, str]:
