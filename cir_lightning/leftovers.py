@@ -10,6 +10,8 @@ folder (``sweep``) removes the entries of that form which are
 - of this machine (a process of another host, or of another container, cannot be asked whether it still runs), and
 - of a process that is gone: no process has that id, or the one that has it started after the entry was last
   written (the id was reused, after a restart too; a minute's margin for the clocks of a network file system).
+  "Written" is the entry's status change time: a rename sets it (an ``.old`` folder keeps its contents' modification
+  time when moved aside, which would make a live run's look old), ``os.utime`` cannot.
 
 Anything else is left as it is: a live run's temporary files, another machine's, a name of any other form (a
 user's ``.notes.tmp``, temporary files written before names carried a pid). A stale ``.old`` folder whose final
@@ -91,7 +93,7 @@ def stale_entries(folder: str | Path) -> list[Path]:
             if match is None or match["machine"] != machine:
                 continue
             try:
-                written = entry.stat(follow_symlinks=False).st_mtime
+                written = entry.stat(follow_symlinks=False).st_ctime  # renames and writes set it, utime cannot
             except OSError:  # removed meanwhile
                 continue
             started = _started(int(match["pid"]))

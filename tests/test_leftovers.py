@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -52,7 +53,12 @@ def test_a_killed_run_s_temporary_files_go_and_nothing_else(tmp_path, dead_pid):
 def test_a_reused_pid_does_not_keep_an_entry_written_before_its_process_started(tmp_path, monkeypatch):
     entry = tmp_path / f".a.json.abcdefgh{temp_suffix()}"  # this process's id, as if written before a restart
     entry.write_text("")
-    os.utime(entry, (0, 1_000_000))  # 1970: long before this process started
+    os.utime(entry, (0, 1_000_000))  # a modification time of 1970 does not make it stale: this process runs
+    with atomic_folder(tmp_path / "a"):
+        pass
+    assert entry.exists()
+    monkeypatch.setattr(leftovers, "_swept", set())
+    monkeypatch.setattr(leftovers, "_started", lambda pid: time.time() + 3600)  # the id's process started later
     with atomic_folder(tmp_path / "b"):
         pass
     assert not entry.exists()
