@@ -48,7 +48,7 @@ class StoredGallery(Protocol):
 
     @property
     def paths(self) -> list[str]:
-        """The image files, in row order: what ``GalleryCache`` checks a cache against (BGE-VL's files do not)."""
+        """The image files, in row order: what a stored gallery is checked against (their size and modification time)."""
 
 
 @runtime_checkable

@@ -194,7 +194,7 @@ class MemmapGalleries:
         >>> import torch
         >>> from types import SimpleNamespace
         >>> folder = Path(tempfile.mkdtemp())
-        >>> sets = [(SimpleNamespace(name="shirt"), SimpleNamespace(ids=["a", "b"]))]
+        >>> sets = [(SimpleNamespace(name="shirt"), SimpleNamespace(ids=["a", "b"], paths=["a.png", "b.png"]))]
         >>> writer = MemmapGalleries(folder / "e.memmap", dim=2, save=True)
         >>> writer.lookup_sets("val", sets, dataset="toy", model={"m": 1})
         set()
@@ -234,7 +234,7 @@ class MemmapGalleries:
             path = self.save_path if self.single else memmap_path(self.save_path, name)
             identity = {"model": {**model, **self.identity}, "dataset": dataset, "gallery": name,
                         "ids": list(gallery.ids)}
-            images = getattr(gallery, "paths", None)  # GalleryDataset's: each row's image file
+            images = gallery.paths  # each row's image file (StoredGallery): their stamps tell stale embeddings
             if self.loading:
                 self._hits[s] = read_memmap(path, len(gallery.ids), self.dim, identity, images)
                 self.loaded.append(str(path))
@@ -242,7 +242,7 @@ class MemmapGalleries:
                 _check_free(path)
                 if world()[0] == 0:
                     check_writable(path.parent, "save_path")
-                stamps = {} if images is None else {"image_stamps": [file_stamp(p) for p in images]}  # before reading
+                stamps = {"image_stamps": [file_stamp(p) for p in images]}  # taken before the images are read
                 self._misses[s] = (path, {**identity, **stamps})
         return set(self._hits)
 

@@ -410,7 +410,7 @@ def test_memmap_galleries_refuse_to_save_over_a_file_before_any_work(tmp_path):
     (tmp_path / "e.dress.memmap").write_bytes(b"")
     store = MemmapGalleries(tmp_path / "e.memmap", dim=2, save=True)
     with pytest.raises(CIRFileError, match="e.dress.memmap` already exists"):
-        store.lookup_sets("val", [(SimpleNamespace(name="dress"), SimpleNamespace(ids=["a"]))], dataset="d",
+        store.lookup_sets("val", [(SimpleNamespace(name="dress"), SimpleNamespace(ids=["a"], paths=["a.png"]))], dataset="d",
                           model={})
 
 
