@@ -865,7 +865,7 @@ def test_a_full_disk_leaves_no_partial_results_file(tmp_path, monkeypatch):
 
 
 def test_a_symbolic_link_inside_the_image_root_is_followed(tmp_path, tiny_model_dir):
-    """The decision recorded in the README's threat model: annotation paths are checked lexically (no `..`,
+    """The decision recorded in the threat model (docs/checks.md): annotation paths are checked lexically (no `..`,
     nothing absolute), while links the user put inside the image root are theirs and are followed."""
     from cir_lightning.data import JsonlCIRDataModule
 

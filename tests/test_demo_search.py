@@ -3,7 +3,8 @@ what the evaluation gives, query by query (over the queries' scenes and a few mo
 test measures how often the target is in the top 5.
 
 The model is the demo's (configs/demo.yaml: tiny LLaVA-NeXT-style model, LoRA, FiRE's loss), trained briefly
-(one epoch of 160 triplets: 5 steps) to stay cheap; the README reports the same measurement after the full demo."""
+(one epoch of 160 triplets: 5 steps) to stay cheap; docs/own-images.md reports the same measurement after the full
+demo."""
 
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 block (and every inline one with its options) goes through the real entry point, ``cli.main``, and is stopped
 right after its arguments are parsed (no model, data or download), so a renamed or misspelt subcommand, option
 or value fails here; every ``configs/...`` file the pages name exists; every name their Python imports or spells
-out in full (``cir_lightning.retrieval.load_embeddings``) is where they say, and README's "In your own Lightning
-project" examples run as written up to the Trainer (its results-file example runs in test_run_outputs.py)."""
+out in full (``cir_lightning.retrieval.load_embeddings``) is where they say, and docs/own-project.md's examples (In
+your own Lightning project) run as written up to the Trainer (docs/evaluation.md's results-file example runs in
+test_run_outputs.py)."""
 
 from __future__ import annotations
 
@@ -154,9 +155,10 @@ def test_documented_command_lines_parse(monkeypatch, capsys):
     commands = documented_commands()
     subcommands = {argv[0] for _, argv in commands}
     assert len(commands) > 40  # the extraction still finds the pages' commands
-    readme_prose = [argv for page, argv in commands if page == "README.md" and argv[:3] == ["fit", "--config",
-                                                                                           STAND_IN_CONFIG]]
-    assert any("--model.backbone.init_args.lora.r" in argv for argv in readme_prose)  # and the options in prose
+    demo_prose = [argv for page, argv in commands if page == "demo.md" and argv[:3] == ["fit", "--config",
+                                                                                       STAND_IN_CONFIG]]
+    assert any("--model.backbone.init_args.lora.r" in argv for argv in demo_prose)  # and the options in prose
+    assert {page for page, _ in commands} >= {"README.md", "training.md", "own-images.md", "evaluation.md"}
     assert {*LIGHTNING, "index", "search", "serve", "show", "convert-fire-config", "reproduce"} <= subcommands
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     failures, built = [], {}
@@ -229,7 +231,7 @@ def test_documented_python_names_exist():
     """A name the pages import or spell out in full (`cir_lightning.retrieval.load_embeddings`) is where they say:
     a moved or renamed one fails here, not in a user's script."""
     names = documented_python_names()
-    assert ("README.md", "cir_lightning.data.layouts.cirr.check_submission") in names  # the extraction still works
+    assert ("data.md", "cir_lightning.data.layouts.cirr.check_submission") in names  # the extraction still works
     assert len(names) > 25
     missing = []
     for page, name in names:
@@ -248,7 +250,7 @@ def test_documented_python_names_fail_on_a_moved_name():
 
 
 def test_the_readme_s_own_project_examples_run(tiny_model_dir, monkeypatch):
-    """README's "In your own Lightning project" blocks, run as written up to the Trainer (a stand-in that records
+    """docs/own-project.md's blocks (In your own Lightning project), run as written up to the Trainer (a stand-in that records
     what it is given): the backbone built from a model folder, `encode_query`'s embedding, the module, our
     DataModule, the callback with its search."""
     import lightning.pytorch as pl
@@ -270,19 +272,20 @@ def test_the_readme_s_own_project_examples_run(tiny_model_dir, monkeypatch):
 
     calls: list = []
     monkeypatch.setattr(pl, "Trainer", Trainer)
-    blocks = _python_blocks(ROOT / "README.md")
+    page = ROOT / "docs" / "own-project.md"
+    blocks = _python_blocks(page)
     [model] = [b for b in blocks if "HFMultimodalBackbone(" in b]
     [callback] = [b for b in blocks if "RetrievalCallback(" in b]
     scope = {"pil_image": Image.new("RGB", (40, 30), (200, 10, 10)), "your_module": "their module",
              "train_loader": "train", "query_loader": "queries", "gallery_loader": "gallery"}
-    exec(compile(model.replace('"path/or/hub-name"', repr(str(tiny_model_dir))), "README.md", "exec"), scope)
+    exec(compile(model.replace('"path/or/hub-name"', repr(str(tiny_model_dir))), str(page), "exec"), scope)
     assert scope["emb"].shape == (1, scope["backbone"].embedding_dim)
     assert torch.allclose(scope["emb"].norm(dim=-1), torch.ones(1))  # L2-normalised, as the comment says
     (_, _, (module, data), _), = calls
     assert isinstance(module, CIRModule)
     assert isinstance(data, JsonlCIRDataModule)
     calls.clear()
-    exec(compile(callback, "README.md", "exec"), scope)
+    exec(compile(callback, str(page), "exec"), scope)
     assert [call[2] for call in calls] == [("their module", "train", ["queries", "gallery"]), ("their module",)]
     [retrieval] = calls[0][1]["callbacks"]
     assert isinstance(retrieval, RetrievalCallback)

@@ -1,4 +1,4 @@
-"""A benchmark of the user's own, defined outside the package (README, "A benchmark of your own"): a worked
+"""A benchmark of the user's own, defined outside the package (docs/data.md, "A benchmark of your own"): a worked
 example that the documented extension point is enough for `validate`, its results file and `show`.
 
 The made-up "shoes" layout: ``images/`` and ``val.csv`` (``reference,caption,target``: file names in

@@ -1,4 +1,4 @@
-"""cir_lightning's pieces in someone else's Lightning project (README "In your own Lightning project"): our
+"""cir_lightning's pieces in someone else's Lightning project (docs/own-project.md): our
 DataModules with their model and our callback, our metrics on their tensors, our CIRModule under their Trainer's
 callbacks and limits, our command subclassed in their package."""
 

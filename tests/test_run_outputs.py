@@ -137,7 +137,7 @@ def test_a_refused_server_file_still_leaves_the_results(tmp_path, datasets):
 
 
 def test_the_readme_s_example_reads_the_files_back(tmp_path, datasets, capsys):
-    """README's Python example, run on a results file, its picture and an embedding folder made here."""
+    """docs/evaluation.md's Python example, run on a results file, its picture and an embedding folder made here."""
     import re
 
     import numpy as np
@@ -150,13 +150,14 @@ def test_the_readme_s_example_reads_the_files_back(tmp_path, datasets, capsys):
     rows = np.arange(12, dtype=np.float32).reshape(6, 2)
     save_embeddings(folder, rows, [f"g{i}" for i in range(6)], kind="gallery", model=MODEL, dataset="toy",
                     split="val")
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    [example] = [b for b in re.findall(r"^```python\n(.*?)^```", readme, re.S | re.M) if "results-validate" in b]
+    page = Path(__file__).resolve().parents[1] / "docs" / "evaluation.md"
+    [example] = [b for b in re.findall(r"^```python\n(.*?)^```", page.read_text(encoding="utf-8"), re.S | re.M)
+                 if "results-validate" in b]
     example = example.replace('"demo_workdir/logs/version_2"', repr(str(run)))
     example = example.replace('"demo_workdir/logs/version_1/predictions/val-0-gallery"', repr(str(folder)))
     capsys.readouterr()
     scope: dict = {}
-    exec(compile(example, "README.md", "exec"), scope)
+    exec(compile(example, str(page), "exec"), scope)
     assert scope["ids"] == [f"g{i}" for i in range(6)]
     assert np.array_equal(scope["embeddings"], rows)
     assert scope["meta"]["cir_lightning"] == scope["results"]["cir_lightning"]  # the version that wrote each
