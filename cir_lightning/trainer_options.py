@@ -35,7 +35,8 @@ def refused_options(names: Mapping[str, str] | None = None, prefix: str = "train
                     option: str | None = None) -> Iterator[None]:
     """Lightning's ``MisconfigurationException`` / ``ValueError`` / ``TypeError`` raised inside as one
     ``CIRConfigError`` line: ``option``, else the option its message names (a ``Trainer`` argument, shown as
-    ``prefix`` + its name, or as ``names`` maps it), and Lightning's reason. A ``CIRError`` inside passes as it is.
+    ``prefix`` + its name, or as ``names`` maps it), and Lightning's reason. A ``CIRError`` inside passes as it is,
+    and so does a ``TypeError`` / ``ValueError`` that names no option (a bug somewhere, with its traceback).
 
     Example:
         >>> import lightning.pytorch as pl
@@ -55,6 +56,8 @@ def refused_options(names: Mapping[str, str] | None = None, prefix: str = "train
         shown["Timer(duration"] = f"{prefix}max_time"  # its refusal names the Timer it makes
         reason = " ".join(str(err).split())
         option = option or _named(reason, {**shown, **(names or {})})
+        if option is None and not isinstance(err, MisconfigurationException):
+            raise  # naming no option, a TypeError / ValueError is a fault of code (a plugin's), not a refusal
         raise CIRConfigError(f"`{option}`: Lightning refuses it: {reason}" if option else
                              f"the trainer's options: Lightning refuses them: {reason}") from err
 
