@@ -64,8 +64,8 @@ def stops(prog: str, command: str | None) -> Iterator[None]:
         signal.signal(signal.SIGINT, on_sigint)
     try:
         yield
-    except KeyboardInterrupt:
-        say(_line(prog, "Ctrl-C", command))
+    except KeyboardInterrupt:  # Lightning's launcher kills the other ranks on it: rank 0 waits for none of them
+        say(_line(prog, "Ctrl-C", command), wait=False)
         sys.exit(130)  # 128 + SIGINT, what a shell reports for a process the key press ended
     except SIGTERMException:  # Lightning stops on SIGTERM with a bare SystemExit: status 0, as if the run had ended
         say(_line(prog, "SIGTERM", command))
@@ -73,7 +73,7 @@ def stops(prog: str, command: str | None) -> Iterator[None]:
     except SystemExit as err:
         if not (pressed and err.code == 1):  # Lightning's exit after a KeyboardInterrupt
             raise
-        say(_line(prog, "Ctrl-C", command))
+        say(_line(prog, "Ctrl-C", command), wait=False)
         sys.exit(130)
     finally:
         if ours:  # Lightning leaves SIGINT ignored after a Ctrl-C: a caller in the same process gets its handler back

@@ -44,8 +44,9 @@ def _store() -> Any:
         return None
 
 
-def say(line: str, out: TextIO | None = None) -> None:
-    """Print ``line`` (on stderr), once for a run of several processes (see the module).
+def say(line: str, out: TextIO | None = None, wait: bool = True) -> None:
+    """Print ``line`` (on stderr), once for a run of several processes (see the module). ``wait=False``: rank 0 posts
+    its line but does not wait for the others to read it (after a Ctrl-C, Lightning's launcher kills them).
 
     Example:
         >>> import io
@@ -63,7 +64,7 @@ def say(line: str, out: TextIO | None = None) -> None:
     from cir_lightning.distributed import world
 
     rank, size = world()
-    say_through(store, line, rank, size, out)
+    say_through(store, line, rank, size, out, first_waits_s=FIRST_WAITS_S if wait else 0.0)
 
 
 def say_through(store: Any, line: str, rank: int, size: int, out: TextIO, first_waits_s: float = FIRST_WAITS_S,
@@ -76,7 +77,8 @@ def say_through(store: Any, line: str, rank: int, size: int, out: TextIO, first_
         if size > 1:  # only after it is printed: a rank that reads it stays silent
             with contextlib.suppress(Exception):
                 store.set(_KEY, line)
-                store.wait([f"{_KEY}/read/{r}" for r in range(1, size)], timedelta(seconds=first_waits_s))
+                if first_waits_s > 0:
+                    store.wait([f"{_KEY}/read/{r}" for r in range(1, size)], timedelta(seconds=first_waits_s))
         return
     first = None
     with contextlib.suppress(Exception):

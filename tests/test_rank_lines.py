@@ -20,14 +20,17 @@ ROOT = Path(__file__).resolve().parents[1]
 ERROR = "cir-lightning: error: val_queries.jsonl:3: missing field `query_id`"
 
 
-def _ranks(lines: list[str | None]) -> list[str]:
-    """What each rank prints when rank r says ``lines[r]`` (None: it never says anything), through one store."""
+def _ranks(lines: list[str | None], first_waits_s: float = 2.0) -> list[str]:
+    """What each rank prints when rank r says ``lines[r]`` (None: it never says anything), through one store. The
+    others wait long for a rank 0 that speaks (they return as soon as it has: a short wait raced a busy machine)."""
+    others_wait_s = 0.5 if lines[0] is None else 60.0
     server = dist.TCPStore("127.0.0.1", 0, len(lines), True, wait_for_workers=False)
     outs = [io.StringIO() for _ in lines]
 
     def rank(r: int) -> None:
         store = server if r == 0 else dist.TCPStore("127.0.0.1", server.port, len(lines), False)
-        say_through(store, lines[r], r, len(lines), outs[r], first_waits_s=2.0, others_wait_s=0.5)
+        say_through(store, lines[r], r, len(lines), outs[r], first_waits_s=first_waits_s,
+                    others_wait_s=others_wait_s)
 
     threads = [threading.Thread(target=rank, args=(r,)) for r, line in enumerate(lines) if line is not None]
     for thread in threads:
@@ -39,6 +42,7 @@ def _ranks(lines: list[str | None]) -> list[str]:
 
 def test_a_line_every_rank_has_is_printed_once_by_rank_zero():
     assert _ranks([ERROR, ERROR, ERROR]) == [ERROR + "\n", "", ""]
+    assert _ranks([ERROR, ERROR], first_waits_s=0.0) == [ERROR + "\n", ""]  # after a Ctrl-C: rank 0 waits for none
 
 
 def test_a_line_only_some_ranks_have_is_printed_by_each_of_them_with_its_rank():

@@ -132,13 +132,13 @@ def run(args: argparse.Namespace, task: Task) -> Any:
     from cir_lightning.trainer_options import refused_options
     from cir_lightning.writable import exists_error
 
-    say = print if rank_zero_only.rank == 0 else (lambda *a, **k: None)
+    note = print if rank_zero_only.rank == 0 else (lambda *a, **k: None)
     results_file = getattr(args, "result_save_path", None)
     if results_file and Path(results_file).exists():  # before the model loads; named as the user typed it
         raise exists_error(results_file, "--result_save_path")
     for name, default in (("max_query_length", 64), ("max_passage_length", 77)):
         if getattr(args, name) != default:
-            say(f"note: `--{name}` is read but, as in BGE-VL's script, changes nothing (composed queries are "
+            note(f"note: `--{name}` is read but, as in BGE-VL's script, changes nothing (composed queries are "
                 f"cut at {QUERY_MAX_TOKENS} tokens; the corpus is images)", file=sys.stderr)
     dtype = "float16" if args.fp16 else "float32"
     backbone = DualEncoderBackbone(args.model_name, fusion="sum_raw", max_text_tokens=QUERY_MAX_TOKENS,

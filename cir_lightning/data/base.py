@@ -275,8 +275,7 @@ class CIRDataModule(pl.LightningDataModule, SummarizesMetrics):
         """``predict``'s loaders; a subset with fewer queries or images than processes is padded with idle rows
         (``data.idle_rows``), which the processes left over take and embed nothing of."""
         split, sets = self.predict_sets()
-        trainer = getattr(self, "trainer", None)
-        return self._eval_loaders(sets, split, trainer.world_size if trainer is not None else 1)
+        return self._eval_loaders(sets, split, self.trainer.world_size if self.trainer is not None else 1)
 
     def predict_sets(self) -> tuple[Split, EvalSets]:
         """What ``predict`` embeds, and the split its folders are named by (``split_for``): the test subsets
