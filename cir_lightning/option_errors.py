@@ -24,6 +24,9 @@ _EXPECTED_TYPE = re.compile(r"^Expected an? (<class '[\w.]+'>|typing\.Literal\[.
 _PATH = re.compile(r"^Expected a path but .* either not accessible or invalid$")
 _PROBLEM = re.compile(r"^Problem with given class_path '([\w.]+)':$")
 _SUBCLASS = re.compile(r"^Not a valid subclass of (\w+)$")
+_SUBCLASS_GOT = re.compile(r"^Not a valid subclass of (\w+)\. Got value: (.*)$")
+_DOT_PATH = re.compile(r"^Expected a dot import path string: (.*)$")
+_NOT_CONFIG = re.compile(r'^\s*Unable to load config "(.*)"$')  # neither a mapping nor a config file (`model: foo`)
 
 
 def option_error(message: str) -> str | None:
@@ -44,12 +47,16 @@ def option_error(message: str) -> str | None:
         return None
     row, depth, _ = max(found, key=lambda item: (item[1], -item[0]))  # the innermost key: the option at fault
     block = [lines[row][_KEY.search(lines[row]).end():]]
+    option = '.'.join(_ancestry(found, row))
+    if not_config := _NOT_CONFIG.match(block[0]):
+        return (f"option `{option}`: expected a mapping of its options or the path of a config file with them, "
+                f"got {_value(not_config.group(1))}")
     for line in lines[row + 1:]:
         if line.strip() and _indent(line) <= depth:
             break
         block.append(line)
     reason = _reason(block)
-    return None if reason is None else f"option `{'.'.join(_ancestry(found, row))}`{reason}"
+    return None if reason is None else f"option `{option}`{reason}"
 
 
 def _indent(line: str) -> int:
@@ -57,11 +64,12 @@ def _indent(line: str) -> int:
 
 
 def _ancestry(found: list[tuple[int, int, str]], row: int) -> list[str]:
-    """The keys enclosing the one on ``row``, outermost first (each less indented than the one inside it)."""
+    """The keys enclosing the one on ``row``, outermost first (each less indented than the one inside it); a key
+    jsonargparse repeats around itself (``Parser key "model": ... - Parser key "model": ...``) counts once."""
     chain = [item for item in found if item[0] == row]
     for item in reversed([item for item in found if item[0] < row]):
         if item[1] < chain[0][1]:
-            chain.insert(0, item)
+            chain[:1] = [item] if item[2] == chain[0][2] else [item, chain[0]]
     return [key for _, _, key in chain]
 
 
@@ -87,6 +95,8 @@ def _reason(block: list[str]) -> str | None:
     first = min((_indent(line) for line in body), default=0)
     top = [line.strip() for line in body if _indent(line) == first]
     given = next((m.group(1) for line in top if (m := _GIVEN.match(line))), None)
+    if top and (got := _SUBCLASS_GOT.match(top[0])):  # a class option given a number or a list (`backbone: 3`)
+        return f": expected a class path or a mapping with `class_path` (a {got.group(1)}), got {_value(got.group(2))}"
     if len(top) == 1 and (match := _EXPECTED.match(top[0])):
         return f": expected {_type_name(match.group(1))}, got {_value(match.group(2))}"
     if "Errors:" in top:  # a Union: its subtypes, then one item per subtype
@@ -101,6 +111,9 @@ def _reason(block: list[str]) -> str | None:
     subclass = [m.group(1) for item in items if (m := _SUBCLASS.match(item[0]))]
     if items and len(subclass) == len(items) and given is not None:  # neither a class path nor a mapping
         return f": expected a class path or a mapping with `class_path` (a {subclass[0]}), got {_value(given)}"
+    dotted = [m.group(1) for item in items if len(item) == 1 and (m := _DOT_PATH.match(item[0]))]
+    if items and len(dotted) == len(items) and subtypes is None:  # a class option given a word (`backbone: foo`)
+        return f": expected a class path or a mapping with `class_path`, got {_value(dotted[0])}"
     if subtypes is not None and given is not None and items and all(
             len(item) == 1 and _EXPECTED_TYPE.match(item[0]) for item in items):
         path = all(item[0].startswith("Expected a dot import path") for item in items)  # only a class would do

@@ -225,6 +225,28 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_the_option(option, value, 
     assert 'Parser key "' in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("text", "line"), [
+    ("model: foo", "option `model`: expected a mapping of its options or the path of a config file with them, "
+                   "got 'foo'"),  # jsonargparse's 3 lines, the key twice (`model.model` when read as a nesting)
+    ("trainer: foo", "option `trainer`: expected a mapping of its options or the path of a config file with them, "
+                     "got 'foo'"),
+    ("data: foo", "option `data`: expected LightningDataModule or null, got 'foo' (not an import path)"),
+    ("model:\n  backbone: foo", "option `model.backbone`: expected a class path or a mapping with `class_path`, "
+                                "got 'foo'"),  # an empty line and two items
+    ("model:\n  backbone: [1]", "option `model.backbone`: expected a class path or a mapping with `class_path` "
+                                "(a Backbone), got [1]"),  # 7 lines of the ways a subclass can be given
+])
+def test_a_config_file_entry_that_is_not_a_mapping_is_one_line_naming_it(text, line, tmp_path, capsys, monkeypatch):
+    from cir_lightning.cli import main
+
+    monkeypatch.delenv("CIR_LIGHTNING_TRACEBACK", raising=False)
+    (tmp_path / "mine.yaml").write_text(text + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["validate", "--config", str(CONF), "--config", str(tmp_path / "mine.yaml")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[1:] == [f"error: {line}"]
+
+
 def test_option_errors_it_does_not_know_stay_whole():
     from cir_lightning.option_errors import option_error
 
