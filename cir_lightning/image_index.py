@@ -35,9 +35,9 @@ from cir_lightning.errors import CIRConfigError, CIRDataError, CIRModelError, em
 from cir_lightning.index_files import (
     FAISS_FILE,
     STAMPS_FILE,
-    meta_problem,
     read_faiss,
     read_json,
+    read_meta,
     read_stamps,
 )
 from cir_lightning.messages import MISSING, first_few
@@ -149,14 +149,7 @@ class ImageIndex:
                                    "same `cir-lightning index` command again to complete it", folder)
             problem = MISSING if not folder.exists() else "is not a folder"
             raise CIRDataError(f"{problem} (build an index with `cir-lightning index IMAGE_FOLDER ...`)", folder)
-        meta = read_json(folder / "meta.json", dict)
-        info = meta.get("image_index")
-        if not isinstance(info, dict) or not isinstance(info.get("root"), str) or "backbone" not in info:
-            raise CIRDataError("is not an image index written by `cir-lightning index` (no `image_index` entry)",
-                               folder / "meta.json")
-        problem = meta_problem(meta, info)
-        if problem:
-            raise CIRDataError(f"{problem}: the index is damaged; rebuild it", folder / "meta.json")
+        meta, _ = read_meta(folder / "meta.json")
         relpaths = read_json(folder / "ids.json", list)
         if meta.get("ids_sha256") != ids_digest(relpaths) or len(relpaths) != meta.get("count"):
             raise CIRDataError("does not match meta.json (changed after the index was written); rebuild the index",

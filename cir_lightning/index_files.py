@@ -13,10 +13,14 @@ from cir_lightning.errors import CIRDataError
 from cir_lightning.messages import MISSING, short_repr
 from cir_lightning.retrieval.image_stamps import STAMPS_FILE, stamps_problem
 
-__all__ = ["FAISS_FILE", "STAMPS_FILE", "meta_problem", "read_faiss", "read_json", "read_stamps"]
+__all__ = ["FAISS_FILE", "INDEX_VERSION", "STAMPS_FILE", "meta_problem", "read_faiss", "read_json", "read_meta",
+           "read_stamps"]
 
 FAISS_FILE = "index.faiss"
 """The faiss index's file name inside an index folder."""
+INDEX_VERSION = 1
+"""``image_index.version`` in ``meta.json``: the layout of an index folder this code writes and reads."""
+_LEFT_OUT_COUNTS = ("hidden", "reached_again", "through_outside_links")  # data.folder.FolderScan.counts()
 
 
 def read_json(path: Path, kind: type) -> Any:
@@ -32,27 +36,53 @@ def read_json(path: Path, kind: type) -> Any:
     return value
 
 
+def read_meta(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An index's ``meta.json`` at ``path`` and its ``image_index`` entry, refused in one line unless this code could
+    have written them: an index of another version, a damaged or hand-edited file (``meta_problem``)."""
+    meta = read_json(path, dict)
+    info = meta.get("image_index")
+    if info is None:
+        raise CIRDataError("is not an image index written by `cir-lightning index` (no `image_index` entry)", path)
+    if not isinstance(info, dict):
+        raise CIRDataError(f"`image_index` is {short_repr(info)}, not a mapping: the index is damaged; rebuild it", path)
+    version = info.get("version")
+    if not (type(version) is int and version == INDEX_VERSION):
+        raise CIRDataError(f"`image_index.version` is {short_repr(version) if 'version' in info else 'missing'}, and "
+                           f"this cir_lightning reads index version {INDEX_VERSION} only (an index written by another "
+                           "one?): rebuild the index with this one", path)
+    problem = meta_problem(meta, info)
+    if problem:
+        raise CIRDataError(f"{problem}: the index is damaged; rebuild it", path)
+    return meta, info
+
+
 def meta_problem(meta: dict[str, Any], info: dict[str, Any]) -> str | None:
     """The first field of ``meta.json`` whose value no index is written with (a hand-edited file), else None.
 
     Example:
-        >>> meta = {"count": 2, "dim": 8, "model": {}}
-        >>> meta_problem(meta, {"backbone": {}, "search": {}, "adapter": "../x"})
+        >>> meta = {"count": 2, "dim": 8, "dtype": "float32", "model": {}}
+        >>> meta_problem(meta, {"root": "/photos", "backbone": {}, "search": {"factory": "Flat"}, "adapter": "../x"})
         "`image_index.adapter` is '../x', not the name of a folder in the index"
     """
-    search, backbone = info.get("search", {}), info.get("backbone")
+    search, backbone, left_out = info.get("search", {}), info.get("backbone"), info.get("left_out", {})
     fields = [("count", meta.get("count"), False, 0), ("dim", meta.get("dim"), False, 0),
               ("image_index.max_short_edge", info.get("max_short_edge"), True, 1),  # 0 is never written
               ("image_index.max_image_pixels", info.get("max_image_pixels"), True, 1)]
     fields += [(f"image_index.search.{k}", search.get(k), True, 0) for k in ("nprobe", "ef_search", "asked_nprobe")
                if isinstance(search, dict)]
+    fields += [(f"image_index.left_out.{k}", left_out.get(k), True, 0) for k in _LEFT_OUT_COUNTS
+               if isinstance(left_out, dict)]
     for name, value, optional, least in fields:
         if not ((value is None and optional) or (type(value) is int and value >= least)):
             return f"`{name}` is {value!r}, not a whole number" + (f" >= {least}" if least else "")
     for name, value in (("model", meta.get("model")), ("image_index.backbone", backbone),
-                        ("image_index.search", search)):
+                        ("image_index.search", search), ("image_index.left_out", left_out)):
         if not isinstance(value, dict):
             return f"`{name}` is {short_repr(value)}, not a mapping"
+    words = _word_problems(meta, info, search, left_out)
+    if words:
+        name, value, what = words[0]
+        return f"`{name}` is {short_repr(value)}, not {what}"
     if not isinstance(backbone.get("init_args", {}), dict):
         return f"`image_index.backbone.init_args` is {short_repr(backbone['init_args'])}, not a mapping"
     if not isinstance(info.get("upright", False), bool):
@@ -62,6 +92,28 @@ def meta_problem(meta: dict[str, Any], info: dict[str, Any]) -> str | None:
                                     and adapter not in (".", "..")):
         return f"`image_index.adapter` is {short_repr(adapter)}, not the name of a folder in the index"
     return None
+
+
+def _word_problems(meta: dict[str, Any], info: dict[str, Any], search: dict[str, Any],
+                   left_out: dict[str, Any]) -> list[tuple[str, Any, str]]:
+    """The texts and lists of ``meta.json`` that are not what an index is written with: (field, value, what it is)."""
+    skipped, other_types = info.get("skipped", []), left_out.get("other_types", {})
+    checks = [("image_index.root", info.get("root"), _text(info.get("root")), "the path of a folder"),
+              ("dtype", meta.get("dtype"), meta.get("dtype") in ("float32", "float16"), "float32 or float16"),
+              ("image_index.search.factory", search.get("factory"), _text(search.get("factory")),
+               "a faiss index_factory string"),
+              ("image_index.search.asked", search.get("asked"), search.get("asked") is None or _text(search["asked"]),
+               "a faiss index_factory string"),
+              ("image_index.skipped", info.get("skipped"), isinstance(skipped, list) and all(
+                  isinstance(pair, list) and len(pair) == 2 and all(map(_text, pair)) for pair in skipped),
+               "a list of [path, reason] pairs"),
+              ("image_index.left_out.other_types", other_types, isinstance(other_types, dict) and all(
+                  type(n) is int and n >= 0 for n in other_types.values()), "a mapping of file suffixes to counts")]
+    return [(name, value, what) for name, value, fine, what in checks if not fine]
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
 
 
 def read_faiss(path: Path, count: int, dim: int, info: dict[str, Any]) -> Any:

@@ -31,7 +31,7 @@ from cir_lightning.distributed import release_process_group
 from cir_lightning.errors import CIRDataError
 from cir_lightning.files import atomic_folder
 from cir_lightning.image_index import partial_folder
-from cir_lightning.index_files import FAISS_FILE, STAMPS_FILE
+from cir_lightning.index_files import FAISS_FILE, INDEX_VERSION, STAMPS_FILE
 from cir_lightning.index_shards import (
     ShardWriter,
     current_rows,
@@ -162,7 +162,7 @@ def build_image_index(image_folder: str | Path, out: str | Path, backbone: Backb
     elif rank_zero_only.rank != 0:  # all embedded already (torchrun started every process): the first assembles
         return None
     return _assemble(root, out, partial, relpaths, backbone, identity, dict(
-        version=1, root=str(root), backbone=dict(backbone_config), max_short_edge=max_short_edge, upright=True,
+        version=INDEX_VERSION, root=str(root), backbone=dict(backbone_config), max_short_edge=max_short_edge, upright=True,
         max_image_pixels=max_image_pixels, search={"factory": search.factory, "nprobe": search.nprobe,
                                                    "ef_search": search.ef_search}, source=dict(source or {}),
         left_out=scan.counts()),

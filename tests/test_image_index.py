@@ -402,7 +402,19 @@ def test_damaged_indexes_are_refused_in_one_line(small_index, tmp_path):
                             (_edit_meta("max_short_edge", None, 0), "`image_index.max_short_edge` is 0, not a whole "
                              "number >= 1"),
                             (_edit_meta("upright", None, "no"), "`image_index.upright` is 'no', not true or false"),
-                            (_escape_root, r"ids.json: holds paths that are not below the image folder \('\.\./\.\./x\.png'")]:
+                            (_escape_root, r"ids.json: holds paths that are not below the image folder \('\.\./\.\./x\.png'"),
+                            # each was searched as if well (a version this code does not know, what it records wrong)
+                            (_edit_meta("version", None, 99), r"`image_index.version` is 99, and this cir_lightning "
+                             r"reads index version 1 only \(an index written by another one\?\): rebuild the index"),
+                            (_edit_meta(None, "dtype", 5), "`dtype` is 5, not float32 or float16: the index is damaged"),
+                            (_edit_meta("skipped", None, [5]), r"`image_index.skipped` is \[5\], not a list of \[path, "),
+                            (_edit_meta("left_out", None, 5), "`image_index.left_out` is 5, not a mapping"),
+                            (_edit_meta("left_out", "hidden", "x"), "`image_index.left_out.hidden` is 'x', not a whole"),
+                            (_edit_meta("search", "factory", 5), "`image_index.search.factory` is 5, not a faiss "
+                             "index_factory string"),
+                            # 'no `image_index` entry', which there was
+                            (_edit_meta("root", None, 5), "`image_index.root` is 5, not the path of a folder: the index "
+                             "is damaged")]:
         copy = tmp_path / "copy"
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(small_index[0], copy)
