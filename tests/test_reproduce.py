@@ -101,6 +101,23 @@ def test_a_published_value_that_is_not_a_number_names_the_file_and_key(twin, tmp
         run_command(["reproduce", "--configs", str(root / "configs"), "--published", str(bad), "--list"])
 
 
+@pytest.mark.parametrize(("published", "message"), [
+    ({"tiny": {"result": {}}}, "`tiny.result` is not an entry of a model \\(a misspelling\\?\\); a model has name, paper,"),
+    ({"tiny": {"results": {"synthetic": {"metric": {"Recall@1": 12.5}}}}},
+     "`tiny.results.synthetic.metric` is not an entry of a result \\(a misspelling\\?\\); a result has split, source, metrics"),
+    ({"tiny": {"results": [1]}}, r"`tiny.results` must be a mapping, got \[1\]"),
+    ({"tiny": {"results": {"synthetic": {"metrics": 12.5}}}}, "`tiny.results.synthetic.metrics` must be a mapping"),
+    ({"tiny": "e5v"}, "`tiny` must be a mapping of name, paper, checkpoint"),
+])
+def test_an_entry_of_the_published_numbers_it_does_not_read_names_the_file_and_key(twin, tmp_path, published, message):
+    """A misspelt `results` / `metrics` left that model's numbers out of the comparison without a word."""
+    root, _ = twin
+    bad = tmp_path / "published.yaml"
+    bad.write_text(yaml.safe_dump(published))
+    with pytest.raises(CIRConfigError, match=f"{bad}: {message}"):
+        run_command(["reproduce", "--configs", str(root / "configs"), "--published", str(bad), "--list"])
+
+
 def test_a_hub_name_counts_only_when_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     assert not present("royokong/e5-v")
@@ -165,7 +182,7 @@ def test_every_checkpoint_comes_with_its_own_models_prompts():
 
 def test_docs_show_the_published_tables_exactly():
     """docs/reproduction.md shows what ``cir-lightning reproduce --markdown`` prints (one source: published.yaml)."""
-    from cir_lightning.commands.reproduce import markdown_tables
+    from cir_lightning.commands.published import markdown_tables
 
     doc = (CONFIGS.parent / "docs" / "reproduction.md").read_text()
     assert markdown_tables(PUBLISHED, CONFIGS / "zeroshot") in doc

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cir_lightning.commands import COMMANDS
+from cir_lightning.commands.published import check_published, markdown_tables
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.free_names import write_free
 
@@ -85,22 +86,6 @@ def present(name: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     return any(isinstance(try_to_load_from_cache(name, f), str) for f in ("config.json", "adapter_config.json"))
-
-
-def check_published(published: Any, path: Path) -> Mapping[str, Any]:
-    """``published`` (read from ``path``) as the model -> results -> benchmark -> metrics mapping, every metric
-    a number (percent); anything else is one error naming the file and the key."""
-    if not isinstance(published, Mapping):
-        raise CIRConfigError(f"{path}: expected a mapping of model -> results, got {type(published).__name__}")
-    for model, entry in published.items():
-        results = entry.get("results") if isinstance(entry, Mapping) else None
-        for benchmark, result in (results or {}).items():
-            metrics = result.get("metrics") if isinstance(result, Mapping) else None
-            for metric, value in (metrics or {}).items():
-                if isinstance(value, bool) or not isinstance(value, int | float):
-                    raise CIRConfigError(f"{path}: `{model}.results.{benchmark}.metrics.{metric}` must be a "
-                                         f"number (percent), got {value!r}")
-    return published
 
 
 def discover(configs: Path, published: Mapping[str, Any], data: Mapping[str, str]) -> list[Run]:
@@ -179,45 +164,6 @@ def format_rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
              for line in (header, *rows)]
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
-
-
-HEADLINE = {
-    "cirr": ["Recall@1", "Recall@5", "Recall@10", "Recall@50", "Recall_subset@1", "Recall_subset@2", "Recall_subset@3"],
-    "circo": ["mAP@5", "mAP@10", "mAP@25", "mAP@50"],
-    "fashioniq": ["average/Recall@10", "average/Recall@50", "dress/Recall@10", "dress/Recall@50",
-                  "shirt/Recall@10", "shirt/Recall@50", "toptee/Recall@10", "toptee/Recall@50"],
-}
-"""The columns of docs/reproduction.md's table per benchmark."""
-
-
-def _number(value: float) -> str:
-    """A published percentage with the decimals it was printed with (one or two)."""
-    return f"{value:.1f}" if round(value * 10) == value * 10 else f"{value:.2f}"
-
-
-def markdown_tables(published: Mapping[str, Any], configs: Path) -> str:
-    """docs/reproduction.md's tables, one per benchmark: the published numbers with their source, the
-    config that reproduces them, and ours (the model's ``ours`` record: only what was really measured)."""
-    names = {p.parent.name + "/" + p.stem for p in configs.glob("*/*.yaml")}
-    parts = []
-    for benchmark, columns in HEADLINE.items():
-        header = ["model", "split", *(c.replace("average/", "avg ") for c in columns), "source", "config and command",
-                  "ours"]
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for model, entry in published.items():
-            result = (entry.get("results") or {}).get(benchmark)
-            if not result:
-                continue
-            metrics = result.get("metrics") or {}
-            config = (f"`configs/zeroshot/{model}/{benchmark}.yaml`: `cir-lightning reproduce --only {model}/{benchmark} "
-                      f"--data {benchmark}=DATA`" if f"{model}/{benchmark}" in names else "none")
-            ours = ((entry.get("ours") or {}).get(benchmark) if isinstance(entry.get("ours"), dict) else None)
-            cells = [entry.get("name", model), str(result.get("split", "?")),
-                     *(_number(metrics[c]) if c in metrics else "-" for c in columns),
-                     str(result.get("source", "?")).replace("|", "/"), config, str(ours or "not measured")]
-            lines.append("| " + " | ".join(cells) + " |")
-        parts.append(f"### {benchmark}\n\n" + "\n".join(lines))
-    return "\n\n".join(parts) + "\n"
 
 
 def _parse_data(items: Sequence[str]) -> dict[str, str]:
