@@ -26,6 +26,7 @@ from cir_lightning.distributed import same_on_every_rank
 from cir_lightning.errors import CIRConfigError
 from cir_lightning.fit_summary import FitHistory, monitored, stale_last_warning, watched, watchers
 from cir_lightning.messages import first_few
+from cir_lightning.paths import path_option
 from cir_lightning.retrieval.evaluator import EvalSubset, RetrievalEvaluator
 from cir_lightning.retrieval.gallery_cache import GalleryCache, GalleryStore
 from cir_lightning.retrieval.loop import EpochResults, EvaluationLoop
@@ -71,6 +72,7 @@ class EvaluationOptions:
         if self.eval_ks is not None:
             object.__setattr__(self, "eval_ks", cutoffs("eval_ks", self.eval_ks))
         non_negative_int("pictures", self.pictures)
+        path_option("embedding_cache", self.embedding_cache, optional=True)  # "" is refused, not taken for "no cache"
 
 
 EVALUATION_OPTIONS = tuple(field.name for field in dataclasses.fields(EvaluationOptions))

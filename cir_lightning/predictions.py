@@ -48,6 +48,7 @@ from cir_lightning.data.idle_rows import unpadded
 from cir_lightning.errors import CIRConfigError, CIRFileError
 from cir_lightning.files import atomic_folder, check_writable, write_error
 from cir_lightning.free_names import reserve_folder
+from cir_lightning.paths import path_option
 from cir_lightning.retrieval.cache import cache_name
 from cir_lightning.retrieval.embedding_folder import (
     finish_embeddings,
@@ -115,7 +116,7 @@ class EmbeddingWriter(BasePredictionWriter):
         super().__init__("batch")
         if dtype not in ("float32", "float16"):
             raise CIRConfigError(f"`predictions.dtype` must be float32 or float16, got {dtype!r}")
-        self.folder, self.dtype = folder, dtype
+        self.folder, self.dtype = path_option("predictions.folder", folder, optional=True), dtype
         self.written: Path | None = None
         self._outputs: dict[int, _Output] = {}
         self._stack: contextlib.ExitStack | None = None

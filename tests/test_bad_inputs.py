@@ -578,6 +578,38 @@ def _(w):
         ["`predictions.folder`", str(w.user / "afile"), "a file stands where a folder is needed"]
 
 
+@case("output: predictions.folder is an empty string")
+def _(w):  # it was taken for "not given": nothing written, without a word
+    return w.cli("predict", "--predictions.folder", ""), ["`predictions.folder` is an empty string, not a path"]
+
+
+@case("output: embedding_cache is an empty string")
+def _(w):  # it was taken for "no cache"
+    return w.cli("validate", "--model.embedding_cache", ""), ["`embedding_cache` is an empty string, not a path"]
+
+
+@case("data: image_root is an empty string")
+def _(w):  # it was taken for "not given" (root's images)
+    return w.cli("validate", "--data.image_root", ""), ["`image_root` is an empty string, not a path"]
+
+
+def _empty_path(module: str, option: str, **given: str) -> Case:
+    """A DataModule of ``cir_lightning.data`` built with ``option=""`` (other options as ``given``)."""
+    def build(w):
+        import cir_lightning.data as data
+
+        return (lambda: getattr(data, module)(**{**given, option: ""})), [f"`{option}` is an empty string"]
+    return build
+
+
+for _module, _option, _given in [("FashionIQDataModule", "image_root", {"root": "fiq"}),
+                                 ("CIRRDataModule", "root", {}), ("CIRCODataModule", "gallery_root", {"root": "c"}),
+                                 ("CIRCODataModule", "image_info_file", {"root": "c"}),
+                                 ("JsonlCIRDataModule", "train_file", {"root": "j"}),
+                                 ("BGEVLDataModule", "results_file", {"task": "circo"})]:
+    case(f"data: {_module}'s {_option} is an empty string")(_empty_path(_module, _option, **_given))
+
+
 @case("output: a results file's folder is a file")
 def _(w):
     from cir_lightning.files import write_atomic

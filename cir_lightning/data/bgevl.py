@@ -29,6 +29,7 @@ from cir_lightning.data.missing import OnMissing, check_on_missing
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.files import check_writable, write_atomic
 from cir_lightning.free_names import write_free
+from cir_lightning.paths import path_option
 from cir_lightning.writable import exists_error
 
 __all__ = ["BGEVLDataModule"]
@@ -96,9 +97,9 @@ class BGEVLDataModule(CIRDataModule):
             raise CIRConfigError(f"`categories` must be distinct names among {list(CATEGORIES)}, got {list(categories)}")
         check_on_missing(on_missing)
         self.ks = sorted(set(cutoffs_within(k).values()))
-        self.data_dir, self.image_dir = Path(data_dir), Path(image_dir)
+        self.data_dir, self.image_dir = Path(path_option("data_dir", data_dir)), Path(path_option("image_dir", image_dir))
         self.task, self.categories, self.k, self.on_missing = task, list(categories), k, on_missing
-        self.results_file = Path(results_file) if results_file else None
+        self.results_file = Path(results_file) if path_option("results_file", results_file, optional=True) else None
         self.contents: dict[str, dict[str, Any]] = {}
 
     def setup(self, stage: str) -> None:

@@ -23,6 +23,7 @@ from cir_lightning.data.layouts.circo import (
 from cir_lightning.data.missing import check_on_missing
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.free_names import write_free
+from cir_lightning.paths import path_option
 
 __all__ = ["CIRCODataModule"]
 
@@ -70,9 +71,10 @@ class CIRCODataModule(CIRDataModule):
         max_short_edge: int | None = None, pin_memory: bool = False, max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         super().__init__(batch_size, eval_batch_size, num_workers, max_short_edge, pin_memory, max_image_pixels)
-        self.root = Path(root)
-        self.gallery_root = Path(gallery_root) if gallery_root else None
-        self.image_info_file = Path(image_info_file) if image_info_file else None
+        self.root = Path(path_option("root", root))
+        self.gallery_root = Path(gallery_root) if path_option("gallery_root", gallery_root, optional=True) else None
+        self.image_info_file = Path(image_info_file) if path_option("image_info_file", image_info_file,
+                                                                    optional=True) else None
         self.query_template = check_template(query_template)
         self.exclude_reference = exclude_reference
         check_on_missing(on_missing)

@@ -23,6 +23,7 @@ from cir_lightning.data.layouts.cirr import (
     write_submission,
 )
 from cir_lightning.data.missing import OnMissing, check_on_missing
+from cir_lightning.paths import path_option
 
 __all__ = ["CIRRDataModule"]
 
@@ -61,8 +62,8 @@ class CIRRDataModule(CIRDataModule):
                  max_short_edge: int | None = None, pin_memory: bool = False,
                  max_image_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         super().__init__(batch_size, eval_batch_size, num_workers, max_short_edge, pin_memory, max_image_pixels)
-        self.root = Path(root)
-        self.image_root = Path(image_root) if image_root else None
+        self.root = Path(path_option("root", root))
+        self.image_root = Path(image_root) if path_option("image_root", image_root, optional=True) else None
         self.on_missing = check_on_missing(on_missing)
         self.files = CIRRFiles(self.root, self.image_root, on_missing, self.max_short_edge)
         self.splits: dict[str, CIRRSplit] = {}  # "val" / "test1" -> the split as read

@@ -27,6 +27,7 @@ from cir_lightning.data.layouts.fashioniq import (
 from cir_lightning.data.layouts.fashioniq_summary import average_over_categories, summary_lines
 from cir_lightning.data.missing import OnMissing, check_on_missing
 from cir_lightning.errors import CIRConfigError, CIRDataError
+from cir_lightning.paths import path_option
 
 __all__ = ["FashionIQDataModule"]
 
@@ -91,8 +92,8 @@ class FashionIQDataModule(CIRDataModule):
             raise CIRConfigError(f"`categories` must be distinct names among {list(CATEGORIES)}, "
                                  f"got {list(categories)}")
         make_query_text("", "", query_text)  # an unknown form fails here, not at set-up
-        self.root = Path(root)
-        self.image_root = Path(image_root) if image_root else self.root / "images"
+        self.root = Path(path_option("root", root))
+        self.image_root = Path(image_root) if path_option("image_root", image_root, optional=True) else self.root / "images"
         self.categories = list(categories)
         self.query_text = query_text
         self.exclude_reference = exclude_reference

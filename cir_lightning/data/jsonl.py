@@ -15,7 +15,7 @@ from cir_lightning.data.datasets import GalleryDataset, QueryDataset, TripletDat
 from cir_lightning.data.images import DEFAULT_MAX_PIXELS
 from cir_lightning.data.layouts.jsonl import UnknownExcludeIds, read_gallery, read_queries, read_triplets
 from cir_lightning.errors import CIRConfigError, CIRDataError
-from cir_lightning.paths import resolved
+from cir_lightning.paths import path_option, resolved
 
 __all__ = ["JsonlCIRDataModule"]
 
@@ -70,7 +70,12 @@ class JsonlCIRDataModule(CIRDataModule):
         max_short_edge: int | None = None, pin_memory: bool = False, max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         super().__init__(batch_size, eval_batch_size, num_workers, max_short_edge, pin_memory, max_image_pixels)
-        self.root = Path(root)
+        for name, value in (("train_file", train_file), ("val_queries_file", val_queries_file),
+                            ("test_queries_file", test_queries_file), ("test_gallery_file", test_gallery_file),
+                            ("image_root", image_root)):
+            path_option(name, value, optional=True)  # "" is refused, not taken for "none"
+        self.root = Path(path_option("root", root))
+        path_option("gallery_file", gallery_file)
         self.train_file = train_file
         self.val_queries_file = val_queries_file
         self.gallery_file = gallery_file
