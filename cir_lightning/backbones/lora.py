@@ -51,7 +51,8 @@ class LoRA:
         rank_pattern: per-module ranks in place of ``r``, as peft's: a module name or a regular expression over
             the end of an adapted module's path -> its rank (``{"q_proj": 16}``). Each must name a module LoRA
             adapts (checked when the model is built).
-        alpha_pattern: per-module alphas in place of ``alpha``, keyed as ``rank_pattern``.
+        alpha_pattern: per-module alphas in place of ``alpha``, keyed as ``rank_pattern``: numbers > 0, fractional
+            ones too (``{"q_proj": 1.5}``), as peft takes them.
         modules_to_save: modules (paths or names, as peft takes them) trained fully beside LoRA, e.g.
             ``["multi_modal_projector"]``.
         train_parts: parts of the model trained FULLY beside LoRA (all else stays frozen), found by
@@ -85,7 +86,7 @@ class LoRA:
     train_parts: list[Literal["vision", "projector", "resampler"]] | None = None
     init_adapter: str | None = None
     rank_pattern: dict[str, int] | None = None
-    alpha_pattern: dict[str, int] | None = None
+    alpha_pattern: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         """Fill the unset settings (from ``init_adapter``'s own, else the defaults) and check the numbers,

@@ -137,6 +137,22 @@ def test_lora_patterns_set_per_module_ranks_and_an_exported_adapter_loads_with_t
                if "lora_" in n)
 
 
+def test_a_fractional_alpha_pattern_is_read_from_the_command_line_and_scales_its_module(tiny_model_dir, tmp_path):
+    """peft takes fractional alphas, and so did LoRA from Python; the command line refused 1.5 (`dict[str, int]`)."""
+    from cir_lightning.cli import CIRLightningCLI
+    from tests.test_cli import CONF
+
+    cli = CIRLightningCLI(args=["--config", str(CONF), "--model.backbone.init_args.model_name_or_path", str(tiny_model_dir),
+                                "--model.backbone.init_args.lora.alpha_pattern", '{"q_proj": 1.5}',
+                                "--data.init_args.root", str(tmp_path / "data"),
+                                "--trainer.default_root_dir", str(tmp_path / "run")], run=False)
+    assert cli.model.backbone.lora.alpha_pattern == {"q_proj": 1.5}
+    scales = {name.rsplit(".", 1)[-1]: m.scaling["default"] for name, m in cli.model.backbone.model.named_modules()
+              if hasattr(m, "lora_A") and "layers.0." in name}
+    assert scales["q_proj"] == 1.5 / 4  # the tiny config's r: 4, alpha: 8
+    assert scales["v_proj"] == 8 / 4
+
+
 def test_an_adapter_export_is_atomic_and_never_overwrites(tiny_model_dir, tmp_path):
     bb = HFMultimodalBackbone(str(tiny_model_dir), lora=LoRA(r=2, alpha=4))
     bb.save_adapter(tmp_path / "adapter")
