@@ -54,6 +54,22 @@ def file_problem(path: Path) -> str | None:
     return path_problem(path, "an image file")
 
 
+def check_files_exist(items: list[tuple[Path, str]]) -> None:
+    """Every path must be an image file; the error lists the first few that are not (absent, a folder,
+    a broken symbolic link ...) with the line that names each."""
+    checked: dict[Path, str | None] = {}
+    bad = []
+    for p, src in items:
+        if p not in checked:
+            checked[p] = file_problem(p)
+            if checked[p] is not None:
+                bad.append((p, src, checked[p]))
+    if bad:
+        shown = first_few([f"{src}: {p}" + ("" if why == MISSING else f" {why}") for p, src, why in bad])
+        head = "do not exist" if all(why == MISSING for _, _, why in bad) else "are missing or not image files"
+        raise CIRDataError(f"{len(bad)} image file(s) {head}: {shown}")
+
+
 def _is_missing(problem: str) -> bool:
     return problem == MISSING or problem.startswith("is a broken symbolic link")
 

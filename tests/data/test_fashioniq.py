@@ -66,6 +66,17 @@ def test_train_mixes_categories_and_val_is_per_category_over_the_whole_split(roo
         assert {10, 50} <= set(queries.metrics["recall"])
 
 
+def test_a_training_pair_whose_candidate_is_its_target_is_trained_on_without_a_warning(root, recwarn):
+    """The official training captions have such pairs and the protocol keeps them (JSONL warns: a likely mistake)."""
+    entries = read(root / "captions" / "cap.dress.train.json")
+    entries[0]["target"] = entries[0]["candidate"]
+    (root / "captions" / "cap.dress.train.json").write_text(json.dumps(entries))
+    dm = setup(root)
+    assert len(dm.train_set) == 3 * 6
+    assert dm.train_set.records[0].reference == dm.train_set.records[0].target
+    assert not [w for w in recwarn if "same reference" in str(w.message)]
+
+
 def test_categories_subset_and_test_stage_uses_val(root):
     dm = setup(root, "test", categories=["shirt"])
     assert dm.train_set is None

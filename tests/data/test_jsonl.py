@@ -244,6 +244,22 @@ def test_unknown_exclude_ids_can_be_downgraded_to_one_warning(root):
     assert queries.excluded[:2] == [(0,), (1,)]  # the known ids still count
 
 
+def test_triplets_whose_reference_is_their_target_are_kept_with_one_warning_naming_their_lines(root):
+    """FashionIQ's training data has such pairs and its protocol trains on them; in one's own file they are more
+    likely a mistake (they were taken without a word)."""
+    rows = [json.loads(line) for line in (root / "train.jsonl").read_text().splitlines()]
+    same = {**rows[0], "target_image": "images/./a.png"}  # the same file, written otherwise
+    write_jsonl(root / "train.jsonl", [rows[0], same, rows[1], {**rows[1], "reference_image": "images/c.png"}])
+    with pytest.warns(UserWarning, match="same reference and target") as caught:
+        dm = setup(root)
+    assert len(dm.train_set) == 4  # trained on as they are
+    messages = [str(w.message) for w in caught if "same reference and target" in str(w.message)]
+    assert messages == [f"{root / 'train.jsonl'}: 2 of 4 training triplets have the same reference and target image "
+                        "(lines 2, 4): each asks the model to find its own reference image; they are trained on as "
+                        "they are (FashionIQ's training data has a few such pairs), so check the file if it should "
+                        "have none"]
+
+
 def test_unknown_reference_id_is_an_error_only_when_the_reference_is_excluded(root):
     queries_with(root, reference_id="b_typo")
     assert len(setup(root, "validate").val_sets[0][0]) == 2  # not used: not checked

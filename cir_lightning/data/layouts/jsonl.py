@@ -18,8 +18,9 @@ naming the file and line: malformed or too deeply nested JSON, a key given twice
 mistyped field (a misspelt required one is missing; a query's field that looks like a misspelt
 ``exclude_ids`` or ``target_ids``, which would be ignored and change the metrics, is an error too; other
 extra fields are the user's own and ignored), an image path that is missing or a folder, one image under
-two gallery ids, a positive or an excluded id that is not in the gallery (see ``read_queries``). The
-evaluation path never reads target-side text.
+two gallery ids, a positive or an excluded id that is not in the gallery (see ``read_queries``). A training
+triplet whose reference image is its target is kept with one warning counting them (FashionIQ's data has such
+pairs). The evaluation path never reads target-side text.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from cir_lightning.data.datasets import GalleryItem, Query, Triplet
 from cir_lightning.data.images import resolve_image_path
-from cir_lightning.data.missing import MISSING, file_problem
+from cir_lightning.data.missing import check_files_exist
 from cir_lightning.errors import CIRDataError
 from cir_lightning.messages import first_few, short_repr
 from cir_lightning.reading import iter_jsonl
@@ -103,22 +104,6 @@ def _ids(values: list[Any], key: str, path: Path, line: int) -> list[str]:
     return [_check_id(v, f"`{key}` item {i + 1}", path, line) for i, v in enumerate(values)]
 
 
-def _check_files_exist(items: list[tuple[Path, str]]) -> None:
-    """Every path must be an image file; the error lists the first few that are not (absent, a folder,
-    a broken symbolic link ...) with the line that names each."""
-    checked: dict[Path, str | None] = {}
-    bad = []
-    for p, src in items:
-        if p not in checked:
-            checked[p] = file_problem(p)
-            if checked[p] is not None:
-                bad.append((p, src, checked[p]))
-    if bad:
-        shown = first_few([f"{src}: {p}" + ("" if why == MISSING else f" {why}") for p, src, why in bad])
-        head = "do not exist" if all(why == MISSING for _, _, why in bad) else "are missing or not image files"
-        raise CIRDataError(f"{len(bad)} image file(s) {head}: {shown}")
-
-
 def read_triplets(path: Path, image_root: Path, check_images: bool = True,
                   require_captions: bool = False) -> list[Triplet]:
     """Parse and check a training JSONL file (``target_caption`` on every line if ``require_captions``).
@@ -148,8 +133,14 @@ def read_triplets(path: Path, image_root: Path, check_images: bool = True,
         ))
     if not records:
         raise CIRDataError("no training samples", path)
+    same = [r.source.rsplit(":", 1)[-1] for r in records if r.reference == r.target]
+    if same:  # kept, as FashionIQ's protocol keeps its few such pairs; most likely a mistake in one's own file
+        rank_zero_warn(f"{path}: {len(same)} of {len(records)} training triplets have the same reference and target "
+                       f"image (line{'s' if len(same) > 1 else ''} {first_few(same, ', ', ', ...')}): each asks the model to find its own reference "
+                       "image; they are trained on as they are (FashionIQ's training data has a few such pairs), so "
+                       "check the file if it should have none")
     if check_images:
-        _check_files_exist([(p, r.source) for r in records for p in (r.reference, r.target)])
+        check_files_exist([(p, r.source) for r in records for p in (r.reference, r.target)])
     return records
 
 
@@ -184,7 +175,7 @@ def read_gallery(path: Path, image_root: Path, check_images: bool = True) -> lis
     if not records:
         raise CIRDataError("the gallery is empty", path)
     if check_images:
-        _check_files_exist([(r.path, r.source) for r in records])
+        check_files_exist([(r.path, r.source) for r in records])
     return records
 
 
@@ -292,5 +283,5 @@ def read_queries(path: Path, image_root: Path, gallery_ids: list[str], exclude_r
     if not records:
         raise CIRDataError("no evaluation queries", path)
     if check_images:
-        _check_files_exist([(r.reference, r.source) for r in records])
+        check_files_exist([(r.reference, r.source) for r in records])
     return records
