@@ -626,6 +626,12 @@ def _(w):
         [str(w.user / "nope"), "does not exist"]
 
 
+@case("adapter: init_adapter is an empty string")
+def _(w):  # it trained from peft's initialisation, as if none were given
+    return w.cli("fit", "--model.backbone.init_args.lora.init_adapter", ""), \
+        ["`lora.init_adapter` is an empty string, not a path"]
+
+
 @case("adapter: init_adapter is random bytes")
 def _(w):
     path = w.user / "adapter.ckpt"

@@ -22,6 +22,7 @@ from cir_lightning.backbones.adapters import AdapterTargets, adapter_settings, l
 from cir_lightning.backbones.lora_patterns import check_pattern_targets, check_patterns
 from cir_lightning.checks import number_in, positive_int, positive_number
 from cir_lightning.errors import CIRConfigError
+from cir_lightning.paths import path_option
 
 # Default LoRA targets per language-model type (the ``model_type`` of the text config), as data.
 DEFAULT_TARGETS: dict[str, list[str]] = {
@@ -98,6 +99,7 @@ class LoRA:
             ...
             cir_lightning.errors.CIRConfigError: `lora.r` must be an integer >= 1, got 0
         """
+        path_option("lora.init_adapter", self.init_adapter, optional=True)  # "" would start from no adapter, silently
         saved = adapter_settings(self.init_adapter)
         defaults = {"r": 64, "alpha": 128, "dropout": 0.1, "target_modules": None, "rank_pattern": None,
                     "alpha_pattern": None}
