@@ -68,7 +68,7 @@ def meta_problem(meta: dict[str, Any], info: dict[str, Any]) -> str | None:
     fields = [("count", meta.get("count"), False, 0), ("dim", meta.get("dim"), False, 0),
               ("image_index.max_short_edge", info.get("max_short_edge"), True, 1),  # 0 is never written
               ("image_index.max_image_pixels", info.get("max_image_pixels"), True, 1)]
-    fields += [(f"image_index.search.{k}", search.get(k), True, 0) for k in ("nprobe", "ef_search", "asked_nprobe")
+    fields += [(f"image_index.search.{k}", search.get(k), True, 1) for k in ("nprobe", "ef_search", "asked_nprobe")
                if isinstance(search, dict)]
     fields += [(f"image_index.left_out.{k}", left_out.get(k), True, 0) for k in _LEFT_OUT_COUNTS
                if isinstance(left_out, dict)]

@@ -393,6 +393,9 @@ def test_damaged_indexes_are_refused_in_one_line(small_index, tmp_path):
                             (lambda f: (f / "meta.json").write_text("{"), "meta.json: cannot be read"),
                             (lambda f: (f / "embeddings.npy").unlink(), "embeddings.npy: cannot be read"),
                             (_edit_meta("search", "nprobe", "x"), "`image_index.search.nprobe` is 'x', not a whole"),
+                            # never written as 0: --nprobe was blamed though the user gave none
+                            (_edit_meta("search", "asked_nprobe", 0), "`image_index.search.asked_nprobe` is 0, not a "
+                             "whole number >= 1"),
                             (_edit_meta("max_short_edge", None, "abc"), "`image_index.max_short_edge` is 'abc', not"),
                             (_edit_meta(None, "model", None), "meta.json: `model` is None, not a mapping"),
                             # a TypeError / AttributeError when its model was rebuilt; the query shrunk to 1x1;
