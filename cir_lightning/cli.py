@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from jsonargparse import DefaultHelpFormatter, set_parsing_settings
+from jsonargparse import DefaultHelpFormatter, Namespace, set_parsing_settings
+from jsonargparse._actions import _ActionConfigLoad  # a group read as a whole: `model:`, `trainer:`
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -33,7 +34,7 @@ from cir_lightning.files import check_writable
 from cir_lightning.interrupts import stops
 from cir_lightning.messages import json_type, path_problem, yaml_syntax_error
 from cir_lightning.module import TRAINING_SETTINGS, CIRModule
-from cir_lightning.option_errors import option_error
+from cir_lightning.option_errors import not_a_mapping, option_error
 from cir_lightning.quiet import quiet_third_party
 from cir_lightning.rank_lines import say
 from cir_lightning.run_folder import KeepConfigCallback, VersionClaims
@@ -57,6 +58,11 @@ class _Parser(LightningArgumentParser):
         if self.exit_on_error and not os.environ.get("CIR_LIGHTNING_TRACEBACK"):  # printed here, not nested
             message = option_error(message) or message
         return super().error(message, ex)
+
+    def _check_value_key(self, action: Any, value: Any, key: str, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(action, _ActionConfigLoad) and not isinstance(value, (str, dict, Namespace)):  # `model: 3`
+            raise TypeError(not_a_mapping(key, value))  # jsonargparse kept it: "model.backbone is required"
+        return super()._check_value_key(action, value, key, *args, **kwargs)
 
 
 class CIRLightningCLI(LightningCLI):

@@ -9,9 +9,11 @@ left out), what it takes and what it got. A message it does not recognise is kep
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 
-__all__ = ["option_error"]
+__all__ = ["not_a_mapping", "option_error"]
 
 _KEY = re.compile(r'Parser key "([^"]+)":')
 _SUBTYPES = re.compile(r"^\s*Subtypes: \[(.*)\]\s*$")
@@ -27,6 +29,14 @@ _SUBCLASS = re.compile(r"^Not a valid subclass of (\w+)$")
 _SUBCLASS_GOT = re.compile(r"^Not a valid subclass of (\w+)\. Got value: (.*)$")
 _DOT_PATH = re.compile(r"^Expected a dot import path string: (.*)$")
 _NOT_CONFIG = re.compile(r'^\s*Unable to load config "(.*)"$')  # neither a mapping nor a config file (`model: foo`)
+_NOT_MAPPING = re.compile(r"^\s*Not a mapping nor a config file: (.*)$")  # not_a_mapping's (`model: 3`)
+
+
+def not_a_mapping(key: str, value: Any) -> str:
+    """jsonargparse's way of reporting a group's value (``model: 3``, ``trainer: [1]``) that is neither a mapping nor
+    the path of a config file, the value as YAML would write it (jsonargparse takes it and then finds the group's
+    options missing)."""
+    return f'Parser key "{key}": Not a mapping nor a config file: {json.dumps(value, default=str)}'
 
 
 def option_error(message: str) -> str | None:
@@ -48,9 +58,10 @@ def option_error(message: str) -> str | None:
     row, depth, _ = max(found, key=lambda item: (item[1], -item[0]))  # the innermost key: the option at fault
     block = [lines[row][_KEY.search(lines[row]).end():]]
     option = '.'.join(_ancestry(found, row))
-    if not_config := _NOT_CONFIG.match(block[0]):
+    if (not_config := _NOT_CONFIG.match(block[0])) or (not_mapping := _NOT_MAPPING.match(block[0])):
+        got = _value(not_config.group(1)) if not_config else not_mapping.group(1)
         return (f"option `{option}`: expected a mapping of its options or the path of a config file with them, "
-                f"got {_value(not_config.group(1))}")
+                f"got {got}")
     for line in lines[row + 1:]:
         if line.strip() and _indent(line) <= depth:
             break

@@ -230,6 +230,15 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_the_option(option, value, 
                    "got 'foo'"),  # jsonargparse's 3 lines, the key twice (`model.model` when read as a nesting)
     ("trainer: foo", "option `trainer`: expected a mapping of its options or the path of a config file with them, "
                      "got 'foo'"),
+    # a number, list, bool or null: jsonargparse kept it, then said "required: validate.model.backbone" (the
+    # trainer's went on to a TypeError traceback)
+    ("model: 3", "option `model`: expected a mapping of its options or the path of a config file with them, got 3"),
+    ("model: true", "option `model`: expected a mapping of its options or the path of a config file with them, "
+                    "got true"),
+    ("model: null", "option `model`: expected a mapping of its options or the path of a config file with them, "
+                    "got null"),
+    ("trainer: [1, a]", "option `trainer`: expected a mapping of its options or the path of a config file with them, "
+                        "got [1, \"a\"]"),
     ("data: foo", "option `data`: expected LightningDataModule or null, got 'foo' (not an import path)"),
     ("model:\n  backbone: foo", "option `model.backbone`: expected a class path or a mapping with `class_path`, "
                                 "got 'foo'"),  # an empty line and two items
