@@ -670,6 +670,25 @@ def _(w):
     return w.cli(), [str(model), "config.json"]
 
 
+@case("model: model_name_or_path is an empty string")
+def _(w):  # it was read as the current folder: "model folder `.` has no config.json"
+    return w.cli("validate", "--model.backbone.init_args.model_name_or_path", ""), \
+        ["`model_name_or_path` is an empty string, not a path"]
+
+
+def _empty_model(backbone: str) -> Case:
+    """``cir_lightning.backbones.<backbone>("")``: every backbone class and ``build_backbone``."""
+    def build(w):
+        import cir_lightning.backbones as backbones
+
+        return (lambda: getattr(backbones, backbone)("")), ["is an empty string, not a path"]
+    return build
+
+
+for _backbone in ["HFMultimodalBackbone", "DualEncoderBackbone", "XGenMMBackbone", "build_backbone"]:
+    case(f"model: {_backbone}'s model_name_or_path is an empty string")(_empty_model(_backbone))
+
+
 # -- output folders and caches
 @case("output: default_root_dir under a file")
 def _(w):

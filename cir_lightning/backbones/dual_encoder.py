@@ -34,6 +34,7 @@ from cir_lightning.backbones.processors import load_processor
 from cir_lightning.backbones.tiny import make_tiny_dual_encoder
 from cir_lightning.checks import positive_int
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRModelError
+from cir_lightning.paths import path_option
 
 Inputs = dict[str, Tensor]
 Fusion = Literal["sum", "sum_raw", "image", "text"]
@@ -215,7 +216,7 @@ class DualEncoderBackbone(Backbone):
             raise CIRConfigError(f"`query_template` {query_template!r} has no `{{modification}}` placeholder")
         if "{text}" not in text_template:
             raise CIRConfigError(f"`text_template` {text_template!r} has no `{{text}}` placeholder")
-        self.model_name_or_path = str(model_name_or_path)
+        self.model_name_or_path = str(path_option("model_name_or_path", model_name_or_path))  # "" is not `.`
         self.revision = revision
         self.fusion = fusion
         if make_tiny_if_missing:

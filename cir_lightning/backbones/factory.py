@@ -23,6 +23,7 @@ from cir_lightning.backbones.identity import check_readable
 from cir_lightning.backbones.lora import LoRA
 from cir_lightning.backbones.prompts import Prompts
 from cir_lightning.errors import CIRConfigError, CIRModelError
+from cir_lightning.paths import path_option
 
 BackboneFamily = Literal["auto", "hf_mllm", "xgenmm", "dual_encoder"] | str  # or a family registered since
 
@@ -149,7 +150,7 @@ def list_backbones() -> dict[str, str]:
 
 
 def _model_type(name_or_path: str, revision: str | None) -> str:
-    path = Path(name_or_path)
+    path = Path(path_option("name_or_path", name_or_path))  # "" is no folder (Path("") is the current one)
     if path.is_dir():
         check_readable(path)  # a missing, unreadable or dangling config.json is named in one line
         config = path / "config.json"

@@ -34,6 +34,7 @@ from cir_lightning.backbones.prompts import ADDED_FIELDS, Prompts
 from cir_lightning.backbones.tiny import make_tiny_model
 from cir_lightning.checks import non_negative_int, positive_int
 from cir_lightning.errors import CIRConfigError, CIRModelError
+from cir_lightning.paths import path_option
 
 
 class HFMultimodalBackbone(Backbone):
@@ -104,7 +105,7 @@ class HFMultimodalBackbone(Backbone):
             raise CIRConfigError("`pooling: eos_block` needs `eos_block_size` >= 1")
         if pooling == "before_marker" and templates.marker is None:
             raise CIRConfigError("`pooling: before_marker` needs prompts with a `marker` token (e.g. preset `lamra`)")
-        self.model_name_or_path = str(model_name_or_path)
+        self.model_name_or_path = str(path_option("model_name_or_path", model_name_or_path))  # "" is not `.`
         self.revision = revision
         self.pooling = pooling
         self.eos_block_size = eos_block_size

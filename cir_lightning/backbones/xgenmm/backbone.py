@@ -37,6 +37,7 @@ from cir_lightning.backbones.xgenmm.release import RELEASE_LAST_N, ReleaseCollat
 from cir_lightning.backbones.xgenmm.tiny import make_tiny_xgenmm
 from cir_lightning.checks import non_negative_int, positive_int
 from cir_lightning.errors import CIRConfigError, CIRModelError
+from cir_lightning.paths import path_option
 
 _FILES = ["*.json", "*.safetensors", "*.model", "*.txt"]  # config, weights, tokenizer: no remote code
 
@@ -113,7 +114,7 @@ class XGenMMBackbone(Backbone):
         release_compatible: bool = False,
     ) -> None:
         super().__init__()
-        self.model_name_or_path = str(model_name_or_path)
+        self.model_name_or_path = str(path_option("model_name_or_path", model_name_or_path))  # "" is not `.`
         non_negative_int("eos_block_size", eos_block_size)
         positive_int("max_text_tokens", max_text_tokens, optional=True)
         if pooling == "eos_block" and eos_block_size < 1:
