@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from cir_lightning.checks import positive_int
+from cir_lightning.errors import CIRConfigError
 from cir_lightning.retrieval.backends import (
     as_float32,
     as_float32_tensor,
@@ -45,6 +46,23 @@ __all__ = ["drop_excluded", "pad_lists", "query_share", "search", "search_with_s
 
 
 _COMPARE_EXCLUDED = 16  # up to this many excluded rows per query, membership by direct comparison
+_MAX_PADDED_BYTES = 2**34  # a (queries, k) result wider than the gallery: at most 16 GiB of ids and scores
+
+
+def _check_width(k: int, num_queries: int, num_gallery: int) -> None:
+    """The (queries, ``k``) result is ``k`` wide even past the gallery (-1 padded): a ``k`` whose ids and scores
+    (12 bytes each) would take more than 16 GiB there is refused (torch's allocation error named no option).
+
+    Example:
+        >>> _check_width(10**12, 2, 3)
+        Traceback (most recent call last):
+        ...
+        cir_lightning.errors.CIRConfigError: `k` 1000000000000 is more than the 3 gallery rows: its -1 padded results for 2 queries would take 22351 GiB; ask for at most 3
+    """
+    size = num_queries * k * 12
+    if k > num_gallery and size > _MAX_PADDED_BYTES:
+        raise CIRConfigError(f"`k` {k} is more than the {num_gallery} gallery rows: its -1 padded results for "
+                             f"{num_queries} queries would take {size // 2**30} GiB; ask for at most {num_gallery}")
 
 
 def pad_lists(lists: Sequence[Sequence[int]], width: int | None = None) -> Tensor:
@@ -104,7 +122,8 @@ def search(queries: Tensor | np.ndarray, gallery: Tensor | np.ndarray, k: int,
     Args:
         queries: (Q, D) query embeddings.
         gallery: (G, D) gallery embeddings.
-        k: results per query; may exceed the gallery size (the rest is -1).
+        k: results per query; may exceed the gallery size (the rest is -1), by at most 16 GiB of results
+            (``CIRConfigError`` past that, naming ``k`` and the gallery size).
         excluded: per query, gallery rows to leave out of its ranking.
         config: the backend and index (default: exact faiss ``Flat`` on the CPU).
 
@@ -148,6 +167,7 @@ def search_with_scores(queries: Tensor | np.ndarray, gallery: Tensor | np.ndarra
         raise ValueError(f"query dim {q.shape[1]} != gallery dim {g.shape[1]}")
     if excluded is not None and len(excluded) != len(q):
         raise ValueError(f"`excluded` has {len(excluded)} rows for {len(q)} queries")
+    _check_width(k, len(q), len(g))
     excl = pad_lists(excluded) if excluded is not None else torch.empty(len(q), 0, dtype=torch.long)
     depth = min(k + excl.shape[1], len(g))
     if len(q) == 0 or depth == 0:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from cir_lightning.errors import CIRConfigError
 from cir_lightning.retrieval.backends import build_index
-from cir_lightning.retrieval.index import search
+from cir_lightning.retrieval.index import search, search_with_scores
 from cir_lightning.retrieval.search_config import SearchConfig
 
 
@@ -41,6 +41,19 @@ def test_k_larger_than_gallery_pads_with_minus_one(backend):
     assert (got[0, 2:] == -1).all()
     assert sorted(got[1, :3].tolist()) == [0, 1, 2]
     assert (got[1, 3:] == -1).all()
+
+
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_a_k_whose_padding_cannot_be_held_is_refused_naming_k_and_the_gallery(backend):
+    """The result stays k wide (-1 padded): a k of 10^12 was torch's 'can't allocate memory' error."""
+    config = SearchConfig(backend=backend)
+    for gallery in (torch.eye(3), torch.empty(0, 3)):
+        with pytest.raises(CIRConfigError, match=f"`k` 1000000000000 is more than the {len(gallery)} gallery rows"):
+            search(torch.eye(2, 3), gallery, k=10**12, config=config)
+    ids, scores = search_with_scores(torch.eye(2, 3), torch.eye(3), k=1000, config=config)  # wide, but small
+    assert ids.shape == scores.shape == (2, 1000)
+    assert (ids[:, 3:] == -1).all()
+    assert search(torch.empty(0, 3), torch.eye(3), k=10**12).shape == (0, 10**12)  # no queries: nothing to hold
 
 
 def test_input_checks():
