@@ -31,7 +31,7 @@ from cir_lightning.distributed import release_process_group
 from cir_lightning.errors import CIRDataError
 from cir_lightning.files import atomic_folder
 from cir_lightning.image_index import partial_folder
-from cir_lightning.index_files import FAISS_FILE, INDEX_VERSION, STAMPS_FILE
+from cir_lightning.index_files import FAISS_FILE, INDEX_VERSION
 from cir_lightning.index_shards import (
     ShardWriter,
     current_rows,
@@ -200,8 +200,6 @@ def _assemble(root: Path, out: Path, partial: Path, relpaths: list[str], backbon
     row = {p: i for i, p in enumerate(keep)}
     with atomic_folder(out, overwrite=in_place) as tmp:
         new_embeddings(tmp, len(keep), backbone.embedding_dim, dtype).flush()  # an empty file of the right size
-        # the files as embedded (a row's stamp equals its file's now): search tells a photo replaced since
-        np.save(tmp / STAMPS_FILE, stamps_array(now.get(p) for p in keep))
         with RowFile(tmp / "embeddings.npy", writable=True) as rows:  # plain writes: nothing stays resident
             by_shard: dict[Path, list[tuple[int, int]]] = {}
             for p in keep:  # each image once, from a shard that embedded its file as it is now
@@ -227,8 +225,9 @@ def _assemble(root: Path, out: Path, partial: Path, relpaths: list[str], backbon
         faiss.write_index(index, str(tmp / FAISS_FILE))
         info["faiss_index"] = type(faiss.downcast_index(index)).__name__
         del index
+        # the files as embedded (a row's stamp equals its file's now): search tells a photo replaced since
         finish_embeddings(tmp, keep, kind="gallery", model=identity, dataset=str(root), split="index",
-                          extra={"image_index": info})
+                          extra={"image_index": info}, stamps=stamps_array(now.get(p) for p in keep))
     shutil.rmtree(partial, ignore_errors=True)
     unlock_build(partial)  # after: a run waiting for it never sees the folder half removed
     return out

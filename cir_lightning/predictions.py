@@ -75,6 +75,7 @@ class _Output:
     split: str
     ids: list[str]
     files: Mapping[str, str] = field(default_factory=dict)  # a gallery's `image_files` (before reading), queries' digest
+    stamps: Any = None  # a gallery's image stamps by row (its `image_files`'), for stamps.npy
     rows: Any = None  # np.memmap of the embeddings
     mask: Any = None  # np.memmap of uint8, 1 where a row was written
 
@@ -169,10 +170,12 @@ class EmbeddingWriter(BasePredictionWriter):
             queries = unpadded(loaders[2 * subset].dataset)  # a subset of fewer rows than processes: its own rows
             dataset = unpadded(loader.dataset)
             ids = [str(x) for x in getattr(dataset, "ids", None) or range(len(dataset))]
-            files = image_files(dataset.paths) if isinstance(dataset, GalleryDataset) and trainer.is_global_zero \
+            gallery = isinstance(dataset, GalleryDataset) and trainer.is_global_zero
+            files = image_files(dataset.paths) if gallery \
                 else {"queries_sha256": dataset.digest()} if isinstance(dataset, QueryDataset) else {}
             if ids:
-                outputs[i] = _Output(getattr(queries, "name", "") or str(subset), kind, split, ids, files)
+                outputs[i] = _Output(getattr(queries, "name", "") or str(subset), kind, split, ids, files,
+                                     files.stamps if gallery else None)
         return outputs
 
     # ------------------------------------------------------------------ each batch: its rows, where they belong
@@ -231,7 +234,7 @@ class EmbeddingWriter(BasePredictionWriter):
                 left_out.append(f"{folder.name} ({missing} of {len(out.ids)} rows not embedded)")
                 continue
             finish_embeddings(folder, out.ids, kind=out.kind, model=model, dataset=dataset,
-                              split=cache_name(out.split, out.name, out.kind)[1], extra=out.files)
+                              split=cache_name(out.split, out.name, out.kind)[1], extra=out.files, stamps=out.stamps)
             done.append(f"{folder.name} ({len(out.ids)} x {self._dim(folder)})")
         return done, left_out
 

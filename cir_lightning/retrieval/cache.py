@@ -152,7 +152,8 @@ def save_embeddings(path: str | Path, embeddings: Tensor | np.ndarray, ids: Sequ
         del rows
         files = images if images is None or isinstance(images, ImageFiles) else image_files(images)
         finish_embeddings(tmp, ids, kind=kind, model=model, dataset=dataset, split=split,
-                          extra=extra if files is None else files.joined(extra))
+                          extra=extra if files is None else files.joined(extra),
+                          stamps=None if files is None else files.stamps)
     return path
 
 

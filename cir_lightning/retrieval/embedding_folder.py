@@ -41,7 +41,8 @@ def ids_digest(ids: Sequence[str]) -> str:
 class ImageFiles(Mapping[str, str]):
     """What ties a gallery's rows to its image files (``image_files``): the digests ``meta.json`` records, which
     this mapping holds (the cache's identity), and each image's stamp by row (``stamps``: ``image_stamps``'
-    ``stamps_array``), which ``finish_embeddings`` writes to ``stamps.npy`` so that a refusal can name the image."""
+    ``stamps_array``), for ``finish_embeddings(stamps=...)`` to write to ``stamps.npy`` so that a refusal can name
+    the image."""
 
     def __init__(self, digests: Mapping[str, Any], stamps: np.ndarray) -> None:
         self._digests, self.stamps = dict(digests), stamps
@@ -146,7 +147,8 @@ def open_embeddings(folder: str | Path) -> np.memmap:
 
 
 def finish_embeddings(folder: str | Path, ids: Sequence[str], *, kind: str, model: Mapping[str, Any], dataset: str,
-                      split: str, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                      split: str, extra: Mapping[str, Any] | None = None,
+                      stamps: np.ndarray | None = None) -> dict[str, Any]:
     """Write ``ids.json`` and ``meta.json`` (and a gallery's ``stamps.npy``) beside a complete ``embeddings.npy``;
     returns the meta.
 
@@ -154,8 +156,9 @@ def finish_embeddings(folder: str | Path, ids: Sequence[str], *, kind: str, mode
         folder: the cache folder (usually the temporary folder of ``files.atomic_folder``).
         ids: the item ids, one per row.
         kind, model, dataset, split: the identity, as for ``save_embeddings``.
-        extra: more keys for ``meta.json`` (they may not replace the format's own); an ``ImageFiles`` (a gallery's
-            ``image_files``, taken before its images were read) writes its stamps to ``stamps.npy`` too.
+        extra: more keys for ``meta.json`` (they may not replace the format's own).
+        stamps: a gallery's image stamps by row (``ImageFiles.stamps``, taken before its images were read), written
+            to ``stamps.npy``; None writes none.
 
     Example:
         >>> from cir_lightning.retrieval.embedding_folder import finish_embeddings, new_embeddings
@@ -178,8 +181,8 @@ def finish_embeddings(folder: str | Path, ids: Sequence[str], *, kind: str, mode
     if clash:
         raise ValueError(f"`extra` may not replace the cache's own keys {clash}")
     meta.update(extra or {})
-    if isinstance(extra, ImageFiles):
-        np.save(folder / STAMPS_FILE, extra.stamps)
+    if stamps is not None:
+        np.save(folder / STAMPS_FILE, stamps)
     (folder / "ids.json").write_text(json.dumps([str(i) for i in ids]))
     (folder / "meta.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
     return meta
