@@ -22,7 +22,6 @@ from typing import Any
 
 import lightning.pytorch as pl
 from jsonargparse import DefaultHelpFormatter, Namespace, set_parsing_settings
-from jsonargparse._actions import _ActionConfigLoad  # a group read as a whole: `model:`, `trainer:`
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -42,6 +41,11 @@ from cir_lightning.threads import ThreadBudget
 from cir_lightning.torch_files import load_torch_file, path_globals
 from cir_lightning.trainer_options import check_trainer, refused_options
 
+try:  # a group read as a whole (`model:`, `trainer:`); private in jsonargparse: without it, its own message stays
+    from jsonargparse._actions import _ActionConfigLoad
+except ImportError:  # pragma: no cover
+    _ActionConfigLoad = None
+
 _USER_OMP = "CIR_LIGHTNING_USER_OMP"
 
 
@@ -60,7 +64,8 @@ class _Parser(LightningArgumentParser):
         return super().error(message, ex)
 
     def _check_value_key(self, action: Any, value: Any, key: str, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(action, _ActionConfigLoad) and not isinstance(value, (str, dict, Namespace)):  # `model: 3`
+        whole = _ActionConfigLoad is not None and isinstance(action, _ActionConfigLoad)
+        if whole and not isinstance(value, str | dict | Namespace):  # `model: 3`
             raise TypeError(not_a_mapping(key, value))  # jsonargparse kept it: "model.backbone is required"
         return super()._check_value_key(action, value, key, *args, **kwargs)
 
