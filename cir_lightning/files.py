@@ -255,8 +255,8 @@ def _swap_in(tmp: Path, path: Path, overwrite: bool) -> None:
             continue
         try:
             os.rename(tmp, path)
-        except OSError as err:
-            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+        except BaseException as err:  # a Ctrl-C between the renames too: the folder stayed hidden as `.old`
+            if not isinstance(err, OSError) or err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                 with contextlib.suppress(OSError):
                     os.rename(old, path)  # put the old one back: the user keeps what they had
                 raise
