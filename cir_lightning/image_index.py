@@ -39,7 +39,9 @@ from cir_lightning.index_files import (
     read_json,
     read_meta,
     read_stamps,
+    read_whole,
 )
+from cir_lightning.leftovers import put_back
 from cir_lightning.messages import MISSING, first_few
 from cir_lightning.paths import resolved
 from cir_lightning.retrieval.cache import identity_differences
@@ -122,7 +124,10 @@ class ImageIndex:
         """Open the index at ``folder``, after checking it is complete and undamaged (one ``CIRDataError``
         line naming the file otherwise) and that its image folder is there: ``root``, where the images went
         when the indexed folder was moved (the index keeps their paths below it), else the indexed one."""
-        folder = Path(folder)
+        return read_whole(Path(folder), lambda whole: cls._read(whole, root))
+
+    @classmethod
+    def _read(cls, folder: Path, root: str | Path | None) -> ImageIndex:
         meta, relpaths = cls.read_files(folder)
         info = meta["image_index"]
         images = resolved(root, "--root") if root is not None else Path(info["root"])
@@ -142,6 +147,8 @@ class ImageIndex:
         """The ``meta.json`` and relative paths of the index at ``folder``, after checking that it is complete and
         that its files agree (one ``CIRDataError`` line naming the file otherwise); its faiss index is not read."""
         folder = Path(folder)
+        if not folder.exists():
+            put_back(folder)  # moved aside by an update's `--overwrite`: waited for, or put back if it was stopped
         if not folder.is_dir():
             partial = partial_folder(folder)
             if not folder.exists() and partial.is_dir():

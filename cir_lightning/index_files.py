@@ -4,8 +4,10 @@ is one ``CIRDataError`` line naming the file and saying to rebuild the index."""
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -14,7 +16,7 @@ from cir_lightning.messages import MISSING, short_repr
 from cir_lightning.retrieval.image_stamps import STAMPS_FILE, stamps_problem
 
 __all__ = ["FAISS_FILE", "INDEX_VERSION", "STAMPS_FILE", "meta_problem", "read_faiss", "read_json", "read_meta",
-           "read_stamps"]
+           "read_stamps", "read_whole"]
 
 FAISS_FILE = "index.faiss"
 """The faiss index's file name inside an index folder."""
@@ -151,3 +153,31 @@ def read_stamps(path: Path, count: int) -> np.ndarray | None:
     if problem:
         raise CIRDataError(f"{problem}: the index is damaged; rebuild it", path)
     return stamps
+
+
+_T = TypeVar("_T")
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(folder)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def read_whole(folder: Path, read: Callable[[Path], _T], tries: int = 3) -> _T:
+    """``read(folder)``, its files all of one folder: an update replacing the index meanwhile (``--reuse
+    --overwrite`` swaps in a whole new folder) made a read mix two indexes' files (refused as damaged: ids.json
+    'does not match meta.json'); a read during which the folder was swapped is done again."""
+    for _ in range(tries - 1):
+        before = _identity(folder)
+        try:
+            value = read(folder)
+        except CIRDataError:
+            if _identity(folder) == before:
+                raise
+            continue
+        if _identity(folder) == before:
+            return value
+    return read(folder)

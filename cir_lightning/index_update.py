@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from cir_lightning.errors import CIRConfigError, CIRDataError, CIRFileError
 from cir_lightning.image_index import ImageIndex
-from cir_lightning.index_files import STAMPS_FILE, read_stamps
+from cir_lightning.index_files import STAMPS_FILE, read_stamps, read_whole
 from cir_lightning.paths import resolved
 from cir_lightning.retrieval.cache import identity_differences
 from cir_lightning.retrieval.search_config import SearchConfig
@@ -66,9 +68,8 @@ def open_old(folder: str | Path, root: Path, *, moved: bool = False, dtype: str 
     stamps, of another image folder than ``root`` (unless ``moved``: its images are now below ``root``) or stored
     in another ``dtype``. Only ``meta.json``, ``ids.json`` and ``stamps.npy`` are read."""
     folder = resolved(folder, "--reuse")
-    meta, relpaths = ImageIndex.read_files(folder)
+    meta, relpaths, stamps = read_whole(folder, _read_old)  # of one folder, if an update replaces it meanwhile
     info = meta["image_index"]
-    stamps = read_stamps(folder / STAMPS_FILE, meta["count"])
     if stamps is None:
         raise CIRDataError(f"`--reuse`: `{folder}` has no {STAMPS_FILE} (written before indexes recorded each "
                            "file's size and modification time), so its rows cannot be matched to unchanged files; "
@@ -81,6 +82,11 @@ def open_old(folder: str | Path, root: Path, *, moved: bool = False, dtype: str 
         raise CIRDataError(f"`--reuse`: `{folder}` holds {meta.get('dtype', 'float32')} embeddings and this index is "
                            f"{dtype} (`--dtype`); give `--dtype {meta.get('dtype', 'float32')}`, {_FROM_SCRATCH}")
     return OldIndex(folder, meta, relpaths, {p: s for p, s in zip(relpaths, stamps.tolist(), strict=True)})
+
+
+def _read_old(folder: Path) -> tuple[dict[str, Any], list[str], np.ndarray | None]:
+    meta, relpaths = ImageIndex.read_files(folder)
+    return meta, relpaths, read_stamps(folder / STAMPS_FILE, meta["count"])
 
 
 def check_same_rows(old: OldIndex, identity: Mapping[str, Any], max_short_edge: int | None) -> None:

@@ -16,7 +16,8 @@ folder (``sweep``) removes the entries of that form which are
 Anything else is left as it is: a live run's temporary files, another machine's, a name of any other form (a
 user's ``.notes.tmp``, temporary files written before names carried a pid). A stale ``.old`` folder whose final
 name is missing (a kill between the two renames of an overwrite) is put back under that name, so the user keeps
-what they had; beside a final name, it is removed.
+what they had; beside a final name, it is removed. A reader that finds a folder missing asks ``put_back``: it waits
+while a live overwrite puts the new folder in place, and puts back a stale ``.old`` as ``sweep`` would.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ import os
 import re
 import shutil
 import socket
+import time
 from pathlib import Path
 
-__all__ = ["stale_entries", "sweep", "temp_suffix"]
+__all__ = ["put_back", "stale_entries", "sweep", "temp_suffix"]
 
 _NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.(?P<pid>\d+)-(?P<machine>[0-9a-f]{8})\.(?P<kind>tmp|old)$")
 _MARGIN_S = 60.0  # a process that started this much after an entry's last write cannot have written it
@@ -125,3 +127,33 @@ def sweep(folder: str | Path) -> list[Path]:
             continue
         done.append(path)
     return done
+
+
+def put_back(path: str | Path, wait_s: float = 10.0) -> bool:
+    """For a reader that finds the folder ``path`` missing: where an ``overwrite`` of this machine moved it aside as
+    ``.old``, wait (up to ``wait_s``) while that run lives (it puts the new folder in place in a moment), and put back
+    one whose run is gone (stopped between its renames), as ``sweep`` would. Returns whether ``path`` is there now.
+    Never raises."""
+    path = Path(path)
+    deadline = time.monotonic() + wait_s
+    while not (path.exists() or path.is_symlink()):
+        olds = _olds_of(path)
+        if not olds:
+            return False
+        stale = set(stale_entries(path.parent))
+        for old in (p for p in olds if p in stale):
+            with contextlib.suppress(OSError):  # another reader or writer put it back first
+                os.rename(old, path)
+        if stale & set(olds) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    return path.exists()
+
+
+def _olds_of(path: Path) -> list[Path]:
+    """The ``.old`` entries beside ``path`` that an overwrite of ``path`` on this machine moved aside."""
+    machine = _machine()
+    with contextlib.suppress(OSError), os.scandir(path.parent) as entries:
+        return sorted(Path(entry.path) for entry in entries if (match := _NAME.match(entry.name))
+                      and (match["name"], match["kind"], match["machine"]) == (path.name, "old", machine))
+    return []

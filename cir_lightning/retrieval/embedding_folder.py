@@ -21,6 +21,7 @@ from typing import IO, Any
 import numpy as np
 
 from cir_lightning.errors import CIRConfigError
+from cir_lightning.leftovers import put_back
 from cir_lightning.retrieval.image_stamps import STAMPS_FILE, file_stamp, stamps_array
 
 FORMAT = 1
@@ -194,13 +195,17 @@ FILES = ("meta.json", "ids.json", "embeddings.npy", STAMPS_FILE)
 @contextlib.contextmanager
 def opened_files(path: Path) -> Iterator[dict[str, IO[bytes] | OSError]]:
     """A cache's ``FILES``, opened together from one folder (what could not be, its error): another run replacing the
-    cache meanwhile (``overwrite_cache``) moves the whole folder, so the files read are all of one run's cache."""
+    cache meanwhile (``overwrite_cache``) moves the whole folder, so the files read are all of one run's cache. A folder
+    found moved aside as ``.old`` (``leftovers.put_back``) is waited for while its run puts the new one in place, and
+    put back when that run was stopped between its renames."""
     for _ in range(3):  # the folder was swapped between opening it and its files: open the one now there
         files: dict[str, IO[bytes] | OSError] = {}
         try:
             folder = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         except OSError as err:
             files = dict.fromkeys(FILES, err)
+            if isinstance(err, FileNotFoundError) and put_back(path):  # moved aside by an overwrite: now back
+                continue
             break
         try:
             for name in FILES:

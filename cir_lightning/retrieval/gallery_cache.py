@@ -25,6 +25,7 @@ from torch import Tensor
 
 from cir_lightning.errors import CIRFileError
 from cir_lightning.files import check_writable
+from cir_lightning.leftovers import put_back
 from cir_lightning.retrieval.cache import cache_name, load_embeddings, save_embeddings, stored_dtype
 from cir_lightning.retrieval.embedding_folder import image_files
 from cir_lightning.retrieval.evaluator import RetrievalEvaluator
@@ -114,7 +115,7 @@ class GalleryCache:
         identity = {"kind": "gallery", "model": dict(model), "dataset": dataset, "split": split}
         self._hits.pop(subset, None)
         self._misses.pop(subset, None)
-        if path.exists() and not self.overwrite:
+        if (path.exists() or put_back(path)) and not self.overwrite:  # moved aside by an overwrite: back
             rank, world_size = world()
             rows = slice(rank, None, world_size) if sharded else None
             embeddings, _ = load_embeddings(path, ids=gallery_ids, rows=rows, images=images, **identity)
