@@ -186,3 +186,37 @@ def test_docs_show_the_published_tables_exactly():
 
     doc = (CONFIGS.parent / "docs" / "reproduction.md").read_text()
     assert markdown_tables(PUBLISHED, CONFIGS / "zeroshot") in doc
+
+
+def test_an_out_folder_that_cannot_be_written_is_refused_before_any_run_and_a_full_disk_leaves_no_summary(
+        twin, tmp_path, monkeypatch):
+    """A file for `--out` ended only after every run, when reproduce.json was written (each run's error first)."""
+    import errno
+    import os
+
+    from cir_lightning.commands import reproduce
+    from cir_lightning.errors import CIRFileError
+
+    root, data = twin
+    args = ["reproduce", "--configs", str(root / "configs"), "--data", f"synthetic={data}"]
+    (tmp_path / "file").write_text("")
+    ran = []
+    monkeypatch.setattr(reproduce, "run_one", lambda run, out, *a: ran.append(run) or _results(out))
+    with pytest.raises(CIRFileError, match=r"^`--out`: cannot write in `.*file/runs`: a file stands where a folder"):
+        run_command([*args, "--out", str(tmp_path / "file" / "runs")])
+    assert ran == []
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(CIRFileError, match=r"^cannot write `.*reproduce\.json`: no space left on the device$"):
+        run_command([*args, "--out", str(tmp_path / "runs")])
+    assert len(ran) == 1
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["results-validate.json"]
+
+
+def _results(out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results-validate.json").write_text(json.dumps({"metrics": {"": {"Recall@1": 0.25}}}))
+    return out / "results-validate.json"

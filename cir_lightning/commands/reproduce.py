@@ -32,6 +32,7 @@ from cir_lightning.commands import COMMANDS
 from cir_lightning.commands.published import check_published, markdown_tables
 from cir_lightning.errors import CIRConfigError, CIRDataError
 from cir_lightning.free_names import write_free
+from cir_lightning.writable import check_writable
 
 HERE = Path(__file__).resolve().parents[2] / "configs" / "zeroshot"
 
@@ -216,6 +217,8 @@ def main(argv: Sequence[str]) -> None:
                        for r in runs]))
     if args.list:
         return
+    if any(not r.missing for r in runs):  # reproduce.json is written after every run: a folder refused first
+        check_writable(args.out, "--out")
     rows, record = [], {}
     for run in runs:
         if run.missing:
