@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from cir_lightning.cli import main
-from tests.test_faults import _ctrl_c_after
+from tests.test_faults_interrupts import _ctrl_c_after
 from tests.test_image_index import _index_args, _photos
 
 INDEX_FILES = ("ids.json", "embeddings.npy", "stamps.npy", "index.faiss")
