@@ -94,6 +94,8 @@ def test_fit_writes_trainable_only_checkpoints_adapter_and_config(fitted):
     assert (cwd / "run" / "adapter" / "adapter_config.json").is_file()
     saved = yaml.safe_load((cwd / "run" / "config.yaml").read_text())
     assert saved["model"]["backbone"]["init_args"]["lora"]["r"] == 4
+    assert "        alpha: 8\n" in (cwd / "run" / "config.yaml").read_text()  # an integer alpha stays one (not 8.0)
+    assert json.loads((cwd / "run" / "adapter" / "adapter_config.json").read_text())["lora_alpha"] == 8
     assert (cwd / "data" / "synthetic.json").is_file()  # the data module generated its data
 
 

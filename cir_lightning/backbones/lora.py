@@ -45,7 +45,8 @@ class LoRA:
 
     Args:
         r: rank (default 64).
-        alpha: scaling numerator (``alpha / r`` scales the update; default 128).
+        alpha: scaling numerator (``alpha / r`` scales the update; default 128): a number > 0, fractional ones too
+            (``1.5``), as peft takes it.
         dropout: dropout on the LoRA input (default 0.1).
         target_modules: projection names inside the language model; ``None`` takes the adapter's names,
             else the default of its model type (see ``DEFAULT_TARGETS``).
@@ -80,7 +81,7 @@ class LoRA:
     """
 
     r: int | None = None
-    alpha: int | None = None
+    alpha: int | float | None = None  # int first: an integer stays one in a saved config (`alpha: 128`, not 128.0)
     dropout: float | None = None
     target_modules: list[str] | None = None
     modules_to_save: list[str] | None = field(default=None)

@@ -153,6 +153,41 @@ def test_a_fractional_alpha_pattern_is_read_from_the_command_line_and_scales_its
     assert scales["v_proj"] == 8 / 4
 
 
+@pytest.mark.parametrize(("given", "alpha"), [(None, 8), ("command line", 1.5), ("config file", 1.5)])
+def test_a_fractional_alpha_is_read_saved_and_exported_and_an_integer_one_stays_an_integer(tiny_model_dir, tmp_path,
+                                                                                            given, alpha):
+    """LoRA and peft take a fractional alpha; the command line and config files refused 1.5 (`int | None`). A run's
+    saved config and the exported adapter keep what was given: 1.5, and an integer as an integer (`alpha: 8`)."""
+    import json
+
+    import yaml
+
+    from cir_lightning.cli import CIRLightningCLI
+    from tests.test_cli import CONF
+
+    extra = {None: [], "command line": ["--model.backbone.init_args.lora.alpha", "1.5"],
+             "config file": ["--config", str(tmp_path / "alpha.yaml")]}[given]
+    (tmp_path / "alpha.yaml").write_text("model:\n  backbone:\n    init_args:\n      lora:\n        alpha: 1.5\n")
+    cli = CIRLightningCLI(args=["--config", str(CONF), "--model.backbone.init_args.model_name_or_path", str(tiny_model_dir),
+                                *extra, "--data.init_args.root", str(tmp_path / "data"),
+                                "--trainer.default_root_dir", str(tmp_path / "run")], run=False)
+    assert cli.model.backbone.lora.alpha == alpha
+    assert type(cli.model.backbone.lora.alpha) is type(alpha)
+    saved = cli.parser.dump(cli.config, skip_none=False)  # what KeepConfigCallback writes as the run's config.yaml
+    assert f"alpha: {alpha}\n" in saved
+    assert yaml.safe_load(saved)["model"]["backbone"]["init_args"]["lora"]["alpha"] == alpha
+    scales = {m.scaling["default"] for m in cli.model.backbone.model.modules() if hasattr(m, "lora_A")}
+    assert scales == {alpha / 4}  # the tiny config's r: 4
+    cli.model.backbone.save_adapter(tmp_path / "adapter")
+    exported = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["lora_alpha"]
+    assert exported == alpha
+    assert type(exported) is type(alpha)
+    again = LoRA(init_adapter=str(tmp_path / "adapter"))  # alpha unset: the adapter's own
+    assert again.alpha == alpha
+    loaded = HFMultimodalBackbone(str(tiny_model_dir), lora=again)
+    assert {m.scaling["default"] for m in loaded.model.modules() if hasattr(m, "lora_A")} == {alpha / 4}
+
+
 def test_an_adapter_export_is_atomic_and_never_overwrites(tiny_model_dir, tmp_path):
     bb = HFMultimodalBackbone(str(tiny_model_dir), lora=LoRA(r=2, alpha=4))
     bb.save_adapter(tmp_path / "adapter")
