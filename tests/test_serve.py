@@ -229,6 +229,26 @@ def test_results_whose_files_are_gone_or_replaced_since_indexing_are_marked_as_s
     assert post(app, {"text": "red", "relpath": changed})[0] == 200
 
 
+def test_a_search_from_an_indexed_image_says_the_references_mark(marked_index):
+    """A reference picked from the index that was replaced since was searched from without a word in the answer
+    (its hits were marked, the reference was not: the page's reference panel showed no badge)."""
+    from cir_lightning.image_index import ImageIndex
+    from cir_lightning.serve import IndexSearcher
+
+    folder, marks = marked_index
+    index = ImageIndex.open(folder)
+    app = SearchApp(IndexSearcher(index, index.load_backbone()), k=5)
+    changed = next(p for p, m in marks.items() if m == "changed since indexed")
+    unmarked = next(p for p in index.relpaths if p not in marks)
+    code, body = post(app, {"text": QUERY_TEXT, "k": 3, "relpath": changed})
+    assert code == 200
+    assert body["reference"] == {"relpath": changed, "mark": "changed since indexed"}
+    assert post(app, {"text": QUERY_TEXT, "k": 3, "relpath": unmarked})[1]["reference"] == {"relpath": unmarked,
+                                                                                           "mark": None}
+    upload = post(app, {"text": QUERY_TEXT, "k": 3, "upload": data_url(png_bytes(query_image()))})[1]
+    assert upload["reference"] is None  # an upload was never indexed: nothing to mark
+
+
 def test_the_pick_grid_marks_files_gone_or_replaced_since_indexing(marked_index):
     """The "Pick from index" grid listed a gone file as a broken image and a replaced one as if it were what was
     embedded; each listed path now comes with its mark, as the results do (only those listed are looked at)."""
@@ -425,7 +445,9 @@ def test_the_command_serves_an_index_with_its_backbone(gallery, monkeypatch, cap
     code, body = post(served[0].app, {"text": "red", "relpath": "red/circle.png"})
     assert (code, len(body["hits"])) == (200, 4)
     assert [h["mark"] for h in body["hits"]] == ["gone", None, None, None]
-    assert calls == [("open", gallery), ("query", "the backbone", "red", 4), ("marks", indexed(gallery)[:4])]
+    assert body["reference"] == {"relpath": "red/circle.png", "mark": None}
+    assert calls == [("open", gallery), ("query", "the backbone", "red", 4),
+                     ("marks", [*indexed(gallery)[:4], "red/circle.png"])]  # the hits' and the reference's, at once
     assert served[0].socket.fileno() == -1  # the socket was closed on the way out
 
 
@@ -571,6 +593,20 @@ def test_iterative_search_in_the_browser(browser, marked_index, tmp_path):
         assert not by_id("picker").is_displayed()
         assert by_id("status").text == f"{changed} was replaced since the index was built: the search starts from " \
                                        "it as it is now."
+        # the reference panel badges it as its tile was (it showed the replaced photo without a word)
+        badge, panel = by_id("reference-mark"), by_id("reference")
+        assert badge.is_displayed()
+        assert badge.text == "changed since indexed"
+        inner, outer = badge.rect, panel.rect
+        assert outer["x"] < inner["x"] < inner["x"] + inner["width"] < outer["x"] + outer["width"]
+        assert outer["y"] < inner["y"] < inner["y"] + inner["height"] < outer["y"] + outer["height"] / 2
+        by_id("search").click()  # the search's answer says the reference's mark too: the badge stays
+        third = results_after(3)
+        assert_same(third, expected(Image.open(index.root / changed).convert("RGB")))
+        assert (badge.is_displayed(), badge.text) == (True, "changed since indexed")
+        ActionChains(browser).move_to_element(by_id("status")).perform()
+        write_atomic(SCREENSHOT.with_name("serve_screenshot_reference.png"), browser.get_screenshot_as_png(),
+                     overwrite=True)
 
         by_id("pick-toggle").click()  # pick an indexed image as the reference
         by_id("filter").send_keys("gold/")
@@ -578,6 +614,7 @@ def test_iterative_search_in_the_browser(browser, marked_index, tmp_path):
         pick = next(p for p in index.relpaths if p.startswith("gold/") and p not in marks)
         browser.find_element(By.CSS_SELECTOR, f'#picker-grid .tile[data-relpath="{pick}"]').click()
         assert by_id("reference-path").get_attribute("data-relpath") == pick
+        assert not badge.is_displayed()  # an unmarked reference has no badge
 
         notes = tmp_path / "notes.txt"
         notes.write_text("not a picture")
@@ -587,7 +624,7 @@ def test_iterative_search_in_the_browser(browser, marked_index, tmp_path):
         wait.until(lambda _: "error" in by_id("status").get_attribute("class"))
         assert by_id("status").text == "the uploaded file `notes.txt` is not an image (not a format Pillow can " \
                                        "read, or truncated)"
-        assert results_after(2) == second  # a refused search leaves the last results on the page
+        assert results_after(3) == third  # a refused search leaves the last results on the page
     finally:
         server.shutdown()
         server.server_close()

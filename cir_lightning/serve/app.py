@@ -10,8 +10,8 @@ a *searcher*: any object with ``root``, ``relpaths`` and ``query(image, text, k)
 Routes: ``GET /`` and ``/static/<name>`` (the page), ``GET /api/info``, ``GET /api/images?filter=&limit=``
 (indexed paths for the "Pick from index" grid, with the ``marks`` of those listed), ``GET /image/<relpath>`` (an indexed image below the root; nothing else is served),
 ``POST /api/search`` (JSON ``text``, ``k`` and ``relpath`` or ``upload``, a data URL; answered with the hits,
-each with its ``mark``: a file gone or replaced since it was indexed). A refused request gets a 4xx with
-``{"error": one line}``.
+each with its ``mark``: a file gone or replaced since it was indexed, and the ``reference``: its ``relpath`` and
+``mark``, or null for an upload). A refused request gets a 4xx with ``{"error": one line}``.
 """
 
 from __future__ import annotations
@@ -233,7 +233,8 @@ class SearchApp:
     def search(self, request: dict[str, Any]) -> dict[str, Any]:
         """The top-K for a search request: ``text``, ``k`` and ``relpath`` (indexed) or ``upload`` (data URL).
         Each hit has ``rank``, ``relpath``, ``score`` and ``mark``: None, or what the searcher's ``marks`` says of
-        its file (``gone``, ``changed since indexed``).
+        its file (``gone``, ``changed since indexed``); ``reference`` is the indexed reference's ``relpath`` and
+        ``mark`` (the page badges it as a hit), None for an upload.
 
         Example:
             >>> from cir_lightning.serve.app import SearchApp
@@ -250,8 +251,9 @@ class SearchApp:
             raise Refused(400, "`text` must be a string of at most 2000 characters")
         if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= MAX_K:
             raise Refused(400, f"`k` must be an integer from 1 to {MAX_K}, got {json.dumps(k)[:40]}")
-        if isinstance(request.get("relpath"), str):
-            image = self._indexed_image(request["relpath"])
+        relpath = request["relpath"] if isinstance(request.get("relpath"), str) else None
+        if relpath is not None:
+            image = self._indexed_image(relpath)
         elif "upload" in request:
             image = decode_upload(request["upload"], str(request.get("name") or "upload")[:200])
         else:
@@ -261,9 +263,11 @@ class SearchApp:
                 hits = self.searcher.query(image, text, min(k, len(self.relpaths)))
         except CIRError as err:
             raise Refused(400, str(err).splitlines()[0]) from None
-        marked = self.marks([str(h.relpath) for h in hits])
+        looked_at = [str(h.relpath) for h in hits] + ([relpath] if relpath is not None else [])
+        marked = self.marks(list(dict.fromkeys(looked_at)))  # the hits' and the reference's, in one look
         return {"hits": [{"rank": int(h.rank), "relpath": str(h.relpath), "score": float(h.score),
-                          "mark": marked.get(str(h.relpath))} for h in hits]}
+                          "mark": marked.get(str(h.relpath))} for h in hits],
+                "reference": None if relpath is None else {"relpath": relpath, "mark": marked.get(relpath)}}
 
     def _indexed_image(self, relpath: str) -> Image.Image:
         from cir_lightning.data.images import load_image  # the data package is heavy: only when needed

@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { reference: null, steps: [] }; // reference: {relpath} or {upload: data URL, name}
+const state = { reference: null, steps: [] }; // reference: {relpath, mark} or {upload: data URL, name}
 let searching = false;
 
 function imageUrl(relpath) {
@@ -46,7 +46,19 @@ function setReference(reference) {
   $("reference-path").textContent = reference.relpath || `uploaded: ${reference.name}`;
   $("reference-path").dataset.relpath = reference.relpath || "";
   $("search").disabled = false;
+  showReferenceMark();
   markReference();
+}
+
+// the reference's mark ("changed since indexed", "gone"), badged on the reference panel as on a tile
+function showReferenceMark() {
+  const mark = (state.reference && state.reference.mark) || "";
+  const panel = $("reference");
+  panel.classList.toggle("changed", Boolean(mark) && mark !== "gone");
+  panel.classList.toggle("gone", mark === "gone");
+  panel.title = mark ? `${mark}\n${MARK_NOTES[mark] || ""}`.trim() : "Drop an image here";
+  $("reference-mark").textContent = mark;
+  $("reference-mark").hidden = !mark;
 }
 
 function markReference() {
@@ -89,7 +101,7 @@ function resultTile(hit) {
   if (hit.mark === "gone") return tile; // nothing to show or search from
   tile.tabIndex = 0;
   const choose = () => {
-    setReference({ relpath: hit.relpath });
+    setReference({ relpath: hit.relpath, mark: hit.mark });
     search();
   };
   tile.addEventListener("click", choose);
@@ -117,6 +129,10 @@ async function search() {
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify(body),
     });
+    if (result.reference && state.reference === reference) { // its mark as of this search
+      reference.mark = result.reference.mark;
+      showReferenceMark();
+    }
     $("results").replaceChildren(...result.hits.map(resultTile));
     $("results").dataset.searches = String(Number($("results").dataset.searches) + 1);
     markReference();
@@ -176,7 +192,7 @@ async function loadPicker() {
       const tile = imageTile(relpath, mark, element("figcaption", "path", relpath), "Click to search from it");
       if (mark === "gone") return tile; // its file is gone: nothing to search from
       tile.addEventListener("click", () => {
-        setReference({ relpath });
+        setReference({ relpath, mark });
         $("picker").hidden = true;
         if (mark) setStatus(`${relpath} was replaced since the index was built: the search starts from it as it is now.`);
         $("text").focus();
