@@ -14,8 +14,8 @@ pooling) and the digest of its trainable weights. ``load_embeddings`` compares i
 kind and ids (and, for a gallery, its image files: which, and their sizes and modification times) with
 what the caller expects and refuses any difference with an error that lists them: a stale cache is never
 used silently. A gallery whose images changed is refused naming the first changed or gone image, its id and
-how it changed (``stamps.npy``; a cache written before it says only that images changed). ``save_embeddings``
-never replaces an existing cache unless told to.
+how it changed (``stamps.npy``, ``cache_stamps``; a cache written before it says only that images changed); a
+damaged ``stamps.npy`` is a damaged cache. ``save_embeddings`` never replaces an existing cache unless told to.
 
 Rows too many to hold in memory (a gallery of millions) are written where they land, through
 ``retrieval.embedding_folder`` (``new_embeddings``, ``open_embeddings``, ``finish_embeddings``); used inside
@@ -36,6 +36,7 @@ from torch import Tensor
 from cir_lightning.errors import CIRDataError
 from cir_lightning.files import atomic_folder
 from cir_lightning.messages import json_type
+from cir_lightning.retrieval.cache_stamps import changed_images, read_cache_stamps
 from cir_lightning.retrieval.embedding_folder import (
     FORMAT,
     ImageFiles,
@@ -47,9 +48,8 @@ from cir_lightning.retrieval.embedding_folder import (
     json_of,
     new_embeddings,
     opened_files,
-    stamps_digest,
 )
-from cir_lightning.retrieval.image_stamps import STAMPS_FILE, changed_line, stamps_problem
+from cir_lightning.retrieval.image_stamps import STAMPS_FILE
 from cir_lightning.writable import exists_error
 
 
@@ -239,15 +239,19 @@ def _load(path: Path, files: Mapping[str, IO[bytes] | OSError], *, kind: str, mo
     if meta.get("ids_sha256") != ids_digest(cached_ids):
         problems.append("ids.json was changed after the cache was written")
     now = image_files(images) if images is not None else {}  # caches written without the record are not checked
+    same = bool(now) and meta.get("image_stamps_sha256") == now["image_stamps_sha256"]
+    then, damage = read_cache_stamps(meta, files[STAMPS_FILE], meta["count"], now.stamps if same else None)
     if "images_sha256" in meta and now and meta["images_sha256"] != now["images_sha256"]:
         problems.append("images: the ids name other image files than when it was written (another gallery file, or "
                         "changed image paths)")
-    elif "image_stamps_sha256" in meta and now and meta["image_stamps_sha256"] != now["image_stamps_sha256"]:
-        problems.append("images: " + _changed(meta, files[STAMPS_FILE], images or [], cached_ids, now.stamps))
+    elif "image_stamps_sha256" in meta and now and not same:
+        problems.append("images: " + changed_images(then, damage, images or [], cached_ids, now.stamps))
     if problems:
         raise CIRDataError("the cache does not match: " + "; ".join(problems) + ". A stale cache is never used: "
                            "re-embed with `overwrite_cache: true` (or delete the folder)", path)
     rebuild = "; re-embed with `overwrite_cache: true` (or delete the folder)"
+    if damage:  # a cache is trusted whole: its stamps would name the images changed by the time it is loaded again
+        raise CIRDataError(f"{STAMPS_FILE} {damage}: the cache is damaged{rebuild}", path)
     try:
         array = array_of(files["embeddings.npy"])
     except (OSError, ValueError, EOFError) as err:  # cut short, not a .npy, missing
@@ -259,22 +263,3 @@ def _load(path: Path, files: Mapping[str, IO[bytes] | OSError], *, kind: str, mo
     if rows is not None:
         array = array[rows]
     return torch.from_numpy(np.array(array, dtype=np.float32)), cached_ids  # a writable float32 copy
-
-
-def _changed(meta: Mapping[str, Any], file: IO[bytes] | OSError, images: Sequence[str], ids: Sequence[str],
-             now: np.ndarray) -> str:
-    """What changed in a gallery's image files since its cache was written: the first changed or gone image, from
-    the cache's ``stamps.npy`` (checked against the digest ``meta.json`` records), or, without one, that some did."""
-    changed = ("image files changed since it was written (size or modification time: the images were made or copied "
-               "again)")
-    if isinstance(file, FileNotFoundError):  # a cache written before stamps.npy
-        return changed
-    try:
-        then = array_of(file)
-        problem = stamps_problem(then, len(images)) or (None if stamps_digest(then) == meta["image_stamps_sha256"]
-                                                        else "holds other stamps than meta.json records")
-    except (OSError, ValueError, EOFError) as err:
-        problem = f"cannot be read ({err})"
-    if problem:
-        return f"{changed}; its {STAMPS_FILE}, which would name them, {problem}: it is damaged"
-    return changed_line(images, ids, then, now, "it was written") or changed

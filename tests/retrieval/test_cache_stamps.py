@@ -108,6 +108,44 @@ def test_a_damaged_stamps_file_is_said_in_the_one_line(cached, damage, said):
                         line), line
 
 
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:-9])
+
+
+DAMAGES = [
+    (lambda path: path.write_bytes(b"not a .npy"), r"cannot be read \(.+\)"),
+    (_truncate, r"cannot be read \(.+\)"),
+    (lambda path: np.save(path, np.zeros((3, 2), dtype=np.int64)), r"holds int64 \(3, 2\), not int64 \(4, 2\)"),
+    (lambda path: np.save(path, np.zeros((4, 3), dtype=np.int64)), r"holds int64 \(4, 3\), not int64 \(4, 2\)"),
+    (lambda path: np.save(path, np.zeros((4, 2), dtype=np.float64)), r"holds float64 \(4, 2\), not int64 \(4, 2\)"),
+    (lambda path: np.save(path, np.zeros((4, 2), dtype=np.int64)), "holds other stamps than meta.json records"),
+]
+
+
+@pytest.mark.parametrize("given_images", [True, False])
+@pytest.mark.parametrize(("damage", "said"), DAMAGES)
+def test_a_damaged_stamps_file_of_a_matching_cache_refuses_it(cached, damage, said, given_images):
+    """Its images unchanged (the meta.json digests match), the cache was used with a damaged stamps.npy without a
+    word: the file was read only to name changed images. A cache is trusted whole or refused, as the index is."""
+    folder, images = cached
+    damage(folder / "stamps.npy")
+    with pytest.raises(CIRDataError) as refused:
+        load_embeddings(folder, ids=IDS, images=images if given_images else None, **WHERE)
+    assert re.fullmatch(re.escape(f"{folder}: stamps.npy ") + said + re.escape(
+        ": the cache is damaged; re-embed with `overwrite_cache: true` (or delete the folder)"), str(refused.value))
+
+
+def test_a_matching_cache_s_stamps_are_compared_not_digested(cached, monkeypatch):
+    """Digesting a million stamps takes seconds: a load given its images compares the stamps with theirs."""
+    import cir_lightning.retrieval.cache_stamps as cache_stamps
+
+    folder, images = cached
+    monkeypatch.setattr(cache_stamps, "stamps_digest", lambda stamps: pytest.fail("the stored stamps were digested"))
+    assert load_embeddings(folder, ids=IDS, images=images, **WHERE)[1] == IDS
+    (folder / "stamps.npy").unlink()  # a cache written before stamps.npy: loaded on its meta.json digests
+    assert load_embeddings(folder, ids=IDS, images=images, **WHERE)[1] == IDS
+
+
 def test_the_stamps_are_read_from_the_folder_the_other_files_are_read_from(cached, tmp_path):
     """A cache replaced while it is read (another run's `overwrite_cache`) is read whole from one folder."""
     folder, images = cached
