@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
-from jsonargparse import DefaultHelpFormatter, Namespace, set_parsing_settings
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from jsonargparse import DefaultHelpFormatter, set_parsing_settings
+from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from cir_lightning.checkpointing import find_last_checkpoint, overridden_settings
+from cir_lightning.cli_parser import CIRParser
 from cir_lightning.commands import COMMANDS, run_command
 from cir_lightning.distributed import release_process_group
 from cir_lightning.errors import CIRConfigError, CIRFileError, user_error_line
@@ -33,7 +34,6 @@ from cir_lightning.files import check_writable
 from cir_lightning.interrupts import stops
 from cir_lightning.messages import json_type, path_problem, yaml_syntax_error
 from cir_lightning.module import TRAINING_SETTINGS, CIRModule
-from cir_lightning.option_errors import not_a_mapping, option_error
 from cir_lightning.quiet import quiet_third_party
 from cir_lightning.rank_lines import say
 from cir_lightning.run_folder import KeepConfigCallback, VersionClaims
@@ -41,33 +41,7 @@ from cir_lightning.threads import ThreadBudget
 from cir_lightning.torch_files import load_torch_file, path_globals
 from cir_lightning.trainer_options import check_trainer, refused_options
 
-try:  # a group read as a whole (`model:`, `trainer:`); private in jsonargparse: without it, its own message stays
-    from jsonargparse._actions import _ActionConfigLoad
-except ImportError:  # pragma: no cover
-    _ActionConfigLoad = None
-
 _USER_OMP = "CIR_LIGHTNING_USER_OMP"
-
-
-class _Parser(LightningArgumentParser):
-    """A bad option is two lines (what is wrong, where the options are): no usage, no nested report (option_errors)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:  # `--model.save_ranking` is an error, not a guess
-        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
-
-    def print_usage(self, file: Any = None) -> None:  # argparse calls it only before an error; --help is whole
-        return
-
-    def error(self, message: str, ex: Exception | None = None) -> Any:
-        if self.exit_on_error and not os.environ.get("CIR_LIGHTNING_TRACEBACK"):  # printed here, not nested
-            message = option_error(message) or message
-        return super().error(message, ex)
-
-    def _check_value_key(self, action: Any, value: Any, key: str, *args: Any, **kwargs: Any) -> Any:
-        whole = _ActionConfigLoad is not None and isinstance(action, _ActionConfigLoad)
-        if whole and not isinstance(value, str | dict | Namespace):  # `model: 3`
-            raise TypeError(not_a_mapping(key, value))  # jsonargparse kept it: "model.backbone is required"
-        return super()._check_value_key(action, value, key, *args, **kwargs)
 
 
 class CIRLightningCLI(LightningCLI):
@@ -85,7 +59,7 @@ class CIRLightningCLI(LightningCLI):
         kwargs.setdefault("parser_kwargs", {"parser_mode": "omegaconf+", "description": _description(),
                                             "formatter_class": _HelpFormatter})
         kwargs.setdefault("save_config_callback", KeepConfigCallback)
-        kwargs.setdefault("parser_class", _Parser)
+        kwargs.setdefault("parser_class", CIRParser)
         defaults = dict(kwargs.pop("trainer_defaults", None) or {})
         user_omp = os.environ.get(_USER_OMP, "1" if "OMP_NUM_THREADS" in os.environ else "0") == "1"
         defaults["callbacks"] = [*_plugins(defaults.get("callbacks")), ThreadBudget(user_set_omp=user_omp)]

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["not_a_mapping", "option_error"]
+__all__ = ["not_a_mapping", "option_error", "required_error"]
 
 _KEY = re.compile(r'Parser key "([^"]+)":')
 _SUBTYPES = re.compile(r"^\s*Subtypes: \[(.*)\]\s*$")
@@ -30,6 +31,12 @@ _SUBCLASS_GOT = re.compile(r"^Not a valid subclass of (\w+)\. Got value: (.*)$")
 _DOT_PATH = re.compile(r"^Expected a dot import path string: (.*)$")
 _NOT_CONFIG = re.compile(r'^\s*Unable to load config "(.*)"$')  # neither a mapping nor a config file (`model: foo`)
 _NOT_MAPPING = re.compile(r"^\s*Not a mapping nor a config file: (.*)$")  # not_a_mapping's (`model: 3`)
+_REQUIRED = re.compile(r"^the following arguments are required: (.+)$")
+_EXPECTED_FOR = {"data": "a DataModule: a class path, or a mapping with `class_path` (e.g. "
+                         "cir_lightning.data.JsonlCIRDataModule) and its `init_args`",
+                 "model.backbone": "a Backbone: a class path, or a mapping with `class_path` (e.g. "
+                                   "cir_lightning.backbones.HFMultimodalBackbone) and its `init_args`"}
+"""What the options CIRLightningCLI requires hold, for ``required_error``."""
 
 
 def not_a_mapping(key: str, value: Any) -> str:
@@ -37,6 +44,28 @@ def not_a_mapping(key: str, value: Any) -> str:
     the path of a config file, the value as YAML would write it (jsonargparse takes it and then finds the group's
     options missing)."""
     return f'Parser key "{key}": Not a mapping nor a config file: {json.dumps(value, default=str)}'
+
+
+def required_error(message: str, subcommands: Iterable[str] = ()) -> str | None:
+    """``option `<key>` is required ...`` for jsonargparse's ``the following arguments are required: validate.data``:
+    the options as written in a config (the subcommand left out), that each is missing or null, and what it takes;
+    None for any other message.
+
+    Example:
+        >>> from cir_lightning.option_errors import required_error
+        >>> required_error("the following arguments are required: validate.data", ["validate"])
+        'option `data` is required (not given, or null): a DataModule: a class path, or a mapping with `class_path` (e.g. cir_lightning.data.JsonlCIRDataModule) and its `init_args`'
+    """
+    match = _REQUIRED.match(message.strip())
+    if match is None:
+        return None
+    keys = [key.strip() for key in match.group(1).split(",")]
+    keys = [key.split(".", 1)[1] if key.split(".", 1)[0] in subcommands and "." in key else key for key in keys]
+    said = "; ".join(f"`{key}`: {_EXPECTED_FOR[key]}" if key in _EXPECTED_FOR else f"`{key}`" for key in keys)
+    if len(keys) == 1:
+        return f"option `{keys[0]}` is required (not given, or null)" + (
+            f": {_EXPECTED_FOR[keys[0]]}" if keys[0] in _EXPECTED_FOR else "")
+    return f"options are required (not given, or null): {said}"
 
 
 def option_error(message: str) -> str | None:

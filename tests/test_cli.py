@@ -227,6 +227,10 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_the_option(option, value, 
     assert 'Parser key "' in capsys.readouterr().err
 
 
+DATA_REQUIRED = ("option `data` is required (not given, or null): a DataModule: a class path, or a mapping with "
+                 "`class_path` (e.g. cir_lightning.data.JsonlCIRDataModule) and its `init_args`")
+
+
 @pytest.mark.parametrize(("text", "line"), [
     ("model: foo", "option `model`: expected a mapping of its options or the path of a config file with them, "
                    "got 'foo'"),  # jsonargparse's 3 lines, the key twice (`model.model` when read as a nesting)
@@ -241,6 +245,12 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_the_option(option, value, 
                     "got null"),
     ("trainer: [1, a]", "option `trainer`: expected a mapping of its options or the path of a config file with them, "
                         "got [1, \"a\"]"),
+    # a file of one bare entry: jsonargparse read it as the text `model:` ("Unexpected config: model:" and blank lines)
+    ("model:", "option `model`: expected a mapping of its options or the path of a config file with them, got null"),
+    ("trainer:", "option `trainer`: expected a mapping of its options or the path of a config file with them, "
+                 "got null"),
+    ("data:", DATA_REQUIRED),
+    ("data: null", DATA_REQUIRED),  # "the following arguments are required: validate.data"
     ("data: foo", "option `data`: expected LightningDataModule or null, got 'foo' (not an import path)"),
     ("model:\n  backbone: foo", "option `model.backbone`: expected a class path or a mapping with `class_path`, "
                                 "got 'foo'"),  # an empty line and two items

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from cir_lightning import cli
+from cir_lightning.cli_parser import CIRParser
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -112,7 +113,7 @@ def documented_commands() -> list[tuple[str, list[str]]]:
 def _parse(argv: list[str], monkeypatch: pytest.MonkeyPatch, built: dict | None = None) -> int | None:
     """Run ``cli.main(argv)`` up to the end of its argument parsing: None when it parsed, else the exit code.
     ``built`` keeps LightningCLI's parser (its fit / validate / test / predict parsers) for the next call."""
-    parse_known_args, init, setup = (argparse.ArgumentParser.parse_known_args, cli._Parser.__init__,
+    parse_known_args, init, setup = (argparse.ArgumentParser.parse_known_args, CIRParser.__init__,
                                      cli.CIRLightningCLI.setup_parser)
     built = {} if built is None else built
 
@@ -121,7 +122,7 @@ def _parse(argv: list[str], monkeypatch: pytest.MonkeyPatch, built: dict | None 
         _, unparsed = parse_known_args(self, args, namespace)
         raise _Parsed(unparsed)
 
-    def exact(self: cli._Parser, *args, **kwargs) -> None:  # a page's option is its full name, not a prefix of one
+    def exact(self: CIRParser, *args, **kwargs) -> None:  # a page's option is its full name, not a prefix of one
         init(self, *args, **kwargs)
         self.allow_abbrev = False
 
@@ -137,7 +138,7 @@ def _parse(argv: list[str], monkeypatch: pytest.MonkeyPatch, built: dict | None 
     with monkeypatch.context() as patch:
         patch.setattr(argparse.ArgumentParser, "parse_known_args", parsed)  # jsonargparse overrides it: untouched
         patch.setattr(cli.CIRLightningCLI, "_parse_ckpt_path", stop)
-        patch.setattr(cli._Parser, "__init__", exact)
+        patch.setattr(CIRParser, "__init__", exact)
         patch.setattr(cli.CIRLightningCLI, "setup_parser", setup_once)
         try:
             cli.main(argv)
