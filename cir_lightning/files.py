@@ -7,7 +7,7 @@
 - ``atomic_folder`` does the same for a folder of files (model checkpoints, adapters, caches, data).
 - ``cir_lightning.free_names`` writes a file or folder under the first name not taken (``results-1.json``).
 - ``check_writable`` tells, before any work is done, that a folder can be written.
-- ``cir_lightning.leftovers`` removes the temporary files a killed run left (the first write into their folder).
+- ``cir_lightning.leftovers`` removes the temporary files a killed run left (a process's first write into their folder, and again at most once a minute).
 
 A failure to write (no space, no permission, a read-only file system, a file where a folder should be)
 is a ``CIRFileError`` naming the path and the reason, one line. Files get the permissions the user's

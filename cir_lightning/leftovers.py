@@ -4,8 +4,8 @@ writes in their folder.
 ``cir_lightning.files`` writes every file and folder under a hidden temporary name beside its final one, and
 removes it when the write fails or is interrupted; a process that is killed outright cannot. So each temporary
 name says whose it is: ``.<name>.<random>.<pid>-<machine>.tmp`` (``.old`` for a folder an ``overwrite`` moved
-aside), ``machine`` a digest of the host name and its process namespace. The first write of a process into a
-folder (``sweep``) removes the entries of that form which are
+aside), ``machine`` a digest of the host name and its process namespace. A process's first write into a folder
+(``sweep``), and its next one there once a minute has passed since, removes the entries of that form which are
 
 - of this machine (a process of another host, or of another container, cannot be asked whether it still runs), and
 - of a process that is gone: no process has that id, or the one that has it started after the entry was last
@@ -18,12 +18,18 @@ user's ``.notes.tmp``, temporary files written before names carried a pid). A st
 name is missing (a kill between the two renames of an overwrite) is put back under that name, so the user keeps
 what they had; beside a final name, it is removed. A reader that finds a folder missing asks ``put_back``: it waits
 while a live overwrite puts the new folder in place, and puts back a stale ``.old`` as ``sweep`` would.
+
+Once per process would not do: a long-lived process (a notebook running command after command, ``serve``, a
+training writing checkpoints for days) would leave what another run killed meanwhile left in the same folder, and a
+folder that run's overwrite had set aside would stay hidden, until some other process wrote there. Sweeping again
+at every write would scan the folder at every file written; once a minute per folder bounds that to a scan a minute.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -35,7 +41,8 @@ __all__ = ["put_back", "stale_entries", "sweep", "temp_suffix"]
 
 _NAME = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.(?P<pid>\d+)-(?P<machine>[0-9a-f]{8})\.(?P<kind>tmp|old)$")
 _MARGIN_S = 60.0  # a process that started this much after an entry's last write cannot have written it
-_swept: set[str] = set()
+_AGAIN_S = 60.0  # a folder this process swept is swept again at its first write this long after
+_swept: dict[str, float] = {}  # folder -> when this process last swept it (time.monotonic)
 
 
 def _machine() -> str:
@@ -106,12 +113,13 @@ def stale_entries(folder: str | Path) -> list[Path]:
 
 def sweep(folder: str | Path) -> list[Path]:
     """Remove the stale temporary entries of ``folder`` (``stale_entries``; a stale ``.old`` folder whose final name
-    is missing is put back there instead), once per folder and process. Returns what was removed or put back.
-    Never raises: an entry another run removes first, or one that cannot be removed, is passed over."""
-    key = os.path.abspath(folder)
-    if key in _swept:
+    is missing is put back there instead), at the first call for a folder and then at most once a minute (see the
+    module). Returns what was removed or put back. Never raises: an entry another run removes first, or one that
+    cannot be removed, is passed over."""
+    key, now = os.path.abspath(folder), time.monotonic()
+    if now - _swept.get(key, -math.inf) < _AGAIN_S:
         return []
-    _swept.add(key)
+    _swept[key] = now
     done = []
     for path in stale_entries(folder):
         match = _NAME.match(path.name)

@@ -27,7 +27,7 @@ def dead_pid() -> int:
 
 @pytest.fixture(autouse=True)
 def _each_folder_swept_afresh(monkeypatch):
-    monkeypatch.setattr(leftovers, "_swept", set())
+    monkeypatch.setattr(leftovers, "_swept", {})
 
 
 def _as_of(suffix: str, pid: int) -> str:
@@ -57,7 +57,7 @@ def test_a_reused_pid_does_not_keep_an_entry_written_before_its_process_started(
     with atomic_folder(tmp_path / "a"):
         pass
     assert entry.exists()
-    monkeypatch.setattr(leftovers, "_swept", set())
+    monkeypatch.setattr(leftovers, "_swept", {})
     monkeypatch.setattr(leftovers, "_started", lambda pid: time.time() + 3600)  # the id's process started later
     with atomic_folder(tmp_path / "b"):
         pass
@@ -86,3 +86,25 @@ def test_a_write_killed_by_sigkill_is_cleaned_by_the_next(tmp_path):
     assert left.name.startswith(".a.json.")
     write_atomic(tmp_path / "a.json", "{}")
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_a_long_lived_process_sweeps_a_folder_again_a_minute_after_without_scanning_at_every_write(
+        tmp_path, dead_pid, monkeypatch):
+    """A notebook running two commands in a folder where a run of another process was killed in between: the second
+    left that run's leftovers, and the folder its overwrite had set aside stayed hidden (once per process)."""
+    scans = []
+    stale_entries = leftovers.stale_entries
+    monkeypatch.setattr(leftovers, "stale_entries", lambda folder: scans.append(folder) or stale_entries(folder))
+    write_atomic(tmp_path / "results.json", "{}")  # the first command
+    assert scans == [tmp_path]
+    half = tmp_path / f".results-1.json.k2j3h4ab{_as_of(temp_suffix(), dead_pid)}"  # then another process, killed
+    half.write_text("half")
+    aside = tmp_path / f".cache.abcdefgh{_as_of(temp_suffix('old'), dead_pid)}"  # ... between an overwrite's renames
+    aside.mkdir()
+    write_atomic(tmp_path / "a.json", "{}")  # a write right after: no scan of the folder at every write
+    assert scans == [tmp_path]
+    assert half.exists()
+    leftovers._swept[os.path.abspath(tmp_path)] -= 61  # the second command, a minute later
+    write_atomic(tmp_path / "b.json", "{}")
+    assert scans == [tmp_path, tmp_path]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json", "cache", "results.json"]
