@@ -270,10 +270,10 @@ class ImageFolderDataset(ImageDataset, Dataset):
 
 
 class KeepReadable:
-    """A collate function: ``collate`` (the model's gallery collator) over the decoded samples only; the
-    undecodable ones are listed as ``batch["unreadable"]``, ``(index, reason)`` pairs, and a sample with neither
-    image nor error (``idle_rows.EveryProcessOne``'s idle row) is left out. A batch of none decoded has an empty ``index`` and
-    nothing else. Picklable, so it runs in DataLoader workers.
+    """A collate function that runs ``collate`` (the model's gallery collator) on the decoded samples only and lists
+    the undecodable ones in ``batch["unreadable"]`` as ``(index, reason)`` pairs; an idle row (neither image nor
+    error: ``idle_rows.EveryProcessOne``'s) is dropped, not listed. With no sample decoded, ``collate`` is not
+    called: the batch is an empty ``index`` and ``unreadable``. Picklable, so it runs in DataLoader workers.
 
     Example:
         >>> from cir_lightning.data.folder import KeepReadable
@@ -281,8 +281,9 @@ class KeepReadable:
         >>> batch = collate([{"index": 0, "image": None}, {"index": 1, "error": "corrupt"}])
         >>> batch["index"].tolist(), batch["unreadable"]
         ([0], [(1, 'corrupt')])
-        >>> collate([{"index": 1, "error": "corrupt"}])["index"].tolist()
-        []
+        >>> none_decoded = collate([{"index": 1, "error": "corrupt"}])
+        >>> none_decoded["index"].tolist(), none_decoded["unreadable"]
+        ([], [(1, 'corrupt')])
     """
 
     def __init__(self, collate: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> None:
