@@ -176,6 +176,9 @@ class HFMultimodalBackbone(Backbone):
                 "pooling": self.pooling, "eos_block_size": self.eos_block_size,
                 # no `marker` key unless set: fingerprints (and caches) of marker-less prompts stay as they were
                 "prompts": self.collator.prompts.fingerprint(("marker", *ADDED_FIELDS)),
+                # the appended token, when not the tokenizer's EOS (the default: its caches keep their keys)
+                **({"eos_token": self.collator.eos_token}
+                   if self.collator.eos_token != self.collator.tokenizer.eos_token else {}),
                 # only when on: the keys (and caches) of the default stay as they were
                 **({"legacy_llava_next": True} if self.legacy_llava_next else {})}
 

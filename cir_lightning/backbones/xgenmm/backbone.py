@@ -135,6 +135,7 @@ class XGenMMBackbone(Backbone):
         self.max_positions = config.text.get("max_position_embeddings")
         check_text_limit(max_text_tokens, self.max_positions, self.model_name_or_path)
         processor = XGenMMProcessor.from_pretrained(folder, config, anyres)
+        self.anyres_off = config.anyres and not anyres  # only the squashed view of an anyres model: other embeddings
         if processor.image_token_id != config.initial_tokenizer_len:
             raise CIRModelError(f"`<image>` is token {processor.image_token_id} in the tokenizer of `{folder}`, "
                                 f"but the model reads it from additional row 0 = id {config.initial_tokenizer_len}")
@@ -191,4 +192,5 @@ class XGenMMBackbone(Backbone):
                 "eos_token": self.collator.eos_token,
                 "prompts": self.collator.prompts.fingerprint(),
                 # only when set, so that default fingerprints (and the caches keyed by them) stay as they were
-                **({"release_compatible": True} if self.release_compatible else {})}
+                **({"release_compatible": True} if self.release_compatible else {}),
+                **({"anyres": False} if self.anyres_off else {})}
