@@ -32,7 +32,13 @@ from cir_lightning.evaluation import Evaluation, EvaluationOptions
 from cir_lightning.losses import FireLoss, RetrievalLoss, check_loss, distributed_loss
 from cir_lightning.negatives import check_negatives
 from cir_lightning.optim import lr_scheduler
-from cir_lightning.resume import check_resumed_training, record_training_order
+from cir_lightning.resume import (
+    check_resumed_training,
+    record_schedule,
+    record_training_order,
+    resumed_schedule,
+    warn_other_schedule,
+)
 from cir_lightning.retrieval.search_config import SearchConfig
 from cir_lightning.retrieval.subsets import loader_role
 from cir_lightning.stage1 import FIRE_STAGE1_INSTRUCTION, CaptionBatches, caption_step, check_caption_data
@@ -148,6 +154,9 @@ class CIRModule(pl.LightningModule):
             pictures_during_fit=pictures_during_fit, validate_before_fit=validate_before_fit))
         self.evaluator = self.evaluation.evaluator
         self.caption_batches = None
+        # the optimizer steps this run's schedule is laid over, and a resumed checkpoint's (``resume``)
+        self._schedule_steps: float | None = None
+        self._resumed_schedule: tuple[float, int] | None = None
         if objective == "caption":  # the backbone's collator must build generative batches (LLMs do)
             self.caption_batches = CaptionBatches(backbone.collator, caption_instruction, max_caption_tokens)
 
@@ -155,6 +164,7 @@ class CIRModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if self._trainer is not None:
             prepare_strategy(self, cached=self.evaluation.cache is not None)
+        self._schedule_steps = None if stage == "fit" else self._schedule_steps  # this fit's, once it makes one
         # the index type for the real embedding size, before anything is embedded (e.g. PQ16 on 30 dims)
         self.evaluator.search.check(self.backbone.embedding_dim)
         datamodule = cir_datamodule(self._trainer)
@@ -242,18 +252,31 @@ class CIRModule(pl.LightningModule):
             optimizer = self.optimizer_factory(params)
         except ValueError as err:  # torch's check of its options (`lr: -1`): a traceback before any step
             raise CIRConfigError(f"`model.optimizer`: the optimizer refuses its options: {err}") from err
-        scheduler = lr_scheduler(optimizer, self.lr_schedule, self.warmup, self.trainer.estimated_stepping_batches)
+        self._schedule_steps = self.trainer.estimated_stepping_batches
+        scheduler = lr_scheduler(optimizer, self.lr_schedule, self.warmup, self._schedule_steps)
+        self._check_schedule()
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keep_trainable(self, checkpoint, self.backbone.fingerprint(), self.backbone.peft_model)
         record_training_order(self, checkpoint)
+        record_schedule(checkpoint, self._schedule_steps)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_and_complete(self, checkpoint, self.backbone.fingerprint(), self.backbone.peft_model)
         if self._trainer is not None and self.trainer.state.fn == "fit":  # optimizer and loops resume too
             check_resumed_training(self, checkpoint)
+            self._resumed_schedule = resumed_schedule(checkpoint)
+            self._check_schedule()
+
+    def _check_schedule(self) -> None:
+        """Once both are known (the checkpoint is loaded before ``configure_optimizers``, or after it under DeepSpeed
+        and FSDP): warn when the resumed run lays its schedule over another number of steps."""
+        if self._resumed_schedule is not None and self._schedule_steps is not None:
+            warn_other_schedule(self.lr_schedule, self.warmup, self._resumed_schedule, self._schedule_steps,
+                                self.trainer.ckpt_path)
+            self._resumed_schedule = None
 
     def on_fit_end(self) -> None:
         if self.export_adapter and self.backbone.lora is not None:

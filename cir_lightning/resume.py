@@ -1,5 +1,6 @@
-"""What ``fit --ckpt_path`` resumes besides the weights: the optimizer's settings and Lightning's loop position (and
-in it, the training order's: ``CIRModule.on_save_checkpoint`` calls ``record_training_order``).
+"""What ``fit --ckpt_path`` resumes besides the weights: the optimizer's settings, Lightning's loop position (and
+in it, the training order's: ``CIRModule.on_save_checkpoint`` calls ``record_training_order``) and the learning-rate
+schedule's step (``record_schedule``, ``warn_other_schedule``).
 
 ``CIRModule.on_load_checkpoint`` calls ``check_resumed_training`` during ``fit``; Lightning restores the
 optimizer and the loops from the same dictionary only afterwards, so what is checked or repaired here is what
@@ -17,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from cir_lightning.data.base import cir_datamodule
 from cir_lightning.errors import CIRConfigError
+from cir_lightning.optim import lr_factor, warmup_steps
 
 _NOT_SETTINGS = ("params", "initial_lr", "lr", "foreach", "fused", "capturable", "differentiable")
 """Entries of an optimizer's parameter group that are not the user's settings (``lr`` is compared as the
@@ -223,3 +225,54 @@ def reopen_stopped_epoch(checkpoint: dict[str, Any]) -> None:
         return
     for tracker in over:
         tracker["processed"] = tracker["completed"]
+
+
+def record_schedule(checkpoint: dict[str, Any], steps: float | None) -> None:
+    """``on_save_checkpoint``: keep the optimizer steps the learning-rate schedule is laid over (Lightning's
+    ``estimated_stepping_batches`` when ``configure_optimizers`` made it; None: no schedule made in this run)."""
+    if steps is not None:
+        checkpoint.setdefault("cir_lightning", {})["schedule_steps"] = float(steps)
+
+
+def resumed_schedule(checkpoint: dict[str, Any]) -> tuple[float, int] | None:
+    """The steps a checkpoint's schedule was laid over and the step it had reached; None for a checkpoint that
+    did not record them (written before ``record_schedule``) or holds no scheduler."""
+    steps = (checkpoint.get("cir_lightning") or {}).get("schedule_steps")
+    schedulers = checkpoint.get("lr_schedulers") or []
+    if steps is None or not schedulers or not isinstance(schedulers[0], dict):
+        return None
+    return float(steps), int(schedulers[0].get("last_epoch", 0))
+
+
+def _length(steps: float) -> int:
+    """The optimizer steps a schedule is laid over, as ``optim.lr_scheduler`` counts them (1 when unknown)."""
+    return max(1, int(steps)) if steps != float("inf") else 1
+
+
+def warn_other_schedule(schedule: str, warmup: float, resumed: tuple[float, int], steps: float, path: Any) -> str | None:
+    """Lightning restores the scheduler's step count over the schedule ``configure_optimizers`` lays over this run's
+    optimizer steps: a run resumed with another length (``max_epochs``, ``max_steps``, batch size, processes,
+    ``accumulate_grad_batches``) continues on another curve than the one it trained on, its learning rate jumping
+    (a linear schedule ended at 0, resumed to twice the epochs: back to half of ``lr``). Warned once, on rank zero,
+    with both rates at the step resumed; the warning is returned.
+
+    Example:
+        >>> warn_other_schedule("linear", 0.0, (4.0, 4), 4.0, "last.ckpt") is None  # the same length
+        True
+        >>> warn_other_schedule("constant", 0.0, (4.0, 4), 8.0, "last.ckpt") is None  # the same rate
+        True
+        >>> print(warn_other_schedule("linear", 0.0, (4.0, 4), 8.0, "last.ckpt"))  # doctest: +ELLIPSIS
+        `--ckpt_path last.ckpt` resumes at step 4 a learning-rate schedule (`lr_schedule: linear`, `warmup: 0.0`) laid over 4 optimizer steps; this run lays it over 8 (...), so the learning rate goes from 0% of `lr` to 50%: ...
+    """
+    (then, step), total = resumed, _length
+    before, after = (lr_factor(schedule, warmup_steps(warmup, total(n)), total(n))(step) for n in (then, steps))
+    if total(then) == total(steps) or abs(before - after) <= 1e-9:
+        return None
+    warning = (f"`--ckpt_path {Path(str(path))}` resumes at step {step} a learning-rate schedule (`lr_schedule: "
+               f"{schedule}`, `warmup: {warmup}`) laid over {total(then)} optimizer steps; this run lays it over "
+               f"{total(steps)} (another `max_epochs`, `max_steps`, batch size, number of processes or "
+               f"`accumulate_grad_batches`), so the learning rate goes from {before:.0%} of `lr` to {after:.0%}: the "
+               "run follows neither schedule whole; resume with the run's length to keep its schedule, or start a new "
+               "run from its weights with `model.backbone.init_args.lora.init_adapter`")
+    rank_zero_warn(warning)
+    return warning

@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -361,3 +362,36 @@ def test_a_checkpoint_inside_an_accumulated_step_warns_that_its_gradients_are_lo
         assert warn_split_step(saved(3), 2, "mid.ckpt")
     for ready, accumulate, last in ((4, 2, False), (3, 1, False), (0, 2, False), (3, 2, True)):  # at a step: exact
         assert warn_split_step(saved(ready, last), accumulate, "mid.ckpt") is None
+
+
+def test_a_resume_with_another_training_length_warns_that_the_schedule_jumps(tiny_model_dir, synthetic_root, tmp_path):
+    """Lightning restores the scheduler's step count over the schedule laid over this run's steps: a linear schedule
+    that ended at 0 after one epoch, resumed to two, went back to half the learning rate without a word."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from cir_lightning.backbones import HFMultimodalBackbone, LoRA, Prompts
+    from cir_lightning.data import JsonlCIRDataModule
+    from cir_lightning.module import CIRModule
+    from tests.test_module import trainer
+
+    def fit(folder: Path, max_epochs: int, ckpt: Path | None = None) -> list[str]:
+        pl.seed_everything(0)
+        backbone = HFMultimodalBackbone(str(tiny_model_dir), prompts=Prompts("short"), lora=LoRA(r=4, alpha=8))
+        module = CIRModule(backbone, lr_schedule="linear", warmup=0.0, export_adapter=False,
+                           optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
+        data = JsonlCIRDataModule(str(synthetic_root), batch_size=16, val_queries_file=None)
+        every = ModelCheckpoint(dirpath=folder, every_n_train_steps=2, save_top_k=-1)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer(folder, callbacks=[every], enable_checkpointing=True, max_steps=-1, max_epochs=max_epochs).fit(
+                module, data, ckpt_path=ckpt)
+        return [str(w.message) for w in caught if "learning-rate schedule" in str(w.message)]
+
+    assert fit(tmp_path / "one", 1) == []  # 4 steps
+    assert fit(tmp_path / "same", 1, tmp_path / "one" / "epoch=0-step=2.ckpt") == []  # the same length: its schedule
+    ended = tmp_path / "one" / "epoch=0-step=4.ckpt"
+    assert torch.load(ended, weights_only=True)["cir_lightning"]["schedule_steps"] == 4
+    [warning] = fit(tmp_path / "two", 2, ended)
+    assert warning.startswith(f"`--ckpt_path {ended}` resumes at step 4 a learning-rate schedule (`lr_schedule: "
+                              "linear`, `warmup: 0.0`) laid over 4 optimizer steps; this run lays it over 8 ")
+    assert "the learning rate goes from 0% of `lr` to 50%" in warning
